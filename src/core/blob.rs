@@ -1,0 +1,207 @@
+//! The wrapped data-key blob: a versioned, self-describing binary format
+//! (specified byte by byte in `docs/FORMAT.md`), and the canonical encoding
+//! of the encryption context bound to it as authenticated data.
+
+use std::collections::BTreeMap;
+
+use super::error::CoreError;
+use crate::hsm::{IV_LEN, TAG_LEN};
+use crate::secret::DATA_KEY_LEN;
+
+/// The first two bytes of every blob.
+pub const MAGIC: [u8; 2] = *b"KW";
+/// The only format version so far.
+pub const FORMAT_V1: u8 = 1;
+/// Algorithm 1: AES-256-GCM, 96-bit IV, 128-bit tag, 32-byte data key.
+pub const ALG_AES256_GCM: u8 = 1;
+/// Length of the header (magic, version, algorithm, key id, key version).
+pub const HEADER_LEN: usize = 2 + 1 + 1 + 16 + 4;
+/// Total length of a version-1, algorithm-1 blob.
+pub const BLOB_V1_LEN: usize = HEADER_LEN + IV_LEN + DATA_KEY_LEN + TAG_LEN;
+/// Domain-separation label that starts the authenticated data.
+pub const AAD_LABEL: &[u8] = b"keywarden.v1.datakey";
+
+/// A parsed (not yet authenticated) blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    pub key_id: [u8; 16],
+    pub key_version: u32,
+    pub iv: [u8; IV_LEN],
+    /// Ciphertext followed by the tag.
+    pub ciphertext: Vec<u8>,
+}
+
+impl Blob {
+    pub fn header(&self) -> [u8; HEADER_LEN] {
+        header(&self.key_id, self.key_version)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(BLOB_V1_LEN);
+        out.extend_from_slice(&self.header());
+        out.extend_from_slice(&self.iv);
+        out.extend_from_slice(&self.ciphertext);
+        out
+    }
+
+    /// Parses a blob; each failure names what is wrong.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CoreError> {
+        const F: &str = "ciphertext_blob";
+        if bytes.is_empty() {
+            return Err(CoreError::invalid(F, "is empty"));
+        }
+        if bytes.len() < 4 {
+            return Err(CoreError::invalid(
+                F,
+                format!("truncated: {} bytes, shorter than any blob header", bytes.len()),
+            ));
+        }
+        if bytes[0..2] != MAGIC {
+            return Err(CoreError::invalid(
+                F,
+                "not a Keywarden data-key blob (bad magic bytes)",
+            ));
+        }
+        if bytes[2] != FORMAT_V1 {
+            return Err(CoreError::invalid(
+                F,
+                format!("unsupported format version {}", bytes[2]),
+            ));
+        }
+        if bytes[3] != ALG_AES256_GCM {
+            return Err(CoreError::invalid(F, format!("unknown algorithm {}", bytes[3])));
+        }
+        if bytes.len() < BLOB_V1_LEN {
+            return Err(CoreError::invalid(
+                F,
+                format!("truncated: {} bytes, expected {BLOB_V1_LEN}", bytes.len()),
+            ));
+        }
+        if bytes.len() > BLOB_V1_LEN {
+            return Err(CoreError::invalid(
+                F,
+                format!(
+                    "{} trailing bytes after a {BLOB_V1_LEN}-byte blob",
+                    bytes.len() - BLOB_V1_LEN
+                ),
+            ));
+        }
+        let mut key_id = [0u8; 16];
+        key_id.copy_from_slice(&bytes[4..20]);
+        let mut v = [0u8; 4];
+        v.copy_from_slice(&bytes[20..24]);
+        let mut iv = [0u8; IV_LEN];
+        iv.copy_from_slice(&bytes[HEADER_LEN..HEADER_LEN + IV_LEN]);
+        Ok(Blob {
+            key_id,
+            key_version: u32::from_be_bytes(v),
+            iv,
+            ciphertext: bytes[HEADER_LEN + IV_LEN..].to_vec(),
+        })
+    }
+}
+
+pub fn header(key_id: &[u8; 16], key_version: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..2].copy_from_slice(&MAGIC);
+    h[2] = FORMAT_V1;
+    h[3] = ALG_AES256_GCM;
+    h[4..20].copy_from_slice(key_id);
+    h[20..24].copy_from_slice(&key_version.to_be_bytes());
+    h
+}
+
+/// The canonical encoding of an encryption context: the pair count, then
+/// each pair sorted by key bytes, every field length-prefixed (u32, big
+/// endian). Two contexts are equal exactly when their encodings are.
+pub fn canonical_context(ctx: &BTreeMap<String, String>) -> Vec<u8> {
+    let size: usize = ctx.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
+    let mut out = Vec::with_capacity(4 + size);
+    out.extend_from_slice(&(ctx.len() as u32).to_be_bytes());
+    for (k, v) in ctx {
+        out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v.as_bytes());
+    }
+    out
+}
+
+/// The authenticated data for a blob: a domain label, the header and the
+/// canonical context.
+pub fn aad(header: &[u8; HEADER_LEN], canonical_ctx: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(AAD_LABEL.len() + HEADER_LEN + canonical_ctx.len());
+    out.extend_from_slice(AAD_LABEL);
+    out.extend_from_slice(header);
+    out.extend_from_slice(canonical_ctx);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Blob {
+        Blob {
+            key_id: [0xab; 16],
+            key_version: 7,
+            iv: [1; IV_LEN],
+            ciphertext: vec![2; DATA_KEY_LEN + TAG_LEN],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_layout() {
+        let b = sample();
+        let bytes = b.encode();
+        assert_eq!(bytes.len(), BLOB_V1_LEN);
+        assert_eq!(BLOB_V1_LEN, 84);
+        assert_eq!(&bytes[0..4], &[b'K', b'W', 1, 1]);
+        assert_eq!(&bytes[20..24], &[0, 0, 0, 7]);
+        assert_eq!(Blob::decode(&bytes).unwrap(), b);
+    }
+
+    #[test]
+    fn decode_names_each_defect() {
+        let good = sample().encode();
+        let msg = |b: &[u8]| Blob::decode(b).unwrap_err().to_string();
+        assert!(msg(&[]).contains("empty"));
+        assert!(msg(&good[..3]).contains("truncated"));
+        assert!(msg(&good[..50]).contains("truncated: 50 bytes"));
+        let mut long = good.clone();
+        long.push(0);
+        assert!(msg(&long).contains("trailing"));
+        let mut bad = good.clone();
+        bad[0] = b'X';
+        assert!(msg(&bad).contains("magic"));
+        let mut bad = good.clone();
+        bad[2] = 9;
+        assert!(msg(&bad).contains("format version 9"));
+        let mut bad = good;
+        bad[3] = 9;
+        assert!(msg(&bad).contains("algorithm 9"));
+        assert!(msg(b"garbage garbage garbage").contains("magic"));
+    }
+
+    #[test]
+    fn canonical_context_is_order_independent_and_unambiguous() {
+        let mut a = BTreeMap::new();
+        a.insert("b".to_string(), "2".to_string());
+        a.insert("a".to_string(), "1".to_string());
+        let mut b = BTreeMap::new();
+        b.insert("a".to_string(), "1".to_string());
+        b.insert("b".to_string(), "2".to_string());
+        assert_eq!(canonical_context(&a), canonical_context(&b));
+        // Length prefixes keep ("ab","c") and ("a","bc") apart.
+        let mut c = BTreeMap::new();
+        c.insert("ab".to_string(), "c".to_string());
+        let mut d = BTreeMap::new();
+        d.insert("a".to_string(), "bc".to_string());
+        assert_ne!(canonical_context(&c), canonical_context(&d));
+        assert_eq!(canonical_context(&BTreeMap::new()), vec![0, 0, 0, 0]);
+        assert_eq!(
+            canonical_context(&c),
+            vec![0, 0, 0, 1, 0, 0, 0, 2, b'a', b'b', 0, 0, 0, 1, b'c']
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! The core's one error enum. It knows nothing of gRPC; `api::status` holds
+//! the one table that turns it into a `tonic::Status`.
+
+use crate::hsm::HsmError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// A request field is malformed; `field` names it.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    /// No key has this name.
+    #[error("key {name:?} not found")]
+    KeyNotFound { name: String },
+    /// A blob names a key id the registry does not know.
+    #[error("ciphertext_blob: wrapped under key id {key_id}, which this daemon does not know")]
+    BlobKeyUnknown { key_id: String },
+    /// A blob names a key version the registry does not know.
+    #[error("ciphertext_blob: wrapped under version {version} of key {name:?}, which does not exist")]
+    BlobVersionUnknown { name: String, version: u32 },
+    /// The caller asked for one key and the blob is under another.
+    #[error("ciphertext_blob: wrapped under key {actual:?}, not under the requested key {expected:?}")]
+    KeyMismatch { expected: String, actual: String },
+    /// The AES-GCM tag did not verify.
+    #[error("ciphertext_blob: authentication failed: the blob was altered or the encryption_context does not match the one it was made with")]
+    DecryptFailed,
+    #[error("key {name:?} already exists")]
+    AlreadyExists { name: String },
+    /// The key exists but its state forbids the operation.
+    #[error("key {name:?} is {state}; {operation} is not allowed")]
+    KeyUnusable {
+        name: String,
+        state: String,
+        operation: &'static str,
+    },
+    /// The HSM cannot be reached or failed transiently.
+    #[error("HSM unavailable: {0}")]
+    HsmUnavailable(HsmError),
+    /// The HSM failed in a way that is not the caller's fault.
+    #[error("HSM failure: {0}")]
+    HsmFailed(HsmError),
+    /// Registry failure.
+    #[error("registry failure: {0}")]
+    Registry(String),
+    /// A bug or an impossible state.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CoreError {
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        CoreError::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// Maps an HSM error, keeping the distinction between a bad blob (the
+    /// caller's fault), a transient fault and a permanent one.
+    pub fn from_hsm(e: HsmError) -> Self {
+        use crate::hsm::ErrorClass;
+        match e {
+            HsmError::AuthenticationFailed => CoreError::DecryptFailed,
+            e => match e.class() {
+                ErrorClass::Transient => CoreError::HsmUnavailable(e),
+                ErrorClass::Caller | ErrorClass::Permanent => CoreError::HsmFailed(e),
+            },
+        }
+    }
+}
+
+pub type CoreResult<T> = Result<T, CoreError>;

@@ -1,0 +1,446 @@
+//! The core: envelope encryption (data keys bound to an encryption
+//! context), CMK creation and the registry. It knows nothing of gRPC.
+//!
+//! Every public method is synchronous and may block on the HSM or the
+//! registry; [`Keywarden`] is shared behind an `Arc` and the API layer runs
+//! calls with `spawn_blocking`.
+
+pub mod blob;
+pub mod error;
+pub mod registry;
+pub mod validate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::{info, warn};
+
+use crate::hsm::{Hsm, HsmKeyId, TokenDescription, UnwrapItem, LABEL_PREFIX};
+use crate::secret::DataKey;
+use blob::Blob;
+pub use error::{CoreError, CoreResult};
+use registry::{KeyRecord, Registry, RegistryError, VersionRecord};
+
+/// Algorithm name recorded for every CMK.
+pub const CMK_ALGORITHM: &str = "AES_256_GCM";
+
+/// One GenerateDataKey request.
+pub struct GenerateRequest {
+    pub key: String,
+    pub context: HashMap<String, String>,
+}
+
+/// A fresh data key: plaintext (unless it was not asked for) and wrapped.
+pub struct GeneratedKey {
+    pub key: String,
+    pub key_id: String,
+    pub key_version: u32,
+    pub plaintext: Option<DataKey>,
+    pub blob: Vec<u8>,
+}
+
+/// One Decrypt request.
+pub struct DecryptRequest {
+    pub blob: Vec<u8>,
+    pub context: HashMap<String, String>,
+    /// When set, the blob must be under this key.
+    pub key: Option<String>,
+}
+
+pub struct Decrypted {
+    pub key: String,
+    pub key_id: String,
+    pub key_version: u32,
+    pub plaintext: DataKey,
+}
+
+/// Differences between the registry and the token found at start.
+#[derive(Debug, Clone, Default)]
+pub struct Drift {
+    pub missing_on_token: Vec<String>,
+    pub orphaned_on_token: Vec<String>,
+}
+
+pub struct Status {
+    pub version: &'static str,
+    pub hsm_health: Result<(), String>,
+    pub token: TokenDescription,
+    pub profile: String,
+    pub session_copies: bool,
+    pub pool_size: usize,
+    pub key_count: u32,
+    pub drift: Drift,
+    pub started_at: i64,
+}
+
+pub struct Keywarden {
+    hsm: Arc<dyn Hsm>,
+    registry: Registry,
+    drift: RwLock<Drift>,
+    started_at: i64,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn reg_err(e: RegistryError) -> CoreError {
+    match e {
+        RegistryError::AlreadyExists(name) => CoreError::AlreadyExists { name },
+        other => CoreError::Registry(other.to_string()),
+    }
+}
+
+impl Keywarden {
+    /// Builds the core, reconciles the registry against the token and makes
+    /// session copies of every enabled CMK version.
+    pub fn start(hsm: Arc<dyn Hsm>, registry: Registry) -> CoreResult<Self> {
+        let kw = Keywarden {
+            hsm,
+            registry,
+            drift: RwLock::new(Drift::default()),
+            started_at: now(),
+        };
+        kw.reconcile()?;
+        Ok(kw)
+    }
+
+    /// Compares the registry with the token; records drift and activates
+    /// every enabled version that is present.
+    pub fn reconcile(&self) -> CoreResult<Drift> {
+        let on_token = self.hsm.list_cmks().map_err(CoreError::from_hsm)?;
+        let keys = self.registry.list().map_err(reg_err)?;
+        let mut known: HashMap<HsmKeyId, String> = HashMap::new();
+        let mut drift = Drift::default();
+        let present: std::collections::HashSet<HsmKeyId> =
+            on_token.iter().map(|o| o.id).collect();
+        for k in &keys {
+            for v in &k.versions {
+                let what = format!("{}/v{} ({})", k.name, v.version, v.hsm_id);
+                known.insert(v.hsm_id, what.clone());
+                if !present.contains(&v.hsm_id) {
+                    warn!(key = %k.name, version = v.version, "CMK version recorded in the registry is missing from the token");
+                    drift.missing_on_token.push(what);
+                } else if v.state == "enabled" {
+                    if let Err(e) = self.hsm.activate(&v.hsm_id) {
+                        warn!(key = %k.name, version = v.version, error = %e, "could not activate CMK version");
+                    }
+                }
+            }
+        }
+        for o in &on_token {
+            if !known.contains_key(&o.id) {
+                warn!(label = %o.label, id = %o.id, "Keywarden object on the token is not in the registry");
+                drift
+                    .orphaned_on_token
+                    .push(format!("{} ({})", o.label, o.id));
+            }
+        }
+        info!(
+            keys = keys.len(),
+            token_objects = on_token.len(),
+            missing = drift.missing_on_token.len(),
+            orphaned = drift.orphaned_on_token.len(),
+            "reconciled registry with token"
+        );
+        *self.drift.write().unwrap_or_else(|p| p.into_inner()) = drift.clone();
+        Ok(drift)
+    }
+
+    pub fn hsm(&self) -> &Arc<dyn Hsm> {
+        &self.hsm
+    }
+
+    /// Creates a CMK: generate in the HSM, record, and destroy the HSM
+    /// object again if recording fails.
+    pub fn create_key(&self, name: &str, description: &str) -> CoreResult<KeyRecord> {
+        validate::key_name("name", name)?;
+        validate::description(description)?;
+        if self.registry.key_by_name(name).map_err(reg_err)?.is_some() {
+            return Err(CoreError::AlreadyExists { name: name.into() });
+        }
+        let mut hsm_id = [0u8; 16];
+        self.hsm.random(&mut hsm_id).map_err(CoreError::from_hsm)?;
+        let hsm_id = HsmKeyId(hsm_id);
+        let id = *uuid::Uuid::new_v4().as_bytes();
+        let label = format!("{LABEL_PREFIX}{name}/v1");
+        self.hsm
+            .generate_cmk(&hsm_id, &label)
+            .map_err(CoreError::from_hsm)?;
+        let created_at = now();
+        let record = KeyRecord {
+            id,
+            name: name.to_string(),
+            description: description.to_string(),
+            state: "enabled".into(),
+            created_at,
+            algorithm: CMK_ALGORITHM.into(),
+            versions: vec![VersionRecord {
+                version: 1,
+                hsm_id,
+                state: "enabled".into(),
+                created_at,
+            }],
+        };
+        if let Err(e) = self.registry.insert_key(&record) {
+            if let Err(de) = self.hsm.destroy_cmk(&hsm_id) {
+                warn!(key = %name, id = %hsm_id, error = %de, "could not roll back HSM object after a failed registry write; it will show as drift");
+            }
+            return Err(reg_err(e));
+        }
+        if let Err(e) = self.hsm.activate(&hsm_id) {
+            warn!(key = %name, error = %e, "no session copy for new CMK; the token object will be used");
+        }
+        info!(key = %name, key_id = %record.id_text(), "created CMK");
+        Ok(record)
+    }
+
+    pub fn list_keys(&self) -> CoreResult<Vec<KeyRecord>> {
+        self.registry.list().map_err(reg_err)
+    }
+
+    pub fn describe_key(&self, name: &str) -> CoreResult<KeyRecord> {
+        validate::key_name("name", name)?;
+        self.registry
+            .key_by_name(name)
+            .map_err(reg_err)?
+            .ok_or_else(|| CoreError::KeyNotFound { name: name.into() })
+    }
+
+    fn usable_key(&self, name: &str, operation: &'static str) -> CoreResult<KeyRecord> {
+        let k = self
+            .registry
+            .key_by_name(name)
+            .map_err(reg_err)?
+            .ok_or_else(|| CoreError::KeyNotFound { name: name.into() })?;
+        if k.state != "enabled" {
+            return Err(CoreError::KeyUnusable {
+                name: k.name,
+                state: k.state,
+                operation,
+            });
+        }
+        Ok(k)
+    }
+
+    /// GenerateDataKey for one or many requests; each item succeeds or fails
+    /// on its own.
+    pub fn generate_data_keys(
+        &self,
+        requests: Vec<GenerateRequest>,
+        with_plaintext: bool,
+    ) -> Vec<CoreResult<GeneratedKey>> {
+        struct Prepared {
+            key: KeyRecord,
+            version: u32,
+            hsm_id: HsmKeyId,
+            header: [u8; blob::HEADER_LEN],
+            aad: Vec<u8>,
+        }
+        let mut keys: HashMap<String, KeyRecord> = HashMap::new();
+        let mut prepared: Vec<CoreResult<Prepared>> = Vec::with_capacity(requests.len());
+        for req in requests {
+            let p = (|| {
+                validate::key_name("key", &req.key)?;
+                let ctx = validate::context(req.context)?;
+                let key = match keys.get(&req.key) {
+                    Some(k) => k.clone(),
+                    None => {
+                        let k = self.usable_key(&req.key, "GenerateDataKey")?;
+                        keys.insert(req.key.clone(), k.clone());
+                        k
+                    }
+                };
+                let v = key.current().ok_or_else(|| CoreError::KeyUnusable {
+                    name: key.name.clone(),
+                    state: "without an enabled version".into(),
+                    operation: "GenerateDataKey",
+                })?;
+                let (version, hsm_id) = (v.version, v.hsm_id);
+                let header = blob::header(&key.id, version);
+                let aad = blob::aad(&header, &blob::canonical_context(&ctx));
+                Ok(Prepared {
+                    key,
+                    version,
+                    hsm_id,
+                    header,
+                    aad,
+                })
+            })();
+            prepared.push(p);
+        }
+
+        // One HSM call per CMK version in the batch.
+        let mut groups: BTreeMap<HsmKeyId, Vec<usize>> = BTreeMap::new();
+        for (i, p) in prepared.iter().enumerate() {
+            if let Ok(p) = p {
+                groups.entry(p.hsm_id).or_default().push(i);
+            }
+        }
+        let mut results: Vec<Option<CoreResult<GeneratedKey>>> =
+            (0..prepared.len()).map(|_| None).collect();
+        for (hsm_id, idxs) in groups {
+            let aads: Vec<&[u8]> = idxs
+                .iter()
+                .filter_map(|&i| prepared[i].as_ref().ok().map(|p| p.aad.as_slice()))
+                .collect();
+            match self.hsm.wrap_new_keys(&hsm_id, &aads) {
+                Ok(wrapped) if wrapped.len() == idxs.len() => {
+                    for (&i, w) in idxs.iter().zip(wrapped) {
+                        if let Some(Ok(p)) = prepared.get(i) {
+                            let blob = Blob {
+                                key_id: p.key.id,
+                                key_version: p.version,
+                                iv: w.iv,
+                                ciphertext: w.ciphertext,
+                            };
+                            debug_assert_eq!(blob.header(), p.header);
+                            results[i] = Some(Ok(GeneratedKey {
+                                key: p.key.name.clone(),
+                                key_id: p.key.id_text(),
+                                key_version: p.version,
+                                plaintext: with_plaintext.then_some(w.plaintext),
+                                blob: blob.encode(),
+                            }));
+                        }
+                    }
+                }
+                Ok(_) => {
+                    for &i in &idxs {
+                        results[i] = Some(Err(CoreError::Internal(
+                            "HSM returned a wrong number of keys".into(),
+                        )));
+                    }
+                }
+                Err(e) => {
+                    warn!(id = %hsm_id, error = %e, "wrap failed");
+                    for &i in &idxs {
+                        results[i] = Some(Err(CoreError::from_hsm(e.clone())));
+                    }
+                }
+            }
+        }
+        prepared
+            .into_iter()
+            .zip(results)
+            .map(|(p, r)| match (p, r) {
+                (Err(e), _) => Err(e),
+                (Ok(_), Some(r)) => r,
+                (Ok(_), None) => Err(CoreError::Internal("batch item was not processed".into())),
+            })
+            .collect()
+    }
+
+    /// Decrypt for one or many requests; each item succeeds or fails on its
+    /// own.
+    pub fn decrypt(&self, requests: Vec<DecryptRequest>) -> Vec<CoreResult<Decrypted>> {
+        struct Prepared {
+            key: KeyRecord,
+            version: u32,
+            blob: Blob,
+            aad: Vec<u8>,
+            hsm_id: HsmKeyId,
+        }
+        let mut prepared: Vec<CoreResult<Prepared>> = Vec::with_capacity(requests.len());
+        for req in requests {
+            let p = (|| {
+                validate::blob_size(req.blob.len())?;
+                if let Some(k) = &req.key {
+                    validate::key_name("key", k)?;
+                }
+                let ctx = validate::context(req.context)?;
+                let blob = Blob::decode(&req.blob)?;
+                let key = self
+                    .registry
+                    .key_by_id(&blob.key_id)
+                    .map_err(reg_err)?
+                    .ok_or_else(|| CoreError::BlobKeyUnknown {
+                        key_id: uuid::Uuid::from_bytes(blob.key_id).to_string(),
+                    })?;
+                if let Some(expected) = &req.key {
+                    if *expected != key.name {
+                        return Err(CoreError::KeyMismatch {
+                            expected: expected.clone(),
+                            actual: key.name,
+                        });
+                    }
+                }
+                if key.state != "enabled" {
+                    return Err(CoreError::KeyUnusable {
+                        name: key.name,
+                        state: key.state,
+                        operation: "Decrypt",
+                    });
+                }
+                let v = key
+                    .version(blob.key_version)
+                    .ok_or_else(|| CoreError::BlobVersionUnknown {
+                        name: key.name.clone(),
+                        version: blob.key_version,
+                    })?;
+                let hsm_id = v.hsm_id;
+                let aad = blob::aad(&blob.header(), &blob::canonical_context(&ctx));
+                Ok(Prepared {
+                    version: blob.key_version,
+                    key,
+                    blob,
+                    aad,
+                    hsm_id,
+                })
+            })();
+            prepared.push(p);
+        }
+        let items: Vec<UnwrapItem<'_>> = prepared
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .map(|p| UnwrapItem {
+                key: p.hsm_id,
+                iv: p.blob.iv,
+                aad: &p.aad,
+                ciphertext: &p.blob.ciphertext,
+            })
+            .collect();
+        let mut unwrapped = if items.is_empty() {
+            Vec::new()
+        } else {
+            self.hsm.unwrap_many(&items)
+        }
+        .into_iter();
+        drop(items);
+        prepared
+            .into_iter()
+            .map(|p| {
+                let p = p?;
+                let dk = unwrapped
+                    .next()
+                    .ok_or_else(|| CoreError::Internal("HSM returned too few results".into()))?
+                    .map_err(CoreError::from_hsm)?;
+                Ok(Decrypted {
+                    key_id: p.key.id_text(),
+                    key: p.key.name,
+                    key_version: p.version,
+                    plaintext: dk,
+                })
+            })
+            .collect()
+    }
+
+    pub fn status(&self) -> Status {
+        let hsm_health = self.hsm.health().map_err(|e| e.to_string());
+        Status {
+            version: crate::VERSION,
+            hsm_health,
+            token: self.hsm.token().clone(),
+            profile: self.hsm.profile_name().to_string(),
+            session_copies: self.hsm.session_copies(),
+            pool_size: self.hsm.pool_size(),
+            key_count: self.registry.count().unwrap_or(0),
+            drift: self.drift.read().unwrap_or_else(|p| p.into_inner()).clone(),
+            started_at: self.started_at,
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Input validation. Every limit is checked before anything changes, and
+//! every error names the field.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::error::{CoreError, CoreResult};
+
+pub const MAX_KEY_NAME: usize = 128;
+pub const MAX_DESCRIPTION: usize = 1024;
+pub const MAX_CONTEXT_PAIRS: usize = 64;
+pub const MAX_CONTEXT_KEY: usize = 256;
+pub const MAX_CONTEXT_VALUE: usize = 1024;
+pub const MAX_CONTEXT_TOTAL: usize = 8 * 1024;
+pub const MAX_BLOB: usize = 4096;
+pub const MAX_BATCH: usize = 1024;
+
+/// Key names: 1 to 128 of `A-Z a-z 0-9 . _ - /`, starting with a letter or
+/// digit.
+pub fn key_name(field: &'static str, name: &str) -> CoreResult<()> {
+    if name.is_empty() {
+        return Err(CoreError::invalid(field, "must not be empty"));
+    }
+    if name.len() > MAX_KEY_NAME {
+        return Err(CoreError::invalid(
+            field,
+            format!("is {} bytes long; at most {MAX_KEY_NAME}", name.len()),
+        ));
+    }
+    let first_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok {
+        return Err(CoreError::invalid(field, "must start with a letter or digit"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/')))
+    {
+        return Err(CoreError::invalid(
+            field,
+            format!("contains {c:?}; allowed are letters, digits and . _ - /"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn description(d: &str) -> CoreResult<()> {
+    if d.len() > MAX_DESCRIPTION {
+        return Err(CoreError::invalid(
+            "description",
+            format!("is {} bytes long; at most {MAX_DESCRIPTION}", d.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an encryption context and returns it sorted.
+pub fn context(ctx: HashMap<String, String>) -> CoreResult<BTreeMap<String, String>> {
+    const F: &str = "encryption_context";
+    if ctx.len() > MAX_CONTEXT_PAIRS {
+        return Err(CoreError::invalid(
+            F,
+            format!("has {} pairs; at most {MAX_CONTEXT_PAIRS}", ctx.len()),
+        ));
+    }
+    let mut total = 0usize;
+    for (k, v) in &ctx {
+        if k.is_empty() {
+            return Err(CoreError::invalid(F, "a key is empty"));
+        }
+        if k.len() > MAX_CONTEXT_KEY {
+            return Err(CoreError::invalid(
+                F,
+                format!("a key is {} bytes long; at most {MAX_CONTEXT_KEY}", k.len()),
+            ));
+        }
+        if v.len() > MAX_CONTEXT_VALUE {
+            return Err(CoreError::invalid(
+                F,
+                format!(
+                    "the value of {:?} is {} bytes long; at most {MAX_CONTEXT_VALUE}",
+                    truncate(k),
+                    v.len()
+                ),
+            ));
+        }
+        total += k.len() + v.len();
+    }
+    if total > MAX_CONTEXT_TOTAL {
+        return Err(CoreError::invalid(
+            F,
+            format!("is {total} bytes in all; at most {MAX_CONTEXT_TOTAL}"),
+        ));
+    }
+    Ok(ctx.into_iter().collect())
+}
+
+pub fn blob_size(len: usize) -> CoreResult<()> {
+    if len > MAX_BLOB {
+        return Err(CoreError::invalid(
+            "ciphertext_blob",
+            format!("is {len} bytes long; at most {MAX_BLOB}"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn batch_size(n: usize) -> CoreResult<()> {
+    if n == 0 {
+        return Err(CoreError::invalid("requests", "must not be empty"));
+    }
+    if n > MAX_BATCH {
+        return Err(CoreError::invalid(
+            "requests",
+            format!("has {n} items; at most {MAX_BATCH}"),
+        ));
+    }
+    Ok(())
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(32).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names() {
+        assert!(key_name("key", "patients/records-2026_v1.x").is_ok());
+        for bad in ["", "-x", "/x", "a b", "a\0", "ключ"] {
+            let e = key_name("key", bad).unwrap_err().to_string();
+            assert!(e.starts_with("key: "), "{e}");
+        }
+        assert!(key_name("key", &"a".repeat(129)).is_err());
+        assert!(key_name("key", &"a".repeat(128)).is_ok());
+    }
+
+    #[test]
+    fn contexts() {
+        let mut c = HashMap::new();
+        c.insert("tenant".to_string(), "clinic-1".to_string());
+        assert_eq!(context(c.clone()).unwrap().len(), 1);
+        c.insert(String::new(), "x".to_string());
+        assert!(context(c).unwrap_err().to_string().contains("key is empty"));
+        let mut big = HashMap::new();
+        big.insert("k".to_string(), "v".repeat(1 << 20));
+        let e = context(big).unwrap_err().to_string();
+        assert!(e.starts_with("encryption_context:"), "{e}");
+        let many: HashMap<_, _> = (0..65).map(|i| (format!("k{i}"), String::new())).collect();
+        assert!(context(many).unwrap_err().to_string().contains("65 pairs"));
+        let total: HashMap<_, _> = (0..16).map(|i| (format!("k{i}"), "v".repeat(1000))).collect();
+        assert!(context(total).unwrap_err().to_string().contains("in all"));
+    }
+
+    #[test]
+    fn batches_and_blobs() {
+        assert!(batch_size(0).is_err());
+        assert!(batch_size(1024).is_ok());
+        assert!(batch_size(1025).is_err());
+        assert!(blob_size(4097).is_err());
+    }
+}

@@ -1,0 +1,165 @@
+//! The HSM behind a small trait. Its signatures carry no `cryptoki` types, so
+//! the core reads as key management, not as PKCS#11. The one real
+//! implementation is [`pkcs11::Pkcs11Hsm`].
+
+pub mod pkcs11;
+pub mod profile;
+
+use std::fmt;
+
+use crate::secret::DataKey;
+
+/// Length of the AES-GCM IV used for wrapping (96 bits).
+pub const IV_LEN: usize = 12;
+/// Length of the AES-GCM tag (128 bits).
+pub const TAG_LEN: usize = 16;
+
+/// The HSM-side identifier of one CMK version (its `CKA_ID`): 16 random
+/// bytes, not secret.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HsmKeyId(pub [u8; 16]);
+
+impl HsmKeyId {
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for HsmKeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HsmKeyId({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for HsmKeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// What the token says about itself.
+#[derive(Debug, Clone, Default)]
+pub struct TokenDescription {
+    pub label: String,
+    pub serial: String,
+    pub manufacturer: String,
+    pub model: String,
+}
+
+/// A Keywarden CMK object found on the token.
+#[derive(Debug, Clone)]
+pub struct HsmObjectInfo {
+    pub id: HsmKeyId,
+    pub label: String,
+}
+
+/// Security-relevant attributes of a CMK object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyAttributes {
+    pub token: bool,
+    pub sensitive: bool,
+    pub always_sensitive: bool,
+    pub extractable: bool,
+    pub never_extractable: bool,
+    pub encrypt: bool,
+    pub decrypt: bool,
+    pub wrap: bool,
+    pub unwrap: bool,
+}
+
+/// A fresh data key and its wrapped form.
+pub struct WrappedKey {
+    pub plaintext: DataKey,
+    pub iv: [u8; IV_LEN],
+    /// AES-GCM ciphertext followed by the tag.
+    pub ciphertext: Vec<u8>,
+}
+
+/// One item of [`Hsm::unwrap_many`].
+pub struct UnwrapItem<'a> {
+    pub key: HsmKeyId,
+    pub iv: [u8; IV_LEN],
+    pub aad: &'a [u8],
+    pub ciphertext: &'a [u8],
+}
+
+/// How an HSM error should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The token or session went away; retrying after recovery may work.
+    Transient,
+    /// The HSM refused for a reason that will not change by retrying.
+    Permanent,
+    /// The caller's input was wrong (for example a bad GCM tag).
+    Caller,
+}
+
+/// An HSM error. PKCS#11 failures keep the `C_` function and return value.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HsmError {
+    #[error("{function} failed: {rv}")]
+    Pkcs11 {
+        function: String,
+        rv: String,
+        class: ErrorClass,
+    },
+    /// The AES-GCM tag did not verify: wrong AAD or altered ciphertext.
+    #[error("authentication tag check failed")]
+    AuthenticationFailed,
+    #[error("CMK object {0} not found on the token")]
+    ObjectNotFound(HsmKeyId),
+    #[error("token not found: {0}")]
+    TokenNotFound(String),
+    #[error("cannot load PKCS#11 module: {0}")]
+    Module(String),
+    #[error("HSM returned unexpected data: {0}")]
+    Unexpected(String),
+}
+
+impl HsmError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            HsmError::Pkcs11 { class, .. } => *class,
+            HsmError::AuthenticationFailed => ErrorClass::Caller,
+            HsmError::TokenNotFound(_) | HsmError::Module(_) => ErrorClass::Transient,
+            HsmError::ObjectNotFound(_) | HsmError::Unexpected(_) => ErrorClass::Permanent,
+        }
+    }
+}
+
+pub type HsmResult<T> = Result<T, HsmError>;
+
+/// The HSM as key management sees it. All methods block; callers run them
+/// off the async runtime.
+pub trait Hsm: Send + Sync {
+    /// The selected token.
+    fn token(&self) -> &TokenDescription;
+    /// Whether session copies of CMK versions are in use.
+    fn session_copies(&self) -> bool;
+    /// Number of worker sessions.
+    fn pool_size(&self) -> usize;
+    /// Profile name.
+    fn profile_name(&self) -> &str;
+    /// A cheap call that proves the token answers.
+    fn health(&self) -> HsmResult<()>;
+    /// Random bytes from the token's RNG.
+    fn random(&self, buf: &mut [u8]) -> HsmResult<()>;
+    /// Generates an AES-256 CMK version inside the token: a token object,
+    /// sensitive, never extractable, encrypt/decrypt only.
+    fn generate_cmk(&self, id: &HsmKeyId, label: &str) -> HsmResult<()>;
+    /// Makes the version usable (a session copy where the profile allows).
+    fn activate(&self, id: &HsmKeyId) -> HsmResult<()>;
+    /// Destroys the token object (and any session copy).
+    fn destroy_cmk(&self, id: &HsmKeyId) -> HsmResult<()>;
+    /// Every Keywarden CMK object on the token.
+    fn list_cmks(&self) -> HsmResult<Vec<HsmObjectInfo>>;
+    /// The security attributes of a CMK's token object.
+    fn key_attributes(&self, id: &HsmKeyId) -> HsmResult<KeyAttributes>;
+    /// For each AAD, a fresh data key wrapped with AES-GCM under `key`.
+    fn wrap_new_keys(&self, key: &HsmKeyId, aads: &[&[u8]]) -> HsmResult<Vec<WrappedKey>>;
+    /// Unwraps each item independently.
+    fn unwrap_many(&self, items: &[UnwrapItem<'_>]) -> Vec<HsmResult<DataKey>>;
+}
+
+/// Prefix of the CKA_LABEL of every CMK object Keywarden creates.
+pub const LABEL_PREFIX: &str = "keywarden:";

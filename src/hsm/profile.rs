@@ -1,0 +1,90 @@
+//! HSM profiles: vendor quirks as data (`hsm-profiles/*.toml`).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A validated HSM profile.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmProfile {
+    /// Short name shown in Status.
+    pub name: String,
+    /// Candidate paths of the PKCS#11 module; the first that exists is used.
+    pub module_paths: Vec<PathBuf>,
+    /// Whether the daemon may keep session-object copies of CMK versions.
+    pub session_key_copies: bool,
+    /// Upper bound on worker sessions.
+    pub max_sessions: u32,
+    /// `CKR_*` names this token returns from C_Decrypt when an AES-GCM tag
+    /// does not verify.
+    pub gcm_tag_failure_codes: Vec<String>,
+}
+
+/// The SoftHSM 2 profile shipped with the source, used by `keywarden dev`.
+pub const SOFTHSM2_PROFILE: &str = include_str!("../../hsm-profiles/softhsm2.toml");
+
+impl HsmProfile {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let p: HsmProfile = toml::from_str(text).map_err(|e| e.to_string())?;
+        if p.name.trim().is_empty() {
+            return Err("name must not be empty".into());
+        }
+        if p.max_sessions == 0 || p.max_sessions > 1024 {
+            return Err("max_sessions must be between 1 and 1024".into());
+        }
+        for code in &p.gcm_tag_failure_codes {
+            if !code.starts_with("CKR_") {
+                return Err(format!(
+                    "gcm_tag_failure_codes: {code:?} is not a CKR_ return value name"
+                ));
+            }
+        }
+        Ok(p)
+    }
+
+    /// The first candidate module that exists on this host.
+    pub fn find_module(&self) -> Option<PathBuf> {
+        self.module_paths.iter().find(|p| p.is_file()).cloned()
+    }
+
+    /// Whether a return value name (as `cryptoki` spells it, e.g.
+    /// `GeneralError`) is one of this token's GCM tag-failure codes.
+    pub fn is_gcm_tag_failure(&self, rv_debug_name: &str) -> bool {
+        let want = rv_debug_name.to_ascii_lowercase();
+        self.gcm_tag_failure_codes.iter().any(|c| {
+            c.trim_start_matches("CKR_")
+                .replace('_', "")
+                .to_ascii_lowercase()
+                == want
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_softhsm_profile_parses() {
+        let p = HsmProfile::parse(SOFTHSM2_PROFILE).unwrap();
+        assert_eq!(p.name, "softhsm2");
+        assert!(p.session_key_copies);
+        assert!(p.is_gcm_tag_failure("GeneralError"));
+        assert!(p.is_gcm_tag_failure("EncryptedDataInvalid"));
+        assert!(!p.is_gcm_tag_failure("DeviceRemoved"));
+    }
+
+    #[test]
+    fn profile_rejects_unknown_fields_and_bad_codes() {
+        let base = "name = \"x\"\nmodule_paths = []\nsession_key_copies = true\nmax_sessions = 2\n";
+        assert!(HsmProfile::parse(&format!("{base}gcm_tag_failure_codes = [\"GENERAL\"]\n")).is_err());
+        assert!(HsmProfile::parse(&format!("{base}gcm_tag_failure_codes = []\nslot = 0\n")).is_err());
+        assert!(HsmProfile::parse(&format!("{base}gcm_tag_failure_codes = []\n")).is_ok());
+    }
+}

@@ -1,0 +1,25 @@
+//! Keywarden: a key-management daemon that fronts a PKCS#11 HSM and serves
+//! envelope-encryption data keys over gRPC on a local Unix socket.
+//!
+//! The request path follows the folders: `server` (socket, start-up) →
+//! `api` (thin gRPC handlers, the one error table) → `core` (envelope
+//! encryption, key registry) → `hsm` (a small trait; PKCS#11 behind it).
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod core;
+pub mod hsm;
+pub mod secret;
+
+/// Generated protobuf and gRPC code for `keywarden.v1`.
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("keywarden.v1");
+
+    /// Encoded file descriptor set, served through gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("keywarden_descriptor");
+}
+
+/// The daemon's version, reported by Status.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
