@@ -6,10 +6,15 @@
 //! encryption, key registry) → `hsm` (a small trait; PKCS#11 behind it).
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod core;
+pub mod dev;
 pub mod hsm;
 pub mod secret;
+pub mod server;
 
 /// Generated protobuf and gRPC code for `keywarden.v1`.
 pub mod proto {

@@ -1,1 +1,127 @@
-fn main(){}
+//! The `keywarden` binary: the daemon (`serve`, `dev`) and its client
+//! commands.
+#![forbid(unsafe_code)]
+
+
+
+use std::path::PathBuf;
+
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use keywarden::cli::{datakey::DatakeyCommand, key::KeyCommand, Output};
+use keywarden::client::DEFAULT_SOCKET;
+
+#[derive(Debug, Parser)]
+#[command(name = "keywarden", version, about = "Keywarden: a key-management daemon in front of a PKCS#11 HSM")]
+struct Cli {
+    /// The daemon's Unix socket.
+    #[arg(long, global = true, env = "KEYWARDEN_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon with a config file.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a development daemon on a throwaway SoftHSM token.
+    Dev {
+        /// Keep token, config and state in DIR instead of a temporary directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Customer-managed keys (admins).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Data keys for envelope encryption (applications).
+    #[command(subcommand)]
+    Datakey(DatakeyCommand),
+    /// Daemon status: version, HSM token and health, drift.
+    Status,
+    /// Initialise a dev token (used by `keywarden dev`).
+    #[command(hide = true)]
+    DevInitToken {
+        #[arg(long)]
+        module: PathBuf,
+        #[arg(long)]
+        label: String,
+        #[arg(long)]
+        so_pin_file: PathBuf,
+        #[arg(long)]
+        pin_file: PathBuf,
+    },
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    match cli.command {
+        Command::Serve { config } => {
+            init_logging();
+            let config = keywarden::config::Config::load(&config)?;
+            keywarden::server::serve(config).await
+        }
+        Command::Dev { dir } => {
+            // Only an explicit --socket applies; a KEYWARDEN_SOCKET left over
+            // from an earlier dev run must not.
+            let socket = if socket_from_cli { cli.socket } else { None };
+            keywarden::dev::run(dir, socket).await
+        }
+        Command::DevInitToken {
+            module,
+            label,
+            so_pin_file,
+            pin_file,
+        } => {
+            let so = keywarden::secret::Pin::from_file(&so_pin_file).map_err(anyhow::Error::msg)?;
+            let user = keywarden::secret::Pin::from_file(&pin_file).map_err(anyhow::Error::msg)?;
+            keywarden::dev::init_token(&module, &label, &so, &user)
+        }
+        Command::Key(cmd) => keywarden::cli::key::run(&socket, cli.output, cmd).await,
+        Command::Datakey(cmd) => keywarden::cli::datakey::run(&socket, cli.output, cmd).await,
+        Command::Status => keywarden::cli::status::run(&socket, cli.output).await,
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let matches = Cli::command().get_matches();
+    let socket_from_cli = matches.value_source("socket") == Some(ValueSource::CommandLine);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli, socket_from_cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The one table that turns core errors into gRPC statuses. Internals
+//! (HSM return values, database errors) are logged here, not sent.
+
+use tonic::{Code, Status};
+use tracing::error;
+
+use crate::core::CoreError;
+
+/// The gRPC code for a core error.
+pub fn code(e: &CoreError) -> Code {
+    match e {
+        CoreError::InvalidArgument { .. } => Code::InvalidArgument,
+        CoreError::DecryptFailed => Code::InvalidArgument,
+        CoreError::KeyMismatch { .. } => Code::InvalidArgument,
+        CoreError::KeyNotFound { .. } => Code::NotFound,
+        CoreError::BlobKeyUnknown { .. } => Code::NotFound,
+        CoreError::BlobVersionUnknown { .. } => Code::NotFound,
+        CoreError::AlreadyExists { .. } => Code::AlreadyExists,
+        CoreError::KeyUnusable { .. } => Code::FailedPrecondition,
+        CoreError::HsmUnavailable(_) => Code::Unavailable,
+        CoreError::HsmFailed(_) => Code::Internal,
+        CoreError::Registry(_) => Code::Internal,
+        CoreError::Internal(_) => Code::Internal,
+    }
+}
+
+/// The message the client sees. Caller errors are described in full; the
+/// daemon's own failures are summarised and the detail is logged.
+pub fn message(e: &CoreError) -> String {
+    match e {
+        CoreError::HsmUnavailable(_) => "HSM unavailable; retry later".into(),
+        CoreError::HsmFailed(_) => "HSM operation failed".into(),
+        CoreError::Registry(_) => "key registry failure".into(),
+        CoreError::Internal(_) => "internal error".into(),
+        other => other.to_string(),
+    }
+}
+
+pub fn to_status(e: CoreError) -> Status {
+    let code = code(&e);
+    if matches!(code, Code::Internal | Code::Unavailable) {
+        error!(error = %e, "request failed");
+    }
+    Status::new(code, message(&e))
+}
+
+impl From<CoreError> for Status {
+    fn from(e: CoreError) -> Self {
+        to_status(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hsm::{ErrorClass, HsmError};
+
+    #[test]
+    fn table_is_explicit_and_hides_internals() {
+        let hsm_down = CoreError::from_hsm(HsmError::Pkcs11 {
+            function: "C_Encrypt".into(),
+            rv: "DeviceRemoved".into(),
+            class: ErrorClass::Transient,
+        });
+        let s = to_status(hsm_down);
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(!s.message().contains("DeviceRemoved"));
+
+        let bad_tag = CoreError::from_hsm(HsmError::AuthenticationFailed);
+        assert_eq!(code(&bad_tag), Code::InvalidArgument);
+        assert!(message(&bad_tag).contains("encryption_context"));
+
+        let fault = CoreError::from_hsm(HsmError::Pkcs11 {
+            function: "C_Decrypt".into(),
+            rv: "GeneralError".into(),
+            class: ErrorClass::Permanent,
+        });
+        assert_eq!(code(&fault), Code::Internal);
+
+        let cases = [
+            (CoreError::invalid("key", "must not be empty"), Code::InvalidArgument),
+            (CoreError::KeyNotFound { name: "x".into() }, Code::NotFound),
+            (CoreError::AlreadyExists { name: "x".into() }, Code::AlreadyExists),
+            (
+                CoreError::KeyUnusable {
+                    name: "x".into(),
+                    state: "disabled".into(),
+                    operation: "Decrypt",
+                },
+                Code::FailedPrecondition,
+            ),
+            (CoreError::Registry("disk".into()), Code::Internal),
+        ];
+        for (e, c) in cases {
+            assert_eq!(code(&e), c, "{e}");
+        }
+        assert_eq!(
+            message(&CoreError::invalid("key", "must not be empty")),
+            "key: must not be empty"
+        );
+    }
+}

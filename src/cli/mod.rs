@@ -1,0 +1,72 @@
+//! Client commands: one file per command group. Each talks to the daemon
+//! over its socket and prints text or (`--output json`) stable JSON.
+
+pub mod datakey;
+pub mod key;
+pub mod status;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail};
+use clap::ValueEnum;
+
+use crate::client::Client;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Connects with an error that names the socket.
+pub async fn client(socket: &Path) -> anyhow::Result<Client> {
+    Client::connect(socket).await.map_err(|e| {
+        let cause = std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| e.to_string());
+        anyhow!(
+            "cannot connect to the daemon at {} ({cause}); is it running? set --socket or KEYWARDEN_SOCKET",
+            socket.display()
+        )
+    })
+}
+
+/// A gRPC status as a one-line error: code and message.
+pub fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+/// Parses repeated `--context k=v` flags.
+pub fn parse_context(pairs: &[String]) -> anyhow::Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for p in pairs {
+        let Some((k, v)) = p.split_once('=') else {
+            bail!("--context {p:?}: expected KEY=VALUE");
+        };
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            bail!("--context: key {k:?} given twice");
+        }
+    }
+    Ok(out)
+}
+
+pub fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_flags() {
+        let c = parse_context(&["a=1".into(), "b=x=y".into(), "e=".into()]).unwrap();
+        assert_eq!(c["a"], "1");
+        assert_eq!(c["b"], "x=y");
+        assert_eq!(c["e"], "");
+        assert!(parse_context(&["novalue".into()]).is_err());
+        assert!(parse_context(&["a=1".into(), "a=2".into()]).is_err());
+    }
+}

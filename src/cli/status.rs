@@ -1,0 +1,73 @@
+//! `keywarden status`.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use super::{client, print_json, status_error, Output};
+use crate::proto;
+
+pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
+    let mut c = client(socket).await?;
+    let s = c
+        .operator
+        .status(proto::StatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let t = s.token.unwrap_or_default();
+    let d = s.drift.unwrap_or_default();
+    match output {
+        Output::Json => print_json(&json!({
+            "version": s.version,
+            "sealed": s.sealed,
+            "hsm_health": s.hsm_health,
+            "hsm_detail": s.hsm_detail,
+            "token": {
+                "label": t.label,
+                "serial": t.serial,
+                "manufacturer": t.manufacturer,
+                "model": t.model,
+                "profile": t.profile,
+                "session_key_copies": t.session_key_copies,
+                "session_pool_size": t.session_pool_size,
+            },
+            "key_count": s.key_count,
+            "drift": {
+                "missing_on_token": d.missing_on_token,
+                "orphaned_on_token": d.orphaned_on_token,
+            },
+            "started_at": s.started_at,
+        }))?,
+        Output::Text => {
+            println!("version:     {}", s.version);
+            println!("sealed:      {}", s.sealed);
+            if s.hsm_detail.is_empty() {
+                println!("hsm:         {}", s.hsm_health);
+            } else {
+                println!("hsm:         {} ({})", s.hsm_health, s.hsm_detail);
+            }
+            println!(
+                "token:       {} (serial {}, {} {}, profile {})",
+                t.label, t.serial, t.manufacturer, t.model, t.profile
+            );
+            println!(
+                "sessions:    {} worker sessions, session key copies {}",
+                t.session_pool_size,
+                if t.session_key_copies { "on" } else { "off" }
+            );
+            println!("keys:        {}", s.key_count);
+            if d.missing_on_token.is_empty() && d.orphaned_on_token.is_empty() {
+                println!("drift:       none");
+            } else {
+                for m in &d.missing_on_token {
+                    println!("drift:       missing on token: {m}");
+                }
+                for o in &d.orphaned_on_token {
+                    println!("drift:       orphaned on token: {o}");
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! Start-up: configuration, HSM login, registry, reconciliation, the socket
+//! and the gRPC server.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tracing::{info, warn};
+
+use crate::api::{datakey::DataKeyApi, keys::KeyApi, operator::OperatorApi};
+use crate::config::Config;
+use crate::core::registry::Registry;
+use crate::core::Keywarden;
+use crate::hsm::pkcs11::Pkcs11Hsm;
+use crate::hsm::Hsm;
+use crate::proto;
+use crate::secret::Pin;
+
+/// Largest request the daemon decodes. Anything larger is refused by the
+/// transport before it reaches a handler; the core's own limits (a context
+/// of at most 8 KiB, a blob of at most 4 KiB) are far below this.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+fn check_privileges(config: &Config) -> anyhow::Result<()> {
+    if nix::unistd::geteuid().is_root() && !config.allow_root {
+        bail!("refusing to run as root; run as the keywarden user, or set server.allow_root = true (development only)");
+    }
+    Ok(())
+}
+
+fn prepare_state_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating state directory {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    if !dir.is_dir() {
+        bail!("server.state_dir {} is not a directory", dir.display());
+    }
+    Ok(())
+}
+
+/// Binds the socket: a stale socket file is replaced, a live one is an error.
+async fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            bail!("another daemon is already serving {}", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    // The umask (077) made the socket 0600; widen it to the configured group
+    // mode only now that it exists.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    Ok(listener)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => info!("SIGTERM: shutting down"),
+                _ = i.recv() => info!("SIGINT: shutting down"),
+            }
+        }
+        _ => {
+            warn!("cannot install signal handlers; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    check_privileges(&config)?;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    prepare_state_dir(&config.state_dir)?;
+
+    let pin_path = config.pin.path()?;
+    let pin = Pin::from_file(&pin_path).map_err(anyhow::Error::msg)?;
+    let hsm_config = config.clone();
+    let hsm = tokio::task::spawn_blocking(move || {
+        Pkcs11Hsm::open(
+            &hsm_config.module,
+            &hsm_config.token,
+            &pin,
+            hsm_config.profile.clone(),
+            hsm_config.pool_size,
+        )
+    })
+    .await?
+    .with_context(|| format!("opening HSM token ({})", config.token))?;
+    let hsm: Arc<dyn Hsm> = Arc::new(hsm);
+    info!(
+        token = %hsm.token().label,
+        serial = %hsm.token().serial,
+        profile = hsm.profile_name(),
+        pool = hsm.pool_size(),
+        session_copies = hsm.session_copies(),
+        "HSM token opened"
+    );
+
+    let registry_path = config.state_dir.join("registry.db");
+    let core = tokio::task::spawn_blocking(move || -> anyhow::Result<Keywarden> {
+        let registry = Registry::open(&registry_path)
+            .with_context(|| format!("opening registry {}", registry_path.display()))?;
+        Ok(Keywarden::start(hsm, registry)?)
+    })
+    .await??;
+    let core = Arc::new(core);
+
+    let listener = bind_socket(&config.socket, config.socket_mode).await?;
+    info!(socket = %config.socket.display(), mode = format!("{:o}", config.socket_mode), "serving");
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let result = tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(30))
+        .concurrency_limit_per_connection(256)
+        .add_service(
+            proto::data_key_service_server::DataKeyServiceServer::new(DataKeyApi::new(
+                core.clone(),
+            ))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            proto::key_service_server::KeyServiceServer::new(KeyApi::new(core.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            proto::operator_service_server::OperatorServiceServer::new(OperatorApi::new(
+                core.clone(),
+            ))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .await;
+    let _ = std::fs::remove_file(&config.socket);
+    result?;
+    info!("stopped");
+    Ok(())
+}
