@@ -67,6 +67,10 @@ fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
 
 async fn prepare(root: &Path, socket: Option<PathBuf>) -> anyhow::Result<DevLayout> {
     let root = root.canonicalize()?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))?;
+    }
     let tokens = root.join("tokens");
     let softhsm_conf = root.join("softhsm2.conf");
     let profile_path = root.join("softhsm2-profile.toml");

@@ -1,0 +1,235 @@
+//! Test harness: a real daemon (`keywarden dev --dir`, which initialises a
+//! fresh SoftHSM token in a temporary directory and starts `keywarden serve`)
+//! on a real socket, and a real gRPC client.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keywarden::client::Client;
+use keywarden::proto;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_keywarden");
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+pub struct Daemon {
+    pub dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// A fresh token, config and state in a new temporary directory.
+    pub async fn start() -> Daemon {
+        let temp = tempfile::Builder::new()
+            .prefix("kw-test-")
+            .tempdir()
+            .unwrap();
+        let dir = temp.path().to_path_buf();
+        let mut d = Daemon {
+            dir,
+            _temp: Some(temp),
+            child: None,
+        };
+        d.launch().await;
+        d
+    }
+
+    /// Starts the daemon again on the same token and state.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.launch().await;
+    }
+
+    async fn launch(&mut self) {
+        let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
+        let child = Command::new(BIN)
+            .arg("dev")
+            .arg("--dir")
+            .arg(&self.dir)
+            .env_remove("KEYWARDEN_SOCKET")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited at start ({status}): {}", self.log());
+            }
+            if let Ok(mut c) = Client::connect(&self.socket()).await {
+                if c.operator.status(proto::StatusRequest {}).await.is_ok() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "daemon did not start: {}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("keywarden.sock")
+    }
+
+    pub fn softhsm_conf(&self) -> PathBuf {
+        self.dir.join("softhsm2.conf")
+    }
+
+    pub fn user_pin(&self) -> String {
+        std::fs::read_to_string(self.dir.join("user.pin"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.socket()).await.unwrap()
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        use std::io::Write;
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("KEYWARDEN_SOCKET", self.socket())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            let mut input = child.stdin.take().unwrap();
+            if let Some(s) = stdin {
+                input.write_all(s.as_bytes()).unwrap();
+            }
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs OpenSC's pkcs11-tool against this daemon's token.
+    pub fn pkcs11_tool(&self, args: &[&str]) -> std::process::Output {
+        Command::new("pkcs11-tool")
+            .arg("--module")
+            .arg(SOFTHSM_MODULE)
+            .arg("--token-label")
+            .arg("keywarden-dev")
+            .arg("--login")
+            .arg("--pin")
+            .arg(self.user_pin())
+            .args(args)
+            .env("SOFTHSM2_CONF", self.softhsm_conf())
+            .output()
+            .expect("pkcs11-tool (OpenSC) is installed")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub async fn create_key(c: &mut Client, name: &str) -> proto::KeyMetadata {
+    c.keys
+        .create_key(proto::CreateKeyRequest {
+            name: name.into(),
+            description: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap()
+}
+
+pub fn ctx(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub async fn generate(
+    c: &mut Client,
+    key: &str,
+    context: &[(&str, &str)],
+) -> proto::GenerateDataKeyResponse {
+    c.datakeys
+        .generate_data_key(proto::GenerateDataKeyRequest {
+            key: key.into(),
+            encryption_context: ctx(context),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+pub async fn decrypt(
+    c: &mut Client,
+    blob: &[u8],
+    context: &[(&str, &str)],
+) -> Result<proto::DecryptResponse, tonic::Status> {
+    c.datakeys
+        .decrypt(proto::DecryptRequest {
+            ciphertext_blob: blob.to_vec(),
+            encryption_context: ctx(context),
+            key: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Asserts the daemon still answers Status with a healthy HSM.
+pub async fn assert_serving(c: &mut Client) {
+    let s = c
+        .operator
+        .status(proto::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.hsm_health, "ok", "{}", s.hsm_detail);
+}
+
+pub fn assert_status(r: Result<impl std::fmt::Debug, tonic::Status>, code: tonic::Code, needle: &str) {
+    match r {
+        Ok(v) => panic!("expected {code:?} containing {needle:?}, got Ok({v:?})"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "message: {}", s.message());
+            assert!(
+                s.message().contains(needle),
+                "expected {needle:?} in {:?}",
+                s.message()
+            );
+        }
+    }
+}
+
+pub fn path_mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
