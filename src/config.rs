@@ -155,12 +155,10 @@ impl Config {
                     "set one of hsm.token_label and hsm.token_serial, not both".into(),
                 ))
             }
-            _ => {
-                return Err(ConfigError::Invalid(
-                    "hsm.token_label or hsm.token_serial is required (slot numbers are not accepted)"
-                        .into(),
-                ))
-            }
+            _ => return Err(ConfigError::Invalid(
+                "hsm.token_label or hsm.token_serial is required (slot numbers are not accepted)"
+                    .into(),
+            )),
         };
 
         let pin = match (raw.hsm.pin_file, raw.hsm.pin_credential) {
@@ -178,8 +176,7 @@ impl Config {
             }
             (None, None) => {
                 return Err(ConfigError::Invalid(
-                    "hsm.pin_file or hsm.pin_credential is required (PINs are never inline)"
-                        .into(),
+                    "hsm.pin_file or hsm.pin_credential is required (PINs are never inline)".into(),
                 ))
             }
         };
@@ -209,7 +206,9 @@ impl Config {
             .unwrap_or(2);
         let wanted = raw.hsm.pool_size.map(|n| n as usize).unwrap_or(cores * 2);
         if wanted == 0 {
-            return Err(ConfigError::Invalid("hsm.pool_size must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "hsm.pool_size must be at least 1".into(),
+            ));
         }
         let pool_size = wanted.min(profile.max_sessions as usize).max(1);
 

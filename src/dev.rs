@@ -163,7 +163,9 @@ pub async fn run(dir: Option<PathBuf>, socket: Option<PathBuf>) -> anyhow::Resul
             (None, d)
         }
         None => {
-            let t = tempfile::Builder::new().prefix("keywarden-dev-").tempdir()?;
+            let t = tempfile::Builder::new()
+                .prefix("keywarden-dev-")
+                .tempdir()?;
             let p = t.path().to_path_buf();
             (Some(t), p)
         }
@@ -179,7 +181,15 @@ pub async fn run(dir: Option<PathBuf>, socket: Option<PathBuf>) -> anyhow::Resul
         .spawn()?;
     wait_for_socket(&layout.socket, &mut child).await?;
     println!("Keywarden dev daemon is running. DEVELOPMENT ONLY: throwaway SoftHSM token, PIN in a file.");
-    println!("  directory: {}{}", layout.root.display(), if temp.is_some() { " (removed on exit)" } else { " (kept)" });
+    println!(
+        "  directory: {}{}",
+        layout.root.display(),
+        if temp.is_some() {
+            " (removed on exit)"
+        } else {
+            " (kept)"
+        }
+    );
     println!("  socket:    {}", layout.socket.display());
     println!("In another terminal:");
     println!("  export KEYWARDEN_SOCKET={}", layout.socket.display());

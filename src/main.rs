@@ -2,8 +2,6 @@
 //! commands.
 #![forbid(unsafe_code)]
 
-
-
 use std::path::PathBuf;
 
 use clap::parser::ValueSource;
@@ -13,7 +11,11 @@ use keywarden::cli::{datakey::DatakeyCommand, key::KeyCommand, Output};
 use keywarden::client::DEFAULT_SOCKET;
 
 #[derive(Debug, Parser)]
-#[command(name = "keywarden", version, about = "Keywarden: a key-management daemon in front of a PKCS#11 HSM")]
+#[command(
+    name = "keywarden",
+    version,
+    about = "Keywarden: a key-management daemon in front of a PKCS#11 HSM"
+)]
 struct Cli {
     /// The daemon's Unix socket.
     #[arg(long, global = true, env = "KEYWARDEN_SOCKET", value_name = "PATH")]
@@ -110,7 +112,10 @@ fn main() -> std::process::ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

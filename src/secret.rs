@@ -50,8 +50,8 @@ impl Pin {
     /// that other users may read, and empty PINs.
     pub fn from_file(path: &Path) -> Result<Self, String> {
         use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path)
-            .map_err(|e| format!("pin file {}: {e}", path.display()))?;
+        let meta =
+            std::fs::metadata(path).map_err(|e| format!("pin file {}: {e}", path.display()))?;
         if meta.permissions().mode() & 0o007 != 0 {
             return Err(format!(
                 "pin file {} is readable by other users (mode {:o}); chmod 0600 or 0640",

@@ -10,7 +10,7 @@ use tonic::Code;
 
 const BLOB_LEN: usize = 84;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_with_and_without_plaintext() {
     let d = Daemon::start().await;
     let mut c = d.client().await;
@@ -27,7 +27,9 @@ async fn round_trip_with_and_without_plaintext() {
     assert_eq!(g.key_version, 1);
     // Context order does not matter.
     let reordered = [("record", "mri/2026/0042"), ("tenant", "clinic-1")];
-    let back = decrypt(&mut c, &g.ciphertext_blob, &reordered).await.unwrap();
+    let back = decrypt(&mut c, &g.ciphertext_blob, &reordered)
+        .await
+        .unwrap();
     assert_eq!(back.plaintext, g.plaintext);
     assert_eq!(back.key, "patients");
     assert_eq!(back.key_version, 1);
@@ -60,7 +62,11 @@ async fn round_trip_with_and_without_plaintext() {
             key: "images".into(),
         })
         .await;
-    assert_status(wrong_key, Code::InvalidArgument, "not under the requested key \"images\"");
+    assert_status(
+        wrong_key,
+        Code::InvalidArgument,
+        "not under the requested key \"images\"",
+    );
     let right_key = c
         .datakeys
         .decrypt(proto::DecryptRequest {
@@ -73,7 +79,7 @@ async fn round_trip_with_and_without_plaintext() {
     assert_eq!(right_key.into_inner().plaintext, g.plaintext);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_context_is_refused() {
     let d = Daemon::start().await;
     let mut c = d.client().await;
@@ -87,14 +93,20 @@ async fn wrong_context_is_refused() {
         vec![("tenant", "a ")],
     ] {
         let r = decrypt(&mut c, &g.ciphertext_blob, &bad).await;
-        assert_status(r, Code::InvalidArgument, "encryption_context does not match");
+        assert_status(
+            r,
+            Code::InvalidArgument,
+            "encryption_context does not match",
+        );
     }
     // The right context still works afterwards.
-    assert!(decrypt(&mut c, &g.ciphertext_blob, &[("tenant", "a")]).await.is_ok());
+    assert!(decrypt(&mut c, &g.ciphertext_blob, &[("tenant", "a")])
+        .await
+        .is_ok());
     assert_serving(&mut c).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bit_flip_is_detected() {
     let d = Daemon::start().await;
     let mut c = d.client().await;
@@ -116,50 +128,93 @@ async fn every_bit_flip_is_detected() {
             _ => (Code::InvalidArgument, "authentication failed"),
         };
         assert_eq!(s.code(), expected.0, "byte {pos}: {}", s.message());
-        assert!(s.message().contains(expected.1), "byte {pos}: {}", s.message());
-        assert!(s.message().starts_with("ciphertext_blob"), "byte {pos}: {}", s.message());
+        assert!(
+            s.message().contains(expected.1),
+            "byte {pos}: {}",
+            s.message()
+        );
+        assert!(
+            s.message().starts_with("ciphertext_blob"),
+            "byte {pos}: {}",
+            s.message()
+        );
     }
     assert!(decrypt(&mut c, &blob, &context).await.is_ok());
     assert_serving(&mut c).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_garbage_and_oversized_blobs() {
     let d = Daemon::start().await;
     let mut c = d.client().await;
     create_key(&mut c, "k").await;
     let g = generate(&mut c, "k", &[]).await;
     let blob = g.ciphertext_blob;
-    assert_status(decrypt(&mut c, &[], &[]).await, Code::InvalidArgument, "ciphertext_blob: is empty");
-    assert_status(decrypt(&mut c, &blob[..2], &[]).await, Code::InvalidArgument, "truncated");
-    assert_status(decrypt(&mut c, &blob[..40], &[]).await, Code::InvalidArgument, "truncated: 40 bytes, expected 84");
-    assert_status(decrypt(&mut c, &blob[..83], &[]).await, Code::InvalidArgument, "truncated");
+    assert_status(
+        decrypt(&mut c, &[], &[]).await,
+        Code::InvalidArgument,
+        "ciphertext_blob: is empty",
+    );
+    assert_status(
+        decrypt(&mut c, &blob[..2], &[]).await,
+        Code::InvalidArgument,
+        "truncated",
+    );
+    assert_status(
+        decrypt(&mut c, &blob[..40], &[]).await,
+        Code::InvalidArgument,
+        "truncated: 40 bytes, expected 84",
+    );
+    assert_status(
+        decrypt(&mut c, &blob[..83], &[]).await,
+        Code::InvalidArgument,
+        "truncated",
+    );
     let mut long = blob.clone();
     long.extend_from_slice(b"xx");
-    assert_status(decrypt(&mut c, &long, &[]).await, Code::InvalidArgument, "trailing bytes");
     assert_status(
-        decrypt(&mut c, b"this is not a blob at all, just some text bytes", &[]).await,
+        decrypt(&mut c, &long, &[]).await,
+        Code::InvalidArgument,
+        "trailing bytes",
+    );
+    assert_status(
+        decrypt(
+            &mut c,
+            b"this is not a blob at all, just some text bytes",
+            &[],
+        )
+        .await,
         Code::InvalidArgument,
         "bad magic",
     );
-    assert_status(decrypt(&mut c, &vec![0u8; 5000], &[]).await, Code::InvalidArgument, "at most 4096");
+    assert_status(
+        decrypt(&mut c, &vec![0u8; 5000], &[]).await,
+        Code::InvalidArgument,
+        "at most 4096",
+    );
     // A well-formed header naming a key this daemon never had.
     let mut foreign = blob.clone();
     foreign[4..20].copy_from_slice(&[0x42; 16]);
-    assert_status(decrypt(&mut c, &foreign, &[]).await, Code::NotFound, "does not know");
+    assert_status(
+        decrypt(&mut c, &foreign, &[]).await,
+        Code::NotFound,
+        "does not know",
+    );
     assert_serving(&mut c).await;
     assert!(decrypt(&mut c, &blob, &[]).await.is_ok());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_names_unknown_keys_and_oversized_inputs() {
     let d = Daemon::start().await;
     let mut c = d.client().await;
     create_key(&mut c, "k").await;
 
-    let gdk = |key: &str, context: std::collections::HashMap<String, String>| proto::GenerateDataKeyRequest {
-        key: key.into(),
-        encryption_context: context,
+    let gdk = |key: &str, context: std::collections::HashMap<String, String>| {
+        proto::GenerateDataKeyRequest {
+            key: key.into(),
+            encryption_context: context,
+        }
     };
     assert_status(
         c.datakeys.generate_data_key(gdk("", ctx(&[]))).await,
@@ -172,19 +227,25 @@ async fn bad_names_unknown_keys_and_oversized_inputs() {
         "key \"nope\" not found",
     );
     assert_status(
-        c.datakeys.generate_data_key(gdk("bad name!", ctx(&[]))).await,
+        c.datakeys
+            .generate_data_key(gdk("bad name!", ctx(&[])))
+            .await,
         Code::InvalidArgument,
         "key: contains ' '",
     );
     assert_status(
-        c.datakeys.generate_data_key(gdk(&"a".repeat(1000), ctx(&[]))).await,
+        c.datakeys
+            .generate_data_key(gdk(&"a".repeat(1000), ctx(&[])))
+            .await,
         Code::InvalidArgument,
         "key: is 1000 bytes long",
     );
     // A 1 MiB context value.
     let big = "v".repeat(1 << 20);
     assert_status(
-        c.datakeys.generate_data_key(gdk("k", ctx(&[("tenant", &big)]))).await,
+        c.datakeys
+            .generate_data_key(gdk("k", ctx(&[("tenant", &big)])))
+            .await,
         Code::InvalidArgument,
         "encryption_context: the value of \"tenant\" is 1048576 bytes long",
     );
@@ -198,7 +259,10 @@ async fn bad_names_unknown_keys_and_oversized_inputs() {
     );
     // A request larger than the transport accepts at all (8 MiB).
     let huge = "v".repeat(8 << 20);
-    let r = c.datakeys.generate_data_key(gdk("k", ctx(&[("x", &huge)]))).await;
+    let r = c
+        .datakeys
+        .generate_data_key(gdk("k", ctx(&[("x", &huge)])))
+        .await;
     let s = r.expect_err("an 8 MiB request must be refused");
     assert!(
         matches!(s.code(), Code::ResourceExhausted | Code::OutOfRange),
@@ -212,34 +276,61 @@ async fn bad_names_unknown_keys_and_oversized_inputs() {
         name: name.into(),
         description: String::new(),
     };
-    assert_status(c.keys.create_key(create("")).await, Code::InvalidArgument, "name: must not be empty");
-    assert_status(c.keys.create_key(create("k")).await, Code::AlreadyExists, "key \"k\" already exists");
     assert_status(
-        c.keys.create_key(proto::CreateKeyRequest {
-            name: "d".into(),
-            description: "x".repeat(5000),
-        })
-        .await,
+        c.keys.create_key(create("")).await,
+        Code::InvalidArgument,
+        "name: must not be empty",
+    );
+    assert_status(
+        c.keys.create_key(create("k")).await,
+        Code::AlreadyExists,
+        "key \"k\" already exists",
+    );
+    assert_status(
+        c.keys
+            .create_key(proto::CreateKeyRequest {
+                name: "d".into(),
+                description: "x".repeat(5000),
+            })
+            .await,
         Code::InvalidArgument,
         "description: is 5000 bytes long",
     );
     assert_status(
         c.keys
-            .describe_key(proto::DescribeKeyRequest { name: "nope".into() })
+            .describe_key(proto::DescribeKeyRequest {
+                name: "nope".into(),
+            })
             .await,
         Code::NotFound,
         "key \"nope\" not found",
     );
     // Nothing was created by the refused calls.
-    let list = c.keys.list_keys(proto::ListKeysRequest {}).await.unwrap().into_inner();
-    assert_eq!(list.keys.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(), vec!["k"]);
-    let s = c.operator.status(proto::StatusRequest {}).await.unwrap().into_inner();
+    let list = c
+        .keys
+        .list_keys(proto::ListKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        list.keys
+            .iter()
+            .map(|k| k.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["k"]
+    );
+    let s = c
+        .operator
+        .status(proto::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(s.key_count, 1);
     assert_serving(&mut c).await;
     generate(&mut c, "k", &[]).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_succeed_and_fail_per_item() {
     let d = Daemon::start().await;
     let mut c = d.client().await;
@@ -386,7 +477,7 @@ async fn batches_succeed_and_fail_per_item() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_clients_get_correct_answers() {
     let d = Daemon::start().await;
     let mut c = d.client().await;
@@ -398,7 +489,9 @@ async fn concurrent_clients_get_correct_answers() {
             for i in 0..25 {
                 let tag = format!("{t}-{i}");
                 let g = generate(&mut c, "k", &[("tag", &tag)]).await;
-                let back = decrypt(&mut c, &g.ciphertext_blob, &[("tag", &tag)]).await.unwrap();
+                let back = decrypt(&mut c, &g.ciphertext_blob, &[("tag", &tag)])
+                    .await
+                    .unwrap();
                 assert_eq!(back.plaintext, g.plaintext);
             }
         }));
@@ -408,35 +501,56 @@ async fn concurrent_clients_get_correct_answers() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cmk_on_token_is_sensitive_and_never_extractable() {
     let d = Daemon::start().await;
     let mut c = d.client().await;
     create_key(&mut c, "clinic-backups").await;
     let out = d.pkcs11_tool(&["--list-objects", "--type", "secrkey"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("Secret Key Object; AES length 32"), "{text}");
-    assert!(text.contains("label:      keywarden:clinic-backups/v1"), "{text}");
+    assert!(
+        text.contains("label:      keywarden:clinic-backups/v1"),
+        "{text}"
+    );
     let access = text
         .lines()
         .find(|l| l.trim_start().starts_with("Access:"))
         .unwrap_or_else(|| panic!("no Access line: {text}"));
-    for want in ["sensitive", "always sensitive", "never extractable", "local"] {
+    for want in [
+        "sensitive",
+        "always sensitive",
+        "never extractable",
+        "local",
+    ] {
         assert!(access.contains(want), "{access}");
     }
-    assert!(!access.contains(" extractable,") || access.contains("never extractable"), "{access}");
+    assert!(
+        !access.contains(" extractable,") || access.contains("never extractable"),
+        "{access}"
+    );
     let usage = text
         .lines()
         .find(|l| l.trim_start().starts_with("Usage:"))
         .unwrap_or_else(|| panic!("no Usage line: {text}"));
     assert_eq!(usage.trim(), "Usage:      encrypt, decrypt");
     // Reading the key value must fail.
-    let read = d.pkcs11_tool(&["--read-object", "--type", "secrkey", "--label", "keywarden:clinic-backups/v1"]);
+    let read = d.pkcs11_tool(&[
+        "--read-object",
+        "--type",
+        "secrkey",
+        "--label",
+        "keywarden:clinic-backups/v1",
+    ]);
     assert!(!read.status.success(), "key value was readable");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_keys_and_reports_drift() {
     let mut d = Daemon::start().await;
     let mut c = d.client().await;
@@ -448,17 +562,37 @@ async fn restart_keeps_keys_and_reports_drift() {
     d.stop();
 
     // Someone deletes a CMK behind the daemon's back.
-    let del = d.pkcs11_tool(&["--delete-object", "--type", "secrkey", "--label", "keywarden:lost/v1"]);
-    assert!(del.status.success(), "{}", String::from_utf8_lossy(&del.stderr));
+    let del = d.pkcs11_tool(&[
+        "--delete-object",
+        "--type",
+        "secrkey",
+        "--label",
+        "keywarden:lost/v1",
+    ]);
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
 
     d.restart().await;
     let mut c = d.client().await;
-    let back = decrypt(&mut c, &g.ciphertext_blob, &[("t", "1")]).await.unwrap();
+    let back = decrypt(&mut c, &g.ciphertext_blob, &[("t", "1")])
+        .await
+        .unwrap();
     assert_eq!(back.plaintext, g.plaintext);
-    let s = c.operator.status(proto::StatusRequest {}).await.unwrap().into_inner();
+    let s = c
+        .operator
+        .status(proto::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let drift = s.drift.unwrap();
     assert_eq!(drift.missing_on_token.len(), 1, "{drift:?}");
-    assert!(drift.missing_on_token[0].starts_with("lost/v1"), "{drift:?}");
+    assert!(
+        drift.missing_on_token[0].starts_with("lost/v1"),
+        "{drift:?}"
+    );
     assert!(drift.orphaned_on_token.is_empty(), "{drift:?}");
     // The lost key fails as an HSM-side failure, not as a bad blob.
     let r = decrypt(&mut c, &g_lost.ciphertext_blob, &[]).await;
@@ -466,12 +600,17 @@ async fn restart_keeps_keys_and_reports_drift() {
     assert_eq!(s.code(), Code::Internal, "{}", s.message());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_is_group_only_and_status_and_reflection_answer() {
     let d = Daemon::start().await;
     assert_eq!(path_mode(&d.socket()), 0o660);
     let mut c = d.client().await;
-    let s = c.operator.status(proto::StatusRequest {}).await.unwrap().into_inner();
+    let s = c
+        .operator
+        .status(proto::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(s.version, env!("CARGO_PKG_VERSION"));
     let t = s.token.unwrap();
     assert_eq!(t.label, "keywarden-dev");
@@ -481,8 +620,9 @@ async fn socket_is_group_only_and_status_and_reflection_answer() {
     assert!(!t.serial.is_empty());
 
     use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
-        server_reflection_response::MessageResponse, ServerReflectionRequest,
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
     };
     let ch = keywarden::client::connect(&d.socket()).await.unwrap();
     let mut refl = ServerReflectionClient::new(ch);

@@ -29,7 +29,10 @@ impl DataKeyApi {
                 context: r.encryption_context,
             })
             .collect();
-        blocking(&self.core, move |c| c.generate_data_keys(reqs, with_plaintext)).await
+        blocking(&self.core, move |c| {
+            c.generate_data_keys(reqs, with_plaintext)
+        })
+        .await
     }
 
     async fn decrypt_many(
@@ -54,10 +57,7 @@ fn generated(g: core::GeneratedKey) -> proto::GenerateDataKeyResponse {
         key_id: g.key_id,
         key_version: g.key_version,
         // The plaintext leaves the zeroizing type here, at the protobuf edge.
-        plaintext: g
-            .plaintext
-            .map(|p| p.expose().to_vec())
-            .unwrap_or_default(),
+        plaintext: g.plaintext.map(|p| p.expose().to_vec()).unwrap_or_default(),
         ciphertext_blob: g.blob,
     }
 }
@@ -129,7 +129,9 @@ impl DataKeyService for DataKeyApi {
                 }),
             })
             .collect();
-        Ok(Response::new(proto::BatchGenerateDataKeyResponse { results }))
+        Ok(Response::new(proto::BatchGenerateDataKeyResponse {
+            results,
+        }))
     }
 
     async fn batch_decrypt(

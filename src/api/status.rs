@@ -78,9 +78,15 @@ mod tests {
         assert_eq!(code(&fault), Code::Internal);
 
         let cases = [
-            (CoreError::invalid("key", "must not be empty"), Code::InvalidArgument),
+            (
+                CoreError::invalid("key", "must not be empty"),
+                Code::InvalidArgument,
+            ),
             (CoreError::KeyNotFound { name: "x".into() }, Code::NotFound),
-            (CoreError::AlreadyExists { name: "x".into() }, Code::AlreadyExists),
+            (
+                CoreError::AlreadyExists { name: "x".into() },
+                Code::AlreadyExists,
+            ),
             (
                 CoreError::KeyUnusable {
                     name: "x".into(),

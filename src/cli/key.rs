@@ -49,7 +49,10 @@ fn print_text(k: &proto::KeyMetadata) {
         println!("description:     {}", k.description);
     }
     for v in &k.versions {
-        println!("  v{:<4} {:<10} created {}", v.version, v.state, v.created_at);
+        println!(
+            "  v{:<4} {:<10} created {}",
+            v.version, v.state, v.created_at
+        );
     }
 }
 
@@ -84,7 +87,10 @@ pub async fn run(socket: &Path, output: Output, cmd: KeyCommand) -> anyhow::Resu
                     "keys": r.keys.iter().map(metadata_json).collect::<Vec<_>>()
                 }))?,
                 Output::Text => {
-                    println!("{:<32} {:<36} {:<8} {:>7}", "NAME", "KEY ID", "STATE", "VERSION");
+                    println!(
+                        "{:<32} {:<36} {:<8} {:>7}",
+                        "NAME", "KEY ID", "STATE", "VERSION"
+                    );
                     for k in &r.keys {
                         println!(
                             "{:<32} {:<36} {:<8} {:>7}",

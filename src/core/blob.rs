@@ -53,7 +53,10 @@ impl Blob {
         if bytes.len() < 4 {
             return Err(CoreError::invalid(
                 F,
-                format!("truncated: {} bytes, shorter than any blob header", bytes.len()),
+                format!(
+                    "truncated: {} bytes, shorter than any blob header",
+                    bytes.len()
+                ),
             ));
         }
         if bytes[0..2] != MAGIC {
@@ -69,7 +72,10 @@ impl Blob {
             ));
         }
         if bytes[3] != ALG_AES256_GCM {
-            return Err(CoreError::invalid(F, format!("unknown algorithm {}", bytes[3])));
+            return Err(CoreError::invalid(
+                F,
+                format!("unknown algorithm {}", bytes[3]),
+            ));
         }
         if bytes.len() < BLOB_V1_LEN {
             return Err(CoreError::invalid(

@@ -15,10 +15,14 @@ pub enum CoreError {
     #[error("ciphertext_blob: wrapped under key id {key_id}, which this daemon does not know")]
     BlobKeyUnknown { key_id: String },
     /// A blob names a key version the registry does not know.
-    #[error("ciphertext_blob: wrapped under version {version} of key {name:?}, which does not exist")]
+    #[error(
+        "ciphertext_blob: wrapped under version {version} of key {name:?}, which does not exist"
+    )]
     BlobVersionUnknown { name: String, version: u32 },
     /// The caller asked for one key and the blob is under another.
-    #[error("ciphertext_blob: wrapped under key {actual:?}, not under the requested key {expected:?}")]
+    #[error(
+        "ciphertext_blob: wrapped under key {actual:?}, not under the requested key {expected:?}"
+    )]
     KeyMismatch { expected: String, actual: String },
     /// The AES-GCM tag did not verify.
     #[error("ciphertext_blob: authentication failed: the blob was altered or the encryption_context does not match the one it was made with")]

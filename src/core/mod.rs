@@ -116,8 +116,7 @@ impl Keywarden {
         let keys = self.registry.list().map_err(reg_err)?;
         let mut known: HashMap<HsmKeyId, String> = HashMap::new();
         let mut drift = Drift::default();
-        let present: std::collections::HashSet<HsmKeyId> =
-            on_token.iter().map(|o| o.id).collect();
+        let present: std::collections::HashSet<HsmKeyId> = on_token.iter().map(|o| o.id).collect();
         for k in &keys {
             for v in &k.versions {
                 let what = format!("{}/v{} ({})", k.name, v.version, v.hsm_id);
@@ -376,12 +375,12 @@ impl Keywarden {
                         operation: "Decrypt",
                     });
                 }
-                let v = key
-                    .version(blob.key_version)
-                    .ok_or_else(|| CoreError::BlobVersionUnknown {
-                        name: key.name.clone(),
-                        version: blob.key_version,
-                    })?;
+                let v =
+                    key.version(blob.key_version)
+                        .ok_or_else(|| CoreError::BlobVersionUnknown {
+                            name: key.name.clone(),
+                            version: blob.key_version,
+                        })?;
                 let hsm_id = v.hsm_id;
                 let aad = blob::aad(&blob.header(), &blob::canonical_context(&ctx));
                 Ok(Prepared {

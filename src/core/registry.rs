@@ -89,7 +89,9 @@ impl Registry {
              );",
         )?;
         let v: Option<String> = conn
-            .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| r.get(0))
+            .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| {
+                r.get(0)
+            })
             .optional()?;
         match v {
             None => {
@@ -119,9 +121,11 @@ impl Registry {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let exists: Option<i64> = tx
-            .query_row("SELECT 1 FROM keys WHERE name = ?1", params![key.name], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT 1 FROM keys WHERE name = ?1",
+                params![key.name],
+                |r| r.get(0),
+            )
             .optional()?;
         if exists.is_some() {
             return Err(RegistryError::AlreadyExists(key.name.clone()));
@@ -155,15 +159,21 @@ impl Registry {
         Ok(())
     }
 
-    fn load(conn: &Connection, where_: &str, arg: &dyn rusqlite::ToSql) -> Result<Vec<KeyRecord>, RegistryError> {
+    fn load(
+        conn: &Connection,
+        where_: &str,
+        arg: &dyn rusqlite::ToSql,
+    ) -> Result<Vec<KeyRecord>, RegistryError> {
         let sql = format!(
             "SELECT id, name, description, state, created_at, algorithm FROM keys {where_} ORDER BY name"
         );
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = if where_.is_empty() {
-            stmt.query_map([], row_to_key)?.collect::<Result<Vec<_>, _>>()?
+            stmt.query_map([], row_to_key)?
+                .collect::<Result<Vec<_>, _>>()?
         } else {
-            stmt.query_map([arg], row_to_key)?.collect::<Result<Vec<_>, _>>()?
+            stmt.query_map([arg], row_to_key)?
+                .collect::<Result<Vec<_>, _>>()?
         };
         let mut out = Vec::with_capacity(rows.len());
         for (id, name, description, state, created_at, algorithm) in rows {
@@ -188,7 +198,9 @@ impl Registry {
             let mut vs = Vec::with_capacity(versions.len());
             for (version, hsm_id, state, created_at) in versions {
                 let hsm_id: [u8; 16] = hsm_id.as_slice().try_into().map_err(|_| {
-                    RegistryError::Corrupt(format!("key {name:?} v{version} has a malformed HSM id"))
+                    RegistryError::Corrupt(format!(
+                        "key {name:?} v{version} has a malformed HSM id"
+                    ))
                 })?;
                 vs.push(VersionRecord {
                     version,
@@ -234,7 +246,14 @@ impl Registry {
 type KeyRow = (Vec<u8>, String, String, String, i64, String);
 
 fn row_to_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
 #[cfg(test)]
@@ -269,7 +288,10 @@ mod tests {
             Err(RegistryError::AlreadyExists(_))
         ));
         assert_eq!(reg.key_by_name("a").unwrap(), Some(rec("a", 1)));
-        assert_eq!(reg.key_by_id(&[2; 16]).unwrap().map(|k| k.name), Some("b".into()));
+        assert_eq!(
+            reg.key_by_id(&[2; 16]).unwrap().map(|k| k.name),
+            Some("b".into())
+        );
         assert_eq!(reg.key_by_name("zz").unwrap(), None);
         assert_eq!(reg.count().unwrap(), 2);
         assert_eq!(reg.list().unwrap().len(), 2);

@@ -31,7 +31,10 @@ pub fn key_name(field: &'static str, name: &str) -> CoreResult<()> {
         .next()
         .is_some_and(|c| c.is_ascii_alphanumeric());
     if !first_ok {
-        return Err(CoreError::invalid(field, "must start with a letter or digit"));
+        return Err(CoreError::invalid(
+            field,
+            "must start with a letter or digit",
+        ));
     }
     if let Some(c) = name
         .chars()
@@ -151,7 +154,9 @@ mod tests {
         assert!(e.starts_with("encryption_context:"), "{e}");
         let many: HashMap<_, _> = (0..65).map(|i| (format!("k{i}"), String::new())).collect();
         assert!(context(many).unwrap_err().to_string().contains("65 pairs"));
-        let total: HashMap<_, _> = (0..16).map(|i| (format!("k{i}"), "v".repeat(1000))).collect();
+        let total: HashMap<_, _> = (0..16)
+            .map(|i| (format!("k{i}"), "v".repeat(1000)))
+            .collect();
         assert!(context(total).unwrap_err().to_string().contains("in all"));
     }
 

@@ -20,8 +20,8 @@ use zeroize::Zeroizing;
 
 use super::profile::HsmProfile;
 use super::{
-    ErrorClass, Hsm, HsmError, HsmKeyId, HsmObjectInfo, HsmResult, KeyAttributes,
-    TokenDescription, UnwrapItem, WrappedKey, IV_LEN, LABEL_PREFIX, TAG_LEN,
+    ErrorClass, Hsm, HsmError, HsmKeyId, HsmObjectInfo, HsmResult, KeyAttributes, TokenDescription,
+    UnwrapItem, WrappedKey, IV_LEN, LABEL_PREFIX, TAG_LEN,
 };
 use crate::config::TokenSelector;
 use crate::secret::{DataKey, Pin, DATA_KEY_LEN};
@@ -261,7 +261,8 @@ impl Pkcs11Hsm {
     ) -> HsmResult<Zeroizing<Vec<u8>>> {
         let handle = self.handles(session, &item.key)?.for_crypto();
         let mut iv = item.iv;
-        let params = GcmParams::new(&mut iv, item.aad, ((TAG_LEN * 8) as u64).into()).map_err(ck)?;
+        let params =
+            GcmParams::new(&mut iv, item.aad, ((TAG_LEN * 8) as u64).into()).map_err(ck)?;
         match session.decrypt(&Mechanism::AesGcm(params), handle, item.ciphertext) {
             Ok(pt) => Ok(Zeroizing::new(pt)),
             Err(CkError::Pkcs11(rv, _)) if self.profile.is_gcm_tag_failure(&format!("{rv:?}")) => {
@@ -535,7 +536,9 @@ impl Hsm for Pkcs11Hsm {
         let mut s = self.session();
         let mut out = Vec::with_capacity(items.len());
         for item in items {
-            let r = s.session().and_then(|session| self.gcm_decrypt(session, item));
+            let r = s
+                .session()
+                .and_then(|session| self.gcm_decrypt(session, item));
             let r = match r {
                 Ok(pt) => DataKey::from_slice(&pt).ok_or_else(|| {
                     HsmError::Unexpected(format!("unwrapped key is {} bytes", pt.len()))

@@ -83,8 +83,12 @@ mod tests {
     #[test]
     fn profile_rejects_unknown_fields_and_bad_codes() {
         let base = "name = \"x\"\nmodule_paths = []\nsession_key_copies = true\nmax_sessions = 2\n";
-        assert!(HsmProfile::parse(&format!("{base}gcm_tag_failure_codes = [\"GENERAL\"]\n")).is_err());
-        assert!(HsmProfile::parse(&format!("{base}gcm_tag_failure_codes = []\nslot = 0\n")).is_err());
+        assert!(
+            HsmProfile::parse(&format!("{base}gcm_tag_failure_codes = [\"GENERAL\"]\n")).is_err()
+        );
+        assert!(
+            HsmProfile::parse(&format!("{base}gcm_tag_failure_codes = []\nslot = 0\n")).is_err()
+        );
         assert!(HsmProfile::parse(&format!("{base}gcm_tag_failure_codes = []\n")).is_ok());
     }
 }

@@ -25,6 +25,9 @@ use crate::secret::Pin;
 /// of at most 8 KiB, a blob of at most 4 KiB) are far below this.
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 
+/// How long in-flight requests may run after SIGTERM.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 fn check_privileges(config: &Config) -> anyhow::Result<()> {
     if nix::unistd::geteuid().is_root() && !config.allow_root {
         bail!("refusing to run as root; run as the keywarden user, or set server.allow_root = true (development only)");
@@ -126,7 +129,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    let result = tonic::transport::Server::builder()
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
         .concurrency_limit_per_connection(256)
         .add_service(
@@ -146,8 +150,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(reflection)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
-        .await;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    let result = tokio::select! {
+        r = &mut server => r,
+        _ = shutdown_signal() => {
+            // Stop accepting; give in-flight requests a deadline, then go.
+            let _ = stop_tx.send(());
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "connections still open after the shutdown deadline; closing them");
+                    Ok(())
+                }
+            }
+        }
+    };
     let _ = std::fs::remove_file(&config.socket);
     result?;
     info!("stopped");

@@ -65,7 +65,11 @@ impl Daemon {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "daemon did not start: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not start: {}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -215,7 +219,11 @@ pub async fn assert_serving(c: &mut Client) {
     assert_eq!(s.hsm_health, "ok", "{}", s.hsm_detail);
 }
 
-pub fn assert_status(r: Result<impl std::fmt::Debug, tonic::Status>, code: tonic::Code, needle: &str) {
+pub fn assert_status(
+    r: Result<impl std::fmt::Debug, tonic::Status>,
+    code: tonic::Code,
+    needle: &str,
+) {
     match r {
         Ok(v) => panic!("expected {code:?} containing {needle:?}, got Ok({v:?})"),
         Err(s) => {
