@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what Keywarden needs to build and test on Debian 12, idempotently:
+# SoftHSM 2, OpenSC (pkcs11-tool), protoc, a C toolchain, and a Rust
+# toolchain (the machine's rustup toolchain if present, else Debian's
+# rustc-web/cargo-web, which are recent enough).
+set -euo pipefail
+
+need=()
+for pkg in softhsm2 opensc protobuf-compiler build-essential pkg-config ca-certificates; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  need+=(rustc-web cargo-web)
+fi
+
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: missing packages: ${need[*]}; run as root or install them" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null 2>&1 || { echo "install-deps: no cargo after install" >&2; exit 1; }
+echo "install-deps: ok ($(cargo --version), $(softhsm2-util --version 2>/dev/null | head -1 | sed 's/^/softhsm2 /'))" >&2
