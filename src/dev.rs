@@ -65,7 +65,11 @@ fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-async fn prepare(root: &Path, socket: Option<PathBuf>) -> anyhow::Result<DevLayout> {
+async fn prepare(
+    root: &Path,
+    socket: Option<PathBuf>,
+    session_copies: bool,
+) -> anyhow::Result<DevLayout> {
     let root = root.canonicalize()?;
     {
         use std::os::unix::fs::PermissionsExt;
@@ -79,7 +83,12 @@ async fn prepare(root: &Path, socket: Option<PathBuf>) -> anyhow::Result<DevLayo
     let marker = root.join("token-initialised");
 
     std::fs::create_dir_all(&tokens)?;
-    write_file(&profile_path, SOFTHSM2_PROFILE)?;
+    let profile_text = if session_copies {
+        SOFTHSM2_PROFILE.to_string()
+    } else {
+        SOFTHSM2_PROFILE.replace("session_key_copies = true", "session_key_copies = false")
+    };
+    write_file(&profile_path, &profile_text)?;
     let profile = HsmProfile::parse(SOFTHSM2_PROFILE).map_err(anyhow::Error::msg)?;
     let module = profile.find_module().ok_or_else(|| {
         anyhow::anyhow!(
@@ -154,7 +163,11 @@ async fn wait_for_socket(path: &Path, child: &mut tokio::process::Child) -> anyh
 }
 
 /// Runs `keywarden dev`.
-pub async fn run(dir: Option<PathBuf>, socket: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(
+    dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    session_copies: bool,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
 
     let (temp, root) = match dir {
@@ -170,7 +183,7 @@ pub async fn run(dir: Option<PathBuf>, socket: Option<PathBuf>) -> anyhow::Resul
             (Some(t), p)
         }
     };
-    let layout = prepare(&root, socket).await?;
+    let layout = prepare(&root, socket, session_copies).await?;
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .arg("serve")

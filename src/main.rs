@@ -39,6 +39,10 @@ enum Command {
         /// Keep token, config and state in DIR instead of a temporary directory.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Use the CMK token objects directly instead of session copies
+        /// (to measure what the copies buy).
+        #[arg(long)]
+        no_session_copies: bool,
     },
     /// Customer-managed keys (admins).
     #[command(subcommand)]
@@ -83,11 +87,14 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             let config = keywarden::config::Config::load(&config)?;
             keywarden::server::serve(config).await
         }
-        Command::Dev { dir } => {
+        Command::Dev {
+            dir,
+            no_session_copies,
+        } => {
             // Only an explicit --socket applies; a KEYWARDEN_SOCKET left over
             // from an earlier dev run must not.
             let socket = if socket_from_cli { cli.socket } else { None };
-            keywarden::dev::run(dir, socket).await
+            keywarden::dev::run(dir, socket, !no_session_copies).await
         }
         Command::DevInitToken {
             module,
