@@ -12,6 +12,17 @@ use crate::hsm::profile::HsmProfile;
 struct RawConfig {
     server: RawServer,
     hsm: RawHsm,
+    #[serde(default)]
+    seal: Option<RawSeal>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSeal {
+    #[serde(default)]
+    ceremony_timeout_secs: Option<u64>,
+    #[serde(default)]
+    allow_single_share: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -36,10 +47,6 @@ struct RawHsm {
     #[serde(default)]
     token_serial: Option<String>,
     #[serde(default)]
-    pin_file: Option<PathBuf>,
-    #[serde(default)]
-    pin_credential: Option<String>,
-    #[serde(default)]
     pool_size: Option<u32>,
 }
 
@@ -60,30 +67,6 @@ impl std::fmt::Display for TokenSelector {
     }
 }
 
-/// Where the user PIN comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PinSource {
-    File(PathBuf),
-    /// A systemd credential name, read from `$CREDENTIALS_DIRECTORY/NAME`.
-    Credential(String),
-}
-
-impl PinSource {
-    pub fn path(&self) -> Result<PathBuf, ConfigError> {
-        match self {
-            PinSource::File(p) => Ok(p.clone()),
-            PinSource::Credential(name) => {
-                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-                    ConfigError::Invalid(format!(
-                        "hsm.pin_credential = {name:?} but CREDENTIALS_DIRECTORY is not set"
-                    ))
-                })?;
-                Ok(Path::new(&dir).join(name))
-            }
-        }
-    }
-}
-
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -94,8 +77,11 @@ pub struct Config {
     pub profile: HsmProfile,
     pub module: PathBuf,
     pub token: TokenSelector,
-    pub pin: PinSource,
     pub pool_size: usize,
+    /// An unseal or rekey in progress expires after this long.
+    pub ceremony_timeout: std::time::Duration,
+    /// A threshold of 1 is allowed (dev mode only).
+    pub allow_single_share: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,25 +147,16 @@ impl Config {
             )),
         };
 
-        let pin = match (raw.hsm.pin_file, raw.hsm.pin_credential) {
-            (Some(f), None) => PinSource::File(resolve(&f)),
-            (None, Some(c)) if !c.is_empty() && !c.contains('/') => PinSource::Credential(c),
-            (None, Some(_)) => {
-                return Err(ConfigError::Invalid(
-                    "hsm.pin_credential must be a plain credential name".into(),
-                ))
-            }
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::Invalid(
-                    "set one of hsm.pin_file and hsm.pin_credential, not both".into(),
-                ))
-            }
-            (None, None) => {
-                return Err(ConfigError::Invalid(
-                    "hsm.pin_file or hsm.pin_credential is required (PINs are never inline)".into(),
-                ))
-            }
-        };
+        let seal = raw.seal.unwrap_or(RawSeal {
+            ceremony_timeout_secs: None,
+            allow_single_share: false,
+        });
+        let timeout = seal.ceremony_timeout_secs.unwrap_or(900);
+        if !(10..=86_400).contains(&timeout) {
+            return Err(ConfigError::Invalid(format!(
+                "seal.ceremony_timeout_secs {timeout} must be between 10 and 86400"
+            )));
+        }
 
         let profile_path = resolve(&raw.hsm.profile);
         let profile = HsmProfile::load(&profile_path)
@@ -228,8 +205,9 @@ impl Config {
             profile,
             module,
             token,
-            pin,
             pool_size,
+            ceremony_timeout: std::time::Duration::from_secs(timeout),
+            allow_single_share: seal.allow_single_share,
         })
     }
 }
@@ -264,14 +242,10 @@ mod tests {
     #[test]
     fn valid_config_resolves_relative_paths_and_caps_pool() {
         let dir = tempfile::tempdir().unwrap();
-        let c = parse(
-            dir.path(),
-            "token_label = \"kw\"\npin_file = \"pin\"\npool_size = 100",
-            "",
-        )
-        .unwrap();
+        let c = parse(dir.path(), "token_label = \"kw\"\npool_size = 100", "").unwrap();
         assert_eq!(c.socket, dir.path().join("s.sock"));
-        assert_eq!(c.pin, PinSource::File(dir.path().join("pin")));
+        assert_eq!(c.ceremony_timeout.as_secs(), 900);
+        assert!(!c.allow_single_share);
         assert_eq!(c.token, TokenSelector::Label("kw".into()));
         assert_eq!(c.pool_size, 4);
         assert_eq!(c.socket_mode, 0o660);
@@ -280,40 +254,26 @@ mod tests {
     #[test]
     fn unknown_fields_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let e = parse(
-            dir.path(),
-            "token_label = \"kw\"\npin_file = \"pin\"\npin = \"1234\"",
-            "",
-        )
-        .unwrap_err();
+        let e = parse(dir.path(), "token_label = \"kw\"\npin = \"1234\"", "").unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
     }
 
     #[test]
-    fn token_must_be_named_and_pin_must_come_from_a_file() {
+    fn token_must_be_named_and_no_pin_is_accepted() {
         let dir = tempfile::tempdir().unwrap();
-        let e = parse(dir.path(), "pin_file = \"pin\"", "").unwrap_err();
+        let e = parse(dir.path(), "", "").unwrap_err();
         assert!(e.to_string().contains("token_label"), "{e}");
-        let e = parse(dir.path(), "token_label = \"kw\"", "").unwrap_err();
-        assert!(e.to_string().contains("pin_file"), "{e}");
-        let e = parse(
-            dir.path(),
-            "token_label = \"kw\"\ntoken_serial = \"1\"\npin_file = \"p\"",
-            "",
-        )
-        .unwrap_err();
+        // PINs are derived from the unseal key; a PIN file is not a field.
+        let e = parse(dir.path(), "token_label = \"kw\"\npin_file = \"p\"", "").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = parse(dir.path(), "token_label = \"kw\"\ntoken_serial = \"1\"", "").unwrap_err();
         assert!(e.to_string().contains("not both"), "{e}");
     }
 
     #[test]
     fn world_accessible_socket_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let e = parse(
-            dir.path(),
-            "token_label = \"kw\"\npin_file = \"pin\"",
-            "socket_mode = 0o666",
-        )
-        .unwrap_err();
+        let e = parse(dir.path(), "token_label = \"kw\"", "socket_mode = 0o666").unwrap_err();
         assert!(e.to_string().contains("socket_mode"), "{e}");
     }
 }

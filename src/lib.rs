@@ -7,12 +7,14 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod core;
 pub mod dev;
 pub mod hsm;
+pub mod seal;
 pub mod secret;
 pub mod server;
 

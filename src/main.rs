@@ -43,6 +43,10 @@ enum Command {
         /// (to measure what the copies buy).
         #[arg(long)]
         no_session_copies: bool,
+        /// Start uninitialised so custodians can rehearse init, unseal, seal
+        /// and rekey.
+        #[arg(long)]
+        ceremony: bool,
     },
     /// Customer-managed keys (admins).
     #[command(subcommand)]
@@ -50,8 +54,11 @@ enum Command {
     /// Data keys for envelope encryption (applications).
     #[command(subcommand)]
     Datakey(DatakeyCommand),
-    /// Daemon status: version, HSM token and health, drift.
+    /// Daemon status: version, seal, HSM token and health, drift.
     Status,
+    /// Custodians' ceremonies: init, unseal, seal, rekey.
+    #[command(subcommand)]
+    Operator(keywarden::cli::operator::OperatorCommand),
     /// Initialise a dev token (used by `keywarden dev`).
     #[command(hide = true)]
     DevInitToken {
@@ -90,11 +97,18 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
         Command::Dev {
             dir,
             no_session_copies,
+            ceremony,
         } => {
             // Only an explicit --socket applies; a KEYWARDEN_SOCKET left over
             // from an earlier dev run must not.
             let socket = if socket_from_cli { cli.socket } else { None };
-            keywarden::dev::run(dir, socket, !no_session_copies).await
+            keywarden::dev::run(keywarden::dev::DevOptions {
+                dir,
+                socket,
+                no_session_copies,
+                ceremony,
+            })
+            .await
         }
         Command::DevInitToken {
             module,
@@ -109,6 +123,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
         Command::Key(cmd) => keywarden::cli::key::run(&socket, cli.output, cmd).await,
         Command::Datakey(cmd) => keywarden::cli::datakey::run(&socket, cli.output, cmd).await,
         Command::Status => keywarden::cli::status::run(&socket, cli.output).await,
+        Command::Operator(cmd) => keywarden::cli::operator::run(&socket, cli.output, cmd).await,
     }
 }
 

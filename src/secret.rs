@@ -67,7 +67,8 @@ impl Pin {
         Self::from_bytes(&raw).map_err(|e| format!("pin file {}: {e}", path.display()))
     }
 
-    fn from_bytes(raw: &[u8]) -> Result<Self, &'static str> {
+    /// A PIN from bytes (one trailing newline removed).
+    pub fn from_bytes(raw: &[u8]) -> Result<Self, &'static str> {
         let mut end = raw.len();
         if end > 0 && raw[end - 1] == b'\n' {
             end -= 1;
@@ -83,6 +84,22 @@ impl Pin {
             return Err("PIN is longer than 255 bytes");
         }
         Ok(Pin(SecretString::from(text)))
+    }
+
+    /// A PIN from text the daemon derived itself.
+    pub(crate) fn from_text(text: &str) -> Self {
+        Pin(SecretString::from(text))
+    }
+
+    /// The PIN as text: only for `keywarden operator derive-pin`, the
+    /// custodians' offline recovery tool, which prints it.
+    pub fn expose_text(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn expose_for_test(&self) -> &str {
+        self.0.expose_secret()
     }
 
     /// A fresh random PIN (hex of 16 random bytes), for dev tokens.

@@ -32,7 +32,8 @@ impl DataKeyApi {
         blocking(&self.core, move |c| {
             c.generate_data_keys(reqs, with_plaintext)
         })
-        .await
+        .await?
+        .map_err(Status::from)
     }
 
     async fn decrypt_many(
@@ -47,7 +48,9 @@ impl DataKeyApi {
                 key: (!r.key.is_empty()).then_some(r.key),
             })
             .collect();
-        blocking(&self.core, move |c| c.decrypt(reqs)).await
+        blocking(&self.core, move |c| c.decrypt(reqs))
+            .await?
+            .map_err(Status::from)
     }
 }
 

@@ -5,6 +5,8 @@ use tonic::{Code, Status};
 use tracing::error;
 
 use crate::core::CoreError;
+use crate::hsm::ErrorClass;
+use crate::seal::SealError;
 
 /// The gRPC code for a core error.
 pub fn code(e: &CoreError) -> Code {
@@ -17,6 +19,8 @@ pub fn code(e: &CoreError) -> Code {
         CoreError::BlobVersionUnknown { .. } => Code::NotFound,
         CoreError::AlreadyExists { .. } => Code::AlreadyExists,
         CoreError::KeyUnusable { .. } => Code::FailedPrecondition,
+        CoreError::HsmRejectedInput(_) => Code::InvalidArgument,
+        CoreError::Seal(s) => seal_code(s),
         CoreError::HsmUnavailable(_) => Code::Unavailable,
         CoreError::HsmFailed(_) => Code::Internal,
         CoreError::Registry(_) => Code::Internal,
@@ -24,12 +28,42 @@ pub fn code(e: &CoreError) -> Code {
     }
 }
 
+fn seal_code(e: &SealError) -> Code {
+    match e {
+        SealError::NotInitialized
+        | SealError::AlreadyInitialized { .. }
+        | SealError::Sealed { .. }
+        | SealError::AlreadyUnsealed
+        | SealError::NoRekey
+        | SealError::RekeyInProgress { .. }
+        | SealError::WrongRekeyPhase { .. } => Code::FailedPrecondition,
+        SealError::InvalidParameter { .. }
+        | SealError::BadShare(_)
+        | SealError::WrongSet { .. }
+        | SealError::WrongThreshold { .. }
+        | SealError::ReconstructionFailed
+        | SealError::PinRejected { .. } => Code::InvalidArgument,
+        SealError::Duplicate { .. } => Code::AlreadyExists,
+        SealError::Hsm(h) => match h.class() {
+            ErrorClass::Transient => Code::Unavailable,
+            _ => Code::Internal,
+        },
+        SealError::Storage(_) => Code::Internal,
+    }
+}
+
+/// Metadata key that marks the one status a client may need to tell apart
+/// from any other FAILED_PRECONDITION: `sealed` or `uninitialized`.
+pub const STATE_METADATA: &str = "keywarden-state";
+
 /// The message the client sees. Caller errors are described in full; the
 /// daemon's own failures are summarised and the detail is logged.
 pub fn message(e: &CoreError) -> String {
     match e {
         CoreError::HsmUnavailable(_) => "HSM unavailable; retry later".into(),
         CoreError::HsmFailed(_) => "HSM operation failed".into(),
+        CoreError::Seal(SealError::Hsm(_)) => "HSM operation failed during the ceremony".into(),
+        CoreError::Seal(SealError::Storage(_)) => "seal storage failure".into(),
         CoreError::Registry(_) => "key registry failure".into(),
         CoreError::Internal(_) => "internal error".into(),
         other => other.to_string(),
@@ -41,7 +75,19 @@ pub fn to_status(e: CoreError) -> Status {
     if matches!(code, Code::Internal | Code::Unavailable) {
         error!(error = %e, "request failed");
     }
-    Status::new(code, message(&e))
+    let mut status = Status::new(code, message(&e));
+    let state = match &e {
+        CoreError::Seal(SealError::Sealed { .. }) => Some("sealed"),
+        CoreError::Seal(SealError::NotInitialized) => Some("uninitialized"),
+        _ => None,
+    };
+    if let Some(v) = state {
+        status.metadata_mut().insert(
+            STATE_METADATA,
+            tonic::metadata::MetadataValue::from_static(v),
+        );
+    }
+    status
 }
 
 impl From<CoreError> for Status {

@@ -3,6 +3,7 @@
 
 pub mod datakey;
 pub mod key;
+pub mod operator;
 pub mod status;
 
 use std::collections::HashMap;

@@ -17,10 +17,23 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
         .into_inner();
     let t = s.token.unwrap_or_default();
     let d = s.drift.unwrap_or_default();
+    let seal = s.seal.unwrap_or_default();
     match output {
         Output::Json => print_json(&json!({
             "version": s.version,
             "sealed": s.sealed,
+            "seal": {
+                "phase": seal.phase,
+                "set_id": seal.set_id,
+                "shares": seal.shares,
+                "threshold": seal.threshold,
+                "received": seal.received,
+                "rekey_id": seal.rekey_id,
+                "rekey_phase": seal.rekey_phase,
+                "rekey_received": seal.rekey_received,
+                "rekey_threshold": seal.rekey_threshold,
+                "interrupted_rekey": seal.interrupted_rekey,
+            },
             "hsm_health": s.hsm_health,
             "hsm_detail": s.hsm_detail,
             "token": {
@@ -41,7 +54,26 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
         }))?,
         Output::Text => {
             println!("version:     {}", s.version);
-            println!("sealed:      {}", s.sealed);
+            match seal.phase.as_str() {
+                "sealed" => println!(
+                    "seal:        sealed ({} of {} shares received, set {})",
+                    seal.received, seal.threshold, seal.set_id
+                ),
+                "unsealed" => println!(
+                    "seal:        unsealed (set {}, {} of {} shares)",
+                    seal.set_id, seal.threshold, seal.shares
+                ),
+                other => println!("seal:        {other} (run `keywarden operator init`)"),
+            }
+            if !seal.rekey_id.is_empty() {
+                println!(
+                    "rekey:       {} {} ({} of {})",
+                    seal.rekey_id, seal.rekey_phase, seal.rekey_received, seal.rekey_threshold
+                );
+            }
+            if seal.interrupted_rekey {
+                println!("rekey:       an interrupted rekey commit was found; shares of either set unseal");
+            }
             if s.hsm_detail.is_empty() {
                 println!("hsm:         {}", s.hsm_health);
             } else {

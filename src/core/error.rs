@@ -2,6 +2,7 @@
 //! the one table that turns it into a `tonic::Status`.
 
 use crate::hsm::HsmError;
+use crate::seal::SealError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
@@ -39,6 +40,13 @@ pub enum CoreError {
     /// The HSM cannot be reached or failed transiently.
     #[error("HSM unavailable: {0}")]
     HsmUnavailable(HsmError),
+    /// The HSM refused the caller's input (for example a ciphertext of the
+    /// wrong length).
+    #[error("ciphertext_blob: the HSM rejected the input ({0})")]
+    HsmRejectedInput(HsmError),
+    /// The seal refused (sealed, not initialised, a ceremony error).
+    #[error("{0}")]
+    Seal(SealError),
     /// The HSM failed in a way that is not the caller's fault.
     #[error("HSM failure: {0}")]
     HsmFailed(HsmError),
@@ -66,9 +74,16 @@ impl CoreError {
             HsmError::AuthenticationFailed => CoreError::DecryptFailed,
             e => match e.class() {
                 ErrorClass::Transient => CoreError::HsmUnavailable(e),
-                ErrorClass::Caller | ErrorClass::Permanent => CoreError::HsmFailed(e),
+                ErrorClass::Caller => CoreError::HsmRejectedInput(e),
+                ErrorClass::Permanent => CoreError::HsmFailed(e),
             },
         }
+    }
+}
+
+impl From<SealError> for CoreError {
+    fn from(e: SealError) -> Self {
+        CoreError::Seal(e)
     }
 }
 

@@ -17,7 +17,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
 
 use crate::hsm::{Hsm, HsmKeyId, TokenDescription, UnwrapItem, LABEL_PREFIX};
-use crate::secret::DataKey;
+use crate::seal::{IssuedShare, Seal, SealStatus, ShareProgress};
+use crate::secret::{DataKey, Pin};
 use blob::Blob;
 pub use error::{CoreError, CoreResult};
 use registry::{KeyRecord, Registry, RegistryError, VersionRecord};
@@ -72,11 +73,13 @@ pub struct Status {
     pub key_count: u32,
     pub drift: Drift,
     pub started_at: i64,
+    pub seal: SealStatus,
 }
 
 pub struct Keywarden {
     hsm: Arc<dyn Hsm>,
     registry: Registry,
+    seal: Seal,
     drift: RwLock<Drift>,
     started_at: i64,
 }
@@ -96,17 +99,93 @@ fn reg_err(e: RegistryError) -> CoreError {
 }
 
 impl Keywarden {
-    /// Builds the core, reconciles the registry against the token and makes
-    /// session copies of every enabled CMK version.
-    pub fn start(hsm: Arc<dyn Hsm>, registry: Registry) -> CoreResult<Self> {
-        let kw = Keywarden {
+    /// Builds the core. It starts sealed (or uninitialised): nothing touches
+    /// the keys until custodians unseal.
+    pub fn start(hsm: Arc<dyn Hsm>, registry: Registry, seal: Seal) -> Self {
+        Keywarden {
             hsm,
             registry,
+            seal,
             drift: RwLock::new(Drift::default()),
             started_at: now(),
-        };
-        kw.reconcile()?;
-        Ok(kw)
+        }
+    }
+
+    fn unsealed(&self) -> CoreResult<()> {
+        self.seal.require_unsealed().map_err(CoreError::Seal)
+    }
+
+    /// The init ceremony (see [`Seal::init`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn init(
+        &self,
+        shares: u32,
+        threshold: u32,
+        recipients: &[String],
+        labels: &[String],
+        user_pin: &Pin,
+        so_pin: &Pin,
+    ) -> CoreResult<Vec<IssuedShare>> {
+        Ok(self.seal.init(
+            self.hsm.as_ref(),
+            shares,
+            threshold,
+            recipients,
+            labels,
+            user_pin,
+            so_pin,
+        )?)
+    }
+
+    /// Submits one unseal share; at the threshold the daemon unseals and
+    /// reconciles the registry with the token.
+    pub fn unseal(&self, share: &str) -> CoreResult<ShareProgress> {
+        let p = self.seal.submit_unseal_share(self.hsm.as_ref(), share)?;
+        if p.complete {
+            if let Err(e) = self.reconcile() {
+                warn!(error = %e, "reconciliation after unseal failed");
+            }
+        }
+        Ok(p)
+    }
+
+    pub fn unseal_reset(&self) -> CoreResult<usize> {
+        Ok(self.seal.reset_unseal()?)
+    }
+
+    pub fn seal(&self) -> CoreResult<()> {
+        Ok(self.seal.seal(self.hsm.as_ref())?)
+    }
+
+    pub fn rekey_start(
+        &self,
+        shares: u32,
+        threshold: u32,
+        recipients: &[String],
+        labels: &[String],
+    ) -> CoreResult<(String, u8)> {
+        Ok(self
+            .seal
+            .rekey_start(shares, threshold, recipients, labels)?)
+    }
+
+    pub fn rekey_submit(&self, share: &str) -> CoreResult<(ShareProgress, Vec<IssuedShare>)> {
+        Ok(self.seal.rekey_submit(share)?)
+    }
+
+    pub fn rekey_verify(&self, share: &str) -> CoreResult<ShareProgress> {
+        let p = self.seal.rekey_verify(self.hsm.as_ref(), share)?;
+        if p.complete {
+            // The login was renewed: session copies must be made again.
+            if let Err(e) = self.reconcile() {
+                warn!(error = %e, "reconciliation after rekey failed");
+            }
+        }
+        Ok(p)
+    }
+
+    pub fn rekey_cancel(&self) -> CoreResult<()> {
+        Ok(self.seal.rekey_cancel()?)
     }
 
     /// Compares the registry with the token; records drift and activates
@@ -157,6 +236,7 @@ impl Keywarden {
     /// Creates a CMK: generate in the HSM, record, and destroy the HSM
     /// object again if recording fails.
     pub fn create_key(&self, name: &str, description: &str) -> CoreResult<KeyRecord> {
+        self.unsealed()?;
         validate::key_name("name", name)?;
         validate::description(description)?;
         if self.registry.key_by_name(name).map_err(reg_err)?.is_some() {
@@ -199,10 +279,12 @@ impl Keywarden {
     }
 
     pub fn list_keys(&self) -> CoreResult<Vec<KeyRecord>> {
+        self.unsealed()?;
         self.registry.list().map_err(reg_err)
     }
 
     pub fn describe_key(&self, name: &str) -> CoreResult<KeyRecord> {
+        self.unsealed()?;
         validate::key_name("name", name)?;
         self.registry
             .key_by_name(name)
@@ -227,12 +309,13 @@ impl Keywarden {
     }
 
     /// GenerateDataKey for one or many requests; each item succeeds or fails
-    /// on its own.
+    /// on its own. The outer error refuses the whole call (sealed).
     pub fn generate_data_keys(
         &self,
         requests: Vec<GenerateRequest>,
         with_plaintext: bool,
-    ) -> Vec<CoreResult<GeneratedKey>> {
+    ) -> CoreResult<Vec<CoreResult<GeneratedKey>>> {
+        self.unsealed()?;
         struct Prepared {
             key: KeyRecord,
             version: u32,
@@ -323,7 +406,7 @@ impl Keywarden {
                 }
             }
         }
-        prepared
+        Ok(prepared
             .into_iter()
             .zip(results)
             .map(|(p, r)| match (p, r) {
@@ -331,12 +414,13 @@ impl Keywarden {
                 (Ok(_), Some(r)) => r,
                 (Ok(_), None) => Err(CoreError::Internal("batch item was not processed".into())),
             })
-            .collect()
+            .collect())
     }
 
     /// Decrypt for one or many requests; each item succeeds or fails on its
     /// own.
-    pub fn decrypt(&self, requests: Vec<DecryptRequest>) -> Vec<CoreResult<Decrypted>> {
+    pub fn decrypt(&self, requests: Vec<DecryptRequest>) -> CoreResult<Vec<CoreResult<Decrypted>>> {
+        self.unsealed()?;
         struct Prepared {
             key: KeyRecord,
             version: u32,
@@ -410,7 +494,7 @@ impl Keywarden {
         }
         .into_iter();
         drop(items);
-        prepared
+        Ok(prepared
             .into_iter()
             .map(|p| {
                 let p = p?;
@@ -425,7 +509,7 @@ impl Keywarden {
                     plaintext: dk,
                 })
             })
-            .collect()
+            .collect())
     }
 
     pub fn status(&self) -> Status {
@@ -437,7 +521,14 @@ impl Keywarden {
             profile: self.hsm.profile_name().to_string(),
             session_copies: self.hsm.session_copies(),
             pool_size: self.hsm.pool_size(),
-            key_count: self.registry.count().unwrap_or(0),
+            key_count: match self.registry.count() {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!(error = %e, "registry count failed");
+                    0
+                }
+            },
+            seal: self.seal.status(),
             drift: self.drift.read().unwrap_or_else(|p| p.into_inner()).clone(),
             started_at: self.started_at,
         }

@@ -7,7 +7,7 @@ pub mod profile;
 
 use std::fmt;
 
-use crate::secret::DataKey;
+use crate::secret::{DataKey, Pin};
 
 /// Length of the AES-GCM IV used for wrapping (96 bits).
 pub const IV_LEN: usize = 12;
@@ -114,6 +114,15 @@ pub enum HsmError {
     Module(String),
     #[error("HSM returned unexpected data: {0}")]
     Unexpected(String),
+    /// The token refused a PIN (`role` is "user" or "so").
+    #[error("the token refused the {role} PIN")]
+    PinIncorrect { role: &'static str },
+    /// The daemon is not logged in to the token (sealed).
+    #[error("not logged in to the token")]
+    NotLoggedIn,
+    /// No worker session became free in time (the token may be gone).
+    #[error("no HSM session became available within {0} s")]
+    PoolExhausted(u64),
 }
 
 impl HsmError {
@@ -121,7 +130,11 @@ impl HsmError {
         match self {
             HsmError::Pkcs11 { class, .. } => *class,
             HsmError::AuthenticationFailed => ErrorClass::Caller,
-            HsmError::TokenNotFound(_) | HsmError::Module(_) => ErrorClass::Transient,
+            HsmError::TokenNotFound(_)
+            | HsmError::Module(_)
+            | HsmError::NotLoggedIn
+            | HsmError::PoolExhausted(_) => ErrorClass::Transient,
+            HsmError::PinIncorrect { .. } => ErrorClass::Caller,
             HsmError::ObjectNotFound(_) | HsmError::Unexpected(_) => ErrorClass::Permanent,
         }
     }
@@ -142,6 +155,21 @@ pub trait Hsm: Send + Sync {
     fn profile_name(&self) -> &str;
     /// A cheap call that proves the token answers.
     fn health(&self) -> HsmResult<()>;
+    /// Logs in as the user, opens the worker pool. `UserAlreadyLoggedIn` is
+    /// success.
+    fn login(&self, pin: &Pin) -> HsmResult<()>;
+    /// Logs out, drops session copies, closes every session.
+    fn logout(&self);
+    fn is_logged_in(&self) -> bool;
+    /// Changes the user PIN and the SO PIN (not logged in). If the SO change
+    /// fails, the user PIN is changed back.
+    fn change_pins(
+        &self,
+        user_old: &Pin,
+        user_new: &Pin,
+        so_old: &Pin,
+        so_new: &Pin,
+    ) -> HsmResult<()>;
     /// Random bytes from the token's RNG.
     fn random(&self, buf: &mut [u8]) -> HsmResult<()>;
     /// Generates an AES-256 CMK version inside the token: a token object,

@@ -1,13 +1,14 @@
 //! The PKCS#11 implementation of [`Hsm`], through `cryptoki`.
 //!
-//! Session discipline: one context initialised with OS locking; one
-//! long-lived logged-in session that holds the login for the whole token
-//! (and owns the session copies of CMK versions); a bounded pool of worker
-//! sessions checked out per operation.
+//! Session discipline: one context initialised with OS locking; while
+//! unsealed, one long-lived logged-in session that holds the login for the
+//! whole token (and owns the session copies of CMK versions) and a bounded
+//! pool of worker sessions checked out per operation. Sealing drops both.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -25,6 +26,9 @@ use super::{
 };
 use crate::config::TokenSelector;
 use crate::secret::{DataKey, Pin, DATA_KEY_LEN};
+
+/// How long an operation waits for a free worker session.
+const POOL_WAIT: Duration = Duration::from_secs(10);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -48,7 +52,9 @@ fn classify(rv: RvError) -> ErrorClass {
         | RvError::DataInvalid
         | RvError::DataLenRange
         | RvError::EncryptedDataInvalid
-        | RvError::EncryptedDataLenRange => ErrorClass::Caller,
+        | RvError::EncryptedDataLenRange
+        | RvError::PinIncorrect
+        | RvError::PinLenRange => ErrorClass::Caller,
         _ => ErrorClass::Permanent,
     }
 }
@@ -65,15 +71,19 @@ fn ck(e: CkError) -> HsmError {
     }
 }
 
-fn is_transient(e: &HsmError) -> bool {
-    e.class() == ErrorClass::Transient
+fn pin_err(e: CkError, role: &'static str) -> HsmError {
+    match e {
+        CkError::Pkcs11(RvError::PinIncorrect | RvError::PinLenRange | RvError::PinInvalid, _) => {
+            HsmError::PinIncorrect { role }
+        }
+        other => ck(other),
+    }
 }
 
 /// A bounded pool of worker sessions.
 struct SessionPool {
     sessions: Mutex<Vec<Session>>,
     available: Condvar,
-    size: usize,
 }
 
 struct PooledSession<'a> {
@@ -93,26 +103,31 @@ impl SessionPool {
         Ok(SessionPool {
             sessions: Mutex::new(sessions),
             available: Condvar::new(),
-            size,
         })
     }
 
-    fn get<'a>(&'a self, ctx: &'a Pkcs11, slot: Slot) -> PooledSession<'a> {
+    fn get<'a>(&'a self, ctx: &'a Pkcs11, slot: Slot) -> HsmResult<PooledSession<'a>> {
         let mut guard = lock(&self.sessions);
+        let deadline = std::time::Instant::now() + POOL_WAIT;
         loop {
             if let Some(session) = guard.pop() {
-                return PooledSession {
+                return Ok(PooledSession {
                     pool: self,
                     ctx,
                     slot,
                     session: Some(session),
                     broken: false,
-                };
+                });
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(HsmError::PoolExhausted(POOL_WAIT.as_secs()));
             }
             guard = self
                 .available
-                .wait(guard)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+                .wait_timeout(guard, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
         }
     }
 }
@@ -126,7 +141,7 @@ impl PooledSession<'_> {
 
     /// Records an error; a transient one retires this session.
     fn note(&mut self, e: HsmError) -> HsmError {
-        if is_transient(&e) {
+        if e.class() == ErrorClass::Transient {
             self.broken = true;
         }
         e
@@ -139,7 +154,8 @@ impl Drop for PooledSession<'_> {
         if self.broken {
             drop(session.take());
             // Replace it so the pool keeps its size; if the token is gone this
-            // fails and the pool shrinks until recovery rebuilds it.
+            // fails and the pool shrinks (callers then time out with
+            // PoolExhausted instead of waiting forever).
             session = self.ctx.open_rw_session(self.slot).ok();
         }
         if let Some(s) = session {
@@ -161,26 +177,30 @@ impl KeyHandles {
     }
 }
 
-/// The PKCS#11 HSM.
-pub struct Pkcs11Hsm {
-    // Field order matters for drop: sessions close before the context
-    // finalises.
+/// What exists only while logged in. Field order matters for drop: handles,
+/// then the pool, then the login session.
+struct Live {
     handles: RwLock<HashMap<HsmKeyId, KeyHandles>>,
     pool: SessionPool,
     login: Mutex<Session>,
+}
+
+/// The PKCS#11 HSM.
+pub struct Pkcs11Hsm {
+    live: RwLock<Option<Arc<Live>>>,
     ctx: Pkcs11,
     slot: Slot,
     token: TokenDescription,
     profile: HsmProfile,
+    pool_size: usize,
 }
 
 impl Pkcs11Hsm {
-    /// Loads the module, initialises it with OS locking, selects the token by
-    /// label or serial, logs in and opens the worker pool.
-    pub fn open(
+    /// Loads the module, initialises it with OS locking and selects the
+    /// token by label or serial. Does not log in.
+    pub fn connect(
         module: &Path,
         selector: &TokenSelector,
-        pin: &Pin,
         profile: HsmProfile,
         pool_size: usize,
     ) -> HsmResult<Self> {
@@ -190,28 +210,25 @@ impl Pkcs11Hsm {
             Err(e) => return Err(ck(e)),
         }
         let (slot, token) = select_token(&ctx, selector)?;
-        let login = ctx.open_rw_session(slot).map_err(ck)?;
-        match login.login(UserType::User, Some(&pin.to_auth_pin())) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(e) => return Err(ck(e)),
-        }
-        let pool = SessionPool::open(&ctx, slot, pool_size.max(1))?;
         Ok(Pkcs11Hsm {
-            handles: RwLock::new(HashMap::new()),
-            pool,
-            login: Mutex::new(login),
+            live: RwLock::new(None),
             ctx,
             slot,
             token,
             profile,
+            pool_size: pool_size.max(1),
         })
     }
 
-    fn session(&self) -> PooledSession<'_> {
-        self.pool.get(&self.ctx, self.slot)
+    fn live(&self) -> HsmResult<Arc<Live>> {
+        self.live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(HsmError::NotLoggedIn)
     }
 
-    fn find_token_object(&self, session: &Session, id: &HsmKeyId) -> HsmResult<ObjectHandle> {
+    fn find_token_object(session: &Session, id: &HsmKeyId) -> HsmResult<ObjectHandle> {
         let template = [
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::Token(true),
@@ -228,38 +245,13 @@ impl Pkcs11Hsm {
         }
     }
 
-    fn handles(&self, session: &Session, id: &HsmKeyId) -> HsmResult<KeyHandles> {
-        if let Some(h) = self
-            .handles
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-        {
-            return Ok(*h);
-        }
-        let token = self.find_token_object(session, id)?;
-        let h = KeyHandles { token, copy: None };
-        self.handles
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(*id)
-            .or_insert(h);
-        Ok(h)
-    }
-
-    fn forget(&self, id: &HsmKeyId) -> Option<KeyHandles> {
-        self.handles
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id)
-    }
-
     fn gcm_decrypt(
         &self,
+        live: &Live,
         session: &Session,
         item: &UnwrapItem<'_>,
     ) -> HsmResult<Zeroizing<Vec<u8>>> {
-        let handle = self.handles(session, &item.key)?.for_crypto();
+        let handle = live.handles(session, &item.key)?.for_crypto();
         let mut iv = item.iv;
         let params =
             GcmParams::new(&mut iv, item.aad, ((TAG_LEN * 8) as u64).into()).map_err(ck)?;
@@ -275,6 +267,38 @@ impl Pkcs11Hsm {
             }
             Err(e) => Err(ck(e)),
         }
+    }
+}
+
+impl Live {
+    fn session<'a>(&'a self, hsm: &'a Pkcs11Hsm) -> HsmResult<PooledSession<'a>> {
+        self.pool.get(&hsm.ctx, hsm.slot)
+    }
+
+    fn handles(&self, session: &Session, id: &HsmKeyId) -> HsmResult<KeyHandles> {
+        if let Some(h) = self
+            .handles
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
+            return Ok(*h);
+        }
+        let token = Pkcs11Hsm::find_token_object(session, id)?;
+        let h = KeyHandles { token, copy: None };
+        self.handles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(*id)
+            .or_insert(h);
+        Ok(h)
+    }
+
+    fn forget(&self, id: &HsmKeyId) -> Option<KeyHandles> {
+        self.handles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
     }
 }
 
@@ -324,7 +348,7 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn pool_size(&self) -> usize {
-        self.pool.size
+        self.pool_size
     }
 
     fn profile_name(&self) -> &str {
@@ -332,13 +356,113 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn health(&self) -> HsmResult<()> {
-        let login = lock(&self.login);
-        login.get_session_info().map_err(ck)?;
+        match self.live() {
+            Ok(live) => {
+                lock(&live.login).get_session_info().map_err(ck)?;
+                Ok(())
+            }
+            // Sealed: the token must still be present.
+            Err(_) => self.ctx.get_token_info(self.slot).map(|_| ()).map_err(ck),
+        }
+    }
+
+    fn login(&self, pin: &Pin) -> HsmResult<()> {
+        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+        if live.is_some() {
+            return Ok(());
+        }
+        let login = self.ctx.open_rw_session(self.slot).map_err(ck)?;
+        match login.login(UserType::User, Some(&pin.to_auth_pin())) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(e) => return Err(pin_err(e, "user")),
+        }
+        let pool = match SessionPool::open(&self.ctx, self.slot, self.pool_size) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = login.logout();
+                return Err(e);
+            }
+        };
+        *live = Some(Arc::new(Live {
+            handles: RwLock::new(HashMap::new()),
+            pool,
+            login: Mutex::new(login),
+        }));
+        Ok(())
+    }
+
+    fn logout(&self) {
+        let taken = self.live.write().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(live) = taken {
+            {
+                let login = lock(&live.login);
+                let copies: Vec<ObjectHandle> = live
+                    .handles
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .filter_map(|h| h.copy)
+                    .collect();
+                for c in copies {
+                    let _ = login.destroy_object(c);
+                }
+                let _ = login.logout();
+            }
+            // Sessions close when the last in-flight operation lets go.
+            drop(live);
+        }
+    }
+
+    fn is_logged_in(&self) -> bool {
+        self.live().is_ok()
+    }
+
+    fn change_pins(
+        &self,
+        user_old: &Pin,
+        user_new: &Pin,
+        so_old: &Pin,
+        so_new: &Pin,
+    ) -> HsmResult<()> {
+        if self.is_logged_in() {
+            return Err(HsmError::Unexpected(
+                "PINs change only while logged out".into(),
+            ));
+        }
+        let s = self.ctx.open_rw_session(self.slot).map_err(ck)?;
+        // Check both old PINs before changing anything.
+        s.login(UserType::So, Some(&so_old.to_auth_pin()))
+            .map_err(|e| pin_err(e, "so"))?;
+        s.logout().map_err(ck)?;
+        s.login(UserType::User, Some(&user_old.to_auth_pin()))
+            .map_err(|e| pin_err(e, "user"))?;
+        s.set_pin(&user_old.to_auth_pin(), &user_new.to_auth_pin())
+            .map_err(ck)?;
+        s.logout().map_err(ck)?;
+        let so_change = (|| {
+            s.login(UserType::So, Some(&so_old.to_auth_pin()))
+                .map_err(|e| pin_err(e, "so"))?;
+            s.set_pin(&so_old.to_auth_pin(), &so_new.to_auth_pin())
+                .map_err(ck)?;
+            s.logout().map_err(ck)
+        })();
+        if let Err(e) = so_change {
+            // Put the user PIN back so the old shares still open the token.
+            let _ = s.logout();
+            if s.login(UserType::User, Some(&user_new.to_auth_pin()))
+                .is_ok()
+            {
+                let _ = s.set_pin(&user_new.to_auth_pin(), &user_old.to_auth_pin());
+                let _ = s.logout();
+            }
+            return Err(e);
+        }
         Ok(())
     }
 
     fn random(&self, buf: &mut [u8]) -> HsmResult<()> {
-        let mut s = self.session();
+        let live = self.live()?;
+        let mut s = live.session(self)?;
         let r = s.session()?.generate_random_slice(buf).map_err(ck);
         r.map_err(|e| s.note(e))
     }
@@ -365,7 +489,8 @@ impl Hsm for Pkcs11Hsm {
             Attribute::Id(id.0.to_vec()),
             Attribute::Label(label.as_bytes().to_vec()),
         ];
-        let mut s = self.session();
+        let live = self.live()?;
+        let mut s = live.session(self)?;
         let r = s
             .session()?
             .generate_key(&Mechanism::AesKeyGen, &template)
@@ -374,8 +499,9 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn activate(&self, id: &HsmKeyId) -> HsmResult<()> {
-        let mut s = self.session();
-        let token = match self.find_token_object(s.session()?, id) {
+        let live = self.live()?;
+        let mut s = live.session(self)?;
+        let token = match Self::find_token_object(s.session()?, id) {
             Ok(h) => h,
             Err(e) => return Err(s.note(e)),
         };
@@ -384,7 +510,7 @@ impl Hsm for Pkcs11Hsm {
             // The copy belongs to the long-lived login session, so it lives
             // as long as the login does. CKA_SENSITIVE and CKA_EXTRACTABLE
             // are copied unchanged and cannot be weakened by C_CopyObject.
-            let login = lock(&self.login);
+            let login = lock(&live.login);
             Some(
                 login
                     .copy_object(token, &[Attribute::Token(false)])
@@ -393,31 +519,32 @@ impl Hsm for Pkcs11Hsm {
         } else {
             None
         };
-        let old = self
+        let old = live
             .handles
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(*id, KeyHandles { token, copy });
         if let Some(KeyHandles { copy: Some(c), .. }) = old {
-            let _ = lock(&self.login).destroy_object(c);
+            let _ = lock(&live.login).destroy_object(c);
         }
         Ok(())
     }
 
     fn destroy_cmk(&self, id: &HsmKeyId) -> HsmResult<()> {
-        if let Some(KeyHandles { copy: Some(c), .. }) = self.forget(id) {
-            lock(&self.login).destroy_object(c).map_err(ck)?;
+        let live = self.live()?;
+        if let Some(KeyHandles { copy: Some(c), .. }) = live.forget(id) {
+            lock(&live.login).destroy_object(c).map_err(ck)?;
         }
-        let mut s = self.session();
+        let mut s = live.session(self)?;
         let session = s.session()?;
-        let r = self
-            .find_token_object(session, id)
+        let r = Self::find_token_object(session, id)
             .and_then(|h| session.destroy_object(h).map_err(ck));
         r.map_err(|e| s.note(e))
     }
 
     fn list_cmks(&self) -> HsmResult<Vec<HsmObjectInfo>> {
-        let mut s = self.session();
+        let live = self.live()?;
+        let mut s = live.session(self)?;
         let r = (|| {
             let session = s.session()?;
             let objects = session
@@ -453,10 +580,11 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn key_attributes(&self, id: &HsmKeyId) -> HsmResult<KeyAttributes> {
-        let mut s = self.session();
+        let live = self.live()?;
+        let mut s = live.session(self)?;
         let r = (|| {
             let session = s.session()?;
-            let h = self.find_token_object(session, id)?;
+            let h = Self::find_token_object(session, id)?;
             let attrs = session
                 .get_attributes(
                     h,
@@ -495,10 +623,11 @@ impl Hsm for Pkcs11Hsm {
 
     fn wrap_new_keys(&self, key: &HsmKeyId, aads: &[&[u8]]) -> HsmResult<Vec<WrappedKey>> {
         const PER_KEY: usize = DATA_KEY_LEN + IV_LEN;
-        let mut s = self.session();
+        let live = self.live()?;
+        let mut s = live.session(self)?;
         let r = (|| {
             let session = s.session()?;
-            let handle = self.handles(session, key)?.for_crypto();
+            let handle = live.handles(session, key)?.for_crypto();
             // One C_GenerateRandom for every key and IV of the call.
             let mut random = Zeroizing::new(vec![0u8; PER_KEY * aads.len()]);
             session.generate_random_slice(&mut random).map_err(ck)?;
@@ -533,12 +662,19 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn unwrap_many(&self, items: &[UnwrapItem<'_>]) -> Vec<HsmResult<DataKey>> {
-        let mut s = self.session();
+        let live = match self.live() {
+            Ok(l) => l,
+            Err(e) => return items.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let mut s = match live.session(self) {
+            Ok(s) => s,
+            Err(e) => return items.iter().map(|_| Err(e.clone())).collect(),
+        };
         let mut out = Vec::with_capacity(items.len());
         for item in items {
             let r = s
                 .session()
-                .and_then(|session| self.gcm_decrypt(session, item));
+                .and_then(|session| self.gcm_decrypt(&live, session, item));
             let r = match r {
                 Ok(pt) => DataKey::from_slice(&pt).ok_or_else(|| {
                     HsmError::Unexpected(format!("unwrapped key is {} bytes", pt.len()))

@@ -18,7 +18,7 @@ use crate::core::Keywarden;
 use crate::hsm::pkcs11::Pkcs11Hsm;
 use crate::hsm::Hsm;
 use crate::proto;
-use crate::secret::Pin;
+use crate::seal::{store::SealStore, Seal, SealConfig};
 
 /// Largest request the daemon decodes. Anything larger is refused by the
 /// transport before it reaches a handler; the core's own limits (a context
@@ -89,14 +89,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     prepare_state_dir(&config.state_dir)?;
 
-    let pin_path = config.pin.path()?;
-    let pin = Pin::from_file(&pin_path).map_err(anyhow::Error::msg)?;
     let hsm_config = config.clone();
     let hsm = tokio::task::spawn_blocking(move || {
-        Pkcs11Hsm::open(
+        Pkcs11Hsm::connect(
             &hsm_config.module,
             &hsm_config.token,
-            &pin,
             hsm_config.profile.clone(),
             hsm_config.pool_size,
         )
@@ -110,17 +107,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         profile = hsm.profile_name(),
         pool = hsm.pool_size(),
         session_copies = hsm.session_copies(),
-        "HSM token opened"
+        "HSM token found"
     );
 
     let registry_path = config.state_dir.join("registry.db");
+    let seal_config = SealConfig {
+        ceremony_timeout: config.ceremony_timeout,
+        allow_single_share: config.allow_single_share,
+    };
+    let state_dir = config.state_dir.clone();
     let core = tokio::task::spawn_blocking(move || -> anyhow::Result<Keywarden> {
         let registry = Registry::open(&registry_path)
             .with_context(|| format!("opening registry {}", registry_path.display()))?;
-        Ok(Keywarden::start(hsm, registry)?)
+        let seal = Seal::open(SealStore::new(&state_dir), seal_config)?;
+        Ok(Keywarden::start(hsm, registry, seal))
     })
     .await??;
     let core = Arc::new(core);
+    info!(state = core.status().seal.phase.as_str(), "started");
 
     let listener = bind_socket(&config.socket, config.socket_mode).await?;
     info!(socket = %config.socket.display(), mode = format!("{:o}", config.socket_mode), "serving");

@@ -17,43 +17,122 @@ pub struct Daemon {
     pub dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
     child: Option<Child>,
+    /// Extra `keywarden dev` flags.
+    dev_args: Vec<String>,
+    /// Lines the dev process printed on stdout.
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The dev mode's 1-of-1 unseal share, once known.
+    pub dev_share: Option<String>,
 }
 
 impl Daemon {
-    /// A fresh token, config and state in a new temporary directory.
+    /// A fresh token, config and state in a new temporary directory; dev
+    /// mode initialises it with a 1-of-1 share and unseals it.
     pub async fn start() -> Daemon {
+        let mut d = Self::new(&[]);
+        d.launch().await;
+        d.wait_phase("unsealed").await;
+        d.dev_share = d.printed_share();
+        assert!(d.dev_share.is_some(), "dev printed no share");
+        d
+    }
+
+    /// An uninitialised daemon (`keywarden dev --ceremony`).
+    pub async fn start_ceremony() -> Daemon {
+        let mut d = Self::new(&["--ceremony"]);
+        d.launch().await;
+        d.wait_phase("uninitialized").await;
+        d
+    }
+
+    fn new(dev_args: &[&str]) -> Daemon {
         let temp = tempfile::Builder::new()
             .prefix("kw-test-")
             .tempdir()
             .unwrap();
-        let dir = temp.path().to_path_buf();
-        let mut d = Daemon {
-            dir,
+        Daemon {
+            dir: temp.path().to_path_buf(),
             _temp: Some(temp),
             child: None,
-        };
-        d.launch().await;
-        d
+            dev_args: dev_args.iter().map(|s| s.to_string()).collect(),
+            stdout: Default::default(),
+            dev_share: None,
+        }
     }
 
-    /// Starts the daemon again on the same token and state.
-    pub async fn restart(&mut self) {
+    fn printed_share(&self) -> Option<String> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| l.strip_prefix("Unseal share: ").map(str::to_string))
+    }
+
+    /// Starts the daemon again on the same token and state: it comes up
+    /// sealed, like a real one.
+    pub async fn restart_sealed(&mut self) {
         self.stop();
         self.launch().await;
+        self.wait_phase("sealed").await;
+    }
+
+    /// Restarts and, in dev mode, unseals with the dev share.
+    pub async fn restart(&mut self) {
+        self.restart_sealed().await;
+        let share = self.dev_share.clone().expect("a dev share");
+        let mut c = self.client().await;
+        c.operator
+            .unseal(proto::UnsealRequest {
+                share,
+                reset: false,
+            })
+            .await
+            .unwrap();
+        self.wait_phase("unsealed").await;
+    }
+
+    pub async fn phase(&self) -> String {
+        let mut c = self.client().await;
+        let s = c.operator.status(proto::StatusRequest {}).await.unwrap();
+        s.into_inner().seal.unwrap().phase
+    }
+
+    pub async fn wait_phase(&self, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.phase().await == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon never became {want}: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn launch(&mut self) {
+        use std::io::BufRead;
         let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .arg("dev")
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.dev_args)
             .env_remove("KEYWARDEN_SOCKET")
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .unwrap();
+        let out = child.stdout.take().unwrap();
+        let lines = self.stdout.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -100,11 +179,31 @@ impl Daemon {
         self.dir.join("softhsm2.conf")
     }
 
+    pub fn seal_file(&self) -> PathBuf {
+        self.dir.join("state").join("seal.json")
+    }
+
+    /// The token's user PIN, derived from shares with the offline recovery
+    /// tool (`keywarden operator derive-pin`).
+    pub fn derive_pin(&self, shares: &[&str], so: bool) -> String {
+        let mut args = vec!["operator", "derive-pin", "--seal-file"];
+        let seal = self.seal_file().display().to_string();
+        args.push(&seal);
+        if so {
+            args.push("--so");
+        }
+        let out = self.cli(&args, Some(&shares.join("\n")));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
     pub fn user_pin(&self) -> String {
-        std::fs::read_to_string(self.dir.join("user.pin"))
-            .unwrap()
-            .trim()
-            .to_string()
+        let share = self.dev_share.clone().expect("a dev share");
+        self.derive_pin(&[&share], false)
     }
 
     pub fn log(&self) -> String {
@@ -137,14 +236,17 @@ impl Daemon {
 
     /// Runs OpenSC's pkcs11-tool against this daemon's token.
     pub fn pkcs11_tool(&self, args: &[&str]) -> std::process::Output {
+        self.pkcs11_tool_with(&["--login", "--pin", &self.user_pin()], args)
+    }
+
+    /// pkcs11-tool with explicit login arguments.
+    pub fn pkcs11_tool_with(&self, login: &[&str], args: &[&str]) -> std::process::Output {
         Command::new("pkcs11-tool")
             .arg("--module")
             .arg(SOFTHSM_MODULE)
             .arg("--token-label")
             .arg("keywarden-dev")
-            .arg("--login")
-            .arg("--pin")
-            .arg(self.user_pin())
+            .args(login)
             .args(args)
             .env("SOFTHSM2_CONF", self.softhsm_conf())
             .output()

@@ -1,0 +1,398 @@
+//! `keywarden operator ...`: the custodians' ceremonies (init, unseal, seal,
+//! rekey) and the offline PIN recovery tool.
+
+use std::io::{BufRead, IsTerminal, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::{client, print_json, status_error, Output};
+use crate::proto;
+
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// The init ceremony: split a new unseal key into shares and move the
+    /// token's PINs off the provisioning PINs.
+    Init {
+        #[arg(long)]
+        shares: u32,
+        #[arg(long)]
+        threshold: u32,
+        /// age X25519 public key of a custodian (repeat, one per share).
+        #[arg(long = "recipient", value_name = "AGE_PUBLIC_KEY")]
+        recipients: Vec<String>,
+        /// Custodian label (repeat, one per share).
+        #[arg(long = "label", value_name = "NAME")]
+        labels: Vec<String>,
+        /// File holding the token's provisioning user PIN.
+        #[arg(long)]
+        pin_file: PathBuf,
+        /// File holding the token's provisioning SO PIN.
+        #[arg(long)]
+        so_pin_file: PathBuf,
+    },
+    /// Submit your unseal share (prompted without echo, or one line on stdin).
+    Unseal {
+        /// Forget the shares submitted so far instead.
+        #[arg(long)]
+        reset: bool,
+    },
+    /// Seal the daemon: log out of the HSM; key operations are refused.
+    Seal,
+    /// Rekey: start with --shares/--threshold, then custodians --submit
+    /// current shares, then --verify new ones; --cancel aborts.
+    Rekey {
+        #[arg(long)]
+        shares: Option<u32>,
+        #[arg(long)]
+        threshold: Option<u32>,
+        #[arg(long = "recipient", value_name = "AGE_PUBLIC_KEY")]
+        recipients: Vec<String>,
+        #[arg(long = "label", value_name = "NAME")]
+        labels: Vec<String>,
+        /// Submit a CURRENT share to the rekey in progress.
+        #[arg(long, conflicts_with_all = ["verify", "cancel", "shares", "threshold"])]
+        submit: bool,
+        /// Submit a NEW share back for verification.
+        #[arg(long, conflicts_with_all = ["submit", "cancel", "shares", "threshold"])]
+        verify: bool,
+        /// Cancel the rekey in progress.
+        #[arg(long, conflicts_with_all = ["submit", "verify", "shares", "threshold"])]
+        cancel: bool,
+    },
+    /// Offline recovery: derive the token's user (or SO) PIN from a quorum of
+    /// shares given one per line on stdin, checked against the seal file.
+    /// For disaster recovery with standard PKCS#11 tools; prints the PIN.
+    DerivePin {
+        /// The daemon's seal file (STATE_DIR/seal.json).
+        #[arg(long)]
+        seal_file: PathBuf,
+        /// Derive the SO PIN instead of the user PIN.
+        #[arg(long)]
+        so: bool,
+    },
+}
+
+fn read_pin_file(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(Vec::new());
+    std::fs::File::open(path)
+        .with_context(|| format!("opening {}", path.display()))?
+        .take(1024)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(buf)
+}
+
+/// Reads one share: a hidden prompt on a terminal, otherwise stdin. Never
+/// from argv, which every local user can read in `ps`.
+fn read_share(prompt: &str) -> anyhow::Result<Zeroizing<String>> {
+    let text = if std::io::stdin().is_terminal() {
+        Zeroizing::new(rpassword::prompt_password(prompt).context("reading the share")?)
+    } else {
+        let mut s = Zeroizing::new(String::new());
+        std::io::stdin()
+            .take(16 * 1024)
+            .read_to_string(&mut s)
+            .context("reading the share from stdin")?;
+        s
+    };
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(|l| Zeroizing::new(l.to_string()));
+    match line {
+        Some(l) => Ok(l),
+        None => bail!("no share given"),
+    }
+}
+
+fn print_shares(
+    output: Output,
+    set_id: &str,
+    threshold: u32,
+    shares: &[proto::IssuedShare],
+) -> anyhow::Result<()> {
+    match output {
+        Output::Json => print_json(&json!({
+            "set_id": set_id,
+            "threshold": threshold,
+            "shares": shares.iter().map(|s| json!({
+                "label": s.label,
+                "share": s.share,
+                "encrypted": s.encrypted,
+            })).collect::<Vec<_>>(),
+        })),
+        Output::Text => {
+            println!(
+                "Share set {set_id}: {} shares, any {threshold} of them unseal.",
+                shares.len()
+            );
+            println!("Each share is shown once. Hand each to its custodian only.\n");
+            for (i, s) in shares.iter().enumerate() {
+                println!(
+                    "Share {} of {} for {}{}:",
+                    i + 1,
+                    shares.len(),
+                    s.label,
+                    if s.encrypted {
+                        " (age-encrypted to the custodian)"
+                    } else {
+                        ""
+                    }
+                );
+                println!("{}\n", s.share.trim_end());
+            }
+            Ok(())
+        }
+    }
+}
+
+pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow::Result<()> {
+    match cmd {
+        OperatorCommand::DerivePin { seal_file, so } => return derive_pin(&seal_file, so),
+        OperatorCommand::Init {
+            shares,
+            threshold,
+            recipients,
+            labels,
+            pin_file,
+            so_pin_file,
+        } => {
+            let user_pin = read_pin_file(&pin_file)?;
+            let so_pin = read_pin_file(&so_pin_file)?;
+            let mut c = client(socket).await?;
+            let r = c
+                .operator
+                .init(proto::InitRequest {
+                    shares,
+                    threshold,
+                    recipients,
+                    labels,
+                    user_pin: user_pin.to_vec(),
+                    so_pin: so_pin.to_vec(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_shares(output, &r.set_id, r.threshold, &r.shares)?;
+            if output == Output::Text {
+                println!(
+                    "The daemon is initialised and sealed. The provisioning PINs no longer work."
+                );
+                println!("Next: {threshold} custodians run `keywarden operator unseal`.");
+            }
+        }
+        OperatorCommand::Unseal { reset } => {
+            let share = if reset {
+                Zeroizing::new(String::new())
+            } else {
+                read_share("Unseal share (input hidden): ")?
+            };
+            let mut c = client(socket).await?;
+            let r = c
+                .operator
+                .unseal(proto::UnsealRequest {
+                    share: share.to_string(),
+                    reset,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&json!({
+                    "sealed": r.sealed,
+                    "received": r.received,
+                    "threshold": r.threshold,
+                    "set_id": r.set_id,
+                }))?,
+                Output::Text if reset => println!("Unseal progress reset."),
+                Output::Text if r.sealed => println!(
+                    "Share accepted: {} of {} (set {}). Still sealed.",
+                    r.received, r.threshold, r.set_id
+                ),
+                Output::Text => println!("Unsealed (set {}).", r.set_id),
+            }
+        }
+        OperatorCommand::Seal => {
+            let mut c = client(socket).await?;
+            c.operator
+                .seal(proto::SealRequest {})
+                .await
+                .map_err(status_error)?;
+            match output {
+                Output::Json => print_json(&json!({"sealed": true}))?,
+                Output::Text => println!("Sealed."),
+            }
+        }
+        OperatorCommand::Rekey {
+            shares,
+            threshold,
+            recipients,
+            labels,
+            submit,
+            verify,
+            cancel,
+        } => {
+            let mut c = client(socket).await?;
+            if cancel {
+                c.operator
+                    .rekey_cancel(proto::RekeyCancelRequest {})
+                    .await
+                    .map_err(status_error)?;
+                match output {
+                    Output::Json => print_json(&json!({"cancelled": true}))?,
+                    Output::Text => println!("Rekey cancelled."),
+                }
+            } else if submit {
+                let share = read_share("CURRENT unseal share (input hidden): ")?;
+                let r = c
+                    .operator
+                    .rekey_submit(proto::RekeyShareRequest {
+                        share: share.to_string(),
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                if r.complete {
+                    match output {
+                        Output::Json => print_json(&json!({
+                            "complete": true,
+                            "new_set_id": r.new_set_id,
+                            "shares": r.new_shares.iter().map(|s| json!({
+                                "label": s.label, "share": s.share, "encrypted": s.encrypted,
+                            })).collect::<Vec<_>>(),
+                        }))?,
+                        Output::Text => {
+                            println!(
+                                "Quorum of current shares reached. New shares (set {}):\n",
+                                r.new_set_id
+                            );
+                            for (i, s) in r.new_shares.iter().enumerate() {
+                                println!(
+                                    "New share {} of {} for {}:",
+                                    i + 1,
+                                    r.new_shares.len(),
+                                    s.label
+                                );
+                                println!("{}\n", s.share.trim_end());
+                            }
+                            println!("Nothing changes until a quorum of the NEW shares is submitted with `keywarden operator rekey --verify`.");
+                        }
+                    }
+                } else {
+                    match output {
+                        Output::Json => print_json(&json!({
+                            "complete": false, "received": r.received, "threshold": r.threshold,
+                        }))?,
+                        Output::Text => {
+                            println!("Current share accepted: {} of {}.", r.received, r.threshold)
+                        }
+                    }
+                }
+            } else if verify {
+                let share = read_share("NEW unseal share (input hidden): ")?;
+                let r = c
+                    .operator
+                    .rekey_verify(proto::RekeyShareRequest {
+                        share: share.to_string(),
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                match output {
+                    Output::Json => print_json(&json!({
+                        "committed": r.committed, "received": r.received,
+                        "threshold": r.threshold, "set_id": r.set_id,
+                    }))?,
+                    Output::Text if r.committed => println!(
+                        "Rekey committed: set {} is now in force; the old shares no longer work.",
+                        r.set_id
+                    ),
+                    Output::Text => {
+                        println!("New share verified: {} of {}.", r.received, r.threshold)
+                    }
+                }
+            } else {
+                let (Some(shares), Some(threshold)) = (shares, threshold) else {
+                    bail!("start a rekey with --shares N --threshold M, or use --submit, --verify or --cancel");
+                };
+                let r = c
+                    .operator
+                    .rekey_start(proto::RekeyStartRequest {
+                        shares,
+                        threshold,
+                        recipients,
+                        labels,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                match output {
+                    Output::Json => print_json(&json!({
+                        "rekey_id": r.rekey_id, "current_threshold": r.current_threshold,
+                    }))?,
+                    Output::Text => println!(
+                        "Rekey {} started: {} custodians now run `keywarden operator rekey --submit` with their CURRENT shares.",
+                        r.rekey_id, r.current_threshold
+                    ),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn derive_pin(seal_file: &Path, so: bool) -> anyhow::Result<()> {
+    use crate::seal::{shamir, share, store::SealFile};
+    let text = std::fs::read_to_string(seal_file)
+        .with_context(|| format!("reading {}", seal_file.display()))?;
+    let file: SealFile = serde_json::from_str(&text).context("parsing the seal file")?;
+    let set_id = file.set_id().map_err(anyhow::Error::msg)?;
+    let mut parsed = Vec::new();
+    for line in std::io::stdin().lock().lines() {
+        let line = Zeroizing::new(line?);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let s = share::parse(&line).map_err(|e| anyhow::anyhow!("share: {e}"))?;
+        if s.set_id != set_id {
+            bail!(
+                "share: belongs to set {}, the seal file is set {}",
+                hex::encode(s.set_id),
+                file.set_id
+            );
+        }
+        if parsed
+            .iter()
+            .any(|p: &shamir::ShareBytes| p.index == s.bytes.index)
+        {
+            bail!("share: share {} given twice", s.bytes.index);
+        }
+        parsed.push(s.bytes);
+    }
+    if parsed.len() < file.threshold as usize {
+        bail!(
+            "{} shares given; set {} needs {}",
+            parsed.len(),
+            file.set_id,
+            file.threshold
+        );
+    }
+    let refs: Vec<&shamir::ShareBytes> = parsed.iter().collect();
+    let key = shamir::combine(&refs).map_err(anyhow::Error::msg)?;
+    let check = file.check().map_err(anyhow::Error::msg)?;
+    if !key.matches(&set_id, &check) {
+        bail!("the shares do not reconstruct this set's unseal key");
+    }
+    let pin = if so {
+        key.so_pin(&set_id)
+    } else {
+        key.user_pin(&set_id)
+    };
+    println!("{}", pin.expose_text());
+    Ok(())
+}

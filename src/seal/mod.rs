@@ -1,0 +1,1062 @@
+//! The seal: an explicit state machine (uninitialised → sealed → unsealed)
+//! over split knowledge. The HSM's user PIN is derived from a 256-bit
+//! unseal key that exists only as Shamir shares held by custodians; a quorum
+//! of them reopens the token. See `docs/UNSEAL_CEREMONY.md`.
+
+pub mod keys;
+pub mod shamir;
+pub mod share;
+pub mod store;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::audit;
+use crate::hsm::{Hsm, HsmError};
+use crate::secret::Pin;
+use keys::UnsealKey;
+use shamir::ShareBytes;
+use store::{Keyring, SealFile, SealStore};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Uninitialized,
+    Sealed,
+    Unsealed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Uninitialized => "uninitialized",
+            Phase::Sealed => "sealed",
+            Phase::Unsealed => "unsealed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SealError {
+    #[error("the daemon is not initialised: run `keywarden operator init`")]
+    NotInitialized,
+    #[error("the daemon is already initialised (share set {set_id})")]
+    AlreadyInitialized { set_id: String },
+    #[error("the daemon is sealed: {received} of {threshold} unseal shares received; custodians submit theirs with `keywarden operator unseal`")]
+    Sealed { received: usize, threshold: u8 },
+    #[error("the daemon is already unsealed")]
+    AlreadyUnsealed,
+    #[error("{field}: {reason}")]
+    InvalidParameter { field: &'static str, reason: String },
+    #[error("share: {0}")]
+    BadShare(share::ShareError),
+    #[error(
+        "share: belongs to share set {got}, but this daemon's set is {want}; progress unchanged"
+    )]
+    WrongSet { got: String, want: String },
+    #[error("share: says threshold {got}, but set {set_id} needs {want}; progress unchanged")]
+    WrongThreshold { got: u8, want: u8, set_id: String },
+    #[error("share: share {index} was already submitted; progress unchanged ({received} of {threshold})")]
+    Duplicate {
+        index: u8,
+        received: usize,
+        threshold: u8,
+    },
+    #[error("share: the submitted shares do not reconstruct the unseal key; progress was reset, submit the shares again")]
+    ReconstructionFailed,
+    #[error("{field}: the token refused this PIN")]
+    PinRejected { field: &'static str },
+    #[error("no rekey is in progress")]
+    NoRekey,
+    #[error("a rekey is already in progress (id {id}); cancel it first")]
+    RekeyInProgress { id: String },
+    #[error("rekey {id} is {phase}: {hint}")]
+    WrongRekeyPhase {
+        id: String,
+        phase: &'static str,
+        hint: &'static str,
+    },
+    #[error("HSM: {0}")]
+    Hsm(HsmError),
+    #[error("seal storage: {0}")]
+    Storage(String),
+}
+
+pub type SealResult<T> = Result<T, SealError>;
+
+/// Parameters of the seal.
+#[derive(Debug, Clone)]
+pub struct SealConfig {
+    /// An unseal (or rekey) in progress expires after this long.
+    pub ceremony_timeout: Duration,
+    /// Threshold 1 is allowed (dev mode only).
+    pub allow_single_share: bool,
+}
+
+/// A share handed to a custodian: the share line, or an ASCII-armored age
+/// file that only the custodian's identity opens.
+pub struct IssuedShare {
+    pub label: String,
+    pub share: Zeroizing<String>,
+    pub encrypted: bool,
+}
+
+/// Shares being collected toward a threshold.
+struct Progress {
+    set_id: [u8; 4],
+    threshold: u8,
+    started: Instant,
+    shares: Vec<ShareBytes>,
+}
+
+impl Progress {
+    fn new(set_id: [u8; 4], threshold: u8) -> Self {
+        Progress {
+            set_id,
+            threshold,
+            started: Instant::now(),
+            shares: Vec::new(),
+        }
+    }
+}
+
+struct RekeyPlan {
+    shares: u8,
+    threshold: u8,
+    recipients: Vec<age::x25519::Recipient>,
+    labels: Vec<String>,
+}
+
+enum Rekey {
+    /// Waiting for a quorum of the current shares.
+    CollectingOld {
+        id: String,
+        plan: RekeyPlan,
+        progress: Progress,
+    },
+    /// New shares were issued; waiting for a quorum of them back.
+    Verifying {
+        id: String,
+        new_key: UnsealKey,
+        new_set: [u8; 4],
+        shares: u8,
+        progress: Progress,
+        /// The current PINs, derived when the old quorum was reached; needed
+        /// to change them at commit.
+        old_user: Pin,
+        old_so: Pin,
+    },
+}
+
+impl Rekey {
+    fn id(&self) -> &str {
+        match self {
+            Rekey::CollectingOld { id, .. } | Rekey::Verifying { id, .. } => id,
+        }
+    }
+
+    fn started(&self) -> Instant {
+        match self {
+            Rekey::CollectingOld { progress, .. } | Rekey::Verifying { progress, .. } => {
+                progress.started
+            }
+        }
+    }
+}
+
+struct OldPins {
+    user: Pin,
+    so: Pin,
+}
+
+struct Inner {
+    current: Option<SealFile>,
+    /// A rekey whose commit was interrupted: the token's PINs may be either
+    /// set's; shares of either set are accepted and the one that logs in wins.
+    pending: Option<SealFile>,
+    progress: Option<Progress>,
+    keyring: Option<Keyring>,
+    rekey: Option<Rekey>,
+}
+
+/// Progress reported after a share is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareProgress {
+    pub received: usize,
+    pub threshold: u8,
+    pub set_id: String,
+    pub complete: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RekeyStatus {
+    pub id: String,
+    pub phase: &'static str,
+    pub received: usize,
+    pub threshold: u8,
+    pub new_set_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SealStatus {
+    pub phase: Phase,
+    pub set_id: String,
+    pub shares: u8,
+    pub threshold: u8,
+    pub received: usize,
+    pub rekey: Option<RekeyStatus>,
+    pub interrupted_rekey: bool,
+}
+
+pub struct Seal {
+    store: SealStore,
+    config: SealConfig,
+    phase: AtomicU8,
+    inner: Mutex<Inner>,
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn random_set_id() -> SealResult<[u8; 4]> {
+    let mut id = [0u8; 4];
+    getrandom::fill(&mut id).map_err(|e| SealError::Storage(format!("random: {e}")))?;
+    Ok(id)
+}
+
+fn validate_plan(
+    shares: u32,
+    threshold: u32,
+    recipients: &[String],
+    labels: &[String],
+    allow_single: bool,
+) -> SealResult<RekeyPlan> {
+    let invalid = |field, reason: String| SealError::InvalidParameter { field, reason };
+    if !(1..=255).contains(&shares) {
+        return Err(invalid(
+            "shares",
+            format!("{shares} is not between 1 and 255"),
+        ));
+    }
+    if threshold > shares {
+        return Err(invalid(
+            "threshold",
+            format!("{threshold} is larger than the number of shares ({shares})"),
+        ));
+    }
+    if threshold < 2 && !(allow_single && threshold == 1) {
+        return Err(invalid(
+            "threshold",
+            format!("{threshold} is below 2 (a threshold of 1 is allowed only in dev mode)"),
+        ));
+    }
+    if !recipients.is_empty() && recipients.len() != shares as usize {
+        return Err(invalid(
+            "recipients",
+            format!(
+                "{} given; give none or one per share ({shares})",
+                recipients.len()
+            ),
+        ));
+    }
+    if !labels.is_empty() && labels.len() != shares as usize {
+        return Err(invalid(
+            "labels",
+            format!(
+                "{} given; give none or one per share ({shares})",
+                labels.len()
+            ),
+        ));
+    }
+    for l in labels {
+        if l.is_empty() || l.len() > 64 || l.chars().any(|c| c.is_control()) {
+            return Err(invalid(
+                "labels",
+                format!("{l:?} must be 1 to 64 printable characters"),
+            ));
+        }
+    }
+    let mut parsed = Vec::with_capacity(recipients.len());
+    for (i, r) in recipients.iter().enumerate() {
+        let rec: age::x25519::Recipient = r.trim().parse().map_err(|e| {
+            invalid(
+                "recipients",
+                format!("recipient {} is not an age X25519 public key: {e}", i + 1),
+            )
+        })?;
+        parsed.push(rec);
+    }
+    Ok(RekeyPlan {
+        shares: shares as u8,
+        threshold: threshold as u8,
+        recipients: parsed,
+        labels: labels.to_vec(),
+    })
+}
+
+fn issue_shares(
+    key: &UnsealKey,
+    set_id: &[u8; 4],
+    plan: &RekeyPlan,
+) -> SealResult<Vec<IssuedShare>> {
+    let raw = shamir::split(key, plan.threshold, plan.shares).map_err(SealError::Storage)?;
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, s) in raw.iter().enumerate() {
+        let line = share::format(set_id, plan.threshold, s);
+        let label = plan
+            .labels
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("share-{}", s.index));
+        let issued = match plan.recipients.get(i) {
+            Some(rec) => {
+                let armored =
+                    age::encrypt_and_armor(rec, format!("{}\n", line.as_str()).as_bytes())
+                        .map_err(|e| SealError::Storage(format!("age encryption: {e}")))?;
+                IssuedShare {
+                    label,
+                    share: Zeroizing::new(armored),
+                    encrypted: true,
+                }
+            }
+            None => IssuedShare {
+                label,
+                share: line,
+                encrypted: false,
+            },
+        };
+        out.push(issued);
+    }
+    Ok(out)
+}
+
+impl Seal {
+    /// Loads the seal state. The daemon always starts sealed (or
+    /// uninitialised).
+    pub fn open(store: SealStore, config: SealConfig) -> SealResult<Self> {
+        let current = store.load().map_err(SealError::Storage)?;
+        let pending = store.load_pending().map_err(SealError::Storage)?;
+        if pending.is_some() {
+            tracing::warn!("an interrupted rekey commit was found; shares of either set are accepted at unseal");
+            audit::event("rekey_interrupted_found", "warning", json!({}));
+        }
+        let phase = if current.is_some() || pending.is_some() {
+            Phase::Sealed
+        } else {
+            Phase::Uninitialized
+        };
+        Ok(Seal {
+            store,
+            config,
+            phase: AtomicU8::new(phase as u8),
+            inner: Mutex::new(Inner {
+                current,
+                pending,
+                progress: None,
+                keyring: None,
+                rekey: None,
+            }),
+        })
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            2 => Phase::Unsealed,
+            1 => Phase::Sealed,
+            _ => Phase::Uninitialized,
+        }
+    }
+
+    fn set_phase(&self, p: Phase) {
+        self.phase.store(p as u8, Ordering::Release);
+    }
+
+    /// Ok when key operations may run; otherwise the error to return.
+    pub fn require_unsealed(&self) -> SealResult<()> {
+        match self.phase() {
+            Phase::Unsealed => Ok(()),
+            Phase::Uninitialized => Err(SealError::NotInitialized),
+            Phase::Sealed => {
+                let inner = self.inner();
+                let threshold = inner
+                    .current
+                    .as_ref()
+                    .or(inner.pending.as_ref())
+                    .map(|f| f.threshold)
+                    .unwrap_or(0);
+                let received = inner.progress.as_ref().map(|p| p.shares.len()).unwrap_or(0);
+                Err(SealError::Sealed {
+                    received,
+                    threshold,
+                })
+            }
+        }
+    }
+
+    /// Runs `f` with the keyring; fails when sealed.
+    pub fn with_keyring<T>(&self, f: impl FnOnce(&Keyring) -> T) -> SealResult<T> {
+        let inner = self.inner();
+        match &inner.keyring {
+            Some(k) => Ok(f(k)),
+            None => Err(SealError::Sealed {
+                received: 0,
+                threshold: inner.current.as_ref().map(|c| c.threshold).unwrap_or(0),
+            }),
+        }
+    }
+
+    fn expire(&self, inner: &mut Inner) {
+        let timeout = self.config.ceremony_timeout;
+        if let Some(p) = &inner.progress {
+            if p.started.elapsed() > timeout {
+                audit::event(
+                    "unseal_expired",
+                    "reset",
+                    json!({"received": p.shares.len(), "timeout_secs": timeout.as_secs()}),
+                );
+                inner.progress = None;
+            }
+        }
+        if let Some(r) = &inner.rekey {
+            if r.started().elapsed() > timeout {
+                audit::event("rekey_expired", "cancelled", json!({"rekey_id": r.id()}));
+                inner.rekey = None;
+            }
+        }
+    }
+
+    pub fn status(&self) -> SealStatus {
+        let mut inner = self.inner();
+        self.expire(&mut inner);
+        let file = inner.current.as_ref().or(inner.pending.as_ref());
+        let rekey = inner.rekey.as_ref().map(|r| match r {
+            Rekey::CollectingOld { id, progress, .. } => RekeyStatus {
+                id: id.clone(),
+                phase: "collecting-old-shares",
+                received: progress.shares.len(),
+                threshold: progress.threshold,
+                new_set_id: String::new(),
+            },
+            Rekey::Verifying {
+                id,
+                progress,
+                new_set,
+                ..
+            } => RekeyStatus {
+                id: id.clone(),
+                phase: "verifying-new-shares",
+                received: progress.shares.len(),
+                threshold: progress.threshold,
+                new_set_id: hex::encode(new_set),
+            },
+        });
+        SealStatus {
+            phase: self.phase(),
+            set_id: file.map(|f| f.set_id.clone()).unwrap_or_default(),
+            shares: file.map(|f| f.shares).unwrap_or(0),
+            threshold: file.map(|f| f.threshold).unwrap_or(0),
+            received: inner.progress.as_ref().map(|p| p.shares.len()).unwrap_or(0),
+            rekey,
+            interrupted_rekey: inner.pending.is_some(),
+        }
+    }
+
+    /// The init ceremony: a fresh unseal key, split into shares; the token's
+    /// user and SO PINs changed from the provisioning PINs to PINs derived
+    /// from it. The daemon stays sealed.
+    pub fn init(
+        &self,
+        hsm: &dyn Hsm,
+        shares: u32,
+        threshold: u32,
+        recipients: &[String],
+        labels: &[String],
+        provisioning_user_pin: &Pin,
+        provisioning_so_pin: &Pin,
+    ) -> SealResult<Vec<IssuedShare>> {
+        let mut inner = self.inner();
+        if let Some(f) = inner.current.as_ref().or(inner.pending.as_ref()) {
+            return Err(SealError::AlreadyInitialized {
+                set_id: f.set_id.clone(),
+            });
+        }
+        let plan = validate_plan(
+            shares,
+            threshold,
+            recipients,
+            labels,
+            self.config.allow_single_share,
+        )?;
+        let key = UnsealKey::random().map_err(SealError::Storage)?;
+        let set_id = random_set_id()?;
+        let keyring = Keyring::random().map_err(SealError::Storage)?;
+        let file = SealFile::new(
+            &key,
+            set_id,
+            plan.shares,
+            plan.threshold,
+            &keyring,
+            now_secs(),
+        )
+        .map_err(SealError::Storage)?;
+        let issued = issue_shares(&key, &set_id, &plan)?;
+
+        // Record first: a crash after the PINs change but before the record
+        // would lock the token for good.
+        self.store.save(&file).map_err(SealError::Storage)?;
+        if let Err(e) = hsm.change_pins(
+            provisioning_user_pin,
+            &key.user_pin(&set_id),
+            provisioning_so_pin,
+            &key.so_pin(&set_id),
+        ) {
+            let _ = self.store.remove();
+            audit::event("init", "refused", json!({"reason": e.to_string()}));
+            return Err(match e {
+                HsmError::PinIncorrect { role: "user" } => {
+                    SealError::PinRejected { field: "user_pin" }
+                }
+                HsmError::PinIncorrect { .. } => SealError::PinRejected { field: "so_pin" },
+                other => SealError::Hsm(other),
+            });
+        }
+        audit::event(
+            "init",
+            "ok",
+            json!({
+                "set_id": file.set_id,
+                "shares": plan.shares,
+                "threshold": plan.threshold,
+                "encrypted_to_recipients": !plan.recipients.is_empty(),
+                "labels": plan.labels,
+            }),
+        );
+        inner.current = Some(file);
+        self.set_phase(Phase::Sealed);
+        Ok(issued)
+    }
+
+    /// Submits one share toward unseal. At the threshold: reconstruct,
+    /// confirm with the check value, derive the PIN, log in, open the
+    /// keyring. Returns the progress; `complete` means unsealed.
+    pub fn submit_unseal_share(&self, hsm: &dyn Hsm, text: &str) -> SealResult<ShareProgress> {
+        let mut inner = self.inner();
+        match self.phase() {
+            Phase::Uninitialized => return Err(SealError::NotInitialized),
+            Phase::Unsealed => return Err(SealError::AlreadyUnsealed),
+            Phase::Sealed => {}
+        }
+        self.expire(&mut inner);
+        let parsed = share::parse(text).map_err(|e| {
+            audit::event("unseal_share", "refused", json!({"reason": e.to_string()}));
+            SealError::BadShare(e)
+        })?;
+        let got = hex::encode(parsed.set_id);
+        let file = [inner.current.as_ref(), inner.pending.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|f| f.set_id == got)
+            .cloned();
+        let Some(file) = file else {
+            let want = inner
+                .current
+                .as_ref()
+                .map(|f| f.set_id.clone())
+                .unwrap_or_default();
+            audit::event(
+                "unseal_share",
+                "refused",
+                json!({"reason": "other share set", "share_set": got}),
+            );
+            return Err(SealError::WrongSet { got, want });
+        };
+        if parsed.threshold != file.threshold {
+            audit::event(
+                "unseal_share",
+                "refused",
+                json!({"reason": "threshold mismatch", "index": parsed.bytes.index}),
+            );
+            return Err(SealError::WrongThreshold {
+                got: parsed.threshold,
+                want: file.threshold,
+                set_id: file.set_id.clone(),
+            });
+        }
+        let progress = match &mut inner.progress {
+            Some(p) if p.set_id == parsed.set_id => p,
+            slot => {
+                if let Some(old) = slot.as_ref() {
+                    // Shares of the other set (interrupted rekey) start over.
+                    audit::event(
+                        "unseal_progress_reset",
+                        "reset",
+                        json!({"received": old.shares.len()}),
+                    );
+                }
+                slot.insert(Progress::new(parsed.set_id, file.threshold))
+            }
+        };
+        if progress
+            .shares
+            .iter()
+            .any(|s| s.index == parsed.bytes.index)
+        {
+            audit::event(
+                "unseal_share",
+                "refused",
+                json!({"reason": "duplicate", "index": parsed.bytes.index}),
+            );
+            return Err(SealError::Duplicate {
+                index: parsed.bytes.index,
+                received: progress.shares.len(),
+                threshold: progress.threshold,
+            });
+        }
+        progress.shares.push(parsed.bytes);
+        let received = progress.shares.len();
+        let threshold = progress.threshold;
+        audit::event(
+            "unseal_share",
+            "accepted",
+            json!({"set_id": file.set_id, "received": received, "threshold": threshold}),
+        );
+        if received < threshold as usize {
+            return Ok(ShareProgress {
+                received,
+                threshold,
+                set_id: file.set_id,
+                complete: false,
+            });
+        }
+
+        // Threshold reached: whatever happens next, the shares are dropped.
+        let Some(progress) = inner.progress.take() else {
+            return Err(SealError::Storage("progress vanished".into()));
+        };
+        let set_id = progress.set_id;
+        let refs: Vec<&ShareBytes> = progress.shares.iter().collect();
+        let key = shamir::combine(&refs).map_err(SealError::Storage)?;
+        drop(refs);
+        drop(progress);
+        let check = file.check().map_err(SealError::Storage)?;
+        if !key.matches(&set_id, &check) {
+            audit::event(
+                "unseal",
+                "failed",
+                json!({"reason": "check value mismatch", "set_id": file.set_id}),
+            );
+            return Err(SealError::ReconstructionFailed);
+        }
+        let keyring = file.open_keyring(&key).map_err(SealError::Storage)?;
+        if let Err(e) = hsm.login(&key.user_pin(&set_id)) {
+            audit::event("unseal", "failed", json!({"reason": e.to_string()}));
+            return Err(SealError::Hsm(e));
+        }
+        drop(key);
+        // An interrupted rekey is settled by whichever set logged in.
+        let is_pending = inner.pending.as_ref().map(|p| p.set_id == file.set_id) == Some(true);
+        if is_pending {
+            self.store.promote_pending().map_err(SealError::Storage)?;
+            inner.current = inner.pending.take();
+        } else if inner.pending.is_some() {
+            self.store.discard_pending().map_err(SealError::Storage)?;
+            inner.pending = None;
+        }
+        inner.keyring = Some(keyring);
+        self.set_phase(Phase::Unsealed);
+        audit::event("unseal", "ok", json!({"set_id": file.set_id}));
+        Ok(ShareProgress {
+            received,
+            threshold,
+            set_id: file.set_id,
+            complete: true,
+        })
+    }
+
+    /// Forgets the shares received so far.
+    pub fn reset_unseal(&self) -> SealResult<usize> {
+        let mut inner = self.inner();
+        let n = inner.progress.take().map(|p| p.shares.len()).unwrap_or(0);
+        audit::event("unseal_reset", "ok", json!({"discarded": n}));
+        Ok(n)
+    }
+
+    /// Seals: refuse key operations, log out, drop session copies, wipe the
+    /// keyring and any ceremony in progress.
+    pub fn seal(&self, hsm: &dyn Hsm) -> SealResult<()> {
+        let mut inner = self.inner();
+        match self.phase() {
+            Phase::Uninitialized => return Err(SealError::NotInitialized),
+            Phase::Sealed => {
+                inner.progress = None;
+                return Ok(());
+            }
+            Phase::Unsealed => {}
+        }
+        self.set_phase(Phase::Sealed);
+        inner.keyring = None;
+        inner.rekey = None;
+        inner.progress = None;
+        hsm.logout();
+        audit::event("seal", "ok", json!({}));
+        Ok(())
+    }
+
+    /// Starts a rekey; it needs a quorum of the current shares.
+    pub fn rekey_start(
+        &self,
+        shares: u32,
+        threshold: u32,
+        recipients: &[String],
+        labels: &[String],
+    ) -> SealResult<(String, u8)> {
+        let mut inner = self.inner();
+        if self.phase() != Phase::Unsealed {
+            return Err(self
+                .require_unsealed()
+                .err()
+                .unwrap_or(SealError::AlreadyUnsealed));
+        }
+        self.expire(&mut inner);
+        if let Some(r) = &inner.rekey {
+            return Err(SealError::RekeyInProgress {
+                id: r.id().to_string(),
+            });
+        }
+        let plan = validate_plan(
+            shares,
+            threshold,
+            recipients,
+            labels,
+            self.config.allow_single_share,
+        )?;
+        let Some(current) = inner.current.as_ref() else {
+            return Err(SealError::NotInitialized);
+        };
+        let set_id = current.set_id().map_err(SealError::Storage)?;
+        let old_threshold = current.threshold;
+        let id = hex::encode(random_set_id()?);
+        audit::event(
+            "rekey_start",
+            "ok",
+            json!({"rekey_id": id, "shares": plan.shares, "threshold": plan.threshold}),
+        );
+        inner.rekey = Some(Rekey::CollectingOld {
+            id: id.clone(),
+            plan,
+            progress: Progress::new(set_id, old_threshold),
+        });
+        Ok((id, old_threshold))
+    }
+
+    pub fn rekey_cancel(&self) -> SealResult<()> {
+        let mut inner = self.inner();
+        match inner.rekey.take() {
+            Some(r) => {
+                audit::event("rekey_cancel", "ok", json!({"rekey_id": r.id()}));
+                Ok(())
+            }
+            None => Err(SealError::NoRekey),
+        }
+    }
+
+    /// Submits a current share to a rekey. At the old threshold the new
+    /// shares are issued (returned) and the rekey waits for verification.
+    pub fn rekey_submit(&self, text: &str) -> SealResult<(ShareProgress, Vec<IssuedShare>)> {
+        let mut inner = self.inner();
+        self.expire(&mut inner);
+        let current = inner.current.clone().ok_or(SealError::NotInitialized)?;
+        let (id, progress) = match &mut inner.rekey {
+            None => return Err(SealError::NoRekey),
+            Some(Rekey::Verifying { id, .. }) => {
+                return Err(SealError::WrongRekeyPhase {
+                    id: id.clone(),
+                    phase: "verifying new shares",
+                    hint: "submit the NEW shares with `keywarden operator rekey --verify`",
+                })
+            }
+            Some(Rekey::CollectingOld { id, progress, .. }) => (id.clone(), progress),
+        };
+        let parsed = share::parse(text).map_err(SealError::BadShare)?;
+        if parsed.set_id != progress.set_id {
+            audit::event(
+                "rekey_share",
+                "refused",
+                json!({"rekey_id": id, "reason": "other share set"}),
+            );
+            return Err(SealError::WrongSet {
+                got: hex::encode(parsed.set_id),
+                want: current.set_id.clone(),
+            });
+        }
+        if parsed.threshold != progress.threshold {
+            return Err(SealError::WrongThreshold {
+                got: parsed.threshold,
+                want: progress.threshold,
+                set_id: current.set_id.clone(),
+            });
+        }
+        if progress
+            .shares
+            .iter()
+            .any(|s| s.index == parsed.bytes.index)
+        {
+            audit::event(
+                "rekey_share",
+                "refused",
+                json!({"rekey_id": id, "reason": "duplicate", "index": parsed.bytes.index}),
+            );
+            return Err(SealError::Duplicate {
+                index: parsed.bytes.index,
+                received: progress.shares.len(),
+                threshold: progress.threshold,
+            });
+        }
+        progress.shares.push(parsed.bytes);
+        let received = progress.shares.len();
+        let threshold = progress.threshold;
+        audit::event(
+            "rekey_share",
+            "accepted",
+            json!({"rekey_id": id, "received": received, "threshold": threshold}),
+        );
+        if received < threshold as usize {
+            return Ok((
+                ShareProgress {
+                    received,
+                    threshold,
+                    set_id: current.set_id,
+                    complete: false,
+                },
+                Vec::new(),
+            ));
+        }
+        let Some(Rekey::CollectingOld { plan, progress, .. }) = inner.rekey.take() else {
+            return Err(SealError::NoRekey);
+        };
+        let refs: Vec<&ShareBytes> = progress.shares.iter().collect();
+        let old_key = shamir::combine(&refs).map_err(SealError::Storage)?;
+        drop(refs);
+        let check = current.check().map_err(SealError::Storage)?;
+        if !old_key.matches(&progress.set_id, &check) {
+            audit::event(
+                "rekey_share",
+                "failed",
+                json!({"rekey_id": id, "reason": "check value mismatch"}),
+            );
+            // Progress resets; the rekey itself stays open.
+            inner.rekey = Some(Rekey::CollectingOld {
+                id,
+                progress: Progress::new(progress.set_id, progress.threshold),
+                plan,
+            });
+            return Err(SealError::ReconstructionFailed);
+        }
+        let old_user = old_key.user_pin(&progress.set_id);
+        let old_so = old_key.so_pin(&progress.set_id);
+        drop(old_key);
+        let new_key = UnsealKey::random().map_err(SealError::Storage)?;
+        let new_set = random_set_id()?;
+        let issued = issue_shares(&new_key, &new_set, &plan)?;
+        audit::event(
+            "rekey_shares_issued",
+            "ok",
+            json!({"rekey_id": id, "new_set_id": hex::encode(new_set), "shares": plan.shares, "threshold": plan.threshold}),
+        );
+        inner.rekey = Some(Rekey::Verifying {
+            id,
+            new_key,
+            new_set,
+            shares: plan.shares,
+            progress: Progress::new(new_set, plan.threshold),
+            old_user,
+            old_so,
+        });
+        Ok((
+            ShareProgress {
+                received,
+                threshold,
+                set_id: current.set_id,
+                complete: true,
+            },
+            issued,
+        ))
+    }
+
+    /// Submits a NEW share back for verification. At the new threshold the
+    /// rekey commits: the token PINs change and the old shares die.
+    pub fn rekey_verify(&self, hsm: &dyn Hsm, text: &str) -> SealResult<ShareProgress> {
+        let mut inner = self.inner();
+        self.expire(&mut inner);
+        let (id, new_set, progress) = match &mut inner.rekey {
+            None => return Err(SealError::NoRekey),
+            Some(Rekey::CollectingOld { id, .. }) => {
+                return Err(SealError::WrongRekeyPhase {
+                    id: id.clone(),
+                    phase: "collecting current shares",
+                    hint: "submit the CURRENT shares with `keywarden operator rekey --submit`",
+                })
+            }
+            Some(Rekey::Verifying {
+                id,
+                new_set,
+                progress,
+                ..
+            }) => (id.clone(), *new_set, progress),
+        };
+        let parsed = share::parse(text).map_err(SealError::BadShare)?;
+        if parsed.set_id != new_set {
+            return Err(SealError::WrongSet {
+                got: hex::encode(parsed.set_id),
+                want: hex::encode(new_set),
+            });
+        }
+        if parsed.threshold != progress.threshold {
+            return Err(SealError::WrongThreshold {
+                got: parsed.threshold,
+                want: progress.threshold,
+                set_id: hex::encode(new_set),
+            });
+        }
+        if progress
+            .shares
+            .iter()
+            .any(|s| s.index == parsed.bytes.index)
+        {
+            return Err(SealError::Duplicate {
+                index: parsed.bytes.index,
+                received: progress.shares.len(),
+                threshold: progress.threshold,
+            });
+        }
+        progress.shares.push(parsed.bytes);
+        let received = progress.shares.len();
+        let threshold = progress.threshold;
+        audit::event(
+            "rekey_verify_share",
+            "accepted",
+            json!({"rekey_id": id, "received": received, "threshold": threshold}),
+        );
+        if received < threshold as usize {
+            return Ok(ShareProgress {
+                received,
+                threshold,
+                set_id: hex::encode(new_set),
+                complete: false,
+            });
+        }
+        let Some(Rekey::Verifying {
+            new_key,
+            shares,
+            progress,
+            old_user,
+            old_so,
+            ..
+        }) = inner.rekey.take()
+        else {
+            return Err(SealError::NoRekey);
+        };
+        let refs: Vec<&ShareBytes> = progress.shares.iter().collect();
+        let rebuilt = shamir::combine(&refs).map_err(SealError::Storage)?;
+        drop(refs);
+        if !rebuilt.matches(&new_set, &new_key.check_value(&new_set)) {
+            audit::event("rekey_verify", "failed", json!({"rekey_id": id}));
+            inner.rekey = Some(Rekey::Verifying {
+                id,
+                new_key,
+                new_set,
+                shares,
+                progress: Progress::new(new_set, threshold),
+                old_user,
+                old_so,
+            });
+            return Err(SealError::ReconstructionFailed);
+        }
+        drop(rebuilt);
+        let old = OldPins {
+            user: old_user,
+            so: old_so,
+        };
+        self.commit_rekey(
+            hsm, &mut inner, &id, &old, &new_key, new_set, shares, threshold,
+        )?;
+        Ok(ShareProgress {
+            received,
+            threshold,
+            set_id: hex::encode(new_set),
+            complete: true,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn commit_rekey(
+        &self,
+        hsm: &dyn Hsm,
+        inner: &mut Inner,
+        id: &str,
+        old: &OldPins,
+        new_key: &UnsealKey,
+        new_set: [u8; 4],
+        shares: u8,
+        threshold: u8,
+    ) -> SealResult<()> {
+        let current = inner.current.clone().ok_or(SealError::NotInitialized)?;
+        let keyring = inner.keyring.as_ref().ok_or(SealError::Sealed {
+            received: 0,
+            threshold: current.threshold,
+        })?;
+        let file = SealFile::new(new_key, new_set, shares, threshold, keyring, now_secs())
+            .map_err(SealError::Storage)?;
+        self.store.save_pending(&file).map_err(SealError::Storage)?;
+        hsm.logout();
+        let changed = hsm.change_pins(
+            &old.user,
+            &new_key.user_pin(&new_set),
+            &old.so,
+            &new_key.so_pin(&new_set),
+        );
+        if let Err(e) = changed {
+            let _ = self.store.discard_pending();
+            let relogin = hsm.login(&old.user);
+            audit::event(
+                "rekey_commit",
+                "failed",
+                json!({"rekey_id": id, "reason": e.to_string()}),
+            );
+            if relogin.is_err() {
+                self.set_phase(Phase::Sealed);
+                inner.keyring = None;
+            }
+            return Err(SealError::Hsm(e));
+        }
+        self.store.promote_pending().map_err(SealError::Storage)?;
+        inner.current = Some(file);
+        if let Err(e) = hsm.login(&new_key.user_pin(&new_set)) {
+            self.set_phase(Phase::Sealed);
+            inner.keyring = None;
+            audit::event(
+                "rekey_commit",
+                "committed_but_sealed",
+                json!({"rekey_id": id, "reason": e.to_string()}),
+            );
+            return Err(SealError::Hsm(e));
+        }
+        audit::event(
+            "rekey_commit",
+            "ok",
+            json!({"rekey_id": id, "new_set_id": hex::encode(new_set), "old_set_id": current.set_id}),
+        );
+        Ok(())
+    }
+}

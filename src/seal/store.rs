@@ -1,0 +1,266 @@
+//! What the seal keeps on disk (`seal.json` in the state directory): the
+//! share set's id, N and M, the check value and the sealed keyring. Nothing
+//! in it opens the HSM without a quorum of shares.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::keys::UnsealKey;
+
+const KEYRING_AAD: &[u8] = b"keywarden.v1.keyring";
+const KEYRING_LEN: usize = 64;
+
+/// Secrets the daemon needs after unseal, kept sealed under a key derived
+/// from the unseal key. No `Debug`, `Clone` or `Serialize`; wiped on drop.
+pub struct Keyring {
+    /// Authenticates the registry's key states (used by the lifecycle work).
+    pub registry_key: Zeroizing<[u8; 32]>,
+    /// Keys the HMAC of encryption-context values in the audit log.
+    pub audit_key: Zeroizing<[u8; 32]>,
+}
+
+impl Keyring {
+    pub fn random() -> Result<Self, String> {
+        let mut r = Zeroizing::new([0u8; 32]);
+        let mut a = Zeroizing::new([0u8; 32]);
+        getrandom::fill(r.as_mut()).map_err(|e| e.to_string())?;
+        getrandom::fill(a.as_mut()).map_err(|e| e.to_string())?;
+        Ok(Keyring {
+            registry_key: r,
+            audit_key: a,
+        })
+    }
+
+    fn to_bytes(&self) -> Zeroizing<[u8; KEYRING_LEN]> {
+        let mut out = Zeroizing::new([0u8; KEYRING_LEN]);
+        out[..32].copy_from_slice(&self.registry_key[..]);
+        out[32..].copy_from_slice(&self.audit_key[..]);
+        out
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() != KEYRING_LEN {
+            return None;
+        }
+        let mut r = Zeroizing::new([0u8; 32]);
+        let mut a = Zeroizing::new([0u8; 32]);
+        r.copy_from_slice(&b[..32]);
+        a.copy_from_slice(&b[32..]);
+        Some(Keyring {
+            registry_key: r,
+            audit_key: a,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SealFile {
+    pub format: u32,
+    /// 8 hex digits.
+    pub set_id: String,
+    pub shares: u8,
+    pub threshold: u8,
+    /// Hex of the check value.
+    pub check: String,
+    /// Hex of the 12-byte nonce followed by the AES-256-GCM ciphertext and tag.
+    pub keyring: String,
+    pub created_at: i64,
+}
+
+impl SealFile {
+    pub fn new(
+        key: &UnsealKey,
+        set_id: [u8; 4],
+        shares: u8,
+        threshold: u8,
+        keyring: &Keyring,
+        created_at: i64,
+    ) -> Result<Self, String> {
+        let mut sealed = Self {
+            format: 1,
+            set_id: hex::encode(set_id),
+            shares,
+            threshold,
+            check: hex::encode(key.check_value(&set_id)),
+            keyring: String::new(),
+            created_at,
+        };
+        sealed.keyring = hex::encode(seal_keyring(key, &set_id, keyring)?);
+        Ok(sealed)
+    }
+
+    pub fn set_id(&self) -> Result<[u8; 4], String> {
+        hex::decode(&self.set_id)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| "seal file: malformed set_id".to_string())
+    }
+
+    pub fn check(&self) -> Result<Vec<u8>, String> {
+        hex::decode(&self.check).map_err(|_| "seal file: malformed check value".to_string())
+    }
+
+    /// Opens the keyring with a key already confirmed by the check value.
+    pub fn open_keyring(&self, key: &UnsealKey) -> Result<Keyring, String> {
+        let set_id = self.set_id()?;
+        let raw = hex::decode(&self.keyring).map_err(|_| "seal file: malformed keyring")?;
+        if raw.len() < 12 {
+            return Err("seal file: keyring too short".into());
+        }
+        let k = key.keyring_key(&set_id);
+        let cipher = Aes256Gcm::new_from_slice(&k[..]).map_err(|e| e.to_string())?;
+        let aad = [KEYRING_AAD, &set_id].concat();
+        let pt = Zeroizing::new(
+            cipher
+                .decrypt(
+                    Nonce::from_slice(&raw[..12]),
+                    Payload {
+                        msg: &raw[12..],
+                        aad: &aad,
+                    },
+                )
+                .map_err(|_| "seal file: the keyring does not open (altered file?)".to_string())?,
+        );
+        Keyring::from_bytes(&pt).ok_or_else(|| "seal file: keyring has the wrong length".into())
+    }
+}
+
+fn seal_keyring(key: &UnsealKey, set_id: &[u8; 4], keyring: &Keyring) -> Result<Vec<u8>, String> {
+    let k = key.keyring_key(set_id);
+    let cipher = Aes256Gcm::new_from_slice(&k[..]).map_err(|e| e.to_string())?;
+    let mut nonce = [0u8; 12];
+    getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
+    let aad = [KEYRING_AAD, set_id].concat();
+    let pt = keyring.to_bytes();
+    let ct = cipher
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: &pt[..],
+                aad: &aad,
+            },
+        )
+        .map_err(|_| "sealing the keyring failed".to_string())?;
+    Ok([nonce.as_slice(), &ct].concat())
+}
+
+/// The seal files in a state directory.
+pub struct SealStore {
+    dir: PathBuf,
+}
+
+impl SealStore {
+    pub fn new(dir: &Path) -> Self {
+        SealStore {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn current_path(&self) -> PathBuf {
+        self.dir.join("seal.json")
+    }
+
+    /// A rekey being committed: written before the token PINs change.
+    pub fn pending_path(&self) -> PathBuf {
+        self.dir.join("seal.pending.json")
+    }
+
+    fn load_path(path: &Path) -> Result<Option<SealFile>, String> {
+        match std::fs::read_to_string(path) {
+            Ok(t) => serde_json::from_str(&t)
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    pub fn load(&self) -> Result<Option<SealFile>, String> {
+        Self::load_path(&self.current_path())
+    }
+
+    pub fn load_pending(&self) -> Result<Option<SealFile>, String> {
+        Self::load_path(&self.pending_path())
+    }
+
+    fn write_atomic(&self, path: &Path, file: &SealFile) -> Result<(), String> {
+        let tmp = path.with_extension("tmp");
+        let text = serde_json::to_string_pretty(file).map_err(|e| e.to_string())?;
+        let write = || -> std::io::Result<()> {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            std::fs::File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(|e| format!("writing {}: {e}", path.display()))
+    }
+
+    pub fn save(&self, file: &SealFile) -> Result<(), String> {
+        self.write_atomic(&self.current_path(), file)
+    }
+
+    pub fn save_pending(&self, file: &SealFile) -> Result<(), String> {
+        self.write_atomic(&self.pending_path(), file)
+    }
+
+    /// Makes the pending file current.
+    pub fn promote_pending(&self) -> Result<(), String> {
+        std::fs::rename(self.pending_path(), self.current_path())
+            .and_then(|_| std::fs::File::open(&self.dir)?.sync_all())
+            .map_err(|e| format!("committing the new seal file: {e}"))
+    }
+
+    pub fn discard_pending(&self) -> Result<(), String> {
+        match std::fs::remove_file(self.pending_path()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("removing the pending seal file: {e}")),
+        }
+    }
+
+    pub fn remove(&self) -> Result<(), String> {
+        std::fs::remove_file(self.current_path()).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyring_opens_only_with_the_right_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SealStore::new(dir.path());
+        assert!(store.load().unwrap().is_none());
+        let key = UnsealKey::random().unwrap();
+        let ring = Keyring::random().unwrap();
+        let f = SealFile::new(&key, [1, 2, 3, 4], 5, 3, &ring, 10).unwrap();
+        store.save(&f).unwrap();
+        let back = store.load().unwrap().unwrap();
+        assert_eq!(back, f);
+        let opened = back.open_keyring(&key).unwrap();
+        assert_eq!(*opened.registry_key, *ring.registry_key);
+        assert_eq!(*opened.audit_key, *ring.audit_key);
+        assert!(back.open_keyring(&UnsealKey::random().unwrap()).is_err());
+        let mut tampered = back.clone();
+        tampered.set_id = "01020305".into();
+        assert!(tampered.open_keyring(&key).is_err());
+        // The file holds no key material in the clear.
+        let text = std::fs::read_to_string(store.current_path()).unwrap();
+        assert!(!text.contains(&hex::encode(key.expose())));
+        assert!(!text.contains(&hex::encode(&ring.registry_key[..])));
+    }
+}
