@@ -8,7 +8,7 @@ use zeroize::Zeroize;
 use super::blocking;
 use crate::core::{CoreError, Keywarden};
 use crate::proto::{self, operator_service_server::OperatorService};
-use crate::seal::IssuedShare;
+use crate::seal::{IssuedShare, ShareSpec};
 use crate::secret::Pin;
 
 pub struct OperatorApi {
@@ -110,7 +110,16 @@ impl OperatorService for OperatorApi {
         let so = pin_field("so_pin", &mut r.so_pin)?;
         let (shares, threshold) = (r.shares, r.threshold);
         let out = blocking(&self.core, move |c| {
-            c.init(shares, threshold, &r.recipients, &r.labels, &user, &so)
+            c.init(
+                ShareSpec {
+                    shares,
+                    threshold,
+                    recipients: &r.recipients,
+                    labels: &r.labels,
+                },
+                &user,
+                &so,
+            )
         })
         .await??;
         let status = blocking(&self.core, |c| c.status()).await?;
@@ -166,7 +175,12 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<proto::RekeyStartResponse>, Status> {
         let r = request.into_inner();
         let (id, threshold) = blocking(&self.core, move |c| {
-            c.rekey_start(r.shares, r.threshold, &r.recipients, &r.labels)
+            c.rekey_start(ShareSpec {
+                shares: r.shares,
+                threshold: r.threshold,
+                recipients: &r.recipients,
+                labels: &r.labels,
+            })
         })
         .await??;
         Ok(Response::new(proto::RekeyStartResponse {

@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
 
 use crate::hsm::{Hsm, HsmKeyId, TokenDescription, UnwrapItem, LABEL_PREFIX};
-use crate::seal::{IssuedShare, Seal, SealStatus, ShareProgress};
+use crate::seal::{IssuedShare, Seal, SealStatus, ShareProgress, ShareSpec};
 use crate::secret::{DataKey, Pin};
 use blob::Blob;
 pub use error::{CoreError, CoreResult};
@@ -116,25 +116,13 @@ impl Keywarden {
     }
 
     /// The init ceremony (see [`Seal::init`]).
-    #[allow(clippy::too_many_arguments)]
     pub fn init(
         &self,
-        shares: u32,
-        threshold: u32,
-        recipients: &[String],
-        labels: &[String],
+        spec: ShareSpec<'_>,
         user_pin: &Pin,
         so_pin: &Pin,
     ) -> CoreResult<Vec<IssuedShare>> {
-        Ok(self.seal.init(
-            self.hsm.as_ref(),
-            shares,
-            threshold,
-            recipients,
-            labels,
-            user_pin,
-            so_pin,
-        )?)
+        Ok(self.seal.init(self.hsm.as_ref(), spec, user_pin, so_pin)?)
     }
 
     /// Submits one unseal share; at the threshold the daemon unseals and
@@ -157,16 +145,8 @@ impl Keywarden {
         Ok(self.seal.seal(self.hsm.as_ref())?)
     }
 
-    pub fn rekey_start(
-        &self,
-        shares: u32,
-        threshold: u32,
-        recipients: &[String],
-        labels: &[String],
-    ) -> CoreResult<(String, u8)> {
-        Ok(self
-            .seal
-            .rekey_start(shares, threshold, recipients, labels)?)
+    pub fn rekey_start(&self, spec: ShareSpec<'_>) -> CoreResult<(String, u8)> {
+        Ok(self.seal.rekey_start(spec)?)
     }
 
     pub fn rekey_submit(&self, share: &str) -> CoreResult<(ShareProgress, Vec<IssuedShare>)> {

@@ -87,6 +87,16 @@ pub enum SealError {
 
 pub type SealResult<T> = Result<T, SealError>;
 
+/// How a key is to be split: N shares, threshold M, optional age
+/// recipients and custodian labels (none, or one per share each).
+#[derive(Debug, Clone, Copy)]
+pub struct ShareSpec<'a> {
+    pub shares: u32,
+    pub threshold: u32,
+    pub recipients: &'a [String],
+    pub labels: &'a [String],
+}
+
 /// Parameters of the seal.
 #[derive(Debug, Clone)]
 pub struct SealConfig {
@@ -231,13 +241,13 @@ fn random_set_id() -> SealResult<[u8; 4]> {
     Ok(id)
 }
 
-fn validate_plan(
-    shares: u32,
-    threshold: u32,
-    recipients: &[String],
-    labels: &[String],
-    allow_single: bool,
-) -> SealResult<RekeyPlan> {
+fn validate_plan(spec: ShareSpec<'_>, allow_single: bool) -> SealResult<RekeyPlan> {
+    let ShareSpec {
+        shares,
+        threshold,
+        recipients,
+        labels,
+    } = spec;
     let invalid = |field, reason: String| SealError::InvalidParameter { field, reason };
     if !(1..=255).contains(&shares) {
         return Err(invalid(
@@ -478,10 +488,7 @@ impl Seal {
     pub fn init(
         &self,
         hsm: &dyn Hsm,
-        shares: u32,
-        threshold: u32,
-        recipients: &[String],
-        labels: &[String],
+        spec: ShareSpec<'_>,
         provisioning_user_pin: &Pin,
         provisioning_so_pin: &Pin,
     ) -> SealResult<Vec<IssuedShare>> {
@@ -491,13 +498,7 @@ impl Seal {
                 set_id: f.set_id.clone(),
             });
         }
-        let plan = validate_plan(
-            shares,
-            threshold,
-            recipients,
-            labels,
-            self.config.allow_single_share,
-        )?;
+        let plan = validate_plan(spec, self.config.allow_single_share)?;
         let key = UnsealKey::random().map_err(SealError::Storage)?;
         let set_id = random_set_id()?;
         let keyring = Keyring::random().map_err(SealError::Storage)?;
@@ -714,13 +715,7 @@ impl Seal {
     }
 
     /// Starts a rekey; it needs a quorum of the current shares.
-    pub fn rekey_start(
-        &self,
-        shares: u32,
-        threshold: u32,
-        recipients: &[String],
-        labels: &[String],
-    ) -> SealResult<(String, u8)> {
+    pub fn rekey_start(&self, spec: ShareSpec<'_>) -> SealResult<(String, u8)> {
         let mut inner = self.inner();
         if self.phase() != Phase::Unsealed {
             return Err(self
@@ -734,13 +729,7 @@ impl Seal {
                 id: r.id().to_string(),
             });
         }
-        let plan = validate_plan(
-            shares,
-            threshold,
-            recipients,
-            labels,
-            self.config.allow_single_share,
-        )?;
+        let plan = validate_plan(spec, self.config.allow_single_share)?;
         let Some(current) = inner.current.as_ref() else {
             return Err(SealError::NotInitialized);
         };

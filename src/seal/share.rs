@@ -152,11 +152,11 @@ mod tests {
     fn every_single_typo_is_caught() {
         let line = format(&[1, 2, 3, 4], 2, &sample());
         let bytes = line.as_bytes();
-        for pos in 0..bytes.len() {
-            if bytes[pos] == b'-' {
+        for (pos, &b) in bytes.iter().enumerate() {
+            if b == b'-' {
                 continue;
             }
-            let replacement = if bytes[pos] == b'0' { '1' } else { '0' };
+            let replacement = if b == b'0' { '1' } else { '0' };
             let mut typo = line.to_string();
             typo.replace_range(pos..pos + 1, &replacement.to_string());
             if typo.eq_ignore_ascii_case(&line) {
