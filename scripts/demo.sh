@@ -12,12 +12,12 @@ cargo build --release --locked --quiet
 KW="$PWD/target/release/keywarden"
 
 out=$(mktemp)
-"$KW" dev >"$out" 2>"$out.log" &
+"$KW" dev --ceremony >"$out" 2>"$out.log" &
 dev_pid=$!
 cleanup() {
   kill -TERM "$dev_pid" 2>/dev/null || true
   wait "$dev_pid" 2>/dev/null || true
-  rm -f "$out" "$out.log"
+  rm -f "$out" "$out.log" "$out.init" "$out.gen"
 }
 trap cleanup EXIT
 
@@ -29,6 +29,7 @@ done
 cat "$out"
 export KEYWARDEN_SOCKET
 KEYWARDEN_SOCKET=$(awk '/^  socket:/ {print $2}' "$out")
+DEVDIR=$(awk '/^  directory:/ {print $2}' "$out")
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { printf '$ %s\n' "$*"; "$@"; }
@@ -36,17 +37,29 @@ show() { printf '$ %s\n' "$*"; "$@"; }
 step "Operator: the daemon, its HSM token and health"
 show "$KW" status
 
-step "Custodian: unseal ceremony"
-echo "Not built yet (issue 3): this daemon opens the token with a PIN file and starts unsealed."
+step "Custodians: the init ceremony, 2 of 3 (alice, bob, carol)"
+echo "The token's provisioning PINs are given once, by file; afterwards they no longer work."
+echo "\$ keywarden operator init --shares 3 --threshold 2 --label alice --label bob --label carol --pin-file ... --so-pin-file ... --output json"
+"$KW" operator init --shares 3 --threshold 2 --label alice --label bob --label carol \
+  --pin-file "$DEVDIR/user.pin" --so-pin-file "$DEVDIR/so.pin" --output json >"$out.init"
+jq -r '.shares[] | "  \(.label): \(.share)"' "$out.init"
+share() { jq -r ".shares[$1].share" "$out.init"; }
+show "$KW" status
+
+step "Custodians: unseal (each share is read from a hidden prompt or stdin, never from argv)"
+echo "\$ keywarden operator unseal    # alice"
+share 0 | "$KW" operator unseal
+echo "\$ keywarden operator unseal    # carol"
+share 2 | "$KW" operator unseal
 
 step "Admin: create a customer-managed key (AES-256, generated inside the HSM, never extractable)"
 show "$KW" key create patient-records --description "EHR attachments, clinic 1"
 show "$KW" key list
 
 step "Application: a data key for envelope encryption, bound to an encryption context"
-show "$KW" datakey generate --key patient-records --context tenant=clinic-1 --context record=mri-0042 --output json | tee "$out.gen"
-blob=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ciphertext"])' "$out.gen" 2>/dev/null \
-  || sed -n 's/.*"ciphertext": "\(.*\)".*/\1/p' "$out.gen")
+echo "\$ keywarden datakey generate --key patient-records --context tenant=clinic-1 --context record=mri-0042 --output json"
+"$KW" datakey generate --key patient-records --context tenant=clinic-1 --context record=mri-0042 --output json | tee "$out.gen"
+blob=$(jq -r .ciphertext "$out.gen")
 rm -f "$out.gen"
 
 step "Application: unwrap it later with the same context"
@@ -60,5 +73,16 @@ if echo "$blob" | "$KW" datakey decrypt --context tenant=clinic-2 --context reco
   exit 1
 fi
 echo "(refused, as it must be)"
+
+step "Operator: seal; key operations are refused until custodians unseal again"
+show "$KW" operator seal
+if echo "$blob" | "$KW" datakey decrypt --context tenant=clinic-1 --context record=mri-0042; then
+  echo "UNEXPECTED: a sealed daemon decrypted" >&2
+  exit 1
+fi
+share 1 | "$KW" operator unseal
+share 0 | "$KW" operator unseal
+echo "$blob" | "$KW" datakey decrypt --context tenant=clinic-1 --context record=mri-0042
+rm -f "$out.init"
 
 step "Done: stopping the dev daemon and removing its throwaway token"
