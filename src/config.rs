@@ -14,6 +14,31 @@ struct RawConfig {
     hsm: RawHsm,
     #[serde(default)]
     seal: Option<RawSeal>,
+    #[serde(default)]
+    policy: Option<RawPolicyRef>,
+    #[serde(default)]
+    audit: Option<RawAudit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicyRef {
+    #[serde(default)]
+    file: Option<PathBuf>,
+    /// Dev mode only: every local user has every role.
+    #[serde(default)]
+    open_dev: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default)]
+    file: Option<PathBuf>,
+    #[serde(default)]
+    checkpoint_every: Option<u64>,
+    #[serde(default)]
+    max_file_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,6 +59,10 @@ struct RawServer {
     socket_mode: Option<u32>,
     #[serde(default)]
     allow_root: bool,
+    /// Dev mode only: allow a socket mode that lets every local user
+    /// connect (the policy still decides what they may do).
+    #[serde(default)]
+    allow_world_socket: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +111,8 @@ pub struct Config {
     pub ceremony_timeout: std::time::Duration,
     /// A threshold of 1 is allowed (dev mode only).
     pub allow_single_share: bool,
+    pub policy: crate::guard::PolicySource,
+    pub audit: crate::audit::AuditConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +153,7 @@ impl Config {
         };
 
         let socket_mode = raw.server.socket_mode.unwrap_or(0o660);
-        if socket_mode & 0o007 != 0 {
+        if socket_mode & 0o007 != 0 && !raw.server.allow_world_socket {
             return Err(ConfigError::Invalid(format!(
                 "server.socket_mode {socket_mode:o} gives access to every user; use 0660 or stricter"
             )));
@@ -157,6 +188,45 @@ impl Config {
                 "seal.ceremony_timeout_secs {timeout} must be between 10 and 86400"
             )));
         }
+
+        let policy = match raw.policy {
+            Some(RawPolicyRef {
+                file: Some(f),
+                open_dev: false,
+            }) => crate::guard::PolicySource::File(resolve(&f)),
+            Some(RawPolicyRef {
+                file: None,
+                open_dev: true,
+            }) => crate::guard::PolicySource::OpenDev,
+            Some(RawPolicyRef {
+                file: Some(_),
+                open_dev: true,
+            }) => {
+                return Err(ConfigError::Invalid(
+                    "set one of policy.file and policy.open_dev, not both".into(),
+                ))
+            }
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "policy.file is required: without a policy every call would be denied".into(),
+                ))
+            }
+        };
+
+        let state_dir_for_audit = resolve(&raw.server.state_dir);
+        let audit = raw.audit.unwrap_or(RawAudit {
+            file: None,
+            checkpoint_every: None,
+            max_file_bytes: None,
+        });
+        let audit = crate::audit::AuditConfig {
+            file: audit
+                .file
+                .map(|f| resolve(&f))
+                .unwrap_or_else(|| state_dir_for_audit.join("audit").join("audit.log")),
+            checkpoint_every: audit.checkpoint_every.unwrap_or(1000).max(1),
+            max_file_bytes: audit.max_file_bytes.unwrap_or(64 << 20).max(4096),
+        };
 
         let profile_path = resolve(&raw.hsm.profile);
         let profile = HsmProfile::load(&profile_path)
@@ -208,6 +278,8 @@ impl Config {
             pool_size,
             ceremony_timeout: std::time::Duration::from_secs(timeout),
             allow_single_share: seal.allow_single_share,
+            policy,
+            audit,
         })
     }
 }
@@ -234,7 +306,7 @@ mod tests {
     fn parse(dir: &Path, hsm_extra: &str, server_extra: &str) -> Result<Config, ConfigError> {
         let profile = write_profile(dir);
         let text = format!(
-            "[server]\nsocket = \"s.sock\"\nstate_dir = \"state\"\n{server_extra}\n[hsm]\nprofile = {profile:?}\n{hsm_extra}\n"
+            "[server]\nsocket = \"s.sock\"\nstate_dir = \"state\"\n{server_extra}\n[hsm]\nprofile = {profile:?}\n{hsm_extra}\n[policy]\nfile = \"policy.toml\"\n"
         );
         Config::from_toml(&text, &dir.join("c.toml"), dir)
     }

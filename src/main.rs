@@ -47,6 +47,10 @@ enum Command {
         /// and rekey.
         #[arg(long)]
         ceremony: bool,
+        /// Run under this policy file instead of dev mode's open policy
+        /// (every local user, every role).
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
     /// Customer-managed keys (admins).
     #[command(subcommand)]
@@ -56,6 +60,9 @@ enum Command {
     Datakey(DatakeyCommand),
     /// Daemon status: version, seal, HSM token and health, drift.
     Status,
+    /// Verify and query the audit log (offline).
+    #[command(subcommand)]
+    Audit(keywarden::cli::audit::AuditCommand),
     /// Custodians' ceremonies: init, unseal, seal, rekey.
     #[command(subcommand)]
     Operator(keywarden::cli::operator::OperatorCommand),
@@ -98,6 +105,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             dir,
             no_session_copies,
             ceremony,
+            policy,
         } => {
             // Only an explicit --socket applies; a KEYWARDEN_SOCKET left over
             // from an earlier dev run must not.
@@ -107,6 +115,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
                 socket,
                 no_session_copies,
                 ceremony,
+                policy,
             })
             .await
         }
@@ -123,6 +132,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
         Command::Key(cmd) => keywarden::cli::key::run(&socket, cli.output, cmd).await,
         Command::Datakey(cmd) => keywarden::cli::datakey::run(&socket, cli.output, cmd).await,
         Command::Status => keywarden::cli::status::run(&socket, cli.output).await,
+        Command::Audit(cmd) => keywarden::cli::audit::run(cli.output, cmd),
         Command::Operator(cmd) => keywarden::cli::operator::run(&socket, cli.output, cmd).await,
     }
 }

@@ -1,27 +1,100 @@
-//! DataKeyService: the applications' API.
+//! DataKeyService: the applications' API. Each item is authorized by the
+//! policy (or a break-glass grant) after its key is known, and audited with
+//! its key, version, outcome and HMAC'd context before the reply is sent.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 
+use serde_json::{json, Map, Value};
 use tonic::{Request, Response, Status};
 
-use super::{blocking, status};
-use crate::core::{self, validate, CoreResult, Keywarden};
+use super::{blocking, caller_of, status, Ctx};
+use crate::core::{self, validate, CoreResult, Item};
+use crate::guard;
+use crate::policy::Caller;
 use crate::proto::{self, data_key_service_server::DataKeyService};
 
 pub struct DataKeyApi {
-    core: Arc<Keywarden>,
+    ctx: Ctx,
 }
 
 impl DataKeyApi {
-    pub fn new(core: Arc<Keywarden>) -> Self {
-        DataKeyApi { core }
+    pub fn new(ctx: Ctx) -> Self {
+        DataKeyApi { ctx }
+    }
+
+    /// Runs a data-key operation and audits every item.
+    async fn run<T, R, F>(
+        &self,
+        caller: Caller,
+        op: &'static str,
+        contexts: Vec<HashMap<String, String>>,
+        requests: R,
+        f: F,
+    ) -> Result<Vec<CoreResult<T>>, Status>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        F: FnOnce(&core::Keywarden, R, core::Gate<'_>) -> CoreResult<Vec<Item<T>>> + Send + 'static,
+    {
+        let guard = self.ctx.guard.clone();
+        let core = self.ctx.core.clone();
+        let gate_caller = caller.clone();
+        let (digests, outcome) = blocking(&core, move |c| {
+            let digests: Vec<Map<String, Value>> =
+                contexts.iter().map(|ctx| c.context_digest(ctx)).collect();
+            let gate = move |key: &str, ctx: &BTreeMap<String, String>| {
+                guard.data_key_check(&gate_caller, key, ctx)
+            };
+            (digests, f(c, requests, &gate))
+        })
+        .await?;
+        let principal = self.ctx.guard.principal_name(&caller);
+        let base = || guard::entry(&caller, &principal, "app", op);
+        match outcome {
+            Err(e) => {
+                // The whole call was refused (sealed): one audit line.
+                let status = Status::from(e);
+                let mut entry = base();
+                entry.extend(super::outcome::<()>(&Err(status.clone())));
+                entry.insert("items".into(), json!(digests.len()));
+                self.ctx.audit(vec![entry]).await?;
+                Err(status)
+            }
+            Ok(items) => {
+                let mut entries = Vec::with_capacity(items.len());
+                let mut results = Vec::with_capacity(items.len());
+                for (item, digest) in items.into_iter().zip(digests) {
+                    let mut entry = base();
+                    entry.insert("key".into(), json!(item.key));
+                    entry.insert("version".into(), json!(item.version));
+                    entry.insert("context".into(), Value::Object(digest));
+                    if item.break_glass {
+                        entry.insert("break_glass".into(), json!(true));
+                        entry.insert("ALERT".into(), json!("BREAK-GLASS USE"));
+                    }
+                    let r: Result<(), Status> = match &item.result {
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(Status::new(status::code(e), status::message(e))),
+                    };
+                    entry.extend(super::outcome(&r));
+                    entries.push(entry);
+                    results.push(item.result);
+                }
+                // Nothing is answered before it is durably audited.
+                self.ctx.audit(entries).await?;
+                Ok(results)
+            }
+        }
     }
 
     async fn generate(
         &self,
+        caller: Caller,
+        op: &'static str,
         reqs: Vec<proto::GenerateDataKeyRequest>,
         with_plaintext: bool,
     ) -> Result<Vec<CoreResult<core::GeneratedKey>>, Status> {
+        let contexts = reqs.iter().map(|r| r.encryption_context.clone()).collect();
         let reqs: Vec<core::GenerateRequest> = reqs
             .into_iter()
             .map(|r| core::GenerateRequest {
@@ -29,17 +102,19 @@ impl DataKeyApi {
                 context: r.encryption_context,
             })
             .collect();
-        blocking(&self.core, move |c| {
-            c.generate_data_keys(reqs, with_plaintext)
+        self.run(caller, op, contexts, reqs, move |c, reqs, gate| {
+            c.generate_data_keys(reqs, with_plaintext, gate)
         })
-        .await?
-        .map_err(Status::from)
+        .await
     }
 
     async fn decrypt_many(
         &self,
+        caller: Caller,
+        op: &'static str,
         reqs: Vec<proto::DecryptRequest>,
     ) -> Result<Vec<CoreResult<core::Decrypted>>, Status> {
+        let contexts = reqs.iter().map(|r| r.encryption_context.clone()).collect();
         let reqs: Vec<core::DecryptRequest> = reqs
             .into_iter()
             .map(|r| core::DecryptRequest {
@@ -48,9 +123,10 @@ impl DataKeyApi {
                 key: (!r.key.is_empty()).then_some(r.key),
             })
             .collect();
-        blocking(&self.core, move |c| c.decrypt(reqs))
-            .await?
-            .map_err(Status::from)
+        self.run(caller, op, contexts, reqs, |c, reqs, gate| {
+            c.decrypt(reqs, gate)
+        })
+        .await
     }
 }
 
@@ -95,34 +171,54 @@ impl DataKeyService for DataKeyApi {
         &self,
         request: Request<proto::GenerateDataKeyRequest>,
     ) -> Result<Response<proto::GenerateDataKeyResponse>, Status> {
-        let r = single(self.generate(vec![request.into_inner()], true).await?)?;
-        Ok(Response::new(generated(r)))
+        let caller = caller_of(&request)?;
+        let r = self
+            .generate(caller, "GenerateDataKey", vec![request.into_inner()], true)
+            .await?;
+        Ok(Response::new(generated(single(r)?)))
     }
 
     async fn generate_data_key_without_plaintext(
         &self,
         request: Request<proto::GenerateDataKeyRequest>,
     ) -> Result<Response<proto::GenerateDataKeyResponse>, Status> {
-        let r = single(self.generate(vec![request.into_inner()], false).await?)?;
-        Ok(Response::new(generated(r)))
+        let caller = caller_of(&request)?;
+        let r = self
+            .generate(
+                caller,
+                "GenerateDataKeyWithoutPlaintext",
+                vec![request.into_inner()],
+                false,
+            )
+            .await?;
+        Ok(Response::new(generated(single(r)?)))
     }
 
     async fn decrypt(
         &self,
         request: Request<proto::DecryptRequest>,
     ) -> Result<Response<proto::DecryptResponse>, Status> {
-        let r = single(self.decrypt_many(vec![request.into_inner()]).await?)?;
-        Ok(Response::new(decrypted(r)))
+        let caller = caller_of(&request)?;
+        let r = self
+            .decrypt_many(caller, "Decrypt", vec![request.into_inner()])
+            .await?;
+        Ok(Response::new(decrypted(single(r)?)))
     }
 
     async fn batch_generate_data_key(
         &self,
         request: Request<proto::BatchGenerateDataKeyRequest>,
     ) -> Result<Response<proto::BatchGenerateDataKeyResponse>, Status> {
+        let caller = caller_of(&request)?;
         let req = request.into_inner();
         validate::batch_size(req.requests.len()).map_err(Status::from)?;
         let results = self
-            .generate(req.requests, !req.without_plaintext)
+            .generate(
+                caller,
+                "BatchGenerateDataKey",
+                req.requests,
+                !req.without_plaintext,
+            )
             .await?
             .into_iter()
             .map(|r| proto::BatchGenerateDataKeyResult {
@@ -141,10 +237,11 @@ impl DataKeyService for DataKeyApi {
         &self,
         request: Request<proto::BatchDecryptRequest>,
     ) -> Result<Response<proto::BatchDecryptResponse>, Status> {
+        let caller = caller_of(&request)?;
         let req = request.into_inner();
         validate::batch_size(req.requests.len()).map_err(Status::from)?;
         let results = self
-            .decrypt_many(req.requests)
+            .decrypt_many(caller, "BatchDecrypt", req.requests)
             .await?
             .into_iter()
             .map(|r| proto::BatchDecryptResult {

@@ -1,5 +1,7 @@
 //! Thin gRPC handlers: protobuf in, domain types to the core, protobuf out.
-//! Errors go through the one table in [`status`].
+//! Every call is identified by the kernel's peer credentials, authorized by
+//! the policy, and audited before it is answered. Errors go through the one
+//! table in [`status`].
 
 pub mod datakey;
 pub mod keys;
@@ -8,9 +10,28 @@ pub mod status;
 
 use std::sync::Arc;
 
-use tonic::Status;
+use serde_json::{json, Map, Value};
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Status};
 
 use crate::core::Keywarden;
+use crate::guard::{self, Guard};
+use crate::policy::{Action, Caller};
+
+/// What every service shares.
+#[derive(Clone)]
+pub struct Ctx {
+    pub core: Arc<Keywarden>,
+    pub guard: Arc<Guard>,
+}
+
+/// An identified, authorized call.
+pub(crate) struct Call {
+    pub caller: Caller,
+    pub principal: String,
+    pub role: &'static str,
+    pub op: &'static str,
+}
 
 /// Runs a blocking core call off the async runtime.
 pub(crate) async fn blocking<T, F>(core: &Arc<Keywarden>, f: F) -> Result<T, Status>
@@ -25,4 +46,96 @@ where
             tracing::error!(error = %e, "core task failed");
             Status::internal("internal error")
         })
+}
+
+/// The caller's identity from SO_PEERCRED.
+pub(crate) fn caller_of<T>(req: &Request<T>) -> Result<Caller, Status> {
+    let cred = req
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|i| i.peer_cred)
+        .ok_or_else(|| Status::permission_denied("no peer credentials on this connection"))?;
+    Ok(Caller::from_peer(cred.uid(), cred.gid(), cred.pid()))
+}
+
+/// The audit `outcome` and `code` fields for a result.
+pub(crate) fn outcome<T>(r: &Result<T, Status>) -> Map<String, Value> {
+    let mut m = Map::new();
+    match r {
+        Ok(_) => {
+            m.insert("outcome".into(), json!("ok"));
+            m.insert("code".into(), json!("OK"));
+        }
+        Err(s) => {
+            m.insert("outcome".into(), json!("error"));
+            m.insert("code".into(), json!(format!("{:?}", s.code())));
+            m.insert("message".into(), json!(s.message()));
+        }
+    }
+    m
+}
+
+impl Ctx {
+    /// Writes audit entries and waits until they are durable. If they
+    /// cannot be written the call fails with UNAVAILABLE.
+    pub(crate) async fn audit(&self, entries: Vec<Map<String, Value>>) -> Result<(), Status> {
+        let mut waits = Vec::with_capacity(entries.len());
+        for e in entries {
+            let a = self.guard.audit.clone();
+            waits.push(async move { a.record_async(e).await });
+        }
+        for w in waits {
+            if let Err(e) = w.await {
+                return Err(Status::unavailable(format!(
+                    "{e}; key operations are refused until the audit log can be written"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Identifies and authorizes a call. A refusal is audited and answered
+    /// with PERMISSION_DENIED naming the missing grant.
+    pub(crate) async fn authorize<T>(
+        &self,
+        req: &Request<T>,
+        op: &'static str,
+        action: Action<'_>,
+    ) -> Result<Call, Status> {
+        let caller = caller_of(req)?;
+        match self.guard.authorize(&caller, &action) {
+            Ok(g) => Ok(Call {
+                caller,
+                principal: g.principal,
+                role: g.role,
+                op,
+            }),
+            Err(denied) => {
+                let mut e = guard::entry(&caller, "", "none", op);
+                e.insert("outcome".into(), json!("denied"));
+                e.insert("code".into(), json!("PermissionDenied"));
+                e.insert("message".into(), json!(denied.0));
+                if let Action::BreakGlass { key } = &action {
+                    e.insert("key".into(), json!(key));
+                }
+                // The refusal stands even if it cannot be audited.
+                let _ = self.audit(vec![e]).await;
+                Err(Status::permission_denied(denied.0))
+            }
+        }
+    }
+
+    /// Audits the outcome of an authorized call, then returns it.
+    pub(crate) async fn finish<T>(
+        &self,
+        call: &Call,
+        extra: Map<String, Value>,
+        result: Result<T, Status>,
+    ) -> Result<T, Status> {
+        let mut e = guard::entry(&call.caller, &call.principal, call.role, call.op);
+        e.extend(extra);
+        e.extend(outcome(&result));
+        self.audit(vec![e]).await?;
+        result
+    }
 }

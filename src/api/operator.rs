@@ -1,24 +1,29 @@
 //! OperatorService: status for operators, and the custodians' ceremonies.
 
-use std::sync::Arc;
-
+use serde_json::Map;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroize;
 
-use super::blocking;
-use crate::core::{CoreError, Keywarden};
+use super::{blocking, Ctx};
+use crate::core::CoreError;
+use crate::guard::PolicySource;
+use crate::policy::Action;
 use crate::proto::{self, operator_service_server::OperatorService};
 use crate::seal::{IssuedShare, ShareSpec};
 use crate::secret::Pin;
 
 pub struct OperatorApi {
-    core: Arc<Keywarden>,
+    ctx: Ctx,
 }
 
 impl OperatorApi {
-    pub fn new(core: Arc<Keywarden>) -> Self {
-        OperatorApi { core }
+    pub fn new(ctx: Ctx) -> Self {
+        OperatorApi { ctx }
     }
+}
+
+fn core_result<T>(r: Result<Result<T, CoreError>, Status>) -> Result<T, Status> {
+    r.and_then(|r| r.map_err(Status::from))
 }
 
 fn issued(shares: Vec<IssuedShare>) -> Vec<proto::IssuedShare> {
@@ -48,9 +53,47 @@ fn pin_field(field: &'static str, bytes: &mut Vec<u8>) -> Result<Pin, Status> {
 impl OperatorService for OperatorApi {
     async fn status(
         &self,
-        _request: Request<proto::StatusRequest>,
+        request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
-        let s = blocking(&self.core, |c| c.status()).await?;
+        let call = self
+            .ctx
+            .authorize(&request, "Status", Action::Status)
+            .await?;
+        let s = blocking(&self.ctx.core, |c| c.status()).await?;
+        let (audit_health, audit_detail) = match self.ctx.guard.audit.health() {
+            Ok(()) => ("ok".to_string(), String::new()),
+            Err(e) => ("unavailable".to_string(), e),
+        };
+        let break_glass = self
+            .ctx
+            .guard
+            .active_break_glass()
+            .iter()
+            .map(|g| {
+                let j = crate::guard::break_glass_json(g);
+                proto::BreakGlassGrant {
+                    uid: g.uid,
+                    principal: g.principal.clone(),
+                    key: g.key.clone(),
+                    reason: g.reason.clone(),
+                    granted_at: j["granted_at"].as_i64().unwrap_or(0),
+                    expires_at: j["expires_at"].as_i64().unwrap_or(0),
+                }
+            })
+            .collect();
+        let policy = match self.ctx.guard.source() {
+            PolicySource::File(p) => format!("file {}", p.display()),
+            PolicySource::OpenDev => "open-dev (every local user has every role)".to_string(),
+        };
+        let caller = format!(
+            "uid {} gid {} pid {} exe {} principal {:?} role {}",
+            call.caller.uid,
+            call.caller.gid,
+            call.caller.pid,
+            call.caller.exe,
+            call.principal,
+            call.role
+        );
         let (hsm_health, hsm_detail) = match s.hsm_health {
             Ok(()) => ("ok".to_string(), String::new()),
             Err(e) => ("unavailable".to_string(), e),
@@ -91,6 +134,11 @@ impl OperatorService for OperatorApi {
                 rekey_threshold: rekey.as_ref().map(|r| r.threshold.into()).unwrap_or(0),
                 interrupted_rekey: s.seal.interrupted_rekey,
             }),
+            audit_health,
+            audit_detail,
+            break_glass,
+            policy,
+            caller,
         }))
     }
 
@@ -105,11 +153,165 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<proto::InitRequest>,
     ) -> Result<Response<proto::InitResponse>, Status> {
-        let mut r = request.into_inner();
+        let call = self
+            .ctx
+            .authorize(&request, "Init", Action::Ceremony)
+            .await?;
+        let res = self.init_inner(request.into_inner()).await;
+        self.ctx
+            .finish(&call, Map::new(), res)
+            .await
+            .map(Response::new)
+    }
+
+    async fn unseal(
+        &self,
+        request: Request<proto::UnsealRequest>,
+    ) -> Result<Response<proto::UnsealResponse>, Status> {
+        let call = self
+            .ctx
+            .authorize(&request, "Unseal", Action::Ceremony)
+            .await?;
+        let res = self.unseal_inner(request.into_inner()).await;
+        self.ctx
+            .finish(&call, Map::new(), res)
+            .await
+            .map(Response::new)
+    }
+
+    async fn seal(
+        &self,
+        request: Request<proto::SealRequest>,
+    ) -> Result<Response<proto::SealResponse>, Status> {
+        let call = self.ctx.authorize(&request, "Seal", Action::Seal).await?;
+        let res = core_result(blocking(&self.ctx.core, |c| c.seal()).await)
+            .map(|_| proto::SealResponse {});
+        self.ctx
+            .finish(&call, Map::new(), res)
+            .await
+            .map(Response::new)
+    }
+
+    async fn rekey_start(
+        &self,
+        request: Request<proto::RekeyStartRequest>,
+    ) -> Result<Response<proto::RekeyStartResponse>, Status> {
+        let call = self
+            .ctx
+            .authorize(&request, "RekeyStart", Action::Ceremony)
+            .await?;
+        let r = request.into_inner();
+        let res = core_result(
+            blocking(&self.ctx.core, move |c| {
+                c.rekey_start(ShareSpec {
+                    shares: r.shares,
+                    threshold: r.threshold,
+                    recipients: &r.recipients,
+                    labels: &r.labels,
+                })
+            })
+            .await,
+        )
+        .map(|(id, threshold)| proto::RekeyStartResponse {
+            rekey_id: id,
+            current_threshold: threshold.into(),
+        });
+        self.ctx
+            .finish(&call, Map::new(), res)
+            .await
+            .map(Response::new)
+    }
+
+    async fn rekey_submit(
+        &self,
+        request: Request<proto::RekeyShareRequest>,
+    ) -> Result<Response<proto::RekeySubmitResponse>, Status> {
+        let call = self
+            .ctx
+            .authorize(&request, "RekeySubmit", Action::Ceremony)
+            .await?;
+        let res = self.rekey_submit_inner(request.into_inner()).await;
+        self.ctx
+            .finish(&call, Map::new(), res)
+            .await
+            .map(Response::new)
+    }
+
+    async fn rekey_verify(
+        &self,
+        request: Request<proto::RekeyShareRequest>,
+    ) -> Result<Response<proto::RekeyVerifyResponse>, Status> {
+        let call = self
+            .ctx
+            .authorize(&request, "RekeyVerify", Action::Ceremony)
+            .await?;
+        let share = request.into_inner().share;
+        let res = core_result(
+            blocking(&self.ctx.core, move |c| {
+                let mut share = share;
+                let r = c.rekey_verify(&share);
+                share.zeroize();
+                r
+            })
+            .await,
+        )
+        .map(|p| proto::RekeyVerifyResponse {
+            received: p.received as u32,
+            threshold: p.threshold.into(),
+            committed: p.complete,
+            set_id: p.set_id,
+        });
+        self.ctx
+            .finish(&call, Map::new(), res)
+            .await
+            .map(Response::new)
+    }
+
+    async fn rekey_cancel(
+        &self,
+        request: Request<proto::RekeyCancelRequest>,
+    ) -> Result<Response<proto::RekeyCancelResponse>, Status> {
+        let call = self
+            .ctx
+            .authorize(&request, "RekeyCancel", Action::Ceremony)
+            .await?;
+        let res = core_result(blocking(&self.ctx.core, |c| c.rekey_cancel()).await)
+            .map(|_| proto::RekeyCancelResponse {});
+        self.ctx
+            .finish(&call, Map::new(), res)
+            .await
+            .map(Response::new)
+    }
+
+    async fn reload_policy(
+        &self,
+        request: Request<proto::ReloadPolicyRequest>,
+    ) -> Result<Response<proto::ReloadPolicyResponse>, Status> {
+        let call = self
+            .ctx
+            .authorize(&request, "ReloadPolicy", Action::Reload)
+            .await?;
+        let res = self
+            .ctx
+            .guard
+            .reload()
+            .map(|_| proto::ReloadPolicyResponse {})
+            .map_err(|e| {
+                Status::invalid_argument(format!("policy: {e}; the previous policy stays in force"))
+            });
+        self.ctx
+            .finish(&call, Map::new(), res)
+            .await
+            .map(Response::new)
+    }
+}
+
+impl OperatorApi {
+    async fn init_inner(&self, mut r: proto::InitRequest) -> Result<proto::InitResponse, Status> {
         let user = pin_field("user_pin", &mut r.user_pin)?;
         let so = pin_field("so_pin", &mut r.so_pin)?;
         let (shares, threshold) = (r.shares, r.threshold);
-        let out = blocking(&self.core, move |c| {
+        let out = blocking(&self.ctx.core, move |c| {
             c.init(
                 ShareSpec {
                     shares,
@@ -122,79 +324,50 @@ impl OperatorService for OperatorApi {
             )
         })
         .await??;
-        let status = blocking(&self.core, |c| c.status()).await?;
-        Ok(Response::new(proto::InitResponse {
+        let status = blocking(&self.ctx.core, |c| c.status()).await?;
+        Ok(proto::InitResponse {
             shares: issued(out),
             set_id: status.seal.set_id,
             threshold: status.seal.threshold.into(),
-        }))
+        })
     }
 
-    async fn unseal(
+    async fn unseal_inner(
         &self,
-        request: Request<proto::UnsealRequest>,
-    ) -> Result<Response<proto::UnsealResponse>, Status> {
-        let mut r = request.into_inner();
+        mut r: proto::UnsealRequest,
+    ) -> Result<proto::UnsealResponse, Status> {
         if r.reset {
-            blocking(&self.core, |c| c.unseal_reset()).await??;
-            let s = blocking(&self.core, |c| c.status()).await?;
-            return Ok(Response::new(proto::UnsealResponse {
+            blocking(&self.ctx.core, |c| c.unseal_reset()).await??;
+            let s = blocking(&self.ctx.core, |c| c.status()).await?;
+            return Ok(proto::UnsealResponse {
                 sealed: s.seal.phase != crate::seal::Phase::Unsealed,
                 received: 0,
                 threshold: s.seal.threshold.into(),
                 set_id: s.seal.set_id,
-            }));
+            });
         }
         let share = std::mem::take(&mut r.share);
-        let p = blocking(&self.core, move |c| {
+        let p = blocking(&self.ctx.core, move |c| {
             let mut share = share;
             let r = c.unseal(&share);
             share.zeroize();
             r
         })
         .await??;
-        Ok(Response::new(proto::UnsealResponse {
+        Ok(proto::UnsealResponse {
             sealed: !p.complete,
             received: p.received as u32,
             threshold: p.threshold.into(),
             set_id: p.set_id,
-        }))
-    }
-
-    async fn seal(
-        &self,
-        _request: Request<proto::SealRequest>,
-    ) -> Result<Response<proto::SealResponse>, Status> {
-        blocking(&self.core, |c| c.seal()).await??;
-        Ok(Response::new(proto::SealResponse {}))
-    }
-
-    async fn rekey_start(
-        &self,
-        request: Request<proto::RekeyStartRequest>,
-    ) -> Result<Response<proto::RekeyStartResponse>, Status> {
-        let r = request.into_inner();
-        let (id, threshold) = blocking(&self.core, move |c| {
-            c.rekey_start(ShareSpec {
-                shares: r.shares,
-                threshold: r.threshold,
-                recipients: &r.recipients,
-                labels: &r.labels,
-            })
         })
-        .await??;
-        Ok(Response::new(proto::RekeyStartResponse {
-            rekey_id: id,
-            current_threshold: threshold.into(),
-        }))
     }
 
-    async fn rekey_submit(
+    async fn rekey_submit_inner(
         &self,
-        request: Request<proto::RekeyShareRequest>,
-    ) -> Result<Response<proto::RekeySubmitResponse>, Status> {
-        let share = request.into_inner().share;
-        let (p, new) = blocking(&self.core, move |c| {
+        r: proto::RekeyShareRequest,
+    ) -> Result<proto::RekeySubmitResponse, Status> {
+        let share = r.share;
+        let (p, new) = blocking(&self.ctx.core, move |c| {
             let mut share = share;
             let r = c.rekey_submit(&share);
             share.zeroize();
@@ -202,7 +375,7 @@ impl OperatorService for OperatorApi {
         })
         .await??;
         let new_set_id = if p.complete {
-            blocking(&self.core, |c| c.status())
+            blocking(&self.ctx.core, |c| c.status())
                 .await?
                 .seal
                 .rekey
@@ -211,40 +384,12 @@ impl OperatorService for OperatorApi {
         } else {
             String::new()
         };
-        Ok(Response::new(proto::RekeySubmitResponse {
+        Ok(proto::RekeySubmitResponse {
             received: p.received as u32,
             threshold: p.threshold.into(),
             complete: p.complete,
             new_shares: issued(new),
             new_set_id,
-        }))
-    }
-
-    async fn rekey_verify(
-        &self,
-        request: Request<proto::RekeyShareRequest>,
-    ) -> Result<Response<proto::RekeyVerifyResponse>, Status> {
-        let share = request.into_inner().share;
-        let p = blocking(&self.core, move |c| {
-            let mut share = share;
-            let r = c.rekey_verify(&share);
-            share.zeroize();
-            r
         })
-        .await??;
-        Ok(Response::new(proto::RekeyVerifyResponse {
-            received: p.received as u32,
-            threshold: p.threshold.into(),
-            committed: p.complete,
-            set_id: p.set_id,
-        }))
-    }
-
-    async fn rekey_cancel(
-        &self,
-        _request: Request<proto::RekeyCancelRequest>,
-    ) -> Result<Response<proto::RekeyCancelResponse>, Status> {
-        blocking(&self.core, |c| c.rekey_cancel()).await??;
-        Ok(Response::new(proto::RekeyCancelResponse {}))
     }
 }

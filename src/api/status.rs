@@ -18,6 +18,7 @@ pub fn code(e: &CoreError) -> Code {
         CoreError::BlobKeyUnknown { .. } => Code::NotFound,
         CoreError::BlobVersionUnknown { .. } => Code::NotFound,
         CoreError::AlreadyExists { .. } => Code::AlreadyExists,
+        CoreError::PermissionDenied(_) => Code::PermissionDenied,
         CoreError::KeyUnusable { .. } => Code::FailedPrecondition,
         CoreError::HsmRejectedInput(_) => Code::InvalidArgument,
         CoreError::Seal(s) => seal_code(s),

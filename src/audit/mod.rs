@@ -1,10 +1,441 @@
-//! Security events in one place. Today each event is one structured log
-//! line (target `keywarden::audit`); the audit-log issue turns this into the
-//! hash-chained, fsynced file. Events never carry share, key or PIN bytes.
+//! The tamper-evident audit log.
+//!
+//! One JSON line per event (sorted keys, no spaces): `seq`, `time`, `prev`
+//! (the SHA-256 of the previous line, a hash chain from a genesis line) and
+//! the event's fields. Every `checkpoint_every` lines, and at every seal,
+//! unseal and shutdown, a `checkpoint` line carries an ECDSA P-256 signature
+//! made by a key inside the HSM over the SHA-256 of the line without its
+//! `sig` field; since that line contains `prev`, it signs the whole chain
+//! before it. `keywarden audit verify` checks all of it offline.
+//!
+//! Writes are durable before they are acknowledged (write + fdatasync),
+//! group-committed across concurrent requests by one writer thread. A
+//! request is answered only after its line is acknowledged; if the log
+//! cannot be written, key operations fail with UNAVAILABLE until it can.
+//! Events never carry key material, shares, PINs, plaintext or context
+//! values (context values appear only as HMACs under a keyring key).
 
-use serde_json::Value;
+pub mod verify;
 
-/// Records an event: what happened, its outcome, and non-secret detail.
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
+
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+/// Signs a 32-byte digest (with the HSM's audit key); returns r||s.
+pub type Signer = Arc<dyn Fn(&[u8; 32]) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// Name of the public key file beside the log.
+pub const PUBLIC_KEY_FILE: &str = "audit-signing.pub";
+const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+const MAX_BATCH: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("audit log unavailable: {0}")]
+pub struct AuditError(pub String);
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub file: PathBuf,
+    pub checkpoint_every: u64,
+    pub max_file_bytes: u64,
+}
+
+type Ack = Option<Sender<Result<u64, AuditError>>>;
+
+enum Job {
+    Entry(Map<String, Value>, Ack),
+    Checkpoint(String, Ack),
+}
+
+/// A handle to the audit log; cheap to clone.
+#[derive(Clone)]
+pub struct Audit {
+    tx: Arc<Mutex<Sender<Job>>>,
+    state: Arc<Shared>,
+}
+
+struct Shared {
+    health: Mutex<Result<(), String>>,
+    signer: Mutex<Option<Signer>>,
+    dir: PathBuf,
+}
+
+struct Writer {
+    config: AuditConfig,
+    file: Option<(File, u64, u64)>, // file, inode, device
+    size: u64,
+    seq: u64,
+    prev: String,
+    since_checkpoint: u64,
+    last_was_checkpoint: bool,
+    shared: Arc<Shared>,
+}
+
+fn now_text() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// The canonical text of a JSON object: sorted keys, compact.
+pub fn canonical(map: &Map<String, Value>) -> String {
+    Value::Object(map.clone()).to_string()
+}
+
+/// Reads the last complete line of a file, truncating an unacknowledged
+/// partial line left by a crash.
+fn last_line(path: &Path) -> std::io::Result<Option<String>> {
+    let mut f = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    let start = len.saturating_sub(256 * 1024);
+    f.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
+        return Ok(None);
+    };
+    if end + 1 < buf.len() {
+        // Bytes after the last newline were never acknowledged.
+        f.set_len(start + end as u64 + 1)?;
+        f.sync_all()?;
+    }
+    let body = &buf[..end];
+    let line_start = body
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|p| p + 1)
+        .unwrap_or(0);
+    Ok(Some(
+        String::from_utf8_lossy(&body[line_start..]).into_owned(),
+    ))
+}
+
+impl Writer {
+    fn ensure_open(&mut self) -> Result<(), String> {
+        let path = &self.config.file;
+        // Reopen when the path now names another file (rotated, replaced,
+        // removed) so that a fixed path resumes the log.
+        let current = std::fs::metadata(path).ok().map(|m| (m.ino(), m.dev()));
+        if let Some((_, ino, dev)) = &self.file {
+            if current == Some((*ino, *dev)) {
+                return Ok(());
+            }
+        }
+        self.file = None;
+        let f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .open(path)
+            .map_err(|e| format!("opening {}: {e}", path.display()))?;
+        let m = f
+            .metadata()
+            .map_err(|e| format!("stat {}: {e}", path.display()))?;
+        self.size = m.len();
+        self.file = Some((f, m.ino(), m.dev()));
+        Ok(())
+    }
+
+    fn line_for(&self, mut fields: Map<String, Value>, seq: u64, prev: &str) -> String {
+        fields.insert("seq".into(), json!(seq));
+        fields.insert("prev".into(), json!(prev));
+        fields.entry("time").or_insert_with(|| json!(now_text()));
+        canonical(&fields)
+    }
+
+    /// Writes lines durably; on failure nothing advances.
+    fn commit(&mut self, lines: &[String]) -> Result<(), String> {
+        self.ensure_open()?;
+        let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        for l in lines {
+            buf.extend_from_slice(l.as_bytes());
+            buf.push(b'\n');
+        }
+        let Some((f, _, _)) = self.file.as_mut() else {
+            return Err("audit file not open".into());
+        };
+        let r = f.write_all(&buf).and_then(|_| f.sync_data());
+        if let Err(e) = r {
+            self.file = None;
+            return Err(format!("writing {}: {e}", self.config.file.display()));
+        }
+        self.size += buf.len() as u64;
+        Ok(())
+    }
+
+    fn set_health(&self, h: Result<(), String>) {
+        *self.shared.health.lock().unwrap_or_else(|p| p.into_inner()) = h;
+    }
+
+    fn write_entries(&mut self, entries: Vec<(Map<String, Value>, Ack)>) {
+        let mut lines = Vec::with_capacity(entries.len());
+        let (mut seq, mut prev) = (self.seq, self.prev.clone());
+        let mut seqs = Vec::with_capacity(entries.len());
+        for (fields, _) in &entries {
+            let line = self.line_for(fields.clone(), seq, &prev);
+            prev = sha256_hex(line.as_bytes());
+            seqs.push(seq);
+            seq += 1;
+            lines.push(line);
+        }
+        match self.commit(&lines) {
+            Ok(()) => {
+                self.seq = seq;
+                self.prev = prev;
+                self.since_checkpoint += lines.len() as u64;
+                self.last_was_checkpoint = false;
+                self.set_health(Ok(()));
+                for ((_, ack), s) in entries.into_iter().zip(seqs) {
+                    if let Some(a) = ack {
+                        let _ = a.send(Ok(s));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit write failed; key operations are refused until it works");
+                self.set_health(Err(e.clone()));
+                for (_, ack) in entries {
+                    if let Some(a) = ack {
+                        let _ = a.send(Err(AuditError(e.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    fn checkpoint(&mut self, reason: &str) -> Result<u64, AuditError> {
+        let signer = self
+            .shared
+            .signer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(signer) = signer else {
+            return Err(AuditError("no signing key (sealed)".into()));
+        };
+        let mut body = Map::new();
+        body.insert("type".into(), json!("checkpoint"));
+        body.insert("reason".into(), json!(reason));
+        body.insert("entries_since_last".into(), json!(self.since_checkpoint));
+        body.insert("seq".into(), json!(self.seq));
+        body.insert("prev".into(), json!(self.prev));
+        body.insert("time".into(), json!(now_text()));
+        let digest: [u8; 32] = Sha256::digest(canonical(&body).as_bytes()).into();
+        let sig = signer(&digest).map_err(AuditError)?;
+        body.insert("sig".into(), json!(hex::encode(sig)));
+        let line = canonical(&body);
+        self.commit(std::slice::from_ref(&line)).map_err(|e| {
+            self.set_health(Err(e.clone()));
+            AuditError(e)
+        })?;
+        let s = self.seq;
+        self.seq += 1;
+        self.prev = sha256_hex(line.as_bytes());
+        self.since_checkpoint = 0;
+        self.last_was_checkpoint = true;
+        Ok(s)
+    }
+
+    fn maybe_rotate(&mut self) {
+        if self.size < self.config.max_file_bytes || !self.last_was_checkpoint {
+            return;
+        }
+        let dir = self.config.file.parent().unwrap_or(Path::new("."));
+        let rotated = dir.join(format!("audit-{:012}.log", self.seq.saturating_sub(1)));
+        match std::fs::rename(&self.config.file, &rotated) {
+            Ok(()) => {
+                self.file = None;
+                tracing::info!(file = %rotated.display(), "audit log rotated");
+            }
+            Err(e) => tracing::warn!(error = %e, "audit log rotation failed"),
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            let mut entries = Vec::new();
+            let mut checkpoints = Vec::new();
+            for j in jobs {
+                match j {
+                    Job::Entry(m, ack) => entries.push((m, ack)),
+                    Job::Checkpoint(reason, ack) => checkpoints.push((reason, ack)),
+                }
+            }
+            if !entries.is_empty() {
+                self.write_entries(entries);
+            }
+            for (reason, ack) in checkpoints {
+                let r = self.checkpoint(&reason);
+                if let Some(a) = ack {
+                    let _ = a.send(r);
+                }
+            }
+            if self.since_checkpoint >= self.config.checkpoint_every {
+                if let Err(e) = self.checkpoint("interval") {
+                    tracing::debug!(error = %e, "interval checkpoint deferred");
+                }
+            }
+            self.maybe_rotate();
+        }
+    }
+}
+
+static GLOBAL: OnceLock<Audit> = OnceLock::new();
+
+impl Audit {
+    /// Opens the log, resuming the chain from its last line (or writing a
+    /// genesis line), and starts the writer thread.
+    pub fn open(config: AuditConfig) -> Result<Self, String> {
+        let dir = config
+            .file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let last =
+            last_line(&config.file).map_err(|e| format!("{}: {e}", config.file.display()))?;
+        let shared = Arc::new(Shared {
+            health: Mutex::new(Ok(())),
+            signer: Mutex::new(None),
+            dir,
+        });
+        let mut w = Writer {
+            config,
+            file: None,
+            size: 0,
+            seq: 0,
+            prev: GENESIS_PREV.to_string(),
+            since_checkpoint: 0,
+            last_was_checkpoint: false,
+            shared: shared.clone(),
+        };
+        match last {
+            Some(line) => {
+                let v: Value = serde_json::from_str(&line)
+                    .map_err(|e| format!("the last audit line does not parse: {e}"))?;
+                let seq = v["seq"].as_u64().ok_or("the last audit line has no seq")?;
+                w.seq = seq + 1;
+                w.prev = sha256_hex(line.as_bytes());
+                w.last_was_checkpoint = v["type"] == "checkpoint";
+            }
+            None => {
+                let mut g = Map::new();
+                g.insert("type".into(), json!("genesis"));
+                g.insert("version".into(), json!(crate::VERSION));
+                let line = w.line_for(g, 0, GENESIS_PREV);
+                w.commit(std::slice::from_ref(&line))?;
+                w.seq = 1;
+                w.prev = sha256_hex(line.as_bytes());
+            }
+        }
+        let (tx, rx) = channel();
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| format!("starting the audit writer: {e}"))?;
+        let audit = Audit {
+            tx: Arc::new(Mutex::new(tx)),
+            state: shared,
+        };
+        let _ = GLOBAL.set(audit.clone());
+        Ok(audit)
+    }
+
+    fn send(&self, job: Job) -> Result<(), AuditError> {
+        self.tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .map_err(|_| AuditError("audit writer stopped".into()))
+    }
+
+    /// Writes an entry and waits until it is durable (blocking).
+    pub fn record(&self, fields: Map<String, Value>) -> Result<u64, AuditError> {
+        let (tx, rx) = channel();
+        self.send(Job::Entry(fields, Some(tx)))?;
+        rx.recv()
+            .map_err(|_| AuditError("audit writer stopped".into()))?
+    }
+
+    /// Writes an entry and waits until it is durable (async).
+    pub async fn record_async(&self, fields: Map<String, Value>) -> Result<u64, AuditError> {
+        let (tx, rx) = channel();
+        self.send(Job::Entry(fields, Some(tx)))?;
+        tokio::task::spawn_blocking(move || rx.recv())
+            .await
+            .map_err(|_| AuditError("audit wait failed".into()))?
+            .map_err(|_| AuditError("audit writer stopped".into()))?
+    }
+
+    /// Writes a signed checkpoint (blocking).
+    pub fn checkpoint(&self, reason: &str) -> Result<u64, AuditError> {
+        let (tx, rx) = channel();
+        self.send(Job::Checkpoint(reason.to_string(), Some(tx)))?;
+        rx.recv()
+            .map_err(|_| AuditError("audit writer stopped".into()))?
+    }
+
+    /// Installs (unsealed) or removes (sealed) the checkpoint signer.
+    pub fn set_signer(&self, signer: Option<Signer>) {
+        *self.state.signer.lock().unwrap_or_else(|p| p.into_inner()) = signer;
+    }
+
+    /// Writes the public key beside the log (hex of the SEC1 point).
+    pub fn publish_public_key(&self, point: &[u8]) -> Result<(), String> {
+        let path = self.state.dir.join(PUBLIC_KEY_FILE);
+        let text = format!("{}\n", hex::encode(point));
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
+            return Ok(());
+        }
+        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+    }
+
+    /// Ok, or why the log cannot be written.
+    pub fn health(&self) -> Result<(), String> {
+        self.state
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Records a ceremony or lifecycle event in the audit log (and the process
+/// log). Best effort: the request that caused it is audited fail-closed by
+/// the API layer.
 pub fn event(kind: &'static str, outcome: &str, detail: Value) {
     tracing::info!(target: "keywarden::audit", event = kind, outcome, detail = %detail);
+    if let Some(a) = GLOBAL.get() {
+        let mut m = Map::new();
+        m.insert("type".into(), json!("event"));
+        m.insert("event".into(), json!(kind));
+        m.insert("outcome".into(), json!(outcome));
+        m.insert("detail".into(), detail);
+        if let Err(e) = a.record(m) {
+            tracing::error!(error = %e, event = kind, "could not audit event");
+        }
+    }
 }

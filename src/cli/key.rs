@@ -20,6 +20,16 @@ pub enum KeyCommand {
     List,
     /// Show one key and its versions.
     Show { name: String },
+    /// Emergency, time-limited app access to a key for yourself, where the
+    /// policy permits it. Flagged in the audit log and in Status.
+    BreakGlass {
+        name: String,
+        #[arg(long)]
+        reason: String,
+        /// How long, e.g. 30m or 1h (at most 24h).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+    },
 }
 
 pub fn metadata_json(k: &proto::KeyMetadata) -> serde_json::Value {
@@ -98,6 +108,31 @@ pub async fn run(socket: &Path, output: Output, cmd: KeyCommand) -> anyhow::Resu
                         );
                     }
                 }
+            }
+        }
+        KeyCommand::BreakGlass {
+            name,
+            reason,
+            duration,
+        } => {
+            let d = humantime::parse_duration(&duration)
+                .map_err(|e| anyhow::anyhow!("--for {duration:?}: {e}"))?;
+            let r = c
+                .keys
+                .break_glass(proto::BreakGlassRequest {
+                    name: name.clone(),
+                    reason,
+                    duration_secs: d.as_secs(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&json!({"key": name, "expires_at": r.expires_at}))?,
+                Output::Text => println!(
+                    "BREAK-GLASS: you have app access to key {name} until {} (Unix time); this is flagged in the audit log.",
+                    r.expires_at
+                ),
             }
         }
         KeyCommand::Show { name } => {

@@ -1,6 +1,7 @@
 //! Client commands: one file per command group. Each talks to the daemon
 //! over its socket and prints text or (`--output json`) stable JSON.
 
+pub mod audit;
 pub mod datakey;
 pub mod key;
 pub mod operator;

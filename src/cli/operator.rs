@@ -42,6 +42,9 @@ pub enum OperatorCommand {
     },
     /// Seal the daemon: log out of the HSM; key operations are refused.
     Seal,
+    /// Re-read the policy file (as SIGHUP does); an invalid policy is
+    /// refused and the old one stays in force.
+    Reload,
     /// Rekey: start with --shares/--threshold, then custodians --submit
     /// current shares, then --verify new ones; --cancel aborts.
     Rekey {
@@ -215,6 +218,17 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
                     r.received, r.threshold, r.set_id
                 ),
                 Output::Text => println!("Unsealed (set {}).", r.set_id),
+            }
+        }
+        OperatorCommand::Reload => {
+            let mut c = client(socket).await?;
+            c.operator
+                .reload_policy(proto::ReloadPolicyRequest {})
+                .await
+                .map_err(status_error)?;
+            match output {
+                Output::Json => print_json(&json!({"reloaded": true}))?,
+                Output::Text => println!("Policy reloaded."),
             }
         }
         OperatorCommand::Seal => {

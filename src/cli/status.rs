@@ -51,6 +51,14 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
                 "orphaned_on_token": d.orphaned_on_token,
             },
             "started_at": s.started_at,
+            "audit_health": s.audit_health,
+            "audit_detail": s.audit_detail,
+            "policy": s.policy,
+            "caller": s.caller,
+            "break_glass": s.break_glass.iter().map(|g| json!({
+                "uid": g.uid, "principal": g.principal, "key": g.key,
+                "reason": g.reason, "granted_at": g.granted_at, "expires_at": g.expires_at,
+            })).collect::<Vec<_>>(),
         }))?,
         Output::Text => {
             println!("version:     {}", s.version);
@@ -89,6 +97,22 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
                 if t.session_key_copies { "on" } else { "off" }
             );
             println!("keys:        {}", s.key_count);
+            if s.audit_detail.is_empty() {
+                println!("audit:       {}", s.audit_health);
+            } else {
+                println!(
+                    "audit:       {} ({}) - key operations are refused",
+                    s.audit_health, s.audit_detail
+                );
+            }
+            println!("policy:      {}", s.policy);
+            println!("you:         {}", s.caller);
+            for g in &s.break_glass {
+                println!(
+                    "BREAK-GLASS: uid {} ({}) on key {} until {}: {}",
+                    g.uid, g.principal, g.key, g.expires_at, g.reason
+                );
+            }
             if d.missing_on_token.is_empty() && d.orphaned_on_token.is_empty() {
                 println!("drift:       none");
             } else {

@@ -28,6 +28,9 @@ pub enum CoreError {
     /// The AES-GCM tag did not verify.
     #[error("ciphertext_blob: authentication failed: the blob was altered or the encryption_context does not match the one it was made with")]
     DecryptFailed,
+    /// The policy does not allow this (the message names the missing grant).
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("key {name:?} already exists")]
     AlreadyExists { name: String },
     /// The key exists but its state forbids the operation.

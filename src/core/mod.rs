@@ -26,6 +26,18 @@ use registry::{KeyRecord, Registry, RegistryError, VersionRecord};
 /// Algorithm name recorded for every CMK.
 pub const CMK_ALGORITHM: &str = "AES_256_GCM";
 
+/// Decides, per item, whether the caller may use `key` with this context;
+/// `Ok(true)` when allowed only through a break-glass grant.
+pub type Gate<'a> = &'a (dyn Fn(&str, &BTreeMap<String, String>) -> Result<bool, String> + Sync);
+
+/// One item's outcome, with what the audit log records about it.
+pub struct Item<T> {
+    pub key: Option<String>,
+    pub version: Option<u32>,
+    pub break_glass: bool,
+    pub result: CoreResult<T>,
+}
+
 /// One GenerateDataKey request.
 pub struct GenerateRequest {
     pub key: String,
@@ -80,6 +92,7 @@ pub struct Keywarden {
     hsm: Arc<dyn Hsm>,
     registry: Registry,
     seal: Seal,
+    audit: Option<crate::audit::Audit>,
     drift: RwLock<Drift>,
     started_at: i64,
 }
@@ -106,9 +119,55 @@ impl Keywarden {
             hsm,
             registry,
             seal,
+            audit: None,
             drift: RwLock::new(Drift::default()),
             started_at: now(),
         }
+    }
+
+    /// Attaches the audit log: checkpoints are signed by the HSM while
+    /// unsealed and written at unseal, seal and shutdown.
+    pub fn with_audit(mut self, audit: crate::audit::Audit) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// After a login: make sure the audit-signing key exists, publish its
+    /// public half beside the log, install the signer, checkpoint.
+    fn on_login(&self, reason: &str) {
+        let Some(audit) = &self.audit else { return };
+        match self.hsm.ensure_signing_key() {
+            Ok(point) => {
+                if let Err(e) = audit.publish_public_key(&point) {
+                    warn!(error = %e, "could not write the audit public key");
+                }
+                let hsm = self.hsm.clone();
+                audit.set_signer(Some(Arc::new(move |d: &[u8; 32]| {
+                    hsm.sign_digest(d).map_err(|e| e.to_string())
+                })));
+                if let Err(e) = audit.checkpoint(reason) {
+                    warn!(error = %e, "audit checkpoint failed");
+                }
+            }
+            Err(e) => warn!(error = %e, "no audit signing key; checkpoints are not signed"),
+        }
+    }
+
+    /// Before a logout: a final signed checkpoint, then no signer.
+    fn before_logout(&self, reason: &str) {
+        let Some(audit) = &self.audit else { return };
+        if self.seal.phase() == crate::seal::Phase::Unsealed {
+            if let Err(e) = audit.checkpoint(reason) {
+                warn!(error = %e, "final audit checkpoint failed");
+            }
+        }
+        audit.set_signer(None);
+    }
+
+    /// Graceful shutdown: final checkpoint, log out of the HSM.
+    pub fn shutdown(&self) {
+        self.before_logout("shutdown");
+        self.hsm.logout();
     }
 
     fn unsealed(&self) -> CoreResult<()> {
@@ -133,6 +192,7 @@ impl Keywarden {
             if let Err(e) = self.reconcile() {
                 warn!(error = %e, "reconciliation after unseal failed");
             }
+            self.on_login("unseal");
         }
         Ok(p)
     }
@@ -142,6 +202,7 @@ impl Keywarden {
     }
 
     pub fn seal(&self) -> CoreResult<()> {
+        self.before_logout("seal");
         Ok(self.seal.seal(self.hsm.as_ref())?)
     }
 
@@ -160,6 +221,7 @@ impl Keywarden {
             if let Err(e) = self.reconcile() {
                 warn!(error = %e, "reconciliation after rekey failed");
             }
+            self.on_login("rekey");
         }
         Ok(p)
     }
@@ -294,8 +356,11 @@ impl Keywarden {
         &self,
         requests: Vec<GenerateRequest>,
         with_plaintext: bool,
-    ) -> CoreResult<Vec<CoreResult<GeneratedKey>>> {
+        gate: Gate<'_>,
+    ) -> CoreResult<Vec<Item<GeneratedKey>>> {
         self.unsealed()?;
+        let mut metas: Vec<(Option<String>, Option<u32>, bool)> =
+            Vec::with_capacity(requests.len());
         struct Prepared {
             key: KeyRecord,
             version: u32,
@@ -306,9 +371,12 @@ impl Keywarden {
         let mut keys: HashMap<String, KeyRecord> = HashMap::new();
         let mut prepared: Vec<CoreResult<Prepared>> = Vec::with_capacity(requests.len());
         for req in requests {
+            let mut meta = (None, None, false);
             let p = (|| {
                 validate::key_name("key", &req.key)?;
+                meta.0 = Some(req.key.clone());
                 let ctx = validate::context(req.context)?;
+                meta.2 = gate(&req.key, &ctx).map_err(CoreError::PermissionDenied)?;
                 let key = match keys.get(&req.key) {
                     Some(k) => k.clone(),
                     None => {
@@ -323,6 +391,7 @@ impl Keywarden {
                     operation: "GenerateDataKey",
                 })?;
                 let (version, hsm_id) = (v.version, v.hsm_id);
+                meta.1 = Some(version);
                 let header = blob::header(&key.id, version);
                 let aad = blob::aad(&header, &blob::canonical_context(&ctx));
                 Ok(Prepared {
@@ -333,6 +402,7 @@ impl Keywarden {
                     aad,
                 })
             })();
+            metas.push(meta);
             prepared.push(p);
         }
 
@@ -389,18 +459,32 @@ impl Keywarden {
         Ok(prepared
             .into_iter()
             .zip(results)
-            .map(|(p, r)| match (p, r) {
-                (Err(e), _) => Err(e),
-                (Ok(_), Some(r)) => r,
-                (Ok(_), None) => Err(CoreError::Internal("batch item was not processed".into())),
+            .zip(metas)
+            .map(|((p, r), (key, version, break_glass))| Item {
+                key,
+                version,
+                break_glass,
+                result: match (p, r) {
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Some(r)) => r,
+                    (Ok(_), None) => {
+                        Err(CoreError::Internal("batch item was not processed".into()))
+                    }
+                },
             })
             .collect())
     }
 
     /// Decrypt for one or many requests; each item succeeds or fails on its
     /// own.
-    pub fn decrypt(&self, requests: Vec<DecryptRequest>) -> CoreResult<Vec<CoreResult<Decrypted>>> {
+    pub fn decrypt(
+        &self,
+        requests: Vec<DecryptRequest>,
+        gate: Gate<'_>,
+    ) -> CoreResult<Vec<Item<Decrypted>>> {
         self.unsealed()?;
+        let mut metas: Vec<(Option<String>, Option<u32>, bool)> =
+            Vec::with_capacity(requests.len());
         struct Prepared {
             key: KeyRecord,
             version: u32,
@@ -410,6 +494,7 @@ impl Keywarden {
         }
         let mut prepared: Vec<CoreResult<Prepared>> = Vec::with_capacity(requests.len());
         for req in requests {
+            let mut meta = (None, None, false);
             let p = (|| {
                 validate::blob_size(req.blob.len())?;
                 if let Some(k) = &req.key {
@@ -424,6 +509,9 @@ impl Keywarden {
                     .ok_or_else(|| CoreError::BlobKeyUnknown {
                         key_id: uuid::Uuid::from_bytes(blob.key_id).to_string(),
                     })?;
+                meta.0 = Some(key.name.clone());
+                meta.1 = Some(blob.key_version);
+                meta.2 = gate(&key.name, &ctx).map_err(CoreError::PermissionDenied)?;
                 if let Some(expected) = &req.key {
                     if *expected != key.name {
                         return Err(CoreError::KeyMismatch {
@@ -455,6 +543,7 @@ impl Keywarden {
                     hsm_id,
                 })
             })();
+            metas.push(meta);
             prepared.push(p);
         }
         let items: Vec<UnwrapItem<'_>> = prepared
@@ -476,20 +565,70 @@ impl Keywarden {
         drop(items);
         Ok(prepared
             .into_iter()
-            .map(|p| {
-                let p = p?;
-                let dk = unwrapped
-                    .next()
-                    .ok_or_else(|| CoreError::Internal("HSM returned too few results".into()))?
-                    .map_err(CoreError::from_hsm)?;
-                Ok(Decrypted {
-                    key_id: p.key.id_text(),
-                    key: p.key.name,
-                    key_version: p.version,
-                    plaintext: dk,
-                })
+            .zip(metas)
+            .map(|(p, (key, version, break_glass))| Item {
+                key,
+                version,
+                break_glass,
+                result: (|| {
+                    let p = p?;
+                    let dk = unwrapped
+                        .next()
+                        .ok_or_else(|| CoreError::Internal("HSM returned too few results".into()))?
+                        .map_err(CoreError::from_hsm)?;
+                    Ok(Decrypted {
+                        key_id: p.key.id_text(),
+                        key: p.key.name,
+                        key_version: p.version,
+                        plaintext: dk,
+                    })
+                })(),
             })
             .collect())
+    }
+
+    /// The encryption context for the audit log: each value replaced by
+    /// HMAC-SHA256 under the keyring's audit key (first 16 bytes, hex), so
+    /// equal values correlate but never appear. Sealed: values omitted.
+    pub fn context_digest(
+        &self,
+        context: &HashMap<String, String>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        use hmac::{Hmac, Mac};
+        let mut out = serde_json::Map::new();
+        let digests = self.seal.with_keyring(|k| {
+            context
+                .iter()
+                .map(|(name, value)| {
+                    let d = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&k.audit_key[..]).map(
+                        |mut m| {
+                            m.update(name.as_bytes());
+                            m.update(&[0]);
+                            m.update(value.as_bytes());
+                            hex::encode(&m.finalize().into_bytes()[..16])
+                        },
+                    );
+                    (name.clone(), d.ok())
+                })
+                .collect::<Vec<_>>()
+        });
+        match digests {
+            Ok(list) => {
+                for (name, d) in list {
+                    out.insert(name, d.map(serde_json::Value::from).unwrap_or_default());
+                }
+            }
+            Err(_) => {
+                for name in context.keys() {
+                    out.insert(name.clone(), serde_json::Value::Null);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn phase(&self) -> crate::seal::Phase {
+        self.seal.phase()
     }
 
     pub fn status(&self) -> Status {

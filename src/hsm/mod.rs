@@ -187,7 +187,16 @@ pub trait Hsm: Send + Sync {
     fn wrap_new_keys(&self, key: &HsmKeyId, aads: &[&[u8]]) -> HsmResult<Vec<WrappedKey>>;
     /// Unwraps each item independently.
     fn unwrap_many(&self, items: &[UnwrapItem<'_>]) -> Vec<HsmResult<DataKey>>;
+    /// Finds or creates the audit-signing key pair (ECDSA P-256, private
+    /// half sensitive and never extractable); returns the public point
+    /// (SEC1, uncompressed).
+    fn ensure_signing_key(&self) -> HsmResult<Vec<u8>>;
+    /// Signs a SHA-256 digest with the audit key; returns r||s.
+    fn sign_digest(&self, digest: &[u8; 32]) -> HsmResult<Vec<u8>>;
 }
+
+/// CKA_LABEL of the audit-signing key pair.
+pub const AUDIT_KEY_LABEL: &str = "keywarden-audit-signing";
 
 /// Prefix of the CKA_LABEL of every CMK object Keywarden creates.
 pub const LABEL_PREFIX: &str = "keywarden:";

@@ -338,6 +338,37 @@ fn select_token(ctx: &Pkcs11, selector: &TokenSelector) -> HsmResult<(Slot, Toke
     }
 }
 
+/// DER of the OID prime256v1 (secp256r1), for CKA_EC_PARAMS.
+const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+fn find_by_label(
+    session: &Session,
+    class: ObjectClass,
+    label: &str,
+) -> HsmResult<Option<ObjectHandle>> {
+    let found = session
+        .find_objects(&[
+            Attribute::Class(class),
+            Attribute::Token(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])
+        .map_err(ck)?;
+    Ok(found.first().copied())
+}
+
+/// CKA_EC_POINT is a DER OCTET STRING around the SEC1 point.
+fn unwrap_ec_point(der: &[u8]) -> HsmResult<Vec<u8>> {
+    match der {
+        [0x04, 0x41, rest @ ..] if rest.len() == 65 => Ok(rest.to_vec()),
+        [0x04, rest @ ..] if rest.len() == 65 => Ok(rest.to_vec()),
+        _ if der.len() == 65 && der[0] == 0x04 => Ok(der.to_vec()),
+        _ => Err(HsmError::Unexpected(format!(
+            "unexpected CKA_EC_POINT encoding ({} bytes)",
+            der.len()
+        ))),
+    }
+}
+
 impl Hsm for Pkcs11Hsm {
     fn token(&self) -> &TokenDescription {
         &self.token
@@ -458,6 +489,63 @@ impl Hsm for Pkcs11Hsm {
             return Err(e);
         }
         Ok(())
+    }
+
+    fn ensure_signing_key(&self) -> HsmResult<Vec<u8>> {
+        use super::AUDIT_KEY_LABEL;
+        let live = self.live()?;
+        let mut s = live.session(self)?;
+        let r = (|| {
+            let session = s.session()?;
+            let public = match find_by_label(session, ObjectClass::PUBLIC_KEY, AUDIT_KEY_LABEL)? {
+                Some(h) => h,
+                None => {
+                    let pub_t = [
+                        Attribute::Token(true),
+                        Attribute::Private(false),
+                        Attribute::Verify(true),
+                        Attribute::EcParams(P256_PARAMS.to_vec()),
+                        Attribute::Label(AUDIT_KEY_LABEL.as_bytes().to_vec()),
+                    ];
+                    let priv_t = [
+                        Attribute::Token(true),
+                        Attribute::Private(true),
+                        Attribute::Sensitive(true),
+                        Attribute::Extractable(false),
+                        Attribute::Sign(true),
+                        Attribute::Derive(false),
+                        Attribute::Label(AUDIT_KEY_LABEL.as_bytes().to_vec()),
+                    ];
+                    let (public, _private) = session
+                        .generate_key_pair(&Mechanism::EccKeyPairGen, &pub_t, &priv_t)
+                        .map_err(ck)?;
+                    public
+                }
+            };
+            let attrs = session
+                .get_attributes(public, &[AttributeType::EcPoint])
+                .map_err(ck)?;
+            for a in attrs {
+                if let Attribute::EcPoint(p) = a {
+                    return unwrap_ec_point(&p);
+                }
+            }
+            Err(HsmError::Unexpected("audit key has no CKA_EC_POINT".into()))
+        })();
+        r.map_err(|e| s.note(e))
+    }
+
+    fn sign_digest(&self, digest: &[u8; 32]) -> HsmResult<Vec<u8>> {
+        use super::AUDIT_KEY_LABEL;
+        let live = self.live()?;
+        let mut s = live.session(self)?;
+        let r = (|| {
+            let session = s.session()?;
+            let key = find_by_label(session, ObjectClass::PRIVATE_KEY, AUDIT_KEY_LABEL)?
+                .ok_or_else(|| HsmError::Unexpected("no audit signing key on the token".into()))?;
+            session.sign(&Mechanism::Ecdsa, key, digest).map_err(ck)
+        })();
+        r.map_err(|e| s.note(e))
     }
 
     fn random(&self, buf: &mut [u8]) -> HsmResult<()> {

@@ -11,10 +11,12 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::{info, warn};
 
-use crate::api::{datakey::DataKeyApi, keys::KeyApi, operator::OperatorApi};
+use crate::api::{datakey::DataKeyApi, keys::KeyApi, operator::OperatorApi, Ctx};
+use crate::audit::Audit;
 use crate::config::Config;
 use crate::core::registry::Registry;
 use crate::core::Keywarden;
+use crate::guard::Guard;
 use crate::hsm::pkcs11::Pkcs11Hsm;
 use crate::hsm::Hsm;
 use crate::proto;
@@ -116,14 +118,52 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         allow_single_share: config.allow_single_share,
     };
     let state_dir = config.state_dir.clone();
+    let audit = Audit::open(config.audit.clone())
+        .map_err(|e| anyhow::anyhow!("audit log {}: {e}", config.audit.file.display()))?;
+    let guard = Arc::new(
+        Guard::new(config.policy.clone(), audit.clone())
+            .map_err(|e| anyhow::anyhow!("policy: {e}"))?,
+    );
+    let core_audit = audit.clone();
     let core = tokio::task::spawn_blocking(move || -> anyhow::Result<Keywarden> {
         let registry = Registry::open(&registry_path)
             .with_context(|| format!("opening registry {}", registry_path.display()))?;
         let seal = Seal::open(SealStore::new(&state_dir), seal_config)?;
-        Ok(Keywarden::start(hsm, registry, seal))
+        Ok(Keywarden::start(hsm, registry, seal).with_audit(core_audit))
     })
     .await??;
     let core = Arc::new(core);
+    crate::audit::event(
+        "daemon_start",
+        "ok",
+        serde_json::json!({"version": crate::VERSION}),
+    );
+    let ctx = Ctx {
+        core: core.clone(),
+        guard: guard.clone(),
+    };
+    // SIGHUP reloads the policy; an invalid one is refused and reported.
+    {
+        let guard = guard.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                warn!("cannot install the SIGHUP handler");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let g = guard.clone();
+                let r = tokio::task::spawn_blocking(move || g.reload()).await;
+                match r {
+                    Ok(Ok(())) => info!("policy reloaded"),
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "policy reload refused; the previous policy stays in force")
+                    }
+                    Err(e) => warn!(error = %e, "policy reload failed"),
+                }
+            }
+        });
+    }
     info!(state = core.status().seal.phase.as_str(), "started");
 
     let listener = bind_socket(&config.socket, config.socket_mode).await?;
@@ -138,18 +178,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(30))
         .concurrency_limit_per_connection(256)
         .add_service(
-            proto::data_key_service_server::DataKeyServiceServer::new(DataKeyApi::new(
-                core.clone(),
-            ))
-            .max_decoding_message_size(MAX_REQUEST_BYTES),
+            proto::data_key_service_server::DataKeyServiceServer::new(DataKeyApi::new(ctx.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(
-            proto::key_service_server::KeyServiceServer::new(KeyApi::new(core.clone()))
+            proto::key_service_server::KeyServiceServer::new(KeyApi::new(ctx.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(
             proto::operator_service_server::OperatorServiceServer::new(OperatorApi::new(
-                core.clone(),
+                ctx.clone(),
             ))
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
@@ -173,6 +211,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     let _ = std::fs::remove_file(&config.socket);
+    let c = core.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        crate::audit::event("daemon_stop", "ok", serde_json::json!({}));
+        c.shutdown();
+    })
+    .await;
     result?;
     info!("stopped");
     Ok(())

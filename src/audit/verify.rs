@@ -1,0 +1,178 @@
+//! Offline verification of the audit log: the hash chain, the sequence and
+//! every checkpoint signature. Needs only the files and the public key.
+
+use std::path::Path;
+
+use p256::ecdsa::signature::hazmat::PrehashVerifier;
+use p256::ecdsa::{Signature, VerifyingKey};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::canonical;
+
+/// What a clean verification found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub files: usize,
+    pub entries: u64,
+    pub checkpoints: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Entries after the last checkpoint (not covered by a signature).
+    pub unsigned_tail: u64,
+    /// The first file does not start at the genesis line.
+    pub starts_mid_chain: bool,
+}
+
+/// The first problem found: the sequence number and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("seq {seq}: {what}")]
+pub struct Broken {
+    pub seq: u64,
+    pub what: String,
+}
+
+pub fn load_public_key(path: &Path) -> Result<VerifyingKey, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = hex::decode(text.trim()).map_err(|_| format!("{}: not hex", path.display()))?;
+    VerifyingKey::from_sec1_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn check_signature(key: &VerifyingKey, obj: &Map<String, Value>) -> Result<(), String> {
+    let mut body = obj.clone();
+    let sig = body
+        .remove("sig")
+        .and_then(|v| v.as_str().map(str::to_string))
+        .ok_or("checkpoint without a signature")?;
+    let sig = hex::decode(sig).map_err(|_| "signature is not hex")?;
+    let sig = Signature::from_slice(&sig).map_err(|_| "malformed signature")?;
+    let digest = Sha256::digest(canonical(&body).as_bytes());
+    key.verify_prehash(&digest, &sig)
+        .map_err(|_| "bad signature: the checkpoint or an entry before it was altered".to_string())
+}
+
+/// Verifies files given in order (oldest first).
+pub fn verify_files(
+    files: &[&Path],
+    key: &VerifyingKey,
+    allow_unsigned_tail: bool,
+) -> Result<Report, Broken> {
+    let mut report = Report {
+        files: files.len(),
+        entries: 0,
+        checkpoints: 0,
+        first_seq: 0,
+        last_seq: 0,
+        unsigned_tail: 0,
+        starts_mid_chain: false,
+    };
+    let mut expected: Option<u64> = None;
+    let mut prev_hash: Option<String> = None;
+    for path in files {
+        let text = std::fs::read_to_string(path).map_err(|e| Broken {
+            seq: expected.unwrap_or(0),
+            what: format!("cannot read {}: {e}", path.display()),
+        })?;
+        for raw in text.split_inclusive('\n') {
+            let Some(line) = raw.strip_suffix('\n') else {
+                return Err(Broken {
+                    seq: expected.unwrap_or(0),
+                    what: format!(
+                        "{}: a partial last line (truncated mid-write)",
+                        path.display()
+                    ),
+                });
+            };
+            let at = expected.unwrap_or(0);
+            let v: Value = serde_json::from_str(line).map_err(|_| Broken {
+                seq: at,
+                what: "a line that is not valid JSON (edited)".into(),
+            })?;
+            let Some(obj) = v.as_object() else {
+                return Err(Broken {
+                    seq: at,
+                    what: "a line that is not an object".into(),
+                });
+            };
+            let seq = obj.get("seq").and_then(Value::as_u64).ok_or(Broken {
+                seq: at,
+                what: "a line without a sequence number".into(),
+            })?;
+            let prev = obj.get("prev").and_then(Value::as_str).unwrap_or_default();
+            match expected {
+                None => {
+                    report.first_seq = seq;
+                    if seq == 0 {
+                        if obj.get("type").and_then(Value::as_str) != Some("genesis")
+                            || prev != "0".repeat(64)
+                        {
+                            return Err(Broken {
+                                seq,
+                                what: "seq 0 is not a genesis line".into(),
+                            });
+                        }
+                    } else {
+                        report.starts_mid_chain = true;
+                    }
+                }
+                Some(want) if seq < want => {
+                    return Err(Broken {
+                        seq: want,
+                        what: format!(
+                        "found seq {seq} where {want} was expected: lines reordered or replayed"
+                    ),
+                    })
+                }
+                Some(want) if seq > want => {
+                    return Err(Broken {
+                        seq: want,
+                        what: format!("missing (the next line is seq {seq}): lines deleted"),
+                    })
+                }
+                Some(_) => {}
+            }
+            if let Some(h) = &prev_hash {
+                if prev != h {
+                    return Err(Broken {
+                        seq: seq.saturating_sub(1),
+                        what: "altered: its hash does not match the next line's prev".into(),
+                    });
+                }
+            }
+            // A line whose canonical form differs was edited by hand.
+            if canonical(obj) != line {
+                return Err(Broken {
+                    seq,
+                    what: "altered: not in canonical form".into(),
+                });
+            }
+            if obj.get("type").and_then(Value::as_str) == Some("checkpoint") {
+                check_signature(key, obj).map_err(|what| Broken { seq, what })?;
+                report.checkpoints += 1;
+                report.unsigned_tail = 0;
+            } else {
+                report.unsigned_tail += 1;
+            }
+            report.entries += 1;
+            report.last_seq = seq;
+            expected = Some(seq + 1);
+            prev_hash = Some(hex::encode(Sha256::digest(line.as_bytes())));
+        }
+    }
+    if report.entries == 0 {
+        return Err(Broken {
+            seq: 0,
+            what: "the log is empty".into(),
+        });
+    }
+    if report.unsigned_tail > 0 && !allow_unsigned_tail {
+        return Err(Broken {
+            seq: report.last_seq,
+            what: format!(
+                "the last {} entries are not covered by a checkpoint signature: the log was truncated, or the daemon is running or crashed (use --allow-unsigned-tail for a live log)",
+                report.unsigned_tail
+            ),
+        });
+    }
+    Ok(report)
+}

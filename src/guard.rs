@@ -1,0 +1,200 @@
+//! Who is calling and may they: the policy in force, break-glass grants, and
+//! the audit entries that record every decision. No gRPC types here.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Map, Value};
+
+use crate::audit::{self, Audit};
+use crate::policy::{Action, Caller, Denied, Grant, Policy};
+
+/// Longest break-glass grant.
+pub const MAX_BREAK_GLASS: Duration = Duration::from_secs(24 * 3600);
+
+/// A time-limited emergency grant of app access to one key.
+#[derive(Debug, Clone)]
+pub struct BreakGlassGrant {
+    pub uid: u32,
+    pub principal: String,
+    pub key: String,
+    pub reason: String,
+    pub granted: SystemTime,
+    pub expires: SystemTime,
+}
+
+/// Where the policy comes from.
+#[derive(Debug, Clone)]
+pub enum PolicySource {
+    File(PathBuf),
+    /// Dev mode: every local user, every role.
+    OpenDev,
+}
+
+pub struct Guard {
+    policy: RwLock<Arc<Policy>>,
+    source: PolicySource,
+    pub audit: Audit,
+    break_glass: Mutex<Vec<BreakGlassGrant>>,
+}
+
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Guard {
+    pub fn new(source: PolicySource, audit: Audit) -> Result<Self, String> {
+        let policy = match &source {
+            PolicySource::File(p) => Policy::load(p)?,
+            PolicySource::OpenDev => Policy::open_dev(),
+        };
+        Ok(Guard {
+            policy: RwLock::new(Arc::new(policy)),
+            source,
+            audit,
+            break_glass: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn source(&self) -> &PolicySource {
+        &self.source
+    }
+
+    /// Reloads the policy file. An invalid policy is refused and the old
+    /// one stays in force.
+    pub fn reload(&self) -> Result<(), String> {
+        let r = match &self.source {
+            PolicySource::File(p) => Policy::load(p),
+            PolicySource::OpenDev => Ok(Policy::open_dev()),
+        };
+        match r {
+            Ok(p) => {
+                *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
+                audit::event("policy_reload", "ok", json!({}));
+                Ok(())
+            }
+            Err(e) => {
+                audit::event("policy_reload", "refused", json!({"reason": e}));
+                Err(e)
+            }
+        }
+    }
+
+    pub fn authorize(&self, c: &Caller, action: &Action<'_>) -> Result<Grant, Denied> {
+        self.policy().authorize(c, action)
+    }
+
+    pub fn principal_name(&self, c: &Caller) -> String {
+        self.policy().principal_name(c).unwrap_or_default()
+    }
+
+    /// The per-item check for data-key operations: the policy, or else an
+    /// unexpired break-glass grant (reported as `Ok(true)`).
+    pub fn data_key_check(
+        &self,
+        c: &Caller,
+        key: &str,
+        context: &BTreeMap<String, String>,
+    ) -> Result<bool, String> {
+        match self
+            .policy()
+            .authorize(c, &Action::DataKey { key, context })
+        {
+            Ok(_) => Ok(false),
+            Err(denied) => {
+                let now = SystemTime::now();
+                let grants = self.break_glass.lock().unwrap_or_else(|p| p.into_inner());
+                if grants
+                    .iter()
+                    .any(|g| g.uid == c.uid && g.key == key && g.expires > now)
+                {
+                    Ok(true)
+                } else {
+                    Err(denied.0)
+                }
+            }
+        }
+    }
+
+    /// Grants the caller emergency app access to `key`, where the policy
+    /// permits it.
+    pub fn break_glass(
+        &self,
+        c: &Caller,
+        key: &str,
+        reason: &str,
+        duration: Duration,
+    ) -> Result<BreakGlassGrant, String> {
+        let grant = self
+            .authorize(c, &Action::BreakGlass { key })
+            .map_err(|d| d.0)?;
+        if reason.trim().len() < 3 || reason.len() > 1024 {
+            return Err("reason: a reason of 3 to 1024 characters is required".into());
+        }
+        if duration.is_zero() || duration > MAX_BREAK_GLASS {
+            return Err("duration: must be between 1 second and 24 hours".into());
+        }
+        let now = SystemTime::now();
+        let g = BreakGlassGrant {
+            uid: c.uid,
+            principal: grant.principal,
+            key: key.to_string(),
+            reason: reason.to_string(),
+            granted: now,
+            expires: now + duration,
+        };
+        let mut grants = self.break_glass.lock().unwrap_or_else(|p| p.into_inner());
+        grants.retain(|x| x.expires > now);
+        grants.push(g.clone());
+        audit::event(
+            "break_glass",
+            "granted",
+            json!({
+                "ALERT": "BREAK-GLASS ACCESS GRANTED",
+                "uid": g.uid, "principal": g.principal, "key": g.key,
+                "reason": g.reason, "expires": secs(g.expires),
+            }),
+        );
+        Ok(g)
+    }
+
+    /// Unexpired break-glass grants.
+    pub fn active_break_glass(&self) -> Vec<BreakGlassGrant> {
+        let now = SystemTime::now();
+        let mut grants = self.break_glass.lock().unwrap_or_else(|p| p.into_inner());
+        grants.retain(|g| g.expires > now);
+        grants.clone()
+    }
+}
+
+/// The common fields of a request's audit entry.
+pub fn entry(c: &Caller, principal: &str, role: &str, op: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("type".into(), json!("request"));
+    m.insert(
+        "caller".into(),
+        json!({"uid": c.uid, "gid": c.gid, "pid": c.pid, "exe": c.exe}),
+    );
+    m.insert("principal".into(), json!(principal));
+    m.insert("role".into(), json!(role));
+    m.insert("op".into(), json!(op));
+    m
+}
+
+pub fn break_glass_json(g: &BreakGlassGrant) -> Value {
+    json!({
+        "uid": g.uid, "principal": g.principal, "key": g.key, "reason": g.reason,
+        "granted_at": secs(g.granted), "expires_at": secs(g.expires),
+    })
+}

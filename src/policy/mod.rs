@@ -1,0 +1,638 @@
+//! Who may do what. A TOML policy (`deny_unknown_fields`, validated before
+//! use) maps principals (user names or uids, group names or gids, optionally
+//! an executable path) to roles and keys. Default deny.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The caller as the kernel describes it (SO_PEERCRED) plus what the daemon
+/// looked up: supplementary groups and the executable path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+    pub groups: Vec<u32>,
+    pub exe: String,
+}
+
+impl Caller {
+    /// Reads supplementary groups and the executable of `pid` from /proc.
+    /// Best effort: a process that is gone leaves them empty.
+    pub fn from_peer(uid: u32, gid: u32, pid: Option<i32>) -> Self {
+        let pid = pid.unwrap_or(0);
+        let mut groups = vec![gid];
+        let mut exe = String::new();
+        if pid > 0 {
+            if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                if let Some(line) = status.lines().find(|l| l.starts_with("Groups:")) {
+                    groups.extend(
+                        line["Groups:".len()..]
+                            .split_whitespace()
+                            .filter_map(|g| g.parse::<u32>().ok()),
+                    );
+                }
+            }
+            if let Ok(p) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+                exe = p.display().to_string();
+            }
+        }
+        groups.sort_unstable();
+        groups.dedup();
+        Caller {
+            uid,
+            gid,
+            pid,
+            groups,
+            exe,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    App,
+    Custodian,
+    Admin,
+    Auditor,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::App => "app",
+            Role::Custodian => "custodian",
+            Role::Admin => "admin",
+            Role::Auditor => "auditor",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default, rename = "principal")]
+    principals: Vec<RawPrincipal>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrincipal {
+    name: String,
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    uids: Vec<u32>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    gids: Vec<u32>,
+    /// Matches every local user (dev mode's open policy).
+    #[serde(default)]
+    everyone: bool,
+    #[serde(default)]
+    exe: Option<String>,
+    roles: Vec<Role>,
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    require_context: Vec<String>,
+    #[serde(default)]
+    break_glass: bool,
+    #[serde(default)]
+    break_glass_keys: Vec<String>,
+}
+
+/// One validated principal.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub name: String,
+    uids: Vec<u32>,
+    gids: Vec<u32>,
+    everyone: bool,
+    exe: Option<String>,
+    pub roles: Vec<Role>,
+    keys: Vec<String>,
+    require_context: Vec<String>,
+    break_glass: bool,
+    break_glass_keys: Vec<String>,
+}
+
+impl Principal {
+    fn matches(&self, c: &Caller) -> bool {
+        let who = self.everyone
+            || self.uids.contains(&c.uid)
+            || c.groups.iter().any(|g| self.gids.contains(g));
+        let exe_ok = self.exe.as_ref().is_none_or(|e| *e == c.exe);
+        who && exe_ok
+    }
+}
+
+/// A validated policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    principals: Vec<Principal>,
+}
+
+/// What a call needs.
+#[derive(Debug, Clone)]
+pub enum Action<'a> {
+    /// A data-key operation on `key` with an encryption context.
+    DataKey {
+        key: &'a str,
+        context: &'a BTreeMap<String, String>,
+    },
+    /// Key lifecycle: create, rotate, disable, destroy...
+    KeyAdmin,
+    /// List and describe keys.
+    KeyRead,
+    /// Init, unseal, rekey.
+    Ceremony,
+    /// Seal (custodians and admins).
+    Seal,
+    /// Status (any role).
+    Status,
+    /// Reload the policy.
+    Reload,
+    /// Grant oneself emergency access to `key`.
+    BreakGlass { key: &'a str },
+    /// No authorization (Ping).
+    Public,
+}
+
+/// The outcome of an allowed call: who and in which role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub principal: String,
+    pub role: &'static str,
+}
+
+/// A refusal; the message names the missing grant, never the policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Denied(pub String);
+
+/// `*` matches any run of characters; everything else literally.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let mut rest = name;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            match rest.strip_prefix(part) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            match rest.find(part) {
+                Some(pos) => rest = &rest[pos + part.len()..],
+                None => return false,
+            }
+        }
+    }
+    true
+}
+
+fn resolve_user(name: &str) -> Result<u32, String> {
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        Ok(None) => Err(format!("unknown user {name:?}")),
+        Err(e) => Err(format!("looking up user {name:?}: {e}")),
+    }
+}
+
+fn resolve_group(name: &str) -> Result<u32, String> {
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("unknown group {name:?}")),
+        Err(e) => Err(format!("looking up group {name:?}: {e}")),
+    }
+}
+
+fn check_pattern(p: &str) -> Result<(), String> {
+    if p.is_empty() || p.len() > 128 {
+        return Err(format!("key pattern {p:?} must be 1 to 128 characters"));
+    }
+    if !p
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | '*'))
+    {
+        return Err(format!(
+            "key pattern {p:?} has a character other than letters, digits, . _ - / *"
+        ));
+    }
+    Ok(())
+}
+
+impl Policy {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| e.to_string())?;
+        if raw.principals.is_empty() {
+            return Err("no [[principal]] entries: the policy would deny everything".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut principals = Vec::with_capacity(raw.principals.len());
+        for p in raw.principals {
+            let at = format!("principal {:?}", p.name);
+            if p.name.trim().is_empty() {
+                return Err("a principal has an empty name".into());
+            }
+            if !seen.insert(p.name.clone()) {
+                return Err(format!("{at} is defined twice"));
+            }
+            if p.roles.is_empty() {
+                return Err(format!("{at} has no roles"));
+            }
+            let mut uids = p.uids.clone();
+            for u in &p.users {
+                uids.push(resolve_user(u).map_err(|e| format!("{at}: {e}"))?);
+            }
+            let mut gids = p.gids.clone();
+            for g in &p.groups {
+                gids.push(resolve_group(g).map_err(|e| format!("{at}: {e}"))?);
+            }
+            if uids.is_empty() && gids.is_empty() && !p.everyone {
+                return Err(format!(
+                    "{at} names no users, uids, groups or gids (or everyone = true)"
+                ));
+            }
+            if p.everyone && !(uids.is_empty() && gids.is_empty()) {
+                return Err(format!(
+                    "{at}: everyone = true cannot be combined with users or groups"
+                ));
+            }
+            if let Some(e) = &p.exe {
+                if !e.starts_with('/') {
+                    return Err(format!("{at}: exe {e:?} must be an absolute path"));
+                }
+            }
+            if p.roles.contains(&Role::App) && p.keys.is_empty() {
+                return Err(format!("{at} has the app role but no keys"));
+            }
+            if !p.roles.contains(&Role::App)
+                && (!p.keys.is_empty() || !p.require_context.is_empty())
+            {
+                return Err(format!(
+                    "{at}: keys and require_context apply to the app role only"
+                ));
+            }
+            if p.break_glass && !p.roles.contains(&Role::Admin) {
+                return Err(format!("{at}: break_glass is for admins only"));
+            }
+            if p.break_glass && p.break_glass_keys.is_empty() {
+                return Err(format!("{at}: break_glass needs break_glass_keys"));
+            }
+            for k in p.keys.iter().chain(&p.break_glass_keys) {
+                check_pattern(k).map_err(|e| format!("{at}: {e}"))?;
+            }
+            for c in &p.require_context {
+                if c.is_empty() {
+                    return Err(format!("{at}: require_context has an empty key"));
+                }
+            }
+            principals.push(Principal {
+                name: p.name,
+                uids,
+                gids,
+                everyone: p.everyone,
+                exe: p.exe,
+                roles: p.roles,
+                keys: p.keys,
+                require_context: p.require_context,
+                break_glass: p.break_glass,
+                break_glass_keys: p.break_glass_keys,
+            });
+        }
+        Ok(Policy { principals })
+    }
+
+    /// Dev mode's open policy: every local user has every role on every key.
+    pub fn open_dev() -> Self {
+        Policy {
+            principals: vec![Principal {
+                name: "dev-everyone".into(),
+                uids: vec![],
+                gids: vec![],
+                everyone: true,
+                exe: None,
+                roles: vec![Role::App, Role::Custodian, Role::Admin, Role::Auditor],
+                keys: vec!["*".into()],
+                require_context: vec![],
+                break_glass: true,
+                break_glass_keys: vec!["*".into()],
+            }],
+        }
+    }
+
+    fn matching<'a>(&'a self, c: &'a Caller) -> impl Iterator<Item = &'a Principal> + 'a {
+        self.principals.iter().filter(move |p| p.matches(c))
+    }
+
+    fn with_role(&self, c: &Caller, roles: &[Role], what: &str) -> Result<Grant, Denied> {
+        for p in self.matching(c) {
+            for r in roles {
+                if p.roles.contains(r) {
+                    return Ok(Grant {
+                        principal: p.name.clone(),
+                        role: r.as_str(),
+                    });
+                }
+            }
+        }
+        let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        Err(Denied(format!(
+            "uid {} needs the {} role to {what}",
+            c.uid,
+            names.join(" or ")
+        )))
+    }
+
+    /// Decides a call. Break-glass grants are checked by the caller of this
+    /// function (they live in the daemon, not in the policy file).
+    pub fn authorize(&self, c: &Caller, action: &Action<'_>) -> Result<Grant, Denied> {
+        match action {
+            Action::Public => Ok(Grant {
+                principal: String::new(),
+                role: "none",
+            }),
+            Action::Status => self.with_role(
+                c,
+                &[Role::Admin, Role::Custodian, Role::Auditor, Role::App],
+                "read the status",
+            ),
+            Action::KeyAdmin => self.with_role(c, &[Role::Admin], "manage keys"),
+            Action::KeyRead => {
+                self.with_role(c, &[Role::Admin, Role::Auditor], "list or describe keys")
+            }
+            Action::Ceremony => {
+                self.with_role(c, &[Role::Custodian], "take part in a seal ceremony")
+            }
+            Action::Seal => self.with_role(c, &[Role::Custodian, Role::Admin], "seal the daemon"),
+            Action::Reload => self.with_role(c, &[Role::Admin], "reload the policy"),
+            Action::BreakGlass { key } => {
+                for p in self.matching(c) {
+                    if p.break_glass && p.break_glass_keys.iter().any(|k| pattern_matches(k, key)) {
+                        return Ok(Grant {
+                            principal: p.name.clone(),
+                            role: "admin",
+                        });
+                    }
+                }
+                Err(Denied(format!(
+                    "uid {} has no break-glass grant for key {key:?}",
+                    c.uid
+                )))
+            }
+            Action::DataKey { key, context } => {
+                let mut missing_ctx: Option<String> = None;
+                let mut any_app = false;
+                for p in self.matching(c) {
+                    if !p.roles.contains(&Role::App) {
+                        continue;
+                    }
+                    any_app = true;
+                    if !p.keys.iter().any(|k| pattern_matches(k, key)) {
+                        continue;
+                    }
+                    if let Some(need) = p.require_context.iter().find(|k| !context.contains_key(*k))
+                    {
+                        missing_ctx = Some(need.clone());
+                        continue;
+                    }
+                    return Ok(Grant {
+                        principal: p.name.clone(),
+                        role: "app",
+                    });
+                }
+                Err(Denied(match (missing_ctx, any_app) {
+                    (Some(k), _) => format!(
+                        "encryption_context: key {key:?} requires the context to contain {k:?}"
+                    ),
+                    (None, true) => format!("uid {} has no app grant for key {key:?}", c.uid),
+                    (None, false) => format!("uid {} needs the app role to use key {key:?}", c.uid),
+                }))
+            }
+        }
+    }
+
+    /// The name of the first principal that matches `c`.
+    pub fn principal_name(&self, c: &Caller) -> Option<String> {
+        self.matching(c).next().map(|p| p.name.clone())
+    }
+
+    /// Whether `c` is a principal with any role at all.
+    pub fn knows(&self, c: &Caller) -> bool {
+        self.matching(c).next().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(uid: u32, groups: &[u32], exe: &str) -> Caller {
+        Caller {
+            uid,
+            gid: groups.first().copied().unwrap_or(uid),
+            pid: 1,
+            groups: groups.to_vec(),
+            exe: exe.into(),
+        }
+    }
+
+    const POLICY: &str = r#"
+[[principal]]
+name = "ehr"
+uids = [1001]
+roles = ["app"]
+keys = ["patients", "images/*"]
+require_context = ["tenant"]
+
+[[principal]]
+name = "backup"
+gids = [2000]
+exe = "/usr/bin/backup"
+roles = ["app"]
+keys = ["backups"]
+
+[[principal]]
+name = "ops"
+uids = [0]
+roles = ["admin", "custodian"]
+break_glass = true
+break_glass_keys = ["patients"]
+
+[[principal]]
+name = "audit"
+uids = [3000]
+roles = ["auditor"]
+"#;
+
+    fn ctx(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(pattern_matches("*", "anything"));
+        assert!(pattern_matches("images/*", "images/mri"));
+        assert!(!pattern_matches("images/*", "imagesX"));
+        assert!(pattern_matches("a*c", "abbbc"));
+        assert!(!pattern_matches("a*c", "abbbd"));
+        assert!(pattern_matches("exact", "exact"));
+        assert!(!pattern_matches("exact", "exact2"));
+    }
+
+    #[test]
+    fn app_grants_keys_and_context() {
+        let p = Policy::parse(POLICY).unwrap();
+        let ehr = caller(1001, &[1001], "/usr/bin/ehr");
+        let t = ctx(&[("tenant", "a")]);
+        let g = p
+            .authorize(
+                &ehr,
+                &Action::DataKey {
+                    key: "patients",
+                    context: &t,
+                },
+            )
+            .unwrap();
+        assert_eq!((g.principal.as_str(), g.role), ("ehr", "app"));
+        assert!(p
+            .authorize(
+                &ehr,
+                &Action::DataKey {
+                    key: "images/ct",
+                    context: &t
+                }
+            )
+            .is_ok());
+        let e = p
+            .authorize(
+                &ehr,
+                &Action::DataKey {
+                    key: "backups",
+                    context: &t,
+                },
+            )
+            .unwrap_err();
+        assert!(e.0.contains("no app grant for key \"backups\""), "{e}");
+        let e = p
+            .authorize(
+                &ehr,
+                &Action::DataKey {
+                    key: "patients",
+                    context: &ctx(&[]),
+                },
+            )
+            .unwrap_err();
+        assert!(
+            e.0.contains("requires the context to contain \"tenant\""),
+            "{e}"
+        );
+        // An app cannot manage keys or unseal.
+        assert!(p.authorize(&ehr, &Action::KeyAdmin).is_err());
+        assert!(p.authorize(&ehr, &Action::Ceremony).is_err());
+    }
+
+    #[test]
+    fn groups_and_exe() {
+        let p = Policy::parse(POLICY).unwrap();
+        let ok = caller(5000, &[5000, 2000], "/usr/bin/backup");
+        let wrong_exe = caller(5000, &[5000, 2000], "/usr/bin/python3");
+        let c = ctx(&[]);
+        assert!(p
+            .authorize(
+                &ok,
+                &Action::DataKey {
+                    key: "backups",
+                    context: &c
+                }
+            )
+            .is_ok());
+        assert!(p
+            .authorize(
+                &wrong_exe,
+                &Action::DataKey {
+                    key: "backups",
+                    context: &c
+                }
+            )
+            .is_err());
+        let stranger = caller(4242, &[4242], "/bin/sh");
+        let e = p.authorize(&stranger, &Action::Status).unwrap_err();
+        assert!(e.0.contains("uid 4242"), "{e}");
+        assert!(
+            !e.0.contains("ehr"),
+            "denials must not reveal the policy: {e}"
+        );
+    }
+
+    #[test]
+    fn roles_and_break_glass() {
+        let p = Policy::parse(POLICY).unwrap();
+        let ops = caller(0, &[0], "/usr/bin/keywarden");
+        assert_eq!(p.authorize(&ops, &Action::KeyAdmin).unwrap().role, "admin");
+        assert_eq!(
+            p.authorize(&ops, &Action::Ceremony).unwrap().role,
+            "custodian"
+        );
+        assert!(p
+            .authorize(&ops, &Action::BreakGlass { key: "patients" })
+            .is_ok());
+        assert!(p
+            .authorize(&ops, &Action::BreakGlass { key: "backups" })
+            .is_err());
+        // An admin is not an app without break-glass.
+        assert!(p
+            .authorize(
+                &ops,
+                &Action::DataKey {
+                    key: "patients",
+                    context: &ctx(&[])
+                }
+            )
+            .is_err());
+        let aud = caller(3000, &[3000], "/x");
+        assert_eq!(p.authorize(&aud, &Action::KeyRead).unwrap().role, "auditor");
+        assert!(p.authorize(&aud, &Action::KeyAdmin).is_err());
+        assert!(p.authorize(&aud, &Action::Seal).is_err());
+    }
+
+    #[test]
+    fn invalid_policies_are_refused() {
+        for (bad, needle) in [
+            ("", "no [[principal]]"),
+            ("[[principal]]\nname = \"a\"\nuids = [1]\nroles = [\"app\"]\n", "no keys"),
+            ("[[principal]]\nname = \"a\"\nroles = [\"admin\"]\n", "names no users"),
+            ("[[principal]]\nname = \"a\"\nuids = [1]\nroles = [\"root\"]\n", "unknown variant"),
+            ("[[principal]]\nname = \"a\"\nuids = [1]\nroles = [\"admin\"]\nsuperuser = true\n", "unknown field"),
+            ("[[principal]]\nname = \"a\"\nusers = [\"no-such-user-kw\"]\nroles = [\"admin\"]\n", "unknown user"),
+            ("[[principal]]\nname = \"a\"\nuids = [1]\nroles = [\"app\"]\nbreak_glass = true\nkeys = [\"k\"]\nbreak_glass_keys = [\"k\"]\n", "admins only"),
+            ("[[principal]]\nname = \"a\"\nuids = [1]\nroles = [\"app\"]\nkeys = [\"bad key\"]\n", "key pattern"),
+            ("[[principal]]\nname = \"a\"\nuids = [1]\nroles = [\"admin\"]\n[[principal]]\nname = \"a\"\nuids = [2]\nroles = [\"admin\"]\n", "twice"),
+        ] {
+            let e = Policy::parse(bad).unwrap_err();
+            assert!(e.contains(needle), "{needle:?} not in {e:?}");
+        }
+        assert!(Policy::parse(
+            "[[principal]]\nname = \"root\"\nusers = [\"root\"]\nroles = [\"admin\"]\n"
+        )
+        .is_ok());
+    }
+}
