@@ -39,6 +39,10 @@ struct RawAudit {
     checkpoint_every: Option<u64>,
     #[serde(default)]
     max_file_bytes: Option<u64>,
+    /// Benchmarks only (dev mode): answer without auditing. Flagged in
+    /// Status and refused outside dev mode.
+    #[serde(default)]
+    benchmark_disable: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +117,8 @@ pub struct Config {
     pub allow_single_share: bool,
     pub policy: crate::guard::PolicySource,
     pub audit: crate::audit::AuditConfig,
+    /// Benchmark mode: requests are not audited (dev only).
+    pub audit_disabled: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,7 +224,16 @@ impl Config {
             file: None,
             checkpoint_every: None,
             max_file_bytes: None,
+            benchmark_disable: false,
         });
+        let allow_single_share = seal.allow_single_share;
+        if audit.benchmark_disable && !allow_single_share {
+            return Err(ConfigError::Invalid(
+                "audit.benchmark_disable is allowed in dev mode only (seal.allow_single_share = true)"
+                    .into(),
+            ));
+        }
+        let audit_disabled = audit.benchmark_disable;
         let audit = crate::audit::AuditConfig {
             file: audit
                 .file
@@ -280,6 +295,7 @@ impl Config {
             allow_single_share: seal.allow_single_share,
             policy,
             audit,
+            audit_disabled,
         })
     }
 }

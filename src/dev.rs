@@ -70,6 +70,7 @@ async fn prepare(
     socket: Option<PathBuf>,
     session_copies: bool,
     policy_file: Option<PathBuf>,
+    no_audit: bool,
 ) -> anyhow::Result<DevLayout> {
     let root = root.canonicalize()?;
     {
@@ -133,6 +134,11 @@ async fn prepare(
     }
 
     let sock = socket.display().to_string();
+    let audit = if no_audit {
+        "\n[audit]\nbenchmark_disable = true\n"
+    } else {
+        ""
+    };
     let policy = match &policy_file {
         Some(p) => format!(
             "[policy]\nfile = {:?}\n",
@@ -147,7 +153,7 @@ async fn prepare(
              [server]\nsocket = {sock:?}\nstate_dir = \"state\"\nallow_root = true\n\
              allow_world_socket = true\nsocket_mode = 0o666\n\n\
              [hsm]\nprofile = \"softhsm2-profile.toml\"\ntoken_label = {DEV_TOKEN_LABEL:?}\n\n\
-             [seal]\nallow_single_share = true\n\n{policy}"
+             [seal]\nallow_single_share = true\n\n{policy}{audit}"
         ),
     )?;
     Ok(DevLayout {
@@ -188,6 +194,8 @@ pub struct DevOptions {
     pub ceremony: bool,
     /// Run under this policy instead of the open dev policy.
     pub policy: Option<PathBuf>,
+    /// Benchmarks only: answer without auditing.
+    pub benchmark_no_audit: bool,
 }
 
 /// Dev mode's own ceremony: 1 share of threshold 1, printed, then
@@ -235,6 +243,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         no_session_copies,
         ceremony,
         policy,
+        benchmark_no_audit,
     } = opts;
     let session_copies = !no_session_copies;
     use tokio::signal::unix::{signal, SignalKind};
@@ -252,7 +261,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
             (Some(t), p)
         }
     };
-    let layout = prepare(&root, socket, session_copies, policy).await?;
+    let layout = prepare(&root, socket, session_copies, policy, benchmark_no_audit).await?;
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .arg("serve")

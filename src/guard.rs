@@ -38,6 +38,8 @@ pub struct Guard {
     source: PolicySource,
     pub audit: Audit,
     break_glass: Mutex<Vec<BreakGlassGrant>>,
+    /// Benchmark mode (dev only): requests are answered without auditing.
+    pub audit_disabled: bool,
 }
 
 fn secs(t: SystemTime) -> u64 {
@@ -47,7 +49,7 @@ fn secs(t: SystemTime) -> u64 {
 }
 
 impl Guard {
-    pub fn new(source: PolicySource, audit: Audit) -> Result<Self, String> {
+    pub fn new(source: PolicySource, audit: Audit, audit_disabled: bool) -> Result<Self, String> {
         let policy = match &source {
             PolicySource::File(p) => Policy::load(p)?,
             PolicySource::OpenDev => Policy::open_dev(),
@@ -57,6 +59,7 @@ impl Guard {
             source,
             audit,
             break_glass: Mutex::new(Vec::new()),
+            audit_disabled,
         })
     }
 

@@ -51,6 +51,9 @@ enum Command {
         /// (every local user, every role).
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// Benchmarks only: answer requests without auditing them.
+        #[arg(long)]
+        benchmark_no_audit: bool,
     },
     /// Customer-managed keys (admins).
     #[command(subcommand)]
@@ -106,6 +109,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             no_session_copies,
             ceremony,
             policy,
+            benchmark_no_audit,
         } => {
             // Only an explicit --socket applies; a KEYWARDEN_SOCKET left over
             // from an earlier dev run must not.
@@ -116,6 +120,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
                 no_session_copies,
                 ceremony,
                 policy,
+                benchmark_no_audit,
             })
             .await
         }

@@ -79,6 +79,9 @@ impl Ctx {
     /// Writes audit entries and waits until they are durable. If they
     /// cannot be written the call fails with UNAVAILABLE.
     pub(crate) async fn audit(&self, entries: Vec<Map<String, Value>>) -> Result<(), Status> {
+        if self.guard.audit_disabled {
+            return Ok(());
+        }
         let mut waits = Vec::with_capacity(entries.len());
         for e in entries {
             let a = self.guard.audit.clone();
@@ -123,6 +126,22 @@ impl Ctx {
                 Err(Status::permission_denied(denied.0))
             }
         }
+    }
+
+    /// Audits the outcome of a call that is not a key operation (Status):
+    /// it is answered even when the log cannot be written, so that Status
+    /// can say why key operations are refused.
+    pub(crate) async fn finish_best_effort<T>(
+        &self,
+        call: &Call,
+        result: Result<T, Status>,
+    ) -> Result<T, Status> {
+        let mut e = guard::entry(&call.caller, &call.principal, call.role, call.op);
+        e.extend(outcome(&result));
+        if let Err(err) = self.audit(vec![e]).await {
+            tracing::warn!(error = %err.message(), op = call.op, "request not audited");
+        }
+        result
     }
 
     /// Audits the outcome of an authorized call, then returns it.

@@ -59,8 +59,15 @@ impl OperatorService for OperatorApi {
             .ctx
             .authorize(&request, "Status", Action::Status)
             .await?;
-        let s = blocking(&self.ctx.core, |c| c.status()).await?;
+        let s = self
+            .ctx
+            .finish_best_effort(&call, blocking(&self.ctx.core, |c| c.status()).await)
+            .await?;
         let (audit_health, audit_detail) = match self.ctx.guard.audit.health() {
+            _ if self.ctx.guard.audit_disabled => (
+                "DISABLED".to_string(),
+                "benchmark mode: requests are not audited".to_string(),
+            ),
             Ok(()) => ("ok".to_string(), String::new()),
             Err(e) => ("unavailable".to_string(), e),
         };

@@ -121,7 +121,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let audit = Audit::open(config.audit.clone())
         .map_err(|e| anyhow::anyhow!("audit log {}: {e}", config.audit.file.display()))?;
     let guard = Arc::new(
-        Guard::new(config.policy.clone(), audit.clone())
+        Guard::new(config.policy.clone(), audit.clone(), config.audit_disabled)
             .map_err(|e| anyhow::anyhow!("policy: {e}"))?,
     );
     let core_audit = audit.clone();
@@ -133,6 +133,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     })
     .await??;
     let core = Arc::new(core);
+    if config.audit_disabled {
+        warn!("AUDIT DISABLED (benchmark mode): requests are answered without being audited");
+    }
     crate::audit::event(
         "daemon_start",
         "ok",

@@ -343,3 +343,80 @@ pub fn path_mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }
+
+/// Creates a local system user (idempotent); needs root.
+pub fn ensure_user(name: &str) -> u32 {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "tests that run clients as other Unix users must run as root (CI does)"
+    );
+    if nix::unistd::User::from_name(name).unwrap().is_none() {
+        let out = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ])
+            .output()
+            .unwrap();
+        // A concurrent test may have created it meanwhile.
+        assert!(
+            out.status.success() || nix::unistd::User::from_name(name).unwrap().is_some(),
+            "useradd {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    nix::unistd::User::from_name(name)
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw()
+}
+
+impl Daemon {
+    /// A daemon under a policy file (`keywarden dev --policy`).
+    pub async fn start_with_policy(policy: &str) -> Daemon {
+        let mut d = Self::new(&[]);
+        let path = d.dir.join("policy.toml");
+        std::fs::write(&path, policy).unwrap();
+        d.dev_args = vec!["--policy".into(), path.display().to_string()];
+        d.launch().await;
+        d.wait_phase("unsealed").await;
+        d.dev_share = d.printed_share();
+        d
+    }
+
+    pub fn policy_path(&self) -> PathBuf {
+        self.dir.join("policy.toml")
+    }
+
+    pub fn audit_dir(&self) -> PathBuf {
+        self.dir.join("state").join("audit")
+    }
+
+    /// Runs the CLI as another Unix user (setpriv).
+    pub fn cli_as(&self, user: &str, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        use std::io::Write;
+        let mut child = Command::new("setpriv")
+            .arg(format!("--reuid={user}"))
+            .arg(format!("--regid={user}"))
+            .arg("--clear-groups")
+            .arg(BIN)
+            .args(args)
+            .env("KEYWARDEN_SOCKET", self.socket())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            let mut input = child.stdin.take().unwrap();
+            if let Some(s) = stdin {
+                input.write_all(s.as_bytes()).unwrap();
+            }
+        }
+        child.wait_with_output().unwrap()
+    }
+}
