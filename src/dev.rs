@@ -246,6 +246,11 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         benchmark_no_audit,
     } = opts;
     let session_copies = !no_session_copies;
+    // Handle SIGTERM/SIGINT from the very start, so a signal that arrives
+    // while the daemon is starting still stops it (and is not fatal to this
+    // process alone, which would orphan the daemon).
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     use tokio::signal::unix::{signal, SignalKind};
 
     let (temp, root) = match dir {
@@ -330,8 +335,6 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         }
     }
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let exited = tokio::select! {
         s = child.wait() => Some(s?),
         _ = term.recv() => None,

@@ -94,8 +94,15 @@ async fn three_of_five_ceremony_restart_unseal_and_seal() {
     let shares: Vec<String> = out.shares.iter().map(|s| s.share.clone()).collect();
     assert_eq!(out.shares[0].label, "custodian-1");
     assert!(shares.iter().all(|s| s.starts_with("KWS1-")));
-    // Still sealed after init; a second init is refused.
     assert_eq!(seal_status(&d).await.phase, "sealed");
+
+    for (i, s) in shares.iter().take(3).enumerate() {
+        let r = submit(&d, s).await.unwrap();
+        assert_eq!(r.received as usize, i + 1);
+        assert_eq!(r.sealed, i < 2);
+    }
+    assert_eq!(seal_status(&d).await.phase, "unsealed");
+    // Once the first unseal completed init, init is refused.
     let again = c
         .operator
         .init(proto::InitRequest {
@@ -108,13 +115,6 @@ async fn three_of_five_ceremony_restart_unseal_and_seal() {
         })
         .await;
     assert_status(again, Code::FailedPrecondition, "already initialised");
-
-    for (i, s) in shares.iter().take(3).enumerate() {
-        let r = submit(&d, s).await.unwrap();
-        assert_eq!(r.received as usize, i + 1);
-        assert_eq!(r.sealed, i < 2);
-    }
-    assert_eq!(seal_status(&d).await.phase, "unsealed");
     create_key(&mut c, "records").await;
     let g = generate(&mut c, "records", &[("tenant", "t1")]).await;
 
@@ -167,6 +167,9 @@ async fn bad_shares_each_get_their_own_error_and_change_nothing() {
     let out = init(&d, 5, 3, vec![]).await;
     let shares: Vec<String> = out.shares.iter().map(|s| s.share.clone()).collect();
     let set = set_id_bytes(&out.set_id);
+    for s in &shares[..3] {
+        submit(&d, s).await.unwrap();
+    }
     d.restart_sealed().await;
 
     submit(&d, &shares[0]).await.unwrap();
@@ -363,7 +366,7 @@ async fn rekey_two_of_three_with_verification() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn age_encrypted_shares_open_with_the_age_tool_and_unseal() {
-    let mut d = Daemon::start_ceremony().await;
+    let d = Daemon::start_ceremony().await;
     let mut identities = Vec::new();
     let mut recipients = Vec::new();
     for i in 0..3 {
@@ -393,7 +396,6 @@ async fn age_encrypted_shares_open_with_the_age_tool_and_unseal() {
         );
         assert!(!s.share.contains("KWS1"));
     }
-    d.restart_sealed().await;
     for (s, id) in out.shares.iter().zip(&identities).take(2) {
         let enc = d.dir.join("share.age");
         std::fs::write(&enc, &s.share).unwrap();
@@ -564,4 +566,39 @@ async fn no_pin_or_share_on_disk_in_logs_or_ps_and_provisioning_pins_are_dead() 
         "{}",
         String::from_utf8_lossy(&ok_so.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_init_shares_never_lock_the_token() {
+    let mut d = Daemon::start_ceremony().await;
+    // Init, then the shares are "lost" (the daemon restarts before anyone
+    // unseals). The token still has its provisioning PINs.
+    let lost = init(&d, 3, 2, vec![]).await;
+    assert!(seal_status(&d).await.init_pending);
+    d.restart_sealed().await;
+    let r1 = submit(&d, &lost.shares[0].share).await.unwrap();
+    assert!(r1.sealed);
+    let r = submit(&d, &lost.shares[1].share).await;
+    assert_status(r, Code::FailedPrecondition, "init was not completed");
+    // The provisioning PINs still work, so init simply runs again.
+    let out = init(&d, 3, 2, vec![]).await;
+    assert_ne!(out.set_id, lost.set_id);
+    submit(&d, &out.shares[2].share).await.unwrap();
+    assert!(!submit(&d, &out.shares[0].share).await.unwrap().sealed);
+    let st = seal_status(&d).await;
+    assert!(!st.init_pending);
+    // Once init is complete it cannot be repeated.
+    let mut c = d.client().await;
+    let again = c
+        .operator
+        .init(proto::InitRequest {
+            shares: 3,
+            threshold: 2,
+            recipients: vec![],
+            labels: vec![],
+            user_pin: std::fs::read(d.dir.join("user.pin")).unwrap(),
+            so_pin: std::fs::read(d.dir.join("so.pin")).unwrap(),
+        })
+        .await;
+    assert_status(again, Code::FailedPrecondition, "already initialised");
 }

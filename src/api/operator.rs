@@ -140,6 +140,7 @@ impl OperatorService for OperatorApi {
                 rekey_received: rekey.as_ref().map(|r| r.received as u32).unwrap_or(0),
                 rekey_threshold: rekey.as_ref().map(|r| r.threshold.into()).unwrap_or(0),
                 interrupted_rekey: s.seal.interrupted_rekey,
+                init_pending: s.seal.init_pending,
             }),
             audit_health,
             audit_detail,
@@ -326,8 +327,8 @@ impl OperatorApi {
                     recipients: &r.recipients,
                     labels: &r.labels,
                 },
-                &user,
-                &so,
+                user,
+                so,
             )
         })
         .await??;

@@ -36,6 +36,7 @@ fn seal_code(e: &SealError) -> Code {
         | SealError::Sealed { .. }
         | SealError::AlreadyUnsealed
         | SealError::NoRekey
+        | SealError::InitIncomplete
         | SealError::RekeyInProgress { .. }
         | SealError::WrongRekeyPhase { .. } => Code::FailedPrecondition,
         SealError::InvalidParameter { .. }

@@ -33,6 +33,7 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
                 "rekey_received": seal.rekey_received,
                 "rekey_threshold": seal.rekey_threshold,
                 "interrupted_rekey": seal.interrupted_rekey,
+                "init_pending": seal.init_pending,
             },
             "hsm_health": s.hsm_health,
             "hsm_detail": s.hsm_detail,
@@ -78,6 +79,9 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
                     "rekey:       {} {} ({} of {})",
                     seal.rekey_id, seal.rekey_phase, seal.rekey_received, seal.rekey_threshold
                 );
+            }
+            if seal.init_pending {
+                println!("init:        shares issued; the first unseal completes init (changes the token PINs)");
             }
             if seal.interrupted_rekey {
                 println!("rekey:       an interrupted rekey commit was found; shares of either set unseal");

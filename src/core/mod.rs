@@ -178,8 +178,8 @@ impl Keywarden {
     pub fn init(
         &self,
         spec: ShareSpec<'_>,
-        user_pin: &Pin,
-        so_pin: &Pin,
+        user_pin: Pin,
+        so_pin: Pin,
     ) -> CoreResult<Vec<IssuedShare>> {
         Ok(self.seal.init(self.hsm.as_ref(), spec, user_pin, so_pin)?)
     }

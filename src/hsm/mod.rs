@@ -161,6 +161,8 @@ pub trait Hsm: Send + Sync {
     /// Logs out, drops session copies, closes every session.
     fn logout(&self);
     fn is_logged_in(&self) -> bool;
+    /// Checks that both PINs log in (not logged in; nothing changes).
+    fn verify_pins(&self, user: &Pin, so: &Pin) -> HsmResult<()>;
     /// Changes the user PIN and the SO PIN (not logged in). If the SO change
     /// fails, the user PIN is changed back.
     fn change_pins(

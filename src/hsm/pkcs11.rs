@@ -448,6 +448,22 @@ impl Hsm for Pkcs11Hsm {
         self.live().is_ok()
     }
 
+    fn verify_pins(&self, user: &Pin, so: &Pin) -> HsmResult<()> {
+        if self.is_logged_in() {
+            return Err(HsmError::Unexpected(
+                "PINs are checked only while logged out".into(),
+            ));
+        }
+        let s = self.ctx.open_rw_session(self.slot).map_err(ck)?;
+        s.login(UserType::So, Some(&so.to_auth_pin()))
+            .map_err(|e| pin_err(e, "so"))?;
+        s.logout().map_err(ck)?;
+        s.login(UserType::User, Some(&user.to_auth_pin()))
+            .map_err(|e| pin_err(e, "user"))?;
+        s.logout().map_err(ck)?;
+        Ok(())
+    }
+
     fn change_pins(
         &self,
         user_old: &Pin,

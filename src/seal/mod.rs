@@ -69,6 +69,8 @@ pub enum SealError {
     ReconstructionFailed,
     #[error("{field}: the token refused this PIN")]
     PinRejected { field: &'static str },
+    #[error("init was not completed: the daemon restarted before the first unseal, so the provisioning PINs it held are gone; the token still has its provisioning PINs: run `keywarden operator init` again")]
+    InitIncomplete,
     #[error("no rekey is in progress")]
     NoRekey,
     #[error("a rekey is already in progress (id {id}); cancel it first")]
@@ -182,7 +184,14 @@ struct OldPins {
     so: Pin,
 }
 
+struct InitPins {
+    user: Pin,
+    so: Pin,
+}
+
 struct Inner {
+    /// The provisioning PINs between init and the first unseal.
+    init_pins: Option<InitPins>,
     current: Option<SealFile>,
     /// A rekey whose commit was interrupted: the token's PINs may be either
     /// set's; shares of either set are accepted and the one that logs in wins.
@@ -219,6 +228,8 @@ pub struct SealStatus {
     pub received: usize,
     pub rekey: Option<RekeyStatus>,
     pub interrupted_rekey: bool,
+    /// Init issued shares; the first unseal changes the token's PINs.
+    pub init_pending: bool,
 }
 
 pub struct Seal {
@@ -367,6 +378,7 @@ impl Seal {
             config,
             phase: AtomicU8::new(phase as u8),
             inner: Mutex::new(Inner {
+                init_pins: None,
                 current,
                 pending,
                 progress: None,
@@ -479,50 +491,33 @@ impl Seal {
             received: inner.progress.as_ref().map(|p| p.shares.len()).unwrap_or(0),
             rekey,
             interrupted_rekey: inner.pending.is_some(),
+            init_pending: file.is_some_and(|f| f.pending_init),
         }
     }
 
-    /// The init ceremony: a fresh unseal key, split into shares; the token's
-    /// user and SO PINs changed from the provisioning PINs to PINs derived
-    /// from it. The daemon stays sealed.
+    /// The init ceremony: a fresh unseal key, split into shares. The token
+    /// keeps its provisioning PINs (checked now, held in memory) until the
+    /// first unseal proves that a quorum of the new shares works; only then
+    /// are the user and SO PINs changed to PINs derived from the key. Shares
+    /// lost on the way (a killed client, a crash) therefore never lock the
+    /// token: init can simply run again.
     pub fn init(
         &self,
         hsm: &dyn Hsm,
         spec: ShareSpec<'_>,
-        provisioning_user_pin: &Pin,
-        provisioning_so_pin: &Pin,
+        provisioning_user_pin: Pin,
+        provisioning_so_pin: Pin,
     ) -> SealResult<Vec<IssuedShare>> {
         let mut inner = self.inner();
         if let Some(f) = inner.current.as_ref().or(inner.pending.as_ref()) {
-            return Err(SealError::AlreadyInitialized {
-                set_id: f.set_id.clone(),
-            });
+            if !f.pending_init {
+                return Err(SealError::AlreadyInitialized {
+                    set_id: f.set_id.clone(),
+                });
+            }
         }
         let plan = validate_plan(spec, self.config.allow_single_share)?;
-        let key = UnsealKey::random().map_err(SealError::Storage)?;
-        let set_id = random_set_id()?;
-        let keyring = Keyring::random().map_err(SealError::Storage)?;
-        let file = SealFile::new(
-            &key,
-            set_id,
-            plan.shares,
-            plan.threshold,
-            &keyring,
-            now_secs(),
-        )
-        .map_err(SealError::Storage)?;
-        let issued = issue_shares(&key, &set_id, &plan)?;
-
-        // Record first: a crash after the PINs change but before the record
-        // would lock the token for good.
-        self.store.save(&file).map_err(SealError::Storage)?;
-        if let Err(e) = hsm.change_pins(
-            provisioning_user_pin,
-            &key.user_pin(&set_id),
-            provisioning_so_pin,
-            &key.so_pin(&set_id),
-        ) {
-            let _ = self.store.remove();
+        if let Err(e) = hsm.verify_pins(&provisioning_user_pin, &provisioning_so_pin) {
             audit::event("init", "refused", json!({"reason": e.to_string()}));
             return Err(match e {
                 HsmError::PinIncorrect { role: "user" } => {
@@ -532,9 +527,24 @@ impl Seal {
                 other => SealError::Hsm(other),
             });
         }
+        let key = UnsealKey::random().map_err(SealError::Storage)?;
+        let set_id = random_set_id()?;
+        let keyring = Keyring::random().map_err(SealError::Storage)?;
+        let mut file = SealFile::new(
+            &key,
+            set_id,
+            plan.shares,
+            plan.threshold,
+            &keyring,
+            now_secs(),
+        )
+        .map_err(SealError::Storage)?;
+        file.pending_init = true;
+        let issued = issue_shares(&key, &set_id, &plan)?;
+        self.store.save(&file).map_err(SealError::Storage)?;
         audit::event(
             "init",
-            "ok",
+            "shares_issued",
             json!({
                 "set_id": file.set_id,
                 "shares": plan.shares,
@@ -544,6 +554,11 @@ impl Seal {
             }),
         );
         inner.current = Some(file);
+        inner.progress = None;
+        inner.init_pins = Some(InitPins {
+            user: provisioning_user_pin,
+            so: provisioning_so_pin,
+        });
         self.set_phase(Phase::Sealed);
         Ok(issued)
     }
@@ -564,12 +579,12 @@ impl Seal {
             SealError::BadShare(e)
         })?;
         let got = hex::encode(parsed.set_id);
-        let file = [inner.current.as_ref(), inner.pending.as_ref()]
+        let mut file = [inner.current.as_ref(), inner.pending.as_ref()]
             .into_iter()
             .flatten()
             .find(|f| f.set_id == got)
             .cloned();
-        let Some(file) = file else {
+        let Some(mut file) = file.take() else {
             let want = inner
                 .current
                 .as_ref()
@@ -660,6 +675,33 @@ impl Seal {
             return Err(SealError::ReconstructionFailed);
         }
         let keyring = file.open_keyring(&key).map_err(SealError::Storage)?;
+        if file.pending_init {
+            // The first quorum proved the shares work: now, and only now,
+            // the provisioning PINs give way to the derived ones.
+            let Some(pins) = inner.init_pins.take() else {
+                audit::event(
+                    "init_commit",
+                    "failed",
+                    json!({"reason": "provisioning PINs gone (restart)"}),
+                );
+                return Err(SealError::InitIncomplete);
+            };
+            if let Err(e) = hsm.change_pins(
+                &pins.user,
+                &key.user_pin(&set_id),
+                &pins.so,
+                &key.so_pin(&set_id),
+            ) {
+                audit::event("init_commit", "failed", json!({"reason": e.to_string()}));
+                inner.init_pins = Some(pins);
+                return Err(SealError::Hsm(e));
+            }
+            drop(pins);
+            file.pending_init = false;
+            self.store.save(&file).map_err(SealError::Storage)?;
+            inner.current = Some(file.clone());
+            audit::event("init_commit", "ok", json!({"set_id": file.set_id}));
+        }
         if let Err(e) = hsm.login(&key.user_pin(&set_id)) {
             audit::event("unseal", "failed", json!({"reason": e.to_string()}));
             return Err(SealError::Hsm(e));

@@ -71,6 +71,11 @@ pub struct SealFile {
     /// Hex of the 12-byte nonce followed by the AES-256-GCM ciphertext and tag.
     pub keyring: String,
     pub created_at: i64,
+    /// Init issued the shares but the token still has its provisioning
+    /// PINs: they change at the first unseal, once a quorum of the new
+    /// shares has proved to work.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending_init: bool,
 }
 
 impl SealFile {
@@ -90,6 +95,7 @@ impl SealFile {
             check: hex::encode(key.check_value(&set_id)),
             keyring: String::new(),
             created_at,
+            pending_init: false,
         };
         sealed.keyring = hex::encode(seal_keyring(key, &set_id, keyring)?);
         Ok(sealed)
