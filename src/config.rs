@@ -18,6 +18,23 @@ struct RawConfig {
     policy: Option<RawPolicyRef>,
     #[serde(default)]
     audit: Option<RawAudit>,
+    #[serde(default)]
+    lifecycle: Option<RawLifecycle>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLifecycle {
+    #[serde(default)]
+    destroy_min_delay_secs: Option<u64>,
+    #[serde(default)]
+    destroy_approvals: Option<usize>,
+    #[serde(default)]
+    rotate_after_encryptions: Option<u64>,
+    #[serde(default)]
+    hard_limit_encryptions: Option<u64>,
+    #[serde(default)]
+    tick_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +136,9 @@ pub struct Config {
     pub audit: crate::audit::AuditConfig,
     /// Benchmark mode: requests are not audited (dev only).
     pub audit_disabled: bool,
+    pub lifecycle: crate::core::LifecycleConfig,
+    /// How often the scheduler looks for due rotations and destructions.
+    pub tick: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +263,37 @@ impl Config {
             max_file_bytes: audit.max_file_bytes.unwrap_or(64 << 20).max(4096),
         };
 
+        let lc = raw.lifecycle.unwrap_or_default();
+        let mut lifecycle = crate::core::LifecycleConfig::default();
+        if let Some(s) = lc.destroy_min_delay_secs {
+            if s < 1 || (s < 86_400 && !allow_single_share) {
+                return Err(ConfigError::Invalid(
+                    "lifecycle.destroy_min_delay_secs below a day is allowed in dev mode only"
+                        .into(),
+                ));
+            }
+            lifecycle.destroy_min_delay = std::time::Duration::from_secs(s);
+        }
+        if let Some(n) = lc.destroy_approvals {
+            if n == 0 || n > 16 {
+                return Err(ConfigError::Invalid(
+                    "lifecycle.destroy_approvals must be between 1 and 16".into(),
+                ));
+            }
+            lifecycle.destroy_approvals = n;
+        }
+        let hard = lc.hard_limit_encryptions.unwrap_or(1 << 32);
+        if hard == 0 || hard > 1 << 32 {
+            return Err(ConfigError::Invalid(
+                "lifecycle.hard_limit_encryptions must be between 1 and 2^32".into(),
+            ));
+        }
+        lifecycle.hard_limit_encryptions = hard;
+        lifecycle.rotate_after_encryptions =
+            lc.rotate_after_encryptions.unwrap_or(1 << 30).min(hard);
+        lifecycle.reserve_block = lifecycle.reserve_block.min(hard).max(1);
+        let tick = std::time::Duration::from_secs(lc.tick_secs.unwrap_or(5).clamp(1, 3600));
+
         let profile_path = resolve(&raw.hsm.profile);
         let profile = HsmProfile::load(&profile_path)
             .map_err(|e| ConfigError::Invalid(format!("hsm.profile: {e}")))?;
@@ -296,6 +347,8 @@ impl Config {
             policy,
             audit,
             audit_disabled,
+            lifecycle,
+            tick,
         })
     }
 }

@@ -71,6 +71,7 @@ async fn prepare(
     session_copies: bool,
     policy_file: Option<PathBuf>,
     no_audit: bool,
+    lifecycle: &str,
 ) -> anyhow::Result<DevLayout> {
     let root = root.canonicalize()?;
     {
@@ -153,7 +154,7 @@ async fn prepare(
              [server]\nsocket = {sock:?}\nstate_dir = \"state\"\nallow_root = true\n\
              allow_world_socket = true\nsocket_mode = 0o666\n\n\
              [hsm]\nprofile = \"softhsm2-profile.toml\"\ntoken_label = {DEV_TOKEN_LABEL:?}\n\n\
-             [seal]\nallow_single_share = true\n\n{policy}{audit}"
+             [seal]\nallow_single_share = true\n\n{policy}{audit}{lifecycle}"
         ),
     )?;
     Ok(DevLayout {
@@ -196,6 +197,8 @@ pub struct DevOptions {
     pub policy: Option<PathBuf>,
     /// Benchmarks only: answer without auditing.
     pub benchmark_no_audit: bool,
+    /// Lifecycle settings for drills (a `[lifecycle]` TOML section body).
+    pub lifecycle: String,
 }
 
 /// Dev mode's own ceremony: 1 share of threshold 1, printed, then
@@ -244,7 +247,13 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         ceremony,
         policy,
         benchmark_no_audit,
+        lifecycle,
     } = opts;
+    let lifecycle = if lifecycle.is_empty() {
+        String::new()
+    } else {
+        format!("\n[lifecycle]\n{lifecycle}")
+    };
     let session_copies = !no_session_copies;
     // Handle SIGTERM/SIGINT from the very start, so a signal that arrives
     // while the daemon is starting still stops it (and is not fatal to this
@@ -266,7 +275,15 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
             (Some(t), p)
         }
     };
-    let layout = prepare(&root, socket, session_copies, policy, benchmark_no_audit).await?;
+    let layout = prepare(
+        &root,
+        socket,
+        session_copies,
+        policy,
+        benchmark_no_audit,
+        &lifecycle,
+    )
+    .await?;
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .arg("serve")

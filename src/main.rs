@@ -54,6 +54,21 @@ enum Command {
         /// Benchmarks only: answer requests without auditing them.
         #[arg(long)]
         benchmark_no_audit: bool,
+        /// Drills: shortest waiting period of a scheduled destruction (e.g. 2s).
+        #[arg(long, value_name = "DURATION")]
+        destroy_min_delay: Option<String>,
+        /// Drills: distinct admins a destruction needs.
+        #[arg(long, value_name = "N")]
+        destroy_approvals: Option<usize>,
+        /// Rotate a version automatically after this many encryptions.
+        #[arg(long, value_name = "N")]
+        rotate_after_encryptions: Option<u64>,
+        /// Refuse more than this many encryptions per version.
+        #[arg(long, value_name = "N")]
+        hard_limit_encryptions: Option<u64>,
+        /// How often the lifecycle scheduler runs (e.g. 1s).
+        #[arg(long, value_name = "DURATION")]
+        tick: Option<String>,
     },
     /// Customer-managed keys (admins).
     #[command(subcommand)]
@@ -83,6 +98,41 @@ enum Command {
     },
 }
 
+/// The `[lifecycle]` lines for `keywarden dev` drill flags.
+fn dev_lifecycle(
+    destroy_min_delay: Option<String>,
+    destroy_approvals: Option<usize>,
+    rotate_after: Option<u64>,
+    hard_limit: Option<u64>,
+    tick: Option<String>,
+) -> anyhow::Result<String> {
+    let secs = |flag: &str, v: &str| {
+        humantime::parse_duration(v)
+            .map(|d| d.as_secs().max(1))
+            .map_err(|e| anyhow::anyhow!("--{flag} {v:?}: {e}"))
+    };
+    let mut out = String::new();
+    if let Some(d) = destroy_min_delay {
+        out.push_str(&format!(
+            "destroy_min_delay_secs = {}\n",
+            secs("destroy-min-delay", &d)?
+        ));
+    }
+    if let Some(n) = destroy_approvals {
+        out.push_str(&format!("destroy_approvals = {n}\n"));
+    }
+    if let Some(n) = rotate_after {
+        out.push_str(&format!("rotate_after_encryptions = {n}\n"));
+    }
+    if let Some(n) = hard_limit {
+        out.push_str(&format!("hard_limit_encryptions = {n}\n"));
+    }
+    if let Some(t) = tick {
+        out.push_str(&format!("tick_secs = {}\n", secs("tick", &t)?));
+    }
+    Ok(out)
+}
+
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -110,6 +160,11 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             ceremony,
             policy,
             benchmark_no_audit,
+            destroy_min_delay,
+            destroy_approvals,
+            rotate_after_encryptions,
+            hard_limit_encryptions,
+            tick,
         } => {
             // Only an explicit --socket applies; a KEYWARDEN_SOCKET left over
             // from an earlier dev run must not.
@@ -121,6 +176,13 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
                 ceremony,
                 policy,
                 benchmark_no_audit,
+                lifecycle: dev_lifecycle(
+                    destroy_min_delay,
+                    destroy_approvals,
+                    rotate_after_encryptions,
+                    hard_limit_encryptions,
+                    tick,
+                )?,
             })
             .await
         }

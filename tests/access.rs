@@ -459,24 +459,30 @@ async fn audit_log_verifies_and_tampering_is_detected() {
     };
     let join = |ls: &[String]| ls.iter().map(|l| format!("{l}\n")).collect::<String>();
 
-    // Edit one byte of line 9 (a request line).
+    // A request line to tamper with; in one file from genesis, line i is seq i.
+    let i = lines
+        .iter()
+        .position(|l| l.contains("\"op\":\"GenerateDataKey\""))
+        .unwrap();
+    assert!(i + 4 < n);
+    // Edit one byte of line i.
     let mut edited = lines.clone();
-    edited[9] = edited[9].replacen("\"op\":\"", "\"op\":\"X", 1);
+    edited[i] = edited[i].replacen("\"op\":\"", "\"op\":\"X", 1);
     let (good, msg) = verify(&join(&edited));
-    assert!(!good && msg.contains("seq 9"), "{msg}");
-    // Delete line 10.
+    assert!(!good && msg.contains(&format!("seq {i}")), "{msg}");
+    // Delete line i+1.
     let mut deleted = lines.clone();
-    deleted.remove(10);
+    deleted.remove(i + 1);
     let (good, msg) = verify(&join(&deleted));
     assert!(
-        !good && msg.contains("seq 10") && msg.contains("deleted"),
+        !good && msg.contains(&format!("seq {}", i + 1)) && msg.contains("deleted"),
         "{msg}"
     );
-    // Swap lines 11 and 12.
+    // Swap lines i+2 and i+3.
     let mut swapped = lines.clone();
-    swapped.swap(11, 12);
+    swapped.swap(i + 2, i + 3);
     let (good, msg) = verify(&join(&swapped));
-    assert!(!good && msg.contains("seq 11"), "{msg}");
+    assert!(!good && msg.contains(&format!("seq {}", i + 2)), "{msg}");
     // Truncate the tail (the final checkpoint and two lines before it).
     let (good, msg) = verify(&join(&lines[..n - 3]));
     assert!(
@@ -485,14 +491,15 @@ async fn audit_log_verifies_and_tampering_is_detected() {
     );
     // Edit a line and re-chain everything after it: the checkpoint signature fails.
     let mut rechained = lines.clone();
-    rechained[9] = rechained[9].replacen("\"code\":\"OK\"", "\"code\":\"NotFound\"", 1);
-    for i in 10..n {
+    rechained[i] = rechained[i].replacen("\"code\":\"OK\"", "\"code\":\"NotFound\"", 1);
+    assert_ne!(rechained[i], lines[i]);
+    for j in i + 1..n {
         use sha2::Digest;
-        let prev = hex::encode(sha2::Sha256::digest(rechained[i - 1].as_bytes()));
+        let prev = hex::encode(sha2::Sha256::digest(rechained[j - 1].as_bytes()));
         let mut v: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&rechained[i]).unwrap();
+            serde_json::from_str(&rechained[j]).unwrap();
         v.insert("prev".into(), serde_json::json!(prev));
-        rechained[i] = serde_json::Value::Object(v).to_string();
+        rechained[j] = serde_json::Value::Object(v).to_string();
     }
     let (good, msg) = verify(&join(&rechained));
     assert!(!good && msg.contains("bad signature"), "{msg}");
@@ -547,6 +554,7 @@ async fn unwritable_audit_log_fails_closed_and_recovers() {
         .create_key(proto::CreateKeyRequest {
             name: "k2".into(),
             description: String::new(),
+            rotation_period_secs: 0,
         })
         .await;
     assert_status(r, Code::Unavailable, "audit");

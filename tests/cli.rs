@@ -33,7 +33,7 @@ async fn datakey_round_trip_through_the_cli() {
     ));
     assert_eq!(k["name"], "records");
     assert_eq!(k["current_version"], 1);
-    assert_eq!(k["versions"][0]["state"], "enabled");
+    assert_eq!(k["versions"][0]["state"], "active");
 
     let g = json(&d.cli(
         &[

@@ -275,6 +275,7 @@ async fn bad_names_unknown_keys_and_oversized_inputs() {
     let create = |name: &str| proto::CreateKeyRequest {
         name: name.into(),
         description: String::new(),
+        rotation_period_secs: 0,
     };
     assert_status(
         c.keys.create_key(create("")).await,
@@ -291,6 +292,7 @@ async fn bad_names_unknown_keys_and_oversized_inputs() {
             .create_key(proto::CreateKeyRequest {
                 name: "d".into(),
                 description: "x".repeat(5000),
+                rotation_period_secs: 0,
             })
             .await,
         Code::InvalidArgument,

@@ -130,6 +130,43 @@ impl DataKeyApi {
     }
 }
 
+fn reencrypted(r: core::ReEncrypted) -> proto::ReEncryptResponse {
+    proto::ReEncryptResponse {
+        source_key: r.source_key,
+        source_key_version: r.source_version,
+        key: r.key,
+        key_id: r.key_id,
+        key_version: r.key_version,
+        ciphertext_blob: r.blob,
+    }
+}
+
+impl DataKeyApi {
+    async fn reencrypt_many(
+        &self,
+        caller: Caller,
+        op: &'static str,
+        reqs: Vec<proto::ReEncryptRequest>,
+    ) -> Result<Vec<CoreResult<core::ReEncrypted>>, Status> {
+        let contexts = reqs.iter().map(|r| r.encryption_context.clone()).collect();
+        let reqs: Vec<core::ReEncryptRequest> = reqs
+            .into_iter()
+            .map(|r| core::ReEncryptRequest {
+                blob: r.ciphertext_blob,
+                context: r.encryption_context,
+                destination_key: (!r.destination_key.is_empty()).then_some(r.destination_key),
+                destination_context: (r.replace_context
+                    || !r.destination_encryption_context.is_empty())
+                .then_some(r.destination_encryption_context),
+            })
+            .collect();
+        self.run(caller, op, contexts, reqs, |c, reqs, gate| {
+            c.reencrypt(reqs, gate)
+        })
+        .await
+    }
+}
+
 fn generated(g: core::GeneratedKey) -> proto::GenerateDataKeyResponse {
     proto::GenerateDataKeyResponse {
         key: g.key,
@@ -231,6 +268,38 @@ impl DataKeyService for DataKeyApi {
         Ok(Response::new(proto::BatchGenerateDataKeyResponse {
             results,
         }))
+    }
+
+    async fn re_encrypt(
+        &self,
+        request: Request<proto::ReEncryptRequest>,
+    ) -> Result<Response<proto::ReEncryptResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let r = self
+            .reencrypt_many(caller, "ReEncrypt", vec![request.into_inner()])
+            .await?;
+        Ok(Response::new(reencrypted(single(r)?)))
+    }
+
+    async fn batch_re_encrypt(
+        &self,
+        request: Request<proto::BatchReEncryptRequest>,
+    ) -> Result<Response<proto::BatchReEncryptResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        validate::batch_size(req.requests.len()).map_err(Status::from)?;
+        let results = self
+            .reencrypt_many(caller, "BatchReEncrypt", req.requests)
+            .await?
+            .into_iter()
+            .map(|r| proto::BatchReEncryptResult {
+                result: Some(match r {
+                    Ok(x) => proto::batch_re_encrypt_result::Result::Ok(reencrypted(x)),
+                    Err(e) => proto::batch_re_encrypt_result::Result::Error(item_error(e)),
+                }),
+            })
+            .collect();
+        Ok(Response::new(proto::BatchReEncryptResponse { results }))
     }
 
     async fn batch_decrypt(

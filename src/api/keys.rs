@@ -1,12 +1,14 @@
-//! KeyService: the admins' API.
+//! KeyService: the admins' API (lifecycle included).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Map};
+use serde_json::{json, Map, Value};
 use tonic::{Request, Response, Status};
 
-use super::{blocking, Ctx};
-use crate::core::registry::KeyRecord;
+use super::{blocking, Call, Ctx};
+use crate::core::model::{DestroyKind, KeyRecord};
+use crate::core::{Actor, CoreResult, Keywarden};
 use crate::guard::break_glass_json;
 use crate::policy::Action;
 use crate::proto::{self, key_service_server::KeyService};
@@ -19,33 +21,131 @@ impl KeyApi {
     pub fn new(ctx: Ctx) -> Self {
         KeyApi { ctx }
     }
+
+    /// Authorizes as an admin, runs `f` in the core, audits with the key
+    /// name, and answers with the key's metadata.
+    async fn admin<T, F, R>(
+        &self,
+        request: Request<T>,
+        op: &'static str,
+        name: impl Fn(&T) -> String,
+        f: F,
+    ) -> Result<R, Status>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        F: FnOnce(&Keywarden, T, Actor) -> CoreResult<R> + Send + 'static,
+    {
+        let call = self.ctx.authorize(&request, op, Action::KeyAdmin).await?;
+        let req = request.into_inner();
+        let mut extra = Map::new();
+        extra.insert("key".into(), json!(name(&req)));
+        let actor = actor(&call);
+        let res = blocking(&self.ctx.core, move |c| f(c, req, actor))
+            .await
+            .and_then(|r| r.map_err(Status::from));
+        self.ctx.finish(&call, extra, res).await
+    }
 }
 
-pub fn metadata(k: KeyRecord) -> proto::KeyMetadata {
+fn actor(call: &Call) -> Actor {
+    Actor {
+        uid: call.caller.uid,
+        principal: call.principal.clone(),
+    }
+}
+
+pub fn metadata(core: &Keywarden, k: &KeyRecord) -> proto::KeyMetadata {
+    let needed = core.lifecycle.destroy_approvals.max(1) as u32;
     proto::KeyMetadata {
         key_id: k.id_text(),
         current_version: k.current().map(|v| v.version).unwrap_or(0),
         versions: k
             .versions
-            .into_iter()
+            .iter()
             .map(|v| proto::KeyVersion {
                 version: v.version,
                 created_at: v.created_at,
-                state: v.state,
+                state: v.state.as_str().to_string(),
+                encryptions: core.encryptions(&v.hsm_id),
             })
             .collect(),
-        name: k.name,
-        description: k.description,
-        state: k.state,
+        name: k.name.clone(),
+        description: k.description.clone(),
+        state: k.state.as_str().to_string(),
         created_at: k.created_at,
-        algorithm: k.algorithm,
+        algorithm: k.algorithm.clone(),
+        rotation_period_secs: k.rotation_period_secs.unwrap_or(0),
+        next_rotation_at: k.next_rotation_at.unwrap_or(0),
+        min_decrypt_version: k.min_decrypt_version,
+        destroy_due_at: k.destroy_due_at.unwrap_or(0),
+        destroyed_at: k.destroyed_at.unwrap_or(0),
+        holds: k
+            .holds
+            .iter()
+            .map(|h| proto::Hold {
+                id: h.id.clone(),
+                reason: h.reason.clone(),
+                placed_by: h.placed_by,
+                placed_by_principal: h.placed_by_principal.clone(),
+                placed_at: h.placed_at,
+                released_at: h.released_at.unwrap_or(0),
+                released_by: h.released_by.unwrap_or(0),
+            })
+            .collect(),
+        destroy_requests: k
+            .requests
+            .iter()
+            .map(|q| proto::DestroyRequest {
+                id: q.id.clone(),
+                kind: serde_json::to_value(q.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                wait_secs: q.wait_secs,
+                requested_by: q.requested_by,
+                created_at: q.created_at,
+                approvals: q.approvals.clone(),
+                approvals_needed: needed,
+                status: serde_json::to_value(q.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                approved_at: q.approved_at.unwrap_or(0),
+            })
+            .collect(),
     }
 }
 
-fn key_field(name: &str) -> Map<String, serde_json::Value> {
-    let mut m = Map::new();
-    m.insert("key".into(), json!(name));
-    m
+fn key_response(core: &Arc<Keywarden>, k: &KeyRecord) -> proto::KeyResponse {
+    proto::KeyResponse {
+        key: Some(metadata(core, k)),
+    }
+}
+
+fn destroy_response(
+    core: &Arc<Keywarden>,
+    req: &crate::core::model::DestroyRequest,
+    k: &KeyRecord,
+) -> proto::DestroyRequestResponse {
+    let m = metadata(core, k);
+    let status = m
+        .destroy_requests
+        .iter()
+        .find(|q| q.id == req.id)
+        .map(|q| q.status.clone())
+        .unwrap_or_default();
+    proto::DestroyRequestResponse {
+        request_id: req.id.clone(),
+        approvals: req.approvals.len() as u32,
+        approvals_needed: core.lifecycle.destroy_approvals.max(1) as u32,
+        status,
+        key: Some(m),
+    }
+}
+
+fn secs(d: u64) -> Option<Duration> {
+    (d > 0).then(|| Duration::from_secs(d))
 }
 
 #[tonic::async_trait]
@@ -54,21 +154,20 @@ impl KeyService for KeyApi {
         &self,
         request: Request<proto::CreateKeyRequest>,
     ) -> Result<Response<proto::CreateKeyResponse>, Status> {
-        let call = self
-            .ctx
-            .authorize(&request, "CreateKey", Action::KeyAdmin)
-            .await?;
-        let r = request.into_inner();
-        let extra = key_field(&r.name);
-        let res = blocking(&self.ctx.core, move |c| {
-            c.create_key(&r.name, &r.description)
-        })
+        let core = self.ctx.core.clone();
+        self.admin(
+            request,
+            "CreateKey",
+            |r| r.name.clone(),
+            move |c, r, _| {
+                let k = c.create_key(&r.name, &r.description, secs(r.rotation_period_secs))?;
+                Ok(proto::CreateKeyResponse {
+                    key: Some(metadata(&core, &k)),
+                })
+            },
+        )
         .await
-        .and_then(|r| r.map_err(Status::from))
-        .map(|k| proto::CreateKeyResponse {
-            key: Some(metadata(k)),
-        });
-        self.ctx.finish(&call, extra, res).await.map(Response::new)
+        .map(Response::new)
     }
 
     async fn list_keys(
@@ -79,11 +178,12 @@ impl KeyService for KeyApi {
             .ctx
             .authorize(&request, "ListKeys", Action::KeyRead)
             .await?;
-        let res = blocking(&self.ctx.core, |c| c.list_keys())
+        let core = self.ctx.core.clone();
+        let res = blocking(&self.ctx.core, move |c| c.list_keys())
             .await
             .and_then(|r| r.map_err(Status::from))
             .map(|keys| proto::ListKeysResponse {
-                keys: keys.into_iter().map(metadata).collect(),
+                keys: keys.iter().map(|k| metadata(&core, k)).collect(),
             });
         self.ctx
             .finish(&call, Map::new(), res)
@@ -100,12 +200,14 @@ impl KeyService for KeyApi {
             .authorize(&request, "DescribeKey", Action::KeyRead)
             .await?;
         let name = request.into_inner().name;
-        let extra = key_field(&name);
+        let mut extra = Map::new();
+        extra.insert("key".into(), json!(name));
+        let core = self.ctx.core.clone();
         let res = blocking(&self.ctx.core, move |c| c.describe_key(&name))
             .await
             .and_then(|r| r.map_err(Status::from))
             .map(|k| proto::DescribeKeyResponse {
-                key: Some(metadata(k)),
+                key: Some(metadata(&core, &k)),
             });
         self.ctx.finish(&call, extra, res).await.map(Response::new)
     }
@@ -116,16 +218,17 @@ impl KeyService for KeyApi {
     ) -> Result<Response<proto::BreakGlassResponse>, Status> {
         let caller = super::caller_of(&request)?;
         let r = request.into_inner();
-        let call = super::Call {
+        let call = Call {
             principal: self.ctx.guard.principal_name(&caller),
             caller,
             role: "admin",
             op: "BreakGlass",
         };
-        let mut extra = key_field(&r.name);
+        let mut extra = Map::new();
+        extra.insert("key".into(), json!(r.name));
         extra.insert("reason".into(), json!(r.reason));
         extra.insert("break_glass".into(), json!(true));
-        extra.insert("ALERT".into(), json!("BREAK-GLASS REQUEST"));
+        extra.insert("ALERT".into(), Value::from("BREAK-GLASS REQUEST"));
         let res = self
             .ctx
             .guard
@@ -149,5 +252,207 @@ impl KeyService for KeyApi {
                 }
             });
         self.ctx.finish(&call, extra, res).await.map(Response::new)
+    }
+
+    async fn rotate_key(
+        &self,
+        request: Request<proto::KeyNameRequest>,
+    ) -> Result<Response<proto::KeyResponse>, Status> {
+        let core = self.ctx.core.clone();
+        self.admin(
+            request,
+            "RotateKey",
+            |r| r.name.clone(),
+            move |c, r, _| {
+                c.rotate(&r.name, "requested")
+                    .map(|k| key_response(&core, &k))
+            },
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn update_key(
+        &self,
+        request: Request<proto::UpdateKeyRequest>,
+    ) -> Result<Response<proto::KeyResponse>, Status> {
+        let core = self.ctx.core.clone();
+        self.admin(
+            request,
+            "UpdateKey",
+            |r| r.name.clone(),
+            move |c, r, _| {
+                c.update_key(
+                    &r.name,
+                    r.rotation_period_secs.map(secs),
+                    r.min_decrypt_version,
+                )
+                .map(|k| key_response(&core, &k))
+            },
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn revoke_version(
+        &self,
+        request: Request<proto::RevokeVersionRequest>,
+    ) -> Result<Response<proto::KeyResponse>, Status> {
+        let core = self.ctx.core.clone();
+        self.admin(
+            request,
+            "RevokeVersion",
+            |r| r.name.clone(),
+            move |c, r, _| {
+                c.revoke_version(&r.name, r.version)
+                    .map(|k| key_response(&core, &k))
+            },
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn disable_key(
+        &self,
+        request: Request<proto::KeyNameRequest>,
+    ) -> Result<Response<proto::KeyResponse>, Status> {
+        let core = self.ctx.core.clone();
+        self.admin(
+            request,
+            "DisableKey",
+            |r| r.name.clone(),
+            move |c, r, _| c.disable(&r.name).map(|k| key_response(&core, &k)),
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn enable_key(
+        &self,
+        request: Request<proto::KeyNameRequest>,
+    ) -> Result<Response<proto::KeyResponse>, Status> {
+        let core = self.ctx.core.clone();
+        self.admin(
+            request,
+            "EnableKey",
+            |r| r.name.clone(),
+            move |c, r, _| c.enable(&r.name).map(|k| key_response(&core, &k)),
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn schedule_destroy(
+        &self,
+        request: Request<proto::ScheduleDestroyRequest>,
+    ) -> Result<Response<proto::DestroyRequestResponse>, Status> {
+        let core = self.ctx.core.clone();
+        self.admin(
+            request,
+            "ScheduleDestroy",
+            |r| r.name.clone(),
+            move |c, r, a| {
+                let (q, k) = c.request_destroy(
+                    &r.name,
+                    DestroyKind::Scheduled,
+                    Duration::from_secs(r.after_secs),
+                    &a,
+                )?;
+                Ok(destroy_response(&core, &q, &k))
+            },
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn destroy_now(
+        &self,
+        request: Request<proto::KeyNameRequest>,
+    ) -> Result<Response<proto::DestroyRequestResponse>, Status> {
+        let core = self.ctx.core.clone();
+        self.admin(
+            request,
+            "DestroyNow",
+            |r| r.name.clone(),
+            move |c, r, a| {
+                let (q, k) = c.request_destroy(&r.name, DestroyKind::Now, Duration::ZERO, &a)?;
+                Ok(destroy_response(&core, &q, &k))
+            },
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn approve_destroy(
+        &self,
+        request: Request<proto::ApproveDestroyRequest>,
+    ) -> Result<Response<proto::DestroyRequestResponse>, Status> {
+        let core = self.ctx.core.clone();
+        self.admin(
+            request,
+            "ApproveDestroy",
+            |r| r.name.clone(),
+            move |c, r, a| {
+                let (q, k) = c.approve_destroy(&r.name, &r.request_id, &a)?;
+                Ok(destroy_response(&core, &q, &k))
+            },
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn cancel_destroy(
+        &self,
+        request: Request<proto::KeyNameRequest>,
+    ) -> Result<Response<proto::KeyResponse>, Status> {
+        let core = self.ctx.core.clone();
+        self.admin(
+            request,
+            "CancelDestroy",
+            |r| r.name.clone(),
+            move |c, r, a| {
+                c.cancel_destroy(&r.name, &a)
+                    .map(|k| key_response(&core, &k))
+            },
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn place_hold(
+        &self,
+        request: Request<proto::PlaceHoldRequest>,
+    ) -> Result<Response<proto::KeyResponse>, Status> {
+        let core = self.ctx.core.clone();
+        self.admin(
+            request,
+            "PlaceHold",
+            |r| r.name.clone(),
+            move |c, r, a| {
+                let id = (!r.hold_id.is_empty()).then_some(r.hold_id.as_str());
+                c.place_hold(&r.name, &r.reason, id, &a)
+                    .map(|(_, k)| key_response(&core, &k))
+            },
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn release_hold(
+        &self,
+        request: Request<proto::ReleaseHoldRequest>,
+    ) -> Result<Response<proto::KeyResponse>, Status> {
+        let core = self.ctx.core.clone();
+        self.admin(
+            request,
+            "ReleaseHold",
+            |r| r.name.clone(),
+            move |c, r, a| {
+                c.release_hold(&r.name, &r.hold_id, &a)
+                    .map(|k| key_response(&core, &k))
+            },
+        )
+        .await
+        .map(Response::new)
     }
 }

@@ -18,6 +18,13 @@ pub fn code(e: &CoreError) -> Code {
         CoreError::BlobKeyUnknown { .. } => Code::NotFound,
         CoreError::BlobVersionUnknown { .. } => Code::NotFound,
         CoreError::AlreadyExists { .. } => Code::AlreadyExists,
+        CoreError::RegistryTampered { .. } => Code::DataLoss,
+        CoreError::KeyDestroyed { .. }
+        | CoreError::VersionRetired { .. }
+        | CoreError::VersionRevoked { .. }
+        | CoreError::Held { .. }
+        | CoreError::Conflict(_) => Code::FailedPrecondition,
+        CoreError::VersionExhausted { .. } => Code::ResourceExhausted,
         CoreError::PermissionDenied(_) => Code::PermissionDenied,
         CoreError::KeyUnusable { .. } => Code::FailedPrecondition,
         CoreError::HsmRejectedInput(_) => Code::InvalidArgument,

@@ -40,6 +40,21 @@ pub enum DatakeyCommand {
         #[arg(long)]
         key: Option<String>,
     },
+    /// Rewrap a blob (base64, from stdin unless --ciphertext) under the
+    /// newest version of its key or of --to-key, without the plaintext
+    /// leaving the daemon.
+    Rewrap {
+        #[arg(long = "context", value_name = "KEY=VALUE")]
+        context: Vec<String>,
+        #[arg(long)]
+        ciphertext: Option<String>,
+        /// Destination key (default: the blob's own key).
+        #[arg(long)]
+        to_key: Option<String>,
+        /// New context for the new blob (default: keep the old one).
+        #[arg(long = "new-context", value_name = "KEY=VALUE")]
+        new_context: Vec<String>,
+    },
 }
 
 fn read_blob(arg: Option<String>) -> anyhow::Result<Vec<u8>> {
@@ -107,6 +122,39 @@ pub async fn run(socket: &Path, output: Output, cmd: DatakeyCommand) -> anyhow::
             }
             let mut pt = r.plaintext;
             zeroize::Zeroize::zeroize(&mut pt);
+        }
+        DatakeyCommand::Rewrap {
+            context,
+            ciphertext,
+            to_key,
+            new_context,
+        } => {
+            let req = proto::ReEncryptRequest {
+                ciphertext_blob: read_blob(ciphertext)?,
+                encryption_context: parse_context(&context)?,
+                destination_key: to_key.unwrap_or_default(),
+                replace_context: !new_context.is_empty(),
+                destination_encryption_context: parse_context(&new_context)?,
+            };
+            let mut c = client(socket).await?;
+            let r = c
+                .datakeys
+                .re_encrypt(req)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let ciphertext = B64.encode(&r.ciphertext_blob);
+            match output {
+                Output::Json => print_json(&json!({
+                    "source_key": r.source_key,
+                    "source_version": r.source_key_version,
+                    "key": r.key,
+                    "key_id": r.key_id,
+                    "version": r.key_version,
+                    "ciphertext": ciphertext,
+                }))?,
+                Output::Text => println!("{ciphertext}"),
+            }
         }
         DatakeyCommand::Decrypt {
             context,

@@ -1,7 +1,8 @@
-//! `keywarden key ...`: CMK administration.
+//! `keywarden key ...`: CMK administration and lifecycle.
 
 use std::path::Path;
 
+use anyhow::anyhow;
 use clap::Subcommand;
 use serde_json::json;
 
@@ -15,11 +16,60 @@ pub enum KeyCommand {
         name: String,
         #[arg(long, default_value = "")]
         description: String,
+        /// Rotate automatically, e.g. 90d.
+        #[arg(long, value_name = "DURATION")]
+        rotation_period: Option<String>,
     },
     /// List keys.
     List,
-    /// Show one key and its versions.
+    /// Show a key: state, versions and counters, rotation, holds,
+    /// destruction requests.
     Show { name: String },
+    /// Create a new version; new data keys use it, old ones still decrypt.
+    Rotate { name: String },
+    /// Change the rotation period or retire old versions.
+    Set {
+        name: String,
+        /// e.g. 90d; "off" stops automatic rotation by time.
+        #[arg(long, value_name = "DURATION|off")]
+        rotation_period: Option<String>,
+        /// Refuse blobs under versions older than this.
+        #[arg(long)]
+        min_decrypt_version: Option<u32>,
+    },
+    /// Mark one version compromised: it never decrypts again.
+    RevokeVersion { name: String, version: u32 },
+    /// Suspend a key (reversible): the next request is refused.
+    Disable { name: String },
+    /// Reactivate a suspended key.
+    Enable { name: String },
+    /// Open a destruction request; after approval the waiting period runs.
+    ScheduleDestroy {
+        name: String,
+        /// e.g. 30d (between the configured minimum and 365d).
+        #[arg(long, value_name = "DURATION")]
+        after: String,
+    },
+    /// Cancel a pending or waiting destruction.
+    CancelDestroy { name: String },
+    /// Approve another admin's destruction request.
+    Approve { name: String, request_id: String },
+    /// Open a request to destroy at once once approved (never past a hold).
+    DestroyNow { name: String },
+    /// Place a legal hold: destruction is refused or paused while it stands.
+    Hold {
+        name: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long = "id", value_name = "HOLD_ID")]
+        hold_id: Option<String>,
+    },
+    /// Release a legal hold.
+    Release {
+        name: String,
+        #[arg(long = "id", value_name = "HOLD_ID")]
+        hold_id: String,
+    },
     /// Emergency, time-limited app access to a key for yourself, where the
     /// policy permits it. Flagged in the audit log and in Status.
     BreakGlass {
@@ -32,7 +82,20 @@ pub enum KeyCommand {
     },
 }
 
+fn duration(flag: &str, text: &str) -> anyhow::Result<u64> {
+    humantime::parse_duration(text)
+        .map(|d| d.as_secs())
+        .map_err(|e| anyhow!("--{flag} {text:?}: {e} (e.g. 30d, 12h, 90s)"))
+}
+
 pub fn metadata_json(k: &proto::KeyMetadata) -> serde_json::Value {
+    let opt = |v: i64| {
+        if v == 0 {
+            serde_json::Value::Null
+        } else {
+            json!(v)
+        }
+    };
     json!({
         "name": k.name,
         "key_id": k.key_id,
@@ -41,10 +104,28 @@ pub fn metadata_json(k: &proto::KeyMetadata) -> serde_json::Value {
         "algorithm": k.algorithm,
         "created_at": k.created_at,
         "current_version": k.current_version,
+        "rotation_period_secs": if k.rotation_period_secs == 0 { serde_json::Value::Null } else { json!(k.rotation_period_secs) },
+        "next_rotation_at": opt(k.next_rotation_at),
+        "min_decrypt_version": k.min_decrypt_version,
+        "destroy_due_at": opt(k.destroy_due_at),
+        "destroyed_at": opt(k.destroyed_at),
         "versions": k.versions.iter().map(|v| json!({
             "version": v.version,
             "state": v.state,
             "created_at": v.created_at,
+            "encryptions": v.encryptions,
+        })).collect::<Vec<_>>(),
+        "holds": k.holds.iter().map(|h| json!({
+            "id": h.id, "reason": h.reason, "placed_by": h.placed_by,
+            "placed_by_principal": h.placed_by_principal, "placed_at": h.placed_at,
+            "released_at": opt(h.released_at),
+            "released_by": if h.released_by == 0 && h.released_at == 0 { serde_json::Value::Null } else { json!(h.released_by) },
+        })).collect::<Vec<_>>(),
+        "destroy_requests": k.destroy_requests.iter().map(|q| json!({
+            "id": q.id, "kind": q.kind, "wait_secs": q.wait_secs,
+            "requested_by": q.requested_by, "created_at": q.created_at,
+            "approvals": q.approvals, "approvals_needed": q.approvals_needed,
+            "status": q.status, "approved_at": opt(q.approved_at),
         })).collect::<Vec<_>>(),
     })
 }
@@ -58,21 +139,109 @@ fn print_text(k: &proto::KeyMetadata) {
     if !k.description.is_empty() {
         println!("description:     {}", k.description);
     }
+    if k.rotation_period_secs > 0 {
+        println!(
+            "rotation:        every {}s, next at {}",
+            k.rotation_period_secs, k.next_rotation_at
+        );
+    } else {
+        println!("rotation:        by hand (and automatically near the encryption limit)");
+    }
+    if k.min_decrypt_version > 0 {
+        println!("min decrypt:     version {}", k.min_decrypt_version);
+    }
+    if k.destroy_due_at > 0 {
+        println!("destruction due: {}", k.destroy_due_at);
+    }
+    if k.destroyed_at > 0 {
+        println!("destroyed at:    {}", k.destroyed_at);
+    }
+    println!("versions:");
     for v in &k.versions {
         println!(
-            "  v{:<4} {:<10} created {}",
-            v.version, v.state, v.created_at
+            "  v{:<4} {:<12} created {}  encryptions {}",
+            v.version, v.state, v.created_at, v.encryptions
         );
+    }
+    for h in &k.holds {
+        if h.released_at == 0 {
+            println!(
+                "LEGAL HOLD {}: {} (by uid {} {}, at {})",
+                h.id, h.reason, h.placed_by, h.placed_by_principal, h.placed_at
+            );
+        } else {
+            println!(
+                "released hold {}: {} (released by uid {} at {})",
+                h.id, h.reason, h.released_by, h.released_at
+            );
+        }
+    }
+    for q in &k.destroy_requests {
+        println!(
+            "destroy request {}: {} {}, wait {}s, approvals {:?} of {} needed",
+            q.id, q.kind, q.status, q.wait_secs, q.approvals, q.approvals_needed
+        );
+    }
+}
+
+fn show(output: Output, k: Option<proto::KeyMetadata>, text: &str) -> anyhow::Result<()> {
+    let k = k.unwrap_or_default();
+    match output {
+        Output::Json => print_json(&metadata_json(&k)),
+        Output::Text => {
+            println!("{text}");
+            print_text(&k);
+            Ok(())
+        }
+    }
+}
+
+fn show_request(output: Output, r: proto::DestroyRequestResponse) -> anyhow::Result<()> {
+    match output {
+        Output::Json => print_json(&json!({
+            "request_id": r.request_id,
+            "approvals": r.approvals,
+            "approvals_needed": r.approvals_needed,
+            "status": r.status,
+            "key": r.key.as_ref().map(metadata_json),
+        })),
+        Output::Text => {
+            println!(
+                "destruction request {}: {} ({} of {} approvals)",
+                r.request_id, r.status, r.approvals, r.approvals_needed
+            );
+            if r.status == "open" {
+                println!(
+                    "another admin approves with: keywarden key approve {} {}",
+                    r.key.as_ref().map(|k| k.name.as_str()).unwrap_or(""),
+                    r.request_id
+                );
+            }
+            Ok(())
+        }
     }
 }
 
 pub async fn run(socket: &Path, output: Output, cmd: KeyCommand) -> anyhow::Result<()> {
     let mut c = client(socket).await?;
+    let name_req = |name: String| proto::KeyNameRequest { name };
     match cmd {
-        KeyCommand::Create { name, description } => {
+        KeyCommand::Create {
+            name,
+            description,
+            rotation_period,
+        } => {
+            let rotation_period_secs = match rotation_period {
+                Some(p) => duration("rotation-period", &p)?,
+                None => 0,
+            };
             let r = c
                 .keys
-                .create_key(proto::CreateKeyRequest { name, description })
+                .create_key(proto::CreateKeyRequest {
+                    name,
+                    description,
+                    rotation_period_secs,
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -98,31 +267,152 @@ pub async fn run(socket: &Path, output: Output, cmd: KeyCommand) -> anyhow::Resu
                 }))?,
                 Output::Text => {
                     println!(
-                        "{:<32} {:<36} {:<8} {:>7}",
+                        "{:<32} {:<36} {:<20} {:>7}",
                         "NAME", "KEY ID", "STATE", "VERSION"
                     );
                     for k in &r.keys {
                         println!(
-                            "{:<32} {:<36} {:<8} {:>7}",
+                            "{:<32} {:<36} {:<20} {:>7}",
                             k.name, k.key_id, k.state, k.current_version
                         );
                     }
                 }
             }
         }
+        KeyCommand::Show { name } => {
+            let r = c
+                .keys
+                .describe_key(proto::DescribeKeyRequest { name })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&metadata_json(&r.key.unwrap_or_default()))?,
+                Output::Text => print_text(&r.key.unwrap_or_default()),
+            }
+        }
+        KeyCommand::Rotate { name } => {
+            let r = c
+                .keys
+                .rotate_key(name_req(name))
+                .await
+                .map_err(status_error)?;
+            show(output, r.into_inner().key, "rotated")?;
+        }
+        KeyCommand::Set {
+            name,
+            rotation_period,
+            min_decrypt_version,
+        } => {
+            let rotation_period_secs = match rotation_period.as_deref() {
+                None => None,
+                Some("off") => Some(0),
+                Some(p) => Some(duration("rotation-period", p)?),
+            };
+            let r = c
+                .keys
+                .update_key(proto::UpdateKeyRequest {
+                    name,
+                    rotation_period_secs,
+                    min_decrypt_version,
+                })
+                .await
+                .map_err(status_error)?;
+            show(output, r.into_inner().key, "updated")?;
+        }
+        KeyCommand::RevokeVersion { name, version } => {
+            let r = c
+                .keys
+                .revoke_version(proto::RevokeVersionRequest { name, version })
+                .await
+                .map_err(status_error)?;
+            show(output, r.into_inner().key, "version revoked (compromised)")?;
+        }
+        KeyCommand::Disable { name } => {
+            let r = c
+                .keys
+                .disable_key(name_req(name))
+                .await
+                .map_err(status_error)?;
+            show(output, r.into_inner().key, "disabled")?;
+        }
+        KeyCommand::Enable { name } => {
+            let r = c
+                .keys
+                .enable_key(name_req(name))
+                .await
+                .map_err(status_error)?;
+            show(output, r.into_inner().key, "enabled")?;
+        }
+        KeyCommand::ScheduleDestroy { name, after } => {
+            let after_secs = duration("after", &after)?;
+            let r = c
+                .keys
+                .schedule_destroy(proto::ScheduleDestroyRequest { name, after_secs })
+                .await
+                .map_err(status_error)?;
+            show_request(output, r.into_inner())?;
+        }
+        KeyCommand::DestroyNow { name } => {
+            let r = c
+                .keys
+                .destroy_now(name_req(name))
+                .await
+                .map_err(status_error)?;
+            show_request(output, r.into_inner())?;
+        }
+        KeyCommand::Approve { name, request_id } => {
+            let r = c
+                .keys
+                .approve_destroy(proto::ApproveDestroyRequest { name, request_id })
+                .await
+                .map_err(status_error)?;
+            show_request(output, r.into_inner())?;
+        }
+        KeyCommand::CancelDestroy { name } => {
+            let r = c
+                .keys
+                .cancel_destroy(name_req(name))
+                .await
+                .map_err(status_error)?;
+            show(output, r.into_inner().key, "destruction cancelled")?;
+        }
+        KeyCommand::Hold {
+            name,
+            reason,
+            hold_id,
+        } => {
+            let r = c
+                .keys
+                .place_hold(proto::PlaceHoldRequest {
+                    name,
+                    reason,
+                    hold_id: hold_id.unwrap_or_default(),
+                })
+                .await
+                .map_err(status_error)?;
+            show(output, r.into_inner().key, "legal hold placed")?;
+        }
+        KeyCommand::Release { name, hold_id } => {
+            let r = c
+                .keys
+                .release_hold(proto::ReleaseHoldRequest { name, hold_id })
+                .await
+                .map_err(status_error)?;
+            show(output, r.into_inner().key, "legal hold released")?;
+        }
         KeyCommand::BreakGlass {
             name,
             reason,
-            duration,
+            duration: d,
         } => {
-            let d = humantime::parse_duration(&duration)
-                .map_err(|e| anyhow::anyhow!("--for {duration:?}: {e}"))?;
+            let secs = duration("for", &d)?;
             let r = c
                 .keys
                 .break_glass(proto::BreakGlassRequest {
                     name: name.clone(),
                     reason,
-                    duration_secs: d.as_secs(),
+                    duration_secs: secs,
                 })
                 .await
                 .map_err(status_error)?
@@ -133,19 +423,6 @@ pub async fn run(socket: &Path, output: Output, cmd: KeyCommand) -> anyhow::Resu
                     "BREAK-GLASS: you have app access to key {name} until {} (Unix time); this is flagged in the audit log.",
                     r.expires_at
                 ),
-            }
-        }
-        KeyCommand::Show { name } => {
-            let r = c
-                .keys
-                .describe_key(proto::DescribeKeyRequest { name })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            let k = r.key.unwrap_or_default();
-            match output {
-                Output::Json => print_json(&metadata_json(&k))?,
-                Output::Text => print_text(&k),
             }
         }
     }

@@ -31,6 +31,44 @@ pub enum CoreError {
     /// The policy does not allow this (the message names the missing grant).
     #[error("{0}")]
     PermissionDenied(String),
+    /// The registry failed its integrity check (for one key, or all).
+    #[error("registry integrity check failed{}: {what}; the key is refused until the registry is restored from a trusted copy", key.as_ref().map(|k| format!(" for key {k:?}")).unwrap_or_default())]
+    RegistryTampered { key: Option<String>, what: String },
+    /// Crypto-shredded.
+    #[error("key {name:?} was destroyed at {at} (Unix time); data keys wrapped under it cannot be recovered")]
+    KeyDestroyed { name: String, at: i64 },
+    #[error("ciphertext_blob: version {version} of key {name:?} is retired (the minimum decrypt version is {min})")]
+    VersionRetired {
+        name: String,
+        version: u32,
+        min: u32,
+    },
+    #[error(
+        "ciphertext_blob: version {version} of key {name:?} is {state}; it never decrypts again"
+    )]
+    VersionRevoked {
+        name: String,
+        version: u32,
+        state: &'static str,
+    },
+    #[error(
+        "version {version} of key {name:?} reached its encryption limit ({limit}); rotate the key"
+    )]
+    VersionExhausted {
+        name: String,
+        version: u32,
+        limit: u64,
+    },
+    /// A legal hold forbids the operation.
+    #[error("key {name:?} is under legal hold ({holds}); {operation} is refused until every hold is released")]
+    Held {
+        name: String,
+        holds: String,
+        operation: &'static str,
+    },
+    /// The operation does not fit the key's lifecycle state.
+    #[error("{0}")]
+    Conflict(String),
     #[error("key {name:?} already exists")]
     AlreadyExists { name: String },
     /// The key exists but its state forbids the operation.

@@ -1,27 +1,37 @@
 //! The core: envelope encryption (data keys bound to an encryption
-//! context), CMK creation and the registry. It knows nothing of gRPC.
+//! context), the key lifecycle and the registry. It knows nothing of gRPC.
 //!
 //! Every public method is synchronous and may block on the HSM or the
 //! registry; [`Keywarden`] is shared behind an `Arc` and the API layer runs
-//! calls with `spawn_blocking`.
+//! calls with `spawn_blocking`. While unsealed, the verified registry is
+//! held in memory (the [`Table`]); every change is written through to disk
+//! before the table changes, so a disabled key is refused by the very next
+//! request.
 
 pub mod blob;
 pub mod error;
+pub mod lifecycle;
+pub mod model;
 pub mod registry;
 pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
 
-use crate::hsm::{Hsm, HsmKeyId, TokenDescription, UnwrapItem, LABEL_PREFIX};
+use crate::hsm::{
+    Hsm, HsmKeyId, TokenDescription, UnwrapItem, LABEL_PREFIX, REGISTRY_COUNTER_LABEL,
+};
 use crate::seal::{IssuedShare, Seal, SealStatus, ShareProgress, ShareSpec};
 use crate::secret::{DataKey, Pin};
 use blob::Blob;
 pub use error::{CoreError, CoreResult};
-use registry::{KeyRecord, Registry, RegistryError, VersionRecord};
+pub use lifecycle::{Actor, LifecycleConfig};
+pub use model::KeyRecord;
+use model::{KeyState, VersionState};
+use registry::{Registry, RegistryError};
 
 /// Algorithm name recorded for every CMK.
 pub const CMK_ALGORITHM: &str = "AES_256_GCM";
@@ -68,7 +78,26 @@ pub struct Decrypted {
     pub plaintext: DataKey,
 }
 
-/// Differences between the registry and the token found at start.
+/// One ReEncrypt request.
+pub struct ReEncryptRequest {
+    pub blob: Vec<u8>,
+    pub context: HashMap<String, String>,
+    /// None: the blob's own key.
+    pub destination_key: Option<String>,
+    /// None: keep the source context.
+    pub destination_context: Option<HashMap<String, String>>,
+}
+
+pub struct ReEncrypted {
+    pub source_key: String,
+    pub source_version: u32,
+    pub key: String,
+    pub key_id: String,
+    pub key_version: u32,
+    pub blob: Vec<u8>,
+}
+
+/// Differences between the registry and the token found at unseal.
 #[derive(Debug, Clone, Default)]
 pub struct Drift {
     pub missing_on_token: Vec<String>,
@@ -86,6 +115,24 @@ pub struct Status {
     pub drift: Drift,
     pub started_at: i64,
     pub seal: SealStatus,
+    /// Registry integrity problems: (key or "registry", what).
+    pub tampering: Vec<(String, String)>,
+}
+
+/// The verified registry in memory (only while unsealed).
+#[derive(Default)]
+pub(crate) struct Table {
+    by_name: HashMap<String, Arc<KeyRecord>>,
+    by_id: HashMap<[u8; 16], String>,
+    tampered: BTreeMap<String, String>,
+    global: Option<String>,
+}
+
+/// Encryptions per version: used in memory, reserved on disk.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Counter {
+    used: u64,
+    reserved: u64,
 }
 
 pub struct Keywarden {
@@ -94,21 +141,30 @@ pub struct Keywarden {
     seal: Seal,
     audit: Option<crate::audit::Audit>,
     drift: RwLock<Drift>,
+    table: RwLock<Table>,
+    /// Serializes read-modify-write changes of records.
+    writes: Mutex<()>,
+    counters: Mutex<HashMap<HsmKeyId, Counter>>,
+    pub(crate) lifecycle: LifecycleConfig,
     started_at: i64,
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
 
-fn reg_err(e: RegistryError) -> CoreError {
+pub(crate) fn reg_err(e: RegistryError) -> CoreError {
     match e {
         RegistryError::AlreadyExists(name) => CoreError::AlreadyExists { name },
         other => CoreError::Registry(other.to_string()),
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Keywarden {
@@ -121,8 +177,17 @@ impl Keywarden {
             seal,
             audit: None,
             drift: RwLock::new(Drift::default()),
+            table: RwLock::new(Table::default()),
+            writes: Mutex::new(()),
+            counters: Mutex::new(HashMap::new()),
+            lifecycle: LifecycleConfig::default(),
             started_at: now(),
         }
+    }
+
+    pub fn with_lifecycle(mut self, cfg: LifecycleConfig) -> Self {
+        self.lifecycle = cfg;
+        self
     }
 
     /// Attaches the audit log: checkpoints are signed by the HSM while
@@ -184,15 +249,25 @@ impl Keywarden {
         Ok(self.seal.init(self.hsm.as_ref(), spec, user_pin, so_pin)?)
     }
 
-    /// Submits one unseal share; at the threshold the daemon unseals and
-    /// reconciles the registry with the token.
+    /// Everything that follows a login: the verified registry, session
+    /// copies, the audit signer, overdue lifecycle work.
+    fn after_login(&self, reason: &str) {
+        if let Err(e) = self.load_table() {
+            warn!(error = %e, "loading the registry failed");
+        }
+        if let Err(e) = self.reconcile() {
+            warn!(error = %e, "reconciliation failed");
+        }
+        self.on_login(reason);
+        // Destructions and rotations that fell due while sealed or down.
+        self.tick();
+    }
+
+    /// Submits one unseal share; at the threshold the daemon unseals.
     pub fn unseal(&self, share: &str) -> CoreResult<ShareProgress> {
         let p = self.seal.submit_unseal_share(self.hsm.as_ref(), share)?;
         if p.complete {
-            if let Err(e) = self.reconcile() {
-                warn!(error = %e, "reconciliation after unseal failed");
-            }
-            self.on_login("unseal");
+            self.after_login("unseal");
         }
         Ok(p)
     }
@@ -203,7 +278,9 @@ impl Keywarden {
 
     pub fn seal(&self) -> CoreResult<()> {
         self.before_logout("seal");
-        Ok(self.seal.seal(self.hsm.as_ref())?)
+        self.seal.seal(self.hsm.as_ref())?;
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Table::default();
+        Ok(())
     }
 
     pub fn rekey_start(&self, spec: ShareSpec<'_>) -> CoreResult<(String, u8)> {
@@ -218,10 +295,7 @@ impl Keywarden {
         let p = self.seal.rekey_verify(self.hsm.as_ref(), share)?;
         if p.complete {
             // The login was renewed: session copies must be made again.
-            if let Err(e) = self.reconcile() {
-                warn!(error = %e, "reconciliation after rekey failed");
-            }
-            self.on_login("rekey");
+            self.after_login("rekey");
         }
         Ok(p)
     }
@@ -230,11 +304,154 @@ impl Keywarden {
         Ok(self.seal.rekey_cancel()?)
     }
 
+    fn registry_key(&self) -> CoreResult<zeroize::Zeroizing<[u8; 32]>> {
+        self.seal
+            .with_keyring(|k| zeroize::Zeroizing::new(*k.registry_key))
+            .map_err(CoreError::Seal)
+    }
+
+    /// Loads and verifies the registry into memory (at unseal).
+    fn load_table(&self) -> CoreResult<()> {
+        let key = self.registry_key()?;
+        let hsm_gen = self
+            .hsm
+            .read_counter(REGISTRY_COUNTER_LABEL)
+            .map_err(CoreError::from_hsm)?;
+        let loaded = self
+            .registry
+            .load_verified(&key, hsm_gen)
+            .map_err(reg_err)?;
+        if hsm_gen.is_none_or(|h| loaded.generation > h) && loaded.global.is_none() {
+            // The registry is ahead (fresh token, or a crash between the
+            // registry commit and the counter update): catch up.
+            if let Err(e) = self
+                .hsm
+                .write_counter(REGISTRY_COUNTER_LABEL, loaded.generation)
+            {
+                warn!(error = %e, "could not update the registry generation in the HSM");
+            }
+        }
+        let mut t = Table {
+            global: loaded.global.clone(),
+            ..Table::default()
+        };
+        for (k, what) in &loaded.tampered {
+            t.tampered.insert(k.clone(), what.clone());
+            crate::audit::event(
+                "registry_tampering",
+                "detected",
+                serde_json::json!({"key": k, "what": what}),
+            );
+        }
+        if let Some(g) = &loaded.global {
+            crate::audit::event(
+                "registry_tampering",
+                "detected",
+                serde_json::json!({"key": null, "what": g}),
+            );
+        }
+        let mut counters = lock(&self.counters);
+        for r in loaded.keys {
+            for v in &r.versions {
+                // After a restart everything reserved counts as used.
+                counters.insert(
+                    v.hsm_id,
+                    Counter {
+                        used: v.reserved,
+                        reserved: v.reserved,
+                    },
+                );
+            }
+            t.by_id.insert(r.id, r.name.clone());
+            t.by_name.insert(r.name.clone(), Arc::new(r));
+        }
+        drop(counters);
+        info!(
+            keys = t.by_name.len(),
+            tampered = t.tampered.len(),
+            generation = loaded.generation,
+            "registry verified"
+        );
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = t;
+        Ok(())
+    }
+
+    fn table(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A verified record by name.
+    pub(crate) fn record(&self, name: &str) -> CoreResult<Arc<KeyRecord>> {
+        let t = self.table();
+        if let Some(g) = &t.global {
+            return Err(CoreError::RegistryTampered {
+                key: None,
+                what: g.clone(),
+            });
+        }
+        if let Some(what) = t.tampered.get(name) {
+            return Err(CoreError::RegistryTampered {
+                key: Some(name.to_string()),
+                what: what.clone(),
+            });
+        }
+        t.by_name
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CoreError::KeyNotFound { name: name.into() })
+    }
+
+    fn record_by_id(&self, id: &[u8; 16]) -> CoreResult<Arc<KeyRecord>> {
+        let name = self.table().by_id.get(id).cloned();
+        match name {
+            Some(n) => self.record(&n),
+            None => {
+                let t = self.table();
+                if let Some(g) = &t.global {
+                    return Err(CoreError::RegistryTampered {
+                        key: None,
+                        what: g.clone(),
+                    });
+                }
+                Err(CoreError::BlobKeyUnknown {
+                    key_id: uuid::Uuid::from_bytes(*id).to_string(),
+                })
+            }
+        }
+    }
+
+    /// Writes a changed (or new) record through to disk, then to memory.
+    pub(crate) fn store(&self, record: KeyRecord, is_new: bool) -> CoreResult<Arc<KeyRecord>> {
+        let key = self.registry_key()?;
+        let gen = self.registry.put(&record, &key, is_new).map_err(reg_err)?;
+        if let Err(e) = self.hsm.write_counter(REGISTRY_COUNTER_LABEL, gen) {
+            warn!(error = %e, "could not advance the registry generation in the HSM");
+        }
+        let rec = Arc::new(record);
+        let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
+        t.by_id.insert(rec.id, rec.name.clone());
+        t.by_name.insert(rec.name.clone(), rec.clone());
+        Ok(rec)
+    }
+
+    /// Read-modify-write of one record under the write lock.
+    pub(crate) fn update<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut KeyRecord) -> CoreResult<T>,
+    ) -> CoreResult<(T, Arc<KeyRecord>)> {
+        let _w = lock(&self.writes);
+        let mut rec = (*self.record(name)?).clone();
+        let out = f(&mut rec)?;
+        let stored = self.store(rec, false)?;
+        Ok((out, stored))
+    }
+
     /// Compares the registry with the token; records drift and activates
-    /// every enabled version that is present.
+    /// every usable version that is present.
     pub fn reconcile(&self) -> CoreResult<Drift> {
         let on_token = self.hsm.list_cmks().map_err(CoreError::from_hsm)?;
-        let keys = self.registry.list().map_err(reg_err)?;
+        let keys: Vec<Arc<KeyRecord>> = self.table().by_name.values().cloned().collect();
         let mut known: HashMap<HsmKeyId, String> = HashMap::new();
         let mut drift = Drift::default();
         let present: std::collections::HashSet<HsmKeyId> = on_token.iter().map(|o| o.id).collect();
@@ -242,10 +459,13 @@ impl Keywarden {
             for v in &k.versions {
                 let what = format!("{}/v{} ({})", k.name, v.version, v.hsm_id);
                 known.insert(v.hsm_id, what.clone());
+                if v.state == VersionState::Destroyed {
+                    continue;
+                }
                 if !present.contains(&v.hsm_id) {
                     warn!(key = %k.name, version = v.version, "CMK version recorded in the registry is missing from the token");
                     drift.missing_on_token.push(what);
-                } else if v.state == "enabled" {
+                } else if matches!(v.state, VersionState::Active | VersionState::Deactivated) {
                     if let Err(e) = self.hsm.activate(&v.hsm_id) {
                         warn!(key = %k.name, version = v.version, error = %e, "could not activate CMK version");
                     }
@@ -275,79 +495,103 @@ impl Keywarden {
         &self.hsm
     }
 
-    /// Creates a CMK: generate in the HSM, record, and destroy the HSM
-    /// object again if recording fails.
-    pub fn create_key(&self, name: &str, description: &str) -> CoreResult<KeyRecord> {
-        self.unsealed()?;
-        validate::key_name("name", name)?;
-        validate::description(description)?;
-        if self.registry.key_by_name(name).map_err(reg_err)?.is_some() {
-            return Err(CoreError::AlreadyExists { name: name.into() });
+    /// Encryptions made under a version (an upper bound after a restart).
+    pub fn encryptions(&self, id: &HsmKeyId) -> u64 {
+        lock(&self.counters).get(id).map(|c| c.used).unwrap_or(0)
+    }
+
+    /// Counts `n` encryptions under a version before they are made: refuses
+    /// past the hard limit and persists a new reservation when needed.
+    fn count_encryptions(
+        &self,
+        key: &KeyRecord,
+        version: u32,
+        id: HsmKeyId,
+        n: u64,
+    ) -> CoreResult<()> {
+        let limit = self.lifecycle.hard_limit_encryptions;
+        let mut counters = lock(&self.counters);
+        let c = counters.entry(id).or_default();
+        if c.used + n > limit {
+            return Err(CoreError::VersionExhausted {
+                name: key.name.clone(),
+                version,
+                limit,
+            });
         }
-        let mut hsm_id = [0u8; 16];
-        self.hsm.random(&mut hsm_id).map_err(CoreError::from_hsm)?;
-        let hsm_id = HsmKeyId(hsm_id);
-        let id = *uuid::Uuid::new_v4().as_bytes();
-        let label = format!("{LABEL_PREFIX}{name}/v1");
-        self.hsm
-            .generate_cmk(&hsm_id, &label)
-            .map_err(CoreError::from_hsm)?;
-        let created_at = now();
-        let record = KeyRecord {
-            id,
-            name: name.to_string(),
-            description: description.to_string(),
-            state: "enabled".into(),
-            created_at,
-            algorithm: CMK_ALGORITHM.into(),
-            versions: vec![VersionRecord {
-                version: 1,
-                hsm_id,
-                state: "enabled".into(),
-                created_at,
-            }],
-        };
-        if let Err(e) = self.registry.insert_key(&record) {
-            if let Err(de) = self.hsm.destroy_cmk(&hsm_id) {
-                warn!(key = %name, id = %hsm_id, error = %de, "could not roll back HSM object after a failed registry write; it will show as drift");
-            }
-            return Err(reg_err(e));
+        if c.used + n > c.reserved {
+            let want = (c.used + n)
+                .max(c.reserved + self.lifecycle.reserve_block)
+                .min(limit);
+            let (_, _) = self.update(&key.name, |r| {
+                if let Some(v) = r.versions.iter_mut().find(|v| v.hsm_id == id) {
+                    v.reserved = want;
+                }
+                Ok(())
+            })?;
+            c.reserved = want;
         }
-        if let Err(e) = self.hsm.activate(&hsm_id) {
-            warn!(key = %name, error = %e, "no session copy for new CMK; the token object will be used");
-        }
-        info!(key = %name, key_id = %record.id_text(), "created CMK");
-        Ok(record)
+        c.used += n;
+        Ok(())
     }
 
     pub fn list_keys(&self) -> CoreResult<Vec<KeyRecord>> {
         self.unsealed()?;
-        self.registry.list().map_err(reg_err)
+        let t = self.table();
+        if let Some(g) = &t.global {
+            return Err(CoreError::RegistryTampered {
+                key: None,
+                what: g.clone(),
+            });
+        }
+        let mut v: Vec<KeyRecord> = t.by_name.values().map(|r| (**r).clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
     }
 
     pub fn describe_key(&self, name: &str) -> CoreResult<KeyRecord> {
         self.unsealed()?;
         validate::key_name("name", name)?;
-        self.registry
-            .key_by_name(name)
-            .map_err(reg_err)?
-            .ok_or_else(|| CoreError::KeyNotFound { name: name.into() })
+        Ok((*self.record(name)?).clone())
     }
 
-    fn usable_key(&self, name: &str, operation: &'static str) -> CoreResult<KeyRecord> {
-        let k = self
-            .registry
-            .key_by_name(name)
-            .map_err(reg_err)?
-            .ok_or_else(|| CoreError::KeyNotFound { name: name.into() })?;
-        if k.state != "enabled" {
-            return Err(CoreError::KeyUnusable {
-                name: k.name,
-                state: k.state,
+    fn usable_key(&self, name: &str, operation: &'static str) -> CoreResult<Arc<KeyRecord>> {
+        let k = self.record(name)?;
+        match k.state {
+            KeyState::Active => Ok(k),
+            KeyState::Destroyed => Err(CoreError::KeyDestroyed {
+                name: k.name.clone(),
+                at: k.destroyed_at.unwrap_or(0),
+            }),
+            other => Err(CoreError::KeyUnusable {
+                name: k.name.clone(),
+                state: other.as_str().to_string(),
                 operation,
-            });
+            }),
         }
-        Ok(k)
+    }
+
+    /// The version a blob names, if it may decrypt.
+    fn decryptable(k: &KeyRecord, version: u32) -> CoreResult<HsmKeyId> {
+        let v = k
+            .version(version)
+            .ok_or_else(|| CoreError::BlobVersionUnknown {
+                name: k.name.clone(),
+                version,
+            })?;
+        match v.state {
+            VersionState::Compromised | VersionState::Destroyed => Err(CoreError::VersionRevoked {
+                name: k.name.clone(),
+                version,
+                state: v.state.as_str(),
+            }),
+            _ if version < k.min_decrypt_version => Err(CoreError::VersionRetired {
+                name: k.name.clone(),
+                version,
+                min: k.min_decrypt_version,
+            }),
+            _ => Ok(v.hsm_id),
+        }
     }
 
     /// GenerateDataKey for one or many requests; each item succeeds or fails
@@ -359,16 +603,14 @@ impl Keywarden {
         gate: Gate<'_>,
     ) -> CoreResult<Vec<Item<GeneratedKey>>> {
         self.unsealed()?;
-        let mut metas: Vec<(Option<String>, Option<u32>, bool)> =
-            Vec::with_capacity(requests.len());
         struct Prepared {
-            key: KeyRecord,
+            key: Arc<KeyRecord>,
             version: u32,
             hsm_id: HsmKeyId,
-            header: [u8; blob::HEADER_LEN],
             aad: Vec<u8>,
         }
-        let mut keys: HashMap<String, KeyRecord> = HashMap::new();
+        let mut metas: Vec<(Option<String>, Option<u32>, bool)> =
+            Vec::with_capacity(requests.len());
         let mut prepared: Vec<CoreResult<Prepared>> = Vec::with_capacity(requests.len());
         for req in requests {
             let mut meta = (None, None, false);
@@ -377,17 +619,10 @@ impl Keywarden {
                 meta.0 = Some(req.key.clone());
                 let ctx = validate::context(req.context)?;
                 meta.2 = gate(&req.key, &ctx).map_err(CoreError::PermissionDenied)?;
-                let key = match keys.get(&req.key) {
-                    Some(k) => k.clone(),
-                    None => {
-                        let k = self.usable_key(&req.key, "GenerateDataKey")?;
-                        keys.insert(req.key.clone(), k.clone());
-                        k
-                    }
-                };
+                let key = self.usable_key(&req.key, "GenerateDataKey")?;
                 let v = key.current().ok_or_else(|| CoreError::KeyUnusable {
                     name: key.name.clone(),
-                    state: "without an enabled version".into(),
+                    state: "without an active version".into(),
                     operation: "GenerateDataKey",
                 })?;
                 let (version, hsm_id) = (v.version, v.hsm_id);
@@ -398,7 +633,6 @@ impl Keywarden {
                     key,
                     version,
                     hsm_id,
-                    header,
                     aad,
                 })
             })();
@@ -406,7 +640,7 @@ impl Keywarden {
             prepared.push(p);
         }
 
-        // One HSM call per CMK version in the batch.
+        // One HSM call per CMK version in the batch, counted first.
         let mut groups: BTreeMap<HsmKeyId, Vec<usize>> = BTreeMap::new();
         for (i, p) in prepared.iter().enumerate() {
             if let Ok(p) = p {
@@ -416,6 +650,29 @@ impl Keywarden {
         let mut results: Vec<Option<CoreResult<GeneratedKey>>> =
             (0..prepared.len()).map(|_| None).collect();
         for (hsm_id, idxs) in groups {
+            let first = idxs.first().and_then(|&i| prepared[i].as_ref().ok());
+            let counted = match first {
+                Some(p) => self.count_encryptions(&p.key, p.version, hsm_id, idxs.len() as u64),
+                None => Err(CoreError::Internal("empty group".into())),
+            };
+            if let Err(e) = counted {
+                let msg = e.to_string();
+                for &i in &idxs {
+                    results[i] = Some(Err(match &e {
+                        CoreError::VersionExhausted {
+                            name,
+                            version,
+                            limit,
+                        } => CoreError::VersionExhausted {
+                            name: name.clone(),
+                            version: *version,
+                            limit: *limit,
+                        },
+                        _ => CoreError::Registry(msg.clone()),
+                    }));
+                }
+                continue;
+            }
             let aads: Vec<&[u8]> = idxs
                 .iter()
                 .filter_map(|&i| prepared[i].as_ref().ok().map(|p| p.aad.as_slice()))
@@ -430,7 +687,6 @@ impl Keywarden {
                                 iv: w.iv,
                                 ciphertext: w.ciphertext,
                             };
-                            debug_assert_eq!(blob.header(), p.header);
                             results[i] = Some(Ok(GeneratedKey {
                                 key: p.key.name.clone(),
                                 key_id: p.key.id_text(),
@@ -475,6 +731,39 @@ impl Keywarden {
             .collect())
     }
 
+    /// Parses, looks up and authorizes one blob for decryption.
+    fn prepare_unwrap(
+        &self,
+        blob_bytes: &[u8],
+        context: HashMap<String, String>,
+        expected_key: Option<&str>,
+        gate: Gate<'_>,
+        meta: &mut (Option<String>, Option<u32>, bool),
+    ) -> CoreResult<(Arc<KeyRecord>, Blob, Vec<u8>, HsmKeyId)> {
+        validate::blob_size(blob_bytes.len())?;
+        if let Some(k) = expected_key {
+            validate::key_name("key", k)?;
+        }
+        let ctx = validate::context(context)?;
+        let blob = Blob::decode(blob_bytes)?;
+        let key = self.record_by_id(&blob.key_id)?;
+        meta.0 = Some(key.name.clone());
+        meta.1 = Some(blob.key_version);
+        meta.2 = gate(&key.name, &ctx).map_err(CoreError::PermissionDenied)?;
+        if let Some(expected) = expected_key {
+            if expected != key.name {
+                return Err(CoreError::KeyMismatch {
+                    expected: expected.to_string(),
+                    actual: key.name.clone(),
+                });
+            }
+        }
+        let key = self.usable_key(&key.name, "Decrypt")?;
+        let hsm_id = Self::decryptable(&key, blob.key_version)?;
+        let aad = blob::aad(&blob.header(), &blob::canonical_context(&ctx));
+        Ok((key, blob, aad, hsm_id))
+    }
+
     /// Decrypt for one or many requests; each item succeeds or fails on its
     /// own.
     pub fn decrypt(
@@ -483,77 +772,23 @@ impl Keywarden {
         gate: Gate<'_>,
     ) -> CoreResult<Vec<Item<Decrypted>>> {
         self.unsealed()?;
-        let mut metas: Vec<(Option<String>, Option<u32>, bool)> =
-            Vec::with_capacity(requests.len());
-        struct Prepared {
-            key: KeyRecord,
-            version: u32,
-            blob: Blob,
-            aad: Vec<u8>,
-            hsm_id: HsmKeyId,
-        }
-        let mut prepared: Vec<CoreResult<Prepared>> = Vec::with_capacity(requests.len());
+        let mut metas = Vec::with_capacity(requests.len());
+        let mut prepared = Vec::with_capacity(requests.len());
         for req in requests {
             let mut meta = (None, None, false);
-            let p = (|| {
-                validate::blob_size(req.blob.len())?;
-                if let Some(k) = &req.key {
-                    validate::key_name("key", k)?;
-                }
-                let ctx = validate::context(req.context)?;
-                let blob = Blob::decode(&req.blob)?;
-                let key = self
-                    .registry
-                    .key_by_id(&blob.key_id)
-                    .map_err(reg_err)?
-                    .ok_or_else(|| CoreError::BlobKeyUnknown {
-                        key_id: uuid::Uuid::from_bytes(blob.key_id).to_string(),
-                    })?;
-                meta.0 = Some(key.name.clone());
-                meta.1 = Some(blob.key_version);
-                meta.2 = gate(&key.name, &ctx).map_err(CoreError::PermissionDenied)?;
-                if let Some(expected) = &req.key {
-                    if *expected != key.name {
-                        return Err(CoreError::KeyMismatch {
-                            expected: expected.clone(),
-                            actual: key.name,
-                        });
-                    }
-                }
-                if key.state != "enabled" {
-                    return Err(CoreError::KeyUnusable {
-                        name: key.name,
-                        state: key.state,
-                        operation: "Decrypt",
-                    });
-                }
-                let v =
-                    key.version(blob.key_version)
-                        .ok_or_else(|| CoreError::BlobVersionUnknown {
-                            name: key.name.clone(),
-                            version: blob.key_version,
-                        })?;
-                let hsm_id = v.hsm_id;
-                let aad = blob::aad(&blob.header(), &blob::canonical_context(&ctx));
-                Ok(Prepared {
-                    version: blob.key_version,
-                    key,
-                    blob,
-                    aad,
-                    hsm_id,
-                })
-            })();
+            let p =
+                self.prepare_unwrap(&req.blob, req.context, req.key.as_deref(), gate, &mut meta);
             metas.push(meta);
             prepared.push(p);
         }
         let items: Vec<UnwrapItem<'_>> = prepared
             .iter()
             .filter_map(|p| p.as_ref().ok())
-            .map(|p| UnwrapItem {
-                key: p.hsm_id,
-                iv: p.blob.iv,
-                aad: &p.aad,
-                ciphertext: &p.blob.ciphertext,
+            .map(|(_, blob, aad, hsm_id)| UnwrapItem {
+                key: *hsm_id,
+                iv: blob.iv,
+                aad,
+                ciphertext: &blob.ciphertext,
             })
             .collect();
         let mut unwrapped = if items.is_empty() {
@@ -571,15 +806,15 @@ impl Keywarden {
                 version,
                 break_glass,
                 result: (|| {
-                    let p = p?;
+                    let (k, blob, _, _) = p?;
                     let dk = unwrapped
                         .next()
                         .ok_or_else(|| CoreError::Internal("HSM returned too few results".into()))?
                         .map_err(CoreError::from_hsm)?;
                     Ok(Decrypted {
-                        key_id: p.key.id_text(),
-                        key: p.key.name,
-                        key_version: p.version,
+                        key_id: k.id_text(),
+                        key: k.name.clone(),
+                        key_version: blob.key_version,
                         plaintext: dk,
                     })
                 })(),
@@ -587,6 +822,126 @@ impl Keywarden {
             .collect())
     }
 
+    /// ReEncrypt: unwrap inside the daemon, wrap again under the newest
+    /// version of the destination key. The plaintext never leaves.
+    pub fn reencrypt(
+        &self,
+        requests: Vec<ReEncryptRequest>,
+        gate: Gate<'_>,
+    ) -> CoreResult<Vec<Item<ReEncrypted>>> {
+        self.unsealed()?;
+        let mut out = Vec::with_capacity(requests.len());
+        for req in requests {
+            let mut meta = (None, None, false);
+            let result = (|| {
+                let src_ctx_copy = req.context.clone();
+                let (src, blob, aad, hsm_id) =
+                    self.prepare_unwrap(&req.blob, req.context, None, gate, &mut meta)?;
+                let dest_name = match &req.destination_key {
+                    Some(d) => {
+                        validate::key_name("destination_key", d)?;
+                        d.clone()
+                    }
+                    None => src.name.clone(),
+                };
+                let dest_ctx = validate::context(req.destination_context.unwrap_or(src_ctx_copy))?;
+                let bg = gate(&dest_name, &dest_ctx).map_err(CoreError::PermissionDenied)?;
+                meta.2 |= bg;
+                let dest = self.usable_key(&dest_name, "ReEncrypt")?;
+                let v = dest.current().ok_or_else(|| CoreError::KeyUnusable {
+                    name: dest.name.clone(),
+                    state: "without an active version".into(),
+                    operation: "ReEncrypt",
+                })?;
+                let (dv, did) = (v.version, v.hsm_id);
+                let dk = self
+                    .hsm
+                    .unwrap_many(&[UnwrapItem {
+                        key: hsm_id,
+                        iv: blob.iv,
+                        aad: &aad,
+                        ciphertext: &blob.ciphertext,
+                    }])
+                    .pop()
+                    .ok_or_else(|| CoreError::Internal("no unwrap result".into()))?
+                    .map_err(CoreError::from_hsm)?;
+                self.count_encryptions(&dest, dv, did, 1)?;
+                let header = blob::header(&dest.id, dv);
+                let new_aad = blob::aad(&header, &blob::canonical_context(&dest_ctx));
+                let (iv, ct) = self
+                    .hsm
+                    .wrap_existing(&did, &[(&new_aad, &dk)])
+                    .map_err(CoreError::from_hsm)?
+                    .pop()
+                    .ok_or_else(|| CoreError::Internal("no wrap result".into()))?;
+                drop(dk);
+                Ok(ReEncrypted {
+                    source_key: src.name.clone(),
+                    source_version: blob.key_version,
+                    key: dest.name.clone(),
+                    key_id: dest.id_text(),
+                    key_version: dv,
+                    blob: Blob {
+                        key_id: dest.id,
+                        key_version: dv,
+                        iv,
+                        ciphertext: ct,
+                    }
+                    .encode(),
+                })
+            })();
+            out.push(Item {
+                key: meta.0,
+                version: meta.1,
+                break_glass: meta.2,
+                result,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Lists drift-relevant token objects and creates a new CMK version in
+    /// the HSM (label `keywarden:NAME/vN`), returning its id.
+    pub(crate) fn new_hsm_version(&self, name: &str, version: u32) -> CoreResult<HsmKeyId> {
+        let mut hsm_id = [0u8; 16];
+        self.hsm.random(&mut hsm_id).map_err(CoreError::from_hsm)?;
+        let hsm_id = HsmKeyId(hsm_id);
+        let label = format!("{LABEL_PREFIX}{name}/v{version}");
+        self.hsm
+            .generate_cmk(&hsm_id, &label)
+            .map_err(CoreError::from_hsm)?;
+        Ok(hsm_id)
+    }
+
+    pub fn phase(&self) -> crate::seal::Phase {
+        self.seal.phase()
+    }
+
+    pub fn status(&self) -> Status {
+        let hsm_health = self.hsm.health().map_err(|e| e.to_string());
+        let t = self.table();
+        let mut tampering: Vec<(String, String)> = t
+            .tampered
+            .iter()
+            .map(|(k, w)| (k.clone(), w.clone()))
+            .collect();
+        if let Some(g) = &t.global {
+            tampering.insert(0, ("registry".into(), g.clone()));
+        }
+        Status {
+            version: crate::VERSION,
+            hsm_health,
+            token: self.hsm.token().clone(),
+            profile: self.hsm.profile_name().to_string(),
+            session_copies: self.hsm.session_copies(),
+            pool_size: self.hsm.pool_size(),
+            key_count: t.by_name.len() as u32,
+            drift: self.drift.read().unwrap_or_else(|p| p.into_inner()).clone(),
+            started_at: self.started_at,
+            seal: self.seal.status(),
+            tampering,
+        }
+    }
     /// The encryption context for the audit log: each value replaced by
     /// HMAC-SHA256 under the keyring's audit key (first 16 bytes, hex), so
     /// equal values correlate but never appear. Sealed: values omitted.
@@ -625,31 +980,5 @@ impl Keywarden {
             }
         }
         out
-    }
-
-    pub fn phase(&self) -> crate::seal::Phase {
-        self.seal.phase()
-    }
-
-    pub fn status(&self) -> Status {
-        let hsm_health = self.hsm.health().map_err(|e| e.to_string());
-        Status {
-            version: crate::VERSION,
-            hsm_health,
-            token: self.hsm.token().clone(),
-            profile: self.hsm.profile_name().to_string(),
-            session_copies: self.hsm.session_copies(),
-            pool_size: self.hsm.pool_size(),
-            key_count: match self.registry.count() {
-                Ok(n) => n,
-                Err(e) => {
-                    warn!(error = %e, "registry count failed");
-                    0
-                }
-            },
-            seal: self.seal.status(),
-            drift: self.drift.read().unwrap_or_else(|p| p.into_inner()).clone(),
-            started_at: self.started_at,
-        }
     }
 }

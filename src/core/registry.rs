@@ -1,15 +1,28 @@
 //! The key registry: an embedded SQLite database in the state directory
-//! (WAL journal, `synchronous=FULL`), so a committed key survives a crash and
-//! a crash mid-write leaves no half-created key.
+//! (WAL journal, `synchronous=FULL`; one transaction per change), with its
+//! integrity protected by a key only the unsealed daemon holds.
+//!
+//! Each key is one row holding its whole record (versions, counters, holds,
+//! destruction requests) and an HMAC over the record and the registry
+//! generation at which it was written. A manifest lists every key with its
+//! generation and HMAC and is itself HMAC'd with the current generation; the
+//! generation is also kept in a counter object inside the HSM, so that an
+//! older copy of the whole file (rollback) is caught too. Editing a row,
+//! rolling one back, deleting or adding one, or restoring an old file are
+//! each detected when the registry is loaded at unseal.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+use hmac::{Hmac, Mac};
 use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
-use crate::hsm::HsmKeyId;
+use super::model::KeyRecord;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: &str = "2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -21,43 +34,63 @@ pub enum RegistryError {
     Corrupt(String),
 }
 
-/// A CMK as the registry records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyRecord {
-    pub id: [u8; 16],
-    pub name: String,
-    pub description: String,
-    pub state: String,
-    pub created_at: i64,
-    pub algorithm: String,
-    /// Sorted by version, oldest first.
-    pub versions: Vec<VersionRecord>,
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Manifest {
+    /// key id (hex) -> (generation, record HMAC hex)
+    keys: BTreeMap<String, (u64, String)>,
 }
 
-impl KeyRecord {
-    pub fn id_text(&self) -> String {
-        uuid::Uuid::from_bytes(self.id).to_string()
-    }
-
-    pub fn current(&self) -> Option<&VersionRecord> {
-        self.versions.iter().rev().find(|v| v.state == "enabled")
-    }
-
-    pub fn version(&self, version: u32) -> Option<&VersionRecord> {
-        self.versions.iter().find(|v| v.version == version)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VersionRecord {
-    pub version: u32,
-    pub hsm_id: HsmKeyId,
-    pub state: String,
-    pub created_at: i64,
+/// What a verified load found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Records whose integrity holds.
+    pub keys: Vec<KeyRecord>,
+    pub generation: u64,
+    /// (key name or id, what is wrong): refused until repaired.
+    pub tampered: Vec<(String, String)>,
+    /// A registry-wide problem: every key is refused.
+    pub global: Option<String>,
 }
 
 pub struct Registry {
     conn: Mutex<Connection>,
+    /// The manifest and generation as last verified or written.
+    state: Mutex<(Manifest, u64)>,
+}
+
+fn mac(key: &[u8; 32], parts: &[&[u8]]) -> String {
+    // HMAC accepts keys of any length, so this cannot fail; an empty MAC
+    // would never verify.
+    let Ok(mut m) = <Hmac<Sha256> as Mac>::new_from_slice(key) else {
+        return String::new();
+    };
+    for p in parts {
+        m.update(&(p.len() as u64).to_be_bytes());
+        m.update(p);
+    }
+    hex::encode(m.finalize().into_bytes())
+}
+
+fn record_mac(key: &[u8; 32], gen: u64, record_json: &str) -> String {
+    mac(
+        key,
+        &[
+            b"keywarden/v1/registry-record",
+            &gen.to_be_bytes(),
+            record_json.as_bytes(),
+        ],
+    )
+}
+
+fn manifest_mac(key: &[u8; 32], gen: u64, manifest_json: &str) -> String {
+    mac(
+        key,
+        &[
+            b"keywarden/v1/registry-manifest",
+            &gen.to_be_bytes(),
+            manifest_json.as_bytes(),
+        ],
+    )
 }
 
 impl Registry {
@@ -65,27 +98,14 @@ impl Registry {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS meta (
-                 k TEXT PRIMARY KEY,
-                 v TEXT NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS keys (
+            "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS key_records (
                  id BLOB PRIMARY KEY CHECK (length(id) = 16),
                  name TEXT NOT NULL UNIQUE,
-                 description TEXT NOT NULL,
-                 state TEXT NOT NULL,
-                 created_at INTEGER NOT NULL,
-                 algorithm TEXT NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS key_versions (
-                 key_id BLOB NOT NULL REFERENCES keys(id),
-                 version INTEGER NOT NULL CHECK (version >= 1),
-                 hsm_id BLOB NOT NULL UNIQUE CHECK (length(hsm_id) = 16),
-                 state TEXT NOT NULL,
-                 created_at INTEGER NOT NULL,
-                 PRIMARY KEY (key_id, version)
+                 record TEXT NOT NULL,
+                 gen INTEGER NOT NULL,
+                 mac TEXT NOT NULL
              );",
         )?;
         let v: Option<String> = conn
@@ -93,22 +113,23 @@ impl Registry {
                 r.get(0)
             })
             .optional()?;
-        match v {
+        match v.as_deref() {
             None => {
                 conn.execute(
                     "INSERT INTO meta (k, v) VALUES ('schema_version', ?1)",
-                    params![SCHEMA_VERSION.to_string()],
+                    params![SCHEMA_VERSION],
                 )?;
             }
-            Some(v) if v == SCHEMA_VERSION.to_string() => {}
-            Some(v) => {
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => {
                 return Err(RegistryError::Corrupt(format!(
-                    "schema version {v} is not supported (this build knows {SCHEMA_VERSION})"
+                    "schema version {other} is not supported (this build knows {SCHEMA_VERSION})"
                 )))
             }
         }
         Ok(Registry {
             conn: Mutex::new(conn),
+            state: Mutex::new((Manifest::default(), 0)),
         })
     }
 
@@ -116,202 +137,332 @@ impl Registry {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a new key and its versions in one transaction.
-    pub fn insert_key(&self, key: &KeyRecord) -> Result<(), RegistryError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let exists: Option<i64> = tx
-            .query_row(
-                "SELECT 1 FROM keys WHERE name = ?1",
-                params![key.name],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if exists.is_some() {
-            return Err(RegistryError::AlreadyExists(key.name.clone()));
-        }
-        tx.execute(
-            "INSERT INTO keys (id, name, description, state, created_at, algorithm)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                key.id.as_slice(),
-                key.name,
-                key.description,
-                key.state,
-                key.created_at,
-                key.algorithm
-            ],
-        )?;
-        for v in &key.versions {
-            tx.execute(
-                "INSERT INTO key_versions (key_id, version, hsm_id, state, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    key.id.as_slice(),
-                    v.version,
-                    v.hsm_id.0.as_slice(),
-                    v.state,
-                    v.created_at
-                ],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
+    fn meta(conn: &Connection, k: &str) -> Result<Option<String>, RegistryError> {
+        Ok(conn
+            .query_row("SELECT v FROM meta WHERE k = ?1", params![k], |r| r.get(0))
+            .optional()?)
     }
 
-    fn load(
-        conn: &Connection,
-        where_: &str,
-        arg: &dyn rusqlite::ToSql,
-    ) -> Result<Vec<KeyRecord>, RegistryError> {
-        let sql = format!(
-            "SELECT id, name, description, state, created_at, algorithm FROM keys {where_} ORDER BY name"
-        );
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = if where_.is_empty() {
-            stmt.query_map([], row_to_key)?
-                .collect::<Result<Vec<_>, _>>()?
-        } else {
-            stmt.query_map([arg], row_to_key)?
-                .collect::<Result<Vec<_>, _>>()?
-        };
-        let mut out = Vec::with_capacity(rows.len());
-        for (id, name, description, state, created_at, algorithm) in rows {
-            let id: [u8; 16] = id
-                .as_slice()
-                .try_into()
-                .map_err(|_| RegistryError::Corrupt(format!("key {name:?} has a malformed id")))?;
-            let mut vstmt = conn.prepare_cached(
-                "SELECT version, hsm_id, state, created_at FROM key_versions
-                 WHERE key_id = ?1 ORDER BY version",
-            )?;
-            let versions = vstmt
-                .query_map(params![id.as_slice()], |r| {
-                    Ok((
-                        r.get::<_, u32>(0)?,
-                        r.get::<_, Vec<u8>>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut vs = Vec::with_capacity(versions.len());
-            for (version, hsm_id, state, created_at) in versions {
-                let hsm_id: [u8; 16] = hsm_id.as_slice().try_into().map_err(|_| {
-                    RegistryError::Corrupt(format!(
-                        "key {name:?} v{version} has a malformed HSM id"
-                    ))
-                })?;
-                vs.push(VersionRecord {
-                    version,
-                    hsm_id: HsmKeyId(hsm_id),
-                    state,
-                    created_at,
-                });
+    /// Loads and verifies every record. `hsm_generation` is the counter kept
+    /// in the HSM (None if the token has none yet).
+    pub fn load_verified(
+        &self,
+        key: &[u8; 32],
+        hsm_generation: Option<u64>,
+    ) -> Result<Loaded, RegistryError> {
+        let conn = self.conn();
+        let mut out = Loaded::default();
+        let generation: u64 = Self::meta(&conn, "generation")?
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0);
+        let manifest_json = Self::meta(&conn, "manifest")?;
+        let stored_mac = Self::meta(&conn, "manifest_mac")?;
+        let mut rows = Vec::new();
+        {
+            let mut stmt =
+                conn.prepare("SELECT id, name, record, gen, mac FROM key_records ORDER BY name")?;
+            let it = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })?;
+            for row in it {
+                rows.push(row?);
             }
-            out.push(KeyRecord {
-                id,
-                name,
-                description,
-                state,
-                created_at,
-                algorithm,
-                versions: vs,
-            });
         }
+        let manifest: Manifest = match (&manifest_json, &stored_mac) {
+            (None, None) if rows.is_empty() && generation == 0 => Manifest::default(),
+            (Some(j), Some(m)) => {
+                if manifest_mac(key, generation, j) != *m {
+                    out.global = Some(
+                        "the registry manifest does not verify: the file was edited or belongs to another seal"
+                            .into(),
+                    );
+                }
+                serde_json::from_str(j).unwrap_or_else(|_| {
+                    out.global = Some("the registry manifest does not parse".into());
+                    Manifest::default()
+                })
+            }
+            _ => {
+                out.global = Some("the registry manifest is missing".into());
+                Manifest::default()
+            }
+        };
+        match hsm_generation {
+            Some(h) if generation < h => {
+                out.global = Some(format!(
+                    "an older copy of the registry was restored (generation {generation}, the HSM has seen {h})"
+                ));
+            }
+            _ => {}
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (id, name, record, gen, row_mac) in rows {
+            let id_hex = hex::encode(&id);
+            seen.insert(id_hex.clone());
+            let what = match manifest.keys.get(&id_hex) {
+                None => {
+                    Some("a registry row the manifest does not list (added by hand)".to_string())
+                }
+                Some((mgen, mmac)) if *mgen != gen as u64 || *mmac != row_mac => {
+                    Some("rolled back or replaced: it does not match the manifest".to_string())
+                }
+                Some(_) if record_mac(key, gen as u64, &record) != row_mac => {
+                    Some("its record was edited: the HMAC does not verify".to_string())
+                }
+                Some(_) => None,
+            };
+            if let Some(w) = what {
+                out.tampered.push((name, w));
+                continue;
+            }
+            match serde_json::from_str::<KeyRecord>(&record) {
+                Ok(r) if r.name == name && hex::encode(r.id) == id_hex => out.keys.push(r),
+                _ => out.tampered.push((
+                    name,
+                    "its record does not parse or does not match its row".into(),
+                )),
+            }
+        }
+        for (id_hex, _) in manifest.keys.iter() {
+            if !seen.contains(id_hex) {
+                out.tampered.push((
+                    id_hex.clone(),
+                    "listed in the manifest but its row was deleted".into(),
+                ));
+            }
+        }
+        out.generation = generation;
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (manifest, generation);
         Ok(out)
     }
 
-    pub fn key_by_name(&self, name: &str) -> Result<Option<KeyRecord>, RegistryError> {
-        let conn = self.conn();
-        Ok(Self::load(&conn, "WHERE name = ?1", &name)?.pop())
+    /// Writes one record (new or changed) at a new generation, in one
+    /// transaction with the manifest. Returns the new generation.
+    pub fn put(
+        &self,
+        record: &KeyRecord,
+        key: &[u8; 32],
+        is_new: bool,
+    ) -> Result<u64, RegistryError> {
+        let mut conn = self.conn();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let gen = state.1 + 1;
+        let json =
+            serde_json::to_string(record).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        let rmac = record_mac(key, gen, &json);
+        let mut manifest = state.0.clone();
+        manifest
+            .keys
+            .insert(hex::encode(record.id), (gen, rmac.clone()));
+        let mjson =
+            serde_json::to_string(&manifest).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        let mmac = manifest_mac(key, gen, &mjson);
+        let tx = conn.transaction()?;
+        if is_new {
+            let exists: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM key_records WHERE name = ?1",
+                    params![record.name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if exists.is_some() {
+                return Err(RegistryError::AlreadyExists(record.name.clone()));
+            }
+            tx.execute(
+                "INSERT INTO key_records (id, name, record, gen, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![record.id.as_slice(), record.name, json, gen as i64, rmac],
+            )?;
+        } else {
+            let n = tx.execute(
+                "UPDATE key_records SET record = ?2, gen = ?3, mac = ?4 WHERE id = ?1",
+                params![record.id.as_slice(), json, gen as i64, rmac],
+            )?;
+            if n != 1 {
+                return Err(RegistryError::Corrupt(format!(
+                    "key {:?} has no row to update",
+                    record.name
+                )));
+            }
+        }
+        for (k, v) in [
+            ("generation", gen.to_string()),
+            ("manifest", mjson),
+            ("manifest_mac", mmac),
+        ] {
+            tx.execute(
+                "INSERT INTO meta (k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                params![k, v],
+            )?;
+        }
+        tx.commit()?;
+        *state = (manifest, gen);
+        Ok(gen)
     }
 
-    pub fn key_by_id(&self, id: &[u8; 16]) -> Result<Option<KeyRecord>, RegistryError> {
-        let conn = self.conn();
-        Ok(Self::load(&conn, "WHERE id = ?1", &id.as_slice())?.pop())
+    pub fn generation(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).1
     }
-
-    pub fn list(&self) -> Result<Vec<KeyRecord>, RegistryError> {
-        let conn = self.conn();
-        Self::load(&conn, "", &0)
-    }
-
-    pub fn count(&self) -> Result<u32, RegistryError> {
-        let conn = self.conn();
-        Ok(conn.query_row("SELECT count(*) FROM keys", [], |r| r.get(0))?)
-    }
-}
-
-type KeyRow = (Vec<u8>, String, String, String, i64, String);
-
-fn row_to_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::model::*;
+    use crate::hsm::HsmKeyId;
 
     fn rec(name: &str, id: u8) -> KeyRecord {
         KeyRecord {
             id: [id; 16],
             name: name.into(),
             description: "d".into(),
-            state: "enabled".into(),
+            state: KeyState::Active,
             created_at: 1,
             algorithm: "AES_256_GCM".into(),
+            rotation_period_secs: None,
+            next_rotation_at: None,
+            min_decrypt_version: 0,
+            destroy_due_at: None,
+            destroyed_at: None,
             versions: vec![VersionRecord {
                 version: 1,
                 hsm_id: HsmKeyId([id ^ 0xff; 16]),
-                state: "enabled".into(),
+                state: VersionState::Active,
                 created_at: 1,
+                reserved: 0,
             }],
+            holds: vec![],
+            requests: vec![],
         }
     }
 
-    #[test]
-    fn insert_lookup_and_duplicates() {
-        let dir = tempfile::tempdir().unwrap();
-        let reg = Registry::open(&dir.path().join("r.db")).unwrap();
-        reg.insert_key(&rec("a", 1)).unwrap();
-        reg.insert_key(&rec("b", 2)).unwrap();
-        assert!(matches!(
-            reg.insert_key(&rec("a", 3)),
-            Err(RegistryError::AlreadyExists(_))
-        ));
-        assert_eq!(reg.key_by_name("a").unwrap(), Some(rec("a", 1)));
-        assert_eq!(
-            reg.key_by_id(&[2; 16]).unwrap().map(|k| k.name),
-            Some("b".into())
-        );
-        assert_eq!(reg.key_by_name("zz").unwrap(), None);
-        assert_eq!(reg.count().unwrap(), 2);
-        assert_eq!(reg.list().unwrap().len(), 2);
-        drop(reg);
-        // Survives reopening.
-        let reg = Registry::open(&dir.path().join("r.db")).unwrap();
-        assert_eq!(reg.count().unwrap(), 2);
+    const K: [u8; 32] = [7; 32];
+
+    fn sql(path: &Path, q: &str) {
+        let c = Connection::open(path).unwrap();
+        c.execute_batch(q).unwrap();
     }
 
     #[test]
-    fn failed_insert_leaves_nothing_behind() {
+    fn round_trip_and_duplicates() {
         let dir = tempfile::tempdir().unwrap();
-        let reg = Registry::open(&dir.path().join("r.db")).unwrap();
-        reg.insert_key(&rec("a", 1)).unwrap();
-        // Same HSM id as key "a": the version insert fails after the key row
-        // was written, and the transaction must roll the key row back.
-        let mut dup = rec("c", 3);
-        dup.versions[0].hsm_id = HsmKeyId([1 ^ 0xff; 16]);
-        assert!(reg.insert_key(&dup).is_err());
-        assert_eq!(reg.key_by_name("c").unwrap(), None);
-        assert_eq!(reg.count().unwrap(), 1);
+        let p = dir.path().join("r.db");
+        let reg = Registry::open(&p).unwrap();
+        assert!(reg.load_verified(&K, None).unwrap().keys.is_empty());
+        reg.put(&rec("a", 1), &K, true).unwrap();
+        let g = reg.put(&rec("b", 2), &K, true).unwrap();
+        assert_eq!(g, 2);
+        assert!(matches!(
+            reg.put(&rec("a", 3), &K, true),
+            Err(RegistryError::AlreadyExists(_))
+        ));
+        let mut a = rec("a", 1);
+        a.state = KeyState::Suspended;
+        reg.put(&a, &K, false).unwrap();
+        drop(reg);
+        let reg = Registry::open(&p).unwrap();
+        let l = reg.load_verified(&K, Some(3)).unwrap();
+        assert!(l.global.is_none() && l.tampered.is_empty(), "{l:?}");
+        assert_eq!(l.keys.len(), 2);
+        assert_eq!(l.keys[0].state, KeyState::Suspended);
+        assert_eq!(l.generation, 3);
+        // Another key (another seal) cannot read it.
+        let other = reg.load_verified(&[8; 32], Some(3)).unwrap();
+        assert!(other.global.is_some());
+    }
+
+    #[test]
+    fn edits_rollbacks_deletions_and_restores_are_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.db");
+        let reg = Registry::open(&p).unwrap();
+        reg.put(&rec("a", 1), &K, true).unwrap();
+        reg.put(&rec("b", 2), &K, true).unwrap();
+        let old_copy = dir.path().join("old.db");
+        drop(reg);
+        std::fs::copy(&p, &old_copy).unwrap();
+        let reg = Registry::open(&p).unwrap();
+        reg.load_verified(&K, Some(2)).unwrap();
+        let mut a = rec("a", 1);
+        a.state = KeyState::Suspended;
+        reg.put(&a, &K, false).unwrap(); // gen 3
+        drop(reg);
+
+        // 1. Flip the state in the row by hand.
+        let edited = dir.path().join("edited.db");
+        std::fs::copy(&p, &edited).unwrap();
+        sql(&edited, "UPDATE key_records SET record = replace(record, '\"suspended\"', '\"active\"') WHERE name = 'a';");
+        let l = Registry::open(&edited)
+            .unwrap()
+            .load_verified(&K, Some(3))
+            .unwrap();
+        assert_eq!(l.tampered.len(), 1, "{l:?}");
+        assert!(l.tampered[0].1.contains("edited"));
+        assert_eq!(l.keys.len(), 1);
+
+        // 2. Roll one row back to its older (validly MAC'd) content.
+        let rolled = dir.path().join("rolled.db");
+        std::fs::copy(&p, &rolled).unwrap();
+        let old = Connection::open(&old_copy).unwrap();
+        let (rec_a, gen_a, mac_a): (String, i64, String) = old
+            .query_row(
+                "SELECT record, gen, mac FROM key_records WHERE name = 'a'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        Connection::open(&rolled)
+            .unwrap()
+            .execute(
+                "UPDATE key_records SET record = ?1, gen = ?2, mac = ?3 WHERE name = 'a'",
+                params![rec_a, gen_a, mac_a],
+            )
+            .unwrap();
+        let l = Registry::open(&rolled)
+            .unwrap()
+            .load_verified(&K, Some(3))
+            .unwrap();
+        assert!(
+            l.tampered
+                .iter()
+                .any(|(n, w)| n == "a" && w.contains("rolled back")),
+            "{l:?}"
+        );
+
+        // 3. Delete a row.
+        let deleted = dir.path().join("deleted.db");
+        std::fs::copy(&p, &deleted).unwrap();
+        sql(&deleted, "DELETE FROM key_records WHERE name = 'b';");
+        let l = Registry::open(&deleted)
+            .unwrap()
+            .load_verified(&K, Some(3))
+            .unwrap();
+        assert!(
+            l.tampered.iter().any(|(_, w)| w.contains("deleted")),
+            "{l:?}"
+        );
+
+        // 4. Restore the older copy of the whole file.
+        let l = Registry::open(&old_copy)
+            .unwrap()
+            .load_verified(&K, Some(3))
+            .unwrap();
+        assert!(
+            l.global.as_deref().unwrap_or("").contains("older copy"),
+            "{l:?}"
+        );
+
+        // The untouched file verifies.
+        let l = Registry::open(&p)
+            .unwrap()
+            .load_verified(&K, Some(3))
+            .unwrap();
+        assert!(l.global.is_none() && l.tampered.is_empty(), "{l:?}");
     }
 }

@@ -122,6 +122,33 @@ pub fn batch_size(n: usize) -> CoreResult<()> {
     Ok(())
 }
 
+/// Rotation periods: one minute to ten years.
+pub fn rotation_period(p: std::time::Duration) -> CoreResult<()> {
+    if p.as_secs() < 60 || p.as_secs() > 10 * 366 * 86_400 {
+        return Err(CoreError::invalid(
+            "rotation_period",
+            "must be between 1 minute and 10 years",
+        ));
+    }
+    Ok(())
+}
+
+/// Legal-hold ids: 1 to 64 of letters, digits, . _ -
+pub fn hold_id(id: &str) -> CoreResult<()> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(CoreError::invalid(
+            "hold_id",
+            "must be 1 to 64 letters, digits, . _ -",
+        ));
+    }
+    Ok(())
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(32).collect()
 }

@@ -16,7 +16,9 @@ pub const TAG_LEN: usize = 16;
 
 /// The HSM-side identifier of one CMK version (its `CKA_ID`): 16 random
 /// bytes, not secret.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct HsmKeyId(pub [u8; 16]);
 
 impl HsmKeyId {
@@ -187,6 +189,17 @@ pub trait Hsm: Send + Sync {
     fn key_attributes(&self, id: &HsmKeyId) -> HsmResult<KeyAttributes>;
     /// For each AAD, a fresh data key wrapped with AES-GCM under `key`.
     fn wrap_new_keys(&self, key: &HsmKeyId, aads: &[&[u8]]) -> HsmResult<Vec<WrappedKey>>;
+    /// Wraps existing data keys (rewrap) under `key`, each with a fresh IV;
+    /// returns (IV, ciphertext||tag) per item.
+    fn wrap_existing(
+        &self,
+        key: &HsmKeyId,
+        items: &[(&[u8], &DataKey)],
+    ) -> HsmResult<Vec<([u8; IV_LEN], Vec<u8>)>>;
+    /// Reads a monotonic counter kept in a token data object.
+    fn read_counter(&self, label: &str) -> HsmResult<Option<u64>>;
+    /// Writes that counter (creating the object if needed).
+    fn write_counter(&self, label: &str, value: u64) -> HsmResult<()>;
     /// Unwraps each item independently.
     fn unwrap_many(&self, items: &[UnwrapItem<'_>]) -> Vec<HsmResult<DataKey>>;
     /// Finds or creates the audit-signing key pair (ECDSA P-256, private
@@ -196,6 +209,9 @@ pub trait Hsm: Send + Sync {
     /// Signs a SHA-256 digest with the audit key; returns r||s.
     fn sign_digest(&self, digest: &[u8; 32]) -> HsmResult<Vec<u8>>;
 }
+
+/// CKA_LABEL of the registry generation counter.
+pub const REGISTRY_COUNTER_LABEL: &str = "keywarden-registry-generation";
 
 /// CKA_LABEL of the audit-signing key pair.
 pub const AUDIT_KEY_LABEL: &str = "keywarden-audit-signing";

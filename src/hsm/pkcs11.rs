@@ -564,6 +564,85 @@ impl Hsm for Pkcs11Hsm {
         r.map_err(|e| s.note(e))
     }
 
+    fn wrap_existing(
+        &self,
+        key: &HsmKeyId,
+        items: &[(&[u8], &DataKey)],
+    ) -> HsmResult<Vec<([u8; IV_LEN], Vec<u8>)>> {
+        let live = self.live()?;
+        let mut s = live.session(self)?;
+        let r = (|| {
+            let session = s.session()?;
+            let handle = live.handles(session, key)?.for_crypto();
+            let mut ivs = vec![0u8; IV_LEN * items.len()];
+            session.generate_random_slice(&mut ivs).map_err(ck)?;
+            let mut out = Vec::with_capacity(items.len());
+            for (chunk, (aad, dk)) in ivs.chunks_exact(IV_LEN).zip(items) {
+                let mut iv = [0u8; IV_LEN];
+                iv.copy_from_slice(chunk);
+                let mut iv_param = iv;
+                let params = GcmParams::new(&mut iv_param, aad, ((TAG_LEN * 8) as u64).into())
+                    .map_err(ck)?;
+                let ct = session
+                    .encrypt(&Mechanism::AesGcm(params), handle, dk.expose())
+                    .map_err(ck)?;
+                out.push((iv, ct));
+            }
+            Ok(out)
+        })();
+        r.map_err(|e| s.note(e))
+    }
+
+    fn read_counter(&self, label: &str) -> HsmResult<Option<u64>> {
+        let live = self.live()?;
+        let mut s = live.session(self)?;
+        let r = (|| {
+            let session = s.session()?;
+            let Some(h) = find_by_label(session, ObjectClass::DATA, label)? else {
+                return Ok(None);
+            };
+            for a in session
+                .get_attributes(h, &[AttributeType::Value])
+                .map_err(ck)?
+            {
+                if let Attribute::Value(v) = a {
+                    let arr: [u8; 8] = v.as_slice().try_into().map_err(|_| {
+                        HsmError::Unexpected("counter object has the wrong size".into())
+                    })?;
+                    return Ok(Some(u64::from_be_bytes(arr)));
+                }
+            }
+            Err(HsmError::Unexpected("counter object has no value".into()))
+        })();
+        r.map_err(|e| s.note(e))
+    }
+
+    fn write_counter(&self, label: &str, value: u64) -> HsmResult<()> {
+        let live = self.live()?;
+        let mut s = live.session(self)?;
+        let r = (|| {
+            let session = s.session()?;
+            let bytes = value.to_be_bytes().to_vec();
+            match find_by_label(session, ObjectClass::DATA, label)? {
+                Some(h) => session
+                    .update_attributes(h, &[Attribute::Value(bytes)])
+                    .map_err(ck),
+                None => session
+                    .create_object(&[
+                        Attribute::Class(ObjectClass::DATA),
+                        Attribute::Token(true),
+                        Attribute::Private(true),
+                        Attribute::Modifiable(true),
+                        Attribute::Label(label.as_bytes().to_vec()),
+                        Attribute::Value(bytes),
+                    ])
+                    .map(|_| ())
+                    .map_err(ck),
+            }
+        })();
+        r.map_err(|e| s.note(e))
+    }
+
     fn random(&self, buf: &mut [u8]) -> HsmResult<()> {
         let live = self.live()?;
         let mut s = live.session(self)?;

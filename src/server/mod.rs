@@ -125,11 +125,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("policy: {e}"))?,
     );
     let core_audit = audit.clone();
+    let lifecycle = config.lifecycle.clone();
     let core = tokio::task::spawn_blocking(move || -> anyhow::Result<Keywarden> {
         let registry = Registry::open(&registry_path)
             .with_context(|| format!("opening registry {}", registry_path.display()))?;
         let seal = Seal::open(SealStore::new(&state_dir), seal_config)?;
-        Ok(Keywarden::start(hsm, registry, seal).with_audit(core_audit))
+        Ok(Keywarden::start(hsm, registry, seal)
+            .with_audit(core_audit)
+            .with_lifecycle(lifecycle))
     })
     .await??;
     let core = Arc::new(core);
@@ -145,6 +148,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         core: core.clone(),
         guard: guard.clone(),
     };
+    // The lifecycle scheduler: due rotations and destructions.
+    {
+        let core = core.clone();
+        let tick = config.tick;
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            loop {
+                interval.tick().await;
+                let c = core.clone();
+                let _ = tokio::task::spawn_blocking(move || c.tick()).await;
+            }
+        });
+    }
     // SIGHUP reloads the policy; an invalid one is refused and reported.
     {
         let guard = guard.clone();

@@ -265,6 +265,7 @@ pub async fn create_key(c: &mut Client, name: &str) -> proto::KeyMetadata {
         .create_key(proto::CreateKeyRequest {
             name: name.into(),
             description: String::new(),
+            rotation_period_secs: 0,
         })
         .await
         .unwrap()
