@@ -239,6 +239,20 @@ impl Config {
             }
         };
 
+        if !seal.allow_single_share {
+            if matches!(policy, crate::guard::PolicySource::OpenDev) {
+                return Err(ConfigError::Invalid(
+                    "policy.open_dev is allowed in dev mode only (seal.allow_single_share = true)"
+                        .into(),
+                ));
+            }
+            if raw.server.allow_world_socket {
+                return Err(ConfigError::Invalid(
+                    "server.allow_world_socket is allowed in dev mode only (seal.allow_single_share = true)".into(),
+                ));
+            }
+        }
+
         let state_dir_for_audit = resolve(&raw.server.state_dir);
         let audit = raw.audit.unwrap_or(RawAudit {
             file: None,
@@ -292,6 +306,9 @@ impl Config {
         lifecycle.rotate_after_encryptions =
             lc.rotate_after_encryptions.unwrap_or(1 << 30).min(hard);
         lifecycle.reserve_block = lifecycle.reserve_block.min(hard).max(1);
+        if allow_single_share {
+            lifecycle.min_rotation_period = std::time::Duration::from_secs(1);
+        }
         let tick = std::time::Duration::from_secs(lc.tick_secs.unwrap_or(5).clamp(1, 3600));
 
         let profile_path = resolve(&raw.hsm.profile);

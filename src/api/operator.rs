@@ -147,6 +147,11 @@ impl OperatorService for OperatorApi {
             break_glass,
             policy,
             caller,
+            registry_tampering: s
+                .tampering
+                .iter()
+                .map(|(k, w)| format!("{k}: {w}"))
+                .collect(),
         }))
     }
 

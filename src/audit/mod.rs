@@ -167,11 +167,15 @@ impl Writer {
             buf.extend_from_slice(l.as_bytes());
             buf.push(b'\n');
         }
+        let before = self.size;
         let Some((f, _, _)) = self.file.as_mut() else {
             return Err("audit file not open".into());
         };
         let r = f.write_all(&buf).and_then(|_| f.sync_data());
         if let Err(e) = r {
+            // Nothing of a failed batch may stay behind: cut it off (a
+            // device that refuses writes refuses this too, harmlessly).
+            let _ = f.set_len(before);
             self.file = None;
             return Err(format!("writing {}: {e}", self.config.file.display()));
         }

@@ -183,10 +183,9 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
                 .into_inner();
             print_shares(output, &r.set_id, r.threshold, &r.shares)?;
             if output == Output::Text {
-                println!(
-                    "The daemon is initialised and sealed. The provisioning PINs no longer work."
-                );
-                println!("Next: {threshold} custodians run `keywarden operator unseal`.");
+                println!("The daemon is initialised and sealed. Next: {threshold} custodians run");
+                println!("`keywarden operator unseal`. That first unseal proves the shares work, and only");
+                println!("then are the token's provisioning PINs replaced (they stop working).");
             }
         }
         OperatorCommand::Unseal { reset } => {

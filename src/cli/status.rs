@@ -56,6 +56,7 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
             "audit_detail": s.audit_detail,
             "policy": s.policy,
             "caller": s.caller,
+            "registry_tampering": s.registry_tampering,
             "break_glass": s.break_glass.iter().map(|g| json!({
                 "uid": g.uid, "principal": g.principal, "key": g.key,
                 "reason": g.reason, "granted_at": g.granted_at, "expires_at": g.expires_at,
@@ -104,12 +105,12 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
             if s.audit_detail.is_empty() {
                 println!("audit:       {}", s.audit_health);
             } else {
-                println!(
-                    "audit:       {} ({}) - key operations are refused",
-                    s.audit_health, s.audit_detail
-                );
+                println!("audit:       {} ({})", s.audit_health, s.audit_detail);
             }
             println!("policy:      {}", s.policy);
+            for t in &s.registry_tampering {
+                println!("TAMPERING:   {t}");
+            }
             println!("you:         {}", s.caller);
             for g in &s.break_glass {
                 println!(

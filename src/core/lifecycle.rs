@@ -40,6 +40,8 @@ pub struct LifecycleConfig {
     pub hard_limit_encryptions: u64,
     /// Encryptions reserved on disk at a time.
     pub reserve_block: u64,
+    /// Shortest automatic rotation period (a minute; a second in dev mode).
+    pub min_rotation_period: Duration,
 }
 
 impl Default for LifecycleConfig {
@@ -51,6 +53,7 @@ impl Default for LifecycleConfig {
             rotate_after_encryptions: 1 << 30,
             hard_limit_encryptions: 1 << 32,
             reserve_block: 10_000,
+            min_rotation_period: Duration::from_secs(60),
         }
     }
 }
@@ -91,7 +94,7 @@ impl Keywarden {
         validate::key_name("name", name)?;
         validate::description(description)?;
         if let Some(p) = rotation_period {
-            validate::rotation_period(p)?;
+            validate::rotation_period(p, self.lifecycle.min_rotation_period)?;
         }
         match self.record(name) {
             Ok(_) => return Err(CoreError::AlreadyExists { name: name.into() }),
@@ -199,7 +202,7 @@ impl Keywarden {
         self.unsealed()?;
         validate::key_name("name", name)?;
         if let Some(Some(p)) = rotation_period {
-            validate::rotation_period(p)?;
+            validate::rotation_period(p, self.lifecycle.min_rotation_period)?;
         }
         let (_, r) = self.update(name, |r| {
             not_destroyed(r)?;

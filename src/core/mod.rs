@@ -146,6 +146,8 @@ pub struct Keywarden {
     writes: Mutex<()>,
     counters: Mutex<HashMap<HsmKeyId, Counter>>,
     pub(crate) lifecycle: LifecycleConfig,
+    /// Unsealed and the registry loaded: key operations may run.
+    ready: std::sync::atomic::AtomicBool,
     started_at: i64,
 }
 
@@ -181,6 +183,7 @@ impl Keywarden {
             writes: Mutex::new(()),
             counters: Mutex::new(HashMap::new()),
             lifecycle: LifecycleConfig::default(),
+            ready: std::sync::atomic::AtomicBool::new(false),
             started_at: now(),
         }
     }
@@ -236,7 +239,15 @@ impl Keywarden {
     }
 
     fn unsealed(&self) -> CoreResult<()> {
-        self.seal.require_unsealed().map_err(CoreError::Seal)
+        self.seal.require_unsealed().map_err(CoreError::Seal)?;
+        if !self.ready.load(std::sync::atomic::Ordering::Acquire) {
+            // Logged in, but the registry is not loaded yet.
+            return Err(CoreError::Seal(crate::seal::SealError::Sealed {
+                received: 0,
+                threshold: 0,
+            }));
+        }
+        Ok(())
     }
 
     /// The init ceremony (see [`Seal::init`]).
@@ -252,9 +263,12 @@ impl Keywarden {
     /// Everything that follows a login: the verified registry, session
     /// copies, the audit signer, overdue lifecycle work.
     fn after_login(&self, reason: &str) {
+        self.ready
+            .store(false, std::sync::atomic::Ordering::Release);
         if let Err(e) = self.load_table() {
             warn!(error = %e, "loading the registry failed");
         }
+        self.ready.store(true, std::sync::atomic::Ordering::Release);
         if let Err(e) = self.reconcile() {
             warn!(error = %e, "reconciliation failed");
         }
@@ -277,6 +291,8 @@ impl Keywarden {
     }
 
     pub fn seal(&self) -> CoreResult<()> {
+        self.ready
+            .store(false, std::sync::atomic::Ordering::Release);
         self.before_logout("seal");
         self.seal.seal(self.hsm.as_ref())?;
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = Table::default();
@@ -938,7 +954,16 @@ impl Keywarden {
             key_count: t.by_name.len() as u32,
             drift: self.drift.read().unwrap_or_else(|p| p.into_inner()).clone(),
             started_at: self.started_at,
-            seal: self.seal.status(),
+            seal: {
+                let mut st = self.seal.status();
+                if st.phase == crate::seal::Phase::Unsealed
+                    && !self.ready.load(std::sync::atomic::Ordering::Acquire)
+                {
+                    // Still loading the registry: not yet open for business.
+                    st.phase = crate::seal::Phase::Sealed;
+                }
+                st
+            },
             tampering,
         }
     }

@@ -122,12 +122,12 @@ pub fn batch_size(n: usize) -> CoreResult<()> {
     Ok(())
 }
 
-/// Rotation periods: one minute to ten years.
-pub fn rotation_period(p: std::time::Duration) -> CoreResult<()> {
-    if p.as_secs() < 60 || p.as_secs() > 10 * 366 * 86_400 {
+/// Rotation periods: the configured minimum to ten years.
+pub fn rotation_period(p: std::time::Duration, min: std::time::Duration) -> CoreResult<()> {
+    if p < min || p.as_secs() > 10 * 366 * 86_400 {
         return Err(CoreError::invalid(
             "rotation_period",
-            "must be between 1 minute and 10 years",
+            format!("must be between {} seconds and 10 years", min.as_secs()),
         ));
     }
     Ok(())

@@ -188,6 +188,10 @@ struct Live {
 /// The PKCS#11 HSM.
 pub struct Pkcs11Hsm {
     live: RwLock<Option<Arc<Live>>>,
+    /// Serializes every change of token objects (create, destroy,
+    /// counters): SoftHSM fails C_GenerateKey with CKR_GENERAL_ERROR now and
+    /// then when two sessions create token objects at once.
+    token_writes: Mutex<()>,
     ctx: Pkcs11,
     slot: Slot,
     token: TokenDescription,
@@ -212,6 +216,7 @@ impl Pkcs11Hsm {
         let (slot, token) = select_token(&ctx, selector)?;
         Ok(Pkcs11Hsm {
             live: RwLock::new(None),
+            token_writes: Mutex::new(()),
             ctx,
             slot,
             token,
@@ -354,6 +359,32 @@ fn find_by_label(
         ])
         .map_err(ck)?;
     Ok(found.first().copied())
+}
+
+/// Every counter data object with this label and its value.
+fn counter_objects(session: &Session, label: &str) -> HsmResult<Vec<(ObjectHandle, u64)>> {
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])
+        .map_err(ck)?;
+    let mut out = Vec::with_capacity(found.len());
+    for h in found {
+        for a in session
+            .get_attributes(h, &[AttributeType::Value])
+            .map_err(ck)?
+        {
+            if let Attribute::Value(v) = a {
+                let arr: [u8; 8] = v.as_slice().try_into().map_err(|_| {
+                    HsmError::Unexpected("counter object has the wrong size".into())
+                })?;
+                out.push((h, u64::from_be_bytes(arr)));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// CKA_EC_POINT is a DER OCTET STRING around the SEC1 point.
@@ -509,6 +540,7 @@ impl Hsm for Pkcs11Hsm {
 
     fn ensure_signing_key(&self) -> HsmResult<Vec<u8>> {
         use super::AUDIT_KEY_LABEL;
+        let _serial = lock(&self.token_writes);
         let live = self.live()?;
         let mut s = live.session(self)?;
         let r = (|| {
@@ -598,47 +630,42 @@ impl Hsm for Pkcs11Hsm {
         let mut s = live.session(self)?;
         let r = (|| {
             let session = s.session()?;
-            let Some(h) = find_by_label(session, ObjectClass::DATA, label)? else {
-                return Ok(None);
-            };
-            for a in session
-                .get_attributes(h, &[AttributeType::Value])
-                .map_err(ck)?
-            {
-                if let Attribute::Value(v) = a {
-                    let arr: [u8; 8] = v.as_slice().try_into().map_err(|_| {
-                        HsmError::Unexpected("counter object has the wrong size".into())
-                    })?;
-                    return Ok(Some(u64::from_be_bytes(arr)));
-                }
+            let mut best = None;
+            for (_, v) in counter_objects(session, label)? {
+                best = best.max(Some(v));
             }
-            Err(HsmError::Unexpected("counter object has no value".into()))
+            Ok(best)
         })();
         r.map_err(|e| s.note(e))
     }
 
     fn write_counter(&self, label: &str, value: u64) -> HsmResult<()> {
+        let _serial = lock(&self.token_writes);
         let live = self.live()?;
         let mut s = live.session(self)?;
         let r = (|| {
             let session = s.session()?;
-            let bytes = value.to_be_bytes().to_vec();
-            match find_by_label(session, ObjectClass::DATA, label)? {
-                Some(h) => session
-                    .update_attributes(h, &[Attribute::Value(bytes)])
-                    .map_err(ck),
-                None => session
-                    .create_object(&[
-                        Attribute::Class(ObjectClass::DATA),
-                        Attribute::Token(true),
-                        Attribute::Private(true),
-                        Attribute::Modifiable(true),
-                        Attribute::Label(label.as_bytes().to_vec()),
-                        Attribute::Value(bytes),
-                    ])
-                    .map(|_| ())
-                    .map_err(ck),
+            // Tokens (SoftHSM among them) keep CKA_VALUE of data objects read
+            // only: write a new object, then remove the older ones. A crash
+            // in between leaves two; readers take the largest.
+            let old = counter_objects(session, label)?;
+            if old.iter().any(|(_, v)| *v >= value) {
+                return Ok(());
             }
+            session
+                .create_object(&[
+                    Attribute::Class(ObjectClass::DATA),
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                    Attribute::Value(value.to_be_bytes().to_vec()),
+                ])
+                .map_err(ck)?;
+            for (h, _) in old {
+                // Best effort: a leftover is harmless (readers take the max).
+                let _ = session.destroy_object(h);
+            }
+            Ok(())
         })();
         r.map_err(|e| s.note(e))
     }
@@ -672,6 +699,7 @@ impl Hsm for Pkcs11Hsm {
             Attribute::Id(id.0.to_vec()),
             Attribute::Label(label.as_bytes().to_vec()),
         ];
+        let _serial = lock(&self.token_writes);
         let live = self.live()?;
         let mut s = live.session(self)?;
         let r = s
@@ -714,6 +742,7 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn destroy_cmk(&self, id: &HsmKeyId) -> HsmResult<()> {
+        let _serial = lock(&self.token_writes);
         let live = self.live()?;
         if let Some(KeyHandles { copy: Some(c), .. }) = live.forget(id) {
             lock(&live.login).destroy_object(c).map_err(ck)?;

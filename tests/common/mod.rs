@@ -257,6 +257,9 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
+        if std::thread::panicking() {
+            eprintln!("---- daemon log ----\n{}", self.log());
+        }
     }
 }
 
@@ -420,4 +423,34 @@ impl Daemon {
         }
         child.wait_with_output().unwrap()
     }
+}
+
+impl Daemon {
+    /// A dev daemon (initialised and unsealed) with extra `keywarden dev`
+    /// flags, e.g. lifecycle drill settings.
+    pub async fn start_with(args: &[&str]) -> Daemon {
+        let mut d = Self::new(args);
+        d.launch().await;
+        d.wait_phase("unsealed").await;
+        d.dev_share = d.printed_share();
+        d
+    }
+
+    pub fn registry_path(&self) -> PathBuf {
+        self.dir.join("state").join("registry.db")
+    }
+}
+
+pub async fn describe(c: &mut Client, name: &str) -> proto::KeyMetadata {
+    c.keys
+        .describe_key(proto::DescribeKeyRequest { name: name.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap()
+}
+
+pub fn name_req(name: &str) -> proto::KeyNameRequest {
+    proto::KeyNameRequest { name: name.into() }
 }
