@@ -84,6 +84,31 @@ enum Command {
     /// Custodians' ceremonies: init, unseal, seal, rekey.
     #[command(subcommand)]
     Operator(keywarden::cli::operator::OperatorCommand),
+    /// Measure the daemon against its own limits (docs/PERFORMANCE.md).
+    Bench {
+        /// Seconds per figure after the warm-up.
+        #[arg(long, default_value = "5")]
+        seconds: f64,
+        /// Warm-up seconds per figure.
+        #[arg(long, default_value = "1")]
+        warmup: f64,
+        /// Measure the daemon at --socket instead of throwaway ones.
+        #[arg(long)]
+        external: bool,
+        /// The key to use on an external daemon (created if missing).
+        #[arg(long, default_value = "bench")]
+        key: String,
+    },
+    /// The in-process HSM measurement of `keywarden bench` (share on stdin).
+    #[command(hide = true)]
+    BenchHsmRaw {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long)]
+        warmup: f64,
+    },
     /// Initialise a dev token (used by `keywarden dev`).
     #[command(hide = true)]
     DevInitToken {
@@ -199,6 +224,40 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
         Command::Key(cmd) => keywarden::cli::key::run(&socket, cli.output, cmd).await,
         Command::Datakey(cmd) => keywarden::cli::datakey::run(&socket, cli.output, cmd).await,
         Command::Status => keywarden::cli::status::run(&socket, cli.output).await,
+        Command::Bench {
+            seconds,
+            warmup,
+            external,
+            key,
+        } => {
+            if !(0.05..=3600.0).contains(&seconds) || !(0.0..=600.0).contains(&warmup) {
+                anyhow::bail!(
+                    "--seconds must be between 0.05 and 3600, --warmup between 0 and 600"
+                );
+            }
+            keywarden::bench::run(keywarden::bench::BenchOptions {
+                socket: external.then(|| socket.clone()),
+                key,
+                duration: std::time::Duration::from_secs_f64(seconds),
+                warmup: std::time::Duration::from_secs_f64(warmup),
+                output: cli.output,
+            })
+            .await
+        }
+        Command::BenchHsmRaw {
+            config,
+            seconds,
+            warmup,
+        } => {
+            let mut share = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut share)?;
+            let rate = tokio::task::spawn_blocking(move || {
+                keywarden::bench::hsm_raw(&config, seconds, warmup, share.trim())
+            })
+            .await??;
+            println!("{}", serde_json::json!({ "per_sec": rate }));
+            Ok(())
+        }
         Command::Audit(cmd) => keywarden::cli::audit::run(cli.output, cmd),
         Command::Operator(cmd) => keywarden::cli::operator::run(&socket, cli.output, cmd).await,
     }

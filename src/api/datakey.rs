@@ -61,25 +61,50 @@ impl DataKeyApi {
                 Err(status)
             }
             Ok(items) => {
-                let mut entries = Vec::with_capacity(items.len());
+                let mut lines = Vec::with_capacity(items.len());
                 let mut results = Vec::with_capacity(items.len());
+                let mut any_break_glass = false;
                 for (item, digest) in items.into_iter().zip(digests) {
-                    let mut entry = base();
-                    entry.insert("key".into(), json!(item.key));
-                    entry.insert("version".into(), json!(item.version));
-                    entry.insert("context".into(), Value::Object(digest));
+                    let mut line = Map::new();
+                    line.insert("key".into(), json!(item.key));
+                    line.insert("version".into(), json!(item.version));
+                    line.insert("context".into(), Value::Object(digest));
                     if item.break_glass {
-                        entry.insert("break_glass".into(), json!(true));
-                        entry.insert("ALERT".into(), json!("BREAK-GLASS USE"));
+                        any_break_glass = true;
+                        line.insert("break_glass".into(), json!(true));
                     }
                     let r: Result<(), Status> = match &item.result {
                         Ok(_) => Ok(()),
                         Err(e) => Err(Status::new(status::code(e), status::message(e))),
                     };
-                    entry.extend(super::outcome(&r));
-                    entries.push(entry);
+                    line.extend(super::outcome(&r));
+                    lines.push(line);
                     results.push(item.result);
                 }
+                // One line per call: a single item's fields inline, a
+                // batch's items listed (group commit does the rest).
+                let mut entry = base();
+                if lines.len() == 1 {
+                    if let Some(only) = lines.pop() {
+                        entry.extend(only);
+                    }
+                } else {
+                    let ok = lines.iter().filter(|l| l["code"] == "OK").count();
+                    entry.insert(
+                        "outcome".into(),
+                        json!(if ok == lines.len() { "ok" } else { "partial" }),
+                    );
+                    entry.insert("code".into(), json!("OK"));
+                    entry.insert(
+                        "items".into(),
+                        Value::Array(lines.into_iter().map(Value::Object).collect()),
+                    );
+                }
+                if any_break_glass {
+                    entry.insert("break_glass".into(), json!(true));
+                    entry.insert("ALERT".into(), json!("BREAK-GLASS USE"));
+                }
+                let entries = vec![entry];
                 // Nothing is answered before it is durably audited.
                 self.ctx.audit(entries).await?;
                 Ok(results)

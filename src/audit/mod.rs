@@ -47,7 +47,24 @@ pub struct AuditConfig {
     pub max_file_bytes: u64,
 }
 
-type Ack = Option<Sender<Result<u64, AuditError>>>;
+/// Where a job's outcome goes: a blocking waiter or an async one.
+enum Ack {
+    Sync(Sender<Result<u64, AuditError>>),
+    Async(tokio::sync::oneshot::Sender<Result<u64, AuditError>>),
+}
+
+impl Ack {
+    fn send(self, r: Result<u64, AuditError>) {
+        match self {
+            Ack::Sync(s) => {
+                let _ = s.send(r);
+            }
+            Ack::Async(s) => {
+                let _ = s.send(r);
+            }
+        }
+    }
+}
 
 enum Job {
     Entry(Map<String, Value>, Ack),
@@ -206,18 +223,14 @@ impl Writer {
                 self.last_was_checkpoint = false;
                 self.set_health(Ok(()));
                 for ((_, ack), s) in entries.into_iter().zip(seqs) {
-                    if let Some(a) = ack {
-                        let _ = a.send(Ok(s));
-                    }
+                    ack.send(Ok(s));
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "audit write failed; key operations are refused until it works");
                 self.set_health(Err(e.clone()));
                 for (_, ack) in entries {
-                    if let Some(a) = ack {
-                        let _ = a.send(Err(AuditError(e.clone())));
-                    }
+                    ack.send(Err(AuditError(e.clone())));
                 }
             }
         }
@@ -293,9 +306,7 @@ impl Writer {
             }
             for (reason, ack) in checkpoints {
                 let r = self.checkpoint(&reason);
-                if let Some(a) = ack {
-                    let _ = a.send(r);
-                }
+                ack.send(r);
             }
             if self.since_checkpoint >= self.config.checkpoint_every {
                 if let Err(e) = self.checkpoint("interval") {
@@ -379,25 +390,23 @@ impl Audit {
     /// Writes an entry and waits until it is durable (blocking).
     pub fn record(&self, fields: Map<String, Value>) -> Result<u64, AuditError> {
         let (tx, rx) = channel();
-        self.send(Job::Entry(fields, Some(tx)))?;
+        self.send(Job::Entry(fields, Ack::Sync(tx)))?;
         rx.recv()
             .map_err(|_| AuditError("audit writer stopped".into()))?
     }
 
     /// Writes an entry and waits until it is durable (async).
     pub async fn record_async(&self, fields: Map<String, Value>) -> Result<u64, AuditError> {
-        let (tx, rx) = channel();
-        self.send(Job::Entry(fields, Some(tx)))?;
-        tokio::task::spawn_blocking(move || rx.recv())
-            .await
-            .map_err(|_| AuditError("audit wait failed".into()))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Job::Entry(fields, Ack::Async(tx)))?;
+        rx.await
             .map_err(|_| AuditError("audit writer stopped".into()))?
     }
 
     /// Writes a signed checkpoint (blocking).
     pub fn checkpoint(&self, reason: &str) -> Result<u64, AuditError> {
         let (tx, rx) = channel();
-        self.send(Job::Checkpoint(reason.to_string(), Some(tx)))?;
+        self.send(Job::Checkpoint(reason.to_string(), Ack::Sync(tx)))?;
         rx.recv()
             .map_err(|_| AuditError("audit writer stopped".into()))?
     }

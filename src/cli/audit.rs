@@ -130,7 +130,10 @@ pub fn run(output: Output, cmd: AuditCommand) -> anyhow::Result<()> {
                     let Ok(v) = serde_json::from_str::<Value>(line) else {
                         continue;
                     };
-                    let hit = v["key"] == key || v["detail"]["key"] == key;
+                    let in_items = v["items"]
+                        .as_array()
+                        .is_some_and(|items| items.iter().any(|i| i["key"] == key));
+                    let hit = v["key"] == key || v["detail"]["key"] == key || in_items;
                     if !hit {
                         continue;
                     }

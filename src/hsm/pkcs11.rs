@@ -686,7 +686,9 @@ impl Hsm for Pkcs11Hsm {
             Attribute::Private(true),
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
-            Attribute::Modifiable(false),
+            Attribute::Modifiable(
+                self.profile.session_key_copies && self.profile.copy_needs_modifiable,
+            ),
             Attribute::Copyable(self.profile.session_key_copies),
             Attribute::Destroyable(true),
             Attribute::Encrypt(true),
@@ -724,7 +726,10 @@ impl Hsm for Pkcs11Hsm {
             let login = lock(&live.login);
             Some(
                 login
-                    .copy_object(token, &[Attribute::Token(false)])
+                    .copy_object(
+                        token,
+                        &[Attribute::Token(false), Attribute::Modifiable(false)],
+                    )
                     .map_err(ck)?,
             )
         } else {

@@ -19,6 +19,11 @@ pub struct HsmProfile {
     /// `CKR_*` names this token returns from C_Decrypt when an AES-GCM tag
     /// does not verify.
     pub gcm_tag_failure_codes: Vec<String>,
+    /// The token refuses C_CopyObject of a non-modifiable object
+    /// (SoftHSM: CKR_ATTRIBUTE_READ_ONLY), so CMKs that get session copies
+    /// are created with CKA_MODIFIABLE true.
+    #[serde(default)]
+    pub copy_needs_modifiable: bool,
 }
 
 /// The SoftHSM 2 profile shipped with the source, used by `keywarden dev`.
