@@ -1,0 +1,35 @@
+//! A smoke run of `keywarden bench` (a fraction of a second per figure), so
+//! the benchmark cannot rot. Its figures are not asserted: speed is measured
+//! by the benchmark itself, never by timed tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[test]
+fn bench_smoke_run_reports_every_figure() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keywarden"))
+        .args(["bench", "--seconds", "0.2", "--warmup", "0.05", "--output", "json"])
+        .env_remove("KEYWARDEN_SOCKET")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["hsm_raw"].as_f64().unwrap() > 0.0);
+    for k in [
+        "rpc_noop_c1",
+        "rpc_noop_c16",
+        "generate_c1",
+        "generate_c16",
+        "decrypt_c1",
+        "decrypt_c16",
+        "reencrypt_c1",
+        "reencrypt_c16",
+        "batch64_keys",
+    ] {
+        assert!(v[k]["per_sec"].as_f64().unwrap() > 0.0, "{k}: {}", v[k]);
+        assert_eq!(v[k]["errors"], 0, "{k}: {}", v[k]);
+        assert!(v[k]["p50_us"].as_u64().unwrap() <= v[k]["p99_us"].as_u64().unwrap());
+    }
+    assert!(v["audit_off"]["generate_c16"]["per_sec"].as_f64().unwrap() > 0.0);
+    assert!(v["daemon_peak_rss_kib"].as_u64().unwrap() > 0);
+    assert!(v["gdk_vs_limit"].as_f64().unwrap() > 0.0);
+    assert!(v["batch_vs_hsm"].as_f64().unwrap() > 0.0);
+}
