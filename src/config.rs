@@ -84,6 +84,9 @@ struct RawServer {
     /// connect (the policy still decides what they may do).
     #[serde(default)]
     allow_world_socket: bool,
+    /// Group that owns the socket (membership grants access).
+    #[serde(default)]
+    socket_group: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +124,7 @@ impl std::fmt::Display for TokenSelector {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub socket: PathBuf,
+    pub socket_group: Option<String>,
     pub socket_mode: u32,
     pub state_dir: PathBuf,
     pub allow_root: bool,
@@ -286,6 +290,11 @@ impl Config {
                         .into(),
                 ));
             }
+            if s > 365 * 86_400 {
+                return Err(ConfigError::Invalid(
+                    "lifecycle.destroy_min_delay_secs cannot exceed the 365-day maximum".into(),
+                ));
+            }
             lifecycle.destroy_min_delay = std::time::Duration::from_secs(s);
         }
         if let Some(n) = lc.destroy_approvals {
@@ -352,6 +361,7 @@ impl Config {
         }
         Ok(Config {
             socket,
+            socket_group: raw.server.socket_group,
             socket_mode,
             state_dir,
             allow_root: raw.server.allow_root,

@@ -6,11 +6,23 @@
 #[test]
 fn bench_smoke_run_reports_every_figure() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_keywarden"))
-        .args(["bench", "--seconds", "0.2", "--warmup", "0.05", "--output", "json"])
+        .args([
+            "bench",
+            "--seconds",
+            "0.2",
+            "--warmup",
+            "0.05",
+            "--output",
+            "json",
+        ])
         .env_remove("KEYWARDEN_SOCKET")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["hsm_raw"].as_f64().unwrap() > 0.0);
     for k in [

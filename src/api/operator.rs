@@ -147,6 +147,7 @@ impl OperatorService for OperatorApi {
             break_glass,
             policy,
             caller,
+            hardening: crate::server::hardening::report(),
             registry_tampering: s
                 .tampering
                 .iter()

@@ -83,9 +83,12 @@ pub enum KeyCommand {
 }
 
 fn duration(flag: &str, text: &str) -> anyhow::Result<u64> {
-    humantime::parse_duration(text)
-        .map(|d| d.as_secs())
-        .map_err(|e| anyhow!("--{flag} {text:?}: {e} (e.g. 30d, 12h, 90s)"))
+    let d = humantime::parse_duration(text)
+        .map_err(|e| anyhow!("--{flag} {text:?}: {e} (e.g. 30d, 12h, 90s)"))?;
+    if d.as_secs() == 0 {
+        return Err(anyhow!("--{flag} {text:?}: must be at least one second"));
+    }
+    Ok(d.as_secs())
 }
 
 pub fn metadata_json(k: &proto::KeyMetadata) -> serde_json::Value {

@@ -57,6 +57,7 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
             "policy": s.policy,
             "caller": s.caller,
             "registry_tampering": s.registry_tampering,
+            "hardening": s.hardening,
             "break_glass": s.break_glass.iter().map(|g| json!({
                 "uid": g.uid, "principal": g.principal, "key": g.key,
                 "reason": g.reason, "granted_at": g.granted_at, "expires_at": g.expires_at,
@@ -112,6 +113,9 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
                 println!("TAMPERING:   {t}");
             }
             println!("you:         {}", s.caller);
+            for h in &s.hardening {
+                println!("hardening:   {h}");
+            }
             for g in &s.break_glass {
                 println!(
                     "BREAK-GLASS: uid {} ({}) on key {} until {}: {}",

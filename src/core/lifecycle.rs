@@ -144,12 +144,23 @@ impl Keywarden {
 
     /// A new version becomes active; older ones decrypt only.
     pub fn rotate(&self, name: &str, reason: &str) -> CoreResult<KeyRecord> {
+        self.rotate_inner(name, reason, false)
+    }
+
+    fn rotate_inner(
+        &self,
+        name: &str,
+        reason: &str,
+        allow_suspended: bool,
+    ) -> CoreResult<KeyRecord> {
         self.unsealed()?;
         validate::key_name("name", name)?;
         let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
         let mut rec = (*self.record(name)?).clone();
         not_destroyed(&rec)?;
-        if rec.state != KeyState::Active {
+        let ok =
+            rec.state == KeyState::Active || (allow_suspended && rec.state == KeyState::Suspended);
+        if !ok {
             return Err(CoreError::KeyUnusable {
                 name: rec.name.clone(),
                 state: rec.state.as_str().into(),
@@ -241,7 +252,7 @@ impl Keywarden {
             CoreError::invalid("version", format!("key {name:?} has no version {version}"))
         })?;
         if v.state == VersionState::Active {
-            self.rotate(name, "the active version was revoked")?;
+            self.rotate_inner(name, "the active version was revoked", true)?;
         }
         let (hsm_id, r) = self.update(name, |r| {
             let v = r
@@ -410,7 +421,16 @@ impl Keywarden {
                 )));
             }
             req.approvals.push(actor.uid);
-            Ok(req.approvals.len())
+            let count = req.approvals.len();
+            if count >= needed && r.active_holds().next().is_some() {
+                // Refused as a whole: the approval is not recorded.
+                return Err(CoreError::Held {
+                    name: r.name.clone(),
+                    holds: holds_text(r),
+                    operation: "destruction",
+                });
+            }
+            Ok(count)
         })?;
         audit::event(
             "destroy_approved",

@@ -38,6 +38,9 @@ pub enum RegistryError {
 struct Manifest {
     /// key id (hex) -> (generation, record HMAC hex)
     keys: BTreeMap<String, (u64, String)>,
+    /// key id (hex) -> name, so that a deleted row is refused by name.
+    #[serde(default)]
+    names: BTreeMap<String, String>,
 }
 
 /// What a verified load found.
@@ -260,6 +263,9 @@ impl Registry {
         manifest
             .keys
             .insert(hex::encode(record.id), (gen, rmac.clone()));
+        manifest
+            .names
+            .insert(hex::encode(record.id), record.name.clone());
         let mjson =
             serde_json::to_string(&manifest).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
         let mmac = manifest_mac(key, gen, &mjson);

@@ -1,5 +1,9 @@
-//! Start-up: configuration, HSM login, registry, reconciliation, the socket
-//! and the gRPC server.
+//! Start-up: hardening, configuration, the HSM token, the seal, the audit
+//! log, the socket (systemd socket activation or our own bind) and the gRPC
+//! server; the systemd protocol; graceful shutdown.
+
+pub mod hardening;
+pub mod systemd;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -67,6 +71,31 @@ async fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// A socket passed by systemd (LISTEN_FDS), if any.
+fn activated_listener() -> anyhow::Result<Option<UnixListener>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    let Some(std_listener) = fds
+        .take_unix_listener(0)
+        .context("LISTEN_FDS: descriptor 3 is not a Unix stream socket")?
+    else {
+        return Ok(None);
+    };
+    std_listener.set_nonblocking(true)?;
+    Ok(Some(UnixListener::from_std(std_listener)?))
+}
+
+/// Gives the socket to a group (e.g. `keywarden`): membership grants access.
+fn set_socket_group(path: &Path, group: &str) -> anyhow::Result<()> {
+    let g = nix::unistd::Group::from_name(group)?
+        .ok_or_else(|| anyhow::anyhow!("server.socket_group: unknown group {group:?}"))?;
+    nix::unistd::chown(path, None, Some(g.gid))
+        .with_context(|| format!("chgrp {group} {}", path.display()))?;
+    Ok(())
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
@@ -88,7 +117,7 @@ async fn shutdown_signal() {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     check_privileges(&config)?;
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    hardening::apply();
     prepare_state_dir(&config.state_dir)?;
 
     let hsm_config = config.clone();
@@ -171,8 +200,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 return;
             };
             while hup.recv().await.is_some() {
+                systemd::reloading();
                 let g = guard.clone();
                 let r = tokio::task::spawn_blocking(move || g.reload()).await;
+                systemd::reloaded();
                 match r {
                     Ok(Ok(())) => info!("policy reloaded"),
                     Ok(Err(e)) => {
@@ -185,8 +216,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     info!(state = core.status().seal.phase.as_str(), "started");
 
-    let listener = bind_socket(&config.socket, config.socket_mode).await?;
-    info!(socket = %config.socket.display(), mode = format!("{:o}", config.socket_mode), "serving");
+    let (listener, activated) = match activated_listener()? {
+        Some(l) => (l, true),
+        None => (
+            bind_socket(&config.socket, config.socket_mode).await?,
+            false,
+        ),
+    };
+    if !activated {
+        if let Some(group) = &config.socket_group {
+            set_socket_group(&config.socket, group)?;
+        }
+    }
+    info!(
+        socket = %config.socket.display(),
+        mode = format!("{:o}", config.socket_mode),
+        socket_activation = activated,
+        "serving"
+    );
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -215,10 +262,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
+    {
+        let (c, g) = (core.clone(), guard.clone());
+        let summary = tokio::task::spawn_blocking(move || systemd::health(&c, &g))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        match summary {
+            Ok(s) => systemd::ready(&s),
+            Err(why) => systemd::ready(&format!("unhealthy: {why}")),
+        }
+        systemd::spawn_watchdog(core.clone(), guard.clone());
+    }
     let result = tokio::select! {
         r = &mut server => r,
         _ = shutdown_signal() => {
             // Stop accepting; give in-flight requests a deadline, then go.
+            systemd::stopping();
             let _ = stop_tx.send(());
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
                 Ok(r) => r,
@@ -229,7 +288,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
     };
-    let _ = std::fs::remove_file(&config.socket);
+    if !activated {
+        let _ = std::fs::remove_file(&config.socket);
+    }
     let c = core.clone();
     let _ = tokio::task::spawn_blocking(move || {
         crate::audit::event("daemon_stop", "ok", serde_json::json!({}));
