@@ -28,6 +28,25 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum HsmCommand {
+    /// Mechanisms, login, a non-extractable AES key, AES-GCM, session
+    /// copies, ECDSA signing: a table of PASS/FAIL.
+    Check {
+        #[arg(long)]
+        profile: PathBuf,
+        #[arg(long)]
+        module: Option<PathBuf>,
+        #[arg(long)]
+        token_label: Option<String>,
+        #[arg(long)]
+        token_serial: Option<String>,
+        /// File holding the token's user PIN.
+        #[arg(long)]
+        pin_file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon with a config file.
     Serve {
@@ -84,6 +103,9 @@ enum Command {
     /// Custodians' ceremonies: init, unseal, seal, rekey.
     #[command(subcommand)]
     Operator(keywarden::cli::operator::OperatorCommand),
+    /// Probe an HSM token against a profile before trusting it.
+    #[command(subcommand)]
+    Hsm(HsmCommand),
     /// Measure the daemon against its own limits (docs/PERFORMANCE.md).
     Bench {
         /// Seconds per figure after the warm-up.
@@ -224,6 +246,46 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
         Command::Key(cmd) => keywarden::cli::key::run(&socket, cli.output, cmd).await,
         Command::Datakey(cmd) => keywarden::cli::datakey::run(&socket, cli.output, cmd).await,
         Command::Status => keywarden::cli::status::run(&socket, cli.output).await,
+        Command::Hsm(HsmCommand::Check {
+            profile,
+            module,
+            token_label,
+            token_serial,
+            pin_file,
+        }) => {
+            let token = match (token_label, token_serial) {
+                (Some(l), None) => keywarden::config::TokenSelector::Label(l),
+                (None, Some(s)) => keywarden::config::TokenSelector::Serial(s),
+                _ => anyhow::bail!("give one of --token-label and --token-serial"),
+            };
+            let results = tokio::task::spawn_blocking(move || {
+                keywarden::hsm::check::run(&profile, module.as_deref(), &token, &pin_file)
+            })
+            .await?;
+            let failed = results.iter().filter(|r| !r.ok).count();
+            match cli.output {
+                keywarden::cli::Output::Json => keywarden::cli::print_json(&serde_json::json!({
+                    "ok": failed == 0,
+                    "checks": results.iter().map(|r| serde_json::json!({
+                        "check": r.check, "ok": r.ok, "detail": r.detail,
+                    })).collect::<Vec<_>>(),
+                }))?,
+                keywarden::cli::Output::Text => {
+                    for r in &results {
+                        println!(
+                            "{:<36} {:<4} {}",
+                            r.check,
+                            if r.ok { "PASS" } else { "FAIL" },
+                            r.detail
+                        );
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} checks failed");
+            }
+            Ok(())
+        }
         Command::Bench {
             seconds,
             warmup,

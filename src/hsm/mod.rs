@@ -2,6 +2,7 @@
 //! the core reads as key management, not as PKCS#11. The one real
 //! implementation is [`pkcs11::Pkcs11Hsm`].
 
+pub mod check;
 pub mod pkcs11;
 pub mod profile;
 

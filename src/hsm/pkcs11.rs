@@ -225,6 +225,14 @@ impl Pkcs11Hsm {
         })
     }
 
+    /// The token's mechanisms, as cryptoki names them.
+    pub fn mechanism_names(&self) -> Result<Vec<String>, String> {
+        self.ctx
+            .get_mechanism_list(self.slot)
+            .map(|l| l.iter().map(|m| m.to_string()).collect())
+            .map_err(|e| e.to_string())
+    }
+
     fn live(&self) -> HsmResult<Arc<Live>> {
         self.live
             .read()

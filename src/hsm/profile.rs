@@ -86,6 +86,27 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_profile_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hsm-profiles");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let text = std::fs::read_to_string(&p).unwrap();
+            let profile =
+                HsmProfile::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            if profile.name != "softhsm2" {
+                assert!(
+                    text.starts_with("# UNTESTED"),
+                    "{} must say it is untested",
+                    p.display()
+                );
+            }
+            n += 1;
+        }
+        assert!(n >= 5);
+    }
+
+    #[test]
     fn profile_rejects_unknown_fields_and_bad_codes() {
         let base = "name = \"x\"\nmodule_paths = []\nsession_key_copies = true\nmax_sessions = 2\n";
         assert!(

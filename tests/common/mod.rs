@@ -23,6 +23,8 @@ pub struct Daemon {
     stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// The dev mode's 1-of-1 unseal share, once known.
     pub dev_share: Option<String>,
+    /// Extra environment for the dev process (and so the daemon).
+    pub envs: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -57,6 +59,7 @@ impl Daemon {
             dev_args: dev_args.iter().map(|s| s.to_string()).collect(),
             stdout: Default::default(),
             dev_share: None,
+            envs: Vec::new(),
         }
     }
 
@@ -122,6 +125,7 @@ impl Daemon {
             .args(&self.dev_args)
             .env_remove("KEYWARDEN_SOCKET")
             .env("RUST_LOG", "info")
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -453,4 +457,46 @@ pub async fn describe(c: &mut Client, name: &str) -> proto::KeyMetadata {
 
 pub fn name_req(name: &str) -> proto::KeyNameRequest {
     proto::KeyNameRequest { name: name.into() }
+}
+
+impl Daemon {
+    /// A dev daemon with extra environment (e.g. NOTIFY_SOCKET).
+    pub async fn start_with_env(envs: &[(&str, &str)]) -> Daemon {
+        let mut d = Self::new(&[]);
+        d.envs = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        d.launch().await;
+        d.wait_phase("unsealed").await;
+        d.dev_share = d.printed_share();
+        d
+    }
+
+    /// The `keywarden serve` process (the dev process's child).
+    pub fn serve_pid(&self) -> Option<i32> {
+        let pid = self.child.as_ref()?.id();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// Waits for the dev process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = child.try_wait().ok().flatten() {
+                self.child = None;
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
