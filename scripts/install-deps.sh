@@ -6,7 +6,7 @@
 set -euo pipefail
 
 need=()
-for pkg in softhsm2 opensc protobuf-compiler build-essential pkg-config ca-certificates age jq; do
+for pkg in softhsm2 opensc protobuf-compiler build-essential pkg-config ca-certificates age jq systemd dpkg-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 

@@ -27,3 +27,6 @@ fi
 
 echo "== cargo test"
 cargo test --locked --all-targets
+
+echo "== Debian package: build, install, upgrade, remove, purge"
+bash scripts/package-test.sh
