@@ -123,6 +123,7 @@ impl OperatorService for OperatorApi {
             drift: Some(proto::DriftReport {
                 missing_on_token: s.drift.missing_on_token,
                 orphaned_on_token: s.drift.orphaned_on_token,
+                repaired: s.drift.repaired,
             }),
             sealed: s.seal.phase != crate::seal::Phase::Unsealed,
             started_at: s.started_at,

@@ -50,6 +50,7 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
             "drift": {
                 "missing_on_token": d.missing_on_token,
                 "orphaned_on_token": d.orphaned_on_token,
+                "repaired": d.repaired,
             },
             "started_at": s.started_at,
             "audit_health": s.audit_health,

@@ -135,6 +135,7 @@ impl Keywarden {
                 return Err(e);
             }
         };
+        self.intent_done(&hsm_id);
         if let Err(e) = self.hsm.activate(&hsm_id) {
             warn!(key = %name, error = %e, "no session copy for the new CMK; the token object is used");
         }
@@ -192,6 +193,7 @@ impl Keywarden {
                 return Err(e);
             }
         };
+        self.intent_done(&hsm_id);
         if let Err(e) = self.hsm.activate(&hsm_id) {
             warn!(key = %name, error = %e, "no session copy for the new version");
         }

@@ -102,6 +102,8 @@ pub struct ReEncrypted {
 pub struct Drift {
     pub missing_on_token: Vec<String>,
     pub orphaned_on_token: Vec<String>,
+    /// What reconciliation repaired (orphans destroyed).
+    pub repaired: Vec<String>,
 }
 
 pub struct Status {
@@ -463,9 +465,12 @@ impl Keywarden {
         Ok((out, stored))
     }
 
-    /// Compares the registry with the token; records drift and activates
-    /// every usable version that is present.
+    /// Compares the registry with the token; activates every usable version
+    /// that is present; destroys orphans (Keywarden objects the registry
+    /// never recorded: an interrupted create or rotate, which never wrapped
+    /// anything); records what it found and what it repaired.
     pub fn reconcile(&self) -> CoreResult<Drift> {
+        let _w = lock(&self.writes);
         let on_token = self.hsm.list_cmks().map_err(CoreError::from_hsm)?;
         let keys: Vec<Arc<KeyRecord>> = self.table().by_name.values().cloned().collect();
         let mut known: HashMap<HsmKeyId, String> = HashMap::new();
@@ -475,7 +480,9 @@ impl Keywarden {
             for v in &k.versions {
                 let what = format!("{}/v{} ({})", k.name, v.version, v.hsm_id);
                 known.insert(v.hsm_id, what.clone());
-                if v.state == VersionState::Destroyed {
+                // Destroyed versions, and versions of a key whose destruction
+                // was interrupted (the next tick finishes it), may be gone.
+                if v.state == VersionState::Destroyed || k.state == KeyState::PendingDestruction {
                     continue;
                 }
                 if !present.contains(&v.hsm_id) {
@@ -488,8 +495,45 @@ impl Keywarden {
                 }
             }
         }
+        let registry_ok = self.table().global.is_none();
+        let reg_key = self.registry_key().ok();
         for o in &on_token {
-            if !known.contains_key(&o.id) {
+            if known.contains_key(&o.id) {
+                // Recorded: a leftover intent is done.
+                self.intent_done(&o.id);
+                continue;
+            }
+            {
+                // Only an object with a verified creation intent (an
+                // interrupted create or rotate that never wrapped anything)
+                // is destroyed, and only with a verified registry. Anything
+                // else is reported, never touched: it may be a real key
+                // (a registry restored from an older copy, a deleted row).
+                let intended = reg_key.as_ref().is_some_and(|k| {
+                    self.registry
+                        .has_intent(k, &o.id.0, &o.label)
+                        .unwrap_or(false)
+                });
+                if registry_ok && self.table().tampered.is_empty() && intended {
+                    match self.hsm.destroy_cmk(&o.id) {
+                        Ok(()) => {
+                            warn!(label = %o.label, id = %o.id, "destroyed an orphan CMK object (an interrupted create or rotate)");
+                            crate::audit::event(
+                                "reconcile_repair",
+                                "orphan_destroyed",
+                                serde_json::json!({"label": o.label, "id": o.id.to_hex()}),
+                            );
+                            drift
+                                .repaired
+                                .push(format!("destroyed orphan {} ({})", o.label, o.id));
+                            self.intent_done(&o.id);
+                            continue;
+                        }
+                        Err(e) => {
+                            warn!(label = %o.label, error = %e, "could not destroy an orphan")
+                        }
+                    }
+                }
                 warn!(label = %o.label, id = %o.id, "Keywarden object on the token is not in the registry");
                 drift
                     .orphaned_on_token
@@ -923,10 +967,23 @@ impl Keywarden {
         self.hsm.random(&mut hsm_id).map_err(CoreError::from_hsm)?;
         let hsm_id = HsmKeyId(hsm_id);
         let label = format!("{LABEL_PREFIX}{name}/v{version}");
+        // Intent first: a crash after the object exists but before its
+        // record is written leaves an orphan that reconciliation may destroy.
+        let key = self.registry_key()?;
+        self.registry
+            .put_intent(&key, &hsm_id.0, &label)
+            .map_err(reg_err)?;
         self.hsm
             .generate_cmk(&hsm_id, &label)
             .map_err(CoreError::from_hsm)?;
         Ok(hsm_id)
+    }
+
+    /// The record now names the object: the intent is done.
+    pub(crate) fn intent_done(&self, hsm_id: &HsmKeyId) {
+        if let Err(e) = self.registry.clear_intent(&hsm_id.0) {
+            warn!(error = %e, "could not clear a creation intent");
+        }
     }
 
     pub fn phase(&self) -> crate::seal::Phase {

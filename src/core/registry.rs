@@ -103,6 +103,11 @@ impl Registry {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS intents (
+                 hsm_id BLOB PRIMARY KEY CHECK (length(hsm_id) = 16),
+                 label TEXT NOT NULL,
+                 mac TEXT NOT NULL
+             );
              CREATE TABLE IF NOT EXISTS key_records (
                  id BLOB PRIMARY KEY CHECK (length(id) = 16),
                  name TEXT NOT NULL UNIQUE,
@@ -310,6 +315,56 @@ impl Registry {
         tx.commit()?;
         *state = (manifest, gen);
         Ok(gen)
+    }
+
+    /// Records, before an HSM object is created, that it is about to be:
+    /// reconciliation may destroy such an object if the record of the key
+    /// never followed (an interrupted create or rotate), and only such.
+    pub fn put_intent(
+        &self,
+        key: &[u8; 32],
+        hsm_id: &[u8; 16],
+        label: &str,
+    ) -> Result<(), RegistryError> {
+        let m = mac(
+            key,
+            &[b"keywarden/v1/registry-intent", hsm_id, label.as_bytes()],
+        );
+        self.conn().execute(
+            "INSERT OR REPLACE INTO intents (hsm_id, label, mac) VALUES (?1, ?2, ?3)",
+            params![hsm_id.as_slice(), label, m],
+        )?;
+        Ok(())
+    }
+
+    pub fn clear_intent(&self, hsm_id: &[u8; 16]) -> Result<(), RegistryError> {
+        self.conn().execute(
+            "DELETE FROM intents WHERE hsm_id = ?1",
+            params![hsm_id.as_slice()],
+        )?;
+        Ok(())
+    }
+
+    /// Whether a verified intent exists for this HSM object.
+    pub fn has_intent(
+        &self,
+        key: &[u8; 32],
+        hsm_id: &[u8; 16],
+        label: &str,
+    ) -> Result<bool, RegistryError> {
+        let stored: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT mac FROM intents WHERE hsm_id = ?1 AND label = ?2",
+                params![hsm_id.as_slice(), label],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let want = mac(
+            key,
+            &[b"keywarden/v1/registry-intent", hsm_id, label.as_bytes()],
+        );
+        Ok(stored.is_some_and(|m| m == want))
     }
 
     pub fn generation(&self) -> u64 {

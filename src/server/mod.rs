@@ -96,10 +96,10 @@ fn set_socket_group(path: &Path, group: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
+async fn shutdown_signal(
+    term: std::io::Result<tokio::signal::unix::Signal>,
+    int: std::io::Result<tokio::signal::unix::Signal>,
+) {
     match (term, int) {
         (Ok(mut t), Ok(mut i)) => {
             tokio::select! {
@@ -118,6 +118,14 @@ async fn shutdown_signal() {
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     check_privileges(&config)?;
     hardening::apply();
+    // Installed first, so a SIGTERM during start-up is graceful too.
+    let term = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        )
+    };
     prepare_state_dir(&config.state_dir)?;
 
     let hsm_config = config.clone();
@@ -275,7 +283,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let result = tokio::select! {
         r = &mut server => r,
-        _ = shutdown_signal() => {
+        _ = shutdown_signal(term.0, term.1) => {
             // Stop accepting; give in-flight requests a deadline, then go.
             systemd::stopping();
             let _ = stop_tx.send(());
