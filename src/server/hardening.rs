@@ -39,8 +39,11 @@ fn lock_memory() -> String {
     if !unlimited && !nix::unistd::geteuid().is_root() {
         return "WARNING: memory not locked (RLIMIT_MEMLOCK is limited; set LimitMEMLOCK=infinity): secrets may reach swap".into();
     }
-    match mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE) {
-        Ok(()) => "all memory locked (mlockall)".into(),
+    // MCL_ONFAULT (Linux 4.4): pages are locked as they are touched, so
+    // untouched library text and allocator reservations stay non-resident.
+    let onfault = MlockAllFlags::from_bits_retain(libc::MCL_ONFAULT);
+    match mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE | onfault) {
+        Ok(()) => "all memory locked as it is used (mlockall MCL_ONFAULT)".into(),
         Err(e) => format!("WARNING: mlockall failed ({e}): secrets may reach swap"),
     }
 }
