@@ -231,10 +231,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             false,
         ),
     };
-    if !activated {
-        if let Some(group) = &config.socket_group {
-            set_socket_group(&config.socket, group)?;
-        }
+    if activated {
+        info!("serving the socket passed by systemd: its path, mode and group come from keywarden.socket (server.socket, socket_mode and socket_group are not used)");
+    } else if let Some(group) = &config.socket_group {
+        set_socket_group(&config.socket, group)?;
     }
     info!(
         socket = %config.socket.display(),
