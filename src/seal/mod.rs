@@ -125,6 +125,56 @@ struct Progress {
 }
 
 impl Progress {
+    /// Checks a parsed share against this progress (set, threshold,
+    /// duplicate) and adds it; every refusal and acceptance is an audit
+    /// event (`event`) naming the rekey. Returns (received, threshold).
+    fn accept(
+        &mut self,
+        parsed: share::Share,
+        event: &'static str,
+        rekey_id: &str,
+    ) -> SealResult<(usize, u8)> {
+        let set_id = hex::encode(self.set_id);
+        let refuse = |reason: &str| {
+            audit::event(
+                event,
+                "refused",
+                json!({"rekey_id": rekey_id, "reason": reason}),
+            );
+        };
+        if parsed.set_id != self.set_id {
+            refuse("other share set");
+            return Err(SealError::WrongSet {
+                got: hex::encode(parsed.set_id),
+                want: set_id,
+            });
+        }
+        if parsed.threshold != self.threshold {
+            refuse("threshold mismatch");
+            return Err(SealError::WrongThreshold {
+                got: parsed.threshold,
+                want: self.threshold,
+                set_id,
+            });
+        }
+        if self.shares.iter().any(|s| s.index == parsed.bytes.index) {
+            refuse("duplicate");
+            return Err(SealError::Duplicate {
+                index: parsed.bytes.index,
+                received: self.shares.len(),
+                threshold: self.threshold,
+            });
+        }
+        self.shares.push(parsed.bytes);
+        let received = self.shares.len();
+        audit::event(
+            event,
+            "accepted",
+            json!({"rekey_id": rekey_id, "received": received, "threshold": self.threshold}),
+        );
+        Ok((received, self.threshold))
+    }
+
     fn new(set_id: [u8; 4], threshold: u8) -> Self {
         Progress {
             set_id,
@@ -820,48 +870,7 @@ impl Seal {
             Some(Rekey::CollectingOld { id, progress, .. }) => (id.clone(), progress),
         };
         let parsed = share::parse(text).map_err(SealError::BadShare)?;
-        if parsed.set_id != progress.set_id {
-            audit::event(
-                "rekey_share",
-                "refused",
-                json!({"rekey_id": id, "reason": "other share set"}),
-            );
-            return Err(SealError::WrongSet {
-                got: hex::encode(parsed.set_id),
-                want: current.set_id.clone(),
-            });
-        }
-        if parsed.threshold != progress.threshold {
-            return Err(SealError::WrongThreshold {
-                got: parsed.threshold,
-                want: progress.threshold,
-                set_id: current.set_id.clone(),
-            });
-        }
-        if progress
-            .shares
-            .iter()
-            .any(|s| s.index == parsed.bytes.index)
-        {
-            audit::event(
-                "rekey_share",
-                "refused",
-                json!({"rekey_id": id, "reason": "duplicate", "index": parsed.bytes.index}),
-            );
-            return Err(SealError::Duplicate {
-                index: parsed.bytes.index,
-                received: progress.shares.len(),
-                threshold: progress.threshold,
-            });
-        }
-        progress.shares.push(parsed.bytes);
-        let received = progress.shares.len();
-        let threshold = progress.threshold;
-        audit::event(
-            "rekey_share",
-            "accepted",
-            json!({"rekey_id": id, "received": received, "threshold": threshold}),
-        );
+        let (received, threshold) = progress.accept(parsed, "rekey_share", &id)?;
         if received < threshold as usize {
             return Ok((
                 ShareProgress {
@@ -947,38 +956,7 @@ impl Seal {
             }) => (id.clone(), *new_set, progress),
         };
         let parsed = share::parse(text).map_err(SealError::BadShare)?;
-        if parsed.set_id != new_set {
-            return Err(SealError::WrongSet {
-                got: hex::encode(parsed.set_id),
-                want: hex::encode(new_set),
-            });
-        }
-        if parsed.threshold != progress.threshold {
-            return Err(SealError::WrongThreshold {
-                got: parsed.threshold,
-                want: progress.threshold,
-                set_id: hex::encode(new_set),
-            });
-        }
-        if progress
-            .shares
-            .iter()
-            .any(|s| s.index == parsed.bytes.index)
-        {
-            return Err(SealError::Duplicate {
-                index: parsed.bytes.index,
-                received: progress.shares.len(),
-                threshold: progress.threshold,
-            });
-        }
-        progress.shares.push(parsed.bytes);
-        let received = progress.shares.len();
-        let threshold = progress.threshold;
-        audit::event(
-            "rekey_verify_share",
-            "accepted",
-            json!({"rekey_id": id, "received": received, "threshold": threshold}),
-        );
+        let (received, threshold) = progress.accept(parsed, "rekey_verify_share", &id)?;
         if received < threshold as usize {
             return Ok(ShareProgress {
                 received,
