@@ -71,6 +71,7 @@ async fn prepare(
     session_copies: bool,
     policy_file: Option<PathBuf>,
     no_audit: bool,
+    audit_max_file_bytes: Option<u64>,
     lifecycle: &str,
 ) -> anyhow::Result<DevLayout> {
     let root = root.canonicalize()?;
@@ -135,10 +136,10 @@ async fn prepare(
     }
 
     let sock = socket.display().to_string();
-    let audit = if no_audit {
-        "\n[audit]\nbenchmark_disable = true\n"
-    } else {
-        ""
+    let audit = match (no_audit, audit_max_file_bytes) {
+        (true, _) => "\n[audit]\nbenchmark_disable = true\n".to_string(),
+        (false, Some(n)) => format!("\n[audit]\nmax_file_bytes = {n}\n"),
+        (false, None) => String::new(),
     };
     let policy = match &policy_file {
         Some(p) => format!(
@@ -199,6 +200,8 @@ pub struct DevOptions {
     pub benchmark_no_audit: bool,
     /// Lifecycle settings for drills (a `[lifecycle]` TOML section body).
     pub lifecycle: String,
+    /// Rotate the audit log at this size.
+    pub audit_max_file_bytes: Option<u64>,
 }
 
 /// Dev mode's own ceremony: 1 share of threshold 1, printed, then
@@ -248,6 +251,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         policy,
         benchmark_no_audit,
         lifecycle,
+        audit_max_file_bytes,
     } = opts;
     let lifecycle = if lifecycle.is_empty() {
         String::new()
@@ -281,6 +285,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         session_copies,
         policy,
         benchmark_no_audit,
+        audit_max_file_bytes,
         &lifecycle,
     )
     .await?;

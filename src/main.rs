@@ -88,6 +88,9 @@ enum Command {
         /// How often the lifecycle scheduler runs (e.g. 1s).
         #[arg(long, value_name = "DURATION")]
         tick: Option<String>,
+        /// Rotate the audit log at this size (drills and tests).
+        #[arg(long, value_name = "BYTES")]
+        audit_max_file_bytes: Option<u64>,
     },
     /// Customer-managed keys (admins).
     #[command(subcommand)]
@@ -212,6 +215,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             rotate_after_encryptions,
             hard_limit_encryptions,
             tick,
+            audit_max_file_bytes,
         } => {
             // Only an explicit --socket applies; a KEYWARDEN_SOCKET left over
             // from an earlier dev run must not.
@@ -223,6 +227,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
                 ceremony,
                 policy,
                 benchmark_no_audit,
+                audit_max_file_bytes,
                 lifecycle: dev_lifecycle(
                     destroy_min_delay,
                     destroy_approvals,

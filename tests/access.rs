@@ -584,3 +584,60 @@ async fn unwritable_audit_log_fails_closed_and_recovers() {
         .into_inner();
     assert_eq!(s.audit_health, "ok", "{}", s.audit_detail);
 }
+
+/// Rotation by size keeps the chain across files, across a restart too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_rotation_keeps_the_chain_across_files() {
+    let mut d = Daemon::start_with(&["--audit-max-file-bytes", "4096"]).await;
+    let mut c = d.client().await;
+    create_key(&mut c, "k").await;
+    for i in 0..60 {
+        generate(&mut c, "k", &[("n", &i.to_string())]).await;
+        if i % 20 == 0 {
+            // A checkpoint (at seal) lets the writer rotate.
+            c.operator.seal(proto::SealRequest {}).await.unwrap();
+            c.operator
+                .unseal(proto::UnsealRequest {
+                    share: d.dev_share.clone().unwrap(),
+                    reset: false,
+                })
+                .await
+                .unwrap();
+        }
+    }
+    drop(c);
+    d.restart().await;
+    let mut c = d.client().await;
+    generate(&mut c, "k", &[]).await;
+    drop(c);
+    d.stop();
+    let rotated: Vec<_> = std::fs::read_dir(d.audit_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("audit-"))
+        .collect();
+    assert!(
+        rotated.len() >= 2,
+        "expected rotated files, found {}",
+        rotated.len()
+    );
+    let out = d.cli(
+        &[
+            "audit",
+            "verify",
+            "--dir",
+            &d.audit_dir().display().to_string(),
+            "--output",
+            "json",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["first_seq"], 0);
+    assert!(v["files"].as_u64().unwrap() >= 3);
+}

@@ -330,8 +330,26 @@ impl Audit {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let last =
+        let mut last =
             last_line(&config.file).map_err(|e| format!("{}: {e}", config.file.display()))?;
+        if last.is_none() {
+            // The live file may have just been rotated away (at the final
+            // checkpoint of a shutdown): resume the chain from the newest
+            // rotated file rather than starting a second genesis.
+            let mut rotated: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map_err(|e| format!("reading {}: {e}", dir.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("audit-") && n.ends_with(".log"))
+                })
+                .collect();
+            rotated.sort();
+            if let Some(newest) = rotated.last() {
+                last = last_line(newest).map_err(|e| format!("{}: {e}", newest.display()))?;
+            }
+        }
         let shared = Arc::new(Shared {
             health: Mutex::new(Ok(())),
             signer: Mutex::new(None),
