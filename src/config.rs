@@ -169,6 +169,12 @@ impl Config {
         Self::from_toml(&text, path, base)
     }
 
+    /// Parses and validates config text; relative paths resolve against
+    /// `base` (used by the fuzz target).
+    pub fn parse_str(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        Self::from_toml(text, &base.join("keywarden.toml"), base)
+    }
+
     fn from_toml(text: &str, path: &Path, base: &Path) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
