@@ -26,7 +26,7 @@ else
 fi
 
 echo "== cargo test"
-cargo test --locked --all-targets
+cargo test --locked --all-targets --no-fail-fast
 
 echo "== Debian package: build, install, upgrade, remove, purge"
 bash scripts/package-test.sh
