@@ -328,14 +328,10 @@ async fn scheduled_destruction_waits_can_be_cancelled_and_shreds() {
         .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(describe(&mut c, "k").await.state, "pending-destruction");
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while describe(&mut c, "k").await.state != "destroyed" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "destruction did not happen"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_key(&mut c, "k", 15, "destruction did not happen", |k| {
+        k.state == "destroyed"
+    })
+    .await;
     let m = describe(&mut c, "k").await;
     assert!(m.destroyed_at > 0);
     assert!(m.versions.iter().all(|v| v.state == "destroyed"));
@@ -420,14 +416,10 @@ async fn legal_hold_refuses_and_pauses_destruction_until_released() {
         })
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while describe(&mut c, "k").await.state != "destroyed" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "destruction did not resume"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_key(&mut c, "k", 15, "destruction did not resume", |k| {
+        k.state == "destroyed"
+    })
+    .await;
     assert_status(
         decrypt(&mut c, &g.ciphertext_blob, &[]).await,
         Code::FailedPrecondition,
@@ -520,11 +512,10 @@ async fn automatic_rotation_by_period_and_by_count_and_the_hard_limit() {
     for _ in 0..25 {
         generate(&mut c, "k", &[]).await;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while describe(&mut c, "k").await.current_version < 2 {
-        assert!(std::time::Instant::now() < deadline, "no rotation by count");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_key(&mut c, "k", 10, "no rotation by count", |k| {
+        k.current_version >= 2
+    })
+    .await;
     // The hard limit: a version never encrypts more than 30 times. A batch
     // that would pass it is refused as a whole.
     create_key(&mut c, "capped").await;
@@ -559,14 +550,10 @@ async fn automatic_rotation_by_period_and_by_count_and_the_hard_limit() {
         })
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while describe(&mut c, "bystander").await.current_version < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no rotation by period"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_key(&mut c, "bystander", 10, "no rotation by period", |k| {
+        k.current_version >= 2
+    })
+    .await;
     let log = std::fs::read_to_string(d.audit_dir().join("audit.log")).unwrap();
     assert!(
         log.contains("\"reason\":\"encryption count\"")

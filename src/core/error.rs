@@ -4,7 +4,7 @@
 use crate::hsm::HsmError;
 use crate::seal::SealError;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CoreError {
     /// A request field is malformed; `field` names it.
     #[error("{field}: {reason}")]

@@ -497,10 +497,15 @@ impl Keywarden {
         }
         let registry_ok = self.table().global.is_none();
         let reg_key = self.registry_key().ok();
+        // Intents whose object was recorded after all (a crash between the
+        // record and clearing the intent) are done.
+        for id in self.registry.intent_ids().unwrap_or_default() {
+            if known.contains_key(&HsmKeyId(id)) {
+                self.intent_done(&HsmKeyId(id));
+            }
+        }
         for o in &on_token {
             if known.contains_key(&o.id) {
-                // Recorded: a leftover intent is done.
-                self.intent_done(&o.id);
                 continue;
             }
             {
@@ -716,20 +721,8 @@ impl Keywarden {
                 None => Err(CoreError::Internal("empty group".into())),
             };
             if let Err(e) = counted {
-                let msg = e.to_string();
                 for &i in &idxs {
-                    results[i] = Some(Err(match &e {
-                        CoreError::VersionExhausted {
-                            name,
-                            version,
-                            limit,
-                        } => CoreError::VersionExhausted {
-                            name: name.clone(),
-                            version: *version,
-                            limit: *limit,
-                        },
-                        _ => CoreError::Registry(msg.clone()),
-                    }));
+                    results[i] = Some(Err(e.clone()));
                 }
                 continue;
             }

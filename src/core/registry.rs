@@ -345,6 +345,16 @@ impl Registry {
         Ok(())
     }
 
+    /// The HSM ids that have an intent row (verified or not).
+    pub fn intent_ids(&self) -> Result<Vec<[u8; 16]>, RegistryError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT hsm_id FROM intents")?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ids.into_iter().filter_map(|v| v.try_into().ok()).collect())
+    }
+
     /// Whether a verified intent exists for this HSM object.
     pub fn has_intent(
         &self,

@@ -500,3 +500,18 @@ impl Daemon {
         }
     }
 }
+
+/// Polls a key until `pred` holds, failing with `what` after `secs`.
+pub async fn wait_key(
+    c: &mut Client,
+    name: &str,
+    secs: u64,
+    what: &str,
+    pred: impl Fn(&proto::KeyMetadata) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !pred(&describe(c, name).await) {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
