@@ -148,15 +148,20 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
                         assert_eq!(g.into_inner().plaintext.len(), 32);
                         ok += 1
                     }
-                    // After shutdown begins: the connection goes away.
+                    // After shutdown begins: the connection goes away. A call
+                    // that races the server's GOAWAY was never started on the
+                    // server; tonic reports it as INTERNAL with the h2 reason.
                     Err(s) => {
+                        let refused_by_goaway = s.code() == tonic::Code::Internal
+                            && format!("{s:?}").contains("GoAway");
                         assert!(
-                            matches!(
-                                s.code(),
-                                tonic::Code::Unavailable
-                                    | tonic::Code::Cancelled
-                                    | tonic::Code::Unknown
-                            ),
+                            refused_by_goaway
+                                || matches!(
+                                    s.code(),
+                                    tonic::Code::Unavailable
+                                        | tonic::Code::Cancelled
+                                        | tonic::Code::Unknown
+                                ),
                             "{s:?}"
                         );
                         other += 1;
