@@ -17,8 +17,8 @@ else
 fi
 
 if cargo clippy --version >/dev/null 2>&1; then
-  echo "== cargo clippy --all-targets -- -D warnings"
-  cargo clippy --all-targets --locked -- -D warnings
+  echo "== cargo clippy --workspace --all-targets -- -D warnings"
+  cargo clippy --workspace --all-targets --locked -- -D warnings
 elif [ "${CI:-}" = "true" ]; then
   echo "clippy is missing" >&2; exit 1
 else
@@ -26,7 +26,11 @@ else
 fi
 
 echo "== cargo test"
-cargo test --locked --all-targets --no-fail-fast
+# --workspace also builds the PKCS#11 fault-injection shim (tests/faults.rs).
+cargo test --workspace --locked --all-targets --no-fail-fast
 
 echo "== Debian package: build, install, upgrade, remove, purge"
 bash scripts/package-test.sh
+
+echo "== fuzz smoke run (each libFuzzer target for ${FUZZ_SECONDS:-10} s)"
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-10}"

@@ -91,6 +91,10 @@ enum Command {
         /// Rotate the audit log at this size (drills and tests).
         #[arg(long, value_name = "BYTES")]
         audit_max_file_bytes: Option<u64>,
+        /// Serve through this PKCS#11 module instead of SoftHSM's (tests:
+        /// the fault-injection shim, which forwards to SoftHSM).
+        #[arg(long, value_name = "PATH")]
+        pkcs11_module: Option<PathBuf>,
     },
     /// Customer-managed keys (admins).
     #[command(subcommand)]
@@ -216,6 +220,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             hard_limit_encryptions,
             tick,
             audit_max_file_bytes,
+            pkcs11_module,
         } => {
             // Only an explicit --socket applies; a KEYWARDEN_SOCKET left over
             // from an earlier dev run must not.
@@ -228,6 +233,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
                 policy,
                 benchmark_no_audit,
                 audit_max_file_bytes,
+                pkcs11_module,
                 lifecycle: dev_lifecycle(
                     destroy_min_delay,
                     destroy_approvals,

@@ -91,6 +91,13 @@ impl Pin {
         Pin(SecretString::from(text))
     }
 
+    /// A second copy, for the one holder that needs it: the PKCS#11 layer
+    /// keeps the user PIN while unsealed so it can log in again after the
+    /// token comes back (docs/THREAT_MODEL.md). Deliberately not `Clone`.
+    pub(crate) fn duplicate_for_relogin(&self) -> Self {
+        Pin(SecretString::from(self.0.expose_secret()))
+    }
+
     /// The PIN as text: only for `keywarden operator derive-pin`, the
     /// custodians' offline recovery tool, which prints it.
     pub fn expose_text(&self) -> &str {

@@ -116,7 +116,13 @@ mod tests {
             function: "C_Encrypt".into(),
             rv: "DeviceRemoved".into(),
             class: ErrorClass::Transient,
+            lost: true,
         });
+        let s = to_status(hsm_down);
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(!s.message().contains("DeviceRemoved"));
+
+        let hsm_down = CoreError::from_hsm(HsmError::Unavailable("C_Encrypt failed".into()));
         let s = to_status(hsm_down);
         assert_eq!(s.code(), Code::Unavailable);
         assert!(!s.message().contains("DeviceRemoved"));
@@ -129,6 +135,7 @@ mod tests {
             function: "C_Decrypt".into(),
             rv: "GeneralError".into(),
             class: ErrorClass::Permanent,
+            lost: false,
         });
         assert_eq!(code(&fault), Code::Internal);
 

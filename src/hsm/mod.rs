@@ -105,7 +105,13 @@ pub enum HsmError {
         function: String,
         rv: String,
         class: ErrorClass,
+        /// The token, the module or the session is gone: only
+        /// reconnecting helps.
+        lost: bool,
     },
+    /// The HSM was lost and is not back yet.
+    #[error("HSM unreachable ({0}); reconnecting")]
+    Unavailable(String),
     /// The AES-GCM tag did not verify: wrong AAD or altered ciphertext.
     #[error("authentication tag check failed")]
     AuthenticationFailed,
@@ -136,10 +142,18 @@ impl HsmError {
             HsmError::TokenNotFound(_)
             | HsmError::Module(_)
             | HsmError::NotLoggedIn
-            | HsmError::PoolExhausted(_) => ErrorClass::Transient,
+            | HsmError::PoolExhausted(_)
+            | HsmError::Unavailable(_) => ErrorClass::Transient,
             HsmError::PinIncorrect { .. } => ErrorClass::Caller,
             HsmError::ObjectNotFound(_) | HsmError::Unexpected(_) => ErrorClass::Permanent,
         }
+    }
+}
+
+impl HsmError {
+    /// Whether this error means the token or our sessions are gone.
+    pub fn is_loss(&self) -> bool {
+        matches!(self, HsmError::Pkcs11 { lost: true, .. })
     }
 }
 
@@ -158,6 +172,15 @@ pub trait Hsm: Send + Sync {
     fn profile_name(&self) -> &str;
     /// A cheap call that proves the token answers.
     fn health(&self) -> HsmResult<()>;
+    /// Why the HSM is unreachable while unsealed, if it is: key operations
+    /// then fail with [`HsmError::Unavailable`] until [`Hsm::recover`]
+    /// succeeds.
+    fn lost(&self) -> Option<String>;
+    /// One attempt to reconnect: re-initialise the module if needed, find
+    /// the same token, log in again, rebuild the pool and the session
+    /// copies. `Ok(true)` when the HSM is back; `Ok(false)` when nothing
+    /// was lost.
+    fn recover(&self) -> HsmResult<bool>;
     /// Logs in as the user, opens the worker pool. `UserAlreadyLoggedIn` is
     /// success.
     fn login(&self, pin: &Pin) -> HsmResult<()>;

@@ -4,9 +4,19 @@
 //! unsealed, one long-lived logged-in session that holds the login for the
 //! whole token (and owns the session copies of CMK versions) and a bounded
 //! pool of worker sessions checked out per operation. Sealing drops both.
+//!
+//! Recovery: a call that fails because the token or its sessions are gone
+//! (device removed, token not present, session handle invalid, cryptoki not
+//! initialised, device error) marks the HSM *lost*. While lost every
+//! operation fails fast with [`HsmError::Unavailable`]; [`Hsm::recover`]
+//! (driven by the daemon every few hundred milliseconds) drops the dead
+//! sessions, re-initialises the module if it has to, finds the same token
+//! by serial, logs in again with the PIN kept for that purpose, reopens the
+//! pool and rebuilds the session copies.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
@@ -59,12 +69,26 @@ fn classify(rv: RvError) -> ErrorClass {
     }
 }
 
+/// Return values that mean the token, the module or our sessions are gone,
+/// so that only reconnecting helps.
+const LOSS: &[RvError] = &[
+    RvError::DeviceRemoved,
+    RvError::DeviceError,
+    RvError::TokenNotPresent,
+    RvError::TokenNotRecognized,
+    RvError::SessionHandleInvalid,
+    RvError::SessionClosed,
+    RvError::CryptokiNotInitialized,
+    RvError::UserNotLoggedIn,
+];
+
 fn ck(e: CkError) -> HsmError {
     match e {
         CkError::Pkcs11(rv, function) => HsmError::Pkcs11 {
             function: format!("C_{function:?}"),
             rv: format!("{rv:?}"),
             class: classify(rv),
+            lost: LOSS.contains(&rv),
         },
         CkError::LibraryLoading(e) => HsmError::Module(e.to_string()),
         other => HsmError::Unexpected(other.to_string()),
@@ -84,18 +108,20 @@ fn pin_err(e: CkError, role: &'static str) -> HsmError {
 struct SessionPool {
     sessions: Mutex<Vec<Session>>,
     available: Condvar,
+    /// Which login this pool belongs to: a failure on an older one (after a
+    /// recovery) says nothing about the current one.
+    generation: u32,
 }
 
 struct PooledSession<'a> {
     pool: &'a SessionPool,
-    ctx: &'a Pkcs11,
-    slot: Slot,
+    hsm: &'a Pkcs11Hsm,
     session: Option<Session>,
     broken: bool,
 }
 
 impl SessionPool {
-    fn open(ctx: &Pkcs11, slot: Slot, size: usize) -> HsmResult<Self> {
+    fn open(ctx: &Pkcs11, slot: Slot, size: usize, generation: u32) -> HsmResult<Self> {
         let mut sessions = Vec::with_capacity(size);
         for _ in 0..size {
             sessions.push(ctx.open_rw_session(slot).map_err(ck)?);
@@ -103,18 +129,18 @@ impl SessionPool {
         Ok(SessionPool {
             sessions: Mutex::new(sessions),
             available: Condvar::new(),
+            generation,
         })
     }
 
-    fn get<'a>(&'a self, ctx: &'a Pkcs11, slot: Slot) -> HsmResult<PooledSession<'a>> {
+    fn get<'a>(&'a self, hsm: &'a Pkcs11Hsm) -> HsmResult<PooledSession<'a>> {
         let mut guard = lock(&self.sessions);
         let deadline = std::time::Instant::now() + POOL_WAIT;
         loop {
             if let Some(session) = guard.pop() {
                 return Ok(PooledSession {
                     pool: self,
-                    ctx,
-                    slot,
+                    hsm,
                     session: Some(session),
                     broken: false,
                 });
@@ -139,11 +165,13 @@ impl PooledSession<'_> {
             .ok_or_else(|| HsmError::Unexpected("pooled session missing".into()))
     }
 
-    /// Records an error; a transient one retires this session.
+    /// Records an error; a transient one retires this session, and one
+    /// that means the token is gone marks the HSM lost.
     fn note(&mut self, e: HsmError) -> HsmError {
         if e.class() == ErrorClass::Transient {
             self.broken = true;
         }
+        self.hsm.note_loss(&e, self.pool.generation);
         e
     }
 }
@@ -154,9 +182,10 @@ impl Drop for PooledSession<'_> {
         if self.broken {
             drop(session.take());
             // Replace it so the pool keeps its size; if the token is gone this
-            // fails and the pool shrinks (callers then time out with
-            // PoolExhausted instead of waiting forever).
-            session = self.ctx.open_rw_session(self.slot).ok();
+            // fails and the pool shrinks (recovery builds a new pool).
+            if !self.hsm.is_lost() {
+                session = self.hsm.ctx.open_rw_session(self.hsm.slot()).ok();
+            }
         }
         if let Some(s) = session {
             lock(&self.pool.sessions).push(s);
@@ -192,11 +221,27 @@ pub struct Pkcs11Hsm {
     /// counters): SoftHSM fails C_GenerateKey with CKR_GENERAL_ERROR now and
     /// then when two sessions create token objects at once.
     token_writes: Mutex<()>,
+    /// One loaded module. Re-initialising calls C_Finalize and
+    /// C_Initialize on it; it is never unloaded.
     ctx: Pkcs11,
-    slot: Slot,
+    /// The token's slot; it may change when the module is re-initialised.
+    slot: RwLock<Slot>,
     token: TokenDescription,
     profile: HsmProfile,
     pool_size: usize,
+    /// While unsealed: the user PIN, which is all that logging in again
+    /// needs (never the unseal key). Zeroized when dropped; in memory that
+    /// `mlockall` locked where the limit allowed.
+    relogin: Mutex<Option<Pin>>,
+    /// CMK versions made usable since login: their session copies are
+    /// rebuilt after a recovery.
+    activated: Mutex<HashSet<HsmKeyId>>,
+    /// Why the HSM is lost, while it is.
+    lost: RwLock<Option<String>>,
+    /// Recovery attempts that failed since the loss.
+    failed_recoveries: AtomicU32,
+    /// Counts logins (see [`SessionPool::generation`]).
+    generation: AtomicU32,
 }
 
 impl Pkcs11Hsm {
@@ -218,22 +263,169 @@ impl Pkcs11Hsm {
             live: RwLock::new(None),
             token_writes: Mutex::new(()),
             ctx,
-            slot,
+            slot: RwLock::new(slot),
             token,
             profile,
             pool_size: pool_size.max(1),
+            relogin: Mutex::new(None),
+            activated: Mutex::new(HashSet::new()),
+            lost: RwLock::new(None),
+            failed_recoveries: AtomicU32::new(0),
+            generation: AtomicU32::new(0),
         })
+    }
+
+    fn slot(&self) -> Slot {
+        *self.slot.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Marks the HSM lost if `e` says the token or our sessions are gone
+    /// (only while logged in: a sealed daemon has nothing to recover).
+    fn note_loss(&self, e: &HsmError, generation: u32) {
+        if !e.is_loss() || lock(&self.relogin).is_none() {
+            return;
+        }
+        let current = self
+            .live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|l| l.pool.generation);
+        if current != Some(generation) {
+            // A call that started before the last recovery.
+            return;
+        }
+        let mut lost = self.lost.write().unwrap_or_else(|p| p.into_inner());
+        if lost.is_none() {
+            tracing::warn!(error = %e, "HSM lost: key operations fail with UNAVAILABLE until it is back");
+            *lost = Some(e.to_string());
+        }
+    }
+
+    /// Opens the login session, logs in and opens the worker pool.
+    fn open_live(&self, pin: &Pin) -> HsmResult<Arc<Live>> {
+        let slot = self.slot();
+        let login = self.ctx.open_rw_session(slot).map_err(ck)?;
+        match login.login(UserType::User, Some(&pin.to_auth_pin())) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(e) => return Err(pin_err(e, "user")),
+        }
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let pool = match SessionPool::open(&self.ctx, slot, self.pool_size, generation) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = login.logout();
+                return Err(e);
+            }
+        };
+        Ok(Arc::new(Live {
+            handles: RwLock::new(HashMap::new()),
+            pool,
+            login: Mutex::new(login),
+        }))
+    }
+
+    /// C_Finalize, then C_Initialize, on the loaded module.
+    fn reinitialize(&self) -> HsmResult<()> {
+        // C_Finalize fails with CKR_CRYPTOKI_NOT_INITIALIZED when the module
+        // already dropped its state; either way it is initialised next.
+        let _ = self.ctx.clone().finalize();
+        match self
+            .ctx
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+            Err(e) => Err(ck(e)),
+        }
+    }
+
+    /// Finds the same token again (by serial: a different token that
+    /// carries the same label is not accepted) and logs in.
+    fn reconnect(&self, pin: &Pin, reinit: bool) -> HsmResult<Arc<Live>> {
+        if reinit {
+            self.reinitialize()?;
+        }
+        let same = TokenSelector::Serial(self.token.serial.clone());
+        let (slot, _) = match select_token(&self.ctx, &same) {
+            Err(e) if e.is_loss() && !reinit => {
+                self.reinitialize()?;
+                select_token(&self.ctx, &same)?
+            }
+            other => other?,
+        };
+        *self.slot.write().unwrap_or_else(|p| p.into_inner()) = slot;
+        let live = self.open_live(pin)?;
+        let ids: Vec<HsmKeyId> = lock(&self.activated).iter().copied().collect();
+        for id in ids {
+            match self.activate_in(&live, &id) {
+                Ok(()) => {}
+                // Destroyed meanwhile: nothing to rebuild.
+                Err(HsmError::ObjectNotFound(_)) => {
+                    lock(&self.activated).remove(&id);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(live)
+    }
+
+    /// Finds the token object and, where the profile says so, makes the
+    /// session copy that crypto uses.
+    fn activate_in(&self, live: &Live, id: &HsmKeyId) -> HsmResult<()> {
+        let token = {
+            let mut s = live.session(self)?;
+            match Self::find_token_object(s.session()?, id) {
+                Ok(h) => h,
+                Err(e) => return Err(s.note(e)),
+            }
+        };
+        let copy = if self.profile.session_key_copies {
+            // The copy belongs to the long-lived login session, so it lives
+            // as long as the login does. CKA_SENSITIVE and CKA_EXTRACTABLE
+            // are copied unchanged and cannot be weakened by C_CopyObject.
+            let login = lock(&live.login);
+            Some(
+                login
+                    .copy_object(
+                        token,
+                        &[Attribute::Token(false), Attribute::Modifiable(false)],
+                    )
+                    .map_err(ck)
+                    .inspect_err(|e| self.note_loss(e, live.pool.generation))?,
+            )
+        } else {
+            None
+        };
+        let old = live
+            .handles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*id, KeyHandles { token, copy });
+        if let Some(KeyHandles { copy: Some(c), .. }) = old {
+            let _ = lock(&live.login).destroy_object(c);
+        }
+        Ok(())
     }
 
     /// The token's mechanisms, as cryptoki names them.
     pub fn mechanism_names(&self) -> Result<Vec<String>, String> {
         self.ctx
-            .get_mechanism_list(self.slot)
+            .get_mechanism_list(self.slot())
             .map(|l| l.iter().map(|m| m.to_string()).collect())
             .map_err(|e| e.to_string())
     }
 
     fn live(&self) -> HsmResult<Arc<Live>> {
+        if let Some(why) = &*self.lost.read().unwrap_or_else(|p| p.into_inner()) {
+            return Err(HsmError::Unavailable(why.clone()));
+        }
         self.live
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -285,7 +477,7 @@ impl Pkcs11Hsm {
 
 impl Live {
     fn session<'a>(&'a self, hsm: &'a Pkcs11Hsm) -> HsmResult<PooledSession<'a>> {
-        self.pool.get(&hsm.ctx, hsm.slot)
+        self.pool.get(hsm)
     }
 
     fn handles(&self, session: &Session, id: &HsmKeyId) -> HsmResult<KeyHandles> {
@@ -428,11 +620,53 @@ impl Hsm for Pkcs11Hsm {
     fn health(&self) -> HsmResult<()> {
         match self.live() {
             Ok(live) => {
-                lock(&live.login).get_session_info().map_err(ck)?;
+                lock(&live.login)
+                    .get_session_info()
+                    .map_err(ck)
+                    .inspect_err(|e| self.note_loss(e, live.pool.generation))?;
                 Ok(())
             }
+            Err(e @ HsmError::Unavailable(_)) => Err(e),
             // Sealed: the token must still be present.
-            Err(_) => self.ctx.get_token_info(self.slot).map(|_| ()).map_err(ck),
+            Err(_) => self.ctx.get_token_info(self.slot()).map(|_| ()).map_err(ck),
+        }
+    }
+
+    fn lost(&self) -> Option<String> {
+        self.lost.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn recover(&self) -> HsmResult<bool> {
+        let Some(reason) = self.lost() else {
+            return Ok(false);
+        };
+        // A short-lived second copy, so the lock is not held while the
+        // module is called (recovery may mark the HSM lost again).
+        let pin = lock(&self.relogin).as_ref().map(Pin::duplicate_for_relogin);
+        let Some(pin) = pin else {
+            // Sealed meanwhile: nothing to log in to.
+            *self.lost.write().unwrap_or_else(|p| p.into_inner()) = None;
+            return Ok(false);
+        };
+        // The old sessions are dead: drop them (in-flight calls keep their
+        // own reference until they fail).
+        drop(self.live.write().unwrap_or_else(|p| p.into_inner()).take());
+        let failed = self.failed_recoveries.load(Ordering::Relaxed);
+        // Re-initialise the module when it says so, or when plain
+        // reconnecting has failed twice (some modules see a re-plugged token
+        // only after C_Initialize).
+        let reinit = failed >= 2 || reason.contains("CryptokiNotInitialized");
+        match self.reconnect(&pin, reinit) {
+            Ok(live) => {
+                *self.live.write().unwrap_or_else(|p| p.into_inner()) = Some(live);
+                *self.lost.write().unwrap_or_else(|p| p.into_inner()) = None;
+                self.failed_recoveries.store(0, Ordering::Relaxed);
+                Ok(true)
+            }
+            Err(e) => {
+                self.failed_recoveries.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
         }
     }
 
@@ -441,27 +675,16 @@ impl Hsm for Pkcs11Hsm {
         if live.is_some() {
             return Ok(());
         }
-        let login = self.ctx.open_rw_session(self.slot).map_err(ck)?;
-        match login.login(UserType::User, Some(&pin.to_auth_pin())) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(e) => return Err(pin_err(e, "user")),
-        }
-        let pool = match SessionPool::open(&self.ctx, self.slot, self.pool_size) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = login.logout();
-                return Err(e);
-            }
-        };
-        *live = Some(Arc::new(Live {
-            handles: RwLock::new(HashMap::new()),
-            pool,
-            login: Mutex::new(login),
-        }));
+        *live = Some(self.open_live(pin)?);
+        *lock(&self.relogin) = Some(pin.duplicate_for_relogin());
         Ok(())
     }
 
     fn logout(&self) {
+        // Forget the re-login PIN first: nothing may log in again.
+        drop(lock(&self.relogin).take());
+        lock(&self.activated).clear();
+        *self.lost.write().unwrap_or_else(|p| p.into_inner()) = None;
         let taken = self.live.write().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(live) = taken {
             {
@@ -484,7 +707,8 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn is_logged_in(&self) -> bool {
-        self.live().is_ok()
+        // Lost but not sealed counts as logged in: recovery logs in again.
+        lock(&self.relogin).is_some()
     }
 
     fn verify_pins(&self, user: &Pin, so: &Pin) -> HsmResult<()> {
@@ -493,7 +717,7 @@ impl Hsm for Pkcs11Hsm {
                 "PINs are checked only while logged out".into(),
             ));
         }
-        let s = self.ctx.open_rw_session(self.slot).map_err(ck)?;
+        let s = self.ctx.open_rw_session(self.slot()).map_err(ck)?;
         s.login(UserType::So, Some(&so.to_auth_pin()))
             .map_err(|e| pin_err(e, "so"))?;
         s.logout().map_err(ck)?;
@@ -515,7 +739,7 @@ impl Hsm for Pkcs11Hsm {
                 "PINs change only while logged out".into(),
             ));
         }
-        let s = self.ctx.open_rw_session(self.slot).map_err(ck)?;
+        let s = self.ctx.open_rw_session(self.slot()).map_err(ck)?;
         // Check both old PINs before changing anything.
         s.login(UserType::So, Some(&so_old.to_auth_pin()))
             .map_err(|e| pin_err(e, "so"))?;
@@ -721,44 +945,20 @@ impl Hsm for Pkcs11Hsm {
 
     fn activate(&self, id: &HsmKeyId) -> HsmResult<()> {
         let live = self.live()?;
-        let mut s = live.session(self)?;
-        let token = match Self::find_token_object(s.session()?, id) {
-            Ok(h) => h,
-            Err(e) => return Err(s.note(e)),
-        };
-        drop(s);
-        let copy = if self.profile.session_key_copies {
-            // The copy belongs to the long-lived login session, so it lives
-            // as long as the login does. CKA_SENSITIVE and CKA_EXTRACTABLE
-            // are copied unchanged and cannot be weakened by C_CopyObject.
-            let login = lock(&live.login);
-            Some(
-                login
-                    .copy_object(
-                        token,
-                        &[Attribute::Token(false), Attribute::Modifiable(false)],
-                    )
-                    .map_err(ck)?,
-            )
-        } else {
-            None
-        };
-        let old = live
-            .handles
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(*id, KeyHandles { token, copy });
-        if let Some(KeyHandles { copy: Some(c), .. }) = old {
-            let _ = lock(&live.login).destroy_object(c);
-        }
+        self.activate_in(&live, id)?;
+        lock(&self.activated).insert(*id);
         Ok(())
     }
 
     fn destroy_cmk(&self, id: &HsmKeyId) -> HsmResult<()> {
         let _serial = lock(&self.token_writes);
         let live = self.live()?;
+        lock(&self.activated).remove(id);
         if let Some(KeyHandles { copy: Some(c), .. }) = live.forget(id) {
-            lock(&live.login).destroy_object(c).map_err(ck)?;
+            lock(&live.login)
+                .destroy_object(c)
+                .map_err(ck)
+                .inspect_err(|e| self.note_loss(e, live.pool.generation))?;
         }
         let mut s = live.session(self)?;
         let session = s.session()?;

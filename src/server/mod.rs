@@ -3,6 +3,7 @@
 //! server; the systemd protocol; graceful shutdown.
 
 pub mod hardening;
+mod recovery;
 pub mod systemd;
 
 use std::os::unix::fs::PermissionsExt;
@@ -280,6 +281,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             Err(why) => systemd::ready(&format!("unhealthy: {why}")),
         }
         systemd::spawn_watchdog(core.clone(), guard.clone());
+        recovery::spawn(core.clone());
     }
     let result = tokio::select! {
         r = &mut server => r,

@@ -35,15 +35,22 @@ pub fn stopping() {
 
 /// The health check behind the watchdog and STATUS=: Ok(summary) or
 /// Err(why).
+///
+/// A lost HSM that the recovery task is reconnecting counts as alive: the
+/// pings go on (a restart would only leave the daemon sealed) and STATUS=
+/// says the HSM is unreachable. A call that hangs stops the pings.
 pub fn health(core: &Keywarden, guard: &Guard) -> Result<String, String> {
-    let s = core.status();
-    s.hsm_health.map_err(|e| format!("HSM unreachable: {e}"))?;
     if !guard.audit_disabled {
         guard
             .audit
             .health()
             .map_err(|e| format!("audit log unwritable: {e}"))?;
     }
+    if let Some(why) = core.hsm().lost() {
+        return Ok(format!("HSM unreachable ({why}); reconnecting"));
+    }
+    let s = core.status();
+    s.hsm_health.map_err(|e| format!("HSM unreachable: {e}"))?;
     Ok(match s.seal.phase {
         crate::seal::Phase::Unsealed => format!("unsealed, {} keys", s.key_count),
         crate::seal::Phase::Sealed => format!(

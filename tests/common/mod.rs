@@ -462,7 +462,12 @@ pub fn name_req(name: &str) -> proto::KeyNameRequest {
 impl Daemon {
     /// A dev daemon with extra environment (e.g. NOTIFY_SOCKET).
     pub async fn start_with_env(envs: &[(&str, &str)]) -> Daemon {
-        let mut d = Self::new(&[]);
+        Self::start_with_args_env(&[], envs).await
+    }
+
+    /// A dev daemon with extra `keywarden dev` flags and environment.
+    pub async fn start_with_args_env(args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        let mut d = Self::new(args);
         d.envs = envs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
