@@ -65,16 +65,29 @@ fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-async fn prepare(
-    root: &Path,
-    socket: Option<PathBuf>,
+/// What the generated config says beyond the defaults.
+struct ConfigChoices {
     session_copies: bool,
     policy_file: Option<PathBuf>,
     no_audit: bool,
     audit_max_file_bytes: Option<u64>,
-    lifecycle: &str,
-    serve_module: Option<&Path>,
+    lifecycle: String,
+    serve_module: Option<PathBuf>,
+}
+
+async fn prepare(
+    root: &Path,
+    socket: Option<PathBuf>,
+    choices: ConfigChoices,
 ) -> anyhow::Result<DevLayout> {
+    let ConfigChoices {
+        session_copies,
+        policy_file,
+        no_audit,
+        audit_max_file_bytes,
+        lifecycle,
+        serve_module,
+    } = choices;
     let root = root.canonicalize()?;
     {
         use std::os::unix::fs::PermissionsExt;
@@ -290,12 +303,14 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     let layout = prepare(
         &root,
         socket,
-        session_copies,
-        policy,
-        benchmark_no_audit,
-        audit_max_file_bytes,
-        &lifecycle,
-        pkcs11_module.as_deref(),
+        ConfigChoices {
+            session_copies,
+            policy_file: policy,
+            no_audit: benchmark_no_audit,
+            audit_max_file_bytes,
+            lifecycle,
+            serve_module: pkcs11_module,
+        },
     )
     .await?;
     let exe = std::env::current_exe()?;
