@@ -5,8 +5,14 @@
 # rustc-web/cargo-web, which are recent enough).
 set -euo pipefail
 
+# --test adds what only the test suite needs: libclang and OpenSSL headers
+# to build Kryoptic, the second token (scripts/kryoptic.sh).
+pkgs=(softhsm2 opensc protobuf-compiler build-essential pkg-config ca-certificates age jq systemd dpkg-dev)
+if [ "${1:-}" = "--test" ]; then
+  pkgs+=(libclang-dev libssl-dev)
+fi
 need=()
-for pkg in softhsm2 opensc protobuf-compiler build-essential pkg-config ca-certificates age jq systemd dpkg-dev; do
+for pkg in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 

@@ -4,7 +4,7 @@
 # socket). Installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh --test
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 
 if cargo fmt --version >/dev/null 2>&1; then
@@ -28,6 +28,9 @@ fi
 echo "== cargo test"
 # --workspace also builds the PKCS#11 fault-injection shim (tests/faults.rs).
 cargo test --workspace --locked --all-targets --no-fail-fast
+
+echo "== the token-facing tests again, on Kryoptic (a second PKCS#11 token)"
+bash scripts/kryoptic.sh
 
 echo "== Debian package: build, install, upgrade, remove, purge"
 bash scripts/package-test.sh

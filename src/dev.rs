@@ -11,15 +11,64 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::session::UserType;
 use tokio::process::Command;
 
-use crate::hsm::profile::{HsmProfile, SOFTHSM2_PROFILE};
+use crate::hsm::profile::{HsmProfile, KRYOPTIC_PROFILE, SOFTHSM2_PROFILE};
 use crate::secret::Pin;
 
 /// Label of the dev token.
 pub const DEV_TOKEN_LABEL: &str = "keywarden-dev";
 
+/// The software token a dev daemon runs on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DevToken {
+    /// SoftHSM 2 (Debian package softhsm2).
+    #[default]
+    Softhsm2,
+    /// Kryoptic, a PKCS#11 token written in Rust (`scripts/kryoptic.sh`
+    /// builds it; give its module with --token-module).
+    Kryoptic,
+}
+
+impl DevToken {
+    fn name(self) -> &'static str {
+        match self {
+            DevToken::Softhsm2 => "softhsm2",
+            DevToken::Kryoptic => "kryoptic",
+        }
+    }
+
+    fn profile(self) -> &'static str {
+        match self {
+            DevToken::Softhsm2 => SOFTHSM2_PROFILE,
+            DevToken::Kryoptic => KRYOPTIC_PROFILE,
+        }
+    }
+
+    /// The environment variable that points the module at its
+    /// configuration, and that configuration's file name.
+    fn conf_env(self) -> (&'static str, &'static str) {
+        match self {
+            DevToken::Softhsm2 => ("SOFTHSM2_CONF", "softhsm2.conf"),
+            DevToken::Kryoptic => ("KRYOPTIC_CONF", "kryoptic.conf"),
+        }
+    }
+
+    fn conf_text(self, tokens: &Path) -> String {
+        match self {
+            DevToken::Softhsm2 => format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+                tokens.display()
+            ),
+            DevToken::Kryoptic => format!(
+                "[[slots]]\nslot = 1\ndbtype = \"sqlite\"\ndbargs = {:?}\n",
+                tokens.join("token.sql").display().to_string()
+            ),
+        }
+    }
+}
+
 /// Initialises a fresh token on the first free slot and sets its user PIN.
-/// Runs in a child process whose `SOFTHSM2_CONF` points at the dev token
-/// directory.
+/// Runs in a child process whose `SOFTHSM2_CONF` (or `KRYOPTIC_CONF`)
+/// points at the dev token's configuration.
 pub fn init_token(module: &Path, label: &str, so_pin: &Pin, user_pin: &Pin) -> anyhow::Result<()> {
     let ctx = Pkcs11::new(module).with_context(|| format!("loading {}", module.display()))?;
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
@@ -56,7 +105,8 @@ pub fn init_token(module: &Path, label: &str, so_pin: &Pin, user_pin: &Pin) -> a
 
 struct DevLayout {
     root: PathBuf,
-    softhsm_conf: PathBuf,
+    /// The token module's configuration variable and file.
+    token_conf: (&'static str, PathBuf),
     config: PathBuf,
     socket: PathBuf,
 }
@@ -67,6 +117,8 @@ fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
 
 /// What the generated config says beyond the defaults.
 struct ConfigChoices {
+    token: DevToken,
+    token_module: Option<PathBuf>,
     session_copies: bool,
     policy_file: Option<PathBuf>,
     no_audit: bool,
@@ -81,6 +133,8 @@ async fn prepare(
     choices: ConfigChoices,
 ) -> anyhow::Result<DevLayout> {
     let ConfigChoices {
+        token,
+        token_module,
         session_copies,
         policy_file,
         no_audit,
@@ -96,35 +150,42 @@ async fn prepare(
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))?;
     }
     let tokens = root.join("tokens");
-    let softhsm_conf = root.join("softhsm2.conf");
-    let profile_path = root.join("softhsm2-profile.toml");
+    let (conf_var, conf_name) = token.conf_env();
+    let token_conf = root.join(conf_name);
+    let profile_name = format!("{}-profile.toml", token.name());
+    let profile_path = root.join(&profile_name);
     let config = root.join("keywarden.toml");
     let socket = socket.unwrap_or_else(|| root.join("keywarden.sock"));
     let marker = root.join("token-initialised");
 
     std::fs::create_dir_all(&tokens)?;
     let profile_text = if session_copies {
-        SOFTHSM2_PROFILE.to_string()
+        token.profile().to_string()
     } else {
-        SOFTHSM2_PROFILE.replace("session_key_copies = true", "session_key_copies = false")
+        token
+            .profile()
+            .replace("session_key_copies = true", "session_key_copies = false")
     };
     write_file(&profile_path, &profile_text)?;
-    let profile = HsmProfile::parse(SOFTHSM2_PROFILE).map_err(anyhow::Error::msg)?;
-    let module = profile.find_module().ok_or_else(|| {
-        anyhow::anyhow!(
-            "SoftHSM 2 is not installed (looked for {:?}); run: apt-get install softhsm2",
-            profile.module_paths
-        )
-    })?;
+    let profile = HsmProfile::parse(token.profile()).map_err(anyhow::Error::msg)?;
+    let module = match token_module {
+        Some(m) => m.canonicalize().with_context(|| format!("--token-module {}", m.display()))?,
+        None => profile.find_module().ok_or_else(|| match token {
+            DevToken::Softhsm2 => anyhow::anyhow!(
+                "SoftHSM 2 is not installed (looked for {:?}); run: apt-get install softhsm2",
+                profile.module_paths
+            ),
+            DevToken::Kryoptic => anyhow::anyhow!(
+                "Kryoptic is not installed (looked for {:?}); build it with scripts/kryoptic.sh and pass --token-module",
+                profile.module_paths
+            ),
+        })?,
+    };
+    // The daemon serves through the token's module unless told otherwise.
+    let serve_module = serve_module.or_else(|| token_module_line_needed(&profile, &module));
 
     if !marker.exists() {
-        write_file(
-            &softhsm_conf,
-            &format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
-                tokens.display()
-            ),
-        )?;
+        write_file(&token_conf, &token.conf_text(&tokens))?;
         let so_pin = Pin::random().map_err(anyhow::Error::msg)?;
         let user_pin = Pin::random().map_err(anyhow::Error::msg)?;
         so_pin.write_to(&root.join("so.pin"))?;
@@ -140,7 +201,7 @@ async fn prepare(
             .arg(root.join("so.pin"))
             .arg("--pin-file")
             .arg(root.join("user.pin"))
-            .env("SOFTHSM2_CONF", &softhsm_conf)
+            .env(conf_var, &token_conf)
             .status()
             .await?;
         if !status.success() {
@@ -172,13 +233,13 @@ async fn prepare(
             "# Generated by `keywarden dev`. Development only.\n\
              [server]\nsocket = {sock:?}\nstate_dir = \"state\"\nallow_root = true\n\
              allow_world_socket = true\nsocket_mode = 0o666\n\n\
-             [hsm]\nprofile = \"softhsm2-profile.toml\"\ntoken_label = {DEV_TOKEN_LABEL:?}\n{module_line}\n\
+             [hsm]\nprofile = {profile_name:?}\ntoken_label = {DEV_TOKEN_LABEL:?}\n{module_line}\n\
              [seal]\nallow_single_share = true\n\n{policy}{audit}{lifecycle}"
         ),
     )?;
     Ok(DevLayout {
         root,
-        softhsm_conf,
+        token_conf: (conf_var, token_conf),
         config,
         socket,
     })
@@ -200,7 +261,14 @@ async fn wait_for_socket(path: &Path, child: &mut tokio::process::Child) -> anyh
     }
 }
 
-/// Runs `keywarden dev`.
+/// The module to name in the config: none when the profile finds it.
+fn token_module_line_needed(profile: &HsmProfile, module: &Path) -> Option<PathBuf> {
+    match profile.find_module() {
+        Some(found) if found == module => None,
+        _ => Some(module.to_path_buf()),
+    }
+}
+
 /// Options of `keywarden dev`.
 #[derive(Debug, Clone, Default)]
 pub struct DevOptions {
@@ -220,8 +288,12 @@ pub struct DevOptions {
     pub lifecycle: String,
     /// Rotate the audit log at this size.
     pub audit_max_file_bytes: Option<u64>,
-    /// Serve through this PKCS#11 module instead of SoftHSM's.
+    /// Serve through this PKCS#11 module instead of the token's own.
     pub pkcs11_module: Option<PathBuf>,
+    /// The software token.
+    pub token: DevToken,
+    /// Where the token's module is, when its profile does not find it.
+    pub token_module: Option<PathBuf>,
 }
 
 /// Dev mode's own ceremony: 1 share of threshold 1, printed, then
@@ -273,6 +345,8 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         lifecycle,
         audit_max_file_bytes,
         pkcs11_module,
+        token,
+        token_module,
     } = opts;
     let lifecycle = if lifecycle.is_empty() {
         String::new()
@@ -304,6 +378,8 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         &root,
         socket,
         ConfigChoices {
+            token,
+            token_module,
             session_copies,
             policy_file: policy,
             no_audit: benchmark_no_audit,
@@ -318,7 +394,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         .arg("serve")
         .arg("--config")
         .arg(&layout.config)
-        .env("SOFTHSM2_CONF", &layout.softhsm_conf)
+        .env(layout.token_conf.0, &layout.token_conf.1)
         .kill_on_drop(true)
         .spawn()?;
     wait_for_socket(&layout.socket, &mut child).await?;
@@ -333,7 +409,10 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
             .map(|s| s.phase)
             .unwrap_or_default()
     };
-    println!("Keywarden dev daemon is running. DEVELOPMENT ONLY: throwaway SoftHSM token.");
+    println!(
+        "Keywarden dev daemon is running. DEVELOPMENT ONLY: throwaway {} token.",
+        token.name()
+    );
     println!(
         "  directory: {}{}",
         layout.root.display(),
@@ -346,7 +425,11 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     println!("  socket:    {}", layout.socket.display());
     println!("In another terminal:");
     println!("  export KEYWARDEN_SOCKET={}", layout.socket.display());
-    println!("  export SOFTHSM2_CONF={}", layout.softhsm_conf.display());
+    println!(
+        "  export {}={}",
+        layout.token_conf.0,
+        layout.token_conf.1.display()
+    );
     match phase.as_str() {
         "uninitialized" if ceremony => {
             println!("Ceremony rehearsal: the daemon is uninitialised. Provisioning PINs:");

@@ -91,10 +91,17 @@ enum Command {
         /// Rotate the audit log at this size (drills and tests).
         #[arg(long, value_name = "BYTES")]
         audit_max_file_bytes: Option<u64>,
-        /// Serve through this PKCS#11 module instead of SoftHSM's (tests:
-        /// the fault-injection shim, which forwards to SoftHSM).
+        /// Serve through this PKCS#11 module instead of the token's own
+        /// (tests: the fault-injection shim, which forwards to the token).
         #[arg(long, value_name = "PATH")]
         pkcs11_module: Option<PathBuf>,
+        /// The software token to run on.
+        #[arg(long, value_enum, default_value = "softhsm2")]
+        token: keywarden::dev::DevToken,
+        /// The token's PKCS#11 module, where its profile does not find it
+        /// (Kryoptic: testing/kryoptic-token/target/release/libkryoptic_pkcs11.so).
+        #[arg(long, value_name = "PATH")]
+        token_module: Option<PathBuf>,
     },
     /// Customer-managed keys (admins).
     #[command(subcommand)]
@@ -221,6 +228,8 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             tick,
             audit_max_file_bytes,
             pkcs11_module,
+            token,
+            token_module,
         } => {
             // Only an explicit --socket applies; a KEYWARDEN_SOCKET left over
             // from an earlier dev run must not.
@@ -234,6 +243,8 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
                 benchmark_no_audit,
                 audit_max_file_bytes,
                 pkcs11_module,
+                token,
+                token_module,
                 lifecycle: dev_lifecycle(
                     destroy_min_delay,
                     destroy_approvals,

@@ -618,7 +618,7 @@ async fn dev_socket_is_open_and_status_and_reflection_answer() {
     assert_eq!(s.version, env!("CARGO_PKG_VERSION"));
     let t = s.token.unwrap();
     assert_eq!(t.label, "keywarden-dev");
-    assert_eq!(t.profile, "softhsm2");
+    assert_eq!(t.profile, test_token());
     assert!(t.session_key_copies);
     assert!(t.session_pool_size >= 1);
     assert!(!t.serial.is_empty());

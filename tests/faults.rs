@@ -194,6 +194,7 @@ async fn hsm_faults_under_load_fail_unavailable_and_recover_without_restart() {
     };
     control.set("pass");
     let shim = shim_path().display().to_string();
+    let target = token_module();
     let (n, ctl) = (
         notify.display().to_string(),
         control.path.display().to_string(),
@@ -201,7 +202,7 @@ async fn hsm_faults_under_load_fail_unavailable_and_recover_without_restart() {
     let d = Daemon::start_with_args_env(
         &["--pkcs11-module", &shim],
         &[
-            ("KEYWARDEN_SHIM_TARGET", SOFTHSM_MODULE),
+            ("KEYWARDEN_SHIM_TARGET", &target),
             ("KEYWARDEN_SHIM_CONTROL", &ctl),
             ("NOTIFY_SOCKET", &n),
             ("WATCHDOG_USEC", "400000"),
@@ -358,11 +359,12 @@ async fn sealing_while_the_hsm_is_lost_forgets_the_relogin_pin() {
     };
     control.set("pass");
     let shim = shim_path().display().to_string();
+    let target = token_module();
     let ctl = control.path.display().to_string();
     let d = Daemon::start_with_args_env(
         &["--pkcs11-module", &shim],
         &[
-            ("KEYWARDEN_SHIM_TARGET", SOFTHSM_MODULE),
+            ("KEYWARDEN_SHIM_TARGET", &target),
             ("KEYWARDEN_SHIM_CONTROL", &ctl),
         ],
     )

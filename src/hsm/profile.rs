@@ -28,6 +28,7 @@ pub struct HsmProfile {
 
 /// The SoftHSM 2 profile shipped with the source, used by `keywarden dev`.
 pub const SOFTHSM2_PROFILE: &str = include_str!("../../hsm-profiles/softhsm2.toml");
+pub const KRYOPTIC_PROFILE: &str = include_str!("../../hsm-profiles/kryoptic.toml");
 
 impl HsmProfile {
     pub fn load(path: &Path) -> Result<Self, String> {

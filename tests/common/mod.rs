@@ -1,6 +1,10 @@
 //! Test harness: a real daemon (`keywarden dev --dir`, which initialises a
-//! fresh SoftHSM token in a temporary directory and starts `keywarden serve`)
-//! on a real socket, and a real gRPC client.
+//! fresh software token in a temporary directory and starts `keywarden
+//! serve`) on a real socket, and a real gRPC client.
+//!
+//! The token is SoftHSM 2, or Kryoptic when `KEYWARDEN_TEST_TOKEN=kryoptic`
+//! and `KEYWARDEN_KRYOPTIC_MODULE` names its module (`scripts/kryoptic.sh`
+//! builds it and runs the suite that way).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -12,6 +16,39 @@ use keywarden::proto;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keywarden");
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// The token under test: "softhsm2" or "kryoptic".
+pub fn test_token() -> String {
+    match std::env::var("KEYWARDEN_TEST_TOKEN").as_deref() {
+        Ok("kryoptic") => "kryoptic".into(),
+        Ok("softhsm2") | Err(_) => "softhsm2".into(),
+        Ok(other) => panic!("KEYWARDEN_TEST_TOKEN={other}: softhsm2 or kryoptic"),
+    }
+}
+
+/// The real PKCS#11 module of the token under test.
+pub fn token_module() -> String {
+    if test_token() == "kryoptic" {
+        std::env::var("KEYWARDEN_KRYOPTIC_MODULE")
+            .expect("KEYWARDEN_KRYOPTIC_MODULE names libkryoptic_pkcs11.so")
+    } else {
+        SOFTHSM_MODULE.into()
+    }
+}
+
+/// `keywarden dev` flags that select the token under test.
+fn token_dev_args() -> Vec<String> {
+    if test_token() == "kryoptic" {
+        vec![
+            "--token".into(),
+            "kryoptic".into(),
+            "--token-module".into(),
+            token_module(),
+        ]
+    } else {
+        Vec::new()
+    }
+}
 
 pub struct Daemon {
     pub dir: PathBuf,
@@ -56,7 +93,10 @@ impl Daemon {
             dir: temp.path().to_path_buf(),
             _temp: Some(temp),
             child: None,
-            dev_args: dev_args.iter().map(|s| s.to_string()).collect(),
+            dev_args: token_dev_args()
+                .into_iter()
+                .chain(dev_args.iter().map(|s| s.to_string()))
+                .collect(),
             stdout: Default::default(),
             dev_share: None,
             envs: Vec::new(),
@@ -183,6 +223,15 @@ impl Daemon {
         self.dir.join("softhsm2.conf")
     }
 
+    /// The token module's configuration variable and file.
+    pub fn token_conf(&self) -> (&'static str, PathBuf) {
+        if test_token() == "kryoptic" {
+            ("KRYOPTIC_CONF", self.dir.join("kryoptic.conf"))
+        } else {
+            ("SOFTHSM2_CONF", self.softhsm_conf())
+        }
+    }
+
     pub fn seal_file(&self) -> PathBuf {
         self.dir.join("state").join("seal.json")
     }
@@ -245,14 +294,15 @@ impl Daemon {
 
     /// pkcs11-tool with explicit login arguments.
     pub fn pkcs11_tool_with(&self, login: &[&str], args: &[&str]) -> std::process::Output {
+        let (var, conf) = self.token_conf();
         Command::new("pkcs11-tool")
             .arg("--module")
-            .arg(SOFTHSM_MODULE)
+            .arg(token_module())
             .arg("--token-label")
             .arg("keywarden-dev")
             .args(login)
             .args(args)
-            .env("SOFTHSM2_CONF", self.softhsm_conf())
+            .env(var, conf)
             .output()
             .expect("pkcs11-tool (OpenSC) is installed")
     }
@@ -389,7 +439,8 @@ impl Daemon {
         let mut d = Self::new(&[]);
         let path = d.dir.join("policy.toml");
         std::fs::write(&path, policy).unwrap();
-        d.dev_args = vec!["--policy".into(), path.display().to_string()];
+        d.dev_args
+            .extend(["--policy".into(), path.display().to_string()]);
         d.launch().await;
         d.wait_phase("unsealed").await;
         d.dev_share = d.printed_share();
