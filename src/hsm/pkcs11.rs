@@ -242,6 +242,9 @@ pub struct Pkcs11Hsm {
     failed_recoveries: AtomicU32,
     /// Counts logins (see [`SessionPool::generation`]).
     generation: AtomicU32,
+    /// Serializes login, logout and recovery, so a seal during a recovery
+    /// attempt cannot be undone by it.
+    transitions: Mutex<()>,
 }
 
 impl Pkcs11Hsm {
@@ -272,6 +275,7 @@ impl Pkcs11Hsm {
             lost: RwLock::new(None),
             failed_recoveries: AtomicU32::new(0),
             generation: AtomicU32::new(0),
+            transitions: Mutex::new(()),
         })
     }
 
@@ -637,6 +641,7 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn recover(&self) -> HsmResult<bool> {
+        let _transition = lock(&self.transitions);
         let Some(reason) = self.lost() else {
             return Ok(false);
         };
@@ -671,6 +676,7 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn login(&self, pin: &Pin) -> HsmResult<()> {
+        let _transition = lock(&self.transitions);
         let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
         if live.is_some() {
             return Ok(());
@@ -681,6 +687,7 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn logout(&self) {
+        let _transition = lock(&self.transitions);
         // Forget the re-login PIN first: nothing may log in again.
         drop(lock(&self.relogin).take());
         lock(&self.activated).clear();
