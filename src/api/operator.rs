@@ -389,21 +389,17 @@ impl OperatorApi {
             r
         })
         .await??;
-        let new_set_id = if p.complete {
-            blocking(&self.ctx.core, |c| c.status())
-                .await?
-                .seal
-                .rekey
-                .map(|r| r.new_set_id)
-                .unwrap_or_default()
-        } else {
-            String::new()
+        // The new set's id comes with its shares, from the same step (a
+        // second Status call could race a cancel).
+        let (new_set_id, new_shares) = match new {
+            Some(set) => (set.set_id, issued(set.shares)),
+            None => (String::new(), Vec::new()),
         };
         Ok(proto::RekeySubmitResponse {
             received: p.received as u32,
             threshold: p.threshold.into(),
             complete: p.complete,
-            new_shares: issued(new),
+            new_shares,
             new_set_id,
         })
     }

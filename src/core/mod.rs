@@ -305,7 +305,10 @@ impl Keywarden {
         Ok(self.seal.rekey_start(spec)?)
     }
 
-    pub fn rekey_submit(&self, share: &str) -> CoreResult<(ShareProgress, Vec<IssuedShare>)> {
+    pub fn rekey_submit(
+        &self,
+        share: &str,
+    ) -> CoreResult<(ShareProgress, Option<crate::seal::NewShareSet>)> {
         Ok(self.seal.rekey_submit(share)?)
     }
 

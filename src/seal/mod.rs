@@ -110,6 +110,13 @@ pub struct SealConfig {
 
 /// A share handed to a custodian: the share line, or an ASCII-armored age
 /// file that only the custodian's identity opens.
+/// The new share set a rekey issues once the current shares reach their
+/// threshold.
+pub struct NewShareSet {
+    pub set_id: String,
+    pub shares: Vec<IssuedShare>,
+}
+
 pub struct IssuedShare {
     pub label: String,
     pub share: Zeroizing<String>,
@@ -854,7 +861,7 @@ impl Seal {
 
     /// Submits a current share to a rekey. At the old threshold the new
     /// shares are issued (returned) and the rekey waits for verification.
-    pub fn rekey_submit(&self, text: &str) -> SealResult<(ShareProgress, Vec<IssuedShare>)> {
+    pub fn rekey_submit(&self, text: &str) -> SealResult<(ShareProgress, Option<NewShareSet>)> {
         let mut inner = self.inner();
         self.expire(&mut inner);
         let current = inner.current.clone().ok_or(SealError::NotInitialized)?;
@@ -879,7 +886,7 @@ impl Seal {
                     set_id: current.set_id,
                     complete: false,
                 },
-                Vec::new(),
+                None,
             ));
         }
         let Some(Rekey::CollectingOld { plan, progress, .. }) = inner.rekey.take() else {
@@ -930,7 +937,10 @@ impl Seal {
                 set_id: current.set_id,
                 complete: true,
             },
-            issued,
+            Some(NewShareSet {
+                set_id: hex::encode(new_set),
+                shares: issued,
+            }),
         ))
     }
 
