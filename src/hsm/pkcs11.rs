@@ -1118,3 +1118,37 @@ impl Hsm for Pkcs11Hsm {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cryptoki::context::Function;
+
+    #[test]
+    fn only_lost_token_or_session_errors_mark_the_hsm_lost() {
+        for rv in LOSS {
+            let e = ck(CkError::Pkcs11(*rv, Function::Encrypt));
+            assert!(e.is_loss(), "{rv:?}");
+            // A loss is retryable: the client sees UNAVAILABLE.
+            assert_eq!(e.class(), ErrorClass::Transient, "{rv:?}");
+        }
+        for rv in [
+            RvError::GeneralError,
+            RvError::FunctionFailed,
+            RvError::SessionCount,
+            RvError::EncryptedDataInvalid,
+            RvError::PinIncorrect,
+            RvError::KeyHandleInvalid,
+        ] {
+            assert!(
+                !ck(CkError::Pkcs11(rv, Function::Decrypt)).is_loss(),
+                "{rv:?}"
+            );
+        }
+        assert!(!HsmError::Unavailable("x".into()).is_loss());
+        assert_eq!(
+            HsmError::Unavailable("x".into()).class(),
+            ErrorClass::Transient
+        );
+    }
+}
