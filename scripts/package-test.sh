@@ -39,11 +39,15 @@ check "keywarden --version runs" /usr/bin/keywarden --version
 echo "# local edit" >> /etc/keywarden/keywarden.toml
 check "reinstall (upgrade) keeps edited config" sh -c "DEBIAN_FRONTEND=noninteractive dpkg -i --force-confold '$deb' && grep -q 'local edit' /etc/keywarden/keywarden.toml"
 mkdir -p /var/lib/keywarden/audit && touch /var/lib/keywarden/registry.db
+# As an administrator would; the links outlive `dpkg -r`, not a purge.
+check "systemctl enable (links only, no running systemd needed)" systemctl enable keywarden.socket keywarden.service
 check "dpkg -r" dpkg -r keywarden
 check "remove keeps config" test -f /etc/keywarden/keywarden.toml
 check "remove keeps state" test -f /var/lib/keywarden/registry.db
 check "remove removes the binary" test ! -e /usr/bin/keywarden
+check "remove leaves the enable links" test -L /etc/systemd/system/sockets.target.wants/keywarden.socket
 check "dpkg --purge" dpkg --purge keywarden
+check "purge removes the enable links" sh -c '! ls /etc/systemd/system/*.wants/keywarden.* 2>/dev/null | grep -q .'
 check "purge removes config" test ! -e /etc/keywarden
 check "purge keeps state (wrapped keys)" test -f /var/lib/keywarden/registry.db
 rm -rf /var/lib/keywarden
