@@ -43,6 +43,11 @@ enum HsmCommand {
         /// File holding the token's user PIN.
         #[arg(long)]
         pin_file: PathBuf,
+        /// File holding the token's SO PIN: also check the SO login and
+        /// C_SetPIN, which `operator init` needs (each PIN is set to its
+        /// current value).
+        #[arg(long)]
+        so_pin_file: Option<PathBuf>,
     },
 }
 
@@ -274,6 +279,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             token_label,
             token_serial,
             pin_file,
+            so_pin_file,
         }) => {
             let token = match (token_label, token_serial) {
                 (Some(l), None) => keywarden::config::TokenSelector::Label(l),
@@ -281,7 +287,13 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
                 _ => anyhow::bail!("give one of --token-label and --token-serial"),
             };
             let results = tokio::task::spawn_blocking(move || {
-                keywarden::hsm::check::run(&profile, module.as_deref(), &token, &pin_file)
+                keywarden::hsm::check::run(
+                    &profile,
+                    module.as_deref(),
+                    &token,
+                    &pin_file,
+                    so_pin_file.as_deref(),
+                )
             })
             .await?;
             let failed = results.iter().filter(|r| !r.ok).count();

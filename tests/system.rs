@@ -270,22 +270,29 @@ async fn daemon_is_hardened_and_hsm_check_passes() {
 
     // hsm check against the dev token.
     let pin_file = d.dir.join("check.pin");
-    {
+    let so_pin_file = d.dir.join("check-so.pin");
+    let share = d.dev_share.clone().unwrap();
+    for (path, pin) in [
+        (&pin_file, d.user_pin()),
+        (&so_pin_file, d.derive_pin(&[&share], true)),
+    ] {
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(&pin_file)
+            .open(path)
             .unwrap();
-        std::io::Write::write_all(&mut f, d.user_pin().as_bytes()).unwrap();
+        std::io::Write::write_all(&mut f, pin.as_bytes()).unwrap();
     }
     let out = std::process::Command::new(BIN)
         .args(["hsm", "check", "--profile"])
         .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hsm-profiles/softhsm2.toml"))
         .args(["--token-label", "keywarden-dev", "--pin-file"])
         .arg(&pin_file)
+        .arg("--so-pin-file")
+        .arg(&so_pin_file)
         .env("SOFTHSM2_CONF", d.softhsm_conf())
         .output()
         .unwrap();
@@ -296,6 +303,7 @@ async fn daemon_is_hardened_and_hsm_check_passes() {
         String::from_utf8_lossy(&out.stderr)
     );
     for want in [
+        "SO login and C_SetPIN",
         "mechanism CKM_AES_GCM",
         "key sensitive, never extractable",
         "session copy",
@@ -319,6 +327,30 @@ async fn daemon_is_hardened_and_hsm_check_passes() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    // The check changed no PIN: both derived PINs still open the token.
+    let so = d.derive_pin(&[&share], true);
+    let user = d.pkcs11_tool(&["--list-objects"]);
+    assert!(
+        user.status.success(),
+        "{}",
+        String::from_utf8_lossy(&user.stderr)
+    );
+    let so_login = d.pkcs11_tool_with(
+        &[
+            "--session-rw",
+            "--login",
+            "--login-type",
+            "so",
+            "--so-pin",
+            &so,
+        ],
+        &["--list-objects"],
+    );
+    assert!(
+        so_login.status.success(),
+        "{}",
+        String::from_utf8_lossy(&so_login.stderr)
+    );
 }
 
 #[test]

@@ -32,6 +32,7 @@ pub fn run(
     module: Option<&Path>,
     token: &TokenSelector,
     pin_file: &Path,
+    so_pin_file: Option<&Path>,
 ) -> Vec<CheckResult> {
     let mut out = Vec::new();
     let profile = match HsmProfile::load(profile_path) {
@@ -95,6 +96,17 @@ pub fn run(
             return out;
         }
     };
+    if let Some(so_file) = so_pin_file {
+        // What init and the first unseal need: an SO login and C_SetPIN
+        // for both PINs. Each PIN is "changed" to its current value, so a
+        // failure half-way leaves nothing changed.
+        let r = Pin::from_file(so_file).and_then(|so| {
+            hsm.change_pins(&pin, &pin, &so, &so)
+                .map(|()| "SO login ok; C_SetPIN accepted for the user and the SO PIN (each set to its current value)".into())
+                .map_err(|e| e.to_string())
+        });
+        push(&mut out, "SO login and C_SetPIN", r);
+    }
     if !push(
         &mut out,
         "user login",
