@@ -168,6 +168,9 @@ async fn prepare(
     };
     write_file(&profile_path, &profile_text)?;
     let profile = HsmProfile::parse(token.profile()).map_err(anyhow::Error::msg)?;
+    // A module named by hand goes into the config too; one the profile
+    // finds does not need to.
+    let named_module = token_module.is_some();
     let module = match token_module {
         Some(m) => m.canonicalize().with_context(|| format!("--token-module {}", m.display()))?,
         None => profile.find_module().ok_or_else(|| match token {
@@ -182,7 +185,7 @@ async fn prepare(
         })?,
     };
     // The daemon serves through the token's module unless told otherwise.
-    let serve_module = serve_module.or_else(|| token_module_line_needed(&profile, &module));
+    let serve_module = serve_module.or_else(|| named_module.then(|| module.clone()));
 
     if !marker.exists() {
         write_file(&token_conf, &token.conf_text(&tokens))?;
@@ -258,14 +261,6 @@ async fn wait_for_socket(path: &Path, child: &mut tokio::process::Child) -> anyh
             bail!("the daemon did not open {} within 60 s", path.display());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The module to name in the config: none when the profile finds it.
-fn token_module_line_needed(profile: &HsmProfile, module: &Path) -> Option<PathBuf> {
-    match profile.find_module() {
-        Some(found) if found == module => None,
-        _ => Some(module.to_path_buf()),
     }
 }
 

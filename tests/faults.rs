@@ -44,6 +44,26 @@ struct Control {
     seq: u64,
 }
 
+/// A dev daemon that reaches its token through the shim, and the shim's
+/// control file (set to `pass`).
+async fn start_through_shim(dir: &Path, extra_env: &[(&str, &str)]) -> (Daemon, Control) {
+    let mut control = Control {
+        path: dir.join("shim.ctl"),
+        seq: 0,
+    };
+    control.set("pass");
+    let shim = shim_path().display().to_string();
+    let target = token_module();
+    let ctl = control.path.display().to_string();
+    let mut env = vec![
+        ("KEYWARDEN_SHIM_TARGET", target.as_str()),
+        ("KEYWARDEN_SHIM_CONTROL", ctl.as_str()),
+    ];
+    env.extend_from_slice(extra_env);
+    let d = Daemon::start_with_args_env(&["--pkcs11-module", &shim], &env).await;
+    (d, control)
+}
+
 impl Control {
     fn set(&mut self, cmd: &str) {
         self.seq += 1;
@@ -126,8 +146,8 @@ async fn load(
     tasks
 }
 
-/// Collects what the daemon tells systemd, with arrival times.
-fn notify_listener(path: &Path) -> Arc<Mutex<Vec<(Instant, String)>>> {
+/// Collects what the daemon tells systemd.
+fn notify_listener(path: &Path) -> Arc<Mutex<Vec<String>>> {
     let sock = UnixDatagram::bind(path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
@@ -137,10 +157,9 @@ fn notify_listener(path: &Path) -> Arc<Mutex<Vec<(Instant, String)>>> {
         let mut buf = [0u8; 4096];
         loop {
             if let Ok(n) = sock.recv(&mut buf) {
-                m.lock().unwrap().push((
-                    Instant::now(),
-                    String::from_utf8_lossy(&buf[..n]).to_string(),
-                ));
+                m.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).to_string());
             }
             if Arc::strong_count(&m) == 1 {
                 return;
@@ -188,25 +207,10 @@ async fn hsm_faults_under_load_fail_unavailable_and_recover_without_restart() {
     let dir = tempfile::tempdir().unwrap();
     let notify = dir.path().join("notify.sock");
     let msgs = notify_listener(&notify);
-    let mut control = Control {
-        path: dir.path().join("shim.ctl"),
-        seq: 0,
-    };
-    control.set("pass");
-    let shim = shim_path().display().to_string();
-    let target = token_module();
-    let (n, ctl) = (
-        notify.display().to_string(),
-        control.path.display().to_string(),
-    );
-    let d = Daemon::start_with_args_env(
-        &["--pkcs11-module", &shim],
-        &[
-            ("KEYWARDEN_SHIM_TARGET", &target),
-            ("KEYWARDEN_SHIM_CONTROL", &ctl),
-            ("NOTIFY_SOCKET", &n),
-            ("WATCHDOG_USEC", "400000"),
-        ],
+    let n = notify.display().to_string();
+    let (d, mut control) = start_through_shim(
+        dir.path(),
+        &[("NOTIFY_SOCKET", &n), ("WATCHDOG_USEC", "400000")],
     )
     .await;
     let pid_before = d.serve_pid().unwrap();
@@ -322,12 +326,12 @@ async fn hsm_faults_under_load_fail_unavailable_and_recover_without_restart() {
     // systemd heard about it, and the watchdog was fed throughout.
     let m = msgs.lock().unwrap().clone();
     assert!(
-        m.iter().any(|(_, s)| s.contains("STATUS=HSM unreachable")),
+        m.iter().any(|s| s.contains("STATUS=HSM unreachable")),
         "{m:?}"
     );
     assert!(
         m.iter()
-            .any(|(_, s)| s.contains("WATCHDOG=1") && s.contains("HSM unreachable")),
+            .any(|s| s.contains("WATCHDOG=1") && s.contains("HSM unreachable")),
         "no watchdog ping while the HSM was lost: {m:?}"
     );
 
@@ -353,22 +357,7 @@ async fn hsm_faults_under_load_fail_unavailable_and_recover_without_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealing_while_the_hsm_is_lost_forgets_the_relogin_pin() {
     let dir = tempfile::tempdir().unwrap();
-    let mut control = Control {
-        path: dir.path().join("shim.ctl"),
-        seq: 0,
-    };
-    control.set("pass");
-    let shim = shim_path().display().to_string();
-    let target = token_module();
-    let ctl = control.path.display().to_string();
-    let d = Daemon::start_with_args_env(
-        &["--pkcs11-module", &shim],
-        &[
-            ("KEYWARDEN_SHIM_TARGET", &target),
-            ("KEYWARDEN_SHIM_CONTROL", &ctl),
-        ],
-    )
-    .await;
+    let (d, mut control) = start_through_shim(dir.path(), &[]).await;
     let mut c = d.client().await;
     create_key(&mut c, "k").await;
     control.set("remove");
