@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{json, Map, Value};
 
 use crate::audit::{self, Audit};
+use crate::core::{validate, CoreError};
 use crate::policy::{Action, Caller, Denied, Grant, Policy};
 
 /// Longest break-glass grant.
@@ -138,16 +139,19 @@ impl Guard {
         key: &str,
         reason: &str,
         duration: Duration,
-    ) -> Result<BreakGlassGrant, String> {
+    ) -> Result<BreakGlassGrant, BreakGlassError> {
+        // Limits first (cheap, bounded), then the policy.
+        validate::key_name("name", key).map_err(BreakGlassError::Invalid)?;
+        validate::reason("reason", reason).map_err(BreakGlassError::Invalid)?;
+        if duration.is_zero() || duration > MAX_BREAK_GLASS {
+            return Err(BreakGlassError::Invalid(CoreError::invalid(
+                "duration",
+                "must be between 1 second and 24 hours",
+            )));
+        }
         let grant = self
             .authorize(c, &Action::BreakGlass { key })
-            .map_err(|d| d.0)?;
-        if reason.trim().len() < 3 || reason.len() > 1024 {
-            return Err("reason: a reason of 3 to 1024 characters is required".into());
-        }
-        if duration.is_zero() || duration > MAX_BREAK_GLASS {
-            return Err("duration: must be between 1 second and 24 hours".into());
-        }
+            .map_err(BreakGlassError::Denied)?;
         let now = SystemTime::now();
         let g = BreakGlassGrant {
             uid: c.uid,
@@ -179,6 +183,15 @@ impl Guard {
         grants.retain(|g| g.expires > now);
         grants.clone()
     }
+}
+
+/// Why a break-glass request was refused.
+#[derive(Debug)]
+pub enum BreakGlassError {
+    /// A field is over its limits or malformed.
+    Invalid(CoreError),
+    /// The policy grants no break-glass for this key.
+    Denied(Denied),
 }
 
 /// The common fields of a request's audit entry.

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use super::{blocking, Call, Ctx};
 use crate::core::model::{DestroyKind, KeyRecord};
 use crate::core::{Actor, CoreResult, Keywarden};
-use crate::guard::break_glass_json;
+use crate::guard::{break_glass_json, BreakGlassError};
 use crate::policy::Action;
 use crate::proto::{self, key_service_server::KeyService};
 
@@ -224,11 +224,6 @@ impl KeyService for KeyApi {
             role: "admin",
             op: "BreakGlass",
         };
-        let mut extra = Map::new();
-        extra.insert("key".into(), json!(r.name));
-        extra.insert("reason".into(), json!(r.reason));
-        extra.insert("break_glass".into(), json!(true));
-        extra.insert("ALERT".into(), Value::from("BREAK-GLASS REQUEST"));
         let res = self
             .ctx
             .guard
@@ -238,19 +233,28 @@ impl KeyService for KeyApi {
                 &r.reason,
                 Duration::from_secs(r.duration_secs),
             )
-            .map_err(|e| {
-                if e.starts_with("reason:") || e.starts_with("duration:") {
-                    Status::invalid_argument(e)
-                } else {
-                    Status::permission_denied(e)
-                }
-            })
-            .map(|g| {
-                let j = break_glass_json(&g);
-                proto::BreakGlassResponse {
-                    expires_at: j["expires_at"].as_i64().unwrap_or(0),
-                }
+            .map_err(|e| match e {
+                BreakGlassError::Invalid(e) => Status::from(e),
+                BreakGlassError::Denied(d) => Status::permission_denied(d.0),
             });
+        // What reaches the log is bounded: a refused request's fields are
+        // summarised by their sizes, an accepted one's were validated.
+        let mut extra = Map::new();
+        if res.is_ok() {
+            extra.insert("key".into(), json!(r.name));
+            extra.insert("reason".into(), json!(r.reason));
+        } else {
+            extra.insert("key".into(), crate::audit::summary(&r.name));
+            extra.insert("reason".into(), crate::audit::summary(&r.reason));
+        }
+        extra.insert("break_glass".into(), json!(true));
+        extra.insert("ALERT".into(), Value::from("BREAK-GLASS REQUEST"));
+        let res = res.map(|g| {
+            let j = break_glass_json(&g);
+            proto::BreakGlassResponse {
+                expires_at: j["expires_at"].as_i64().unwrap_or(0),
+            }
+        });
         self.ctx.finish(&call, extra, res).await.map(Response::new)
     }
 

@@ -1,10 +1,10 @@
 //! OperatorService: status for operators, and the custodians' ceremonies.
 
-use serde_json::Map;
+use serde_json::{json, Map};
 use tonic::{Request, Response, Status};
 use zeroize::Zeroize;
 
-use super::{blocking, Ctx};
+use super::{blocking, Call, Ctx};
 use crate::core::CoreError;
 use crate::guard::PolicySource;
 use crate::policy::Action;
@@ -51,6 +51,22 @@ fn pin_field(field: &'static str, bytes: &mut Vec<u8>) -> Result<Pin, Status> {
 
 #[tonic::async_trait]
 impl OperatorService for OperatorApi {
+    async fn acknowledge_tampering(
+        &self,
+        request: Request<proto::AcknowledgeTamperingRequest>,
+    ) -> Result<Response<proto::AcknowledgeTamperingResponse>, Status> {
+        let call = self
+            .ctx
+            .authorize(&request, "AcknowledgeTampering", Action::KeyAdmin)
+            .await?;
+        let reason = request.into_inner().reason;
+        let mut extra = Map::new();
+        extra.insert("reason".into(), crate::audit::summary(&reason));
+        extra.insert("ALERT".into(), json!("TAMPERING ACKNOWLEDGEMENT"));
+        let res = self.acknowledge_inner(&call, reason).await;
+        self.ctx.finish(&call, extra, res).await.map(Response::new)
+    }
+
     async fn status(
         &self,
         request: Request<proto::StatusRequest>,
@@ -322,6 +338,30 @@ impl OperatorService for OperatorApi {
 }
 
 impl OperatorApi {
+    async fn acknowledge_inner(
+        &self,
+        call: &Call,
+        reason: String,
+    ) -> Result<proto::AcknowledgeTamperingResponse, Status> {
+        crate::core::validate::reason("reason", &reason).map_err(Status::from)?;
+        let by = call.principal.clone();
+        let uid = call.caller.uid;
+        let accepted = blocking(&self.ctx.core, move |c| {
+            let r = c.acknowledge_tampering();
+            if r.is_ok() {
+                crate::audit::event(
+                    "tampering_acknowledged",
+                    "ok",
+                    json!({"ALERT": "REGISTRY ROLLBACK ACCEPTED", "reason": reason, "by_uid": uid, "by": by}),
+                );
+            }
+            r
+        })
+        .await?
+        .map_err(Status::from)?;
+        Ok(proto::AcknowledgeTamperingResponse { accepted })
+    }
+
     async fn init_inner(&self, mut r: proto::InitRequest) -> Result<proto::InitResponse, Status> {
         let user = pin_field("user_pin", &mut r.user_pin)?;
         let so = pin_field("so_pin", &mut r.so_pin)?;

@@ -58,6 +58,7 @@ fn seal_code(e: &SealError) -> Code {
             _ => Code::Internal,
         },
         SealError::Storage(_) => Code::Internal,
+        SealError::Tampered(_) => Code::DataLoss,
     }
 }
 

@@ -82,6 +82,12 @@ struct Shared {
     health: Mutex<Result<(), String>>,
     signer: Mutex<Option<Signer>>,
     dir: PathBuf,
+    /// The highest registry generation known: every line carries it, so
+    /// the log witnesses the registry's history (a registry older than the
+    /// last line's generation was rolled back).
+    registry_generation: std::sync::atomic::AtomicU64,
+    /// This process found no log and began a new chain.
+    new_chain: bool,
 }
 
 struct Writer {
@@ -171,6 +177,13 @@ impl Writer {
 
     fn line_for(&self, mut fields: Map<String, Value>, seq: u64, prev: &str) -> String {
         fields.insert("seq".into(), json!(seq));
+        fields.insert(
+            "registry_generation".into(),
+            json!(self
+                .shared
+                .registry_generation
+                .load(std::sync::atomic::Ordering::Acquire)),
+        );
         fields.insert("prev".into(), json!(prev));
         fields.entry("time").or_insert_with(|| json!(now_text()));
         canonical(&fields)
@@ -250,6 +263,13 @@ impl Writer {
         body.insert("type".into(), json!("checkpoint"));
         body.insert("reason".into(), json!(reason));
         body.insert("entries_since_last".into(), json!(self.since_checkpoint));
+        body.insert(
+            "registry_generation".into(),
+            json!(self
+                .shared
+                .registry_generation
+                .load(std::sync::atomic::Ordering::Acquire)),
+        );
         body.insert("seq".into(), json!(self.seq));
         body.insert("prev".into(), json!(self.prev));
         body.insert("time".into(), json!(now_text()));
@@ -350,10 +370,26 @@ impl Audit {
                 last = last_line(newest).map_err(|e| format!("{}: {e}", newest.display()))?;
             }
         }
+        let last_value: Option<Value> = match &last {
+            Some(line) => Some(
+                serde_json::from_str(line)
+                    .map_err(|e| format!("the last audit line does not parse: {e}"))?,
+            ),
+            None => None,
+        };
+        // Lines written before the log carried the field count as 0: the
+        // log then witnesses nothing, and a registry with history is
+        // reported until an operator acknowledges it.
+        let witnessed = last_value
+            .as_ref()
+            .and_then(|v| v["registry_generation"].as_u64())
+            .unwrap_or(0);
         let shared = Arc::new(Shared {
             health: Mutex::new(Ok(())),
             signer: Mutex::new(None),
             dir,
+            registry_generation: std::sync::atomic::AtomicU64::new(witnessed),
+            new_chain: last.is_none(),
         });
         let mut w = Writer {
             config,
@@ -365,16 +401,14 @@ impl Audit {
             last_was_checkpoint: false,
             shared: shared.clone(),
         };
-        match last {
-            Some(line) => {
-                let v: Value = serde_json::from_str(&line)
-                    .map_err(|e| format!("the last audit line does not parse: {e}"))?;
+        match (last, last_value) {
+            (Some(line), Some(v)) => {
                 let seq = v["seq"].as_u64().ok_or("the last audit line has no seq")?;
                 w.seq = seq + 1;
                 w.prev = sha256_hex(line.as_bytes());
                 w.last_was_checkpoint = v["type"] == "checkpoint";
             }
-            None => {
+            _ => {
                 let mut g = Map::new();
                 g.insert("type".into(), json!("genesis"));
                 g.insert("version".into(), json!(crate::VERSION));
@@ -408,7 +442,7 @@ impl Audit {
     /// Writes an entry and waits until it is durable (blocking).
     pub fn record(&self, fields: Map<String, Value>) -> Result<u64, AuditError> {
         let (tx, rx) = channel();
-        self.send(Job::Entry(fields, Ack::Sync(tx)))?;
+        self.send(Job::Entry(bounded(fields), Ack::Sync(tx)))?;
         rx.recv()
             .map_err(|_| AuditError("audit writer stopped".into()))?
     }
@@ -416,7 +450,7 @@ impl Audit {
     /// Writes an entry and waits until it is durable (async).
     pub async fn record_async(&self, fields: Map<String, Value>) -> Result<u64, AuditError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send(Job::Entry(fields, Ack::Async(tx)))?;
+        self.send(Job::Entry(bounded(fields), Ack::Async(tx)))?;
         rx.await
             .map_err(|_| AuditError("audit writer stopped".into()))?
     }
@@ -444,6 +478,25 @@ impl Audit {
         std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))
     }
 
+    /// Raises the registry generation that the following lines carry.
+    pub fn note_registry_generation(&self, generation: u64) {
+        self.state
+            .registry_generation
+            .fetch_max(generation, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The highest registry generation the log has recorded.
+    pub fn witnessed_registry_generation(&self) -> u64 {
+        self.state
+            .registry_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether this process found no log and began a new chain.
+    pub fn began_new_chain(&self) -> bool {
+        self.state.new_chain
+    }
+
     /// Ok, or why the log cannot be written.
     pub fn health(&self) -> Result<(), String> {
         self.state
@@ -451,6 +504,69 @@ impl Audit {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+/// Longest string kept whole in an audit line; longer ones are cut.
+pub const MAX_FIELD_BYTES: usize = 1024;
+/// Most entries kept in one object or array of an audit line (a batch has
+/// at most 1024 items, a context at most 64 pairs).
+pub const MAX_FIELD_ENTRIES: usize = 1024;
+
+/// What a refused request's text field looks like in the log: its size and
+/// a short printable prefix, never the whole of it.
+pub fn summary(s: &str) -> Value {
+    if s.len() <= 128 && !s.chars().any(crate::core::validate::unprintable) {
+        return json!(s);
+    }
+    let prefix: String = s
+        .chars()
+        .take(32)
+        .filter(|c| !crate::core::validate::unprintable(*c))
+        .collect();
+    json!({"bytes": s.len(), "prefix": prefix})
+}
+
+/// Bounds an entry whatever its origin: strings over [`MAX_FIELD_BYTES`]
+/// are cut (their length kept), objects and arrays over
+/// [`MAX_FIELD_ENTRIES`] are cut (their count kept). A refused request can
+/// therefore never grow the log by more than a bounded line.
+pub fn bounded(fields: Map<String, Value>) -> Map<String, Value> {
+    fn cut(v: &mut Value, depth: usize) {
+        match v {
+            Value::String(s) if s.len() > MAX_FIELD_BYTES => {
+                let mut end = 256;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let total = s.len();
+                s.truncate(end);
+                s.push_str(&format!("...[{total} bytes]"));
+            }
+            Value::Array(a) => {
+                if a.len() > MAX_FIELD_ENTRIES {
+                    let total = a.len();
+                    a.truncate(MAX_FIELD_ENTRIES);
+                    a.push(json!({"omitted": total - MAX_FIELD_ENTRIES}));
+                }
+                a.iter_mut().for_each(|x| cut(x, depth + 1));
+            }
+            Value::Object(m) => {
+                if m.len() > MAX_FIELD_ENTRIES || depth > 8 {
+                    let total = m.len();
+                    *v = json!({"omitted_entries": total});
+                    return;
+                }
+                m.values_mut().for_each(|x| cut(x, depth + 1));
+            }
+            _ => {}
+        }
+    }
+    let mut v = Value::Object(fields);
+    cut(&mut v, 0);
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
     }
 }
 

@@ -45,6 +45,15 @@ pub enum OperatorCommand {
     /// Re-read the policy file (as SIGHUP does); an invalid policy is
     /// refused and the old one stays in force.
     Reload,
+    /// Accept a registry that Status reports as rolled back (the HSM
+    /// counter missing or ahead, the audit log ahead or lost), after
+    /// restoring it on purpose. Audited; records that fail their own MAC
+    /// stay refused.
+    AcknowledgeTampering {
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
     /// Rekey: start with --shares/--threshold, then custodians --submit
     /// current shares, then --verify new ones; --cancel aborts.
     Rekey {
@@ -228,6 +237,21 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
             match output {
                 Output::Json => print_json(&json!({"reloaded": true}))?,
                 Output::Text => println!("Policy reloaded."),
+            }
+        }
+        OperatorCommand::AcknowledgeTampering { reason } => {
+            let mut c = client(socket).await?;
+            let r = c
+                .operator
+                .acknowledge_tampering(proto::AcknowledgeTamperingRequest { reason })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&json!({"accepted": r.accepted}))?,
+                Output::Text => {
+                    println!("Accepted: {}", crate::core::validate::escape(&r.accepted))
+                }
             }
         }
         OperatorCommand::Seal => {

@@ -588,12 +588,7 @@ impl Keywarden {
     ) -> CoreResult<(String, KeyRecord)> {
         self.unsealed()?;
         validate::key_name("name", name)?;
-        if reason.trim().len() < 3 || reason.len() > 1024 {
-            return Err(CoreError::invalid(
-                "reason",
-                "a reason of 3 to 1024 characters is required",
-            ));
-        }
+        validate::reason("reason", reason)?;
         if let Some(i) = id {
             validate::hold_id(i)?;
         }

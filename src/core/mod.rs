@@ -14,6 +14,7 @@ pub mod lifecycle;
 pub mod model;
 pub mod registry;
 pub mod validate;
+pub mod witness;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -128,6 +129,10 @@ pub(crate) struct Table {
     by_id: HashMap<[u8; 16], String>,
     tampered: BTreeMap<String, String>,
     global: Option<String>,
+    /// The global problem is a rollback an operator may accept
+    /// ([`Keywarden::acknowledge_tampering`]); a manifest that does not
+    /// verify cannot be.
+    rollback: Option<witness::Rollback>,
 }
 
 /// Encryptions per version: used in memory, reserved on disk.
@@ -331,29 +336,45 @@ impl Keywarden {
             .map_err(CoreError::Seal)
     }
 
-    /// Loads and verifies the registry into memory (at unseal).
+    /// Loads and verifies the registry into memory (at unseal), and checks
+    /// it against the witnesses of its generation ([`witness`]).
     fn load_table(&self) -> CoreResult<()> {
         let key = self.registry_key()?;
         let hsm_gen = self
             .hsm
             .read_counter(REGISTRY_COUNTER_LABEL)
             .map_err(CoreError::from_hsm)?;
-        let loaded = self
-            .registry
-            .load_verified(&key, hsm_gen)
-            .map_err(reg_err)?;
-        if hsm_gen.is_none_or(|h| loaded.generation > h) && loaded.global.is_none() {
-            // The registry is ahead (fresh token, or a crash between the
-            // registry commit and the counter update): catch up.
-            if let Err(e) = self
-                .hsm
-                .write_counter(REGISTRY_COUNTER_LABEL, loaded.generation)
-            {
-                warn!(error = %e, "could not update the registry generation in the HSM");
+        let mut loaded = self.registry.load_verified(&key, None).map_err(reg_err)?;
+        let manifest_problem = loaded.global.is_some();
+        let audited = self
+            .audit
+            .as_ref()
+            .map(|a| a.witnessed_registry_generation());
+        let rollback = witness::check(loaded.generation, hsm_gen, audited);
+        if loaded.global.is_none() {
+            if let Some(r) = &rollback {
+                loaded.global = Some(r.to_string());
+            }
+        }
+        if loaded.global.is_none() {
+            if hsm_gen.is_none_or(|h| loaded.generation > h) {
+                // A fresh token (the counter is created before the first
+                // registry write), or a crash between the registry commit
+                // and the counter update: catch up.
+                if let Err(e) = self
+                    .hsm
+                    .write_counter(REGISTRY_COUNTER_LABEL, loaded.generation)
+                {
+                    warn!(error = %e, "could not update the registry generation in the HSM");
+                }
+            }
+            if let Some(a) = &self.audit {
+                a.note_registry_generation(loaded.generation);
             }
         }
         let mut t = Table {
             global: loaded.global.clone(),
+            rollback: if manifest_problem { None } else { rollback },
             ..Table::default()
         };
         for (k, what) in &loaded.tampered {
@@ -395,6 +416,70 @@ impl Keywarden {
         );
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = t;
         Ok(())
+    }
+
+    /// An operator's audited acceptance of a registry that a witness found
+    /// older than it should be (a restore from backup, a lost audit log, a
+    /// replaced token): the manifest, as verified, is re-authenticated at a
+    /// generation above every witness, the HSM counter follows, and the
+    /// registry is loaded again. Records whose own MAC fails stay refused,
+    /// and a manifest that does not verify cannot be accepted this way.
+    /// Returns what was accepted.
+    pub fn acknowledge_tampering(&self) -> CoreResult<String> {
+        self.unsealed()?;
+        let _w = lock(&self.writes);
+        let (what, rollback) = {
+            let t = self.table();
+            match (&t.global, &t.rollback) {
+                (Some(g), Some(r)) => (g.clone(), r.clone()),
+                (Some(g), None) => {
+                    return Err(CoreError::Conflict(format!(
+                        "the registry itself does not verify ({g}); this cannot be acknowledged: restore a good copy"
+                    )))
+                }
+                (None, _) => {
+                    return Err(CoreError::Conflict(
+                        "no registry rollback or audit-log loss to acknowledge".into(),
+                    ))
+                }
+            }
+        };
+        let key = self.registry_key()?;
+        let counter = self
+            .hsm
+            .read_counter(REGISTRY_COUNTER_LABEL)
+            .map_err(CoreError::from_hsm)?
+            .unwrap_or(0);
+        let audited = self
+            .audit
+            .as_ref()
+            .map(|a| a.witnessed_registry_generation())
+            .unwrap_or(0);
+        let generation = self
+            .registry
+            .generation()
+            .max(counter)
+            .max(audited)
+            .saturating_add(1);
+        self.registry.reseal(&key, generation).map_err(reg_err)?;
+        // Fail closed: without the counter the next load would refuse again.
+        self.hsm
+            .write_counter(REGISTRY_COUNTER_LABEL, generation)
+            .map_err(CoreError::from_hsm)?;
+        if let Some(a) = &self.audit {
+            a.note_registry_generation(generation);
+        }
+        crate::audit::event(
+            "registry_tampering",
+            "acknowledged",
+            serde_json::json!({"what": what, "kind": format!("{rollback:?}"), "new_generation": generation}),
+        );
+        drop(_w);
+        self.load_table()?;
+        if let Err(e) = self.reconcile() {
+            warn!(error = %e, "reconciliation failed");
+        }
+        Ok(what)
     }
 
     fn table(&self) -> std::sync::RwLockReadGuard<'_, Table> {
@@ -445,6 +530,9 @@ impl Keywarden {
     pub(crate) fn store(&self, record: KeyRecord, is_new: bool) -> CoreResult<Arc<KeyRecord>> {
         let key = self.registry_key()?;
         let gen = self.registry.put(&record, &key, is_new).map_err(reg_err)?;
+        if let Some(a) = &self.audit {
+            a.note_registry_generation(gen);
+        }
         if let Err(e) = self.hsm.write_counter(REGISTRY_COUNTER_LABEL, gen) {
             warn!(error = %e, "could not advance the registry generation in the HSM");
         }
@@ -997,6 +1085,10 @@ impl Keywarden {
         if let Some(g) = &t.global {
             tampering.insert(0, ("registry".into(), g.clone()));
         }
+        let seal = self.seal.status();
+        if let Some(what) = &seal.tampered {
+            tampering.insert(0, ("seal".into(), what.clone()));
+        }
         Status {
             version: crate::VERSION,
             hsm_health,
@@ -1008,7 +1100,7 @@ impl Keywarden {
             drift: self.drift.read().unwrap_or_else(|p| p.into_inner()).clone(),
             started_at: self.started_at,
             seal: {
-                let mut st = self.seal.status();
+                let mut st = seal;
                 if st.phase == crate::seal::Phase::Unsealed
                     && !self.ready.load(std::sync::atomic::Ordering::Acquire)
                 {

@@ -380,6 +380,47 @@ impl Registry {
     pub fn generation(&self) -> u64 {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).1
     }
+
+    /// The generation the file claims, unverified (readable while sealed):
+    /// evidence that this daemon was initialised and used.
+    pub fn generation_on_disk(&self) -> Result<u64, RegistryError> {
+        let conn = self.conn();
+        Ok(Self::meta(&conn, "generation")?
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Re-authenticates the manifest, as last verified, at a new generation
+    /// above every witness: an operator's audited acceptance of a registry
+    /// that was found older than the HSM counter or the audit log. Records
+    /// and their own MACs are unchanged; a record found tampered stays so.
+    pub fn reseal(&self, key: &[u8; 32], generation: u64) -> Result<(), RegistryError> {
+        let mut conn = self.conn();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if generation <= state.1 {
+            return Err(RegistryError::Corrupt(format!(
+                "reseal at generation {generation}, not above {}",
+                state.1
+            )));
+        }
+        let mjson =
+            serde_json::to_string(&state.0).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        let mmac = manifest_mac(key, generation, &mjson);
+        let tx = conn.transaction()?;
+        for (k, v) in [
+            ("generation", generation.to_string()),
+            ("manifest", mjson),
+            ("manifest_mac", mmac),
+        ] {
+            tx.execute(
+                "INSERT INTO meta (k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                params![k, v],
+            )?;
+        }
+        tx.commit()?;
+        state.1 = generation;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -49,13 +49,71 @@ pub fn key_name(field: &'static str, name: &str) -> CoreResult<()> {
 }
 
 pub fn description(d: &str) -> CoreResult<()> {
-    if d.len() > MAX_DESCRIPTION {
+    text("description", d, MAX_DESCRIPTION)
+}
+
+/// Reasons (legal holds, break-glass, acknowledgements): 3 to 512 bytes.
+pub const MAX_REASON: usize = 512;
+
+/// Free text an operator will read on a terminal (descriptions, reasons,
+/// labels): at most `max` bytes and no control characters (an escape
+/// sequence could hide or fake a line of `keywarden status`) nor
+/// bidirectional overrides (which reorder what is shown).
+pub fn text(field: &'static str, s: &str, max: usize) -> CoreResult<()> {
+    if s.len() > max {
         return Err(CoreError::invalid(
-            "description",
-            format!("is {} bytes long; at most {MAX_DESCRIPTION}", d.len()),
+            field,
+            format!("is {} bytes long; at most {max}", s.len()),
+        ));
+    }
+    if let Some((i, c)) = s.char_indices().find(|(_, c)| unprintable(*c)) {
+        return Err(CoreError::invalid(
+            field,
+            format!(
+                "contains the control character U+{:04X} at byte {i}",
+                c as u32
+            ),
         ));
     }
     Ok(())
+}
+
+/// A reason: printable text of 3 to [`MAX_REASON`] bytes.
+pub fn reason(field: &'static str, s: &str) -> CoreResult<()> {
+    text(field, s, MAX_REASON)?;
+    if s.trim().len() < 3 {
+        return Err(CoreError::invalid(
+            field,
+            "a reason of at least 3 characters is required",
+        ));
+    }
+    Ok(())
+}
+
+/// Characters that must never reach an operator's terminal raw.
+pub fn unprintable(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Text for a terminal: every unprintable character escaped (`\x1b`,
+/// `\u{202e}`), so nothing stored can move the cursor or fake a line.
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(unprintable) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unprintable(c) {
+            if (c as u32) < 0x100 {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            } else {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Checks an encryption context and returns it sorted.
@@ -185,6 +243,30 @@ mod tests {
             .map(|i| (format!("k{i}"), "v".repeat(1000)))
             .collect();
         assert!(context(total).unwrap_err().to_string().contains("in all"));
+    }
+
+    #[test]
+    fn text_refuses_control_characters_and_escape_shows_them() {
+        assert!(text("reason", "court order 2026-114 (Müller)", 512).is_ok());
+        for bad in [
+            "\r\x1b[2Khardening: ok",
+            "a\x07b",
+            "x\u{202e}y",
+            "tab\there",
+            "nul\0",
+        ] {
+            let e = text("reason", bad, 512).unwrap_err().to_string();
+            assert!(
+                e.starts_with("reason: contains the control character"),
+                "{e}"
+            );
+        }
+        assert!(text("reason", &"a".repeat(513), 512).is_err());
+        assert!(reason("reason", "  x ").is_err());
+        assert!(reason("reason", "audit").is_ok());
+        assert_eq!(escape("\x1b]0;pwned\x07"), "\\x1b]0;pwned\\x07");
+        assert_eq!(escape("a\u{202e}b"), "a\\u{202e}b");
+        assert_eq!(escape("plain"), "plain");
     }
 
     #[test]

@@ -15,6 +15,7 @@ const LABEL_USER_PIN: &[u8] = b"keywarden/v1/token-user-pin";
 const LABEL_SO_PIN: &[u8] = b"keywarden/v1/token-so-pin";
 const LABEL_CHECK: &[u8] = b"keywarden/v1/check-value";
 const LABEL_KEYRING: &[u8] = b"keywarden/v1/keyring-key";
+const LABEL_SEAL_MAC: &[u8] = b"keywarden/v1/seal-file-mac";
 
 /// The 256-bit unseal key. Exists in memory only while a ceremony needs it.
 #[derive(Zeroize, ZeroizeOnDrop)]
@@ -70,6 +71,11 @@ impl UnsealKey {
 
     pub fn matches(&self, set_id: &[u8; 4], check: &[u8]) -> bool {
         self.check_value(set_id).ct_eq(check).into()
+    }
+
+    /// The HMAC-SHA256 key that authenticates the seal file's metadata.
+    pub fn seal_mac_key(&self, set_id: &[u8; 4]) -> Zeroizing<[u8; 32]> {
+        self.derive(LABEL_SEAL_MAC, set_id)
     }
 
     /// The AES-256-GCM key that seals the keyring.

@@ -85,6 +85,9 @@ pub enum SealError {
     Hsm(HsmError),
     #[error("seal storage: {0}")]
     Storage(String),
+    /// The seal metadata was edited, deleted or replaced.
+    #[error("seal metadata tampering: {0}")]
+    Tampered(String),
 }
 
 pub type SealResult<T> = Result<T, SealError>;
@@ -256,6 +259,9 @@ struct Inner {
     progress: Option<Progress>,
     keyring: Option<Keyring>,
     rekey: Option<Rekey>,
+    /// Evidence that this daemon was initialised although no seal file is
+    /// there (it was deleted): init is refused until it is restored.
+    missing: Option<String>,
 }
 
 /// Progress reported after a share is accepted.
@@ -287,6 +293,8 @@ pub struct SealStatus {
     pub interrupted_rekey: bool,
     /// Init issued shares; the first unseal changes the token's PINs.
     pub init_pending: bool,
+    /// The seal metadata is missing although the state shows history.
+    pub tampered: Option<String>,
 }
 
 pub struct Seal {
@@ -353,11 +361,11 @@ fn validate_plan(spec: ShareSpec<'_>, allow_single: bool) -> SealResult<RekeyPla
             ),
         ));
     }
-    for l in labels {
-        if l.is_empty() || l.len() > 64 || l.chars().any(|c| c.is_control()) {
+    for (i, l) in labels.iter().enumerate() {
+        if l.is_empty() || l.len() > 64 || l.chars().any(crate::core::validate::unprintable) {
             return Err(invalid(
                 "labels",
-                format!("{l:?} must be 1 to 64 printable characters"),
+                format!("label {} must be 1 to 64 printable characters", i + 1),
             ));
         }
     }
@@ -441,8 +449,25 @@ impl Seal {
                 progress: None,
                 keyring: None,
                 rekey: None,
+                missing: None,
             }),
         })
+    }
+
+    /// Tells the seal that the state directory shows this daemon was
+    /// initialised (`evidence` says how, e.g. the registry's generation).
+    /// With no seal file that is tampering, not a fresh install: init would
+    /// spend token login attempts on PINs that changed long ago.
+    pub fn expect_initialized(&self, evidence: &str) {
+        let mut inner = self.inner();
+        if inner.current.is_none() && inner.pending.is_none() {
+            let what = format!(
+                "seal.json is missing although {evidence}: it was deleted; restore it from a backup (init is refused)"
+            );
+            tracing::error!("{what}");
+            audit::event("seal_tampering", "detected", json!({ "what": what }));
+            inner.missing = Some(what);
+        }
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
@@ -549,6 +574,7 @@ impl Seal {
             rekey,
             interrupted_rekey: inner.pending.is_some(),
             init_pending: file.is_some_and(|f| f.pending_init),
+            tampered: inner.missing.clone(),
         }
     }
 
@@ -566,6 +592,9 @@ impl Seal {
         provisioning_so_pin: Pin,
     ) -> SealResult<Vec<IssuedShare>> {
         let mut inner = self.inner();
+        if let Some(what) = &inner.missing {
+            return Err(SealError::Tampered(what.clone()));
+        }
         if let Some(f) = inner.current.as_ref().or(inner.pending.as_ref()) {
             if !f.pending_init {
                 return Err(SealError::AlreadyInitialized {
@@ -597,6 +626,7 @@ impl Seal {
         )
         .map_err(SealError::Storage)?;
         file.pending_init = true;
+        file.authenticate(&key).map_err(SealError::Storage)?;
         let issued = issue_shares(&key, &set_id, &plan)?;
         self.store.save(&file).map_err(SealError::Storage)?;
         audit::event(
@@ -731,6 +761,16 @@ impl Seal {
             );
             return Err(SealError::ReconstructionFailed);
         }
+        // The key is confirmed: now the metadata around it must verify
+        // before anything in it (pending_init above all) is acted on.
+        if let Err(why) = file.verify(&key) {
+            audit::event(
+                "seal_tampering",
+                "detected",
+                json!({"what": why, "set_id": file.set_id}),
+            );
+            return Err(SealError::Tampered(why));
+        }
         let keyring = file.open_keyring(&key).map_err(SealError::Storage)?;
         if file.pending_init {
             // The first quorum proved the shares work: now, and only now,
@@ -755,6 +795,7 @@ impl Seal {
             }
             drop(pins);
             file.pending_init = false;
+            file.authenticate(&key).map_err(SealError::Storage)?;
             self.store.save(&file).map_err(SealError::Storage)?;
             inner.current = Some(file.clone());
             audit::event("init_commit", "ok", json!({"set_id": file.set_id}));

@@ -14,6 +14,9 @@ use super::keys::UnsealKey;
 
 const KEYRING_AAD: &[u8] = b"keywarden.v1.keyring";
 const KEYRING_LEN: usize = 64;
+const SEAL_MAC_DOMAIN: &[u8] = b"keywarden/v1/seal-file";
+/// The seal file format: 2 adds `mac`, which format 1 did not have.
+pub const SEAL_FORMAT: u32 = 2;
 
 /// Secrets the daemon needs after unseal, kept sealed under a key derived
 /// from the unseal key. No `Debug`, `Clone` or `Serialize`; wiped on drop.
@@ -76,6 +79,11 @@ pub struct SealFile {
     /// shares has proved to work.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending_init: bool,
+    /// Hex of an HMAC-SHA256 over every other field, under a key derived
+    /// from the unseal key: an edit (`pending_init`, the threshold, the set)
+    /// is caught as soon as a quorum has reconstructed the key.
+    #[serde(default)]
+    pub mac: String,
 }
 
 impl SealFile {
@@ -88,7 +96,7 @@ impl SealFile {
         created_at: i64,
     ) -> Result<Self, String> {
         let mut sealed = Self {
-            format: 1,
+            format: SEAL_FORMAT,
             set_id: hex::encode(set_id),
             shares,
             threshold,
@@ -96,9 +104,60 @@ impl SealFile {
             keyring: String::new(),
             created_at,
             pending_init: false,
+            mac: String::new(),
         };
         sealed.keyring = hex::encode(seal_keyring(key, &set_id, keyring)?);
+        sealed.authenticate(key)?;
         Ok(sealed)
+    }
+
+    fn compute_mac(&self, key: &UnsealKey) -> Result<[u8; 32], String> {
+        use hmac::{Hmac, Mac};
+        let set_id = self.set_id()?;
+        let k = key.seal_mac_key(&set_id);
+        let mut m =
+            <Hmac<sha2::Sha256> as Mac>::new_from_slice(&k[..]).map_err(|e| e.to_string())?;
+        let fields: [&[u8]; 9] = [
+            SEAL_MAC_DOMAIN,
+            &self.format.to_be_bytes(),
+            self.set_id.as_bytes(),
+            &[self.shares],
+            &[self.threshold],
+            self.check.as_bytes(),
+            self.keyring.as_bytes(),
+            &self.created_at.to_be_bytes(),
+            &[u8::from(self.pending_init)],
+        ];
+        for f in fields {
+            m.update(&(f.len() as u64).to_be_bytes());
+            m.update(f);
+        }
+        Ok(m.finalize().into_bytes().into())
+    }
+
+    /// Recomputes the MAC after a change (the key is at hand only during a
+    /// ceremony).
+    pub fn authenticate(&mut self, key: &UnsealKey) -> Result<(), String> {
+        self.mac = hex::encode(self.compute_mac(key)?);
+        Ok(())
+    }
+
+    /// Checks the MAC with a key already confirmed by the check value.
+    pub fn verify(&self, key: &UnsealKey) -> Result<(), String> {
+        use subtle::ConstantTimeEq;
+        if self.format != SEAL_FORMAT {
+            return Err(format!(
+                "seal.json is format {} (this build writes and accepts only format {SEAL_FORMAT}, which is authenticated)",
+                self.format
+            ));
+        }
+        let want = self.compute_mac(key)?;
+        let got = hex::decode(&self.mac).unwrap_or_default();
+        if bool::from(want.as_slice().ct_eq(&got)) {
+            Ok(())
+        } else {
+            Err("seal.json does not verify under the reconstructed unseal key: it was edited by hand; restore it from a backup".into())
+        }
     }
 
     pub fn set_id(&self) -> Result<[u8; 4], String> {
@@ -268,5 +327,33 @@ mod tests {
         let text = std::fs::read_to_string(store.current_path()).unwrap();
         assert!(!text.contains(&hex::encode(key.expose())));
         assert!(!text.contains(&hex::encode(&ring.registry_key[..])));
+    }
+
+    #[test]
+    fn every_field_is_authenticated() {
+        let key = UnsealKey::random().unwrap();
+        let ring = Keyring::random().unwrap();
+        let f = SealFile::new(&key, [1, 2, 3, 4], 5, 3, &ring, 10).unwrap();
+        f.verify(&key).unwrap();
+        assert!(f.verify(&UnsealKey::random().unwrap()).is_err());
+        let edits: Vec<fn(&mut SealFile)> = vec![
+            |f| f.pending_init = true,
+            |f| f.threshold = 2,
+            |f| f.shares = 4,
+            |f| f.created_at = 11,
+            |f| f.check = "00".repeat(32),
+            |f| f.keyring.push('0'),
+            |f| f.mac = String::new(),
+            |f| f.format = 1,
+        ];
+        for (i, edit) in edits.into_iter().enumerate() {
+            let mut t = f.clone();
+            edit(&mut t);
+            assert!(t.verify(&key).is_err(), "edit {i} was not caught");
+        }
+        let mut changed = f.clone();
+        changed.pending_init = true;
+        changed.authenticate(&key).unwrap();
+        changed.verify(&key).unwrap();
     }
 }

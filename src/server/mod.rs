@@ -3,6 +3,7 @@
 //! server; the systemd protocol; graceful shutdown.
 
 pub mod hardening;
+pub mod lock;
 mod recovery;
 pub mod systemd;
 
@@ -128,6 +129,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         )
     };
     prepare_state_dir(&config.state_dir)?;
+    // Before anything is opened or written: one daemon per state directory
+    // and audit log (a second one would fork the audit chain).
+    let _state_lock = lock::DirLock::take(&config.state_dir, "keywarden.lock")?;
+    let audit_dir = config
+        .audit
+        .file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| std::path::PathBuf::from("."));
+    std::fs::create_dir_all(&audit_dir)
+        .with_context(|| format!("creating audit directory {}", audit_dir.display()))?;
+    let _audit_lock = lock::DirLock::take(&audit_dir, ".keywarden-audit.lock")?;
 
     let hsm_config = config.clone();
     let hsm = tokio::task::spawn_blocking(move || {
@@ -168,6 +181,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let registry = Registry::open(&registry_path)
             .with_context(|| format!("opening registry {}", registry_path.display()))?;
         let seal = Seal::open(SealStore::new(&state_dir), seal_config)?;
+        // Evidence that this daemon was initialised, for a seal file that
+        // has gone missing (readable while sealed, unverified).
+        let on_disk = registry.generation_on_disk().unwrap_or(0);
+        let audited = core_audit.witnessed_registry_generation();
+        if on_disk > 0 || audited > 0 {
+            seal.expect_initialized(&format!(
+                "the registry is at generation {on_disk} and the audit log has recorded generation {audited}"
+            ));
+        }
         Ok(Keywarden::start(hsm, registry, seal)
             .with_audit(core_audit)
             .with_lifecycle(lifecycle))
