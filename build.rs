@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/keywarden/v1/operator.proto",
     ];
     tonic_prost_build::configure()
+        // Malformed requests are INVALID_ARGUMENT, not INTERNAL.
+        .codec_path("crate::codec::Codec")
         .file_descriptor_set_path(out.join("keywarden_descriptor.bin"))
         .compile_protos(&protos, &["proto"])?;
     for p in protos {

@@ -87,6 +87,18 @@ struct RawServer {
     /// Group that owns the socket (membership grants access).
     #[serde(default)]
     socket_group: Option<String>,
+    /// Open connections one uid may hold (default 64).
+    #[serde(default)]
+    max_connections_per_uid: Option<usize>,
+    /// Open connections in all (default 1024).
+    #[serde(default)]
+    max_connections: Option<usize>,
+    /// Seconds a new connection may send nothing (default 10).
+    #[serde(default)]
+    handshake_timeout_secs: Option<u64>,
+    /// Seconds a connection may be silent before it is closed (default 120).
+    #[serde(default)]
+    idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +138,7 @@ pub struct Config {
     pub socket: PathBuf,
     pub socket_group: Option<String>,
     pub socket_mode: u32,
+    pub connections: crate::server::conn::ConnLimits,
     pub state_dir: PathBuf,
     pub allow_root: bool,
     pub profile: HsmProfile,
@@ -193,6 +206,31 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "server.socket_mode {socket_mode:o} gives access to every user; use 0660 or stricter"
             )));
+        }
+        let d = crate::server::conn::ConnLimits::default();
+        let connections = crate::server::conn::ConnLimits {
+            per_uid: raw.server.max_connections_per_uid.unwrap_or(d.per_uid),
+            total: raw.server.max_connections.unwrap_or(d.total),
+            handshake: raw
+                .server
+                .handshake_timeout_secs
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(d.handshake),
+            idle: raw
+                .server
+                .idle_timeout_secs
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(d.idle),
+        };
+        if connections.per_uid == 0
+            || connections.total < connections.per_uid
+            || connections.total > 65_536
+            || connections.handshake.is_zero()
+            || connections.idle < connections.handshake
+        {
+            return Err(ConfigError::Invalid(
+                "server: max_connections_per_uid must be at least 1 and at most max_connections (at most 65536); handshake_timeout_secs at least 1 and at most idle_timeout_secs".into(),
+            ));
         }
         if socket_mode & !0o777 != 0 {
             return Err(ConfigError::Invalid(format!(
@@ -369,6 +407,7 @@ impl Config {
             socket,
             socket_group: raw.server.socket_group,
             socket_mode,
+            connections,
             state_dir,
             allow_root: raw.server.allow_root,
             profile,

@@ -103,6 +103,20 @@ impl Guard {
         self.policy().principal_name(c).unwrap_or_default()
     }
 
+    /// Whether the caller could use any data key at all: a principal with
+    /// the app role, or an unexpired break-glass grant.
+    pub fn may_use_data_keys(&self, c: &Caller) -> bool {
+        if self.policy().has_app_role(c) {
+            return true;
+        }
+        let now = SystemTime::now();
+        self.break_glass
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|g| g.uid == c.uid && g.expires > now)
+    }
+
     /// The per-item check for data-key operations: the policy, or else an
     /// unexpired break-glass grant (reported as `Ok(true)`).
     pub fn data_key_check(

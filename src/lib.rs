@@ -10,6 +10,7 @@ pub mod api;
 pub mod audit;
 pub mod bench;
 pub mod cli;
+pub mod codec;
 pub mod client;
 pub mod config;
 pub mod core;

@@ -36,12 +36,38 @@ impl DataKeyApi {
         R: Send + 'static,
         F: FnOnce(&core::Keywarden, R, core::Gate<'_>) -> CoreResult<Vec<Item<T>>> + Send + 'static,
     {
+        // A caller with no app role and no break-glass grant is refused
+        // before any work: one bounded line, nothing digested.
+        if !self.ctx.guard.may_use_data_keys(&caller) {
+            let status = Status::permission_denied(format!(
+                "uid {} needs the app role to use data keys",
+                caller.uid
+            ));
+            let mut entry = guard::entry(&caller, "", "none", op);
+            entry.insert("outcome".into(), json!("denied"));
+            entry.insert("code".into(), json!("PermissionDenied"));
+            entry.insert("message".into(), json!(status.message()));
+            entry.insert("items".into(), json!(contexts.len()));
+            let _ = self.ctx.audit(vec![entry]).await;
+            return Err(status);
+        }
         let guard = self.ctx.guard.clone();
         let core = self.ctx.core.clone();
         let gate_caller = caller.clone();
         let (digests, outcome) = blocking(&core, move |c| {
-            let digests: Vec<Map<String, Value>> =
-                contexts.iter().map(|ctx| c.context_digest(ctx)).collect();
+            // Only a context within its limits is digested for the log; an
+            // oversized one is summarised (the item fails on the limits).
+            let digests: Vec<Map<String, Value>> = contexts
+                .iter()
+                .map(|ctx| match validate::check_context(ctx) {
+                    Ok(()) => c.context_digest(ctx),
+                    Err(_) => {
+                        let mut m = Map::new();
+                        m.insert("invalid_pairs".into(), json!(ctx.len()));
+                        m
+                    }
+                })
+                .collect();
             let gate = move |key: &str, ctx: &BTreeMap<String, String>| {
                 guard.data_key_check(&gate_caller, key, ctx)
             };

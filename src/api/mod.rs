@@ -23,6 +23,8 @@ use crate::policy::{Action, Caller};
 pub struct Ctx {
     pub core: Arc<Keywarden>,
     pub guard: Arc<Guard>,
+    /// Open and refused connections (Status shows them).
+    pub connections: Arc<crate::server::conn::Tracker>,
 }
 
 /// An identified, authorized call.

@@ -108,6 +108,7 @@ impl OperatorService for OperatorApi {
             PolicySource::File(p) => format!("file {}", p.display()),
             PolicySource::OpenDev => "open-dev (every local user has every role)".to_string(),
         };
+        let conns = self.ctx.connections.stats();
         let caller = format!(
             "uid {} gid {} pid {} exe {} principal {:?} role {}",
             call.caller.uid,
@@ -165,6 +166,9 @@ impl OperatorService for OperatorApi {
             policy,
             caller,
             hardening: crate::server::hardening::report(),
+            connections_open: conns.open as u64,
+            connections_refused: conns.refused,
+            connections_timed_out: conns.timed_out,
             registry_tampering: s
                 .tampering
                 .iter()

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use super::{print_json, Output};
+use super::{out, print_json, Output};
 use crate::audit::{verify, PUBLIC_KEY_FILE};
 
 #[derive(Debug, Subcommand)]
@@ -93,15 +93,15 @@ pub fn run(output: Output, cmd: AuditCommand) -> anyhow::Result<()> {
                             "starts_mid_chain": r.starts_mid_chain,
                         }))?,
                         Output::Text => {
-                            println!(
+                            out!(
                                 "OK: {} entries (seq {}..{}) in {} files, {} signed checkpoints",
                                 r.entries, r.first_seq, r.last_seq, r.files, r.checkpoints
                             );
                             if r.unsigned_tail > 0 {
-                                println!("warning: the last {} entries are not yet covered by a checkpoint", r.unsigned_tail);
+                                out!("warning: the last {} entries are not yet covered by a checkpoint", r.unsigned_tail);
                             }
                             if r.starts_mid_chain {
-                                println!("note: the first file starts at seq {}, not at the genesis line", r.first_seq);
+                                out!("note: the first file starts at seq {}, not at the genesis line", r.first_seq);
                             }
                         }
                     }
@@ -151,13 +151,13 @@ pub fn run(output: Output, cmd: AuditCommand) -> anyhow::Result<()> {
             match output {
                 Output::Json => print_json(&json!({"key": key, "entries": rows}))?,
                 Output::Text => {
-                    println!(
+                    out!(
                         "{:<26} {:>6} {:<22} {:<10} {:<34} {:>4} OUTCOME",
                         "TIME", "UID", "PRINCIPAL", "ROLE", "OPERATION", "VER"
                     );
                     for v in &rows {
                         let op = v["op"].as_str().or(v["event"].as_str()).unwrap_or("");
-                        println!(
+                        out!(
                             "{:<26} {:>6} {:<22} {:<10} {:<34} {:>4} {}{}",
                             v["time"].as_str().unwrap_or(""),
                             v["caller"]["uid"]

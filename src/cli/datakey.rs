@@ -10,7 +10,7 @@ use clap::Subcommand;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::{client, parse_context, print_json, status_error, Output};
+use super::{out, client, parse_context, print_json, status_error, Output};
 use crate::proto;
 
 #[derive(Debug, Subcommand)]
@@ -112,12 +112,12 @@ pub async fn run(socket: &Path, output: Output, cmd: DatakeyCommand) -> anyhow::
                     print_json(&v)?;
                 }
                 Output::Text => {
-                    println!("key:        {}", r.key);
-                    println!("version:    {}", r.key_version);
+                    out!("key:        {}", r.key);
+                    out!("version:    {}", r.key_version);
                     if !no_plaintext {
-                        println!("plaintext:  {}", plaintext.as_str());
+                        out!("plaintext:  {}", plaintext.as_str());
                     }
-                    println!("ciphertext: {ciphertext}");
+                    out!("ciphertext: {ciphertext}");
                 }
             }
             let mut pt = r.plaintext;
@@ -153,7 +153,7 @@ pub async fn run(socket: &Path, output: Output, cmd: DatakeyCommand) -> anyhow::
                     "version": r.key_version,
                     "ciphertext": ciphertext,
                 }))?,
-                Output::Text => println!("{ciphertext}"),
+                Output::Text => out!("{ciphertext}"),
             }
         }
         DatakeyCommand::Decrypt {
@@ -182,7 +182,7 @@ pub async fn run(socket: &Path, output: Output, cmd: DatakeyCommand) -> anyhow::
                     "version": r.key_version,
                     "plaintext": plaintext.as_str(),
                 }))?,
-                Output::Text => println!("{}", plaintext.as_str()),
+                Output::Text => out!("{}", plaintext.as_str()),
             }
         }
     }

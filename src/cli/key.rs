@@ -6,7 +6,7 @@ use anyhow::anyhow;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{client, print_json, status_error, Output};
+use super::{out, client, print_json, status_error, Output};
 use crate::proto;
 
 #[derive(Debug, Subcommand)]
@@ -134,53 +134,53 @@ pub fn metadata_json(k: &proto::KeyMetadata) -> serde_json::Value {
 }
 
 fn print_text(k: &proto::KeyMetadata) {
-    println!("name:            {}", k.name);
-    println!("key_id:          {}", k.key_id);
-    println!("state:           {}", k.state);
-    println!("algorithm:       {}", k.algorithm);
-    println!("current_version: {}", k.current_version);
+    out!("name:            {}", k.name);
+    out!("key_id:          {}", k.key_id);
+    out!("state:           {}", k.state);
+    out!("algorithm:       {}", k.algorithm);
+    out!("current_version: {}", k.current_version);
     if !k.description.is_empty() {
-        println!("description:     {}", k.description);
+        out!("description:     {}", k.description);
     }
     if k.rotation_period_secs > 0 {
-        println!(
+        out!(
             "rotation:        every {}s, next at {}",
             k.rotation_period_secs, k.next_rotation_at
         );
     } else {
-        println!("rotation:        by hand (and automatically near the encryption limit)");
+        out!("rotation:        by hand (and automatically near the encryption limit)");
     }
     if k.min_decrypt_version > 0 {
-        println!("min decrypt:     version {}", k.min_decrypt_version);
+        out!("min decrypt:     version {}", k.min_decrypt_version);
     }
     if k.destroy_due_at > 0 {
-        println!("destruction due: {}", k.destroy_due_at);
+        out!("destruction due: {}", k.destroy_due_at);
     }
     if k.destroyed_at > 0 {
-        println!("destroyed at:    {}", k.destroyed_at);
+        out!("destroyed at:    {}", k.destroyed_at);
     }
-    println!("versions:");
+    out!("versions:");
     for v in &k.versions {
-        println!(
+        out!(
             "  v{:<4} {:<12} created {}  encryptions {}",
             v.version, v.state, v.created_at, v.encryptions
         );
     }
     for h in &k.holds {
         if h.released_at == 0 {
-            println!(
+            out!(
                 "LEGAL HOLD {}: {} (by uid {} {}, at {})",
                 h.id, h.reason, h.placed_by, h.placed_by_principal, h.placed_at
             );
         } else {
-            println!(
+            out!(
                 "released hold {}: {} (released by uid {} at {})",
                 h.id, h.reason, h.released_by, h.released_at
             );
         }
     }
     for q in &k.destroy_requests {
-        println!(
+        out!(
             "destroy request {}: {} {}, wait {}s, approvals {:?} of {} needed",
             q.id, q.kind, q.status, q.wait_secs, q.approvals, q.approvals_needed
         );
@@ -192,7 +192,7 @@ fn show(output: Output, k: Option<proto::KeyMetadata>, text: &str) -> anyhow::Re
     match output {
         Output::Json => print_json(&metadata_json(&k)),
         Output::Text => {
-            println!("{text}");
+            out!("{text}");
             print_text(&k);
             Ok(())
         }
@@ -209,12 +209,12 @@ fn show_request(output: Output, r: proto::DestroyRequestResponse) -> anyhow::Res
             "key": r.key.as_ref().map(metadata_json),
         })),
         Output::Text => {
-            println!(
+            out!(
                 "destruction request {}: {} ({} of {} approvals)",
                 r.request_id, r.status, r.approvals, r.approvals_needed
             );
             if r.status == "open" {
-                println!(
+                out!(
                     "another admin approves with: keywarden key approve {} {}",
                     r.key.as_ref().map(|k| k.name.as_str()).unwrap_or(""),
                     r.request_id
@@ -251,7 +251,7 @@ pub async fn run(socket: &Path, output: Output, cmd: KeyCommand) -> anyhow::Resu
             let k = r.key.unwrap_or_default();
             match output {
                 Output::Json => print_json(&metadata_json(&k))?,
-                Output::Text => println!(
+                Output::Text => out!(
                     "created key {} (id {}, version {})",
                     k.name, k.key_id, k.current_version
                 ),
@@ -269,12 +269,12 @@ pub async fn run(socket: &Path, output: Output, cmd: KeyCommand) -> anyhow::Resu
                     "keys": r.keys.iter().map(metadata_json).collect::<Vec<_>>()
                 }))?,
                 Output::Text => {
-                    println!(
+                    out!(
                         "{:<32} {:<36} {:<20} {:>7}",
                         "NAME", "KEY ID", "STATE", "VERSION"
                     );
                     for k in &r.keys {
-                        println!(
+                        out!(
                             "{:<32} {:<36} {:<20} {:>7}",
                             k.name, k.key_id, k.state, k.current_version
                         );
@@ -422,7 +422,7 @@ pub async fn run(socket: &Path, output: Output, cmd: KeyCommand) -> anyhow::Resu
                 .into_inner();
             match output {
                 Output::Json => print_json(&json!({"key": name, "expires_at": r.expires_at}))?,
-                Output::Text => println!(
+                Output::Text => out!(
                     "BREAK-GLASS: you have app access to key {name} until {} (Unix time); this is flagged in the audit log.",
                     r.expires_at
                 ),

@@ -15,6 +15,16 @@ use clap::ValueEnum;
 
 use crate::client::Client;
 
+/// `println!` for text output: whatever the daemon stored (reasons,
+/// descriptions, labels, names) is printed with every control character
+/// escaped, so nothing can move the cursor or fake a line on the terminal.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        println!("{}", $crate::core::validate::escape_lines(&format!($($arg)*)))
+    };
+}
+pub(crate) use out;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Text,

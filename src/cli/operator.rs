@@ -9,7 +9,7 @@ use clap::Subcommand;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::{client, print_json, status_error, Output};
+use super::{out, client, print_json, status_error, Output};
 use crate::proto;
 
 #[derive(Debug, Subcommand)]
@@ -139,13 +139,13 @@ fn print_shares(
             })).collect::<Vec<_>>(),
         })),
         Output::Text => {
-            println!(
+            out!(
                 "Share set {set_id}: {} shares, any {threshold} of them unseal.",
                 shares.len()
             );
-            println!("Each share is shown once. Hand each to its custodian only.\n");
+            out!("Each share is shown once. Hand each to its custodian only.\n");
             for (i, s) in shares.iter().enumerate() {
-                println!(
+                out!(
                     "Share {} of {} for {}{}:",
                     i + 1,
                     shares.len(),
@@ -156,7 +156,7 @@ fn print_shares(
                         ""
                     }
                 );
-                println!("{}\n", s.share.trim_end());
+                out!("{}\n", s.share.trim_end());
             }
             Ok(())
         }
@@ -192,9 +192,9 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
                 .into_inner();
             print_shares(output, &r.set_id, r.threshold, &r.shares)?;
             if output == Output::Text {
-                println!("The daemon is initialised and sealed. Next: {threshold} custodians run");
-                println!("`keywarden operator unseal`. That first unseal proves the shares work, and only");
-                println!("then are the token's provisioning PINs replaced (they stop working).");
+                out!("The daemon is initialised and sealed. Next: {threshold} custodians run");
+                out!("`keywarden operator unseal`. That first unseal proves the shares work, and only");
+                out!("then are the token's provisioning PINs replaced (they stop working).");
             }
         }
         OperatorCommand::Unseal { reset } => {
@@ -220,12 +220,12 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
                     "threshold": r.threshold,
                     "set_id": r.set_id,
                 }))?,
-                Output::Text if reset => println!("Unseal progress reset."),
-                Output::Text if r.sealed => println!(
+                Output::Text if reset => out!("Unseal progress reset."),
+                Output::Text if r.sealed => out!(
                     "Share accepted: {} of {} (set {}). Still sealed.",
                     r.received, r.threshold, r.set_id
                 ),
-                Output::Text => println!("Unsealed (set {}).", r.set_id),
+                Output::Text => out!("Unsealed (set {}).", r.set_id),
             }
         }
         OperatorCommand::Reload => {
@@ -236,7 +236,7 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
                 .map_err(status_error)?;
             match output {
                 Output::Json => print_json(&json!({"reloaded": true}))?,
-                Output::Text => println!("Policy reloaded."),
+                Output::Text => out!("Policy reloaded."),
             }
         }
         OperatorCommand::AcknowledgeTampering { reason } => {
@@ -250,7 +250,7 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
             match output {
                 Output::Json => print_json(&json!({"accepted": r.accepted}))?,
                 Output::Text => {
-                    println!("Accepted: {}", crate::core::validate::escape(&r.accepted))
+                    out!("Accepted: {}", crate::core::validate::escape(&r.accepted))
                 }
             }
         }
@@ -262,7 +262,7 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
                 .map_err(status_error)?;
             match output {
                 Output::Json => print_json(&json!({"sealed": true}))?,
-                Output::Text => println!("Sealed."),
+                Output::Text => out!("Sealed."),
             }
         }
         OperatorCommand::Rekey {
@@ -282,7 +282,7 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
                     .map_err(status_error)?;
                 match output {
                     Output::Json => print_json(&json!({"cancelled": true}))?,
-                    Output::Text => println!("Rekey cancelled."),
+                    Output::Text => out!("Rekey cancelled."),
                 }
             } else if submit {
                 let share = read_share("CURRENT unseal share (input hidden): ")?;
@@ -304,20 +304,20 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
                             })).collect::<Vec<_>>(),
                         }))?,
                         Output::Text => {
-                            println!(
+                            out!(
                                 "Quorum of current shares reached. New shares (set {}):\n",
                                 r.new_set_id
                             );
                             for (i, s) in r.new_shares.iter().enumerate() {
-                                println!(
+                                out!(
                                     "New share {} of {} for {}:",
                                     i + 1,
                                     r.new_shares.len(),
                                     s.label
                                 );
-                                println!("{}\n", s.share.trim_end());
+                                out!("{}\n", s.share.trim_end());
                             }
-                            println!("Nothing changes until a quorum of the NEW shares is submitted with `keywarden operator rekey --verify`.");
+                            out!("Nothing changes until a quorum of the NEW shares is submitted with `keywarden operator rekey --verify`.");
                         }
                     }
                 } else {
@@ -326,7 +326,7 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
                             "complete": false, "received": r.received, "threshold": r.threshold,
                         }))?,
                         Output::Text => {
-                            println!("Current share accepted: {} of {}.", r.received, r.threshold)
+                            out!("Current share accepted: {} of {}.", r.received, r.threshold)
                         }
                     }
                 }
@@ -345,12 +345,12 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
                         "committed": r.committed, "received": r.received,
                         "threshold": r.threshold, "set_id": r.set_id,
                     }))?,
-                    Output::Text if r.committed => println!(
+                    Output::Text if r.committed => out!(
                         "Rekey committed: set {} is now in force; the old shares no longer work.",
                         r.set_id
                     ),
                     Output::Text => {
-                        println!("New share verified: {} of {}.", r.received, r.threshold)
+                        out!("New share verified: {} of {}.", r.received, r.threshold)
                     }
                 }
             } else {
@@ -372,7 +372,7 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
                     Output::Json => print_json(&json!({
                         "rekey_id": r.rekey_id, "current_threshold": r.current_threshold,
                     }))?,
-                    Output::Text => println!(
+                    Output::Text => out!(
                         "Rekey {} started: {} custodians now run `keywarden operator rekey --submit` with their CURRENT shares.",
                         r.rekey_id, r.current_threshold
                     ),
@@ -430,6 +430,6 @@ fn derive_pin(seal_file: &Path, so: bool) -> anyhow::Result<()> {
     } else {
         key.user_pin(&set_id)
     };
-    println!("{}", pin.expose_text());
+    out!("{}", pin.expose_text());
     Ok(())
 }

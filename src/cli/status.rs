@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{client, print_json, status_error, Output};
+use super::{out, client, print_json, status_error, Output};
 use crate::proto;
 
 pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
@@ -59,78 +59,86 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
             "caller": s.caller,
             "registry_tampering": s.registry_tampering,
             "hardening": s.hardening,
+            "connections": {"open": s.connections_open, "refused": s.connections_refused,
+                "timed_out": s.connections_timed_out},
             "break_glass": s.break_glass.iter().map(|g| json!({
                 "uid": g.uid, "principal": g.principal, "key": g.key,
                 "reason": g.reason, "granted_at": g.granted_at, "expires_at": g.expires_at,
             })).collect::<Vec<_>>(),
         }))?,
         Output::Text => {
-            println!("version:     {}", s.version);
+            out!("version:     {}", s.version);
             match seal.phase.as_str() {
-                "sealed" => println!(
+                "sealed" => out!(
                     "seal:        sealed ({} of {} shares received, set {})",
                     seal.received, seal.threshold, seal.set_id
                 ),
-                "unsealed" => println!(
+                "unsealed" => out!(
                     "seal:        unsealed (set {}, {} of {} shares)",
                     seal.set_id, seal.threshold, seal.shares
                 ),
-                other => println!("seal:        {other} (run `keywarden operator init`)"),
+                other => out!("seal:        {other} (run `keywarden operator init`)"),
             }
             if !seal.rekey_id.is_empty() {
-                println!(
+                out!(
                     "rekey:       {} {} ({} of {})",
                     seal.rekey_id, seal.rekey_phase, seal.rekey_received, seal.rekey_threshold
                 );
             }
             if seal.init_pending {
-                println!("init:        shares issued; the first unseal completes init (changes the token PINs)");
+                out!("init:        shares issued; the first unseal completes init (changes the token PINs)");
             }
             if seal.interrupted_rekey {
-                println!("rekey:       an interrupted rekey commit was found; shares of either set unseal");
+                out!("rekey:       an interrupted rekey commit was found; shares of either set unseal");
             }
             if s.hsm_detail.is_empty() {
-                println!("hsm:         {}", s.hsm_health);
+                out!("hsm:         {}", s.hsm_health);
             } else {
-                println!("hsm:         {} ({})", s.hsm_health, s.hsm_detail);
+                out!("hsm:         {} ({})", s.hsm_health, s.hsm_detail);
             }
-            println!(
+            out!(
                 "token:       {} (serial {}, {} {}, profile {})",
                 t.label, t.serial, t.manufacturer, t.model, t.profile
             );
-            println!(
+            out!(
                 "sessions:    {} worker sessions, session key copies {}",
                 t.session_pool_size,
                 if t.session_key_copies { "on" } else { "off" }
             );
-            println!("keys:        {}", s.key_count);
+            out!("keys:        {}", s.key_count);
             if s.audit_detail.is_empty() {
-                println!("audit:       {}", s.audit_health);
+                out!("audit:       {}", s.audit_health);
             } else {
-                println!("audit:       {} ({})", s.audit_health, s.audit_detail);
+                out!("audit:       {} ({})", s.audit_health, s.audit_detail);
             }
-            println!("policy:      {}", s.policy);
+            out!("policy:      {}", s.policy);
             for t in &s.registry_tampering {
-                println!("TAMPERING:   {t}");
+                out!("TAMPERING:   {t}");
             }
-            println!("you:         {}", s.caller);
+            out!("you:         {}", s.caller);
+            out!(
+                "connections: {} open, {} refused over the limits, {} closed for silence",
+                s.connections_open,
+                s.connections_refused,
+                s.connections_timed_out
+            );
             for h in &s.hardening {
-                println!("hardening:   {h}");
+                out!("hardening:   {h}");
             }
             for g in &s.break_glass {
-                println!(
+                out!(
                     "BREAK-GLASS: uid {} ({}) on key {} until {}: {}",
                     g.uid, g.principal, g.key, g.expires_at, g.reason
                 );
             }
             if d.missing_on_token.is_empty() && d.orphaned_on_token.is_empty() {
-                println!("drift:       none");
+                out!("drift:       none");
             } else {
                 for m in &d.missing_on_token {
-                    println!("drift:       missing on token: {m}");
+                    out!("drift:       missing on token: {m}");
                 }
                 for o in &d.orphaned_on_token {
-                    println!("drift:       orphaned on token: {o}");
+                    out!("drift:       orphaned on token: {o}");
                 }
             }
         }

@@ -95,6 +95,12 @@ pub fn unprintable(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+/// [`escape`] for a whole block of output: line breaks stay (stored text
+/// never holds one: [`text`] refuses them), everything else is escaped.
+pub fn escape_lines(s: &str) -> String {
+    s.split('\n').map(escape).collect::<Vec<_>>().join("\n")
+}
+
 /// Text for a terminal: every unprintable character escaped (`\x1b`,
 /// `\u{202e}`), so nothing stored can move the cursor or fake a line.
 pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
@@ -118,6 +124,12 @@ pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
 
 /// Checks an encryption context and returns it sorted.
 pub fn context(ctx: HashMap<String, String>) -> CoreResult<BTreeMap<String, String>> {
+    check_context(&ctx)?;
+    Ok(ctx.into_iter().collect())
+}
+
+/// Checks an encryption context against its limits without copying it.
+pub fn check_context(ctx: &HashMap<String, String>) -> CoreResult<()> {
     const F: &str = "encryption_context";
     if ctx.len() > MAX_CONTEXT_PAIRS {
         return Err(CoreError::invalid(
@@ -126,7 +138,7 @@ pub fn context(ctx: HashMap<String, String>) -> CoreResult<BTreeMap<String, Stri
         ));
     }
     let mut total = 0usize;
-    for (k, v) in &ctx {
+    for (k, v) in ctx {
         if k.is_empty() {
             return Err(CoreError::invalid(F, "a key is empty"));
         }
@@ -154,7 +166,7 @@ pub fn context(ctx: HashMap<String, String>) -> CoreResult<BTreeMap<String, Stri
             format!("is {total} bytes in all; at most {MAX_CONTEXT_TOTAL}"),
         ));
     }
-    Ok(ctx.into_iter().collect())
+    Ok(())
 }
 
 pub fn blob_size(len: usize) -> CoreResult<()> {

@@ -432,6 +432,11 @@ impl Policy {
         self.matching(c).next().map(|p| p.name.clone())
     }
 
+    /// Whether `c` is a principal with the app role (for any key).
+    pub fn has_app_role(&self, c: &Caller) -> bool {
+        self.matching(c).any(|p| p.roles.contains(&Role::App))
+    }
+
     /// Whether `c` is a principal with any role at all.
     pub fn knows(&self, c: &Caller) -> bool {
         self.matching(c).next().is_some()

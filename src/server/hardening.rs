@@ -25,7 +25,22 @@ pub fn apply() {
         Err(e) => out.push(format!("WARNING: could not set RLIMIT_CORE to 0: {e}")),
     }
     out.push(lock_memory());
+    out.push(raise_nofile());
     let _ = REPORT.set(out);
+}
+
+/// The descriptor soft limit up to the hard one, so that the connection
+/// caps (per uid and in all) bind before the descriptors run out.
+fn raise_nofile() -> String {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => format!("RLIMIT_NOFILE {hard} (raised from {soft})"),
+            Err(e) => format!("WARNING: RLIMIT_NOFILE stays {soft}: {e}"),
+        },
+        Ok((soft, _)) => format!("RLIMIT_NOFILE {soft}"),
+        Err(e) => format!("WARNING: RLIMIT_NOFILE unknown: {e}"),
+    }
 }
 
 /// mlockall(MCL_CURRENT | MCL_FUTURE) only where it cannot make later

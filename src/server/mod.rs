@@ -3,6 +3,7 @@
 //! server; the systemd protocol; graceful shutdown.
 
 pub mod hardening;
+pub mod conn;
 pub mod lock;
 mod recovery;
 pub mod systemd;
@@ -14,7 +15,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 use tracing::{info, warn};
 
 use crate::api::{datakey::DataKeyApi, keys::KeyApi, operator::OperatorApi, Ctx};
@@ -207,6 +207,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let ctx = Ctx {
         core: core.clone(),
         guard: guard.clone(),
+        connections: conn::Tracker::new(config.connections),
     };
     // The lifecycle scheduler: due rotations and destructions.
     {
@@ -270,6 +271,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    let connections = ctx.connections.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
@@ -289,7 +291,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(reflection)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(conn::incoming(listener, connections.clone()), async {
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
