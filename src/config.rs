@@ -174,6 +174,7 @@ pub enum ConfigError {
 impl Config {
     /// Reads, parses and validates a config file (and the HSM profile it names).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        crate::policy::check_trusted_file(path).map_err(ConfigError::Invalid)?;
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,

@@ -14,11 +14,40 @@ use crate::secret::Pin;
 
 pub struct OperatorApi {
     ctx: Ctx,
+    /// Share submissions (unseal and rekey) per uid in the current window.
+    shares: std::sync::Mutex<std::collections::HashMap<u32, (std::time::Instant, u32)>>,
 }
+
+/// Share submissions one uid may make per [`SHARE_WINDOW`]: a custodian
+/// needs one; a flood of forged shares (each resetting progress) is cut off.
+pub const SHARES_PER_WINDOW: u32 = 30;
+pub const SHARE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl OperatorApi {
     pub fn new(ctx: Ctx) -> Self {
-        OperatorApi { ctx }
+        OperatorApi {
+            ctx,
+            shares: Default::default(),
+        }
+    }
+
+    /// Counts one share submission by `call`'s uid; refuses past the rate.
+    fn share_rate(&self, call: &Call) -> Result<(), Status> {
+        let now = std::time::Instant::now();
+        let mut m = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|_, (start, _)| now.duration_since(*start) < SHARE_WINDOW);
+        let e = m.entry(call.caller.uid).or_insert((now, 0));
+        if e.1 >= SHARES_PER_WINDOW {
+            let wait = SHARE_WINDOW.saturating_sub(now.duration_since(e.0));
+            return Err(Status::resource_exhausted(format!(
+                "share: uid {} submitted {SHARES_PER_WINDOW} shares in {} s; retry in {} s",
+                call.caller.uid,
+                SHARE_WINDOW.as_secs(),
+                wait.as_secs().max(1)
+            )));
+        }
+        e.1 += 1;
+        Ok(())
     }
 }
 
@@ -207,7 +236,11 @@ impl OperatorService for OperatorApi {
             .ctx
             .authorize(&request, "Unseal", Action::Ceremony)
             .await?;
-        let res = self.unseal_inner(request.into_inner()).await;
+        let r = request.into_inner();
+        let res = match if r.reset { Ok(()) } else { self.share_rate(&call) } {
+            Ok(()) => self.unseal_inner(r).await,
+            Err(s) => Err(s),
+        };
         self.ctx
             .finish(&call, Map::new(), res)
             .await
@@ -265,7 +298,10 @@ impl OperatorService for OperatorApi {
             .ctx
             .authorize(&request, "RekeySubmit", Action::Ceremony)
             .await?;
-        let res = self.rekey_submit_inner(request.into_inner()).await;
+        let res = match self.share_rate(&call) {
+            Ok(()) => self.rekey_submit_inner(request.into_inner()).await,
+            Err(s) => Err(s),
+        };
         self.ctx
             .finish(&call, Map::new(), res)
             .await
@@ -281,21 +317,28 @@ impl OperatorService for OperatorApi {
             .authorize(&request, "RekeyVerify", Action::Ceremony)
             .await?;
         let share = request.into_inner().share;
-        let res = core_result(
-            blocking(&self.ctx.core, move |c| {
+        let res = match self.share_rate(&call) {
+            Err(s) => {
                 let mut share = share;
-                let r = c.rekey_verify(&share);
                 share.zeroize();
-                r
-            })
-            .await,
-        )
-        .map(|p| proto::RekeyVerifyResponse {
-            received: p.received as u32,
-            threshold: p.threshold.into(),
-            committed: p.complete,
-            set_id: p.set_id,
-        });
+                Err(s)
+            }
+            Ok(()) => core_result(
+                blocking(&self.ctx.core, move |c| {
+                    let mut share = share;
+                    let r = c.rekey_verify(&share);
+                    share.zeroize();
+                    r
+                })
+                .await,
+            )
+            .map(|p| proto::RekeyVerifyResponse {
+                received: p.received as u32,
+                threshold: p.threshold.into(),
+                committed: p.complete,
+                set_id: p.set_id,
+            }),
+        };
         self.ctx
             .finish(&call, Map::new(), res)
             .await

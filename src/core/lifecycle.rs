@@ -115,6 +115,7 @@ impl Keywarden {
             next_rotation_at: rotation_period.map(|p| created_at + p.as_secs() as i64),
             min_decrypt_version: 0,
             destroy_due_at: None,
+            destruction_started_at: None,
             destroyed_at: None,
             versions: vec![VersionRecord {
                 version: 1,
@@ -476,10 +477,14 @@ impl Keywarden {
             req.approved_at = Some(t);
             req.prior_state = prior;
             let (kind, wait) = (req.kind, req.wait_secs);
-            if kind == DestroyKind::Scheduled {
-                r.state = KeyState::PendingDestruction;
-                r.destroy_due_at = Some(t + wait as i64);
-            }
+            // Both kinds refuse every operation from this write on; an
+            // immediate one is due now, so a crash before it finishes
+            // leaves a key the next tick destroys, never an active one.
+            r.state = KeyState::PendingDestruction;
+            r.destroy_due_at = Some(match kind {
+                DestroyKind::Scheduled => t + wait as i64,
+                DestroyKind::Now => t,
+            });
             Ok(kind)
         })?;
         audit::event(
@@ -514,6 +519,13 @@ impl Keywarden {
                     CoreError::Conflict(format!("key {name:?} has no destruction to cancel"))
                 })?;
             let was_approved = req.status == RequestStatus::Approved;
+            if r.destruction_started_at.is_some()
+                || (was_approved && req.kind == DestroyKind::Now)
+            {
+                return Err(CoreError::Conflict(format!(
+                    "the destruction of key {name:?} has begun and cannot be cancelled"
+                )));
+            }
             req.status = RequestStatus::Cancelled;
             let (id, prior) = (req.id.clone(), req.prior_state);
             if was_approved && r.state == KeyState::PendingDestruction {
@@ -533,14 +545,23 @@ impl Keywarden {
     /// Destroys every version's HSM objects (token objects and session
     /// copies) and keeps a tombstone.
     pub(crate) fn execute_destruction(&self, name: &str) -> CoreResult<()> {
-        let rec = self.record(name)?;
-        if rec.active_holds().next().is_some() {
-            return Err(CoreError::Held {
-                name: rec.name.clone(),
-                holds: holds_text(&rec),
-                operation: "destruction",
-            });
-        }
+        // Marked first, in the same write that checks the holds: once any
+        // object may be gone, nothing can cancel, hold or revive the key.
+        let t0 = now();
+        let (_, rec) = self.update(name, |r| {
+            if r.destruction_started_at.is_none() {
+                if r.active_holds().next().is_some() {
+                    return Err(CoreError::Held {
+                        name: r.name.clone(),
+                        holds: holds_text(r),
+                        operation: "destruction",
+                    });
+                }
+                r.destruction_started_at = Some(t0);
+            }
+            r.state = KeyState::PendingDestruction;
+            Ok(())
+        })?;
         for v in &rec.versions {
             if v.state == VersionState::Destroyed {
                 continue;
@@ -594,6 +615,11 @@ impl Keywarden {
         }
         let (hid, r) = self.update(name, |r| {
             not_destroyed(r)?;
+            if r.destruction_started_at.is_some() {
+                return Err(CoreError::Conflict(format!(
+                    "the destruction of key {name:?} has begun; a hold can no longer stop it"
+                )));
+            }
             let hid = id.map(str::to_string).unwrap_or_else(|| random_id("hold"));
             if r.active_holds().any(|h| h.id == hid) {
                 return Err(CoreError::AlreadyExists {
@@ -673,7 +699,8 @@ impl Keywarden {
                 }
                 KeyState::PendingDestruction => {
                     let due = k.destroy_due_at.is_some_and(|d| d <= t);
-                    if due && k.active_holds().next().is_none() {
+                    let begun = k.destruction_started_at.is_some();
+                    if begun || (due && k.active_holds().next().is_none()) {
                         if let Err(e) = self.execute_destruction(&k.name) {
                             warn!(key = %k.name, error = %e, "scheduled destruction failed; retrying at the next tick");
                         }

@@ -130,6 +130,11 @@ pub struct KeyRecord {
     /// Blobs under older versions are refused (0: none).
     pub min_decrypt_version: u32,
     pub destroy_due_at: Option<i64>,
+    /// Set before the first HSM object is removed: from then on the
+    /// destruction cannot be cancelled or held, and is finished after a
+    /// crash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destruction_started_at: Option<i64>,
     pub destroyed_at: Option<i64>,
     /// Oldest first.
     pub versions: Vec<VersionRecord>,

@@ -441,6 +441,7 @@ mod tests {
             next_rotation_at: None,
             min_decrypt_version: 0,
             destroy_due_at: None,
+            destruction_started_at: None,
             destroyed_at: None,
             versions: vec![VersionRecord {
                 version: 1,

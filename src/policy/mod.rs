@@ -231,10 +231,44 @@ fn check_pattern(p: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Refuses a file that decides what the daemon allows (the policy, the
+/// config) when someone other than root or the daemon's own user could
+/// change it: owned by another user, or writable by its group or by all.
+pub fn check_trusted_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if m.uid() != 0 && m.uid() != me {
+        return Err(format!(
+            "{} is owned by uid {}: it must belong to root or to the daemon's user (uid {me})",
+            path.display(),
+            m.uid()
+        ));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by {} (mode {:o}): chmod go-w it",
+            path.display(),
+            if m.mode() & 0o002 != 0 { "every user" } else { "its group" },
+            m.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
 impl Policy {
     pub fn load(path: &Path) -> Result<Self, String> {
+        check_trusted_file(path)?;
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let p = Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        for who in p.principals.iter().filter(|x| x.everyone) {
+            tracing::warn!(
+                principal = %who.name,
+                roles = ?who.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+                "POLICY GRANTS ROLES TO EVERY LOCAL USER (everyone = true): anyone who reaches the socket has them"
+            );
+        }
+        Ok(p)
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
