@@ -93,7 +93,10 @@ impl Serve {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("serve did not start: {}", std::fs::read_to_string(d.dir.join("serve.log")).unwrap_or_default());
+        panic!(
+            "serve did not start: {}",
+            std::fs::read_to_string(d.dir.join("serve.log")).unwrap_or_default()
+        );
     }
 }
 
@@ -194,7 +197,8 @@ async fn an_old_registry_with_the_counter_deleted_is_caught() {
     d.wait_phase("unsealed").await;
     let t = tampering(&d).await;
     assert!(
-        t.iter().any(|l| l.contains("generation counter is missing")),
+        t.iter()
+            .any(|l| l.contains("generation counter is missing")),
         "{t:?}"
     );
     // The disabled key must not come back to life.
@@ -211,7 +215,10 @@ async fn an_old_registry_with_the_counter_deleted_is_caught() {
     gdk(&mut c, "patients").await.unwrap();
     drop(c);
     d.restart().await;
-    assert!(tampering(&d).await.is_empty(), "the acceptance did not last");
+    assert!(
+        tampering(&d).await.is_empty(),
+        "the acceptance did not last"
+    );
     d.stop();
     let log = std::fs::read_to_string(d.audit_dir().join("audit.log")).unwrap();
     assert!(log.contains("\"tampering_acknowledged\""), "not audited");
@@ -255,8 +262,7 @@ async fn a_consistent_rollback_of_registry_and_token_is_caught_by_the_audit_log(
     d.restart().await;
     let t = tampering(&d).await;
     assert!(
-        t.iter()
-            .any(|l| l.contains("the audit log has recorded")),
+        t.iter().any(|l| l.contains("the audit log has recorded")),
         "{t:?}"
     );
     let mut c = d.client().await;
@@ -275,7 +281,10 @@ async fn a_deleted_audit_log_is_reported_until_acknowledged() {
     std::fs::remove_dir_all(d.audit_dir()).unwrap();
     d.restart().await;
     let t = tampering(&d).await;
-    assert!(t.iter().any(|l| l.contains("audit log holds no record")), "{t:?}");
+    assert!(
+        t.iter().any(|l| l.contains("audit log holds no record")),
+        "{t:?}"
+    );
     let mut c = d.client().await;
     assert_status(gdk(&mut c, "k").await, Code::DataLoss, "audit log");
     let out = acknowledge(&d);
@@ -314,7 +323,10 @@ async fn an_edited_or_deleted_seal_file_is_reported_as_tampering() {
     std::fs::remove_file(&path).unwrap();
     let serve = Serve::start(&d).await;
     let t = tampering(&d).await;
-    assert!(t.iter().any(|l| l.contains("seal.json is missing")), "{t:?}");
+    assert!(
+        t.iter().any(|l| l.contains("seal.json is missing")),
+        "{t:?}"
+    );
     // Any PINs: the daemon must refuse before it spends a login attempt.
     let pin = d.dir.join("user.pin");
     for f in [&pin, &d.dir.join("so.pin")] {
@@ -337,11 +349,284 @@ async fn an_edited_or_deleted_seal_file_is_reported_as_tampering() {
         None,
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("seal.json is missing"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("seal.json is missing"),
+        "{err}"
+    );
     drop(serve);
     // Restored from backup: unseals as before.
     std::fs::write(&path, &original).unwrap();
     d.restart().await;
     let mut c = d.client().await;
     gdk(&mut c, "k").await.unwrap();
+}
+
+fn vm_hwm_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Finding 2: a caller in no principal sending oversized contexts and
+/// break-glass requests. Refused before any work; the log grows by a bounded
+/// line per call; the daemon's memory stays under 128 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_from_a_caller_with_no_role_are_bounded() {
+    // The test runs as root; the policy names only someone else.
+    ensure_user("kwtest-app1");
+    let d = Daemon::start_with_policy(
+        "[[principal]]\nname = \"ehr\"\nusers = [\"kwtest-app1\"]\nroles = [\"app\"]\nkeys = [\"*\"]\n\n[[principal]]\nname = \"ops\"\nusers = [\"root\"]\nroles = [\"admin\", \"custodian\"]\n",
+    )
+    .await;
+    let pid = d.serve_pid().unwrap();
+    let log = d.audit_dir().join("audit.log");
+    let before = std::fs::metadata(&log).unwrap().len();
+    // About the largest context the transport still decodes (256 KiB).
+    let pairs: std::collections::HashMap<String, String> = (0..25_000)
+        .map(|i| (format!("{i:x}"), String::new()))
+        .collect();
+    let calls = 16 * 4;
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let mut c = d.client().await;
+        let pairs = pairs.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..4 {
+                let r = c
+                    .datakeys
+                    .generate_data_key(proto::GenerateDataKeyRequest {
+                        key: "k".into(),
+                        encryption_context: pairs.clone(),
+                    })
+                    .await;
+                assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
+                let r = c
+                    .keys
+                    .break_glass(proto::BreakGlassRequest {
+                        name: "n".repeat(100_000),
+                        reason: "r".repeat(100_000),
+                        duration_secs: 60,
+                    })
+                    .await;
+                let s = r.unwrap_err();
+                assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
+                assert!(
+                    s.message().len() < 200,
+                    "echoed: {} bytes",
+                    s.message().len()
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let grown = std::fs::metadata(&log).unwrap().len() - before;
+    let per_call = grown / (2 * calls);
+    assert!(
+        per_call < 2048,
+        "the log grew {grown} bytes, {per_call} per refused call"
+    );
+    let hwm = vm_hwm_kib(pid);
+    assert!(hwm < 128 * 1024, "peak RSS {hwm} KiB");
+    eprintln!("log growth {per_call} bytes per refused call; daemon peak RSS {hwm} KiB");
+}
+
+/// Finding 3: 200 connections that send nothing, from one uid, leave
+/// another uid served within a second; they are counted and closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_flood_from_one_uid_does_not_lock_out_another() {
+    ensure_user("kwtest-app2");
+    let d = Daemon::start().await;
+    let sock = d.socket().display().to_string();
+    let script = format!(
+        "import socket,time\nss=[]\nfor _ in range(200):\n  s=socket.socket(socket.AF_UNIX)\n  s.connect({sock:?})\n  ss.append(s)\nprint('open',flush=True)\ntime.sleep(60)\n"
+    );
+    let mut flood = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=kwtest-app2",
+            "--regid=kwtest-app2",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(flood.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "open");
+    }
+    let started = std::time::Instant::now();
+    let mut c = d.client().await;
+    let s = c
+        .operator
+        .status(proto::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "served after {took:?}");
+    assert!(
+        s.connections_refused >= 200 - 64,
+        "{} refused",
+        s.connections_refused
+    );
+    let _ = flood.kill();
+    let _ = flood.wait();
+    let log = std::fs::read_to_string(d.audit_dir().join("audit.log")).unwrap();
+    assert!(log.contains("\"connection_refused\""), "not audited");
+}
+
+/// What a hostile client sends as a Decrypt request: field 3 (the key
+/// name, a string) holding bytes that are not UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotUtf8 {
+    #[prost(bytes = "vec", tag = "3")]
+    key: Vec<u8>,
+}
+
+/// Finding 8: bytes that are not the message are INVALID_ARGUMENT (tonic
+/// said INTERNAL) and audited.
+#[tokio::test]
+async fn malformed_protobuf_is_invalid_argument_and_audited() {
+    let d = Daemon::start().await;
+    let ch = keywarden::client::connect(&d.socket()).await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.unwrap();
+    let codec: tonic_prost::ProstCodec<NotUtf8, proto::DecryptResponse> = Default::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/keywarden.v1.DataKeyService/Decrypt",
+    );
+    let r = grpc
+        .unary(
+            tonic::Request::new(NotUtf8 {
+                key: vec![0xff, 0xfe],
+            }),
+            path,
+            codec,
+        )
+        .await;
+    let s = r.unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
+    assert!(
+        s.message().contains("does not decode as DecryptRequest"),
+        "{}",
+        s.message()
+    );
+    let log = std::fs::read_to_string(d.audit_dir().join("audit.log")).unwrap();
+    assert!(log.contains("\"malformed_request\""), "not audited");
+}
+
+/// Findings 6 and 7, and the share rate: control characters in a hold
+/// reason are refused; a world-writable policy is refused at reload; a
+/// flood of forged shares is cut off.
+#[tokio::test]
+async fn control_characters_writable_policy_and_share_floods_are_refused() {
+    let d = Daemon::start_with_policy(
+        "[[principal]]\nname = \"ops\"\nusers = [\"root\"]\nroles = [\"admin\", \"custodian\", \"auditor\", \"app\"]\nkeys = [\"*\"]\n",
+    )
+    .await;
+    let mut c = d.client().await;
+    create_key(&mut c, "k").await;
+    let r = c
+        .keys
+        .place_hold(proto::PlaceHoldRequest {
+            name: "k".into(),
+            reason: "\x1b]0;pwned\x07\x1b[2J".into(),
+            hold_id: String::new(),
+        })
+        .await;
+    assert_status(
+        r,
+        Code::InvalidArgument,
+        "reason: contains the control character",
+    );
+    std::fs::set_permissions(
+        d.policy_path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let r = c
+        .operator
+        .reload_policy(proto::ReloadPolicyRequest {})
+        .await;
+    assert_status(r, Code::InvalidArgument, "writable by every user");
+    let mut refused = 0;
+    for _ in 0..40 {
+        let r = c
+            .operator
+            .unseal(proto::UnsealRequest {
+                share: "KWS1-forged".into(),
+                reset: false,
+            })
+            .await;
+        if r.is_err_and(|s| s.code() == Code::ResourceExhausted) {
+            refused += 1;
+        }
+    }
+    // 30 a minute per uid (dev mode's own unseal was one of them).
+    assert!((10..=11).contains(&refused), "{refused} refused");
+}
+
+/// Finding 4: SIGKILL at random points across a destroy-now of a key with
+/// 30 versions. After each restart the key is never active: it is destroyed,
+/// or its destruction is finished by the scheduler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_during_destroy_now_never_leaves_the_key_usable() {
+    let mut d = Daemon::start_with(&["--destroy-approvals", "1", "--tick", "1s"]).await;
+    for round in 0..4u64 {
+        let name = format!("k{round}");
+        let mut c = d.client().await;
+        create_key(&mut c, &name).await;
+        for _ in 0..29 {
+            c.keys.rotate_key(name_req(&name)).await.unwrap();
+        }
+        let blob = generate(&mut c, &name, &[]).await.ciphertext_blob;
+        let pid = d.serve_pid().unwrap();
+        let delay = Duration::from_millis(5 + (round * 37) % 60);
+        let killer = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        });
+        let _ = c.keys.destroy_now(name_req(&name)).await;
+        killer.await.unwrap();
+        drop(c);
+        d.restart().await;
+        let mut c = d.client().await;
+        let r = c
+            .datakeys
+            .generate_data_key(proto::GenerateDataKeyRequest {
+                key: name.clone(),
+                encryption_context: Default::default(),
+            })
+            .await;
+        let k = describe(&mut c, &name).await;
+        if k.state == "active" {
+            // The kill came before the approval was written: a clean state.
+            assert!(r.is_ok());
+            assert!(
+                decrypt(&mut c, &blob, &[]).await.is_ok(),
+                "active but half destroyed"
+            );
+            continue;
+        }
+        assert!(r.is_err(), "round {round}: {} served a data key", k.state);
+        wait_key(&mut c, &name, 20, "destruction never finished", |k| {
+            k.state == "destroyed"
+        })
+        .await;
+        assert!(decrypt(&mut c, &blob, &[]).await.is_err());
+    }
 }

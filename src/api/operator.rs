@@ -237,7 +237,11 @@ impl OperatorService for OperatorApi {
             .authorize(&request, "Unseal", Action::Ceremony)
             .await?;
         let r = request.into_inner();
-        let res = match if r.reset { Ok(()) } else { self.share_rate(&call) } {
+        let res = match if r.reset {
+            Ok(())
+        } else {
+            self.share_rate(&call)
+        } {
             Ok(()) => self.unseal_inner(r).await,
             Err(s) => Err(s),
         };

@@ -95,7 +95,11 @@ pub fn run(output: Output, cmd: AuditCommand) -> anyhow::Result<()> {
                         Output::Text => {
                             out!(
                                 "OK: {} entries (seq {}..{}) in {} files, {} signed checkpoints",
-                                r.entries, r.first_seq, r.last_seq, r.files, r.checkpoints
+                                r.entries,
+                                r.first_seq,
+                                r.last_seq,
+                                r.files,
+                                r.checkpoints
                             );
                             if r.unsigned_tail > 0 {
                                 out!("warning: the last {} entries are not yet covered by a checkpoint", r.unsigned_tail);
@@ -153,7 +157,12 @@ pub fn run(output: Output, cmd: AuditCommand) -> anyhow::Result<()> {
                 Output::Text => {
                     out!(
                         "{:<26} {:>6} {:<22} {:<10} {:<34} {:>4} OUTCOME",
-                        "TIME", "UID", "PRINCIPAL", "ROLE", "OPERATION", "VER"
+                        "TIME",
+                        "UID",
+                        "PRINCIPAL",
+                        "ROLE",
+                        "OPERATION",
+                        "VER"
                     );
                     for v in &rows {
                         let op = v["op"].as_str().or(v["event"].as_str()).unwrap_or("");

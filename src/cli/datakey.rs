@@ -10,7 +10,7 @@ use clap::Subcommand;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::{out, client, parse_context, print_json, status_error, Output};
+use super::{client, out, parse_context, print_json, status_error, Output};
 use crate::proto;
 
 #[derive(Debug, Subcommand)]

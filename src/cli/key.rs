@@ -6,7 +6,7 @@ use anyhow::anyhow;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{out, client, print_json, status_error, Output};
+use super::{client, out, print_json, status_error, Output};
 use crate::proto;
 
 #[derive(Debug, Subcommand)]
@@ -145,7 +145,8 @@ fn print_text(k: &proto::KeyMetadata) {
     if k.rotation_period_secs > 0 {
         out!(
             "rotation:        every {}s, next at {}",
-            k.rotation_period_secs, k.next_rotation_at
+            k.rotation_period_secs,
+            k.next_rotation_at
         );
     } else {
         out!("rotation:        by hand (and automatically near the encryption limit)");
@@ -163,26 +164,41 @@ fn print_text(k: &proto::KeyMetadata) {
     for v in &k.versions {
         out!(
             "  v{:<4} {:<12} created {}  encryptions {}",
-            v.version, v.state, v.created_at, v.encryptions
+            v.version,
+            v.state,
+            v.created_at,
+            v.encryptions
         );
     }
     for h in &k.holds {
         if h.released_at == 0 {
             out!(
                 "LEGAL HOLD {}: {} (by uid {} {}, at {})",
-                h.id, h.reason, h.placed_by, h.placed_by_principal, h.placed_at
+                h.id,
+                h.reason,
+                h.placed_by,
+                h.placed_by_principal,
+                h.placed_at
             );
         } else {
             out!(
                 "released hold {}: {} (released by uid {} at {})",
-                h.id, h.reason, h.released_by, h.released_at
+                h.id,
+                h.reason,
+                h.released_by,
+                h.released_at
             );
         }
     }
     for q in &k.destroy_requests {
         out!(
             "destroy request {}: {} {}, wait {}s, approvals {:?} of {} needed",
-            q.id, q.kind, q.status, q.wait_secs, q.approvals, q.approvals_needed
+            q.id,
+            q.kind,
+            q.status,
+            q.wait_secs,
+            q.approvals,
+            q.approvals_needed
         );
     }
 }
@@ -211,7 +227,10 @@ fn show_request(output: Output, r: proto::DestroyRequestResponse) -> anyhow::Res
         Output::Text => {
             out!(
                 "destruction request {}: {} ({} of {} approvals)",
-                r.request_id, r.status, r.approvals, r.approvals_needed
+                r.request_id,
+                r.status,
+                r.approvals,
+                r.approvals_needed
             );
             if r.status == "open" {
                 out!(
@@ -253,7 +272,9 @@ pub async fn run(socket: &Path, output: Output, cmd: KeyCommand) -> anyhow::Resu
                 Output::Json => print_json(&metadata_json(&k))?,
                 Output::Text => out!(
                     "created key {} (id {}, version {})",
-                    k.name, k.key_id, k.current_version
+                    k.name,
+                    k.key_id,
+                    k.current_version
                 ),
             }
         }
@@ -271,12 +292,18 @@ pub async fn run(socket: &Path, output: Output, cmd: KeyCommand) -> anyhow::Resu
                 Output::Text => {
                     out!(
                         "{:<32} {:<36} {:<20} {:>7}",
-                        "NAME", "KEY ID", "STATE", "VERSION"
+                        "NAME",
+                        "KEY ID",
+                        "STATE",
+                        "VERSION"
                     );
                     for k in &r.keys {
                         out!(
                             "{:<32} {:<36} {:<20} {:>7}",
-                            k.name, k.key_id, k.state, k.current_version
+                            k.name,
+                            k.key_id,
+                            k.state,
+                            k.current_version
                         );
                     }
                 }

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::{out, client, print_json, status_error, Output};
+use super::{client, out, print_json, status_error, Output};
 use crate::proto;
 
 #[derive(Debug, Subcommand)]
@@ -223,7 +223,9 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
                 Output::Text if reset => out!("Unseal progress reset."),
                 Output::Text if r.sealed => out!(
                     "Share accepted: {} of {} (set {}). Still sealed.",
-                    r.received, r.threshold, r.set_id
+                    r.received,
+                    r.threshold,
+                    r.set_id
                 ),
                 Output::Text => out!("Unsealed (set {}).", r.set_id),
             }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{out, client, print_json, status_error, Output};
+use super::{client, out, print_json, status_error, Output};
 use crate::proto;
 
 pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
@@ -71,18 +71,25 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
             match seal.phase.as_str() {
                 "sealed" => out!(
                     "seal:        sealed ({} of {} shares received, set {})",
-                    seal.received, seal.threshold, seal.set_id
+                    seal.received,
+                    seal.threshold,
+                    seal.set_id
                 ),
                 "unsealed" => out!(
                     "seal:        unsealed (set {}, {} of {} shares)",
-                    seal.set_id, seal.threshold, seal.shares
+                    seal.set_id,
+                    seal.threshold,
+                    seal.shares
                 ),
                 other => out!("seal:        {other} (run `keywarden operator init`)"),
             }
             if !seal.rekey_id.is_empty() {
                 out!(
                     "rekey:       {} {} ({} of {})",
-                    seal.rekey_id, seal.rekey_phase, seal.rekey_received, seal.rekey_threshold
+                    seal.rekey_id,
+                    seal.rekey_phase,
+                    seal.rekey_received,
+                    seal.rekey_threshold
                 );
             }
             if seal.init_pending {
@@ -98,7 +105,11 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
             }
             out!(
                 "token:       {} (serial {}, {} {}, profile {})",
-                t.label, t.serial, t.manufacturer, t.model, t.profile
+                t.label,
+                t.serial,
+                t.manufacturer,
+                t.model,
+                t.profile
             );
             out!(
                 "sessions:    {} worker sessions, session key copies {}",
@@ -128,7 +139,11 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
             for g in &s.break_glass {
                 out!(
                     "BREAK-GLASS: uid {} ({}) on key {} until {}: {}",
-                    g.uid, g.principal, g.key, g.expires_at, g.reason
+                    g.uid,
+                    g.principal,
+                    g.key,
+                    g.expires_at,
+                    g.reason
                 );
             }
             if d.missing_on_token.is_empty() && d.orphaned_on_token.is_empty() {

@@ -519,8 +519,7 @@ impl Keywarden {
                     CoreError::Conflict(format!("key {name:?} has no destruction to cancel"))
                 })?;
             let was_approved = req.status == RequestStatus::Approved;
-            if r.destruction_started_at.is_some()
-                || (was_approved && req.kind == DestroyKind::Now)
+            if r.destruction_started_at.is_some() || (was_approved && req.kind == DestroyKind::Now)
             {
                 return Err(CoreError::Conflict(format!(
                     "the destruction of key {name:?} has begun and cannot be cancelled"

@@ -249,7 +249,11 @@ pub fn check_trusted_file(path: &Path) -> Result<(), String> {
         return Err(format!(
             "{} is writable by {} (mode {:o}): chmod go-w it",
             path.display(),
-            if m.mode() & 0o002 != 0 { "every user" } else { "its group" },
+            if m.mode() & 0o002 != 0 {
+                "every user"
+            } else {
+                "its group"
+            },
             m.mode() & 0o7777
         ));
     }

@@ -2,8 +2,8 @@
 //! log, the socket (systemd socket activation or our own bind) and the gRPC
 //! server; the systemd protocol; graceful shutdown.
 
-pub mod hardening;
 pub mod conn;
+pub mod hardening;
 pub mod lock;
 mod recovery;
 pub mod systemd;
@@ -29,9 +29,14 @@ use crate::proto;
 use crate::seal::{store::SealStore, Seal, SealConfig};
 
 /// Largest request the daemon decodes. Anything larger is refused by the
-/// transport before it reaches a handler; the core's own limits (a context
-/// of at most 8 KiB, a blob of at most 4 KiB) are far below this.
-pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// transport before it is decoded. A batch of 1024 items with a blob and a
+/// modest context each fits; together with [`MAX_CONCURRENT_REQUESTS`] it
+/// bounds what hostile requests can make the daemon hold (a decoded map
+/// costs about ten times its wire size).
+pub const MAX_REQUEST_BYTES: usize = 256 << 10;
+
+/// Requests handled at once, over all connections; more wait their turn.
+pub const MAX_CONCURRENT_REQUESTS: usize = 64;
 
 /// How long in-flight requests may run after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -276,6 +281,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let server = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
         .concurrency_limit_per_connection(256)
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            MAX_CONCURRENT_REQUESTS,
+        ))
         .add_service(
             proto::data_key_service_server::DataKeyServiceServer::new(DataKeyApi::new(ctx.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
