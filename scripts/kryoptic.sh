@@ -13,5 +13,5 @@ export KEYWARDEN_TEST_TOKEN=kryoptic KEYWARDEN_KRYOPTIC_MODULE="$module"
 # The crash test's rounds matter for the daemon, not the token: fewer here.
 export KEYWARDEN_CRASH_ROUNDS=${KEYWARDEN_CRASH_ROUNDS_KRYOPTIC:-10}
 cargo test --workspace --locked --no-fail-fast \
-  --test datakeys --test lifecycle --test unseal --test access --test cli \
+  --test datakeys --test lifecycle --test unseal --test access --test cli --test review \
   --test reliability --test faults
