@@ -79,7 +79,8 @@ mod tests {
     #[test]
     fn table() {
         use Rollback::*;
-        let cases: &[(u64, Option<u64>, Option<u64>, Option<Rollback>)] = &[
+        type Case = (u64, Option<u64>, Option<u64>, Option<Rollback>);
+        let cases: &[Case] = &[
             // A fresh install: nothing anywhere.
             (0, None, Some(0), None),
             (0, Some(0), Some(0), None),
