@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use crate::cli::Output;
-use crate::client::Client;
+use keywarden_client::Client;
 use crate::proto;
 
 /// Options of `keywarden bench`.

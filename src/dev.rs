@@ -295,7 +295,7 @@ pub struct DevOptions {
 /// submitted. Provisioning PIN files are removed afterwards (they no
 /// longer work).
 async fn dev_init_and_unseal(root: &Path, socket: &Path) -> anyhow::Result<()> {
-    let mut c = crate::client::Client::connect(socket).await?;
+    let mut c = keywarden_client::Client::connect(socket).await?;
     let user = std::fs::read(root.join("user.pin"))?;
     let so = std::fs::read(root.join("so.pin"))?;
     let r = c
@@ -394,7 +394,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         .spawn()?;
     wait_for_socket(&layout.socket, &mut child).await?;
     let phase = {
-        let mut c = crate::client::Client::connect(&layout.socket).await?;
+        let mut c = keywarden_client::Client::connect(&layout.socket).await?;
         c.operator
             .status(crate::proto::StatusRequest {})
             .await

@@ -10,8 +10,6 @@ pub mod api;
 pub mod audit;
 pub mod bench;
 pub mod cli;
-pub mod client;
-pub mod codec;
 pub mod config;
 pub mod core;
 pub mod dev;
@@ -22,15 +20,9 @@ pub mod seal;
 pub mod secret;
 pub mod server;
 
-/// Generated protobuf and gRPC code for `keywarden.v1`.
-pub mod proto {
-    #![allow(clippy::all, clippy::pedantic, missing_docs)]
-    tonic::include_proto!("keywarden.v1");
-
-    /// Encoded file descriptor set, served through gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("keywarden_descriptor");
-}
+/// Generated protobuf and gRPC code for `keywarden.v1` (the
+/// `keywarden-proto` crate).
+pub use keywarden_proto as proto;
 
 /// The daemon's version, reported by Status.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -8,7 +8,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use keywarden::cli::{datakey::DatakeyCommand, key::KeyCommand, Output};
-use keywarden::client::DEFAULT_SOCKET;
+use keywarden_client::DEFAULT_SOCKET;
 
 #[derive(Debug, Parser)]
 #[command(

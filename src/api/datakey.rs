@@ -13,6 +13,67 @@ use crate::guard;
 use crate::policy::Caller;
 use crate::proto::{self, data_key_service_server::DataKeyService};
 
+mod watch {
+    //! One `WatchKeys` subscriber: key changes as the core publishes them,
+    //! a heartbeat every 250 ms, and the end of the stream when the daemon
+    //! stops serving.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::broadcast::error::RecvError;
+    use tokio::sync::mpsc::Sender;
+    use tonic::Status;
+
+    use crate::core::{KeyChange, Keywarden};
+    use crate::proto::{key_event::Kind, KeyEvent};
+
+    /// The heartbeat period (clients stop using cached keys after 750 ms
+    /// of silence).
+    pub const HEARTBEAT: Duration = Duration::from_millis(250);
+
+    fn event(kind: Kind) -> KeyEvent {
+        KeyEvent {
+            kind: kind as i32,
+            ..KeyEvent::default()
+        }
+    }
+
+    pub async fn follow(core: Arc<Keywarden>, tx: Sender<Result<KeyEvent, Status>>) {
+        let mut changes = core.watch();
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        loop {
+            let ev = tokio::select! {
+                _ = beat.tick() => {
+                    if !core.is_serving() {
+                        let _ = tx.send(Ok(event(Kind::Reset))).await;
+                        let _ = tx
+                            .send(Err(Status::unavailable("the daemon stopped serving keys (sealed)")))
+                            .await;
+                        return;
+                    }
+                    event(Kind::Heartbeat)
+                }
+                change = changes.recv() => match change {
+                    Ok(KeyChange::Changed { name, key_id, state }) => KeyEvent {
+                        kind: Kind::Changed as i32,
+                        key: name,
+                        key_id,
+                        state: state.to_string(),
+                    },
+                    Ok(KeyChange::Reset) | Err(RecvError::Lagged(_)) => event(Kind::Reset),
+                    Err(RecvError::Closed) => return,
+                },
+            };
+            // A subscriber that went away, or stopped reading for long
+            // enough to fill the channel, is dropped.
+            if tx.try_send(Ok(ev)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 pub struct DataKeyApi {
     ctx: Ctx,
 }
@@ -255,6 +316,39 @@ fn single<T>(mut v: Vec<CoreResult<T>>) -> Result<T, Status> {
 
 #[tonic::async_trait]
 impl DataKeyService for DataKeyApi {
+    type WatchKeysStream = tokio_stream::wrappers::ReceiverStream<Result<proto::KeyEvent, Status>>;
+
+    async fn watch_keys(
+        &self,
+        request: Request<proto::WatchKeysRequest>,
+    ) -> Result<Response<Self::WatchKeysStream>, Status> {
+        let caller = caller_of(&request)?;
+        let principal = self.ctx.guard.principal_name(&caller);
+        let mut entry = guard::entry(&caller, &principal, "app", "WatchKeys");
+        let refused = if !self.ctx.guard.may_use_data_keys(&caller) {
+            Some(Status::permission_denied(format!(
+                "uid {} needs the app role to watch key changes",
+                caller.uid
+            )))
+        } else if !self.ctx.core.is_serving() {
+            Some(Status::from(core::CoreError::Seal(
+                crate::seal::SealError::Sealed {
+                    received: 0,
+                    threshold: 0,
+                },
+            )))
+        } else {
+            None
+        };
+        let r: Result<(), Status> = refused.map_or(Ok(()), Err);
+        entry.extend(super::outcome(&r));
+        self.ctx.audit(vec![entry]).await?;
+        r?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(watch::follow(self.ctx.core.clone(), tx));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
     async fn generate_data_key(
         &self,
         request: Request<proto::GenerateDataKeyRequest>,

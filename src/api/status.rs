@@ -65,6 +65,36 @@ fn seal_code(e: &SealError) -> Code {
 /// Metadata key that marks the one status a client may need to tell apart
 /// from any other FAILED_PRECONDITION: `sealed` or `uninitialized`.
 pub const STATE_METADATA: &str = "keywarden-state";
+/// Metadata naming the field an INVALID_ARGUMENT is about.
+pub const FIELD_METADATA: &str = "keywarden-field";
+/// Metadata carrying the key's (or version's) state on FAILED_PRECONDITION.
+pub const KEY_STATE_METADATA: &str = "keywarden-key-state";
+
+/// The request field a caller's error is about, for clients that must not
+/// parse messages.
+fn field_of(e: &CoreError) -> Option<&'static str> {
+    match e {
+        CoreError::InvalidArgument { field, .. } => Some(field),
+        CoreError::DecryptFailed
+        | CoreError::KeyMismatch { .. }
+        | CoreError::BlobKeyUnknown { .. }
+        | CoreError::BlobVersionUnknown { .. }
+        | CoreError::HsmRejectedInput(_) => Some("ciphertext_blob"),
+        _ => None,
+    }
+}
+
+/// The lifecycle state a FAILED_PRECONDITION is about.
+fn key_state_of(e: &CoreError) -> Option<String> {
+    match e {
+        CoreError::KeyDestroyed { .. } => Some("destroyed".into()),
+        CoreError::VersionRetired { .. } => Some("retired".into()),
+        CoreError::VersionRevoked { state, .. } => Some((*state).to_string()),
+        CoreError::KeyUnusable { state, .. } => Some(state.clone()),
+        CoreError::Held { .. } => Some("held".into()),
+        _ => None,
+    }
+}
 
 /// The message the client sees. Caller errors are described in full; the
 /// daemon's own failures are summarised and the detail is logged.
@@ -96,6 +126,15 @@ pub fn to_status(e: CoreError) -> Status {
             STATE_METADATA,
             tonic::metadata::MetadataValue::from_static(v),
         );
+    }
+    if let Some(f) = field_of(&e) {
+        status.metadata_mut().insert(
+            FIELD_METADATA,
+            tonic::metadata::MetadataValue::from_static(f),
+        );
+    }
+    if let Some(v) = key_state_of(&e).and_then(|v| v.parse().ok()) {
+        status.metadata_mut().insert(KEY_STATE_METADATA, v);
     }
     status
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail};
 use clap::ValueEnum;
 
-use crate::client::Client;
+use keywarden_client::Client;
 
 /// `println!` for text output: whatever the daemon stored (reasons,
 /// descriptions, labels, names) is printed with every control character

@@ -156,7 +156,27 @@ pub struct Keywarden {
     /// Unsealed and the registry loaded: key operations may run.
     ready: std::sync::atomic::AtomicBool,
     started_at: i64,
+    /// Key changes, for `WatchKeys` subscribers (client caches).
+    changes: tokio::sync::broadcast::Sender<KeyChange>,
 }
+
+/// A change that client-side data-key caches must hear about before the
+/// call that made it returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyChange {
+    /// This key's record changed (state, versions, holds, destruction).
+    Changed {
+        name: String,
+        key_id: String,
+        state: &'static str,
+    },
+    /// Forget every cached key (the daemon sealed, or lost its table).
+    Reset,
+}
+
+/// How many changes a slow subscriber may fall behind before it is told
+/// to reset.
+const CHANGE_BACKLOG: usize = 1024;
 
 pub(crate) fn now() -> i64 {
     SystemTime::now()
@@ -192,7 +212,18 @@ impl Keywarden {
             lifecycle: LifecycleConfig::default(),
             ready: std::sync::atomic::AtomicBool::new(false),
             started_at: now(),
+            changes: tokio::sync::broadcast::channel(CHANGE_BACKLOG).0,
         }
+    }
+
+    /// Subscribes to key changes (see [`KeyChange`]).
+    pub fn watch(&self) -> tokio::sync::broadcast::Receiver<KeyChange> {
+        self.changes.subscribe()
+    }
+
+    /// Whether key operations are served right now (unsealed and loaded).
+    pub fn is_serving(&self) -> bool {
+        self.unsealed().is_ok()
     }
 
     pub fn with_lifecycle(mut self, cfg: LifecycleConfig) -> Self {
@@ -301,6 +332,7 @@ impl Keywarden {
         self.ready
             .store(false, std::sync::atomic::Ordering::Release);
         self.before_logout("seal");
+        let _ = self.changes.send(KeyChange::Reset);
         self.seal.seal(self.hsm.as_ref())?;
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = Table::default();
         Ok(())
@@ -415,6 +447,7 @@ impl Keywarden {
             "registry verified"
         );
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = t;
+        let _ = self.changes.send(KeyChange::Reset);
         Ok(())
     }
 
@@ -540,6 +573,17 @@ impl Keywarden {
         let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
         t.by_id.insert(rec.id, rec.name.clone());
         t.by_name.insert(rec.name.clone(), rec.clone());
+        drop(t);
+        if !is_new {
+            // Before the caller's answer: a cache that hears this stops
+            // using the key before the admin sees the call succeed. No
+            // subscriber is not an error.
+            let _ = self.changes.send(KeyChange::Changed {
+                name: rec.name.clone(),
+                key_id: rec.id_text(),
+                state: rec.state.as_str(),
+            });
+        }
         Ok(rec)
     }
 

@@ -272,6 +272,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "serving"
     );
 
+    // A message that does not decode is refused as INVALID_ARGUMENT by the
+    // codec (keywarden-proto) and recorded here as one bounded line.
+    keywarden_proto::codec::on_malformed(|what| {
+        crate::audit::event(
+            "malformed_request",
+            "refused",
+            serde_json::json!({"code": "InvalidArgument", "message": what}),
+        )
+    });
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;

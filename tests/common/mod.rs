@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keywarden::client::Client;
+use keywarden_client::Client;
 use keywarden::proto;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keywarden");

@@ -1,15 +1,25 @@
 //! The gRPC codec: prost's encoder, and a decoder that calls a message that
 //! does not decode what it is, the caller's fault (INVALID_ARGUMENT naming
-//! the problem) rather than INTERNAL, as tonic's default does. The refusal
-//! is audited as one bounded line; the decoder does not know the caller
-//! (the transport has not handed the request to a handler yet), so the line
-//! carries the error only.
+//! the problem) rather than INTERNAL, as tonic's default does. A server
+//! that wants to record such refusals (the daemon audits them) installs a
+//! hook with [`on_malformed`]; the decoder does not know the caller (the
+//! transport has not handed the request to a handler yet), so the hook gets
+//! the error text only.
 
 use std::marker::PhantomData;
+use std::sync::OnceLock;
 
 use prost::Message;
 use tonic::codec::{DecodeBuf, Decoder};
 use tonic::Status;
+
+static MALFORMED: OnceLock<fn(&str)> = OnceLock::new();
+
+/// Installs the function called with the description of every message that
+/// fails to decode. The first call wins; later calls are ignored.
+pub fn on_malformed(hook: fn(&str)) {
+    let _ = MALFORMED.set(hook);
+}
 
 /// Used by the generated services and clients (see `build.rs`).
 #[derive(Debug, Clone, Copy)]
@@ -51,11 +61,9 @@ impl<U: Message + Default> Decoder for MessageDecoder<U> {
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         U::decode(buf).map(Some).map_err(|e| {
             let what = format!("the message does not decode as {}: {e}", short_type::<U>());
-            crate::audit::event(
-                "malformed_request",
-                "refused",
-                serde_json::json!({"code": "InvalidArgument", "message": what}),
-            );
+            if let Some(hook) = MALFORMED.get() {
+                hook(&what);
+            }
             Status::invalid_argument(format!("request: {what}"))
         })
     }

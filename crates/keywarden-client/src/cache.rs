@@ -1,0 +1,522 @@
+//! The opt-in data-key cache, bounded by age, messages and bytes, and
+//! emptied by the daemon's key changes.
+//!
+//! A cached key must not outlive its CMK's revocation. A background task
+//! holds a `WatchKeys` stream open; the daemon sends every change of a key
+//! (disabled, a version revoked, destruction scheduled or done, rotated)
+//! before the admin's call returns, and a heartbeat every 250 ms. The
+//! cache serves only while it has heard from the daemon within the last
+//! [`LIVENESS`]: a broken or silent stream empties it and every call goes
+//! to the daemon until the stream is back. A key change marks every lease
+//! of that key revoked, so a stream that is being decrypted with it stops
+//! at its next segment.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use keywarden_proto as proto;
+use keywarden_proto::data_key_service_client::DataKeyServiceClient;
+use tonic::transport::Channel;
+
+use crate::client::DataKey;
+use crate::error::Error;
+
+/// How recently the daemon must have been heard from for the cache to
+/// serve (the daemon sends a heartbeat every 250 ms).
+pub const LIVENESS: Duration = Duration::from_millis(750);
+
+/// The cache's bounds. Each entry is one data key reused for at most
+/// `max_age`, `max_messages` messages and `max_bytes` bytes of plaintext.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheConfig {
+    /// How long one data key is reused.
+    pub max_age: Duration,
+    /// How many messages one data key encrypts or decrypts.
+    pub max_messages: u64,
+    /// How many plaintext bytes one data key encrypts.
+    pub max_bytes: u64,
+    /// How many distinct (key, context) entries are held.
+    pub max_entries: usize,
+}
+
+impl Default for CacheConfig {
+    /// Conservative: one minute, 1,000 messages, 64 MiB, 1,000 entries.
+    fn default() -> Self {
+        CacheConfig {
+            max_age: Duration::from_secs(60),
+            max_messages: 1_000,
+            max_bytes: 64 << 20,
+            max_entries: 1_000,
+        }
+    }
+}
+
+/// What the cache has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Operations served from the cache.
+    pub hits: u64,
+    /// Operations that went to the daemon.
+    pub misses: u64,
+    /// Entries dropped because the daemon reported a key change.
+    pub revoked: u64,
+    /// Whether the cache is serving now (the daemon was heard recently).
+    pub live: bool,
+}
+
+/// A data key handed out by the cache, and whether it was revoked since.
+pub(crate) struct Lease {
+    pub key: Arc<DataKey>,
+    pub blobs: Arc<Vec<Vec<u8>>>,
+    revoked: Arc<AtomicBool>,
+    cache: Weak<Cache>,
+}
+
+impl Lease {
+    /// False once the key changed or the cache lost the daemon.
+    pub fn valid(&self) -> bool {
+        if self.revoked.load(Ordering::Acquire) {
+            return false;
+        }
+        match self.cache.upgrade() {
+            Some(c) => c.is_live(&c.lock()),
+            None => true,
+        }
+    }
+}
+
+struct Entry {
+    key: Arc<DataKey>,
+    blobs: Arc<Vec<Vec<u8>>>,
+    key_ids: Vec<String>,
+    created: Instant,
+    messages: u64,
+    bytes: u64,
+    revoked: Arc<AtomicBool>,
+}
+
+impl Entry {
+    fn new(key: DataKey, blobs: Vec<Vec<u8>>, key_ids: Vec<String>) -> Self {
+        Entry {
+            key: Arc::new(key),
+            blobs: Arc::new(blobs),
+            key_ids,
+            created: Instant::now(),
+            messages: 0,
+            bytes: 0,
+            revoked: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
+    }
+}
+
+/// Encrypt entries are keyed by the CMK names and the encoded context;
+/// decrypt entries by the wrapped blob and the encoded context.
+type EncKey = (Vec<String>, Vec<u8>);
+type DecKey = (Vec<u8>, Vec<u8>);
+
+#[derive(Default)]
+struct State {
+    heard: Option<Instant>,
+    enc: HashMap<EncKey, Entry>,
+    dec: HashMap<DecKey, Entry>,
+}
+
+impl State {
+    fn clear(&mut self) {
+        for e in self.enc.values().chain(self.dec.values()) {
+            e.revoke();
+        }
+        self.enc.clear();
+        self.dec.clear();
+    }
+
+    /// Drops every entry that involves `key_id`; returns how many.
+    fn drop_key(&mut self, key_id: &str) -> u64 {
+        let mut n = 0;
+        let hit = |e: &Entry| e.key_ids.iter().any(|k| k == key_id);
+        self.enc.retain(|_, e| {
+            let drop = hit(e);
+            if drop {
+                e.revoke();
+                n += 1;
+            }
+            !drop
+        });
+        self.dec.retain(|_, e| {
+            let drop = hit(e);
+            if drop {
+                e.revoke();
+                n += 1;
+            }
+            !drop
+        });
+        n
+    }
+}
+
+/// The cache shared by every clone of a `Client`.
+pub(crate) struct Cache {
+    config: CacheConfig,
+    state: Mutex<State>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    revoked: AtomicU64,
+}
+
+impl Cache {
+    pub(crate) fn start(
+        config: CacheConfig,
+        stub: DataKeyServiceClient<Channel>,
+    ) -> Result<Arc<Cache>, Error> {
+        if config.max_messages == 0 || config.max_entries == 0 || config.max_age.is_zero() {
+            return Err(Error::Usage {
+                field: "CacheConfig",
+                reason: "max_age, max_messages and max_entries must be above zero".into(),
+            });
+        }
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::Usage {
+            field: "Client::with_cache",
+            reason: "must be called inside a Tokio runtime".into(),
+        })?;
+        let cache = Arc::new(Cache {
+            config,
+            state: Mutex::new(State::default()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            revoked: AtomicU64::new(0),
+        });
+        handle.spawn(watch(Arc::downgrade(&cache), stub));
+        Ok(cache)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_live(&self, s: &State) -> bool {
+        s.heard.is_some_and(|t| t.elapsed() < LIVENESS)
+    }
+
+    pub(crate) fn stats(&self) -> CacheStats {
+        let live = self.is_live(&self.lock());
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            revoked: self.revoked.load(Ordering::Relaxed),
+            live,
+        }
+    }
+
+    fn lease(self: &Arc<Self>, e: &Entry) -> Lease {
+        Lease {
+            key: e.key.clone(),
+            blobs: e.blobs.clone(),
+            revoked: e.revoked.clone(),
+            cache: Arc::downgrade(self),
+        }
+    }
+
+    /// A cached data key for encrypting `bytes` more bytes under `keys`
+    /// with this context, counted against the entry's limits.
+    pub(crate) fn take_encrypt(self: &Arc<Self>, keys: &[&str], ctx: &[u8], bytes: u64) -> Option<Lease> {
+        let mut s = self.lock();
+        if !self.is_live(&s) {
+            s.clear();
+            drop(s);
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let k: EncKey = (keys.iter().map(|k| k.to_string()).collect(), ctx.to_vec());
+        let cfg = self.config;
+        let usable = s.enc.get(&k).is_some_and(|e| {
+            e.created.elapsed() < cfg.max_age
+                && e.messages < cfg.max_messages
+                && e.bytes.saturating_add(bytes) <= cfg.max_bytes
+        });
+        if !usable {
+            if let Some(old) = s.enc.remove(&k) {
+                old.revoke();
+            }
+            drop(s);
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let e = s.enc.get_mut(&k)?;
+        e.messages += 1;
+        e.bytes += bytes;
+        let lease = self.lease(e);
+        drop(s);
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(lease)
+    }
+
+    /// Stores a fresh data key for encryption (already used once).
+    pub(crate) fn put_encrypt(
+        self: &Arc<Self>,
+        keys: &[&str],
+        ctx: &[u8],
+        bytes: u64,
+        key: DataKey,
+        blobs: Vec<Vec<u8>>,
+        key_ids: Vec<String>,
+    ) -> Lease {
+        let mut e = Entry::new(key, blobs, key_ids);
+        e.messages = 1;
+        e.bytes = bytes;
+        let lease = self.lease(&e);
+        let mut s = self.lock();
+        if self.is_live(&s) && bytes <= self.config.max_bytes {
+            self.make_room(&mut s);
+            s.enc
+                .insert((keys.iter().map(|k| k.to_string()).collect(), ctx.to_vec()), e);
+        }
+        lease
+    }
+
+    /// A cached unwrap of `blob` under this context.
+    pub(crate) fn take_decrypt(self: &Arc<Self>, blob: &[u8], ctx: &[u8]) -> Option<Lease> {
+        let mut s = self.lock();
+        if !self.is_live(&s) {
+            s.clear();
+            drop(s);
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let k: DecKey = (blob.to_vec(), ctx.to_vec());
+        let cfg = self.config;
+        let usable = s
+            .dec
+            .get(&k)
+            .is_some_and(|e| e.created.elapsed() < cfg.max_age && e.messages < cfg.max_messages);
+        if !usable {
+            if let Some(old) = s.dec.remove(&k) {
+                old.revoke();
+            }
+            drop(s);
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let e = s.dec.get_mut(&k)?;
+        e.messages += 1;
+        let lease = self.lease(e);
+        drop(s);
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(lease)
+    }
+
+    /// Stores a fresh unwrap.
+    pub(crate) fn put_decrypt(self: &Arc<Self>, blob: &[u8], ctx: &[u8], key: DataKey, key_id: String) -> Lease {
+        let mut e = Entry::new(key, Vec::new(), vec![key_id]);
+        e.messages = 1;
+        let lease = self.lease(&e);
+        let mut s = self.lock();
+        if self.is_live(&s) {
+            self.make_room(&mut s);
+            s.dec.insert((blob.to_vec(), ctx.to_vec()), e);
+        }
+        lease
+    }
+
+    /// Keeps the entry count under the bound: expired entries go first,
+    /// then the oldest.
+    fn make_room(&self, s: &mut State) {
+        let max_age = self.config.max_age;
+        if s.enc.len() + s.dec.len() < self.config.max_entries {
+            return;
+        }
+        s.enc.retain(|_, e| e.created.elapsed() < max_age);
+        s.dec.retain(|_, e| e.created.elapsed() < max_age);
+        while s.enc.len() + s.dec.len() >= self.config.max_entries {
+            let oldest_enc = s.enc.iter().min_by_key(|(_, e)| e.created).map(|(k, e)| (k.clone(), e.created));
+            let oldest_dec = s.dec.iter().min_by_key(|(_, e)| e.created).map(|(k, e)| (k.clone(), e.created));
+            match (oldest_enc, oldest_dec) {
+                (Some((k, a)), Some((_, b))) if a <= b => {
+                    s.enc.remove(&k);
+                }
+                (_, Some((k, _))) => {
+                    s.dec.remove(&k);
+                }
+                (Some((k, _)), None) => {
+                    s.enc.remove(&k);
+                }
+                (None, None) => break,
+            }
+        }
+    }
+
+    fn heard(&self) {
+        self.lock().heard = Some(Instant::now());
+    }
+
+    fn lost(&self) {
+        let mut s = self.lock();
+        s.heard = None;
+        s.clear();
+    }
+
+    fn key_changed(&self, key_id: &str) {
+        let mut s = self.lock();
+        let n = s.drop_key(key_id);
+        s.heard = Some(Instant::now());
+        drop(s);
+        self.revoked.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn reset(&self) {
+        let mut s = self.lock();
+        let n = (s.enc.len() + s.dec.len()) as u64;
+        s.clear();
+        s.heard = Some(Instant::now());
+        drop(s);
+        self.revoked.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Follows the daemon's key changes for as long as the cache exists.
+async fn watch(cache: Weak<Cache>, stub: DataKeyServiceClient<Channel>) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let mut c = stub.clone();
+        match c.watch_keys(proto::WatchKeysRequest {}).await {
+            Ok(resp) => {
+                let mut stream = resp.into_inner();
+                loop {
+                    // A daemon that goes silent is as good as gone.
+                    let next = tokio::time::timeout(LIVENESS, stream.message()).await;
+                    let Some(cache) = cache.upgrade() else { return };
+                    match next {
+                        Ok(Ok(Some(ev))) => {
+                            pause = Duration::from_millis(100);
+                            match proto::key_event::Kind::try_from(ev.kind) {
+                                Ok(proto::key_event::Kind::Heartbeat) => cache.heard(),
+                                Ok(proto::key_event::Kind::Changed) => cache.key_changed(&ev.key_id),
+                                // A reset, or a kind this client does not
+                                // know: forget everything.
+                                _ => cache.reset(),
+                            }
+                        }
+                        _ => {
+                            cache.lost();
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(_) => {
+                let Some(cache) = cache.upgrade() else { return };
+                cache.lost();
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+        if cache.strong_count() == 0 {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(cfg: CacheConfig) -> Arc<Cache> {
+        Arc::new(Cache {
+            config: cfg,
+            state: Mutex::new(State::default()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            revoked: AtomicU64::new(0),
+        })
+    }
+
+    fn key() -> DataKey {
+        let mut v = vec![9u8; 32];
+        DataKey::take(&mut v).unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    #[test]
+    fn limits_bound_reuse() {
+        let c = cache(CacheConfig {
+            max_age: Duration::from_secs(60),
+            max_messages: 3,
+            max_bytes: 100,
+            max_entries: 10,
+        });
+        c.heard();
+        assert!(c.take_encrypt(&["k"], b"ctx", 10).is_none());
+        let _ = c.put_encrypt(&["k"], b"ctx", 10, key(), vec![vec![1]], vec!["id".into()]);
+        assert!(c.take_encrypt(&["k"], b"ctx", 10).is_some());
+        assert!(c.take_encrypt(&["k"], b"ctx", 10).is_some());
+        // Third message reached: the entry is spent.
+        assert!(c.take_encrypt(&["k"], b"ctx", 10).is_none());
+        let _ = c.put_encrypt(&["k"], b"ctx", 60, key(), vec![vec![1]], vec!["id".into()]);
+        // 60 + 50 > 100 bytes.
+        assert!(c.take_encrypt(&["k"], b"ctx", 50).is_none());
+        // Another context is another entry.
+        assert!(c.take_encrypt(&["k"], b"other", 1).is_none());
+    }
+
+    #[test]
+    fn age_bounds_reuse() {
+        let c = cache(CacheConfig {
+            max_age: Duration::from_millis(50),
+            ..CacheConfig::default()
+        });
+        c.heard();
+        let _ = c.put_decrypt(b"blob", b"ctx", key(), "id".into());
+        assert!(c.take_decrypt(b"blob", b"ctx").is_some());
+        std::thread::sleep(Duration::from_millis(60));
+        c.heard();
+        assert!(c.take_decrypt(b"blob", b"ctx").is_none());
+    }
+
+    #[test]
+    fn a_key_change_revokes_entries_and_leases() {
+        let c = cache(CacheConfig::default());
+        c.heard();
+        let lease = c.put_decrypt(b"blob", b"ctx", key(), "id-a".into());
+        let _ = c.put_encrypt(&["b"], b"ctx", 1, key(), vec![], vec!["id-b".into()]);
+        assert!(lease.valid());
+        c.key_changed("id-a");
+        assert!(!lease.valid());
+        assert!(c.take_decrypt(b"blob", b"ctx").is_none());
+        assert!(c.take_encrypt(&["b"], b"ctx", 1).is_some());
+        assert_eq!(c.stats().revoked, 1);
+    }
+
+    #[test]
+    fn nothing_is_served_without_the_daemon() {
+        let c = cache(CacheConfig::default());
+        // Never heard from the daemon: not even stored.
+        let _ = c.put_decrypt(b"blob", b"ctx", key(), "id".into());
+        c.heard();
+        assert!(c.take_decrypt(b"blob", b"ctx").is_none());
+        let lease = c.put_decrypt(b"blob", b"ctx", key(), "id".into());
+        assert!(c.take_decrypt(b"blob", b"ctx").is_some());
+        c.lost();
+        assert!(!lease.valid());
+        assert!(c.take_decrypt(b"blob", b"ctx").is_none());
+        assert!(!c.stats().live);
+    }
+
+    #[test]
+    fn entries_are_bounded() {
+        let c = cache(CacheConfig {
+            max_entries: 2,
+            ..CacheConfig::default()
+        });
+        c.heard();
+        for b in [b"a", b"b", b"c"] {
+            let _ = c.put_decrypt(b, b"ctx", key(), "id".into());
+        }
+        let s = c.lock();
+        assert_eq!(s.dec.len(), 2);
+        assert!(!s.dec.contains_key(&(b"a".to_vec(), b"ctx".to_vec())));
+    }
+}
