@@ -114,6 +114,12 @@ enum Command {
     /// Data keys for envelope encryption (applications).
     #[command(subcommand)]
     Datakey(DatakeyCommand),
+    /// Encrypt a file or pipe into an envelope message (docs/ENVELOPE.md).
+    Encrypt(keywarden::cli::envelope::EncryptArgs),
+    /// Decrypt an envelope message; refuses truncated or altered input.
+    Decrypt(keywarden::cli::envelope::DecryptArgs),
+    /// Show an envelope message's header and length without decrypting it.
+    Inspect(keywarden::cli::envelope::InspectArgs),
     /// Daemon status: version, seal, HSM token and health, drift.
     Status,
     /// Verify and query the audit log (offline).
@@ -272,6 +278,9 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
         }
         Command::Key(cmd) => keywarden::cli::key::run(&socket, cli.output, cmd).await,
         Command::Datakey(cmd) => keywarden::cli::datakey::run(&socket, cli.output, cmd).await,
+        Command::Encrypt(args) => keywarden::cli::envelope::encrypt(&socket, args).await,
+        Command::Decrypt(args) => keywarden::cli::envelope::decrypt(&socket, args).await,
+        Command::Inspect(args) => keywarden::cli::envelope::inspect(args, cli.output).await,
         Command::Status => keywarden::cli::status::run(&socket, cli.output).await,
         Command::Hsm(HsmCommand::Check {
             profile,

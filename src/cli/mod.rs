@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod datakey;
+pub mod envelope;
 pub mod key;
 pub mod operator;
 pub mod status;

@@ -36,7 +36,7 @@ pub enum Error {
     #[error("permission denied: {message}")]
     PermissionDenied { message: String },
     /// A request field is wrong; `field` names it when the daemon did.
-    #[error("invalid argument{}: {message}", field.as_ref().map(|f| format!(" ({f})")).unwrap_or_default())]
+    #[error("invalid argument: {message}")]
     InvalidArgument {
         field: Option<String>,
         message: String,
@@ -65,11 +65,11 @@ pub enum Error {
     Rpc { code: Code, message: String },
     /// The envelope message is malformed, altered, truncated or not for
     /// this context (see [`MessageError`]).
-    #[error("{0}")]
+    #[error(transparent)]
     Message(#[from] MessageError),
     /// Reading the input or writing the output failed.
     #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// A caller's argument to the SDK itself is wrong.
     #[error("{field}: {reason}")]
     Usage { field: &'static str, reason: String },
@@ -164,6 +164,12 @@ impl Error {
 impl From<Status> for Error {
     fn from(s: Status) -> Self {
         Error::from_status(&s)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
     }
 }
 
