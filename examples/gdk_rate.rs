@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use keywarden::client::Client;
 use keywarden::proto;
+use keywarden_client::Client;
 
 #[tokio::main]
 async fn main() {

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Installs what Keywarden needs to build and test on Debian 12, idempotently:
-# SoftHSM 2, OpenSC (pkcs11-tool), protoc, a C toolchain, and a Rust
+# SoftHSM 2, OpenSC (pkcs11-tool), a C toolchain, and a Rust
 # toolchain (the machine's rustup toolchain if present, else Debian's
 # rustc-web/cargo-web, which are recent enough).
 set -euo pipefail
 
+# (No protoc: the .proto files are compiled by protox, in Rust.)
 # --test adds what only the test suite needs: libclang and OpenSSL headers
-# to build Kryoptic, the second token (scripts/kryoptic.sh).
-pkgs=(softhsm2 opensc protobuf-compiler build-essential pkg-config ca-certificates age jq systemd dpkg-dev)
+# to build Kryoptic, the second token (scripts/kryoptic.sh), and Python's
+# cryptography for the independent check of the envelope test vectors
+# (scripts/check_vectors.py).
+pkgs=(softhsm2 opensc build-essential pkg-config ca-certificates age jq systemd dpkg-dev)
 if [ "${1:-}" = "--test" ]; then
-  pkgs+=(libclang-dev libssl-dev)
+  pkgs+=(libclang-dev libssl-dev python3 python3-cryptography)
 fi
 need=()
 for pkg in "${pkgs[@]}"; do

@@ -25,6 +25,31 @@ fn bench_smoke_run_reports_every_figure() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["hsm_raw"].as_f64().unwrap() > 0.0);
+    let e = &v["envelope"];
+    for k in [
+        "stream_encrypt_mib_s",
+        "stream_decrypt_mib_s",
+        "raw_gcm_encrypt_mib_s",
+        "raw_gcm_decrypt_mib_s",
+        "encrypt_pipe_mib_s",
+    ] {
+        assert!(e[k].as_f64().unwrap() > 0.0, "{k}: {e}");
+    }
+    assert!(e["encrypt_pipe_peak_rss_kib"].as_u64().unwrap() > 0, "{e}");
+    // The cache's call counts are counted from the audit log: one
+    // GenerateDataKey per record without it, far fewer with it.
+    let records = e["cache"]["records"].as_u64().unwrap();
+    assert_eq!(
+        e["cache"]["without_cache"]["daemon_calls"]
+            .as_u64()
+            .unwrap(),
+        records,
+        "{e}"
+    );
+    assert!(
+        e["cache"]["with_cache"]["daemon_calls"].as_u64().unwrap() < records / 100 + 2,
+        "{e}"
+    );
     for k in [
         "rpc_noop_c1",
         "rpc_noop_c16",

@@ -50,7 +50,11 @@ async fn records_streams_and_ranges_round_trip() {
     for len in [0, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 << 20] {
         let pt = pattern(len, 7);
         let sealed = c.encrypt(&["clinic"], &ctx, &pt).await.unwrap();
-        assert_eq!(&c.decrypt(&ctx, &sealed).await.unwrap()[..], &pt[..], "record of {len}");
+        assert_eq!(
+            &c.decrypt(&ctx, &sealed).await.unwrap()[..],
+            &pt[..],
+            "record of {len}"
+        );
         // A stream and a record are the same format.
         let mut streamed = Vec::new();
         let n = c
@@ -61,7 +65,9 @@ async fn records_streams_and_ranges_round_trip() {
         assert_eq!(streamed.len(), sealed.len());
         assert_eq!(&c.decrypt(&ctx, &streamed).await.unwrap()[..], &pt[..]);
         let mut back = Vec::new();
-        c.decrypt_stream(&ctx, &sealed[..], &mut back).await.unwrap();
+        c.decrypt_stream(&ctx, &sealed[..], &mut back)
+            .await
+            .unwrap();
         assert_eq!(back, pt, "stream of {len}");
     }
 
@@ -70,7 +76,13 @@ async fn records_streams_and_ranges_round_trip() {
     let sealed = c.encrypt(&["clinic"], &ctx, &pt).await.unwrap();
     let path = d.dir.join("image.kw");
     std::fs::write(&path, &sealed).unwrap();
-    for (off, len) in [(0u64, 10u64), (SEGMENT as u64 - 3, 10), (2 * SEGMENT as u64, SEGMENT as u64), (pt.len() as u64 - 5, 100), (pt.len() as u64, 10)] {
+    for (off, len) in [
+        (0u64, 10u64),
+        (SEGMENT as u64 - 3, 10),
+        (2 * SEGMENT as u64, SEGMENT as u64),
+        (pt.len() as u64 - 5, 100),
+        (pt.len() as u64, 10),
+    ] {
         let f = tokio::fs::File::open(&path).await.unwrap();
         let mut out = Vec::new();
         let n = c.decrypt_range(&ctx, f, off, len, &mut out).await.unwrap();
@@ -82,23 +94,39 @@ async fn records_streams_and_ranges_round_trip() {
     let past = c
         .decrypt_range(&ctx, f, pt.len() as u64 + 1, 1, &mut Vec::new())
         .await;
-    assert!(matches!(past, Err(Error::Message(MessageError::Range { .. }))));
+    assert!(matches!(
+        past,
+        Err(Error::Message(MessageError::Range { .. }))
+    ));
     // A truncated file fails the range read too (the length is proven by
     // the final segment).
     std::fs::write(&path, &sealed[..sealed.len() - 1]).unwrap();
     let f = tokio::fs::File::open(&path).await.unwrap();
-    assert!(c.decrypt_range(&ctx, f, 0, 10, &mut Vec::new()).await.is_err());
+    assert!(c
+        .decrypt_range(&ctx, f, 0, 10, &mut Vec::new())
+        .await
+        .is_err());
 
     // The wrong context opens nothing; nor does an altered message.
     let wrong = context(&[("patient", "p-1002"), ("table", "notes")]);
     let r = c.decrypt(&wrong, &sealed).await;
-    assert!(matches!(r, Err(Error::InvalidArgument { ref field, .. }) if field.as_deref() == Some("ciphertext_blob")), "{:?}", r.err());
+    assert!(
+        matches!(r, Err(Error::InvalidArgument { ref field, .. }) if field.as_deref() == Some("ciphertext_blob")),
+        "{:?}",
+        r.err()
+    );
     let mut bad = sealed.clone();
     let last = bad.len() - 1;
     bad[last] ^= 1;
-    assert!(matches!(c.decrypt(&ctx, &bad).await, Err(Error::Message(MessageError::Segment { index: 5 }))));
+    assert!(matches!(
+        c.decrypt(&ctx, &bad).await,
+        Err(Error::Message(MessageError::Segment { index: 5 }))
+    ));
     let mut bad_stream = Vec::new();
-    assert!(c.decrypt_stream(&ctx, &sealed[..sealed.len() - 20], &mut bad_stream).await.is_err());
+    assert!(c
+        .decrypt_stream(&ctx, &sealed[..sealed.len() - 20], &mut bad_stream)
+        .await
+        .is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,14 +159,23 @@ async fn recipients_and_crypto_shredding() {
     raw.keys.enable_key(name_req("recovery")).await.unwrap();
     // Too many recipients or a repeated one: refused before any call.
     let nine: Vec<&str> = vec!["clinic"; 9];
-    assert!(matches!(c.encrypt(&nine, &ctx, b"x").await, Err(Error::Usage { field: "keys", .. })));
-    assert!(matches!(c.encrypt(&["recovery", "recovery"], &ctx, b"x").await, Err(Error::Usage { .. })));
+    assert!(matches!(
+        c.encrypt(&nine, &ctx, b"x").await,
+        Err(Error::Usage { field: "keys", .. })
+    ));
+    assert!(matches!(
+        c.encrypt(&["recovery", "recovery"], &ctx, b"x").await,
+        Err(Error::Usage { .. })
+    ));
     // A message claiming nine recipients is refused by its header.
     let mut nine_hdr = both.clone();
     nine_hdr[11] = 9;
     assert!(matches!(
         c.decrypt(&ctx, &nine_hdr).await,
-        Err(Error::Message(MessageError::Header { field: "recipients", .. }))
+        Err(Error::Message(MessageError::Header {
+            field: "recipients",
+            ..
+        }))
     ));
 
     // Crypto-shredding: under a destroyed key nothing opens, record or
@@ -146,10 +183,15 @@ async fn recipients_and_crypto_shredding() {
     let gone = c.encrypt(&["shredded"], &ctx, &pt).await.unwrap();
     assert_eq!(&c.decrypt(&ctx, &gone).await.unwrap()[..], &pt[..]);
     raw.keys.destroy_now(name_req("shredded")).await.unwrap();
-    wait_key(&mut raw, "shredded", 10, "the key was not destroyed", |k| k.state == "destroyed").await;
+    wait_key(&mut raw, "shredded", 10, "the key was not destroyed", |k| {
+        k.state == "destroyed"
+    })
+    .await;
     for r in [
         c.decrypt(&ctx, &gone).await.map(|_| ()),
-        c.decrypt_stream(&ctx, &gone[..], &mut Vec::new()).await.map(|_| ()),
+        c.decrypt_stream(&ctx, &gone[..], &mut Vec::new())
+            .await
+            .map(|_| ()),
     ] {
         match r {
             Err(Error::FailedPrecondition { key_state, message }) => {
@@ -172,7 +214,10 @@ async fn the_cache_saves_calls_and_drops_revoked_keys_within_a_second() {
     let plain = sdk(&d).await;
     let before = audited(&d, "GenerateDataKey");
     for i in 0..200u32 {
-        plain.encrypt(&["records"], &ctx, &i.to_be_bytes()).await.unwrap();
+        plain
+            .encrypt(&["records"], &ctx, &i.to_be_bytes())
+            .await
+            .unwrap();
     }
     assert_eq!(audited(&d, "GenerateDataKey") - before, 200);
 
@@ -186,20 +231,39 @@ async fn the_cache_saves_calls_and_drops_revoked_keys_within_a_second() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !cached.cache_stats().unwrap().live {
-        assert!(Instant::now() < deadline, "the cache never heard from the daemon");
+        assert!(
+            Instant::now() < deadline,
+            "the cache never heard from the daemon"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let before = audited(&d, "GenerateDataKey");
     let mut sealed = Vec::new();
     for i in 0..2_000u32 {
-        sealed.push(cached.encrypt(&["records"], &ctx, &i.to_be_bytes()).await.unwrap());
+        sealed.push(
+            cached
+                .encrypt(&["records"], &ctx, &i.to_be_bytes())
+                .await
+                .unwrap(),
+        );
     }
-    assert_eq!(audited(&d, "GenerateDataKey") - before, 4, "2,000 records, 500 per data key");
+    assert_eq!(
+        audited(&d, "GenerateDataKey") - before,
+        4,
+        "2,000 records, 500 per data key"
+    );
     let before = audited(&d, "Decrypt");
     for (i, m) in sealed.iter().enumerate() {
-        assert_eq!(&cached.decrypt(&ctx, m).await.unwrap()[..], &(i as u32).to_be_bytes());
+        assert_eq!(
+            &cached.decrypt(&ctx, m).await.unwrap()[..],
+            &(i as u32).to_be_bytes()
+        );
     }
-    assert_eq!(audited(&d, "Decrypt") - before, 4, "one unwrap per data key");
+    assert_eq!(
+        audited(&d, "Decrypt") - before,
+        4,
+        "one unwrap per data key"
+    );
 
     // Revocation: in a loop, a background task encrypts and decrypts with
     // the cache while the admin disables the key; nothing cached succeeds
@@ -227,9 +291,15 @@ async fn the_cache_saves_calls_and_drops_revoked_keys_within_a_second() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         raw.keys.disable_key(name_req("records")).await.unwrap();
         let returned = Instant::now();
-        let last_ok = worker.await.unwrap().expect("nothing succeeded before the disable");
+        let last_ok = worker
+            .await
+            .unwrap()
+            .expect("nothing succeeded before the disable");
         let late = last_ok.saturating_duration_since(returned);
-        assert!(late < Duration::from_secs(1), "round {round}: a cached key served {late:?} after the disable returned");
+        assert!(
+            late < Duration::from_secs(1),
+            "round {round}: a cached key served {late:?} after the disable returned"
+        );
     }
     assert!(cached.cache_stats().unwrap().revoked > 0);
     // The other key's entries are untouched by this key's change, and a
@@ -272,7 +342,17 @@ async fn cli_encrypts_and_decrypts_pipes_and_refuses_tampering() {
     let mut raw = d.client().await;
     create_key(&mut raw, "backups").await;
     let pt = pattern(8 * SEGMENT + 999, 5);
-    let (ok, sealed, err) = pipe(&d, &["encrypt", "--key", "backups", "--context", "dump=2026-12-01"], &pt);
+    let (ok, sealed, err) = pipe(
+        &d,
+        &[
+            "encrypt",
+            "--key",
+            "backups",
+            "--context",
+            "dump=2026-12-01",
+        ],
+        &pt,
+    );
     assert!(ok, "{err}");
     let (ok, back, err) = pipe(&d, &["decrypt", "--context", "dump=2026-12-01"], &sealed);
     assert!(ok, "{err}");
@@ -291,17 +371,26 @@ async fn cli_encrypts_and_decrypts_pipes_and_refuses_tampering() {
     let body = sealed.len() - (pt.len() + 9 * 16);
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (sealed[..body + 3 * (SEGMENT + 16)].to_vec(), "truncated"),
-        (sealed[..sealed.len() - 100].to_vec(), "failed authentication"),
-        ({
-            let mut b = sealed.clone();
-            b[body + 5] ^= 4;
-            b
-        }, "failed authentication"),
-        ({
-            let mut b = sealed.clone();
-            b[body - 40] ^= 4;
-            b
-        }, "commitment"),
+        (
+            sealed[..sealed.len() - 100].to_vec(),
+            "failed authentication",
+        ),
+        (
+            {
+                let mut b = sealed.clone();
+                b[body + 5] ^= 4;
+                b
+            },
+            "failed authentication",
+        ),
+        (
+            {
+                let mut b = sealed.clone();
+                b[body - 40] ^= 4;
+                b
+            },
+            "commitment",
+        ),
     ];
     for (input, want) in &cases {
         let (ok, _, err) = pipe(&d, &["decrypt", "--context", "dump=2026-12-01"], input);
@@ -317,7 +406,13 @@ async fn cli_encrypts_and_decrypts_pipes_and_refuses_tampering() {
     let out = d.dir.join("restored.sql");
     let (ok, _, _) = pipe(
         &d,
-        &["decrypt", "--context", "dump=2026-12-01", "-o", out.to_str().unwrap()],
+        &[
+            "decrypt",
+            "--context",
+            "dump=2026-12-01",
+            "-o",
+            out.to_str().unwrap(),
+        ],
         &cases[0].0,
     );
     assert!(!ok);
@@ -330,12 +425,22 @@ async fn cli_encrypts_and_decrypts_pipes_and_refuses_tampering() {
     assert!(leftovers.is_empty(), "temporary files left behind");
     let (ok, _, err) = pipe(
         &d,
-        &["decrypt", "--context", "dump=2026-12-01", "-o", out.to_str().unwrap()],
+        &[
+            "decrypt",
+            "--context",
+            "dump=2026-12-01",
+            "-o",
+            out.to_str().unwrap(),
+        ],
         &sealed,
     );
     assert!(ok, "{err}");
     assert_eq!(std::fs::read(&out).unwrap(), pt);
-    assert_eq!(path_mode(&out) & 0o077, 0, "plaintext output readable by others");
+    assert_eq!(
+        path_mode(&out) & 0o077,
+        0,
+        "plaintext output readable by others"
+    );
 }
 
 /// The client crate's own example (an application that depends on nothing
@@ -365,7 +470,11 @@ async fn an_application_depending_only_on_the_client_crate() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("record: ok"), "{stdout}");
     assert!(stdout.contains("stream: 1073741824 bytes"), "{stdout}");
 }

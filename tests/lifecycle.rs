@@ -10,12 +10,12 @@ use keywarden::proto;
 use std::time::Duration;
 use tonic::Code;
 
-async fn other_key_serves(c: &mut keywarden::client::Client) {
+async fn other_key_serves(c: &mut keywarden_client::Client) {
     let g = generate(c, "bystander", &[("t", "x")]).await;
     assert!(decrypt(c, &g.ciphertext_blob, &[("t", "x")]).await.is_ok());
 }
 
-async fn setup(d: &Daemon) -> keywarden::client::Client {
+async fn setup(d: &Daemon) -> keywarden_client::Client {
     let mut c = d.client().await;
     create_key(&mut c, "k").await;
     create_key(&mut c, "bystander").await;

@@ -24,7 +24,7 @@ struct Issued {
 
 /// One round of random work until the daemon is killed.
 async fn workload(socket: std::path::PathBuf, round: usize, issued: Arc<Mutex<Vec<Issued>>>) {
-    let Ok(mut c) = keywarden::client::Client::connect(&socket).await else {
+    let Ok(mut c) = keywarden_client::Client::connect(&socket).await else {
         return;
     };
     let keys = ["crash-a", "crash-b", "crash-c"];
@@ -386,7 +386,7 @@ async fn concurrent_clients_while_admins_rotate_disable_and_enable() {
                             key: String::new(),
                         })
                         .await;
-                    let s = wrong.expect_err("decrypted with the wrong context");
+                    let s = wrong.err().expect("decrypted with the wrong context");
                     assert!(
                         matches!(s.code(), Code::InvalidArgument | Code::FailedPrecondition),
                         "{s:?}"

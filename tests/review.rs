@@ -86,7 +86,7 @@ impl Serve {
             .unwrap();
         let s = Serve(child);
         for _ in 0..600 {
-            if let Ok(mut c) = keywarden::client::Client::connect(&d.socket()).await {
+            if let Ok(mut c) = keywarden_client::Client::connect(&d.socket()).await {
                 if c.operator.status(proto::StatusRequest {}).await.is_ok() {
                     return s;
                 }
@@ -119,7 +119,7 @@ async fn tampering(d: &Daemon) -> Vec<String> {
 
 /// A data key under `key` is refused as DATA_LOSS (the registry is not
 /// trusted) or served.
-async fn gdk(c: &mut keywarden::client::Client, key: &str) -> Result<(), tonic::Status> {
+async fn gdk(c: &mut keywarden_client::Client, key: &str) -> Result<(), tonic::Status> {
     c.datakeys
         .generate_data_key(proto::GenerateDataKeyRequest {
             key: key.into(),
@@ -402,7 +402,10 @@ async fn oversized_requests_from_a_caller_with_no_role_are_bounded() {
                         encryption_context: pairs.clone(),
                     })
                     .await;
-                assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
+                assert_eq!(
+                    r.err().expect("the call must fail").code(),
+                    Code::PermissionDenied
+                );
                 let r = c
                     .keys
                     .break_glass(proto::BreakGlassRequest {
@@ -499,7 +502,7 @@ struct NotUtf8 {
 #[tokio::test]
 async fn malformed_protobuf_is_invalid_argument_and_audited() {
     let d = Daemon::start().await;
-    let ch = keywarden::client::connect(&d.socket()).await.unwrap();
+    let ch = keywarden_client::channel(&d.socket()).await.unwrap();
     let mut grpc = tonic::client::Grpc::new(ch);
     grpc.ready().await.unwrap();
     let codec: tonic_prost::ProstCodec<NotUtf8, proto::DecryptResponse> = Default::default();
@@ -515,7 +518,7 @@ async fn malformed_protobuf_is_invalid_argument_and_audited() {
             codec,
         )
         .await;
-    let s = r.unwrap_err();
+    let s = r.err().expect("the call must fail");
     assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
     assert!(
         s.message().contains("does not decode as DecryptRequest"),

@@ -95,7 +95,7 @@ async fn socket_activation_serves_the_passed_descriptor() {
     // The first connection starts the daemon on that descriptor.
     let mut ok = None;
     while Instant::now() < deadline {
-        if let Ok(mut c) = keywarden::client::Client::connect(&sa_sock).await {
+        if let Ok(mut c) = keywarden_client::Client::connect(&sa_sock).await {
             if let Ok(s) = c.operator.status(proto::StatusRequest {}).await {
                 ok = Some(s.into_inner());
                 break;
@@ -107,7 +107,7 @@ async fn socket_activation_serves_the_passed_descriptor() {
     assert_eq!(s.seal.unwrap().phase, "sealed");
     // The configured path was not bound: only the passed socket serves.
     assert!(!d.socket().exists());
-    let mut c = keywarden::client::Client::connect(&sa_sock).await.unwrap();
+    let mut c = keywarden_client::Client::connect(&sa_sock).await.unwrap();
     c.operator
         .unseal(proto::UnsealRequest {
             share: d.dev_share.clone().unwrap(),

@@ -66,8 +66,8 @@ fn set_id_bytes(hex_id: &str) -> [u8; 4] {
     hex::decode(hex_id).unwrap().try_into().unwrap()
 }
 
-fn assert_sealed_refusal(r: Result<impl std::fmt::Debug, tonic::Status>) {
-    let s = r.expect_err("a sealed daemon must refuse");
+fn assert_sealed_refusal(r: Result<impl Sized, tonic::Status>) {
+    let s = r.err().expect("a sealed daemon must refuse");
     assert_eq!(s.code(), Code::FailedPrecondition, "{}", s.message());
     assert!(s.message().contains("sealed"), "{}", s.message());
     assert_eq!(

@@ -346,7 +346,9 @@ impl DataKeyService for DataKeyApi {
         r?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(watch::follow(self.ctx.core.clone(), tx));
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     async fn generate_data_key(

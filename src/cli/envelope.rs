@@ -30,7 +30,12 @@ pub struct EncryptArgs {
     pub input: Option<PathBuf>,
     /// Output file (default: stdout); written to a temporary file in the
     /// same directory and renamed when complete.
-    #[arg(id = "output_file", short = 'o', long = "output-file", value_name = "FILE")]
+    #[arg(
+        id = "output_file",
+        short = 'o',
+        long = "output-file",
+        value_name = "FILE"
+    )]
     pub out_file: Option<PathBuf>,
 }
 
@@ -46,7 +51,12 @@ pub struct DecryptArgs {
     /// Output file (default: stdout). A file appears only once the last
     /// segment verified; on stdout, output written before an error must
     /// be discarded.
-    #[arg(id = "output_file", short = 'o', long = "output-file", value_name = "FILE")]
+    #[arg(
+        id = "output_file",
+        short = 'o',
+        long = "output-file",
+        value_name = "FILE"
+    )]
     pub out_file: Option<PathBuf>,
 }
 
@@ -64,7 +74,9 @@ fn context(pairs: &[String]) -> anyhow::Result<Context> {
 async fn input(path: &Option<PathBuf>) -> anyhow::Result<Box<dyn AsyncRead + Unpin + Send>> {
     Ok(match path {
         None => Box::new(BufReader::with_capacity(IO_BUF, tokio::io::stdin())),
-        Some(p) if p == Path::new("-") => Box::new(BufReader::with_capacity(IO_BUF, tokio::io::stdin())),
+        Some(p) if p == Path::new("-") => {
+            Box::new(BufReader::with_capacity(IO_BUF, tokio::io::stdin()))
+        }
         Some(p) => Box::new(BufReader::with_capacity(
             IO_BUF,
             tokio::fs::File::open(p)
@@ -82,10 +94,16 @@ where
     Fut: std::future::Future<Output = Result<u64, keywarden_client::Error>>,
 {
     match path {
-        None => Ok(work(Box::new(BufWriter::with_capacity(IO_BUF, tokio::io::stdout()))).await?),
-        Some(p) if p == Path::new("-") => {
-            Ok(work(Box::new(BufWriter::with_capacity(IO_BUF, tokio::io::stdout()))).await?)
-        }
+        None => Ok(work(Box::new(BufWriter::with_capacity(
+            IO_BUF,
+            tokio::io::stdout(),
+        )))
+        .await?),
+        Some(p) if p == Path::new("-") => Ok(work(Box::new(BufWriter::with_capacity(
+            IO_BUF,
+            tokio::io::stdout(),
+        )))
+        .await?),
         Some(p) => {
             let dir = match p.parent() {
                 Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -96,7 +114,9 @@ where
                 .prefix(".keywarden-")
                 .suffix(".partial")
                 .tempfile_in(&dir)
-                .with_context(|| format!("--output-file: cannot create a file in {}", dir.display()))?;
+                .with_context(|| {
+                    format!("--output-file: cannot create a file in {}", dir.display())
+                })?;
             let file = tokio::fs::File::from_std(tmp.reopen()?);
             let n = work(Box::new(BufWriter::with_capacity(IO_BUF, file))).await?;
             tmp.as_file().sync_all()?;
@@ -123,16 +143,16 @@ pub async fn decrypt(socket: &Path, args: DecryptArgs) -> anyhow::Result<()> {
     let ctx = context(&args.context)?;
     let client: Client = super::client(socket).await?;
     let reader = input(&args.input).await?;
-    let to_stdout = matches!(&args.out_file, None) || args.out_file.as_deref() == Some(Path::new("-"));
+    let to_stdout = args.out_file.is_none() || args.out_file.as_deref() == Some(Path::new("-"));
     match with_output(&args.out_file, |w| async move {
         client.decrypt_stream(&ctx, reader, w).await
     })
     .await
     {
         Ok(_) => Ok(()),
-        Err(e) if to_stdout => Err(e.context(
-            "decryption failed: discard everything already written to stdout",
-        )),
+        Err(e) if to_stdout => {
+            Err(e.context("decryption failed: discard everything already written to stdout"))
+        }
         Err(e) => Err(e.context("decryption failed: no output file was written")),
     }
 }
@@ -145,7 +165,9 @@ pub async fn inspect(args: InspectArgs, output: Output) -> anyhow::Result<()> {
         .recipients()
         .iter()
         .map(|b| match format::blob_key(b) {
-            Some((id, version)) => json!({"key_id": id, "key_version": version, "blob_bytes": b.len()}),
+            Some((id, version)) => {
+                json!({"key_id": id, "key_version": version, "blob_bytes": b.len()})
+            }
             None => json!({"key_id": null, "key_version": null, "blob_bytes": b.len()}),
         })
         .collect();
@@ -163,13 +185,24 @@ pub async fn inspect(args: InspectArgs, output: Output) -> anyhow::Result<()> {
             "plaintext_bytes": i.plaintext_len,
         }))?,
         Output::Text => {
-            out!("format:     keywarden envelope, version {}", format::VERSION);
+            out!(
+                "format:     keywarden envelope, version {}",
+                format::VERSION
+            );
             out!(
                 "suite:      {} (AES-256-GCM, HKDF-SHA-256, C2SP chunked-encryption v1, key commitment)",
                 format::SUITE_AES256GCM_C2SP
             );
-            out!("segments:   {} of {} bytes (the last shorter)", i.segments, format::SEGMENT);
-            out!("length:     {} bytes ({} of plaintext)", i.total_len, i.plaintext_len);
+            out!(
+                "segments:   {} of {} bytes (the last shorter)",
+                i.segments,
+                format::SEGMENT
+            );
+            out!(
+                "length:     {} bytes ({} of plaintext)",
+                i.total_len,
+                i.plaintext_len
+            );
             for (n, r) in recipients.iter().enumerate() {
                 out!(
                     "recipient {}: key id {} version {}",

@@ -25,7 +25,11 @@ struct Source {
 }
 
 impl AsyncRead for Source {
-    fn poll_read(mut self: Pin<&mut Self>, _: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let n = (buf.remaining() as u64).min(self.left) as usize;
         let mut chunk = vec![0u8; n];
         for b in chunk.chunks_mut(8) {
@@ -50,7 +54,11 @@ struct Sink {
 }
 
 impl AsyncWrite for Sink {
-    fn poll_write(mut self: Pin<&mut Self>, _: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.hash.update(buf);
         self.bytes += buf.len() as u64;
         Poll::Ready(Ok(buf.len()))
@@ -77,23 +85,37 @@ async fn main() -> Result<(), Error> {
         ("patient".to_string(), "p-1001".to_string()),
         ("field".to_string(), "diagnosis".to_string()),
     ]);
-    let sealed = client.encrypt(&[&key], &ctx, b"O24.4 gestational diabetes").await?;
+    let sealed = client
+        .encrypt(&[&key], &ctx, b"O24.4 gestational diabetes")
+        .await?;
     let opened = client.decrypt(&ctx, &sealed).await?;
     if &opened[..] != b"O24.4 gestational diabetes" {
-        return Err(Error::Usage { field: "record", reason: "came back different".into() });
+        return Err(Error::Usage {
+            field: "record",
+            reason: "came back different".into(),
+        });
     }
     println!("record: ok ({} bytes sealed)", sealed.len());
 
     // A stream, encrypted into a pipe and decrypted out of it.
     let ctx = Context::from([("image".to_string(), "ultrasound-0042".to_string())]);
-    let mut source = Source { left: mib << 20, state: 0x9e37_79b9_7f4a_7c15, hash: Sha256::new() };
-    let mut sink = Sink { bytes: 0, hash: Sha256::new() };
+    let mut source = Source {
+        left: mib << 20,
+        state: 0x9e37_79b9_7f4a_7c15,
+        hash: Sha256::new(),
+    };
+    let mut sink = Sink {
+        bytes: 0,
+        hash: Sha256::new(),
+    };
     let (w, r) = tokio::io::duplex(1 << 20);
     let started = Instant::now();
     let (enc, dec) = tokio::join!(
         async {
             let mut w = w;
-            let n = client.encrypt_stream(&[&key], &ctx, &mut source, &mut w).await;
+            let n = client
+                .encrypt_stream(&[&key], &ctx, &mut source, &mut w)
+                .await;
             drop(w);
             n
         },
@@ -102,7 +124,10 @@ async fn main() -> Result<(), Error> {
     let (enc, dec) = (enc?, dec?);
     let secs = started.elapsed().as_secs_f64();
     if enc != dec || source.hash.finalize() != sink.hash.finalize() {
-        return Err(Error::Usage { field: "stream", reason: "came back different".into() });
+        return Err(Error::Usage {
+            field: "stream",
+            reason: "came back different".into(),
+        });
     }
     println!("stream: {dec} bytes encrypted and decrypted in {secs:.1} s ({:.0} MiB/s each way, concurrently)", (dec as f64 / (1 << 20) as f64) / secs);
     Ok(())

@@ -39,12 +39,42 @@ fn main() {
     ]
     .into();
     let cases: Vec<(&str, usize, Vec<Vec<u8>>, Context)> = vec![
-        ("empty plaintext, one recipient", 0, vec![blob(0x10, 1)], one.clone()),
-        ("one byte, empty context", 1, vec![blob(0x10, 1)], Context::new()),
-        ("segment minus one", format::SEGMENT - 1, vec![blob(0x10, 1)], one.clone()),
-        ("exactly one segment (then an empty final one)", format::SEGMENT, vec![blob(0x10, 1)], one.clone()),
-        ("segment plus one", format::SEGMENT + 1, vec![blob(0x10, 1)], two.clone()),
-        ("three segments and five bytes, two recipients", 3 * format::SEGMENT + 5, vec![blob(0x10, 3), blob(0x80, 1)], two.clone()),
+        (
+            "empty plaintext, one recipient",
+            0,
+            vec![blob(0x10, 1)],
+            one.clone(),
+        ),
+        (
+            "one byte, empty context",
+            1,
+            vec![blob(0x10, 1)],
+            Context::new(),
+        ),
+        (
+            "segment minus one",
+            format::SEGMENT - 1,
+            vec![blob(0x10, 1)],
+            one.clone(),
+        ),
+        (
+            "exactly one segment (then an empty final one)",
+            format::SEGMENT,
+            vec![blob(0x10, 1)],
+            one.clone(),
+        ),
+        (
+            "segment plus one",
+            format::SEGMENT + 1,
+            vec![blob(0x10, 1)],
+            two.clone(),
+        ),
+        (
+            "three segments and five bytes, two recipients",
+            3 * format::SEGMENT + 5,
+            vec![blob(0x10, 3), blob(0x80, 1)],
+            two.clone(),
+        ),
     ];
     let mut out = Vec::new();
     for (name, len, recipients, ctx) in cases {

@@ -224,7 +224,12 @@ impl Cache {
 
     /// A cached data key for encrypting `bytes` more bytes under `keys`
     /// with this context, counted against the entry's limits.
-    pub(crate) fn take_encrypt(self: &Arc<Self>, keys: &[&str], ctx: &[u8], bytes: u64) -> Option<Lease> {
+    pub(crate) fn take_encrypt(
+        self: &Arc<Self>,
+        keys: &[&str],
+        ctx: &[u8],
+        bytes: u64,
+    ) -> Option<Lease> {
         let mut s = self.lock();
         if !self.is_live(&s) {
             s.clear();
@@ -273,8 +278,10 @@ impl Cache {
         let mut s = self.lock();
         if self.is_live(&s) && bytes <= self.config.max_bytes {
             self.make_room(&mut s);
-            s.enc
-                .insert((keys.iter().map(|k| k.to_string()).collect(), ctx.to_vec()), e);
+            s.enc.insert(
+                (keys.iter().map(|k| k.to_string()).collect(), ctx.to_vec()),
+                e,
+            );
         }
         lease
     }
@@ -311,7 +318,13 @@ impl Cache {
     }
 
     /// Stores a fresh unwrap.
-    pub(crate) fn put_decrypt(self: &Arc<Self>, blob: &[u8], ctx: &[u8], key: DataKey, key_id: String) -> Lease {
+    pub(crate) fn put_decrypt(
+        self: &Arc<Self>,
+        blob: &[u8],
+        ctx: &[u8],
+        key: DataKey,
+        key_id: String,
+    ) -> Lease {
         let mut e = Entry::new(key, Vec::new(), vec![key_id]);
         e.messages = 1;
         let lease = self.lease(&e);
@@ -333,8 +346,16 @@ impl Cache {
         s.enc.retain(|_, e| e.created.elapsed() < max_age);
         s.dec.retain(|_, e| e.created.elapsed() < max_age);
         while s.enc.len() + s.dec.len() >= self.config.max_entries {
-            let oldest_enc = s.enc.iter().min_by_key(|(_, e)| e.created).map(|(k, e)| (k.clone(), e.created));
-            let oldest_dec = s.dec.iter().min_by_key(|(_, e)| e.created).map(|(k, e)| (k.clone(), e.created));
+            let oldest_enc = s
+                .enc
+                .iter()
+                .min_by_key(|(_, e)| e.created)
+                .map(|(k, e)| (k.clone(), e.created));
+            let oldest_dec = s
+                .dec
+                .iter()
+                .min_by_key(|(_, e)| e.created)
+                .map(|(k, e)| (k.clone(), e.created));
             match (oldest_enc, oldest_dec) {
                 (Some((k, a)), Some((_, b))) if a <= b => {
                     s.enc.remove(&k);
@@ -395,7 +416,9 @@ async fn watch(cache: Weak<Cache>, stub: DataKeyServiceClient<Channel>) {
                             pause = Duration::from_millis(100);
                             match proto::key_event::Kind::try_from(ev.kind) {
                                 Ok(proto::key_event::Kind::Heartbeat) => cache.heard(),
-                                Ok(proto::key_event::Kind::Changed) => cache.key_changed(&ev.key_id),
+                                Ok(proto::key_event::Kind::Changed) => {
+                                    cache.key_changed(&ev.key_id)
+                                }
                                 // A reset, or a kind this client does not
                                 // know: forget everything.
                                 _ => cache.reset(),

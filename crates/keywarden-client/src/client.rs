@@ -238,7 +238,11 @@ impl Client {
     }
 
     /// A fresh data key under the newest version of `key`, bound to `ctx`.
-    pub async fn generate_data_key(&self, key: &str, ctx: &Context) -> Result<GeneratedDataKey, Error> {
+    pub async fn generate_data_key(
+        &self,
+        key: &str,
+        ctx: &Context,
+    ) -> Result<GeneratedDataKey, Error> {
         let req = gdk_request(key, ctx);
         let mut r = self
             .retrying(|| {
@@ -279,7 +283,11 @@ impl Client {
     }
 
     /// Unwraps a blob; `ctx` must be the context it was made with.
-    pub async fn decrypt_data_key(&self, blob: &[u8], ctx: &Context) -> Result<DecryptedDataKey, Error> {
+    pub async fn decrypt_data_key(
+        &self,
+        blob: &[u8],
+        ctx: &Context,
+    ) -> Result<DecryptedDataKey, Error> {
         let req = decrypt_request(blob, ctx);
         let mut r = self
             .retrying(|| {
@@ -331,7 +339,9 @@ impl Client {
         Ok(r.results
             .into_iter()
             .map(|item| match item.result {
-                Some(proto::batch_generate_data_key_result::Result::Ok(mut ok)) => generated(&mut ok),
+                Some(proto::batch_generate_data_key_result::Result::Ok(mut ok)) => {
+                    generated(&mut ok)
+                }
                 Some(proto::batch_generate_data_key_result::Result::Error(e)) => Err(item_error(e)),
                 None => Err(missing_item()),
             })
@@ -412,7 +422,11 @@ fn decrypt_request(blob: &[u8], ctx: &Context) -> proto::DecryptRequest {
     }
 }
 
-fn reencrypt_request(blob: &[u8], ctx: &Context, destination: Option<&str>) -> proto::ReEncryptRequest {
+fn reencrypt_request(
+    blob: &[u8],
+    ctx: &Context,
+    destination: Option<&str>,
+) -> proto::ReEncryptRequest {
     proto::ReEncryptRequest {
         ciphertext_blob: blob.to_vec(),
         encryption_context: proto_context(ctx),

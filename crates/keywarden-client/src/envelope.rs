@@ -60,7 +60,10 @@ fn check_keys(keys: &[&str]) -> Result<(), Error> {
     if keys.is_empty() || keys.len() > MAX_RECIPIENTS {
         return Err(Error::Usage {
             field: "keys",
-            reason: format!("{} keys; a message is wrapped under 1 to {MAX_RECIPIENTS}", keys.len()),
+            reason: format!(
+                "{} keys; a message is wrapped under 1 to {MAX_RECIPIENTS}",
+                keys.len()
+            ),
         });
     }
     for (i, k) in keys.iter().enumerate() {
@@ -145,7 +148,11 @@ impl Client {
         let ctx_bytes = encode_context(ctx);
         let mut failures: Vec<Error> = Vec::new();
         for blob in header.recipients() {
-            let (key, lease) = match self.cache.as_ref().and_then(|c| c.take_decrypt(blob, &ctx_bytes)) {
+            let (key, lease) = match self
+                .cache
+                .as_ref()
+                .and_then(|c| c.take_decrypt(blob, &ctx_bytes))
+            {
                 Some(lease) => (lease.key.clone(), Some(lease)),
                 None => match self.decrypt_data_key(blob, ctx).await {
                     Ok(d) => match &self.cache {
@@ -157,9 +164,13 @@ impl Client {
                     },
                     // The daemon itself cannot serve: no other recipient
                     // would fare better.
-                    Err(e @ (Error::Sealed { .. } | Error::Uninitialized { .. } | Error::Unavailable { .. } | Error::Connect(_) | Error::DataLoss { .. })) => {
-                        return Err(e)
-                    }
+                    Err(
+                        e @ (Error::Sealed { .. }
+                        | Error::Uninitialized { .. }
+                        | Error::Unavailable { .. }
+                        | Error::Connect(_)
+                        | Error::DataLoss { .. }),
+                    ) => return Err(e),
                     Err(e) => {
                         failures.push(e);
                         continue;
@@ -190,7 +201,12 @@ impl Client {
     /// assert_eq!(&opened[..], b"blood type: AB-");
     /// # Ok(()) }
     /// ```
-    pub async fn encrypt(&self, keys: &[&str], ctx: &Context, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+    pub async fn encrypt(
+        &self,
+        keys: &[&str],
+        ctx: &Context,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, Error> {
         let m = self
             .encryption_material(keys, ctx, Some(plaintext.len() as u64))
             .await?;
@@ -202,22 +218,30 @@ impl Client {
 
     /// Decrypts a record made by [`encrypt`](Self::encrypt) with the same
     /// context. Nothing is returned unless every segment verified.
-    pub async fn decrypt(&self, ctx: &Context, message: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+    pub async fn decrypt(
+        &self,
+        ctx: &Context,
+        message: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
         let (header, header_len) = Header::parse(message)?;
         let rest = &message[header_len..];
         let salt: [u8; SALT] = rest
             .get(..SALT)
             .and_then(|s| s.try_into().ok())
             .ok_or(MessageError::TruncatedHeader { field: "salt" })?;
-        let commitment = rest
-            .get(SALT..SALT + COMMITMENT)
-            .ok_or(MessageError::TruncatedHeader { field: "commitment" })?;
+        let commitment =
+            rest.get(SALT..SALT + COMMITMENT)
+                .ok_or(MessageError::TruncatedHeader {
+                    field: "commitment",
+                })?;
         let layout = Layout {
             header_len: header_len as u64,
             total_len: message.len() as u64,
         };
         layout.segments()?;
-        let (keys, lease) = self.decryption_keys(&header, &salt, commitment, ctx).await?;
+        let (keys, lease) = self
+            .decryption_keys(&header, &salt, commitment, ctx)
+            .await?;
         let body = &rest[SALT + COMMITMENT..];
         let mut out = Zeroizing::new(Vec::with_capacity(body.len()));
         for (index, sealed) in body.chunks(SEALED_SEGMENT).enumerate() {
@@ -248,7 +272,9 @@ impl Client {
         let header = Header::new(m.blobs.to_vec())?;
         let salt = random_salt()?;
         let keys = MessageKeys::derive(m.key.expose(), &salt, header.as_bytes(), ctx)?;
-        let mut out = Vec::with_capacity(header.as_bytes().len() + SALT + COMMITMENT + BATCH * SEALED_SEGMENT);
+        let mut out = Vec::with_capacity(
+            header.as_bytes().len() + SALT + COMMITMENT + BATCH * SEALED_SEGMENT,
+        );
         out.extend_from_slice(header.as_bytes());
         out.extend_from_slice(&salt);
         out.extend_from_slice(keys.commitment());
@@ -280,14 +306,21 @@ impl Client {
     /// [`encrypt`](Self::encrypt) into `writer`, in constant memory. Output
     /// is written as segments verify: on an error, what was written must be
     /// discarded (the error says so). Returns the plaintext length.
-    pub async fn decrypt_stream<R, W>(&self, ctx: &Context, mut reader: R, mut writer: W) -> Result<u64, Error>
+    pub async fn decrypt_stream<R, W>(
+        &self,
+        ctx: &Context,
+        mut reader: R,
+        mut writer: W,
+    ) -> Result<u64, Error>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         let header = read_header(&mut reader).await?;
         let (salt, commitment) = read_salt_and_commitment(&mut reader).await?;
-        let (keys, lease) = self.decryption_keys(&header, &salt, &commitment, ctx).await?;
+        let (keys, lease) = self
+            .decryption_keys(&header, &salt, &commitment, ctx)
+            .await?;
         let mut out = Zeroizing::new(Vec::with_capacity(BATCH * SEALED_SEGMENT));
         let mut index = 0u64;
         let mut total = 0u64;
@@ -348,12 +381,16 @@ impl Client {
             }
             .into());
         }
-        let (keys, lease) = self.decryption_keys(&header, &salt, &commitment, ctx).await?;
+        let (keys, lease) = self
+            .decryption_keys(&header, &salt, &commitment, ctx)
+            .await?;
         let mut buf = Zeroizing::new(vec![0u8; SEALED_SEGMENT]);
         // The final segment first: it proves the length.
         let last = segments - 1;
         let last_len = (layout.total_len - layout.segment_offset(last)) as usize;
-        reader.seek(SeekFrom::Start(layout.segment_offset(last))).await?;
+        reader
+            .seek(SeekFrom::Start(layout.segment_offset(last)))
+            .await?;
         reader.read_exact(&mut buf[..last_len]).await?;
         keys.open_segment(last, &mut buf[..last_len])?;
         let end = offset.saturating_add(len).min(plain_len);
@@ -362,8 +399,14 @@ impl Client {
         }
         let mut written = 0u64;
         for index in offset / SEGMENT as u64..=(end - 1) / SEGMENT as u64 {
-            let sealed_len = if index == last { last_len } else { SEALED_SEGMENT };
-            reader.seek(SeekFrom::Start(layout.segment_offset(index))).await?;
+            let sealed_len = if index == last {
+                last_len
+            } else {
+                SEALED_SEGMENT
+            };
+            reader
+                .seek(SeekFrom::Start(layout.segment_offset(index)))
+                .await?;
             reader.read_exact(&mut buf[..sealed_len]).await?;
             let n = keys.open_segment(index, &mut buf[..sealed_len])? as u64;
             let seg_start = index * SEGMENT as u64;
@@ -405,7 +448,9 @@ async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<Header, Error> {
     }
 }
 
-async fn read_salt_and_commitment<R: AsyncRead + Unpin>(r: &mut R) -> Result<([u8; SALT], [u8; COMMITMENT]), Error> {
+async fn read_salt_and_commitment<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<([u8; SALT], [u8; COMMITMENT]), Error> {
     let mut b = [0u8; SALT + COMMITMENT];
     if read_full(r, &mut b).await? < b.len() {
         return Err(MessageError::TruncatedHeader {

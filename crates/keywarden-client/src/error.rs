@@ -197,10 +197,18 @@ mod tests {
             Error::Sealed { .. }
         ));
         assert!(matches!(
-            Error::from(with(Code::FailedPrecondition, STATE_METADATA, "uninitialized")),
+            Error::from(with(
+                Code::FailedPrecondition,
+                STATE_METADATA,
+                "uninitialized"
+            )),
             Error::Uninitialized { .. }
         ));
-        match Error::from(with(Code::FailedPrecondition, KEY_STATE_METADATA, "suspended")) {
+        match Error::from(with(
+            Code::FailedPrecondition,
+            KEY_STATE_METADATA,
+            "suspended",
+        )) {
             Error::FailedPrecondition { key_state, .. } => {
                 assert_eq!(key_state.as_deref(), Some("suspended"))
             }

@@ -75,7 +75,12 @@ pub type Context = BTreeMap<String, String>;
 /// byte order of the key as u32 BE length + UTF-8 key, u32 BE length +
 /// UTF-8 value.
 pub fn encode_context(ctx: &Context) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + ctx.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>());
+    let mut out = Vec::with_capacity(
+        4 + ctx
+            .iter()
+            .map(|(k, v)| 8 + k.len() + v.len())
+            .sum::<usize>(),
+    );
     out.extend_from_slice(&(ctx.len() as u32).to_be_bytes());
     for (k, v) in ctx {
         out.extend_from_slice(&(k.len() as u32).to_be_bytes());
@@ -196,7 +201,9 @@ impl HeaderParser {
     /// Feeds exactly [`need`](Self::need) bytes.
     pub fn feed(&mut self, part: &[u8]) -> Result<(), MessageError> {
         if part.len() != self.need() {
-            return Err(MessageError::TruncatedHeader { field: self.field() });
+            return Err(MessageError::TruncatedHeader {
+                field: self.field(),
+            });
         }
         match (self.count, self.pending_blob) {
             (None, _) => {
@@ -244,7 +251,9 @@ impl HeaderParser {
     /// The header, once [`need`](Self::need) is 0.
     pub fn finish(self) -> Result<Header, MessageError> {
         if self.need() != 0 {
-            return Err(MessageError::TruncatedHeader { field: self.field() });
+            return Err(MessageError::TruncatedHeader {
+                field: self.field(),
+            });
         }
         Ok(Header {
             recipients: self.recipients,
@@ -286,7 +295,10 @@ impl MessageKeys {
         info.extend_from_slice(&chunk_context(header, ctx));
         let mut okm = Zeroizing::new([0u8; 32 + 12 + COMMITMENT]);
         Hkdf::<Sha256>::from_prk(data_key)
-            .and_then(|hk| hk.expand(&info, okm.as_mut()).map_err(|_| hkdf::InvalidPrkLength))
+            .and_then(|hk| {
+                hk.expand(&info, okm.as_mut())
+                    .map_err(|_| hkdf::InvalidPrkLength)
+            })
             .map_err(|_| MessageError::KeyDerivation)?;
         let cipher = Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(&okm[..32]));
         let mut base_nonce = [0u8; 12];
@@ -327,7 +339,12 @@ impl MessageKeys {
 
     /// Seals segment `index` in place: `buf[start..]` holds its plaintext
     /// on entry and its ciphertext followed by the tag on return.
-    pub fn seal_segment(&self, index: u64, buf: &mut Vec<u8>, start: usize) -> Result<(), MessageError> {
+    pub fn seal_segment(
+        &self,
+        index: u64,
+        buf: &mut Vec<u8>,
+        start: usize,
+    ) -> Result<(), MessageError> {
         let nonce = self.nonce(index)?;
         let plain = buf.get_mut(start..).ok_or(MessageError::TooLong)?;
         let tag = self
@@ -373,8 +390,9 @@ pub fn seal_message(
 ) -> Result<Vec<u8>, MessageError> {
     let keys = MessageKeys::derive(data_key, salt, header.as_bytes(), ctx)?;
     let segments = plaintext.len() / SEGMENT + 1;
-    let mut out =
-        Vec::with_capacity(header.as_bytes().len() + SALT + COMMITMENT + plaintext.len() + segments * TAG);
+    let mut out = Vec::with_capacity(
+        header.as_bytes().len() + SALT + COMMITMENT + plaintext.len() + segments * TAG,
+    );
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(salt);
     out.extend_from_slice(keys.commitment());
@@ -411,10 +429,12 @@ impl Layout {
     /// Segments (full ones plus the final one) and the plaintext length;
     /// an impossible length is a truncation.
     pub fn segments(&self) -> Result<(u64, u64), MessageError> {
-        let body = self
-            .total_len
-            .checked_sub(self.body_start())
-            .ok_or(MessageError::TruncatedHeader { field: "salt and commitment" })?;
+        let body =
+            self.total_len
+                .checked_sub(self.body_start())
+                .ok_or(MessageError::TruncatedHeader {
+                    field: "salt and commitment",
+                })?;
         let full = body / SEALED_SEGMENT as u64;
         let rest = body % SEALED_SEGMENT as u64;
         if rest < TAG as u64 {
@@ -451,7 +471,9 @@ pub fn open_message(
         .ok_or(MessageError::TruncatedHeader { field: "salt" })?;
     let commitment = rest
         .get(SALT..SALT + COMMITMENT)
-        .ok_or(MessageError::TruncatedHeader { field: "commitment" })?;
+        .ok_or(MessageError::TruncatedHeader {
+            field: "commitment",
+        })?;
     let keys = MessageKeys::derive(data_key, &salt, header.as_bytes(), ctx)?;
     keys.check_commitment(commitment)?;
     let (_, plain_len) = layout.segments()?;
@@ -496,9 +518,8 @@ mod tests {
     }
 
     fn header() -> Header {
-        Header::new(vec![vec![0x4b, 0x57, 1, 1, 9, 9, 9], vec![7; 84]]).unwrap_or_else(|e| {
-            unreachable!("{e}")
-        })
+        Header::new(vec![vec![0x4b, 0x57, 1, 1, 9, 9, 9], vec![7; 84]])
+            .unwrap_or_else(|e| unreachable!("{e}"))
     }
 
     #[test]
@@ -532,10 +553,22 @@ mod tests {
         assert_eq!(Header::parse(&b), Err(MessageError::BadMagic));
         let mut b = h.as_bytes().to_vec();
         b[11] = 9;
-        assert!(matches!(Header::parse(&b), Err(MessageError::Header { field: "recipients", .. })));
+        assert!(matches!(
+            Header::parse(&b),
+            Err(MessageError::Header {
+                field: "recipients",
+                ..
+            })
+        ));
         let mut b = h.as_bytes().to_vec();
         b[11] = 0;
-        assert!(matches!(Header::parse(&b), Err(MessageError::Header { field: "recipients", .. })));
+        assert!(matches!(
+            Header::parse(&b),
+            Err(MessageError::Header {
+                field: "recipients",
+                ..
+            })
+        ));
         assert!(Header::new(vec![vec![1]; 9]).is_err());
         assert!(Header::new(vec![]).is_err());
         for cut in 0..h.as_bytes().len() {
@@ -555,7 +588,10 @@ mod tests {
     #[test]
     fn blob_key_reads_id_and_version() {
         let mut blob = vec![0x4b, 0x57, 1, 1];
-        blob.extend_from_slice(&[0x3f, 0x2a, 0x9c, 0x4e, 0x1b, 0x7d, 0x4e, 0x8a, 0x9c, 0x21, 0x5d, 0x6e, 0x7f, 0x80, 0x12, 0x34]);
+        blob.extend_from_slice(&[
+            0x3f, 0x2a, 0x9c, 0x4e, 0x1b, 0x7d, 0x4e, 0x8a, 0x9c, 0x21, 0x5d, 0x6e, 0x7f, 0x80,
+            0x12, 0x34,
+        ]);
         blob.extend_from_slice(&[0, 0, 0, 1]);
         assert_eq!(
             blob_key(&blob),

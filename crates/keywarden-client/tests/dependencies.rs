@@ -20,12 +20,31 @@ fn the_client_links_none_of_the_daemons_dependencies() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tree = String::from_utf8(out.stdout).unwrap();
-    let crates: Vec<&str> = tree.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    let crates: Vec<&str> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
     assert!(crates.contains(&"keywarden-proto"), "{tree}");
     assert!(crates.contains(&"aes-gcm"), "{tree}");
-    for banned in ["cryptoki", "cryptoki-sys", "rusqlite", "libsqlite3-sys", "age", "vsss-rs", "nix", "keywarden"] {
-        assert!(!crates.contains(&banned), "keywarden-client depends on {banned}:\n{tree}");
+    for banned in [
+        "cryptoki",
+        "cryptoki-sys",
+        "rusqlite",
+        "libsqlite3-sys",
+        "age",
+        "vsss-rs",
+        "nix",
+        "keywarden",
+    ] {
+        assert!(
+            !crates.contains(&banned),
+            "keywarden-client depends on {banned}:\n{tree}"
+        );
     }
 }

@@ -21,7 +21,10 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn vectors() -> Vec<Value> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/vectors/envelope-v1.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/vectors/envelope-v1.json"
+    );
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     doc["vectors"].as_array().unwrap().clone()
 }
@@ -32,7 +35,6 @@ struct Case {
     header: Header,
     ctx: Context,
     plaintext: Vec<u8>,
-    v: Value,
 }
 
 fn case(v: &Value) -> Case {
@@ -50,7 +52,6 @@ fn case(v: &Value) -> Case {
         header: Header::new(recipients).unwrap(),
         ctx,
         plaintext: (0..len).map(|i| (i % 251) as u8).collect(),
-        v: v.clone(),
     }
 }
 
@@ -62,17 +63,33 @@ fn every_vector_is_reproduced_byte_for_byte() {
         let c = case(v);
         let name = v["name"].as_str().unwrap();
         assert_eq!(hex(c.header.as_bytes()), v["header"], "{name}: header");
-        assert_eq!(hex(&format::encode_context(&c.ctx)), v["context_encoding"], "{name}");
+        assert_eq!(
+            hex(&format::encode_context(&c.ctx)),
+            v["context_encoding"],
+            "{name}"
+        );
         assert_eq!(
             hex(&format::chunk_context(c.header.as_bytes(), &c.ctx)),
             v["chunk_context"],
             "{name}"
         );
         let keys = MessageKeys::derive(&c.key, &c.salt, c.header.as_bytes(), &c.ctx).unwrap();
-        assert_eq!(hex(keys.commitment()), v["commitment"], "{name}: commitment");
+        assert_eq!(
+            hex(keys.commitment()),
+            v["commitment"],
+            "{name}: commitment"
+        );
         let msg = format::seal_message(&c.key, &c.header, &c.salt, &c.ctx, &c.plaintext).unwrap();
-        assert_eq!(msg.len() as u64, v["message_length"].as_u64().unwrap(), "{name}");
-        assert_eq!(hex(&Sha256::digest(&msg)), v["message_sha256"], "{name}: digest");
+        assert_eq!(
+            msg.len() as u64,
+            v["message_length"].as_u64().unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            hex(&Sha256::digest(&msg)),
+            v["message_sha256"],
+            "{name}: digest"
+        );
         if let Some(m) = v.get("message") {
             assert_eq!(&hex(&msg), m, "{name}: message");
         }
@@ -142,7 +159,15 @@ fn truncation_reordering_duplication_and_appending_are_refused() {
     };
     let open = |m: &[u8]| format::open_message(&c.key, m, &c.ctx).map(|_| ());
     // Truncated at every segment boundary and in the middle of each.
-    for cut in [body, body + 1, body + format::SEALED_SEGMENT, body + format::SEALED_SEGMENT + 7, body + 2 * format::SEALED_SEGMENT, body + 3 * format::SEALED_SEGMENT, msg.len() - 1] {
+    for cut in [
+        body,
+        body + 1,
+        body + format::SEALED_SEGMENT,
+        body + format::SEALED_SEGMENT + 7,
+        body + 2 * format::SEALED_SEGMENT,
+        body + 3 * format::SEALED_SEGMENT,
+        msg.len() - 1,
+    ] {
         assert!(open(&msg[..cut]).is_err(), "truncated at {cut} accepted");
     }
     assert!(matches!(
@@ -170,4 +195,29 @@ fn truncation_reordering_duplication_and_appending_are_refused() {
         longer.extend(std::iter::repeat_n(0u8, extra));
         assert!(open(&longer).is_err(), "{extra} appended bytes accepted");
     }
+}
+
+/// A second implementation, in Python with `cryptography`
+/// (`scripts/check_vectors.py`), reproduces every vector too.
+#[test]
+fn an_independent_python_implementation_agrees() {
+    let python = if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let out = std::process::Command::new(python)
+        .arg("scripts/check_vectors.py")
+        .arg("docs/vectors/envelope-v1.json")
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{} (scripts/install-deps.sh --test installs python3-cryptography)",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("6 vectors match"));
 }

@@ -4,6 +4,8 @@
 //! latency percentiles, batches, peak daemon memory, and the same calls
 //! with the audit log off, for comparison.
 
+mod envelope;
+
 use std::future::Future;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -14,8 +16,8 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use crate::cli::Output;
-use keywarden_client::Client;
 use crate::proto;
+use keywarden_client::Client;
 
 /// Options of `keywarden bench`.
 #[derive(Debug, Clone)]
@@ -459,6 +461,16 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<()> {
     eprintln!("bench: data keys...");
     let figures = datakey_figures(&socket, &key, &o, true).await?;
     let peak = own.as_ref().and_then(|d| d.peak_rss_kib());
+    eprintln!("bench: envelope streams, the encrypt pipe, the cache...");
+    let audit_dir = own
+        .as_ref()
+        .map(|d| d.dir.path().join("state").join("audit"));
+    let sizes = if o.duration < Duration::from_secs(1) {
+        envelope::Sizes::SMOKE
+    } else {
+        envelope::Sizes::FULL
+    };
+    let envelope = envelope::figures(&socket, &key, audit_dir.as_deref(), sizes).await?;
     drop(own);
 
     let mut no_audit = None;
@@ -481,6 +493,7 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<()> {
         report.insert(k.clone(), v.clone());
     }
     report.insert("daemon_peak_rss_kib".into(), json!(peak));
+    report.insert("envelope".into(), envelope);
     if let Some(na) = &no_audit {
         report.insert("audit_off".into(), Value::Object(na.clone()));
     }
@@ -566,6 +579,28 @@ fn print_table(r: &Value) {
     }
     println!();
     println!("daemon peak RSS:     {} KiB", r["daemon_peak_rss_kib"]);
+    let e = &r["envelope"];
+    println!(
+        "stream MiB/s:        encrypt {} (raw GCM {}), decrypt {} (raw GCM {})",
+        e["stream_encrypt_mib_s"],
+        e["raw_gcm_encrypt_mib_s"],
+        e["stream_decrypt_mib_s"],
+        e["raw_gcm_decrypt_mib_s"]
+    );
+    println!(
+        "stream_vs_raw:       encrypt {}, decrypt {}",
+        e["stream_vs_raw"]["encrypt"], e["stream_vs_raw"]["decrypt"]
+    );
+    println!(
+        "encrypt pipe:        {} bytes, peak RSS {} KiB, {} MiB/s",
+        e["encrypt_pipe_bytes"], e["encrypt_pipe_peak_rss_kib"], e["encrypt_pipe_mib_s"]
+    );
+    println!(
+        "{} records:        {} daemon calls without the cache, {} with it",
+        e["cache"]["records"],
+        e["cache"]["without_cache"]["daemon_calls"],
+        e["cache"]["with_cache"]["daemon_calls"]
+    );
     println!("gdk_vs_limit:        {}", r["gdk_vs_limit"]);
     println!("batch_vs_hsm:        {}", r["batch_vs_hsm"]);
     if r["audit_on_vs_off_c16"].is_number() {
