@@ -22,7 +22,7 @@ RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
   cargo build --manifest-path "$root/fuzz/Cargo.toml" --release --locked --bins \
   --target "$triple" --target-dir "$target_dir"
 total=0
-for t in blob_decode share_parse policy_parse config_parse requests; do
+for t in blob_decode share_parse policy_parse config_parse requests envelope_open; do
   corpus="$root/fuzz/corpus/$t"
   artifacts="$root/fuzz/artifacts/$t"
   mkdir -p "$corpus" "$artifacts"
@@ -36,4 +36,4 @@ for t in blob_decode share_parse policy_parse config_parse requests; do
   total=$((total + execs))
   echo "fuzz $t: $execs executions in ${secs}s, no crash"
 done
-echo "fuzz: $total executions over 5 targets, no crash"
+echo "fuzz: $total executions over 6 targets, no crash"
