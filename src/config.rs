@@ -20,6 +20,19 @@ struct RawConfig {
     audit: Option<RawAudit>,
     #[serde(default)]
     lifecycle: Option<RawLifecycle>,
+    #[serde(default)]
+    dev: Option<RawDev>,
+}
+
+/// `[dev]`: written by `keywarden dev` only. It alone unlocks what a
+/// production daemon must never do (a threshold of 1, the open policy, a
+/// world-accessible socket, the audit off, short destruction delays), and
+/// `keywarden serve` refuses it unless started with `--dev`, which only
+/// `keywarden dev` passes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDev {
+    enabled: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +162,9 @@ pub struct Config {
     pub ceremony_timeout: std::time::Duration,
     /// A threshold of 1 is allowed (dev mode only).
     pub allow_single_share: bool,
+    /// Dev mode (`[dev] enabled = true`): shown in Status and every log
+    /// line; the only switch for the development-only settings.
+    pub dev: bool,
     pub policy: crate::guard::PolicySource,
     pub audit: crate::audit::AuditConfig,
     /// Benchmark mode: requests are not audited (dev only).
@@ -169,11 +185,31 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// A `[dev]` config given to a daemon not started by `keywarden dev`.
+    #[error("{path}: this is a development configuration ([dev] enabled = true); `keywarden serve` runs it only when started by `keywarden dev`")]
+    DevConfig { path: PathBuf },
 }
 
 impl Config {
     /// Reads, parses and validates a config file (and the HSM profile it names).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_for(path, false)
+    }
+
+    /// As [`load`](Self::load); a `[dev]` configuration is accepted only
+    /// when `dev_allowed` (the hidden `serve --dev` that `keywarden dev`
+    /// passes).
+    pub fn load_for(path: &Path, dev_allowed: bool) -> Result<Self, ConfigError> {
+        let c = Self::load_any(path)?;
+        if c.dev && !dev_allowed {
+            return Err(ConfigError::DevConfig {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(c)
+    }
+
+    fn load_any(path: &Path) -> Result<Self, ConfigError> {
         crate::policy::check_trusted_file(path).map_err(ConfigError::Invalid)?;
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -202,6 +238,16 @@ impl Config {
             }
         };
 
+        let dev = match raw.dev {
+            Some(RawDev { enabled }) => enabled,
+            None => false,
+        };
+        if raw.server.allow_world_socket && !dev {
+            return Err(ConfigError::Invalid(
+                "server.allow_world_socket is allowed in dev mode only ([dev] enabled = true)"
+                    .into(),
+            ));
+        }
         let socket_mode = raw.server.socket_mode.unwrap_or(0o660);
         if socket_mode & 0o007 != 0 && !raw.server.allow_world_socket {
             return Err(ConfigError::Invalid(format!(
@@ -288,16 +334,16 @@ impl Config {
             }
         };
 
-        if !seal.allow_single_share {
-            if matches!(policy, crate::guard::PolicySource::OpenDev) {
+        if !dev {
+            if seal.allow_single_share {
                 return Err(ConfigError::Invalid(
-                    "policy.open_dev is allowed in dev mode only (seal.allow_single_share = true)"
+                    "seal.allow_single_share is allowed in dev mode only ([dev] enabled = true)"
                         .into(),
                 ));
             }
-            if raw.server.allow_world_socket {
+            if matches!(policy, crate::guard::PolicySource::OpenDev) {
                 return Err(ConfigError::Invalid(
-                    "server.allow_world_socket is allowed in dev mode only (seal.allow_single_share = true)".into(),
+                    "policy.open_dev is allowed in dev mode only ([dev] enabled = true)".into(),
                 ));
             }
         }
@@ -309,11 +355,9 @@ impl Config {
             max_file_bytes: None,
             benchmark_disable: false,
         });
-        let allow_single_share = seal.allow_single_share;
-        if audit.benchmark_disable && !allow_single_share {
+        if audit.benchmark_disable && !dev {
             return Err(ConfigError::Invalid(
-                "audit.benchmark_disable is allowed in dev mode only (seal.allow_single_share = true)"
-                    .into(),
+                "audit.benchmark_disable is allowed in dev mode only ([dev] enabled = true)".into(),
             ));
         }
         let audit_disabled = audit.benchmark_disable;
@@ -329,7 +373,7 @@ impl Config {
         let lc = raw.lifecycle.unwrap_or_default();
         let mut lifecycle = crate::core::LifecycleConfig::default();
         if let Some(s) = lc.destroy_min_delay_secs {
-            if s < 1 || (s < 86_400 && !allow_single_share) {
+            if s < 1 || (s < 86_400 && !dev) {
                 return Err(ConfigError::Invalid(
                     "lifecycle.destroy_min_delay_secs below a day is allowed in dev mode only"
                         .into(),
@@ -360,7 +404,7 @@ impl Config {
         lifecycle.rotate_after_encryptions =
             lc.rotate_after_encryptions.unwrap_or(1 << 30).min(hard);
         lifecycle.reserve_block = lifecycle.reserve_block.min(hard).max(1);
-        if allow_single_share {
+        if dev {
             lifecycle.min_rotation_period = std::time::Duration::from_secs(1);
         }
         let tick = std::time::Duration::from_secs(lc.tick_secs.unwrap_or(5).clamp(1, 3600));
@@ -417,6 +461,7 @@ impl Config {
             pool_size,
             ceremony_timeout: std::time::Duration::from_secs(timeout),
             allow_single_share: seal.allow_single_share,
+            dev,
             policy,
             audit,
             audit_disabled,
@@ -463,6 +508,80 @@ mod tests {
         assert_eq!(c.token, TokenSelector::Label("kw".into()));
         assert_eq!(c.pool_size, 4);
         assert_eq!(c.socket_mode, 0o660);
+    }
+
+    /// Only `[dev] enabled = true` unlocks the development settings, each
+    /// of them refused without it; `serve` without `--dev` refuses a
+    /// `[dev]` file.
+    #[test]
+    fn dev_settings_need_the_dev_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = write_profile(dir.path());
+        let base = format!(
+            "[server]\nsocket = \"s.sock\"\nstate_dir = \"state\"\nSERVER\n[hsm]\nprofile = {profile:?}\ntoken_label = \"kw\"\nREST\n"
+        );
+        let policy = "[policy]\nfile = \"policy.toml\"\n";
+        let cases = [
+            (
+                "",
+                "[seal]\nallow_single_share = true\n",
+                "seal.allow_single_share",
+            ),
+            ("", "[policy]\nopen_dev = true\n", "policy.open_dev"),
+            (
+                "allow_world_socket = true\nsocket_mode = 0o666",
+                "",
+                "allow_world_socket",
+            ),
+            (
+                "",
+                "[audit]\nbenchmark_disable = true\n",
+                "audit.benchmark_disable",
+            ),
+            (
+                "",
+                "[lifecycle]\ndestroy_min_delay_secs = 2\n",
+                "destroy_min_delay_secs",
+            ),
+        ];
+        for (server, rest, field) in cases {
+            let with_policy = if rest.contains("[policy]") {
+                rest.to_string()
+            } else {
+                format!("{rest}{policy}")
+            };
+            let text = base.replace("SERVER", server).replace("REST", &with_policy);
+            let e = Config::from_toml(&text, &dir.path().join("c.toml"), dir.path()).unwrap_err();
+            assert!(e.to_string().contains(field), "{field}: {e}");
+            let dev = format!("{text}[dev]\nenabled = true\n");
+            let c = Config::from_toml(&dev, &dir.path().join("c.toml"), dir.path()).unwrap();
+            assert!(c.dev, "{field}");
+        }
+        // The file as `keywarden dev` writes it: refused by a plain serve.
+        let path = dir.path().join("dev.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "{}[dev]\nenabled = true\n",
+                base.replace("SERVER", "").replace("REST", policy)
+            ),
+        )
+        .unwrap();
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+        std::fs::set_permissions(&path, perms).unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert!(matches!(e, ConfigError::DevConfig { .. }), "{e}");
+        assert!(Config::load_for(&path, true).unwrap().dev);
+        // `[dev] enabled = false` is a production file.
+        let off = format!(
+            "{}[dev]\nenabled = false\n",
+            base.replace("SERVER", "").replace(
+                "REST",
+                "[seal]\nallow_single_share = true\n[policy]\nfile = \"p\"\n"
+            )
+        );
+        assert!(Config::from_toml(&off, &dir.path().join("c.toml"), dir.path()).is_err());
     }
 
     #[test]

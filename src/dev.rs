@@ -16,6 +16,66 @@ use crate::secret::Pin;
 
 /// Label of the dev token.
 pub const DEV_TOKEN_LABEL: &str = "keywarden-dev";
+/// The pid of the `keywarden dev` process, for its `serve` child: the child
+/// asks the kernel for SIGTERM when its parent dies, and exits at once if
+/// the parent is already gone.
+pub const DEV_PARENT_ENV: &str = "KEYWARDEN_DEV_PARENT";
+
+/// The lock a running `keywarden dev` holds in its directory.
+const DEV_LOCK: &str = "dev.lock";
+
+/// Removes the temporary directories of `keywarden dev` processes that
+/// died without cleaning up (SIGKILL): those whose `dev.lock` nobody holds.
+/// Directories without one (another program's, or being created) are left.
+pub fn remove_stale_dev_dirs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let named = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("keywarden-dev-"));
+        if !named || !path.join(DEV_LOCK).is_file() {
+            continue;
+        }
+        let state = path.join("state");
+        let serve_gone = !state.join("keywarden.lock").exists()
+            || crate::server::lock::DirLock::take(&state, "keywarden.lock").is_ok();
+        if !serve_gone {
+            continue;
+        }
+        if let Ok(lock) = crate::server::lock::DirLock::take(&path, DEV_LOCK) {
+            drop(lock);
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => eprintln!(
+                    "dev: removed {} (left by a dev process that was killed)",
+                    path.display()
+                ),
+                Err(err) => eprintln!("dev: could not remove stale {}: {err}", path.display()),
+            }
+        }
+    }
+}
+
+/// In the `serve --dev` child: die with the `keywarden dev` parent. A
+/// SIGKILLed `dev` must not leave an unsealed daemon on a world-accessible
+/// socket under the open policy.
+pub fn die_with_parent() -> anyhow::Result<()> {
+    let Some(parent) = std::env::var(DEV_PARENT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return Ok(());
+    };
+    nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGTERM))?;
+    // The parent may have died before the request took effect.
+    if nix::unistd::getppid().as_raw() != parent {
+        anyhow::bail!("the keywarden dev process that started this daemon is gone");
+    }
+    Ok(())
+}
 
 /// The software token a dev daemon runs on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -237,7 +297,9 @@ async fn prepare(
              [server]\nsocket = {sock:?}\nstate_dir = \"state\"\nallow_root = true\n\
              allow_world_socket = true\nsocket_mode = 0o666\n\n\
              [hsm]\nprofile = {profile_name:?}\ntoken_label = {DEV_TOKEN_LABEL:?}\n{module_line}\n\
-             [seal]\nallow_single_share = true\n\n{policy}{audit}{lifecycle}"
+             [seal]\nallow_single_share = true\n\n{policy}{audit}{lifecycle}\n\
+             # Development only: `keywarden serve` refuses this file unless\n\
+             # `keywarden dev` starts it.\n[dev]\nenabled = true\n"
         ),
     )?;
     Ok(DevLayout {
@@ -362,6 +424,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
             (None, d)
         }
         None => {
+            remove_stale_dev_dirs(&std::env::temp_dir());
             let t = tempfile::Builder::new()
                 .prefix("keywarden-dev-")
                 .tempdir()?;
@@ -369,6 +432,9 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
             (Some(t), p)
         }
     };
+    // Held for this process's lifetime: a later `keywarden dev` that can
+    // take it knows this one is dead (SIGKILLed before it could clean up).
+    let _alive = crate::server::lock::DirLock::take(&root, DEV_LOCK)?;
     let layout = prepare(
         &root,
         socket,
@@ -387,8 +453,10 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .arg("serve")
+        .arg("--dev")
         .arg("--config")
         .arg(&layout.config)
+        .env(DEV_PARENT_ENV, std::process::id().to_string())
         .env(layout.token_conf.0, &layout.token_conf.1)
         .kill_on_drop(true)
         .spawn()?;

@@ -41,6 +41,9 @@ pub struct Guard {
     break_glass: Mutex<Vec<BreakGlassGrant>>,
     /// Benchmark mode (dev only): requests are answered without auditing.
     pub audit_disabled: bool,
+    /// Bumped when who may use which key can have changed (a policy
+    /// reload, a break-glass grant): client caches are told to reset.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 fn secs(t: SystemTime) -> u64 {
@@ -61,6 +64,7 @@ impl Guard {
             audit,
             break_glass: Mutex::new(Vec::new()),
             audit_disabled,
+            epoch: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -85,6 +89,7 @@ impl Guard {
         match r {
             Ok(p) => {
                 *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
+                self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 audit::event("policy_reload", "ok", json!({}));
                 Ok(())
             }
@@ -178,6 +183,7 @@ impl Guard {
         let mut grants = self.break_glass.lock().unwrap_or_else(|p| p.into_inner());
         grants.retain(|x| x.expires > now);
         grants.push(g.clone());
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         audit::event(
             "break_glass",
             "granted",
@@ -188,6 +194,17 @@ impl Guard {
             }),
         );
         Ok(g)
+    }
+
+    /// Changes whenever what callers may do can have changed: the policy
+    /// was reloaded, a grant was made, or one expired (the count of
+    /// unexpired grants).
+    pub fn access_epoch(&self) -> (u64, usize) {
+        let grants = self.active_break_glass().len();
+        (
+            self.epoch.load(std::sync::atomic::Ordering::Acquire),
+            grants,
+        )
     }
 
     /// Unexpired break-glass grants.

@@ -57,6 +57,10 @@ enum Command {
     Serve {
         #[arg(long)]
         config: PathBuf,
+        /// Accept a development configuration (`[dev]`); only `keywarden
+        /// dev` passes this.
+        #[arg(long, hide = true)]
+        dev: bool,
     },
     /// Run a development daemon on a throwaway SoftHSM token.
     Dev {
@@ -205,13 +209,37 @@ fn dev_lifecycle(
     Ok(out)
 }
 
-fn init_logging() {
+/// Writes each log line to stderr, prefixed with `[DEV MODE] ` in dev mode
+/// (one writer per event, so the prefix starts every line).
+struct LogLine {
+    dev: bool,
+    started: bool,
+}
+
+impl std::io::Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut err = std::io::stderr().lock();
+        if self.dev && !self.started {
+            err.write_all(b"[DEV MODE] ")?;
+        }
+        self.started = true;
+        err.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+fn init_logging(dev: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(move || LogLine {
+            dev,
+            started: false,
+        })
+        .with_ansi(!dev && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -221,9 +249,12 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
     match cli.command {
-        Command::Serve { config } => {
-            init_logging();
-            let config = keywarden::config::Config::load(&config)?;
+        Command::Serve { config, dev } => {
+            let config = keywarden::config::Config::load_for(&config, dev)?;
+            if dev {
+                keywarden::dev::die_with_parent()?;
+            }
+            init_logging(config.dev);
             keywarden::server::serve(config).await
         }
         Command::Dev {

@@ -26,6 +26,8 @@ mod watch {
     use tonic::Status;
 
     use crate::core::{KeyChange, Keywarden};
+    use crate::guard::Guard;
+    use crate::policy::Caller;
     use crate::proto::{key_event::Kind, KeyEvent};
 
     /// The heartbeat period (clients stop using cached keys after 750 ms
@@ -39,20 +41,39 @@ mod watch {
         }
     }
 
-    pub async fn follow(core: Arc<Keywarden>, tx: Sender<Result<KeyEvent, Status>>) {
+    pub async fn follow(
+        core: Arc<Keywarden>,
+        guard: Arc<Guard>,
+        caller: Caller,
+        tx: Sender<Result<KeyEvent, Status>>,
+    ) {
         let mut changes = core.watch();
         let mut beat = tokio::time::interval(HEARTBEAT);
+        let mut access = guard.access_epoch();
         loop {
             let ev = tokio::select! {
                 _ = beat.tick() => {
-                    if !core.is_serving() {
+                    let end = if !core.is_serving() {
+                        Some(Status::unavailable("the daemon stopped serving keys (sealed)"))
+                    } else if !guard.may_use_data_keys(&caller) {
+                        Some(Status::permission_denied("this caller may no longer use data keys"))
+                    } else {
+                        None
+                    };
+                    if let Some(status) = end {
                         let _ = tx.send(Ok(event(Kind::Reset))).await;
-                        let _ = tx
-                            .send(Err(Status::unavailable("the daemon stopped serving keys (sealed)")))
-                            .await;
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
-                    event(Kind::Heartbeat)
+                    // The policy changed, or a break-glass grant came or
+                    // went: what this caller may use can have changed.
+                    let now = guard.access_epoch();
+                    if now != access {
+                        access = now;
+                        event(Kind::Reset)
+                    } else {
+                        event(Kind::Heartbeat)
+                    }
                 }
                 change = changes.recv() => match change {
                     Ok(KeyChange::Changed { name, key_id, state }) => KeyEvent {
@@ -345,7 +366,12 @@ impl DataKeyService for DataKeyApi {
         self.ctx.audit(vec![entry]).await?;
         r?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(watch::follow(self.ctx.core.clone(), tx));
+        tokio::spawn(watch::follow(
+            self.ctx.core.clone(),
+            self.ctx.guard.clone(),
+            caller,
+            tx,
+        ));
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             rx,
         )))

@@ -25,6 +25,8 @@ pub struct Ctx {
     pub guard: Arc<Guard>,
     /// Open and refused connections (Status shows them).
     pub connections: Arc<crate::server::conn::Tracker>,
+    /// Started by `keywarden dev` with a `[dev]` configuration.
+    pub dev_mode: bool,
 }
 
 /// An identified, authorized call.

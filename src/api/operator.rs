@@ -198,6 +198,7 @@ impl OperatorService for OperatorApi {
             connections_open: conns.open as u64,
             connections_refused: conns.refused,
             connections_timed_out: conns.timed_out,
+            dev_mode: self.ctx.dev_mode,
             registry_tampering: s
                 .tampering
                 .iter()

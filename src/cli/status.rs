@@ -56,6 +56,7 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
             "audit_health": s.audit_health,
             "audit_detail": s.audit_detail,
             "policy": s.policy,
+            "dev_mode": s.dev_mode,
             "caller": s.caller,
             "registry_tampering": s.registry_tampering,
             "hardening": s.hardening,
@@ -121,6 +122,9 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
                 out!("audit:       {}", s.audit_health);
             } else {
                 out!("audit:       {} ({})", s.audit_health, s.audit_detail);
+            }
+            if s.dev_mode {
+                out!("mode:        DEV MODE (keywarden dev): never use this daemon for real data");
             }
             out!("policy:      {}", s.policy);
             for t in &s.registry_tampering {

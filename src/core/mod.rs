@@ -174,6 +174,31 @@ pub enum KeyChange {
     Reset,
 }
 
+/// What a client cache's use of a key depends on: everything but the
+/// encryption counters and descriptive fields.
+#[allow(clippy::type_complexity)]
+fn access_view(
+    r: &KeyRecord,
+) -> (
+    KeyState,
+    u32,
+    Vec<(u32, VersionState)>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    usize,
+) {
+    (
+        r.state,
+        r.min_decrypt_version,
+        r.versions.iter().map(|v| (v.version, v.state)).collect(),
+        r.destroy_due_at,
+        r.destruction_started_at,
+        r.destroyed_at,
+        r.holds.len(),
+    )
+}
+
 /// How many changes a slow subscriber may fall behind before it is told
 /// to reset.
 const CHANGE_BACKLOG: usize = 1024;
@@ -572,9 +597,11 @@ impl Keywarden {
         let rec = Arc::new(record);
         let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
         t.by_id.insert(rec.id, rec.name.clone());
-        t.by_name.insert(rec.name.clone(), rec.clone());
+        let old = t.by_name.insert(rec.name.clone(), rec.clone());
         drop(t);
-        if !is_new {
+        // Encryption-count reservations change nothing a cache depends on.
+        let access_changed = old.is_none_or(|o| access_view(&o) != access_view(&rec));
+        if !is_new && access_changed {
             // Before the caller's answer: a cache that hears this stops
             // using the key before the admin sees the call succeed. No
             // subscriber is not an error.

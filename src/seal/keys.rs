@@ -18,19 +18,25 @@ const LABEL_KEYRING: &[u8] = b"keywarden/v1/keyring-key";
 const LABEL_SEAL_MAC: &[u8] = b"keywarden/v1/seal-file-mac";
 
 /// The 256-bit unseal key. Exists in memory only while a ceremony needs it.
+/// Boxed, so moving it moves a pointer and leaves no copy of the key on
+/// the stack; filled in place.
 #[derive(Zeroize, ZeroizeOnDrop)]
-pub struct UnsealKey([u8; UNSEAL_KEY_LEN]);
+pub struct UnsealKey(Box<[u8; UNSEAL_KEY_LEN]>);
 
 impl UnsealKey {
     pub fn random() -> Result<Self, String> {
-        let mut k = [0u8; UNSEAL_KEY_LEN];
-        getrandom::fill(&mut k).map_err(|e| format!("OS random generator: {e}"))?;
-        Ok(UnsealKey(k))
+        let mut key = UnsealKey(Box::new([0u8; UNSEAL_KEY_LEN]));
+        getrandom::fill(&mut key.0[..]).map_err(|e| format!("OS random generator: {e}"))?;
+        Ok(key)
     }
 
     pub fn from_slice(bytes: &[u8]) -> Option<Self> {
-        let arr: [u8; UNSEAL_KEY_LEN] = bytes.try_into().ok()?;
-        Some(UnsealKey(arr))
+        if bytes.len() != UNSEAL_KEY_LEN {
+            return None;
+        }
+        let mut key = UnsealKey(Box::new([0u8; UNSEAL_KEY_LEN]));
+        key.0.copy_from_slice(bytes);
+        Some(key)
     }
 
     pub fn expose(&self) -> &[u8; UNSEAL_KEY_LEN] {
@@ -38,7 +44,7 @@ impl UnsealKey {
     }
 
     fn derive(&self, label: &[u8], set_id: &[u8; 4]) -> Zeroizing<[u8; 32]> {
-        let hk = Hkdf::<Sha256>::new(Some(set_id), &self.0);
+        let hk = Hkdf::<Sha256>::new(Some(set_id), &self.0[..]);
         let mut out = Zeroizing::new([0u8; 32]);
         // 32 bytes is far below HKDF-SHA256's limit of 8160; expand cannot fail.
         let _ = hk.expand(label, out.as_mut());
@@ -90,13 +96,13 @@ mod tests {
 
     #[test]
     fn derivations_are_distinct_and_bound_to_the_set() {
-        let k = UnsealKey([7u8; 32]);
+        let k = UnsealKey(Box::new([7u8; 32]));
         let set = [1, 2, 3, 4];
         let other = [1, 2, 3, 5];
         assert_ne!(k.check_value(&set), k.check_value(&other));
         assert!(k.matches(&set, &k.check_value(&set)));
         assert!(!k.matches(&other, &k.check_value(&set)));
-        assert!(!UnsealKey([8u8; 32]).matches(&set, &k.check_value(&set)));
+        assert!(!UnsealKey(Box::new([8u8; 32])).matches(&set, &k.check_value(&set)));
         assert_ne!(*k.keyring_key(&set), *k.keyring_key(&other));
         let (u, s) = (k.user_pin(&set), k.so_pin(&set));
         assert_eq!(u.expose_for_test().len(), 32);

@@ -403,9 +403,8 @@ fn issue_shares(
             .unwrap_or_else(|| format!("share-{}", s.index));
         let issued = match plan.recipients.get(i) {
             Some(rec) => {
-                let armored =
-                    age::encrypt_and_armor(rec, format!("{}\n", line.as_str()).as_bytes())
-                        .map_err(|e| SealError::Storage(format!("age encryption: {e}")))?;
+                let armored = age::encrypt_and_armor(rec, &share_text(&line))
+                    .map_err(|e| SealError::Storage(format!("age encryption: {e}")))?;
                 IssuedShare {
                     label,
                     share: Zeroizing::new(armored),
@@ -1119,4 +1118,12 @@ impl Seal {
         );
         Ok(())
     }
+}
+
+/// A share line and its newline in zeroizing memory, for age to encrypt.
+fn share_text(line: &str) -> Zeroizing<Vec<u8>> {
+    let mut text = Zeroizing::new(Vec::with_capacity(line.len() + 1));
+    text.extend_from_slice(line.as_bytes());
+    text.push(b'\n');
+    text
 }

@@ -201,6 +201,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     })
     .await??;
     let core = Arc::new(core);
+    if config.dev {
+        warn!("DEV MODE: started by `keywarden dev`; never use this daemon for real data");
+    }
     if config.audit_disabled {
         warn!("AUDIT DISABLED (benchmark mode): requests are answered without being audited");
     }
@@ -213,6 +216,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         core: core.clone(),
         guard: guard.clone(),
         connections: conn::Tracker::new(config.connections),
+        dev_mode: config.dev,
     };
     // The lifecycle scheduler: due rotations and destructions.
     {

@@ -7,12 +7,14 @@
 //! before the admin's call returns, and a heartbeat every 250 ms. The
 //! cache serves only while it has heard from the daemon within the last
 //! [`LIVENESS`]: a broken or silent stream empties it and every call goes
-//! to the daemon until the stream is back. A key change marks every lease
-//! of that key revoked, so a stream that is being decrypted with it stops
-//! at its next segment.
+//! to the daemon until the stream is back. A key change invalidates every
+//! lease of that key (each key id has a generation; a lease remembers the
+//! one it was fetched at), so a stream being decrypted with it stops at its
+//! next batch of segments (at most 256 KiB later). A key fetched while a
+//! change arrives is not cached (a ticket taken before the fetch).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -66,53 +68,49 @@ pub struct CacheStats {
     pub live: bool,
 }
 
-/// A data key handed out by the cache, and whether it was revoked since.
+/// A data key handed out by the cache. It stays valid until a key it
+/// involves changes or the cache loses the daemon, whatever happens to the
+/// entry it came from (retired at its limits, replaced, evicted).
 pub(crate) struct Lease {
     pub key: Arc<DataKey>,
     pub blobs: Arc<Vec<Vec<u8>>>,
-    revoked: Arc<AtomicBool>,
+    /// (key id, its generation when the key was fetched).
+    stamps: Vec<(String, u64)>,
+    epoch: u64,
     cache: Weak<Cache>,
 }
 
 impl Lease {
-    /// False once the key changed or the cache lost the daemon.
+    /// False once a key it involves changed or the cache lost the daemon.
     pub fn valid(&self) -> bool {
-        if self.revoked.load(Ordering::Acquire) {
-            return false;
-        }
         match self.cache.upgrade() {
-            Some(c) => c.is_live(&c.lock()),
-            None => true,
+            Some(c) => {
+                let s = c.lock();
+                c.is_live(&s)
+                    && s.epoch == self.epoch
+                    && self.stamps.iter().all(|(id, g)| s.generation(id) == *g)
+            }
+            // The client is gone: nothing is being served any more.
+            None => false,
         }
     }
+}
+
+/// Taken before a daemon call that fetches a key for the cache: if any key
+/// changes (or the stream drops) before the answer is stored, it is not.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket {
+    changes: u64,
 }
 
 struct Entry {
     key: Arc<DataKey>,
     blobs: Arc<Vec<Vec<u8>>>,
-    key_ids: Vec<String>,
+    stamps: Vec<(String, u64)>,
+    epoch: u64,
     created: Instant,
     messages: u64,
     bytes: u64,
-    revoked: Arc<AtomicBool>,
-}
-
-impl Entry {
-    fn new(key: DataKey, blobs: Vec<Vec<u8>>, key_ids: Vec<String>) -> Self {
-        Entry {
-            key: Arc::new(key),
-            blobs: Arc::new(blobs),
-            key_ids,
-            created: Instant::now(),
-            messages: 0,
-            bytes: 0,
-            revoked: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    fn revoke(&self) {
-        self.revoked.store(true, Ordering::Release);
-    }
 }
 
 /// Encrypt entries are keyed by the CMK names and the encoded context;
@@ -123,40 +121,48 @@ type DecKey = (Vec<u8>, Vec<u8>);
 #[derive(Default)]
 struct State {
     heard: Option<Instant>,
+    /// Bumped when everything must be forgotten (reset, stream lost).
+    epoch: u64,
+    /// Bumped by every change, reset or loss: a fetch that overlaps one is
+    /// not stored.
+    changes: u64,
+    /// Per key id, bumped by each of its changes.
+    generations: HashMap<String, u64>,
     enc: HashMap<EncKey, Entry>,
     dec: HashMap<DecKey, Entry>,
 }
 
 impl State {
-    fn clear(&mut self) {
-        for e in self.enc.values().chain(self.dec.values()) {
-            e.revoke();
-        }
-        self.enc.clear();
-        self.dec.clear();
+    fn generation(&self, key_id: &str) -> u64 {
+        self.generations.get(key_id).copied().unwrap_or(0)
     }
 
-    /// Drops every entry that involves `key_id`; returns how many.
-    fn drop_key(&mut self, key_id: &str) -> u64 {
-        let mut n = 0;
-        let hit = |e: &Entry| e.key_ids.iter().any(|k| k == key_id);
-        self.enc.retain(|_, e| {
-            let drop = hit(e);
-            if drop {
-                e.revoke();
-                n += 1;
-            }
-            !drop
-        });
-        self.dec.retain(|_, e| {
-            let drop = hit(e);
-            if drop {
-                e.revoke();
-                n += 1;
-            }
-            !drop
-        });
+    fn forget_all(&mut self) -> u64 {
+        let n = (self.enc.len() + self.dec.len()) as u64;
+        self.enc.clear();
+        self.dec.clear();
+        self.epoch += 1;
+        self.changes += 1;
         n
+    }
+
+    /// Drops every entry that involves `key_id` and invalidates its leases;
+    /// returns how many entries went.
+    fn drop_key(&mut self, key_id: &str) -> u64 {
+        *self.generations.entry(key_id.to_string()).or_insert(0) += 1;
+        self.changes += 1;
+        let before = self.enc.len() + self.dec.len();
+        let hit = |e: &Entry| e.stamps.iter().any(|(k, _)| k == key_id);
+        self.enc.retain(|_, e| !hit(e));
+        self.dec.retain(|_, e| !hit(e));
+        (before - self.enc.len() - self.dec.len()) as u64
+    }
+
+    fn stamps(&self, key_ids: &[String]) -> Vec<(String, u64)> {
+        key_ids
+            .iter()
+            .map(|k| (k.clone(), self.generation(k)))
+            .collect()
     }
 }
 
@@ -184,15 +190,19 @@ impl Cache {
             field: "Client::with_cache",
             reason: "must be called inside a Tokio runtime".into(),
         })?;
-        let cache = Arc::new(Cache {
+        let cache = Arc::new(Cache::new(config));
+        handle.spawn(watch(Arc::downgrade(&cache), stub));
+        Ok(cache)
+    }
+
+    fn new(config: CacheConfig) -> Cache {
+        Cache {
             config,
             state: Mutex::new(State::default()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             revoked: AtomicU64::new(0),
-        });
-        handle.spawn(watch(Arc::downgrade(&cache), stub));
-        Ok(cache)
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -217,13 +227,27 @@ impl Cache {
         Lease {
             key: e.key.clone(),
             blobs: e.blobs.clone(),
-            revoked: e.revoked.clone(),
+            stamps: e.stamps.clone(),
+            epoch: e.epoch,
             cache: Arc::downgrade(self),
         }
     }
 
+    /// To take before fetching a key that will be offered to the cache.
+    pub(crate) fn ticket(&self) -> Ticket {
+        Ticket {
+            changes: self.lock().changes,
+        }
+    }
+
+    fn miss(&self) -> Option<Lease> {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
     /// A cached data key for encrypting `bytes` more bytes under `keys`
-    /// with this context, counted against the entry's limits.
+    /// with this context, counted against the entry's limits. An entry at
+    /// its limits is retired (no new leases; leases already out stay valid).
     pub(crate) fn take_encrypt(
         self: &Arc<Self>,
         keys: &[&str],
@@ -232,10 +256,9 @@ impl Cache {
     ) -> Option<Lease> {
         let mut s = self.lock();
         if !self.is_live(&s) {
-            s.clear();
+            s.forget_all();
             drop(s);
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            return None;
+            return self.miss();
         }
         let k: EncKey = (keys.iter().map(|k| k.to_string()).collect(), ctx.to_vec());
         let cfg = self.config;
@@ -245,55 +268,71 @@ impl Cache {
                 && e.bytes.saturating_add(bytes) <= cfg.max_bytes
         });
         if !usable {
-            if let Some(old) = s.enc.remove(&k) {
-                old.revoke();
-            }
+            s.enc.remove(&k);
             drop(s);
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            return None;
+            return self.miss();
         }
-        let e = s.enc.get_mut(&k)?;
-        e.messages += 1;
-        e.bytes += bytes;
-        let lease = self.lease(e);
+        let lease = {
+            let e = s.enc.get_mut(&k)?;
+            e.messages += 1;
+            e.bytes += bytes;
+            Lease {
+                key: e.key.clone(),
+                blobs: e.blobs.clone(),
+                stamps: e.stamps.clone(),
+                epoch: e.epoch,
+                cache: Arc::downgrade(self),
+            }
+        };
         drop(s);
         self.hits.fetch_add(1, Ordering::Relaxed);
         Some(lease)
     }
 
-    /// Stores a fresh data key for encryption (already used once).
+    /// Offers a freshly fetched data key for encryption (already used for
+    /// one message of `bytes`). Stored, and leased, only if the cache is
+    /// live and no key changed since `ticket`; otherwise `Err` gives the
+    /// key back for this one message, uncached.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn put_encrypt(
         self: &Arc<Self>,
+        ticket: Ticket,
         keys: &[&str],
         ctx: &[u8],
         bytes: u64,
         key: DataKey,
         blobs: Vec<Vec<u8>>,
         key_ids: Vec<String>,
-    ) -> Lease {
-        let mut e = Entry::new(key, blobs, key_ids);
-        e.messages = 1;
-        e.bytes = bytes;
-        let lease = self.lease(&e);
+    ) -> Result<Lease, (DataKey, Vec<Vec<u8>>)> {
         let mut s = self.lock();
-        if self.is_live(&s) && bytes <= self.config.max_bytes {
-            self.make_room(&mut s);
-            s.enc.insert(
-                (keys.iter().map(|k| k.to_string()).collect(), ctx.to_vec()),
-                e,
-            );
+        if !self.is_live(&s) || s.changes != ticket.changes || bytes > self.config.max_bytes {
+            return Err((key, blobs));
         }
-        lease
+        let e = Entry {
+            key: Arc::new(key),
+            blobs: Arc::new(blobs),
+            stamps: s.stamps(&key_ids),
+            epoch: s.epoch,
+            created: Instant::now(),
+            messages: 1,
+            bytes,
+        };
+        let lease = self.lease(&e);
+        self.make_room(&mut s);
+        s.enc.insert(
+            (keys.iter().map(|k| k.to_string()).collect(), ctx.to_vec()),
+            e,
+        );
+        Ok(lease)
     }
 
     /// A cached unwrap of `blob` under this context.
     pub(crate) fn take_decrypt(self: &Arc<Self>, blob: &[u8], ctx: &[u8]) -> Option<Lease> {
         let mut s = self.lock();
         if !self.is_live(&s) {
-            s.clear();
+            s.forget_all();
             drop(s);
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            return None;
+            return self.miss();
         }
         let k: DecKey = (blob.to_vec(), ctx.to_vec());
         let cfg = self.config;
@@ -302,42 +341,56 @@ impl Cache {
             .get(&k)
             .is_some_and(|e| e.created.elapsed() < cfg.max_age && e.messages < cfg.max_messages);
         if !usable {
-            if let Some(old) = s.dec.remove(&k) {
-                old.revoke();
-            }
+            s.dec.remove(&k);
             drop(s);
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            return None;
+            return self.miss();
         }
-        let e = s.dec.get_mut(&k)?;
-        e.messages += 1;
-        let lease = self.lease(e);
+        let lease = {
+            let e = s.dec.get_mut(&k)?;
+            e.messages += 1;
+            Lease {
+                key: e.key.clone(),
+                blobs: e.blobs.clone(),
+                stamps: e.stamps.clone(),
+                epoch: e.epoch,
+                cache: Arc::downgrade(self),
+            }
+        };
         drop(s);
         self.hits.fetch_add(1, Ordering::Relaxed);
         Some(lease)
     }
 
-    /// Stores a fresh unwrap.
+    /// Offers a fresh unwrap; as [`put_encrypt`](Self::put_encrypt).
     pub(crate) fn put_decrypt(
         self: &Arc<Self>,
+        ticket: Ticket,
         blob: &[u8],
         ctx: &[u8],
         key: DataKey,
         key_id: String,
-    ) -> Lease {
-        let mut e = Entry::new(key, Vec::new(), vec![key_id]);
-        e.messages = 1;
-        let lease = self.lease(&e);
+    ) -> Result<Lease, DataKey> {
         let mut s = self.lock();
-        if self.is_live(&s) {
-            self.make_room(&mut s);
-            s.dec.insert((blob.to_vec(), ctx.to_vec()), e);
+        if !self.is_live(&s) || s.changes != ticket.changes {
+            return Err(key);
         }
-        lease
+        let e = Entry {
+            key: Arc::new(key),
+            blobs: Arc::new(Vec::new()),
+            stamps: s.stamps(&[key_id]),
+            epoch: s.epoch,
+            created: Instant::now(),
+            messages: 1,
+            bytes: 0,
+        };
+        let lease = self.lease(&e);
+        self.make_room(&mut s);
+        s.dec.insert((blob.to_vec(), ctx.to_vec()), e);
+        Ok(lease)
     }
 
     /// Keeps the entry count under the bound: expired entries go first,
-    /// then the oldest.
+    /// then the oldest. (Leases out stay valid: eviction is not revocation.)
     fn make_room(&self, s: &mut State) {
         let max_age = self.config.max_age;
         if s.enc.len() + s.dec.len() < self.config.max_entries {
@@ -378,7 +431,7 @@ impl Cache {
     fn lost(&self) {
         let mut s = self.lock();
         s.heard = None;
-        s.clear();
+        s.forget_all();
     }
 
     fn key_changed(&self, key_id: &str) {
@@ -391,8 +444,7 @@ impl Cache {
 
     fn reset(&self) {
         let mut s = self.lock();
-        let n = (s.enc.len() + s.dec.len()) as u64;
-        s.clear();
+        let n = s.forget_all();
         s.heard = Some(Instant::now());
         drop(s);
         self.revoked.fetch_add(n, Ordering::Relaxed);
@@ -449,18 +501,23 @@ mod tests {
     use super::*;
 
     fn cache(cfg: CacheConfig) -> Arc<Cache> {
-        Arc::new(Cache {
-            config: cfg,
-            state: Mutex::new(State::default()),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            revoked: AtomicU64::new(0),
-        })
+        Arc::new(Cache::new(cfg))
     }
 
     fn key() -> DataKey {
         let mut v = vec![9u8; 32];
         DataKey::take(&mut v).unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    fn put_e(c: &Arc<Cache>, k: &str, ctx: &[u8], bytes: u64, id: &str) -> Option<Lease> {
+        let t = c.ticket();
+        c.put_encrypt(t, &[k], ctx, bytes, key(), vec![vec![1]], vec![id.into()])
+            .ok()
+    }
+
+    fn put_d(c: &Arc<Cache>, blob: &[u8], id: &str) -> Option<Lease> {
+        let t = c.ticket();
+        c.put_decrypt(t, blob, b"ctx", key(), id.into()).ok()
     }
 
     #[test]
@@ -473,12 +530,13 @@ mod tests {
         });
         c.heard();
         assert!(c.take_encrypt(&["k"], b"ctx", 10).is_none());
-        let _ = c.put_encrypt(&["k"], b"ctx", 10, key(), vec![vec![1]], vec!["id".into()]);
+        let first = put_e(&c, "k", b"ctx", 10, "id").unwrap_or_else(|| unreachable!());
         assert!(c.take_encrypt(&["k"], b"ctx", 10).is_some());
         assert!(c.take_encrypt(&["k"], b"ctx", 10).is_some());
-        // Third message reached: the entry is spent.
+        // Third message reached: the entry is retired, its leases are not.
         assert!(c.take_encrypt(&["k"], b"ctx", 10).is_none());
-        let _ = c.put_encrypt(&["k"], b"ctx", 60, key(), vec![vec![1]], vec!["id".into()]);
+        assert!(first.valid());
+        assert!(put_e(&c, "k", b"ctx", 60, "id").is_some());
         // 60 + 50 > 100 bytes.
         assert!(c.take_encrypt(&["k"], b"ctx", 50).is_none());
         // Another context is another entry.
@@ -492,7 +550,7 @@ mod tests {
             ..CacheConfig::default()
         });
         c.heard();
-        let _ = c.put_decrypt(b"blob", b"ctx", key(), "id".into());
+        assert!(put_d(&c, b"blob", "id").is_some());
         assert!(c.take_decrypt(b"blob", b"ctx").is_some());
         std::thread::sleep(Duration::from_millis(60));
         c.heard();
@@ -500,46 +558,76 @@ mod tests {
     }
 
     #[test]
-    fn a_key_change_revokes_entries_and_leases() {
+    fn a_key_change_revokes_entries_and_every_lease_of_that_key() {
         let c = cache(CacheConfig::default());
         c.heard();
-        let lease = c.put_decrypt(b"blob", b"ctx", key(), "id-a".into());
-        let _ = c.put_encrypt(&["b"], b"ctx", 1, key(), vec![], vec!["id-b".into()]);
-        assert!(lease.valid());
+        let lease = put_d(&c, b"blob", "id-a").unwrap_or_else(|| unreachable!());
+        // A second fetch of the same blob replaces the entry: the first
+        // lease must still be revoked by a change.
+        let replaced = put_d(&c, b"blob", "id-a").unwrap_or_else(|| unreachable!());
+        assert!(put_e(&c, "b", b"ctx", 1, "id-b").is_some());
+        assert!(lease.valid() && replaced.valid());
         c.key_changed("id-a");
-        assert!(!lease.valid());
+        assert!(!lease.valid() && !replaced.valid());
         assert!(c.take_decrypt(b"blob", b"ctx").is_none());
         assert!(c.take_encrypt(&["b"], b"ctx", 1).is_some());
         assert_eq!(c.stats().revoked, 1);
     }
 
     #[test]
+    fn a_fetch_that_overlaps_a_change_is_not_cached() {
+        let c = cache(CacheConfig::default());
+        c.heard();
+        let t = c.ticket();
+        // The admin disables a key while the fetch is in flight.
+        c.key_changed("id-a");
+        assert!(c
+            .put_decrypt(t, b"blob", b"ctx", key(), "id-a".into())
+            .is_err());
+        assert!(c.take_decrypt(b"blob", b"ctx").is_none());
+        let t = c.ticket();
+        c.reset();
+        assert!(c
+            .put_encrypt(t, &["k"], b"ctx", 1, key(), vec![], vec!["id-k".into()])
+            .is_err());
+    }
+
+    #[test]
     fn nothing_is_served_without_the_daemon() {
         let c = cache(CacheConfig::default());
         // Never heard from the daemon: not even stored.
-        let _ = c.put_decrypt(b"blob", b"ctx", key(), "id".into());
+        assert!(put_d(&c, b"blob", "id").is_none());
         c.heard();
         assert!(c.take_decrypt(b"blob", b"ctx").is_none());
-        let lease = c.put_decrypt(b"blob", b"ctx", key(), "id".into());
+        let lease = put_d(&c, b"blob", "id").unwrap_or_else(|| unreachable!());
         assert!(c.take_decrypt(b"blob", b"ctx").is_some());
         c.lost();
         assert!(!lease.valid());
         assert!(c.take_decrypt(b"blob", b"ctx").is_none());
         assert!(!c.stats().live);
+        // Back: the old lease stays invalid (a new epoch).
+        c.heard();
+        assert!(!lease.valid());
     }
 
     #[test]
-    fn entries_are_bounded() {
+    fn entries_are_bounded_and_eviction_is_not_revocation() {
         let c = cache(CacheConfig {
             max_entries: 2,
             ..CacheConfig::default()
         });
         c.heard();
-        for b in [b"a", b"b", b"c"] {
-            let _ = c.put_decrypt(b, b"ctx", key(), "id".into());
+        let first = put_d(&c, b"a", "id").unwrap_or_else(|| unreachable!());
+        for b in [b"b", b"c"] {
+            assert!(put_d(&c, b, "id").is_some());
         }
-        let s = c.lock();
-        assert_eq!(s.dec.len(), 2);
-        assert!(!s.dec.contains_key(&(b"a".to_vec(), b"ctx".to_vec())));
+        {
+            let s = c.lock();
+            assert_eq!(s.dec.len(), 2);
+            assert!(!s.dec.contains_key(&(b"a".to_vec(), b"ctx".to_vec())));
+        }
+        assert!(first.valid());
+        c.key_changed("id");
+        assert!(!first.valid());
     }
 }

@@ -111,6 +111,7 @@ impl Client {
                 });
             }
         }
+        let ticket = self.cache.as_ref().map(|c| c.ticket());
         let first = self.generate_data_key(keys[0], ctx).await?;
         let mut blobs = vec![first.ciphertext_blob];
         let mut ids = vec![first.key_id];
@@ -119,21 +120,36 @@ impl Client {
             blobs.push(rw.wrapped.ciphertext_blob);
             ids.push(rw.wrapped.key_id);
         }
-        match (&self.cache, bytes) {
-            (Some(cache), Some(bytes)) => {
-                let lease = cache.put_encrypt(keys, &ctx_bytes, bytes, first.plaintext, blobs, ids);
-                Ok(Material {
-                    key: lease.key.clone(),
-                    blobs: lease.blobs.clone(),
-                    lease: Some(lease),
-                })
+        let (key, blobs) = match (&self.cache, ticket, bytes) {
+            (Some(cache), Some(ticket), Some(bytes)) => {
+                match cache.put_encrypt(
+                    ticket,
+                    keys,
+                    &ctx_bytes,
+                    bytes,
+                    first.plaintext,
+                    blobs,
+                    ids,
+                ) {
+                    Ok(lease) => {
+                        return Ok(Material {
+                            key: lease.key.clone(),
+                            blobs: lease.blobs.clone(),
+                            lease: Some(lease),
+                        })
+                    }
+                    // Not cached (the cache is not live, or a key changed
+                    // meanwhile): this message only, as without a cache.
+                    Err(back) => back,
+                }
             }
-            _ => Ok(Material {
-                key: Arc::new(first.plaintext),
-                blobs: Arc::new(blobs),
-                lease: None,
-            }),
-        }
+            _ => (first.plaintext, blobs),
+        };
+        Ok(Material {
+            key: Arc::new(key),
+            blobs: Arc::new(blobs),
+            lease: None,
+        })
     }
 
     /// Unwraps the data key of a message through the first recipient the
@@ -148,19 +164,24 @@ impl Client {
         let ctx_bytes = encode_context(ctx);
         let mut failures: Vec<Error> = Vec::new();
         for blob in header.recipients() {
-            let (key, lease) = match self
+            let cached = self
                 .cache
                 .as_ref()
-                .and_then(|c| c.take_decrypt(blob, &ctx_bytes))
-            {
+                .and_then(|c| c.take_decrypt(blob, &ctx_bytes));
+            // Taken before the fetch: a change that arrives meanwhile keeps
+            // the answer out of the cache.
+            let ticket = self.cache.as_ref().map(|c| c.ticket());
+            let (key, lease) = match cached {
                 Some(lease) => (lease.key.clone(), Some(lease)),
                 None => match self.decrypt_data_key(blob, ctx).await {
-                    Ok(d) => match &self.cache {
-                        Some(c) => {
-                            let lease = c.put_decrypt(blob, &ctx_bytes, d.plaintext, d.key_id);
-                            (lease.key.clone(), Some(lease))
+                    Ok(d) => match (&self.cache, ticket) {
+                        (Some(c), Some(t)) => {
+                            match c.put_decrypt(t, blob, &ctx_bytes, d.plaintext, d.key_id) {
+                                Ok(lease) => (lease.key.clone(), Some(lease)),
+                                Err(key) => (Arc::new(key), None),
+                            }
                         }
-                        None => (Arc::new(d.plaintext), None),
+                        _ => (Arc::new(d.plaintext), None),
                     },
                     // The daemon itself cannot serve: no other recipient
                     // would fare better.
@@ -353,7 +374,8 @@ impl Client {
     /// Decrypts `len` plaintext bytes from `offset` of a message in a
     /// seekable `reader`, reading only the segments that hold them (and the
     /// final segment, which authenticates the length). Returns the bytes
-    /// written (fewer than `len` at the end of the plaintext).
+    /// written (fewer than `len` at the end of the plaintext). On an error,
+    /// discard what was written.
     pub async fn decrypt_range<R, W>(
         &self,
         ctx: &Context,

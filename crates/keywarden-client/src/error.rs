@@ -75,8 +75,9 @@ pub enum Error {
     Usage { field: &'static str, reason: String },
 }
 
-/// What is wrong with an envelope message. Nothing of it is released
-/// before the check that fails.
+/// What is wrong with an envelope message. The record API releases
+/// nothing unless every check passed; the stream and range APIs release
+/// segments as they verify, so their output must be discarded on an error.
 #[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

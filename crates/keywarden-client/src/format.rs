@@ -59,7 +59,8 @@ pub const MAX_BLOB: usize = 1024;
 pub const DATA_KEY_LEN: usize = 32;
 /// Fixed header bytes before the first recipient.
 pub const FIXED_HEADER: usize = 4 + 1 + 2 + 4 + 1;
-/// Segments per message are numbered below 2^38 (C2SP's limit).
+/// Segments per message are numbered below 2^38 (C2SP's limit): at most
+/// 2^38 segments.
 pub const MAX_SEGMENTS: u64 = 1 << 38;
 /// The AEAD's name in the IANA registry, as the C2SP info string wants it.
 const AEAD_NAME: &[u8] = b"AEAD_AES_256_GCM";
@@ -200,6 +201,12 @@ impl HeaderParser {
 
     /// Feeds exactly [`need`](Self::need) bytes.
     pub fn feed(&mut self, part: &[u8]) -> Result<(), MessageError> {
+        if self.need() == 0 {
+            return Err(MessageError::Header {
+                field: "header",
+                reason: "fed past the end of a complete header".into(),
+            });
+        }
         if part.len() != self.need() {
             return Err(MessageError::TruncatedHeader {
                 field: self.field(),
@@ -293,6 +300,8 @@ impl MessageKeys {
         info.push(0);
         info.extend_from_slice(salt);
         info.extend_from_slice(&chunk_context(header, ctx));
+        // (The HMAC state inside `Hkdf` is keyed by the data key and is not
+        // wiped on drop: the hkdf crate offers no zeroize. The okm is.)
         let mut okm = Zeroizing::new([0u8; 32 + 12 + COMMITMENT]);
         Hkdf::<Sha256>::from_prk(data_key)
             .and_then(|hk| {
