@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Map, Value};
 
-use crate::audit::{self, Audit};
+use crate::audit::{Audit, AuditSink, EventKind, Outcome};
 use crate::core::{validate, CoreError};
 use crate::policy::{Action, Caller, Denied, Grant, Policy};
 
@@ -75,6 +75,10 @@ impl Guard {
             .clone()
     }
 
+    fn event(&self, kind: EventKind, outcome: Outcome, detail: Value) {
+        self.audit.record_event(kind, outcome, detail);
+    }
+
     pub fn source(&self) -> &PolicySource {
         &self.source
     }
@@ -90,11 +94,15 @@ impl Guard {
             Ok(p) => {
                 *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
                 self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                audit::event("policy_reload", "ok", json!({}));
+                self.event(EventKind::PolicyReload, Outcome::Ok, json!({}));
                 Ok(())
             }
             Err(e) => {
-                audit::event("policy_reload", "refused", json!({"reason": e}));
+                self.event(
+                    EventKind::PolicyReload,
+                    Outcome::Refused,
+                    json!({"reason": e}),
+                );
                 Err(e)
             }
         }
@@ -184,9 +192,9 @@ impl Guard {
         grants.retain(|x| x.expires > now);
         grants.push(g.clone());
         self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        audit::event(
-            "break_glass",
-            "granted",
+        self.event(
+            EventKind::BreakGlass,
+            Outcome::Granted,
             json!({
                 "ALERT": "BREAK-GLASS ACCESS GRANTED",
                 "uid": g.uid, "principal": g.principal, "key": g.key,

@@ -10,6 +10,7 @@ pub mod api;
 pub mod audit;
 pub mod bench;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod core;
 pub mod dev;

@@ -175,13 +175,21 @@ mod tests {
     #[test]
     fn pin_file_with_world_bits_is_refused() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().map_err(|e| e.to_string());
-        let Ok(dir) = dir else { return };
+        let dir = tempfile::tempdir().expect("a temporary directory");
         let p = dir.path().join("pin");
-        std::fs::write(&p, "1234\n").ok();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).ok();
-        assert!(Pin::from_file(&p).is_err());
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).ok();
+        std::fs::write(&p, "1234\n").expect("write the PIN file");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod 644");
+        match Pin::from_file(&p) {
+            Err(e) => assert!(
+                e.contains("readable")
+                    || e.contains("permission")
+                    || e.contains("mode")
+                    || e.contains("others"),
+                "refused for another reason: {e}"
+            ),
+            Ok(_) => panic!("a world-readable PIN file was accepted"),
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
         assert!(Pin::from_file(&p).is_ok());
     }
 }

@@ -24,9 +24,11 @@ struct Issued {
 
 /// One round of random work until the daemon is killed.
 async fn workload(socket: std::path::PathBuf, round: usize, issued: Arc<Mutex<Vec<Issued>>>) {
-    let Ok(mut c) = keywarden_client::Client::connect(&socket).await else {
-        return;
-    };
+    // The daemon was just (re)started and waited for: a workload that
+    // cannot connect would check nothing, so it fails the test.
+    let mut c = keywarden_client::Client::connect(&socket)
+        .await
+        .expect("the crash workload could not connect to the restarted daemon");
     let keys = ["crash-a", "crash-b", "crash-c"];
     for step in 0..10_000usize {
         let k = keys[(rand_u64() % 3) as usize];
@@ -236,9 +238,15 @@ async fn sigkill_at_random_points_loses_nothing() {
             }
         }
     }
+    let checked = issued.lock().unwrap().len();
+    // The kills come 20-320 ms into each round: with 50 rounds, data keys
+    // must have been issued and checked, or the test proved nothing.
+    assert!(
+        checked >= rounds,
+        "only {checked} data keys were issued over {rounds} rounds: the workload did not run"
+    );
     eprintln!(
-        "crash test: {rounds} kills, {} data keys checked after every restart, {repaired_total} orphans repaired",
-        issued.lock().unwrap().len()
+        "crash test: {rounds} kills, {checked} data keys checked after every restart, {repaired_total} orphans repaired"
     );
 }
 

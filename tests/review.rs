@@ -42,6 +42,7 @@ async fn a_second_daemon_writes_nothing_and_names_the_holder() {
     let (var, conf) = d.token_conf();
     let out = std::process::Command::new(BIN)
         .arg("serve")
+        .arg("--dev")
         .arg("--config")
         .arg(d.dir.join("keywarden.toml"))
         .env(var, conf)
@@ -77,6 +78,7 @@ impl Serve {
         let log = std::fs::File::create(d.dir.join("serve.log")).unwrap();
         let child = std::process::Command::new(BIN)
             .arg("serve")
+            .arg("--dev")
             .arg("--config")
             .arg(d.dir.join("keywarden.toml"))
             .env(var, conf)

@@ -81,6 +81,7 @@ async fn socket_activation_serves_the_passed_descriptor() {
         ))
         .arg(BIN)
         .arg("serve")
+        .arg("--dev")
         .arg("--config")
         .arg(d.dir.join("keywarden.toml"))
         .stdout(std::process::Stdio::null())

@@ -1,6 +1,8 @@
 //! OperatorService: status for operators, and the custodians' ceremonies.
 
 use serde_json::{json, Map};
+
+use crate::audit::{EventKind, Outcome};
 use tonic::{Request, Response, Status};
 use zeroize::Zeroize;
 
@@ -401,9 +403,7 @@ impl OperatorApi {
         let accepted = blocking(&self.ctx.core, move |c| {
             let r = c.acknowledge_tampering();
             if r.is_ok() {
-                crate::audit::event(
-                    "tampering_acknowledged",
-                    "ok",
+                c.event(EventKind::TamperingAcknowledged, Outcome::Ok,
                     json!({"ALERT": "REGISTRY ROLLBACK ACCEPTED", "reason": reason, "by_uid": uid, "by": by}),
                 );
             }
@@ -415,6 +415,17 @@ impl OperatorApi {
     }
 
     async fn init_inner(&self, mut r: proto::InitRequest) -> Result<proto::InitResponse, Status> {
+        // The state first: on an initialised daemon the PIN fields do not
+        // matter, and saying they are empty would mislead.
+        if self.ctx.core.phase() != crate::seal::Phase::Uninitialized {
+            r.user_pin.zeroize();
+            r.so_pin.zeroize();
+            return Err(Status::from(crate::core::CoreError::Seal(
+                crate::seal::SealError::AlreadyInitialized {
+                    set_id: self.ctx.core.status().seal.set_id,
+                },
+            )));
+        }
         let user = pin_field("user_pin", &mut r.user_pin)?;
         let so = pin_field("so_pin", &mut r.so_pin)?;
         let (shares, threshold) = (r.shares, r.threshold);

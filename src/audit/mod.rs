@@ -15,14 +15,17 @@
 //! Events never carry key material, shares, PINs, plaintext or context
 //! values (context values appear only as HMACs under a keyring key).
 
+pub mod event;
 pub mod verify;
+
+pub use event::{AuditSink, Event, EventKind, MemorySink, NullSink, Outcome};
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde_json::{json, Map, Value};
@@ -88,6 +91,9 @@ struct Shared {
     registry_generation: std::sync::atomic::AtomicU64,
     /// This process found no log and began a new chain.
     new_chain: bool,
+    /// The key that turns context values into the HMACs the log shows; set
+    /// while unsealed (it comes from the keyring), `None` while sealed.
+    context_key: Mutex<Option<zeroize::Zeroizing<[u8; 32]>>>,
 }
 
 struct Writer {
@@ -338,8 +344,6 @@ impl Writer {
     }
 }
 
-static GLOBAL: OnceLock<Audit> = OnceLock::new();
-
 impl Audit {
     /// Opens the log, resuming the chain from its last line (or writing a
     /// genesis line), and starts the writer thread.
@@ -390,6 +394,7 @@ impl Audit {
             dir,
             registry_generation: std::sync::atomic::AtomicU64::new(witnessed),
             new_chain: last.is_none(),
+            context_key: Mutex::new(None),
         });
         let mut w = Writer {
             config,
@@ -427,7 +432,6 @@ impl Audit {
             tx: Arc::new(Mutex::new(tx)),
             state: shared,
         };
-        let _ = GLOBAL.set(audit.clone());
         Ok(audit)
     }
 
@@ -570,19 +574,64 @@ pub fn bounded(fields: Map<String, Value>) -> Map<String, Value> {
     }
 }
 
-/// Records a ceremony or lifecycle event in the audit log (and the process
-/// log). Best effort: the request that caused it is audited fail-closed by
-/// the API layer.
-pub fn event(kind: &'static str, outcome: &str, detail: Value) {
-    tracing::info!(target: "keywarden::audit", event = kind, outcome, detail = %detail);
-    if let Some(a) = GLOBAL.get() {
-        let mut m = Map::new();
-        m.insert("type".into(), json!("event"));
-        m.insert("event".into(), json!(kind));
-        m.insert("outcome".into(), json!(outcome));
-        m.insert("detail".into(), detail);
-        if let Err(e) = a.record(m) {
-            tracing::error!(error = %e, event = kind, "could not audit event");
+impl AuditSink for Audit {
+    /// Written and fdatasync'ed before it returns (group-committed with
+    /// whatever else is being written); a failure is logged, not returned.
+    fn event(&self, e: Event) {
+        tracing::info!(target: "keywarden::audit", event = e.kind.as_str(), outcome = e.outcome.as_str(), detail = %e.detail);
+        if let Err(err) = self.record(e.fields()) {
+            tracing::error!(error = %err, event = e.kind.as_str(), "could not audit event");
         }
+    }
+}
+
+/// The HMAC-SHA-256 (first 16 bytes, hex) of a context pair under the
+/// audit context key: the log can show that two calls used the same
+/// context value without showing the value.
+pub fn context_hmac(key: &[u8; 32], name: &str, value: &str) -> String {
+    use hmac::{Hmac, Mac};
+    match <Hmac<Sha256> as Mac>::new_from_slice(key) {
+        Ok(mut m) => {
+            m.update(name.as_bytes());
+            m.update(&[0]);
+            m.update(value.as_bytes());
+            hex::encode(&m.finalize().into_bytes()[..16])
+        }
+        // Unreachable: HMAC takes keys of any length.
+        Err(_) => String::new(),
+    }
+}
+
+impl Audit {
+    /// Sets (at unseal) or clears (at seal) the context key.
+    pub fn set_context_key(&self, key: Option<&[u8; 32]>) {
+        *self
+            .state
+            .context_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = key.map(|k| zeroize::Zeroizing::new(*k));
+    }
+
+    /// The log's form of a context: each name with the HMAC of its value,
+    /// or null for every name while sealed. Takes no lock but its own.
+    pub fn context_digest(
+        &self,
+        context: &std::collections::HashMap<String, String>,
+    ) -> Map<String, Value> {
+        let key = self
+            .state
+            .context_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        context
+            .iter()
+            .map(|(name, value)| {
+                let d = match key.as_ref() {
+                    Some(k) => Value::from(context_hmac(k, name, value)),
+                    None => Value::Null,
+                };
+                (name.clone(), d)
+            })
+            .collect()
     }
 }

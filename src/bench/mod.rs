@@ -376,7 +376,7 @@ pub fn hsm_raw(config: &Path, seconds: f64, warmup: f64, share_line: &str) -> an
     use crate::hsm::pkcs11::Pkcs11Hsm;
     use crate::hsm::Hsm;
     use crate::seal::{shamir, share, store::SealFile};
-    let cfg = crate::config::Config::load(config)?;
+    let cfg = crate::config::Config::load_for(config, true)?;
     let seal: SealFile =
         serde_json::from_str(&std::fs::read_to_string(cfg.state_dir.join("seal.json"))?)?;
     let set = seal.set_id().map_err(anyhow::Error::msg)?;

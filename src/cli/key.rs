@@ -155,10 +155,10 @@ fn print_text(k: &proto::KeyMetadata) {
         out!("min decrypt:     version {}", k.min_decrypt_version);
     }
     if k.destroy_due_at > 0 {
-        out!("destruction due: {}", k.destroy_due_at);
+        out!("destruction due: {}", super::when(k.destroy_due_at));
     }
     if k.destroyed_at > 0 {
-        out!("destroyed at:    {}", k.destroyed_at);
+        out!("destroyed at:    {}", super::when(k.destroyed_at));
     }
     out!("versions:");
     for v in &k.versions {
@@ -166,9 +166,12 @@ fn print_text(k: &proto::KeyMetadata) {
             "  v{:<4} {:<12} created {}  encryptions {}",
             v.version,
             v.state,
-            v.created_at,
+            super::when(v.created_at),
             v.encryptions
         );
+    }
+    if !k.versions.is_empty() {
+        out!("  (encryptions are counted on disk in reserved blocks: after a seal or a restart the count resumes at the end of the last block, so it can jump by up to 10,000)");
     }
     for h in &k.holds {
         if h.released_at == 0 {
@@ -178,7 +181,7 @@ fn print_text(k: &proto::KeyMetadata) {
                 h.reason,
                 h.placed_by,
                 h.placed_by_principal,
-                h.placed_at
+                super::when(h.placed_at)
             );
         } else {
             out!(
@@ -186,7 +189,7 @@ fn print_text(k: &proto::KeyMetadata) {
                 h.id,
                 h.reason,
                 h.released_by,
-                h.released_at
+                super::when(h.released_at)
             );
         }
     }
@@ -450,8 +453,8 @@ pub async fn run(socket: &Path, output: Output, cmd: KeyCommand) -> anyhow::Resu
             match output {
                 Output::Json => print_json(&json!({"key": name, "expires_at": r.expires_at}))?,
                 Output::Text => out!(
-                    "BREAK-GLASS: you have app access to key {name} until {} (Unix time); this is flagged in the audit log.",
-                    r.expires_at
+                    "BREAK-GLASS: you have app access to key {name} until {}; this is flagged in the audit log.",
+                    super::when(r.expires_at)
                 ),
             }
         }

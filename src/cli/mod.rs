@@ -64,6 +64,15 @@ pub fn parse_context(pairs: &[String]) -> anyhow::Result<HashMap<String, String>
     Ok(out)
 }
 
+/// A Unix time for people: RFC 3339 in UTC (JSON output keeps numbers).
+pub fn when(secs: i64) -> String {
+    if secs <= 0 {
+        return "-".into();
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 pub fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())

@@ -60,9 +60,16 @@ impl Blob {
             ));
         }
         if bytes[0..2] != MAGIC {
+            let looks_base64 = bytes.iter().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')
+            });
             return Err(CoreError::invalid(
                 F,
-                "not a Keywarden data-key blob (bad magic bytes)",
+                if looks_base64 {
+                    "not a Keywarden data-key blob (bad magic bytes); it looks like base64 text: send the decoded bytes"
+                } else {
+                    "not a Keywarden data-key blob (bad magic bytes)"
+                },
             ));
         }
         if bytes[2] != FORMAT_V1 {

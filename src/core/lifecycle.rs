@@ -13,8 +13,8 @@ use super::model::{
     DestroyKind, DestroyRequest, Hold, KeyRecord, KeyState, RequestStatus, VersionRecord,
     VersionState,
 };
-use super::{now, validate, CoreError, CoreResult, Keywarden, CMK_ALGORITHM};
-use crate::audit;
+use super::{validate, CoreError, CoreResult, Keywarden, CMK_ALGORITHM};
+use crate::audit::{EventKind, Outcome};
 use crate::hsm::HsmError;
 
 /// Who asks: the caller's uid (approvals count distinct uids) and the
@@ -97,13 +97,19 @@ impl Keywarden {
             validate::rotation_period(p, self.lifecycle.min_rotation_period)?;
         }
         match self.record(name) {
+            Ok(r) if r.state == KeyState::Destroyed => {
+                return Err(CoreError::Conflict(format!(
+                    "{name:?} is the tombstone of a key destroyed at {} (Unix time); a destroyed key's name is never reused, so nothing can be mistaken for it: choose another name",
+                    r.destroyed_at.unwrap_or_default()
+                )))
+            }
             Ok(_) => return Err(CoreError::AlreadyExists { name: name.into() }),
             Err(CoreError::KeyNotFound { .. }) => {}
             Err(e) => return Err(e),
         }
         let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
         let hsm_id = self.new_hsm_version(name, 1)?;
-        let created_at = now();
+        let created_at = self.now();
         let record = KeyRecord {
             id: *uuid::Uuid::new_v4().as_bytes(),
             name: name.to_string(),
@@ -176,7 +182,7 @@ impl Keywarden {
                 v.state = VersionState::Deactivated;
             }
         }
-        let t = now();
+        let t = self.now();
         rec.versions.push(VersionRecord {
             version,
             hsm_id,
@@ -198,9 +204,9 @@ impl Keywarden {
         if let Err(e) = self.hsm.activate(&hsm_id) {
             warn!(key = %name, error = %e, "no session copy for the new version");
         }
-        audit::event(
-            "rotate",
-            "ok",
+        self.event(
+            EventKind::Rotate,
+            Outcome::Ok,
             json!({"key": name, "version": version, "reason": reason}),
         );
         Ok((*stored).clone())
@@ -222,7 +228,7 @@ impl Keywarden {
             not_destroyed(r)?;
             if let Some(p) = rotation_period {
                 r.rotation_period_secs = p.map(|d| d.as_secs());
-                r.next_rotation_at = p.map(|d| now() + d.as_secs() as i64);
+                r.next_rotation_at = p.map(|d| self.now() + d.as_secs() as i64);
             }
             if let Some(m) = min_decrypt_version {
                 let newest = r.current().map(|v| v.version).unwrap_or(0);
@@ -236,9 +242,7 @@ impl Keywarden {
             }
             Ok(())
         })?;
-        audit::event(
-            "key_update",
-            "ok",
+        self.event(EventKind::KeyUpdate, Outcome::Ok,
             json!({"key": name, "rotation_period_secs": r.rotation_period_secs, "min_decrypt_version": r.min_decrypt_version}),
         );
         Ok((*r).clone())
@@ -272,9 +276,9 @@ impl Keywarden {
             Ok(v.hsm_id)
         })?;
         let _ = hsm_id;
-        audit::event(
-            "revoke_version",
-            "ok",
+        self.event(
+            EventKind::RevokeVersion,
+            Outcome::Ok,
             json!({"key": name, "version": version}),
         );
         Ok((*r).clone())
@@ -298,7 +302,7 @@ impl Keywarden {
                 ))),
             }
         })?;
-        audit::event("disable", "ok", json!({"key": name}));
+        self.event(EventKind::Disable, Outcome::Ok, json!({"key": name}));
         Ok((*r).clone())
     }
 
@@ -318,7 +322,7 @@ impl Keywarden {
                 ))),
             }
         })?;
-        audit::event("enable", "ok", json!({"key": name}));
+        self.event(EventKind::Enable, Outcome::Ok, json!({"key": name}));
         Ok((*r).clone())
     }
 
@@ -341,7 +345,7 @@ impl Keywarden {
             );
             if wait < min || wait > max {
                 return Err(CoreError::invalid(
-                    "after",
+                    "after_secs",
                     format!(
                         "the waiting period must be between {} and {} seconds",
                         min.as_secs(),
@@ -371,7 +375,7 @@ impl Keywarden {
                 kind,
                 wait_secs: wait.as_secs(),
                 requested_by: actor.uid,
-                created_at: now(),
+                created_at: self.now(),
                 approvals: vec![actor.uid],
                 status: RequestStatus::Open,
                 approved_at: None,
@@ -380,9 +384,7 @@ impl Keywarden {
             r.requests.push(req.clone());
             Ok(req)
         })?;
-        audit::event(
-            "destroy_requested",
-            "ok",
+        self.event(EventKind::DestroyRequested, Outcome::Ok,
             json!({"key": name, "request_id": req.id, "kind": kind, "wait_secs": req.wait_secs, "by_uid": actor.uid, "by": actor.principal, "approvals_needed": needed}),
         );
         if needed <= 1 {
@@ -435,9 +437,7 @@ impl Keywarden {
             }
             Ok(count)
         })?;
-        audit::event(
-            "destroy_approved",
-            "ok",
+        self.event(EventKind::DestroyApproved, Outcome::Ok,
             json!({"key": name, "request_id": request_id, "by_uid": actor.uid, "by": actor.principal, "approvals": count, "approvals_needed": needed}),
         );
         if count >= needed {
@@ -466,7 +466,7 @@ impl Keywarden {
                     operation: "destruction",
                 });
             }
-            let t = now();
+            let t = self.now();
             let prior = r.state;
             let req = r
                 .requests
@@ -487,9 +487,9 @@ impl Keywarden {
             });
             Ok(kind)
         })?;
-        audit::event(
-            "destroy_fully_approved",
-            "ok",
+        self.event(
+            EventKind::DestroyFullyApproved,
+            Outcome::Ok,
             json!({"key": name, "request_id": request_id, "kind": kind}),
         );
         if kind == DestroyKind::Now {
@@ -533,9 +533,9 @@ impl Keywarden {
             }
             Ok(id)
         })?;
-        audit::event(
-            "destroy_cancelled",
-            "ok",
+        self.event(
+            EventKind::DestroyCancelled,
+            Outcome::Ok,
             json!({"key": name, "request_id": id, "by_uid": actor.uid, "by": actor.principal}),
         );
         Ok((*r).clone())
@@ -546,7 +546,7 @@ impl Keywarden {
     pub(crate) fn execute_destruction(&self, name: &str) -> CoreResult<()> {
         // Marked first, in the same write that checks the holds: once any
         // object may be gone, nothing can cancel, hold or revive the key.
-        let t0 = now();
+        let t0 = self.now();
         let (_, rec) = self.update(name, |r| {
             if r.destruction_started_at.is_none() {
                 if r.active_holds().next().is_some() {
@@ -574,7 +574,7 @@ impl Keywarden {
                 }
             }
         }
-        let t = now();
+        let t = self.now();
         self.update(name, |r| {
             for v in r.versions.iter_mut() {
                 v.state = VersionState::Destroyed;
@@ -589,9 +589,9 @@ impl Keywarden {
             }
             Ok(())
         })?;
-        audit::event(
-            "destroyed",
-            "ok",
+        self.event(
+            EventKind::Destroyed,
+            Outcome::Ok,
             json!({"key": name, "versions": rec.versions.len(), "at": t}),
         );
         info!(key = %name, "CMK destroyed (crypto-shredded)");
@@ -630,15 +630,13 @@ impl Keywarden {
                 reason: reason.to_string(),
                 placed_by: actor.uid,
                 placed_by_principal: actor.principal.clone(),
-                placed_at: now(),
+                placed_at: self.now(),
                 released_at: None,
                 released_by: None,
             });
             Ok(hid)
         })?;
-        audit::event(
-            "hold_placed",
-            "ok",
+        self.event(EventKind::HoldPlaced, Outcome::Ok,
             json!({"key": name, "hold_id": hid, "reason": reason, "by_uid": actor.uid, "by": actor.principal}),
         );
         Ok((hid, (*r).clone()))
@@ -658,13 +656,13 @@ impl Keywarden {
                         format!("key {name:?} has no active hold {hold_id:?}"),
                     )
                 })?;
-            h.released_at = Some(now());
+            h.released_at = Some(self.now());
             h.released_by = Some(actor.uid);
             Ok(())
         })?;
-        audit::event(
-            "hold_released",
-            "ok",
+        self.event(
+            EventKind::HoldReleased,
+            Outcome::Ok,
             json!({"key": name, "hold_id": hold_id, "by_uid": actor.uid, "by": actor.principal}),
         );
         Ok((*r).clone())
@@ -677,7 +675,7 @@ impl Keywarden {
             return;
         }
         let keys: Vec<Arc<KeyRecord>> = self.table().by_name.values().cloned().collect();
-        let t = now();
+        let t = self.now();
         for k in keys {
             match k.state {
                 KeyState::Active => {

@@ -22,6 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
 
+use crate::audit::{EventKind, Outcome};
 use crate::hsm::{
     Hsm, HsmKeyId, TokenDescription, UnwrapItem, LABEL_PREFIX, REGISTRY_COUNTER_LABEL,
 };
@@ -147,6 +148,9 @@ pub struct Keywarden {
     registry: Registry,
     seal: Seal,
     audit: Option<crate::audit::Audit>,
+    /// Where lifecycle and integrity events go (the audit log, or a test's
+    /// memory).
+    sink: Arc<dyn crate::audit::AuditSink>,
     drift: RwLock<Drift>,
     table: RwLock<Table>,
     /// Serializes read-modify-write changes of records.
@@ -158,6 +162,7 @@ pub struct Keywarden {
     started_at: i64,
     /// Key changes, for `WatchKeys` subscribers (client caches).
     changes: tokio::sync::broadcast::Sender<KeyChange>,
+    clock: Arc<dyn crate::clock::Clock>,
 }
 
 /// A change that client-side data-key caches must hear about before the
@@ -230,6 +235,7 @@ impl Keywarden {
             registry,
             seal,
             audit: None,
+            sink: Arc::new(crate::audit::NullSink),
             drift: RwLock::new(Drift::default()),
             table: RwLock::new(Table::default()),
             writes: Mutex::new(()),
@@ -238,7 +244,19 @@ impl Keywarden {
             ready: std::sync::atomic::AtomicBool::new(false),
             started_at: now(),
             changes: tokio::sync::broadcast::channel(CHANGE_BACKLOG).0,
+            clock: Arc::new(crate::clock::SystemClock::default()),
         }
+    }
+
+    /// Reads time from `clock` (unit tests drive it).
+    pub fn with_clock(mut self, clock: Arc<dyn crate::clock::Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Unix time in seconds, from the injected clock.
+    pub(crate) fn now(&self) -> i64 {
+        self.clock.now_secs()
     }
 
     /// Subscribes to key changes (see [`KeyChange`]).
@@ -259,8 +277,25 @@ impl Keywarden {
     /// Attaches the audit log: checkpoints are signed by the HSM while
     /// unsealed and written at unseal, seal and shutdown.
     pub fn with_audit(mut self, audit: crate::audit::Audit) -> Self {
+        self.sink = Arc::new(audit.clone());
         self.audit = Some(audit);
         self
+    }
+
+    /// Sends events to `sink` instead (unit tests).
+    pub fn with_sink(mut self, sink: Arc<dyn crate::audit::AuditSink>) -> Self {
+        self.sink = sink;
+        self
+    }
+
+    /// Records a lifecycle or integrity event.
+    pub fn event(
+        &self,
+        kind: crate::audit::EventKind,
+        outcome: crate::audit::Outcome,
+        detail: serde_json::Value,
+    ) {
+        self.sink.record_event(kind, outcome, detail);
     }
 
     /// After a login: make sure the audit-signing key exists, publish its
@@ -331,6 +366,11 @@ impl Keywarden {
         if let Err(e) = self.load_table() {
             warn!(error = %e, "loading the registry failed");
         }
+        if let Some(a) = &self.audit {
+            let _ = self
+                .seal
+                .with_keyring(|k| a.set_context_key(Some(&*k.audit_key)));
+        }
         self.ready.store(true, std::sync::atomic::Ordering::Release);
         if let Err(e) = self.reconcile() {
             warn!(error = %e, "reconciliation failed");
@@ -358,6 +398,9 @@ impl Keywarden {
             .store(false, std::sync::atomic::Ordering::Release);
         self.before_logout("seal");
         let _ = self.changes.send(KeyChange::Reset);
+        if let Some(a) = &self.audit {
+            a.set_context_key(None);
+        }
         self.seal.seal(self.hsm.as_ref())?;
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = Table::default();
         Ok(())
@@ -436,16 +479,16 @@ impl Keywarden {
         };
         for (k, what) in &loaded.tampered {
             t.tampered.insert(k.clone(), what.clone());
-            crate::audit::event(
-                "registry_tampering",
-                "detected",
+            self.event(
+                EventKind::RegistryTampering,
+                Outcome::Detected,
                 serde_json::json!({"key": k, "what": what}),
             );
         }
         if let Some(g) = &loaded.global {
-            crate::audit::event(
-                "registry_tampering",
-                "detected",
+            self.event(
+                EventKind::RegistryTampering,
+                Outcome::Detected,
                 serde_json::json!({"key": null, "what": g}),
             );
         }
@@ -527,9 +570,7 @@ impl Keywarden {
         if let Some(a) = &self.audit {
             a.note_registry_generation(generation);
         }
-        crate::audit::event(
-            "registry_tampering",
-            "acknowledged",
+        self.event(EventKind::RegistryTampering, Outcome::Acknowledged,
             serde_json::json!({"what": what, "kind": format!("{rollback:?}"), "new_generation": generation}),
         );
         drop(_w);
@@ -685,9 +726,9 @@ impl Keywarden {
                     match self.hsm.destroy_cmk(&o.id) {
                         Ok(()) => {
                             warn!(label = %o.label, id = %o.id, "destroyed an orphan CMK object (an interrupted create or rotate)");
-                            crate::audit::event(
-                                "reconcile_repair",
-                                "orphan_destroyed",
+                            self.event(
+                                EventKind::ReconcileRepair,
+                                Outcome::OrphanDestroyed,
                                 serde_json::json!({"label": o.label, "id": o.id.to_hex()}),
                             );
                             drift
@@ -1186,40 +1227,21 @@ impl Keywarden {
     /// The encryption context for the audit log: each value replaced by
     /// HMAC-SHA256 under the keyring's audit key (first 16 bytes, hex), so
     /// equal values correlate but never appear. Sealed: values omitted.
+    /// The audit layer holds the key (set at unseal), so this takes no seal
+    /// lock on the data path.
     pub fn context_digest(
         &self,
         context: &HashMap<String, String>,
     ) -> serde_json::Map<String, serde_json::Value> {
-        use hmac::{Hmac, Mac};
-        let mut out = serde_json::Map::new();
-        let digests = self.seal.with_keyring(|k| {
-            context
-                .iter()
-                .map(|(name, value)| {
-                    let d = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&k.audit_key[..]).map(
-                        |mut m| {
-                            m.update(name.as_bytes());
-                            m.update(&[0]);
-                            m.update(value.as_bytes());
-                            hex::encode(&m.finalize().into_bytes()[..16])
-                        },
-                    );
-                    (name.clone(), d.ok())
-                })
-                .collect::<Vec<_>>()
-        });
-        match digests {
-            Ok(list) => {
-                for (name, d) in list {
-                    out.insert(name, d.map(serde_json::Value::from).unwrap_or_default());
-                }
-            }
-            Err(_) => {
-                for name in context.keys() {
-                    out.insert(name.clone(), serde_json::Value::Null);
-                }
-            }
+        match &self.audit {
+            Some(a) => a.context_digest(context),
+            None => context
+                .keys()
+                .map(|k| (k.clone(), serde_json::Value::Null))
+                .collect(),
         }
-        out
     }
 }
+
+#[cfg(test)]
+mod tests;

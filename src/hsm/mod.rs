@@ -3,6 +3,8 @@
 //! implementation is [`pkcs11::Pkcs11Hsm`].
 
 pub mod check;
+#[cfg(any(test, feature = "test-util"))]
+pub mod memory;
 pub mod pkcs11;
 pub mod profile;
 

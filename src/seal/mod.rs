@@ -10,12 +10,14 @@ pub mod store;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
 
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::audit;
+use crate::audit::{event::Pending, AuditSink, Event, EventKind, NullSink, Outcome};
 use crate::hsm::{Hsm, HsmError};
 use crate::secret::Pin;
 use keys::UnsealKey;
@@ -130,7 +132,8 @@ pub struct IssuedShare {
 struct Progress {
     set_id: [u8; 4],
     threshold: u8,
-    started: Instant,
+    /// When the first share came, on the seal's monotonic clock.
+    started: Duration,
     shares: Vec<ShareBytes>,
 }
 
@@ -141,16 +144,17 @@ impl Progress {
     fn accept(
         &mut self,
         parsed: share::Share,
-        event: &'static str,
+        event: EventKind,
         rekey_id: &str,
+        notes: &Pending,
     ) -> SealResult<(usize, u8)> {
         let set_id = hex::encode(self.set_id);
         let refuse = |reason: &str| {
-            audit::event(
+            notes.push(Event::new(
                 event,
-                "refused",
+                Outcome::Refused,
                 json!({"rekey_id": rekey_id, "reason": reason}),
-            );
+            ));
         };
         if parsed.set_id != self.set_id {
             refuse("other share set");
@@ -177,19 +181,19 @@ impl Progress {
         }
         self.shares.push(parsed.bytes);
         let received = self.shares.len();
-        audit::event(
+        notes.push(Event::new(
             event,
-            "accepted",
+            Outcome::Accepted,
             json!({"rekey_id": rekey_id, "received": received, "threshold": self.threshold}),
-        );
+        ));
         Ok((received, self.threshold))
     }
 
-    fn new(set_id: [u8; 4], threshold: u8) -> Self {
+    fn new(set_id: [u8; 4], threshold: u8, started: Duration) -> Self {
         Progress {
+            started,
             set_id,
             threshold,
-            started: Instant::now(),
             shares: Vec::new(),
         }
     }
@@ -230,7 +234,7 @@ impl Rekey {
         }
     }
 
-    fn started(&self) -> Instant {
+    fn started(&self) -> Duration {
         match self {
             Rekey::CollectingOld { progress, .. } | Rekey::Verifying { progress, .. } => {
                 progress.started
@@ -302,13 +306,13 @@ pub struct Seal {
     config: SealConfig,
     phase: AtomicU8,
     inner: Mutex<Inner>,
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    /// Where ceremony events go.
+    sink: std::sync::Arc<dyn AuditSink>,
+    /// Events noted while `inner` is locked, handed to the sink (which
+    /// fdatasyncs) only after it is released: every data-key call takes
+    /// `inner` too.
+    pending: Pending,
+    clock: std::sync::Arc<dyn Clock>,
 }
 
 fn random_set_id() -> SealResult<[u8; 4]> {
@@ -428,9 +432,14 @@ impl Seal {
     pub fn open(store: SealStore, config: SealConfig) -> SealResult<Self> {
         let current = store.load().map_err(SealError::Storage)?;
         let pending = store.load_pending().map_err(SealError::Storage)?;
+        let found_interrupted = Pending::default();
         if pending.is_some() {
             tracing::warn!("an interrupted rekey commit was found; shares of either set are accepted at unseal");
-            audit::event("rekey_interrupted_found", "warning", json!({}));
+            found_interrupted.push(Event::new(
+                EventKind::RekeyInterruptedFound,
+                Outcome::Warning,
+                json!({}),
+            ));
         }
         let phase = if current.is_some() || pending.is_some() {
             Phase::Sealed
@@ -450,7 +459,41 @@ impl Seal {
                 rekey: None,
                 missing: None,
             }),
+            sink: std::sync::Arc::new(NullSink),
+            pending: found_interrupted,
+            clock: std::sync::Arc::new(SystemClock::default()),
         })
+    }
+
+    /// Reads time from `clock` (unit tests drive it).
+    pub fn with_clock(mut self, clock: std::sync::Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Sends ceremony events to `sink` (events noted while opening are
+    /// delivered now).
+    pub fn with_audit_sink(mut self, sink: std::sync::Arc<dyn AuditSink>) -> Self {
+        self.sink = sink;
+        self.flush();
+        self
+    }
+
+    fn note(&self, kind: EventKind, outcome: Outcome, detail: serde_json::Value) {
+        self.pending.push(Event::new(kind, outcome, detail));
+    }
+
+    /// Hands queued events to the sink. Called by every public method
+    /// after its `inner` guard is dropped.
+    fn flush(&self) {
+        self.pending.flush(self.sink.as_ref());
+    }
+
+    /// Runs `f` (which may lock `inner`), then delivers its events.
+    fn audited<T>(&self, f: impl FnOnce() -> T) -> T {
+        let r = f();
+        self.flush();
+        r
     }
 
     /// Tells the seal that the state directory shows this daemon was
@@ -458,15 +501,17 @@ impl Seal {
     /// With no seal file that is tampering, not a fresh install: init would
     /// spend token login attempts on PINs that changed long ago.
     pub fn expect_initialized(&self, evidence: &str) {
-        let mut inner = self.inner();
-        if inner.current.is_none() && inner.pending.is_none() {
-            let what = format!(
-                "seal.json is missing although {evidence}: it was deleted; restore it from a backup (init is refused)"
-            );
-            tracing::error!("{what}");
-            audit::event("seal_tampering", "detected", json!({ "what": what }));
-            inner.missing = Some(what);
-        }
+        self.audited(|| -> () {
+            let mut inner = self.inner();
+            if inner.current.is_none() && inner.pending.is_none() {
+                let what = format!(
+                    "seal.json is missing although {evidence}: it was deleted; restore it from a backup (init is refused)"
+                );
+                tracing::error!("{what}");
+                self.note(EventKind::SealTampering, Outcome::Detected, json!({ "what": what }));
+                inner.missing = Some(what);
+            }
+        })
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
@@ -487,94 +532,104 @@ impl Seal {
 
     /// Ok when key operations may run; otherwise the error to return.
     pub fn require_unsealed(&self) -> SealResult<()> {
-        match self.phase() {
-            Phase::Unsealed => Ok(()),
-            Phase::Uninitialized => Err(SealError::NotInitialized),
-            Phase::Sealed => {
-                let inner = self.inner();
-                let threshold = inner
-                    .current
-                    .as_ref()
-                    .or(inner.pending.as_ref())
-                    .map(|f| f.threshold)
-                    .unwrap_or(0);
-                let received = inner.progress.as_ref().map(|p| p.shares.len()).unwrap_or(0);
-                Err(SealError::Sealed {
-                    received,
-                    threshold,
-                })
+        self.audited(|| -> SealResult<()> {
+            match self.phase() {
+                Phase::Unsealed => Ok(()),
+                Phase::Uninitialized => Err(SealError::NotInitialized),
+                Phase::Sealed => {
+                    let inner = self.inner();
+                    let threshold = inner
+                        .current
+                        .as_ref()
+                        .or(inner.pending.as_ref())
+                        .map(|f| f.threshold)
+                        .unwrap_or(0);
+                    let received = inner.progress.as_ref().map(|p| p.shares.len()).unwrap_or(0);
+                    Err(SealError::Sealed {
+                        received,
+                        threshold,
+                    })
+                }
             }
-        }
+        })
     }
 
     /// Runs `f` with the keyring; fails when sealed.
     pub fn with_keyring<T>(&self, f: impl FnOnce(&Keyring) -> T) -> SealResult<T> {
-        let inner = self.inner();
-        match &inner.keyring {
-            Some(k) => Ok(f(k)),
-            None => Err(SealError::Sealed {
-                received: 0,
-                threshold: inner.current.as_ref().map(|c| c.threshold).unwrap_or(0),
-            }),
-        }
+        self.audited(|| -> SealResult<T> {
+            let inner = self.inner();
+            match &inner.keyring {
+                Some(k) => Ok(f(k)),
+                None => Err(SealError::Sealed {
+                    received: 0,
+                    threshold: inner.current.as_ref().map(|c| c.threshold).unwrap_or(0),
+                }),
+            }
+        })
     }
 
     fn expire(&self, inner: &mut Inner) {
         let timeout = self.config.ceremony_timeout;
         if let Some(p) = &inner.progress {
-            if p.started.elapsed() > timeout {
-                audit::event(
-                    "unseal_expired",
-                    "reset",
+            if self.clock.monotonic().saturating_sub(p.started) > timeout {
+                self.note(
+                    EventKind::UnsealExpired,
+                    Outcome::Reset,
                     json!({"received": p.shares.len(), "timeout_secs": timeout.as_secs()}),
                 );
                 inner.progress = None;
             }
         }
         if let Some(r) = &inner.rekey {
-            if r.started().elapsed() > timeout {
-                audit::event("rekey_expired", "cancelled", json!({"rekey_id": r.id()}));
+            if self.clock.monotonic().saturating_sub(r.started()) > timeout {
+                self.note(
+                    EventKind::RekeyExpired,
+                    Outcome::Cancelled,
+                    json!({"rekey_id": r.id()}),
+                );
                 inner.rekey = None;
             }
         }
     }
 
     pub fn status(&self) -> SealStatus {
-        let mut inner = self.inner();
-        self.expire(&mut inner);
-        let file = inner.current.as_ref().or(inner.pending.as_ref());
-        let rekey = inner.rekey.as_ref().map(|r| match r {
-            Rekey::CollectingOld { id, progress, .. } => RekeyStatus {
-                id: id.clone(),
-                phase: "collecting-old-shares",
-                received: progress.shares.len(),
-                threshold: progress.threshold,
-                new_set_id: String::new(),
-            },
-            Rekey::Verifying {
-                id,
-                progress,
-                new_set,
-                ..
-            } => RekeyStatus {
-                id: id.clone(),
-                phase: "verifying-new-shares",
-                received: progress.shares.len(),
-                threshold: progress.threshold,
-                new_set_id: hex::encode(new_set),
-            },
-        });
-        SealStatus {
-            phase: self.phase(),
-            set_id: file.map(|f| f.set_id.clone()).unwrap_or_default(),
-            shares: file.map(|f| f.shares).unwrap_or(0),
-            threshold: file.map(|f| f.threshold).unwrap_or(0),
-            received: inner.progress.as_ref().map(|p| p.shares.len()).unwrap_or(0),
-            rekey,
-            interrupted_rekey: inner.pending.is_some(),
-            init_pending: file.is_some_and(|f| f.pending_init),
-            tampered: inner.missing.clone(),
-        }
+        self.audited(|| -> SealStatus {
+            let mut inner = self.inner();
+            self.expire(&mut inner);
+            let file = inner.current.as_ref().or(inner.pending.as_ref());
+            let rekey = inner.rekey.as_ref().map(|r| match r {
+                Rekey::CollectingOld { id, progress, .. } => RekeyStatus {
+                    id: id.clone(),
+                    phase: "collecting-old-shares",
+                    received: progress.shares.len(),
+                    threshold: progress.threshold,
+                    new_set_id: String::new(),
+                },
+                Rekey::Verifying {
+                    id,
+                    progress,
+                    new_set,
+                    ..
+                } => RekeyStatus {
+                    id: id.clone(),
+                    phase: "verifying-new-shares",
+                    received: progress.shares.len(),
+                    threshold: progress.threshold,
+                    new_set_id: hex::encode(new_set),
+                },
+            });
+            SealStatus {
+                phase: self.phase(),
+                set_id: file.map(|f| f.set_id.clone()).unwrap_or_default(),
+                shares: file.map(|f| f.shares).unwrap_or(0),
+                threshold: file.map(|f| f.threshold).unwrap_or(0),
+                received: inner.progress.as_ref().map(|p| p.shares.len()).unwrap_or(0),
+                rekey,
+                interrupted_rekey: inner.pending.is_some(),
+                init_pending: file.is_some_and(|f| f.pending_init),
+                tampered: inner.missing.clone(),
+            }
+        })
     }
 
     /// The init ceremony: a fresh unseal key, split into shares. The token
@@ -590,471 +645,523 @@ impl Seal {
         provisioning_user_pin: Pin,
         provisioning_so_pin: Pin,
     ) -> SealResult<Vec<IssuedShare>> {
-        let mut inner = self.inner();
-        if let Some(what) = &inner.missing {
-            return Err(SealError::Tampered(what.clone()));
-        }
-        if let Some(f) = inner.current.as_ref().or(inner.pending.as_ref()) {
-            if !f.pending_init {
-                return Err(SealError::AlreadyInitialized {
-                    set_id: f.set_id.clone(),
+        self.audited(|| -> SealResult<Vec<IssuedShare>> {
+            let mut inner = self.inner();
+            if let Some(what) = &inner.missing {
+                return Err(SealError::Tampered(what.clone()));
+            }
+            if let Some(f) = inner.current.as_ref().or(inner.pending.as_ref()) {
+                if !f.pending_init {
+                    return Err(SealError::AlreadyInitialized {
+                        set_id: f.set_id.clone(),
+                    });
+                }
+            }
+            let plan = validate_plan(spec, self.config.allow_single_share)?;
+            if let Err(e) = hsm.verify_pins(&provisioning_user_pin, &provisioning_so_pin) {
+                self.note(
+                    EventKind::Init,
+                    Outcome::Refused,
+                    json!({"reason": e.to_string()}),
+                );
+                return Err(match e {
+                    HsmError::PinIncorrect { role: "user" } => {
+                        SealError::PinRejected { field: "user_pin" }
+                    }
+                    HsmError::PinIncorrect { .. } => SealError::PinRejected { field: "so_pin" },
+                    other => SealError::Hsm(other),
                 });
             }
-        }
-        let plan = validate_plan(spec, self.config.allow_single_share)?;
-        if let Err(e) = hsm.verify_pins(&provisioning_user_pin, &provisioning_so_pin) {
-            audit::event("init", "refused", json!({"reason": e.to_string()}));
-            return Err(match e {
-                HsmError::PinIncorrect { role: "user" } => {
-                    SealError::PinRejected { field: "user_pin" }
-                }
-                HsmError::PinIncorrect { .. } => SealError::PinRejected { field: "so_pin" },
-                other => SealError::Hsm(other),
+            let key = UnsealKey::random().map_err(SealError::Storage)?;
+            let set_id = random_set_id()?;
+            let keyring = Keyring::random().map_err(SealError::Storage)?;
+            let mut file = SealFile::new(
+                &key,
+                set_id,
+                plan.shares,
+                plan.threshold,
+                &keyring,
+                self.clock.now_secs(),
+            )
+            .map_err(SealError::Storage)?;
+            file.pending_init = true;
+            file.authenticate(&key).map_err(SealError::Storage)?;
+            let issued = issue_shares(&key, &set_id, &plan)?;
+            self.store.save(&file).map_err(SealError::Storage)?;
+            self.note(
+                EventKind::Init,
+                Outcome::SharesIssued,
+                json!({
+                    "set_id": file.set_id,
+                    "shares": plan.shares,
+                    "threshold": plan.threshold,
+                    "encrypted_to_recipients": !plan.recipients.is_empty(),
+                    "labels": plan.labels,
+                }),
+            );
+            inner.current = Some(file);
+            inner.progress = None;
+            inner.init_pins = Some(InitPins {
+                user: provisioning_user_pin,
+                so: provisioning_so_pin,
             });
-        }
-        let key = UnsealKey::random().map_err(SealError::Storage)?;
-        let set_id = random_set_id()?;
-        let keyring = Keyring::random().map_err(SealError::Storage)?;
-        let mut file = SealFile::new(
-            &key,
-            set_id,
-            plan.shares,
-            plan.threshold,
-            &keyring,
-            now_secs(),
-        )
-        .map_err(SealError::Storage)?;
-        file.pending_init = true;
-        file.authenticate(&key).map_err(SealError::Storage)?;
-        let issued = issue_shares(&key, &set_id, &plan)?;
-        self.store.save(&file).map_err(SealError::Storage)?;
-        audit::event(
-            "init",
-            "shares_issued",
-            json!({
-                "set_id": file.set_id,
-                "shares": plan.shares,
-                "threshold": plan.threshold,
-                "encrypted_to_recipients": !plan.recipients.is_empty(),
-                "labels": plan.labels,
-            }),
-        );
-        inner.current = Some(file);
-        inner.progress = None;
-        inner.init_pins = Some(InitPins {
-            user: provisioning_user_pin,
-            so: provisioning_so_pin,
-        });
-        self.set_phase(Phase::Sealed);
-        Ok(issued)
+            self.set_phase(Phase::Sealed);
+            Ok(issued)
+        })
     }
 
     /// Submits one share toward unseal. At the threshold: reconstruct,
     /// confirm with the check value, derive the PIN, log in, open the
     /// keyring. Returns the progress; `complete` means unsealed.
     pub fn submit_unseal_share(&self, hsm: &dyn Hsm, text: &str) -> SealResult<ShareProgress> {
-        let mut inner = self.inner();
-        match self.phase() {
-            Phase::Uninitialized => return Err(SealError::NotInitialized),
-            Phase::Unsealed => return Err(SealError::AlreadyUnsealed),
-            Phase::Sealed => {}
-        }
-        self.expire(&mut inner);
-        let parsed = share::parse(text).map_err(|e| {
-            audit::event("unseal_share", "refused", json!({"reason": e.to_string()}));
-            SealError::BadShare(e)
-        })?;
-        let got = hex::encode(parsed.set_id);
-        let mut file = [inner.current.as_ref(), inner.pending.as_ref()]
-            .into_iter()
-            .flatten()
-            .find(|f| f.set_id == got)
-            .cloned();
-        let Some(mut file) = file.take() else {
-            let want = inner
-                .current
-                .as_ref()
-                .map(|f| f.set_id.clone())
-                .unwrap_or_default();
-            audit::event(
-                "unseal_share",
-                "refused",
-                json!({"reason": "other share set", "share_set": got}),
-            );
-            return Err(SealError::WrongSet { got, want });
-        };
-        if parsed.threshold != file.threshold {
-            audit::event(
-                "unseal_share",
-                "refused",
-                json!({"reason": "threshold mismatch", "index": parsed.bytes.index}),
-            );
-            return Err(SealError::WrongThreshold {
-                got: parsed.threshold,
-                want: file.threshold,
-                set_id: file.set_id.clone(),
-            });
-        }
-        let progress = match &mut inner.progress {
-            Some(p) if p.set_id == parsed.set_id => p,
-            slot => {
-                if let Some(old) = slot.as_ref() {
-                    // Shares of the other set (interrupted rekey) start over.
-                    audit::event(
-                        "unseal_progress_reset",
-                        "reset",
-                        json!({"received": old.shares.len()}),
-                    );
-                }
-                slot.insert(Progress::new(parsed.set_id, file.threshold))
+        self.audited(|| -> SealResult<ShareProgress> {
+            let mut inner = self.inner();
+            match self.phase() {
+                Phase::Uninitialized => return Err(SealError::NotInitialized),
+                Phase::Unsealed => return Err(SealError::AlreadyUnsealed),
+                Phase::Sealed => {}
             }
-        };
-        if progress
-            .shares
-            .iter()
-            .any(|s| s.index == parsed.bytes.index)
-        {
-            audit::event(
-                "unseal_share",
-                "refused",
-                json!({"reason": "duplicate", "index": parsed.bytes.index}),
+            self.expire(&mut inner);
+            let parsed = share::parse(text).map_err(|e| {
+                self.note(
+                    EventKind::UnsealShare,
+                    Outcome::Refused,
+                    json!({"reason": e.to_string()}),
+                );
+                SealError::BadShare(e)
+            })?;
+            let got = hex::encode(parsed.set_id);
+            let mut file = [inner.current.as_ref(), inner.pending.as_ref()]
+                .into_iter()
+                .flatten()
+                .find(|f| f.set_id == got)
+                .cloned();
+            let Some(mut file) = file.take() else {
+                let want = inner
+                    .current
+                    .as_ref()
+                    .map(|f| f.set_id.clone())
+                    .unwrap_or_default();
+                self.note(
+                    EventKind::UnsealShare,
+                    Outcome::Refused,
+                    json!({"reason": "other share set", "share_set": got}),
+                );
+                return Err(SealError::WrongSet { got, want });
+            };
+            if parsed.threshold != file.threshold {
+                self.note(
+                    EventKind::UnsealShare,
+                    Outcome::Refused,
+                    json!({"reason": "threshold mismatch", "index": parsed.bytes.index}),
+                );
+                return Err(SealError::WrongThreshold {
+                    got: parsed.threshold,
+                    want: file.threshold,
+                    set_id: file.set_id.clone(),
+                });
+            }
+            let progress = match &mut inner.progress {
+                Some(p) if p.set_id == parsed.set_id => p,
+                slot => {
+                    if let Some(old) = slot.as_ref() {
+                        // Shares of the other set (interrupted rekey) start over.
+                        self.note(
+                            EventKind::UnsealProgressReset,
+                            Outcome::Reset,
+                            json!({"received": old.shares.len()}),
+                        );
+                    }
+                    slot.insert(Progress::new(
+                        parsed.set_id,
+                        file.threshold,
+                        self.clock.monotonic(),
+                    ))
+                }
+            };
+            if progress
+                .shares
+                .iter()
+                .any(|s| s.index == parsed.bytes.index)
+            {
+                self.note(
+                    EventKind::UnsealShare,
+                    Outcome::Refused,
+                    json!({"reason": "duplicate", "index": parsed.bytes.index}),
+                );
+                return Err(SealError::Duplicate {
+                    index: parsed.bytes.index,
+                    received: progress.shares.len(),
+                    threshold: progress.threshold,
+                });
+            }
+            progress.shares.push(parsed.bytes);
+            let received = progress.shares.len();
+            let threshold = progress.threshold;
+            self.note(
+                EventKind::UnsealShare,
+                Outcome::Accepted,
+                json!({"set_id": file.set_id, "received": received, "threshold": threshold}),
             );
-            return Err(SealError::Duplicate {
-                index: parsed.bytes.index,
-                received: progress.shares.len(),
-                threshold: progress.threshold,
-            });
-        }
-        progress.shares.push(parsed.bytes);
-        let received = progress.shares.len();
-        let threshold = progress.threshold;
-        audit::event(
-            "unseal_share",
-            "accepted",
-            json!({"set_id": file.set_id, "received": received, "threshold": threshold}),
-        );
-        if received < threshold as usize {
-            return Ok(ShareProgress {
+            if received < threshold as usize {
+                return Ok(ShareProgress {
+                    received,
+                    threshold,
+                    set_id: file.set_id,
+                    complete: false,
+                });
+            }
+
+            // Threshold reached: whatever happens next, the shares are dropped.
+            let Some(progress) = inner.progress.take() else {
+                return Err(SealError::Storage("progress vanished".into()));
+            };
+            let set_id = progress.set_id;
+            let refs: Vec<&ShareBytes> = progress.shares.iter().collect();
+            let key = shamir::combine(&refs).map_err(SealError::Storage)?;
+            drop(refs);
+            drop(progress);
+            let check = file.check().map_err(SealError::Storage)?;
+            if !key.matches(&set_id, &check) {
+                self.note(
+                    EventKind::Unseal,
+                    Outcome::Failed,
+                    json!({"reason": "check value mismatch", "set_id": file.set_id}),
+                );
+                return Err(SealError::ReconstructionFailed);
+            }
+            // The key is confirmed: now the metadata around it must verify
+            // before anything in it (pending_init above all) is acted on.
+            if let Err(why) = file.verify(&key) {
+                self.note(
+                    EventKind::SealTampering,
+                    Outcome::Detected,
+                    json!({"what": why, "set_id": file.set_id}),
+                );
+                return Err(SealError::Tampered(why));
+            }
+            let keyring = file.open_keyring(&key).map_err(SealError::Storage)?;
+            if file.pending_init {
+                // The first quorum proved the shares work: now, and only now,
+                // the provisioning PINs give way to the derived ones.
+                let Some(pins) = inner.init_pins.take() else {
+                    self.note(
+                        EventKind::InitCommit,
+                        Outcome::Failed,
+                        json!({"reason": "provisioning PINs gone (restart)"}),
+                    );
+                    return Err(SealError::InitIncomplete);
+                };
+                if let Err(e) = hsm.change_pins(
+                    &pins.user,
+                    &key.user_pin(&set_id),
+                    &pins.so,
+                    &key.so_pin(&set_id),
+                ) {
+                    self.note(
+                        EventKind::InitCommit,
+                        Outcome::Failed,
+                        json!({"reason": e.to_string()}),
+                    );
+                    inner.init_pins = Some(pins);
+                    return Err(SealError::Hsm(e));
+                }
+                drop(pins);
+                file.pending_init = false;
+                file.authenticate(&key).map_err(SealError::Storage)?;
+                self.store.save(&file).map_err(SealError::Storage)?;
+                inner.current = Some(file.clone());
+                self.note(
+                    EventKind::InitCommit,
+                    Outcome::Ok,
+                    json!({"set_id": file.set_id}),
+                );
+            }
+            if let Err(e) = hsm.login(&key.user_pin(&set_id)) {
+                self.note(
+                    EventKind::Unseal,
+                    Outcome::Failed,
+                    json!({"reason": e.to_string()}),
+                );
+                return Err(SealError::Hsm(e));
+            }
+            drop(key);
+            // An interrupted rekey is settled by whichever set logged in.
+            let is_pending = inner.pending.as_ref().map(|p| p.set_id == file.set_id) == Some(true);
+            if is_pending {
+                self.store.promote_pending().map_err(SealError::Storage)?;
+                inner.current = inner.pending.take();
+            } else if inner.pending.is_some() {
+                self.store.discard_pending().map_err(SealError::Storage)?;
+                inner.pending = None;
+            }
+            inner.keyring = Some(keyring);
+            self.set_phase(Phase::Unsealed);
+            self.note(
+                EventKind::Unseal,
+                Outcome::Ok,
+                json!({"set_id": file.set_id}),
+            );
+            Ok(ShareProgress {
                 received,
                 threshold,
                 set_id: file.set_id,
-                complete: false,
-            });
-        }
-
-        // Threshold reached: whatever happens next, the shares are dropped.
-        let Some(progress) = inner.progress.take() else {
-            return Err(SealError::Storage("progress vanished".into()));
-        };
-        let set_id = progress.set_id;
-        let refs: Vec<&ShareBytes> = progress.shares.iter().collect();
-        let key = shamir::combine(&refs).map_err(SealError::Storage)?;
-        drop(refs);
-        drop(progress);
-        let check = file.check().map_err(SealError::Storage)?;
-        if !key.matches(&set_id, &check) {
-            audit::event(
-                "unseal",
-                "failed",
-                json!({"reason": "check value mismatch", "set_id": file.set_id}),
-            );
-            return Err(SealError::ReconstructionFailed);
-        }
-        // The key is confirmed: now the metadata around it must verify
-        // before anything in it (pending_init above all) is acted on.
-        if let Err(why) = file.verify(&key) {
-            audit::event(
-                "seal_tampering",
-                "detected",
-                json!({"what": why, "set_id": file.set_id}),
-            );
-            return Err(SealError::Tampered(why));
-        }
-        let keyring = file.open_keyring(&key).map_err(SealError::Storage)?;
-        if file.pending_init {
-            // The first quorum proved the shares work: now, and only now,
-            // the provisioning PINs give way to the derived ones.
-            let Some(pins) = inner.init_pins.take() else {
-                audit::event(
-                    "init_commit",
-                    "failed",
-                    json!({"reason": "provisioning PINs gone (restart)"}),
-                );
-                return Err(SealError::InitIncomplete);
-            };
-            if let Err(e) = hsm.change_pins(
-                &pins.user,
-                &key.user_pin(&set_id),
-                &pins.so,
-                &key.so_pin(&set_id),
-            ) {
-                audit::event("init_commit", "failed", json!({"reason": e.to_string()}));
-                inner.init_pins = Some(pins);
-                return Err(SealError::Hsm(e));
-            }
-            drop(pins);
-            file.pending_init = false;
-            file.authenticate(&key).map_err(SealError::Storage)?;
-            self.store.save(&file).map_err(SealError::Storage)?;
-            inner.current = Some(file.clone());
-            audit::event("init_commit", "ok", json!({"set_id": file.set_id}));
-        }
-        if let Err(e) = hsm.login(&key.user_pin(&set_id)) {
-            audit::event("unseal", "failed", json!({"reason": e.to_string()}));
-            return Err(SealError::Hsm(e));
-        }
-        drop(key);
-        // An interrupted rekey is settled by whichever set logged in.
-        let is_pending = inner.pending.as_ref().map(|p| p.set_id == file.set_id) == Some(true);
-        if is_pending {
-            self.store.promote_pending().map_err(SealError::Storage)?;
-            inner.current = inner.pending.take();
-        } else if inner.pending.is_some() {
-            self.store.discard_pending().map_err(SealError::Storage)?;
-            inner.pending = None;
-        }
-        inner.keyring = Some(keyring);
-        self.set_phase(Phase::Unsealed);
-        audit::event("unseal", "ok", json!({"set_id": file.set_id}));
-        Ok(ShareProgress {
-            received,
-            threshold,
-            set_id: file.set_id,
-            complete: true,
+                complete: true,
+            })
         })
     }
 
     /// Forgets the shares received so far.
     pub fn reset_unseal(&self) -> SealResult<usize> {
-        let mut inner = self.inner();
-        let n = inner.progress.take().map(|p| p.shares.len()).unwrap_or(0);
-        audit::event("unseal_reset", "ok", json!({"discarded": n}));
-        Ok(n)
+        self.audited(|| -> SealResult<usize> {
+            let mut inner = self.inner();
+            let n = inner.progress.take().map(|p| p.shares.len()).unwrap_or(0);
+            self.note(EventKind::UnsealReset, Outcome::Ok, json!({"discarded": n}));
+            Ok(n)
+        })
     }
 
     /// Seals: refuse key operations, log out, drop session copies, wipe the
     /// keyring and any ceremony in progress.
     pub fn seal(&self, hsm: &dyn Hsm) -> SealResult<()> {
-        let mut inner = self.inner();
-        match self.phase() {
-            Phase::Uninitialized => return Err(SealError::NotInitialized),
-            Phase::Sealed => {
-                inner.progress = None;
-                return Ok(());
+        self.audited(|| -> SealResult<()> {
+            let mut inner = self.inner();
+            match self.phase() {
+                Phase::Uninitialized => return Err(SealError::NotInitialized),
+                Phase::Sealed => {
+                    inner.progress = None;
+                    return Ok(());
+                }
+                Phase::Unsealed => {}
             }
-            Phase::Unsealed => {}
-        }
-        self.set_phase(Phase::Sealed);
-        inner.keyring = None;
-        inner.rekey = None;
-        inner.progress = None;
-        hsm.logout();
-        audit::event("seal", "ok", json!({}));
-        Ok(())
+            self.set_phase(Phase::Sealed);
+            inner.keyring = None;
+            inner.rekey = None;
+            inner.progress = None;
+            hsm.logout();
+            self.note(EventKind::Seal, Outcome::Ok, json!({}));
+            Ok(())
+        })
     }
 
     /// Starts a rekey; it needs a quorum of the current shares.
     pub fn rekey_start(&self, spec: ShareSpec<'_>) -> SealResult<(String, u8)> {
-        let mut inner = self.inner();
-        if self.phase() != Phase::Unsealed {
-            return Err(self
-                .require_unsealed()
-                .err()
-                .unwrap_or(SealError::AlreadyUnsealed));
-        }
-        self.expire(&mut inner);
-        if let Some(r) = &inner.rekey {
-            return Err(SealError::RekeyInProgress {
-                id: r.id().to_string(),
+        self.audited(|| -> SealResult<(String, u8)> {
+            // Before taking `inner`: require_unsealed takes it too (it
+            // used to be called with `inner` held, which deadlocked a
+            // rekey started on a sealed daemon).
+            if self.phase() != Phase::Unsealed {
+                return Err(self
+                    .require_unsealed()
+                    .err()
+                    .unwrap_or(SealError::AlreadyUnsealed));
+            }
+            let mut inner = self.inner();
+            self.expire(&mut inner);
+            if let Some(r) = &inner.rekey {
+                return Err(SealError::RekeyInProgress {
+                    id: r.id().to_string(),
+                });
+            }
+            let plan = validate_plan(spec, self.config.allow_single_share)?;
+            let Some(current) = inner.current.as_ref() else {
+                return Err(SealError::NotInitialized);
+            };
+            let set_id = current.set_id().map_err(SealError::Storage)?;
+            let old_threshold = current.threshold;
+            let id = hex::encode(random_set_id()?);
+            self.note(
+                EventKind::RekeyStart,
+                Outcome::Ok,
+                json!({"rekey_id": id, "shares": plan.shares, "threshold": plan.threshold}),
+            );
+            inner.rekey = Some(Rekey::CollectingOld {
+                id: id.clone(),
+                plan,
+                progress: Progress::new(set_id, old_threshold, self.clock.monotonic()),
             });
-        }
-        let plan = validate_plan(spec, self.config.allow_single_share)?;
-        let Some(current) = inner.current.as_ref() else {
-            return Err(SealError::NotInitialized);
-        };
-        let set_id = current.set_id().map_err(SealError::Storage)?;
-        let old_threshold = current.threshold;
-        let id = hex::encode(random_set_id()?);
-        audit::event(
-            "rekey_start",
-            "ok",
-            json!({"rekey_id": id, "shares": plan.shares, "threshold": plan.threshold}),
-        );
-        inner.rekey = Some(Rekey::CollectingOld {
-            id: id.clone(),
-            plan,
-            progress: Progress::new(set_id, old_threshold),
-        });
-        Ok((id, old_threshold))
+            Ok((id, old_threshold))
+        })
     }
 
     pub fn rekey_cancel(&self) -> SealResult<()> {
-        let mut inner = self.inner();
-        match inner.rekey.take() {
-            Some(r) => {
-                audit::event("rekey_cancel", "ok", json!({"rekey_id": r.id()}));
-                Ok(())
+        self.audited(|| -> SealResult<()> {
+            let mut inner = self.inner();
+            match inner.rekey.take() {
+                Some(r) => {
+                    self.note(
+                        EventKind::RekeyCancel,
+                        Outcome::Ok,
+                        json!({"rekey_id": r.id()}),
+                    );
+                    Ok(())
+                }
+                None => Err(SealError::NoRekey),
             }
-            None => Err(SealError::NoRekey),
-        }
+        })
     }
 
     /// Submits a current share to a rekey. At the old threshold the new
     /// shares are issued (returned) and the rekey waits for verification.
     pub fn rekey_submit(&self, text: &str) -> SealResult<(ShareProgress, Option<NewShareSet>)> {
-        let mut inner = self.inner();
-        self.expire(&mut inner);
-        let current = inner.current.clone().ok_or(SealError::NotInitialized)?;
-        let (id, progress) = match &mut inner.rekey {
-            None => return Err(SealError::NoRekey),
-            Some(Rekey::Verifying { id, .. }) => {
-                return Err(SealError::WrongRekeyPhase {
-                    id: id.clone(),
-                    phase: "verifying new shares",
-                    hint: "submit the NEW shares with `keywarden operator rekey --verify`",
-                })
+        self.audited(|| -> SealResult<(ShareProgress, Option<NewShareSet>)> {
+            let mut inner = self.inner();
+            self.expire(&mut inner);
+            let current = inner.current.clone().ok_or(SealError::NotInitialized)?;
+            let (id, progress) = match &mut inner.rekey {
+                None => return Err(SealError::NoRekey),
+                Some(Rekey::Verifying { id, .. }) => {
+                    return Err(SealError::WrongRekeyPhase {
+                        id: id.clone(),
+                        phase: "verifying new shares",
+                        hint: "submit the NEW shares with `keywarden operator rekey --verify`",
+                    })
+                }
+                Some(Rekey::CollectingOld { id, progress, .. }) => (id.clone(), progress),
+            };
+            let parsed = share::parse(text).map_err(SealError::BadShare)?;
+            let (received, threshold) = progress.accept(parsed, EventKind::RekeyShare, &id, &self.pending)?;
+            if received < threshold as usize {
+                return Ok((
+                    ShareProgress {
+                        received,
+                        threshold,
+                        set_id: current.set_id,
+                        complete: false,
+                    },
+                    None,
+                ));
             }
-            Some(Rekey::CollectingOld { id, progress, .. }) => (id.clone(), progress),
-        };
-        let parsed = share::parse(text).map_err(SealError::BadShare)?;
-        let (received, threshold) = progress.accept(parsed, "rekey_share", &id)?;
-        if received < threshold as usize {
-            return Ok((
+            let Some(Rekey::CollectingOld { plan, progress, .. }) = inner.rekey.take() else {
+                return Err(SealError::NoRekey);
+            };
+            let refs: Vec<&ShareBytes> = progress.shares.iter().collect();
+            let old_key = shamir::combine(&refs).map_err(SealError::Storage)?;
+            drop(refs);
+            let check = current.check().map_err(SealError::Storage)?;
+            if !old_key.matches(&progress.set_id, &check) {
+                self.note(EventKind::RekeyShare, Outcome::Failed,
+                    json!({"rekey_id": id, "reason": "check value mismatch"}),
+                );
+                // Progress resets; the rekey itself stays open.
+                inner.rekey = Some(Rekey::CollectingOld {
+                    id,
+                    progress: Progress::new(progress.set_id, progress.threshold, self.clock.monotonic()),
+                    plan,
+                });
+                return Err(SealError::ReconstructionFailed);
+            }
+            let old_user = old_key.user_pin(&progress.set_id);
+            let old_so = old_key.so_pin(&progress.set_id);
+            drop(old_key);
+            let new_key = UnsealKey::random().map_err(SealError::Storage)?;
+            let new_set = random_set_id()?;
+            let issued = issue_shares(&new_key, &new_set, &plan)?;
+            self.note(EventKind::RekeySharesIssued, Outcome::Ok,
+                json!({"rekey_id": id, "new_set_id": hex::encode(new_set), "shares": plan.shares, "threshold": plan.threshold}),
+            );
+            inner.rekey = Some(Rekey::Verifying {
+                id,
+                new_key,
+                new_set,
+                shares: plan.shares,
+                progress: Progress::new(new_set, plan.threshold, self.clock.monotonic()),
+                old_user,
+                old_so,
+            });
+            Ok((
                 ShareProgress {
                     received,
                     threshold,
                     set_id: current.set_id,
-                    complete: false,
+                    complete: true,
                 },
-                None,
-            ));
-        }
-        let Some(Rekey::CollectingOld { plan, progress, .. }) = inner.rekey.take() else {
-            return Err(SealError::NoRekey);
-        };
-        let refs: Vec<&ShareBytes> = progress.shares.iter().collect();
-        let old_key = shamir::combine(&refs).map_err(SealError::Storage)?;
-        drop(refs);
-        let check = current.check().map_err(SealError::Storage)?;
-        if !old_key.matches(&progress.set_id, &check) {
-            audit::event(
-                "rekey_share",
-                "failed",
-                json!({"rekey_id": id, "reason": "check value mismatch"}),
-            );
-            // Progress resets; the rekey itself stays open.
-            inner.rekey = Some(Rekey::CollectingOld {
-                id,
-                progress: Progress::new(progress.set_id, progress.threshold),
-                plan,
-            });
-            return Err(SealError::ReconstructionFailed);
-        }
-        let old_user = old_key.user_pin(&progress.set_id);
-        let old_so = old_key.so_pin(&progress.set_id);
-        drop(old_key);
-        let new_key = UnsealKey::random().map_err(SealError::Storage)?;
-        let new_set = random_set_id()?;
-        let issued = issue_shares(&new_key, &new_set, &plan)?;
-        audit::event(
-            "rekey_shares_issued",
-            "ok",
-            json!({"rekey_id": id, "new_set_id": hex::encode(new_set), "shares": plan.shares, "threshold": plan.threshold}),
-        );
-        inner.rekey = Some(Rekey::Verifying {
-            id,
-            new_key,
-            new_set,
-            shares: plan.shares,
-            progress: Progress::new(new_set, plan.threshold),
-            old_user,
-            old_so,
-        });
-        Ok((
-            ShareProgress {
-                received,
-                threshold,
-                set_id: current.set_id,
-                complete: true,
-            },
-            Some(NewShareSet {
-                set_id: hex::encode(new_set),
-                shares: issued,
-            }),
-        ))
+                Some(NewShareSet {
+                    set_id: hex::encode(new_set),
+                    shares: issued,
+                }),
+            ))
+        })
     }
 
     /// Submits a NEW share back for verification. At the new threshold the
     /// rekey commits: the token PINs change and the old shares die.
     pub fn rekey_verify(&self, hsm: &dyn Hsm, text: &str) -> SealResult<ShareProgress> {
-        let mut inner = self.inner();
-        self.expire(&mut inner);
-        let (id, new_set, progress) = match &mut inner.rekey {
-            None => return Err(SealError::NoRekey),
-            Some(Rekey::CollectingOld { id, .. }) => {
-                return Err(SealError::WrongRekeyPhase {
-                    id: id.clone(),
-                    phase: "collecting current shares",
-                    hint: "submit the CURRENT shares with `keywarden operator rekey --submit`",
-                })
+        self.audited(|| -> SealResult<ShareProgress> {
+            let mut inner = self.inner();
+            self.expire(&mut inner);
+            let (id, new_set, progress) = match &mut inner.rekey {
+                None => return Err(SealError::NoRekey),
+                Some(Rekey::CollectingOld { id, .. }) => {
+                    return Err(SealError::WrongRekeyPhase {
+                        id: id.clone(),
+                        phase: "collecting current shares",
+                        hint: "submit the CURRENT shares with `keywarden operator rekey --submit`",
+                    })
+                }
+                Some(Rekey::Verifying {
+                    id,
+                    new_set,
+                    progress,
+                    ..
+                }) => (id.clone(), *new_set, progress),
+            };
+            let parsed = share::parse(text).map_err(SealError::BadShare)?;
+            let (received, threshold) =
+                progress.accept(parsed, EventKind::RekeyVerifyShare, &id, &self.pending)?;
+            if received < threshold as usize {
+                return Ok(ShareProgress {
+                    received,
+                    threshold,
+                    set_id: hex::encode(new_set),
+                    complete: false,
+                });
             }
-            Some(Rekey::Verifying {
-                id,
-                new_set,
+            let Some(Rekey::Verifying {
+                new_key,
+                shares,
                 progress,
+                old_user,
+                old_so,
                 ..
-            }) => (id.clone(), *new_set, progress),
-        };
-        let parsed = share::parse(text).map_err(SealError::BadShare)?;
-        let (received, threshold) = progress.accept(parsed, "rekey_verify_share", &id)?;
-        if received < threshold as usize {
-            return Ok(ShareProgress {
+            }) = inner.rekey.take()
+            else {
+                return Err(SealError::NoRekey);
+            };
+            let refs: Vec<&ShareBytes> = progress.shares.iter().collect();
+            let rebuilt = shamir::combine(&refs).map_err(SealError::Storage)?;
+            drop(refs);
+            if !rebuilt.matches(&new_set, &new_key.check_value(&new_set)) {
+                self.note(
+                    EventKind::RekeyVerify,
+                    Outcome::Failed,
+                    json!({"rekey_id": id}),
+                );
+                inner.rekey = Some(Rekey::Verifying {
+                    id,
+                    new_key,
+                    new_set,
+                    shares,
+                    progress: Progress::new(new_set, threshold, self.clock.monotonic()),
+                    old_user,
+                    old_so,
+                });
+                return Err(SealError::ReconstructionFailed);
+            }
+            drop(rebuilt);
+            let old = OldPins {
+                user: old_user,
+                so: old_so,
+            };
+            self.commit_rekey(
+                hsm, &mut inner, &id, &old, &new_key, new_set, shares, threshold,
+            )?;
+            Ok(ShareProgress {
                 received,
                 threshold,
                 set_id: hex::encode(new_set),
-                complete: false,
-            });
-        }
-        let Some(Rekey::Verifying {
-            new_key,
-            shares,
-            progress,
-            old_user,
-            old_so,
-            ..
-        }) = inner.rekey.take()
-        else {
-            return Err(SealError::NoRekey);
-        };
-        let refs: Vec<&ShareBytes> = progress.shares.iter().collect();
-        let rebuilt = shamir::combine(&refs).map_err(SealError::Storage)?;
-        drop(refs);
-        if !rebuilt.matches(&new_set, &new_key.check_value(&new_set)) {
-            audit::event("rekey_verify", "failed", json!({"rekey_id": id}));
-            inner.rekey = Some(Rekey::Verifying {
-                id,
-                new_key,
-                new_set,
-                shares,
-                progress: Progress::new(new_set, threshold),
-                old_user,
-                old_so,
-            });
-            return Err(SealError::ReconstructionFailed);
-        }
-        drop(rebuilt);
-        let old = OldPins {
-            user: old_user,
-            so: old_so,
-        };
-        self.commit_rekey(
-            hsm, &mut inner, &id, &old, &new_key, new_set, shares, threshold,
-        )?;
-        Ok(ShareProgress {
-            received,
-            threshold,
-            set_id: hex::encode(new_set),
-            complete: true,
+                complete: true,
+            })
         })
     }
 
@@ -1075,8 +1182,15 @@ impl Seal {
             received: 0,
             threshold: current.threshold,
         })?;
-        let file = SealFile::new(new_key, new_set, shares, threshold, keyring, now_secs())
-            .map_err(SealError::Storage)?;
+        let file = SealFile::new(
+            new_key,
+            new_set,
+            shares,
+            threshold,
+            keyring,
+            self.clock.now_secs(),
+        )
+        .map_err(SealError::Storage)?;
         self.store.save_pending(&file).map_err(SealError::Storage)?;
         hsm.logout();
         let changed = hsm.change_pins(
@@ -1088,9 +1202,9 @@ impl Seal {
         if let Err(e) = changed {
             let _ = self.store.discard_pending();
             let relogin = hsm.login(&old.user);
-            audit::event(
-                "rekey_commit",
-                "failed",
+            self.note(
+                EventKind::RekeyCommit,
+                Outcome::Failed,
                 json!({"rekey_id": id, "reason": e.to_string()}),
             );
             if relogin.is_err() {
@@ -1104,16 +1218,14 @@ impl Seal {
         if let Err(e) = hsm.login(&new_key.user_pin(&new_set)) {
             self.set_phase(Phase::Sealed);
             inner.keyring = None;
-            audit::event(
-                "rekey_commit",
-                "committed_but_sealed",
+            self.note(
+                EventKind::RekeyCommit,
+                Outcome::CommittedButSealed,
                 json!({"rekey_id": id, "reason": e.to_string()}),
             );
             return Err(SealError::Hsm(e));
         }
-        audit::event(
-            "rekey_commit",
-            "ok",
+        self.note(EventKind::RekeyCommit, Outcome::Ok,
             json!({"rekey_id": id, "new_set_id": hex::encode(new_set), "old_set_id": current.set_id}),
         );
         Ok(())
@@ -1127,3 +1239,6 @@ fn share_text(line: &str) -> Zeroizing<Vec<u8>> {
     text.push(b'\n');
     text
 }
+
+#[cfg(test)]
+mod tests;

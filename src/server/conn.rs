@@ -10,6 +10,7 @@
 //! accept error waits (10 ms, doubling to 1 s) instead of spinning.
 
 use std::collections::HashMap;
+
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -52,6 +53,7 @@ pub struct Tracker {
     refused: AtomicU64,
     timed_out: AtomicU64,
     alerted: Mutex<HashMap<u32, Instant>>,
+    sink: Arc<dyn crate::audit::AuditSink>,
 }
 
 /// What Status shows.
@@ -63,8 +65,9 @@ pub struct ConnStats {
 }
 
 impl Tracker {
-    pub fn new(limits: ConnLimits) -> Arc<Self> {
+    pub fn new(limits: ConnLimits, sink: Arc<dyn crate::audit::AuditSink>) -> Arc<Self> {
         Arc::new(Tracker {
+            sink,
             limits,
             open: Mutex::new(HashMap::new()),
             total: AtomicUsize::new(0),
@@ -114,9 +117,9 @@ impl Tracker {
         alerted.insert(uid, now);
         drop(alerted);
         warn!(uid, reason = why, refused_total = n, "connection refused");
-        crate::audit::event(
-            "connection_refused",
-            "refused",
+        self.sink.record_event(
+            crate::audit::EventKind::ConnectionRefused,
+            crate::audit::Outcome::Refused,
             serde_json::json!({"uid": uid, "reason": why, "refused_total": n,
                 "per_uid": self.limits.per_uid, "total": self.limits.total}),
         );
@@ -303,11 +306,15 @@ mod tests {
 
     #[test]
     fn per_uid_and_total_caps_hold_and_slots_come_back() {
-        let t = Tracker::new(ConnLimits {
-            per_uid: 2,
-            total: 3,
-            ..ConnLimits::default()
-        });
+        let sink = Arc::new(crate::audit::MemorySink::default());
+        let t = Tracker::new(
+            ConnLimits {
+                per_uid: 2,
+                total: 3,
+                ..ConnLimits::default()
+            },
+            sink.clone(),
+        );
         let a1 = t.admit(1).unwrap();
         let _a2 = t.admit(1).unwrap();
         assert!(t.admit(1).is_err(), "third from uid 1");
@@ -316,5 +323,17 @@ mod tests {
         drop(a1);
         assert_eq!(t.stats().open, 2);
         let _a3 = t.admit(1).unwrap();
+        // A refusal (as the accept loop reports it) is counted and audited,
+        // once per uid per alert interval.
+        t.refuse(1, "the per-uid connection limit");
+        t.refuse(1, "the per-uid connection limit");
+        assert_eq!(t.stats().refused, 2);
+        assert_eq!(sink.kinds().len(), 1);
+        assert!(sink.kinds().iter().all(|k| *k
+            == (
+                crate::audit::EventKind::ConnectionRefused,
+                crate::audit::Outcome::Refused
+            )));
+        assert!(!sink.kinds().is_empty());
     }
 }

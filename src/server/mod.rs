@@ -18,7 +18,7 @@ use tokio::net::UnixListener;
 use tracing::{info, warn};
 
 use crate::api::{datakey::DataKeyApi, keys::KeyApi, operator::OperatorApi, Ctx};
-use crate::audit::Audit;
+use crate::audit::{Audit, AuditSink, EventKind, Outcome};
 use crate::config::Config;
 use crate::core::registry::Registry;
 use crate::core::Keywarden;
@@ -185,7 +185,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let core = tokio::task::spawn_blocking(move || -> anyhow::Result<Keywarden> {
         let registry = Registry::open(&registry_path)
             .with_context(|| format!("opening registry {}", registry_path.display()))?;
-        let seal = Seal::open(SealStore::new(&state_dir), seal_config)?;
+        let seal = Seal::open(SealStore::new(&state_dir), seal_config)?
+            .with_audit_sink(Arc::new(core_audit.clone()));
         // Evidence that this daemon was initialised, for a seal file that
         // has gone missing (readable while sealed, unverified).
         let on_disk = registry.generation_on_disk().unwrap_or(0);
@@ -207,15 +208,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if config.audit_disabled {
         warn!("AUDIT DISABLED (benchmark mode): requests are answered without being audited");
     }
-    crate::audit::event(
-        "daemon_start",
-        "ok",
+    audit.record_event(
+        EventKind::DaemonStart,
+        Outcome::Ok,
         serde_json::json!({"version": crate::VERSION}),
     );
     let ctx = Ctx {
         core: core.clone(),
         guard: guard.clone(),
-        connections: conn::Tracker::new(config.connections),
+        connections: conn::Tracker::new(config.connections, Arc::new(audit.clone())),
         dev_mode: config.dev,
     };
     // The lifecycle scheduler: due rotations and destructions.
@@ -278,13 +279,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     // A message that does not decode is refused as INVALID_ARGUMENT by the
     // codec (keywarden-proto) and recorded here as one bounded line.
-    keywarden_proto::codec::on_malformed(|what| {
-        crate::audit::event(
-            "malformed_request",
-            "refused",
+    let malformed_sink = audit.clone();
+    keywarden_proto::codec::on_malformed(Box::new(move |what| {
+        malformed_sink.record_event(
+            EventKind::MalformedRequest,
+            Outcome::Refused,
             serde_json::json!({"code": "InvalidArgument", "message": what}),
         )
-    });
+    }));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -348,7 +350,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let c = core.clone();
     let _ = tokio::task::spawn_blocking(move || {
-        crate::audit::event("daemon_stop", "ok", serde_json::json!({}));
+        audit.record_event(EventKind::DaemonStop, Outcome::Ok, serde_json::json!({}));
         c.shutdown();
     })
     .await;

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::audit::{EventKind, Outcome};
 use tracing::{info, warn};
 
 use crate::core::Keywarden;
@@ -35,8 +36,13 @@ pub fn spawn(core: Arc<Keywarden>) {
                 since = Some(Instant::now());
                 super::systemd::status(&format!("HSM unreachable ({reason}); reconnecting"));
                 let r = reason.clone();
+                let c = core.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    crate::audit::event("hsm_lost", "error", serde_json::json!({ "reason": r }));
+                    c.event(
+                        EventKind::HsmLost,
+                        Outcome::Error,
+                        serde_json::json!({ "reason": r }),
+                    );
                 })
                 .await;
             }
@@ -50,10 +56,11 @@ pub fn spawn(core: Arc<Keywarden>) {
                     let down_ms = since.map(|t| t.elapsed().as_millis()).unwrap_or(0);
                     info!(attempts, down_ms, "HSM back: serving again");
                     super::systemd::status("unsealed, HSM reconnected");
+                    let c = core.clone();
                     let _ = tokio::task::spawn_blocking(move || {
-                        crate::audit::event(
-                            "hsm_recovered",
-                            "ok",
+                        c.event(
+                            EventKind::HsmRecovered,
+                            Outcome::Ok,
                             serde_json::json!({ "attempts": attempts, "down_ms": down_ms }),
                         );
                     })

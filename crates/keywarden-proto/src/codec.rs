@@ -13,11 +13,15 @@ use prost::Message;
 use tonic::codec::{DecodeBuf, Decoder};
 use tonic::Status;
 
-static MALFORMED: OnceLock<fn(&str)> = OnceLock::new();
+/// What a server does with the description of a message that fails to
+/// decode (the daemon audits it).
+pub type MalformedHook = Box<dyn Fn(&str) + Send + Sync>;
 
-/// Installs the function called with the description of every message that
+static MALFORMED: OnceLock<MalformedHook> = OnceLock::new();
+
+/// Installs the hook called with the description of every message that
 /// fails to decode. The first call wins; later calls are ignored.
-pub fn on_malformed(hook: fn(&str)) {
+pub fn on_malformed(hook: MalformedHook) {
     let _ = MALFORMED.set(hook);
 }
 

@@ -1,0 +1,325 @@
+//! The key lifecycle on the in-memory HSM and a manual clock: every key
+//! and version state transition, allowed and refused, destruction timing
+//! and approvals without sleeping, holds, the data path's refusals, and the
+//! events each change records.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::model::{DestroyKind, KeyState, RequestStatus, VersionState};
+use super::*;
+use crate::audit::{EventKind as K, MemorySink, Outcome as O};
+use crate::clock::ManualClock;
+use crate::hsm::memory::MemoryHsm;
+use crate::seal::{store::SealStore, Seal, SealConfig};
+
+const USER: &str = "provisioning-user-pin";
+const SO: &str = "provisioning-so-pin";
+const DAY: Duration = Duration::from_secs(86_400);
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    core: Keywarden,
+    clock: Arc<ManualClock>,
+    sink: Arc<MemorySink>,
+    hsm: Arc<MemoryHsm>,
+}
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let hsm = Arc::new(MemoryHsm::new(USER, SO));
+    let clock = Arc::new(ManualClock::at(1_800_000_000));
+    let sink = Arc::new(MemorySink::default());
+    let registry = registry::Registry::open(&dir.path().join("registry.db")).unwrap();
+    let seal = Seal::open(
+        SealStore::new(dir.path()),
+        SealConfig {
+            ceremony_timeout: Duration::from_secs(900),
+            allow_single_share: true,
+        },
+    )
+    .unwrap()
+    .with_clock(clock.clone());
+    let core = Keywarden::start(hsm.clone(), registry, seal)
+        .with_clock(clock.clone())
+        .with_sink(sink.clone())
+        .with_lifecycle(LifecycleConfig {
+            destroy_min_delay: DAY,
+            ..LifecycleConfig::default()
+        });
+    let spec = ShareSpec {
+        shares: 1,
+        threshold: 1,
+        recipients: &[],
+        labels: &[],
+    };
+    let shares = core
+        .init(
+            spec,
+            Pin::from_bytes(USER.as_bytes()).unwrap(),
+            Pin::from_bytes(SO.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    assert!(core.unseal(&shares[0].share).unwrap().complete);
+    Rig {
+        _dir: dir,
+        core,
+        clock,
+        sink,
+        hsm,
+    }
+}
+
+fn admin(uid: u32) -> Actor {
+    Actor {
+        uid,
+        principal: format!("admin-{uid}"),
+    }
+}
+
+fn open_gate(_: &str, _: &BTreeMap<String, String>) -> Result<bool, String> {
+    Ok(false)
+}
+
+fn generate(core: &Keywarden, key: &str) -> CoreResult<GeneratedKey> {
+    let req = GenerateRequest {
+        key: key.into(),
+        context: HashMap::from([("t".to_string(), "1".to_string())]),
+    };
+    let mut items = core.generate_data_keys(vec![req], true, &open_gate)?;
+    items.pop().unwrap().result
+}
+
+fn state(core: &Keywarden, key: &str) -> KeyState {
+    core.describe_key(key).unwrap().state
+}
+
+#[test]
+fn disable_and_enable_are_idempotent_and_refused_once_destroyed() {
+    let r = rig();
+    r.core.create_key("k", "", None).unwrap();
+    assert!(generate(&r.core, "k").is_ok());
+    r.core.disable("k").unwrap();
+    assert_eq!(state(&r.core, "k"), KeyState::Suspended);
+    assert!(matches!(
+        generate(&r.core, "k"),
+        Err(CoreError::KeyUnusable { .. })
+    ));
+    r.core.disable("k").unwrap();
+    r.core.enable("k").unwrap();
+    r.core.enable("k").unwrap();
+    assert_eq!(state(&r.core, "k"), KeyState::Active);
+    assert!(generate(&r.core, "k").is_ok());
+    let kinds = r.sink.kinds();
+    assert!(kinds.contains(&(K::Disable, O::Ok)) && kinds.contains(&(K::Enable, O::Ok)));
+    assert!(matches!(
+        r.core.disable("missing"),
+        Err(CoreError::KeyNotFound { .. })
+    ));
+    assert!(matches!(
+        r.core.create_key("k", "", None),
+        Err(CoreError::AlreadyExists { .. })
+    ));
+}
+
+#[test]
+fn rotation_and_version_revocation() {
+    let r = rig();
+    r.core.create_key("k", "", None).unwrap();
+    let v1 = generate(&r.core, "k").unwrap();
+    let rec = r.core.rotate("k", "by hand").unwrap();
+    assert_eq!(rec.versions.len(), 2);
+    assert_eq!(rec.versions[0].state, VersionState::Deactivated);
+    assert_eq!(rec.versions[1].state, VersionState::Active);
+    let v2 = generate(&r.core, "k").unwrap();
+    assert_eq!((v1.key_version, v2.key_version), (1, 2));
+    // An older version is revoked for good.
+    let rec = r.core.revoke_version("k", 1).unwrap();
+    assert_eq!(rec.versions[0].state, VersionState::Compromised);
+    // Revoking the active version rotates first: encryption goes on under
+    // a new version, the revoked one never decrypts again.
+    let rec = r.core.revoke_version("k", 2).unwrap();
+    assert_eq!(rec.versions.len(), 3);
+    assert_eq!(rec.versions[1].state, VersionState::Compromised);
+    assert_eq!(rec.versions[2].state, VersionState::Active);
+    assert_eq!(generate(&r.core, "k").unwrap().key_version, 3);
+    assert!(matches!(
+        r.core.revoke_version("k", 9),
+        Err(CoreError::InvalidArgument {
+            field: "version",
+            ..
+        })
+    ));
+    assert!(r.sink.kinds().contains(&(K::Rotate, O::Ok)));
+    assert!(r.sink.kinds().contains(&(K::RevokeVersion, O::Ok)));
+}
+
+#[test]
+fn scheduled_destruction_needs_two_admins_and_waits_out_its_period() {
+    let r = rig();
+    r.core.create_key("k", "", None).unwrap();
+    // Below the minimum waiting period: refused.
+    assert!(r
+        .core
+        .request_destroy(
+            "k",
+            DestroyKind::Scheduled,
+            Duration::from_secs(60),
+            &admin(1)
+        )
+        .is_err());
+    let (req, rec) = r
+        .core
+        .request_destroy("k", DestroyKind::Scheduled, 2 * DAY, &admin(1))
+        .unwrap();
+    assert_eq!(req.status, RequestStatus::Open);
+    assert_eq!(
+        rec.state,
+        KeyState::Active,
+        "one admin alone changes nothing"
+    );
+    // The requester cannot approve twice.
+    assert!(r.core.approve_destroy("k", &req.id, &admin(1)).is_err());
+    let (req, rec) = r.core.approve_destroy("k", &req.id, &admin(2)).unwrap();
+    assert_eq!(req.status, RequestStatus::Approved);
+    assert_eq!(rec.state, KeyState::PendingDestruction);
+    assert!(matches!(
+        generate(&r.core, "k"),
+        Err(CoreError::KeyUnusable { .. })
+    ));
+    // Just before it is due: nothing happens.
+    r.clock.advance(2 * DAY - Duration::from_secs(1));
+    r.core.tick();
+    assert_eq!(state(&r.core, "k"), KeyState::PendingDestruction);
+    assert_eq!(r.hsm.list_cmks().unwrap().len(), 1);
+    // Due: destroyed, the HSM object gone, never usable again.
+    r.clock.advance(Duration::from_secs(2));
+    r.core.tick();
+    let rec = r.core.describe_key("k").unwrap();
+    assert_eq!(rec.state, KeyState::Destroyed);
+    assert!(rec.destroyed_at.is_some());
+    assert!(r.hsm.list_cmks().unwrap().is_empty());
+    assert!(matches!(
+        generate(&r.core, "k"),
+        Err(CoreError::KeyDestroyed { .. })
+    ));
+    assert!(r.core.enable("k").is_err());
+    assert!(
+        matches!(r.core.create_key("k", "", None), Err(CoreError::Conflict(m)) if m.contains("tombstone"))
+    );
+    let kinds = r.sink.kinds();
+    for want in [
+        (K::DestroyRequested, O::Ok),
+        (K::DestroyFullyApproved, O::Ok),
+        (K::Destroyed, O::Ok),
+    ] {
+        assert!(kinds.contains(&want), "{want:?}");
+    }
+}
+
+#[test]
+fn a_destruction_can_be_cancelled_until_it_begins() {
+    let r = rig();
+    r.core.create_key("k", "", None).unwrap();
+    let (req, _) = r
+        .core
+        .request_destroy("k", DestroyKind::Scheduled, 2 * DAY, &admin(1))
+        .unwrap();
+    r.core.approve_destroy("k", &req.id, &admin(2)).unwrap();
+    let rec = r.core.cancel_destroy("k", &admin(3)).unwrap();
+    assert_eq!(rec.state, KeyState::Active, "back to its state before");
+    r.clock.advance(3 * DAY);
+    r.core.tick();
+    assert_eq!(state(&r.core, "k"), KeyState::Active);
+    assert!(
+        r.core.cancel_destroy("k", &admin(3)).is_err(),
+        "nothing to cancel"
+    );
+}
+
+#[test]
+fn a_legal_hold_refuses_destruction_and_pauses_a_scheduled_one() {
+    let r = rig();
+    r.core.create_key("k", "", None).unwrap();
+    let (hold, _) = r
+        .core
+        .place_hold("k", "litigation 2026-117", Some("lit-117"), &admin(1))
+        .unwrap();
+    assert!(matches!(
+        r.core
+            .request_destroy("k", DestroyKind::Now, Duration::ZERO, &admin(1)),
+        Err(CoreError::Held { .. })
+    ));
+    r.core.release_hold("k", &hold, &admin(1)).unwrap();
+    assert!(
+        r.core.release_hold("k", &hold, &admin(1)).is_err(),
+        "released twice"
+    );
+    let (req, _) = r
+        .core
+        .request_destroy("k", DestroyKind::Scheduled, DAY, &admin(1))
+        .unwrap();
+    r.core.approve_destroy("k", &req.id, &admin(2)).unwrap();
+    r.core
+        .place_hold("k", "regulator", Some("reg-9"), &admin(3))
+        .unwrap();
+    r.clock.advance(2 * DAY);
+    r.core.tick();
+    assert_ne!(
+        state(&r.core, "k"),
+        KeyState::Destroyed,
+        "a hold must pause the destruction"
+    );
+    r.core.release_hold("k", "reg-9", &admin(3)).unwrap();
+    r.core.tick();
+    assert_eq!(state(&r.core, "k"), KeyState::Destroyed);
+}
+
+#[test]
+fn destroy_now_with_approvals_destroys_at_once_and_sealed_refuses_everything() {
+    let r = rig();
+    r.core.create_key("k", "", None).unwrap();
+    let (req, _) = r
+        .core
+        .request_destroy("k", DestroyKind::Now, Duration::ZERO, &admin(1))
+        .unwrap();
+    r.core.approve_destroy("k", &req.id, &admin(2)).unwrap();
+    assert_eq!(state(&r.core, "k"), KeyState::Destroyed);
+    r.core.create_key("other", "", None).unwrap();
+    r.core.seal().unwrap();
+    assert!(matches!(
+        generate(&r.core, "other"),
+        Err(CoreError::Seal(_))
+    ));
+    assert!(matches!(
+        r.core.create_key("x", "", None),
+        Err(CoreError::Seal(_))
+    ));
+    assert!(matches!(
+        r.core.describe_key("other"),
+        Err(CoreError::Seal(_))
+    ));
+}
+
+#[test]
+fn key_changes_are_published_for_client_caches_but_not_counter_reservations() {
+    let r = rig();
+    r.core.create_key("k", "", None).unwrap();
+    let mut rx = r.core.watch();
+    generate(&r.core, "k").unwrap();
+    assert!(
+        rx.try_recv().is_err(),
+        "a reservation of encryptions is not a key change"
+    );
+    r.core.disable("k").unwrap();
+    match rx.try_recv().unwrap() {
+        KeyChange::Changed { name, state, .. } => {
+            assert_eq!((name.as_str(), state), ("k", "suspended"))
+        }
+        other => panic!("{other:?}"),
+    }
+    r.core.seal().unwrap();
+    assert_eq!(rx.try_recv().unwrap(), KeyChange::Reset);
+}
