@@ -175,6 +175,7 @@ pub struct Config {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Read {

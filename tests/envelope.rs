@@ -456,13 +456,19 @@ async fn an_application_depending_only_on_the_client_crate() {
         .unwrap()
         .join("examples")
         .join("records");
-    if !example.exists() {
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-p", "keywarden-client", "--example", "records"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the example failed");
-    }
+    // Built here (cargo test does not leave examples at a fixed path);
+    // `--workspace` keeps the features of the test build, so nothing is
+    // rebuilt but the example itself.
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--workspace", "--locked", "--example", "records"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the example failed");
+    assert!(
+        example.exists(),
+        "no example binary at {}",
+        example.display()
+    );
     let out = Command::new(&example)
         .env("KEYWARDEN_SOCKET", d.socket())
         .env("KEYWARDEN_EXAMPLE_KEY", "clinic")

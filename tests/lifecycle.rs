@@ -296,7 +296,7 @@ async fn scheduled_destruction_waits_can_be_cancelled_and_shreds() {
             after_secs: 1,
         })
         .await;
-    assert_status(r, Code::InvalidArgument, "after: the waiting period");
+    assert_status(r, Code::InvalidArgument, "after_secs: the waiting period");
     // Scheduled, then cancelled: the key comes back.
     let r = c
         .keys

@@ -417,14 +417,10 @@ impl OperatorApi {
     async fn init_inner(&self, mut r: proto::InitRequest) -> Result<proto::InitResponse, Status> {
         // The state first: on an initialised daemon the PIN fields do not
         // matter, and saying they are empty would mislead.
-        if self.ctx.core.phase() != crate::seal::Phase::Uninitialized {
+        if let Err(e) = self.ctx.core.check_init_allowed() {
             r.user_pin.zeroize();
             r.so_pin.zeroize();
-            return Err(Status::from(crate::core::CoreError::Seal(
-                crate::seal::SealError::AlreadyInitialized {
-                    set_id: self.ctx.core.status().seal.set_id,
-                },
-            )));
+            return Err(Status::from(e));
         }
         let user = pin_field("user_pin", &mut r.user_pin)?;
         let so = pin_field("so_pin", &mut r.so_pin)?;

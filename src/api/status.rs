@@ -57,7 +57,11 @@ fn seal_code(e: &SealError) -> Code {
             ErrorClass::Transient => Code::Unavailable,
             _ => Code::Internal,
         },
-        SealError::Storage(_) => Code::Internal,
+        SealError::Storage(_)
+        | SealError::Random(_)
+        | SealError::Shamir(_)
+        | SealError::Age(_)
+        | SealError::Internal(_) => Code::Internal,
         SealError::Tampered(_) => Code::DataLoss,
     }
 }
@@ -104,6 +108,12 @@ pub fn message(e: &CoreError) -> String {
         CoreError::HsmFailed(_) => "HSM operation failed".into(),
         CoreError::Seal(SealError::Hsm(_)) => "HSM operation failed during the ceremony".into(),
         CoreError::Seal(SealError::Storage(_)) => "seal storage failure".into(),
+        CoreError::Seal(
+            SealError::Random(_)
+            | SealError::Shamir(_)
+            | SealError::Age(_)
+            | SealError::Internal(_),
+        ) => "internal error during the ceremony".into(),
         CoreError::Registry(_) => "key registry failure".into(),
         CoreError::Internal(_) => "internal error".into(),
         other => other.to_string(),

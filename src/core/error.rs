@@ -5,6 +5,7 @@ use crate::hsm::HsmError;
 use crate::seal::SealError;
 
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum CoreError {
     /// A request field is malformed; `field` names it.
     #[error("{field}: {reason}")]

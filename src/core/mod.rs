@@ -348,6 +348,11 @@ impl Keywarden {
         Ok(())
     }
 
+    /// Whether init may run now (see [`Seal::check_init_allowed`]).
+    pub fn check_init_allowed(&self) -> CoreResult<()> {
+        Ok(self.seal.check_init_allowed()?)
+    }
+
     /// The init ceremony (see [`Seal::init`]).
     pub fn init(
         &self,

@@ -101,6 +101,7 @@ pub enum ErrorClass {
 
 /// An HSM error. PKCS#11 failures keep the `C_` function and return value.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum HsmError {
     #[error("{function} failed: {rv}")]
     Pkcs11 {

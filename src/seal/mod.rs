@@ -42,6 +42,7 @@ impl Phase {
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum SealError {
     #[error("the daemon is not initialised: run `keywarden operator init`")]
     NotInitialized,
@@ -86,7 +87,19 @@ pub enum SealError {
     #[error("HSM: {0}")]
     Hsm(HsmError),
     #[error("seal storage: {0}")]
-    Storage(String),
+    Storage(#[from] store::StoreError),
+    /// The OS random generator failed.
+    #[error("OS random generator: {0}")]
+    Random(String),
+    /// Splitting or combining the unseal key failed.
+    #[error("Shamir: {0}")]
+    Shamir(String),
+    /// Encrypting a share to a custodian's age key failed.
+    #[error("age encryption: {0}")]
+    Age(String),
+    /// An impossible state (a bug).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     /// The seal metadata was edited, deleted or replaced.
     #[error("seal metadata tampering: {0}")]
     Tampered(String),
@@ -317,7 +330,7 @@ pub struct Seal {
 
 fn random_set_id() -> SealResult<[u8; 4]> {
     let mut id = [0u8; 4];
-    getrandom::fill(&mut id).map_err(|e| SealError::Storage(format!("random: {e}")))?;
+    getrandom::fill(&mut id).map_err(|e| SealError::Random(e.to_string()))?;
     Ok(id)
 }
 
@@ -396,7 +409,7 @@ fn issue_shares(
     set_id: &[u8; 4],
     plan: &RekeyPlan,
 ) -> SealResult<Vec<IssuedShare>> {
-    let raw = shamir::split(key, plan.threshold, plan.shares).map_err(SealError::Storage)?;
+    let raw = shamir::split(key, plan.threshold, plan.shares).map_err(SealError::Shamir)?;
     let mut out = Vec::with_capacity(raw.len());
     for (i, s) in raw.iter().enumerate() {
         let line = share::format(set_id, plan.threshold, s);
@@ -408,7 +421,7 @@ fn issue_shares(
         let issued = match plan.recipients.get(i) {
             Some(rec) => {
                 let armored = age::encrypt_and_armor(rec, &share_text(&line))
-                    .map_err(|e| SealError::Storage(format!("age encryption: {e}")))?;
+                    .map_err(|e| SealError::Age(e.to_string()))?;
                 IssuedShare {
                     label,
                     share: Zeroizing::new(armored),
@@ -463,6 +476,28 @@ impl Seal {
             pending: found_interrupted,
             clock: std::sync::Arc::new(SystemClock::default()),
         })
+    }
+
+    /// Whether init may run now: never initialised, or initialised but not
+    /// yet committed by a first unseal. (Checked before any request field,
+    /// so an initialised daemon says so rather than complaining of empty
+    /// PINs.)
+    pub fn check_init_allowed(&self) -> SealResult<()> {
+        Self::may_init(&self.inner())
+    }
+
+    fn may_init(inner: &Inner) -> SealResult<()> {
+        if let Some(what) = &inner.missing {
+            return Err(SealError::Tampered(what.clone()));
+        }
+        if let Some(f) = inner.current.as_ref().or(inner.pending.as_ref()) {
+            if !f.pending_init {
+                return Err(SealError::AlreadyInitialized {
+                    set_id: f.set_id.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Reads time from `clock` (unit tests drive it).
@@ -647,16 +682,7 @@ impl Seal {
     ) -> SealResult<Vec<IssuedShare>> {
         self.audited(|| -> SealResult<Vec<IssuedShare>> {
             let mut inner = self.inner();
-            if let Some(what) = &inner.missing {
-                return Err(SealError::Tampered(what.clone()));
-            }
-            if let Some(f) = inner.current.as_ref().or(inner.pending.as_ref()) {
-                if !f.pending_init {
-                    return Err(SealError::AlreadyInitialized {
-                        set_id: f.set_id.clone(),
-                    });
-                }
-            }
+            Self::may_init(&inner)?;
             let plan = validate_plan(spec, self.config.allow_single_share)?;
             if let Err(e) = hsm.verify_pins(&provisioning_user_pin, &provisioning_so_pin) {
                 self.note(
@@ -672,7 +698,7 @@ impl Seal {
                     other => SealError::Hsm(other),
                 });
             }
-            let key = UnsealKey::random().map_err(SealError::Storage)?;
+            let key = UnsealKey::random().map_err(SealError::Random)?;
             let set_id = random_set_id()?;
             let keyring = Keyring::random().map_err(SealError::Storage)?;
             let mut file = SealFile::new(
@@ -814,11 +840,11 @@ impl Seal {
 
             // Threshold reached: whatever happens next, the shares are dropped.
             let Some(progress) = inner.progress.take() else {
-                return Err(SealError::Storage("progress vanished".into()));
+                return Err(SealError::Internal("progress vanished"));
             };
             let set_id = progress.set_id;
             let refs: Vec<&ShareBytes> = progress.shares.iter().collect();
-            let key = shamir::combine(&refs).map_err(SealError::Storage)?;
+            let key = shamir::combine(&refs).map_err(SealError::Shamir)?;
             drop(refs);
             drop(progress);
             let check = file.check().map_err(SealError::Storage)?;
@@ -836,9 +862,9 @@ impl Seal {
                 self.note(
                     EventKind::SealTampering,
                     Outcome::Detected,
-                    json!({"what": why, "set_id": file.set_id}),
+                    json!({"what": why.to_string(), "set_id": file.set_id}),
                 );
-                return Err(SealError::Tampered(why));
+                return Err(SealError::Tampered(why.to_string()));
             }
             let keyring = file.open_keyring(&key).map_err(SealError::Storage)?;
             if file.pending_init {
@@ -1036,7 +1062,7 @@ impl Seal {
                 return Err(SealError::NoRekey);
             };
             let refs: Vec<&ShareBytes> = progress.shares.iter().collect();
-            let old_key = shamir::combine(&refs).map_err(SealError::Storage)?;
+            let old_key = shamir::combine(&refs).map_err(SealError::Shamir)?;
             drop(refs);
             let check = current.check().map_err(SealError::Storage)?;
             if !old_key.matches(&progress.set_id, &check) {
@@ -1054,7 +1080,7 @@ impl Seal {
             let old_user = old_key.user_pin(&progress.set_id);
             let old_so = old_key.so_pin(&progress.set_id);
             drop(old_key);
-            let new_key = UnsealKey::random().map_err(SealError::Storage)?;
+            let new_key = UnsealKey::random().map_err(SealError::Random)?;
             let new_set = random_set_id()?;
             let issued = issue_shares(&new_key, &new_set, &plan)?;
             self.note(EventKind::RekeySharesIssued, Outcome::Ok,
@@ -1129,7 +1155,7 @@ impl Seal {
                 return Err(SealError::NoRekey);
             };
             let refs: Vec<&ShareBytes> = progress.shares.iter().collect();
-            let rebuilt = shamir::combine(&refs).map_err(SealError::Storage)?;
+            let rebuilt = shamir::combine(&refs).map_err(SealError::Shamir)?;
             drop(refs);
             if !rebuilt.matches(&new_set, &new_key.check_value(&new_set)) {
                 self.note(

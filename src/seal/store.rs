@@ -12,6 +12,51 @@ use zeroize::Zeroizing;
 
 use super::keys::UnsealKey;
 
+/// What can go wrong with the seal files. Typed: callers pick a status by
+/// variant, never by text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Reading or writing a file failed.
+    #[error("{path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    /// The file is not valid seal JSON.
+    #[error("{path}: not a seal file: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    /// A field does not decode.
+    #[error("seal file: malformed {field}")]
+    Malformed { field: &'static str },
+    /// The keyring does not open under the reconstructed key.
+    #[error("seal file: the keyring does not open (altered file?)")]
+    KeyringSealed,
+    /// A format this build does not accept.
+    #[error("seal.json is format {found} (this build writes and accepts only format {SEAL_FORMAT}, which is authenticated)")]
+    Format { found: u32 },
+    /// The MAC does not verify: the file was edited.
+    #[error("seal.json does not verify under the reconstructed unseal key: it was edited by hand; restore it from a backup")]
+    Mac,
+    /// The OS random generator failed.
+    #[error("OS random generator: {0}")]
+    Random(String),
+    /// A cipher or MAC refused its input (not expected).
+    #[error("seal file cryptography failed: {0}")]
+    Crypto(&'static str),
+}
+
+impl StoreError {
+    /// Whether this is evidence of tampering (rather than a fault).
+    pub fn is_tampering(&self) -> bool {
+        matches!(self, StoreError::Mac | StoreError::Format { .. })
+    }
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
+    move |e| StoreError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
 const KEYRING_AAD: &[u8] = b"keywarden.v1.keyring";
 const KEYRING_LEN: usize = 64;
 const SEAL_MAC_DOMAIN: &[u8] = b"keywarden/v1/seal-file";
@@ -28,11 +73,11 @@ pub struct Keyring {
 }
 
 impl Keyring {
-    pub fn random() -> Result<Self, String> {
+    pub fn random() -> Result<Self, StoreError> {
         let mut r = Zeroizing::new([0u8; 32]);
         let mut a = Zeroizing::new([0u8; 32]);
-        getrandom::fill(r.as_mut()).map_err(|e| e.to_string())?;
-        getrandom::fill(a.as_mut()).map_err(|e| e.to_string())?;
+        getrandom::fill(r.as_mut()).map_err(|e| StoreError::Random(e.to_string()))?;
+        getrandom::fill(a.as_mut()).map_err(|e| StoreError::Random(e.to_string()))?;
         Ok(Keyring {
             registry_key: r,
             audit_key: a,
@@ -94,7 +139,7 @@ impl SealFile {
         threshold: u8,
         keyring: &Keyring,
         created_at: i64,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, StoreError> {
         let mut sealed = Self {
             format: SEAL_FORMAT,
             set_id: hex::encode(set_id),
@@ -111,12 +156,12 @@ impl SealFile {
         Ok(sealed)
     }
 
-    fn compute_mac(&self, key: &UnsealKey) -> Result<[u8; 32], String> {
+    fn compute_mac(&self, key: &UnsealKey) -> Result<[u8; 32], StoreError> {
         use hmac::{Hmac, Mac};
         let set_id = self.set_id()?;
         let k = key.seal_mac_key(&set_id);
-        let mut m =
-            <Hmac<sha2::Sha256> as Mac>::new_from_slice(&k[..]).map_err(|e| e.to_string())?;
+        let mut m = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&k[..])
+            .map_err(|_| StoreError::Crypto("HMAC key"))?;
         let fields: [&[u8]; 9] = [
             SEAL_MAC_DOMAIN,
             &self.format.to_be_bytes(),
@@ -137,49 +182,48 @@ impl SealFile {
 
     /// Recomputes the MAC after a change (the key is at hand only during a
     /// ceremony).
-    pub fn authenticate(&mut self, key: &UnsealKey) -> Result<(), String> {
+    pub fn authenticate(&mut self, key: &UnsealKey) -> Result<(), StoreError> {
         self.mac = hex::encode(self.compute_mac(key)?);
         Ok(())
     }
 
     /// Checks the MAC with a key already confirmed by the check value.
-    pub fn verify(&self, key: &UnsealKey) -> Result<(), String> {
+    pub fn verify(&self, key: &UnsealKey) -> Result<(), StoreError> {
         use subtle::ConstantTimeEq;
         if self.format != SEAL_FORMAT {
-            return Err(format!(
-                "seal.json is format {} (this build writes and accepts only format {SEAL_FORMAT}, which is authenticated)",
-                self.format
-            ));
+            return Err(StoreError::Format { found: self.format });
         }
         let want = self.compute_mac(key)?;
         let got = hex::decode(&self.mac).unwrap_or_default();
         if bool::from(want.as_slice().ct_eq(&got)) {
             Ok(())
         } else {
-            Err("seal.json does not verify under the reconstructed unseal key: it was edited by hand; restore it from a backup".into())
+            Err(StoreError::Mac)
         }
     }
 
-    pub fn set_id(&self) -> Result<[u8; 4], String> {
+    pub fn set_id(&self) -> Result<[u8; 4], StoreError> {
         hex::decode(&self.set_id)
             .ok()
             .and_then(|v| v.try_into().ok())
-            .ok_or_else(|| "seal file: malformed set_id".to_string())
+            .ok_or(StoreError::Malformed { field: "set_id" })
     }
 
-    pub fn check(&self) -> Result<Vec<u8>, String> {
-        hex::decode(&self.check).map_err(|_| "seal file: malformed check value".to_string())
+    pub fn check(&self) -> Result<Vec<u8>, StoreError> {
+        hex::decode(&self.check).map_err(|_| StoreError::Malformed { field: "check" })
     }
 
     /// Opens the keyring with a key already confirmed by the check value.
-    pub fn open_keyring(&self, key: &UnsealKey) -> Result<Keyring, String> {
+    pub fn open_keyring(&self, key: &UnsealKey) -> Result<Keyring, StoreError> {
         let set_id = self.set_id()?;
-        let raw = hex::decode(&self.keyring).map_err(|_| "seal file: malformed keyring")?;
+        let raw =
+            hex::decode(&self.keyring).map_err(|_| StoreError::Malformed { field: "keyring" })?;
         if raw.len() < 12 {
-            return Err("seal file: keyring too short".into());
+            return Err(StoreError::Malformed { field: "keyring" });
         }
         let k = key.keyring_key(&set_id);
-        let cipher = Aes256Gcm::new_from_slice(&k[..]).map_err(|e| e.to_string())?;
+        let cipher =
+            Aes256Gcm::new_from_slice(&k[..]).map_err(|_| StoreError::Crypto("AES key"))?;
         let aad = [KEYRING_AAD, &set_id].concat();
         let pt = Zeroizing::new(
             cipher
@@ -190,17 +234,21 @@ impl SealFile {
                         aad: &aad,
                     },
                 )
-                .map_err(|_| "seal file: the keyring does not open (altered file?)".to_string())?,
+                .map_err(|_| StoreError::KeyringSealed)?,
         );
-        Keyring::from_bytes(&pt).ok_or_else(|| "seal file: keyring has the wrong length".into())
+        Keyring::from_bytes(&pt).ok_or(StoreError::Malformed { field: "keyring" })
     }
 }
 
-fn seal_keyring(key: &UnsealKey, set_id: &[u8; 4], keyring: &Keyring) -> Result<Vec<u8>, String> {
+fn seal_keyring(
+    key: &UnsealKey,
+    set_id: &[u8; 4],
+    keyring: &Keyring,
+) -> Result<Vec<u8>, StoreError> {
     let k = key.keyring_key(set_id);
-    let cipher = Aes256Gcm::new_from_slice(&k[..]).map_err(|e| e.to_string())?;
+    let cipher = Aes256Gcm::new_from_slice(&k[..]).map_err(|_| StoreError::Crypto("AES key"))?;
     let mut nonce = [0u8; 12];
-    getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
+    getrandom::fill(&mut nonce).map_err(|e| StoreError::Random(e.to_string()))?;
     let aad = [KEYRING_AAD, set_id].concat();
     let pt = keyring.to_bytes();
     let ct = cipher
@@ -211,7 +259,7 @@ fn seal_keyring(key: &UnsealKey, set_id: &[u8; 4], keyring: &Keyring) -> Result<
                 aad: &aad,
             },
         )
-        .map_err(|_| "sealing the keyring failed".to_string())?;
+        .map_err(|_| StoreError::Crypto("sealing the keyring"))?;
     Ok([nonce.as_slice(), &ct].concat())
 }
 
@@ -236,27 +284,33 @@ impl SealStore {
         self.dir.join("seal.pending.json")
     }
 
-    fn load_path(path: &Path) -> Result<Option<SealFile>, String> {
+    fn load_path(path: &Path) -> Result<Option<SealFile>, StoreError> {
         match std::fs::read_to_string(path) {
             Ok(t) => serde_json::from_str(&t)
                 .map(Some)
-                .map_err(|e| format!("{}: {e}", path.display())),
+                .map_err(|e| StoreError::Parse {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
+            Err(e) => Err(io(path)(e)),
         }
     }
 
-    pub fn load(&self) -> Result<Option<SealFile>, String> {
+    pub fn load(&self) -> Result<Option<SealFile>, StoreError> {
         Self::load_path(&self.current_path())
     }
 
-    pub fn load_pending(&self) -> Result<Option<SealFile>, String> {
+    pub fn load_pending(&self) -> Result<Option<SealFile>, StoreError> {
         Self::load_path(&self.pending_path())
     }
 
-    fn write_atomic(&self, path: &Path, file: &SealFile) -> Result<(), String> {
+    fn write_atomic(&self, path: &Path, file: &SealFile) -> Result<(), StoreError> {
         let tmp = path.with_extension("tmp");
-        let text = serde_json::to_string_pretty(file).map_err(|e| e.to_string())?;
+        let text = serde_json::to_string_pretty(file).map_err(|e| StoreError::Parse {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         let write = || -> std::io::Result<()> {
             use std::os::unix::fs::OpenOptionsExt;
             let mut f = std::fs::OpenOptions::new()
@@ -270,34 +324,37 @@ impl SealStore {
             std::fs::rename(&tmp, path)?;
             std::fs::File::open(&self.dir)?.sync_all()
         };
-        write().map_err(|e| format!("writing {}: {e}", path.display()))
+        write().map_err(io(path))
     }
 
-    pub fn save(&self, file: &SealFile) -> Result<(), String> {
+    pub fn save(&self, file: &SealFile) -> Result<(), StoreError> {
         self.write_atomic(&self.current_path(), file)
     }
 
-    pub fn save_pending(&self, file: &SealFile) -> Result<(), String> {
+    pub fn save_pending(&self, file: &SealFile) -> Result<(), StoreError> {
         self.write_atomic(&self.pending_path(), file)
     }
 
     /// Makes the pending file current.
-    pub fn promote_pending(&self) -> Result<(), String> {
-        std::fs::rename(self.pending_path(), self.current_path())
+    pub fn promote_pending(&self) -> Result<(), StoreError> {
+        let path = self.current_path();
+        std::fs::rename(self.pending_path(), &path)
             .and_then(|_| std::fs::File::open(&self.dir)?.sync_all())
-            .map_err(|e| format!("committing the new seal file: {e}"))
+            .map_err(io(&path))
     }
 
-    pub fn discard_pending(&self) -> Result<(), String> {
-        match std::fs::remove_file(self.pending_path()) {
+    pub fn discard_pending(&self) -> Result<(), StoreError> {
+        let path = self.pending_path();
+        match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("removing the pending seal file: {e}")),
+            Err(e) => Err(io(&path)(e)),
         }
     }
 
-    pub fn remove(&self) -> Result<(), String> {
-        std::fs::remove_file(self.current_path()).map_err(|e| e.to_string())
+    pub fn remove(&self) -> Result<(), StoreError> {
+        let path = self.current_path();
+        std::fs::remove_file(&path).map_err(io(&path))
     }
 }
 
