@@ -23,6 +23,9 @@ pub const DEV_PARENT_ENV: &str = "KEYWARDEN_DEV_PARENT";
 
 /// The lock a running `keywarden dev` holds in its directory.
 const DEV_LOCK: &str = "dev.lock";
+/// Written only in a temporary directory of `keywarden dev` (never in a
+/// `--dir` the user keeps), so only those are ever reclaimed.
+const DEV_TEMP_MARK: &str = "dev.temporary";
 
 /// Removes the temporary directories of `keywarden dev` processes that
 /// died without cleaning up (SIGKILL): those whose `dev.lock` nobody holds.
@@ -37,7 +40,19 @@ pub fn remove_stale_dev_dirs(tmp: &Path) {
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with("keywarden-dev-"));
-        if !named || !path.join(DEV_LOCK).is_file() {
+        // Only real directories (not symlinks), marked as a dev process's
+        // temporary one, and at least a minute old: a `keywarden dev` that
+        // is starting takes its lock microseconds after creating its
+        // directory.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(60));
+        if !named || !meta.is_dir() || !old || !path.join(DEV_TEMP_MARK).is_file() {
             continue;
         }
         let state = path.join("state");
@@ -435,6 +450,12 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     // Held for this process's lifetime: a later `keywarden dev` that can
     // take it knows this one is dead (SIGKILLed before it could clean up).
     let _alive = crate::server::lock::DirLock::take(&root, DEV_LOCK)?;
+    if temp.is_some() {
+        std::fs::write(
+            root.join(DEV_TEMP_MARK),
+            "removed when this keywarden dev exits\n",
+        )?;
+    }
     let layout = prepare(
         &root,
         socket,

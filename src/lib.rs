@@ -4,22 +4,34 @@
 //! The request path follows the folders: `server` (socket, start-up) →
 //! `api` (thin gRPC handlers, the one error table) → `core` (envelope
 //! encryption, key registry) → `hsm` (a small trait; PKCS#11 behind it).
+//!
+//! This crate is the daemon. Applications depend on `keywarden-client`
+//! (and its `keywarden-proto`), not on this crate. What it exports is for
+//! the `keywarden` binary, the end-to-end tests and the fuzz targets:
+//! the daemon's parts (`server`, `core`, `seal`, `hsm`, `audit`, `policy`,
+//! `config`, `secret`, `clock`, `guard`). The gRPC handlers are private; the binary's own modules (`cli`, `dev`, `bench`)
+//! are public only because the binary is a separate crate, and are hidden
+//! from the documentation: they are not an API.
 #![forbid(unsafe_code)]
 
-pub mod api;
+mod api;
 pub mod audit;
-pub mod bench;
-pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod core;
-pub mod dev;
 pub mod guard;
 pub mod hsm;
 pub mod policy;
 pub mod seal;
 pub mod secret;
 pub mod server;
+
+#[doc(hidden)]
+pub mod bench;
+#[doc(hidden)]
+pub mod cli;
+#[doc(hidden)]
+pub mod dev;
 
 /// Generated protobuf and gRPC code for `keywarden.v1` (the
 /// `keywarden-proto` crate).

@@ -417,7 +417,7 @@ impl OperatorApi {
     async fn init_inner(&self, mut r: proto::InitRequest) -> Result<proto::InitResponse, Status> {
         // The state first: on an initialised daemon the PIN fields do not
         // matter, and saying they are empty would mislead.
-        if let Err(e) = self.ctx.core.check_init_allowed() {
+        if let Err(e) = blocking(&self.ctx.core, |c| c.check_init_allowed()).await? {
             r.user_pin.zeroize();
             r.so_pin.zeroize();
             return Err(Status::from(e));

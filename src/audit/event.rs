@@ -238,19 +238,45 @@ impl AuditSink for MemorySink {
 
 /// Events queued by a part that must not write while it holds its own
 /// lock; [`Pending::flush`] hands them to the sink once the lock is gone.
+/// Each event is tagged with the thread that noted it and each flush
+/// delivers only its own thread's: a call returns once its own events are
+/// durable, in the order it noted them, and a data-key call never pays for
+/// a ceremony's writes.
 #[derive(Default)]
 pub struct Pending {
-    queue: Mutex<Vec<Event>>,
+    queue: Mutex<Vec<(std::thread::ThreadId, Event)>>,
 }
 
 impl Pending {
     pub fn push(&self, e: Event) {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((std::thread::current().id(), e));
     }
 
+    /// Delivers the events this thread noted (none for events queued
+    /// before a sink existed: [`Pending::flush_all`] takes those).
     pub fn flush(&self, sink: &dyn AuditSink) {
-        let events = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
-        for e in events {
+        let me = std::thread::current().id();
+        let mine: Vec<Event> = {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if q.is_empty() {
+                return;
+            }
+            let (mine, others): (Vec<_>, Vec<_>) = q.drain(..).partition(|(t, _)| *t == me);
+            *q = others;
+            mine.into_iter().map(|(_, e)| e).collect()
+        };
+        for e in mine {
+            sink.event(e);
+        }
+    }
+
+    /// Delivers everything queued, whoever noted it.
+    pub fn flush_all(&self, sink: &dyn AuditSink) {
+        let all = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        for (_, e) in all {
             sink.event(e);
         }
     }

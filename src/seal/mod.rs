@@ -509,9 +509,19 @@ impl Seal {
     /// Sends ceremony events to `sink` (events noted while opening are
     /// delivered now).
     pub fn with_audit_sink(mut self, sink: std::sync::Arc<dyn AuditSink>) -> Self {
-        self.sink = sink;
-        self.flush();
+        self.set_audit_sink(sink);
         self
+    }
+
+    /// As [`with_audit_sink`](Self::with_audit_sink), in place.
+    pub fn set_audit_sink(&mut self, sink: std::sync::Arc<dyn AuditSink>) {
+        self.sink = sink;
+        self.pending.flush_all(self.sink.as_ref());
+    }
+
+    /// As [`with_clock`](Self::with_clock), in place.
+    pub fn set_clock(&mut self, clock: std::sync::Arc<dyn Clock>) {
+        self.clock = clock;
     }
 
     fn note(&self, kind: EventKind, outcome: Outcome, detail: serde_json::Value) {

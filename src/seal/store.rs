@@ -43,13 +43,6 @@ pub enum StoreError {
     Crypto(&'static str),
 }
 
-impl StoreError {
-    /// Whether this is evidence of tampering (rather than a fault).
-    pub fn is_tampering(&self) -> bool {
-        matches!(self, StoreError::Mac | StoreError::Format { .. })
-    }
-}
-
 fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
     move |e| StoreError::Io {
         path: path.to_path_buf(),

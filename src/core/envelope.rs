@@ -1,0 +1,376 @@
+//! The data path: data keys generated, unwrapped and rewrapped under a
+//! key's versions, with the per-version encryption counters.
+
+use super::*;
+
+impl Keywarden {
+    pub(super) fn usable_key(
+        &self,
+        name: &str,
+        operation: &'static str,
+    ) -> CoreResult<Arc<KeyRecord>> {
+        let k = self.record(name)?;
+        match k.state {
+            KeyState::Active => Ok(k),
+            KeyState::Destroyed => Err(CoreError::KeyDestroyed {
+                name: k.name.clone(),
+                at: k.destroyed_at.unwrap_or(0),
+            }),
+            other => Err(CoreError::KeyUnusable {
+                name: k.name.clone(),
+                state: other.as_str().to_string(),
+                operation,
+            }),
+        }
+    }
+    /// The version a blob names, if it may decrypt.
+    pub(super) fn decryptable(k: &KeyRecord, version: u32) -> CoreResult<HsmKeyId> {
+        let v = k
+            .version(version)
+            .ok_or_else(|| CoreError::BlobVersionUnknown {
+                name: k.name.clone(),
+                version,
+            })?;
+        match v.state {
+            VersionState::Compromised | VersionState::Destroyed => Err(CoreError::VersionRevoked {
+                name: k.name.clone(),
+                version,
+                state: v.state.as_str(),
+            }),
+            _ if version < k.min_decrypt_version => Err(CoreError::VersionRetired {
+                name: k.name.clone(),
+                version,
+                min: k.min_decrypt_version,
+            }),
+            _ => Ok(v.hsm_id),
+        }
+    }
+    /// GenerateDataKey for one or many requests; each item succeeds or fails
+    /// on its own. The outer error refuses the whole call (sealed).
+    pub fn generate_data_keys(
+        &self,
+        requests: Vec<GenerateRequest>,
+        with_plaintext: bool,
+        gate: Gate<'_>,
+    ) -> CoreResult<Vec<Item<GeneratedKey>>> {
+        self.unsealed()?;
+        struct Prepared {
+            key: Arc<KeyRecord>,
+            version: u32,
+            hsm_id: HsmKeyId,
+            aad: Vec<u8>,
+        }
+        let mut metas: Vec<(Option<String>, Option<u32>, bool)> =
+            Vec::with_capacity(requests.len());
+        let mut prepared: Vec<CoreResult<Prepared>> = Vec::with_capacity(requests.len());
+        for req in requests {
+            let mut meta = (None, None, false);
+            let p = (|| {
+                validate::key_name("key", &req.key)?;
+                meta.0 = Some(req.key.clone());
+                let ctx = validate::context(req.context)?;
+                meta.2 = gate(&req.key, &ctx).map_err(CoreError::PermissionDenied)?;
+                let key = self.usable_key(&req.key, "GenerateDataKey")?;
+                let v = key.current().ok_or_else(|| CoreError::KeyUnusable {
+                    name: key.name.clone(),
+                    state: "without an active version".into(),
+                    operation: "GenerateDataKey",
+                })?;
+                let (version, hsm_id) = (v.version, v.hsm_id);
+                meta.1 = Some(version);
+                let header = blob::header(&key.id, version);
+                let aad = blob::aad(&header, &blob::canonical_context(&ctx));
+                Ok(Prepared {
+                    key,
+                    version,
+                    hsm_id,
+                    aad,
+                })
+            })();
+            metas.push(meta);
+            prepared.push(p);
+        }
+
+        // One HSM call per CMK version in the batch, counted first.
+        let mut groups: BTreeMap<HsmKeyId, Vec<usize>> = BTreeMap::new();
+        for (i, p) in prepared.iter().enumerate() {
+            if let Ok(p) = p {
+                groups.entry(p.hsm_id).or_default().push(i);
+            }
+        }
+        let mut results: Vec<Option<CoreResult<GeneratedKey>>> =
+            (0..prepared.len()).map(|_| None).collect();
+        for (hsm_id, idxs) in groups {
+            let first = idxs.first().and_then(|&i| prepared[i].as_ref().ok());
+            let counted = match first {
+                Some(p) => self.count_encryptions(&p.key, p.version, hsm_id, idxs.len() as u64),
+                None => Err(CoreError::Internal("empty group".into())),
+            };
+            if let Err(e) = counted {
+                for &i in &idxs {
+                    results[i] = Some(Err(e.clone()));
+                }
+                continue;
+            }
+            let aads: Vec<&[u8]> = idxs
+                .iter()
+                .filter_map(|&i| prepared[i].as_ref().ok().map(|p| p.aad.as_slice()))
+                .collect();
+            match self.hsm.wrap_new_keys(&hsm_id, &aads) {
+                Ok(wrapped) if wrapped.len() == idxs.len() => {
+                    for (&i, w) in idxs.iter().zip(wrapped) {
+                        if let Some(Ok(p)) = prepared.get(i) {
+                            let blob = Blob {
+                                key_id: p.key.id,
+                                key_version: p.version,
+                                iv: w.iv,
+                                ciphertext: w.ciphertext,
+                            };
+                            results[i] = Some(Ok(GeneratedKey {
+                                key: p.key.name.clone(),
+                                key_id: p.key.id_text(),
+                                key_version: p.version,
+                                plaintext: with_plaintext.then_some(w.plaintext),
+                                blob: blob.encode(),
+                            }));
+                        }
+                    }
+                }
+                Ok(_) => {
+                    for &i in &idxs {
+                        results[i] = Some(Err(CoreError::Internal(
+                            "HSM returned a wrong number of keys".into(),
+                        )));
+                    }
+                }
+                Err(e) => {
+                    warn!(id = %hsm_id, error = %e, "wrap failed");
+                    for &i in &idxs {
+                        results[i] = Some(Err(CoreError::from_hsm(e.clone())));
+                    }
+                }
+            }
+        }
+        Ok(prepared
+            .into_iter()
+            .zip(results)
+            .zip(metas)
+            .map(|((p, r), (key, version, break_glass))| Item {
+                key,
+                version,
+                break_glass,
+                result: match (p, r) {
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Some(r)) => r,
+                    (Ok(_), None) => {
+                        Err(CoreError::Internal("batch item was not processed".into()))
+                    }
+                },
+            })
+            .collect())
+    }
+    /// Parses, looks up and authorizes one blob for decryption.
+    pub(super) fn prepare_unwrap(
+        &self,
+        blob_bytes: &[u8],
+        context: HashMap<String, String>,
+        expected_key: Option<&str>,
+        gate: Gate<'_>,
+        meta: &mut (Option<String>, Option<u32>, bool),
+    ) -> CoreResult<(Arc<KeyRecord>, Blob, Vec<u8>, HsmKeyId)> {
+        validate::blob_size(blob_bytes.len())?;
+        if let Some(k) = expected_key {
+            validate::key_name("key", k)?;
+        }
+        let ctx = validate::context(context)?;
+        let blob = Blob::decode(blob_bytes)?;
+        let key = self.record_by_id(&blob.key_id)?;
+        meta.0 = Some(key.name.clone());
+        meta.1 = Some(blob.key_version);
+        meta.2 = gate(&key.name, &ctx).map_err(CoreError::PermissionDenied)?;
+        if let Some(expected) = expected_key {
+            if expected != key.name {
+                return Err(CoreError::KeyMismatch {
+                    expected: expected.to_string(),
+                    actual: key.name.clone(),
+                });
+            }
+        }
+        let key = self.usable_key(&key.name, "Decrypt")?;
+        let hsm_id = Self::decryptable(&key, blob.key_version)?;
+        let aad = blob::aad(&blob.header(), &blob::canonical_context(&ctx));
+        Ok((key, blob, aad, hsm_id))
+    }
+    /// Decrypt for one or many requests; each item succeeds or fails on its
+    /// own.
+    pub fn decrypt(
+        &self,
+        requests: Vec<DecryptRequest>,
+        gate: Gate<'_>,
+    ) -> CoreResult<Vec<Item<Decrypted>>> {
+        self.unsealed()?;
+        let mut metas = Vec::with_capacity(requests.len());
+        let mut prepared = Vec::with_capacity(requests.len());
+        for req in requests {
+            let mut meta = (None, None, false);
+            let p =
+                self.prepare_unwrap(&req.blob, req.context, req.key.as_deref(), gate, &mut meta);
+            metas.push(meta);
+            prepared.push(p);
+        }
+        let items: Vec<UnwrapItem<'_>> = prepared
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .map(|(_, blob, aad, hsm_id)| UnwrapItem {
+                key: *hsm_id,
+                iv: blob.iv,
+                aad,
+                ciphertext: &blob.ciphertext,
+            })
+            .collect();
+        let mut unwrapped = if items.is_empty() {
+            Vec::new()
+        } else {
+            self.hsm.unwrap_many(&items)
+        }
+        .into_iter();
+        drop(items);
+        Ok(prepared
+            .into_iter()
+            .zip(metas)
+            .map(|(p, (key, version, break_glass))| Item {
+                key,
+                version,
+                break_glass,
+                result: (|| {
+                    let (k, blob, _, _) = p?;
+                    let dk = unwrapped
+                        .next()
+                        .ok_or_else(|| CoreError::Internal("HSM returned too few results".into()))?
+                        .map_err(CoreError::from_hsm)?;
+                    Ok(Decrypted {
+                        key_id: k.id_text(),
+                        key: k.name.clone(),
+                        key_version: blob.key_version,
+                        plaintext: dk,
+                    })
+                })(),
+            })
+            .collect())
+    }
+    /// ReEncrypt: unwrap inside the daemon, wrap again under the newest
+    /// version of the destination key. The plaintext never leaves.
+    pub fn reencrypt(
+        &self,
+        requests: Vec<ReEncryptRequest>,
+        gate: Gate<'_>,
+    ) -> CoreResult<Vec<Item<ReEncrypted>>> {
+        self.unsealed()?;
+        let mut out = Vec::with_capacity(requests.len());
+        for req in requests {
+            let mut meta = (None, None, false);
+            let result = (|| {
+                let src_ctx_copy = req.context.clone();
+                let (src, blob, aad, hsm_id) =
+                    self.prepare_unwrap(&req.blob, req.context, None, gate, &mut meta)?;
+                let dest_name = match &req.destination_key {
+                    Some(d) => {
+                        validate::key_name("destination_key", d)?;
+                        d.clone()
+                    }
+                    None => src.name.clone(),
+                };
+                let dest_ctx = validate::context(req.destination_context.unwrap_or(src_ctx_copy))?;
+                let bg = gate(&dest_name, &dest_ctx).map_err(CoreError::PermissionDenied)?;
+                meta.2 |= bg;
+                let dest = self.usable_key(&dest_name, "ReEncrypt")?;
+                let v = dest.current().ok_or_else(|| CoreError::KeyUnusable {
+                    name: dest.name.clone(),
+                    state: "without an active version".into(),
+                    operation: "ReEncrypt",
+                })?;
+                let (dv, did) = (v.version, v.hsm_id);
+                let dk = self
+                    .hsm
+                    .unwrap_many(&[UnwrapItem {
+                        key: hsm_id,
+                        iv: blob.iv,
+                        aad: &aad,
+                        ciphertext: &blob.ciphertext,
+                    }])
+                    .pop()
+                    .ok_or_else(|| CoreError::Internal("no unwrap result".into()))?
+                    .map_err(CoreError::from_hsm)?;
+                self.count_encryptions(&dest, dv, did, 1)?;
+                let header = blob::header(&dest.id, dv);
+                let new_aad = blob::aad(&header, &blob::canonical_context(&dest_ctx));
+                let (iv, ct) = self
+                    .hsm
+                    .wrap_existing(&did, &[(&new_aad, &dk)])
+                    .map_err(CoreError::from_hsm)?
+                    .pop()
+                    .ok_or_else(|| CoreError::Internal("no wrap result".into()))?;
+                drop(dk);
+                Ok(ReEncrypted {
+                    source_key: src.name.clone(),
+                    source_version: blob.key_version,
+                    key: dest.name.clone(),
+                    key_id: dest.id_text(),
+                    key_version: dv,
+                    blob: Blob {
+                        key_id: dest.id,
+                        key_version: dv,
+                        iv,
+                        ciphertext: ct,
+                    }
+                    .encode(),
+                })
+            })();
+            out.push(Item {
+                key: meta.0,
+                version: meta.1,
+                break_glass: meta.2,
+                result,
+            });
+        }
+        Ok(out)
+    }
+    /// Encryptions made under a version (an upper bound after a restart).
+    pub fn encryptions(&self, id: &HsmKeyId) -> u64 {
+        lock(&self.counters).get(id).map(|c| c.used).unwrap_or(0)
+    }
+    /// Counts `n` encryptions under a version before they are made: refuses
+    /// past the hard limit and persists a new reservation when needed.
+    pub(super) fn count_encryptions(
+        &self,
+        key: &KeyRecord,
+        version: u32,
+        id: HsmKeyId,
+        n: u64,
+    ) -> CoreResult<()> {
+        let limit = self.lifecycle.hard_limit_encryptions;
+        let mut counters = lock(&self.counters);
+        let c = counters.entry(id).or_default();
+        if c.used + n > limit {
+            return Err(CoreError::VersionExhausted {
+                name: key.name.clone(),
+                version,
+                limit,
+            });
+        }
+        if c.used + n > c.reserved {
+            let want = (c.used + n)
+                .max(c.reserved + self.lifecycle.reserve_block)
+                .min(limit);
+            let (_, _) = self.update(&key.name, |r| {
+                if let Some(v) = r.versions.iter_mut().find(|v| v.hsm_id == id) {
+                    v.reserved = want;
+                }
+                Ok(())
+            })?;
+            c.reserved = want;
+        }
+        c.used += n;
+        Ok(())
+    }
+}

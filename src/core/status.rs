@@ -1,0 +1,88 @@
+//! What Status reports, and the audit log's form of a context.
+
+use super::*;
+
+/// Differences between the registry and the token found at unseal.
+#[derive(Debug, Clone, Default)]
+pub struct Drift {
+    pub missing_on_token: Vec<String>,
+    pub orphaned_on_token: Vec<String>,
+    /// What reconciliation repaired (orphans destroyed).
+    pub repaired: Vec<String>,
+}
+
+pub struct Status {
+    pub version: &'static str,
+    pub hsm_health: Result<(), String>,
+    pub token: TokenDescription,
+    pub profile: String,
+    pub session_copies: bool,
+    pub pool_size: usize,
+    pub key_count: u32,
+    pub drift: Drift,
+    pub started_at: i64,
+    pub seal: SealStatus,
+    /// Registry integrity problems: (key or "registry", what).
+    pub tampering: Vec<(String, String)>,
+}
+
+impl Keywarden {
+    pub fn phase(&self) -> crate::seal::Phase {
+        self.seal.phase()
+    }
+    pub fn status(&self) -> Status {
+        let hsm_health = self.hsm.health().map_err(|e| e.to_string());
+        let t = self.table();
+        let mut tampering: Vec<(String, String)> = t
+            .tampered
+            .iter()
+            .map(|(k, w)| (k.clone(), w.clone()))
+            .collect();
+        if let Some(g) = &t.global {
+            tampering.insert(0, ("registry".into(), g.clone()));
+        }
+        let seal = self.seal.status();
+        if let Some(what) = &seal.tampered {
+            tampering.insert(0, ("seal".into(), what.clone()));
+        }
+        Status {
+            version: crate::VERSION,
+            hsm_health,
+            token: self.hsm.token().clone(),
+            profile: self.hsm.profile_name().to_string(),
+            session_copies: self.hsm.session_copies(),
+            pool_size: self.hsm.pool_size(),
+            key_count: t.by_name.len() as u32,
+            drift: self.drift.read().unwrap_or_else(|p| p.into_inner()).clone(),
+            started_at: self.started_at,
+            seal: {
+                let mut st = seal;
+                if st.phase == crate::seal::Phase::Unsealed
+                    && !self.ready.load(std::sync::atomic::Ordering::Acquire)
+                {
+                    // Still loading the registry: not yet open for business.
+                    st.phase = crate::seal::Phase::Sealed;
+                }
+                st
+            },
+            tampering,
+        }
+    }
+    /// The encryption context for the audit log: each value replaced by
+    /// HMAC-SHA256 under the keyring's audit key (first 16 bytes, hex), so
+    /// equal values correlate but never appear. Sealed: values omitted.
+    /// The audit layer holds the key (set at unseal), so this takes no seal
+    /// lock on the data path.
+    pub fn context_digest(
+        &self,
+        context: &HashMap<String, String>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        match &self.audit {
+            Some(a) => a.context_digest(context),
+            None => context
+                .keys()
+                .map(|k| (k.clone(), serde_json::Value::Null))
+                .collect(),
+        }
+    }
+}
