@@ -1,0 +1,326 @@
+//! Rekey: a new share set from a quorum of the current one, verified by
+//! a quorum of the new one before it replaces the old.
+
+use super::*;
+
+pub(super) enum Rekey {
+    /// Waiting for a quorum of the current shares.
+    CollectingOld {
+        id: String,
+        plan: RekeyPlan,
+        progress: Progress,
+    },
+    /// New shares were issued; waiting for a quorum of them back.
+    Verifying {
+        id: String,
+        new_key: UnsealKey,
+        new_set: [u8; 4],
+        shares: u8,
+        progress: Progress,
+        /// The current PINs, derived when the old quorum was reached; needed
+        /// to change them at commit.
+        old_user: Pin,
+        old_so: Pin,
+    },
+}
+
+impl Rekey {
+    pub(super) fn id(&self) -> &str {
+        match self {
+            Rekey::CollectingOld { id, .. } | Rekey::Verifying { id, .. } => id,
+        }
+    }
+
+    pub(super) fn started(&self) -> Duration {
+        match self {
+            Rekey::CollectingOld { progress, .. } | Rekey::Verifying { progress, .. } => {
+                progress.started
+            }
+        }
+    }
+}
+
+impl Seal {
+    /// Starts a rekey; it needs a quorum of the current shares.
+    pub fn rekey_start(&self, spec: ShareSpec<'_>) -> SealResult<(String, u8)> {
+        self.audited(|| -> SealResult<(String, u8)> {
+            // Before taking `inner`: require_unsealed takes it too (it
+            // used to be called with `inner` held, which deadlocked a
+            // rekey started on a sealed daemon).
+            if self.phase() != Phase::Unsealed {
+                return Err(self
+                    .require_unsealed()
+                    .err()
+                    .unwrap_or(SealError::AlreadyUnsealed));
+            }
+            let mut inner = self.inner();
+            self.expire(&mut inner);
+            if let Some(r) = &inner.rekey {
+                return Err(SealError::RekeyInProgress {
+                    id: r.id().to_string(),
+                });
+            }
+            let plan = validate_plan(spec, self.config.allow_single_share)?;
+            let Some(current) = inner.current.as_ref() else {
+                return Err(SealError::NotInitialized);
+            };
+            let set_id = current.set_id().map_err(SealError::Storage)?;
+            let old_threshold = current.threshold;
+            let id = hex::encode(random_set_id()?);
+            self.note(
+                EventKind::RekeyStart,
+                Outcome::Ok,
+                json!({"rekey_id": id, "shares": plan.shares, "threshold": plan.threshold}),
+            );
+            inner.rekey = Some(Rekey::CollectingOld {
+                id: id.clone(),
+                plan,
+                progress: Progress::new(set_id, old_threshold, self.clock.monotonic()),
+            });
+            Ok((id, old_threshold))
+        })
+    }
+    pub fn rekey_cancel(&self) -> SealResult<()> {
+        self.audited(|| -> SealResult<()> {
+            let mut inner = self.inner();
+            match inner.rekey.take() {
+                Some(r) => {
+                    self.note(
+                        EventKind::RekeyCancel,
+                        Outcome::Ok,
+                        json!({"rekey_id": r.id()}),
+                    );
+                    Ok(())
+                }
+                None => Err(SealError::NoRekey),
+            }
+        })
+    }
+    /// Submits a current share to a rekey. At the old threshold the new
+    /// shares are issued (returned) and the rekey waits for verification.
+    pub fn rekey_submit(&self, text: &str) -> SealResult<(ShareProgress, Option<NewShareSet>)> {
+        self.audited(|| -> SealResult<(ShareProgress, Option<NewShareSet>)> {
+            let mut inner = self.inner();
+            self.expire(&mut inner);
+            let current = inner.current.clone().ok_or(SealError::NotInitialized)?;
+            let (id, progress) = match &mut inner.rekey {
+                None => return Err(SealError::NoRekey),
+                Some(Rekey::Verifying { id, .. }) => {
+                    return Err(SealError::WrongRekeyPhase {
+                        id: id.clone(),
+                        phase: "verifying new shares",
+                        hint: "submit the NEW shares with `keywarden operator rekey --verify`",
+                    })
+                }
+                Some(Rekey::CollectingOld { id, progress, .. }) => (id.clone(), progress),
+            };
+            let parsed = share::parse(text).map_err(SealError::BadShare)?;
+            let (received, threshold) = progress.accept(parsed, EventKind::RekeyShare, &id, &self.pending)?;
+            if received < threshold as usize {
+                return Ok((
+                    ShareProgress {
+                        received,
+                        threshold,
+                        set_id: current.set_id,
+                        complete: false,
+                    },
+                    None,
+                ));
+            }
+            let Some(Rekey::CollectingOld { plan, progress, .. }) = inner.rekey.take() else {
+                return Err(SealError::NoRekey);
+            };
+            let refs: Vec<&ShareBytes> = progress.shares.iter().collect();
+            let old_key = shamir::combine(&refs).map_err(SealError::Shamir)?;
+            drop(refs);
+            let check = current.check().map_err(SealError::Storage)?;
+            if !old_key.matches(&progress.set_id, &check) {
+                self.note(EventKind::RekeyShare, Outcome::Failed,
+                    json!({"rekey_id": id, "reason": "check value mismatch"}),
+                );
+                // Progress resets; the rekey itself stays open.
+                inner.rekey = Some(Rekey::CollectingOld {
+                    id,
+                    progress: Progress::new(progress.set_id, progress.threshold, self.clock.monotonic()),
+                    plan,
+                });
+                return Err(SealError::ReconstructionFailed);
+            }
+            let old_user = old_key.user_pin(&progress.set_id);
+            let old_so = old_key.so_pin(&progress.set_id);
+            drop(old_key);
+            let new_key = UnsealKey::random().map_err(SealError::Random)?;
+            let new_set = random_set_id()?;
+            let issued = issue_shares(&new_key, &new_set, &plan)?;
+            self.note(EventKind::RekeySharesIssued, Outcome::Ok,
+                json!({"rekey_id": id, "new_set_id": hex::encode(new_set), "shares": plan.shares, "threshold": plan.threshold}),
+            );
+            inner.rekey = Some(Rekey::Verifying {
+                id,
+                new_key,
+                new_set,
+                shares: plan.shares,
+                progress: Progress::new(new_set, plan.threshold, self.clock.monotonic()),
+                old_user,
+                old_so,
+            });
+            Ok((
+                ShareProgress {
+                    received,
+                    threshold,
+                    set_id: current.set_id,
+                    complete: true,
+                },
+                Some(NewShareSet {
+                    set_id: hex::encode(new_set),
+                    shares: issued,
+                }),
+            ))
+        })
+    }
+    /// Submits a NEW share back for verification. At the new threshold the
+    /// rekey commits: the token PINs change and the old shares die.
+    pub fn rekey_verify(&self, hsm: &dyn Hsm, text: &str) -> SealResult<ShareProgress> {
+        self.audited(|| -> SealResult<ShareProgress> {
+            let mut inner = self.inner();
+            self.expire(&mut inner);
+            let (id, new_set, progress) = match &mut inner.rekey {
+                None => return Err(SealError::NoRekey),
+                Some(Rekey::CollectingOld { id, .. }) => {
+                    return Err(SealError::WrongRekeyPhase {
+                        id: id.clone(),
+                        phase: "collecting current shares",
+                        hint: "submit the CURRENT shares with `keywarden operator rekey --submit`",
+                    })
+                }
+                Some(Rekey::Verifying {
+                    id,
+                    new_set,
+                    progress,
+                    ..
+                }) => (id.clone(), *new_set, progress),
+            };
+            let parsed = share::parse(text).map_err(SealError::BadShare)?;
+            let (received, threshold) =
+                progress.accept(parsed, EventKind::RekeyVerifyShare, &id, &self.pending)?;
+            if received < threshold as usize {
+                return Ok(ShareProgress {
+                    received,
+                    threshold,
+                    set_id: hex::encode(new_set),
+                    complete: false,
+                });
+            }
+            let Some(Rekey::Verifying {
+                new_key,
+                shares,
+                progress,
+                old_user,
+                old_so,
+                ..
+            }) = inner.rekey.take()
+            else {
+                return Err(SealError::NoRekey);
+            };
+            let refs: Vec<&ShareBytes> = progress.shares.iter().collect();
+            let rebuilt = shamir::combine(&refs).map_err(SealError::Shamir)?;
+            drop(refs);
+            if !rebuilt.matches(&new_set, &new_key.check_value(&new_set)) {
+                self.note(
+                    EventKind::RekeyVerify,
+                    Outcome::Failed,
+                    json!({"rekey_id": id}),
+                );
+                inner.rekey = Some(Rekey::Verifying {
+                    id,
+                    new_key,
+                    new_set,
+                    shares,
+                    progress: Progress::new(new_set, threshold, self.clock.monotonic()),
+                    old_user,
+                    old_so,
+                });
+                return Err(SealError::ReconstructionFailed);
+            }
+            drop(rebuilt);
+            let old = OldPins {
+                user: old_user,
+                so: old_so,
+            };
+            self.commit_rekey(
+                hsm, &mut inner, &id, &old, &new_key, new_set, shares, threshold,
+            )?;
+            Ok(ShareProgress {
+                received,
+                threshold,
+                set_id: hex::encode(new_set),
+                complete: true,
+            })
+        })
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn commit_rekey(
+        &self,
+        hsm: &dyn Hsm,
+        inner: &mut Inner,
+        id: &str,
+        old: &OldPins,
+        new_key: &UnsealKey,
+        new_set: [u8; 4],
+        shares: u8,
+        threshold: u8,
+    ) -> SealResult<()> {
+        let current = inner.current.clone().ok_or(SealError::NotInitialized)?;
+        let keyring = inner.keyring.as_ref().ok_or(SealError::Sealed {
+            received: 0,
+            threshold: current.threshold,
+        })?;
+        let file = SealFile::new(
+            new_key,
+            new_set,
+            shares,
+            threshold,
+            keyring,
+            self.clock.now_secs(),
+        )
+        .map_err(SealError::Storage)?;
+        self.store.save_pending(&file).map_err(SealError::Storage)?;
+        hsm.logout();
+        let changed = hsm.change_pins(
+            &old.user,
+            &new_key.user_pin(&new_set),
+            &old.so,
+            &new_key.so_pin(&new_set),
+        );
+        if let Err(e) = changed {
+            let _ = self.store.discard_pending();
+            let relogin = hsm.login(&old.user);
+            self.note(
+                EventKind::RekeyCommit,
+                Outcome::Failed,
+                json!({"rekey_id": id, "reason": e.to_string()}),
+            );
+            if relogin.is_err() {
+                self.set_phase(Phase::Sealed);
+                inner.keyring = None;
+            }
+            return Err(SealError::Hsm(e));
+        }
+        self.store.promote_pending().map_err(SealError::Storage)?;
+        inner.current = Some(file);
+        if let Err(e) = hsm.login(&new_key.user_pin(&new_set)) {
+            self.set_phase(Phase::Sealed);
+            inner.keyring = None;
+            self.note(
+                EventKind::RekeyCommit,
+                Outcome::CommittedButSealed,
+                json!({"rekey_id": id, "reason": e.to_string()}),
+            );
+            return Err(SealError::Hsm(e));
+        }
+        self.note(EventKind::RekeyCommit, Outcome::Ok,
+            json!({"rekey_id": id, "new_set_id": hex::encode(new_set), "old_set_id": current.set_id}),
+        );
+        Ok(())
+    }
+}
