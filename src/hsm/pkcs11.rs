@@ -426,6 +426,19 @@ impl Pkcs11Hsm {
             .map_err(|e| e.to_string())
     }
 
+    /// Checks out a worker session, runs `f` with it, and records what went
+    /// wrong (a transient error retires the session; a lost token is
+    /// noticed), the one place every token call goes through.
+    fn with_session<T>(&self, f: impl FnOnce(&Live, &Session) -> HsmResult<T>) -> HsmResult<T> {
+        let live = self.live()?;
+        let mut s = live.session(self)?;
+        let r = match s.session() {
+            Ok(session) => f(&live, session),
+            Err(e) => Err(e),
+        };
+        r.map_err(|e| s.note(e))
+    }
+
     fn live(&self) -> HsmResult<Arc<Live>> {
         if let Some(why) = &*self.lost.read().unwrap_or_else(|p| p.into_inner()) {
             return Err(HsmError::Unavailable(why.clone()));
@@ -780,10 +793,7 @@ impl Hsm for Pkcs11Hsm {
     fn ensure_signing_key(&self) -> HsmResult<Vec<u8>> {
         use super::AUDIT_KEY_LABEL;
         let _serial = lock(&self.token_writes);
-        let live = self.live()?;
-        let mut s = live.session(self)?;
-        let r = (|| {
-            let session = s.session()?;
+        self.with_session(|_live, session| {
             let public = match find_by_label(session, ObjectClass::PUBLIC_KEY, AUDIT_KEY_LABEL)? {
                 Some(h) => h,
                 None => {
@@ -818,21 +828,16 @@ impl Hsm for Pkcs11Hsm {
                 }
             }
             Err(HsmError::Unexpected("audit key has no CKA_EC_POINT".into()))
-        })();
-        r.map_err(|e| s.note(e))
+        })
     }
 
     fn sign_digest(&self, digest: &[u8; 32]) -> HsmResult<Vec<u8>> {
         use super::AUDIT_KEY_LABEL;
-        let live = self.live()?;
-        let mut s = live.session(self)?;
-        let r = (|| {
-            let session = s.session()?;
+        self.with_session(|_live, session| {
             let key = find_by_label(session, ObjectClass::PRIVATE_KEY, AUDIT_KEY_LABEL)?
                 .ok_or_else(|| HsmError::Unexpected("no audit signing key on the token".into()))?;
             session.sign(&Mechanism::Ecdsa, key, digest).map_err(ck)
-        })();
-        r.map_err(|e| s.note(e))
+        })
     }
 
     fn wrap_existing(
@@ -840,10 +845,7 @@ impl Hsm for Pkcs11Hsm {
         key: &HsmKeyId,
         items: &[(&[u8], &DataKey)],
     ) -> HsmResult<Vec<([u8; IV_LEN], Vec<u8>)>> {
-        let live = self.live()?;
-        let mut s = live.session(self)?;
-        let r = (|| {
-            let session = s.session()?;
+        self.with_session(|live, session| {
             let handle = live.handles(session, key)?.for_crypto();
             let mut ivs = vec![0u8; IV_LEN * items.len()];
             session.generate_random_slice(&mut ivs).map_err(ck)?;
@@ -860,30 +862,22 @@ impl Hsm for Pkcs11Hsm {
                 out.push((iv, ct));
             }
             Ok(out)
-        })();
-        r.map_err(|e| s.note(e))
+        })
     }
 
     fn read_counter(&self, label: &str) -> HsmResult<Option<u64>> {
-        let live = self.live()?;
-        let mut s = live.session(self)?;
-        let r = (|| {
-            let session = s.session()?;
+        self.with_session(|_live, session| {
             let mut best = None;
             for (_, v) in counter_objects(session, label)? {
                 best = best.max(Some(v));
             }
             Ok(best)
-        })();
-        r.map_err(|e| s.note(e))
+        })
     }
 
     fn write_counter(&self, label: &str, value: u64) -> HsmResult<()> {
         let _serial = lock(&self.token_writes);
-        let live = self.live()?;
-        let mut s = live.session(self)?;
-        let r = (|| {
-            let session = s.session()?;
+        self.with_session(|_live, session| {
             // Tokens (SoftHSM among them) keep CKA_VALUE of data objects read
             // only: write a new object, then remove the older ones. A crash
             // in between leaves two; readers take the largest.
@@ -905,8 +899,7 @@ impl Hsm for Pkcs11Hsm {
                 let _ = session.destroy_object(h);
             }
             Ok(())
-        })();
-        r.map_err(|e| s.note(e))
+        })
     }
 
     fn random(&self, buf: &mut [u8]) -> HsmResult<()> {
@@ -975,10 +968,7 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn list_cmks(&self) -> HsmResult<Vec<HsmObjectInfo>> {
-        let live = self.live()?;
-        let mut s = live.session(self)?;
-        let r = (|| {
-            let session = s.session()?;
+        self.with_session(|_live, session| {
             let objects = session
                 .find_objects(&[
                     Attribute::Class(ObjectClass::SECRET_KEY),
@@ -1007,15 +997,11 @@ impl Hsm for Pkcs11Hsm {
                 }
             }
             Ok(out)
-        })();
-        r.map_err(|e| s.note(e))
+        })
     }
 
     fn key_attributes(&self, id: &HsmKeyId) -> HsmResult<KeyAttributes> {
-        let live = self.live()?;
-        let mut s = live.session(self)?;
-        let r = (|| {
-            let session = s.session()?;
+        self.with_session(|_live, session| {
             let h = Self::find_token_object(session, id)?;
             let attrs = session
                 .get_attributes(
@@ -1049,16 +1035,12 @@ impl Hsm for Pkcs11Hsm {
                 }
             }
             Ok(k)
-        })();
-        r.map_err(|e| s.note(e))
+        })
     }
 
     fn wrap_new_keys(&self, key: &HsmKeyId, aads: &[&[u8]]) -> HsmResult<Vec<WrappedKey>> {
         const PER_KEY: usize = DATA_KEY_LEN + IV_LEN;
-        let live = self.live()?;
-        let mut s = live.session(self)?;
-        let r = (|| {
-            let session = s.session()?;
+        self.with_session(|live, session| {
             let handle = live.handles(session, key)?.for_crypto();
             // One C_GenerateRandom for every key and IV of the call.
             let mut random = Zeroizing::new(vec![0u8; PER_KEY * aads.len()]);
@@ -1089,8 +1071,7 @@ impl Hsm for Pkcs11Hsm {
                 });
             }
             Ok(out)
-        })();
-        r.map_err(|e| s.note(e))
+        })
     }
 
     fn unwrap_many(&self, items: &[UnwrapItem<'_>]) -> Vec<HsmResult<DataKey>> {
