@@ -29,6 +29,16 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use zeroize::Zeroizing;
 
+mod error;
+mod objects;
+mod pool;
+
+#[cfg(test)]
+use error::LOSS;
+use error::{ck, pin_err};
+use objects::{counter_objects, find_by_label, select_token, unwrap_ec_point, P256_PARAMS};
+use pool::{PooledSession, SessionPool};
+
 use super::profile::HsmProfile;
 use super::{
     ErrorClass, Hsm, HsmError, HsmKeyId, HsmObjectInfo, HsmResult, KeyAttributes, TokenDescription,
@@ -37,161 +47,8 @@ use super::{
 use crate::config::TokenSelector;
 use crate::secret::{DataKey, Pin, DATA_KEY_LEN};
 
-/// How long an operation waits for a free worker session.
-const POOL_WAIT: Duration = Duration::from_secs(10);
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Classifies a PKCS#11 return value.
-fn classify(rv: RvError) -> ErrorClass {
-    match rv {
-        RvError::DeviceRemoved
-        | RvError::DeviceError
-        | RvError::DeviceMemory
-        | RvError::TokenNotPresent
-        | RvError::TokenNotRecognized
-        | RvError::SessionHandleInvalid
-        | RvError::SessionClosed
-        | RvError::SessionCount
-        | RvError::CryptokiNotInitialized
-        | RvError::UserNotLoggedIn
-        | RvError::FunctionFailed => ErrorClass::Transient,
-        RvError::ArgumentsBad
-        | RvError::DataInvalid
-        | RvError::DataLenRange
-        | RvError::EncryptedDataInvalid
-        | RvError::EncryptedDataLenRange
-        | RvError::PinIncorrect
-        | RvError::PinLenRange => ErrorClass::Caller,
-        _ => ErrorClass::Permanent,
-    }
-}
-
-/// Return values that mean the token, the module or our sessions are gone,
-/// so that only reconnecting helps.
-const LOSS: &[RvError] = &[
-    RvError::DeviceRemoved,
-    RvError::DeviceError,
-    RvError::TokenNotPresent,
-    RvError::TokenNotRecognized,
-    RvError::SessionHandleInvalid,
-    RvError::SessionClosed,
-    RvError::CryptokiNotInitialized,
-    RvError::UserNotLoggedIn,
-];
-
-fn ck(e: CkError) -> HsmError {
-    match e {
-        CkError::Pkcs11(rv, function) => HsmError::Pkcs11 {
-            function: format!("C_{function:?}"),
-            rv: format!("{rv:?}"),
-            class: classify(rv),
-            lost: LOSS.contains(&rv),
-        },
-        CkError::LibraryLoading(e) => HsmError::Module(e.to_string()),
-        other => HsmError::Unexpected(other.to_string()),
-    }
-}
-
-fn pin_err(e: CkError, role: &'static str) -> HsmError {
-    match e {
-        CkError::Pkcs11(RvError::PinIncorrect | RvError::PinLenRange | RvError::PinInvalid, _) => {
-            HsmError::PinIncorrect { role }
-        }
-        other => ck(other),
-    }
-}
-
-/// A bounded pool of worker sessions.
-struct SessionPool {
-    sessions: Mutex<Vec<Session>>,
-    available: Condvar,
-    /// Which login this pool belongs to: a failure on an older one (after a
-    /// recovery) says nothing about the current one.
-    generation: u32,
-}
-
-struct PooledSession<'a> {
-    pool: &'a SessionPool,
-    hsm: &'a Pkcs11Hsm,
-    session: Option<Session>,
-    broken: bool,
-}
-
-impl SessionPool {
-    fn open(ctx: &Pkcs11, slot: Slot, size: usize, generation: u32) -> HsmResult<Self> {
-        let mut sessions = Vec::with_capacity(size);
-        for _ in 0..size {
-            sessions.push(ctx.open_rw_session(slot).map_err(ck)?);
-        }
-        Ok(SessionPool {
-            sessions: Mutex::new(sessions),
-            available: Condvar::new(),
-            generation,
-        })
-    }
-
-    fn get<'a>(&'a self, hsm: &'a Pkcs11Hsm) -> HsmResult<PooledSession<'a>> {
-        let mut guard = lock(&self.sessions);
-        let deadline = std::time::Instant::now() + POOL_WAIT;
-        loop {
-            if let Some(session) = guard.pop() {
-                return Ok(PooledSession {
-                    pool: self,
-                    hsm,
-                    session: Some(session),
-                    broken: false,
-                });
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Err(HsmError::PoolExhausted(POOL_WAIT.as_secs()));
-            }
-            guard = self
-                .available
-                .wait_timeout(guard, left)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
-        }
-    }
-}
-
-impl PooledSession<'_> {
-    fn session(&self) -> HsmResult<&Session> {
-        self.session
-            .as_ref()
-            .ok_or_else(|| HsmError::Unexpected("pooled session missing".into()))
-    }
-
-    /// Records an error; a transient one retires this session, and one
-    /// that means the token is gone marks the HSM lost.
-    fn note(&mut self, e: HsmError) -> HsmError {
-        if e.class() == ErrorClass::Transient {
-            self.broken = true;
-        }
-        self.hsm.note_loss(&e, self.pool.generation);
-        e
-    }
-}
-
-impl Drop for PooledSession<'_> {
-    fn drop(&mut self) {
-        let mut session = self.session.take();
-        if self.broken {
-            drop(session.take());
-            // Replace it so the pool keeps its size; if the token is gone this
-            // fails and the pool shrinks (recovery builds a new pool).
-            if !self.hsm.is_lost() {
-                session = self.hsm.ctx.open_rw_session(self.hsm.slot()).ok();
-            }
-        }
-        if let Some(s) = session {
-            lock(&self.pool.sessions).push(s);
-            self.pool.available.notify_one();
-        }
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -521,99 +378,6 @@ impl Live {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id)
-    }
-}
-
-fn select_token(ctx: &Pkcs11, selector: &TokenSelector) -> HsmResult<(Slot, TokenDescription)> {
-    let mut matches = Vec::new();
-    for slot in ctx.get_slots_with_token().map_err(ck)? {
-        let info = ctx.get_token_info(slot).map_err(ck)?;
-        if !info.token_initialized() {
-            continue;
-        }
-        let hit = match selector {
-            TokenSelector::Label(l) => info.label().trim_end() == l.trim_end(),
-            TokenSelector::Serial(s) => info.serial_number().trim_end() == s.trim_end(),
-        };
-        if hit {
-            matches.push((
-                slot,
-                TokenDescription {
-                    label: info.label().trim_end().to_string(),
-                    serial: info.serial_number().trim_end().to_string(),
-                    manufacturer: info.manufacturer_id().trim_end().to_string(),
-                    model: info.model().trim_end().to_string(),
-                },
-            ));
-        }
-    }
-    match matches.len() {
-        1 => matches
-            .pop()
-            .ok_or_else(|| HsmError::TokenNotFound(selector.to_string())),
-        0 => Err(HsmError::TokenNotFound(format!(
-            "no initialised token with {selector}"
-        ))),
-        n => Err(HsmError::TokenNotFound(format!(
-            "{n} tokens match {selector}; select by serial"
-        ))),
-    }
-}
-
-/// DER of the OID prime256v1 (secp256r1), for CKA_EC_PARAMS.
-const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-
-fn find_by_label(
-    session: &Session,
-    class: ObjectClass,
-    label: &str,
-) -> HsmResult<Option<ObjectHandle>> {
-    let found = session
-        .find_objects(&[
-            Attribute::Class(class),
-            Attribute::Token(true),
-            Attribute::Label(label.as_bytes().to_vec()),
-        ])
-        .map_err(ck)?;
-    Ok(found.first().copied())
-}
-
-/// Every counter data object with this label and its value.
-fn counter_objects(session: &Session, label: &str) -> HsmResult<Vec<(ObjectHandle, u64)>> {
-    let found = session
-        .find_objects(&[
-            Attribute::Class(ObjectClass::DATA),
-            Attribute::Token(true),
-            Attribute::Label(label.as_bytes().to_vec()),
-        ])
-        .map_err(ck)?;
-    let mut out = Vec::with_capacity(found.len());
-    for h in found {
-        for a in session
-            .get_attributes(h, &[AttributeType::Value])
-            .map_err(ck)?
-        {
-            if let Attribute::Value(v) = a {
-                let arr: [u8; 8] = v.as_slice().try_into().map_err(|_| {
-                    HsmError::Unexpected("counter object has the wrong size".into())
-                })?;
-                out.push((h, u64::from_be_bytes(arr)));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// CKA_EC_POINT is a DER OCTET STRING around the SEC1 point.
-fn unwrap_ec_point(der: &[u8]) -> HsmResult<Vec<u8>> {
-    match der {
-        [0x04, 0x41, rest @ ..] if rest.len() == 65 => Ok(rest.to_vec()),
-        [0x04, rest @ ..] if rest.len() == 65 => Ok(rest.to_vec()),
-        _ if der.len() == 65 && der[0] == 0x04 => Ok(der.to_vec()),
-        _ => Err(HsmError::Unexpected(format!(
-            "unexpected CKA_EC_POINT encoding ({} bytes)",
-            der.len()
-        ))),
     }
 }
 
