@@ -4,6 +4,8 @@
 
 pub mod check;
 #[cfg(any(test, feature = "test-util"))]
+pub mod contract;
+#[cfg(any(test, feature = "test-util"))]
 pub mod memory;
 pub mod pkcs11;
 pub mod profile;

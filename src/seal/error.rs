@@ -54,7 +54,7 @@ pub enum SealError {
     Random(String),
     /// Splitting or combining the unseal key failed.
     #[error("Shamir: {0}")]
-    Shamir(String),
+    Shamir(#[from] super::shamir::ShamirError),
     /// Encrypting a share to a custodian's age key failed.
     #[error("age encryption: {0}")]
     Age(String),

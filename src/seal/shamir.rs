@@ -17,6 +17,22 @@ pub struct ShareBytes {
 /// A deterministic random bit generator seeded from the OS: SHA-256 over
 /// (seed, counter). `vsss-rs` needs an infallible `CryptoRng`; drawing the
 /// seed up front keeps the only fallible step where it can be reported.
+/// What splitting or combining can fail with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShamirError {
+    #[error("invalid threshold {m} of {n}")]
+    Threshold { m: u8, n: u8 },
+    #[error("OS random generator: {0}")]
+    Random(String),
+    #[error("no shares")]
+    NoShares,
+    /// The arithmetic library refused (its message), or produced a share
+    /// or key of the wrong length.
+    #[error("{0}")]
+    Arithmetic(String),
+}
+
 struct SeededRng {
     seed: Zeroizing<[u8; 32]>,
     counter: u64,
@@ -25,9 +41,9 @@ struct SeededRng {
 }
 
 impl SeededRng {
-    fn from_os() -> Result<Self, String> {
+    fn from_os() -> Result<Self, ShamirError> {
         let mut seed = Zeroizing::new([0u8; 32]);
-        getrandom::fill(seed.as_mut()).map_err(|e| format!("OS random generator: {e}"))?;
+        getrandom::fill(seed.as_mut()).map_err(|e| ShamirError::Random(e.to_string()))?;
         Ok(SeededRng {
             seed,
             counter: 0,
@@ -78,9 +94,9 @@ impl rand_core::TryCryptoRng for SeededRng {}
 
 /// Splits the key into `n` shares, any `m` of which reconstruct it.
 /// `m == 1` (dev mode only) gives shares equal to the key.
-pub fn split(key: &UnsealKey, m: u8, n: u8) -> Result<Vec<ShareBytes>, String> {
+pub fn split(key: &UnsealKey, m: u8, n: u8) -> Result<Vec<ShareBytes>, ShamirError> {
     if m == 0 || n == 0 || m > n {
-        return Err(format!("invalid threshold {m} of {n}"));
+        return Err(ShamirError::Threshold { m, n });
     }
     if m == 1 {
         return Ok((1..=n)
@@ -99,12 +115,14 @@ pub fn split(key: &UnsealKey, m: u8, n: u8) -> Result<Vec<ShareBytes>, String> {
         rng,
         ids,
     )
-    .map_err(|e| format!("splitting failed: {e:?}"))?;
+    .map_err(|e| ShamirError::Arithmetic(format!("splitting failed: {e:?}")))?;
     let mut out = Vec::with_capacity(raw.len());
     for share in raw.iter_mut() {
         if share.len() != UNSEAL_KEY_LEN + 1 {
             share.zeroize();
-            return Err("splitting produced a share of the wrong length".into());
+            return Err(ShamirError::Arithmetic(
+                "splitting produced a share of the wrong length".into(),
+            ));
         }
         let mut value = Zeroizing::new([0u8; UNSEAL_KEY_LEN]);
         value.copy_from_slice(&share[1..]);
@@ -120,10 +138,11 @@ pub fn split(key: &UnsealKey, m: u8, n: u8) -> Result<Vec<ShareBytes>, String> {
 /// Reconstructs a key from shares. With too few or wrong shares this
 /// silently yields the wrong key: the caller must confirm it with the check
 /// value.
-pub fn combine(shares: &[&ShareBytes]) -> Result<UnsealKey, String> {
+pub fn combine(shares: &[&ShareBytes]) -> Result<UnsealKey, ShamirError> {
     match shares {
-        [] => Err("no shares".into()),
-        [one] => UnsealKey::from_slice(&one.value[..]).ok_or_else(|| "bad share".into()),
+        [] => Err(ShamirError::NoShares),
+        [one] => UnsealKey::from_slice(&one.value[..])
+            .ok_or_else(|| ShamirError::Arithmetic("a share of the wrong length".into())),
         many => {
             let mut raw: Vec<Vec<u8>> = many
                 .iter()
@@ -138,10 +157,11 @@ pub fn combine(shares: &[&ShareBytes]) -> Result<UnsealKey, String> {
             for v in raw.iter_mut() {
                 v.zeroize();
             }
-            let mut secret = r.map_err(|e| format!("combining failed: {e:?}"))?;
+            let mut secret =
+                r.map_err(|e| ShamirError::Arithmetic(format!("combining failed: {e:?}")))?;
             let key = UnsealKey::from_slice(&secret);
             secret.zeroize();
-            key.ok_or_else(|| "combined key has the wrong length".into())
+            key.ok_or_else(|| ShamirError::Arithmetic("combined key has the wrong length".into()))
         }
     }
 }
