@@ -17,7 +17,7 @@ dev_pid=$!
 cleanup() {
   kill -TERM "$dev_pid" 2>/dev/null || true
   wait "$dev_pid" 2>/dev/null || true
-  rm -f "$out" "$out.log" "$out.init" "$out.gen"
+  rm -f "$out" "$out.log" "$out.init" "$out.gen" "$out.backup" "$out.backup.kw" "$out.restored"
 }
 trap cleanup EXIT
 
@@ -70,6 +70,19 @@ step "Application: a different context is refused"
 echo "\$ echo \$blob | keywarden datakey decrypt --context tenant=clinic-2 --context record=mri-0042"
 if echo "$blob" | "$KW" datakey decrypt --context tenant=clinic-2 --context record=mri-0042; then
   echo "UNEXPECTED: a wrong context decrypted" >&2
+  exit 1
+fi
+echo "(refused, as it must be)"
+
+step "Application: encrypt a backup with keywarden encrypt (any size, constant memory); tampering is refused"
+head -c 5000000 /dev/urandom >"$out.backup"
+show "$KW" encrypt --key patient-records --context backup=2026-12-01 -i "$out.backup" -o "$out.backup.kw"
+show "$KW" inspect -i "$out.backup.kw"
+show "$KW" decrypt --context backup=2026-12-01 -i "$out.backup.kw" -o "$out.restored"
+cmp "$out.backup" "$out.restored" && echo "(the restored bytes are the same)"
+echo "\$ head -c 1000000 backup.kw | keywarden decrypt --context backup=2026-12-01 >/dev/null"
+if head -c 1000000 "$out.backup.kw" | "$KW" decrypt --context backup=2026-12-01 >/dev/null; then
+  echo "UNEXPECTED: a truncated backup decrypted" >&2
   exit 1
 fi
 echo "(refused, as it must be)"
