@@ -68,20 +68,20 @@ impl Daemon {
     /// A fresh token, config and state in a new temporary directory; dev
     /// mode initialises it with a 1-of-1 share and unseals it.
     pub async fn start() -> Daemon {
-        let mut d = Self::new(&[]);
-        d.launch().await;
-        d.wait_phase("unsealed").await;
-        d.dev_share = d.printed_share();
+        let d = DaemonBuilder::default().start().await;
         assert!(d.dev_share.is_some(), "dev printed no share");
         d
     }
 
     /// An uninitialised daemon (`keywarden dev --ceremony`).
     pub async fn start_ceremony() -> Daemon {
-        let mut d = Self::new(&["--ceremony"]);
-        d.launch().await;
-        d.wait_phase("uninitialized").await;
-        d
+        DaemonBuilder::default().ceremony().start().await
+    }
+
+    /// The one way a test daemon is made; the `start_*` shorthands below
+    /// are this builder with one option each.
+    pub fn builder() -> DaemonBuilder {
+        DaemonBuilder::default()
     }
 
     fn new(dev_args: &[&str]) -> Daemon {
@@ -441,15 +441,7 @@ pub fn ensure_user(name: &str) -> u32 {
 impl Daemon {
     /// A daemon under a policy file (`keywarden dev --policy`).
     pub async fn start_with_policy(policy: &str) -> Daemon {
-        let mut d = Self::new(&[]);
-        let path = d.dir.join("policy.toml");
-        std::fs::write(&path, policy).unwrap();
-        d.dev_args
-            .extend(["--policy".into(), path.display().to_string()]);
-        d.launch().await;
-        d.wait_phase("unsealed").await;
-        d.dev_share = d.printed_share();
-        d
+        DaemonBuilder::default().policy(policy).start().await
     }
 
     pub fn policy_path(&self) -> PathBuf {
@@ -489,11 +481,7 @@ impl Daemon {
     /// A dev daemon (initialised and unsealed) with extra `keywarden dev`
     /// flags, e.g. lifecycle drill settings.
     pub async fn start_with(args: &[&str]) -> Daemon {
-        let mut d = Self::new(args);
-        d.launch().await;
-        d.wait_phase("unsealed").await;
-        d.dev_share = d.printed_share();
-        d
+        DaemonBuilder::default().args(args).start().await
     }
 
     pub fn registry_path(&self) -> PathBuf {
@@ -523,15 +511,11 @@ impl Daemon {
 
     /// A dev daemon with extra `keywarden dev` flags and environment.
     pub async fn start_with_args_env(args: &[&str], envs: &[(&str, &str)]) -> Daemon {
-        let mut d = Self::new(args);
-        d.envs = envs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        d.launch().await;
-        d.wait_phase("unsealed").await;
-        d.dev_share = d.printed_share();
-        d
+        let mut b = DaemonBuilder::default().args(args);
+        for (k, v) in envs {
+            b = b.env(k, v);
+        }
+        b.start().await
     }
 
     /// The `keywarden serve` process (the dev process's child).
@@ -574,5 +558,67 @@ pub async fn wait_key(
     while !pred(&describe(c, name).await) {
         assert!(Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// How a test daemon is started: `keywarden dev --dir` on a fresh token in
+/// a new temporary directory, with extra flags, environment, a policy file,
+/// or uninitialised (`--ceremony`).
+#[derive(Default)]
+pub struct DaemonBuilder {
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    policy: Option<String>,
+    ceremony: bool,
+}
+
+impl DaemonBuilder {
+    /// Extra `keywarden dev` flags.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// An environment variable for the daemon.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.envs.push((k.into(), v.into()));
+        self
+    }
+
+    /// Run under this policy instead of dev mode's open one.
+    pub fn policy(mut self, text: &str) -> Self {
+        self.policy = Some(text.into());
+        self
+    }
+
+    /// Leave it uninitialised, for the ceremony tests.
+    pub fn ceremony(mut self) -> Self {
+        self.ceremony = true;
+        self
+    }
+
+    /// Starts it and waits until it is unsealed (or, with `ceremony`,
+    /// answering and uninitialised).
+    pub async fn start(self) -> Daemon {
+        let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        if self.ceremony {
+            args.push("--ceremony");
+        }
+        let mut d = Daemon::new(&args);
+        d.envs = self.envs;
+        if let Some(text) = &self.policy {
+            let path = d.dir.join("policy.toml");
+            std::fs::write(&path, text).unwrap();
+            d.dev_args
+                .extend(["--policy".into(), path.display().to_string()]);
+        }
+        d.launch().await;
+        if self.ceremony {
+            d.wait_phase("uninitialized").await;
+        } else {
+            d.wait_phase("unsealed").await;
+            d.dev_share = d.printed_share();
+        }
+        d
     }
 }
