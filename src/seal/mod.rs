@@ -295,40 +295,38 @@ impl Seal {
 
     /// Ok when key operations may run; otherwise the error to return.
     pub fn require_unsealed(&self) -> SealResult<()> {
-        self.audited(|| -> SealResult<()> {
-            match self.phase() {
-                Phase::Unsealed => Ok(()),
-                Phase::Uninitialized => Err(SealError::NotInitialized),
-                Phase::Sealed => {
-                    let inner = self.inner();
-                    let threshold = inner
-                        .current
-                        .as_ref()
-                        .or(inner.pending.as_ref())
-                        .map(|f| f.threshold)
-                        .unwrap_or(0);
-                    let received = inner.progress.as_ref().map(|p| p.shares.len()).unwrap_or(0);
-                    Err(SealError::Sealed {
-                        received,
-                        threshold,
-                    })
-                }
+        // Notes no events, so not wrapped in `audited`: the data path calls it.
+        match self.phase() {
+            Phase::Unsealed => Ok(()),
+            Phase::Uninitialized => Err(SealError::NotInitialized),
+            Phase::Sealed => {
+                let inner = self.inner();
+                let threshold = inner
+                    .current
+                    .as_ref()
+                    .or(inner.pending.as_ref())
+                    .map(|f| f.threshold)
+                    .unwrap_or(0);
+                let received = inner.progress.as_ref().map(|p| p.shares.len()).unwrap_or(0);
+                Err(SealError::Sealed {
+                    received,
+                    threshold,
+                })
             }
-        })
+        }
     }
 
     /// Runs `f` with the keyring; fails when sealed.
     pub fn with_keyring<T>(&self, f: impl FnOnce(&Keyring) -> T) -> SealResult<T> {
-        self.audited(|| -> SealResult<T> {
-            let inner = self.inner();
-            match &inner.keyring {
-                Some(k) => Ok(f(k)),
-                None => Err(SealError::Sealed {
-                    received: 0,
-                    threshold: inner.current.as_ref().map(|c| c.threshold).unwrap_or(0),
-                }),
-            }
-        })
+        // Notes no events, so not wrapped in `audited`: the data path calls it.
+        let inner = self.inner();
+        match &inner.keyring {
+            Some(k) => Ok(f(k)),
+            None => Err(SealError::Sealed {
+                received: 0,
+                threshold: inner.current.as_ref().map(|c| c.threshold).unwrap_or(0),
+            }),
+        }
     }
 
     fn expire(&self, inner: &mut Inner) {

@@ -276,13 +276,7 @@ impl Cache {
             let e = s.enc.get_mut(&k)?;
             e.messages += 1;
             e.bytes += bytes;
-            Lease {
-                key: e.key.clone(),
-                blobs: e.blobs.clone(),
-                stamps: e.stamps.clone(),
-                epoch: e.epoch,
-                cache: Arc::downgrade(self),
-            }
+            self.lease(e)
         };
         drop(s);
         self.hits.fetch_add(1, Ordering::Relaxed);
@@ -348,13 +342,7 @@ impl Cache {
         let lease = {
             let e = s.dec.get_mut(&k)?;
             e.messages += 1;
-            Lease {
-                key: e.key.clone(),
-                blobs: e.blobs.clone(),
-                stamps: e.stamps.clone(),
-                epoch: e.epoch,
-                cache: Arc::downgrade(self),
-            }
+            self.lease(e)
         };
         drop(s);
         self.hits.fetch_add(1, Ordering::Relaxed);

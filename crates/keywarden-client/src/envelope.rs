@@ -244,33 +244,11 @@ impl Client {
         ctx: &Context,
         message: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, Error> {
-        let (header, header_len) = Header::parse(message)?;
-        let rest = &message[header_len..];
-        let salt: [u8; SALT] = rest
-            .get(..SALT)
-            .and_then(|s| s.try_into().ok())
-            .ok_or(MessageError::TruncatedHeader { field: "salt" })?;
-        let commitment =
-            rest.get(SALT..SALT + COMMITMENT)
-                .ok_or(MessageError::TruncatedHeader {
-                    field: "commitment",
-                })?;
-        let layout = Layout {
-            header_len: header_len as u64,
-            total_len: message.len() as u64,
-        };
-        layout.segments()?;
+        let p = format::split_message(message)?;
         let (keys, lease) = self
-            .decryption_keys(&header, &salt, commitment, ctx)
+            .decryption_keys(&p.header, &p.salt, p.commitment, ctx)
             .await?;
-        let body = &rest[SALT + COMMITMENT..];
-        let mut out = Zeroizing::new(Vec::with_capacity(body.len()));
-        for (index, sealed) in body.chunks(SEALED_SEGMENT).enumerate() {
-            let start = out.len();
-            out.extend_from_slice(sealed);
-            let n = keys.open_segment(index as u64, &mut out[start..])?;
-            out.truncate(start + n);
-        }
+        let out = format::open_body(&keys, p.body, p.plain_len)?;
         check_lease(&lease)?;
         Ok(out)
     }

@@ -461,18 +461,25 @@ impl Layout {
     }
 }
 
-/// Opens a whole message in memory with the data key that one of its
-/// recipients unwrapped. The commitment is checked before any segment.
-pub fn open_message(
-    data_key: &[u8; DATA_KEY_LEN],
-    message: &[u8],
-    ctx: &Context,
-) -> Result<Zeroizing<Vec<u8>>, MessageError> {
+/// A whole message in memory, cut into its parts. The length is checked
+/// (a message cut at a segment boundary is refused here); nothing is
+/// authenticated yet.
+pub struct Parts<'a> {
+    /// The parsed header.
+    pub header: Header,
+    /// The per-message salt.
+    pub salt: [u8; SALT],
+    /// The stored key commitment.
+    pub commitment: &'a [u8],
+    /// The sealed segments.
+    pub body: &'a [u8],
+    /// The plaintext's length.
+    pub plain_len: u64,
+}
+
+/// Cuts a message into its parts.
+pub fn split_message(message: &[u8]) -> Result<Parts<'_>, MessageError> {
     let (header, header_len) = Header::parse(message)?;
-    let layout = Layout {
-        header_len: header_len as u64,
-        total_len: message.len() as u64,
-    };
     let rest = &message[header_len..];
     let salt: [u8; SALT] = rest
         .get(..SALT)
@@ -483,10 +490,27 @@ pub fn open_message(
         .ok_or(MessageError::TruncatedHeader {
             field: "commitment",
         })?;
-    let keys = MessageKeys::derive(data_key, &salt, header.as_bytes(), ctx)?;
-    keys.check_commitment(commitment)?;
-    let (_, plain_len) = layout.segments()?;
-    let body = &rest[SALT + COMMITMENT..];
+    let (_, plain_len) = Layout {
+        header_len: header_len as u64,
+        total_len: message.len() as u64,
+    }
+    .segments()?;
+    Ok(Parts {
+        header,
+        salt,
+        commitment,
+        body: &rest[SALT + COMMITMENT..],
+        plain_len,
+    })
+}
+
+/// Opens every segment of a body with keys whose commitment was checked;
+/// nothing is returned unless all of them verify.
+pub fn open_body(
+    keys: &MessageKeys,
+    body: &[u8],
+    plain_len: u64,
+) -> Result<Zeroizing<Vec<u8>>, MessageError> {
     let mut out = Zeroizing::new(Vec::with_capacity(plain_len as usize + TAG));
     for (index, sealed) in body.chunks(SEALED_SEGMENT).enumerate() {
         let start = out.len();
@@ -495,6 +519,19 @@ pub fn open_message(
         out.truncate(start + n);
     }
     Ok(out)
+}
+
+/// Opens a whole message in memory with the data key that one of its
+/// recipients unwrapped. The commitment is checked before any segment.
+pub fn open_message(
+    data_key: &[u8; DATA_KEY_LEN],
+    message: &[u8],
+    ctx: &Context,
+) -> Result<Zeroizing<Vec<u8>>, MessageError> {
+    let p = split_message(message)?;
+    let keys = MessageKeys::derive(data_key, &p.salt, p.header.as_bytes(), ctx)?;
+    keys.check_commitment(p.commitment)?;
+    open_body(&keys, p.body, p.plain_len)
 }
 
 /// The key id (UUID text) and version a daemon blob names, for `inspect`
