@@ -78,8 +78,6 @@ pub struct Keywarden {
     writes: Mutex<()>,
     counters: Mutex<HashMap<HsmKeyId, Counter>>,
     pub(crate) lifecycle: LifecycleConfig,
-    /// Unsealed and the registry loaded: key operations may run.
-    ready: std::sync::atomic::AtomicBool,
     started_at: i64,
     /// Key changes, for `WatchKeys` subscribers (client caches).
     changes: tokio::sync::broadcast::Sender<KeyChange>,
@@ -162,7 +160,6 @@ impl Keywarden {
             writes: Mutex::new(()),
             counters: Mutex::new(HashMap::new()),
             lifecycle: LifecycleConfig::default(),
-            ready: std::sync::atomic::AtomicBool::new(false),
             started_at: now(),
             changes: tokio::sync::broadcast::channel(CHANGE_BACKLOG).0,
             clock: Arc::new(crate::clock::SystemClock::default()),
@@ -257,8 +254,10 @@ impl Keywarden {
 
     /// Before a logout: a final signed checkpoint, then no signer.
     fn before_logout(&self, reason: &str) {
+        // Key operations stop here, before the checkpoint that closes them.
+        let logged_in = self.seal.begin_closing();
         let Some(audit) = &self.audit else { return };
-        if self.seal.phase() == crate::seal::Phase::Unsealed {
+        if logged_in {
             if let Err(e) = audit.checkpoint(reason) {
                 warn!(error = %e, "final audit checkpoint failed");
             }
@@ -273,15 +272,9 @@ impl Keywarden {
     }
 
     fn unsealed(&self) -> CoreResult<()> {
-        self.seal.require_unsealed().map_err(CoreError::Seal)?;
-        if !self.ready.load(std::sync::atomic::Ordering::Acquire) {
-            // Logged in, but the registry is not loaded yet.
-            return Err(CoreError::Seal(crate::seal::SealError::Sealed {
-                received: 0,
-                threshold: 0,
-            }));
-        }
-        Ok(())
+        // Sealed, or logged in but still loading the registry (or sealing):
+        // the seal's one state says which.
+        self.seal.require_unsealed().map_err(CoreError::Seal)
     }
 
     /// Whether init may run now (see [`Seal::check_init_allowed`]).
@@ -302,13 +295,12 @@ impl Keywarden {
     /// Everything that follows a login: the verified registry, session
     /// copies, the audit signer, overdue lifecycle work.
     fn after_login(&self, reason: &str) {
-        self.ready
-            .store(false, std::sync::atomic::Ordering::Release);
+        // The seal is logged in but not yet open for keys.
         if let Err(e) = self.load_table() {
             warn!(error = %e, "loading the registry failed");
         }
         self.sync_context_key();
-        self.ready.store(true, std::sync::atomic::Ordering::Release);
+        self.seal.open_for_keys();
         if let Err(e) = self.reconcile() {
             warn!(error = %e, "reconciliation failed");
         }
@@ -331,8 +323,6 @@ impl Keywarden {
     }
 
     pub fn seal(&self) -> CoreResult<()> {
-        self.ready
-            .store(false, std::sync::atomic::Ordering::Release);
         self.before_logout("seal");
         let _ = self.changes.send(KeyChange::Reset);
         let r = self.seal.seal(self.hsm.as_ref());
@@ -357,9 +347,7 @@ impl Keywarden {
     pub fn rekey_verify(&self, share: &str) -> CoreResult<ShareProgress> {
         let r = self.seal.rekey_verify(self.hsm.as_ref(), share);
         // A commit whose re-login failed leaves the daemon sealed.
-        if self.seal.phase() != crate::seal::Phase::Unsealed {
-            self.ready
-                .store(false, std::sync::atomic::Ordering::Release);
+        if !self.seal.logged_in() {
             self.sync_context_key();
         }
         let p = r?;

@@ -55,16 +55,8 @@ impl Keywarden {
             key_count: t.by_name.len() as u32,
             drift: self.drift.read().unwrap_or_else(|p| p.into_inner()).clone(),
             started_at: self.started_at,
-            seal: {
-                let mut st = seal;
-                if st.phase == crate::seal::Phase::Unsealed
-                    && !self.ready.load(std::sync::atomic::Ordering::Acquire)
-                {
-                    // Still loading the registry: not yet open for business.
-                    st.phase = crate::seal::Phase::Sealed;
-                }
-                st
-            },
+            // Unsealed only once open for keys (the seal's state says so).
+            seal,
             tampering,
         }
     }

@@ -13,7 +13,6 @@ pub mod share;
 pub mod store;
 mod unseal;
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -95,19 +94,106 @@ struct InitPins {
     so: Pin,
 }
 
+/// Where the seal stands: one enum, under the seal's one lock. What a state
+/// needs exists only in that state: shares being collected only while
+/// sealed, the keyring and a rekey only while unsealed.
+enum State {
+    /// No seal file: init may run.
+    Uninitialized,
+    /// Shares are collected toward the threshold.
+    Sealed {
+        progress: Option<Progress>,
+        /// The provisioning PINs between init and the first unseal.
+        init_pins: Option<InitPins>,
+    },
+    /// Logged in, with the keyring open.
+    Unsealed {
+        keyring: Keyring,
+        rekey: Option<Rekey>,
+        serving: Serving,
+    },
+}
+
+/// Whether an unsealed daemon serves key operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serving {
+    /// Just logged in (unseal or rekey): the owner is loading what it needs
+    /// (the registry) and calls [`Seal::open_for_keys`].
+    Loading,
+    /// Open for business.
+    Open,
+    /// Sealing or shutting down: the final audit checkpoint is written.
+    Closing,
+}
+
+impl State {
+    fn sealed() -> Self {
+        State::Sealed {
+            progress: None,
+            init_pins: None,
+        }
+    }
+}
+
 struct Inner {
-    /// The provisioning PINs between init and the first unseal.
-    init_pins: Option<InitPins>,
     current: Option<SealFile>,
     /// A rekey whose commit was interrupted: the token's PINs may be either
     /// set's; shares of either set are accepted and the one that logs in wins.
     pending: Option<SealFile>,
-    progress: Option<Progress>,
-    keyring: Option<Keyring>,
-    rekey: Option<Rekey>,
+    state: State,
     /// Evidence that this daemon was initialised although no seal file is
     /// there (it was deleted): init is refused until it is restored.
     missing: Option<String>,
+}
+
+impl Inner {
+    /// The threshold of the share set(s) this daemon knows.
+    fn threshold(&self) -> u8 {
+        self.current
+            .as_ref()
+            .or(self.pending.as_ref())
+            .map(|f| f.threshold)
+            .unwrap_or(0)
+    }
+
+    /// The error a key operation gets in this state (Ok when open).
+    fn refusal(&self) -> Option<SealError> {
+        match &self.state {
+            State::Uninitialized => Some(SealError::NotInitialized),
+            State::Sealed { progress, .. } => Some(SealError::Sealed {
+                received: progress.as_ref().map(|p| p.shares.len()).unwrap_or(0),
+                threshold: self.threshold(),
+            }),
+            State::Unsealed {
+                serving: Serving::Open,
+                ..
+            } => None,
+            // Loading the registry or sealing: not open for business.
+            State::Unsealed { .. } => Some(SealError::Sealed {
+                received: 0,
+                threshold: self.threshold(),
+            }),
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        match &self.state {
+            State::Uninitialized => Phase::Uninitialized,
+            State::Unsealed {
+                serving: Serving::Open,
+                ..
+            } => Phase::Unsealed,
+            State::Sealed { .. } | State::Unsealed { .. } => Phase::Sealed,
+        }
+    }
+
+    /// The rekey slot; `None` when sealed (a seal ends any rekey).
+    fn rekey(&mut self) -> Option<&mut Option<Rekey>> {
+        match &mut self.state {
+            State::Unsealed { rekey, .. } => Some(rekey),
+            _ => None,
+        }
+    }
 }
 
 /// Progress reported after a share is accepted.
@@ -146,7 +232,6 @@ pub struct SealStatus {
 pub struct Seal {
     store: SealStore,
     config: SealConfig,
-    phase: AtomicU8,
     inner: Mutex<Inner>,
     /// Where ceremony events go.
     sink: std::sync::Arc<dyn AuditSink>,
@@ -172,22 +257,18 @@ impl Seal {
                 json!({}),
             ));
         }
-        let phase = if current.is_some() || pending.is_some() {
-            Phase::Sealed
+        let state = if current.is_some() || pending.is_some() {
+            State::sealed()
         } else {
-            Phase::Uninitialized
+            State::Uninitialized
         };
         Ok(Seal {
             store,
             config,
-            phase: AtomicU8::new(phase as u8),
             inner: Mutex::new(Inner {
-                init_pins: None,
                 current,
                 pending,
-                progress: None,
-                keyring: None,
-                rekey: None,
+                state,
                 missing: None,
             }),
             sink: std::sync::Arc::new(NullSink),
@@ -281,38 +362,45 @@ impl Seal {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Where the seal stands, as Status shows it: unsealed only when open
+    /// for key operations.
     pub fn phase(&self) -> Phase {
-        match self.phase.load(Ordering::Acquire) {
-            2 => Phase::Unsealed,
-            1 => Phase::Sealed,
-            _ => Phase::Uninitialized,
-        }
+        self.inner().phase()
     }
 
-    fn set_phase(&self, p: Phase) {
-        self.phase.store(p as u8, Ordering::Release);
+    /// Logged in with the keyring open (open for keys or not).
+    pub fn logged_in(&self) -> bool {
+        matches!(self.inner().state, State::Unsealed { .. })
     }
 
     /// Ok when key operations may run; otherwise the error to return.
     pub fn require_unsealed(&self) -> SealResult<()> {
         // Notes no events, so not wrapped in `audited`: the data path calls it.
-        match self.phase() {
-            Phase::Unsealed => Ok(()),
-            Phase::Uninitialized => Err(SealError::NotInitialized),
-            Phase::Sealed => {
-                let inner = self.inner();
-                let threshold = inner
-                    .current
-                    .as_ref()
-                    .or(inner.pending.as_ref())
-                    .map(|f| f.threshold)
-                    .unwrap_or(0);
-                let received = inner.progress.as_ref().map(|p| p.shares.len()).unwrap_or(0);
-                Err(SealError::Sealed {
-                    received,
-                    threshold,
-                })
+        match self.inner().refusal() {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// After an unseal or a rekey: what the keyring protects is loaded, key
+    /// operations may run.
+    pub fn open_for_keys(&self) {
+        if let State::Unsealed { serving, .. } = &mut self.inner().state {
+            if *serving == Serving::Loading {
+                *serving = Serving::Open;
             }
+        }
+    }
+
+    /// Before a seal or shutdown: key operations stop at once while the
+    /// final checkpoint is written. Returns whether the daemon was logged in.
+    pub fn begin_closing(&self) -> bool {
+        match &mut self.inner().state {
+            State::Unsealed { serving, .. } => {
+                *serving = Serving::Closing;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -320,36 +408,44 @@ impl Seal {
     pub fn with_keyring<T>(&self, f: impl FnOnce(&Keyring) -> T) -> SealResult<T> {
         // Notes no events, so not wrapped in `audited`: the data path calls it.
         let inner = self.inner();
-        match &inner.keyring {
-            Some(k) => Ok(f(k)),
-            None => Err(SealError::Sealed {
+        match &inner.state {
+            State::Unsealed { keyring, .. } => Ok(f(keyring)),
+            _ => Err(SealError::Sealed {
                 received: 0,
-                threshold: inner.current.as_ref().map(|c| c.threshold).unwrap_or(0),
+                threshold: inner.threshold(),
             }),
         }
     }
 
     fn expire(&self, inner: &mut Inner) {
         let timeout = self.config.ceremony_timeout;
-        if let Some(p) = &inner.progress {
-            if self.clock.monotonic().saturating_sub(p.started) > timeout {
-                self.note(
-                    EventKind::UnsealExpired,
-                    Outcome::Reset,
-                    json!({"received": p.shares.len(), "timeout_secs": timeout.as_secs()}),
-                );
-                inner.progress = None;
+        let now = self.clock.monotonic();
+        match &mut inner.state {
+            State::Sealed { progress, .. } => {
+                if let Some(p) = progress {
+                    if now.saturating_sub(p.started) > timeout {
+                        self.note(
+                            EventKind::UnsealExpired,
+                            Outcome::Reset,
+                            json!({"received": p.shares.len(), "timeout_secs": timeout.as_secs()}),
+                        );
+                        *progress = None;
+                    }
+                }
             }
-        }
-        if let Some(r) = &inner.rekey {
-            if self.clock.monotonic().saturating_sub(r.started()) > timeout {
-                self.note(
-                    EventKind::RekeyExpired,
-                    Outcome::Cancelled,
-                    json!({"rekey_id": r.id()}),
-                );
-                inner.rekey = None;
+            State::Unsealed { rekey, .. } => {
+                if let Some(r) = rekey {
+                    if now.saturating_sub(r.started()) > timeout {
+                        self.note(
+                            EventKind::RekeyExpired,
+                            Outcome::Cancelled,
+                            json!({"rekey_id": r.id()}),
+                        );
+                        *rekey = None;
+                    }
+                }
             }
+            State::Uninitialized => {}
         }
     }
 
@@ -358,7 +454,14 @@ impl Seal {
             let mut inner = self.inner();
             self.expire(&mut inner);
             let file = inner.current.as_ref().or(inner.pending.as_ref());
-            let rekey = inner.rekey.as_ref().map(|r| match r {
+            let (received, rekey) = match &inner.state {
+                State::Sealed { progress, .. } => {
+                    (progress.as_ref().map(|p| p.shares.len()).unwrap_or(0), None)
+                }
+                State::Unsealed { rekey, .. } => (0, rekey.as_ref()),
+                State::Uninitialized => (0, None),
+            };
+            let rekey = rekey.map(|r| match r {
                 Rekey::CollectingOld { id, progress, .. } => RekeyStatus {
                     id: id.clone(),
                     phase: "collecting-old-shares",
@@ -380,11 +483,11 @@ impl Seal {
                 },
             });
             SealStatus {
-                phase: self.phase(),
+                phase: inner.phase(),
                 set_id: file.map(|f| f.set_id.clone()).unwrap_or_default(),
                 shares: file.map(|f| f.shares).unwrap_or(0),
                 threshold: file.map(|f| f.threshold).unwrap_or(0),
-                received: inner.progress.as_ref().map(|p| p.shares.len()).unwrap_or(0),
+                received,
                 rekey,
                 interrupted_rekey: inner.pending.is_some(),
                 init_pending: file.is_some_and(|f| f.pending_init),
@@ -452,12 +555,13 @@ impl Seal {
                 }),
             );
             inner.current = Some(file);
-            inner.progress = None;
-            inner.init_pins = Some(InitPins {
-                user: provisioning_user_pin,
-                so: provisioning_so_pin,
-            });
-            self.set_phase(Phase::Sealed);
+            inner.state = State::Sealed {
+                progress: None,
+                init_pins: Some(InitPins {
+                    user: provisioning_user_pin,
+                    so: provisioning_so_pin,
+                }),
+            };
             Ok(issued)
         })
     }
@@ -467,18 +571,16 @@ impl Seal {
     pub fn seal(&self, hsm: &dyn Hsm) -> SealResult<()> {
         self.audited(|| -> SealResult<()> {
             let mut inner = self.inner();
-            match self.phase() {
-                Phase::Uninitialized => return Err(SealError::NotInitialized),
-                Phase::Sealed => {
-                    inner.progress = None;
+            match &mut inner.state {
+                State::Uninitialized => return Err(SealError::NotInitialized),
+                State::Sealed { progress, .. } => {
+                    *progress = None;
                     return Ok(());
                 }
-                Phase::Unsealed => {}
+                State::Unsealed { .. } => {}
             }
-            self.set_phase(Phase::Sealed);
-            inner.keyring = None;
-            inner.rekey = None;
-            inner.progress = None;
+            // Drops the keyring (zeroized) and any rekey.
+            inner.state = State::sealed();
             hsm.logout();
             self.note(EventKind::Seal, Outcome::Ok, json!({}));
             Ok(())

@@ -14,20 +14,22 @@ pub(super) struct Progress {
 impl Progress {
     /// Checks a parsed share against this progress (set, threshold,
     /// duplicate) and adds it; every refusal and acceptance is an audit
-    /// event (`event`) naming the rekey. Returns (received, threshold).
+    /// event (`event`) carrying `tag` (the rekey's id, or the unseal's share
+    /// set). Returns (received, threshold).
     pub(super) fn accept(
         &mut self,
         parsed: share::Share,
         event: EventKind,
-        rekey_id: &str,
+        tag: (&'static str, &str),
         notes: &Pending,
     ) -> SealResult<(usize, u8)> {
         let set_id = hex::encode(self.set_id);
+        let index = parsed.bytes.index;
         let refuse = |reason: &str| {
             notes.push(Event::new(
                 event,
                 Outcome::Refused,
-                json!({"rekey_id": rekey_id, "reason": reason}),
+                json!({tag.0: tag.1, "reason": reason, "index": index}),
             ));
         };
         if parsed.set_id != self.set_id {
@@ -58,7 +60,7 @@ impl Progress {
         notes.push(Event::new(
             event,
             Outcome::Accepted,
-            json!({"rekey_id": rekey_id, "received": received, "threshold": self.threshold}),
+            json!({tag.0: tag.1, "received": received, "threshold": self.threshold}),
         ));
         Ok((received, self.threshold))
     }

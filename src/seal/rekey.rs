@@ -44,18 +44,12 @@ impl Seal {
     /// Starts a rekey; it needs a quorum of the current shares.
     pub fn rekey_start(&self, spec: ShareSpec<'_>) -> SealResult<(String, u8)> {
         self.audited(|| -> SealResult<(String, u8)> {
-            // Before taking `inner`: require_unsealed takes it too (it
-            // used to be called with `inner` held, which deadlocked a
-            // rekey started on a sealed daemon).
-            if self.phase() != Phase::Unsealed {
-                return Err(self
-                    .require_unsealed()
-                    .err()
-                    .unwrap_or(SealError::AlreadyUnsealed));
-            }
             let mut inner = self.inner();
+            if let Some(refused) = inner.refusal() {
+                return Err(refused);
+            }
             self.expire(&mut inner);
-            if let Some(r) = &inner.rekey {
+            if let Some(Some(r)) = inner.rekey() {
                 return Err(SealError::RekeyInProgress {
                     id: r.id().to_string(),
                 });
@@ -72,10 +66,14 @@ impl Seal {
                 Outcome::Ok,
                 json!({"rekey_id": id, "shares": plan.shares, "threshold": plan.threshold}),
             );
-            inner.rekey = Some(Rekey::CollectingOld {
+            let started = self.clock.monotonic();
+            let Some(slot) = inner.rekey() else {
+                return Err(SealError::Internal("unsealed without a rekey slot"));
+            };
+            *slot = Some(Rekey::CollectingOld {
                 id: id.clone(),
                 plan,
-                progress: Progress::new(set_id, old_threshold, self.clock.monotonic()),
+                progress: Progress::new(set_id, old_threshold, started),
             });
             Ok((id, old_threshold))
         })
@@ -83,7 +81,7 @@ impl Seal {
     pub fn rekey_cancel(&self) -> SealResult<()> {
         self.audited(|| -> SealResult<()> {
             let mut inner = self.inner();
-            match inner.rekey.take() {
+            match inner.rekey().and_then(Option::take) {
                 Some(r) => {
                     self.note(
                         EventKind::RekeyCancel,
@@ -103,19 +101,20 @@ impl Seal {
             let mut inner = self.inner();
             self.expire(&mut inner);
             let current = inner.current.clone().ok_or(SealError::NotInitialized)?;
-            let (id, progress) = match &mut inner.rekey {
-                None => return Err(SealError::NoRekey),
-                Some(Rekey::Verifying { id, .. }) => {
+            let (id, progress) = match inner.rekey() {
+                None | Some(None) => return Err(SealError::NoRekey),
+                Some(Some(Rekey::Verifying { id, .. })) => {
                     return Err(SealError::WrongRekeyPhase {
                         id: id.clone(),
                         phase: "verifying new shares",
                         hint: "submit the NEW shares with `keywarden operator rekey --verify`",
                     })
                 }
-                Some(Rekey::CollectingOld { id, progress, .. }) => (id.clone(), progress),
+                Some(Some(Rekey::CollectingOld { id, progress, .. })) => (id.clone(), progress),
             };
             let parsed = share::parse(text).map_err(SealError::BadShare)?;
-            let (received, threshold) = progress.accept(parsed, EventKind::RekeyShare, &id, &self.pending)?;
+            let (received, threshold) =
+                progress.accept(parsed, EventKind::RekeyShare, ("rekey_id", &id), &self.pending)?;
             if received < threshold as usize {
                 return Ok((
                     ShareProgress {
@@ -127,7 +126,11 @@ impl Seal {
                     None,
                 ));
             }
-            let Some(Rekey::CollectingOld { plan, progress, .. }) = inner.rekey.take() else {
+            let started = self.clock.monotonic();
+            let Some(slot) = inner.rekey() else {
+                return Err(SealError::NoRekey);
+            };
+            let Some(Rekey::CollectingOld { plan, progress, .. }) = slot.take() else {
                 return Err(SealError::NoRekey);
             };
             let refs: Vec<&ShareBytes> = progress.shares.iter().collect();
@@ -139,9 +142,9 @@ impl Seal {
                     json!({"rekey_id": id, "reason": "check value mismatch"}),
                 );
                 // Progress resets; the rekey itself stays open.
-                inner.rekey = Some(Rekey::CollectingOld {
+                *slot = Some(Rekey::CollectingOld {
                     id,
-                    progress: Progress::new(progress.set_id, progress.threshold, self.clock.monotonic()),
+                    progress: Progress::new(progress.set_id, progress.threshold, started),
                     plan,
                 });
                 return Err(SealError::ReconstructionFailed);
@@ -155,12 +158,12 @@ impl Seal {
             self.note(EventKind::RekeySharesIssued, Outcome::Ok,
                 json!({"rekey_id": id, "new_set_id": hex::encode(new_set), "shares": plan.shares, "threshold": plan.threshold}),
             );
-            inner.rekey = Some(Rekey::Verifying {
+            *slot = Some(Rekey::Verifying {
                 id,
                 new_key,
                 new_set,
                 shares: plan.shares,
-                progress: Progress::new(new_set, plan.threshold, self.clock.monotonic()),
+                progress: Progress::new(new_set, plan.threshold, started),
                 old_user,
                 old_so,
             });
@@ -184,25 +187,29 @@ impl Seal {
         self.audited(|| -> SealResult<ShareProgress> {
             let mut inner = self.inner();
             self.expire(&mut inner);
-            let (id, new_set, progress) = match &mut inner.rekey {
-                None => return Err(SealError::NoRekey),
-                Some(Rekey::CollectingOld { id, .. }) => {
+            let (id, new_set, progress) = match inner.rekey() {
+                None | Some(None) => return Err(SealError::NoRekey),
+                Some(Some(Rekey::CollectingOld { id, .. })) => {
                     return Err(SealError::WrongRekeyPhase {
                         id: id.clone(),
                         phase: "collecting current shares",
                         hint: "submit the CURRENT shares with `keywarden operator rekey --submit`",
                     })
                 }
-                Some(Rekey::Verifying {
+                Some(Some(Rekey::Verifying {
                     id,
                     new_set,
                     progress,
                     ..
-                }) => (id.clone(), *new_set, progress),
+                })) => (id.clone(), *new_set, progress),
             };
             let parsed = share::parse(text).map_err(SealError::BadShare)?;
-            let (received, threshold) =
-                progress.accept(parsed, EventKind::RekeyVerifyShare, &id, &self.pending)?;
+            let (received, threshold) = progress.accept(
+                parsed,
+                EventKind::RekeyVerifyShare,
+                ("rekey_id", &id),
+                &self.pending,
+            )?;
             if received < threshold as usize {
                 return Ok(ShareProgress {
                     received,
@@ -211,6 +218,10 @@ impl Seal {
                     complete: false,
                 });
             }
+            let started = self.clock.monotonic();
+            let Some(slot) = inner.rekey() else {
+                return Err(SealError::NoRekey);
+            };
             let Some(Rekey::Verifying {
                 new_key,
                 shares,
@@ -218,7 +229,7 @@ impl Seal {
                 old_user,
                 old_so,
                 ..
-            }) = inner.rekey.take()
+            }) = slot.take()
             else {
                 return Err(SealError::NoRekey);
             };
@@ -231,12 +242,12 @@ impl Seal {
                     Outcome::Failed,
                     json!({"rekey_id": id}),
                 );
-                inner.rekey = Some(Rekey::Verifying {
+                *slot = Some(Rekey::Verifying {
                     id,
                     new_key,
                     new_set,
                     shares,
-                    progress: Progress::new(new_set, threshold, self.clock.monotonic()),
+                    progress: Progress::new(new_set, threshold, started),
                     old_user,
                     old_so,
                 });
@@ -271,10 +282,12 @@ impl Seal {
         threshold: u8,
     ) -> SealResult<()> {
         let current = inner.current.clone().ok_or(SealError::NotInitialized)?;
-        let keyring = inner.keyring.as_ref().ok_or(SealError::Sealed {
-            received: 0,
-            threshold: current.threshold,
-        })?;
+        let State::Unsealed { keyring, .. } = &inner.state else {
+            return Err(SealError::Sealed {
+                received: 0,
+                threshold: current.threshold,
+            });
+        };
         let file = SealFile::new(
             new_key,
             new_set,
@@ -301,22 +314,24 @@ impl Seal {
                 json!({"rekey_id": id, "reason": e.to_string()}),
             );
             if relogin.is_err() {
-                self.set_phase(Phase::Sealed);
-                inner.keyring = None;
+                inner.state = State::sealed();
             }
             return Err(SealError::Hsm(e));
         }
         self.store.promote_pending().map_err(SealError::Storage)?;
         inner.current = Some(file);
         if let Err(e) = hsm.login(&new_key.user_pin(&new_set)) {
-            self.set_phase(Phase::Sealed);
-            inner.keyring = None;
+            inner.state = State::sealed();
             self.note(
                 EventKind::RekeyCommit,
                 Outcome::CommittedButSealed,
                 json!({"rekey_id": id, "reason": e.to_string()}),
             );
             return Err(SealError::Hsm(e));
+        }
+        // The login was renewed: the owner must load again (session copies).
+        if let State::Unsealed { serving, .. } = &mut inner.state {
+            *serving = Serving::Loading;
         }
         self.note(EventKind::RekeyCommit, Outcome::Ok,
             json!({"rekey_id": id, "new_set_id": hex::encode(new_set), "old_set_id": current.set_id}),

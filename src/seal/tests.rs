@@ -69,10 +69,14 @@ fn init(r: &Rig) -> Vec<String> {
         .collect()
 }
 
+/// Unseals with `shares`, then opens for keys as the core does once the
+/// registry is loaded.
 fn unseal(r: &Rig, shares: &[String]) {
     for s in shares {
         r.seal.submit_unseal_share(&r.hsm, s).unwrap();
     }
+    assert!(r.seal.logged_in());
+    r.seal.open_for_keys();
     assert_eq!(r.seal.phase(), Phase::Unsealed);
 }
 
@@ -106,6 +110,16 @@ fn init_then_unseal_with_a_quorum() {
     assert_eq!(r.seal.status().received, 1);
     let p = r.seal.submit_unseal_share(&r.hsm, &shares[2]).unwrap();
     assert!(p.complete);
+    // Logged in, but not open for keys until the owner has loaded what the
+    // keyring protects: Status still says sealed, key operations refused.
+    assert!(r.seal.logged_in());
+    assert_eq!(r.seal.phase(), Phase::Sealed);
+    assert!(matches!(
+        r.seal.require_unsealed(),
+        Err(SealError::Sealed { received: 0, .. })
+    ));
+    assert!(r.seal.with_keyring(|_| ()).is_ok());
+    r.seal.open_for_keys();
     assert_eq!(r.seal.phase(), Phase::Unsealed);
     assert!(r.seal.require_unsealed().is_ok());
     assert!(!r.seal.status().init_pending);
@@ -214,8 +228,17 @@ fn seal_closes_and_a_quorum_opens_again() {
     let r = rig(false);
     let shares = init(&r);
     unseal(&r, &shares[..2]);
+    // Closing (the final checkpoint): key operations stop at once, a share
+    // is still refused as the daemon is logged in.
+    assert!(r.seal.begin_closing());
+    assert!(r.seal.require_unsealed().is_err());
+    assert!(matches!(
+        r.seal.submit_unseal_share(&r.hsm, &shares[0]),
+        Err(SealError::AlreadyUnsealed)
+    ));
     r.seal.seal(&r.hsm).unwrap();
     assert_eq!(r.seal.phase(), Phase::Sealed);
+    assert!(!r.seal.begin_closing());
     assert!(!r.hsm.is_logged_in());
     assert!(matches!(
         r.seal.with_keyring(|_| ()),
@@ -255,6 +278,10 @@ fn rekey_issues_a_new_set_that_is_verified_before_it_replaces_the_old() {
     }
     assert!(r.seal.rekey_verify(&r.hsm, &new[4]).unwrap().complete);
     assert!(r.sink.kinds().contains(&(K::RekeyCommit, O::Ok)), "{id}");
+    // The renewed login must be loaded again before keys are served.
+    assert!(r.seal.require_unsealed().is_err());
+    r.seal.open_for_keys();
+    assert!(r.seal.require_unsealed().is_ok());
     // After a seal, only the new set opens it.
     r.seal.seal(&r.hsm).unwrap();
     assert!(matches!(

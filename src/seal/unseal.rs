@@ -9,10 +9,10 @@ impl Seal {
     pub fn submit_unseal_share(&self, hsm: &dyn Hsm, text: &str) -> SealResult<ShareProgress> {
         self.audited(|| -> SealResult<ShareProgress> {
             let mut inner = self.inner();
-            match self.phase() {
-                Phase::Uninitialized => return Err(SealError::NotInitialized),
-                Phase::Unsealed => return Err(SealError::AlreadyUnsealed),
-                Phase::Sealed => {}
+            match &inner.state {
+                State::Uninitialized => return Err(SealError::NotInitialized),
+                State::Unsealed { .. } => return Err(SealError::AlreadyUnsealed),
+                State::Sealed { .. } => {}
             }
             self.expire(&mut inner);
             let parsed = share::parse(text).map_err(|e| {
@@ -24,12 +24,12 @@ impl Seal {
                 SealError::BadShare(e)
             })?;
             let got = hex::encode(parsed.set_id);
-            let mut file = [inner.current.as_ref(), inner.pending.as_ref()]
+            let file = [inner.current.as_ref(), inner.pending.as_ref()]
                 .into_iter()
                 .flatten()
                 .find(|f| f.set_id == got)
                 .cloned();
-            let Some(mut file) = file.take() else {
+            let Some(file) = file else {
                 let want = inner
                     .current
                     .as_ref()
@@ -54,7 +54,11 @@ impl Seal {
                     set_id: file.set_id.clone(),
                 });
             }
-            let progress = match &mut inner.progress {
+            let started = self.clock.monotonic();
+            let State::Sealed { progress: slot, .. } = &mut inner.state else {
+                return Err(SealError::AlreadyUnsealed);
+            };
+            let progress = match slot {
                 Some(p) if p.set_id == parsed.set_id => p,
                 slot => {
                     if let Some(old) = slot.as_ref() {
@@ -65,37 +69,15 @@ impl Seal {
                             json!({"received": old.shares.len()}),
                         );
                     }
-                    slot.insert(Progress::new(
-                        parsed.set_id,
-                        file.threshold,
-                        self.clock.monotonic(),
-                    ))
+                    slot.insert(Progress::new(parsed.set_id, file.threshold, started))
                 }
             };
-            if progress
-                .shares
-                .iter()
-                .any(|s| s.index == parsed.bytes.index)
-            {
-                self.note(
-                    EventKind::UnsealShare,
-                    Outcome::Refused,
-                    json!({"reason": "duplicate", "index": parsed.bytes.index}),
-                );
-                return Err(SealError::Duplicate {
-                    index: parsed.bytes.index,
-                    received: progress.shares.len(),
-                    threshold: progress.threshold,
-                });
-            }
-            progress.shares.push(parsed.bytes);
-            let received = progress.shares.len();
-            let threshold = progress.threshold;
-            self.note(
+            let (received, threshold) = progress.accept(
+                parsed,
                 EventKind::UnsealShare,
-                Outcome::Accepted,
-                json!({"set_id": file.set_id, "received": received, "threshold": threshold}),
-            );
+                ("set_id", &file.set_id),
+                &self.pending,
+            )?;
             if received < threshold as usize {
                 return Ok(ShareProgress {
                     received,
@@ -105,109 +87,144 @@ impl Seal {
                 });
             }
 
-            // Threshold reached: whatever happens next, the shares are dropped.
-            let Some(progress) = inner.progress.take() else {
+            // Threshold reached: whatever happens next, the shares are
+            // dropped; the provisioning PINs (if init is pending) stay unless
+            // they were used.
+            let State::Sealed {
+                progress,
+                init_pins,
+            } = std::mem::replace(&mut inner.state, State::sealed())
+            else {
+                return Err(SealError::Internal("state changed under the lock"));
+            };
+            let Some(progress) = progress else {
                 return Err(SealError::Internal("progress vanished"));
             };
-            let set_id = progress.set_id;
-            let refs: Vec<&ShareBytes> = progress.shares.iter().collect();
-            let key = shamir::combine(&refs).map_err(SealError::Shamir)?;
-            drop(refs);
-            drop(progress);
-            let check = file.check().map_err(SealError::Storage)?;
-            if !key.matches(&set_id, &check) {
-                self.note(
-                    EventKind::Unseal,
-                    Outcome::Failed,
-                    json!({"reason": "check value mismatch", "set_id": file.set_id}),
-                );
-                return Err(SealError::ReconstructionFailed);
+            let mut pins = init_pins;
+            let opened = self.open_with_quorum(hsm, &mut inner, file, progress, &mut pins);
+            if let State::Sealed { init_pins, .. } = &mut inner.state {
+                *init_pins = pins;
             }
-            // The key is confirmed: now the metadata around it must verify
-            // before anything in it (pending_init above all) is acted on.
-            if let Err(why) = file.verify(&key) {
-                self.note(
-                    EventKind::SealTampering,
-                    Outcome::Detected,
-                    json!({"what": why.to_string(), "set_id": file.set_id}),
-                );
-                return Err(SealError::Tampered(why.to_string()));
-            }
-            let keyring = file.open_keyring(&key).map_err(SealError::Storage)?;
-            if file.pending_init {
-                // The first quorum proved the shares work: now, and only now,
-                // the provisioning PINs give way to the derived ones.
-                let Some(pins) = inner.init_pins.take() else {
-                    self.note(
-                        EventKind::InitCommit,
-                        Outcome::Failed,
-                        json!({"reason": "provisioning PINs gone (restart)"}),
-                    );
-                    return Err(SealError::InitIncomplete);
-                };
-                if let Err(e) = hsm.change_pins(
-                    &pins.user,
-                    &key.user_pin(&set_id),
-                    &pins.so,
-                    &key.so_pin(&set_id),
-                ) {
-                    self.note(
-                        EventKind::InitCommit,
-                        Outcome::Failed,
-                        json!({"reason": e.to_string()}),
-                    );
-                    inner.init_pins = Some(pins);
-                    return Err(SealError::Hsm(e));
-                }
-                drop(pins);
-                file.pending_init = false;
-                file.authenticate(&key).map_err(SealError::Storage)?;
-                self.store.save(&file).map_err(SealError::Storage)?;
-                inner.current = Some(file.clone());
-                self.note(
-                    EventKind::InitCommit,
-                    Outcome::Ok,
-                    json!({"set_id": file.set_id}),
-                );
-            }
-            if let Err(e) = hsm.login(&key.user_pin(&set_id)) {
-                self.note(
-                    EventKind::Unseal,
-                    Outcome::Failed,
-                    json!({"reason": e.to_string()}),
-                );
-                return Err(SealError::Hsm(e));
-            }
-            drop(key);
-            // An interrupted rekey is settled by whichever set logged in.
-            let is_pending = inner.pending.as_ref().map(|p| p.set_id == file.set_id) == Some(true);
-            if is_pending {
-                self.store.promote_pending().map_err(SealError::Storage)?;
-                inner.current = inner.pending.take();
-            } else if inner.pending.is_some() {
-                self.store.discard_pending().map_err(SealError::Storage)?;
-                inner.pending = None;
-            }
-            inner.keyring = Some(keyring);
-            self.set_phase(Phase::Unsealed);
-            self.note(
-                EventKind::Unseal,
-                Outcome::Ok,
-                json!({"set_id": file.set_id}),
-            );
+            let set_id = opened?;
             Ok(ShareProgress {
                 received,
                 threshold,
-                set_id: file.set_id,
+                set_id,
                 complete: true,
             })
         })
     }
+
+    /// Reconstructs the unseal key from a full quorum, verifies the seal
+    /// file, commits a pending init, logs in and opens the keyring: on
+    /// success the state is unsealed (loading). `pins` are the provisioning
+    /// PINs, consumed only by a successful init commit.
+    fn open_with_quorum(
+        &self,
+        hsm: &dyn Hsm,
+        inner: &mut Inner,
+        mut file: SealFile,
+        progress: Progress,
+        pins: &mut Option<InitPins>,
+    ) -> SealResult<String> {
+        let set_id = progress.set_id;
+        let refs: Vec<&ShareBytes> = progress.shares.iter().collect();
+        let key = shamir::combine(&refs).map_err(SealError::Shamir)?;
+        drop(refs);
+        drop(progress);
+        let check = file.check().map_err(SealError::Storage)?;
+        if !key.matches(&set_id, &check) {
+            self.note(
+                EventKind::Unseal,
+                Outcome::Failed,
+                json!({"reason": "check value mismatch", "set_id": file.set_id}),
+            );
+            return Err(SealError::ReconstructionFailed);
+        }
+        // The key is confirmed: now the metadata around it must verify
+        // before anything in it (pending_init above all) is acted on.
+        if let Err(why) = file.verify(&key) {
+            self.note(
+                EventKind::SealTampering,
+                Outcome::Detected,
+                json!({"what": why.to_string(), "set_id": file.set_id}),
+            );
+            return Err(SealError::Tampered(why.to_string()));
+        }
+        let keyring = file.open_keyring(&key).map_err(SealError::Storage)?;
+        if file.pending_init {
+            // The first quorum proved the shares work: now, and only now,
+            // the provisioning PINs give way to the derived ones.
+            let Some(p) = pins.take() else {
+                self.note(
+                    EventKind::InitCommit,
+                    Outcome::Failed,
+                    json!({"reason": "provisioning PINs gone (restart)"}),
+                );
+                return Err(SealError::InitIncomplete);
+            };
+            if let Err(e) =
+                hsm.change_pins(&p.user, &key.user_pin(&set_id), &p.so, &key.so_pin(&set_id))
+            {
+                self.note(
+                    EventKind::InitCommit,
+                    Outcome::Failed,
+                    json!({"reason": e.to_string()}),
+                );
+                *pins = Some(p);
+                return Err(SealError::Hsm(e));
+            }
+            drop(p);
+            file.pending_init = false;
+            file.authenticate(&key).map_err(SealError::Storage)?;
+            self.store.save(&file).map_err(SealError::Storage)?;
+            inner.current = Some(file.clone());
+            self.note(
+                EventKind::InitCommit,
+                Outcome::Ok,
+                json!({"set_id": file.set_id}),
+            );
+        }
+        if let Err(e) = hsm.login(&key.user_pin(&set_id)) {
+            self.note(
+                EventKind::Unseal,
+                Outcome::Failed,
+                json!({"reason": e.to_string()}),
+            );
+            return Err(SealError::Hsm(e));
+        }
+        drop(key);
+        // An interrupted rekey is settled by whichever set logged in.
+        let is_pending = inner.pending.as_ref().map(|p| p.set_id == file.set_id) == Some(true);
+        if is_pending {
+            self.store.promote_pending().map_err(SealError::Storage)?;
+            inner.current = inner.pending.take();
+        } else if inner.pending.is_some() {
+            self.store.discard_pending().map_err(SealError::Storage)?;
+            inner.pending = None;
+        }
+        inner.state = State::Unsealed {
+            keyring,
+            rekey: None,
+            serving: Serving::Loading,
+        };
+        self.note(
+            EventKind::Unseal,
+            Outcome::Ok,
+            json!({"set_id": file.set_id}),
+        );
+        Ok(file.set_id)
+    }
+
     /// Forgets the shares received so far.
     pub fn reset_unseal(&self) -> SealResult<usize> {
         self.audited(|| -> SealResult<usize> {
             let mut inner = self.inner();
-            let n = inner.progress.take().map(|p| p.shares.len()).unwrap_or(0);
+            let n = match &mut inner.state {
+                State::Sealed { progress, .. } => progress.take().map(|p| p.shares.len()),
+                _ => None,
+            }
+            .unwrap_or(0);
             self.note(EventKind::UnsealReset, Outcome::Ok, json!({"discarded": n}));
             Ok(n)
         })
