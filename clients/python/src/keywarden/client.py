@@ -1,0 +1,356 @@
+"""The Keywarden client: data keys from the daemon over its Unix socket, and
+envelope encryption of records and streams in the format every Keywarden
+implementation shares (``docs/FORMAT.md``)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import BinaryIO, TypeVar
+
+import grpc
+
+from . import format as fmt
+from .datakey import DataKey
+from .errors import (
+    ConnectError,
+    KeywardenError,
+    MessageError,
+    UnavailableError,
+    UsageError,
+    from_item,
+    from_rpc_error,
+)
+from .v1 import datakey_pb2 as pb
+from .v1 import datakey_pb2_grpc as pb_grpc
+from .v1 import keys_pb2, keys_pb2_grpc, operator_pb2, operator_pb2_grpc
+
+#: The environment variable naming the daemon's socket.
+SOCKET_ENV = "KEYWARDEN_SOCKET"
+#: Where a packaged daemon listens.
+DEFAULT_SOCKET = "/run/keywarden/keywarden.sock"
+#: The most items one batch call carries.
+MAX_BATCH = 1024
+
+Context = Mapping[str, str]
+T = TypeVar("T")
+
+
+def channel_options() -> list[tuple[str, object]]:
+    """The channel options a Unix-socket client needs. grpc-core would send
+    the socket path as ``:authority``, which the daemon (like any HTTP/2
+    server) rejects; ``localhost`` is what every Keywarden client sends."""
+    return [
+        ("grpc.default_authority", "localhost"),
+        ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        ("grpc.enable_retries", 0),
+    ]
+
+
+def check_context(context: Context | None, field: str = "context") -> dict[str, str]:
+    """A copy of ``context`` as ``dict[str, str]``, or :class:`UsageError`."""
+    if context is None:
+        return {}
+    if not isinstance(context, Mapping):
+        raise UsageError(f"{field}: must be a mapping of str to str, not {type(context).__name__}")
+    out: dict[str, str] = {}
+    for k, v in context.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise UsageError(f"{field}: keys and values must be str (got {k!r}: {type(v).__name__})")
+        out[k] = v
+    return out
+
+
+def _keys(key: str | Sequence[str]) -> list[str]:
+    keys = [key] if isinstance(key, str) else list(key)
+    if not 1 <= len(keys) <= fmt.MAX_RECIPIENTS:
+        raise UsageError(f"key: {len(keys)} keys; a message is wrapped under 1 to {fmt.MAX_RECIPIENTS}")
+    for i, k in enumerate(keys):
+        if not isinstance(k, str) or not k:
+            raise UsageError(f"key: must be a non-empty str, not {k!r}")
+        if k in keys[:i]:
+            raise UsageError(f"key: {k!r} is named twice")
+    return keys
+
+
+def _read_full(src: BinaryIO, n: int) -> bytes:
+    """Reads until ``n`` bytes or the end of the input."""
+    parts = []
+    got = 0
+    while got < n:
+        b = src.read(n - got)
+        if not b:
+            break
+        parts.append(b)
+        got += len(b)
+    return b"".join(parts)
+
+
+class Client:
+    """A connection to the daemon.
+
+    ``socket`` defaults to ``$KEYWARDEN_SOCKET``, then to
+    :data:`DEFAULT_SOCKET`. Calls that change nothing are retried on
+    UNAVAILABLE (``retries`` attempts in all, with backoff); every call has
+    a deadline of ``timeout`` seconds. Use it as a context manager, or call
+    :meth:`close`.
+    """
+
+    def __init__(
+        self, socket: str | os.PathLike[str] | None = None, *, timeout: float = 30.0, retries: int = 3
+    ) -> None:
+        path = os.fspath(socket) if socket is not None else os.environ.get(SOCKET_ENV, DEFAULT_SOCKET)
+        if not path:
+            raise UsageError("socket: is empty")
+        self.socket = path
+        self.timeout = timeout
+        self.retries = max(1, retries)
+        self._channel = grpc.insecure_channel(f"unix:{path}", options=channel_options())
+        self.datakeys = pb_grpc.DataKeyServiceStub(self._channel)
+        self.keys = keys_pb2_grpc.KeyServiceStub(self._channel)
+        self.operator = operator_pb2_grpc.OperatorServiceStub(self._channel)
+
+    # -- plumbing -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., T], request: object, *, idempotent: bool = True) -> T:
+        pause = 0.05
+        for attempt in range(1, self.retries + 1):
+            try:
+                return method(request, timeout=self.timeout)
+            except grpc.RpcError as e:
+                err = from_rpc_error(e)
+                if isinstance(err, UnavailableError) and not os.path.exists(self.socket):
+                    err = ConnectError(
+                        f"cannot reach the Keywarden daemon: no socket at {self.socket}", err.code
+                    )
+                retry = idempotent and isinstance(err, UnavailableError | ConnectError)
+                if not retry or attempt == self.retries:
+                    raise err from None
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+        raise KeywardenError("unreachable")  # pragma: no cover
+
+    # -- status -------------------------------------------------------------
+
+    def status(self) -> operator_pb2.StatusResponse:
+        """The daemon's status (seal phase, HSM health, key count, ...)."""
+        return self._call(self.operator.Status, operator_pb2.StatusRequest())
+
+    def describe_key(self, key: str) -> keys_pb2.DescribeKeyResponse:
+        """A key's record: state, versions, holds (needs the admin or
+        auditor role)."""
+        return self._call(self.keys.DescribeKey, keys_pb2.DescribeKeyRequest(name=key))
+
+    # -- data keys ----------------------------------------------------------
+
+    def generate_data_key(self, key: str, context: Context | None = None) -> DataKey:
+        """A fresh 256-bit data key under the newest version of ``key``,
+        bound to ``context``: the plaintext (wipe it after use) and the
+        blob to store beside the data."""
+        req = pb.GenerateDataKeyRequest(key=key, encryption_context=check_context(context))
+        r = self._call(self.datakeys.GenerateDataKey, req, idempotent=False)
+        return _data_key(r.plaintext, r.key, r.key_id, r.key_version, r.ciphertext_blob, r)
+
+    def generate_data_key_without_plaintext(self, key: str, context: Context | None = None) -> bytes:
+        """A fresh data key's wrapped blob only (to be decrypted later, by
+        whoever may)."""
+        req = pb.GenerateDataKeyRequest(key=key, encryption_context=check_context(context))
+        r = self._call(self.datakeys.GenerateDataKeyWithoutPlaintext, req, idempotent=False)
+        return bytes(r.ciphertext_blob)
+
+    def decrypt_data_key(
+        self, blob: bytes, context: Context | None = None, *, key: str | None = None
+    ) -> DataKey:
+        """Unwraps a data-key blob under the context it was made with;
+        ``key`` (optional) insists on the CMK it must be under."""
+        req = pb.DecryptRequest(
+            ciphertext_blob=bytes(blob), encryption_context=check_context(context), key=key or ""
+        )
+        r = self._call(self.datakeys.Decrypt, req)
+        return _data_key(r.plaintext, r.key, r.key_id, r.key_version, bytes(blob), r)
+
+    def reencrypt(
+        self,
+        blob: bytes,
+        destination_key: str,
+        context: Context | None = None,
+        destination_context: Context | None = None,
+    ) -> bytes:
+        """The same data key wrapped under ``destination_key`` (the
+        plaintext never leaves the daemon)."""
+        req = pb.ReEncryptRequest(
+            ciphertext_blob=bytes(blob),
+            encryption_context=check_context(context),
+            destination_key=destination_key,
+        )
+        if destination_context is not None:
+            req.destination_encryption_context.update(
+                check_context(destination_context, "destination_context")
+            )
+            req.replace_context = True
+        return bytes(self._call(self.datakeys.ReEncrypt, req).ciphertext_blob)
+
+    def generate_data_keys(
+        self, items: Iterable[tuple[str, Context | None]]
+    ) -> list[DataKey | KeywardenError]:
+        """Up to 1024 data keys in one call; each item succeeds or fails on
+        its own (a failed item is its typed error, not raised)."""
+        reqs = [pb.GenerateDataKeyRequest(key=k, encryption_context=check_context(c)) for k, c in items]
+        _check_batch(reqs)
+        r = self._call(
+            self.datakeys.BatchGenerateDataKey,
+            pb.BatchGenerateDataKeyRequest(requests=reqs),
+            idempotent=False,
+        )
+        out: list[DataKey | KeywardenError] = []
+        for item in r.results:
+            if item.HasField("ok"):
+                ok = item.ok
+                out.append(_data_key(ok.plaintext, ok.key, ok.key_id, ok.key_version, ok.ciphertext_blob, ok))
+            else:
+                out.append(from_item(item.error.code, item.error.message))
+        return out
+
+    def decrypt_data_keys(
+        self, items: Iterable[tuple[bytes, Context | None]]
+    ) -> list[DataKey | KeywardenError]:
+        """Up to 1024 blobs unwrapped in one call, each on its own."""
+        pairs = [(bytes(b), check_context(c)) for b, c in items]
+        reqs = [pb.DecryptRequest(ciphertext_blob=b, encryption_context=c) for b, c in pairs]
+        _check_batch(reqs)
+        r = self._call(self.datakeys.BatchDecrypt, pb.BatchDecryptRequest(requests=reqs))
+        out: list[DataKey | KeywardenError] = []
+        for (blob, _), item in zip(pairs, r.results, strict=True):
+            if item.HasField("ok"):
+                ok = item.ok
+                out.append(_data_key(ok.plaintext, ok.key, ok.key_id, ok.key_version, blob, ok))
+            else:
+                out.append(from_item(item.error.code, item.error.message))
+        return out
+
+    # -- envelope messages --------------------------------------------------
+
+    def _material(self, keys: list[str], ctx: dict[str, str]) -> tuple[DataKey, list[bytes]]:
+        dk = self.generate_data_key(keys[0], ctx)
+        blobs = [dk.ciphertext_blob]
+        try:
+            for k in keys[1:]:
+                blobs.append(self.reencrypt(dk.ciphertext_blob, k, ctx))
+        except BaseException:
+            dk.wipe()
+            raise
+        return dk, blobs
+
+    def _open_recipients(self, header: fmt.Header, ctx: dict[str, str]) -> DataKey:
+        errors: list[KeywardenError] = []
+        for blob in header.recipients:
+            try:
+                return self.decrypt_data_key(blob, ctx)
+            except KeywardenError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        raise MessageError(
+            "no recipient of the message could be opened: " + "; ".join(str(e) for e in errors)
+        )
+
+    def encrypt(self, key: str | Sequence[str], plaintext: bytes, context: Context | None = None) -> bytes:
+        """Encrypts a record in memory under a fresh data key wrapped under
+        ``key`` (or each of up to 8 keys; any one opens it), bound to
+        ``context``. Returns the whole message."""
+        keys, ctx = _keys(key), check_context(context)
+        dk, blobs = self._material(keys, ctx)
+        with dk:
+            return fmt.seal_message(dk.plaintext, fmt.random_salt(), blobs, ctx, bytes(plaintext))
+
+    def decrypt(self, ciphertext: bytes, context: Context | None = None) -> bytes:
+        """Opens a whole message under the context it was made with.
+        Releases nothing unless every segment verifies."""
+        ctx = check_context(context)
+        split = fmt.split_message(bytes(ciphertext))
+        with self._open_recipients(split.header, ctx) as dk:
+            keys = fmt.open_keys(dk.plaintext, split, ctx)
+        return fmt.open_body(keys, split.body)
+
+    def encrypt_stream(
+        self, key: str | Sequence[str], src: BinaryIO, dst: BinaryIO, context: Context | None = None
+    ) -> int:
+        """Encrypts ``src`` to ``dst`` (binary file objects) in constant
+        memory, one 16 KiB segment at a time. Returns the bytes written."""
+        keys, ctx = _keys(key), check_context(context)
+        dk, blobs = self._material(keys, ctx)
+        header = fmt.encode_header(blobs)
+        salt = fmt.random_salt()
+        with dk:
+            mk = fmt.MessageKeys(dk.plaintext, salt, header, ctx)
+        written = dst.write(header + salt + mk.commitment) or 0
+        index = 0
+        while True:
+            segment = _read_full(src, fmt.SEGMENT)
+            if index >= fmt.MAX_SEGMENTS:
+                raise MessageError("the message exceeds the format's limit of 2^38 segments")
+            written += dst.write(mk.seal(index, segment)) or 0
+            if len(segment) < fmt.SEGMENT:
+                return written
+            index += 1
+
+    def decrypt_stream(self, src: BinaryIO, dst: BinaryIO, context: Context | None = None) -> int:
+        """Decrypts ``src`` to ``dst`` in constant memory. Segments are
+        written as they verify: on :class:`MessageError` (altered or
+        truncated input) discard what was written. Returns the plaintext
+        bytes written."""
+        ctx = check_context(context)
+        raw = _read_full(src, fmt.FIXED_HEADER)
+        while (n := fmt.header_length(raw)) is None:
+            more = src.read(fmt.MAX_BLOB + 2)
+            if not more:
+                raise MessageError("the message ends inside its header")
+            raw += more
+        rest = raw[n:]
+        header = fmt.parse_header(raw[:n])
+        tail = rest + _read_full(src, max(0, fmt.SALT + fmt.COMMITMENT - len(rest)))
+        if len(tail) < fmt.SALT + fmt.COMMITMENT:
+            raise MessageError("the message ends inside its header (salt or commitment)")
+        split = fmt.Split(header, tail[: fmt.SALT], tail[fmt.SALT : fmt.SALT + fmt.COMMITMENT], b"")
+        pending = tail[fmt.SALT + fmt.COMMITMENT :]
+        with self._open_recipients(header, ctx) as dk:
+            mk = fmt.open_keys(dk.plaintext, split, ctx)
+        written = 0
+        index = 0
+        while True:
+            chunk = pending + _read_full(src, fmt.SEALED_SEGMENT - len(pending))
+            pending = b""
+            if len(chunk) < fmt.TAG:
+                raise MessageError(
+                    f"the message is truncated after segment {index}: no final segment; "
+                    "discard any output already written"
+                )
+            written += dst.write(mk.open(index, chunk)) or 0
+            if len(chunk) < fmt.SEALED_SEGMENT:
+                return written
+            index += 1
+
+
+def _check_batch(reqs: list[object]) -> None:
+    if not 1 <= len(reqs) <= MAX_BATCH:
+        raise UsageError(f"items: {len(reqs)} items; a batch carries 1 to {MAX_BATCH}")
+
+
+def _data_key(plaintext: bytes, key: str, key_id: str, version: int, blob: bytes, message: object) -> DataKey:
+    dk = DataKey(bytearray(plaintext), key, key_id, version, bytes(blob))
+    # Drop the message's own reference (the runtime's copy is its own).
+    clear = getattr(message, "ClearField", None)
+    if clear is not None:
+        clear("plaintext")
+    return dk
