@@ -7,12 +7,12 @@ set -euo pipefail
 
 # (No protoc: the .proto files are compiled by protox, in Rust.)
 # --test adds what only the test suite needs: libclang and OpenSSL headers
-# to build Kryoptic, the second token (scripts/kryoptic.sh), and Python's
-# cryptography for the independent check of the envelope test vectors
-# (scripts/check_vectors.py).
+# to build Kryoptic, the second token (scripts/kryoptic.sh); Python's venv
+# for the Python client's suite (scripts/python-test.sh installs its pinned
+# packages from PyPI into a virtualenv); PostgreSQL for the database example.
 pkgs=(softhsm2 opensc build-essential pkg-config ca-certificates age jq systemd dpkg-dev)
 if [ "${1:-}" = "--test" ]; then
-  pkgs+=(libclang-dev libssl-dev python3 python3-cryptography)
+  pkgs+=(libclang-dev libssl-dev python3 python3-venv postgresql)
 fi
 need=()
 for pkg in "${pkgs[@]}"; do

@@ -29,6 +29,9 @@ echo "== cargo test"
 # --workspace also builds the PKCS#11 fault-injection shim (tests/faults.rs).
 cargo test --workspace --locked --all-targets --no-fail-fast
 
+echo "== the Python client and the PostgreSQL example"
+bash scripts/python-test.sh
+
 echo "== the token-facing tests again, on Kryoptic (a second PKCS#11 token)"
 bash scripts/kryoptic.sh
 

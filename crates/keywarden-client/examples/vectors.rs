@@ -1,8 +1,8 @@
 //! Prints the envelope-format test vectors (`docs/vectors/envelope-v1.json`)
 //! from fixed inputs: `cargo run -p keywarden-client --example vectors`.
 //! `tests/vectors.rs` checks that the committed file matches this
-//! implementation, and `scripts/check_vectors.py` checks it against an
-//! independent Python implementation.
+//! implementation; the Python client (`clients/python`), an independent
+//! implementation, checks it too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use keywarden_client::format::{self, Context, Header, MessageKeys};

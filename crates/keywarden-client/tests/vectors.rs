@@ -197,27 +197,5 @@ fn truncation_reordering_duplication_and_appending_are_refused() {
     }
 }
 
-/// A second implementation, in Python with `cryptography`
-/// (`scripts/check_vectors.py`), reproduces every vector too.
-#[test]
-fn an_independent_python_implementation_agrees() {
-    let python = if std::path::Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    };
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-    let out = std::process::Command::new(python)
-        .arg("scripts/check_vectors.py")
-        .arg("docs/vectors/envelope-v1.json")
-        .current_dir(root)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{} (scripts/install-deps.sh --test installs python3-cryptography)",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("6 vectors match"));
-}
+// The Python client (clients/python) checks the same vectors in its own
+// suite (tests/test_vectors.py), run by scripts/python-test.sh.
