@@ -186,6 +186,13 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// The config file could be changed by someone other than root or the
+    /// daemon's user (or its metadata could not be read).
+    #[error("invalid configuration: {0}")]
+    Untrusted(crate::policy::PolicyError),
+    /// The HSM profile the config names was refused.
+    #[error("invalid configuration: hsm.profile: {0}")]
+    Profile(crate::hsm::profile::ProfileError),
     /// A `[dev]` config given to a daemon not started by `keywarden dev`.
     #[error("{path}: this is a development configuration ([dev] enabled = true); `keywarden serve` runs it only when started by `keywarden dev`")]
     DevConfig { path: PathBuf },
@@ -211,7 +218,7 @@ impl Config {
     }
 
     fn load_any(path: &Path) -> Result<Self, ConfigError> {
-        crate::policy::check_trusted_file(path).map_err(ConfigError::Invalid)?;
+        crate::policy::check_trusted_file(path).map_err(ConfigError::Untrusted)?;
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -411,8 +418,7 @@ impl Config {
         let tick = std::time::Duration::from_secs(lc.tick_secs.unwrap_or(5).clamp(1, 3600));
 
         let profile_path = resolve(&raw.hsm.profile);
-        let profile = HsmProfile::load(&profile_path)
-            .map_err(|e| ConfigError::Invalid(format!("hsm.profile: {e}")))?;
+        let profile = HsmProfile::load(&profile_path).map_err(ConfigError::Profile)?;
 
         let module = match raw.hsm.module {
             Some(m) => resolve(&m),

@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
 use crate::audit::{Audit, AuditSink, EventKind, Outcome};
+use crate::clock::Clock;
 use crate::core::{validate, CoreError};
-use crate::policy::{Action, Caller, Denied, Grant, Policy};
+use crate::policy::{Action, Caller, Denied, Grant, Policy, PolicyError};
 
 /// Longest break-glass grant.
 pub const MAX_BREAK_GLASS: Duration = Duration::from_secs(24 * 3600);
@@ -34,6 +35,15 @@ pub enum PolicySource {
     OpenDev,
 }
 
+/// Why the guard could not start or reload.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GuardError {
+    /// The policy file was refused.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
 pub struct Guard {
     policy: RwLock<Arc<Policy>>,
     source: PolicySource,
@@ -44,6 +54,8 @@ pub struct Guard {
     /// Bumped when who may use which key can have changed (a policy
     /// reload, a break-glass grant): client caches are told to reset.
     epoch: std::sync::atomic::AtomicU64,
+    /// Where break-glass grants read the time (the core's clock).
+    clock: Arc<dyn Clock>,
 }
 
 fn secs(t: SystemTime) -> u64 {
@@ -53,7 +65,12 @@ fn secs(t: SystemTime) -> u64 {
 }
 
 impl Guard {
-    pub fn new(source: PolicySource, audit: Audit, audit_disabled: bool) -> Result<Self, String> {
+    pub fn new(
+        source: PolicySource,
+        audit: Audit,
+        audit_disabled: bool,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, GuardError> {
         let policy = match &source {
             PolicySource::File(p) => Policy::load(p)?,
             PolicySource::OpenDev => Policy::open_dev(),
@@ -65,7 +82,13 @@ impl Guard {
             break_glass: Mutex::new(Vec::new()),
             audit_disabled,
             epoch: std::sync::atomic::AtomicU64::new(0),
+            clock,
         })
+    }
+
+    /// The injected clock's time (whole seconds).
+    fn now(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(u64::try_from(self.clock.now_secs()).unwrap_or(0))
     }
 
     fn policy(&self) -> Arc<Policy> {
@@ -85,7 +108,7 @@ impl Guard {
 
     /// Reloads the policy file. An invalid policy is refused and the old
     /// one stays in force.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), GuardError> {
         let r = match &self.source {
             PolicySource::File(p) => Policy::load(p),
             PolicySource::OpenDev => Ok(Policy::open_dev()),
@@ -101,9 +124,9 @@ impl Guard {
                 self.event(
                     EventKind::PolicyReload,
                     Outcome::Refused,
-                    json!({"reason": e}),
+                    json!({"reason": e.to_string()}),
                 );
-                Err(e)
+                Err(e.into())
             }
         }
     }
@@ -122,7 +145,7 @@ impl Guard {
         if self.policy().has_app_role(c) {
             return true;
         }
-        let now = SystemTime::now();
+        let now = self.now();
         self.break_glass
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -137,14 +160,14 @@ impl Guard {
         c: &Caller,
         key: &str,
         context: &BTreeMap<String, String>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, Denied> {
         match self
             .policy()
             .authorize(c, &Action::DataKey { key, context })
         {
             Ok(_) => Ok(false),
             Err(denied) => {
-                let now = SystemTime::now();
+                let now = self.now();
                 let grants = self.break_glass.lock().unwrap_or_else(|p| p.into_inner());
                 if grants
                     .iter()
@@ -152,7 +175,7 @@ impl Guard {
                 {
                     Ok(true)
                 } else {
-                    Err(denied.0)
+                    Err(denied)
                 }
             }
         }
@@ -179,7 +202,7 @@ impl Guard {
         let grant = self
             .authorize(c, &Action::BreakGlass { key })
             .map_err(BreakGlassError::Denied)?;
-        let now = SystemTime::now();
+        let now = self.now();
         let g = BreakGlassGrant {
             uid: c.uid,
             principal: grant.principal,
@@ -217,7 +240,7 @@ impl Guard {
 
     /// Unexpired break-glass grants.
     pub fn active_break_glass(&self) -> Vec<BreakGlassGrant> {
-        let now = SystemTime::now();
+        let now = self.now();
         let mut grants = self.break_glass.lock().unwrap_or_else(|p| p.into_inner());
         grants.retain(|g| g.expires > now);
         grants.clone()
@@ -252,4 +275,78 @@ pub fn break_glass_json(g: &BreakGlassGrant) -> Value {
         "uid": g.uid, "principal": g.principal, "key": g.key, "reason": g.reason,
         "granted_at": secs(g.granted), "expires_at": secs(g.expires),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::AuditConfig;
+    use crate::clock::ManualClock;
+
+    const POLICY: &str = r#"
+[[principal]]
+name = "ops"
+uids = [4321]
+roles = ["admin"]
+break_glass = true
+break_glass_keys = ["patients"]
+"#;
+
+    #[test]
+    fn break_glass_grant_expires_with_the_clock() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(&policy, POLICY).expect("write the policy");
+        std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod 600");
+        let audit = Audit::open(AuditConfig {
+            file: dir.path().join("audit.log"),
+            checkpoint_every: 1000,
+            max_file_bytes: 1 << 20,
+        })
+        .expect("open the audit log");
+        let clock = Arc::new(ManualClock::at(1_700_000_000));
+        let guard = Guard::new(PolicySource::File(policy), audit, false, clock.clone())
+            .expect("the policy loads");
+        let ops = Caller {
+            uid: 4321,
+            gid: 4321,
+            pid: 1,
+            groups: vec![4321],
+            exe: "/usr/bin/keywarden".into(),
+        };
+        let ctx = BTreeMap::new();
+        // An admin is not an app: no data keys without a grant.
+        assert!(guard.data_key_check(&ops, "patients", &ctx).is_err());
+        assert!(!guard.may_use_data_keys(&ops));
+
+        let g = guard
+            .break_glass(&ops, "patients", "incident 42", Duration::from_secs(60))
+            .expect("the policy allows break-glass on patients");
+        assert_eq!(secs(g.granted), 1_700_000_000);
+        assert_eq!(secs(g.expires), 1_700_000_060);
+        assert_eq!(
+            guard.data_key_check(&ops, "patients", &ctx).ok(),
+            Some(true)
+        );
+        assert!(guard.data_key_check(&ops, "other", &ctx).is_err());
+        assert!(guard.may_use_data_keys(&ops));
+        let (epoch, active) = guard.access_epoch();
+        assert_eq!(active, 1);
+
+        clock.advance(Duration::from_secs(59));
+        assert_eq!(
+            guard.data_key_check(&ops, "patients", &ctx).ok(),
+            Some(true)
+        );
+        assert_eq!(guard.active_break_glass().len(), 1);
+
+        // At its end the grant is gone, without anyone sleeping.
+        clock.advance(Duration::from_secs(1));
+        assert!(guard.data_key_check(&ops, "patients", &ctx).is_err());
+        assert!(!guard.may_use_data_keys(&ops));
+        assert!(guard.active_break_glass().is_empty());
+        assert_ne!(guard.access_epoch(), (epoch, active));
+    }
 }

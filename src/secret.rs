@@ -3,7 +3,7 @@
 //! bytes at one edge only.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
@@ -41,6 +41,32 @@ impl DataKey {
     }
 }
 
+/// Why a PIN could not be read or made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretError {
+    /// The PIN file could not be read.
+    #[error("pin file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The PIN file's permissions let other users read it.
+    #[error("pin file {} is readable by other users (mode {mode:o}); chmod 0600 or 0640", path.display())]
+    ReadableByOthers { path: PathBuf, mode: u32 },
+    /// The file's content is not a usable PIN.
+    #[error("pin file {}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: &'static str },
+    /// The OS random generator failed.
+    #[error("random: {0}")]
+    Random(getrandom::Error),
+}
+
+/// The OS random generator failed.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("OS random generator: {0}")]
+pub struct RandomError(pub getrandom::Error);
+
 /// A PKCS#11 user PIN. Read from a file or a systemd credential, never from
 /// the command line or the config file itself.
 pub struct Pin(SecretString);
@@ -48,23 +74,26 @@ pub struct Pin(SecretString);
 impl Pin {
     /// Reads a PIN from a file; one trailing newline is removed. Refuses files
     /// that other users may read, and empty PINs.
-    pub fn from_file(path: &Path) -> Result<Self, String> {
+    pub fn from_file(path: &Path) -> Result<Self, SecretError> {
         use std::os::unix::fs::PermissionsExt;
-        let meta =
-            std::fs::metadata(path).map_err(|e| format!("pin file {}: {e}", path.display()))?;
+        let io = |source| SecretError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(io)?;
         if meta.permissions().mode() & 0o007 != 0 {
-            return Err(format!(
-                "pin file {} is readable by other users (mode {:o}); chmod 0600 or 0640",
-                path.display(),
-                meta.permissions().mode() & 0o777
-            ));
+            return Err(SecretError::ReadableByOthers {
+                path: path.to_path_buf(),
+                mode: meta.permissions().mode() & 0o777,
+            });
         }
-        let mut file =
-            std::fs::File::open(path).map_err(|e| format!("pin file {}: {e}", path.display()))?;
+        let mut file = std::fs::File::open(path).map_err(io)?;
         let mut raw = Zeroizing::new(Vec::new());
-        file.read_to_end(&mut raw)
-            .map_err(|e| format!("pin file {}: {e}", path.display()))?;
-        Self::from_bytes(&raw).map_err(|e| format!("pin file {}: {e}", path.display()))
+        file.read_to_end(&mut raw).map_err(io)?;
+        Self::from_bytes(&raw).map_err(|reason| SecretError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        })
     }
 
     /// A PIN from bytes (one trailing newline removed).
@@ -110,9 +139,9 @@ impl Pin {
     }
 
     /// A fresh random PIN (hex of 16 random bytes), for dev tokens.
-    pub fn random() -> Result<Self, String> {
+    pub fn random() -> Result<Self, SecretError> {
         let mut bytes = Zeroizing::new([0u8; 16]);
-        getrandom::fill(bytes.as_mut()).map_err(|e| format!("random: {e}"))?;
+        getrandom::fill(bytes.as_mut()).map_err(SecretError::Random)?;
         let mut hex = String::with_capacity(32);
         for b in bytes.iter() {
             hex.push_str(&format!("{b:02x}"));
@@ -181,10 +210,7 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod 644");
         match Pin::from_file(&p) {
             Err(e) => assert!(
-                e.contains("readable")
-                    || e.contains("permission")
-                    || e.contains("mode")
-                    || e.contains("others"),
+                matches!(e, SecretError::ReadableByOthers { mode: 0o644, .. }),
                 "refused for another reason: {e}"
             ),
             Ok(_) => panic!("a world-readable PIN file was accepted"),

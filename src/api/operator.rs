@@ -116,7 +116,7 @@ impl OperatorService for OperatorApi {
                 "benchmark mode: requests are not audited".to_string(),
             ),
             Ok(()) => ("ok".to_string(), String::new()),
-            Err(e) => ("unavailable".to_string(), e),
+            Err(e) => ("unavailable".to_string(), e.to_string()),
         };
         let break_glass = self
             .ctx
@@ -151,7 +151,7 @@ impl OperatorService for OperatorApi {
         );
         let (hsm_health, hsm_detail) = match s.hsm_health {
             Ok(()) => ("ok".to_string(), String::new()),
-            Err(e) => ("unavailable".to_string(), e),
+            Err(e) => ("unavailable".to_string(), e.to_string()),
         };
         let rekey = s.seal.rekey.clone();
         Ok(Response::new(proto::StatusResponse {

@@ -32,16 +32,72 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 /// Signs a 32-byte digest (with the HSM's audit key); returns r||s.
-pub type Signer = Arc<dyn Fn(&[u8; 32]) -> Result<Vec<u8>, String> + Send + Sync>;
+pub type Signer = Arc<dyn Fn(&[u8; 32]) -> Result<Vec<u8>, crate::hsm::HsmError> + Send + Sync>;
 
 /// Name of the public key file beside the log.
 pub const PUBLIC_KEY_FILE: &str = "audit-signing.pub";
 const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const MAX_BATCH: usize = 4096;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("audit log unavailable: {0}")]
-pub struct AuditError(pub String);
+/// Why the log could not be opened or written, or why an entry or a
+/// checkpoint was refused. Cloned to every waiter of a failed batch and
+/// kept as the log's health, hence the `Arc`s.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// A file operation failed; `doing` says which ("opening", "writing"...).
+    #[error("{doing} {}: {source}", path.display())]
+    Io {
+        doing: &'static str,
+        path: PathBuf,
+        source: Arc<std::io::Error>,
+    },
+    /// The last line of an existing log could not be read.
+    #[error("{}: {source}", path.display())]
+    ReadLastLine {
+        path: PathBuf,
+        source: Arc<std::io::Error>,
+    },
+    #[error("the last audit line does not parse: {0}")]
+    LastLineUnparsable(Arc<serde_json::Error>),
+    #[error("the last audit line has no seq")]
+    LastLineWithoutSeq,
+    #[error("audit file not open")]
+    NotOpen,
+    #[error("starting the audit writer: {0}")]
+    StartWriter(Arc<std::io::Error>),
+    /// An entry or checkpoint was refused because the log cannot be
+    /// written (the health's error inside).
+    #[error("audit log unavailable: {0}")]
+    Unwritable(Box<AuditError>),
+    /// A checkpoint was asked for while sealed.
+    #[error("audit log unavailable: no signing key (sealed)")]
+    NoSigner,
+    /// The HSM could not sign a checkpoint.
+    #[error("audit log unavailable: {0}")]
+    Signing(crate::hsm::HsmError),
+    #[error("audit log unavailable: audit writer stopped")]
+    WriterStopped,
+}
+
+impl AuditError {
+    fn io(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AuditError {
+        let path = path.to_path_buf();
+        move |e| AuditError::Io {
+            doing,
+            path,
+            source: Arc::new(e),
+        }
+    }
+
+    fn last_line(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError {
+        let path = path.to_path_buf();
+        move |e| AuditError::ReadLastLine {
+            path,
+            source: Arc::new(e),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
@@ -82,7 +138,7 @@ pub struct Audit {
 }
 
 struct Shared {
-    health: Mutex<Result<(), String>>,
+    health: Mutex<Result<(), AuditError>>,
     signer: Mutex<Option<Signer>>,
     dir: PathBuf,
     /// The highest registry generation known: every line carries it, so
@@ -156,7 +212,7 @@ fn last_line(path: &Path) -> std::io::Result<Option<String>> {
 }
 
 impl Writer {
-    fn ensure_open(&mut self) -> Result<(), String> {
+    fn ensure_open(&mut self) -> Result<(), AuditError> {
         let path = &self.config.file;
         // Reopen when the path now names another file (rotated, replaced,
         // removed) so that a fixed path resumes the log.
@@ -172,10 +228,8 @@ impl Writer {
             .create(true)
             .mode(0o640)
             .open(path)
-            .map_err(|e| format!("opening {}: {e}", path.display()))?;
-        let m = f
-            .metadata()
-            .map_err(|e| format!("stat {}: {e}", path.display()))?;
+            .map_err(AuditError::io("opening", path))?;
+        let m = f.metadata().map_err(AuditError::io("stat", path))?;
         self.size = m.len();
         self.file = Some((f, m.ino(), m.dev()));
         Ok(())
@@ -196,7 +250,7 @@ impl Writer {
     }
 
     /// Writes lines durably; on failure nothing advances.
-    fn commit(&mut self, lines: &[String]) -> Result<(), String> {
+    fn commit(&mut self, lines: &[String]) -> Result<(), AuditError> {
         self.ensure_open()?;
         let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
         for l in lines {
@@ -205,7 +259,7 @@ impl Writer {
         }
         let before = self.size;
         let Some((f, _, _)) = self.file.as_mut() else {
-            return Err("audit file not open".into());
+            return Err(AuditError::NotOpen);
         };
         let r = f.write_all(&buf).and_then(|_| f.sync_data());
         if let Err(e) = r {
@@ -213,13 +267,13 @@ impl Writer {
             // device that refuses writes refuses this too, harmlessly).
             let _ = f.set_len(before);
             self.file = None;
-            return Err(format!("writing {}: {e}", self.config.file.display()));
+            return Err(AuditError::io("writing", &self.config.file)(e));
         }
         self.size += buf.len() as u64;
         Ok(())
     }
 
-    fn set_health(&self, h: Result<(), String>) {
+    fn set_health(&self, h: Result<(), AuditError>) {
         *self.shared.health.lock().unwrap_or_else(|p| p.into_inner()) = h;
     }
 
@@ -249,7 +303,7 @@ impl Writer {
                 tracing::error!(error = %e, "audit write failed; key operations are refused until it works");
                 self.set_health(Err(e.clone()));
                 for (_, ack) in entries {
-                    ack.send(Err(AuditError(e.clone())));
+                    ack.send(Err(AuditError::Unwritable(Box::new(e.clone()))));
                 }
             }
         }
@@ -263,7 +317,7 @@ impl Writer {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let Some(signer) = signer else {
-            return Err(AuditError("no signing key (sealed)".into()));
+            return Err(AuditError::NoSigner);
         };
         let mut body = Map::new();
         body.insert("type".into(), json!("checkpoint"));
@@ -280,12 +334,12 @@ impl Writer {
         body.insert("prev".into(), json!(self.prev));
         body.insert("time".into(), json!(now_text()));
         let digest: [u8; 32] = Sha256::digest(canonical(&body).as_bytes()).into();
-        let sig = signer(&digest).map_err(AuditError)?;
+        let sig = signer(&digest).map_err(AuditError::Signing)?;
         body.insert("sig".into(), json!(hex::encode(sig)));
         let line = canonical(&body);
         self.commit(std::slice::from_ref(&line)).map_err(|e| {
             self.set_health(Err(e.clone()));
-            AuditError(e)
+            AuditError::Unwritable(Box::new(e))
         })?;
         let s = self.seq;
         self.seq += 1;
@@ -347,21 +401,20 @@ impl Writer {
 impl Audit {
     /// Opens the log, resuming the chain from its last line (or writing a
     /// genesis line), and starts the writer thread.
-    pub fn open(config: AuditConfig) -> Result<Self, String> {
+    pub fn open(config: AuditConfig) -> Result<Self, AuditError> {
         let dir = config
             .file
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let mut last =
-            last_line(&config.file).map_err(|e| format!("{}: {e}", config.file.display()))?;
+        std::fs::create_dir_all(&dir).map_err(AuditError::io("creating", &dir))?;
+        let mut last = last_line(&config.file).map_err(AuditError::last_line(&config.file))?;
         if last.is_none() {
             // The live file may have just been rotated away (at the final
             // checkpoint of a shutdown): resume the chain from the newest
             // rotated file rather than starting a second genesis.
             let mut rotated: Vec<PathBuf> = std::fs::read_dir(&dir)
-                .map_err(|e| format!("reading {}: {e}", dir.display()))?
+                .map_err(AuditError::io("reading", &dir))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
                     p.file_name()
@@ -371,13 +424,13 @@ impl Audit {
                 .collect();
             rotated.sort();
             if let Some(newest) = rotated.last() {
-                last = last_line(newest).map_err(|e| format!("{}: {e}", newest.display()))?;
+                last = last_line(newest).map_err(AuditError::last_line(newest))?;
             }
         }
         let last_value: Option<Value> = match &last {
             Some(line) => Some(
                 serde_json::from_str(line)
-                    .map_err(|e| format!("the last audit line does not parse: {e}"))?,
+                    .map_err(|e| AuditError::LastLineUnparsable(Arc::new(e)))?,
             ),
             None => None,
         };
@@ -408,7 +461,7 @@ impl Audit {
         };
         match (last, last_value) {
             (Some(line), Some(v)) => {
-                let seq = v["seq"].as_u64().ok_or("the last audit line has no seq")?;
+                let seq = v["seq"].as_u64().ok_or(AuditError::LastLineWithoutSeq)?;
                 w.seq = seq + 1;
                 w.prev = sha256_hex(line.as_bytes());
                 w.last_was_checkpoint = v["type"] == "checkpoint";
@@ -427,7 +480,7 @@ impl Audit {
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || w.run(rx))
-            .map_err(|e| format!("starting the audit writer: {e}"))?;
+            .map_err(|e| AuditError::StartWriter(Arc::new(e)))?;
         let audit = Audit {
             tx: Arc::new(Mutex::new(tx)),
             state: shared,
@@ -440,31 +493,28 @@ impl Audit {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .send(job)
-            .map_err(|_| AuditError("audit writer stopped".into()))
+            .map_err(|_| AuditError::WriterStopped)
     }
 
     /// Writes an entry and waits until it is durable (blocking).
     pub fn record(&self, fields: Map<String, Value>) -> Result<u64, AuditError> {
         let (tx, rx) = channel();
         self.send(Job::Entry(bounded(fields), Ack::Sync(tx)))?;
-        rx.recv()
-            .map_err(|_| AuditError("audit writer stopped".into()))?
+        rx.recv().map_err(|_| AuditError::WriterStopped)?
     }
 
     /// Writes an entry and waits until it is durable (async).
     pub async fn record_async(&self, fields: Map<String, Value>) -> Result<u64, AuditError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.send(Job::Entry(bounded(fields), Ack::Async(tx)))?;
-        rx.await
-            .map_err(|_| AuditError("audit writer stopped".into()))?
+        rx.await.map_err(|_| AuditError::WriterStopped)?
     }
 
     /// Writes a signed checkpoint (blocking).
     pub fn checkpoint(&self, reason: &str) -> Result<u64, AuditError> {
         let (tx, rx) = channel();
         self.send(Job::Checkpoint(reason.to_string(), Ack::Sync(tx)))?;
-        rx.recv()
-            .map_err(|_| AuditError("audit writer stopped".into()))?
+        rx.recv().map_err(|_| AuditError::WriterStopped)?
     }
 
     /// Installs (unsealed) or removes (sealed) the checkpoint signer.
@@ -473,13 +523,13 @@ impl Audit {
     }
 
     /// Writes the public key beside the log (hex of the SEC1 point).
-    pub fn publish_public_key(&self, point: &[u8]) -> Result<(), String> {
+    pub fn publish_public_key(&self, point: &[u8]) -> Result<(), AuditError> {
         let path = self.state.dir.join(PUBLIC_KEY_FILE);
         let text = format!("{}\n", hex::encode(point));
         if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
             return Ok(());
         }
-        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+        std::fs::write(&path, text).map_err(AuditError::io("writing", &path))
     }
 
     /// Raises the registry generation that the following lines carry.
@@ -502,7 +552,7 @@ impl Audit {
     }
 
     /// Ok, or why the log cannot be written.
-    pub fn health(&self) -> Result<(), String> {
+    pub fn health(&self) -> Result<(), AuditError> {
         self.state
             .health
             .lock()

@@ -1,7 +1,7 @@
 //! Offline verification of the audit log: the hash chain, the sequence and
 //! every checkpoint signature. Needs only the files and the public key.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::ecdsa::{Signature, VerifyingKey};
@@ -32,23 +32,58 @@ pub struct Broken {
     pub what: String,
 }
 
-pub fn load_public_key(path: &Path) -> Result<VerifyingKey, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let bytes = hex::decode(text.trim()).map_err(|_| format!("{}: not hex", path.display()))?;
-    VerifyingKey::from_sec1_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+/// Why the public key could not be loaded or a checkpoint's signature
+/// does not verify.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    #[error("{}: {source}", path.display())]
+    ReadKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not hex", path.display())]
+    KeyNotHex { path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    BadKey {
+        path: PathBuf,
+        source: p256::ecdsa::Error,
+    },
+    #[error("checkpoint without a signature")]
+    NoSignature,
+    #[error("signature is not hex")]
+    SignatureNotHex,
+    #[error("malformed signature")]
+    MalformedSignature,
+    #[error("bad signature: the checkpoint or an entry before it was altered")]
+    BadSignature,
 }
 
-fn check_signature(key: &VerifyingKey, obj: &Map<String, Value>) -> Result<(), String> {
+pub fn load_public_key(path: &Path) -> Result<VerifyingKey, VerifyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| VerifyError::ReadKey {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let bytes = hex::decode(text.trim()).map_err(|_| VerifyError::KeyNotHex {
+        path: path.to_path_buf(),
+    })?;
+    VerifyingKey::from_sec1_bytes(&bytes).map_err(|source| VerifyError::BadKey {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn check_signature(key: &VerifyingKey, obj: &Map<String, Value>) -> Result<(), VerifyError> {
     let mut body = obj.clone();
     let sig = body
         .remove("sig")
         .and_then(|v| v.as_str().map(str::to_string))
-        .ok_or("checkpoint without a signature")?;
-    let sig = hex::decode(sig).map_err(|_| "signature is not hex")?;
-    let sig = Signature::from_slice(&sig).map_err(|_| "malformed signature")?;
+        .ok_or(VerifyError::NoSignature)?;
+    let sig = hex::decode(sig).map_err(|_| VerifyError::SignatureNotHex)?;
+    let sig = Signature::from_slice(&sig).map_err(|_| VerifyError::MalformedSignature)?;
     let digest = Sha256::digest(canonical(&body).as_bytes());
     key.verify_prehash(&digest, &sig)
-        .map_err(|_| "bad signature: the checkpoint or an entry before it was altered".to_string())
+        .map_err(|_| VerifyError::BadSignature)
 }
 
 /// Verifies files given in order (oldest first).
@@ -147,7 +182,10 @@ pub fn verify_files(
                 });
             }
             if obj.get("type").and_then(Value::as_str) == Some("checkpoint") {
-                check_signature(key, obj).map_err(|what| Broken { seq, what })?;
+                check_signature(key, obj).map_err(|e| Broken {
+                    seq,
+                    what: e.to_string(),
+                })?;
                 report.checkpoints += 1;
                 report.unsigned_tail = 0;
             } else {

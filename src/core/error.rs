@@ -31,7 +31,7 @@ pub enum CoreError {
     DecryptFailed,
     /// The policy does not allow this (the message names the missing grant).
     #[error("{0}")]
-    PermissionDenied(String),
+    PermissionDenied(crate::policy::Denied),
     /// The registry failed its integrity check (for one key, or all).
     #[error("registry integrity check failed{}: {what}; the key is refused until the registry is restored from a trusted copy", key.as_ref().map(|k| format!(" for key {k:?}")).unwrap_or_default())]
     RegistryTampered { key: Option<String>, what: String },

@@ -22,7 +22,6 @@ pub mod witness;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
 
@@ -127,13 +126,6 @@ fn access_view(
 /// to reset.
 const CHANGE_BACKLOG: usize = 1024;
 
-pub(crate) fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 pub(crate) fn reg_err(e: RegistryError) -> CoreError {
     match e {
         RegistryError::AlreadyExists(name) => CoreError::AlreadyExists { name },
@@ -149,6 +141,7 @@ impl Keywarden {
     /// Builds the core. It starts sealed (or uninitialised): nothing touches
     /// the keys until custodians unseal.
     pub fn start(hsm: Arc<dyn Hsm>, registry: Registry, seal: Seal) -> Self {
+        let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock::default());
         Keywarden {
             hsm,
             registry,
@@ -160,15 +153,17 @@ impl Keywarden {
             writes: Mutex::new(()),
             counters: Mutex::new(HashMap::new()),
             lifecycle: LifecycleConfig::default(),
-            started_at: now(),
+            started_at: clock.now_secs(),
             changes: tokio::sync::broadcast::channel(CHANGE_BACKLOG).0,
-            clock: Arc::new(crate::clock::SystemClock::default()),
+            clock,
         }
     }
 
-    /// Reads time from `clock` (unit tests drive it).
+    /// Reads time from `clock` (unit tests drive it); the start time is
+    /// read again from it.
     pub fn with_clock(mut self, clock: Arc<dyn crate::clock::Clock>) -> Self {
         self.seal.set_clock(clock.clone());
+        self.started_at = clock.now_secs();
         self.clock = clock;
         self
     }
@@ -241,9 +236,7 @@ impl Keywarden {
                     warn!(error = %e, "could not write the audit public key");
                 }
                 let hsm = self.hsm.clone();
-                audit.set_signer(Some(Arc::new(move |d: &[u8; 32]| {
-                    hsm.sign_digest(d).map_err(|e| e.to_string())
-                })));
+                audit.set_signer(Some(Arc::new(move |d: &[u8; 32]| hsm.sign_digest(d))));
                 if let Err(e) = audit.checkpoint(reason) {
                     warn!(error = %e, "audit checkpoint failed");
                 }

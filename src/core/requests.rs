@@ -4,7 +4,8 @@ use super::*;
 
 /// Decides, per item, whether the caller may use `key` with this context;
 /// `Ok(true)` when allowed only through a break-glass grant.
-pub type Gate<'a> = &'a (dyn Fn(&str, &BTreeMap<String, String>) -> Result<bool, String> + Sync);
+pub type Gate<'a> =
+    &'a (dyn Fn(&str, &BTreeMap<String, String>) -> Result<bool, crate::policy::Denied> + Sync);
 
 /// One item's outcome, with what the audit log records about it.
 pub struct Item<T> {

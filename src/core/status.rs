@@ -13,7 +13,7 @@ pub struct Drift {
 
 pub struct Status {
     pub version: &'static str,
-    pub hsm_health: Result<(), String>,
+    pub hsm_health: Result<(), crate::hsm::HsmError>,
     pub token: TokenDescription,
     pub profile: String,
     pub session_copies: bool,
@@ -31,7 +31,7 @@ impl Keywarden {
         self.seal.phase()
     }
     pub fn status(&self) -> Status {
-        let hsm_health = self.hsm.health().map_err(|e| e.to_string());
+        let hsm_health = self.hsm.health();
         let t = self.table();
         let mut tampering: Vec<(String, String)> = t
             .tampered

@@ -79,7 +79,7 @@ fn admin(uid: u32) -> Actor {
     }
 }
 
-fn open_gate(_: &str, _: &BTreeMap<String, String>) -> Result<bool, String> {
+fn open_gate(_: &str, _: &BTreeMap<String, String>) -> Result<bool, crate::policy::Denied> {
     Ok(false)
 }
 

@@ -1,13 +1,14 @@
 //! `keywarden hsm check`: probes a token against a profile before an
 //! administrator trusts it. Every step uses the same code as the daemon.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::pkcs11::Pkcs11Hsm;
-use super::profile::HsmProfile;
-use super::{Hsm, HsmError, HsmKeyId, UnwrapItem};
+use super::profile::{HsmProfile, ProfileError};
+use super::{Hsm, HsmError, HsmKeyId, KeyAttributes, UnwrapItem};
 use crate::config::TokenSelector;
-use crate::secret::Pin;
+use crate::secret::{Pin, SecretError};
 
 /// One line of the report.
 pub struct CheckResult {
@@ -16,12 +17,43 @@ pub struct CheckResult {
     pub detail: String,
 }
 
-fn push(out: &mut Vec<CheckResult>, check: &'static str, r: Result<String, String>) -> bool {
+/// Why one check failed: the detail its line shows.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckError {
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error("none of {0:?} exists")]
+    NoModule(Vec<PathBuf>),
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+    #[error("{0}")]
+    MechanismList(Arc<cryptoki::error::Error>),
+    #[error("missing")]
+    MechanismMissing,
+    #[error(transparent)]
+    Pin(#[from] SecretError),
+    /// The test key's attributes are not the ones the daemon relies on.
+    #[error("{0:?}")]
+    KeyAttributes(KeyAttributes),
+    #[error("no key")]
+    NoWrappedKey,
+    #[error("no result")]
+    NoResult,
+    #[error("round trip returned other bytes")]
+    RoundTripMismatch,
+    #[error("a flipped bit gave {0}: add its code to gcm_tag_failure_codes")]
+    FlipNotATagFailure(HsmError),
+    #[error("a flipped bit decrypted")]
+    FlipDecrypted,
+}
+
+fn push(out: &mut Vec<CheckResult>, check: &'static str, r: Result<String, CheckError>) -> bool {
     let ok = r.is_ok();
     out.push(CheckResult {
         check,
         ok,
-        detail: r.unwrap_or_else(|e| e),
+        detail: r.unwrap_or_else(|e| e.to_string()),
     });
     ok
 }
@@ -38,7 +70,7 @@ pub fn run(
     let profile = match HsmProfile::load(profile_path) {
         Ok(p) => p,
         Err(e) => {
-            push(&mut out, "profile parses", Err(e));
+            push(&mut out, "profile parses", Err(e.into()));
             return out;
         }
     };
@@ -52,7 +84,7 @@ pub fn run(
             push(
                 &mut out,
                 "module present",
-                Err(format!("none of {:?} exists", profile.module_paths)),
+                Err(CheckError::NoModule(profile.module_paths.clone())),
             );
             return out;
         }
@@ -62,7 +94,7 @@ pub fn run(
     let hsm = match Pkcs11Hsm::connect(&module, token, profile, 2) {
         Ok(h) => h,
         Err(e) => {
-            push(&mut out, "token found", Err(e.to_string()));
+            push(&mut out, "token found", Err(e.into()));
             return out;
         }
     };
@@ -75,7 +107,7 @@ pub fn run(
             t.label, t.serial, t.manufacturer, t.model
         )),
     );
-    let mechs = hsm.mechanism_names();
+    let mechs = hsm.mechanism_names().map_err(Arc::new);
     for (check, want) in [
         ("mechanism CKM_AES_KEY_GEN", "AES_KEY_GEN"),
         ("mechanism CKM_AES_GCM", "AES_GCM"),
@@ -84,15 +116,15 @@ pub fn run(
     ] {
         let r = match &mechs {
             Ok(list) if list.iter().any(|m| m.contains(want)) => Ok("present".into()),
-            Ok(_) => Err("missing".into()),
-            Err(e) => Err(e.clone()),
+            Ok(_) => Err(CheckError::MechanismMissing),
+            Err(e) => Err(CheckError::MechanismList(e.clone())),
         };
         push(&mut out, check, r);
     }
     let pin = match Pin::from_file(pin_file) {
         Ok(p) => p,
         Err(e) => {
-            push(&mut out, "user login", Err(e));
+            push(&mut out, "user login", Err(e.into()));
             return out;
         }
     };
@@ -100,11 +132,13 @@ pub fn run(
         // What init and the first unseal need: an SO login and C_SetPIN
         // for both PINs. Each PIN is "changed" to its current value, so a
         // failure half-way leaves nothing changed.
-        let r = Pin::from_file(so_file).and_then(|so| {
-            hsm.change_pins(&pin, &pin, &so, &so)
-                .map(|()| "SO login ok; C_SetPIN accepted for the user and the SO PIN (each set to its current value)".into())
-                .map_err(|e| e.to_string())
-        });
+        let r = Pin::from_file(so_file)
+            .map_err(CheckError::from)
+            .and_then(|so| {
+                hsm.change_pins(&pin, &pin, &so, &so)
+                    .map(|()| "SO login ok; C_SetPIN accepted for the user and the SO PIN (each set to its current value)".into())
+                    .map_err(CheckError::from)
+            });
         push(&mut out, "SO login and C_SetPIN", r);
     }
     if !push(
@@ -112,7 +146,7 @@ pub fn run(
         "user login",
         hsm.login(&pin)
             .map(|_| "ok".into())
-            .map_err(|e| e.to_string()),
+            .map_err(CheckError::from),
     ) {
         return out;
     }
@@ -120,7 +154,7 @@ pub fn run(
     let id = match hsm.random(&mut raw) {
         Ok(()) => HsmKeyId(raw),
         Err(e) => {
-            push(&mut out, "random", Err(e.to_string()));
+            push(&mut out, "random", Err(e.into()));
             hsm.logout();
             return out;
         }
@@ -129,8 +163,7 @@ pub fn run(
     if push(
         &mut out,
         "generate AES-256 key",
-        gen.map(|_| "token object".into())
-            .map_err(|e| e.to_string()),
+        gen.map(|_| "token object".into()).map_err(CheckError::from),
     ) {
         let attrs = hsm.key_attributes(&id);
         push(
@@ -147,8 +180,8 @@ pub fn run(
                 {
                     Ok("CKA_SENSITIVE, CKA_NEVER_EXTRACTABLE, no wrap/unwrap".into())
                 }
-                Ok(a) => Err(format!("{a:?}")),
-                Err(e) => Err(e.to_string()),
+                Ok(a) => Err(CheckError::KeyAttributes(a)),
+                Err(e) => Err(e.into()),
             },
         );
         if copies {
@@ -157,15 +190,15 @@ pub fn run(
                 "session copy",
                 hsm.activate(&id)
                     .map(|_| "CKA_TOKEN=false copy made".into())
-                    .map_err(|e| e.to_string()),
+                    .map_err(CheckError::from),
             );
         }
         let aad = b"keywarden hsm check";
         let rt = hsm
             .wrap_new_keys(&id, &[aad])
-            .map_err(|e| e.to_string())
+            .map_err(CheckError::from)
             .and_then(|mut w| {
-                let w = w.pop().ok_or("no key")?;
+                let w = w.pop().ok_or(CheckError::NoWrappedKey)?;
                 let back = hsm
                     .unwrap_many(&[UnwrapItem {
                         key: id,
@@ -174,10 +207,9 @@ pub fn run(
                         ciphertext: &w.ciphertext,
                     }])
                     .pop()
-                    .ok_or("no result")?
-                    .map_err(|e| e.to_string())?;
+                    .ok_or(CheckError::NoResult)??;
                 if back.expose() != w.plaintext.expose() {
-                    return Err("round trip returned other bytes".to_string());
+                    return Err(CheckError::RoundTripMismatch);
                 }
                 let mut bad = w.ciphertext.clone();
                 bad[0] ^= 1;
@@ -193,10 +225,8 @@ pub fn run(
                     Some(Err(HsmError::AuthenticationFailed)) => {
                         Ok("round trip ok; a flipped bit is reported as a bad tag".to_string())
                     }
-                    Some(Err(e)) => Err(format!(
-                        "a flipped bit gave {e}: add its code to gcm_tag_failure_codes"
-                    )),
-                    _ => Err("a flipped bit decrypted".to_string()),
+                    Some(Err(e)) => Err(CheckError::FlipNotATagFailure(e)),
+                    _ => Err(CheckError::FlipDecrypted),
                 }
             });
         push(&mut out, "AES-GCM wrap and unwrap", rt);
@@ -205,7 +235,7 @@ pub fn run(
             "destroy test key",
             hsm.destroy_cmk(&id)
                 .map(|_| "removed".into())
-                .map_err(|e| e.to_string()),
+                .map_err(CheckError::from),
         );
     }
     push(
@@ -214,7 +244,7 @@ pub fn run(
         hsm.ensure_signing_key()
             .and_then(|_| hsm.sign_digest(&[7u8; 32]))
             .map(|s| format!("{}-byte signature", s.len()))
-            .map_err(|e| e.to_string()),
+            .map_err(CheckError::from),
     );
     hsm.logout();
     out

@@ -30,25 +30,56 @@ pub struct HsmProfile {
 pub const SOFTHSM2_PROFILE: &str = include_str!("../../hsm-profiles/softhsm2.toml");
 pub const KRYOPTIC_PROFILE: &str = include_str!("../../hsm-profiles/kryoptic.toml");
 
+/// Why a profile was refused; the message names the field at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProfileError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file's text is not a valid profile.
+    #[error("{}: {source}", path.display())]
+    InFile {
+        path: PathBuf,
+        source: Box<ProfileError>,
+    },
+    /// Not TOML, or not the profile's fields.
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("name must not be empty")]
+    EmptyName,
+    #[error("max_sessions must be between 1 and 1024")]
+    MaxSessions,
+    #[error("gcm_tag_failure_codes: {0:?} is not a CKR_ return value name")]
+    NotAReturnValue(String),
+}
+
 impl HsmProfile {
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, ProfileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| ProfileError::InFile {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let p: HsmProfile = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Self, ProfileError> {
+        let p: HsmProfile = toml::from_str(text)?;
         if p.name.trim().is_empty() {
-            return Err("name must not be empty".into());
+            return Err(ProfileError::EmptyName);
         }
         if p.max_sessions == 0 || p.max_sessions > 1024 {
-            return Err("max_sessions must be between 1 and 1024".into());
+            return Err(ProfileError::MaxSessions);
         }
         for code in &p.gcm_tag_failure_codes {
             if !code.starts_with("CKR_") {
-                return Err(format!(
-                    "gcm_tag_failure_codes: {code:?} is not a CKR_ return value name"
-                ));
+                return Err(ProfileError::NotAReturnValue(code.clone()));
             }
         }
         Ok(p)
@@ -112,12 +143,14 @@ mod tests {
     #[test]
     fn profile_rejects_unknown_fields_and_bad_codes() {
         let base = "name = \"x\"\nmodule_paths = []\nsession_key_copies = true\nmax_sessions = 2\n";
-        assert!(
-            HsmProfile::parse(&format!("{base}gcm_tag_failure_codes = [\"GENERAL\"]\n")).is_err()
-        );
-        assert!(
-            HsmProfile::parse(&format!("{base}gcm_tag_failure_codes = []\nslot = 0\n")).is_err()
-        );
+        assert!(matches!(
+            HsmProfile::parse(&format!("{base}gcm_tag_failure_codes = [\"GENERAL\"]\n")),
+            Err(ProfileError::NotAReturnValue(c)) if c == "GENERAL"
+        ));
+        assert!(matches!(
+            HsmProfile::parse(&format!("{base}gcm_tag_failure_codes = []\nslot = 0\n")),
+            Err(ProfileError::Toml(_))
+        ));
         assert!(HsmProfile::parse(&format!("{base}gcm_tag_failure_codes = []\n")).is_ok());
     }
 }

@@ -3,7 +3,7 @@
 //! an executable path) to roles and keys. Default deny.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -200,33 +200,134 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     true
 }
 
-fn resolve_user(name: &str) -> Result<u32, String> {
+/// Why a policy (or a file the daemon trusts) was refused. The messages
+/// name the principal and the field at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The file could not be read (or its metadata could not).
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Someone other than root or the daemon's user could change the file.
+    #[error("{} {reason}", path.display())]
+    Untrusted {
+        path: PathBuf,
+        reason: UntrustedReason,
+    },
+    /// The policy file's text is not a valid policy.
+    #[error("{}: {source}", path.display())]
+    InFile {
+        path: PathBuf,
+        source: Box<PolicyError>,
+    },
+    /// Not TOML, or not the policy's fields.
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("no [[principal]] entries: the policy would deny everything")]
+    NoPrincipals,
+    #[error("a principal has an empty name")]
+    EmptyName,
+    /// A problem with one of a principal's entries (a user, a group, a
+    /// key pattern).
+    #[error("principal {principal:?}: {source}")]
+    InPrincipal {
+        principal: String,
+        source: Box<PolicyError>,
+    },
+    #[error("principal {principal:?} is defined twice")]
+    Duplicate { principal: String },
+    #[error("principal {principal:?} has no roles")]
+    NoRoles { principal: String },
+    #[error("principal {principal:?} names no users, uids, groups or gids (or everyone = true)")]
+    NoMembers { principal: String },
+    #[error("principal {principal:?}: everyone = true cannot be combined with users or groups")]
+    EveryoneWithMembers { principal: String },
+    #[error("principal {principal:?}: exe {exe:?} must be an absolute path")]
+    RelativeExe { principal: String, exe: String },
+    #[error("principal {principal:?} has the app role but no keys")]
+    AppWithoutKeys { principal: String },
+    #[error("principal {principal:?}: keys and require_context apply to the app role only")]
+    KeysWithoutApp { principal: String },
+    #[error("principal {principal:?}: break_glass is for admins only")]
+    BreakGlassNotAdmin { principal: String },
+    #[error("principal {principal:?}: break_glass needs break_glass_keys")]
+    BreakGlassWithoutKeys { principal: String },
+    #[error("principal {principal:?}: require_context has an empty key")]
+    EmptyContextKey { principal: String },
+    #[error("unknown user {0:?}")]
+    UnknownUser(String),
+    #[error("looking up user {user:?}: {source}")]
+    UserLookup { user: String, source: nix::Error },
+    #[error("unknown group {0:?}")]
+    UnknownGroup(String),
+    #[error("looking up group {group:?}: {source}")]
+    GroupLookup { group: String, source: nix::Error },
+    #[error("key pattern {0:?} must be 1 to 128 characters")]
+    PatternLength(String),
+    #[error("key pattern {0:?} has a character other than letters, digits, . _ - / *")]
+    PatternCharacter(String),
+}
+
+/// Why [`check_trusted_file`] refused a file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UntrustedReason {
+    /// Owned by a user other than root or the daemon's own.
+    #[error(
+        "is owned by uid {owner}: it must belong to root or to the daemon's user (uid {daemon})"
+    )]
+    Owner { owner: u32, daemon: u32 },
+    /// Writable by its group or by every user.
+    #[error(
+        "is writable by {} (mode {mode:o}): chmod go-w it",
+        if *by_everyone { "every user" } else { "its group" }
+    )]
+    Writable { by_everyone: bool, mode: u32 },
+}
+
+impl PolicyError {
+    fn in_principal(principal: &str) -> impl FnOnce(PolicyError) -> PolicyError + '_ {
+        move |e| PolicyError::InPrincipal {
+            principal: principal.to_string(),
+            source: Box::new(e),
+        }
+    }
+}
+
+fn resolve_user(name: &str) -> Result<u32, PolicyError> {
     match nix::unistd::User::from_name(name) {
         Ok(Some(u)) => Ok(u.uid.as_raw()),
-        Ok(None) => Err(format!("unknown user {name:?}")),
-        Err(e) => Err(format!("looking up user {name:?}: {e}")),
+        Ok(None) => Err(PolicyError::UnknownUser(name.to_string())),
+        Err(source) => Err(PolicyError::UserLookup {
+            user: name.to_string(),
+            source,
+        }),
     }
 }
 
-fn resolve_group(name: &str) -> Result<u32, String> {
+fn resolve_group(name: &str) -> Result<u32, PolicyError> {
     match nix::unistd::Group::from_name(name) {
         Ok(Some(g)) => Ok(g.gid.as_raw()),
-        Ok(None) => Err(format!("unknown group {name:?}")),
-        Err(e) => Err(format!("looking up group {name:?}: {e}")),
+        Ok(None) => Err(PolicyError::UnknownGroup(name.to_string())),
+        Err(source) => Err(PolicyError::GroupLookup {
+            group: name.to_string(),
+            source,
+        }),
     }
 }
 
-fn check_pattern(p: &str) -> Result<(), String> {
+fn check_pattern(p: &str) -> Result<(), PolicyError> {
     if p.is_empty() || p.len() > 128 {
-        return Err(format!("key pattern {p:?} must be 1 to 128 characters"));
+        return Err(PolicyError::PatternLength(p.to_string()));
     }
     if !p
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | '*'))
     {
-        return Err(format!(
-            "key pattern {p:?} has a character other than letters, digits, . _ - / *"
-        ));
+        return Err(PolicyError::PatternCharacter(p.to_string()));
     }
     Ok(())
 }
@@ -234,37 +335,45 @@ fn check_pattern(p: &str) -> Result<(), String> {
 /// Refuses a file that decides what the daemon allows (the policy, the
 /// config) when someone other than root or the daemon's own user could
 /// change it: owned by another user, or writable by its group or by all.
-pub fn check_trusted_file(path: &Path) -> Result<(), String> {
+pub fn check_trusted_file(path: &Path) -> Result<(), PolicyError> {
     use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let m = std::fs::metadata(path).map_err(|source| PolicyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let me = nix::unistd::geteuid().as_raw();
     if m.uid() != 0 && m.uid() != me {
-        return Err(format!(
-            "{} is owned by uid {}: it must belong to root or to the daemon's user (uid {me})",
-            path.display(),
-            m.uid()
-        ));
+        return Err(PolicyError::Untrusted {
+            path: path.to_path_buf(),
+            reason: UntrustedReason::Owner {
+                owner: m.uid(),
+                daemon: me,
+            },
+        });
     }
     if m.mode() & 0o022 != 0 {
-        return Err(format!(
-            "{} is writable by {} (mode {:o}): chmod go-w it",
-            path.display(),
-            if m.mode() & 0o002 != 0 {
-                "every user"
-            } else {
-                "its group"
+        return Err(PolicyError::Untrusted {
+            path: path.to_path_buf(),
+            reason: UntrustedReason::Writable {
+                by_everyone: m.mode() & 0o002 != 0,
+                mode: m.mode() & 0o7777,
             },
-            m.mode() & 0o7777
-        ));
+        });
     }
     Ok(())
 }
 
 impl Policy {
-    pub fn load(path: &Path) -> Result<Self, String> {
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
         check_trusted_file(path)?;
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let p = Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let p = Self::parse(&text).map_err(|e| PolicyError::InFile {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })?;
         for who in p.principals.iter().filter(|x| x.everyone) {
             tracing::warn!(
                 principal = %who.name,
@@ -275,69 +384,66 @@ impl Policy {
         Ok(p)
     }
 
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        let raw: RawPolicy = toml::from_str(text)?;
         if raw.principals.is_empty() {
-            return Err("no [[principal]] entries: the policy would deny everything".into());
+            return Err(PolicyError::NoPrincipals);
         }
         let mut seen = std::collections::HashSet::new();
         let mut principals = Vec::with_capacity(raw.principals.len());
         for p in raw.principals {
-            let at = format!("principal {:?}", p.name);
+            let at = || p.name.clone();
             if p.name.trim().is_empty() {
-                return Err("a principal has an empty name".into());
+                return Err(PolicyError::EmptyName);
             }
             if !seen.insert(p.name.clone()) {
-                return Err(format!("{at} is defined twice"));
+                return Err(PolicyError::Duplicate { principal: at() });
             }
             if p.roles.is_empty() {
-                return Err(format!("{at} has no roles"));
+                return Err(PolicyError::NoRoles { principal: at() });
             }
             let mut uids = p.uids.clone();
             for u in &p.users {
-                uids.push(resolve_user(u).map_err(|e| format!("{at}: {e}"))?);
+                uids.push(resolve_user(u).map_err(PolicyError::in_principal(&p.name))?);
             }
             let mut gids = p.gids.clone();
             for g in &p.groups {
-                gids.push(resolve_group(g).map_err(|e| format!("{at}: {e}"))?);
+                gids.push(resolve_group(g).map_err(PolicyError::in_principal(&p.name))?);
             }
             if uids.is_empty() && gids.is_empty() && !p.everyone {
-                return Err(format!(
-                    "{at} names no users, uids, groups or gids (or everyone = true)"
-                ));
+                return Err(PolicyError::NoMembers { principal: at() });
             }
             if p.everyone && !(uids.is_empty() && gids.is_empty()) {
-                return Err(format!(
-                    "{at}: everyone = true cannot be combined with users or groups"
-                ));
+                return Err(PolicyError::EveryoneWithMembers { principal: at() });
             }
             if let Some(e) = &p.exe {
                 if !e.starts_with('/') {
-                    return Err(format!("{at}: exe {e:?} must be an absolute path"));
+                    return Err(PolicyError::RelativeExe {
+                        principal: at(),
+                        exe: e.clone(),
+                    });
                 }
             }
             if p.roles.contains(&Role::App) && p.keys.is_empty() {
-                return Err(format!("{at} has the app role but no keys"));
+                return Err(PolicyError::AppWithoutKeys { principal: at() });
             }
             if !p.roles.contains(&Role::App)
                 && (!p.keys.is_empty() || !p.require_context.is_empty())
             {
-                return Err(format!(
-                    "{at}: keys and require_context apply to the app role only"
-                ));
+                return Err(PolicyError::KeysWithoutApp { principal: at() });
             }
             if p.break_glass && !p.roles.contains(&Role::Admin) {
-                return Err(format!("{at}: break_glass is for admins only"));
+                return Err(PolicyError::BreakGlassNotAdmin { principal: at() });
             }
             if p.break_glass && p.break_glass_keys.is_empty() {
-                return Err(format!("{at}: break_glass needs break_glass_keys"));
+                return Err(PolicyError::BreakGlassWithoutKeys { principal: at() });
             }
             for k in p.keys.iter().chain(&p.break_glass_keys) {
-                check_pattern(k).map_err(|e| format!("{at}: {e}"))?;
+                check_pattern(k).map_err(PolicyError::in_principal(&p.name))?;
             }
             for c in &p.require_context {
                 if c.is_empty() {
-                    return Err(format!("{at}: require_context has an empty key"));
+                    return Err(PolicyError::EmptyContextKey { principal: at() });
                 }
             }
             principals.push(Principal {
@@ -670,7 +776,7 @@ roles = ["auditor"]
             ("[[principal]]\nname = \"a\"\nuids = [1]\nroles = [\"app\"]\nkeys = [\"bad key\"]\n", "key pattern"),
             ("[[principal]]\nname = \"a\"\nuids = [1]\nroles = [\"admin\"]\n[[principal]]\nname = \"a\"\nuids = [2]\nroles = [\"admin\"]\n", "twice"),
         ] {
-            let e = Policy::parse(bad).unwrap_err();
+            let e = Policy::parse(bad).unwrap_err().to_string();
             assert!(e.contains(needle), "{needle:?} not in {e:?}");
         }
         assert!(Policy::parse(

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::secret::Pin;
+use crate::secret::{Pin, RandomError};
 
 pub const UNSEAL_KEY_LEN: usize = 32;
 
@@ -24,9 +24,9 @@ const LABEL_SEAL_MAC: &[u8] = b"keywarden/v1/seal-file-mac";
 pub struct UnsealKey(Box<[u8; UNSEAL_KEY_LEN]>);
 
 impl UnsealKey {
-    pub fn random() -> Result<Self, String> {
+    pub fn random() -> Result<Self, RandomError> {
         let mut key = UnsealKey(Box::new([0u8; UNSEAL_KEY_LEN]));
-        getrandom::fill(&mut key.0[..]).map_err(|e| format!("OS random generator: {e}"))?;
+        getrandom::fill(&mut key.0[..]).map_err(RandomError)?;
         Ok(key)
     }
 

@@ -527,7 +527,7 @@ impl Seal {
                     other => SealError::Hsm(other),
                 });
             }
-            let key = UnsealKey::random().map_err(SealError::Random)?;
+            let key = UnsealKey::random().map_err(|e| SealError::Random(e.to_string()))?;
             let set_id = random_set_id()?;
             let keyring = Keyring::random().map_err(SealError::Storage)?;
             let mut file = SealFile::new(

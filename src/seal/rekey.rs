@@ -152,7 +152,7 @@ impl Seal {
             let old_user = old_key.user_pin(&progress.set_id);
             let old_so = old_key.so_pin(&progress.set_id);
             drop(old_key);
-            let new_key = UnsealKey::random().map_err(SealError::Random)?;
+            let new_key = UnsealKey::random().map_err(|e| SealError::Random(e.to_string()))?;
             let new_set = random_set_id()?;
             let issued = issue_shares(&new_key, &new_set, &plan)?;
             self.note(EventKind::RekeySharesIssued, Outcome::Ok,

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::api::{datakey::DataKeyApi, keys::KeyApi, operator::OperatorApi, Ctx};
 use crate::audit::{Audit, AuditSink, EventKind, Outcome};
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::core::registry::Registry;
 use crate::core::Keywarden;
@@ -176,9 +177,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let state_dir = config.state_dir.clone();
     let audit = Audit::open(config.audit.clone())
         .map_err(|e| anyhow::anyhow!("audit log {}: {e}", config.audit.file.display()))?;
+    // One clock for the core, the seal and the guard's break-glass grants.
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
     let guard = Arc::new(
-        Guard::new(config.policy.clone(), audit.clone(), config.audit_disabled)
-            .map_err(|e| anyhow::anyhow!("policy: {e}"))?,
+        Guard::new(
+            config.policy.clone(),
+            audit.clone(),
+            config.audit_disabled,
+            clock.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("policy: {e}"))?,
     );
     let core_audit = audit.clone();
     let lifecycle = config.lifecycle.clone();
@@ -197,6 +205,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             ));
         }
         Ok(Keywarden::start(hsm, registry, seal)
+            .with_clock(clock)
             .with_audit(core_audit)
             .with_lifecycle(lifecycle))
     })
@@ -322,7 +331,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let (c, g) = (core.clone(), guard.clone());
         let summary = tokio::task::spawn_blocking(move || systemd::health(&c, &g))
             .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+            .unwrap_or_else(|e| Err(e.into()));
         match summary {
             Ok(s) => systemd::ready(&s),
             Err(why) => systemd::ready(&format!("unhealthy: {why}")),

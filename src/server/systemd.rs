@@ -10,8 +10,10 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tracing::warn;
 
+use crate::audit::AuditError;
 use crate::core::Keywarden;
 use crate::guard::Guard;
+use crate::hsm::HsmError;
 
 pub fn ready(status: &str) {
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(status)]);
@@ -33,24 +35,34 @@ pub fn stopping() {
     let _ = sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
+/// Why the health check failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HealthError {
+    #[error("audit log unwritable: {0}")]
+    Audit(AuditError),
+    #[error("HSM unreachable: {0}")]
+    Hsm(HsmError),
+    /// The check itself did not finish (it panicked or was cancelled).
+    #[error("{0}")]
+    Check(#[from] tokio::task::JoinError),
+}
+
 /// The health check behind the watchdog and STATUS=: Ok(summary) or
 /// Err(why).
 ///
 /// A lost HSM that the recovery task is reconnecting counts as alive: the
 /// pings go on (a restart would only leave the daemon sealed) and STATUS=
 /// says the HSM is unreachable. A call that hangs stops the pings.
-pub fn health(core: &Keywarden, guard: &Guard) -> Result<String, String> {
+pub fn health(core: &Keywarden, guard: &Guard) -> Result<String, HealthError> {
     if !guard.audit_disabled {
-        guard
-            .audit
-            .health()
-            .map_err(|e| format!("audit log unwritable: {e}"))?;
+        guard.audit.health().map_err(HealthError::Audit)?;
     }
     if let Some(why) = core.hsm().lost() {
         return Ok(format!("HSM unreachable ({why}); reconnecting"));
     }
     let s = core.status();
-    s.hsm_health.map_err(|e| format!("HSM unreachable: {e}"))?;
+    s.hsm_health.map_err(HealthError::Hsm)?;
     Ok(match s.seal.phase {
         crate::seal::Phase::Unsealed => format!("unsealed, {} keys", s.key_count),
         crate::seal::Phase::Sealed => format!(

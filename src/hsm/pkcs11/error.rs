@@ -54,6 +54,12 @@ pub(super) fn ck(e: CkError) -> HsmError {
     }
 }
 
+/// Whether `e` is the PKCS#11 failure `rv` (its `rv` field holds the
+/// return value's name, as [`ck`] writes it).
+pub(super) fn is_rv(e: &HsmError, rv: RvError) -> bool {
+    matches!(e, HsmError::Pkcs11 { rv: name, .. } if *name == format!("{rv:?}"))
+}
+
 pub(super) fn pin_err(e: CkError, role: &'static str) -> HsmError {
     match e {
         CkError::Pkcs11(RvError::PinIncorrect | RvError::PinLenRange | RvError::PinInvalid, _) => {

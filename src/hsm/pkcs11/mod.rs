@@ -94,7 +94,7 @@ pub struct Pkcs11Hsm {
     /// rebuilt after a recovery.
     activated: Mutex<HashSet<HsmKeyId>>,
     /// Why the HSM is lost, while it is.
-    lost: RwLock<Option<String>>,
+    lost: RwLock<Option<HsmError>>,
     /// Recovery attempts that failed since the loss.
     failed_recoveries: AtomicU32,
     /// Counts logins (see [`SessionPool::generation`]).
@@ -166,7 +166,7 @@ impl Pkcs11Hsm {
         let mut lost = self.lost.write().unwrap_or_else(|p| p.into_inner());
         if lost.is_none() {
             tracing::warn!(error = %e, "HSM lost: key operations fail with UNAVAILABLE until it is back");
-            *lost = Some(e.to_string());
+            *lost = Some(e.clone());
         }
     }
 
@@ -276,11 +276,10 @@ impl Pkcs11Hsm {
     }
 
     /// The token's mechanisms, as cryptoki names them.
-    pub fn mechanism_names(&self) -> Result<Vec<String>, String> {
+    pub fn mechanism_names(&self) -> Result<Vec<String>, cryptoki::error::Error> {
         self.ctx
             .get_mechanism_list(self.slot())
             .map(|l| l.iter().map(|m| m.to_string()).collect())
-            .map_err(|e| e.to_string())
     }
 
     /// Checks out a worker session, runs `f` with it, and records what went
@@ -298,7 +297,7 @@ impl Pkcs11Hsm {
 
     fn live(&self) -> HsmResult<Arc<Live>> {
         if let Some(why) = &*self.lost.read().unwrap_or_else(|p| p.into_inner()) {
-            return Err(HsmError::Unavailable(why.clone()));
+            return Err(HsmError::Unavailable(why.to_string()));
         }
         self.live
             .read()
@@ -414,12 +413,17 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn lost(&self) -> Option<String> {
-        self.lost.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.lost
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(HsmError::to_string)
     }
 
     fn recover(&self) -> HsmResult<bool> {
         let _transition = lock(&self.transitions);
-        let Some(reason) = self.lost() else {
+        let reason = self.lost.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(reason) = reason else {
             return Ok(false);
         };
         // A short-lived second copy, so the lock is not held while the
@@ -437,7 +441,7 @@ impl Hsm for Pkcs11Hsm {
         // Re-initialise the module when it says so, or when plain
         // reconnecting has failed twice (some modules see a re-plugged token
         // only after C_Initialize).
-        let reinit = failed >= 2 || reason.contains("CryptokiNotInitialized");
+        let reinit = failed >= 2 || error::is_rv(&reason, RvError::CryptokiNotInitialized);
         match self.reconnect(&pin, reinit) {
             Ok(live) => {
                 *self.live.write().unwrap_or_else(|p| p.into_inner()) = Some(live);
