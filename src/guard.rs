@@ -142,15 +142,33 @@ impl Guard {
     /// Whether the caller could use any data key at all: a principal with
     /// the app role, or an unexpired break-glass grant.
     pub fn may_use_data_keys(&self, c: &Caller) -> bool {
-        if self.policy().has_app_role(c) {
-            return true;
+        self.policy().has_app_role(c) || self.has_grant(c, None)
+    }
+
+    /// Whether `c` may make MACs at all (the mac role, or a break-glass
+    /// grant): callers with neither are refused before any work.
+    pub fn may_use_macs(&self, c: &Caller) -> bool {
+        self.policy().has_role(c, crate::policy::Role::Mac) || self.has_grant(c, None)
+    }
+
+    /// The per-item check for MAC operations: the policy's mac role on the
+    /// key, or else an unexpired break-glass grant for it (`Ok(true)`).
+    pub fn mac_check(&self, c: &Caller, key: &str) -> Result<bool, Denied> {
+        match self.policy().authorize(c, &Action::Mac { key }) {
+            Ok(_) => Ok(false),
+            Err(_) if self.has_grant(c, Some(key)) => Ok(true),
+            Err(denied) => Err(denied),
         }
+    }
+
+    /// An unexpired break-glass grant of `c` (for `key`, or for any).
+    fn has_grant(&self, c: &Caller, key: Option<&str>) -> bool {
         let now = self.now();
         self.break_glass
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .any(|g| g.uid == c.uid && g.expires > now)
+            .any(|g| g.uid == c.uid && g.expires > now && key.is_none_or(|k| g.key == k))
     }
 
     /// The per-item check for data-key operations: the policy, or else an
@@ -166,18 +184,8 @@ impl Guard {
             .authorize(c, &Action::DataKey { key, context })
         {
             Ok(_) => Ok(false),
-            Err(denied) => {
-                let now = self.now();
-                let grants = self.break_glass.lock().unwrap_or_else(|p| p.into_inner());
-                if grants
-                    .iter()
-                    .any(|g| g.uid == c.uid && g.key == key && g.expires > now)
-                {
-                    Ok(true)
-                } else {
-                    Err(denied)
-                }
-            }
+            Err(_) if self.has_grant(c, Some(key)) => Ok(true),
+            Err(denied) => Err(denied),
         }
     }
 

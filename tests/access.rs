@@ -555,6 +555,7 @@ async fn unwritable_audit_log_fails_closed_and_recovers() {
             name: "k2".into(),
             description: String::new(),
             rotation_period_secs: 0,
+            kind: String::new(),
         })
         .await;
     assert_status(r, Code::Unavailable, "audit");

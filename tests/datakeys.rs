@@ -276,6 +276,7 @@ async fn bad_names_unknown_keys_and_oversized_inputs() {
         name: name.into(),
         description: String::new(),
         rotation_period_secs: 0,
+        kind: String::new(),
     };
     assert_status(
         c.keys.create_key(create("")).await,
@@ -293,6 +294,7 @@ async fn bad_names_unknown_keys_and_oversized_inputs() {
                 name: "d".into(),
                 description: "x".repeat(5000),
                 rotation_period_secs: 0,
+                kind: String::new(),
             })
             .await,
         Code::InvalidArgument,

@@ -42,6 +42,7 @@ async fn workload(socket: std::path::PathBuf, round: usize, issued: Arc<Mutex<Ve
                             name,
                             description: String::new(),
                             rotation_period_secs: 0,
+                            kind: String::new(),
                         })
                         .await?;
                 }

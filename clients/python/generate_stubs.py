@@ -17,7 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PROTO_ROOT = HERE.parent.parent / "crates" / "keywarden-proto" / "proto"
-PROTOS = ["datakey.proto", "keys.proto", "operator.proto"]
+PROTOS = ["datakey.proto", "keys.proto", "mac.proto", "operator.proto"]
 
 
 def generate(out: Path) -> list[Path]:

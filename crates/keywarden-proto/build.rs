@@ -5,16 +5,24 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const PROTOS: [&str; 3] = [
+const PROTOS: [&str; 4] = [
     "proto/keywarden/v1/datakey.proto",
     "proto/keywarden/v1/keys.proto",
+    "proto/keywarden/v1/mac.proto",
     "proto/keywarden/v1/operator.proto",
 ];
 
-/// Messages that carry a plaintext data key, a PIN or a share: no `Debug`,
+/// Messages that carry a plaintext data key, a PIN, a share, or plaintext
+/// or values from an application: no `Debug`,
 /// so no `{:?}` can print one. (A message holding one of them, and the
 /// `oneof` inside it, must go without `Debug` too.)
-const SECRET_BEARING: [&str; 14] = [
+const SECRET_BEARING: [&str; 19] = [
+    // Plaintext to encrypt, and values (a medical record number) to MAC.
+    "keywarden.v1.EncryptRequest",
+    "keywarden.v1.BatchEncryptRequest",
+    "keywarden.v1.GenerateMacRequest",
+    "keywarden.v1.VerifyMacRequest",
+    "keywarden.v1.BatchGenerateMacRequest",
     "keywarden.v1.GenerateDataKeyResponse",
     "keywarden.v1.DecryptResponse",
     "keywarden.v1.BatchGenerateDataKeyResult",

@@ -99,12 +99,45 @@ pub struct DataKeyApi {
     ctx: Ctx,
 }
 
+/// What a call uses, which decides the role it needs.
+#[derive(Clone, Copy)]
+enum Use {
+    /// Data keys, Encrypt, Decrypt, ReEncrypt: the app role.
+    DataKeys,
+    /// GenerateMac, VerifyMac: the mac role.
+    Macs,
+}
+
+impl Use {
+    fn role(self) -> &'static str {
+        match self {
+            Use::DataKeys => "app",
+            Use::Macs => "mac",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Use::DataKeys => "data keys",
+            Use::Macs => "MAC keys",
+        }
+    }
+
+    fn allowed(self, guard: &guard::Guard, caller: &Caller) -> bool {
+        match self {
+            Use::DataKeys => guard.may_use_data_keys(caller),
+            Use::Macs => guard.may_use_macs(caller),
+        }
+    }
+}
+
 impl DataKeyApi {
     pub fn new(ctx: Ctx) -> Self {
         DataKeyApi { ctx }
     }
 
-    /// Runs a data-key operation and audits every item.
+    /// Runs a data-key operation and audits every item (its context
+    /// HMAC'd).
     async fn run<T, R, F>(
         &self,
         caller: Caller,
@@ -118,53 +151,136 @@ impl DataKeyApi {
         R: Send + 'static,
         F: FnOnce(&core::Keywarden, R, core::Gate<'_>) -> CoreResult<Vec<Item<T>>> + Send + 'static,
     {
-        // A caller with no app role and no break-glass grant is refused
+        let items = contexts.len();
+        let details = move |c: &core::Keywarden| {
+            // Only a context within its limits is digested for the log; an
+            // oversized one is summarised (the item fails on the limits).
+            contexts
+                .iter()
+                .map(|ctx| match validate::check_context(ctx) {
+                    Ok(()) => {
+                        let mut m = Map::new();
+                        m.insert("context".into(), Value::Object(c.context_digest(ctx)));
+                        m
+                    }
+                    Err(_) => {
+                        let mut m = Map::new();
+                        let mut inner = Map::new();
+                        inner.insert("invalid_pairs".into(), json!(ctx.len()));
+                        m.insert("context".into(), Value::Object(inner));
+                        m
+                    }
+                })
+                .collect()
+        };
+        self.audited(
+            caller,
+            op,
+            Use::DataKeys,
+            items,
+            details,
+            requests,
+            move |c, reqs, guard, caller| {
+                let gate = move |key: &str, ctx: &BTreeMap<String, String>| {
+                    guard.data_key_check(caller, key, ctx)
+                };
+                f(c, reqs, &gate)
+            },
+        )
+        .await
+    }
+
+    /// Runs a MAC operation and audits every item (the data's length only,
+    /// never the data).
+    pub(super) async fn run_macs(
+        &self,
+        caller: Caller,
+        op: &'static str,
+        requests: Vec<core::MacRequest>,
+    ) -> Result<Vec<CoreResult<core::MacOutput>>, Status> {
+        let lengths: Vec<usize> = requests.iter().map(|r| r.data.len()).collect();
+        let items = lengths.len();
+        let details = move |_: &core::Keywarden| {
+            lengths
+                .iter()
+                .map(|n| {
+                    let mut m = Map::new();
+                    m.insert("data_len".into(), json!(n));
+                    m
+                })
+                .collect()
+        };
+        self.audited(
+            caller,
+            op,
+            Use::Macs,
+            items,
+            details,
+            requests,
+            move |c, reqs, guard, caller| {
+                let gate = move |key: &str| guard.mac_check(caller, key);
+                c.macs(reqs, &gate, op)
+            },
+        )
+        .await
+    }
+
+    /// Checks the caller's role, runs `f` off the runtime, and audits one
+    /// line per call (each item's key, version, outcome and `details`)
+    /// before anything is answered.
+    #[allow(clippy::too_many_arguments)]
+    async fn audited<T, R, D, F>(
+        &self,
+        caller: Caller,
+        op: &'static str,
+        usage: Use,
+        items: usize,
+        details: D,
+        requests: R,
+        f: F,
+    ) -> Result<Vec<CoreResult<T>>, Status>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        D: FnOnce(&core::Keywarden) -> Vec<Map<String, Value>> + Send + 'static,
+        F: FnOnce(&core::Keywarden, R, &guard::Guard, &Caller) -> CoreResult<Vec<Item<T>>>
+            + Send
+            + 'static,
+    {
+        // A caller with neither the role nor a break-glass grant is refused
         // before any work: one bounded line, nothing digested.
-        if !self.ctx.guard.may_use_data_keys(&caller) {
+        if !usage.allowed(&self.ctx.guard, &caller) {
             let status = Status::permission_denied(format!(
-                "uid {} needs the app role to use data keys",
-                caller.uid
+                "uid {} needs the {} role to use {}",
+                caller.uid,
+                usage.role(),
+                usage.what()
             ));
             let mut entry = guard::entry(&caller, "", "none", op);
             entry.insert("outcome".into(), json!("denied"));
             entry.insert("code".into(), json!("PermissionDenied"));
             entry.insert("message".into(), json!(status.message()));
-            entry.insert("items".into(), json!(contexts.len()));
+            entry.insert("items".into(), json!(items));
             let _ = self.ctx.audit(vec![entry]).await;
             return Err(status);
         }
         let guard = self.ctx.guard.clone();
         let core = self.ctx.core.clone();
         let gate_caller = caller.clone();
-        let (digests, outcome) = blocking(&core, move |c| {
-            // Only a context within its limits is digested for the log; an
-            // oversized one is summarised (the item fails on the limits).
-            let digests: Vec<Map<String, Value>> = contexts
-                .iter()
-                .map(|ctx| match validate::check_context(ctx) {
-                    Ok(()) => c.context_digest(ctx),
-                    Err(_) => {
-                        let mut m = Map::new();
-                        m.insert("invalid_pairs".into(), json!(ctx.len()));
-                        m
-                    }
-                })
-                .collect();
-            let gate = move |key: &str, ctx: &BTreeMap<String, String>| {
-                guard.data_key_check(&gate_caller, key, ctx)
-            };
-            (digests, f(c, requests, &gate))
+        let (details, outcome) = blocking(&core, move |c| {
+            let details = details(c);
+            (details, f(c, requests, &guard, &gate_caller))
         })
         .await?;
         let principal = self.ctx.guard.principal_name(&caller);
-        let base = || guard::entry(&caller, &principal, "app", op);
+        let base = || guard::entry(&caller, &principal, usage.role(), op);
         match outcome {
             Err(e) => {
                 // The whole call was refused (sealed): one audit line.
                 let status = Status::from(e);
                 let mut entry = base();
                 entry.extend(super::outcome::<()>(&Err(status.clone())));
-                entry.insert("items".into(), json!(digests.len()));
+                entry.insert("items".into(), json!(details.len()));
                 self.ctx.audit(vec![entry]).await?;
                 Err(status)
             }
@@ -172,11 +288,11 @@ impl DataKeyApi {
                 let mut lines = Vec::with_capacity(items.len());
                 let mut results = Vec::with_capacity(items.len());
                 let mut any_break_glass = false;
-                for (item, digest) in items.into_iter().zip(digests) {
+                for (item, detail) in items.into_iter().zip(details) {
                     let mut line = Map::new();
                     line.insert("key".into(), json!(item.key));
                     line.insert("version".into(), json!(item.version));
-                    line.insert("context".into(), Value::Object(digest));
+                    line.extend(detail);
                     if item.break_glass {
                         any_break_glass = true;
                         line.insert("break_glass".into(), json!(true));
@@ -212,12 +328,32 @@ impl DataKeyApi {
                     entry.insert("break_glass".into(), json!(true));
                     entry.insert("ALERT".into(), json!("BREAK-GLASS USE"));
                 }
-                let entries = vec![entry];
                 // Nothing is answered before it is durably audited.
-                self.ctx.audit(entries).await?;
+                self.ctx.audit(vec![entry]).await?;
                 Ok(results)
             }
         }
+    }
+
+    async fn encrypt_many(
+        &self,
+        caller: Caller,
+        op: &'static str,
+        reqs: Vec<proto::EncryptRequest>,
+    ) -> Result<Vec<CoreResult<core::Encrypted>>, Status> {
+        let contexts = reqs.iter().map(|r| r.encryption_context.clone()).collect();
+        let reqs: Vec<core::EncryptRequest> = reqs
+            .into_iter()
+            .map(|r| core::EncryptRequest {
+                key: r.key,
+                plaintext: zeroize::Zeroizing::new(r.plaintext),
+                context: r.encryption_context,
+            })
+            .collect();
+        self.run(caller, op, contexts, reqs, |c, reqs, gate| {
+            c.encrypt(reqs, gate)
+        })
+        .await
     }
 
     async fn generate(
@@ -320,7 +456,16 @@ fn decrypted(d: core::Decrypted) -> proto::DecryptResponse {
     }
 }
 
-fn item_error(e: core::CoreError) -> proto::ItemError {
+fn encrypted(e: core::Encrypted) -> proto::EncryptResponse {
+    proto::EncryptResponse {
+        key: e.key,
+        key_id: e.key_id,
+        key_version: e.key_version,
+        ciphertext_blob: e.blob,
+    }
+}
+
+pub(super) fn item_error(e: core::CoreError) -> proto::ItemError {
     let s = status::to_status(e);
     proto::ItemError {
         code: s.code() as i32,
@@ -328,7 +473,7 @@ fn item_error(e: core::CoreError) -> proto::ItemError {
     }
 }
 
-fn single<T>(mut v: Vec<CoreResult<T>>) -> Result<T, Status> {
+pub(super) fn single<T>(mut v: Vec<CoreResult<T>>) -> Result<T, Status> {
     match v.pop() {
         Some(r) => r.map_err(Status::from),
         None => Err(Status::internal("internal error")),
@@ -473,6 +618,38 @@ impl DataKeyService for DataKeyApi {
             })
             .collect();
         Ok(Response::new(proto::BatchReEncryptResponse { results }))
+    }
+
+    async fn encrypt(
+        &self,
+        request: Request<proto::EncryptRequest>,
+    ) -> Result<Response<proto::EncryptResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let r = self
+            .encrypt_many(caller, "Encrypt", vec![request.into_inner()])
+            .await?;
+        Ok(Response::new(encrypted(single(r)?)))
+    }
+
+    async fn batch_encrypt(
+        &self,
+        request: Request<proto::BatchEncryptRequest>,
+    ) -> Result<Response<proto::BatchEncryptResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let req = request.into_inner();
+        validate::batch_size(req.requests.len()).map_err(Status::from)?;
+        let results = self
+            .encrypt_many(caller, "BatchEncrypt", req.requests)
+            .await?
+            .into_iter()
+            .map(|r| proto::BatchEncryptResult {
+                result: Some(match r {
+                    Ok(e) => proto::batch_encrypt_result::Result::Ok(encrypted(e)),
+                    Err(e) => proto::batch_encrypt_result::Result::Error(item_error(e)),
+                }),
+            })
+            .collect();
+        Ok(Response::new(proto::BatchEncryptResponse { results }))
     }
 
     async fn batch_decrypt(

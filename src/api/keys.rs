@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::{blocking, Call, Ctx};
 use crate::core::model::{DestroyKind, KeyRecord};
-use crate::core::{Actor, CoreResult, Keywarden};
+use crate::core::{Actor, CoreError, CoreResult, Keywarden};
 use crate::guard::{break_glass_json, BreakGlassError};
 use crate::policy::Action;
 use crate::proto::{self, key_service_server::KeyService};
@@ -75,6 +75,7 @@ pub fn metadata(core: &Keywarden, k: &KeyRecord) -> proto::KeyMetadata {
         state: k.state.as_str().to_string(),
         created_at: k.created_at,
         algorithm: k.algorithm.clone(),
+        kind: k.kind.as_str().into(),
         rotation_period_secs: k.rotation_period_secs.unwrap_or(0),
         next_rotation_at: k.next_rotation_at.unwrap_or(0),
         min_decrypt_version: k.min_decrypt_version,
@@ -160,7 +161,17 @@ impl KeyService for KeyApi {
             "CreateKey",
             |r| r.name.clone(),
             move |c, r, _| {
-                let k = c.create_key(&r.name, &r.description, secs(r.rotation_period_secs))?;
+                let kind = crate::hsm::KeyKind::parse(&r.kind).ok_or_else(|| {
+                    CoreError::invalid(
+                        "kind",
+                        format!(
+                            "{:?} is not a key kind: \"aes\" (the default) or \"hmac\"",
+                            r.kind
+                        ),
+                    )
+                })?;
+                let k =
+                    c.create_key(&r.name, &r.description, secs(r.rotation_period_secs), kind)?;
                 Ok(proto::CreateKeyResponse {
                     key: Some(metadata(&core, &k)),
                 })

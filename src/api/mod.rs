@@ -5,6 +5,7 @@
 
 pub mod datakey;
 pub mod keys;
+pub mod mac;
 pub mod operator;
 pub mod status;
 

@@ -14,6 +14,7 @@ pub fn code(e: &CoreError) -> Code {
         CoreError::InvalidArgument { .. } => Code::InvalidArgument,
         CoreError::DecryptFailed => Code::InvalidArgument,
         CoreError::KeyMismatch { .. } => Code::InvalidArgument,
+        CoreError::WrongKind { .. } => Code::InvalidArgument,
         CoreError::KeyNotFound { .. } => Code::NotFound,
         CoreError::BlobKeyUnknown { .. } => Code::NotFound,
         CoreError::BlobVersionUnknown { .. } => Code::NotFound,
@@ -78,7 +79,9 @@ pub const KEY_STATE_METADATA: &str = "keywarden-key-state";
 /// parse messages.
 fn field_of(e: &CoreError) -> Option<&'static str> {
     match e {
-        CoreError::InvalidArgument { field, .. } => Some(field),
+        CoreError::InvalidArgument { field, .. } | CoreError::WrongKind { field, .. } => {
+            Some(field)
+        }
         CoreError::DecryptFailed
         | CoreError::KeyMismatch { .. }
         | CoreError::BlobKeyUnknown { .. }

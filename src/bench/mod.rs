@@ -215,6 +215,7 @@ async fn ensure_key(socket: &Path, key: &str) -> anyhow::Result<()> {
                 name: key.into(),
                 description: "keywarden bench".into(),
                 rotation_period_secs: 0,
+                kind: String::new(),
             })
             .await
             .map_err(|s| anyhow::anyhow!("creating the bench key: {}", s.message()))?;

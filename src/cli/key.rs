@@ -19,6 +19,10 @@ pub enum KeyCommand {
         /// Rotate automatically, e.g. 90d.
         #[arg(long, value_name = "DURATION")]
         rotation_period: Option<String>,
+        /// aes: data keys and Encrypt (AES-256). hmac: GenerateMac and
+        /// VerifyMac, for blind indexes (HMAC-SHA256).
+        #[arg(long, value_enum, default_value = "aes")]
+        kind: KindArg,
     },
     /// List keys.
     List,
@@ -82,6 +86,22 @@ pub enum KeyCommand {
     },
 }
 
+/// What a CMK is for.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum KindArg {
+    Aes,
+    Hmac,
+}
+
+impl KindArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            KindArg::Aes => "aes",
+            KindArg::Hmac => "hmac",
+        }
+    }
+}
+
 fn duration(flag: &str, text: &str) -> anyhow::Result<u64> {
     let d = humantime::parse_duration(text)
         .map_err(|e| anyhow!("--{flag} {text:?}: {e} (e.g. 30d, 12h, 90s)"))?;
@@ -104,6 +124,7 @@ pub fn metadata_json(k: &proto::KeyMetadata) -> serde_json::Value {
         "key_id": k.key_id,
         "description": k.description,
         "state": k.state,
+        "kind": k.kind,
         "algorithm": k.algorithm,
         "created_at": k.created_at,
         "current_version": k.current_version,
@@ -137,6 +158,7 @@ fn print_text(k: &proto::KeyMetadata) {
     out!("name:            {}", k.name);
     out!("key_id:          {}", k.key_id);
     out!("state:           {}", k.state);
+    out!("kind:            {}", k.kind);
     out!("algorithm:       {}", k.algorithm);
     out!("current_version: {}", k.current_version);
     if !k.description.is_empty() {
@@ -255,6 +277,7 @@ pub async fn run(socket: &Path, output: Output, cmd: KeyCommand) -> anyhow::Resu
             name,
             description,
             rotation_period,
+            kind,
         } => {
             let rotation_period_secs = match rotation_period {
                 Some(p) => duration("rotation-period", &p)?,
@@ -266,6 +289,7 @@ pub async fn run(socket: &Path, output: Output, cmd: KeyCommand) -> anyhow::Resu
                     name,
                     description,
                     rotation_period_secs,
+                    kind: kind.as_str().into(),
                 })
                 .await
                 .map_err(status_error)?
@@ -294,17 +318,19 @@ pub async fn run(socket: &Path, output: Output, cmd: KeyCommand) -> anyhow::Resu
                 }))?,
                 Output::Text => {
                     out!(
-                        "{:<32} {:<36} {:<20} {:>7}",
+                        "{:<32} {:<36} {:<5} {:<20} {:>7}",
                         "NAME",
                         "KEY ID",
+                        "KIND",
                         "STATE",
                         "VERSION"
                     );
                     for k in &r.keys {
                         out!(
-                            "{:<32} {:<36} {:<20} {:>7}",
+                            "{:<32} {:<36} {:<5} {:<20} {:>7}",
                             k.name,
                             k.key_id,
+                            k.kind,
                             k.state,
                             k.current_version
                         );

@@ -2,6 +2,18 @@
 //! key's versions, with the per-version encryption counters.
 
 use super::*;
+use crate::hsm::KeyKind;
+
+/// What a blob of `format` opened to: a 32-byte data key, or a payload.
+pub(super) fn opened(format: u8, pt: zeroize::Zeroizing<Vec<u8>>) -> CoreResult<Plaintext> {
+    if format == blob::FORMAT_V1 {
+        DataKey::from_slice(&pt)
+            .map(Plaintext::DataKey)
+            .ok_or_else(|| CoreError::Internal(format!("unwrapped key is {} bytes", pt.len())))
+    } else {
+        Ok(Plaintext::Payload(pt))
+    }
+}
 
 impl Keywarden {
     pub(super) fn usable_key(
@@ -22,6 +34,36 @@ impl Keywarden {
                 operation,
             }),
         }
+    }
+    /// As [`usable_key`](Self::usable_key), and of the kind `operation`
+    /// needs; `field` is the request field that named it.
+    pub(super) fn usable_of_kind(
+        &self,
+        field: &'static str,
+        name: &str,
+        operation: &'static str,
+        needs: crate::hsm::KeyKind,
+    ) -> CoreResult<Arc<KeyRecord>> {
+        let k = self.usable_key(name, operation)?;
+        Self::check_kind(field, &k, operation, needs)?;
+        Ok(k)
+    }
+    pub(super) fn check_kind(
+        field: &'static str,
+        k: &KeyRecord,
+        operation: &'static str,
+        needs: crate::hsm::KeyKind,
+    ) -> CoreResult<()> {
+        if k.kind != needs {
+            return Err(CoreError::WrongKind {
+                field,
+                name: k.name.clone(),
+                kind: k.kind.as_str(),
+                needs: needs.as_str(),
+                operation,
+            });
+        }
+        Ok(())
     }
     /// The version a blob names, if it may decrypt.
     pub(super) fn decryptable(k: &KeyRecord, version: u32) -> CoreResult<HsmKeyId> {
@@ -70,7 +112,7 @@ impl Keywarden {
                 meta.0 = Some(req.key.clone());
                 let ctx = validate::context(req.context)?;
                 meta.2 = gate(&req.key, &ctx).map_err(CoreError::PermissionDenied)?;
-                let key = self.usable_key(&req.key, "GenerateDataKey")?;
+                let key = self.usable_of_kind("key", &req.key, "GenerateDataKey", KeyKind::Aes)?;
                 let v = key.current().ok_or_else(|| CoreError::KeyUnusable {
                     name: key.name.clone(),
                     state: "without an active version".into(),
@@ -121,6 +163,7 @@ impl Keywarden {
                     for (&i, w) in idxs.iter().zip(wrapped) {
                         if let Some(Ok(p)) = prepared.get(i) {
                             let blob = Blob {
+                                format: blob::FORMAT_V1,
                                 key_id: p.key.id,
                                 key_version: p.version,
                                 iv: w.iv,
@@ -185,6 +228,7 @@ impl Keywarden {
         let ctx = validate::context(context)?;
         let blob = Blob::decode(blob_bytes)?;
         let key = self.record_by_id(&blob.key_id)?;
+        Self::check_kind("ciphertext_blob", &key, "Decrypt", KeyKind::Aes)?;
         meta.0 = Some(key.name.clone());
         meta.1 = Some(blob.key_version);
         meta.2 = gate(&key.name, &ctx).map_err(CoreError::PermissionDenied)?;
@@ -231,7 +275,7 @@ impl Keywarden {
         let mut unwrapped = if items.is_empty() {
             Vec::new()
         } else {
-            self.hsm.unwrap_many(&items)
+            self.hsm.decrypt_many(&items)
         }
         .into_iter();
         drop(items);
@@ -244,7 +288,7 @@ impl Keywarden {
                 break_glass,
                 result: (|| {
                     let (k, blob, _, _) = p?;
-                    let dk = unwrapped
+                    let pt = unwrapped
                         .next()
                         .ok_or_else(|| CoreError::Internal("HSM returned too few results".into()))?
                         .map_err(CoreError::from_hsm)?;
@@ -252,7 +296,7 @@ impl Keywarden {
                         key_id: k.id_text(),
                         key: k.name.clone(),
                         key_version: blob.key_version,
-                        plaintext: dk,
+                        plaintext: opened(blob.format, pt)?,
                     })
                 })(),
             })
@@ -283,16 +327,17 @@ impl Keywarden {
                 let dest_ctx = validate::context(req.destination_context.unwrap_or(src_ctx_copy))?;
                 let bg = gate(&dest_name, &dest_ctx).map_err(CoreError::PermissionDenied)?;
                 meta.2 |= bg;
-                let dest = self.usable_key(&dest_name, "ReEncrypt")?;
+                let dest =
+                    self.usable_of_kind("destination_key", &dest_name, "ReEncrypt", KeyKind::Aes)?;
                 let v = dest.current().ok_or_else(|| CoreError::KeyUnusable {
                     name: dest.name.clone(),
                     state: "without an active version".into(),
                     operation: "ReEncrypt",
                 })?;
                 let (dv, did) = (v.version, v.hsm_id);
-                let dk = self
+                let pt = self
                     .hsm
-                    .unwrap_many(&[UnwrapItem {
+                    .decrypt_many(&[UnwrapItem {
                         key: hsm_id,
                         iv: blob.iv,
                         aad: &aad,
@@ -301,16 +346,18 @@ impl Keywarden {
                     .pop()
                     .ok_or_else(|| CoreError::Internal("no unwrap result".into()))?
                     .map_err(CoreError::from_hsm)?;
+                // A data key stays a data key, a payload a payload.
+                let pt = opened(blob.format, pt)?;
                 self.count_encryptions(&dest, dv, did, 1)?;
-                let header = blob::header(&dest.id, dv);
+                let header = blob::header_of(blob.format, &dest.id, dv);
                 let new_aad = blob::aad(&header, &blob::canonical_context(&dest_ctx));
                 let (iv, ct) = self
                     .hsm
-                    .wrap_existing(&did, &[(&new_aad, &dk)])
+                    .encrypt_many(&did, &[(&new_aad, pt.expose())])
                     .map_err(CoreError::from_hsm)?
                     .pop()
                     .ok_or_else(|| CoreError::Internal("no wrap result".into()))?;
-                drop(dk);
+                drop(pt);
                 Ok(ReEncrypted {
                     source_key: src.name.clone(),
                     source_version: blob.key_version,
@@ -318,6 +365,7 @@ impl Keywarden {
                     key_id: dest.id_text(),
                     key_version: dv,
                     blob: Blob {
+                        format: blob.format,
                         key_id: dest.id,
                         key_version: dv,
                         iv,

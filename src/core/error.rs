@@ -72,6 +72,17 @@ pub enum CoreError {
     Conflict(String),
     #[error("key {name:?} already exists")]
     AlreadyExists { name: String },
+    /// The key's kind does not do this operation (a data key from an hmac
+    /// key, a MAC from an aes key). `field` names the request field that
+    /// named the key.
+    #[error("{field}: key {name:?} is an {kind} key; {operation} needs an {needs} key")]
+    WrongKind {
+        field: &'static str,
+        name: String,
+        kind: &'static str,
+        needs: &'static str,
+        operation: &'static str,
+    },
     /// The key exists but its state forbids the operation.
     #[error("key {name:?} is {state}; {operation} is not allowed")]
     KeyUnusable {

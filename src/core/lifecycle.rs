@@ -13,9 +13,10 @@ use super::model::{
     DestroyKind, DestroyRequest, Hold, KeyRecord, KeyState, RequestStatus, VersionRecord,
     VersionState,
 };
-use super::{validate, CoreError, CoreResult, Keywarden, CMK_ALGORITHM};
+use super::{validate, CoreError, CoreResult, Keywarden};
 use crate::audit::{EventKind, Outcome};
 use crate::hsm::HsmError;
+use crate::hsm::KeyKind;
 
 /// Who asks: the caller's uid (approvals count distinct uids) and the
 /// principal the policy names.
@@ -89,6 +90,7 @@ impl Keywarden {
         name: &str,
         description: &str,
         rotation_period: Option<Duration>,
+        kind: KeyKind,
     ) -> CoreResult<KeyRecord> {
         self.unsealed()?;
         validate::key_name("name", name)?;
@@ -108,7 +110,7 @@ impl Keywarden {
             Err(e) => return Err(e),
         }
         let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
-        let hsm_id = self.new_hsm_version(name, 1)?;
+        let hsm_id = self.new_hsm_version(name, 1, kind)?;
         let created_at = self.now();
         let record = KeyRecord {
             id: *uuid::Uuid::new_v4().as_bytes(),
@@ -116,7 +118,8 @@ impl Keywarden {
             description: description.to_string(),
             state: KeyState::Active,
             created_at,
-            algorithm: CMK_ALGORITHM.into(),
+            algorithm: kind.algorithm().into(),
+            kind,
             rotation_period_secs: rotation_period.map(|p| p.as_secs()),
             next_rotation_at: rotation_period.map(|p| created_at + p.as_secs() as i64),
             min_decrypt_version: 0,
@@ -176,7 +179,7 @@ impl Keywarden {
             });
         }
         let version = rec.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
-        let hsm_id = self.new_hsm_version(name, version)?;
+        let hsm_id = self.new_hsm_version(name, version, rec.kind)?;
         for v in rec.versions.iter_mut() {
             if v.state == VersionState::Active {
                 v.state = VersionState::Deactivated;

@@ -11,6 +11,7 @@
 pub mod blob;
 mod envelope;
 pub mod error;
+mod fields;
 pub mod lifecycle;
 pub mod model;
 mod reconcile;
@@ -39,9 +40,6 @@ use model::{KeyState, VersionState};
 use registry::{Registry, RegistryError};
 pub use requests::*;
 pub use status::{Drift, Status};
-
-/// Algorithm name recorded for every CMK.
-pub const CMK_ALGORITHM: &str = "AES_256_GCM";
 
 /// The verified registry in memory (only while unsealed).
 #[derive(Default)]

@@ -3,7 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::hsm::HsmKeyId;
+use crate::hsm::{HsmKeyId, KeyKind};
+
+fn is_aes(k: &KeyKind) -> bool {
+    *k == KeyKind::Aes
+}
 
 /// The state of a key as a whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +129,10 @@ pub struct KeyRecord {
     pub state: KeyState,
     pub created_at: i64,
     pub algorithm: String,
+    /// aes (the default, not written, so older records read unchanged) or
+    /// hmac; every version has the key's kind.
+    #[serde(default, skip_serializing_if = "is_aes")]
+    pub kind: KeyKind,
     pub rotation_period_secs: Option<u64>,
     pub next_rotation_at: Option<i64>,
     /// Blobs under older versions are refused (0: none).

@@ -96,7 +96,12 @@ impl Keywarden {
     }
     /// Lists drift-relevant token objects and creates a new CMK version in
     /// the HSM (label `keywarden:NAME/vN`), returning its id.
-    pub(crate) fn new_hsm_version(&self, name: &str, version: u32) -> CoreResult<HsmKeyId> {
+    pub(crate) fn new_hsm_version(
+        &self,
+        name: &str,
+        version: u32,
+        kind: crate::hsm::KeyKind,
+    ) -> CoreResult<HsmKeyId> {
         let mut hsm_id = [0u8; 16];
         self.hsm.random(&mut hsm_id).map_err(CoreError::from_hsm)?;
         let hsm_id = HsmKeyId(hsm_id);
@@ -108,7 +113,7 @@ impl Keywarden {
             .put_intent(&key, &hsm_id.0, &label)
             .map_err(reg_err)?;
         self.hsm
-            .generate_cmk(&hsm_id, &label)
+            .generate_cmk(&hsm_id, &label, kind)
             .map_err(CoreError::from_hsm)?;
         Ok(hsm_id)
     }

@@ -437,6 +437,7 @@ mod tests {
             state: KeyState::Active,
             created_at: 1,
             algorithm: "AES_256_GCM".into(),
+            kind: crate::hsm::KeyKind::Aes,
             rotation_period_secs: None,
             next_rotation_at: None,
             min_decrypt_version: 0,

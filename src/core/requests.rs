@@ -42,7 +42,61 @@ pub struct Decrypted {
     pub key: String,
     pub key_id: String,
     pub key_version: u32,
-    pub plaintext: DataKey,
+    pub plaintext: Plaintext,
+}
+
+/// What a blob opens to.
+pub enum Plaintext {
+    /// A format-1 blob: a 32-byte data key.
+    DataKey(DataKey),
+    /// A format-2 blob: an Encrypt payload.
+    Payload(zeroize::Zeroizing<Vec<u8>>),
+}
+
+impl Plaintext {
+    pub fn expose(&self) -> &[u8] {
+        match self {
+            Plaintext::DataKey(k) => k.expose(),
+            Plaintext::Payload(p) => p,
+        }
+    }
+}
+
+/// One Encrypt request: a payload of at most 4096 bytes.
+pub struct EncryptRequest {
+    pub key: String,
+    pub plaintext: zeroize::Zeroizing<Vec<u8>>,
+    pub context: HashMap<String, String>,
+}
+
+pub struct Encrypted {
+    pub key: String,
+    pub key_id: String,
+    pub key_version: u32,
+    pub blob: Vec<u8>,
+}
+
+/// Decides whether the caller may MAC with `key`; `Ok(true)` when allowed
+/// only through a break-glass grant.
+pub type MacGate<'a> = &'a (dyn Fn(&str) -> Result<bool, crate::policy::Denied> + Sync);
+
+/// One GenerateMac (or VerifyMac, with `mac`) request.
+pub struct MacRequest {
+    pub key: String,
+    pub data: zeroize::Zeroizing<Vec<u8>>,
+    /// None: the newest version.
+    pub version: Option<u32>,
+    /// VerifyMac: the MAC to check.
+    pub mac: Option<Vec<u8>>,
+}
+
+pub struct MacOutput {
+    pub key: String,
+    pub key_id: String,
+    pub key_version: u32,
+    pub mac: [u8; crate::hsm::MAC_LEN],
+    /// VerifyMac: whether the given MAC matched (in constant time).
+    pub valid: bool,
 }
 
 /// One ReEncrypt request.

@@ -99,7 +99,9 @@ fn state(core: &Keywarden, key: &str) -> KeyState {
 #[test]
 fn disable_and_enable_are_idempotent_and_refused_once_destroyed() {
     let r = rig();
-    r.core.create_key("k", "", None).unwrap();
+    r.core
+        .create_key("k", "", None, crate::hsm::KeyKind::Aes)
+        .unwrap();
     assert!(generate(&r.core, "k").is_ok());
     r.core.disable("k").unwrap();
     assert_eq!(state(&r.core, "k"), KeyState::Suspended);
@@ -119,7 +121,7 @@ fn disable_and_enable_are_idempotent_and_refused_once_destroyed() {
         Err(CoreError::KeyNotFound { .. })
     ));
     assert!(matches!(
-        r.core.create_key("k", "", None),
+        r.core.create_key("k", "", None, crate::hsm::KeyKind::Aes),
         Err(CoreError::AlreadyExists { .. })
     ));
 }
@@ -127,7 +129,9 @@ fn disable_and_enable_are_idempotent_and_refused_once_destroyed() {
 #[test]
 fn rotation_and_version_revocation() {
     let r = rig();
-    r.core.create_key("k", "", None).unwrap();
+    r.core
+        .create_key("k", "", None, crate::hsm::KeyKind::Aes)
+        .unwrap();
     let v1 = generate(&r.core, "k").unwrap();
     let rec = r.core.rotate("k", "by hand").unwrap();
     assert_eq!(rec.versions.len(), 2);
@@ -159,7 +163,9 @@ fn rotation_and_version_revocation() {
 #[test]
 fn scheduled_destruction_needs_two_admins_and_waits_out_its_period() {
     let r = rig();
-    r.core.create_key("k", "", None).unwrap();
+    r.core
+        .create_key("k", "", None, crate::hsm::KeyKind::Aes)
+        .unwrap();
     // Below the minimum waiting period: refused.
     assert!(r
         .core
@@ -207,7 +213,7 @@ fn scheduled_destruction_needs_two_admins_and_waits_out_its_period() {
     ));
     assert!(r.core.enable("k").is_err());
     assert!(
-        matches!(r.core.create_key("k", "", None), Err(CoreError::Conflict(m)) if m.contains("tombstone"))
+        matches!(r.core.create_key("k", "", None, crate::hsm::KeyKind::Aes), Err(CoreError::Conflict(m)) if m.contains("tombstone"))
     );
     let kinds = r.sink.kinds();
     for want in [
@@ -222,7 +228,9 @@ fn scheduled_destruction_needs_two_admins_and_waits_out_its_period() {
 #[test]
 fn a_destruction_can_be_cancelled_until_it_begins() {
     let r = rig();
-    r.core.create_key("k", "", None).unwrap();
+    r.core
+        .create_key("k", "", None, crate::hsm::KeyKind::Aes)
+        .unwrap();
     let (req, _) = r
         .core
         .request_destroy("k", DestroyKind::Scheduled, 2 * DAY, &admin(1))
@@ -242,7 +250,9 @@ fn a_destruction_can_be_cancelled_until_it_begins() {
 #[test]
 fn a_legal_hold_refuses_destruction_and_pauses_a_scheduled_one() {
     let r = rig();
-    r.core.create_key("k", "", None).unwrap();
+    r.core
+        .create_key("k", "", None, crate::hsm::KeyKind::Aes)
+        .unwrap();
     let (hold, _) = r
         .core
         .place_hold("k", "litigation 2026-117", Some("lit-117"), &admin(1))
@@ -280,21 +290,25 @@ fn a_legal_hold_refuses_destruction_and_pauses_a_scheduled_one() {
 #[test]
 fn destroy_now_with_approvals_destroys_at_once_and_sealed_refuses_everything() {
     let r = rig();
-    r.core.create_key("k", "", None).unwrap();
+    r.core
+        .create_key("k", "", None, crate::hsm::KeyKind::Aes)
+        .unwrap();
     let (req, _) = r
         .core
         .request_destroy("k", DestroyKind::Now, Duration::ZERO, &admin(1))
         .unwrap();
     r.core.approve_destroy("k", &req.id, &admin(2)).unwrap();
     assert_eq!(state(&r.core, "k"), KeyState::Destroyed);
-    r.core.create_key("other", "", None).unwrap();
+    r.core
+        .create_key("other", "", None, crate::hsm::KeyKind::Aes)
+        .unwrap();
     r.core.seal().unwrap();
     assert!(matches!(
         generate(&r.core, "other"),
         Err(CoreError::Seal(_))
     ));
     assert!(matches!(
-        r.core.create_key("x", "", None),
+        r.core.create_key("x", "", None, crate::hsm::KeyKind::Aes),
         Err(CoreError::Seal(_))
     ));
     assert!(matches!(
@@ -306,7 +320,9 @@ fn destroy_now_with_approvals_destroys_at_once_and_sealed_refuses_everything() {
 #[test]
 fn key_changes_are_published_for_client_caches_but_not_counter_reservations() {
     let r = rig();
-    r.core.create_key("k", "", None).unwrap();
+    r.core
+        .create_key("k", "", None, crate::hsm::KeyKind::Aes)
+        .unwrap();
     let mut rx = r.core.watch();
     generate(&r.core, "k").unwrap();
     assert!(
@@ -322,4 +338,156 @@ fn key_changes_are_published_for_client_caches_but_not_counter_reservations() {
     }
     r.core.seal().unwrap();
     assert_eq!(rx.try_recv().unwrap(), KeyChange::Reset);
+}
+
+// -- small fields and MACs ---------------------------------------------------
+
+fn open_mac_gate(_: &str) -> Result<bool, crate::policy::Denied> {
+    Ok(false)
+}
+
+fn encrypt_field(core: &Keywarden, key: &str, pt: &[u8], row: &str) -> CoreResult<Encrypted> {
+    let req = EncryptRequest {
+        key: key.into(),
+        plaintext: zeroize::Zeroizing::new(pt.to_vec()),
+        context: HashMap::from([("row".to_string(), row.to_string())]),
+    };
+    core.encrypt(vec![req], &open_gate)?.pop().unwrap().result
+}
+
+fn decrypt_blob(core: &Keywarden, blob: &[u8], row: &str) -> CoreResult<Decrypted> {
+    let req = DecryptRequest {
+        blob: blob.to_vec(),
+        context: HashMap::from([("row".to_string(), row.to_string())]),
+        key: None,
+    };
+    core.decrypt(vec![req], &open_gate)?.pop().unwrap().result
+}
+
+fn mac(core: &Keywarden, key: &str, data: &[u8], version: Option<u32>) -> CoreResult<MacOutput> {
+    let req = MacRequest {
+        key: key.into(),
+        data: zeroize::Zeroizing::new(data.to_vec()),
+        version,
+        mac: None,
+    };
+    core.macs(vec![req], &open_mac_gate, "GenerateMac")?
+        .pop()
+        .unwrap()
+        .result
+}
+
+#[test]
+fn encrypt_makes_format_2_blobs_that_decrypt_opens_only_in_their_context() {
+    let r = rig();
+    r.core
+        .create_key("k", "", None, crate::hsm::KeyKind::Aes)
+        .unwrap();
+    for n in [0usize, 1, 100, 4096] {
+        let pt = vec![0x61u8; n];
+        let e = encrypt_field(&r.core, "k", &pt, "7").unwrap();
+        assert_eq!(e.blob.len(), blob::BLOB_V2_MIN + n);
+        assert_eq!(&e.blob[..4], b"KW\x02\x01");
+        let d = decrypt_blob(&r.core, &e.blob, "7").unwrap();
+        assert!(matches!(d.plaintext, Plaintext::Payload(_)));
+        assert_eq!(d.plaintext.expose(), &pt[..]);
+        assert!(matches!(
+            decrypt_blob(&r.core, &e.blob, "8"),
+            Err(CoreError::DecryptFailed)
+        ));
+    }
+    // A payload blob relabelled as a data-key blob fails: the formats'
+    // AAD labels differ.
+    let e = encrypt_field(&r.core, "k", &[1u8; 32], "7").unwrap();
+    let mut as_v1 = e.blob.clone();
+    as_v1[2] = 1;
+    assert!(decrypt_blob(&r.core, &as_v1, "7").is_err());
+    assert!(matches!(
+        encrypt_field(&r.core, "k", &[0u8; 4097], "7"),
+        Err(CoreError::InvalidArgument {
+            field: "plaintext",
+            ..
+        })
+    ));
+    // Encryptions count against the version like data keys.
+    assert!(
+        r.core
+            .encryptions(&r.core.describe_key("k").unwrap().versions[0].hsm_id)
+            >= 5
+    );
+}
+
+#[test]
+fn macs_are_per_key_deterministic_and_pinned_versions_stay_usable() {
+    let r = rig();
+    r.core
+        .create_key("h", "", None, crate::hsm::KeyKind::Hmac)
+        .unwrap();
+    r.core
+        .create_key("a", "", None, crate::hsm::KeyKind::Aes)
+        .unwrap();
+    assert_eq!(
+        r.core.describe_key("h").unwrap().kind,
+        crate::hsm::KeyKind::Hmac
+    );
+    let m1 = mac(&r.core, "h", b"MRN-1", None).unwrap();
+    assert_eq!(m1.key_version, 1);
+    assert_eq!(m1.mac, mac(&r.core, "h", b"MRN-1", None).unwrap().mac);
+    assert_ne!(m1.mac, mac(&r.core, "h", b"MRN-2", None).unwrap().mac);
+    // Kinds do not mix, either way; the error names the field.
+    assert!(matches!(
+        mac(&r.core, "a", b"x", None),
+        Err(CoreError::WrongKind { field: "key", .. })
+    ));
+    assert!(matches!(
+        generate(&r.core, "h"),
+        Err(CoreError::WrongKind { field: "key", .. })
+    ));
+    assert!(matches!(
+        encrypt_field(&r.core, "h", b"x", "1"),
+        Err(CoreError::WrongKind { .. })
+    ));
+    // After a rotation the newest version MACs differently, and the
+    // version an index was built with still answers when named.
+    r.core.rotate("h", "test").unwrap();
+    let m2 = mac(&r.core, "h", b"MRN-1", None).unwrap();
+    assert_eq!(m2.key_version, 2);
+    assert_ne!(m2.mac, m1.mac);
+    assert_eq!(mac(&r.core, "h", b"MRN-1", Some(1)).unwrap().mac, m1.mac);
+    assert!(matches!(
+        mac(&r.core, "h", b"MRN-1", Some(9)),
+        Err(CoreError::InvalidArgument {
+            field: "key_version",
+            ..
+        })
+    ));
+    // A revoked version never MACs again.
+    r.core.revoke_version("h", 1).unwrap();
+    assert!(matches!(
+        mac(&r.core, "h", b"MRN-1", Some(1)),
+        Err(CoreError::VersionRevoked { .. })
+    ));
+    // Verification compares in constant time; a wrong MAC is `valid: false`.
+    let verify = |m: &[u8]| {
+        let req = MacRequest {
+            key: "h".into(),
+            data: zeroize::Zeroizing::new(b"MRN-1".to_vec()),
+            version: None,
+            mac: Some(m.to_vec()),
+        };
+        r.core
+            .macs(vec![req], &open_mac_gate, "VerifyMac")
+            .unwrap()
+            .pop()
+            .unwrap()
+            .result
+    };
+    assert!(verify(&m2.mac).unwrap().valid);
+    let mut bad = m2.mac;
+    bad[31] ^= 1;
+    assert!(!verify(&bad).unwrap().valid);
+    assert!(matches!(
+        verify(&bad[..31]),
+        Err(CoreError::InvalidArgument { field: "mac", .. })
+    ));
 }

@@ -11,8 +11,11 @@ pub const MAX_CONTEXT_PAIRS: usize = 64;
 pub const MAX_CONTEXT_KEY: usize = 256;
 pub const MAX_CONTEXT_VALUE: usize = 1024;
 pub const MAX_CONTEXT_TOTAL: usize = 8 * 1024;
-pub const MAX_BLOB: usize = 4096;
+/// The longest blob of any format version (a 4096-byte payload).
+pub const MAX_BLOB: usize = super::blob::BLOB_MAX;
 pub const MAX_BATCH: usize = 1024;
+/// The largest Encrypt plaintext and the largest MAC input.
+pub const MAX_PAYLOAD: usize = super::blob::MAX_PAYLOAD;
 
 /// Key names: 1 to 128 of `A-Z a-z 0-9 . _ - /`, starting with a letter or
 /// digit.
@@ -179,6 +182,17 @@ pub fn blob_size(len: usize) -> CoreResult<()> {
     Ok(())
 }
 
+/// Encrypt's plaintext, a MAC's data: at most 4096 bytes.
+pub fn payload(field: &'static str, len: usize) -> CoreResult<()> {
+    if len > MAX_PAYLOAD {
+        return Err(CoreError::invalid(
+            field,
+            format!("is {len} bytes long; at most {MAX_PAYLOAD}"),
+        ));
+    }
+    Ok(())
+}
+
 pub fn batch_size(n: usize) -> CoreResult<()> {
     if n == 0 {
         return Err(CoreError::invalid("requests", "must not be empty"));
@@ -286,6 +300,9 @@ mod tests {
         assert!(batch_size(0).is_err());
         assert!(batch_size(1024).is_ok());
         assert!(batch_size(1025).is_err());
-        assert!(blob_size(4097).is_err());
+        assert!(blob_size(4148).is_ok());
+        assert!(blob_size(4149).is_err());
+        assert!(payload("plaintext", 4096).is_ok());
+        assert!(payload("plaintext", 4097).is_err());
     }
 }

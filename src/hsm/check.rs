@@ -159,7 +159,11 @@ pub fn run(
             return out;
         }
     };
-    let gen = hsm.generate_cmk(&id, &format!("keywarden-check/{}", id.to_hex()));
+    let gen = hsm.generate_cmk(
+        &id,
+        &format!("keywarden-check/{}", id.to_hex()),
+        super::KeyKind::Aes,
+    );
     if push(
         &mut out,
         "generate AES-256 key",

@@ -4,8 +4,8 @@
 //! runs on Kryoptic too). Test builds only.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use super::{Hsm, HsmError, HsmKeyId, UnwrapItem, IV_LEN};
-use crate::secret::{DataKey, Pin};
+use super::{Hsm, HsmError, HsmKeyId, KeyKind, UnwrapItem, IV_LEN};
+use crate::secret::Pin;
 
 /// Runs the whole contract on a token that is not logged in, whose user
 /// and SO PINs are `user` and `so`. Leaves it logged out. Creates one CMK
@@ -36,7 +36,8 @@ pub fn check(hsm: &dyn Hsm, user: &Pin, so: &Pin) {
 
     // A CMK: generated inside, sensitive and never extractable.
     let id = HsmKeyId(*b"contract-test-01");
-    hsm.generate_cmk(&id, "keywarden:contract/v1").unwrap();
+    hsm.generate_cmk(&id, "keywarden:contract/v1", KeyKind::Aes)
+        .unwrap();
     hsm.activate(&id).unwrap();
     assert!(hsm.list_cmks().unwrap().iter().any(|o| o.id == id));
     let attrs = hsm.key_attributes(&id).unwrap();
@@ -44,7 +45,7 @@ pub fn check(hsm: &dyn Hsm, user: &Pin, so: &Pin) {
         attrs.sensitive && attrs.never_extractable && !attrs.extractable,
         "{attrs:?}"
     );
-    assert!(attrs.encrypt && attrs.decrypt);
+    assert!(attrs.encrypt && attrs.decrypt && !attrs.sign && !attrs.verify);
 
     // Wrap fresh keys under two AADs; each unwraps only with its own AAD.
     let aads: [&[u8]; 2] = [b"aad-one", b"aad-two"];
@@ -93,11 +94,70 @@ pub fn check(hsm: &dyn Hsm, user: &Pin, so: &Pin) {
         "altered ciphertext"
     );
 
-    // Rewrap an existing key.
-    let dk = DataKey::from_slice(&[7u8; 32]).unwrap();
-    let again = hsm.wrap_existing(&id, &[(b"aad-three", &dk)]).unwrap();
+    // Rewrap an existing key; encrypt payloads of other lengths (Encrypt).
+    let again = hsm
+        .encrypt_many(&id, &[(b"aad-three", &[7u8; 32]), (b"aad-four", b"")])
+        .unwrap();
     let back = run(&[item(b"aad-three", &again[0].1, again[0].0)]);
     assert_eq!(back[0].as_ref().unwrap().expose(), &[7u8; 32]);
+    let payload = vec![0x42u8; 4096];
+    let sealed = hsm
+        .encrypt_many(&id, &[(b"aad-five", &payload), (b"aad-six", b"")])
+        .unwrap();
+    let opened = hsm.decrypt_many(&[
+        UnwrapItem {
+            key: id,
+            iv: sealed[0].0,
+            aad: b"aad-five",
+            ciphertext: &sealed[0].1,
+        },
+        UnwrapItem {
+            key: id,
+            iv: sealed[1].0,
+            aad: b"aad-six",
+            ciphertext: &sealed[1].1,
+        },
+        UnwrapItem {
+            key: id,
+            iv: sealed[1].0,
+            aad: b"aad-five",
+            ciphertext: &sealed[1].1,
+        },
+    ]);
+    assert_eq!(&opened[0].as_ref().unwrap()[..], &payload[..]);
+    assert!(opened[1].as_ref().unwrap().is_empty());
+    assert!(matches!(opened[2], Err(HsmError::AuthenticationFailed)));
+    // An AES key makes no MACs.
+    assert!(hsm.mac_many(&id, &[b"x"]).is_err());
+
+    // An HMAC key: generated inside, sign/verify only; HMAC-SHA256 that is
+    // deterministic per key and differs between keys; it encrypts nothing.
+    let mac_id = HsmKeyId(*b"contract-test-02");
+    let mac_id2 = HsmKeyId(*b"contract-test-03");
+    for m in [mac_id, mac_id2] {
+        hsm.generate_cmk(&m, "keywarden:contract-mac/v1", KeyKind::Hmac)
+            .unwrap();
+        hsm.activate(&m).unwrap();
+    }
+    let attrs = hsm.key_attributes(&mac_id).unwrap();
+    assert!(
+        attrs.sensitive && attrs.never_extractable && !attrs.extractable,
+        "{attrs:?}"
+    );
+    assert!(attrs.sign && attrs.verify && !attrs.encrypt && !attrs.decrypt);
+    let macs = hsm
+        .mac_many(&mac_id, &[b"MRN-0001", b"MRN-0002", b"MRN-0001", b""])
+        .unwrap();
+    assert_eq!(macs.len(), 4);
+    assert_eq!(macs[0], macs[2]);
+    assert_ne!(macs[0], macs[1]);
+    assert_ne!(macs[0], hsm.mac_many(&mac_id2, &[b"MRN-0001"]).unwrap()[0]);
+    assert!(hsm.encrypt_many(&mac_id, &[(b"a", b"b")]).is_err());
+    assert!(hsm.wrap_new_keys(&mac_id, &[b"a"]).is_err());
+    for m in [mac_id, mac_id2] {
+        hsm.destroy_cmk(&m).unwrap();
+    }
+    assert!(hsm.mac_many(&mac_id, &[b"x"]).is_err());
 
     // A monotonic counter object.
     assert_eq!(

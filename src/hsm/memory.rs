@@ -16,14 +16,25 @@ use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use zeroize::Zeroizing;
 
 use super::{
-    Hsm, HsmError, HsmKeyId, HsmObjectInfo, HsmResult, KeyAttributes, TokenDescription, UnwrapItem,
-    WrappedKey, IV_LEN, TAG_LEN,
+    Hsm, HsmError, HsmKeyId, HsmObjectInfo, HsmResult, KeyAttributes, KeyKind, TokenDescription,
+    UnwrapItem, WrappedKey, IV_LEN, MAC_LEN, TAG_LEN,
 };
 use crate::secret::{DataKey, Pin, DATA_KEY_LEN};
 
 struct Cmk {
     label: String,
+    kind: KeyKind,
     key: Zeroizing<[u8; 32]>,
+}
+
+/// What a token answers when a key is used for what its attributes forbid.
+fn not_permitted(function: &str) -> HsmError {
+    HsmError::Pkcs11 {
+        function: function.into(),
+        rv: "KeyFunctionNotPermitted".into(),
+        class: super::ErrorClass::Caller,
+        lost: false,
+    }
 }
 
 struct State {
@@ -94,6 +105,9 @@ impl MemoryHsm {
 
     fn cipher(s: &State, id: &HsmKeyId) -> HsmResult<Aes256Gcm> {
         let c = s.cmks.get(id).ok_or(HsmError::ObjectNotFound(*id))?;
+        if c.kind != KeyKind::Aes {
+            return Err(not_permitted("C_EncryptInit"));
+        }
         Ok(Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(
             &c.key[..],
         )))
@@ -186,7 +200,7 @@ impl Hsm for MemoryHsm {
         drop(self.usable()?);
         random_bytes(buf)
     }
-    fn generate_cmk(&self, id: &HsmKeyId, label: &str) -> HsmResult<()> {
+    fn generate_cmk(&self, id: &HsmKeyId, label: &str, kind: KeyKind) -> HsmResult<()> {
         let mut s = self.usable()?;
         let mut key = Zeroizing::new([0u8; 32]);
         random_bytes(&mut key[..])?;
@@ -194,6 +208,7 @@ impl Hsm for MemoryHsm {
             *id,
             Cmk {
                 label: label.into(),
+                kind,
                 key,
             },
         );
@@ -230,19 +245,20 @@ impl Hsm for MemoryHsm {
     }
     fn key_attributes(&self, id: &HsmKeyId) -> HsmResult<KeyAttributes> {
         let s = self.usable()?;
-        if !s.cmks.contains_key(id) {
-            return Err(HsmError::ObjectNotFound(*id));
-        }
+        let c = s.cmks.get(id).ok_or(HsmError::ObjectNotFound(*id))?;
+        let aes = c.kind == KeyKind::Aes;
         Ok(KeyAttributes {
             token: true,
             sensitive: true,
             always_sensitive: true,
             extractable: false,
             never_extractable: true,
-            encrypt: true,
-            decrypt: true,
+            encrypt: aes,
+            decrypt: aes,
             wrap: false,
             unwrap: false,
+            sign: !aes,
+            verify: !aes,
         })
     }
     fn wrap_new_keys(&self, key: &HsmKeyId, aads: &[&[u8]]) -> HsmResult<Vec<WrappedKey>> {
@@ -265,19 +281,35 @@ impl Hsm for MemoryHsm {
         }
         Ok(out)
     }
-    fn wrap_existing(
+    fn encrypt_many(
         &self,
         key: &HsmKeyId,
-        items: &[(&[u8], &DataKey)],
+        items: &[(&[u8], &[u8])],
     ) -> HsmResult<Vec<([u8; IV_LEN], Vec<u8>)>> {
         let s = self.usable()?;
         let cipher = Self::cipher(&s, key)?;
         items
             .iter()
-            .map(|(aad, dk)| {
+            .map(|(aad, plaintext)| {
                 let mut iv = [0u8; IV_LEN];
                 random_bytes(&mut iv)?;
-                Ok((iv, seal(&cipher, &iv, aad, dk.expose())?))
+                Ok((iv, seal(&cipher, &iv, aad, plaintext)?))
+            })
+            .collect()
+    }
+    fn mac_many(&self, key: &HsmKeyId, data: &[&[u8]]) -> HsmResult<Vec<[u8; MAC_LEN]>> {
+        use hmac::Mac;
+        let s = self.usable()?;
+        let c = s.cmks.get(key).ok_or(HsmError::ObjectNotFound(*key))?;
+        if c.kind != KeyKind::Hmac {
+            return Err(not_permitted("C_SignInit"));
+        }
+        data.iter()
+            .map(|d| {
+                let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&c.key[..])
+                    .map_err(|_| HsmError::Unexpected("HMAC key".into()))?;
+                m.update(d);
+                Ok(m.finalize().into_bytes().into())
             })
             .collect()
     }
@@ -288,7 +320,7 @@ impl Hsm for MemoryHsm {
         self.usable()?.counters.insert(label.into(), value);
         Ok(())
     }
-    fn unwrap_many(&self, items: &[UnwrapItem<'_>]) -> Vec<HsmResult<DataKey>> {
+    fn decrypt_many(&self, items: &[UnwrapItem<'_>]) -> Vec<HsmResult<Zeroizing<Vec<u8>>>> {
         let s = match self.usable() {
             Ok(s) => s,
             Err(e) => return items.iter().map(|_| Err(e.clone())).collect(),
@@ -297,23 +329,22 @@ impl Hsm for MemoryHsm {
             .iter()
             .map(|it| {
                 let cipher = Self::cipher(&s, &it.key)?;
-                let split = it
-                    .ciphertext
-                    .len()
-                    .checked_sub(TAG_LEN)
-                    .filter(|n| *n == DATA_KEY_LEN)
-                    .ok_or_else(|| HsmError::Pkcs11 {
-                        function: "C_Decrypt".into(),
-                        rv: "EncryptedDataLenRange".into(),
-                        class: super::ErrorClass::Caller,
-                        lost: false,
-                    })?;
+                let split =
+                    it.ciphertext
+                        .len()
+                        .checked_sub(TAG_LEN)
+                        .ok_or_else(|| HsmError::Pkcs11 {
+                            function: "C_Decrypt".into(),
+                            rv: "EncryptedDataLenRange".into(),
+                            class: super::ErrorClass::Caller,
+                            lost: false,
+                        })?;
                 let mut buf = Zeroizing::new(it.ciphertext[..split].to_vec());
                 let tag = *Tag::from_slice(&it.ciphertext[split..]);
                 cipher
                     .decrypt_in_place_detached(Nonce::from_slice(&it.iv), it.aad, &mut buf, &tag)
                     .map_err(|_| HsmError::AuthenticationFailed)?;
-                DataKey::from_slice(&buf).ok_or_else(|| HsmError::Unexpected("length".into()))
+                Ok(buf)
             })
             .collect()
     }

@@ -12,12 +12,53 @@ pub mod profile;
 
 use std::fmt;
 
+use zeroize::Zeroizing;
+
 use crate::secret::{DataKey, Pin};
 
 /// Length of the AES-GCM IV used for wrapping (96 bits).
 pub const IV_LEN: usize = 12;
 /// Length of the AES-GCM tag (128 bits).
 pub const TAG_LEN: usize = 16;
+/// Length of an HMAC-SHA256 output.
+pub const MAC_LEN: usize = 32;
+
+/// What a CMK is for, fixed at creation for every version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    /// AES-256: data keys (wrapped with AES-GCM) and Encrypt/Decrypt.
+    #[default]
+    Aes,
+    /// HMAC-SHA256 (a 256-bit generic secret): GenerateMac/VerifyMac only.
+    Hmac,
+}
+
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Aes => "aes",
+            KeyKind::Hmac => "hmac",
+        }
+    }
+
+    /// The kind a request names; empty means the default, aes.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "" | "aes" => Some(KeyKind::Aes),
+            "hmac" => Some(KeyKind::Hmac),
+            _ => None,
+        }
+    }
+
+    /// The algorithm shown in key metadata.
+    pub fn algorithm(self) -> &'static str {
+        match self {
+            KeyKind::Aes => "AES_256_GCM",
+            KeyKind::Hmac => "HMAC_SHA_256",
+        }
+    }
+}
 
 /// The HSM-side identifier of one CMK version (its `CKA_ID`): 16 random
 /// bytes, not secret.
@@ -72,6 +113,8 @@ pub struct KeyAttributes {
     pub decrypt: bool,
     pub wrap: bool,
     pub unwrap: bool,
+    pub sign: bool,
+    pub verify: bool,
 }
 
 /// A fresh data key and its wrapped form.
@@ -205,9 +248,10 @@ pub trait Hsm: Send + Sync {
     ) -> HsmResult<()>;
     /// Random bytes from the token's RNG.
     fn random(&self, buf: &mut [u8]) -> HsmResult<()>;
-    /// Generates an AES-256 CMK version inside the token: a token object,
-    /// sensitive, never extractable, encrypt/decrypt only.
-    fn generate_cmk(&self, id: &HsmKeyId, label: &str) -> HsmResult<()>;
+    /// Generates a CMK version inside the token: a token object, sensitive,
+    /// never extractable; AES-256 for encrypt/decrypt only, or a 256-bit
+    /// generic secret for HMAC sign/verify only.
+    fn generate_cmk(&self, id: &HsmKeyId, label: &str, kind: KeyKind) -> HsmResult<()>;
     /// Makes the version usable (a session copy where the profile allows).
     fn activate(&self, id: &HsmKeyId) -> HsmResult<()>;
     /// Destroys the token object (and any session copy).
@@ -218,19 +262,35 @@ pub trait Hsm: Send + Sync {
     fn key_attributes(&self, id: &HsmKeyId) -> HsmResult<KeyAttributes>;
     /// For each AAD, a fresh data key wrapped with AES-GCM under `key`.
     fn wrap_new_keys(&self, key: &HsmKeyId, aads: &[&[u8]]) -> HsmResult<Vec<WrappedKey>>;
-    /// Wraps existing data keys (rewrap) under `key`, each with a fresh IV;
-    /// returns (IV, ciphertext||tag) per item.
-    fn wrap_existing(
+    /// AES-GCM under `key` of each (AAD, plaintext) item, each with a fresh
+    /// IV from the token: an existing data key (rewrap) or a small payload
+    /// (Encrypt). Returns (IV, ciphertext||tag) per item.
+    fn encrypt_many(
         &self,
         key: &HsmKeyId,
-        items: &[(&[u8], &DataKey)],
+        items: &[(&[u8], &[u8])],
     ) -> HsmResult<Vec<([u8; IV_LEN], Vec<u8>)>>;
     /// Reads a monotonic counter kept in a token data object.
     fn read_counter(&self, label: &str) -> HsmResult<Option<u64>>;
     /// Writes that counter (creating the object if needed).
     fn write_counter(&self, label: &str, value: u64) -> HsmResult<()>;
-    /// Unwraps each item independently.
-    fn unwrap_many(&self, items: &[UnwrapItem<'_>]) -> Vec<HsmResult<DataKey>>;
+    /// Opens each AES-GCM item independently.
+    fn decrypt_many(&self, items: &[UnwrapItem<'_>]) -> Vec<HsmResult<Zeroizing<Vec<u8>>>>;
+    /// Unwraps each item independently: [`Hsm::decrypt_many`] of data keys.
+    fn unwrap_many(&self, items: &[UnwrapItem<'_>]) -> Vec<HsmResult<DataKey>> {
+        self.decrypt_many(items)
+            .into_iter()
+            .map(|r| {
+                r.and_then(|pt| {
+                    DataKey::from_slice(&pt).ok_or_else(|| {
+                        HsmError::Unexpected(format!("unwrapped key is {} bytes", pt.len()))
+                    })
+                })
+            })
+            .collect()
+    }
+    /// HMAC-SHA256 under the hmac CMK version `key` of each input.
+    fn mac_many(&self, key: &HsmKeyId, data: &[&[u8]]) -> HsmResult<Vec<[u8; MAC_LEN]>>;
     /// Finds or creates the audit-signing key pair (ECDSA P-256, private
     /// half sensitive and never extractable); returns the public point
     /// (SEC1, uncompressed).

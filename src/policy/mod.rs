@@ -55,6 +55,9 @@ impl Caller {
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     App,
+    /// GenerateMac, VerifyMac and BatchGenerateMac on the hmac keys in
+    /// `keys` (blind indexes).
+    Mac,
     Custodian,
     Admin,
     Auditor,
@@ -64,6 +67,7 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::App => "app",
+            Role::Mac => "mac",
             Role::Custodian => "custodian",
             Role::Admin => "admin",
             Role::Auditor => "auditor",
@@ -145,6 +149,8 @@ pub enum Action<'a> {
         key: &'a str,
         context: &'a BTreeMap<String, String>,
     },
+    /// A MAC operation (generate or verify) on the hmac key `key`.
+    Mac { key: &'a str },
     /// Key lifecycle: create, rotate, disable, destroy...
     KeyAdmin,
     /// List and describe keys.
@@ -247,9 +253,9 @@ pub enum PolicyError {
     EveryoneWithMembers { principal: String },
     #[error("principal {principal:?}: exe {exe:?} must be an absolute path")]
     RelativeExe { principal: String, exe: String },
-    #[error("principal {principal:?} has the app role but no keys")]
+    #[error("principal {principal:?} has the app or mac role but no keys")]
     AppWithoutKeys { principal: String },
-    #[error("principal {principal:?}: keys and require_context apply to the app role only")]
+    #[error("principal {principal:?}: keys apply to the app and mac roles only, require_context to the app role only")]
     KeysWithoutApp { principal: String },
     #[error("principal {principal:?}: break_glass is for admins only")]
     BreakGlassNotAdmin { principal: String },
@@ -424,11 +430,12 @@ impl Policy {
                     });
                 }
             }
-            if p.roles.contains(&Role::App) && p.keys.is_empty() {
+            let uses_keys = p.roles.contains(&Role::App) || p.roles.contains(&Role::Mac);
+            if uses_keys && p.keys.is_empty() {
                 return Err(PolicyError::AppWithoutKeys { principal: at() });
             }
-            if !p.roles.contains(&Role::App)
-                && (!p.keys.is_empty() || !p.require_context.is_empty())
+            if (!uses_keys && !p.keys.is_empty())
+                || (!p.roles.contains(&Role::App) && !p.require_context.is_empty())
             {
                 return Err(PolicyError::KeysWithoutApp { principal: at() });
             }
@@ -471,7 +478,13 @@ impl Policy {
                 gids: vec![],
                 everyone: true,
                 exe: None,
-                roles: vec![Role::App, Role::Custodian, Role::Admin, Role::Auditor],
+                roles: vec![
+                    Role::App,
+                    Role::Mac,
+                    Role::Custodian,
+                    Role::Admin,
+                    Role::Auditor,
+                ],
                 keys: vec!["*".into()],
                 require_context: vec![],
                 break_glass: true,
@@ -513,7 +526,13 @@ impl Policy {
             }),
             Action::Status => self.with_role(
                 c,
-                &[Role::Admin, Role::Custodian, Role::Auditor, Role::App],
+                &[
+                    Role::Admin,
+                    Role::Custodian,
+                    Role::Auditor,
+                    Role::App,
+                    Role::Mac,
+                ],
                 "read the status",
             ),
             Action::KeyAdmin => self.with_role(c, &[Role::Admin], "manage keys"),
@@ -538,6 +557,26 @@ impl Policy {
                     "uid {} has no break-glass grant for key {key:?}",
                     c.uid
                 )))
+            }
+            Action::Mac { key } => {
+                let mut any_mac = false;
+                for p in self.matching(c) {
+                    if !p.roles.contains(&Role::Mac) {
+                        continue;
+                    }
+                    any_mac = true;
+                    if p.keys.iter().any(|k| pattern_matches(k, key)) {
+                        return Ok(Grant {
+                            principal: p.name.clone(),
+                            role: "mac",
+                        });
+                    }
+                }
+                Err(Denied(if any_mac {
+                    format!("uid {} has no mac grant for key {key:?}", c.uid)
+                } else {
+                    format!("uid {} needs the mac role to use key {key:?}", c.uid)
+                }))
             }
             Action::DataKey { key, context } => {
                 let mut missing_ctx: Option<String> = None;
@@ -578,7 +617,12 @@ impl Policy {
 
     /// Whether `c` is a principal with the app role (for any key).
     pub fn has_app_role(&self, c: &Caller) -> bool {
-        self.matching(c).any(|p| p.roles.contains(&Role::App))
+        self.has_role(c, Role::App)
+    }
+
+    /// Whether `c` is a principal with `role`.
+    pub fn has_role(&self, c: &Caller, role: Role) -> bool {
+        self.matching(c).any(|p| p.roles.contains(&role))
     }
 
     /// Whether `c` is a principal with any role at all.
@@ -761,6 +805,48 @@ roles = ["auditor"]
         assert_eq!(p.authorize(&aud, &Action::KeyRead).unwrap().role, "auditor");
         assert!(p.authorize(&aud, &Action::KeyAdmin).is_err());
         assert!(p.authorize(&aud, &Action::Seal).is_err());
+    }
+
+    #[test]
+    fn the_mac_role_grants_macs_on_its_keys_only() {
+        let p = Policy::parse(
+            "[[principal]]\nname = \"portal\"\nuids = [10]\nroles = [\"mac\"]\nkeys = [\"clinic-*-index\"]\n\
+             [[principal]]\nname = \"ehr\"\nuids = [11]\nroles = [\"app\"]\nkeys = [\"*\"]\n",
+        )
+        .unwrap();
+        let portal = caller(10, &[], "/x");
+        let ehr = caller(11, &[], "/x");
+        let g = p
+            .authorize(
+                &portal,
+                &Action::Mac {
+                    key: "clinic-a-index",
+                },
+            )
+            .unwrap();
+        assert_eq!((g.principal.as_str(), g.role), ("portal", "mac"));
+        assert!(p
+            .authorize(&portal, &Action::Mac { key: "clinic-a" })
+            .is_err());
+        // The mac role grants no data keys, and the app role no MACs.
+        let none = ctx(&[]);
+        assert!(p
+            .authorize(
+                &portal,
+                &Action::DataKey {
+                    key: "clinic-a-index",
+                    context: &none
+                }
+            )
+            .is_err());
+        let e = p.authorize(&ehr, &Action::Mac { key: "x" }).unwrap_err();
+        assert!(e.0.contains("needs the mac role"), "{}", e.0);
+        assert!(p.has_role(&portal, Role::Mac) && !p.has_role(&ehr, Role::Mac));
+        // require_context is the app role's only.
+        assert!(Policy::parse(
+            "[[principal]]\nname = \"a\"\nuids = [1]\nroles = [\"mac\"]\nkeys = [\"k\"]\nrequire_context = [\"t\"]\n"
+        )
+        .is_err());
     }
 
     #[test]

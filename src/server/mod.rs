@@ -296,9 +296,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             serde_json::json!({"code": "InvalidArgument", "message": what}),
         )
     }));
+    // Both reflection protocols: grpcurl and most tools speak v1, Python's
+    // grpcio-reflection client (and older tools) v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
 
     let connections = ctx.connections.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -317,12 +322,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(
+            proto::mac_service_server::MacServiceServer::new(crate::api::mac::MacApi::new(
+                ctx.clone(),
+            ))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
             proto::operator_service_server::OperatorServiceServer::new(OperatorApi::new(
                 ctx.clone(),
             ))
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(conn::incoming(listener, connections.clone()), async {
             let _ = stop_rx.await;
         });

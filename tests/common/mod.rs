@@ -323,6 +323,7 @@ pub async fn create_key(c: &mut Client, name: &str) -> proto::KeyMetadata {
             name: name.into(),
             description: String::new(),
             rotation_period_secs: 0,
+            kind: String::new(),
         })
         .await
         .unwrap()

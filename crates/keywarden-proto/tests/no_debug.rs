@@ -33,6 +33,11 @@ fn secret_bearing_messages_have_no_debug() {
         p::UnsealRequest,
         p::RekeyShareRequest,
         p::RekeySubmitResponse,
+        p::EncryptRequest,
+        p::BatchEncryptRequest,
+        p::GenerateMacRequest,
+        p::VerifyMacRequest,
+        p::BatchGenerateMacRequest,
     );
 }
 

@@ -41,8 +41,8 @@ use pool::{PooledSession, SessionPool};
 
 use super::profile::HsmProfile;
 use super::{
-    ErrorClass, Hsm, HsmError, HsmKeyId, HsmObjectInfo, HsmResult, KeyAttributes, TokenDescription,
-    UnwrapItem, WrappedKey, IV_LEN, LABEL_PREFIX, TAG_LEN,
+    ErrorClass, Hsm, HsmError, HsmKeyId, HsmObjectInfo, HsmResult, KeyAttributes, KeyKind,
+    TokenDescription, UnwrapItem, WrappedKey, IV_LEN, LABEL_PREFIX, MAC_LEN, TAG_LEN,
 };
 use crate::config::TokenSelector;
 use crate::secret::{DataKey, Pin, DATA_KEY_LEN};
@@ -608,24 +608,24 @@ impl Hsm for Pkcs11Hsm {
         })
     }
 
-    fn wrap_existing(
+    fn encrypt_many(
         &self,
         key: &HsmKeyId,
-        items: &[(&[u8], &DataKey)],
+        items: &[(&[u8], &[u8])],
     ) -> HsmResult<Vec<([u8; IV_LEN], Vec<u8>)>> {
         self.with_session(|live, session| {
             let handle = live.handles(session, key)?.for_crypto();
             let mut ivs = vec![0u8; IV_LEN * items.len()];
             session.generate_random_slice(&mut ivs).map_err(ck)?;
             let mut out = Vec::with_capacity(items.len());
-            for (chunk, (aad, dk)) in ivs.chunks_exact(IV_LEN).zip(items) {
+            for (chunk, (aad, plaintext)) in ivs.chunks_exact(IV_LEN).zip(items) {
                 let mut iv = [0u8; IV_LEN];
                 iv.copy_from_slice(chunk);
                 let mut iv_param = iv;
                 let params = GcmParams::new(&mut iv_param, aad, ((TAG_LEN * 8) as u64).into())
                     .map_err(ck)?;
                 let ct = session
-                    .encrypt(&Mechanism::AesGcm(params), handle, dk.expose())
+                    .encrypt(&Mechanism::AesGcm(params), handle, plaintext)
                     .map_err(ck)?;
                 out.push((iv, ct));
             }
@@ -677,10 +677,19 @@ impl Hsm for Pkcs11Hsm {
         r.map_err(|e| s.note(e))
     }
 
-    fn generate_cmk(&self, id: &HsmKeyId, label: &str) -> HsmResult<()> {
+    fn generate_cmk(&self, id: &HsmKeyId, label: &str, kind: KeyKind) -> HsmResult<()> {
+        let (key_type, mechanism, crypt, mac) = match kind {
+            KeyKind::Aes => (KeyType::AES, Mechanism::AesKeyGen, true, false),
+            KeyKind::Hmac => (
+                KeyType::GENERIC_SECRET,
+                Mechanism::GenericSecretKeyGen,
+                false,
+                true,
+            ),
+        };
         let template = [
             Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::AES),
+            Attribute::KeyType(key_type),
             Attribute::ValueLen(32u64.into()),
             Attribute::Token(true),
             Attribute::Private(true),
@@ -691,12 +700,12 @@ impl Hsm for Pkcs11Hsm {
             ),
             Attribute::Copyable(self.profile.session_key_copies),
             Attribute::Destroyable(true),
-            Attribute::Encrypt(true),
-            Attribute::Decrypt(true),
+            Attribute::Encrypt(crypt),
+            Attribute::Decrypt(crypt),
             Attribute::Wrap(false),
             Attribute::Unwrap(false),
-            Attribute::Sign(false),
-            Attribute::Verify(false),
+            Attribute::Sign(mac),
+            Attribute::Verify(mac),
             Attribute::Derive(false),
             Attribute::Id(id.0.to_vec()),
             Attribute::Label(label.as_bytes().to_vec()),
@@ -704,10 +713,7 @@ impl Hsm for Pkcs11Hsm {
         let _serial = lock(&self.token_writes);
         let live = self.live()?;
         let mut s = live.session(self)?;
-        let r = s
-            .session()?
-            .generate_key(&Mechanism::AesKeyGen, &template)
-            .map_err(ck);
+        let r = s.session()?.generate_key(&mechanism, &template).map_err(ck);
         r.map(|_| ()).map_err(|e| s.note(e))
     }
 
@@ -784,6 +790,8 @@ impl Hsm for Pkcs11Hsm {
                         AttributeType::Decrypt,
                         AttributeType::Wrap,
                         AttributeType::Unwrap,
+                        AttributeType::Sign,
+                        AttributeType::Verify,
                     ],
                 )
                 .map_err(ck)?;
@@ -799,6 +807,8 @@ impl Hsm for Pkcs11Hsm {
                     Attribute::Decrypt(v) => k.decrypt = v,
                     Attribute::Wrap(v) => k.wrap = v,
                     Attribute::Unwrap(v) => k.unwrap = v,
+                    Attribute::Sign(v) => k.sign = v,
+                    Attribute::Verify(v) => k.verify = v,
                     _ => {}
                 }
             }
@@ -842,7 +852,24 @@ impl Hsm for Pkcs11Hsm {
         })
     }
 
-    fn unwrap_many(&self, items: &[UnwrapItem<'_>]) -> Vec<HsmResult<DataKey>> {
+    fn mac_many(&self, key: &HsmKeyId, data: &[&[u8]]) -> HsmResult<Vec<[u8; MAC_LEN]>> {
+        self.with_session(|live, session| {
+            let handle = live.handles(session, key)?.for_crypto();
+            let mut out = Vec::with_capacity(data.len());
+            for d in data {
+                let mac = session
+                    .sign(&Mechanism::Sha256Hmac, handle, d)
+                    .map_err(ck)?;
+                let mac = <[u8; MAC_LEN]>::try_from(mac.as_slice()).map_err(|_| {
+                    HsmError::Unexpected(format!("HMAC-SHA256 output is {} bytes", mac.len()))
+                })?;
+                out.push(mac);
+            }
+            Ok(out)
+        })
+    }
+
+    fn decrypt_many(&self, items: &[UnwrapItem<'_>]) -> Vec<HsmResult<Zeroizing<Vec<u8>>>> {
         let live = match self.live() {
             Ok(l) => l,
             Err(e) => return items.iter().map(|_| Err(e.clone())).collect(),
@@ -856,13 +883,7 @@ impl Hsm for Pkcs11Hsm {
             let r = s
                 .session()
                 .and_then(|session| self.gcm_decrypt(&live, session, item));
-            let r = match r {
-                Ok(pt) => DataKey::from_slice(&pt).ok_or_else(|| {
-                    HsmError::Unexpected(format!("unwrapped key is {} bytes", pt.len()))
-                }),
-                Err(e) => Err(s.note(e)),
-            };
-            out.push(r);
+            out.push(r.map_err(|e| s.note(e)));
         }
         out
     }

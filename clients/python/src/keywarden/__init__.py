@@ -8,7 +8,7 @@ Keywarden daemon over its local Unix socket.
 b'note'
 """
 
-from .client import DEFAULT_SOCKET, MAX_BATCH, SOCKET_ENV, Client, channel_options
+from .client import DEFAULT_SOCKET, MAX_BATCH, MAX_FIELD, SOCKET_ENV, Client, Mac, channel_options
 from .datakey import DataKey
 from .errors import (
     AlreadyExistsError,
@@ -30,6 +30,7 @@ from .errors import (
 __all__ = [
     "DEFAULT_SOCKET",
     "MAX_BATCH",
+    "MAX_FIELD",
     "SOCKET_ENV",
     "AlreadyExistsError",
     "Client",
@@ -39,6 +40,7 @@ __all__ = [
     "FailedPreconditionError",
     "InvalidArgumentError",
     "KeywardenError",
+    "Mac",
     "MessageError",
     "NotFoundError",
     "PermissionDeniedError",

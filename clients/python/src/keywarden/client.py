@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import BinaryIO, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO, TypeVar
 
 import grpc
 
+from . import blind
 from . import format as fmt
 from .datakey import DataKey
 from .errors import (
@@ -24,7 +26,7 @@ from .errors import (
 )
 from .v1 import datakey_pb2 as pb
 from .v1 import datakey_pb2_grpc as pb_grpc
-from .v1 import keys_pb2, keys_pb2_grpc, operator_pb2, operator_pb2_grpc
+from .v1 import keys_pb2, keys_pb2_grpc, mac_pb2, mac_pb2_grpc, operator_pb2, operator_pb2_grpc
 
 #: The environment variable naming the daemon's socket.
 SOCKET_ENV = "KEYWARDEN_SOCKET"
@@ -32,6 +34,12 @@ SOCKET_ENV = "KEYWARDEN_SOCKET"
 DEFAULT_SOCKET = "/run/keywarden/keywarden.sock"
 #: The most items one batch call carries.
 MAX_BATCH = 1024
+#: The largest plaintext :meth:`Client.encrypt_field` takes (the daemon's
+#: ``Encrypt`` limit), and the largest input of a MAC.
+MAX_FIELD = 4096
+#: Batches are also bounded by the daemon's 256 KiB message limit: batch
+#: calls are split so that each request stays under this many bytes.
+BATCH_BYTES = 192 * 1024
 
 Context = Mapping[str, str]
 T = TypeVar("T")
@@ -110,6 +118,7 @@ class Client:
         self.datakeys = pb_grpc.DataKeyServiceStub(self._channel)
         self.keys = keys_pb2_grpc.KeyServiceStub(self._channel)
         self.operator = operator_pb2_grpc.OperatorServiceStub(self._channel)
+        self.macs_stub = mac_pb2_grpc.MacServiceStub(self._channel)
 
     # -- plumbing -----------------------------------------------------------
 
@@ -239,6 +248,116 @@ class Client:
                 out.append(from_item(item.error.code, item.error.message))
         return out
 
+    # -- small fields, encrypted by the daemon ------------------------------
+
+    def encrypt_field(self, key: str, plaintext: bytes, context: Context | None = None) -> bytes:
+        """Encrypts up to 4 KiB in the HSM under ``key`` (an ``aes`` key),
+        bound to ``context``: one call, no data key on the client. The blob
+        opens with :meth:`decrypt_field` (the daemon's ``Decrypt``)."""
+        req = pb.EncryptRequest(key=key, plaintext=bytes(plaintext), encryption_context=check_context(context))
+        return bytes(self._call(self.datakeys.Encrypt, req, idempotent=False).ciphertext_blob)
+
+    def decrypt_field(self, blob: bytes, context: Context | None = None) -> bytes:
+        """Opens what :meth:`encrypt_field` made, under the same context."""
+        req = pb.DecryptRequest(ciphertext_blob=bytes(blob), encryption_context=check_context(context))
+        r = self._call(self.datakeys.Decrypt, req)
+        out = bytes(r.plaintext)
+        r.ClearField("plaintext")
+        return out
+
+    def encrypt_fields(
+        self, items: Iterable[tuple[str, bytes, Context | None]]
+    ) -> list[bytes | KeywardenError]:
+        """Many fields in as few calls as the limits allow (each item
+        succeeds or fails on its own)."""
+        reqs = [
+            pb.EncryptRequest(key=k, plaintext=bytes(p), encryption_context=check_context(c)) for k, p, c in items
+        ]
+        out: list[bytes | KeywardenError] = []
+        for chunk in _chunks(reqs):
+            r = self._call(self.datakeys.BatchEncrypt, pb.BatchEncryptRequest(requests=chunk), idempotent=False)
+            for item in r.results:
+                if item.HasField("ok"):
+                    out.append(bytes(item.ok.ciphertext_blob))
+                else:
+                    out.append(from_item(item.error.code, item.error.message))
+        return out
+
+    def decrypt_fields(self, items: Iterable[tuple[bytes, Context | None]]) -> list[bytes | KeywardenError]:
+        """Many fields opened in as few calls as the limits allow."""
+        reqs = [pb.DecryptRequest(ciphertext_blob=bytes(b), encryption_context=check_context(c)) for b, c in items]
+        out: list[bytes | KeywardenError] = []
+        for chunk in _chunks(reqs):
+            r = self._call(self.datakeys.BatchDecrypt, pb.BatchDecryptRequest(requests=chunk))
+            for item in r.results:
+                if item.HasField("ok"):
+                    out.append(bytes(item.ok.plaintext))
+                    item.ok.ClearField("plaintext")
+                else:
+                    out.append(from_item(item.error.code, item.error.message))
+        return out
+
+    # -- MACs and blind indexes ---------------------------------------------
+
+    def mac(self, key: str, data: bytes, *, version: int | None = None) -> Mac:
+        """HMAC-SHA256 of ``data`` (up to 4 KiB) in the HSM under ``key`` (an
+        ``hmac`` key): its newest version, or ``version``."""
+        req = mac_pb2.GenerateMacRequest(key=key, data=bytes(data), key_version=version or 0)
+        r = self._call(self.macs_stub.GenerateMac, req)
+        return Mac(bytes(r.mac), r.key, r.key_version)
+
+    def verify_mac(self, key: str, data: bytes, mac: bytes | Mac, *, version: int | None = None) -> bool:
+        """Whether ``mac`` is the MAC of ``data`` under ``key`` (compared in
+        constant time by the daemon). A :class:`Mac` carries its version."""
+        if isinstance(mac, Mac):
+            version = version or mac.key_version
+            mac = mac.mac
+        req = mac_pb2.VerifyMacRequest(key=key, data=bytes(data), mac=bytes(mac), key_version=version or 0)
+        return bool(self._call(self.macs_stub.VerifyMac, req).valid)
+
+    def macs(self, key: str, values: Iterable[bytes], *, version: int | None = None) -> list[Mac | KeywardenError]:
+        """MACs of many values under one key, in as few calls as the limits
+        allow."""
+        reqs = [mac_pb2.GenerateMacRequest(key=key, data=bytes(v), key_version=version or 0) for v in values]
+        out: list[Mac | KeywardenError] = []
+        for chunk in _chunks(reqs):
+            r = self._call(self.macs_stub.BatchGenerateMac, mac_pb2.BatchGenerateMacRequest(requests=chunk))
+            for item in r.results:
+                if item.HasField("ok"):
+                    out.append(Mac(bytes(item.ok.mac), item.ok.key, item.ok.key_version))
+                else:
+                    out.append(from_item(item.error.code, item.error.message))
+        return out
+
+    def blind_index(
+        self, key: str, value: bytes | str, *, bits: int = 32, domain: str = "", version: int | None = None
+    ) -> bytes:
+        """The blind index of ``value``: its HMAC under ``key`` in index
+        ``domain`` (e.g. ``"patients.mrn"``), truncated to ``bits``. Fewer
+        bits mean more false positives and less for an observer to learn.
+        Pass the ``version`` the index was built with until it is rebuilt."""
+        return self.blind_indexes(key, [value], bits=bits, domain=domain, version=version)[0]
+
+    def blind_indexes(
+        self,
+        key: str,
+        values: Iterable[bytes | str],
+        *,
+        bits: int = 32,
+        domain: str = "",
+        version: int | None = None,
+    ) -> list[bytes]:
+        """Blind indexes of many values (raises on the first failure)."""
+        if not 1 <= bits <= blind.MAX_BITS:
+            raise UsageError(f"bits: {bits}; 1 to {blind.MAX_BITS}")
+        inputs = [blind.blind_input(domain, v.encode() if isinstance(v, str) else bytes(v)) for v in values]
+        out = []
+        for m in self.macs(key, inputs, version=version):
+            if isinstance(m, KeywardenError):
+                raise m
+            out.append(blind.truncate(m.mac, bits))
+        return out
+
     # -- envelope messages --------------------------------------------------
 
     def _material(self, keys: list[str], ctx: dict[str, str]) -> tuple[DataKey, list[bytes]]:
@@ -340,6 +459,35 @@ class Client:
             if len(chunk) < fmt.SEALED_SEGMENT:
                 return written
             index += 1
+
+
+@dataclass(frozen=True)
+class Mac:
+    """A MAC and the key version that made it."""
+
+    mac: bytes
+    key: str
+    key_version: int
+
+    def __bytes__(self) -> bytes:
+        return self.mac
+
+
+def _chunks(reqs: list[Any]) -> Iterator[list[Any]]:
+    """Splits batch items so that each call stays within the item and byte
+    limits."""
+    if not reqs:
+        raise UsageError("items: empty; a batch carries 1 to 1024")
+    chunk: list[Any] = []
+    size = 0
+    for r in reqs:
+        n = r.ByteSize() + 8
+        if chunk and (len(chunk) == MAX_BATCH or size + n > BATCH_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(r)
+        size += n
+    yield chunk
 
 
 def _check_batch(reqs: list[object]) -> None:

@@ -7,6 +7,55 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class EncryptRequest(_message.Message):
+    __slots__ = ("key", "plaintext", "encryption_context")
+    class EncryptionContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    plaintext: bytes
+    encryption_context: _containers.ScalarMap[str, str]
+    def __init__(self, key: _Optional[str] = ..., plaintext: _Optional[bytes] = ..., encryption_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class EncryptResponse(_message.Message):
+    __slots__ = ("key", "key_id", "key_version", "ciphertext_blob")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_BLOB_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    key_id: str
+    key_version: int
+    ciphertext_blob: bytes
+    def __init__(self, key: _Optional[str] = ..., key_id: _Optional[str] = ..., key_version: _Optional[int] = ..., ciphertext_blob: _Optional[bytes] = ...) -> None: ...
+
+class BatchEncryptRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[EncryptRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[EncryptRequest, _Mapping]]] = ...) -> None: ...
+
+class BatchEncryptResult(_message.Message):
+    __slots__ = ("ok", "error")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ok: EncryptResponse
+    error: ItemError
+    def __init__(self, ok: _Optional[_Union[EncryptResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+
+class BatchEncryptResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[BatchEncryptResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[BatchEncryptResult, _Mapping]]] = ...) -> None: ...
+
 class WatchKeysRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -76,6 +76,16 @@ class DataKeyServiceStub:
                 request_serializer=keywarden_dot_v1_dot_datakey__pb2.WatchKeysRequest.SerializeToString,
                 response_deserializer=keywarden_dot_v1_dot_datakey__pb2.KeyEvent.FromString,
                 _registered_method=True)
+        self.Encrypt = channel.unary_unary(
+                '/keywarden.v1.DataKeyService/Encrypt',
+                request_serializer=keywarden_dot_v1_dot_datakey__pb2.EncryptRequest.SerializeToString,
+                response_deserializer=keywarden_dot_v1_dot_datakey__pb2.EncryptResponse.FromString,
+                _registered_method=True)
+        self.BatchEncrypt = channel.unary_unary(
+                '/keywarden.v1.DataKeyService/BatchEncrypt',
+                request_serializer=keywarden_dot_v1_dot_datakey__pb2.BatchEncryptRequest.SerializeToString,
+                response_deserializer=keywarden_dot_v1_dot_datakey__pb2.BatchEncryptResponse.FromString,
+                _registered_method=True)
 
 
 class DataKeyServiceServicer:
@@ -148,6 +158,24 @@ class DataKeyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Encrypt(self, request, context):
+        """Encrypts a small payload (up to 4096 bytes) in the HSM under the newest
+        version of an aes CMK, bound to the encryption context: for one field,
+        from a client with no cryptography of its own. Decrypt opens the blob
+        (format version 2 of the blob, docs/FORMAT.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchEncrypt(self, request, context):
+        """Up to 1024 Encrypt requests in one call (and within the 256 KiB
+        message limit); each item succeeds or fails on its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DataKeyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -190,6 +218,16 @@ def add_DataKeyServiceServicer_to_server(servicer, server):
                     servicer.WatchKeys,
                     request_deserializer=keywarden_dot_v1_dot_datakey__pb2.WatchKeysRequest.FromString,
                     response_serializer=keywarden_dot_v1_dot_datakey__pb2.KeyEvent.SerializeToString,
+            ),
+            'Encrypt': grpc.unary_unary_rpc_method_handler(
+                    servicer.Encrypt,
+                    request_deserializer=keywarden_dot_v1_dot_datakey__pb2.EncryptRequest.FromString,
+                    response_serializer=keywarden_dot_v1_dot_datakey__pb2.EncryptResponse.SerializeToString,
+            ),
+            'BatchEncrypt': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchEncrypt,
+                    request_deserializer=keywarden_dot_v1_dot_datakey__pb2.BatchEncryptRequest.FromString,
+                    response_serializer=keywarden_dot_v1_dot_datakey__pb2.BatchEncryptResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -410,6 +448,60 @@ class DataKeyService:
             '/keywarden.v1.DataKeyService/WatchKeys',
             keywarden_dot_v1_dot_datakey__pb2.WatchKeysRequest.SerializeToString,
             keywarden_dot_v1_dot_datakey__pb2.KeyEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Encrypt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keywarden.v1.DataKeyService/Encrypt',
+            keywarden_dot_v1_dot_datakey__pb2.EncryptRequest.SerializeToString,
+            keywarden_dot_v1_dot_datakey__pb2.EncryptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchEncrypt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keywarden.v1.DataKeyService/BatchEncrypt',
+            keywarden_dot_v1_dot_datakey__pb2.BatchEncryptRequest.SerializeToString,
+            keywarden_dot_v1_dot_datakey__pb2.BatchEncryptResponse.FromString,
             options,
             channel_credentials,
             insecure,

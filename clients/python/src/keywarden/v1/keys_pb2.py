@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17keywarden/v1/keys.proto\x12\x0ckeywarden.v1\"H\n\x11\x42reakGlassRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x15\n\rduration_secs\x18\x03 \x01(\x04\"(\n\x12\x42reakGlassResponse\x12\x12\n\nexpires_at\x18\x01 \x01(\x03\"U\n\nKeyVersion\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x12\n\ncreated_at\x18\x02 \x01(\x03\x12\r\n\x05state\x18\x03 \x01(\t\x12\x13\n\x0b\x65ncryptions\x18\x04 \x01(\x04\"\x8f\x01\n\x04Hold\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\tplaced_by\x18\x03 \x01(\r\x12\x1b\n\x13placed_by_principal\x18\x04 \x01(\t\x12\x11\n\tplaced_at\x18\x05 \x01(\x03\x12\x13\n\x0breleased_at\x18\x06 \x01(\x03\x12\x13\n\x0breleased_by\x18\x07 \x01(\r\"\xb9\x01\n\x0e\x44\x65stroyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x11\n\twait_secs\x18\x03 \x01(\x04\x12\x14\n\x0crequested_by\x18\x04 \x01(\r\x12\x12\n\ncreated_at\x18\x05 \x01(\x03\x12\x11\n\tapprovals\x18\x06 \x03(\r\x12\x18\n\x10\x61pprovals_needed\x18\x07 \x01(\r\x12\x0e\n\x06status\x18\x08 \x01(\t\x12\x13\n\x0b\x61pproved_at\x18\t \x01(\x03\"\x99\x03\n\x0bKeyMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x03\x12\x17\n\x0f\x63urrent_version\x18\x06 \x01(\r\x12\x11\n\talgorithm\x18\x07 \x01(\t\x12*\n\x08versions\x18\x08 \x03(\x0b\x32\x18.keywarden.v1.KeyVersion\x12\x1c\n\x14rotation_period_secs\x18\t \x01(\x04\x12\x18\n\x10next_rotation_at\x18\n \x01(\x03\x12\x1b\n\x13min_decrypt_version\x18\x0b \x01(\r\x12\x16\n\x0e\x64\x65stroy_due_at\x18\x0c \x01(\x03\x12\x14\n\x0c\x64\x65stroyed_at\x18\r \x01(\x03\x12!\n\x05holds\x18\x0e \x03(\x0b\x32\x12.keywarden.v1.Hold\x12\x36\n\x10\x64\x65stroy_requests\x18\x0f \x03(\x0b\x32\x1c.keywarden.v1.DestroyRequest\"S\n\x10\x43reateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1c\n\x14rotation_period_secs\x18\x03 \x01(\x04\"\x1e\n\x0eKeyNameRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x0bKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.keywarden.v1.KeyMetadata\"\x96\x01\n\x10UpdateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x14rotation_period_secs\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12 \n\x13min_decrypt_version\x18\x03 \x01(\rH\x01\x88\x01\x01\x42\x17\n\x15_rotation_period_secsB\x16\n\x14_min_decrypt_version\"5\n\x14RevokeVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\":\n\x16ScheduleDestroyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nafter_secs\x18\x02 \x01(\x04\"\x91\x01\n\x16\x44\x65stroyRequestResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tapprovals\x18\x02 \x01(\r\x12\x18\n\x10\x61pprovals_needed\x18\x03 \x01(\r\x12\x0e\n\x06status\x18\x04 \x01(\t\x12&\n\x03key\x18\x05 \x01(\x0b\x32\x19.keywarden.v1.KeyMetadata\"9\n\x15\x41pproveDestroyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"A\n\x10PlaceHoldRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07hold_id\x18\x03 \x01(\t\"3\n\x12ReleaseHoldRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07hold_id\x18\x02 \x01(\t\";\n\x11\x43reateKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.keywarden.v1.KeyMetadata\"\x11\n\x0fListKeysRequest\";\n\x10ListKeysResponse\x12\'\n\x04keys\x18\x01 \x03(\x0b\x32\x19.keywarden.v1.KeyMetadata\"\"\n\x12\x44\x65scribeKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x13\x44\x65scribeKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.keywarden.v1.KeyMetadata2\xa1\t\n\nKeyService\x12L\n\tCreateKey\x12\x1e.keywarden.v1.CreateKeyRequest\x1a\x1f.keywarden.v1.CreateKeyResponse\x12I\n\x08ListKeys\x12\x1d.keywarden.v1.ListKeysRequest\x1a\x1e.keywarden.v1.ListKeysResponse\x12R\n\x0b\x44\x65scribeKey\x12 .keywarden.v1.DescribeKeyRequest\x1a!.keywarden.v1.DescribeKeyResponse\x12O\n\nBreakGlass\x12\x1f.keywarden.v1.BreakGlassRequest\x1a .keywarden.v1.BreakGlassResponse\x12\x44\n\tRotateKey\x12\x1c.keywarden.v1.KeyNameRequest\x1a\x19.keywarden.v1.KeyResponse\x12\x46\n\tUpdateKey\x12\x1e.keywarden.v1.UpdateKeyRequest\x1a\x19.keywarden.v1.KeyResponse\x12N\n\rRevokeVersion\x12\".keywarden.v1.RevokeVersionRequest\x1a\x19.keywarden.v1.KeyResponse\x12\x45\n\nDisableKey\x12\x1c.keywarden.v1.KeyNameRequest\x1a\x19.keywarden.v1.KeyResponse\x12\x44\n\tEnableKey\x12\x1c.keywarden.v1.KeyNameRequest\x1a\x19.keywarden.v1.KeyResponse\x12]\n\x0fScheduleDestroy\x12$.keywarden.v1.ScheduleDestroyRequest\x1a$.keywarden.v1.DestroyRequestResponse\x12P\n\nDestroyNow\x12\x1c.keywarden.v1.KeyNameRequest\x1a$.keywarden.v1.DestroyRequestResponse\x12[\n\x0e\x41pproveDestroy\x12#.keywarden.v1.ApproveDestroyRequest\x1a$.keywarden.v1.DestroyRequestResponse\x12H\n\rCancelDestroy\x12\x1c.keywarden.v1.KeyNameRequest\x1a\x19.keywarden.v1.KeyResponse\x12\x46\n\tPlaceHold\x12\x1e.keywarden.v1.PlaceHoldRequest\x1a\x19.keywarden.v1.KeyResponse\x12J\n\x0bReleaseHold\x12 .keywarden.v1.ReleaseHoldRequest\x1a\x19.keywarden.v1.KeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17keywarden/v1/keys.proto\x12\x0ckeywarden.v1\"H\n\x11\x42reakGlassRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x15\n\rduration_secs\x18\x03 \x01(\x04\"(\n\x12\x42reakGlassResponse\x12\x12\n\nexpires_at\x18\x01 \x01(\x03\"U\n\nKeyVersion\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x12\n\ncreated_at\x18\x02 \x01(\x03\x12\r\n\x05state\x18\x03 \x01(\t\x12\x13\n\x0b\x65ncryptions\x18\x04 \x01(\x04\"\x8f\x01\n\x04Hold\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\tplaced_by\x18\x03 \x01(\r\x12\x1b\n\x13placed_by_principal\x18\x04 \x01(\t\x12\x11\n\tplaced_at\x18\x05 \x01(\x03\x12\x13\n\x0breleased_at\x18\x06 \x01(\x03\x12\x13\n\x0breleased_by\x18\x07 \x01(\r\"\xb9\x01\n\x0e\x44\x65stroyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x11\n\twait_secs\x18\x03 \x01(\x04\x12\x14\n\x0crequested_by\x18\x04 \x01(\r\x12\x12\n\ncreated_at\x18\x05 \x01(\x03\x12\x11\n\tapprovals\x18\x06 \x03(\r\x12\x18\n\x10\x61pprovals_needed\x18\x07 \x01(\r\x12\x0e\n\x06status\x18\x08 \x01(\t\x12\x13\n\x0b\x61pproved_at\x18\t \x01(\x03\"\xa7\x03\n\x0bKeyMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x03\x12\x17\n\x0f\x63urrent_version\x18\x06 \x01(\r\x12\x11\n\talgorithm\x18\x07 \x01(\t\x12*\n\x08versions\x18\x08 \x03(\x0b\x32\x18.keywarden.v1.KeyVersion\x12\x1c\n\x14rotation_period_secs\x18\t \x01(\x04\x12\x18\n\x10next_rotation_at\x18\n \x01(\x03\x12\x1b\n\x13min_decrypt_version\x18\x0b \x01(\r\x12\x16\n\x0e\x64\x65stroy_due_at\x18\x0c \x01(\x03\x12\x14\n\x0c\x64\x65stroyed_at\x18\r \x01(\x03\x12!\n\x05holds\x18\x0e \x03(\x0b\x32\x12.keywarden.v1.Hold\x12\x36\n\x10\x64\x65stroy_requests\x18\x0f \x03(\x0b\x32\x1c.keywarden.v1.DestroyRequest\x12\x0c\n\x04kind\x18\x10 \x01(\t\"a\n\x10\x43reateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1c\n\x14rotation_period_secs\x18\x03 \x01(\x04\x12\x0c\n\x04kind\x18\x04 \x01(\t\"\x1e\n\x0eKeyNameRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x0bKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.keywarden.v1.KeyMetadata\"\x96\x01\n\x10UpdateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x14rotation_period_secs\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12 \n\x13min_decrypt_version\x18\x03 \x01(\rH\x01\x88\x01\x01\x42\x17\n\x15_rotation_period_secsB\x16\n\x14_min_decrypt_version\"5\n\x14RevokeVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\":\n\x16ScheduleDestroyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nafter_secs\x18\x02 \x01(\x04\"\x91\x01\n\x16\x44\x65stroyRequestResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tapprovals\x18\x02 \x01(\r\x12\x18\n\x10\x61pprovals_needed\x18\x03 \x01(\r\x12\x0e\n\x06status\x18\x04 \x01(\t\x12&\n\x03key\x18\x05 \x01(\x0b\x32\x19.keywarden.v1.KeyMetadata\"9\n\x15\x41pproveDestroyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"A\n\x10PlaceHoldRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07hold_id\x18\x03 \x01(\t\"3\n\x12ReleaseHoldRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07hold_id\x18\x02 \x01(\t\";\n\x11\x43reateKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.keywarden.v1.KeyMetadata\"\x11\n\x0fListKeysRequest\";\n\x10ListKeysResponse\x12\'\n\x04keys\x18\x01 \x03(\x0b\x32\x19.keywarden.v1.KeyMetadata\"\"\n\x12\x44\x65scribeKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x13\x44\x65scribeKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.keywarden.v1.KeyMetadata2\xa1\t\n\nKeyService\x12L\n\tCreateKey\x12\x1e.keywarden.v1.CreateKeyRequest\x1a\x1f.keywarden.v1.CreateKeyResponse\x12I\n\x08ListKeys\x12\x1d.keywarden.v1.ListKeysRequest\x1a\x1e.keywarden.v1.ListKeysResponse\x12R\n\x0b\x44\x65scribeKey\x12 .keywarden.v1.DescribeKeyRequest\x1a!.keywarden.v1.DescribeKeyResponse\x12O\n\nBreakGlass\x12\x1f.keywarden.v1.BreakGlassRequest\x1a .keywarden.v1.BreakGlassResponse\x12\x44\n\tRotateKey\x12\x1c.keywarden.v1.KeyNameRequest\x1a\x19.keywarden.v1.KeyResponse\x12\x46\n\tUpdateKey\x12\x1e.keywarden.v1.UpdateKeyRequest\x1a\x19.keywarden.v1.KeyResponse\x12N\n\rRevokeVersion\x12\".keywarden.v1.RevokeVersionRequest\x1a\x19.keywarden.v1.KeyResponse\x12\x45\n\nDisableKey\x12\x1c.keywarden.v1.KeyNameRequest\x1a\x19.keywarden.v1.KeyResponse\x12\x44\n\tEnableKey\x12\x1c.keywarden.v1.KeyNameRequest\x1a\x19.keywarden.v1.KeyResponse\x12]\n\x0fScheduleDestroy\x12$.keywarden.v1.ScheduleDestroyRequest\x1a$.keywarden.v1.DestroyRequestResponse\x12P\n\nDestroyNow\x12\x1c.keywarden.v1.KeyNameRequest\x1a$.keywarden.v1.DestroyRequestResponse\x12[\n\x0e\x41pproveDestroy\x12#.keywarden.v1.ApproveDestroyRequest\x1a$.keywarden.v1.DestroyRequestResponse\x12H\n\rCancelDestroy\x12\x1c.keywarden.v1.KeyNameRequest\x1a\x19.keywarden.v1.KeyResponse\x12\x46\n\tPlaceHold\x12\x1e.keywarden.v1.PlaceHoldRequest\x1a\x19.keywarden.v1.KeyResponse\x12J\n\x0bReleaseHold\x12 .keywarden.v1.ReleaseHoldRequest\x1a\x19.keywarden.v1.KeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,37 +42,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DESTROYREQUEST']._serialized_start=391
   _globals['_DESTROYREQUEST']._serialized_end=576
   _globals['_KEYMETADATA']._serialized_start=579
-  _globals['_KEYMETADATA']._serialized_end=988
-  _globals['_CREATEKEYREQUEST']._serialized_start=990
-  _globals['_CREATEKEYREQUEST']._serialized_end=1073
-  _globals['_KEYNAMEREQUEST']._serialized_start=1075
-  _globals['_KEYNAMEREQUEST']._serialized_end=1105
-  _globals['_KEYRESPONSE']._serialized_start=1107
-  _globals['_KEYRESPONSE']._serialized_end=1160
-  _globals['_UPDATEKEYREQUEST']._serialized_start=1163
-  _globals['_UPDATEKEYREQUEST']._serialized_end=1313
-  _globals['_REVOKEVERSIONREQUEST']._serialized_start=1315
-  _globals['_REVOKEVERSIONREQUEST']._serialized_end=1368
-  _globals['_SCHEDULEDESTROYREQUEST']._serialized_start=1370
-  _globals['_SCHEDULEDESTROYREQUEST']._serialized_end=1428
-  _globals['_DESTROYREQUESTRESPONSE']._serialized_start=1431
-  _globals['_DESTROYREQUESTRESPONSE']._serialized_end=1576
-  _globals['_APPROVEDESTROYREQUEST']._serialized_start=1578
-  _globals['_APPROVEDESTROYREQUEST']._serialized_end=1635
-  _globals['_PLACEHOLDREQUEST']._serialized_start=1637
-  _globals['_PLACEHOLDREQUEST']._serialized_end=1702
-  _globals['_RELEASEHOLDREQUEST']._serialized_start=1704
-  _globals['_RELEASEHOLDREQUEST']._serialized_end=1755
-  _globals['_CREATEKEYRESPONSE']._serialized_start=1757
-  _globals['_CREATEKEYRESPONSE']._serialized_end=1816
-  _globals['_LISTKEYSREQUEST']._serialized_start=1818
-  _globals['_LISTKEYSREQUEST']._serialized_end=1835
-  _globals['_LISTKEYSRESPONSE']._serialized_start=1837
-  _globals['_LISTKEYSRESPONSE']._serialized_end=1896
-  _globals['_DESCRIBEKEYREQUEST']._serialized_start=1898
-  _globals['_DESCRIBEKEYREQUEST']._serialized_end=1932
-  _globals['_DESCRIBEKEYRESPONSE']._serialized_start=1934
-  _globals['_DESCRIBEKEYRESPONSE']._serialized_end=1995
-  _globals['_KEYSERVICE']._serialized_start=1998
-  _globals['_KEYSERVICE']._serialized_end=3183
+  _globals['_KEYMETADATA']._serialized_end=1002
+  _globals['_CREATEKEYREQUEST']._serialized_start=1004
+  _globals['_CREATEKEYREQUEST']._serialized_end=1101
+  _globals['_KEYNAMEREQUEST']._serialized_start=1103
+  _globals['_KEYNAMEREQUEST']._serialized_end=1133
+  _globals['_KEYRESPONSE']._serialized_start=1135
+  _globals['_KEYRESPONSE']._serialized_end=1188
+  _globals['_UPDATEKEYREQUEST']._serialized_start=1191
+  _globals['_UPDATEKEYREQUEST']._serialized_end=1341
+  _globals['_REVOKEVERSIONREQUEST']._serialized_start=1343
+  _globals['_REVOKEVERSIONREQUEST']._serialized_end=1396
+  _globals['_SCHEDULEDESTROYREQUEST']._serialized_start=1398
+  _globals['_SCHEDULEDESTROYREQUEST']._serialized_end=1456
+  _globals['_DESTROYREQUESTRESPONSE']._serialized_start=1459
+  _globals['_DESTROYREQUESTRESPONSE']._serialized_end=1604
+  _globals['_APPROVEDESTROYREQUEST']._serialized_start=1606
+  _globals['_APPROVEDESTROYREQUEST']._serialized_end=1663
+  _globals['_PLACEHOLDREQUEST']._serialized_start=1665
+  _globals['_PLACEHOLDREQUEST']._serialized_end=1730
+  _globals['_RELEASEHOLDREQUEST']._serialized_start=1732
+  _globals['_RELEASEHOLDREQUEST']._serialized_end=1783
+  _globals['_CREATEKEYRESPONSE']._serialized_start=1785
+  _globals['_CREATEKEYRESPONSE']._serialized_end=1844
+  _globals['_LISTKEYSREQUEST']._serialized_start=1846
+  _globals['_LISTKEYSREQUEST']._serialized_end=1863
+  _globals['_LISTKEYSRESPONSE']._serialized_start=1865
+  _globals['_LISTKEYSRESPONSE']._serialized_end=1924
+  _globals['_DESCRIBEKEYREQUEST']._serialized_start=1926
+  _globals['_DESCRIBEKEYREQUEST']._serialized_end=1960
+  _globals['_DESCRIBEKEYRESPONSE']._serialized_start=1962
+  _globals['_DESCRIBEKEYRESPONSE']._serialized_end=2023
+  _globals['_KEYSERVICE']._serialized_start=2026
+  _globals['_KEYSERVICE']._serialized_end=3211
 # @@protoc_insertion_point(module_scope)

@@ -75,7 +75,7 @@ class DestroyRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., wait_secs: _Optional[int] = ..., requested_by: _Optional[int] = ..., created_at: _Optional[int] = ..., approvals: _Optional[_Iterable[int]] = ..., approvals_needed: _Optional[int] = ..., status: _Optional[str] = ..., approved_at: _Optional[int] = ...) -> None: ...
 
 class KeyMetadata(_message.Message):
-    __slots__ = ("name", "key_id", "description", "state", "created_at", "current_version", "algorithm", "versions", "rotation_period_secs", "next_rotation_at", "min_decrypt_version", "destroy_due_at", "destroyed_at", "holds", "destroy_requests")
+    __slots__ = ("name", "key_id", "description", "state", "created_at", "current_version", "algorithm", "versions", "rotation_period_secs", "next_rotation_at", "min_decrypt_version", "destroy_due_at", "destroyed_at", "holds", "destroy_requests", "kind")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,7 @@ class KeyMetadata(_message.Message):
     DESTROYED_AT_FIELD_NUMBER: _ClassVar[int]
     HOLDS_FIELD_NUMBER: _ClassVar[int]
     DESTROY_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     name: str
     key_id: str
     description: str
@@ -106,17 +107,20 @@ class KeyMetadata(_message.Message):
     destroyed_at: int
     holds: _containers.RepeatedCompositeFieldContainer[Hold]
     destroy_requests: _containers.RepeatedCompositeFieldContainer[DestroyRequest]
-    def __init__(self, name: _Optional[str] = ..., key_id: _Optional[str] = ..., description: _Optional[str] = ..., state: _Optional[str] = ..., created_at: _Optional[int] = ..., current_version: _Optional[int] = ..., algorithm: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[KeyVersion, _Mapping]]] = ..., rotation_period_secs: _Optional[int] = ..., next_rotation_at: _Optional[int] = ..., min_decrypt_version: _Optional[int] = ..., destroy_due_at: _Optional[int] = ..., destroyed_at: _Optional[int] = ..., holds: _Optional[_Iterable[_Union[Hold, _Mapping]]] = ..., destroy_requests: _Optional[_Iterable[_Union[DestroyRequest, _Mapping]]] = ...) -> None: ...
+    kind: str
+    def __init__(self, name: _Optional[str] = ..., key_id: _Optional[str] = ..., description: _Optional[str] = ..., state: _Optional[str] = ..., created_at: _Optional[int] = ..., current_version: _Optional[int] = ..., algorithm: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[KeyVersion, _Mapping]]] = ..., rotation_period_secs: _Optional[int] = ..., next_rotation_at: _Optional[int] = ..., min_decrypt_version: _Optional[int] = ..., destroy_due_at: _Optional[int] = ..., destroyed_at: _Optional[int] = ..., holds: _Optional[_Iterable[_Union[Hold, _Mapping]]] = ..., destroy_requests: _Optional[_Iterable[_Union[DestroyRequest, _Mapping]]] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("name", "description", "rotation_period_secs")
+    __slots__ = ("name", "description", "rotation_period_secs", "kind")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     ROTATION_PERIOD_SECS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     rotation_period_secs: int
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., rotation_period_secs: _Optional[int] = ...) -> None: ...
+    kind: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., rotation_period_secs: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class KeyNameRequest(_message.Message):
     __slots__ = ("name",)

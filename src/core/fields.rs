@@ -1,0 +1,275 @@
+//! Small fields: Encrypt (a payload of at most 4096 bytes sealed by the
+//! HSM under an aes key, a format-2 blob) and MACs under hmac keys
+//! (GenerateMac, VerifyMac), for clients with no cryptography of their own
+//! and for blind indexes.
+
+use subtle::ConstantTimeEq;
+
+use super::*;
+use crate::hsm::{KeyKind, MAC_LEN};
+
+impl Keywarden {
+    /// Encrypt for one or many requests; each item succeeds or fails on its
+    /// own. Counts against the version's encryption limit like a data key.
+    pub fn encrypt(
+        &self,
+        requests: Vec<EncryptRequest>,
+        gate: Gate<'_>,
+    ) -> CoreResult<Vec<Item<Encrypted>>> {
+        self.unsealed()?;
+        struct Prepared {
+            key: Arc<KeyRecord>,
+            version: u32,
+            hsm_id: HsmKeyId,
+            aad: Vec<u8>,
+            plaintext: zeroize::Zeroizing<Vec<u8>>,
+        }
+        let mut metas = Vec::with_capacity(requests.len());
+        let mut prepared: Vec<CoreResult<Prepared>> = Vec::with_capacity(requests.len());
+        for req in requests {
+            let mut meta = (None, None, false);
+            let p = (|| {
+                validate::key_name("key", &req.key)?;
+                meta.0 = Some(req.key.clone());
+                validate::payload("plaintext", req.plaintext.len())?;
+                let ctx = validate::context(req.context)?;
+                meta.2 = gate(&req.key, &ctx).map_err(CoreError::PermissionDenied)?;
+                let key = self.usable_of_kind("key", &req.key, "Encrypt", KeyKind::Aes)?;
+                let v = key.current().ok_or_else(|| CoreError::KeyUnusable {
+                    name: key.name.clone(),
+                    state: "without an active version".into(),
+                    operation: "Encrypt",
+                })?;
+                let (version, hsm_id) = (v.version, v.hsm_id);
+                meta.1 = Some(version);
+                let header = blob::header_of(blob::FORMAT_V2, &key.id, version);
+                let aad = blob::aad(&header, &blob::canonical_context(&ctx));
+                Ok(Prepared {
+                    key,
+                    version,
+                    hsm_id,
+                    aad,
+                    plaintext: req.plaintext,
+                })
+            })();
+            metas.push(meta);
+            prepared.push(p);
+        }
+        // One HSM call per CMK version in the batch, counted first.
+        let mut groups: BTreeMap<HsmKeyId, Vec<usize>> = BTreeMap::new();
+        for (i, p) in prepared.iter().enumerate() {
+            if let Ok(p) = p {
+                groups.entry(p.hsm_id).or_default().push(i);
+            }
+        }
+        let mut results: Vec<Option<CoreResult<Encrypted>>> =
+            (0..prepared.len()).map(|_| None).collect();
+        for (hsm_id, idxs) in groups {
+            let ok: Vec<&Prepared> = idxs
+                .iter()
+                .filter_map(|&i| prepared[i].as_ref().ok())
+                .collect();
+            let outcome = match ok.first() {
+                Some(p) => self
+                    .count_encryptions(&p.key, p.version, hsm_id, ok.len() as u64)
+                    .and_then(|()| {
+                        let items: Vec<(&[u8], &[u8])> = ok
+                            .iter()
+                            .map(|p| (p.aad.as_slice(), p.plaintext.as_slice()))
+                            .collect();
+                        self.hsm
+                            .encrypt_many(&hsm_id, &items)
+                            .map_err(CoreError::from_hsm)
+                    }),
+                None => Err(CoreError::Internal("empty group".into())),
+            };
+            match outcome {
+                Ok(sealed) if sealed.len() == idxs.len() => {
+                    for ((&i, p), (iv, ct)) in idxs.iter().zip(&ok).zip(sealed) {
+                        results[i] = Some(Ok(Encrypted {
+                            key: p.key.name.clone(),
+                            key_id: p.key.id_text(),
+                            key_version: p.version,
+                            blob: Blob {
+                                format: blob::FORMAT_V2,
+                                key_id: p.key.id,
+                                key_version: p.version,
+                                iv,
+                                ciphertext: ct,
+                            }
+                            .encode(),
+                        }));
+                    }
+                }
+                Ok(_) => {
+                    for &i in &idxs {
+                        results[i] = Some(Err(CoreError::Internal(
+                            "HSM returned a wrong number of ciphertexts".into(),
+                        )));
+                    }
+                }
+                Err(e) => {
+                    for &i in &idxs {
+                        results[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        Ok(collect(prepared, results, metas))
+    }
+
+    /// GenerateMac (and VerifyMac, for requests that carry `mac`) for one
+    /// or many requests; each item succeeds or fails on its own. A request
+    /// that names a version gets that version, if it is still usable
+    /// (neither revoked, destroyed nor retired): a blind index keeps the
+    /// version it was built with until it is rebuilt.
+    pub fn macs(
+        &self,
+        requests: Vec<MacRequest>,
+        gate: MacGate<'_>,
+        operation: &'static str,
+    ) -> CoreResult<Vec<Item<MacOutput>>> {
+        self.unsealed()?;
+        struct Prepared {
+            key: Arc<KeyRecord>,
+            version: u32,
+            hsm_id: HsmKeyId,
+            data: zeroize::Zeroizing<Vec<u8>>,
+            mac: Option<Vec<u8>>,
+        }
+        let mut metas = Vec::with_capacity(requests.len());
+        let mut prepared: Vec<CoreResult<Prepared>> = Vec::with_capacity(requests.len());
+        for req in requests {
+            let mut meta = (None, None, false);
+            let p = (|| {
+                validate::key_name("key", &req.key)?;
+                meta.0 = Some(req.key.clone());
+                validate::payload("data", req.data.len())?;
+                if let Some(m) = &req.mac {
+                    if m.len() != MAC_LEN {
+                        return Err(CoreError::invalid(
+                            "mac",
+                            format!("is {} bytes; an HMAC-SHA256 is {MAC_LEN}", m.len()),
+                        ));
+                    }
+                }
+                meta.2 = gate(&req.key).map_err(CoreError::PermissionDenied)?;
+                let key = self.usable_of_kind("key", &req.key, operation, KeyKind::Hmac)?;
+                let (version, hsm_id) = match req.version {
+                    Some(v) => (v, Self::mac_version(&key, v)?),
+                    None => {
+                        let v = key.current().ok_or_else(|| CoreError::KeyUnusable {
+                            name: key.name.clone(),
+                            state: "without an active version".into(),
+                            operation,
+                        })?;
+                        (v.version, v.hsm_id)
+                    }
+                };
+                meta.1 = Some(version);
+                Ok(Prepared {
+                    key,
+                    version,
+                    hsm_id,
+                    data: req.data,
+                    mac: req.mac,
+                })
+            })();
+            metas.push(meta);
+            prepared.push(p);
+        }
+        let mut groups: BTreeMap<HsmKeyId, Vec<usize>> = BTreeMap::new();
+        for (i, p) in prepared.iter().enumerate() {
+            if let Ok(p) = p {
+                groups.entry(p.hsm_id).or_default().push(i);
+            }
+        }
+        let mut results: Vec<Option<CoreResult<MacOutput>>> =
+            (0..prepared.len()).map(|_| None).collect();
+        for (hsm_id, idxs) in groups {
+            let ok: Vec<&Prepared> = idxs
+                .iter()
+                .filter_map(|&i| prepared[i].as_ref().ok())
+                .collect();
+            let inputs: Vec<&[u8]> = ok.iter().map(|p| p.data.as_slice()).collect();
+            match self.hsm.mac_many(&hsm_id, &inputs) {
+                Ok(macs) if macs.len() == idxs.len() => {
+                    for ((&i, p), mac) in idxs.iter().zip(&ok).zip(macs) {
+                        let valid = p
+                            .mac
+                            .as_ref()
+                            .is_some_and(|want| bool::from(mac.ct_eq(want.as_slice())));
+                        results[i] = Some(Ok(MacOutput {
+                            key: p.key.name.clone(),
+                            key_id: p.key.id_text(),
+                            key_version: p.version,
+                            mac,
+                            valid,
+                        }));
+                    }
+                }
+                Ok(_) => {
+                    for &i in &idxs {
+                        results[i] = Some(Err(CoreError::Internal(
+                            "HSM returned a wrong number of MACs".into(),
+                        )));
+                    }
+                }
+                Err(e) => {
+                    warn!(id = %hsm_id, error = %e, "MAC failed");
+                    for &i in &idxs {
+                        results[i] = Some(Err(CoreError::from_hsm(e.clone())));
+                    }
+                }
+            }
+        }
+        Ok(collect(prepared, results, metas))
+    }
+
+    /// The HSM object of an explicitly named MAC version, if it may still
+    /// be used.
+    fn mac_version(k: &KeyRecord, version: u32) -> CoreResult<HsmKeyId> {
+        let v = k.version(version).ok_or_else(|| {
+            CoreError::invalid(
+                "key_version",
+                format!("key {:?} has no version {version}", k.name),
+            )
+        })?;
+        match v.state {
+            VersionState::Compromised | VersionState::Destroyed => Err(CoreError::VersionRevoked {
+                name: k.name.clone(),
+                version,
+                state: v.state.as_str(),
+            }),
+            _ if version < k.min_decrypt_version => Err(CoreError::VersionRetired {
+                name: k.name.clone(),
+                version,
+                min: k.min_decrypt_version,
+            }),
+            _ => Ok(v.hsm_id),
+        }
+    }
+}
+
+/// Items in request order: the preparation's error, or the HSM's outcome.
+fn collect<P, T>(
+    prepared: Vec<CoreResult<P>>,
+    results: Vec<Option<CoreResult<T>>>,
+    metas: Vec<(Option<String>, Option<u32>, bool)>,
+) -> Vec<Item<T>> {
+    prepared
+        .into_iter()
+        .zip(results)
+        .zip(metas)
+        .map(|((p, r), (key, version, break_glass))| Item {
+            key,
+            version,
+            break_glass,
+            result: match (p, r) {
+                (Err(e), _) => Err(e),
+                (Ok(_), Some(r)) => r,
+                (Ok(_), None) => Err(CoreError::Internal("batch item was not processed".into())),
+            },
+        })
+        .collect()
+}
