@@ -190,7 +190,7 @@ async fn truncated_garbage_and_oversized_blobs() {
     assert_status(
         decrypt(&mut c, &vec![0u8; 5000], &[]).await,
         Code::InvalidArgument,
-        "at most 4096",
+        "at most 4148",
     );
     // A well-formed header naming a key this daemon never had.
     let mut foreign = blob.clone();

@@ -466,10 +466,14 @@ fn encrypted(e: core::Encrypted) -> proto::EncryptResponse {
 }
 
 pub(super) fn item_error(e: core::CoreError) -> proto::ItemError {
+    let field = status::field_of(&e).unwrap_or_default().to_string();
+    let key_state = status::key_state_of(&e).unwrap_or_default();
     let s = status::to_status(e);
     proto::ItemError {
         code: s.code() as i32,
         message: s.message().to_string(),
+        field,
+        key_state,
     }
 }
 

@@ -77,7 +77,7 @@ pub const KEY_STATE_METADATA: &str = "keywarden-key-state";
 
 /// The request field a caller's error is about, for clients that must not
 /// parse messages.
-fn field_of(e: &CoreError) -> Option<&'static str> {
+pub(crate) fn field_of(e: &CoreError) -> Option<&'static str> {
     match e {
         CoreError::InvalidArgument { field, .. } | CoreError::WrongKind { field, .. } => {
             Some(field)
@@ -92,7 +92,7 @@ fn field_of(e: &CoreError) -> Option<&'static str> {
 }
 
 /// The lifecycle state a FAILED_PRECONDITION is about.
-fn key_state_of(e: &CoreError) -> Option<String> {
+pub(crate) fn key_state_of(e: &CoreError) -> Option<String> {
     match e {
         CoreError::KeyDestroyed { .. } => Some("destroyed".into()),
         CoreError::VersionRetired { .. } => Some("retired".into()),

@@ -470,7 +470,21 @@ fn rewrapped(r: proto::ReEncryptResponse) -> Rewrapped {
 
 /// A batch item's error, typed like a whole call's.
 fn item_error(e: proto::ItemError) -> Error {
-    Error::from_status(&tonic::Status::new(tonic::Code::from(e.code), e.message))
+    // An item carries what a call's metadata would: rebuild it, so that an
+    // item's error is typed exactly like a call's.
+    let mut s = tonic::Status::new(tonic::Code::from(e.code), e.message);
+    for (k, v) in [
+        (crate::error::FIELD_METADATA, e.field),
+        (crate::error::KEY_STATE_METADATA, e.key_state),
+    ] {
+        if v.is_empty() {
+            continue;
+        }
+        if let Ok(v) = v.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>() {
+            s.metadata_mut().insert(k, v);
+        }
+    }
+    Error::from_status(&s)
 }
 
 fn missing_item() -> Error {

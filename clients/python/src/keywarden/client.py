@@ -228,7 +228,9 @@ class Client:
                 ok = item.ok
                 out.append(_data_key(ok.plaintext, ok.key, ok.key_id, ok.key_version, ok.ciphertext_blob, ok))
             else:
-                out.append(from_item(item.error.code, item.error.message))
+                out.append(
+                    from_item(item.error.code, item.error.message, item.error.field, item.error.key_state)
+                )
         return out
 
     def decrypt_data_keys(
@@ -245,7 +247,9 @@ class Client:
                 ok = item.ok
                 out.append(_data_key(ok.plaintext, ok.key, ok.key_id, ok.key_version, blob, ok))
             else:
-                out.append(from_item(item.error.code, item.error.message))
+                out.append(
+                    from_item(item.error.code, item.error.message, item.error.field, item.error.key_state)
+                )
         return out
 
     # -- small fields, encrypted by the daemon ------------------------------
@@ -254,7 +258,9 @@ class Client:
         """Encrypts up to 4 KiB in the HSM under ``key`` (an ``aes`` key),
         bound to ``context``: one call, no data key on the client. The blob
         opens with :meth:`decrypt_field` (the daemon's ``Decrypt``)."""
-        req = pb.EncryptRequest(key=key, plaintext=bytes(plaintext), encryption_context=check_context(context))
+        req = pb.EncryptRequest(
+            key=key, plaintext=bytes(plaintext), encryption_context=check_context(context)
+        )
         return bytes(self._call(self.datakeys.Encrypt, req, idempotent=False).ciphertext_blob)
 
     def decrypt_field(self, blob: bytes, context: Context | None = None) -> bytes:
@@ -271,21 +277,28 @@ class Client:
         """Many fields in as few calls as the limits allow (each item
         succeeds or fails on its own)."""
         reqs = [
-            pb.EncryptRequest(key=k, plaintext=bytes(p), encryption_context=check_context(c)) for k, p, c in items
+            pb.EncryptRequest(key=k, plaintext=bytes(p), encryption_context=check_context(c))
+            for k, p, c in items
         ]
         out: list[bytes | KeywardenError] = []
         for chunk in _chunks(reqs):
-            r = self._call(self.datakeys.BatchEncrypt, pb.BatchEncryptRequest(requests=chunk), idempotent=False)
+            r = self._call(
+                self.datakeys.BatchEncrypt, pb.BatchEncryptRequest(requests=chunk), idempotent=False
+            )
             for item in r.results:
                 if item.HasField("ok"):
                     out.append(bytes(item.ok.ciphertext_blob))
                 else:
-                    out.append(from_item(item.error.code, item.error.message))
+                    out.append(
+                        from_item(item.error.code, item.error.message, item.error.field, item.error.key_state)
+                    )
         return out
 
     def decrypt_fields(self, items: Iterable[tuple[bytes, Context | None]]) -> list[bytes | KeywardenError]:
         """Many fields opened in as few calls as the limits allow."""
-        reqs = [pb.DecryptRequest(ciphertext_blob=bytes(b), encryption_context=check_context(c)) for b, c in items]
+        reqs = [
+            pb.DecryptRequest(ciphertext_blob=bytes(b), encryption_context=check_context(c)) for b, c in items
+        ]
         out: list[bytes | KeywardenError] = []
         for chunk in _chunks(reqs):
             r = self._call(self.datakeys.BatchDecrypt, pb.BatchDecryptRequest(requests=chunk))
@@ -294,7 +307,9 @@ class Client:
                     out.append(bytes(item.ok.plaintext))
                     item.ok.ClearField("plaintext")
                 else:
-                    out.append(from_item(item.error.code, item.error.message))
+                    out.append(
+                        from_item(item.error.code, item.error.message, item.error.field, item.error.key_state)
+                    )
         return out
 
     # -- MACs and blind indexes ---------------------------------------------
@@ -315,7 +330,9 @@ class Client:
         req = mac_pb2.VerifyMacRequest(key=key, data=bytes(data), mac=bytes(mac), key_version=version or 0)
         return bool(self._call(self.macs_stub.VerifyMac, req).valid)
 
-    def macs(self, key: str, values: Iterable[bytes], *, version: int | None = None) -> list[Mac | KeywardenError]:
+    def macs(
+        self, key: str, values: Iterable[bytes], *, version: int | None = None
+    ) -> list[Mac | KeywardenError]:
         """MACs of many values under one key, in as few calls as the limits
         allow."""
         reqs = [mac_pb2.GenerateMacRequest(key=key, data=bytes(v), key_version=version or 0) for v in values]
@@ -326,7 +343,9 @@ class Client:
                 if item.HasField("ok"):
                     out.append(Mac(bytes(item.ok.mac), item.ok.key, item.ok.key_version))
                 else:
-                    out.append(from_item(item.error.code, item.error.message))
+                    out.append(
+                        from_item(item.error.code, item.error.message, item.error.field, item.error.key_state)
+                    )
         return out
 
     def blind_index(

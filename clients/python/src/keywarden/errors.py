@@ -96,54 +96,47 @@ class UsageError(KeywardenError, ValueError):
     """An argument to this package itself is wrong."""
 
 
-def from_rpc_error(err: grpc.RpcError) -> KeywardenError:
-    """The typed form of a status the daemon answered."""
-    code = err.code() if hasattr(err, "code") else None
-    message = err.details() if hasattr(err, "details") else str(err)
-    message = message or ""
-    meta: dict[str, str] = {}
-    trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
-    for k, v in trailing or ():
-        if isinstance(v, str):
-            meta[k] = v
-    state = meta.get(STATE_METADATA)
+#: Codes whose error class needs nothing but the code.
+_BY_CODE: dict[grpc.StatusCode, type[KeywardenError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.DATA_LOSS: DataLossError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+}
+
+
+def _typed(
+    code: grpc.StatusCode, message: str, state: str | None, field: str | None, key_state: str | None
+) -> KeywardenError:
+    if state == "sealed" and code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE):
+        return SealedError(message, code)
+    if state == "uninitialized" and code == grpc.StatusCode.FAILED_PRECONDITION:
+        return UninitializedError(message, code)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
-        if state == "sealed":
-            return SealedError(message, code)
-        if state == "uninitialized":
-            return UninitializedError(message, code)
-        return FailedPreconditionError(message, code, meta.get(KEY_STATE_METADATA))
-    if code == grpc.StatusCode.UNAVAILABLE:
-        if state == "sealed":
-            return SealedError(message, code)
-        return UnavailableError(message, code)
-    simple: dict[grpc.StatusCode, type[KeywardenError]] = {
-        grpc.StatusCode.NOT_FOUND: NotFoundError,
-        grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
-        grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
-        grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
-        grpc.StatusCode.DATA_LOSS: DataLossError,
-    }
+        return FailedPreconditionError(message, code, key_state)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidArgumentError(message, code, meta.get(FIELD_METADATA))
-    if code in simple:
-        return simple[code](message, code)
+        return InvalidArgumentError(message, code, field)
+    if code in _BY_CODE:
+        return _BY_CODE[code](message, code)
     return KeywardenError(f"{code}: {message}", code)
 
 
-def from_item(code: int, message: str) -> KeywardenError:
-    """The typed form of one failed item of a batch call (code and message
-    only: items carry no metadata)."""
+def from_rpc_error(err: grpc.RpcError) -> KeywardenError:
+    """The typed form of a status the daemon answered."""
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    message = (err.details() if hasattr(err, "details") else str(err)) or ""
+    trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    meta = {k: v for k, v in trailing or () if isinstance(v, str)}
+    return _typed(
+        code, message, meta.get(STATE_METADATA), meta.get(FIELD_METADATA), meta.get(KEY_STATE_METADATA)
+    )
+
+
+def from_item(code: int, message: str, field: str = "", key_state: str = "") -> KeywardenError:
+    """The typed form of one failed item of a batch call (an ``ItemError``:
+    code, message, and the field and key state the metadata would carry)."""
     by_value = {c.value[0]: c for c in grpc.StatusCode}
     status = by_value.get(code, grpc.StatusCode.UNKNOWN)
-    simple: dict[grpc.StatusCode, type[KeywardenError]] = {
-        grpc.StatusCode.NOT_FOUND: NotFoundError,
-        grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
-        grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
-        grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
-        grpc.StatusCode.DATA_LOSS: DataLossError,
-        grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
-        grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
-        grpc.StatusCode.UNAVAILABLE: UnavailableError,
-    }
-    return simple.get(status, KeywardenError)(message, status)
+    return _typed(status, message, None, field or None, key_state or None)

@@ -32,7 +32,9 @@ class DevDaemon:
     """``keywarden dev`` in a temporary directory. ``shared=True`` lets
     other local users reach the socket (to test a second admin)."""
 
-    def __init__(self, binary: str | os.PathLike[str] | None = None, *, shared: bool = False, timeout: float = 60):
+    def __init__(
+        self, binary: str | os.PathLike[str] | None = None, *, shared: bool = False, timeout: float = 60
+    ) -> None:
         self.binary = find_binary(binary)
         self.shared = shared
         self.timeout = timeout

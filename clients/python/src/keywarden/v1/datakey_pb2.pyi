@@ -205,12 +205,16 @@ class DecryptResponse(_message.Message):
     def __init__(self, key: _Optional[str] = ..., key_id: _Optional[str] = ..., key_version: _Optional[int] = ..., plaintext: _Optional[bytes] = ...) -> None: ...
 
 class ItemError(_message.Message):
-    __slots__ = ("code", "message")
+    __slots__ = ("code", "message", "field", "key_state")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    KEY_STATE_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    field: str
+    key_state: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., field: _Optional[str] = ..., key_state: _Optional[str] = ...) -> None: ...
 
 class BatchGenerateDataKeyRequest(_message.Message):
     __slots__ = ("requests", "without_plaintext")
