@@ -8,6 +8,7 @@ Keywarden daemon over its local Unix socket.
 b'note'
 """
 
+from .cache import CacheConfig, CacheStats
 from .client import DEFAULT_SOCKET, MAX_BATCH, MAX_FIELD, SOCKET_ENV, Client, Mac, channel_options
 from .datakey import DataKey
 from .errors import (
@@ -33,6 +34,8 @@ __all__ = [
     "MAX_FIELD",
     "SOCKET_ENV",
     "AlreadyExistsError",
+    "CacheConfig",
+    "CacheStats",
     "Client",
     "ConnectError",
     "DataKey",

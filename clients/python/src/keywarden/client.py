@@ -14,9 +14,11 @@ import grpc
 
 from . import blind
 from . import format as fmt
+from .cache import CacheConfig, CacheStats, DataKeyCache, Lease
 from .datakey import DataKey
 from .errors import (
     ConnectError,
+    FailedPreconditionError,
     KeywardenError,
     MessageError,
     UnavailableError,
@@ -106,7 +108,12 @@ class Client:
     """
 
     def __init__(
-        self, socket: str | os.PathLike[str] | None = None, *, timeout: float = 30.0, retries: int = 3
+        self,
+        socket: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float = 30.0,
+        retries: int = 3,
+        cache: CacheConfig | None = None,
     ) -> None:
         path = os.fspath(socket) if socket is not None else os.environ.get(SOCKET_ENV, DEFAULT_SOCKET)
         if not path:
@@ -119,12 +126,19 @@ class Client:
         self.keys = keys_pb2_grpc.KeyServiceStub(self._channel)
         self.operator = operator_pb2_grpc.OperatorServiceStub(self._channel)
         self.macs_stub = mac_pb2_grpc.MacServiceStub(self._channel)
+        self._cache = DataKeyCache(self._channel, cache) if cache is not None else None
 
     # -- plumbing -----------------------------------------------------------
 
     def close(self) -> None:
-        """Closes the channel."""
+        """Stops the cache (wiping it) and closes the channel."""
+        if self._cache is not None:
+            self._cache.close()
         self._channel.close()
+
+    def cache_stats(self) -> CacheStats | None:
+        """The data-key cache's counters (``None`` without a cache)."""
+        return self._cache.stats() if self._cache is not None else None
 
     def __enter__(self) -> Client:
         return self
@@ -198,6 +212,15 @@ class Client:
     ) -> bytes:
         """The same data key wrapped under ``destination_key`` (the
         plaintext never leaves the daemon)."""
+        return bytes(self._reencrypt(blob, destination_key, context, destination_context).ciphertext_blob)
+
+    def _reencrypt(
+        self,
+        blob: bytes,
+        destination_key: str,
+        context: Context | None,
+        destination_context: Context | None,
+    ) -> pb.ReEncryptResponse:
         req = pb.ReEncryptRequest(
             ciphertext_blob=bytes(blob),
             encryption_context=check_context(context),
@@ -208,7 +231,7 @@ class Client:
                 check_context(destination_context, "destination_context")
             )
             req.replace_context = True
-        return bytes(self._call(self.datakeys.ReEncrypt, req).ciphertext_blob)
+        return self._call(self.datakeys.ReEncrypt, req)
 
     def generate_data_keys(
         self, items: Iterable[tuple[str, Context | None]]
@@ -379,24 +402,51 @@ class Client:
 
     # -- envelope messages --------------------------------------------------
 
-    def _material(self, keys: list[str], ctx: dict[str, str]) -> tuple[DataKey, list[bytes]]:
-        dk = self.generate_data_key(keys[0], ctx)
-        blobs = [dk.ciphertext_blob]
-        try:
+    def _material(
+        self, keys: list[str], ctx: dict[str, str], nbytes: int
+    ) -> tuple[bytearray, list[bytes], Lease | None]:
+        """A data key (a copy: wipe it) and its blobs for one message: from
+        the cache, or fresh from the daemon (wrapped under the first key,
+        rewrapped to the others), then cached."""
+        encoded = fmt.encode_context(ctx)
+        if self._cache is not None:
+            lease = self._cache.take_encrypt(keys, encoded, nbytes)
+            if lease is not None:
+                return lease.key, list(lease.blobs), lease
+        ticket = self._cache.ticket() if self._cache is not None else 0
+        with self.generate_data_key(keys[0], ctx) as dk:
+            blobs, key_ids = [dk.ciphertext_blob], [dk.key_id]
             for k in keys[1:]:
-                blobs.append(self.reencrypt(dk.ciphertext_blob, k, ctx))
-        except BaseException:
-            dk.wipe()
-            raise
-        return dk, blobs
+                r = self._reencrypt(dk.ciphertext_blob, k, ctx, None)
+                blobs.append(bytes(r.ciphertext_blob))
+                key_ids.append(r.key_id)
+            key = bytearray(dk.plaintext)
+        if self._cache is not None:
+            self._cache.put_encrypt(ticket, keys, encoded, key, blobs, key_ids, nbytes)
+        return key, blobs, None
 
-    def _open_recipients(self, header: fmt.Header, ctx: dict[str, str]) -> DataKey:
+    def _open_recipients(self, header: fmt.Header, ctx: dict[str, str]) -> tuple[bytearray, Lease | None]:
+        """The data key of a message (a copy: wipe it), from the cache or
+        from the daemon through any one recipient."""
+        encoded = fmt.encode_context(ctx)
+        if self._cache is not None:
+            for blob in header.recipients:
+                lease = self._cache.take_decrypt(blob, encoded)
+                if lease is not None:
+                    return lease.key, lease
         errors: list[KeywardenError] = []
         for blob in header.recipients:
+            ticket = self._cache.ticket() if self._cache is not None else 0
             try:
-                return self.decrypt_data_key(blob, ctx)
+                dk = self.decrypt_data_key(blob, ctx)
             except KeywardenError as e:
                 errors.append(e)
+                continue
+            with dk:
+                key = bytearray(dk.plaintext)
+                if self._cache is not None:
+                    self._cache.put_decrypt(ticket, blob, encoded, key, dk.key_id)
+            return key, None
         if len(errors) == 1:
             raise errors[0]
         raise MessageError(
@@ -408,18 +458,28 @@ class Client:
         ``key`` (or each of up to 8 keys; any one opens it), bound to
         ``context``. Returns the whole message."""
         keys, ctx = _keys(key), check_context(context)
-        dk, blobs = self._material(keys, ctx)
-        with dk:
-            return fmt.seal_message(dk.plaintext, fmt.random_salt(), blobs, ctx, bytes(plaintext))
+        plaintext = bytes(plaintext)
+        key_copy, blobs, lease = self._material(keys, ctx, len(plaintext))
+        try:
+            out = fmt.seal_message(key_copy, fmt.random_salt(), blobs, ctx, plaintext)
+        finally:
+            _wipe(key_copy)
+        _check_lease(lease)
+        return out
 
     def decrypt(self, ciphertext: bytes, context: Context | None = None) -> bytes:
         """Opens a whole message under the context it was made with.
         Releases nothing unless every segment verifies."""
         ctx = check_context(context)
         split = fmt.split_message(bytes(ciphertext))
-        with self._open_recipients(split.header, ctx) as dk:
-            keys = fmt.open_keys(dk.plaintext, split, ctx)
-        return fmt.open_body(keys, split.body)
+        key_copy, lease = self._open_recipients(split.header, ctx)
+        try:
+            keys = fmt.open_keys(key_copy, split, ctx)
+        finally:
+            _wipe(key_copy)
+        out = fmt.open_body(keys, split.body)
+        _check_lease(lease)
+        return out
 
     def encrypt_stream(
         self, key: str | Sequence[str], src: BinaryIO, dst: BinaryIO, context: Context | None = None
@@ -427,17 +487,21 @@ class Client:
         """Encrypts ``src`` to ``dst`` (binary file objects) in constant
         memory, one 16 KiB segment at a time. Returns the bytes written."""
         keys, ctx = _keys(key), check_context(context)
-        dk, blobs = self._material(keys, ctx)
+        key_copy, blobs, lease = self._material(keys, ctx, 0)
         header = fmt.encode_header(blobs)
         salt = fmt.random_salt()
-        with dk:
-            mk = fmt.MessageKeys(dk.plaintext, salt, header, ctx)
+        try:
+            mk = fmt.MessageKeys(key_copy, salt, header, ctx)
+        finally:
+            _wipe(key_copy)
         written = dst.write(header + salt + mk.commitment) or 0
         index = 0
         while True:
             segment = _read_full(src, fmt.SEGMENT)
             if index >= fmt.MAX_SEGMENTS:
                 raise MessageError("the message exceeds the format's limit of 2^38 segments")
+            if index % LEASE_CHECK == 0:
+                _check_lease(lease)
             written += dst.write(mk.seal(index, segment)) or 0
             if len(segment) < fmt.SEGMENT:
                 return written
@@ -462,8 +526,11 @@ class Client:
             raise MessageError("the message ends inside its header (salt or commitment)")
         split = fmt.Split(header, tail[: fmt.SALT], tail[fmt.SALT : fmt.SALT + fmt.COMMITMENT], b"")
         pending = tail[fmt.SALT + fmt.COMMITMENT :]
-        with self._open_recipients(header, ctx) as dk:
-            mk = fmt.open_keys(dk.plaintext, split, ctx)
+        key_copy, lease = self._open_recipients(header, ctx)
+        try:
+            mk = fmt.open_keys(key_copy, split, ctx)
+        finally:
+            _wipe(key_copy)
         written = 0
         index = 0
         while True:
@@ -474,10 +541,34 @@ class Client:
                     f"the message is truncated after segment {index}: no final segment; "
                     "discard any output already written"
                 )
-            written += dst.write(mk.open(index, chunk)) or 0
+            plain = mk.open(index, chunk)
+            if index % LEASE_CHECK == 0 or len(chunk) < fmt.SEALED_SEGMENT:
+                _check_lease(lease)
+            written += dst.write(plain) or 0
             if len(chunk) < fmt.SEALED_SEGMENT:
                 return written
             index += 1
+
+
+#: A cached key's lease is checked every this many segments (256 KiB).
+LEASE_CHECK = 16
+
+
+def _wipe(b: bytearray) -> None:
+    for i in range(len(b)):
+        b[i] = 0
+
+
+def _check_lease(lease: Lease | None) -> None:
+    """Refuses to go on with a cached key whose CMK changed (disabled,
+    revoked, destroyed) or whose cache lost the daemon."""
+    if lease is not None and not lease.valid():
+        raise FailedPreconditionError(
+            "the cached data key's CMK changed (or the daemon was lost) while it was in use; "
+            "discard any output already written and retry",
+            None,
+            "changed",
+        )
 
 
 @dataclass(frozen=True)
