@@ -76,3 +76,21 @@ def test_header_fields_are_refused_before_reading_on() -> None:
             fmt.header_length(bad)
     assert fmt.header_length(good[:12]) is None
     assert fmt.header_length(good) == len(good)
+
+
+def test_blind_index_input_and_truncation_match_the_format() -> None:
+    from keywarden import blind
+
+    # docs/FORMAT.md, "Blind indexes": the worked example.
+    want = (
+        "6b657977617264656e2e626c696e642d696e6465782e763100"  # label and NUL
+        "0000000c"  # domain length
+        "70617469656e74732e6d726e"  # "patients.mrn"
+        "4d524e2d31"  # "MRN-1"
+    )
+    assert blind.blind_input("patients.mrn", b"MRN-1").hex() == want
+    mac = bytes(range(32))
+    assert blind.truncate(mac, 256) == mac
+    assert blind.truncate(mac, 16) == b"\x00\x01"
+    assert blind.truncate(b"\xff" * 32, 12) == b"\xff\xf0"
+    assert blind.truncate(b"\xff" * 32, 1) == b"\x80"
