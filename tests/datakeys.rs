@@ -654,3 +654,72 @@ async fn dev_socket_is_open_and_status_and_reflection_answer() {
         assert!(names.contains(&want), "{names:?}");
     }
 }
+
+/// Encrypt and MACs through the Rust client on the real daemon: fields
+/// round-trip under their context only, MACs are per key and verify, kinds
+/// do not mix, and the audit log records a MAC's data length, never the
+/// data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_and_macs_are_served_and_audited_without_their_data() {
+    let d = Daemon::start().await;
+    let mut c = d.client().await;
+    create_key(&mut c, "fields").await;
+    let hmac = c
+        .keys
+        .create_key(proto::CreateKeyRequest {
+            name: "index".into(),
+            description: String::new(),
+            rotation_period_secs: 0,
+            kind: "hmac".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    assert_eq!(
+        (hmac.kind.as_str(), hmac.algorithm.as_str()),
+        ("hmac", "HMAC_SHA_256")
+    );
+    let ctx: keywarden_client::Context = [("row".to_string(), "7".to_string())].into();
+    let other: keywarden_client::Context = [("row".to_string(), "8".to_string())].into();
+
+    let blob = c.encrypt_field("fields", b"MRN-777", &ctx).await.unwrap();
+    assert_eq!(&blob[..4], b"KW\x02\x01");
+    assert_eq!(&c.decrypt_field(&blob, &ctx).await.unwrap()[..], b"MRN-777");
+    assert!(matches!(
+        c.decrypt_field(&blob, &other).await,
+        Err(keywarden_client::Error::InvalidArgument { .. })
+    ));
+
+    let secret = b"MRN-SECRET-4242";
+    let m = c.mac("index", secret, None).await.unwrap();
+    assert_eq!(m.key_version, 1);
+    assert!(c.verify_mac("index", secret, &m.mac, None).await.unwrap());
+    assert!(!c.verify_mac("index", b"MRN-1", &m.mac, None).await.unwrap());
+    match c.mac("fields", secret, None).await {
+        Err(keywarden_client::Error::InvalidArgument { field, .. }) => {
+            assert_eq!(field.as_deref(), Some("key"))
+        }
+        Err(e) => panic!("expected INVALID_ARGUMENT, got {e}"),
+        Ok(_) => panic!("an aes key made a MAC"),
+    }
+
+    let log = std::fs::read_to_string(d.audit_dir().join("audit.log")).unwrap();
+    let mac_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"GenerateMac\""))
+        .collect();
+    assert!(!mac_lines.is_empty(), "no GenerateMac line");
+    assert!(mac_lines
+        .iter()
+        .any(|l| l.contains(&format!("\"data_len\":{}", secret.len()))));
+    assert!(
+        !log.contains("MRN-SECRET-4242"),
+        "the MACed value reached the audit log"
+    );
+    assert!(
+        !log.contains("MRN-777"),
+        "an Encrypt payload reached the audit log"
+    );
+}

@@ -150,6 +150,8 @@ pub struct Client {
     pub keys: KeyServiceClient<Channel>,
     /// The raw OperatorService stub (status, ceremonies).
     pub operator: OperatorServiceClient<Channel>,
+    /// The raw MacService stub (the typed methods are in `fields.rs`).
+    pub macs: proto::mac_service_client::MacServiceClient<Channel>,
     retry: RetryPolicy,
     pub(crate) cache: Option<Arc<Cache>>,
 }
@@ -178,6 +180,7 @@ impl Client {
         Ok(Client {
             datakeys: DataKeyServiceClient::new(ch.clone()),
             keys: KeyServiceClient::new(ch.clone()),
+            macs: proto::mac_service_client::MacServiceClient::new(ch.clone()),
             operator: OperatorServiceClient::new(ch),
             retry: RetryPolicy::default(),
             cache: None,
@@ -403,7 +406,7 @@ impl Client {
     }
 }
 
-fn proto_context(ctx: &Context) -> HashMap<String, String> {
+pub(crate) fn proto_context(ctx: &Context) -> HashMap<String, String> {
     ctx.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
@@ -414,7 +417,7 @@ fn gdk_request(key: &str, ctx: &Context) -> proto::GenerateDataKeyRequest {
     }
 }
 
-fn decrypt_request(blob: &[u8], ctx: &Context) -> proto::DecryptRequest {
+pub(crate) fn decrypt_request(blob: &[u8], ctx: &Context) -> proto::DecryptRequest {
     proto::DecryptRequest {
         ciphertext_blob: blob.to_vec(),
         encryption_context: proto_context(ctx),

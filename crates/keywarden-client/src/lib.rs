@@ -13,6 +13,9 @@
 //!   wrapped under up to eight CMKs and opens with any one of them. The
 //!   format ([`format`], `docs/FORMAT.md`) follows C2SP's
 //!   chunked-encryption with key commitment.
+//! - Small fields encrypted by the daemon ([`Client::encrypt_field`],
+//!   [`Client::decrypt_field`]) and MACs under `hmac` keys ([`Client::mac`],
+//!   [`Client::verify_mac`]).
 //! - An opt-in data-key cache ([`Client::with_cache`], [`CacheConfig`])
 //!   bounded by age, messages and bytes, that drops a key within a second
 //!   of its CMK being disabled, revoked or destroyed.
@@ -33,6 +36,7 @@ pub mod cache;
 mod client;
 pub mod envelope;
 pub mod error;
+mod fields;
 pub mod format;
 
 pub use cache::{CacheConfig, CacheStats};
@@ -42,6 +46,7 @@ pub use client::{
 };
 pub use envelope::{inspect, Inspection};
 pub use error::{Error, MessageError};
+pub use fields::Mac;
 pub use format::Context;
 /// The generated gRPC types, for calls the typed API does not cover.
 pub use keywarden_proto as proto;
