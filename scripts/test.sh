@@ -5,10 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh --test
+# Each section header shows the seconds since the suite started, so slow
+# parts show in the log.
+SECONDS=0
+section() { echo "== [${SECONDS}s] $*"; }
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 
 if cargo fmt --version >/dev/null 2>&1; then
-  echo "== cargo fmt --check"
+  section "cargo fmt --check"
   cargo fmt --all -- --check
 elif [ "${CI:-}" = "true" ]; then
   echo "rustfmt is missing" >&2; exit 1
@@ -17,7 +21,7 @@ else
 fi
 
 if cargo clippy --version >/dev/null 2>&1; then
-  echo "== cargo clippy --workspace --all-targets -- -D warnings"
+  section "cargo clippy --workspace --all-targets -- -D warnings"
   cargo clippy --workspace --all-targets --locked -- -D warnings
 elif [ "${CI:-}" = "true" ]; then
   echo "clippy is missing" >&2; exit 1
@@ -25,18 +29,19 @@ else
   echo "== clippy not installed: skipping lints" >&2
 fi
 
-echo "== cargo test"
+section "cargo test"
 # --workspace also builds the PKCS#11 fault-injection shim (tests/faults.rs).
 cargo test --workspace --locked --all-targets --no-fail-fast
 
-echo "== the Python client and the PostgreSQL example"
+section "the Python client and the PostgreSQL example"
 bash scripts/python-test.sh
 
-echo "== the token-facing tests again, on Kryoptic (a second PKCS#11 token)"
+section "the token-facing tests again, on Kryoptic (a second PKCS#11 token)"
 bash scripts/kryoptic.sh
 
-echo "== Debian package: build, install, upgrade, remove, purge"
+section "Debian package: build, install, upgrade, remove, purge"
 bash scripts/package-test.sh
 
-echo "== fuzz smoke run (each libFuzzer target for ${FUZZ_SECONDS:-10} s)"
+section "fuzz smoke run (each libFuzzer target for ${FUZZ_SECONDS:-10} s)"
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
+section "done"

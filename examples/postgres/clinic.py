@@ -158,7 +158,10 @@ class Clinics:
         typed error if the clinic's key is gone)."""
         items = [(bytes(b), context(clinic, col, row)) for col, b in zip(COLUMNS, blobs, strict=True)]
         values = []
-        for v in self.kw.decrypt_fields(items):
+        # Only under this clinic's key: a value planted in its rows under
+        # another key (another tenant's) is refused, and shredding this
+        # clinic leaves nothing of it readable.
+        for v in self.kw.decrypt_fields(items, key=data_key_name(clinic)):
             if isinstance(v, keywarden.KeywardenError):
                 raise v
             values.append(v.decode())

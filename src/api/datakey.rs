@@ -48,6 +48,11 @@ mod watch {
         tx: Sender<Result<KeyEvent, Status>>,
     ) {
         let mut changes = core.watch();
+        // A new subscriber knows nothing of what changed before it
+        // subscribed: it starts by forgetting everything.
+        if tx.send(Ok(event(Kind::Reset))).await.is_err() {
+            return;
+        }
         let mut beat = tokio::time::interval(HEARTBEAT);
         let mut access = guard.access_epoch();
         loop {

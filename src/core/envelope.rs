@@ -65,6 +65,34 @@ impl Keywarden {
         }
         Ok(())
     }
+    /// After the HSM call: the daemon must still be open and the key and
+    /// version still usable. A disable, a revocation, a destruction or a
+    /// seal that took effect while the call ran wins: nothing is served
+    /// from a state that no longer holds once the change has returned.
+    pub(super) fn still_usable(
+        &self,
+        name: &str,
+        version: u32,
+        operation: &'static str,
+    ) -> CoreResult<()> {
+        self.unsealed()?;
+        let k = self.usable_key(name, operation)?;
+        Self::decryptable(&k, version).map(|_| ())
+    }
+    /// [`still_usable`](Self::still_usable) for every item that succeeded.
+    pub(super) fn recheck<T>(&self, items: Vec<Item<T>>, operation: &'static str) -> Vec<Item<T>> {
+        items
+            .into_iter()
+            .map(|mut item| {
+                if let (Ok(_), Some(key), Some(version)) = (&item.result, &item.key, item.version) {
+                    if let Err(e) = self.still_usable(key, version, operation) {
+                        item.result = Err(e);
+                    }
+                }
+                item
+            })
+            .collect()
+    }
     /// The version a blob names, if it may decrypt.
     pub(super) fn decryptable(k: &KeyRecord, version: u32) -> CoreResult<HsmKeyId> {
         let v = k
@@ -194,7 +222,7 @@ impl Keywarden {
                 }
             }
         }
-        Ok(prepared
+        let items = prepared
             .into_iter()
             .zip(results)
             .zip(metas)
@@ -210,7 +238,8 @@ impl Keywarden {
                     }
                 },
             })
-            .collect())
+            .collect();
+        Ok(self.recheck(items, "GenerateDataKey"))
     }
     /// Parses, looks up and authorizes one blob for decryption.
     pub(super) fn prepare_unwrap(
@@ -228,10 +257,11 @@ impl Keywarden {
         let ctx = validate::context(context)?;
         let blob = Blob::decode(blob_bytes)?;
         let key = self.record_by_id(&blob.key_id)?;
-        Self::check_kind("ciphertext_blob", &key, "Decrypt", KeyKind::Aes)?;
         meta.0 = Some(key.name.clone());
         meta.1 = Some(blob.key_version);
         meta.2 = gate(&key.name, &ctx).map_err(CoreError::PermissionDenied)?;
+        // After the policy: a caller it refuses learns nothing of the kind.
+        Self::check_kind("ciphertext_blob", &key, "Decrypt", KeyKind::Aes)?;
         if let Some(expected) = expected_key {
             if expected != key.name {
                 return Err(CoreError::KeyMismatch {
@@ -279,7 +309,7 @@ impl Keywarden {
         }
         .into_iter();
         drop(items);
-        Ok(prepared
+        let items = prepared
             .into_iter()
             .zip(metas)
             .map(|(p, (key, version, break_glass))| Item {
@@ -300,7 +330,8 @@ impl Keywarden {
                     })
                 })(),
             })
-            .collect())
+            .collect();
+        Ok(self.recheck(items, "Decrypt"))
     }
     /// ReEncrypt: unwrap inside the daemon, wrap again under the newest
     /// version of the destination key. The plaintext never leaves.
@@ -358,6 +389,7 @@ impl Keywarden {
                     .pop()
                     .ok_or_else(|| CoreError::Internal("no wrap result".into()))?;
                 drop(pt);
+                self.still_usable(&dest.name, dv, "ReEncrypt")?;
                 Ok(ReEncrypted {
                     source_key: src.name.clone(),
                     source_version: blob.key_version,
@@ -381,7 +413,7 @@ impl Keywarden {
                 result,
             });
         }
-        Ok(out)
+        Ok(self.recheck(out, "ReEncrypt"))
     }
     /// Encryptions made under a version (an upper bound after a restart).
     pub fn encryptions(&self, id: &HsmKeyId) -> u64 {

@@ -115,7 +115,7 @@ impl Keywarden {
                 }
             }
         }
-        Ok(collect(prepared, results, metas))
+        Ok(self.recheck(collect(prepared, results, metas), "Encrypt"))
     }
 
     /// GenerateMac (and VerifyMac, for requests that carry `mac`) for one
@@ -223,7 +223,7 @@ impl Keywarden {
                 }
             }
         }
-        Ok(collect(prepared, results, metas))
+        Ok(self.recheck(collect(prepared, results, metas), operation))
     }
 
     /// The HSM object of an explicitly named MAC version, if it may still

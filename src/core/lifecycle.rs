@@ -674,6 +674,11 @@ impl Keywarden {
     /// The scheduler's work: rotations that are due (by period or by
     /// encryption count) and destructions that are due (unless held).
     pub fn tick(&self) {
+        if self.seal.is_loading() {
+            // Logged in, but the registry did not load: try again.
+            self.retry_login();
+            return;
+        }
         if self.seal.phase() != crate::seal::Phase::Unsealed {
             return;
         }

@@ -283,15 +283,26 @@ impl Keywarden {
         Ok(self.seal.init(self.hsm.as_ref(), spec, user_pin, so_pin)?)
     }
 
+    /// The scheduler's second try at a login whose registry did not load.
+    pub(crate) fn retry_login(&self) {
+        self.after_login("registry loaded on retry");
+    }
+
     /// Everything that follows a login: the verified registry, session
     /// copies, the audit signer, overdue lifecycle work.
     fn after_login(&self, reason: &str) {
-        // The seal is logged in but not yet open for keys.
+        // The seal is logged in but not yet open for keys. A registry that
+        // cannot be loaded keeps it so (key operations refused, fail
+        // closed); the scheduler tries again.
         if let Err(e) = self.load_table() {
-            warn!(error = %e, "loading the registry failed");
+            warn!(error = %e, "loading the registry failed; key operations stay refused until it loads (retried by the scheduler)");
+            return;
         }
         self.sync_context_key();
-        self.seal.open_for_keys();
+        if !self.seal.open_for_keys() {
+            // Sealed or closing meanwhile: nothing more to do.
+            return;
+        }
         if let Err(e) = self.reconcile() {
             warn!(error = %e, "reconciliation failed");
         }

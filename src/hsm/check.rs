@@ -113,6 +113,11 @@ pub fn run(
         ("mechanism CKM_AES_GCM", "AES_GCM"),
         ("mechanism CKM_EC_KEY_PAIR_GEN", "EC_KEY_PAIR_GEN"),
         ("mechanism CKM_ECDSA", "ECDSA"),
+        (
+            "mechanism CKM_GENERIC_SECRET_KEY_GEN",
+            "GENERIC_SECRET_KEY_GEN",
+        ),
+        ("mechanism CKM_SHA256_HMAC", "SHA256_HMAC"),
     ] {
         let r = match &mechs {
             Ok(list) if list.iter().any(|m| m.contains(want)) => Ok("present".into()),
@@ -241,6 +246,46 @@ pub fn run(
                 .map(|_| "removed".into())
                 .map_err(CheckError::from),
         );
+    }
+    // An hmac key: generated inside, sign and verify only, and MACs.
+    let mut raw = [0u8; 16];
+    if hsm.random(&mut raw).is_ok() {
+        let id = HsmKeyId(raw);
+        let label = format!("keywarden-check/{}", id.to_hex());
+        let made = hsm.generate_cmk(&id, &label, super::KeyKind::Hmac);
+        if push(
+            &mut out,
+            "generate HMAC-SHA256 key",
+            made.map(|_| "token object".into())
+                .map_err(CheckError::from),
+        ) {
+            let r = hsm
+                .key_attributes(&id)
+                .map_err(CheckError::from)
+                .and_then(|a| {
+                    if a.sensitive && a.never_extractable && !a.extractable && a.sign && !a.encrypt
+                    {
+                        Ok(())
+                    } else {
+                        Err(CheckError::KeyAttributes(a))
+                    }
+                })
+                .and_then(|()| {
+                    let m = hsm.mac_many(&id, &[b"keywarden hsm check"])?;
+                    Ok(format!(
+                        "sign only; {}-byte MAC",
+                        m.first().map_or(0, |m| m.len())
+                    ))
+                });
+            push(&mut out, "HMAC-SHA256", r);
+            push(
+                &mut out,
+                "destroy test HMAC key",
+                hsm.destroy_cmk(&id)
+                    .map(|_| "removed".into())
+                    .map_err(CheckError::from),
+            );
+        }
     }
     push(
         &mut out,

@@ -106,7 +106,7 @@ impl MemoryHsm {
     fn cipher(s: &State, id: &HsmKeyId) -> HsmResult<Aes256Gcm> {
         let c = s.cmks.get(id).ok_or(HsmError::ObjectNotFound(*id))?;
         if c.kind != KeyKind::Aes {
-            return Err(not_permitted("C_EncryptInit"));
+            return Err(not_permitted("C_EncryptInit or C_DecryptInit"));
         }
         Ok(Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(
             &c.key[..],

@@ -384,12 +384,27 @@ impl Seal {
 
     /// After an unseal or a rekey: what the keyring protects is loaded, key
     /// operations may run.
-    pub fn open_for_keys(&self) {
+    /// Returns whether it did (false: sealed or closing meanwhile).
+    pub fn open_for_keys(&self) -> bool {
         if let State::Unsealed { serving, .. } = &mut self.inner().state {
             if *serving == Serving::Loading {
                 *serving = Serving::Open;
+                return true;
             }
         }
+        false
+    }
+
+    /// Logged in, but what the keyring protects is not loaded yet (or its
+    /// loading failed and is to be retried).
+    pub fn is_loading(&self) -> bool {
+        matches!(
+            self.inner().state,
+            State::Unsealed {
+                serving: Serving::Loading,
+                ..
+            }
+        )
     }
 
     /// Before a seal or shutdown: key operations stop at once while the

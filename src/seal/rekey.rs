@@ -99,6 +99,10 @@ impl Seal {
     pub fn rekey_submit(&self, text: &str) -> SealResult<(ShareProgress, Option<NewShareSet>)> {
         self.audited(|| -> SealResult<(ShareProgress, Option<NewShareSet>)> {
             let mut inner = self.inner();
+            // Only while open for business: not while loading or sealing.
+            if let Some(refused) = inner.refusal() {
+                return Err(refused);
+            }
             self.expire(&mut inner);
             let current = inner.current.clone().ok_or(SealError::NotInitialized)?;
             let (id, progress) = match inner.rekey() {
@@ -186,6 +190,9 @@ impl Seal {
     pub fn rekey_verify(&self, hsm: &dyn Hsm, text: &str) -> SealResult<ShareProgress> {
         self.audited(|| -> SealResult<ShareProgress> {
             let mut inner = self.inner();
+            if let Some(refused) = inner.refusal() {
+                return Err(refused);
+            }
             self.expire(&mut inner);
             let (id, new_set, progress) = match inner.rekey() {
                 None | Some(None) => return Err(SealError::NoRekey),
@@ -318,7 +325,18 @@ impl Seal {
             }
             return Err(SealError::Hsm(e));
         }
-        self.store.promote_pending().map_err(SealError::Storage)?;
+        if let Err(e) = self.store.promote_pending() {
+            // The token has the new PINs, the new set is on disk as
+            // pending: sealed, and the next unseal accepts either set.
+            inner.pending = Some(file);
+            inner.state = State::sealed();
+            self.note(
+                EventKind::RekeyCommit,
+                Outcome::CommittedButSealed,
+                json!({"rekey_id": id, "reason": e.to_string()}),
+            );
+            return Err(SealError::Storage(e));
+        }
         inner.current = Some(file);
         if let Err(e) = hsm.login(&new_key.user_pin(&new_set)) {
             inner.state = State::sealed();
@@ -330,8 +348,12 @@ impl Seal {
             return Err(SealError::Hsm(e));
         }
         // The login was renewed: the owner must load again (session copies).
+        // Only an open daemon goes back to loading; one that is closing
+        // stays closing (a rekey never reopens a daemon being sealed).
         if let State::Unsealed { serving, .. } = &mut inner.state {
-            *serving = Serving::Loading;
+            if *serving == Serving::Open {
+                *serving = Serving::Loading;
+            }
         }
         self.note(EventKind::RekeyCommit, Outcome::Ok,
             json!({"rekey_id": id, "new_set_id": hex::encode(new_set), "old_set_id": current.set_id}),

@@ -316,3 +316,47 @@ fn a_rekey_can_be_cancelled_and_expires() {
     r.seal.seal(&r.hsm).unwrap();
     unseal(&r, &old[1..]);
 }
+
+#[test]
+fn an_init_commit_cut_short_after_the_pin_change_is_finished_by_the_next_quorum() {
+    let r = rig(false);
+    let shares = init(&r);
+    // The seal file cannot be written: the PINs change, the commit fails
+    // (as a crash between the two would leave it).
+    let blocker = r._dir.path().join("seal.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    r.seal.submit_unseal_share(&r.hsm, &shares[0]).unwrap();
+    assert!(matches!(
+        r.seal.submit_unseal_share(&r.hsm, &shares[1]),
+        Err(SealError::Storage(_))
+    ));
+    assert!(
+        r.hsm.verify_pins(&pin(USER), &pin(SO)).is_err(),
+        "the PINs changed"
+    );
+    assert!(!r.hsm.is_logged_in(), "a failed commit leaves no login");
+    assert!(r.seal.status().init_pending);
+    // The provisioning PINs are gone, but the derived ones work: the next
+    // quorum finishes the commit instead of asking for an init that could
+    // only spend the token's PIN attempts.
+    std::fs::remove_dir(&blocker).unwrap();
+    unseal(&r, &shares[1..]);
+    assert!(!r.seal.status().init_pending);
+    assert!(r.sink.kinds().contains(&(K::InitCommit, O::Ok)));
+}
+
+#[test]
+fn a_rekey_cannot_reopen_a_daemon_that_is_closing() {
+    let r = rig(false);
+    let old = init(&r);
+    unseal(&r, &old[..2]);
+    r.seal.rekey_start(spec(3, 2)).unwrap();
+    r.seal.rekey_submit(&old[0]).unwrap();
+    assert!(r.seal.begin_closing());
+    assert!(
+        matches!(r.seal.rekey_submit(&old[1]), Err(SealError::Sealed { .. })),
+        "no rekey step while closing"
+    );
+    assert!(!r.seal.open_for_keys(), "closing stays closing");
+    assert!(r.seal.require_unsealed().is_err());
+}

@@ -152,56 +152,89 @@ impl Seal {
             return Err(SealError::Tampered(why.to_string()));
         }
         let keyring = file.open_keyring(&key).map_err(SealError::Storage)?;
+        let mut logged_in = false;
         if file.pending_init {
             // The first quorum proved the shares work: now, and only now,
             // the provisioning PINs give way to the derived ones.
-            let Some(p) = pins.take() else {
-                self.note(
-                    EventKind::InitCommit,
-                    Outcome::Failed,
-                    json!({"reason": "provisioning PINs gone (restart)"}),
-                );
-                return Err(SealError::InitIncomplete);
-            };
-            if let Err(e) =
-                hsm.change_pins(&p.user, &key.user_pin(&set_id), &p.so, &key.so_pin(&set_id))
-            {
-                self.note(
-                    EventKind::InitCommit,
-                    Outcome::Failed,
-                    json!({"reason": e.to_string()}),
-                );
-                *pins = Some(p);
-                return Err(SealError::Hsm(e));
+            match pins.take() {
+                Some(p) => {
+                    if let Err(e) = hsm.change_pins(
+                        &p.user,
+                        &key.user_pin(&set_id),
+                        &p.so,
+                        &key.so_pin(&set_id),
+                    ) {
+                        self.note(
+                            EventKind::InitCommit,
+                            Outcome::Failed,
+                            json!({"reason": e.to_string()}),
+                        );
+                        *pins = Some(p);
+                        return Err(SealError::Hsm(e));
+                    }
+                }
+                None => {
+                    // No provisioning PINs: the daemon restarted after init,
+                    // or it crashed after changing the PINs and before the
+                    // seal file said so. If the derived PIN logs in, the
+                    // change happened: finish the commit. (Otherwise this
+                    // spent one user-PIN attempt; init must run again.)
+                    if hsm.login(&key.user_pin(&set_id)).is_err() {
+                        self.note(
+                            EventKind::InitCommit,
+                            Outcome::Failed,
+                            json!({"reason": "provisioning PINs gone (restart)"}),
+                        );
+                        return Err(SealError::InitIncomplete);
+                    }
+                    logged_in = true;
+                }
             }
-            drop(p);
             file.pending_init = false;
-            file.authenticate(&key).map_err(SealError::Storage)?;
-            self.store.save(&file).map_err(SealError::Storage)?;
+            let saved = file
+                .authenticate(&key)
+                .and_then(|()| self.store.save(&file));
+            if let Err(e) = saved {
+                if logged_in {
+                    hsm.logout();
+                }
+                return Err(SealError::Storage(e));
+            }
             inner.current = Some(file.clone());
             self.note(
                 EventKind::InitCommit,
                 Outcome::Ok,
-                json!({"set_id": file.set_id}),
+                json!({"set_id": file.set_id, "finished_after_restart": logged_in}),
             );
         }
-        if let Err(e) = hsm.login(&key.user_pin(&set_id)) {
-            self.note(
-                EventKind::Unseal,
-                Outcome::Failed,
-                json!({"reason": e.to_string()}),
-            );
-            return Err(SealError::Hsm(e));
+        if !logged_in {
+            if let Err(e) = hsm.login(&key.user_pin(&set_id)) {
+                self.note(
+                    EventKind::Unseal,
+                    Outcome::Failed,
+                    json!({"reason": e.to_string()}),
+                );
+                return Err(SealError::Hsm(e));
+            }
         }
         drop(key);
-        // An interrupted rekey is settled by whichever set logged in.
+        // An interrupted rekey is settled by whichever set logged in. A
+        // failure to record that leaves the daemon sealed and logged out.
         let is_pending = inner.pending.as_ref().map(|p| p.set_id == file.set_id) == Some(true);
-        if is_pending {
-            self.store.promote_pending().map_err(SealError::Storage)?;
-            inner.current = inner.pending.take();
+        let settled = if is_pending {
+            self.store.promote_pending().map(|()| {
+                inner.current = inner.pending.take();
+            })
         } else if inner.pending.is_some() {
-            self.store.discard_pending().map_err(SealError::Storage)?;
-            inner.pending = None;
+            self.store.discard_pending().map(|()| {
+                inner.pending = None;
+            })
+        } else {
+            Ok(())
+        };
+        if let Err(e) = settled {
+            hsm.logout();
+            return Err(SealError::Storage(e));
         }
         inner.state = State::Unsealed {
             keyring,

@@ -90,3 +90,33 @@ def test_without_the_daemon_nothing_is_served(dev) -> None:
     assert not c.cache_stats().live
     c.close()
     assert not c.cache_stats().live
+
+
+def test_a_key_fetched_while_no_stream_was_open_is_not_stored() -> None:
+    """A change made while the watch stream was down reached nobody: the
+    first event of the next stream forgets everything, and a key fetched
+    before it (its ticket older) is not cached."""
+    import grpc
+
+    from keywarden.cache import DataKeyCache
+    from keywarden.v1 import datakey_pb2 as pb
+
+    channel = grpc.insecure_channel("unix:/nonexistent/kw.sock", options=keywarden.channel_options())
+    cache = DataKeyCache(channel, keywarden.CacheConfig())
+    try:
+        ticket = cache.ticket()  # an app fetches a key while the stream is down
+        heartbeat = pb.KeyEvent(kind=pb.KeyEvent.HEARTBEAT)
+        cache._event(heartbeat, True)  # the stream is back
+        cache.put_decrypt(ticket, b"blob", b"ctx", bytearray(32), "key-id")
+        assert cache.take_decrypt(b"blob", b"ctx") is None
+        # A key fetched after the stream is back is cached, and an unknown
+        # event kind forgets it (fail closed).
+        ticket = cache.ticket()
+        cache.put_decrypt(ticket, b"blob", b"ctx", bytearray(32), "key-id")
+        lease = cache.take_decrypt(b"blob", b"ctx")
+        assert lease is not None and lease.valid()
+        cache._event(pb.KeyEvent(kind=99), False)
+        assert not lease.valid() and cache.take_decrypt(b"blob", b"ctx") is None
+    finally:
+        cache.close()
+        channel.close()

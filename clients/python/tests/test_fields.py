@@ -119,3 +119,22 @@ def test_malformed_bytes_are_invalid_argument_and_oversized_out_of_range(dev) ->
         raw(b"\x0a\x83\x80\x12" + b"\x00" * 300_000, timeout=10)  # a 300 kB blob field
     assert e.value.code() == grpc.StatusCode.OUT_OF_RANGE, e.value.details()
     channel.close()
+
+
+def test_a_field_planted_under_another_key_is_refused_when_the_key_is_named(dev, client, keys) -> None:
+    aes, _ = keys
+    other = dev.create_key("py-fields-other-tenant")
+    planted = client.encrypt_field(other, b"forged note", CTX)
+    assert client.decrypt_field(planted, CTX) == b"forged note"  # no key named: any key
+    with pytest.raises(keywarden.InvalidArgumentError) as e:
+        client.decrypt_field(planted, CTX, key=aes)
+    assert e.value.field == "ciphertext_blob"
+    [item] = client.decrypt_fields([(planted, CTX)], key=aes)
+    assert isinstance(item, keywarden.InvalidArgumentError)
+
+
+def test_a_payload_blob_never_passes_for_a_data_key(client, keys) -> None:
+    aes, _ = keys
+    blob = client.encrypt_field(aes, bytes(32), CTX)
+    with pytest.raises(keywarden.MessageError):
+        client.decrypt_data_key(blob, CTX)

@@ -447,6 +447,10 @@ async fn watch(cache: Weak<Cache>, stub: DataKeyServiceClient<Channel>) {
         match c.watch_keys(proto::WatchKeysRequest {}).await {
             Ok(resp) => {
                 let mut stream = resp.into_inner();
+                // Changes made while no stream was open reached nobody: the
+                // first event of each stream forgets everything, so a key
+                // fetched meanwhile (its ticket older) is not stored.
+                let mut first = true;
                 loop {
                     // A daemon that goes silent is as good as gone.
                     let next = tokio::time::timeout(LIVENESS, stream.message()).await;
@@ -454,6 +458,9 @@ async fn watch(cache: Weak<Cache>, stub: DataKeyServiceClient<Channel>) {
                     match next {
                         Ok(Ok(Some(ev))) => {
                             pause = Duration::from_millis(100);
+                            if std::mem::take(&mut first) {
+                                cache.reset();
+                            }
                             match proto::key_event::Kind::try_from(ev.kind) {
                                 Ok(proto::key_event::Kind::Heartbeat) => cache.heard(),
                                 Ok(proto::key_event::Kind::Changed) => {

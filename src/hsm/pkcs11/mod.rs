@@ -5,7 +5,7 @@
 //! whole token (and owns the session copies of CMK versions) and a bounded
 //! pool of worker sessions checked out per operation. Sealing drops both.
 //!
-//! Recovery: a call that fails because the token or its sessions are gone
+//! Recovery (`recovery.rs`): a call that fails because the token or its sessions are gone
 //! (device removed, token not present, session handle invalid, cryptoki not
 //! initialised, device error) marks the HSM *lost*. While lost every
 //! operation fails fast with [`HsmError::Unavailable`]; [`Hsm::recover`]
@@ -32,6 +32,7 @@ use zeroize::Zeroizing;
 mod error;
 mod objects;
 mod pool;
+mod recovery;
 
 #[cfg(test)]
 use error::LOSS;
@@ -147,29 +148,6 @@ impl Pkcs11Hsm {
             .is_some()
     }
 
-    /// Marks the HSM lost if `e` says the token or our sessions are gone
-    /// (only while logged in: a sealed daemon has nothing to recover).
-    fn note_loss(&self, e: &HsmError, generation: u32) {
-        if !e.is_loss() || lock(&self.relogin).is_none() {
-            return;
-        }
-        let current = self
-            .live
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|l| l.pool.generation);
-        if current != Some(generation) {
-            // A call that started before the last recovery.
-            return;
-        }
-        let mut lost = self.lost.write().unwrap_or_else(|p| p.into_inner());
-        if lost.is_none() {
-            tracing::warn!(error = %e, "HSM lost: key operations fail with UNAVAILABLE until it is back");
-            *lost = Some(e.clone());
-        }
-    }
-
     /// Opens the login session, logs in and opens the worker pool.
     fn open_live(&self, pin: &Pin) -> HsmResult<Arc<Live>> {
         let slot = self.slot();
@@ -191,50 +169,6 @@ impl Pkcs11Hsm {
             pool,
             login: Mutex::new(login),
         }))
-    }
-
-    /// C_Finalize, then C_Initialize, on the loaded module.
-    fn reinitialize(&self) -> HsmResult<()> {
-        // C_Finalize fails with CKR_CRYPTOKI_NOT_INITIALIZED when the module
-        // already dropped its state; either way it is initialised next.
-        let _ = self.ctx.clone().finalize();
-        match self
-            .ctx
-            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
-            Err(e) => Err(ck(e)),
-        }
-    }
-
-    /// Finds the same token again (by serial: a different token that
-    /// carries the same label is not accepted) and logs in.
-    fn reconnect(&self, pin: &Pin, reinit: bool) -> HsmResult<Arc<Live>> {
-        if reinit {
-            self.reinitialize()?;
-        }
-        let same = TokenSelector::Serial(self.token.serial.clone());
-        let (slot, _) = match select_token(&self.ctx, &same) {
-            Err(e) if e.is_loss() && !reinit => {
-                self.reinitialize()?;
-                select_token(&self.ctx, &same)?
-            }
-            other => other?,
-        };
-        *self.slot.write().unwrap_or_else(|p| p.into_inner()) = slot;
-        let live = self.open_live(pin)?;
-        let ids: Vec<HsmKeyId> = lock(&self.activated).iter().copied().collect();
-        for id in ids {
-            match self.activate_in(&live, &id) {
-                Ok(()) => {}
-                // Destroyed meanwhile: nothing to rebuild.
-                Err(HsmError::ObjectNotFound(_)) => {
-                    lock(&self.activated).remove(&id);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(live)
     }
 
     /// Finds the token object and, where the profile says so, makes the
@@ -421,39 +355,7 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn recover(&self) -> HsmResult<bool> {
-        let _transition = lock(&self.transitions);
-        let reason = self.lost.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(reason) = reason else {
-            return Ok(false);
-        };
-        // A short-lived second copy, so the lock is not held while the
-        // module is called (recovery may mark the HSM lost again).
-        let pin = lock(&self.relogin).as_ref().map(Pin::duplicate_for_relogin);
-        let Some(pin) = pin else {
-            // Sealed meanwhile: nothing to log in to.
-            *self.lost.write().unwrap_or_else(|p| p.into_inner()) = None;
-            return Ok(false);
-        };
-        // The old sessions are dead: drop them (in-flight calls keep their
-        // own reference until they fail).
-        drop(self.live.write().unwrap_or_else(|p| p.into_inner()).take());
-        let failed = self.failed_recoveries.load(Ordering::Relaxed);
-        // Re-initialise the module when it says so, or when plain
-        // reconnecting has failed twice (some modules see a re-plugged token
-        // only after C_Initialize).
-        let reinit = failed >= 2 || error::is_rv(&reason, RvError::CryptokiNotInitialized);
-        match self.reconnect(&pin, reinit) {
-            Ok(live) => {
-                *self.live.write().unwrap_or_else(|p| p.into_inner()) = Some(live);
-                *self.lost.write().unwrap_or_else(|p| p.into_inner()) = None;
-                self.failed_recoveries.store(0, Ordering::Relaxed);
-                Ok(true)
-            }
-            Err(e) => {
-                self.failed_recoveries.fetch_add(1, Ordering::Relaxed);
-                Err(e)
-            }
-        }
+        self.recover_now()
     }
 
     fn login(&self, pin: &Pin) -> HsmResult<()> {
@@ -671,10 +573,7 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn random(&self, buf: &mut [u8]) -> HsmResult<()> {
-        let live = self.live()?;
-        let mut s = live.session(self)?;
-        let r = s.session()?.generate_random_slice(buf).map_err(ck);
-        r.map_err(|e| s.note(e))
+        self.with_session(|_live, session| session.generate_random_slice(buf).map_err(ck))
     }
 
     fn generate_cmk(&self, id: &HsmKeyId, label: &str, kind: KeyKind) -> HsmResult<()> {
@@ -711,10 +610,12 @@ impl Hsm for Pkcs11Hsm {
             Attribute::Label(label.as_bytes().to_vec()),
         ];
         let _serial = lock(&self.token_writes);
-        let live = self.live()?;
-        let mut s = live.session(self)?;
-        let r = s.session()?.generate_key(&mechanism, &template).map_err(ck);
-        r.map(|_| ()).map_err(|e| s.note(e))
+        self.with_session(|_live, session| {
+            session
+                .generate_key(&mechanism, &template)
+                .map(|_| ())
+                .map_err(ck)
+        })
     }
 
     fn activate(&self, id: &HsmKeyId) -> HsmResult<()> {
@@ -734,11 +635,10 @@ impl Hsm for Pkcs11Hsm {
                 .map_err(ck)
                 .inspect_err(|e| self.note_loss(e, live.pool.generation))?;
         }
-        let mut s = live.session(self)?;
-        let session = s.session()?;
-        let r = Self::find_token_object(session, id)
-            .and_then(|h| session.destroy_object(h).map_err(ck));
-        r.map_err(|e| s.note(e))
+        drop(live);
+        self.with_session(|_live, session| {
+            Self::find_token_object(session, id).and_then(|h| session.destroy_object(h).map_err(ck))
+        })
     }
 
     fn list_cmks(&self) -> HsmResult<Vec<HsmObjectInfo>> {

@@ -124,24 +124,37 @@ class DataKeyCache:
         while not self._closed.is_set():
             try:
                 self._stream = self._stub.WatchKeys(pb.WatchKeysRequest())
+                first = True
                 for ev in self._stream:
                     pause = 0.05
-                    self._event(ev)
+                    self._event(ev, first)
+                    first = False
             except grpc.RpcError:
                 pass
             self._lost()
             self._closed.wait(pause)
             pause = min(pause * 2, 2.0)
 
-    def _event(self, ev: pb.KeyEvent) -> None:
+    def _event(self, ev: pb.KeyEvent, first: bool) -> None:
         with self._lock:
             self._heard = time.monotonic()
+            if first:
+                # Changes made while no stream was open reached nobody: a key
+                # fetched meanwhile (its ticket older than this) is not stored.
+                self._forget_all()
             if ev.kind == pb.KeyEvent.CHANGED:
                 self._generations[ev.key_id] = self._generations.get(ev.key_id, 0) + 1
                 self._changes += 1
                 self._stats.revoked += self._drop(lambda e: ev.key_id in e.key_ids)
-            elif ev.kind == pb.KeyEvent.RESET:
+            elif ev.kind != pb.KeyEvent.HEARTBEAT:
+                # RESET, or a kind this client does not know: forget all.
                 self._forget_all()
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Wipes the entries that reached their age."""
+        now = time.monotonic()
+        self._drop(lambda e: now - e.created > self.config.max_age)
 
     def _lost(self) -> None:
         with self._lock:
@@ -209,9 +222,10 @@ class DataKeyCache:
         """A cached key for encrypting ``nbytes`` under ``keys`` with this
         (encoded) context, or ``None``."""
         with self._lock:
-            e = self._enc.get((tuple(keys), ctx))
+            k = (tuple(keys), ctx)
+            e = self._enc.get(k)
             if e is None or not self._live() or not self._usable(e, nbytes):
-                self._stats.misses += 1
+                self._retire(self._enc, k, e)
                 return None
             e.messages += 1
             e.bytes += nbytes
@@ -234,13 +248,20 @@ class DataKeyCache:
     def take_decrypt(self, blob: bytes, ctx: bytes) -> Lease | None:
         """A cached key for this recipient blob and context, or ``None``."""
         with self._lock:
-            e = self._dec.get((blob, ctx))
+            k = (blob, ctx)
+            e = self._dec.get(k)
             if e is None or not self._live() or not self._usable(e, 0):
-                self._stats.misses += 1
+                self._retire(self._dec, k, e)
                 return None
             e.messages += 1
             self._stats.hits += 1
             return self._lease(e)
+
+    def _retire(self, table: OrderedDict[Any, _Entry], k: object, e: _Entry | None) -> None:
+        """A miss: an entry past its bounds is wiped at once."""
+        self._stats.misses += 1
+        if e is not None and self._live() and not self._usable(e, 0):
+            table.pop(k).wipe()
 
     def put_decrypt(self, ticket: int, blob: bytes, ctx: bytes, key: bytearray, key_id: str) -> None:
         self._put(self._dec, (blob, ctx), ticket, key, [blob], [key_id], 0)

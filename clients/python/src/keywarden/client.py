@@ -68,6 +68,11 @@ def check_context(context: Context | None, field: str = "context") -> dict[str, 
     for k, v in context.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise UsageError(f"{field}: keys and values must be str (got {k!r}: {type(v).__name__})")
+        for text in (k, v):
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                raise UsageError(f"{field}: {text!r} is not encodable as UTF-8") from None
         out[k] = v
     return out
 
@@ -236,43 +241,48 @@ class Client:
     def generate_data_keys(
         self, items: Iterable[tuple[str, Context | None]]
     ) -> list[DataKey | KeywardenError]:
-        """Up to 1024 data keys in one call; each item succeeds or fails on
-        its own (a failed item is its typed error, not raised)."""
+        """Many data keys in as few calls as the limits allow (1024 items
+        and 256 KiB per call); each item succeeds or fails on its own (a
+        failed item is its typed error, not raised)."""
         reqs = [pb.GenerateDataKeyRequest(key=k, encryption_context=check_context(c)) for k, c in items]
-        _check_batch(reqs)
-        r = self._call(
-            self.datakeys.BatchGenerateDataKey,
-            pb.BatchGenerateDataKeyRequest(requests=reqs),
-            idempotent=False,
-        )
         out: list[DataKey | KeywardenError] = []
-        for item in r.results:
-            if item.HasField("ok"):
-                ok = item.ok
-                out.append(_data_key(ok.plaintext, ok.key, ok.key_id, ok.key_version, ok.ciphertext_blob, ok))
-            else:
-                out.append(
-                    from_item(item.error.code, item.error.message, item.error.field, item.error.key_state)
-                )
+        for chunk in _chunks(reqs):
+            r = self._call(
+                self.datakeys.BatchGenerateDataKey,
+                pb.BatchGenerateDataKeyRequest(requests=chunk),
+                idempotent=False,
+            )
+            for item in r.results:
+                if item.HasField("ok"):
+                    ok = item.ok
+                    out.append(
+                        _data_key(ok.plaintext, ok.key, ok.key_id, ok.key_version, ok.ciphertext_blob, ok)
+                    )
+                else:
+                    out.append(_item_error(item.error))
         return out
 
     def decrypt_data_keys(
         self, items: Iterable[tuple[bytes, Context | None]]
     ) -> list[DataKey | KeywardenError]:
-        """Up to 1024 blobs unwrapped in one call, each on its own."""
+        """Many blobs unwrapped in as few calls as the limits allow, each
+        on its own."""
         pairs = [(bytes(b), check_context(c)) for b, c in items]
         reqs = [pb.DecryptRequest(ciphertext_blob=b, encryption_context=c) for b, c in pairs]
-        _check_batch(reqs)
-        r = self._call(self.datakeys.BatchDecrypt, pb.BatchDecryptRequest(requests=reqs))
         out: list[DataKey | KeywardenError] = []
-        for (blob, _), item in zip(pairs, r.results, strict=True):
-            if item.HasField("ok"):
-                ok = item.ok
-                out.append(_data_key(ok.plaintext, ok.key, ok.key_id, ok.key_version, blob, ok))
-            else:
-                out.append(
-                    from_item(item.error.code, item.error.message, item.error.field, item.error.key_state)
-                )
+        done = 0
+        for chunk in _chunks(reqs):
+            r = self._call(self.datakeys.BatchDecrypt, pb.BatchDecryptRequest(requests=chunk))
+            for (blob, _), item in zip(pairs[done : done + len(chunk)], r.results, strict=True):
+                if item.HasField("ok"):
+                    ok = item.ok
+                    try:
+                        out.append(_data_key(ok.plaintext, ok.key, ok.key_id, ok.key_version, blob, ok))
+                    except KeywardenError as e:
+                        out.append(e)
+                else:
+                    out.append(_item_error(item.error))
+            done += len(chunk)
         return out
 
     # -- small fields, encrypted by the daemon ------------------------------
@@ -286,9 +296,13 @@ class Client:
         )
         return bytes(self._call(self.datakeys.Encrypt, req, idempotent=False).ciphertext_blob)
 
-    def decrypt_field(self, blob: bytes, context: Context | None = None) -> bytes:
-        """Opens what :meth:`encrypt_field` made, under the same context."""
-        req = pb.DecryptRequest(ciphertext_blob=bytes(blob), encryption_context=check_context(context))
+    def decrypt_field(self, blob: bytes, context: Context | None = None, *, key: str | None = None) -> bytes:
+        """Opens what :meth:`encrypt_field` made, under the same context.
+        ``key`` insists on the CMK it must be under: a value planted under
+        another key is refused."""
+        req = pb.DecryptRequest(
+            ciphertext_blob=bytes(blob), encryption_context=check_context(context), key=key or ""
+        )
         r = self._call(self.datakeys.Decrypt, req)
         out = bytes(r.plaintext)
         r.ClearField("plaintext")
@@ -312,15 +326,17 @@ class Client:
                 if item.HasField("ok"):
                     out.append(bytes(item.ok.ciphertext_blob))
                 else:
-                    out.append(
-                        from_item(item.error.code, item.error.message, item.error.field, item.error.key_state)
-                    )
+                    out.append(_item_error(item.error))
         return out
 
-    def decrypt_fields(self, items: Iterable[tuple[bytes, Context | None]]) -> list[bytes | KeywardenError]:
-        """Many fields opened in as few calls as the limits allow."""
+    def decrypt_fields(
+        self, items: Iterable[tuple[bytes, Context | None]], *, key: str | None = None
+    ) -> list[bytes | KeywardenError]:
+        """Many fields opened in as few calls as the limits allow; ``key``
+        insists on the CMK every one must be under."""
         reqs = [
-            pb.DecryptRequest(ciphertext_blob=bytes(b), encryption_context=check_context(c)) for b, c in items
+            pb.DecryptRequest(ciphertext_blob=bytes(b), encryption_context=check_context(c), key=key or "")
+            for b, c in items
         ]
         out: list[bytes | KeywardenError] = []
         for chunk in _chunks(reqs):
@@ -330,9 +346,7 @@ class Client:
                     out.append(bytes(item.ok.plaintext))
                     item.ok.ClearField("plaintext")
                 else:
-                    out.append(
-                        from_item(item.error.code, item.error.message, item.error.field, item.error.key_state)
-                    )
+                    out.append(_item_error(item.error))
         return out
 
     # -- MACs and blind indexes ---------------------------------------------
@@ -366,9 +380,7 @@ class Client:
                 if item.HasField("ok"):
                     out.append(Mac(bytes(item.ok.mac), item.ok.key, item.ok.key_version))
                 else:
-                    out.append(
-                        from_item(item.error.code, item.error.message, item.error.field, item.error.key_state)
-                    )
+                    out.append(_item_error(item.error))
         return out
 
     def blind_index(
@@ -392,7 +404,12 @@ class Client:
         """Blind indexes of many values (raises on the first failure)."""
         if not 1 <= bits <= blind.MAX_BITS:
             raise UsageError(f"bits: {bits}; 1 to {blind.MAX_BITS}")
-        inputs = [blind.blind_input(domain, v.encode() if isinstance(v, str) else bytes(v)) for v in values]
+        try:
+            inputs = [
+                blind.blind_input(domain, v.encode() if isinstance(v, str) else bytes(v)) for v in values
+            ]
+        except UnicodeEncodeError:
+            raise UsageError("value: a value is not encodable as UTF-8") from None
         out = []
         for m in self.macs(key, inputs, version=version):
             if isinstance(m, KeywardenError):
@@ -403,17 +420,19 @@ class Client:
     # -- envelope messages --------------------------------------------------
 
     def _material(
-        self, keys: list[str], ctx: dict[str, str], nbytes: int
+        self, keys: list[str], ctx: dict[str, str], nbytes: int | None
     ) -> tuple[bytearray, list[bytes], Lease | None]:
-        """A data key (a copy: wipe it) and its blobs for one message: from
-        the cache, or fresh from the daemon (wrapped under the first key,
-        rewrapped to the others), then cached."""
+        """A data key (a copy: wipe it) and its blobs for one message of
+        ``nbytes`` (``None``: a stream): from the cache, or fresh from the
+        daemon (wrapped under the first key, rewrapped to the others), then
+        cached. Streams never use the cache."""
         encoded = fmt.encode_context(ctx)
-        if self._cache is not None:
-            lease = self._cache.take_encrypt(keys, encoded, nbytes)
+        cache = self._cache if nbytes is not None else None
+        if cache is not None and nbytes is not None:
+            lease = cache.take_encrypt(keys, encoded, nbytes)
             if lease is not None:
                 return lease.key, list(lease.blobs), lease
-        ticket = self._cache.ticket() if self._cache is not None else 0
+        ticket = cache.ticket() if cache is not None else 0
         with self.generate_data_key(keys[0], ctx) as dk:
             blobs, key_ids = [dk.ciphertext_blob], [dk.key_id]
             for k in keys[1:]:
@@ -421,8 +440,8 @@ class Client:
                 blobs.append(bytes(r.ciphertext_blob))
                 key_ids.append(r.key_id)
             key = bytearray(dk.plaintext)
-        if self._cache is not None:
-            self._cache.put_encrypt(ticket, keys, encoded, key, blobs, key_ids, nbytes)
+        if cache is not None and nbytes is not None:
+            cache.put_encrypt(ticket, keys, encoded, key, blobs, key_ids, nbytes)
         return key, blobs, None
 
     def _open_recipients(self, header: fmt.Header, ctx: dict[str, str]) -> tuple[bytearray, Lease | None]:
@@ -436,6 +455,9 @@ class Client:
                     return lease.key, lease
         errors: list[KeywardenError] = []
         for blob in header.recipients:
+            if blob[2:3] != b"\x01":
+                errors.append(MessageError(f"a recipient is not a data-key blob (format {blob[2:3].hex()})"))
+                continue
             ticket = self._cache.ticket() if self._cache is not None else 0
             try:
                 dk = self.decrypt_data_key(blob, ctx)
@@ -487,7 +509,9 @@ class Client:
         """Encrypts ``src`` to ``dst`` (binary file objects) in constant
         memory, one 16 KiB segment at a time. Returns the bytes written."""
         keys, ctx = _keys(key), check_context(context)
-        key_copy, blobs, lease = self._material(keys, ctx, 0)
+        # A stream's length is unknown: it always gets a fresh data key
+        # (never a cached one, which its byte bound could not cover).
+        key_copy, blobs, lease = self._material(keys, ctx, None)
         header = fmt.encode_header(blobs)
         salt = fmt.random_salt()
         try:
@@ -600,12 +624,17 @@ def _chunks(reqs: list[Any]) -> Iterator[list[Any]]:
     yield chunk
 
 
-def _check_batch(reqs: list[object]) -> None:
-    if not 1 <= len(reqs) <= MAX_BATCH:
-        raise UsageError(f"items: {len(reqs)} items; a batch carries 1 to {MAX_BATCH}")
+def _item_error(e: pb.ItemError) -> KeywardenError:
+    return from_item(e.code, e.message, e.field, e.key_state)
 
 
 def _data_key(plaintext: bytes, key: str, key_id: str, version: int, blob: bytes, message: object) -> DataKey:
+    # Only a data-key blob (format 1, a 32-byte key) makes a data key; a
+    # payload blob (format 2, Encrypt) is not one, whatever its length.
+    if len(plaintext) != 32 or blob[2:3] != b"\x01":
+        raise MessageError(
+            "not a data-key blob (a payload made by Encrypt?): it unwraps to no 32-byte data key"
+        )
     dk = DataKey(bytearray(plaintext), key, key_id, version, bytes(blob))
     # Drop the message's own reference (the runtime's copy is its own).
     clear = getattr(message, "ClearField", None)

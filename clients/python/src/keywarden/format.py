@@ -137,12 +137,16 @@ class MessageKeys:
         if len(data_key) != 32 or len(salt) != SALT:
             raise MessageError("the data key could not be expanded into message keys")
         info = _INFO_PREFIX + salt + chunk_context(header, context)
-        okm = bytearray(HKDFExpand(hashes.SHA256(), 76, info).derive(bytes(data_key)))
-        self._aead = AESGCM(bytes(okm[:32]))
+        # No immutable copies of key material here (the caller's bytearray
+        # is passed as is; ours are wiped). cryptography keeps its own.
+        okm = bytearray(HKDFExpand(hashes.SHA256(), 76, info).derive(data_key))
+        aes_key = okm[:32]
+        self._aead = AESGCM(aes_key)
         self._prefix = bytes(okm[32:36])
         self._counter = int.from_bytes(okm[36:44], "big")
         self.commitment = bytes(okm[44:76])
-        okm[:] = bytes(len(okm))
+        for b in (okm, aes_key):
+            b[:] = bytes(len(b))
 
     def __repr__(self) -> str:
         return "MessageKeys(<redacted>)"
