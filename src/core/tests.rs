@@ -491,3 +491,66 @@ fn macs_are_per_key_deterministic_and_pinned_versions_stay_usable() {
         Err(CoreError::InvalidArgument { field: "mac", .. })
     ));
 }
+
+/// A disable or a revocation that lands while a key operation is in the
+/// HSM wins: the operation's answer is refused, not served from the state
+/// it started in.
+#[test]
+fn a_change_that_lands_during_the_hsm_call_wins() {
+    let Rig {
+        _dir, core, hsm, ..
+    } = rig();
+    let core = Arc::new(core);
+    core.create_key("k", "", None, crate::hsm::KeyKind::Aes)
+        .unwrap();
+    core.create_key("h", "", None, crate::hsm::KeyKind::Hmac)
+        .unwrap();
+    let blob = generate(&core, "k").unwrap().blob;
+    let change = |what: &'static str| -> crate::hsm::memory::CryptoHook {
+        let weak = Arc::downgrade(&core);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        Arc::new(move || {
+            if done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let core = weak.upgrade().unwrap();
+            match what {
+                "disable k" => drop(core.disable("k").unwrap()),
+                "revoke h" => {
+                    core.rotate("h", "test").unwrap();
+                    drop(core.revoke_version("h", 1).unwrap());
+                }
+                _ => unreachable!(),
+            }
+        })
+    };
+    hsm.on_crypto(Some(change("disable k")));
+    assert!(matches!(
+        generate(&core, "k"),
+        Err(CoreError::KeyUnusable { .. })
+    ));
+    hsm.on_crypto(None);
+    core.enable("k").unwrap();
+    let unwrap = || {
+        let req = DecryptRequest {
+            blob: blob.clone(),
+            context: HashMap::from([("t".to_string(), "1".to_string())]),
+            key: None,
+        };
+        core.decrypt(vec![req], &open_gate)
+            .unwrap()
+            .pop()
+            .unwrap()
+            .result
+    };
+    assert!(unwrap().is_ok(), "the blob opens while nothing changes");
+    hsm.on_crypto(Some(change("disable k")));
+    assert!(matches!(unwrap(), Err(CoreError::KeyUnusable { .. })));
+    hsm.on_crypto(None);
+    hsm.on_crypto(Some(change("revoke h")));
+    assert!(matches!(
+        mac(&core, "h", b"MRN", Some(1)),
+        Err(CoreError::VersionRevoked { .. })
+    ));
+    hsm.on_crypto(None);
+}

@@ -52,7 +52,13 @@ struct State {
 pub struct MemoryHsm {
     token: TokenDescription,
     state: Mutex<State>,
+    /// Run at the start of every crypto call (tests: a change that lands
+    /// while a key operation is in the HSM).
+    hook: Mutex<Option<CryptoHook>>,
 }
+
+/// See [`MemoryHsm::on_crypto`].
+pub type CryptoHook = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 impl MemoryHsm {
     /// A fresh token with these provisioning PINs.
@@ -74,6 +80,20 @@ impl MemoryHsm {
                 signing: None,
                 lost: None,
             }),
+            hook: Mutex::new(None),
+        }
+    }
+
+    /// Runs `hook` at the start of every crypto call, before the token's
+    /// state is locked (`None` removes it).
+    pub fn on_crypto(&self, hook: Option<CryptoHook>) {
+        *self.hook.lock().unwrap_or_else(|p| p.into_inner()) = hook;
+    }
+
+    fn crypto_call(&self) {
+        let hook = self.hook.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(h) = hook {
+            h();
         }
     }
 
@@ -262,6 +282,7 @@ impl Hsm for MemoryHsm {
         })
     }
     fn wrap_new_keys(&self, key: &HsmKeyId, aads: &[&[u8]]) -> HsmResult<Vec<WrappedKey>> {
+        self.crypto_call();
         let s = self.usable()?;
         let cipher = Self::cipher(&s, key)?;
         let mut out = Vec::with_capacity(aads.len());
@@ -286,6 +307,7 @@ impl Hsm for MemoryHsm {
         key: &HsmKeyId,
         items: &[(&[u8], &[u8])],
     ) -> HsmResult<Vec<([u8; IV_LEN], Vec<u8>)>> {
+        self.crypto_call();
         let s = self.usable()?;
         let cipher = Self::cipher(&s, key)?;
         items
@@ -299,6 +321,7 @@ impl Hsm for MemoryHsm {
     }
     fn mac_many(&self, key: &HsmKeyId, data: &[&[u8]]) -> HsmResult<Vec<[u8; MAC_LEN]>> {
         use hmac::Mac;
+        self.crypto_call();
         let s = self.usable()?;
         let c = s.cmks.get(key).ok_or(HsmError::ObjectNotFound(*key))?;
         if c.kind != KeyKind::Hmac {
@@ -321,6 +344,7 @@ impl Hsm for MemoryHsm {
         Ok(())
     }
     fn decrypt_many(&self, items: &[UnwrapItem<'_>]) -> Vec<HsmResult<Zeroizing<Vec<u8>>>> {
+        self.crypto_call();
         let s = match self.usable() {
             Ok(s) => s,
             Err(e) => return items.iter().map(|_| Err(e.clone())).collect(),
