@@ -122,10 +122,19 @@ class DataKeyCache:
     def _follow(self) -> None:
         pause = 0.05
         while not self._closed.is_set():
+            stream = self._stub.WatchKeys(pb.WatchKeysRequest())
+            with self._lock:
+                # close() cancels the stream it sees; one made after it ran
+                # is cancelled here.
+                if self._closed.is_set():
+                    stream.cancel()
+                    break
+                self._stream = stream
             try:
-                self._stream = self._stub.WatchKeys(pb.WatchKeysRequest())
                 first = True
-                for ev in self._stream:
+                for ev in stream:
+                    if self._closed.is_set():
+                        break
                     pause = 0.05
                     self._event(ev, first)
                     first = False
@@ -137,6 +146,8 @@ class DataKeyCache:
 
     def _event(self, ev: pb.KeyEvent, first: bool) -> None:
         with self._lock:
+            if self._closed.is_set():
+                return
             self._heard = time.monotonic()
             if first:
                 # Changes made while no stream was open reached nobody: a key
@@ -175,17 +186,19 @@ class DataKeyCache:
         return n
 
     def close(self) -> None:
-        """Stops the watcher and wipes every entry."""
-        self._closed.set()
-        if self._stream is not None:
-            self._stream.cancel()
+        """Stops the watcher and wipes every entry; nothing is served after."""
+        with self._lock:
+            self._closed.set()
+            stream = self._stream
+        if stream is not None:
+            stream.cancel()
         self._thread.join(timeout=5)
         self._lost()
 
     # -- serving --------------------------------------------------------------
 
     def _live(self) -> bool:
-        return time.monotonic() - self._heard <= LIVENESS
+        return not self._closed.is_set() and time.monotonic() - self._heard <= LIVENESS
 
     def stats(self) -> CacheStats:
         with self._lock:
