@@ -610,12 +610,34 @@ impl Hsm for Pkcs11Hsm {
             Attribute::Label(label.as_bytes().to_vec()),
         ];
         let _serial = lock(&self.token_writes);
-        self.with_session(|_live, session| {
-            session
-                .generate_key(&mechanism, &template)
-                .map(|_| ())
-                .map_err(ck)
-        })
+        // SoftHSM now and then answers CKR_GENERAL_ERROR to a C_GenerateKey
+        // right after other token objects were written (seen in CI just
+        // after unseal, when the audit key pair and the counter are made):
+        // the object is not created (checked), and a second attempt succeeds.
+        let mut attempt = 0;
+        loop {
+            let r = self.with_session(|_live, session| {
+                session
+                    .generate_key(&mechanism, &template)
+                    .map(|_| ())
+                    .map_err(ck)
+            });
+            match r {
+                Err(e) if attempt < 2 && error::is_rv(&e, RvError::GeneralError) => {
+                    // Made after all? Then it is there, once: done.
+                    if self
+                        .with_session(|_live, session| Self::find_token_object(session, id))
+                        .is_ok()
+                    {
+                        return Ok(());
+                    }
+                    tracing::warn!(error = %e, "C_GenerateKey failed; trying again");
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
     }
 
     fn activate(&self, id: &HsmKeyId) -> HsmResult<()> {
