@@ -42,6 +42,7 @@ fn seal_code(e: &SealError) -> Code {
         SealError::NotInitialized
         | SealError::AlreadyInitialized { .. }
         | SealError::Sealed { .. }
+        | SealError::NotServing { .. }
         | SealError::AlreadyUnsealed
         | SealError::NoRekey
         | SealError::InitIncomplete
@@ -130,7 +131,8 @@ pub fn to_status(e: CoreError) -> Status {
     }
     let mut status = Status::new(code, message(&e));
     let state = match &e {
-        CoreError::Seal(SealError::Sealed { .. }) => Some("sealed"),
+        // Not serving yet (or any more) is, to a client, sealed: retry later.
+        CoreError::Seal(SealError::Sealed { .. } | SealError::NotServing { .. }) => Some("sealed"),
         CoreError::Seal(SealError::NotInitialized) => Some("uninitialized"),
         _ => None,
     };

@@ -13,6 +13,11 @@ pub enum SealError {
     Sealed { received: usize, threshold: u8 },
     #[error("the daemon is already unsealed")]
     AlreadyUnsealed,
+    /// Unsealed, but not open for key operations: loading its registry
+    /// (after an unseal or a rekey, or retrying a load that failed) or
+    /// sealing.
+    #[error("the daemon is {stage}; key operations are refused until it is open (retry shortly)")]
+    NotServing { stage: &'static str },
     #[error("{field}: {reason}")]
     InvalidParameter { field: &'static str, reason: String },
     #[error("share: {0}")]

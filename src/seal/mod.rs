@@ -169,9 +169,11 @@ impl Inner {
                 ..
             } => None,
             // Loading the registry or sealing: not open for business.
-            State::Unsealed { .. } => Some(SealError::Sealed {
-                received: 0,
-                threshold: self.threshold(),
+            State::Unsealed { serving, .. } => Some(SealError::NotServing {
+                stage: match serving {
+                    Serving::Closing => "sealing",
+                    _ => "unsealed but still loading its key registry",
+                },
             }),
         }
     }

@@ -116,7 +116,7 @@ fn init_then_unseal_with_a_quorum() {
     assert_eq!(r.seal.phase(), Phase::Sealed);
     assert!(matches!(
         r.seal.require_unsealed(),
-        Err(SealError::Sealed { received: 0, .. })
+        Err(SealError::NotServing { .. })
     ));
     assert!(r.seal.with_keyring(|_| ()).is_ok());
     r.seal.open_for_keys();
@@ -354,7 +354,10 @@ fn a_rekey_cannot_reopen_a_daemon_that_is_closing() {
     r.seal.rekey_submit(&old[0]).unwrap();
     assert!(r.seal.begin_closing());
     assert!(
-        matches!(r.seal.rekey_submit(&old[1]), Err(SealError::Sealed { .. })),
+        matches!(
+            r.seal.rekey_submit(&old[1]),
+            Err(SealError::NotServing { stage: "sealing" })
+        ),
         "no rekey step while closing"
     );
     assert!(!r.seal.open_for_keys(), "closing stays closing");
