@@ -162,83 +162,40 @@ impl Keywarden {
         }
 
         // One HSM call per CMK version in the batch, counted first.
-        let mut groups: BTreeMap<HsmKeyId, Vec<usize>> = BTreeMap::new();
-        for (i, p) in prepared.iter().enumerate() {
-            if let Ok(p) = p {
-                groups.entry(p.hsm_id).or_default().push(i);
-            }
-        }
-        let mut results: Vec<Option<CoreResult<GeneratedKey>>> =
-            (0..prepared.len()).map(|_| None).collect();
-        for (hsm_id, idxs) in groups {
-            let first = idxs.first().and_then(|&i| prepared[i].as_ref().ok());
-            let counted = match first {
-                Some(p) => self.count_encryptions(&p.key, p.version, hsm_id, idxs.len() as u64),
-                None => Err(CoreError::Internal("empty group".into())),
-            };
-            if let Err(e) = counted {
-                for &i in &idxs {
-                    results[i] = Some(Err(e.clone()));
-                }
-                continue;
-            }
-            let aads: Vec<&[u8]> = idxs
-                .iter()
-                .filter_map(|&i| prepared[i].as_ref().ok().map(|p| p.aad.as_slice()))
-                .collect();
-            match self.hsm.wrap_new_keys(&hsm_id, &aads) {
-                Ok(wrapped) if wrapped.len() == idxs.len() => {
-                    for (&i, w) in idxs.iter().zip(wrapped) {
-                        if let Some(Ok(p)) = prepared.get(i) {
-                            let blob = Blob {
-                                format: blob::FORMAT_V1,
-                                key_id: p.key.id,
-                                key_version: p.version,
-                                iv: w.iv,
-                                ciphertext: w.ciphertext,
-                            };
-                            results[i] = Some(Ok(GeneratedKey {
-                                key: p.key.name.clone(),
-                                key_id: p.key.id_text(),
-                                key_version: p.version,
-                                plaintext: with_plaintext.then_some(w.plaintext),
-                                blob: blob.encode(),
-                            }));
-                        }
-                    }
-                }
-                Ok(_) => {
-                    for &i in &idxs {
-                        results[i] = Some(Err(CoreError::Internal(
-                            "HSM returned a wrong number of keys".into(),
-                        )));
-                    }
-                }
-                Err(e) => {
+        let results = batch::per_version(
+            &prepared,
+            |p| p.hsm_id,
+            |hsm_id, group| {
+                let Some(first) = group.first() else {
+                    return Ok(Vec::new());
+                };
+                self.count_encryptions(&first.key, first.version, hsm_id, group.len() as u64)?;
+                let aads: Vec<&[u8]> = group.iter().map(|p| p.aad.as_slice()).collect();
+                let wrapped = self.hsm.wrap_new_keys(&hsm_id, &aads).map_err(|e| {
                     warn!(id = %hsm_id, error = %e, "wrap failed");
-                    for &i in &idxs {
-                        results[i] = Some(Err(CoreError::from_hsm(e.clone())));
-                    }
-                }
-            }
-        }
-        let items = prepared
-            .into_iter()
-            .zip(results)
-            .zip(metas)
-            .map(|((p, r), (key, version, break_glass))| Item {
-                key,
-                version,
-                break_glass,
-                result: match (p, r) {
-                    (Err(e), _) => Err(e),
-                    (Ok(_), Some(r)) => r,
-                    (Ok(_), None) => {
-                        Err(CoreError::Internal("batch item was not processed".into()))
-                    }
-                },
-            })
-            .collect();
+                    CoreError::from_hsm(e)
+                })?;
+                Ok(group
+                    .iter()
+                    .zip(wrapped)
+                    .map(|(p, w)| GeneratedKey {
+                        key: p.key.name.clone(),
+                        key_id: p.key.id_text(),
+                        key_version: p.version,
+                        plaintext: with_plaintext.then_some(w.plaintext),
+                        blob: Blob {
+                            format: blob::FORMAT_V1,
+                            key_id: p.key.id,
+                            key_version: p.version,
+                            iv: w.iv,
+                            ciphertext: w.ciphertext,
+                        }
+                        .encode(),
+                    })
+                    .collect())
+            },
+        );
+        let items = batch::collect(prepared, results, metas);
         Ok(self.recheck(items, "GenerateDataKey"))
     }
     /// Parses, looks up and authorizes one blob for decryption.

@@ -5,6 +5,7 @@
 
 use subtle::ConstantTimeEq;
 
+use super::batch;
 use super::*;
 use crate::hsm::{KeyKind, MAC_LEN};
 
@@ -56,66 +57,42 @@ impl Keywarden {
             prepared.push(p);
         }
         // One HSM call per CMK version in the batch, counted first.
-        let mut groups: BTreeMap<HsmKeyId, Vec<usize>> = BTreeMap::new();
-        for (i, p) in prepared.iter().enumerate() {
-            if let Ok(p) = p {
-                groups.entry(p.hsm_id).or_default().push(i);
-            }
-        }
-        let mut results: Vec<Option<CoreResult<Encrypted>>> =
-            (0..prepared.len()).map(|_| None).collect();
-        for (hsm_id, idxs) in groups {
-            let ok: Vec<&Prepared> = idxs
-                .iter()
-                .filter_map(|&i| prepared[i].as_ref().ok())
-                .collect();
-            let outcome = match ok.first() {
-                Some(p) => self
-                    .count_encryptions(&p.key, p.version, hsm_id, ok.len() as u64)
-                    .and_then(|()| {
-                        let items: Vec<(&[u8], &[u8])> = ok
-                            .iter()
-                            .map(|p| (p.aad.as_slice(), p.plaintext.as_slice()))
-                            .collect();
-                        self.hsm
-                            .encrypt_many(&hsm_id, &items)
-                            .map_err(CoreError::from_hsm)
-                    }),
-                None => Err(CoreError::Internal("empty group".into())),
-            };
-            match outcome {
-                Ok(sealed) if sealed.len() == idxs.len() => {
-                    for ((&i, p), (iv, ct)) in idxs.iter().zip(&ok).zip(sealed) {
-                        results[i] = Some(Ok(Encrypted {
-                            key: p.key.name.clone(),
-                            key_id: p.key.id_text(),
+        let results = batch::per_version(
+            &prepared,
+            |p| p.hsm_id,
+            |hsm_id, group| {
+                let Some(first) = group.first() else {
+                    return Ok(Vec::new());
+                };
+                self.count_encryptions(&first.key, first.version, hsm_id, group.len() as u64)?;
+                let items: Vec<(&[u8], &[u8])> = group
+                    .iter()
+                    .map(|p| (p.aad.as_slice(), p.plaintext.as_slice()))
+                    .collect();
+                let sealed = self
+                    .hsm
+                    .encrypt_many(&hsm_id, &items)
+                    .map_err(CoreError::from_hsm)?;
+                Ok(group
+                    .iter()
+                    .zip(sealed)
+                    .map(|(p, (iv, ct))| Encrypted {
+                        key: p.key.name.clone(),
+                        key_id: p.key.id_text(),
+                        key_version: p.version,
+                        blob: Blob {
+                            format: blob::FORMAT_V2,
+                            key_id: p.key.id,
                             key_version: p.version,
-                            blob: Blob {
-                                format: blob::FORMAT_V2,
-                                key_id: p.key.id,
-                                key_version: p.version,
-                                iv,
-                                ciphertext: ct,
-                            }
-                            .encode(),
-                        }));
-                    }
-                }
-                Ok(_) => {
-                    for &i in &idxs {
-                        results[i] = Some(Err(CoreError::Internal(
-                            "HSM returned a wrong number of ciphertexts".into(),
-                        )));
-                    }
-                }
-                Err(e) => {
-                    for &i in &idxs {
-                        results[i] = Some(Err(e.clone()));
-                    }
-                }
-            }
-        }
-        Ok(self.recheck(collect(prepared, results, metas), "Encrypt"))
+                            iv,
+                            ciphertext: ct,
+                        }
+                        .encode(),
+                    })
+                    .collect())
+            },
+        );
+        Ok(self.recheck(batch::collect(prepared, results, metas), "Encrypt"))
     }
 
     /// GenerateMac (and VerifyMac, for requests that carry `mac`) for one
@@ -178,52 +155,33 @@ impl Keywarden {
             metas.push(meta);
             prepared.push(p);
         }
-        let mut groups: BTreeMap<HsmKeyId, Vec<usize>> = BTreeMap::new();
-        for (i, p) in prepared.iter().enumerate() {
-            if let Ok(p) = p {
-                groups.entry(p.hsm_id).or_default().push(i);
-            }
-        }
-        let mut results: Vec<Option<CoreResult<MacOutput>>> =
-            (0..prepared.len()).map(|_| None).collect();
-        for (hsm_id, idxs) in groups {
-            let ok: Vec<&Prepared> = idxs
-                .iter()
-                .filter_map(|&i| prepared[i].as_ref().ok())
-                .collect();
-            let inputs: Vec<&[u8]> = ok.iter().map(|p| p.data.as_slice()).collect();
-            match self.hsm.mac_many(&hsm_id, &inputs) {
-                Ok(macs) if macs.len() == idxs.len() => {
-                    for ((&i, p), mac) in idxs.iter().zip(&ok).zip(macs) {
-                        let valid = p
+        let results = batch::per_version(
+            &prepared,
+            |p| p.hsm_id,
+            |hsm_id, group| {
+                let inputs: Vec<&[u8]> = group.iter().map(|p| p.data.as_slice()).collect();
+                let macs = self.hsm.mac_many(&hsm_id, &inputs).map_err(|e| {
+                    warn!(id = %hsm_id, error = %e, "MAC failed");
+                    CoreError::from_hsm(e)
+                })?;
+                Ok(group
+                    .iter()
+                    .zip(macs)
+                    .map(|(p, mac)| MacOutput {
+                        key: p.key.name.clone(),
+                        key_id: p.key.id_text(),
+                        key_version: p.version,
+                        mac,
+                        // Verification compares in constant time.
+                        valid: p
                             .mac
                             .as_ref()
-                            .is_some_and(|want| bool::from(mac.ct_eq(want.as_slice())));
-                        results[i] = Some(Ok(MacOutput {
-                            key: p.key.name.clone(),
-                            key_id: p.key.id_text(),
-                            key_version: p.version,
-                            mac,
-                            valid,
-                        }));
-                    }
-                }
-                Ok(_) => {
-                    for &i in &idxs {
-                        results[i] = Some(Err(CoreError::Internal(
-                            "HSM returned a wrong number of MACs".into(),
-                        )));
-                    }
-                }
-                Err(e) => {
-                    warn!(id = %hsm_id, error = %e, "MAC failed");
-                    for &i in &idxs {
-                        results[i] = Some(Err(CoreError::from_hsm(e.clone())));
-                    }
-                }
-            }
-        }
-        Ok(self.recheck(collect(prepared, results, metas), operation))
+                            .is_some_and(|want| bool::from(mac.ct_eq(want.as_slice()))),
+                    })
+                    .collect())
+            },
+        );
+        Ok(self.recheck(batch::collect(prepared, results, metas), operation))
     }
 
     /// The HSM object of an explicitly named MAC version, if it may still
@@ -249,27 +207,4 @@ impl Keywarden {
             _ => Ok(v.hsm_id),
         }
     }
-}
-
-/// Items in request order: the preparation's error, or the HSM's outcome.
-fn collect<P, T>(
-    prepared: Vec<CoreResult<P>>,
-    results: Vec<Option<CoreResult<T>>>,
-    metas: Vec<(Option<String>, Option<u32>, bool)>,
-) -> Vec<Item<T>> {
-    prepared
-        .into_iter()
-        .zip(results)
-        .zip(metas)
-        .map(|((p, r), (key, version, break_glass))| Item {
-            key,
-            version,
-            break_glass,
-            result: match (p, r) {
-                (Err(e), _) => Err(e),
-                (Ok(_), Some(r)) => r,
-                (Ok(_), None) => Err(CoreError::Internal("batch item was not processed".into())),
-            },
-        })
-        .collect()
 }

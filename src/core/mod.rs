@@ -8,6 +8,7 @@
 //! before the table changes, so a disabled key is refused by the very next
 //! request.
 
+mod batch;
 pub mod blob;
 mod envelope;
 pub mod error;
