@@ -291,15 +291,24 @@ impl Client {
         blob: &[u8],
         ctx: &Context,
     ) -> Result<DecryptedDataKey, Error> {
-        let req = decrypt_request(blob, ctx);
-        let mut r = self
-            .retrying(|| {
-                let mut c = self.datakeys.clone();
-                let req = req.clone();
-                async move { c.decrypt(req).await.map(|r| r.into_inner()) }
-            })
-            .await?;
+        let mut r = self.decrypt_raw(blob, ctx).await?;
         decrypted(&mut r)
+    }
+
+    /// `Decrypt`, retried on UNAVAILABLE; the answer as the daemon sent it
+    /// (a data key, or an Encrypt payload).
+    pub(crate) async fn decrypt_raw(
+        &self,
+        blob: &[u8],
+        ctx: &Context,
+    ) -> Result<proto::DecryptResponse, Error> {
+        let req = decrypt_request(blob, ctx);
+        self.retrying(|| {
+            let mut c = self.datakeys.clone();
+            let req = req.clone();
+            async move { c.decrypt(req).await.map(|r| r.into_inner()) }
+        })
+        .await
     }
 
     /// Rewraps a blob under the newest version of `destination` (or of its
@@ -417,7 +426,7 @@ fn gdk_request(key: &str, ctx: &Context) -> proto::GenerateDataKeyRequest {
     }
 }
 
-pub(crate) fn decrypt_request(blob: &[u8], ctx: &Context) -> proto::DecryptRequest {
+fn decrypt_request(blob: &[u8], ctx: &Context) -> proto::DecryptRequest {
     proto::DecryptRequest {
         ciphertext_blob: blob.to_vec(),
         encryption_context: proto_context(ctx),

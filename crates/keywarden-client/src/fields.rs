@@ -5,7 +5,7 @@
 use keywarden_proto as proto;
 use zeroize::Zeroizing;
 
-use crate::client::{decrypt_request, proto_context, Client};
+use crate::client::{proto_context, Client};
 use crate::error::Error;
 use crate::format::Context;
 
@@ -46,14 +46,7 @@ impl Client {
         blob: &[u8],
         ctx: &Context,
     ) -> Result<Zeroizing<Vec<u8>>, Error> {
-        let req = decrypt_request(blob, ctx);
-        let mut r = self
-            .retrying(|| {
-                let mut c = self.datakeys.clone();
-                let req = req.clone();
-                async move { c.decrypt(req).await.map(|r| r.into_inner()) }
-            })
-            .await?;
+        let mut r = self.decrypt_raw(blob, ctx).await?;
         Ok(Zeroizing::new(std::mem::take(&mut r.plaintext)))
     }
 
