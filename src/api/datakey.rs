@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::{json, Map, Value};
 use tonic::{Request, Response, Status};
 
-use super::{blocking, caller_of, status, Ctx};
+use super::audited::Use;
+use super::{caller_of, status, Ctx};
 use crate::core::{self, validate, CoreResult, Item};
 use crate::guard;
 use crate::policy::Caller;
@@ -104,38 +105,6 @@ pub struct DataKeyApi {
     ctx: Ctx,
 }
 
-/// What a call uses, which decides the role it needs.
-#[derive(Clone, Copy)]
-enum Use {
-    /// Data keys, Encrypt, Decrypt, ReEncrypt: the app role.
-    DataKeys,
-    /// GenerateMac, VerifyMac: the mac role.
-    Macs,
-}
-
-impl Use {
-    fn role(self) -> &'static str {
-        match self {
-            Use::DataKeys => "app",
-            Use::Macs => "mac",
-        }
-    }
-
-    fn what(self) -> &'static str {
-        match self {
-            Use::DataKeys => "data keys",
-            Use::Macs => "MAC keys",
-        }
-    }
-
-    fn allowed(self, guard: &guard::Guard, caller: &Caller) -> bool {
-        match self {
-            Use::DataKeys => guard.may_use_data_keys(caller),
-            Use::Macs => guard.may_use_macs(caller),
-        }
-    }
-}
-
 impl DataKeyApi {
     pub fn new(ctx: Ctx) -> Self {
         DataKeyApi { ctx }
@@ -178,7 +147,8 @@ impl DataKeyApi {
                 })
                 .collect()
         };
-        self.audited(
+        super::audited::audited(
+            &self.ctx,
             caller,
             op,
             Use::DataKeys,
@@ -193,151 +163,6 @@ impl DataKeyApi {
             },
         )
         .await
-    }
-
-    /// Runs a MAC operation and audits every item (the data's length only,
-    /// never the data).
-    pub(super) async fn run_macs(
-        &self,
-        caller: Caller,
-        op: &'static str,
-        requests: Vec<core::MacRequest>,
-    ) -> Result<Vec<CoreResult<core::MacOutput>>, Status> {
-        let lengths: Vec<usize> = requests.iter().map(|r| r.data.len()).collect();
-        let items = lengths.len();
-        let details = move |_: &core::Keywarden| {
-            lengths
-                .iter()
-                .map(|n| {
-                    let mut m = Map::new();
-                    m.insert("data_len".into(), json!(n));
-                    m
-                })
-                .collect()
-        };
-        self.audited(
-            caller,
-            op,
-            Use::Macs,
-            items,
-            details,
-            requests,
-            move |c, reqs, guard, caller| {
-                let gate = move |key: &str| guard.mac_check(caller, key);
-                c.macs(reqs, &gate, op)
-            },
-        )
-        .await
-    }
-
-    /// Checks the caller's role, runs `f` off the runtime, and audits one
-    /// line per call (each item's key, version, outcome and `details`)
-    /// before anything is answered.
-    #[allow(clippy::too_many_arguments)]
-    async fn audited<T, R, D, F>(
-        &self,
-        caller: Caller,
-        op: &'static str,
-        usage: Use,
-        items: usize,
-        details: D,
-        requests: R,
-        f: F,
-    ) -> Result<Vec<CoreResult<T>>, Status>
-    where
-        T: Send + 'static,
-        R: Send + 'static,
-        D: FnOnce(&core::Keywarden) -> Vec<Map<String, Value>> + Send + 'static,
-        F: FnOnce(&core::Keywarden, R, &guard::Guard, &Caller) -> CoreResult<Vec<Item<T>>>
-            + Send
-            + 'static,
-    {
-        // A caller with neither the role nor a break-glass grant is refused
-        // before any work: one bounded line, nothing digested.
-        if !usage.allowed(&self.ctx.guard, &caller) {
-            let status = Status::permission_denied(format!(
-                "uid {} needs the {} role to use {}",
-                caller.uid,
-                usage.role(),
-                usage.what()
-            ));
-            let mut entry = guard::entry(&caller, "", "none", op);
-            entry.insert("outcome".into(), json!("denied"));
-            entry.insert("code".into(), json!("PermissionDenied"));
-            entry.insert("message".into(), json!(status.message()));
-            entry.insert("items".into(), json!(items));
-            let _ = self.ctx.audit(vec![entry]).await;
-            return Err(status);
-        }
-        let guard = self.ctx.guard.clone();
-        let core = self.ctx.core.clone();
-        let gate_caller = caller.clone();
-        let (details, outcome) = blocking(&core, move |c| {
-            let details = details(c);
-            (details, f(c, requests, &guard, &gate_caller))
-        })
-        .await?;
-        let principal = self.ctx.guard.principal_name(&caller);
-        let base = || guard::entry(&caller, &principal, usage.role(), op);
-        match outcome {
-            Err(e) => {
-                // The whole call was refused (sealed): one audit line.
-                let status = Status::from(e);
-                let mut entry = base();
-                entry.extend(super::outcome::<()>(&Err(status.clone())));
-                entry.insert("items".into(), json!(details.len()));
-                self.ctx.audit(vec![entry]).await?;
-                Err(status)
-            }
-            Ok(items) => {
-                let mut lines = Vec::with_capacity(items.len());
-                let mut results = Vec::with_capacity(items.len());
-                let mut any_break_glass = false;
-                for (item, detail) in items.into_iter().zip(details) {
-                    let mut line = Map::new();
-                    line.insert("key".into(), json!(item.key));
-                    line.insert("version".into(), json!(item.version));
-                    line.extend(detail);
-                    if item.break_glass {
-                        any_break_glass = true;
-                        line.insert("break_glass".into(), json!(true));
-                    }
-                    let r: Result<(), Status> = match &item.result {
-                        Ok(_) => Ok(()),
-                        Err(e) => Err(Status::new(status::code(e), status::message(e))),
-                    };
-                    line.extend(super::outcome(&r));
-                    lines.push(line);
-                    results.push(item.result);
-                }
-                // One line per call: a single item's fields inline, a
-                // batch's items listed (group commit does the rest).
-                let mut entry = base();
-                if lines.len() == 1 {
-                    if let Some(only) = lines.pop() {
-                        entry.extend(only);
-                    }
-                } else {
-                    let ok = lines.iter().filter(|l| l["code"] == "OK").count();
-                    entry.insert(
-                        "outcome".into(),
-                        json!(if ok == lines.len() { "ok" } else { "partial" }),
-                    );
-                    entry.insert("code".into(), json!("OK"));
-                    entry.insert(
-                        "items".into(),
-                        Value::Array(lines.into_iter().map(Value::Object).collect()),
-                    );
-                }
-                if any_break_glass {
-                    entry.insert("break_glass".into(), json!(true));
-                    entry.insert("ALERT".into(), json!("BREAK-GLASS USE"));
-                }
-                // Nothing is answered before it is durably audited.
-                self.ctx.audit(vec![entry]).await?;
-                Ok(results)
-            }
-        }
     }
 
     async fn encrypt_many(

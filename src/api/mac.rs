@@ -2,23 +2,59 @@
 //! indexes. Authorized by the mac role (or a break-glass grant) per key,
 //! audited like the data path with the data's length, never the data.
 
+use serde_json::{json, Map};
 use tonic::{Request, Response, Status};
 
-use super::datakey::{item_error, single, DataKeyApi};
+use super::audited::{audited, Use};
+use super::datakey::{item_error, single};
 use super::{caller_of, Ctx};
-use crate::core::{self, validate};
+use crate::core::{self, validate, CoreResult};
+use crate::policy::Caller;
 use crate::proto::{self, mac_service_server::MacService};
 
 pub struct MacApi {
-    // The data path's audited runner, shared.
-    inner: DataKeyApi,
+    ctx: Ctx,
 }
 
 impl MacApi {
     pub fn new(ctx: Ctx) -> Self {
-        MacApi {
-            inner: DataKeyApi::new(ctx),
-        }
+        MacApi { ctx }
+    }
+
+    /// Runs a MAC operation and audits every item (the data's length only,
+    /// never the data).
+    async fn run_macs(
+        &self,
+        caller: Caller,
+        op: &'static str,
+        requests: Vec<core::MacRequest>,
+    ) -> Result<Vec<CoreResult<core::MacOutput>>, Status> {
+        let lengths: Vec<usize> = requests.iter().map(|r| r.data.len()).collect();
+        let items = lengths.len();
+        let details = move |_: &core::Keywarden| {
+            lengths
+                .iter()
+                .map(|n| {
+                    let mut m = Map::new();
+                    m.insert("data_len".into(), json!(n));
+                    m
+                })
+                .collect()
+        };
+        audited(
+            &self.ctx,
+            caller,
+            op,
+            Use::Macs,
+            items,
+            details,
+            requests,
+            move |c, reqs, guard, caller| {
+                let gate = move |key: &str| guard.mac_check(caller, key);
+                c.macs(reqs, &gate, op)
+            },
+        )
+        .await
     }
 }
 
@@ -48,7 +84,6 @@ impl MacService for MacApi {
     ) -> Result<Response<proto::GenerateMacResponse>, Status> {
         let caller = caller_of(&request)?;
         let r = self
-            .inner
             .run_macs(
                 caller,
                 "GenerateMac",
@@ -70,7 +105,7 @@ impl MacService for MacApi {
             version: (r.key_version != 0).then_some(r.key_version),
             mac: Some(r.mac),
         };
-        let out = single(self.inner.run_macs(caller, "VerifyMac", vec![req]).await?)?;
+        let out = single(self.run_macs(caller, "VerifyMac", vec![req]).await?)?;
         Ok(Response::new(proto::VerifyMacResponse {
             valid: out.valid,
             key: out.key,
@@ -87,7 +122,6 @@ impl MacService for MacApi {
         validate::batch_size(req.requests.len()).map_err(Status::from)?;
         let reqs = req.requests.into_iter().map(mac_request).collect();
         let results = self
-            .inner
             .run_macs(caller, "BatchGenerateMac", reqs)
             .await?
             .into_iter()

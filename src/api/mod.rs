@@ -3,6 +3,7 @@
 //! the policy, and audited before it is answered. Errors go through the one
 //! table in [`status`].
 
+mod audited;
 pub mod datakey;
 pub mod keys;
 pub mod mac;
