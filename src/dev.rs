@@ -397,6 +397,7 @@ async fn dev_init_and_unseal(root: &Path, socket: &Path) -> anyhow::Result<()> {
         .unseal(crate::proto::UnsealRequest {
             share: share.share.clone(),
             reset: false,
+            accept_restore_window: false,
         })
         .await
         .map_err(|s| anyhow::anyhow!("dev unseal: {}", s.message()))?;
@@ -576,4 +577,62 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         bail!("the daemon exited with {status}");
     }
     Ok(())
+}
+
+/// Prepares a new `--dir` for `keywarden operator restore --dir`: the
+/// token's configuration and an empty token directory, so that
+/// `keywarden dev --dir DIR` then starts from the restored state (sealed).
+/// Points this process's token module at that configuration.
+pub fn restore_target(
+    dir: &Path,
+    profile_name: &str,
+    token_module: Option<&Path>,
+) -> anyhow::Result<crate::backup::restore::Target> {
+    let token = match profile_name {
+        "softhsm2" => DevToken::Softhsm2,
+        "kryoptic" => DevToken::Kryoptic,
+        other => bail!("--dir: the backup was taken on a {other:?} token; dev mode runs softhsm2 or kryoptic (restore with --config)"),
+    };
+    let tokens_used = std::fs::read_dir(dir.join("tokens")).is_ok_and(|mut r| r.next().is_some());
+    if tokens_used || dir.join("state").join("seal.json").exists() {
+        bail!(
+            "--dir {}: it already holds a dev deployment; a restore goes into a new directory",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir.join("tokens"))?;
+    let root = dir.canonicalize()?;
+    let tokens = root.join("tokens");
+    let (var, conf_name) = token.conf_env();
+    let conf = root.join(conf_name);
+    write_file(&conf, &token.conf_text(&tokens))?;
+    let profile = HsmProfile::parse(token.profile()).map_err(anyhow::Error::msg)?;
+    let module = match token_module {
+        Some(m) => m.canonicalize()?,
+        None => profile.find_module().ok_or_else(|| {
+            anyhow::anyhow!(
+                "the {} module is not installed; give --token-module",
+                token.name()
+            )
+        })?,
+    };
+    // The token module reads its configuration from the environment when
+    // it is loaded, which the restore does next, on this thread.
+    std::env::set_var(var, &conf);
+    let state_dir = root.join("state");
+    let audit_file = state_dir.join("audit").join("audit.log");
+    // The marker `keywarden dev` checks: the token exists (restored).
+    write_file(&root.join("token-initialised"), "")?;
+    Ok(crate::backup::restore::Target {
+        state_dir,
+        audit: crate::audit::AuditConfig {
+            file: audit_file,
+            checkpoint_every: 1000,
+            max_file_bytes: 64 * 1024 * 1024,
+        },
+        profile,
+        module,
+        token: crate::config::TokenSelector::Label(DEV_TOKEN_LABEL.into()),
+        token_conf: Some(conf),
+    })
 }

@@ -601,6 +601,7 @@ async fn audit_rotation_keeps_the_chain_across_files() {
                 .unseal(proto::UnsealRequest {
                     share: d.dev_share.clone().unwrap(),
                     reset: false,
+                    accept_restore_window: false,
                 })
                 .await
                 .unwrap();

@@ -193,6 +193,7 @@ async fn an_old_registry_with_the_counter_deleted_is_caught() {
         .unseal(proto::UnsealRequest {
             share,
             reset: false,
+            accept_restore_window: false,
         })
         .await
         .unwrap();
@@ -314,6 +315,7 @@ async fn an_edited_or_deleted_seal_file_is_reported_as_tampering() {
         .unseal(proto::UnsealRequest {
             share: d.dev_share.clone().unwrap(),
             reset: false,
+            accept_restore_window: false,
         })
         .await;
     assert_status(r, Code::DataLoss, "seal.json does not verify");
@@ -572,6 +574,7 @@ async fn control_characters_writable_policy_and_share_floods_are_refused() {
             .unseal(proto::UnsealRequest {
                 share: "KWS1-forged".into(),
                 reset: false,
+                accept_restore_window: false,
             })
             .await;
         if r.is_err_and(|s| s.code() == Code::ResourceExhausted) {

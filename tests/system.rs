@@ -113,6 +113,7 @@ async fn socket_activation_serves_the_passed_descriptor() {
         .unseal(proto::UnsealRequest {
             share: d.dev_share.clone().unwrap(),
             reset: false,
+            accept_restore_window: false,
         })
         .await
         .unwrap();

@@ -31,6 +31,7 @@ async fn submit(d: &Daemon, share: &str) -> Result<proto::UnsealResponse, tonic:
         .unseal(proto::UnsealRequest {
             share: share.to_string(),
             reset: false,
+            accept_restore_window: false,
         })
         .await
         .map(|r| r.into_inner())
@@ -230,6 +231,7 @@ async fn bad_shares_each_get_their_own_error_and_change_nothing() {
         .unseal(proto::UnsealRequest {
             share: String::new(),
             reset: true,
+            accept_restore_window: false,
         })
         .await
         .unwrap();

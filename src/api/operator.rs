@@ -16,6 +16,9 @@ use crate::secret::Pin;
 
 pub struct OperatorApi {
     ctx: Ctx,
+    /// Where a backup finds the audit key file and the token's storage
+    /// (or why the token's storage could not be found).
+    backup: Option<BackupTarget>,
     /// Share submissions (unseal and rekey) per uid in the current window.
     shares: std::sync::Mutex<std::collections::HashMap<u32, (std::time::Instant, u32)>>,
 }
@@ -25,12 +28,28 @@ pub struct OperatorApi {
 pub const SHARES_PER_WINDOW: u32 = 30;
 pub const SHARE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// What `Backup` needs besides the core.
+pub struct BackupTarget {
+    pub state_dir: std::path::PathBuf,
+    pub token: Result<crate::backup::token::TokenStore, String>,
+}
+
+/// The size of a backup's chunks on the wire.
+const BACKUP_CHUNK: usize = 64 * 1024;
+
 impl OperatorApi {
     pub fn new(ctx: Ctx) -> Self {
         OperatorApi {
             ctx,
+            backup: None,
             shares: Default::default(),
         }
+    }
+
+    /// Serves `Backup` for this state directory and token.
+    pub fn with_backup(mut self, target: BackupTarget) -> Self {
+        self.backup = Some(target);
+        self
     }
 
     /// Counts one share submission by `call`'s uid; refuses past the rate.
@@ -50,6 +69,13 @@ impl OperatorApi {
         }
         e.1 += 1;
         Ok(())
+    }
+}
+
+fn store_procedure(target: &Option<BackupTarget>) -> String {
+    match target.as_ref().map(|t| &t.token) {
+        Some(Ok(crate::backup::token::TokenStore::Vendor(p))) => p.clone(),
+        _ => String::new(),
     }
 }
 
@@ -82,6 +108,68 @@ fn pin_field(field: &'static str, bytes: &mut Vec<u8>) -> Result<Pin, Status> {
 
 #[tonic::async_trait]
 impl OperatorService for OperatorApi {
+    type BackupStream = tokio_stream::wrappers::ReceiverStream<Result<proto::BackupChunk, Status>>;
+
+    async fn backup(
+        &self,
+        request: Request<proto::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let call = self
+            .ctx
+            .authorize(&request, "Backup", Action::Backup)
+            .await?;
+        let target = match &self.backup {
+            None => Err(Status::unimplemented("this daemon serves no backups")),
+            Some(t) => match &t.token {
+                Ok(store) => Ok((t.state_dir.clone(), store.clone())),
+                Err(why) => Err(Status::failed_precondition(format!(
+                    "backup: the token's storage could not be found: {why}"
+                ))),
+            },
+        };
+        let res = match target {
+            Ok((dir, store)) => {
+                core_result(blocking(&self.ctx.core, move |c| c.backup(&store, &dir)).await)
+                    .map(|t| (t, store_procedure(&self.backup)))
+            }
+            Err(s) => Err(s),
+        };
+        let mut extra = Map::new();
+        if let Ok((t, _)) = &res {
+            extra.insert("backup".into(), json!(t.id));
+            extra.insert("bytes".into(), json!(t.bytes.len()));
+            extra.insert("generation".into(), json!(t.header.generation));
+        }
+        let (taken, procedure) = self.ctx.finish(&call, extra, res).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let info = proto::BackupInfo {
+            id: taken.id.clone(),
+            bytes: taken.bytes.len() as u64,
+            generation: taken.header.generation,
+            created_at: taken.header.created_at,
+            set_id: taken.header.deployment.set_id.clone(),
+            sealed: taken.header.sealed,
+            token_files: taken.header.token_files,
+            vendor_procedure: procedure,
+            chain_head_seq: taken.header.chain_head.as_ref().map_or(0, |h| h.seq),
+        };
+        tokio::spawn(async move {
+            let mut info = Some(info);
+            for chunk in taken.bytes.chunks(BACKUP_CHUNK) {
+                let msg = proto::BackupChunk {
+                    data: chunk.to_vec(),
+                    info: info.take(),
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn acknowledge_tampering(
         &self,
         request: Request<proto::AcknowledgeTamperingRequest>,
@@ -461,9 +549,10 @@ impl OperatorApi {
             });
         }
         let share = std::mem::take(&mut r.share);
+        let accept = r.accept_restore_window;
         let p = blocking(&self.ctx.core, move |c| {
             let mut share = share;
-            let r = c.unseal(&share);
+            let r = c.unseal(&share, accept);
             share.zeroize();
             r
         })

@@ -33,6 +33,16 @@ pub fn code(e: &CoreError) -> Code {
         CoreError::HsmUnavailable(_) => Code::Unavailable,
         CoreError::HsmFailed(_) => Code::Internal,
         CoreError::Registry(_) => Code::Internal,
+        CoreError::AuditUnavailable(_) => Code::Unavailable,
+        CoreError::Backup(b) => {
+            use crate::backup::BackupError as B;
+            match b {
+                B::Uninitialized | B::NoRecipient | B::RekeyPending => Code::FailedPrecondition,
+                B::Audit(_) => Code::Unavailable,
+                B::Refused(_) => Code::InvalidArgument,
+                _ => Code::Internal,
+            }
+        }
         CoreError::Internal(_) => Code::Internal,
     }
 }
@@ -46,6 +56,7 @@ fn seal_code(e: &SealError) -> Code {
         | SealError::AlreadyUnsealed
         | SealError::NoRekey
         | SealError::InitIncomplete
+        | SealError::RestoreWindowNotAccepted { .. }
         | SealError::RekeyInProgress { .. }
         | SealError::WrongRekeyPhase { .. } => Code::FailedPrecondition,
         SealError::InvalidParameter { .. }
@@ -119,6 +130,9 @@ pub fn message(e: &CoreError) -> String {
             | SealError::Internal(_),
         ) => "internal error during the ceremony".into(),
         CoreError::Registry(_) => "key registry failure".into(),
+        CoreError::AuditUnavailable(_) => {
+            "audit log unavailable: the key change was not made; retry later".into()
+        }
         CoreError::Internal(_) => "internal error".into(),
         other => other.to_string(),
     }

@@ -64,6 +64,9 @@ pub enum EventKind {
     RekeyCancel,
     RekeyExpired,
     RekeyInterruptedFound,
+    RestoreWindowAccepted,
+    Backup,
+    Restore,
 }
 
 impl EventKind {
@@ -112,6 +115,9 @@ impl EventKind {
             RekeyCancel => "rekey_cancel",
             RekeyExpired => "rekey_expired",
             RekeyInterruptedFound => "rekey_interrupted_found",
+            RestoreWindowAccepted => "restore_window_accepted",
+            Backup => "backup",
+            Restore => "restore",
         }
     }
 }

@@ -128,6 +128,8 @@ impl Ack {
 enum Job {
     Entry(Map<String, Value>, Ack),
     Checkpoint(String, Ack),
+    /// The last line written (its seq and hash), after every job before it.
+    Head(Sender<(u64, String)>),
 }
 
 /// A handle to the audit log; cheap to clone.
@@ -375,10 +377,12 @@ impl Writer {
             }
             let mut entries = Vec::new();
             let mut checkpoints = Vec::new();
+            let mut heads = Vec::new();
             for j in jobs {
                 match j {
                     Job::Entry(m, ack) => entries.push((m, ack)),
                     Job::Checkpoint(reason, ack) => checkpoints.push((reason, ack)),
+                    Job::Head(ack) => heads.push(ack),
                 }
             }
             if !entries.is_empty() {
@@ -387,6 +391,9 @@ impl Writer {
             for (reason, ack) in checkpoints {
                 let r = self.checkpoint(&reason);
                 ack.send(r);
+            }
+            for ack in heads {
+                let _ = ack.send((self.seq.saturating_sub(1), self.prev.clone()));
             }
             if self.since_checkpoint >= self.config.checkpoint_every {
                 if let Err(e) = self.checkpoint("interval") {
@@ -503,11 +510,29 @@ impl Audit {
         rx.recv().map_err(|_| AuditError::WriterStopped)?
     }
 
+    /// Writes a ledger entry (a registry record as written, with its MAC)
+    /// and waits until it is durable. Not bounded like other entries: the
+    /// fields are the daemon's own, already validated, and a cut record
+    /// would not verify when a restore replays it.
+    pub fn record_ledger(&self, fields: Map<String, Value>) -> Result<u64, AuditError> {
+        let (tx, rx) = channel();
+        self.send(Job::Entry(fields, Ack::Sync(tx)))?;
+        rx.recv().map_err(|_| AuditError::WriterStopped)?
+    }
+
     /// Writes an entry and waits until it is durable (async).
     pub async fn record_async(&self, fields: Map<String, Value>) -> Result<u64, AuditError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.send(Job::Entry(bounded(fields), Ack::Async(tx)))?;
         rx.await.map_err(|_| AuditError::WriterStopped)?
+    }
+
+    /// The chain's head: the seq and hash of the last line written once
+    /// every entry sent before this call is written (blocking).
+    pub fn head(&self) -> Result<(u64, String), AuditError> {
+        let (tx, rx) = channel();
+        self.send(Job::Head(tx))?;
+        rx.recv().map_err(|_| AuditError::WriterStopped)
     }
 
     /// Writes a signed checkpoint (blocking).
@@ -530,6 +555,11 @@ impl Audit {
             return Ok(());
         }
         std::fs::write(&path, text).map_err(AuditError::io("writing", &path))
+    }
+
+    /// The public key file beside the log.
+    pub fn public_key_path(&self) -> PathBuf {
+        self.state.dir.join(PUBLIC_KEY_FILE)
     }
 
     /// Raises the registry generation that the following lines carry.

@@ -2,6 +2,7 @@
 //! over its socket and prints text or (`--output json`) stable JSON.
 
 pub mod audit;
+pub mod backup;
 pub mod datakey;
 pub mod envelope;
 pub mod key;

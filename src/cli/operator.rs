@@ -39,6 +39,12 @@ pub enum OperatorCommand {
         /// Forget the shares submitted so far instead.
         #[arg(long)]
         reset: bool,
+        /// Accept that this daemon, restored from a backup without the
+        /// audit trail kept since, may have lost destructions and
+        /// revocations made after the backup. Needed from every custodian
+        /// of the quorum while such a restore is unaccepted.
+        #[arg(long)]
+        accept_restore_window: bool,
     },
     /// Seal the daemon: log out of the HSM; key operations are refused.
     Seal,
@@ -75,6 +81,16 @@ pub enum OperatorCommand {
         #[arg(long, conflicts_with_all = ["submit", "verify", "shares", "threshold"])]
         cancel: bool,
     },
+    /// Back up the daemon (sealed or unsealed) into FILE: registry, seal
+    /// file, audit chain head and a software token, encrypted to a key only
+    /// a quorum of the current share set can derive.
+    Backup {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Offline: restore a backup into an empty state directory with a
+    /// quorum's shares, replaying the audit trail kept since the backup.
+    Restore(super::backup::RestoreArgs),
     /// Offline recovery: derive the token's user (or SO) PIN from a quorum of
     /// shares given one per line on stdin, checked against the seal file.
     /// For disaster recovery with standard PKCS#11 tools; prints the PIN.
@@ -166,6 +182,10 @@ fn print_shares(
 pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow::Result<()> {
     match cmd {
         OperatorCommand::DerivePin { seal_file, so } => return derive_pin(&seal_file, so),
+        OperatorCommand::Backup { out } => {
+            return super::backup::backup(socket, output, &out).await
+        }
+        OperatorCommand::Restore(args) => return super::backup::run_restore(output, args),
         OperatorCommand::Init {
             shares,
             threshold,
@@ -197,7 +217,10 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
                 out!("then are the token's provisioning PINs replaced (they stop working).");
             }
         }
-        OperatorCommand::Unseal { reset } => {
+        OperatorCommand::Unseal {
+            reset,
+            accept_restore_window,
+        } => {
             let share = if reset {
                 Zeroizing::new(String::new())
             } else {
@@ -209,6 +232,7 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
                 .unseal(proto::UnsealRequest {
                     share: share.to_string(),
                     reset,
+                    accept_restore_window,
                 })
                 .await
                 .map_err(status_error)?

@@ -106,6 +106,13 @@ pub enum CoreError {
     /// Registry failure.
     #[error("registry failure: {0}")]
     Registry(String),
+    /// A backup could not be taken.
+    #[error("backup: {0}")]
+    Backup(crate::backup::BackupError),
+    /// The audit log cannot record a registry change, so the change is not
+    /// made (the log is the ledger a restore replays).
+    #[error("audit log unavailable: {0}")]
+    AuditUnavailable(String),
     /// A bug or an impossible state.
     #[error("internal error: {0}")]
     Internal(String),

@@ -8,6 +8,7 @@
 //! before the table changes, so a disabled key is refused by the very next
 //! request.
 
+pub mod backup;
 mod batch;
 pub mod blob;
 mod envelope;
@@ -313,8 +314,15 @@ impl Keywarden {
     }
 
     /// Submits one unseal share; at the threshold the daemon unseals.
-    pub fn unseal(&self, share: &str) -> CoreResult<ShareProgress> {
-        let p = self.seal.submit_unseal_share(self.hsm.as_ref(), share)?;
+    /// `accept_restore_window`: the custodian accepts the window a restore
+    /// without the audit trail may have lost (refused without it while one
+    /// stands).
+    pub fn unseal(&self, share: &str, accept_restore_window: bool) -> CoreResult<ShareProgress> {
+        let p = self.seal.submit_unseal_share_accepting(
+            self.hsm.as_ref(),
+            share,
+            accept_restore_window,
+        )?;
         if p.complete {
             self.after_login("unseal");
         }
@@ -561,9 +569,29 @@ impl Keywarden {
     }
 
     /// Writes a changed (or new) record through to disk, then to memory.
+    ///
+    /// The audit log records the record first (the ledger line a restore
+    /// replays, [`crate::backup`]): a change the log cannot hold is not
+    /// made. The caller holds `writes`, so the generation is the next one.
     pub(crate) fn store(&self, record: KeyRecord, is_new: bool) -> CoreResult<Arc<KeyRecord>> {
         let key = self.registry_key()?;
-        let gen = self.registry.put(&record, &key, is_new).map_err(reg_err)?;
+        let next = self.registry.generation() + 1;
+        if let Some(a) = &self.audit {
+            a.record_ledger(crate::backup::ledger::line(&record, next, &key)?)
+                .map_err(|e| CoreError::AuditUnavailable(e.to_string()))?;
+        }
+        let gen = match self.registry.put(&record, &key, is_new) {
+            Ok(g) => g,
+            Err(e) => {
+                if let Some(a) = &self.audit {
+                    // Best effort: a replay that misses this line applies a
+                    // change that never happened, which is the safe side
+                    // for a destruction or a revocation.
+                    let _ = a.record(crate::backup::ledger::failed(&record.name, next));
+                }
+                return Err(reg_err(e));
+            }
+        };
         if let Some(a) = &self.audit {
             a.note_registry_generation(gen);
         }

@@ -74,7 +74,7 @@ fn mac(key: &[u8; 32], parts: &[&[u8]]) -> String {
     hex::encode(m.finalize().into_bytes())
 }
 
-fn record_mac(key: &[u8; 32], gen: u64, record_json: &str) -> String {
+pub(crate) fn record_mac(key: &[u8; 32], gen: u64, record_json: &str) -> String {
     mac(
         key,
         &[
@@ -379,6 +379,14 @@ impl Registry {
 
     pub fn generation(&self) -> u64 {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+
+    /// A consistent copy of the database at `to` (SQLite's online backup,
+    /// not a file copy: the WAL's committed pages are included).
+    pub fn snapshot_to(&self, to: &Path) -> Result<(), RegistryError> {
+        let conn = self.conn();
+        conn.backup(rusqlite::MAIN_DB, to, None)?;
+        Ok(())
     }
 
     /// The generation the file claims, unverified (readable while sealed):

@@ -62,7 +62,7 @@ fn rig() -> Rig {
             Pin::from_bytes(SO.as_bytes()).unwrap(),
         )
         .unwrap();
-    assert!(core.unseal(&shares[0].share).unwrap().complete);
+    assert!(core.unseal(&shares[0].share, false).unwrap().complete);
     Rig {
         _dir: dir,
         core,

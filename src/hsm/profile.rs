@@ -24,6 +24,36 @@ pub struct HsmProfile {
     /// are created with CKA_MODIFIABLE true.
     #[serde(default)]
     pub copy_needs_modifiable: bool,
+    /// How the token itself is backed up (`keywarden operator backup`).
+    #[serde(default)]
+    pub backup: BackupProfile,
+}
+
+/// How a backup covers the token.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupProfile {
+    #[serde(default)]
+    pub token: TokenBackup,
+    /// For `vendor`: the vendor's procedure, shown by backup and restore.
+    #[serde(default)]
+    pub procedure: String,
+}
+
+/// Where a token keeps its objects, for a backup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenBackup {
+    /// SoftHSM 2: the `directories.tokendir` its configuration names
+    /// (`SOFTHSM2_CONF`, else /etc/softhsm/softhsm2.conf), copied whole.
+    Softhsm2Tokendir,
+    /// Kryoptic: the SQLite database of its configuration's slot
+    /// (`KRYOPTIC_CONF`), copied with SQLite's online backup.
+    KryopticSqlite,
+    /// A hardware HSM: the vendor's procedure backs up the token; the
+    /// backup records what the token must hold, and a restore checks it.
+    #[default]
+    Vendor,
 }
 
 /// The SoftHSM 2 profile shipped with the source, used by `keywarden dev`.

@@ -163,6 +163,8 @@ pub enum Action<'a> {
     Status,
     /// Reload the policy.
     Reload,
+    /// Take a backup (admins and custodians).
+    Backup,
     /// Grant oneself emergency access to `key`.
     BreakGlass { key: &'a str },
     /// No authorization (Ping).
@@ -544,6 +546,7 @@ impl Policy {
             }
             Action::Seal => self.with_role(c, &[Role::Custodian, Role::Admin], "seal the daemon"),
             Action::Reload => self.with_role(c, &[Role::Admin], "reload the policy"),
+            Action::Backup => self.with_role(c, &[Role::Admin, Role::Custodian], "take a backup"),
             Action::BreakGlass { key } => {
                 for p in self.matching(c) {
                     if p.break_glass && p.break_glass_keys.iter().any(|k| pattern_matches(k, key)) {

@@ -40,6 +40,8 @@ pub enum SealError {
     PinRejected { field: &'static str },
     #[error("init was not completed: the daemon restarted before the first unseal, so the provisioning PINs it held are gone; the token still has its provisioning PINs: run `keywarden operator init` again")]
     InitIncomplete,
+    #[error("accept_restore_window: this daemon was restored from a backup of {backup_time} (Unix time) without the audit trail kept since; destructions and revocations after it may be lost; each custodian of the quorum must accept that window to unseal (keywarden operator unseal --accept-restore-window)")]
+    RestoreWindowNotAccepted { backup_time: i64 },
     #[error("no rekey is in progress")]
     NoRekey,
     #[error("a rekey is already in progress (id {id}); cancel it first")]

@@ -16,6 +16,7 @@ const LABEL_SO_PIN: &[u8] = b"keywarden/v1/token-so-pin";
 const LABEL_CHECK: &[u8] = b"keywarden/v1/check-value";
 const LABEL_KEYRING: &[u8] = b"keywarden/v1/keyring-key";
 const LABEL_SEAL_MAC: &[u8] = b"keywarden/v1/seal-file-mac";
+const LABEL_BACKUP: &[u8] = b"keywarden/v1/backup-x25519";
 
 /// The 256-bit unseal key. Exists in memory only while a ceremony needs it.
 /// Boxed, so moving it moves a pointer and leaves no copy of the key on
@@ -84,6 +85,26 @@ impl UnsealKey {
         self.derive(LABEL_SEAL_MAC, set_id)
     }
 
+    /// The X25519 identity that backups are encrypted to (age's native
+    /// recipient type). Its public half is kept in `seal.json`, so a sealed
+    /// daemon can still encrypt a backup; only a quorum can open one.
+    /// `None` only if bech32 refused to encode 32 bytes (not expected).
+    pub fn backup_identity(&self, set_id: &[u8; 4]) -> Option<age::x25519::Identity> {
+        let raw = self.derive(LABEL_BACKUP, set_id);
+        let hrp = bech32::Hrp::parse_unchecked("AGE-SECRET-KEY-");
+        let text = Zeroizing::new(
+            bech32::encode::<bech32::Bech32>(hrp, &raw[..])
+                .ok()?
+                .to_uppercase(),
+        );
+        text.parse().ok()
+    }
+
+    /// The public half of [`Self::backup_identity`], as `age1...` text.
+    pub fn backup_recipient(&self, set_id: &[u8; 4]) -> Option<String> {
+        Some(self.backup_identity(set_id)?.to_public().to_string())
+    }
+
     /// The AES-256-GCM key that seals the keyring.
     pub fn keyring_key(&self, set_id: &[u8; 4]) -> Zeroizing<[u8; 32]> {
         self.derive(LABEL_KEYRING, set_id)
@@ -108,5 +129,10 @@ mod tests {
         assert_eq!(u.expose_for_test().len(), 32);
         assert_ne!(u.expose_for_test(), s.expose_for_test());
         assert_eq!(u.expose_for_test(), k.user_pin(&set).expose_for_test());
+        let r = k.backup_recipient(&set).unwrap();
+        assert!(r.starts_with("age1"), "{r}");
+        assert_eq!(Some(&r), k.backup_recipient(&set).as_ref());
+        assert_ne!(Some(&r), k.backup_recipient(&other).as_ref());
+        assert_eq!(k.backup_identity(&set).unwrap().to_public().to_string(), r);
     }
 }

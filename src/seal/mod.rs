@@ -422,6 +422,16 @@ impl Seal {
     }
 
     /// Runs `f` with the keyring; fails when sealed.
+    /// Runs `f` with the current seal file while no ceremony can run (a
+    /// backup's snapshot: init, unseal and rekey change the seal file and
+    /// the token's PINs). `f` also learns whether a rekey commit is pending
+    /// and whether the daemon is logged in. Key operations wait meanwhile.
+    pub fn quiesced<T>(&self, f: impl FnOnce(Option<&store::SealFile>, bool, bool) -> T) -> T {
+        let inner = self.inner();
+        let logged_in = matches!(inner.state, State::Unsealed { .. });
+        f(inner.current.as_ref(), inner.pending.is_some(), logged_in)
+    }
+
     pub fn with_keyring<T>(&self, f: impl FnOnce(&Keyring) -> T) -> SealResult<T> {
         // Notes no events, so not wrapped in `audited`: the data path calls it.
         let inner = self.inner();

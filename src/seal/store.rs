@@ -117,11 +117,36 @@ pub struct SealFile {
     /// shares has proved to work.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending_init: bool,
+    /// The age X25519 recipient (`age1...`) that backups are encrypted to:
+    /// the public half of a key derived from the unseal key. Empty in files
+    /// written before backups existed; the next unseal adds it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backup_recipient: String,
+    /// This state was restored from a backup without the audit trail kept
+    /// since: unsealing it needs a quorum that accepts the window in which
+    /// later revocations may be lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_window: Option<RestoreWindow>,
     /// Hex of an HMAC-SHA256 over every other field, under a key derived
     /// from the unseal key: an edit (`pending_init`, the threshold, the set)
     /// is caught as soon as a quorum has reconstructed the key.
     #[serde(default)]
     pub mac: String,
+}
+
+/// The window a restore without the audit trail may have lost: from the
+/// backup's creation until the restore.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreWindow {
+    /// The backup's id (hex of the SHA-256 of the whole file).
+    pub backup: String,
+    /// When the backup was taken (Unix time).
+    pub backup_created_at: i64,
+    /// The registry generation it holds.
+    pub generation: u64,
+    /// When it was restored (Unix time).
+    pub restored_at: i64,
 }
 
 impl SealFile {
@@ -142,6 +167,10 @@ impl SealFile {
             keyring: String::new(),
             created_at,
             pending_init: false,
+            backup_recipient: key
+                .backup_recipient(&set_id)
+                .ok_or(StoreError::Crypto("deriving the backup recipient"))?,
+            restore_window: None,
             mac: String::new(),
         };
         sealed.keyring = hex::encode(seal_keyring(key, &set_id, keyring)?);
@@ -169,6 +198,20 @@ impl SealFile {
         for f in fields {
             m.update(&(f.len() as u64).to_be_bytes());
             m.update(f);
+        }
+        // Later fields are covered only when present, so that files written
+        // before them still verify; removing one changes the MAC.
+        if !self.backup_recipient.is_empty() {
+            m.update(b"backup_recipient");
+            m.update(&(self.backup_recipient.len() as u64).to_be_bytes());
+            m.update(self.backup_recipient.as_bytes());
+        }
+        if let Some(w) = &self.restore_window {
+            let text =
+                serde_json::to_string(w).map_err(|_| StoreError::Crypto("restore window"))?;
+            m.update(b"restore_window");
+            m.update(&(text.len() as u64).to_be_bytes());
+            m.update(text.as_bytes());
         }
         Ok(m.finalize().into_bytes().into())
     }

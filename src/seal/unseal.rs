@@ -7,6 +7,18 @@ impl Seal {
     /// confirm with the check value, derive the PIN, log in, open the
     /// keyring. Returns the progress; `complete` means unsealed.
     pub fn submit_unseal_share(&self, hsm: &dyn Hsm, text: &str) -> SealResult<ShareProgress> {
+        self.submit_unseal_share_accepting(hsm, text, false)
+    }
+
+    /// [`Self::submit_unseal_share`], with the custodian's answer to a
+    /// restore window: a state restored without the audit trail since its
+    /// backup unseals only with a quorum of shares that each accept it.
+    pub fn submit_unseal_share_accepting(
+        &self,
+        hsm: &dyn Hsm,
+        text: &str,
+        accept_restore_window: bool,
+    ) -> SealResult<ShareProgress> {
         self.audited(|| -> SealResult<ShareProgress> {
             let mut inner = self.inner();
             match &inner.state {
@@ -42,6 +54,16 @@ impl Seal {
                 );
                 return Err(SealError::WrongSet { got, want });
             };
+            if let (Some(w), false) = (&file.restore_window, accept_restore_window) {
+                self.note(
+                    EventKind::UnsealShare,
+                    Outcome::Refused,
+                    json!({"reason": "restore window not accepted", "index": parsed.bytes.index, "backup": w.backup}),
+                );
+                return Err(SealError::RestoreWindowNotAccepted {
+                    backup_time: w.backup_created_at,
+                });
+            }
             if parsed.threshold != file.threshold {
                 self.note(
                     EventKind::UnsealShare,
@@ -152,6 +174,7 @@ impl Seal {
             return Err(SealError::Tampered(why.to_string()));
         }
         let keyring = file.open_keyring(&key).map_err(SealError::Storage)?;
+        self.settle_seal_file(inner, &mut file, &key)?;
         let mut logged_in = false;
         if file.pending_init {
             // The first quorum proved the shares work: now, and only now,
@@ -247,6 +270,46 @@ impl Seal {
             json!({"set_id": file.set_id}),
         );
         Ok(file.set_id)
+    }
+
+    /// What a verified quorum settles in `seal.json` besides init: the
+    /// backup recipient of a file written before backups existed, and a
+    /// restore window the quorum accepted (every share was refused unless
+    /// its custodian accepted it).
+    fn settle_seal_file(
+        &self,
+        inner: &mut Inner,
+        file: &mut SealFile,
+        key: &UnsealKey,
+    ) -> SealResult<()> {
+        let set_id = file.set_id().map_err(SealError::Storage)?;
+        let mut changed = false;
+        if file.backup_recipient.is_empty() {
+            file.backup_recipient = key
+                .backup_recipient(&set_id)
+                .ok_or(SealError::Internal("deriving the backup recipient"))?;
+            changed = true;
+        }
+        let accepted = file.restore_window.take();
+        if !changed && accepted.is_none() {
+            return Ok(());
+        }
+        file.authenticate(key).map_err(SealError::Storage)?;
+        if inner.pending.as_ref().map(|p| p.set_id == file.set_id) == Some(true) {
+            self.store.save_pending(file).map_err(SealError::Storage)?;
+            inner.pending = Some(file.clone());
+        } else {
+            self.store.save(file).map_err(SealError::Storage)?;
+            inner.current = Some(file.clone());
+        }
+        if let Some(w) = accepted {
+            self.note(
+                EventKind::RestoreWindowAccepted,
+                Outcome::Accepted,
+                json!({"backup": w.backup, "backup_created_at": w.backup_created_at, "generation": w.generation, "restored_at": w.restored_at, "set_id": file.set_id}),
+            );
+        }
+        Ok(())
     }
 
     /// Forgets the shares received so far.

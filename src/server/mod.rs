@@ -328,9 +328,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(
-            proto::operator_service_server::OperatorServiceServer::new(OperatorApi::new(
-                ctx.clone(),
-            ))
+            proto::operator_service_server::OperatorServiceServer::new(
+                OperatorApi::new(ctx.clone()).with_backup(crate::api::operator::BackupTarget {
+                    state_dir: config.state_dir.clone(),
+                    token: crate::backup::token::locate(&config.profile, None)
+                        .map_err(|e| e.to_string()),
+                }),
+            )
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(reflection)

@@ -128,6 +128,7 @@ impl Daemon {
             .unseal(proto::UnsealRequest {
                 share,
                 reset: false,
+                accept_restore_window: false,
             })
             .await
             .unwrap();

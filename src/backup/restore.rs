@@ -1,0 +1,609 @@
+//! The offline restore: a quorum's shares open a backup, everything in it is
+//! verified before anything is written, the state goes into an empty state
+//! directory (and the token's files into an empty token store), and the
+//! audit trail kept since the backup is replayed so that what was
+//! destroyed, revoked, disabled or held after the backup stays so.
+//!
+//! Order, each step refusing before anything is written when it fails:
+//! the header's deployment against the target; an empty target; the shares
+//! against the backup's set and check value; the payload (age); the seal
+//! file's MAC and keyring; the registry (every record and the manifest,
+//! under the keyring's registry key); the trail (chain, checkpoint
+//! signatures, the link to the backup's chain head, every ledger line's
+//! MAC). Then: files, a login with the set's derived PIN, the replay
+//! (destroying the token objects a destruction removed), the generation
+//! counter, and a new audit log whose first event records the restore.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::format::{self, Header};
+use super::ledger;
+use super::token;
+use super::{BackupError, AUDIT_KEY_ENTRY, REGISTRY_ENTRY, SEAL_ENTRY};
+use crate::audit::{Audit, AuditConfig, Event, EventKind, Outcome};
+use crate::config::TokenSelector;
+use crate::core::model::{KeyRecord, KeyState, VersionState};
+use crate::core::registry::Registry;
+use crate::hsm::profile::HsmProfile;
+use crate::hsm::{Hsm, HsmError, REGISTRY_COUNTER_LABEL};
+use crate::seal::keys::UnsealKey;
+use crate::seal::store::{RestoreWindow, SealFile, SealStore};
+
+/// Where the restored state goes.
+pub struct Target {
+    pub state_dir: PathBuf,
+    pub audit: AuditConfig,
+    pub profile: HsmProfile,
+    pub module: PathBuf,
+    pub token: TokenSelector,
+    /// The token module's configuration file, when not the environment's
+    /// (a dev directory's).
+    pub token_conf: Option<PathBuf>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub backup: String,
+    pub backup_created_at: i64,
+    pub backup_generation: u64,
+    pub generation: u64,
+    pub keys: usize,
+    pub token_files: usize,
+    /// The trail replayed: (files, first seq after the head, last seq).
+    pub trail: Option<(usize, u64, u64)>,
+    /// What the replay changed, one line each.
+    pub replayed: Vec<String>,
+    /// Token objects destroyed because the trail records a destruction.
+    pub destroyed_on_token: Vec<String>,
+    /// Keys (and versions) whose material the backup cannot bring back:
+    /// created after it, by name.
+    pub lost: Vec<String>,
+    /// Versions the registry names that the token lacks (a hardware HSM
+    /// restored from an older backup of its own, or a damaged token).
+    pub missing_on_token: Vec<String>,
+    /// No trail: custodians must accept the window at unseal.
+    pub window: bool,
+}
+
+fn refused(msg: impl Into<String>) -> BackupError {
+    BackupError::Refused(msg.into())
+}
+
+fn io(what: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
+    move |e| BackupError::Io(format!("{}: {e}", what.display()))
+}
+
+/// The unseal key from a quorum of shares of the backup's set.
+fn quorum(header: &Header, shares: &[Zeroizing<String>]) -> Result<UnsealKey, BackupError> {
+    let d = &header.deployment;
+    let mut parsed = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, text) in shares.iter().enumerate() {
+        let s = crate::seal::share::parse(text)
+            .map_err(|e| refused(format!("share {}: {e}", i + 1)))?;
+        let set = hex::encode(s.set_id);
+        if set != d.set_id {
+            return Err(refused(format!(
+                "share {}: it is of share set {set}, but the backup was taken under set {} (shares of another set, or a backup of another deployment)",
+                i + 1,
+                d.set_id
+            )));
+        }
+        if s.threshold != d.threshold {
+            return Err(refused(format!(
+                "share {}: threshold {} where the set's is {}",
+                i + 1,
+                s.threshold,
+                d.threshold
+            )));
+        }
+        if seen.insert(s.bytes.index) {
+            parsed.push(s.bytes);
+        }
+    }
+    if parsed.len() < d.threshold as usize {
+        return Err(refused(format!(
+            "shares: {} distinct shares given; the set needs {}",
+            parsed.len(),
+            d.threshold
+        )));
+    }
+    let refs: Vec<_> = parsed.iter().take(d.threshold as usize).collect();
+    let key = crate::seal::shamir::combine(&refs).map_err(|e| refused(format!("shares: {e}")))?;
+    let set_id = set_bytes(&d.set_id)?;
+    let check = hex::decode(&d.check).map_err(|_| refused("backup header: check is not hex"))?;
+    if !key.matches(&set_id, &check) {
+        return Err(refused(
+            "shares: they do not reconstruct the unseal key of the backup's set (a wrong or altered share)",
+        ));
+    }
+    Ok(key)
+}
+
+fn set_bytes(set: &str) -> Result<[u8; 4], BackupError> {
+    hex::decode(set)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| refused("backup header: set_id is not 8 hex digits"))
+}
+
+fn dir_is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|mut r| r.next().is_none())
+        .unwrap_or(true)
+}
+
+/// Reads the trail's lines after the backup's chain head, verified.
+fn trail_after_head(
+    header: &Header,
+    files: &[PathBuf],
+    audit_key: &[u8],
+    scratch: &Path,
+) -> Result<(Vec<(u64, Map<String, Value>)>, (u64, u64)), BackupError> {
+    let head = header.chain_head.as_ref().ok_or_else(|| {
+        refused(
+            "--replay-audit: the backup was taken without an audit log, so no trail can follow it",
+        )
+    })?;
+    let key_path = scratch.join(AUDIT_KEY_ENTRY);
+    std::fs::write(&key_path, audit_key).map_err(io(&key_path))?;
+    let key = crate::audit::verify::load_public_key(&key_path)
+        .map_err(|e| refused(format!("the backup's audit signing key: {e}")))?;
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let report = crate::audit::verify::verify_files(&refs, &key, true)
+        .map_err(|b| refused(format!("--replay-audit: the trail does not verify: {b}")))?;
+    if report.first_seq > head.seq || report.last_seq < head.seq {
+        return Err(refused(format!(
+            "--replay-audit: the trail covers seq {} to {}, but the backup's chain head is seq {}: give the files from before the backup up to now",
+            report.first_seq, report.last_seq, head.seq
+        )));
+    }
+    let mut after = Vec::new();
+    let mut linked = false;
+    for f in files {
+        let text = std::fs::read_to_string(f).map_err(io(f))?;
+        for line in text.lines() {
+            let v: Map<String, Value> = serde_json::from_str(line)
+                .map_err(|_| refused(format!("{}: a line that does not parse", f.display())))?;
+            let seq = v.get("seq").and_then(Value::as_u64).unwrap_or(0);
+            if seq == head.seq {
+                let hash = hex::encode(Sha256::digest(line.as_bytes()));
+                if hash != head.hash {
+                    return Err(refused(format!(
+                        "--replay-audit: line {seq} of the trail is not the backup's chain head (another deployment's log, or an altered one)"
+                    )));
+                }
+                linked = true;
+            } else if seq > head.seq {
+                after.push((seq, v));
+            }
+        }
+    }
+    if !linked {
+        return Err(refused(
+            "--replay-audit: the trail does not contain the backup's chain head",
+        ));
+    }
+    Ok((after, (head.seq + 1, report.last_seq)))
+}
+
+/// What the replay makes of a ledger record, given the token's objects:
+/// versions whose objects the token lacks (made after the backup) are
+/// dropped, and if that drops the active version, the newest remaining
+/// usable one becomes active again. `None`: nothing of the key survives.
+fn fit_to_token(
+    mut r: KeyRecord,
+    on_token: &BTreeSet<[u8; 16]>,
+    lost: &mut Vec<String>,
+) -> Option<KeyRecord> {
+    let name = r.name.clone();
+    let mut dropped = Vec::new();
+    r.versions.retain(|v| {
+        let keep = v.state == VersionState::Destroyed || on_token.contains(&v.hsm_id.0);
+        if !keep {
+            dropped.push(v.version);
+        }
+        keep
+    });
+    if r.versions.is_empty() && r.state != KeyState::Destroyed {
+        lost.push(format!("{name} (created after the backup)"));
+        return None;
+    }
+    for v in dropped {
+        lost.push(format!("{name}/v{v} (made after the backup)"));
+    }
+    if r.state != KeyState::Destroyed && r.current().is_none() {
+        if let Some(v) = r
+            .versions
+            .iter_mut()
+            .rev()
+            .find(|v| v.state == VersionState::Deactivated)
+        {
+            v.state = VersionState::Active;
+        }
+    }
+    Some(r)
+}
+
+fn describe_change(old: Option<&KeyRecord>, new: &KeyRecord) -> Option<String> {
+    let Some(old) = old else {
+        return Some(format!(
+            "{}: created after the backup ({})",
+            new.name,
+            new.state.as_str()
+        ));
+    };
+    let mut what = Vec::new();
+    if old.state != new.state {
+        what.push(format!("{} -> {}", old.state.as_str(), new.state.as_str()));
+    }
+    for v in &new.versions {
+        match old.version(v.version) {
+            Some(o) if o.state != v.state => what.push(format!(
+                "v{} {} -> {}",
+                v.version,
+                o.state.as_str(),
+                v.state.as_str()
+            )),
+            None => what.push(format!("v{} added ({})", v.version, v.state.as_str())),
+            _ => {}
+        }
+    }
+    if old.min_decrypt_version != new.min_decrypt_version {
+        what.push(format!("min decrypt version {}", new.min_decrypt_version));
+    }
+    let holds = |r: &KeyRecord| {
+        r.active_holds()
+            .map(|h| h.id.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    let (ho, hn) = (holds(old), holds(new));
+    for h in hn.difference(&ho) {
+        what.push(format!("hold {h} placed"));
+    }
+    for h in ho.difference(&hn) {
+        what.push(format!("hold {h} released"));
+    }
+    if what.is_empty()
+        && old
+            .versions
+            .iter()
+            .map(|v| v.reserved)
+            .ne(new.versions.iter().map(|v| v.reserved))
+    {
+        what.push("encryption reservations".into());
+    }
+    (!what.is_empty()).then(|| format!("{}: {}", new.name, what.join(", ")))
+}
+
+/// Restores `file` into `target`. `replay`: the audit trail kept since the
+/// backup (oldest file first); empty means none, and the restored seal then
+/// asks custodians to accept the window at unseal.
+pub fn restore(
+    file: &[u8],
+    shares: &[Zeroizing<String>],
+    target: &Target,
+    replay: &[PathBuf],
+    now: i64,
+) -> Result<Report, BackupError> {
+    let (header, _) = format::read_header(file)?;
+    let d = &header.deployment;
+    // 1. The deployment and the target.
+    match &target.token {
+        TokenSelector::Label(l) if *l != d.token_label => {
+            return Err(refused(format!(
+                "this is a backup of another deployment: its token is labelled {:?}, this configuration selects {l:?}",
+                d.token_label
+            )))
+        }
+        TokenSelector::Serial(s) if *s != d.token_serial => {
+            return Err(refused(format!(
+                "this is a backup of another deployment: its token's serial is {:?}, this configuration selects {s:?}",
+                d.token_serial
+            )))
+        }
+        _ => {}
+    }
+    if target.profile.name != d.profile {
+        return Err(refused(format!(
+            "the backup was taken on a {} token; this configuration's profile is {}",
+            d.profile, target.profile.name
+        )));
+    }
+    if !dir_is_empty(&target.state_dir) {
+        return Err(refused(format!(
+            "the state directory {} is not empty: a restore goes into an empty one (move the old state aside first)",
+            target.state_dir.display()
+        )));
+    }
+    let store = token::locate(&target.profile, target.token_conf.as_deref())?;
+    if header.token_files && !token::is_empty(&store) {
+        return Err(refused(format!(
+            "the token's storage ({store:?}) is not empty: a restore puts the backup's token into an empty one"
+        )));
+    }
+    // 2. The quorum, then the payload.
+    let key = quorum(&header, shares)?;
+    let set_id = set_bytes(&d.set_id)?;
+    let identity = key
+        .backup_identity(&set_id)
+        .ok_or_else(|| BackupError::Io("deriving the backup key".into()))?;
+    let (header, entries) = format::open(file, &identity)?;
+    let entry = |name: &str| {
+        entries
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| e.data.as_slice())
+    };
+    // 3. The seal file.
+    let mut seal: SealFile = serde_json::from_slice(
+        entry(SEAL_ENTRY).ok_or_else(|| refused("the backup holds no seal.json"))?,
+    )
+    .map_err(|e| refused(format!("the backup's seal.json: {e}")))?;
+    if seal.set_id != d.set_id || seal.check != d.check {
+        return Err(refused(
+            "the backup's seal.json is of another set than its header",
+        ));
+    }
+    seal.verify(&key)
+        .map_err(|e| refused(format!("the backup's seal.json: {e}")))?;
+    let keyring = seal
+        .open_keyring(&key)
+        .map_err(|e| refused(format!("the backup's seal.json: {e}")))?;
+    let rkey: &[u8; 32] = &keyring.registry_key;
+
+    std::fs::create_dir_all(&target.state_dir).map_err(io(&target.state_dir))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&target.state_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(&target.state_dir))?;
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix(".restore-")
+        .tempdir_in(&target.state_dir)
+        .map_err(io(&target.state_dir))?;
+    // 4. The registry, verified where it will live (removed on refusal).
+    let db_path = target.state_dir.join(REGISTRY_ENTRY);
+    let cleanup = |e: BackupError| {
+        for f in [REGISTRY_ENTRY, "registry.db-wal", "registry.db-shm"] {
+            let _ = std::fs::remove_file(target.state_dir.join(f));
+        }
+        e
+    };
+    std::fs::write(
+        &db_path,
+        entry(REGISTRY_ENTRY).ok_or_else(|| refused("the backup holds no registry"))?,
+    )
+    .map_err(io(&db_path))?;
+    let registry = Registry::open(&db_path)
+        .map_err(|e| cleanup(refused(format!("the backup's registry: {e}"))))?;
+    let loaded = registry
+        .load_verified(rkey, None)
+        .map_err(|e| cleanup(refused(format!("the backup's registry: {e}"))))?;
+    if let Some(g) = &loaded.global {
+        return Err(cleanup(refused(format!(
+            "the backup's registry does not verify: {g}"
+        ))));
+    }
+    if let Some((k, what)) = loaded.tampered.first() {
+        return Err(cleanup(refused(format!(
+            "the backup's registry: key {k}: {what}"
+        ))));
+    }
+    if loaded.generation != header.generation {
+        return Err(cleanup(refused(format!(
+            "the backup's registry is at generation {}, its header says {}",
+            loaded.generation, header.generation
+        ))));
+    }
+    // 5. The trail.
+    let (after, span) = if replay.is_empty() {
+        (Vec::new(), None)
+    } else {
+        let audit_key = entry(AUDIT_KEY_ENTRY).ok_or_else(|| {
+            cleanup(refused("--replay-audit: the backup holds no audit signing key (taken before the first unseal)"))
+        })?;
+        let (lines, span) =
+            trail_after_head(&header, replay, audit_key, scratch.path()).map_err(cleanup)?;
+        (lines, Some(span))
+    };
+    let ledger = ledger::entries(&after, rkey)
+        .map_err(|e| cleanup(refused(format!("--replay-audit: {e}"))))?;
+    let mut latest: BTreeMap<[u8; 16], KeyRecord> = BTreeMap::new();
+    for e in ledger {
+        latest.insert(e.record.id, e.record);
+    }
+
+    // Everything verified: write.
+    let mut report = Report {
+        backup: hex::encode(Sha256::digest(file)),
+        backup_created_at: header.created_at,
+        backup_generation: header.generation,
+        trail: span.map(|(a, b)| (replay.len(), a, b)),
+        window: replay.is_empty(),
+        ..Report::default()
+    };
+    let token_entries: Vec<(&str, &[u8])> = entries
+        .iter()
+        .filter(|e| e.name.starts_with(token::ENTRY_PREFIX))
+        .map(|e| (e.name.as_str(), e.data.as_slice()))
+        .collect();
+    report.token_files = token::put_back(&store, &token_entries)?;
+    if let Some(k) = entry(AUDIT_KEY_ENTRY) {
+        let dir = target.audit.file.parent().unwrap_or(&target.state_dir);
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let p = dir.join(crate::audit::PUBLIC_KEY_FILE);
+        std::fs::write(&p, k).map_err(io(&p))?;
+    }
+
+    // 6. The token: log in with the set's PIN, replay, count.
+    let hsm = crate::hsm::pkcs11::Pkcs11Hsm::connect(
+        &target.module,
+        &target.token,
+        target.profile.clone(),
+        1,
+    )
+    .map_err(|e| refused(format!("the restored token: {e}")))?;
+    if header.token_files && hsm.token().serial != d.token_serial {
+        return Err(refused(format!(
+            "the restored token's serial is {:?}, the backup's {:?}",
+            hsm.token().serial,
+            d.token_serial
+        )));
+    }
+    hsm.login(&key.user_pin(&set_id)).map_err(|e| {
+        refused(format!(
+            "the token does not accept the PIN of set {}: {e} (for a hardware HSM, restore the vendor's backup of the token first)",
+            d.set_id
+        ))
+    })?;
+    let result = replay_onto(
+        &hsm,
+        &registry,
+        rkey,
+        &loaded.keys,
+        latest,
+        target,
+        &header,
+        &mut report,
+    );
+    hsm.logout();
+    let audit = result?;
+
+    // 7. The seal file: a restore without the trail asks for acceptance.
+    if report.window {
+        seal.restore_window = Some(RestoreWindow {
+            backup: report.backup.clone(),
+            backup_created_at: header.created_at,
+            generation: header.generation,
+            restored_at: now,
+        });
+    }
+    seal.authenticate(&key)
+        .map_err(|e| BackupError::Io(format!("seal.json: {e}")))?;
+    SealStore::new(&target.state_dir)
+        .save(&seal)
+        .map_err(|e| BackupError::Io(format!("seal.json: {e}")))?;
+
+    // 8. The restore's own record opens the new log.
+    let detail = json!({
+        "backup": report.backup,
+        "backup_created_at": header.created_at,
+        "backup_generation": header.generation,
+        "backup_chain_head": header.chain_head,
+        "generation": report.generation,
+        "trail": report.trail.map(|(files, first, last)| json!({"files": files, "first_seq": first, "last_seq": last})),
+        "replayed": report.replayed,
+        "destroyed_on_token": report.destroyed_on_token,
+        "lost": report.lost,
+        "missing_on_token": report.missing_on_token,
+        "window_to_accept": report.window,
+    });
+    audit.note_registry_generation(report.generation);
+    audit
+        .record(Event::new(EventKind::Restore, Outcome::Ok, detail).fields())
+        .map_err(|e| BackupError::Audit(e.to_string()))?;
+    Ok(report)
+}
+
+/// The replay proper, logged in. Returns the new audit log (its first
+/// lines are the ledger of the replay's own writes).
+#[allow(clippy::too_many_arguments)]
+fn replay_onto(
+    hsm: &dyn Hsm,
+    registry: &Registry,
+    rkey: &[u8; 32],
+    backed_up: &[KeyRecord],
+    latest: BTreeMap<[u8; 16], KeyRecord>,
+    target: &Target,
+    header: &Header,
+    report: &mut Report,
+) -> Result<Audit, BackupError> {
+    let hsm_err = |what: &str, e: HsmError| BackupError::Token(format!("{what}: {e}"));
+    let on_token: BTreeSet<[u8; 16]> = hsm
+        .list_cmks()
+        .map_err(|e| hsm_err("listing the token's keys", e))?
+        .into_iter()
+        .map(|o| o.id.0)
+        .collect();
+    let old: BTreeMap<[u8; 16], &KeyRecord> = backed_up.iter().map(|r| (r.id, r)).collect();
+    let audit = Audit::open(target.audit.clone()).map_err(|e| BackupError::Audit(e.to_string()))?;
+    audit.note_registry_generation(registry.generation());
+    for (id, rec) in latest {
+        let Some(rec) = fit_to_token(rec, &on_token, &mut report.lost) else {
+            continue;
+        };
+        let before = old.get(&id).copied();
+        if before == Some(&rec) {
+            continue;
+        }
+        // Destroyed versions lose their token objects now, before anything
+        // could serve them.
+        for v in &rec.versions {
+            let destroyed = v.state == VersionState::Destroyed || rec.state == KeyState::Destroyed;
+            if destroyed && on_token.contains(&v.hsm_id.0) {
+                match hsm.destroy_cmk(&v.hsm_id) {
+                    Ok(()) | Err(HsmError::ObjectNotFound(_)) => report.destroyed_on_token.push(
+                        format!("{}/v{} ({})", rec.name, v.version, v.hsm_id.to_hex()),
+                    ),
+                    Err(e) => return Err(hsm_err("destroying a destroyed key's object", e)),
+                }
+            }
+        }
+        if let Some(what) = describe_change(before, &rec) {
+            report.replayed.push(what);
+        }
+        let next = registry.generation() + 1;
+        audit
+            .record_ledger(
+                ledger::line(&rec, next, rkey).map_err(|e| BackupError::Io(e.to_string()))?,
+            )
+            .map_err(|e| BackupError::Audit(e.to_string()))?;
+        registry
+            .put(&rec, rkey, before.is_none())
+            .map_err(|e| BackupError::Io(format!("registry: {e}")))?;
+        audit.note_registry_generation(registry.generation());
+    }
+    // What the registry now names that the token lacks.
+    let now = registry
+        .load_verified(rkey, None)
+        .map_err(|e| BackupError::Io(format!("registry: {e}")))?;
+    report.keys = now.keys.len();
+    for r in &now.keys {
+        for v in &r.versions {
+            let usable = !matches!(v.state, VersionState::Destroyed);
+            if usable && r.state != KeyState::Destroyed && !on_token.contains(&v.hsm_id.0) {
+                report.missing_on_token.push(format!(
+                    "{}/v{} ({})",
+                    r.name,
+                    v.version,
+                    v.hsm_id.to_hex()
+                ));
+            }
+        }
+    }
+    // The token's generation counter: a hardware HSM kept counting after
+    // the backup; the restored registry moves above it (this path, and only
+    // this one, accepts the restored generation).
+    let counter = hsm
+        .read_counter(REGISTRY_COUNTER_LABEL)
+        .map_err(|e| hsm_err("reading the generation counter", e))?
+        .unwrap_or(0);
+    let mut generation = registry.generation();
+    if counter >= generation && counter > header.generation {
+        generation = counter + 1;
+        registry
+            .reseal(rkey, generation)
+            .map_err(|e| BackupError::Io(format!("registry: {e}")))?;
+    }
+    hsm.write_counter(REGISTRY_COUNTER_LABEL, generation)
+        .map_err(|e| hsm_err("writing the generation counter", e))?;
+    report.generation = generation;
+    Ok(audit)
+}

@@ -1,0 +1,152 @@
+//! The daemon's side of a backup: one consistent snapshot of the registry
+//! (SQLite's online backup), the seal file, the audit chain's head and the
+//! software token's files, taken while no key change and no ceremony can
+//! run, encrypted to the deployment's backup recipient.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use super::{lock, CoreError, CoreResult, Keywarden};
+use crate::audit::{EventKind, Outcome};
+use crate::backup::format::{self, ChainHead, Deployment, Entry, Header};
+use crate::backup::token::{self, TokenStore};
+use crate::backup::{BackupError, AUDIT_KEY_ENTRY, MANIFEST_ENTRY, REGISTRY_ENTRY, SEAL_ENTRY};
+
+/// A backup taken: the file's bytes and its header.
+pub struct Taken {
+    pub header: Header,
+    pub bytes: Vec<u8>,
+    /// Hex SHA-256 of `bytes`: the backup's id.
+    pub id: String,
+}
+
+impl Keywarden {
+    /// Takes a backup. `state_dir` gets a private scratch directory for
+    /// the SQLite copies.
+    pub fn backup(&self, store: &TokenStore, state_dir: &Path) -> CoreResult<Taken> {
+        let scratch = tempfile::Builder::new()
+            .prefix(".backup-")
+            .tempdir_in(state_dir)
+            .map_err(|e| CoreError::Backup(BackupError::Io(format!("scratch directory: {e}"))))?;
+        // Key changes first, then ceremonies (the order every writer takes).
+        let _w = lock(&self.writes);
+        let snap = self.seal.quiesced(|file, pending, logged_in| {
+            let file = file.ok_or(BackupError::Uninitialized)?;
+            if pending {
+                return Err(BackupError::RekeyPending);
+            }
+            if file.backup_recipient.is_empty() {
+                return Err(BackupError::NoRecipient);
+            }
+            let head = match &self.audit {
+                Some(a) => Some(a.head().map_err(|e| BackupError::Audit(e.to_string()))?),
+                None => None,
+            };
+            let db = scratch.path().join(REGISTRY_ENTRY);
+            self.registry
+                .snapshot_to(&db)
+                .map_err(|e| BackupError::Io(format!("registry snapshot: {e}")))?;
+            let registry = std::fs::read(&db).map_err(|e| BackupError::Io(e.to_string()))?;
+            let seal =
+                serde_json::to_vec_pretty(file).map_err(|e| BackupError::Io(e.to_string()))?;
+            let tokens = token::snapshot(store, scratch.path())?;
+            Ok((file.clone(), head, registry, seal, tokens, logged_in))
+        });
+        let (file, head, registry, seal, tokens, logged_in) = snap.map_err(CoreError::Backup)?;
+        let generation = self.registry.generation_on_disk().map_err(super::reg_err)?;
+        // What the token must hold: every version the registry names.
+        let manifest = self.token_manifest();
+        drop(_w);
+
+        let desc = self.hsm.token();
+        let header = Header {
+            created_at: self.now(),
+            generation,
+            deployment: Deployment {
+                set_id: file.set_id.clone(),
+                threshold: file.threshold,
+                shares: file.shares,
+                check: file.check.clone(),
+                token_label: desc.label.clone(),
+                token_serial: desc.serial.clone(),
+                profile: self.hsm.profile_name().to_string(),
+            },
+            chain_head: head.map(|(seq, hash)| ChainHead { seq, hash }),
+            sealed: !logged_in,
+            token_files: !matches!(store, TokenStore::Vendor(_)),
+            daemon_version: crate::VERSION.to_string(),
+        };
+        let mut entries = vec![
+            Entry {
+                name: SEAL_ENTRY.into(),
+                data: seal,
+            },
+            Entry {
+                name: REGISTRY_ENTRY.into(),
+                data: registry,
+            },
+            Entry {
+                name: MANIFEST_ENTRY.into(),
+                data: manifest,
+            },
+        ];
+        let key_file = self.audit.as_ref().map(|a| a.public_key_path());
+        if let Some(k) = key_file.and_then(|p| std::fs::read(p).ok()) {
+            entries.push(Entry {
+                name: AUDIT_KEY_ENTRY.into(),
+                data: k,
+            });
+        }
+        entries.extend(tokens.into_iter().map(|(name, data)| Entry { name, data }));
+        let bytes = format::seal(&header, &entries, &file.backup_recipient)
+            .map_err(|e| CoreError::Backup(e.into()))?;
+        let id = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        let detail = json!({
+            "backup": id,
+            "bytes": bytes.len(),
+            "generation": generation,
+            "chain_head": header.chain_head,
+            "sealed": header.sealed,
+            "token_files": header.token_files,
+        });
+        // Durable before the file is handed out: a backup nobody can see in
+        // the log is not made.
+        if let Some(a) = &self.audit {
+            a.record(crate::audit::Event::new(EventKind::Backup, Outcome::Ok, detail).fields())
+                .map_err(|e| CoreError::Backup(BackupError::Audit(e.to_string())))?;
+        }
+        Ok(Taken { header, bytes, id })
+    }
+
+    /// The registry's versions as the token must hold them (JSON): a
+    /// restore onto a hardware HSM checks the vendor-restored token by it.
+    fn token_manifest(&self) -> Vec<u8> {
+        let t = self.table();
+        let mut keys: Vec<_> = t
+            .by_name
+            .values()
+            .map(|r| {
+                json!({
+                    "name": r.name,
+                    "key_id": r.id_text(),
+                    "kind": r.kind.as_str(),
+                    "versions": r.versions.iter().map(|v| json!({
+                        "version": v.version,
+                        "cka_id": v.hsm_id.to_hex(),
+                        "state": v.state.as_str(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        keys.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        let desc = self.hsm.token();
+        serde_json::to_vec_pretty(&json!({
+            "token_label": desc.label,
+            "token_serial": desc.serial,
+            "complete": !keys.is_empty() || t.global.is_none(),
+            "keys": keys,
+        }))
+        .unwrap_or_default()
+    }
+}
