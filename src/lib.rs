@@ -33,6 +33,8 @@ pub mod bench;
 pub mod cli;
 #[doc(hidden)]
 pub mod dev;
+#[doc(hidden)]
+pub mod drill;
 
 /// Generated protobuf and gRPC code for `keywarden.v1` (the
 /// `keywarden-proto` crate).

@@ -52,6 +52,28 @@ enum HsmCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum DrillCommand {
+    /// Back up a dev daemon, lose it, restore it with the audit trail,
+    /// check every data key, and print the RPO and RTO measured.
+    Restore {
+        /// Data keys recorded under each key.
+        #[arg(long, default_value = "200")]
+        data_keys: usize,
+        /// Keys made before the backup.
+        #[arg(long, default_value = "3")]
+        keys: usize,
+        #[arg(long, value_enum, default_value = "softhsm2")]
+        token: keywarden::dev::DevToken,
+        /// The token's PKCS#11 module, when its profile does not find it.
+        #[arg(long)]
+        token_module: Option<PathBuf>,
+        /// Keep the drill's directories here.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon with a config file.
     Serve {
@@ -132,6 +154,9 @@ enum Command {
     /// Custodians' ceremonies: init, unseal, seal, rekey.
     #[command(subcommand)]
     Operator(keywarden::cli::operator::OperatorCommand),
+    /// Disaster-recovery drills on throwaway dev daemons.
+    #[command(subcommand)]
+    Drill(DrillCommand),
     /// Probe an HSM token against a profile before trusting it.
     #[command(subcommand)]
     Hsm(HsmCommand),
@@ -294,6 +319,22 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
                     hard_limit_encryptions,
                     tick,
                 )?,
+            })
+            .await
+        }
+        Command::Drill(DrillCommand::Restore {
+            data_keys,
+            keys,
+            token,
+            token_module,
+            keep,
+        }) => {
+            keywarden::drill::restore(keywarden::drill::DrillOptions {
+                token,
+                token_module,
+                keys,
+                data_keys,
+                keep,
             })
             .await
         }
