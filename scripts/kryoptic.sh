@@ -14,4 +14,4 @@ export KEYWARDEN_TEST_TOKEN=kryoptic KEYWARDEN_KRYOPTIC_MODULE="$module"
 export KEYWARDEN_CRASH_ROUNDS=${KEYWARDEN_CRASH_ROUNDS_KRYOPTIC:-10}
 cargo test --workspace --locked --no-fail-fast \
   --test datakeys --test lifecycle --test unseal --test access --test cli --test review \
-  --test reliability --test faults --test hsm_contract
+  --test reliability --test faults --test hsm_contract --test backup

@@ -64,8 +64,7 @@ pub fn locate(profile: &HsmProfile, conf: Option<&Path>) -> Result<TokenStore, B
                     "KRYOPTIC_CONF is not set: where is Kryoptic's configuration?".into(),
                 )
             })?;
-            let v: toml::Value = read(&path)?
-                .parse()
+            let v: toml::Table = toml::from_str(&read(&path)?)
                 .map_err(|e| BackupError::Token(format!("{}: {e}", path.display())))?;
             let slot = v
                 .get("slots")

@@ -17,6 +17,16 @@ use keywarden_client::Client;
 pub const BIN: &str = env!("CARGO_BIN_EXE_keywarden");
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
+/// `--token-module` for commands that need the token's module by hand
+/// (Kryoptic); empty for SoftHSM, whose profile finds it.
+pub fn token_module_args() -> Vec<String> {
+    if test_token() == "kryoptic" {
+        vec!["--token-module".into(), token_module()]
+    } else {
+        Vec::new()
+    }
+}
+
 /// The token under test: "softhsm2" or "kryoptic".
 pub fn test_token() -> String {
     match std::env::var("KEYWARDEN_TEST_TOKEN").as_deref() {
@@ -101,6 +111,34 @@ impl Daemon {
             dev_share: None,
             envs: Vec::new(),
         }
+    }
+
+    /// A dev daemon on an existing directory (a restored one), started and
+    /// left as it comes up (sealed). The caller owns the directory.
+    pub async fn start_at(dir: &Path) -> Daemon {
+        let mut d = Daemon {
+            dir: dir.to_path_buf(),
+            _temp: None,
+            child: None,
+            dev_args: token_dev_args(),
+            stdout: Default::default(),
+            dev_share: None,
+            envs: Vec::new(),
+        };
+        d.launch().await;
+        d
+    }
+
+    /// The audit log files in order (rotated ones first), as an operator
+    /// would copy them off the host.
+    pub fn audit_files(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.audit_dir())
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        v.sort_by_key(|p| (p.file_name().unwrap() == "audit.log", p.clone()));
+        v
     }
 
     fn printed_share(&self) -> Option<String> {
