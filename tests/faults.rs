@@ -393,6 +393,7 @@ async fn sealing_while_the_hsm_is_lost_forgets_the_relogin_pin() {
         .unseal(proto::UnsealRequest {
             share: d.dev_share.clone().unwrap(),
             reset: false,
+            accept_restore_window: false,
         })
         .await
         .unwrap();

@@ -309,8 +309,13 @@ mod tests {
     fn an_edited_header_that_still_parses_is_refused() {
         let id = age::x25519::Identity::generate();
         let file = seal(&header(), &[], &id.to_public().to_string()).unwrap();
-        let text = String::from_utf8_lossy(&file).into_owned();
-        let at = text.find("\"generation\":12").unwrap() + "\"generation\":1".len();
+        let needle = b"\"generation\":12";
+        let at = file
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap()
+            + needle.len()
+            - 1;
         let mut bad = file.clone();
         bad[at] = b'9';
         assert!(matches!(open(&bad, &id), Err(FormatError::HeaderAltered)));

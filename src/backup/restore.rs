@@ -139,13 +139,16 @@ fn dir_is_empty(dir: &Path) -> bool {
         .unwrap_or(true)
 }
 
+/// An audit line: its seq and its fields.
+type AuditLine = (u64, Map<String, Value>);
+
 /// Reads the trail's lines after the backup's chain head, verified.
 fn trail_after_head(
     header: &Header,
     files: &[PathBuf],
     audit_key: &[u8],
     scratch: &Path,
-) -> Result<(Vec<(u64, Map<String, Value>)>, (u64, u64)), BackupError> {
+) -> Result<(Vec<AuditLine>, (u64, u64)), BackupError> {
     let head = header.chain_head.as_ref().ok_or_else(|| {
         refused(
             "--replay-audit: the backup was taken without an audit log, so no trail can follow it",

@@ -6,6 +6,40 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class BackupRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class BackupChunk(_message.Message):
+    __slots__ = ("data", "info")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    info: BackupInfo
+    def __init__(self, data: _Optional[bytes] = ..., info: _Optional[_Union[BackupInfo, _Mapping]] = ...) -> None: ...
+
+class BackupInfo(_message.Message):
+    __slots__ = ("id", "bytes", "generation", "created_at", "set_id", "sealed", "token_files", "vendor_procedure", "chain_head_seq")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SET_ID_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FILES_FIELD_NUMBER: _ClassVar[int]
+    VENDOR_PROCEDURE_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    bytes: int
+    generation: int
+    created_at: int
+    set_id: str
+    sealed: bool
+    token_files: bool
+    vendor_procedure: str
+    chain_head_seq: int
+    def __init__(self, id: _Optional[str] = ..., bytes: _Optional[int] = ..., generation: _Optional[int] = ..., created_at: _Optional[int] = ..., set_id: _Optional[str] = ..., sealed: _Optional[bool] = ..., token_files: _Optional[bool] = ..., vendor_procedure: _Optional[str] = ..., chain_head_seq: _Optional[int] = ...) -> None: ...
+
 class ReloadPolicyRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -79,12 +113,14 @@ class InitResponse(_message.Message):
     def __init__(self, shares: _Optional[_Iterable[_Union[IssuedShare, _Mapping]]] = ..., set_id: _Optional[str] = ..., threshold: _Optional[int] = ...) -> None: ...
 
 class UnsealRequest(_message.Message):
-    __slots__ = ("share", "reset")
+    __slots__ = ("share", "reset", "accept_restore_window")
     SHARE_FIELD_NUMBER: _ClassVar[int]
     RESET_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_RESTORE_WINDOW_FIELD_NUMBER: _ClassVar[int]
     share: str
     reset: bool
-    def __init__(self, share: _Optional[str] = ..., reset: _Optional[bool] = ...) -> None: ...
+    accept_restore_window: bool
+    def __init__(self, share: _Optional[str] = ..., reset: _Optional[bool] = ..., accept_restore_window: _Optional[bool] = ...) -> None: ...
 
 class UnsealResponse(_message.Message):
     __slots__ = ("sealed", "received", "threshold", "set_id")

@@ -90,6 +90,11 @@ class OperatorServiceStub:
                 request_serializer=keywarden_dot_v1_dot_operator__pb2.AcknowledgeTamperingRequest.SerializeToString,
                 response_deserializer=keywarden_dot_v1_dot_operator__pb2.AcknowledgeTamperingResponse.FromString,
                 _registered_method=True)
+        self.Backup = channel.unary_stream(
+                '/keywarden.v1.OperatorService/Backup',
+                request_serializer=keywarden_dot_v1_dot_operator__pb2.BackupRequest.SerializeToString,
+                response_deserializer=keywarden_dot_v1_dot_operator__pb2.BackupChunk.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -175,6 +180,16 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backup(self, request, context):
+        """A backup of this deployment: the registry, the seal file, the audit
+        chain's head and (software tokens) the token, encrypted to a key
+        derived from the unseal key; sealed or unsealed. Streamed in chunks;
+        the first carries what the backup is. Admins and custodians.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -232,6 +247,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.AcknowledgeTampering,
                     request_deserializer=keywarden_dot_v1_dot_operator__pb2.AcknowledgeTamperingRequest.FromString,
                     response_serializer=keywarden_dot_v1_dot_operator__pb2.AcknowledgeTamperingResponse.SerializeToString,
+            ),
+            'Backup': grpc.unary_stream_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=keywarden_dot_v1_dot_operator__pb2.BackupRequest.FromString,
+                    response_serializer=keywarden_dot_v1_dot_operator__pb2.BackupChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -532,6 +552,33 @@ class OperatorService:
             '/keywarden.v1.OperatorService/AcknowledgeTampering',
             keywarden_dot_v1_dot_operator__pb2.AcknowledgeTamperingRequest.SerializeToString,
             keywarden_dot_v1_dot_operator__pb2.AcknowledgeTamperingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/keywarden.v1.OperatorService/Backup',
+            keywarden_dot_v1_dot_operator__pb2.BackupRequest.SerializeToString,
+            keywarden_dot_v1_dot_operator__pb2.BackupChunk.FromString,
             options,
             channel_credentials,
             insecure,
