@@ -133,10 +133,16 @@ fn set_bytes(set: &str) -> Result<[u8; 4], BackupError> {
         .ok_or_else(|| refused("backup header: set_id is not 8 hex digits"))
 }
 
-fn dir_is_empty(dir: &Path) -> bool {
-    std::fs::read_dir(dir)
-        .map(|mut r| r.next().is_none())
-        .unwrap_or(true)
+/// Whether `dir` holds nothing, an empty software token directory inside
+/// it aside (the packaged SoftHSM keeps its tokens in the state directory).
+fn dir_is_empty(dir: &Path, store: &token::TokenStore) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return true;
+    };
+    entries.filter_map(Result::ok).all(|e| match store {
+        token::TokenStore::Dir(t) => e.path() == *t && token::is_empty(store),
+        _ => false,
+    })
 }
 
 /// An audit line: its seq and its fields.
@@ -319,13 +325,13 @@ pub fn restore(
             d.profile, target.profile.name
         )));
     }
-    if !dir_is_empty(&target.state_dir) {
+    let store = token::locate(&target.profile, target.token_conf.as_deref())?;
+    if !dir_is_empty(&target.state_dir, &store) {
         return Err(refused(format!(
             "the state directory {} is not empty: a restore goes into an empty one (move the old state aside first)",
             target.state_dir.display()
         )));
     }
-    let store = token::locate(&target.profile, target.token_conf.as_deref())?;
     if header.token_files && !token::is_empty(&store) {
         return Err(refused(format!(
             "the token's storage ({store:?}) is not empty: a restore puts the backup's token into an empty one"
