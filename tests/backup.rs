@@ -453,3 +453,41 @@ fn the_restore_drill_passes_and_reports_rpo_and_rto() {
     );
     println!("{t}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_daemon_backs_up_and_its_backup_restores() {
+    let mut d = Daemon::start().await;
+    let share = d.dev_share.clone().unwrap();
+    let mut c = d.client().await;
+    create_key(&mut c, "patients").await;
+    let g = generate(&mut c, "patients", &[("case", "1")]).await;
+    c.operator.seal(proto::SealRequest {}).await.unwrap();
+    drop(c);
+    d.wait_phase("sealed").await;
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("b.kwb");
+    let out = d.cli(
+        &[
+            "--output",
+            "json",
+            "operator",
+            "backup",
+            "--out",
+            &file.display().to_string(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["sealed"], true, "{info}");
+    d.stop();
+    let trail = copy_trail(&d, &work.path().join("offsite"));
+    let target = work.path().join("restored");
+    let o = restore(&target, &file, &share, &trail);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = Daemon::start_at(&target).await;
+    unseal(&r, &share, false).await.unwrap();
+    r.wait_phase("unsealed").await;
+    let mut c = r.client().await;
+    opens(&mut c, &g.ciphertext_blob, &g.plaintext).await;
+}

@@ -190,10 +190,23 @@ fn last_line(path: &Path) -> std::io::Result<Option<String>> {
     if len == 0 {
         return Ok(None);
     }
-    let start = len.saturating_sub(256 * 1024);
-    f.seek(SeekFrom::Start(start))?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf)?;
+    // The last line is short, except a ledger line of a key with a long
+    // history: widen the window until it holds the line's start.
+    let mut window = 256 * 1024u64;
+    let (start, buf) = loop {
+        let start = len.saturating_sub(window);
+        f.seek(SeekFrom::Start(start))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        let complete = buf
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .is_some_and(|end| buf[..end].contains(&b'\n'));
+        if start == 0 || complete || window >= 64 << 20 {
+            break (start, buf);
+        }
+        window *= 4;
+    };
     let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
         return Ok(None);
     };

@@ -237,6 +237,11 @@ fn fit_to_token(
             v.state = VersionState::Active;
         }
     }
+    if matches!(r.state, KeyState::Active | KeyState::Suspended) && r.current().is_none() {
+        lost.push(format!(
+            "{name}: no active version survives; rotate it before it makes data keys again"
+        ));
+    }
     Some(r)
 }
 
@@ -429,96 +434,135 @@ pub fn restore(
         latest.insert(e.record.id, e.record);
     }
 
-    // Everything verified: write.
-    let mut report = Report {
-        backup: hex::encode(Sha256::digest(file)),
-        backup_created_at: header.created_at,
-        backup_generation: header.generation,
-        trail: span.map(|(a, b)| (replay.len(), a, b)),
-        window: replay.is_empty(),
-        ..Report::default()
-    };
-    let token_entries: Vec<(&str, &[u8])> = entries
-        .iter()
-        .filter(|e| e.name.starts_with(token::ENTRY_PREFIX))
-        .map(|e| (e.name.as_str(), e.data.as_slice()))
-        .collect();
-    report.token_files = token::put_back(&store, &token_entries)?;
-    if let Some(k) = entry(AUDIT_KEY_ENTRY) {
-        let dir = target.audit.file.parent().unwrap_or(&target.state_dir);
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let p = dir.join(crate::audit::PUBLIC_KEY_FILE);
-        std::fs::write(&p, k).map_err(io(&p))?;
-    }
-
-    // 6. The token: log in with the set's PIN, replay, count.
-    let hsm = crate::hsm::pkcs11::Pkcs11Hsm::connect(
-        &target.module,
-        &target.token,
-        target.profile.clone(),
-        1,
-    )
-    .map_err(|e| refused(format!("the restored token: {e}")))?;
-    if header.token_files && hsm.token().serial != d.token_serial {
-        return Err(refused(format!(
-            "the restored token's serial is {:?}, the backup's {:?}",
-            hsm.token().serial,
-            d.token_serial
-        )));
-    }
-    hsm.login(&key.user_pin(&set_id)).map_err(|e| {
-        refused(format!(
-            "the token does not accept the PIN of set {}: {e} (for a hardware HSM, restore the vendor's backup of the token first)",
-            d.set_id
-        ))
-    })?;
-    let result = replay_onto(
-        &hsm,
-        &registry,
-        rkey,
-        &loaded.keys,
-        latest,
-        target,
-        &header,
-        &mut report,
-    );
-    hsm.logout();
-    let audit = result?;
-
-    // 7. The seal file: a restore without the trail asks for acceptance.
-    if report.window {
-        seal.restore_window = Some(RestoreWindow {
-            backup: report.backup.clone(),
+    // Everything verified: write. A failure from here on empties the
+    // target again (both were empty before), so the restore can be re-run.
+    let result = (|| -> Result<Report, BackupError> {
+        let mut report = Report {
+            backup: hex::encode(Sha256::digest(file)),
             backup_created_at: header.created_at,
-            generation: header.generation,
-            restored_at: now,
-        });
-    }
-    seal.authenticate(&key)
-        .map_err(|e| BackupError::Io(format!("seal.json: {e}")))?;
-    SealStore::new(&target.state_dir)
-        .save(&seal)
-        .map_err(|e| BackupError::Io(format!("seal.json: {e}")))?;
+            backup_generation: header.generation,
+            trail: span.map(|(a, b)| (replay.len(), a, b)),
+            window: replay.is_empty(),
+            ..Report::default()
+        };
+        let token_entries: Vec<(&str, &[u8])> = entries
+            .iter()
+            .filter(|e| e.name.starts_with(token::ENTRY_PREFIX))
+            .map(|e| (e.name.as_str(), e.data.as_slice()))
+            .collect();
+        report.token_files = token::put_back(&store, &token_entries)?;
+        if let Some(k) = entry(AUDIT_KEY_ENTRY) {
+            let dir = target.audit.file.parent().unwrap_or(&target.state_dir);
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            let p = dir.join(crate::audit::PUBLIC_KEY_FILE);
+            std::fs::write(&p, k).map_err(io(&p))?;
+        }
 
-    // 8. The restore's own record opens the new log.
-    let detail = json!({
-        "backup": report.backup,
-        "backup_created_at": header.created_at,
-        "backup_generation": header.generation,
-        "backup_chain_head": header.chain_head,
-        "generation": report.generation,
-        "trail": report.trail.map(|(files, first, last)| json!({"files": files, "first_seq": first, "last_seq": last})),
-        "replayed": report.replayed,
-        "destroyed_on_token": report.destroyed_on_token,
-        "lost": report.lost,
-        "missing_on_token": report.missing_on_token,
-        "window_to_accept": report.window,
-    });
-    audit.note_registry_generation(report.generation);
-    audit
-        .record(Event::new(EventKind::Restore, Outcome::Ok, detail).fields())
-        .map_err(|e| BackupError::Audit(e.to_string()))?;
-    Ok(report)
+        // 6. The token: log in with the set's PIN, replay, count.
+        let hsm = crate::hsm::pkcs11::Pkcs11Hsm::connect(
+            &target.module,
+            &target.token,
+            target.profile.clone(),
+            1,
+        )
+        .map_err(|e| refused(format!("the restored token: {e}")))?;
+        if header.token_files && hsm.token().serial != d.token_serial {
+            return Err(refused(format!(
+                "the restored token's serial is {:?}, the backup's {:?}",
+                hsm.token().serial,
+                d.token_serial
+            )));
+        }
+        hsm.login(&key.user_pin(&set_id)).map_err(|e| {
+            refused(format!(
+                "the token does not accept the PIN of set {}: {e} (for a hardware HSM, restore the vendor's backup of the token first)",
+                d.set_id
+            ))
+        })?;
+        let result = replay_onto(
+            &hsm,
+            &registry,
+            rkey,
+            &loaded.keys,
+            latest,
+            target,
+            &header,
+            &mut report,
+        );
+        hsm.logout();
+        let audit = result?;
+
+        // 7. The seal file: a restore without the trail asks for acceptance.
+        if report.window {
+            seal.restore_window = Some(RestoreWindow {
+                backup: report.backup.clone(),
+                backup_created_at: header.created_at,
+                generation: header.generation,
+                restored_at: now,
+            });
+        }
+        seal.authenticate(&key)
+            .map_err(|e| BackupError::Io(format!("seal.json: {e}")))?;
+        SealStore::new(&target.state_dir)
+            .save(&seal)
+            .map_err(|e| BackupError::Io(format!("seal.json: {e}")))?;
+
+        // 8. The restore's own record opens the new log.
+        let detail = json!({
+            "backup": report.backup,
+            "backup_created_at": header.created_at,
+            "backup_generation": header.generation,
+            "backup_chain_head": header.chain_head,
+            "generation": report.generation,
+            "trail": report.trail.map(|(files, first, last)| json!({"files": files, "first_seq": first, "last_seq": last})),
+            "replayed": report.replayed,
+            "destroyed_on_token": report.destroyed_on_token,
+            "lost": report.lost,
+            "missing_on_token": report.missing_on_token,
+            "window_to_accept": report.window,
+        });
+        audit.note_registry_generation(report.generation);
+        audit
+            .record(Event::new(EventKind::Restore, Outcome::Ok, detail).fields())
+            .map_err(|e| BackupError::Audit(e.to_string()))?;
+        Ok(report)
+    })();
+    if result.is_err() {
+        undo(&target.state_dir, &store);
+    }
+    result
+}
+
+/// Empties what a failed restore wrote: the state directory's contents and
+/// the token store's (an empty token directory inside the state directory
+/// stays).
+fn undo(state_dir: &Path, store: &token::TokenStore) {
+    let clear = |dir: &Path, keep: Option<&Path>| {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.filter_map(Result::ok) {
+                let p = e.path();
+                if Some(p.as_path()) == keep {
+                    continue;
+                }
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
+        }
+    };
+    match store {
+        token::TokenStore::Dir(d) => {
+            clear(d, None);
+            clear(state_dir, Some(d));
+        }
+        token::TokenStore::Sqlite(db) => {
+            let _ = std::fs::remove_file(db);
+            clear(state_dir, None);
+        }
+        token::TokenStore::Vendor(_) => clear(state_dir, None),
+    }
 }
 
 /// The replay proper, logged in. Returns the new audit log (its first
@@ -615,4 +659,92 @@ fn replay_onto(
         .map_err(|e| hsm_err("writing the generation counter", e))?;
     report.generation = generation;
     Ok(audit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::VersionRecord;
+    use crate::hsm::HsmKeyId;
+
+    fn rec(versions: &[(u32, u8, VersionState)]) -> KeyRecord {
+        KeyRecord {
+            id: [1; 16],
+            name: "patients".into(),
+            description: String::new(),
+            state: KeyState::Active,
+            created_at: 0,
+            algorithm: "AES_256_GCM".into(),
+            kind: crate::hsm::KeyKind::Aes,
+            rotation_period_secs: None,
+            next_rotation_at: None,
+            min_decrypt_version: 1,
+            destroy_due_at: None,
+            destruction_started_at: None,
+            destroyed_at: None,
+            versions: versions
+                .iter()
+                .map(|(v, id, state)| VersionRecord {
+                    version: *v,
+                    hsm_id: HsmKeyId([*id; 16]),
+                    state: *state,
+                    created_at: 0,
+                    reserved: 0,
+                })
+                .collect(),
+            holds: vec![],
+            requests: vec![],
+        }
+    }
+
+    #[test]
+    fn versions_made_after_the_backup_are_lost_and_the_backup_state_returns() {
+        use VersionState::*;
+        let on_token: BTreeSet<[u8; 16]> = [[1; 16]].into();
+        let mut lost = Vec::new();
+        // Rotated after the backup: v2 is not on the token; v1 is active again.
+        let r = fit_to_token(
+            rec(&[(1, 1, Deactivated), (2, 2, Active)]),
+            &on_token,
+            &mut lost,
+        )
+        .unwrap();
+        assert_eq!(r.versions.len(), 1);
+        assert_eq!(r.versions[0].state, Active);
+        assert_eq!(
+            lost,
+            vec!["patients/v2 (made after the backup)".to_string()]
+        );
+        // Created after the backup: nothing survives, reported by name.
+        lost.clear();
+        assert!(fit_to_token(rec(&[(1, 9, Active)]), &on_token, &mut lost).is_none());
+        assert_eq!(
+            lost,
+            vec!["patients (created after the backup)".to_string()]
+        );
+        // Destroyed versions are kept (a tombstone), whether on the token or not.
+        lost.clear();
+        let mut destroyed = rec(&[(1, 1, Destroyed), (2, 9, Destroyed)]);
+        destroyed.state = KeyState::Destroyed;
+        let r = fit_to_token(destroyed, &on_token, &mut lost).unwrap();
+        assert_eq!(r.versions.len(), 2);
+        assert!(lost.is_empty());
+    }
+
+    #[test]
+    fn an_empty_token_directory_inside_the_state_directory_counts_as_empty() {
+        let t = tempfile::tempdir().unwrap();
+        let tokens = t.path().join("tokens");
+        std::fs::create_dir(&tokens).unwrap();
+        let store = token::TokenStore::Dir(tokens.clone());
+        assert!(dir_is_empty(t.path(), &store));
+        std::fs::write(tokens.join("x"), b"x").unwrap();
+        assert!(!dir_is_empty(t.path(), &store));
+        std::fs::remove_file(tokens.join("x")).unwrap();
+        std::fs::write(t.path().join("registry.db"), b"x").unwrap();
+        assert!(!dir_is_empty(t.path(), &store));
+        undo(t.path(), &store);
+        assert!(dir_is_empty(t.path(), &store));
+        assert!(tokens.is_dir(), "the token directory itself stays");
+    }
 }

@@ -56,7 +56,7 @@ impl Keywarden {
         let (file, head, registry, seal, tokens, logged_in) = snap.map_err(CoreError::Backup)?;
         let generation = self.registry.generation_on_disk().map_err(super::reg_err)?;
         // What the token must hold: every version the registry names.
-        let manifest = self.token_manifest();
+        let manifest = self.token_manifest(logged_in);
         drop(_w);
 
         let desc = self.hsm.token();
@@ -121,7 +121,9 @@ impl Keywarden {
 
     /// The registry's versions as the token must hold them (JSON): a
     /// restore onto a hardware HSM checks the vendor-restored token by it.
-    fn token_manifest(&self) -> Vec<u8> {
+    /// `loaded`: the registry is in memory (unsealed); a sealed daemon's
+    /// manifest is empty and says so.
+    fn token_manifest(&self, loaded: bool) -> Vec<u8> {
         let t = self.table();
         let mut keys: Vec<_> = t
             .by_name
@@ -144,7 +146,7 @@ impl Keywarden {
         serde_json::to_vec_pretty(&json!({
             "token_label": desc.label,
             "token_serial": desc.serial,
-            "complete": !keys.is_empty() || t.global.is_none(),
+            "registry_loaded": loaded && t.global.is_none(),
             "keys": keys,
         }))
         .unwrap_or_default()

@@ -92,11 +92,8 @@ impl UnsealKey {
     pub fn backup_identity(&self, set_id: &[u8; 4]) -> Option<age::x25519::Identity> {
         let raw = self.derive(LABEL_BACKUP, set_id);
         let hrp = bech32::Hrp::parse_unchecked("AGE-SECRET-KEY-");
-        let text = Zeroizing::new(
-            bech32::encode::<bech32::Bech32>(hrp, &raw[..])
-                .ok()?
-                .to_uppercase(),
-        );
+        let lower = Zeroizing::new(bech32::encode::<bech32::Bech32>(hrp, &raw[..]).ok()?);
+        let text = Zeroizing::new(lower.to_uppercase());
         text.parse().ok()
     }
 
