@@ -31,22 +31,7 @@ fn restore(dir: &Path, backup: &Path, share: &str, trail: &[PathBuf]) -> std::pr
 }
 
 fn run_cli(args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    use std::io::Write;
-    let mut child = std::process::Command::new(BIN)
-        .args(args)
-        .env_remove("KEYWARDEN_SOCKET")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        let mut input = child.stdin.take().unwrap();
-        if let Some(s) = stdin {
-            input.write_all(s.as_bytes()).unwrap();
-        }
-    }
-    child.wait_with_output().unwrap()
+    run_bin(args, stdin, None)
 }
 
 fn text(o: &std::process::Output) -> String {
@@ -80,6 +65,21 @@ async fn unseal(d: &Daemon, share: &str, accept: bool) -> Result<(), tonic::Stat
 async fn opens(c: &mut keywarden_client::Client, blob: &[u8], plaintext: &[u8]) {
     let r = decrypt(c, blob, &[("case", "1")]).await.unwrap();
     assert_eq!(r.plaintext, plaintext);
+}
+
+/// The host is lost (its daemon stopped), its audit log copied off it; the
+/// backup is restored with that trail into a new directory under `work`,
+/// and the restored daemon unsealed with the original share.
+async fn lose_and_restore(d: &mut Daemon, work: &Path, file: &Path, share: &str) -> Daemon {
+    d.stop();
+    let trail = copy_trail(d, &work.join("offsite"));
+    let target = work.join("restored");
+    let o = restore(&target, file, share, &trail);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = Daemon::start_at(&target).await;
+    unseal(&r, share, false).await.unwrap();
+    r.wait_phase("unsealed").await;
+    r
 }
 
 fn copy_trail(d: &Daemon, to: &Path) -> Vec<PathBuf> {
@@ -408,14 +408,7 @@ async fn a_backup_under_load_restores_every_data_key_returned_before_it_began() 
         kept.len()
     );
     drop(c);
-    d.stop();
-    let trail = copy_trail(&d, &work.path().join("offsite"));
-    let target = work.path().join("restored");
-    let o = restore(&target, &file, &share, &trail);
-    assert!(o.status.success(), "{}", text(&o));
-    let r = Daemon::start_at(&target).await;
-    unseal(&r, &share, false).await.unwrap();
-    r.wait_phase("unsealed").await;
+    let r = lose_and_restore(&mut d, work.path(), &file, &share).await;
     let mut c = r.client().await;
     for (blob, pt) in &kept {
         opens(&mut c, blob, pt).await;
@@ -480,14 +473,7 @@ async fn a_sealed_daemon_backs_up_and_its_backup_restores() {
     assert!(out.status.success(), "{}", text(&out));
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["sealed"], true, "{info}");
-    d.stop();
-    let trail = copy_trail(&d, &work.path().join("offsite"));
-    let target = work.path().join("restored");
-    let o = restore(&target, &file, &share, &trail);
-    assert!(o.status.success(), "{}", text(&o));
-    let r = Daemon::start_at(&target).await;
-    unseal(&r, &share, false).await.unwrap();
-    r.wait_phase("unsealed").await;
+    let r = lose_and_restore(&mut d, work.path(), &file, &share).await;
     let mut c = r.client().await;
     opens(&mut c, &g.ciphertext_blob, &g.plaintext).await;
 }

@@ -120,33 +120,10 @@ pub fn entries(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::model::{KeyState, VersionRecord, VersionState};
+    use crate::core::model::{KeyState, VersionState};
 
     fn rec(name: &str) -> KeyRecord {
-        KeyRecord {
-            id: [7; 16],
-            name: name.into(),
-            description: String::new(),
-            state: KeyState::Active,
-            created_at: 1,
-            algorithm: "AES_256_GCM".into(),
-            kind: crate::hsm::KeyKind::Aes,
-            rotation_period_secs: None,
-            next_rotation_at: None,
-            min_decrypt_version: 1,
-            destroy_due_at: None,
-            destruction_started_at: None,
-            destroyed_at: None,
-            versions: vec![VersionRecord {
-                version: 1,
-                hsm_id: crate::hsm::HsmKeyId([1; 16]),
-                state: VersionState::Active,
-                created_at: 1,
-                reserved: 0,
-            }],
-            holds: vec![],
-            requests: vec![],
-        }
+        KeyRecord::sample(name, 7, &[(1, 1, VersionState::Active)])
     }
 
     #[test]

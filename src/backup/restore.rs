@@ -664,37 +664,9 @@ fn replay_onto(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::model::VersionRecord;
-    use crate::hsm::HsmKeyId;
 
     fn rec(versions: &[(u32, u8, VersionState)]) -> KeyRecord {
-        KeyRecord {
-            id: [1; 16],
-            name: "patients".into(),
-            description: String::new(),
-            state: KeyState::Active,
-            created_at: 0,
-            algorithm: "AES_256_GCM".into(),
-            kind: crate::hsm::KeyKind::Aes,
-            rotation_period_secs: None,
-            next_rotation_at: None,
-            min_decrypt_version: 1,
-            destroy_due_at: None,
-            destruction_started_at: None,
-            destroyed_at: None,
-            versions: versions
-                .iter()
-                .map(|(v, id, state)| VersionRecord {
-                    version: *v,
-                    hsm_id: HsmKeyId([*id; 16]),
-                    state: *state,
-                    created_at: 0,
-                    reserved: 0,
-                })
-                .collect(),
-            holds: vec![],
-            requests: vec![],
-        }
+        KeyRecord::sample("patients", 1, versions)
     }
 
     #[test]

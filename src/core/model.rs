@@ -151,6 +151,39 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
+    /// An active AES key record for unit tests: key id `[id; 16]`, and the
+    /// given (version, `CKA_ID` byte, state) versions.
+    #[cfg(test)]
+    pub(crate) fn sample(name: &str, id: u8, versions: &[(u32, u8, VersionState)]) -> Self {
+        KeyRecord {
+            id: [id; 16],
+            name: name.into(),
+            description: "d".into(),
+            state: KeyState::Active,
+            created_at: 1,
+            algorithm: "AES_256_GCM".into(),
+            kind: crate::hsm::KeyKind::Aes,
+            rotation_period_secs: None,
+            next_rotation_at: None,
+            min_decrypt_version: 0,
+            destroy_due_at: None,
+            destruction_started_at: None,
+            destroyed_at: None,
+            versions: versions
+                .iter()
+                .map(|(version, hsm, state)| VersionRecord {
+                    version: *version,
+                    hsm_id: HsmKeyId([*hsm; 16]),
+                    state: *state,
+                    created_at: 1,
+                    reserved: 0,
+                })
+                .collect(),
+            holds: vec![],
+            requests: vec![],
+        }
+    }
+
     pub fn id_text(&self) -> String {
         uuid::Uuid::from_bytes(self.id).to_string()
     }

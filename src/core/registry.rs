@@ -435,33 +435,9 @@ impl Registry {
 mod tests {
     use super::*;
     use crate::core::model::*;
-    use crate::hsm::HsmKeyId;
 
     fn rec(name: &str, id: u8) -> KeyRecord {
-        KeyRecord {
-            id: [id; 16],
-            name: name.into(),
-            description: "d".into(),
-            state: KeyState::Active,
-            created_at: 1,
-            algorithm: "AES_256_GCM".into(),
-            kind: crate::hsm::KeyKind::Aes,
-            rotation_period_secs: None,
-            next_rotation_at: None,
-            min_decrypt_version: 0,
-            destroy_due_at: None,
-            destruction_started_at: None,
-            destroyed_at: None,
-            versions: vec![VersionRecord {
-                version: 1,
-                hsm_id: HsmKeyId([id ^ 0xff; 16]),
-                state: VersionState::Active,
-                created_at: 1,
-                reserved: 0,
-            }],
-            holds: vec![],
-            requests: vec![],
-        }
+        KeyRecord::sample(name, id, &[(1, id ^ 0xff, VersionState::Active)])
     }
 
     const K: [u8; 32] = [7; 32];

@@ -17,6 +17,28 @@ use keywarden_client::Client;
 pub const BIN: &str = env!("CARGO_BIN_EXE_keywarden");
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
+/// Runs the keywarden binary with `stdin`, against `socket` (or none).
+pub fn run_bin(args: &[&str], stdin: Option<&str>, socket: Option<&Path>) -> std::process::Output {
+    use std::io::Write;
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    match socket {
+        Some(s) => cmd.env("KEYWARDEN_SOCKET", s),
+        None => cmd.env_remove("KEYWARDEN_SOCKET"),
+    };
+    let mut child = cmd.spawn().unwrap();
+    {
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// `--token-module` for commands that need the token's module by hand
 /// (Kryoptic); empty for SoftHSM, whose profile finds it.
 pub fn token_module_args() -> Vec<String> {
@@ -308,22 +330,7 @@ impl Daemon {
 
     /// Runs the CLI against this daemon.
     pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-        use std::io::Write;
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("KEYWARDEN_SOCKET", self.socket())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            let mut input = child.stdin.take().unwrap();
-            if let Some(s) = stdin {
-                input.write_all(s.as_bytes()).unwrap();
-            }
-        }
-        child.wait_with_output().unwrap()
+        run_bin(args, stdin, Some(&self.socket()))
     }
 
     /// Runs OpenSC's pkcs11-tool against this daemon's token.
