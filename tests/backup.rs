@@ -473,7 +473,111 @@ async fn a_sealed_daemon_backs_up_and_its_backup_restores() {
     assert!(out.status.success(), "{}", text(&out));
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["sealed"], true, "{info}");
+    // Restarted, it has not seen a quorum: seal.json's recipient is
+    // unverified, and it makes no backup.
+    d.restart_sealed().await;
+    let refused = d.cli(
+        &[
+            "operator",
+            "backup",
+            "--out",
+            &work.path().join("x.kwb").display().to_string(),
+        ],
+        None,
+    );
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("unseal once"), "{}", text(&refused));
     let r = lose_and_restore(&mut d, work.path(), &file, &share).await;
     let mut c = r.client().await;
     opens(&mut c, &g.ciphertext_blob, &g.plaintext).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_loss_after_a_restore_keeps_what_the_restored_host_destroyed() {
+    let mut d = Daemon::builder()
+        .args(&["--destroy-approvals", "1"])
+        .start()
+        .await;
+    let share = d.dev_share.clone().unwrap();
+    let mut c = d.client().await;
+    create_key(&mut c, "patients").await;
+    create_key(&mut c, "shredded-later").await;
+    let case = [("case", "1")];
+    let kept = generate(&mut c, "patients", &case).await;
+    let doomed = generate(&mut c, "shredded-later", &case).await;
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("b1.kwb");
+    backup(&d, &file);
+    // Some history on the first host after the backup, then a copy of its
+    // registry as it stood (a filesystem snapshot someone kept).
+    c.keys.disable_key(name_req("patients")).await.unwrap();
+    c.keys.enable_key(name_req("patients")).await.unwrap();
+    drop(c);
+    d.stop();
+    let old_registry = std::fs::read(d.registry_path()).unwrap();
+    let first_trail = copy_trail(&d, &work.path().join("offsite-1"));
+
+    // First restore; on the restored host, a key is destroyed.
+    let host2 = work.path().join("host2");
+    let o = restore(&host2, &file, &share, &first_trail);
+    assert!(o.status.success(), "{}", text(&o));
+    // The restored host runs with dual control relaxed like the first.
+    let mut r = Daemon::start_at_with(&host2, &["--destroy-approvals", "1"]).await;
+    r.dev_share = Some(share.clone());
+    unseal(&r, &share, false).await.unwrap();
+    r.wait_phase("unsealed").await;
+    let mut c = r.client().await;
+    c.keys
+        .destroy_now(name_req("shredded-later"))
+        .await
+        .unwrap();
+    drop(c);
+
+    // An old copy of the first host's registry is refused by the restored
+    // host: its generation is below what the restore started from.
+    r.stop();
+    let live = std::fs::read(r.registry_path()).unwrap();
+    std::fs::write(r.registry_path(), &old_registry).unwrap();
+    for side in ["registry.db-wal", "registry.db-shm"] {
+        let _ = std::fs::remove_file(r.dir.join("state").join(side));
+    }
+    r.restart_sealed().await;
+    unseal(&r, &share, false).await.unwrap();
+    r.wait_phase("unsealed").await;
+    let mut c = r.client().await;
+    assert_status(
+        decrypt(&mut c, &kept.ciphertext_blob, &case).await,
+        tonic::Code::DataLoss,
+        "older copy",
+    );
+    drop(c);
+    r.stop();
+    std::fs::write(r.registry_path(), &live).unwrap();
+    for side in ["registry.db-wal", "registry.db-shm"] {
+        let _ = std::fs::remove_file(r.dir.join("state").join(side));
+    }
+
+    // The second host is lost too. The first backup, with both trails (the
+    // first host's and the restored host's, which continues its chain),
+    // keeps the key the second host destroyed destroyed.
+    let mut trail = first_trail.clone();
+    trail.extend(copy_trail(&r, &work.path().join("offsite-2")));
+    let host3 = work.path().join("host3");
+    let o = restore(&host3, &file, &share, &trail);
+    let report = text(&o);
+    assert!(o.status.success(), "{report}");
+    assert!(
+        report.contains("shredded-later: active -> destroyed"),
+        "{report}"
+    );
+    let r3 = Daemon::start_at(&host3).await;
+    unseal(&r3, &share, false).await.unwrap();
+    r3.wait_phase("unsealed").await;
+    let mut c = r3.client().await;
+    opens(&mut c, &kept.ciphertext_blob, &kept.plaintext).await;
+    assert_status(
+        decrypt(&mut c, &doomed.ciphertext_blob, &case).await,
+        tonic::Code::FailedPrecondition,
+        "destroyed",
+    );
 }

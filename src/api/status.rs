@@ -37,7 +37,10 @@ pub fn code(e: &CoreError) -> Code {
         CoreError::Backup(b) => {
             use crate::backup::BackupError as B;
             match b {
-                B::Uninitialized | B::NoRecipient | B::RekeyPending => Code::FailedPrecondition,
+                B::Uninitialized | B::NoRecipient | B::RecipientUnverified | B::RekeyPending => {
+                    Code::FailedPrecondition
+                }
+                B::RecipientChanged => Code::DataLoss,
                 B::Audit(_) => Code::Unavailable,
                 B::Refused(_) => Code::InvalidArgument,
                 _ => Code::Internal,

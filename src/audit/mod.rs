@@ -422,6 +422,17 @@ impl Audit {
     /// Opens the log, resuming the chain from its last line (or writing a
     /// genesis line), and starts the writer thread.
     pub fn open(config: AuditConfig) -> Result<Self, AuditError> {
+        Self::open_after(config, None)
+    }
+
+    /// [`Audit::open`]; where there is no log yet and `resume` gives the
+    /// seq and hash of a line of an earlier log (a restored deployment's
+    /// trail), the new log continues that chain instead of starting a
+    /// genesis line, so the old trail and the new log verify as one.
+    pub fn open_after(
+        config: AuditConfig,
+        resume: Option<(u64, String)>,
+    ) -> Result<Self, AuditError> {
         let dir = config
             .file
             .parent()
@@ -485,6 +496,12 @@ impl Audit {
                 w.seq = seq + 1;
                 w.prev = sha256_hex(line.as_bytes());
                 w.last_was_checkpoint = v["type"] == "checkpoint";
+            }
+            _ if resume.is_some() => {
+                if let Some((seq, prev)) = resume {
+                    w.seq = seq.saturating_add(1);
+                    w.prev = prev;
+                }
             }
             _ => {
                 let mut g = Map::new();

@@ -193,7 +193,7 @@ pub fn verify_files(
             }
             report.entries += 1;
             report.last_seq = seq;
-            expected = Some(seq + 1);
+            expected = Some(seq.saturating_add(1));
             prev_hash = Some(hex::encode(Sha256::digest(line.as_bytes())));
         }
     }

@@ -30,12 +30,28 @@ pub fn line(record: &KeyRecord, generation: u64, key: &[u8; 32]) -> CoreResult<M
     Ok(m)
 }
 
-/// The line that voids the ledger line of `generation` (its commit failed).
-pub fn failed(name: &str, generation: u64) -> Map<String, Value> {
+/// The MAC of a void line: it names the ledger line by its seq, so it can
+/// void that line and no other, and only the registry key can make it.
+fn failed_mac(key: &[u8; 32], ledger_seq: u64, generation: u64) -> String {
+    crate::core::registry::mac(
+        key,
+        &[
+            b"keywarden/v1/registry-write-failed",
+            &ledger_seq.to_be_bytes(),
+            &generation.to_be_bytes(),
+        ],
+    )
+}
+
+/// The line that voids the ledger line at audit seq `ledger_seq` (its
+/// commit failed, so its generation was not used).
+pub fn failed(name: &str, generation: u64, ledger_seq: u64, key: &[u8; 32]) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("type".into(), json!(FAILED));
     m.insert("key".into(), json!(name));
     m.insert("generation".into(), json!(generation));
+    m.insert("ledger_seq".into(), json!(ledger_seq));
+    m.insert("mac".into(), json!(failed_mac(key, ledger_seq, generation)));
     m
 }
 
@@ -51,68 +67,112 @@ pub struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LedgerError {
-    #[error("audit seq {seq}: a registry_write line without {field}")]
-    Missing { seq: u64, field: &'static str },
+    #[error("audit seq {seq}: a {kind} line without {field}")]
+    Missing {
+        seq: u64,
+        kind: &'static str,
+        field: &'static str,
+    },
     #[error("audit seq {seq}: the record of a registry_write line does not parse: {reason}")]
     Unparsable { seq: u64, reason: String },
-    #[error("audit seq {seq}: a registry_write line whose MAC does not verify under this deployment's registry key (forged, or of another deployment)")]
-    Mac { seq: u64 },
+    #[error("audit seq {seq}: a {kind} line whose MAC does not verify under this deployment's registry key (forged, or of another deployment)")]
+    Mac { seq: u64, kind: &'static str },
 }
 
-/// Reads the ledger entries from audit lines (already chain-verified), in
-/// order: lines voided by a later `registry_write_failed` are dropped, and
-/// every kept line's MAC must verify under `key`.
-pub fn entries(
+fn field<'a>(
+    l: &'a Map<String, Value>,
+    seq: u64,
+    kind: &'static str,
+    name: &'static str,
+) -> Result<&'a Value, LedgerError> {
+    l.get(name).ok_or(LedgerError::Missing {
+        seq,
+        kind,
+        field: name,
+    })
+}
+
+/// The state the ledger gives each key: of every verified `registry_write`
+/// line above generation `above` (the backup's) and not voided, the one of
+/// the highest generation per key. Chosen by generation, not by position,
+/// so a genuine older line appended again later cannot win. Every line's
+/// MAC must verify under `key`, void lines' included.
+pub fn latest(
     lines: &[(u64, Map<String, Value>)],
     key: &[u8; 32],
-) -> Result<Vec<Entry>, LedgerError> {
+    above: u64,
+) -> Result<std::collections::BTreeMap<[u8; 16], Entry>, LedgerError> {
     use subtle::ConstantTimeEq;
-    let voided: std::collections::BTreeSet<u64> = lines
-        .iter()
-        .filter(|(_, l)| l.get("type").and_then(Value::as_str) == Some(FAILED))
-        .filter_map(|(_, l)| l.get("generation").and_then(Value::as_u64))
-        .collect();
-    let mut out = Vec::new();
+    let same = |a: &str, b: &str| bool::from(a.as_bytes().ct_eq(b.as_bytes()));
+    let mut voided = std::collections::BTreeSet::new();
     for (seq, l) in lines {
-        if l.get("type").and_then(Value::as_str) != Some(WRITE) {
+        if l.get("type").and_then(Value::as_str) != Some(FAILED) {
+            continue;
+        }
+        let num = |name| {
+            field(l, *seq, FAILED, name)?
+                .as_u64()
+                .ok_or(LedgerError::Missing {
+                    seq: *seq,
+                    kind: FAILED,
+                    field: name,
+                })
+        };
+        let (target, generation) = (num("ledger_seq")?, num("generation")?);
+        let mac = field(l, *seq, FAILED, "mac")?.as_str().unwrap_or_default();
+        if !same(&failed_mac(key, target, generation), mac) {
+            return Err(LedgerError::Mac {
+                seq: *seq,
+                kind: FAILED,
+            });
+        }
+        voided.insert(target);
+    }
+    let mut out: std::collections::BTreeMap<[u8; 16], Entry> = Default::default();
+    for (seq, l) in lines {
+        if l.get("type").and_then(Value::as_str) != Some(WRITE) || voided.contains(seq) {
             continue;
         }
         let seq = *seq;
-        let generation =
-            l.get("generation")
-                .and_then(Value::as_u64)
-                .ok_or(LedgerError::Missing {
-                    seq,
-                    field: "generation",
-                })?;
-        if voided.contains(&generation) {
-            continue;
-        }
-        let json = l
-            .get("record")
-            .and_then(Value::as_str)
-            .ok_or(LedgerError::Missing {
-                seq,
-                field: "record",
-            })?;
-        let mac = l
-            .get("mac")
-            .and_then(Value::as_str)
-            .ok_or(LedgerError::Missing { seq, field: "mac" })?;
+        let missing = |name| LedgerError::Missing {
+            seq,
+            kind: WRITE,
+            field: name,
+        };
+        let generation = field(l, seq, WRITE, "generation")?
+            .as_u64()
+            .ok_or(missing("generation"))?;
+        let json = field(l, seq, WRITE, "record")?
+            .as_str()
+            .ok_or(missing("record"))?;
+        let mac = field(l, seq, WRITE, "mac")?
+            .as_str()
+            .ok_or(missing("mac"))?;
         let want = crate::core::registry::record_mac(key, generation, json);
-        if !bool::from(want.as_bytes().ct_eq(mac.as_bytes())) {
-            return Err(LedgerError::Mac { seq });
+        if !same(&want, mac) {
+            return Err(LedgerError::Mac { seq, kind: WRITE });
+        }
+        if generation <= above {
+            continue;
         }
         let record: KeyRecord =
             serde_json::from_str(json).map_err(|e| LedgerError::Unparsable {
                 seq,
                 reason: e.to_string(),
             })?;
-        out.push(Entry {
-            seq,
-            generation,
-            record,
-        });
+        let newer = out
+            .get(&record.id)
+            .is_none_or(|e| generation > e.generation);
+        if newer {
+            out.insert(
+                record.id,
+                Entry {
+                    seq,
+                    generation,
+                    record,
+                },
+            );
+        }
     }
     Ok(out)
 }
@@ -127,23 +187,48 @@ mod tests {
     }
 
     #[test]
-    fn lines_verify_and_forgeries_and_voided_writes_are_refused() {
+    fn the_highest_verified_generation_wins_and_void_lines_name_one_line() {
         let key = [9u8; 32];
         let mut destroyed = rec("patients");
         destroyed.state = KeyState::Destroyed;
+        let id = rec("patients").id;
         let lines = vec![
             (10, line(&rec("patients"), 5, &key).unwrap()),
-            (11, line(&destroyed, 6, &key).unwrap()),
-            (12, failed("patients", 6)),
+            // A write at 6 that failed: its void line names seq 11 only.
+            (11, line(&rec("patients"), 6, &key).unwrap()),
+            (12, failed("patients", 6, 11, &key)),
+            // The next real write reuses generation 6 and stands.
+            (13, line(&destroyed, 6, &key).unwrap()),
+            // A genuine older line appended again after it cannot win.
+            (14, line(&rec("patients"), 5, &key).unwrap()),
         ];
-        let got = entries(&lines, &key).unwrap();
-        assert_eq!(got.len(), 1, "the write voided by its failure is dropped");
-        assert_eq!((got[0].seq, got[0].generation), (10, 5));
-        assert_eq!(got[0].record.state, KeyState::Active);
+        let got = latest(&lines, &key, 0).unwrap();
+        assert_eq!((got[&id].seq, got[&id].generation), (13, 6));
+        assert_eq!(got[&id].record.state, KeyState::Destroyed);
+        // What the backup already holds is not replayed.
+        assert!(latest(&lines, &key, 6).unwrap().is_empty());
 
-        // Another key (another deployment, or no quorum) cannot make a line.
-        let err = entries(&lines, &[8u8; 32]).unwrap_err();
-        assert_eq!(err, LedgerError::Mac { seq: 10 });
+        // Another key (another deployment, or no quorum) cannot make a line,
+        // nor a void line.
+        let err = latest(&lines, &[8u8; 32], 0).unwrap_err();
+        assert_eq!(
+            err,
+            LedgerError::Mac {
+                seq: 12,
+                kind: FAILED
+            }
+        );
+        let forged_void = vec![
+            (13, line(&destroyed, 6, &key).unwrap()),
+            (14, failed("patients", 6, 13, &[8u8; 32])),
+        ];
+        assert_eq!(
+            latest(&forged_void, &key, 0).unwrap_err(),
+            LedgerError::Mac {
+                seq: 14,
+                kind: FAILED
+            }
+        );
 
         // An edited record (a destroyed key made active again) is refused.
         let mut edited = line(&destroyed, 7, &key).unwrap();
@@ -152,13 +237,16 @@ mod tests {
             json!(serde_json::to_string(&rec("patients")).unwrap()),
         );
         assert_eq!(
-            entries(&[(20, edited)], &key).unwrap_err(),
-            LedgerError::Mac { seq: 20 }
+            latest(&[(20, edited)], &key, 0).unwrap_err(),
+            LedgerError::Mac {
+                seq: 20,
+                kind: WRITE
+            }
         );
         let mut no_mac = line(&destroyed, 7, &key).unwrap();
         no_mac.remove("mac");
         assert!(matches!(
-            entries(&[(21, no_mac)], &key).unwrap_err(),
+            latest(&[(21, no_mac)], &key, 0).unwrap_err(),
             LedgerError::Missing { field: "mac", .. }
         ));
     }

@@ -35,6 +35,12 @@ pub enum BackupError {
         "seal.json has no backup recipient yet (it predates backups): unseal once, then back up"
     )]
     NoRecipient,
+    /// No quorum has verified `seal.json` since the daemon started.
+    #[error("no quorum has unsealed this daemon since it started, so the backup recipient in seal.json is unverified: unseal once, then back up (sealed or not)")]
+    RecipientUnverified,
+    /// `seal.json`'s recipient is not the one a quorum verified.
+    #[error("seal.json's backup recipient is not the one the last unseal verified: the file was edited; no backup is made")]
+    RecipientChanged,
     /// A rekey commit is half done.
     #[error("a rekey commit is pending (seal.pending.json): finish it with an unseal first")]
     RekeyPending,

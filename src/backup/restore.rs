@@ -55,7 +55,7 @@ pub struct Report {
     pub generation: u64,
     pub keys: usize,
     pub token_files: usize,
-    /// The trail replayed: (files, first seq after the head, last seq).
+    /// The trail replayed: (files, its first seq, its last seq).
     pub trail: Option<(usize, u64, u64)>,
     /// What the replay changed, one line each.
     pub replayed: Vec<String>,
@@ -69,6 +69,8 @@ pub struct Report {
     pub missing_on_token: Vec<String>,
     /// No trail: custodians must accept the window at unseal.
     pub window: bool,
+    /// When the trail's last line was written: nothing after it is known.
+    pub trail_ends: Option<String>,
 }
 
 fn refused(msg: impl Into<String>) -> BackupError {
@@ -148,13 +150,30 @@ fn dir_is_empty(dir: &Path, store: &token::TokenStore) -> bool {
 /// An audit line: its seq and its fields.
 type AuditLine = (u64, Map<String, Value>);
 
-/// Reads the trail's lines after the backup's chain head, verified.
-fn trail_after_head(
+/// A verified trail: every line, where it ends, and how high the
+/// registry's generation went in it.
+struct Trail {
+    lines: Vec<AuditLine>,
+    first_seq: u64,
+    last_seq: u64,
+    /// Hex SHA-256 of the last line: the restored log continues the chain
+    /// from it.
+    last_hash: String,
+    last_time: String,
+    max_generation: u64,
+}
+
+/// Reads and verifies the trail: the hash chain and every checkpoint
+/// signature (under the backup's audit key, which the restore later checks
+/// against the token's); it must reach back to before the backup (its
+/// first line knows no generation above the backup's) and, where it holds
+/// the backup's chain head, hold that very line.
+fn read_trail(
     header: &Header,
     files: &[PathBuf],
     audit_key: &[u8],
     scratch: &Path,
-) -> Result<(Vec<AuditLine>, (u64, u64)), BackupError> {
+) -> Result<Trail, BackupError> {
     let head = header.chain_head.as_ref().ok_or_else(|| {
         refused(
             "--replay-audit: the backup was taken without an audit log, so no trail can follow it",
@@ -167,77 +186,95 @@ fn trail_after_head(
     let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     let report = crate::audit::verify::verify_files(&refs, &key, true)
         .map_err(|b| refused(format!("--replay-audit: the trail does not verify: {b}")))?;
-    if report.first_seq > head.seq || report.last_seq < head.seq {
-        return Err(refused(format!(
-            "--replay-audit: the trail covers seq {} to {}, but the backup's chain head is seq {}: give the files from before the backup up to now",
-            report.first_seq, report.last_seq, head.seq
-        )));
-    }
-    let mut after = Vec::new();
-    let mut linked = false;
+    let mut trail = Trail {
+        lines: Vec::new(),
+        first_seq: report.first_seq,
+        last_seq: report.last_seq,
+        last_hash: String::new(),
+        last_time: String::new(),
+        max_generation: 0,
+    };
     for f in files {
         let text = std::fs::read_to_string(f).map_err(io(f))?;
         for line in text.lines() {
             let v: Map<String, Value> = serde_json::from_str(line)
                 .map_err(|_| refused(format!("{}: a line that does not parse", f.display())))?;
             let seq = v.get("seq").and_then(Value::as_u64).unwrap_or(0);
-            if seq == head.seq {
-                let hash = hex::encode(Sha256::digest(line.as_bytes()));
-                if hash != head.hash {
-                    return Err(refused(format!(
-                        "--replay-audit: line {seq} of the trail is not the backup's chain head (another deployment's log, or an altered one)"
-                    )));
-                }
-                linked = true;
-            } else if seq > head.seq {
-                after.push((seq, v));
+            let hash = hex::encode(Sha256::digest(line.as_bytes()));
+            if seq == head.seq && hash != head.hash {
+                return Err(refused(format!(
+                    "--replay-audit: line {seq} of the trail is not the backup's chain head (another deployment's log, or an altered one)"
+                )));
             }
+            let known = v
+                .get("registry_generation")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            let written = v.get("generation").and_then(Value::as_u64).unwrap_or(0);
+            if trail.lines.is_empty() && known > header.generation {
+                return Err(refused(format!(
+                    "--replay-audit: the trail starts at seq {seq}, after the backup (it already knows generation {known}, the backup holds {}): give the files from before the backup up to now",
+                    header.generation
+                )));
+            }
+            trail.max_generation = trail.max_generation.max(known).max(written);
+            trail.last_hash = hash;
+            trail.last_time = v
+                .get("time")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            trail.lines.push((seq, v));
         }
     }
-    if !linked {
-        return Err(refused(
-            "--replay-audit: the trail does not contain the backup's chain head",
-        ));
-    }
-    Ok((after, (head.seq + 1, report.last_seq)))
+    Ok(trail)
 }
 
-/// What the replay makes of a ledger record, given the token's objects:
-/// versions whose objects the token lacks (made after the backup) are
-/// dropped, and if that drops the active version, the newest remaining
-/// usable one becomes active again. `None`: nothing of the key survives.
+/// What the replay makes of a ledger record, given the token's objects: a
+/// version whose object the token lacks (made after the backup) is lost:
+/// it is kept as destroyed, so its number is never reused, and reported; if
+/// that leaves no active version, the newest deactivated one the key still
+/// decrypts with becomes active again. A key made after the backup of which
+/// nothing survives is not restored (`None`), only reported.
 fn fit_to_token(
     mut r: KeyRecord,
+    in_backup: bool,
     on_token: &BTreeSet<[u8; 16]>,
     lost: &mut Vec<String>,
 ) -> Option<KeyRecord> {
     let name = r.name.clone();
-    let mut dropped = Vec::new();
-    r.versions.retain(|v| {
-        let keep = v.state == VersionState::Destroyed || on_token.contains(&v.hsm_id.0);
-        if !keep {
-            dropped.push(v.version);
+    let mut gone = Vec::new();
+    for v in r.versions.iter_mut() {
+        if v.state != VersionState::Destroyed && !on_token.contains(&v.hsm_id.0) {
+            v.state = VersionState::Destroyed;
+            gone.push(v.version);
         }
-        keep
-    });
-    if r.versions.is_empty() && r.state != KeyState::Destroyed {
+    }
+    let alive = r.state != KeyState::Destroyed;
+    if !in_backup
+        && alive
+        && r.versions
+            .iter()
+            .all(|v| v.state == VersionState::Destroyed)
+    {
         lost.push(format!("{name} (created after the backup)"));
         return None;
     }
-    for v in dropped {
+    for v in gone {
         lost.push(format!("{name}/v{v} (made after the backup)"));
     }
-    if r.state != KeyState::Destroyed && r.current().is_none() {
+    if alive && r.current().is_none() {
+        let min = r.min_decrypt_version;
         if let Some(v) = r
             .versions
             .iter_mut()
             .rev()
-            .find(|v| v.state == VersionState::Deactivated)
+            .find(|v| v.state == VersionState::Deactivated && v.version >= min)
         {
             v.state = VersionState::Active;
         }
     }
-    if matches!(r.state, KeyState::Active | KeyState::Suspended) && r.current().is_none() {
+    if alive && r.current().is_none() {
         lost.push(format!(
             "{name}: no active version survives; rotate it before it makes data keys again"
         ));
@@ -337,11 +374,6 @@ pub fn restore(
             target.state_dir.display()
         )));
     }
-    if header.token_files && !token::is_empty(&store) {
-        return Err(refused(format!(
-            "the token's storage ({store:?}) is not empty: a restore puts the backup's token into an empty one"
-        )));
-    }
     // 2. The quorum, then the payload.
     let key = quorum(&header, shares)?;
     let set_id = set_bytes(&d.set_id)?;
@@ -416,22 +448,51 @@ pub fn restore(
             loaded.generation, header.generation
         ))));
     }
-    // 5. The trail.
-    let (after, span) = if replay.is_empty() {
-        (Vec::new(), None)
+    // 5. The trail: every ledger line above the backup's generation.
+    let trail = if replay.is_empty() {
+        None
     } else {
         let audit_key = entry(AUDIT_KEY_ENTRY).ok_or_else(|| {
             cleanup(refused("--replay-audit: the backup holds no audit signing key (taken before the first unseal)"))
         })?;
-        let (lines, span) =
-            trail_after_head(&header, replay, audit_key, scratch.path()).map_err(cleanup)?;
-        (lines, Some(span))
+        Some(read_trail(&header, replay, audit_key, scratch.path()).map_err(cleanup)?)
     };
-    let ledger = ledger::entries(&after, rkey)
-        .map_err(|e| cleanup(refused(format!("--replay-audit: {e}"))))?;
-    let mut latest: BTreeMap<[u8; 16], KeyRecord> = BTreeMap::new();
-    for e in ledger {
-        latest.insert(e.record.id, e.record);
+    let lines = trail
+        .as_ref()
+        .map(|t| t.lines.as_slice())
+        .unwrap_or_default();
+    let latest: BTreeMap<[u8; 16], KeyRecord> = ledger::latest(lines, rkey, header.generation)
+        .map_err(|e| cleanup(refused(format!("--replay-audit: {e}"))))?
+        .into_iter()
+        .map(|(id, e)| (id, e.record))
+        .collect();
+    // The token store and the audit log's directory must be empty too
+    // (both may lie outside the state directory).
+    if !token::is_empty(&store) {
+        return Err(cleanup(refused(format!(
+            "the token's storage ({store:?}) is not empty: a restore never writes over a live token"
+        ))));
+    }
+    let audit_dir = target
+        .audit
+        .file
+        .parent()
+        .unwrap_or(&target.state_dir)
+        .to_path_buf();
+    if !audit_dir.starts_with(&target.state_dir) && !dir_is_empty(&audit_dir, &store) {
+        return Err(cleanup(refused(format!(
+            "the audit log's directory {} is not empty: a restore starts the restored deployment's log there",
+            audit_dir.display()
+        ))));
+    }
+    if !header.token_files
+        && entries
+            .iter()
+            .any(|e| e.name.starts_with(token::ENTRY_PREFIX))
+    {
+        return Err(cleanup(refused(
+            "the backup's header says it holds no token, but it does",
+        )));
     }
 
     // Everything verified: write. A failure from here on empties the
@@ -441,7 +502,10 @@ pub fn restore(
             backup: hex::encode(Sha256::digest(file)),
             backup_created_at: header.created_at,
             backup_generation: header.generation,
-            trail: span.map(|(a, b)| (replay.len(), a, b)),
+            trail: trail
+                .as_ref()
+                .map(|t| (replay.len(), t.first_seq, t.last_seq)),
+            trail_ends: trail.as_ref().map(|t| t.last_time.clone()),
             window: replay.is_empty(),
             ..Report::default()
         };
@@ -479,16 +543,19 @@ pub fn restore(
                 d.set_id
             ))
         })?;
-        let result = replay_onto(
-            &hsm,
-            &registry,
-            rkey,
-            &loaded.keys,
-            latest,
-            target,
-            &header,
-            &mut report,
-        );
+        let result = check_audit_key(&hsm, entry(AUDIT_KEY_ENTRY)).and_then(|()| {
+            replay_onto(
+                &hsm,
+                &registry,
+                rkey,
+                &loaded.keys,
+                latest,
+                target,
+                &header,
+                trail.as_ref(),
+                &mut report,
+            )
+        });
         hsm.logout();
         let audit = result?;
 
@@ -520,6 +587,7 @@ pub fn restore(
             "lost": report.lost,
             "missing_on_token": report.missing_on_token,
             "window_to_accept": report.window,
+            "trail_ends": report.trail_ends,
         });
         audit.note_registry_generation(report.generation);
         audit
@@ -529,6 +597,9 @@ pub fn restore(
     })();
     if result.is_err() {
         undo(&target.state_dir, &store);
+        if !audit_dir.starts_with(&target.state_dir) {
+            undo(&audit_dir, &token::TokenStore::Vendor(String::new()));
+        }
     }
     result
 }
@@ -565,8 +636,32 @@ fn undo(state_dir: &Path, store: &token::TokenStore) {
     }
 }
 
-/// The replay proper, logged in. Returns the new audit log (its first
-/// lines are the ledger of the replay's own writes).
+/// The backup's audit signing key must be the restored token's own: a
+/// backup assembled by someone who read `seal.json` could carry another
+/// key, under which a trail of their making would verify.
+fn check_audit_key(hsm: &dyn Hsm, backed_up: Option<&[u8]>) -> Result<(), BackupError> {
+    let Some(text) = backed_up else {
+        return Ok(());
+    };
+    let point = hsm
+        .ensure_signing_key()
+        .map_err(|e| BackupError::Token(format!("reading the audit signing key: {e}")))?;
+    if String::from_utf8_lossy(text).trim() != hex::encode(point) {
+        return Err(refused(
+            "the backup's audit signing key is not the restored token's: the backup was altered or assembled from another deployment",
+        ));
+    }
+    Ok(())
+}
+
+/// Without a trail, how far the restored generation jumps above the
+/// backup's: above anything the lost host can have reached, so that no copy
+/// of its registry passes the witnesses afterwards.
+const NO_TRAIL_JUMP: u64 = 1 << 32;
+
+/// The replay proper, logged in. Returns the new audit log, which continues
+/// the trail's hash chain (or, without one, the backup's chain head), so a
+/// later restore can verify the old trail and the new log as one.
 #[allow(clippy::too_many_arguments)]
 fn replay_onto(
     hsm: &dyn Hsm,
@@ -576,6 +671,7 @@ fn replay_onto(
     latest: BTreeMap<[u8; 16], KeyRecord>,
     target: &Target,
     header: &Header,
+    trail: Option<&Trail>,
     report: &mut Report,
 ) -> Result<Audit, BackupError> {
     let hsm_err = |what: &str, e: HsmError| BackupError::Token(format!("{what}: {e}"));
@@ -585,14 +681,36 @@ fn replay_onto(
         .into_iter()
         .map(|o| o.id.0)
         .collect();
-    let old: BTreeMap<[u8; 16], &KeyRecord> = backed_up.iter().map(|r| (r.id, r)).collect();
-    let audit = Audit::open(target.audit.clone()).map_err(|e| BackupError::Audit(e.to_string()))?;
+    // The restored generation starts above every generation the lost host
+    // is known to have reached (the trail's, the HSM counter's), so copies
+    // of its registry, and ledger lines of the lost history, rank below
+    // everything the restored deployment writes.
+    let counter = hsm
+        .read_counter(REGISTRY_COUNTER_LABEL)
+        .map_err(|e| hsm_err("reading the generation counter", e))?
+        .unwrap_or(0);
+    let known = match trail {
+        Some(t) => t.max_generation,
+        None => header.generation.saturating_add(NO_TRAIL_JUMP),
+    };
+    let base = known.max(counter).max(header.generation).saturating_add(1);
+    registry
+        .reseal(rkey, base)
+        .map_err(|e| BackupError::Io(format!("registry: {e}")))?;
+    let resume = match (trail, &header.chain_head) {
+        (Some(t), _) => Some((t.last_seq, t.last_hash.clone())),
+        (None, Some(h)) => Some((h.seq, h.hash.clone())),
+        (None, None) => None,
+    };
+    let audit = Audit::open_after(target.audit.clone(), resume)
+        .map_err(|e| BackupError::Audit(e.to_string()))?;
     audit.note_registry_generation(registry.generation());
+    let old: BTreeMap<[u8; 16], &KeyRecord> = backed_up.iter().map(|r| (r.id, r)).collect();
     for (id, rec) in latest {
-        let Some(rec) = fit_to_token(rec, &on_token, &mut report.lost) else {
+        let before = old.get(&id).copied();
+        let Some(rec) = fit_to_token(rec, before.is_some(), &on_token, &mut report.lost) else {
             continue;
         };
-        let before = old.get(&id).copied();
         if before == Some(&rec) {
             continue;
         }
@@ -641,20 +759,7 @@ fn replay_onto(
             }
         }
     }
-    // The token's generation counter: a hardware HSM kept counting after
-    // the backup; the restored registry moves above it (this path, and only
-    // this one, accepts the restored generation).
-    let counter = hsm
-        .read_counter(REGISTRY_COUNTER_LABEL)
-        .map_err(|e| hsm_err("reading the generation counter", e))?
-        .unwrap_or(0);
-    let mut generation = registry.generation();
-    if counter >= generation && counter > header.generation {
-        generation = counter + 1;
-        registry
-            .reseal(rkey, generation)
-            .map_err(|e| BackupError::Io(format!("registry: {e}")))?;
-    }
+    let generation = registry.generation();
     hsm.write_counter(REGISTRY_COUNTER_LABEL, generation)
         .map_err(|e| hsm_err("writing the generation counter", e))?;
     report.generation = generation;
@@ -672,33 +777,58 @@ mod tests {
     #[test]
     fn versions_made_after_the_backup_are_lost_and_the_backup_state_returns() {
         use VersionState::*;
-        let on_token: BTreeSet<[u8; 16]> = [[1; 16]].into();
+        let on_token: BTreeSet<[u8; 16]> = [[1; 16], [3; 16]].into();
         let mut lost = Vec::new();
-        // Rotated after the backup: v2 is not on the token; v1 is active again.
+        // Rotated after the backup: v2 is not on the token; it stays as a
+        // destroyed version (its number is never reused); v1 is active again.
         let r = fit_to_token(
             rec(&[(1, 1, Deactivated), (2, 2, Active)]),
+            true,
             &on_token,
             &mut lost,
         )
         .unwrap();
-        assert_eq!(r.versions.len(), 1);
-        assert_eq!(r.versions[0].state, Active);
+        assert_eq!(
+            r.versions.iter().map(|v| v.state).collect::<Vec<_>>(),
+            vec![Active, Destroyed]
+        );
         assert_eq!(
             lost,
             vec!["patients/v2 (made after the backup)".to_string()]
         );
+        // A version below the minimum decrypt version never comes back.
+        lost.clear();
+        let mut retired = rec(&[(1, 1, Deactivated), (2, 2, Active)]);
+        retired.min_decrypt_version = 2;
+        let r = fit_to_token(retired, true, &on_token, &mut lost).unwrap();
+        assert!(r.current().is_none());
+        assert!(
+            lost.iter()
+                .any(|l| l.contains("no active version survives")),
+            "{lost:?}"
+        );
+        // Nor does a compromised one.
+        lost.clear();
+        let r = fit_to_token(
+            rec(&[(1, 1, Compromised), (2, 2, Active)]),
+            true,
+            &on_token,
+            &mut lost,
+        )
+        .unwrap();
+        assert!(r.current().is_none());
         // Created after the backup: nothing survives, reported by name.
         lost.clear();
-        assert!(fit_to_token(rec(&[(1, 9, Active)]), &on_token, &mut lost).is_none());
+        assert!(fit_to_token(rec(&[(1, 9, Active)]), false, &on_token, &mut lost).is_none());
         assert_eq!(
             lost,
             vec!["patients (created after the backup)".to_string()]
         );
-        // Destroyed versions are kept (a tombstone), whether on the token or not.
+        // Destroyed keys are kept (a tombstone), whether on the token or not.
         lost.clear();
         let mut destroyed = rec(&[(1, 1, Destroyed), (2, 9, Destroyed)]);
         destroyed.state = KeyState::Destroyed;
-        let r = fit_to_token(destroyed, &on_token, &mut lost).unwrap();
+        let r = fit_to_token(destroyed, false, &on_token, &mut lost).unwrap();
         assert_eq!(r.versions.len(), 2);
         assert!(lost.is_empty());
     }

@@ -140,10 +140,12 @@ fn read_shares(files: &[PathBuf], threshold: u8) -> anyhow::Result<Vec<Zeroizing
         }
     } else if std::io::stdin().is_terminal() {
         for i in 1..=threshold {
-            let s = rpassword::prompt_password(format!(
-                "Unseal share {i} of {threshold} (input hidden): "
-            ))
-            .context("reading a share")?;
+            let s = Zeroizing::new(
+                rpassword::prompt_password(format!(
+                    "Unseal share {i} of {threshold} (input hidden): "
+                ))
+                .context("reading a share")?,
+            );
             shares.push(Zeroizing::new(s.trim().to_string()));
         }
     } else {
@@ -213,6 +215,7 @@ fn print_report(output: Output, r: &Report, target: &Target) -> anyhow::Result<(
             "lost": r.lost,
             "missing_on_token": r.missing_on_token,
             "window_to_accept": r.window,
+            "trail_ends": r.trail_ends,
             "state_dir": target.state_dir.display().to_string(),
         })),
         Output::Text => {
@@ -235,6 +238,9 @@ fn print_report(output: Output, r: &Report, target: &Target) -> anyhow::Result<(
             match r.trail {
                 Some((files, first, last)) => {
                     out!("  replayed the audit trail: {files} file(s), seq {first} to {last}");
+                    if let Some(t) = &r.trail_ends {
+                        out!("  the trail ends at {t}: changes after that are not known to this restore");
+                    }
                     for c in &r.replayed {
                         out!("    {c}");
                     }

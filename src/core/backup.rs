@@ -31,13 +31,21 @@ impl Keywarden {
             .map_err(|e| CoreError::Backup(BackupError::Io(format!("scratch directory: {e}"))))?;
         // Key changes first, then ceremonies (the order every writer takes).
         let _w = lock(&self.writes);
-        let snap = self.seal.quiesced(|file, pending, logged_in| {
-            let file = file.ok_or(BackupError::Uninitialized)?;
-            if pending {
+        let snap = self.seal.quiesced(|q| {
+            let file = q.file.ok_or(BackupError::Uninitialized)?;
+            let logged_in = q.logged_in;
+            if q.rekey_pending {
                 return Err(BackupError::RekeyPending);
             }
             if file.backup_recipient.is_empty() {
                 return Err(BackupError::NoRecipient);
+            }
+            // Only to a recipient a quorum verified in this process: a
+            // sealed daemon reads seal.json unverified.
+            match q.verified_recipient {
+                None => return Err(BackupError::RecipientUnverified),
+                Some(r) if r != file.backup_recipient => return Err(BackupError::RecipientChanged),
+                Some(_) => {}
             }
             let head = match &self.audit {
                 Some(a) => Some(a.head().map_err(|e| BackupError::Audit(e.to_string()))?),
@@ -50,7 +58,13 @@ impl Keywarden {
             let registry = std::fs::read(&db).map_err(|e| BackupError::Io(e.to_string()))?;
             let seal =
                 serde_json::to_vec_pretty(file).map_err(|e| BackupError::Io(e.to_string()))?;
-            let tokens = token::snapshot(store, scratch.path())?;
+            // Token objects are written outside these locks too (the
+            // steps of a destruction, the audit key, the counter): hold the
+            // HSM's own token-write lock while its files are copied.
+            let mut tokens = Ok(Vec::new());
+            self.hsm
+                .with_token_writes_held(&mut || tokens = token::snapshot(store, scratch.path()));
+            let tokens = tokens?;
             Ok((file.clone(), head, registry, seal, tokens, logged_in))
         });
         let (file, head, registry, seal, tokens, logged_in) = snap.map_err(CoreError::Backup)?;

@@ -576,18 +576,21 @@ impl Keywarden {
     pub(crate) fn store(&self, record: KeyRecord, is_new: bool) -> CoreResult<Arc<KeyRecord>> {
         let key = self.registry_key()?;
         let next = self.registry.generation() + 1;
-        if let Some(a) = &self.audit {
-            a.record_ledger(crate::backup::ledger::line(&record, next, &key)?)
-                .map_err(|e| CoreError::AuditUnavailable(e.to_string()))?;
-        }
+        let ledger_seq = match &self.audit {
+            Some(a) => Some(
+                a.record_ledger(crate::backup::ledger::line(&record, next, &key)?)
+                    .map_err(|e| CoreError::AuditUnavailable(e.to_string()))?,
+            ),
+            None => None,
+        };
         let gen = match self.registry.put(&record, &key, is_new) {
             Ok(g) => g,
             Err(e) => {
-                if let Some(a) = &self.audit {
+                if let (Some(a), Some(seq)) = (&self.audit, ledger_seq) {
                     // Best effort: a replay that misses this line applies a
                     // change that never happened, which is the safe side
                     // for a destruction or a revocation.
-                    let _ = a.record(crate::backup::ledger::failed(&record.name, next));
+                    let _ = a.record(crate::backup::ledger::failed(&record.name, next, seq, &key));
                 }
                 return Err(reg_err(e));
             }

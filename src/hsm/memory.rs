@@ -148,6 +148,12 @@ fn seal(cipher: &Aes256Gcm, iv: &[u8; IV_LEN], aad: &[u8], key: &[u8]) -> HsmRes
 }
 
 impl Hsm for MemoryHsm {
+    fn with_token_writes_held(&self, f: &mut dyn FnMut()) {
+        // Every write takes the state lock: holding it holds them all.
+        let _state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f();
+    }
+
     fn token(&self) -> &TokenDescription {
         &self.token
     }

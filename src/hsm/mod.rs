@@ -297,6 +297,9 @@ pub trait Hsm: Send + Sync {
     fn ensure_signing_key(&self) -> HsmResult<Vec<u8>>;
     /// Signs a SHA-256 digest with the audit key; returns r||s.
     fn sign_digest(&self, digest: &[u8; 32]) -> HsmResult<Vec<u8>>;
+    /// Runs `f` while nothing writes a token object through this handle
+    /// (a backup copying a software token's files).
+    fn with_token_writes_held(&self, f: &mut dyn FnMut());
 }
 
 /// CKA_LABEL of the registry generation counter.

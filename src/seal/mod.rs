@@ -144,6 +144,11 @@ struct Inner {
     /// Evidence that this daemon was initialised although no seal file is
     /// there (it was deleted): init is refused until it is restored.
     missing: Option<String>,
+    /// The backup recipient as a quorum last verified it (under the seal
+    /// file's MAC) in this process; kept after a seal (it is public), so
+    /// a sealed daemon encrypts backups only to a recipient a quorum vouched
+    /// for, never to one edited into `seal.json` while it was sealed.
+    verified_recipient: Option<String>,
 }
 
 impl Inner {
@@ -196,6 +201,16 @@ impl Inner {
             _ => None,
         }
     }
+}
+
+/// What a backup sees of the seal while no ceremony can run.
+pub struct Quiesced<'a> {
+    pub file: Option<&'a store::SealFile>,
+    /// A rekey commit is half done (`seal.pending.json`).
+    pub rekey_pending: bool,
+    pub logged_in: bool,
+    /// The backup recipient a quorum verified in this process, if any.
+    pub verified_recipient: Option<&'a str>,
 }
 
 /// Progress reported after a share is accepted.
@@ -272,6 +287,7 @@ impl Seal {
                 pending,
                 state,
                 missing: None,
+                verified_recipient: None,
             }),
             sink: std::sync::Arc::new(NullSink),
             pending: found_interrupted,
@@ -426,10 +442,14 @@ impl Seal {
     /// backup's snapshot: init, unseal and rekey change the seal file and
     /// the token's PINs). `f` also learns whether a rekey commit is pending
     /// and whether the daemon is logged in. Key operations wait meanwhile.
-    pub fn quiesced<T>(&self, f: impl FnOnce(Option<&store::SealFile>, bool, bool) -> T) -> T {
+    pub fn quiesced<T>(&self, f: impl FnOnce(Quiesced<'_>) -> T) -> T {
         let inner = self.inner();
-        let logged_in = matches!(inner.state, State::Unsealed { .. });
-        f(inner.current.as_ref(), inner.pending.is_some(), logged_in)
+        f(Quiesced {
+            file: inner.current.as_ref(),
+            rekey_pending: inner.pending.is_some(),
+            logged_in: matches!(inner.state, State::Unsealed { .. }),
+            verified_recipient: inner.verified_recipient.as_deref(),
+        })
     }
 
     pub fn with_keyring<T>(&self, f: impl FnOnce(&Keyring) -> T) -> SealResult<T> {

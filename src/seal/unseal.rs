@@ -94,12 +94,21 @@ impl Seal {
                     slot.insert(Progress::new(parsed.set_id, file.threshold, started))
                 }
             };
+            let index = parsed.bytes.index;
             let (received, threshold) = progress.accept(
                 parsed,
                 EventKind::UnsealShare,
                 ("set_id", &file.set_id),
                 &self.pending,
             )?;
+            if let Some(w) = &file.restore_window {
+                // This custodian's own acceptance, on the record.
+                self.note(
+                    EventKind::RestoreWindowAccepted,
+                    Outcome::Accepted,
+                    json!({"index": index, "backup": w.backup, "backup_created_at": w.backup_created_at}),
+                );
+            }
             if received < threshold as usize {
                 return Ok(ShareProgress {
                     received,
@@ -174,7 +183,6 @@ impl Seal {
             return Err(SealError::Tampered(why.to_string()));
         }
         let keyring = file.open_keyring(&key).map_err(SealError::Storage)?;
-        self.settle_seal_file(inner, &mut file, &key)?;
         let mut logged_in = false;
         if file.pending_init {
             // The first quorum proved the shares work: now, and only now,
@@ -240,6 +248,11 @@ impl Seal {
                 return Err(SealError::Hsm(e));
             }
         }
+        // Logged in: what this quorum vouches for in seal.json is settled.
+        if let Err(e) = self.settle_seal_file(inner, &mut file, &key) {
+            hsm.logout();
+            return Err(e);
+        }
         drop(key);
         // An interrupted rekey is settled by whichever set logged in. A
         // failure to record that leaves the daemon sealed and logged out.
@@ -283,6 +296,7 @@ impl Seal {
         key: &UnsealKey,
     ) -> SealResult<()> {
         let set_id = file.set_id().map_err(SealError::Storage)?;
+        inner.verified_recipient = None;
         let mut changed = false;
         if file.backup_recipient.is_empty() {
             file.backup_recipient = key
@@ -292,6 +306,7 @@ impl Seal {
         }
         let accepted = file.restore_window.take();
         if !changed && accepted.is_none() {
+            inner.verified_recipient = Some(file.backup_recipient.clone());
             return Ok(());
         }
         file.authenticate(key).map_err(SealError::Storage)?;
@@ -302,10 +317,11 @@ impl Seal {
             self.store.save(file).map_err(SealError::Storage)?;
             inner.current = Some(file.clone());
         }
+        inner.verified_recipient = Some(file.backup_recipient.clone());
         if let Some(w) = accepted {
             self.note(
                 EventKind::RestoreWindowAccepted,
-                Outcome::Accepted,
+                Outcome::Ok,
                 json!({"backup": w.backup, "backup_created_at": w.backup_created_at, "generation": w.generation, "restored_at": w.restored_at, "set_id": file.set_id}),
             );
         }

@@ -138,11 +138,19 @@ impl Daemon {
     /// A dev daemon on an existing directory (a restored one), started and
     /// left as it comes up (sealed). The caller owns the directory.
     pub async fn start_at(dir: &Path) -> Daemon {
+        Self::start_at_with(dir, &[]).await
+    }
+
+    /// [`Daemon::start_at`] with extra `keywarden dev` flags.
+    pub async fn start_at_with(dir: &Path, args: &[&str]) -> Daemon {
         let mut d = Daemon {
             dir: dir.to_path_buf(),
             _temp: None,
             child: None,
-            dev_args: token_dev_args(),
+            dev_args: token_dev_args()
+                .into_iter()
+                .chain(args.iter().map(|s| s.to_string()))
+                .collect(),
             stdout: Default::default(),
             dev_share: None,
             envs: Vec::new(),

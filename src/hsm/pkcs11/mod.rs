@@ -647,6 +647,11 @@ impl Hsm for Pkcs11Hsm {
         Ok(())
     }
 
+    fn with_token_writes_held(&self, f: &mut dyn FnMut()) {
+        let _serial = lock(&self.token_writes);
+        f();
+    }
+
     fn destroy_cmk(&self, id: &HsmKeyId) -> HsmResult<()> {
         let _serial = lock(&self.token_writes);
         let live = self.live()?;
