@@ -345,6 +345,19 @@ async fn altered_foreign_and_misplaced_restores_are_refused_and_write_nothing() 
         restore(&target, &fa, &sa, &[edited]),
         "the trail does not verify",
     );
+    // A trail that ends before the backup (an old file given by mistake):
+    // it verifies, but is not linked to the backup.
+    let early = work.path().join("early.log");
+    let first: String = std::fs::read_to_string(&trail_a[0])
+        .unwrap()
+        .split_inclusive('\n')
+        .take(3)
+        .collect();
+    std::fs::write(&early, first).unwrap();
+    refused(
+        restore(&target, &fa, &sa, &[early]),
+        "not linked to the backup",
+    );
     // A state directory that is not empty.
     std::fs::create_dir_all(target.join("state")).unwrap();
     std::fs::write(target.join("state").join("notes.txt"), "x").unwrap();

@@ -335,6 +335,27 @@ async fn rekey_two_of_three_with_verification() {
     assert_eq!(seal_status(&d).await.set_id, r2.new_set_id);
     // Still serving after the commit.
     assert!(decrypt(&mut c, &g.ciphertext_blob, &[]).await.is_ok());
+    // And backing up, to the new set's recipient (a backup after a rekey
+    // is what the runbook asks for).
+    let dir = tempfile::tempdir().unwrap();
+    let out = d.cli(
+        &[
+            "--output",
+            "json",
+            "operator",
+            "backup",
+            "--out",
+            &dir.path().join("b.kwb").display().to_string(),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["set_id"], r2.new_set_id.as_str(), "{info}");
 
     // After a restart the old shares are refused and the new ones unseal.
     drop(c);

@@ -78,6 +78,10 @@ pub enum AuditError {
     Signing(crate::hsm::HsmError),
     #[error("audit log unavailable: audit writer stopped")]
     WriterStopped,
+    /// A restored deployment's log was to continue an earlier chain, but a
+    /// log is already there.
+    #[error("{}: a log is already there; a restored deployment's log starts in an empty directory", .0.display())]
+    ResumeOverExisting(PathBuf),
 }
 
 impl AuditError {
@@ -457,6 +461,9 @@ impl Audit {
             if let Some(newest) = rotated.last() {
                 last = last_line(newest).map_err(AuditError::last_line(newest))?;
             }
+        }
+        if resume.is_some() && last.is_some() {
+            return Err(AuditError::ResumeOverExisting(config.file.clone()));
         }
         let last_value: Option<Value> = match &last {
             Some(line) => Some(

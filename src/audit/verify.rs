@@ -10,6 +10,9 @@ use sha2::{Digest, Sha256};
 
 use super::canonical;
 
+/// No log reaches this many lines; a line claiming more is refused.
+pub const MAX_SEQ: u64 = 1 << 62;
+
 /// What a clean verification found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -92,6 +95,25 @@ pub fn verify_files(
     key: &VerifyingKey,
     allow_unsigned_tail: bool,
 ) -> Result<Report, Broken> {
+    let mut texts = Vec::with_capacity(files.len());
+    for path in files {
+        let text = std::fs::read_to_string(path).map_err(|e| Broken {
+            seq: 0,
+            what: format!("cannot read {}: {e}", path.display()),
+        })?;
+        texts.push((*path, text));
+    }
+    let refs: Vec<(&Path, &str)> = texts.iter().map(|(p, t)| (*p, t.as_str())).collect();
+    verify_texts(&refs, key, allow_unsigned_tail)
+}
+
+/// [`verify_files`] on contents already read (a caller that goes on to use
+/// the lines uses exactly the lines verified).
+pub fn verify_texts(
+    files: &[(&Path, &str)],
+    key: &VerifyingKey,
+    allow_unsigned_tail: bool,
+) -> Result<Report, Broken> {
     let mut report = Report {
         files: files.len(),
         entries: 0,
@@ -103,11 +125,7 @@ pub fn verify_files(
     };
     let mut expected: Option<u64> = None;
     let mut prev_hash: Option<String> = None;
-    for path in files {
-        let text = std::fs::read_to_string(path).map_err(|e| Broken {
-            seq: expected.unwrap_or(0),
-            what: format!("cannot read {}: {e}", path.display()),
-        })?;
+    for (path, text) in files {
         for raw in text.split_inclusive('\n') {
             let Some(line) = raw.strip_suffix('\n') else {
                 return Err(Broken {
@@ -133,6 +151,12 @@ pub fn verify_files(
                 seq: at,
                 what: "a line without a sequence number".into(),
             })?;
+            if seq > MAX_SEQ {
+                return Err(Broken {
+                    seq,
+                    what: "a sequence number no log reaches (forged)".into(),
+                });
+            }
             let prev = obj.get("prev").and_then(Value::as_str).unwrap_or_default();
             match expected {
                 None => {

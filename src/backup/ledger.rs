@@ -15,6 +15,9 @@ use crate::core::{CoreError, CoreResult};
 pub const WRITE: &str = "registry_write";
 /// The `type` of the line that voids a ledger line whose commit failed.
 pub const FAILED: &str = "registry_write_failed";
+/// No genuine generation comes near this; a line claiming more is refused
+/// (the arithmetic on generations stays far from overflow).
+pub const MAX_GENERATION: u64 = 1 << 62;
 
 /// The ledger line for `record` about to be written at `generation`.
 pub fn line(record: &KeyRecord, generation: u64, key: &[u8; 32]) -> CoreResult<Map<String, Value>> {
@@ -141,6 +144,7 @@ pub fn latest(
         };
         let generation = field(l, seq, WRITE, "generation")?
             .as_u64()
+            .filter(|g| *g <= MAX_GENERATION)
             .ok_or(missing("generation"))?;
         let json = field(l, seq, WRITE, "record")?
             .as_str()
@@ -160,9 +164,11 @@ pub fn latest(
                 seq,
                 reason: e.to_string(),
             })?;
+        // A generation is used again only after a write that did not
+        // commit: on a tie, the later line is the one that did.
         let newer = out
             .get(&record.id)
-            .is_none_or(|e| generation > e.generation);
+            .is_none_or(|e| generation >= e.generation);
         if newer {
             out.insert(
                 record.id,

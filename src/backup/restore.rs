@@ -150,8 +150,7 @@ fn dir_is_empty(dir: &Path, store: &token::TokenStore) -> bool {
 /// An audit line: its seq and its fields.
 type AuditLine = (u64, Map<String, Value>);
 
-/// A verified trail: every line, where it ends, and how high the
-/// registry's generation went in it.
+/// A verified trail: every line, and where it ends.
 struct Trail {
     lines: Vec<AuditLine>,
     first_seq: u64,
@@ -160,14 +159,15 @@ struct Trail {
     /// from it.
     last_hash: String,
     last_time: String,
-    max_generation: u64,
 }
 
 /// Reads and verifies the trail: the hash chain and every checkpoint
-/// signature (under the backup's audit key, which the restore later checks
-/// against the token's); it must reach back to before the backup (its
-/// first line knows no generation above the backup's) and, where it holds
-/// the backup's chain head, hold that very line.
+/// signature (under the backup's audit key, which the restore later proves
+/// is the token's), read once, so the lines used are the lines verified. It
+/// must be linked to the backup: hold the backup's chain head (the same
+/// line), or begin with the line right after it (a restored deployment's
+/// log continues the chain from there). So a file that ends before the
+/// backup, or another deployment's log, is refused.
 fn read_trail(
     header: &Header,
     files: &[PathBuf],
@@ -183,8 +183,12 @@ fn read_trail(
     std::fs::write(&key_path, audit_key).map_err(io(&key_path))?;
     let key = crate::audit::verify::load_public_key(&key_path)
         .map_err(|e| refused(format!("the backup's audit signing key: {e}")))?;
-    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    let report = crate::audit::verify::verify_files(&refs, &key, true)
+    let mut texts = Vec::with_capacity(files.len());
+    for f in files {
+        texts.push((f.as_path(), std::fs::read_to_string(f).map_err(io(f))?));
+    }
+    let refs: Vec<(&Path, &str)> = texts.iter().map(|(p, t)| (*p, t.as_str())).collect();
+    let report = crate::audit::verify::verify_texts(&refs, &key, true)
         .map_err(|b| refused(format!("--replay-audit: the trail does not verify: {b}")))?;
     let mut trail = Trail {
         lines: Vec::new(),
@@ -192,32 +196,28 @@ fn read_trail(
         last_seq: report.last_seq,
         last_hash: String::new(),
         last_time: String::new(),
-        max_generation: 0,
     };
-    for f in files {
-        let text = std::fs::read_to_string(f).map_err(io(f))?;
+    let mut linked = false;
+    for (_, text) in &refs {
         for line in text.lines() {
             let v: Map<String, Value> = serde_json::from_str(line)
-                .map_err(|_| refused(format!("{}: a line that does not parse", f.display())))?;
+                .map_err(|_| refused("--replay-audit: a line that does not parse"))?;
             let seq = v.get("seq").and_then(Value::as_u64).unwrap_or(0);
             let hash = hex::encode(Sha256::digest(line.as_bytes()));
-            if seq == head.seq && hash != head.hash {
-                return Err(refused(format!(
-                    "--replay-audit: line {seq} of the trail is not the backup's chain head (another deployment's log, or an altered one)"
-                )));
+            if seq == head.seq {
+                if hash != head.hash {
+                    return Err(refused(format!(
+                        "--replay-audit: line {seq} of the trail is not the backup's chain head (another deployment's log, or an altered one)"
+                    )));
+                }
+                linked = true;
             }
-            let known = v
-                .get("registry_generation")
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
-            let written = v.get("generation").and_then(Value::as_u64).unwrap_or(0);
-            if trail.lines.is_empty() && known > header.generation {
-                return Err(refused(format!(
-                    "--replay-audit: the trail starts at seq {seq}, after the backup (it already knows generation {known}, the backup holds {}): give the files from before the backup up to now",
-                    header.generation
-                )));
+            if trail.lines.is_empty()
+                && seq == head.seq.saturating_add(1)
+                && v.get("prev").and_then(Value::as_str) == Some(head.hash.as_str())
+            {
+                linked = true;
             }
-            trail.max_generation = trail.max_generation.max(known).max(written);
             trail.last_hash = hash;
             trail.last_time = v
                 .get("time")
@@ -226,6 +226,12 @@ fn read_trail(
                 .to_string();
             trail.lines.push((seq, v));
         }
+    }
+    if !linked {
+        return Err(refused(format!(
+            "--replay-audit: the trail (seq {} to {}) is not linked to the backup: it must hold the backup's chain head, seq {}, or start right after it; give the files from before the backup up to now",
+            report.first_seq, report.last_seq, head.seq
+        )));
     }
     Ok(trail)
 }
@@ -429,6 +435,15 @@ pub fn restore(
     .map_err(io(&db_path))?;
     let registry = Registry::open(&db_path)
         .map_err(|e| cleanup(refused(format!("the backup's registry: {e}"))))?;
+    let foreign = registry
+        .foreign_schema()
+        .map_err(|e| cleanup(refused(format!("the backup's registry: {e}"))))?;
+    if !foreign.is_empty() {
+        return Err(cleanup(refused(format!(
+            "the backup's registry has schema objects Keywarden never makes ({}): refused",
+            foreign.join(", ")
+        ))));
+    }
     let loaded = registry
         .load_verified(rkey, None)
         .map_err(|e| cleanup(refused(format!("the backup's registry: {e}"))))?;
@@ -461,8 +476,16 @@ pub fn restore(
         .as_ref()
         .map(|t| t.lines.as_slice())
         .unwrap_or_default();
-    let latest: BTreeMap<[u8; 16], KeyRecord> = ledger::latest(lines, rkey, header.generation)
-        .map_err(|e| cleanup(refused(format!("--replay-audit: {e}"))))?
+    let entries_after = ledger::latest(lines, rkey, header.generation)
+        .map_err(|e| cleanup(refused(format!("--replay-audit: {e}"))))?;
+    // The highest generation the lost host is known to have reached, from
+    // lines whose MAC verified only.
+    let known_generation = entries_after
+        .values()
+        .map(|e| e.generation)
+        .max()
+        .unwrap_or(header.generation);
+    let latest: BTreeMap<[u8; 16], KeyRecord> = entries_after
         .into_iter()
         .map(|(id, e)| (id, e.record))
         .collect();
@@ -553,6 +576,7 @@ pub fn restore(
                 target,
                 &header,
                 trail.as_ref(),
+                known_generation,
                 &mut report,
             )
         });
@@ -638,26 +662,34 @@ fn undo(state_dir: &Path, store: &token::TokenStore) {
 
 /// The backup's audit signing key must be the restored token's own: a
 /// backup assembled by someone who read `seal.json` could carry another
-/// key, under which a trail of their making would verify.
+/// key, under which a trail of their making would verify. The token signs a
+/// random challenge with its private key (never made here: a token without
+/// one fails), and the signature must verify under the backup's key.
 fn check_audit_key(hsm: &dyn Hsm, backed_up: Option<&[u8]>) -> Result<(), BackupError> {
+    use p256::ecdsa::signature::hazmat::PrehashVerifier;
     let Some(text) = backed_up else {
         return Ok(());
     };
-    let point = hsm
-        .ensure_signing_key()
-        .map_err(|e| BackupError::Token(format!("reading the audit signing key: {e}")))?;
-    if String::from_utf8_lossy(text).trim() != hex::encode(point) {
-        return Err(refused(
-            "the backup's audit signing key is not the restored token's: the backup was altered or assembled from another deployment",
-        ));
-    }
-    Ok(())
+    let refuse = || {
+        refused("the backup's audit signing key is not the restored token's: the backup was altered or assembled from another deployment")
+    };
+    let point = hex::decode(String::from_utf8_lossy(text).trim()).map_err(|_| refuse())?;
+    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| refuse())?;
+    let mut challenge = [0u8; 32];
+    getrandom::fill(&mut challenge)
+        .map_err(|e| BackupError::Io(format!("OS random generator: {e}")))?;
+    let sig = hsm
+        .sign_digest(&challenge)
+        .map_err(|e| BackupError::Token(format!("the token's audit signing key: {e}")))?;
+    let sig = p256::ecdsa::Signature::from_slice(&sig).map_err(|_| refuse())?;
+    key.verify_prehash(&challenge, &sig).map_err(|_| refuse())
 }
 
-/// Without a trail, how far the restored generation jumps above the
-/// backup's: above anything the lost host can have reached, so that no copy
-/// of its registry passes the witnesses afterwards.
-const NO_TRAIL_JUMP: u64 = 1 << 32;
+/// How far the restored generation jumps above the highest generation the
+/// lost host is known to have reached: above anything it can have reached
+/// after the trail ends (or after the backup, without a trail), so that no
+/// copy of its registry passes the witnesses afterwards.
+const GENERATION_JUMP: u64 = 1 << 32;
 
 /// The replay proper, logged in. Returns the new audit log, which continues
 /// the trail's hash chain (or, without one, the backup's chain head), so a
@@ -672,6 +704,7 @@ fn replay_onto(
     target: &Target,
     header: &Header,
     trail: Option<&Trail>,
+    known_generation: u64,
     report: &mut Report,
 ) -> Result<Audit, BackupError> {
     let hsm_err = |what: &str, e: HsmError| BackupError::Token(format!("{what}: {e}"));
@@ -681,19 +714,20 @@ fn replay_onto(
         .into_iter()
         .map(|o| o.id.0)
         .collect();
-    // The restored generation starts above every generation the lost host
-    // is known to have reached (the trail's, the HSM counter's), so copies
-    // of its registry, and ledger lines of the lost history, rank below
+    // The restored generation starts far above every generation the lost
+    // host is known to have reached (the trail's verified lines, the HSM
+    // counter's), since a forwarded trail lags the host: copies of its
+    // registry, and ledger lines of the lost history, rank below
     // everything the restored deployment writes.
     let counter = hsm
         .read_counter(REGISTRY_COUNTER_LABEL)
         .map_err(|e| hsm_err("reading the generation counter", e))?
-        .unwrap_or(0);
-    let known = match trail {
-        Some(t) => t.max_generation,
-        None => header.generation.saturating_add(NO_TRAIL_JUMP),
-    };
-    let base = known.max(counter).max(header.generation).saturating_add(1);
+        .unwrap_or(0)
+        .min(ledger::MAX_GENERATION);
+    let base = known_generation
+        .max(counter)
+        .max(header.generation)
+        .saturating_add(GENERATION_JUMP);
     registry
         .reseal(rkey, base)
         .map_err(|e| BackupError::Io(format!("registry: {e}")))?;

@@ -99,8 +99,9 @@ fn manifest_mac(key: &[u8; 32], gen: u64, manifest_json: &str) -> String {
 impl Registry {
     pub fn open(path: &Path) -> Result<Self, RegistryError> {
         let conn = Connection::open(path)?;
-        // A database restored from a backup is checked by its MACs, not
-        // trusted: no triggers or views of its own run with our rights.
+        // Functions with side effects are not callable from the schema
+        // (a restore also refuses a database with schema objects of its
+        // own: `foreign_schema`).
         conn.pragma_update(None, "trusted_schema", "OFF")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -382,6 +383,28 @@ impl Registry {
 
     pub fn generation(&self) -> u64 {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+
+    /// Schema objects this code never makes (triggers, views, other
+    /// tables): a registry restored from a backup must have none.
+    pub fn foreign_schema(&self) -> Result<Vec<String>, RegistryError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT type, name FROM sqlite_master")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let own = ["meta", "intents", "key_records"];
+        let mut out = Vec::new();
+        for row in rows {
+            let (kind, name) = row?;
+            let ours = match kind.as_str() {
+                "table" => own.contains(&name.as_str()),
+                "index" => name.starts_with("sqlite_autoindex_"),
+                _ => false,
+            };
+            if !ours {
+                out.push(format!("{kind} {name}"));
+            }
+        }
+        Ok(out)
     }
 
     /// A consistent copy of the database at `to` (SQLite's online backup,

@@ -601,6 +601,8 @@ impl Seal {
                     "labels": plan.labels,
                 }),
             );
+            // Made here under the new key: its recipient is vouched for.
+            inner.verified_recipient = Some(file.backup_recipient.clone());
             inner.current = Some(file);
             inner.state = State::Sealed {
                 progress: None,

@@ -325,6 +325,8 @@ impl Seal {
             }
             return Err(SealError::Hsm(e));
         }
+        // Made here under the new key a quorum verified: its recipient is.
+        inner.verified_recipient = Some(file.backup_recipient.clone());
         if let Err(e) = self.store.promote_pending() {
             // The token has the new PINs, the new set is on disk as
             // pending: sealed, and the next unseal accepts either set.
