@@ -9,10 +9,12 @@ set -euo pipefail
 # --test adds what only the test suite needs: libclang and OpenSSL headers
 # to build Kryoptic, the second token (scripts/kryoptic.sh); Python's venv
 # for the Python client's suite (scripts/python-test.sh installs its pinned
-# packages from PyPI into a virtualenv); PostgreSQL for the database example.
+# packages from PyPI into a virtualenv); PostgreSQL for the database example;
+# Prometheus (and its promtool) for the metrics test, which starts its own
+# server on loopback.
 pkgs=(softhsm2 opensc build-essential pkg-config ca-certificates age jq systemd dpkg-dev)
 if [ "${1:-}" = "--test" ]; then
-  pkgs+=(libclang-dev libssl-dev python3 python3-venv postgresql)
+  pkgs+=(libclang-dev libssl-dev python3 python3-venv postgresql prometheus)
 fi
 need=()
 for pkg in "${pkgs[@]}"; do

@@ -22,6 +22,30 @@ struct RawConfig {
     lifecycle: Option<RawLifecycle>,
     #[serde(default)]
     dev: Option<RawDev>,
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
+}
+
+/// `[metrics]`: the Prometheus endpoint, off unless `listen` is set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    #[serde(default)]
+    listen: Option<String>,
+    /// Key names in labels (they can be sensitive).
+    #[serde(default)]
+    per_key: bool,
+    #[serde(default)]
+    allow_non_loopback: bool,
+}
+
+/// What `[metrics]` asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served; `None`: nowhere (the socket's `keywarden
+    /// metrics` still answers).
+    pub listen: Option<std::net::SocketAddr>,
+    pub per_key: bool,
 }
 
 /// `[dev]`: written by `keywarden dev` only. It alone unlocks what a
@@ -172,6 +196,7 @@ pub struct Config {
     pub lifecycle: crate::core::LifecycleConfig,
     /// How often the scheduler looks for due rotations and destructions.
     pub tick: std::time::Duration,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -447,6 +472,17 @@ impl Config {
         }
         let pool_size = wanted.min(profile.max_sessions as usize).max(1);
 
+        let raw_metrics = raw.metrics.unwrap_or_default();
+        let metrics = MetricsConfig {
+            listen: match &raw_metrics.listen {
+                Some(l) => Some(
+                    crate::metrics::http::parse_listen(l, raw_metrics.allow_non_loopback)
+                        .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+                ),
+                None => None,
+            },
+            per_key: raw_metrics.per_key,
+        };
         let state_dir = resolve(&raw.server.state_dir);
         let socket = resolve(&raw.server.socket);
         if socket.as_os_str().len() > 100 {
@@ -474,6 +510,7 @@ impl Config {
             audit_disabled,
             lifecycle,
             tick,
+            metrics,
         })
     }
 }

@@ -198,6 +198,7 @@ struct ConfigChoices {
     policy_file: Option<PathBuf>,
     no_audit: bool,
     audit_max_file_bytes: Option<u64>,
+    metrics_listen: Option<String>,
     lifecycle: String,
     serve_module: Option<PathBuf>,
 }
@@ -214,6 +215,7 @@ async fn prepare(
         policy_file,
         no_audit,
         audit_max_file_bytes,
+        metrics_listen,
         lifecycle,
         serve_module,
     } = choices;
@@ -298,6 +300,10 @@ async fn prepare(
         (false, Some(n)) => format!("\n[audit]\nmax_file_bytes = {n}\n"),
         (false, None) => String::new(),
     };
+    let metrics = match &metrics_listen {
+        Some(addr) => format!("\n[metrics]\nlisten = {addr:?}\n"),
+        None => String::new(),
+    };
     let policy = match &policy_file {
         Some(p) => format!(
             "[policy]\nfile = {:?}\n",
@@ -312,7 +318,7 @@ async fn prepare(
              [server]\nsocket = {sock:?}\nstate_dir = \"state\"\nallow_root = true\n\
              allow_world_socket = true\nsocket_mode = 0o666\n\n\
              [hsm]\nprofile = {profile_name:?}\ntoken_label = {DEV_TOKEN_LABEL:?}\n{module_line}\n\
-             [seal]\nallow_single_share = true\n\n{policy}{audit}{lifecycle}\n\
+             [seal]\nallow_single_share = true\n\n{policy}{audit}{metrics}{lifecycle}\n\
              # Development only: `keywarden serve` refuses this file unless\n\
              # `keywarden dev` starts it.\n[dev]\nenabled = true\n"
         ),
@@ -360,6 +366,8 @@ pub struct DevOptions {
     pub lifecycle: String,
     /// Rotate the audit log at this size.
     pub audit_max_file_bytes: Option<u64>,
+    /// Serve Prometheus metrics here (a loopback address).
+    pub metrics_listen: Option<String>,
     /// Serve through this PKCS#11 module instead of the token's own.
     pub pkcs11_module: Option<PathBuf>,
     /// The software token.
@@ -417,6 +425,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         benchmark_no_audit,
         lifecycle,
         audit_max_file_bytes,
+        metrics_listen,
         pkcs11_module,
         token,
         token_module,
@@ -467,6 +476,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
             policy_file: policy,
             no_audit: benchmark_no_audit,
             audit_max_file_bytes,
+            metrics_listen,
             lifecycle,
             serve_module: pkcs11_module,
         },

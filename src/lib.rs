@@ -22,6 +22,7 @@ pub mod config;
 pub mod core;
 pub mod guard;
 pub mod hsm;
+pub mod metrics;
 pub mod policy;
 pub mod seal;
 pub mod secret;

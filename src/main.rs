@@ -122,6 +122,10 @@ enum Command {
         /// Rotate the audit log at this size (drills and tests).
         #[arg(long, value_name = "BYTES")]
         audit_max_file_bytes: Option<u64>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (a loopback
+        /// address, e.g. 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<String>,
         /// Serve through this PKCS#11 module instead of the token's own
         /// (tests: the fault-injection shim, which forwards to the token).
         #[arg(long, value_name = "PATH")]
@@ -148,6 +152,8 @@ enum Command {
     Inspect(keywarden::cli::envelope::InspectArgs),
     /// Daemon status: version, seal, HSM token and health, drift.
     Status,
+    /// The Prometheus metrics page, over the socket (admins, auditors).
+    Metrics,
     /// Verify and query the audit log (offline).
     #[command(subcommand)]
     Audit(keywarden::cli::audit::AuditCommand),
@@ -294,6 +300,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             hard_limit_encryptions,
             tick,
             audit_max_file_bytes,
+            metrics_listen,
             pkcs11_module,
             token,
             token_module,
@@ -309,6 +316,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
                 policy,
                 benchmark_no_audit,
                 audit_max_file_bytes,
+                metrics_listen,
                 pkcs11_module,
                 token,
                 token_module,
@@ -354,6 +362,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
         Command::Decrypt(args) => keywarden::cli::envelope::decrypt(&socket, args).await,
         Command::Inspect(args) => keywarden::cli::envelope::inspect(args, cli.output).await,
         Command::Status => keywarden::cli::status::run(&socket, cli.output).await,
+        Command::Metrics => keywarden::cli::status::metrics(&socket).await,
         Command::Hsm(HsmCommand::Check {
             profile,
             module,

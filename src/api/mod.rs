@@ -29,6 +29,10 @@ pub struct Ctx {
     pub connections: Arc<crate::server::conn::Tracker>,
     /// Started by `keywarden dev` with a `[dev]` configuration.
     pub dev_mode: bool,
+    /// What the daemon counts and measures (Prometheus).
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// `[metrics] per_key`: key names in labels.
+    pub per_key_metrics: bool,
 }
 
 /// An identified, authorized call.
@@ -82,6 +86,21 @@ pub(crate) fn outcome<T>(r: &Result<T, Status>) -> Map<String, Value> {
 }
 
 impl Ctx {
+    /// Renders the metrics page: what was recorded, and the state now.
+    pub fn metrics_page(&self) -> crate::metrics::http::Render {
+        let (core, guard, metrics, per_key) = (
+            self.core.clone(),
+            self.guard.clone(),
+            self.metrics.clone(),
+            self.per_key_metrics,
+        );
+        Arc::new(move || {
+            let mut snap = core.metrics_snapshot(per_key);
+            snap.break_glass_grants = guard.active_break_glass().len() as u64;
+            metrics.render(&snap)
+        })
+    }
+
     /// Writes audit entries and waits until they are durable. If they
     /// cannot be written the call fails with UNAVAILABLE.
     pub(crate) async fn audit(&self, entries: Vec<Map<String, Value>>) -> Result<(), Status> {

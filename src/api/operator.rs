@@ -108,6 +108,25 @@ fn pin_field(field: &'static str, bytes: &mut Vec<u8>) -> Result<Pin, Status> {
 
 #[tonic::async_trait]
 impl OperatorService for OperatorApi {
+    async fn metrics(
+        &self,
+        request: Request<proto::MetricsRequest>,
+    ) -> Result<Response<proto::MetricsResponse>, Status> {
+        let call = self
+            .ctx
+            .authorize(&request, "Metrics", Action::KeyRead)
+            .await?;
+        let render = self.ctx.metrics_page();
+        let res = tokio::task::spawn_blocking(move || render())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))
+            .map(|text| proto::MetricsResponse { text });
+        self.ctx
+            .finish_best_effort(&call, res)
+            .await
+            .map(Response::new)
+    }
+
     type BackupStream = tokio_stream::wrappers::ReceiverStream<Result<proto::BackupChunk, Status>>;
 
     async fn backup(

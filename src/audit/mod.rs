@@ -156,6 +156,17 @@ struct Shared {
     /// The key that turns context values into the HMACs the log shows; set
     /// while unsealed (it comes from the keyring), `None` while sealed.
     context_key: Mutex<Option<zeroize::Zeroizing<[u8; 32]>>>,
+    /// Where commit times, failures and the queue's depth are recorded.
+    metrics: Mutex<Option<Arc<crate::metrics::Metrics>>>,
+}
+
+impl Shared {
+    fn metrics(&self) -> Option<Arc<crate::metrics::Metrics>> {
+        self.metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 struct Writer {
@@ -270,6 +281,15 @@ impl Writer {
 
     /// Writes lines durably; on failure nothing advances.
     fn commit(&mut self, lines: &[String]) -> Result<(), AuditError> {
+        let start = std::time::Instant::now();
+        let r = self.commit_untimed(lines);
+        if let Some(m) = self.shared.metrics() {
+            m.audit_commit(lines.len(), start.elapsed(), r.is_ok());
+        }
+        r
+    }
+
+    fn commit_untimed(&mut self, lines: &[String]) -> Result<(), AuditError> {
         self.ensure_open()?;
         let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
         for l in lines {
@@ -392,6 +412,9 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            if let Some(m) = self.shared.metrics() {
+                m.audit_queued(-(jobs.len() as i64));
+            }
             let mut entries = Vec::new();
             let mut checkpoints = Vec::new();
             let mut heads = Vec::new();
@@ -486,6 +509,7 @@ impl Audit {
             registry_generation: std::sync::atomic::AtomicU64::new(witnessed),
             new_chain: last.is_none(),
             context_key: Mutex::new(None),
+            metrics: Mutex::new(None),
         });
         let mut w = Writer {
             config,
@@ -533,11 +557,20 @@ impl Audit {
     }
 
     fn send(&self, job: Job) -> Result<(), AuditError> {
-        self.tx
+        let metrics = self.state.metrics();
+        if let Some(m) = &metrics {
+            m.audit_queued(1);
+        }
+        let sent = self
+            .tx
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .send(job)
-            .map_err(|_| AuditError::WriterStopped)
+            .map_err(|_| AuditError::WriterStopped);
+        if let (Err(_), Some(m)) = (&sent, &metrics) {
+            m.audit_queued(-1);
+        }
+        sent
     }
 
     /// Writes an entry and waits until it is durable (blocking).
@@ -592,6 +625,11 @@ impl Audit {
             return Ok(());
         }
         std::fs::write(&path, text).map_err(AuditError::io("writing", &path))
+    }
+
+    /// Records commit times, failures and the queue's depth into `m`.
+    pub fn set_metrics(&self, m: Arc<crate::metrics::Metrics>) {
+        *self.state.metrics.lock().unwrap_or_else(|p| p.into_inner()) = Some(m);
     }
 
     /// The public key file beside the log.

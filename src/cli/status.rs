@@ -164,3 +164,16 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `keywarden metrics`: the Prometheus page over the socket.
+pub async fn metrics(socket: &std::path::Path) -> anyhow::Result<()> {
+    let mut c = super::client(socket).await?;
+    let r = c
+        .operator
+        .metrics(crate::proto::MetricsRequest {})
+        .await
+        .map_err(super::status_error)?
+        .into_inner();
+    print!("{}", r.text);
+    Ok(())
+}

@@ -15,6 +15,7 @@ mod envelope;
 pub mod error;
 mod fields;
 pub mod lifecycle;
+mod metrics;
 pub mod model;
 mod reconcile;
 pub mod registry;

@@ -7,6 +7,7 @@ pub mod check;
 pub mod contract;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
+pub mod metered;
 pub mod pkcs11;
 pub mod profile;
 

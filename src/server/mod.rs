@@ -159,7 +159,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     })
     .await?
     .with_context(|| format!("opening HSM token ({})", config.token))?;
-    let hsm: Arc<dyn Hsm> = Arc::new(hsm);
+    let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics.per_key));
+    let hsm: Arc<dyn Hsm> = Arc::new(crate::hsm::metered::Metered::new(
+        Arc::new(hsm),
+        metrics.clone(),
+    ));
     info!(
         token = %hsm.token().label,
         serial = %hsm.token().serial,
@@ -177,6 +181,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let state_dir = config.state_dir.clone();
     let audit = Audit::open(config.audit.clone())
         .map_err(|e| anyhow::anyhow!("audit log {}: {e}", config.audit.file.display()))?;
+    audit.set_metrics(metrics.clone());
     // One clock for the core, the seal and the guard's break-glass grants.
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
     let guard = Arc::new(
@@ -227,7 +232,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         guard: guard.clone(),
         connections: conn::Tracker::new(config.connections, Arc::new(audit.clone())),
         dev_mode: config.dev,
+        metrics: metrics.clone(),
+        per_key_metrics: config.metrics.per_key,
     };
+    if let Some(addr) = config.metrics.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics.listen {addr}"))?;
+        let render = ctx.metrics_page();
+        tokio::spawn(crate::metrics::http::serve(listener, render));
+        info!(listen = %addr, "serving Prometheus metrics at /metrics");
+    }
     // The lifecycle scheduler: due rotations and destructions.
     {
         let core = core.clone();
@@ -313,6 +328,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             MAX_CONCURRENT_REQUESTS,
         ))
+        .layer(crate::metrics::layer::RequestMetricsLayer(metrics.clone()))
         .add_service(
             proto::data_key_service_server::DataKeyServiceServer::new(DataKeyApi::new(ctx.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
@@ -353,7 +369,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             Err(why) => systemd::ready(&format!("unhealthy: {why}")),
         }
         systemd::spawn_watchdog(core.clone(), guard.clone());
-        recovery::spawn(core.clone());
+        recovery::spawn(core.clone(), metrics.clone());
     }
     let result = tokio::select! {
         r = &mut server => r,

@@ -19,7 +19,7 @@ const IDLE_POLL: Duration = Duration::from_millis(200);
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const MAX_RETRY: Duration = Duration::from_secs(2);
 
-pub fn spawn(core: Arc<Keywarden>) {
+pub fn spawn(core: Arc<Keywarden>, metrics: Arc<crate::metrics::Metrics>) {
     tokio::spawn(async move {
         let mut since: Option<Instant> = None;
         let mut attempts = 0u32;
@@ -35,6 +35,7 @@ pub fn spawn(core: Arc<Keywarden>) {
             if since.is_none() {
                 since = Some(Instant::now());
                 super::systemd::status(&format!("HSM unreachable ({reason}); reconnecting"));
+                metrics.hsm_lost();
                 let r = reason.clone();
                 let c = core.clone();
                 let _ = tokio::task::spawn_blocking(move || {
@@ -56,6 +57,7 @@ pub fn spawn(core: Arc<Keywarden>) {
                     let down_ms = since.map(|t| t.elapsed().as_millis()).unwrap_or(0);
                     info!(attempts, down_ms, "HSM back: serving again");
                     super::systemd::status("unsealed, HSM reconnected");
+                    metrics.hsm_recovered();
                     let c = core.clone();
                     let _ = tokio::task::spawn_blocking(move || {
                         c.event(

@@ -95,6 +95,11 @@ class OperatorServiceStub:
                 request_serializer=keywarden_dot_v1_dot_operator__pb2.BackupRequest.SerializeToString,
                 response_deserializer=keywarden_dot_v1_dot_operator__pb2.BackupChunk.FromString,
                 _registered_method=True)
+        self.Metrics = channel.unary_unary(
+                '/keywarden.v1.OperatorService/Metrics',
+                request_serializer=keywarden_dot_v1_dot_operator__pb2.MetricsRequest.SerializeToString,
+                response_deserializer=keywarden_dot_v1_dot_operator__pb2.MetricsResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -190,6 +195,14 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Metrics(self, request, context):
+        """The Prometheus metrics page, as `[metrics] listen` serves it at
+        /metrics. Admins and auditors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -252,6 +265,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.Backup,
                     request_deserializer=keywarden_dot_v1_dot_operator__pb2.BackupRequest.FromString,
                     response_serializer=keywarden_dot_v1_dot_operator__pb2.BackupChunk.SerializeToString,
+            ),
+            'Metrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.Metrics,
+                    request_deserializer=keywarden_dot_v1_dot_operator__pb2.MetricsRequest.FromString,
+                    response_serializer=keywarden_dot_v1_dot_operator__pb2.MetricsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -579,6 +597,33 @@ class OperatorService:
             '/keywarden.v1.OperatorService/Backup',
             keywarden_dot_v1_dot_operator__pb2.BackupRequest.SerializeToString,
             keywarden_dot_v1_dot_operator__pb2.BackupChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Metrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keywarden.v1.OperatorService/Metrics',
+            keywarden_dot_v1_dot_operator__pb2.MetricsRequest.SerializeToString,
+            keywarden_dot_v1_dot_operator__pb2.MetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

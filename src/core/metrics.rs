@@ -1,0 +1,57 @@
+//! What a metrics scrape reads from the core: the seal's phase, keys by
+//! state and kind, encryption counts against their limits, subscribers.
+
+use super::*;
+use crate::metrics::Snapshot;
+
+impl Keywarden {
+    /// The state part of a scrape. With `per_key`, one series per key
+    /// version (key names in labels); otherwise only the highest share of
+    /// the hard limit any version has used.
+    pub fn metrics_snapshot(&self, per_key: bool) -> Snapshot {
+        let phase = self.seal.phase();
+        let t = self.table();
+        let mut snap = Snapshot {
+            seal_phase: match phase {
+                crate::seal::Phase::Uninitialized => "uninitialized",
+                crate::seal::Phase::Sealed => "sealed",
+                crate::seal::Phase::Unsealed => "unsealed",
+            },
+            hsm_up: self.hsm.health().is_ok(),
+            hsm_lost: self.hsm.lost().is_some(),
+            audit_up: self.audit.as_ref().is_none_or(|a| a.health().is_ok()),
+            watch_subscribers: self.changes.receiver_count() as u64,
+            registry_generation: self.registry.generation(),
+            tampering: t.tampered.len() as u64 + u64::from(t.global.is_some()),
+            ..Snapshot::default()
+        };
+        let limit = self.lifecycle.hard_limit_encryptions.max(1);
+        for r in t.by_name.values() {
+            *snap
+                .keys
+                .entry((r.state.as_str().to_string(), r.kind.as_str().to_string()))
+                .or_default() += 1;
+            for v in &r.versions {
+                if !matches!(v.state, VersionState::Active | VersionState::Deactivated) {
+                    continue;
+                }
+                let used = self.encryptions(&v.hsm_id);
+                let share = used as f64 / limit as f64;
+                if share > snap.max_encryption_fraction {
+                    snap.max_encryption_fraction = share;
+                }
+                if per_key {
+                    snap.encryptions.push((
+                        r.name.clone(),
+                        v.version,
+                        used,
+                        self.lifecycle.rotate_after_encryptions,
+                        self.lifecycle.hard_limit_encryptions,
+                    ));
+                }
+            }
+        }
+        snap.encryptions.sort();
+        snap
+    }
+}
