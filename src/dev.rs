@@ -583,8 +583,17 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         }
     };
     drop(temp);
-    if !status.success() && status.code().is_some() {
-        bail!("the daemon exited with {status}");
+    if !status.success() {
+        // A signal counts too: a daemon killed by SIGSEGV must not pass
+        // for a clean stop.
+        use std::os::unix::process::ExitStatusExt;
+        if status.code().is_some()
+            || status
+                .signal()
+                .is_some_and(|s| s != libc::SIGTERM && s != libc::SIGINT)
+        {
+            bail!("the daemon exited with {status}");
+        }
     }
     Ok(())
 }

@@ -10,7 +10,15 @@ impl Keywarden {
     /// the hard limit any version has used.
     pub fn metrics_snapshot(&self, per_key: bool) -> Snapshot {
         let phase = self.seal.phase();
-        let t = self.table();
+        // The table's lock is not held while the counters are read: a
+        // reservation takes the counters, then writes the table.
+        let (records, tampering): (Vec<Arc<KeyRecord>>, u64) = {
+            let t = self.table();
+            (
+                t.by_name.values().cloned().collect(),
+                t.tampered.len() as u64 + u64::from(t.global.is_some()),
+            )
+        };
         let mut snap = Snapshot {
             seal_phase: match phase {
                 crate::seal::Phase::Uninitialized => "uninitialized",
@@ -22,11 +30,11 @@ impl Keywarden {
             audit_up: self.audit.as_ref().is_none_or(|a| a.health().is_ok()),
             watch_subscribers: self.changes.receiver_count() as u64,
             registry_generation: self.registry.generation(),
-            tampering: t.tampered.len() as u64 + u64::from(t.global.is_some()),
+            tampering,
             ..Snapshot::default()
         };
         let limit = self.lifecycle.hard_limit_encryptions.max(1);
-        for r in t.by_name.values() {
+        for r in &records {
             *snap
                 .keys
                 .entry((r.state.as_str().to_string(), r.kind.as_str().to_string()))

@@ -121,7 +121,12 @@ unsafe fn fault_for(function: &str) -> Fault {
     if new {
         if let Some(r) = real() {
             match cmd {
-                "remove" | "drop" => close_all_real_sessions(r),
+                "remove" | "drop" => {
+                    // As a real removal does: after the calls in flight, so
+                    // that none is inside the module with a session it frees.
+                    let _w = GATE.write().unwrap_or_else(|p| p.into_inner());
+                    close_all_real_sessions(r)
+                }
                 "finalize" => {
                     let _w = GATE.write().unwrap_or_else(|p| p.into_inner());
                     if let Some(f) = r.list.C_Finalize {
