@@ -37,6 +37,9 @@ struct RawMetrics {
     per_key: bool,
     #[serde(default)]
     allow_non_loopback: bool,
+    /// A file holding the bearer token `/metrics` requires.
+    #[serde(default)]
+    bearer_token_file: Option<PathBuf>,
 }
 
 /// What `[metrics]` asks for.
@@ -46,6 +49,8 @@ pub struct MetricsConfig {
     /// metrics` still answers).
     pub listen: Option<std::net::SocketAddr>,
     pub per_key: bool,
+    /// `/metrics` answers only requests bearing the token in this file.
+    pub bearer_token_file: Option<PathBuf>,
 }
 
 /// `[dev]`: written by `keywarden dev` only. It alone unlocks what a
@@ -482,7 +487,13 @@ impl Config {
                 None => None,
             },
             per_key: raw_metrics.per_key,
+            bearer_token_file: raw_metrics.bearer_token_file.as_deref().map(resolve),
         };
+        if metrics.per_key && metrics.listen.is_some() && metrics.bearer_token_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "metrics.per_key: key names would be readable by every local user at metrics.listen; set metrics.bearer_token_file too (or read them with `keywarden metrics`, which needs a role)".into(),
+            ));
+        }
         let state_dir = resolve(&raw.server.state_dir);
         let socket = resolve(&raw.server.socket);
         if socket.as_os_str().len() > 100 {

@@ -30,7 +30,7 @@ impl Keywarden {
             audit_up: self.audit.as_ref().is_none_or(|a| a.health().is_ok()),
             watch_subscribers: self.changes.receiver_count() as u64,
             registry_generation: self.registry.generation(),
-            tampering,
+            tampering: tampering + u64::from(self.seal.status().tampered.is_some()),
             ..Snapshot::default()
         };
         let limit = self.lifecycle.hard_limit_encryptions.max(1);
@@ -44,8 +44,11 @@ impl Keywarden {
                     continue;
                 }
                 let used = self.encryptions(&v.hsm_id);
+                // Only the version that encrypts can reach its limit; a
+                // deactivated one only decrypts (the alert asks to rotate,
+                // and must stop once rotated).
                 let share = used as f64 / limit as f64;
-                if share > snap.max_encryption_fraction {
+                if v.state == VersionState::Active && share > snap.max_encryption_fraction {
                     snap.max_encryption_fraction = share;
                 }
                 if per_key {

@@ -23,7 +23,9 @@ impl Metered {
     fn timed<T>(&self, op: &'static str, f: impl FnOnce() -> HsmResult<T>) -> HsmResult<T> {
         let start = Instant::now();
         let r = f();
-        self.metrics.hsm(op, start.elapsed(), r.is_ok());
+        // The caller's mistakes (a wrong PIN, a bad blob) are not the HSM's.
+        let fault = matches!(&r, Err(e) if e.class() != ErrorClass::Caller);
+        self.metrics.hsm(op, start.elapsed(), !fault);
         r
     }
 }
@@ -110,11 +112,11 @@ impl Hsm for Metered {
     fn decrypt_many(&self, items: &[UnwrapItem<'_>]) -> Vec<HsmResult<Zeroizing<Vec<u8>>>> {
         let start = Instant::now();
         let r = self.inner.decrypt_many(items);
-        // A bad blob is the caller's fault, not the HSM's: failures here
-        // count only when the HSM itself is at fault.
+        // A bad blob is the caller's fault, not the HSM's.
         let hsm_fault = r
             .iter()
-            .any(|x| matches!(x, Err(e) if e.class() == ErrorClass::Transient));
+            .any(|x| matches!(x, Err(e) if e.class() != ErrorClass::Caller));
+
         self.metrics
             .hsm("decrypt_many", start.elapsed(), !hsm_fault);
         r

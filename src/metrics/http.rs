@@ -1,66 +1,180 @@
 //! The `/metrics` endpoint: plain HTTP/1.1 on a loopback address, one
 //! request per connection, GET only. Nothing else is served.
+//!
+//! It is reachable by every local user (TCP has no peer credentials to
+//! check), so it is bounded like the gRPC socket: a few connections at a
+//! time, a short deadline for the request, one render a second shared by
+//! every scrape, a `Host` that must name the loopback (no DNS rebinding),
+//! and, with `[metrics] bearer_token_file`, a token in `Authorization`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use zeroize::Zeroizing;
 
 /// What renders the page at each scrape.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 const MAX_REQUEST: usize = 8 * 1024;
+/// Connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 8;
+/// Time for a client to send its request.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(3);
+/// A page younger than this is served again rather than rendered.
+const FRESH: Duration = Duration::from_secs(1);
+
+/// How the endpoint answers.
+pub struct Endpoint {
+    render: Render,
+    /// `Authorization: Bearer <token>` required when set.
+    token: Option<Zeroizing<String>>,
+    page: Mutex<Option<(Instant, Arc<String>)>>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Endpoint {
+    pub fn new(render: Render, token: Option<Zeroizing<String>>) -> Arc<Self> {
+        Arc::new(Endpoint {
+            render,
+            token,
+            page: Mutex::new(None),
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+        })
+    }
+
+    /// The page, rendered at most once a second; `None` if rendering failed.
+    async fn page(self: &Arc<Self>) -> Option<Arc<String>> {
+        if let Some((at, p)) = &*self.page.lock().unwrap_or_else(|p| p.into_inner()) {
+            if at.elapsed() < FRESH {
+                return Some(p.clone());
+            }
+        }
+        let render = self.render.clone();
+        let page = Arc::new(tokio::task::spawn_blocking(move || render()).await.ok()?);
+        *self.page.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), page.clone()));
+        Some(page)
+    }
+}
 
 /// Serves `/metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, render: Render) {
+pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let render = render.clone();
+        // Full: the connection is closed unanswered (dropped here).
+        let Ok(permit) = endpoint.slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let endpoint = endpoint.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, render)).await;
+            let _permit = permit;
+            let _ = answer(stream, endpoint).await;
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, render: Render) -> std::io::Result<()> {
+/// Whether a `Host` header names the loopback (an IP literal or localhost,
+/// with or without a port).
+fn loopback_host(host: &str) -> bool {
+    let h = host.trim();
+    let name = match h.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => h.rsplit_once(':').map_or(h, |(n, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                n
+            } else {
+                h
+            }
+        }),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+    })
+}
+
+async fn read_request(stream: &mut TcpStream) -> Option<String> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk).await?;
+        let n = stream.read(&mut chunk).await.ok()?;
         if n == 0 || buf.len() + n > MAX_REQUEST {
-            return Ok(());
+            return None;
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let line = buf.split(|b| *b == b'\r').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+async fn answer(mut stream: TcpStream, endpoint: Arc<Endpoint>) -> std::io::Result<()> {
+    let Ok(Some(head)) = tokio::time::timeout(REQUEST_DEADLINE, read_request(&mut stream)).await
+    else {
+        return Ok(());
+    };
+    let line = head.lines().next().unwrap_or_default();
     let mut parts = line.split(' ');
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
-    let (status, body, kind) = match (method, path) {
-        ("GET", "/metrics") => {
-            let render = render.clone();
-            let body = tokio::task::spawn_blocking(move || render())
-                .await
-                .unwrap_or_default();
-            ("200 OK", body, "text/plain; version=0.0.4; charset=utf-8")
+    let authorized = match &endpoint.token {
+        None => true,
+        Some(t) => {
+            use subtle::ConstantTimeEq;
+            let got = header(&head, "authorization")
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            bool::from(got.as_bytes().ct_eq(t.as_bytes()))
         }
-        ("GET", _) => (
-            "404 Not Found",
-            "only /metrics is served\n".to_string(),
-            "text/plain",
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "GET only\n".to_string(),
-            "text/plain",
-        ),
     };
+    let plain = "text/plain; charset=utf-8";
+    let (status, body, kind): (&str, Arc<String>, &str) =
+        if !header(&head, "host").is_some_and(loopback_host) {
+            (
+                "421 Misdirected Request",
+                Arc::new("Host must name the loopback\n".into()),
+                plain,
+            )
+        } else if !authorized {
+            (
+                "401 Unauthorized",
+                Arc::new("a bearer token is required\n".into()),
+                plain,
+            )
+        } else {
+            match (method, path) {
+                ("GET", "/metrics") => match endpoint.page().await {
+                    Some(p) => ("200 OK", p, "text/plain; version=0.0.4; charset=utf-8"),
+                    // A failed render is an error, never an empty page a
+                    // scraper would take for "all is well".
+                    None => (
+                        "500 Internal Server Error",
+                        Arc::new("rendering failed\n".into()),
+                        plain,
+                    ),
+                },
+                ("GET", _) => (
+                    "404 Not Found",
+                    Arc::new("only /metrics is served\n".into()),
+                    plain,
+                ),
+                _ => (
+                    "405 Method Not Allowed",
+                    Arc::new("GET only\n".into()),
+                    plain,
+                ),
+            }
+        };
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -107,5 +221,74 @@ mod tests {
             parse_listen("localhost", false),
             Err(ListenError::NotAnAddress(_))
         ));
+    }
+
+    async fn get(addr: SocketAddr, host: &str, auth: Option<&str>) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let auth = auth
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out.lines().next().unwrap_or("").to_string()
+    }
+
+    #[tokio::test]
+    async fn the_token_and_the_host_are_required_and_renders_are_shared() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let renders = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = renders.clone();
+        let render: Render = Arc::new(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            "x 1\n".to_string()
+        });
+        let endpoint = Endpoint::new(render, Some(Zeroizing::new("s3cret".into())));
+        tokio::spawn(serve(listener, endpoint));
+        let host = addr.to_string();
+        assert_eq!(get(addr, &host, None).await, "HTTP/1.1 401 Unauthorized");
+        assert_eq!(
+            get(addr, &host, Some("wrong")).await,
+            "HTTP/1.1 401 Unauthorized"
+        );
+        assert_eq!(
+            get(addr, "evil.example", Some("s3cret")).await,
+            "HTTP/1.1 421 Misdirected Request"
+        );
+        assert_eq!(get(addr, &host, Some("s3cret")).await, "HTTP/1.1 200 OK");
+        assert_eq!(
+            get(addr, "localhost", Some("s3cret")).await,
+            "HTTP/1.1 200 OK"
+        );
+        assert_eq!(
+            renders.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "two scrapes within a second share one render"
+        );
+    }
+
+    #[test]
+    fn hosts_must_name_the_loopback() {
+        for ok in [
+            "127.0.0.1:9464",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:9464",
+            "127.0.0.1",
+        ] {
+            assert!(loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:9464",
+            "10.0.0.1:9464",
+            "localhost.evil.example",
+            "[2001:db8::1]:1",
+            "",
+        ] {
+            assert!(!loopback_host(bad), "{bad}");
+        }
     }
 }

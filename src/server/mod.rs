@@ -148,6 +148,31 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("creating audit directory {}", audit_dir.display()))?;
     let _audit_lock = lock::DirLock::take(&audit_dir, ".keywarden-audit.lock")?;
 
+    // The metrics port and token first: a port in use or an unreadable
+    // token stops start-up before anything is opened.
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics.listen {addr}"))?,
+        ),
+        None => None,
+    };
+    let metrics_token = match &config.metrics.bearer_token_file {
+        Some(path) => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("metrics.bearer_token_file {}", path.display()))?,
+            );
+            let token = zeroize::Zeroizing::new(text.trim().to_string());
+            if token.is_empty() {
+                bail!("metrics.bearer_token_file {}: empty", path.display());
+            }
+            Some(token)
+        }
+        None => None,
+    };
+
     let hsm_config = config.clone();
     let hsm = tokio::task::spawn_blocking(move || {
         Pkcs11Hsm::connect(
@@ -235,13 +260,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         per_key_metrics: config.metrics.per_key,
     };
-    if let Some(addr) = config.metrics.listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("metrics.listen {addr}"))?;
-        let render = ctx.metrics_page();
-        tokio::spawn(crate::metrics::http::serve(listener, render));
-        info!(listen = %addr, "serving Prometheus metrics at /metrics");
+    if let Some(listener) = metrics_listener {
+        let endpoint = crate::metrics::http::Endpoint::new(ctx.metrics_page(), metrics_token);
+        tokio::spawn(crate::metrics::http::serve(listener, endpoint));
+        info!(listen = ?config.metrics.listen, "serving Prometheus metrics at /metrics");
     }
     // The lifecycle scheduler: due rotations and destructions.
     {
@@ -328,7 +350,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             MAX_CONCURRENT_REQUESTS,
         ))
-        .layer(crate::metrics::layer::RequestMetricsLayer(metrics.clone()))
+        .layer(crate::metrics::layer::RequestMetricsLayer::new(
+            metrics.clone(),
+            proto::FILE_DESCRIPTOR_SET,
+        ))
         .add_service(
             proto::data_key_service_server::DataKeyServiceServer::new(DataKeyApi::new(ctx.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
