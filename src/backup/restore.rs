@@ -81,51 +81,17 @@ fn io(what: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
     move |e| BackupError::Io(format!("{}: {e}", what.display()))
 }
 
-/// The unseal key from a quorum of shares of the backup's set.
+/// The unseal key from a quorum of shares of the backup's set, confirmed
+/// against its check value before anything is decrypted.
 fn quorum(header: &Header, shares: &[Zeroizing<String>]) -> Result<UnsealKey, BackupError> {
     let d = &header.deployment;
-    let mut parsed = Vec::new();
-    let mut seen = BTreeSet::new();
-    for (i, text) in shares.iter().enumerate() {
-        let s = crate::seal::share::parse(text)
-            .map_err(|e| refused(format!("share {}: {e}", i + 1)))?;
-        let set = hex::encode(s.set_id);
-        if set != d.set_id {
-            return Err(refused(format!(
-                "share {}: it is of share set {set}, but the backup was taken under set {} (shares of another set, or a backup of another deployment)",
-                i + 1,
-                d.set_id
-            )));
-        }
-        if s.threshold != d.threshold {
-            return Err(refused(format!(
-                "share {}: threshold {} where the set's is {}",
-                i + 1,
-                s.threshold,
-                d.threshold
-            )));
-        }
-        if seen.insert(s.bytes.index) {
-            parsed.push(s.bytes);
-        }
-    }
-    if parsed.len() < d.threshold as usize {
-        return Err(refused(format!(
-            "shares: {} distinct shares given; the set needs {}",
-            parsed.len(),
-            d.threshold
-        )));
-    }
-    let refs: Vec<_> = parsed.iter().take(d.threshold as usize).collect();
-    let key = crate::seal::shamir::combine(&refs).map_err(|e| refused(format!("shares: {e}")))?;
-    let set_id = set_bytes(&d.set_id)?;
     let check = hex::decode(&d.check).map_err(|_| refused("backup header: check is not hex"))?;
-    if !key.matches(&set_id, &check) {
-        return Err(refused(
-            "shares: they do not reconstruct the unseal key of the backup's set (a wrong or altered share)",
-        ));
-    }
-    Ok(key)
+    let spec = crate::seal::offline::SetSpec {
+        set_id: set_bytes(&d.set_id)?,
+        threshold: d.threshold,
+        check: &check,
+    };
+    crate::seal::offline::quorum(shares, &spec).map_err(|e| refused(e.to_string()))
 }
 
 fn set_bytes(set: &str) -> Result<[u8; 4], BackupError> {

@@ -410,47 +410,22 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
 }
 
 fn derive_pin(seal_file: &Path, so: bool) -> anyhow::Result<()> {
-    use crate::seal::{shamir, share, store::SealFile};
+    use crate::seal::{offline, store::SealFile};
     let text = std::fs::read_to_string(seal_file)
         .with_context(|| format!("reading {}", seal_file.display()))?;
     let file: SealFile = serde_json::from_str(&text).context("parsing the seal file")?;
     let set_id = file.set_id().map_err(anyhow::Error::msg)?;
-    let mut parsed = Vec::new();
-    for line in std::io::stdin().lock().lines() {
-        let line = Zeroizing::new(line?);
-        if line.trim().is_empty() {
-            continue;
-        }
-        let s = share::parse(&line).map_err(|e| anyhow::anyhow!("share: {e}"))?;
-        if s.set_id != set_id {
-            bail!(
-                "share: belongs to set {}, the seal file is set {}",
-                hex::encode(s.set_id),
-                file.set_id
-            );
-        }
-        if parsed
-            .iter()
-            .any(|p: &shamir::ShareBytes| p.index == s.bytes.index)
-        {
-            bail!("share: share {} given twice", s.bytes.index);
-        }
-        parsed.push(s.bytes);
-    }
-    if parsed.len() < file.threshold as usize {
-        bail!(
-            "{} shares given; set {} needs {}",
-            parsed.len(),
-            file.set_id,
-            file.threshold
-        );
-    }
-    let refs: Vec<&shamir::ShareBytes> = parsed.iter().collect();
-    let key = shamir::combine(&refs).map_err(anyhow::Error::msg)?;
     let check = file.check().map_err(anyhow::Error::msg)?;
-    if !key.matches(&set_id, &check) {
-        bail!("the shares do not reconstruct this set's unseal key");
+    let mut texts = Vec::new();
+    for line in std::io::stdin().lock().lines() {
+        texts.push(Zeroizing::new(line?));
     }
+    let spec = offline::SetSpec {
+        set_id,
+        threshold: file.threshold,
+        check: &check,
+    };
+    let key = offline::quorum(&texts, &spec).map_err(anyhow::Error::msg)?;
     let pin = if so {
         key.so_pin(&set_id)
     } else {

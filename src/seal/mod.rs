@@ -5,6 +5,7 @@
 
 mod error;
 pub mod keys;
+pub mod offline;
 mod plan;
 mod progress;
 mod rekey;
