@@ -648,6 +648,7 @@ pub fn restore_target(
             file: audit_file,
             checkpoint_every: 1000,
             max_file_bytes: 64 * 1024 * 1024,
+            forward: None,
         },
         profile,
         module,

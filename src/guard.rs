@@ -312,6 +312,7 @@ break_glass_keys = ["patients"]
             file: dir.path().join("audit.log"),
             checkpoint_every: 1000,
             max_file_bytes: 1 << 20,
+            forward: None,
         })
         .expect("open the audit log");
         let clock = Arc::new(ManualClock::at(1_700_000_000));

@@ -308,6 +308,42 @@ impl OperatorService for OperatorApi {
             connections_refused: conns.refused,
             connections_timed_out: conns.timed_out,
             dev_mode: self.ctx.dev_mode,
+            audit_forward: self.ctx.guard.audit.forward_status().map(|f| {
+                proto::AuditForwardStatus {
+                    target: f.target,
+                    connected: f.connected,
+                    sent: f.sent,
+                    dropped: f.dropped,
+                    errors: f.errors,
+                    queued: f.queued,
+                    lag_seconds: f.lag_seconds,
+                    last_error: f.last_error.unwrap_or_default(),
+                }
+            }),
+            key_attention: s
+                .attention
+                .iter()
+                .map(|a| {
+                    use crate::core::AttentionReason as R;
+                    let mut p = proto::KeyAttention {
+                        key: a.key.clone(),
+                        version: a.version,
+                        ..Default::default()
+                    };
+                    match a.reason {
+                        R::EncryptionLimit { used, hard_limit } => {
+                            p.reason = "encryption_limit".into();
+                            p.encryptions = used;
+                            p.hard_limit = hard_limit;
+                        }
+                        R::DestructionDue { at } => {
+                            p.reason = "destruction_due".into();
+                            p.due_at = at;
+                        }
+                    }
+                    p
+                })
+                .collect(),
             registry_tampering: s
                 .tampering
                 .iter()

@@ -16,6 +16,7 @@
 //! values (context values appear only as HMACs under a keyring key).
 
 pub mod event;
+pub mod forward;
 pub mod verify;
 
 pub use event::{AuditSink, Event, EventKind, MemorySink, NullSink, Outcome};
@@ -108,6 +109,8 @@ pub struct AuditConfig {
     pub file: PathBuf,
     pub checkpoint_every: u64,
     pub max_file_bytes: u64,
+    /// Where every durable line is also sent (`[audit.forward]`).
+    pub forward: Option<forward::ForwardConfig>,
 }
 
 /// Where a job's outcome goes: a blocking waiter or an async one.
@@ -158,6 +161,8 @@ struct Shared {
     context_key: Mutex<Option<zeroize::Zeroizing<[u8; 32]>>>,
     /// Where commit times, failures and the queue's depth are recorded.
     metrics: Mutex<Option<Arc<crate::metrics::Metrics>>>,
+    /// Sends each durable line on to a SIEM, if configured.
+    forward: Option<forward::Forwarder>,
 }
 
 impl Shared {
@@ -309,6 +314,9 @@ impl Writer {
             return Err(AuditError::io("writing", &self.config.file)(e));
         }
         self.size += buf.len() as u64;
+        if let Some(f) = &self.shared.forward {
+            lines.iter().for_each(|l| f.offer(l));
+        }
         Ok(())
     }
 
@@ -510,6 +518,13 @@ impl Audit {
             new_chain: last.is_none(),
             context_key: Mutex::new(None),
             metrics: Mutex::new(None),
+            forward: match &config.forward {
+                Some(c) => Some(
+                    forward::Forwarder::start(c.clone())
+                        .map_err(|e| AuditError::StartWriter(Arc::new(e)))?,
+                ),
+                None => None,
+            },
         });
         let mut w = Writer {
             config,
@@ -654,6 +669,11 @@ impl Audit {
     /// Whether this process found no log and began a new chain.
     pub fn began_new_chain(&self) -> bool {
         self.state.new_chain
+    }
+
+    /// The forwarder's counters, if lines are forwarded.
+    pub fn forward_status(&self) -> Option<forward::ForwardStatus> {
+        self.state.forward.as_ref().map(forward::Forwarder::status)
     }
 
     /// Ok, or why the log cannot be written.

@@ -4,7 +4,8 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{client, out, print_json, status_error, Output};
+use super::{client, print_json, status_error, Output};
+use crate::core::validate::escape;
 use crate::proto;
 
 pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
@@ -15,9 +16,9 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
-    let t = s.token.unwrap_or_default();
-    let d = s.drift.unwrap_or_default();
-    let seal = s.seal.unwrap_or_default();
+    let t = s.token.clone().unwrap_or_default();
+    let d = s.drift.clone().unwrap_or_default();
+    let seal = s.seal.clone().unwrap_or_default();
     match output {
         Output::Json => print_json(&json!({
             "version": s.version,
@@ -62,104 +63,27 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
             "hardening": s.hardening,
             "connections": {"open": s.connections_open, "refused": s.connections_refused,
                 "timed_out": s.connections_timed_out},
+            "audit_forward": s.audit_forward.as_ref().map(|f| json!({
+                "target": f.target, "connected": f.connected, "sent": f.sent,
+                "dropped": f.dropped, "errors": f.errors, "queued": f.queued,
+                "lag_seconds": f.lag_seconds, "last_error": f.last_error,
+            })),
+            "key_attention": s.key_attention.iter().map(|a| json!({
+                "key": a.key, "version": a.version, "reason": a.reason,
+                "encryptions": a.encryptions, "hard_limit": a.hard_limit, "due_at": a.due_at,
+            })).collect::<Vec<_>>(),
+            "attention": attention(&s).iter().map(|(l, t)| json!({
+                "level": l.as_str(), "what": t,
+            })).collect::<Vec<_>>(),
             "break_glass": s.break_glass.iter().map(|g| json!({
                 "uid": g.uid, "principal": g.principal, "key": g.key,
                 "reason": g.reason, "granted_at": g.granted_at, "expires_at": g.expires_at,
             })).collect::<Vec<_>>(),
         }))?,
         Output::Text => {
-            out!("version:     {}", s.version);
-            match seal.phase.as_str() {
-                "sealed" => out!(
-                    "seal:        sealed ({} of {} shares received, set {})",
-                    seal.received,
-                    seal.threshold,
-                    seal.set_id
-                ),
-                "unsealed" => out!(
-                    "seal:        unsealed (set {}, {} of {} shares)",
-                    seal.set_id,
-                    seal.threshold,
-                    seal.shares
-                ),
-                other => out!("seal:        {other} (run `keywarden operator init`)"),
-            }
-            if !seal.rekey_id.is_empty() {
-                out!(
-                    "rekey:       {} {} ({} of {})",
-                    seal.rekey_id,
-                    seal.rekey_phase,
-                    seal.rekey_received,
-                    seal.rekey_threshold
-                );
-            }
-            if seal.init_pending {
-                out!("init:        shares issued; the first unseal completes init (changes the token PINs)");
-            }
-            if seal.interrupted_rekey {
-                out!("rekey:       an interrupted rekey commit was found; shares of either set unseal");
-            }
-            if s.hsm_detail.is_empty() {
-                out!("hsm:         {}", s.hsm_health);
-            } else {
-                out!("hsm:         {} ({})", s.hsm_health, s.hsm_detail);
-            }
-            out!(
-                "token:       {} (serial {}, {} {}, profile {})",
-                t.label,
-                t.serial,
-                t.manufacturer,
-                t.model,
-                t.profile
-            );
-            out!(
-                "sessions:    {} worker sessions, session key copies {}",
-                t.session_pool_size,
-                if t.session_key_copies { "on" } else { "off" }
-            );
-            out!("keys:        {}", s.key_count);
-            if s.audit_detail.is_empty() {
-                out!("audit:       {}", s.audit_health);
-            } else {
-                out!("audit:       {} ({})", s.audit_health, s.audit_detail);
-            }
-            if s.dev_mode {
-                out!("mode:        DEV MODE (keywarden dev): never use this daemon for real data");
-            }
-            out!("policy:      {}", s.policy);
-            for t in &s.registry_tampering {
-                out!("TAMPERING:   {t}");
-            }
-            out!("you:         {}", s.caller);
-            out!(
-                "connections: {} open, {} refused over the limits, {} closed for silence",
-                s.connections_open,
-                s.connections_refused,
-                s.connections_timed_out
-            );
-            for h in &s.hardening {
-                out!("hardening:   {h}");
-            }
-            for g in &s.break_glass {
-                out!(
-                    "BREAK-GLASS: uid {} ({}) on key {} until {}: {}",
-                    g.uid,
-                    g.principal,
-                    g.key,
-                    g.expires_at,
-                    g.reason
-                );
-            }
-            if d.missing_on_token.is_empty() && d.orphaned_on_token.is_empty() {
-                out!("drift:       none");
-            } else {
-                for m in &d.missing_on_token {
-                    out!("drift:       missing on token: {m}");
-                }
-                for o in &d.orphaned_on_token {
-                    out!("drift:       orphaned on token: {o}");
-                }
-            }
+            use std::io::IsTerminal;
+            let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            print!("{}", render(&s, colour));
         }
     }
     Ok(())
@@ -176,4 +100,327 @@ pub async fn metrics(socket: &std::path::Path) -> anyhow::Result<()> {
         .into_inner();
     print!("{}", r.text);
     Ok(())
+}
+
+/// How urgent an attention item is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Keys cannot be served, or the record is in doubt.
+    Critical,
+    /// Needs a person soon.
+    Warning,
+}
+
+impl Level {
+    fn as_str(self) -> &'static str {
+        match self {
+            Level::Critical => "critical",
+            Level::Warning => "warning",
+        }
+    }
+}
+
+fn time_text(unix: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// What needs a person, most urgent first.
+pub fn attention(s: &proto::StatusResponse) -> Vec<(Level, String)> {
+    let mut a = Vec::new();
+    let seal = s.seal.clone().unwrap_or_default();
+    match seal.phase.as_str() {
+        "unsealed" => {}
+        "sealed" => a.push((
+            Level::Critical,
+            format!(
+                "sealed: no key is served ({} of {} shares received; `keywarden operator unseal`)",
+                seal.received, seal.threshold
+            ),
+        )),
+        other => a.push((
+            Level::Critical,
+            format!("{other}: no key is served (`keywarden operator init`)"),
+        )),
+    }
+    if s.hsm_health != "ok" {
+        a.push((
+            Level::Critical,
+            format!("HSM unavailable: {}", s.hsm_detail),
+        ));
+    }
+    if s.audit_health != "ok" {
+        a.push((
+            Level::Critical,
+            format!("audit {}: {}", s.audit_health, s.audit_detail),
+        ));
+    }
+    for t in &s.registry_tampering {
+        a.push((Level::Critical, format!("TAMPERING: {t}")));
+    }
+    if s.dev_mode {
+        a.push((
+            Level::Warning,
+            "DEV MODE (keywarden dev): never use this daemon for real data".into(),
+        ));
+    }
+    for g in &s.break_glass {
+        a.push((
+            Level::Warning,
+            format!(
+                "break-glass: uid {} ({}) on key {} until {}: {}",
+                g.uid,
+                g.principal,
+                g.key,
+                time_text(g.expires_at),
+                g.reason
+            ),
+        ));
+    }
+    if let Some(f) = &s.audit_forward {
+        if !f.connected || f.dropped > 0 {
+            a.push((
+                Level::Warning,
+                format!(
+                    "audit forwarding to {}: {}, {} lines dropped, {} queued{}",
+                    f.target,
+                    if f.connected {
+                        "connected"
+                    } else {
+                        "disconnected"
+                    },
+                    f.dropped,
+                    f.queued,
+                    if f.last_error.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", f.last_error)
+                    }
+                ),
+            ));
+        }
+    }
+    for k in &s.key_attention {
+        let what = match k.reason.as_str() {
+            "encryption_limit" => format!(
+                "key {} version {}: {} of {} encryptions made; rotate it",
+                k.key, k.version, k.encryptions, k.hard_limit
+            ),
+            "destruction_due" => format!(
+                "key {}: scheduled destruction at {}",
+                k.key,
+                time_text(k.due_at)
+            ),
+            other => format!("key {}: {other}", k.key),
+        };
+        a.push((Level::Warning, what));
+    }
+    if seal.interrupted_rekey {
+        a.push((
+            Level::Warning,
+            "an interrupted rekey commit was found; shares of either set unseal".into(),
+        ));
+    }
+    let d = s.drift.clone().unwrap_or_default();
+    for m in &d.missing_on_token {
+        a.push((Level::Critical, format!("drift: missing on the token: {m}")));
+    }
+    for o in &d.orphaned_on_token {
+        a.push((Level::Warning, format!("drift: orphaned on the token: {o}")));
+    }
+    a.sort_by_key(|(l, _)| *l);
+    a
+}
+
+/// The text view: what needs attention first, then the daemon's state, in
+/// aligned columns; ANSI colour only when `colour`.
+pub fn render(s: &proto::StatusResponse, colour: bool) -> String {
+    use std::fmt::Write;
+    let paint = |code: &str, text: &str| {
+        if colour {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    };
+    let mut o = String::new();
+    let items = attention(s);
+    if items.is_empty() {
+        let _ = writeln!(o, "{}", paint("32", "OK: nothing needs attention"));
+    } else {
+        let _ = writeln!(o, "{}", paint("1", "NEEDS ATTENTION"));
+        for (l, t) in &items {
+            let mark = match l {
+                Level::Critical => paint("1;31", "CRITICAL"),
+                Level::Warning => paint("33", "WARNING "),
+            };
+            // Text from the daemon (key names, reasons) is escaped before
+            // any colour is added: nothing stored can drive the terminal.
+            let _ = writeln!(o, "  {mark}  {}", escape(t));
+        }
+    }
+    let _ = writeln!(o);
+    let t = s.token.clone().unwrap_or_default();
+    let seal = s.seal.clone().unwrap_or_default();
+    let mut rows: Vec<(&str, String)> = vec![("version", s.version.clone())];
+    rows.push((
+        "seal",
+        match seal.phase.as_str() {
+            "sealed" => format!(
+                "sealed ({} of {} shares received, set {})",
+                seal.received, seal.threshold, seal.set_id
+            ),
+            "unsealed" => format!(
+                "unsealed (set {}, {} of {} shares)",
+                seal.set_id, seal.threshold, seal.shares
+            ),
+            other => other.to_string(),
+        },
+    ));
+    if !seal.rekey_id.is_empty() {
+        rows.push((
+            "rekey",
+            format!(
+                "{} {} ({} of {})",
+                seal.rekey_id, seal.rekey_phase, seal.rekey_received, seal.rekey_threshold
+            ),
+        ));
+    }
+    if seal.init_pending {
+        rows.push((
+            "init",
+            "shares issued; the first unseal completes init (changes the token PINs)".into(),
+        ));
+    }
+    rows.push(("hsm", s.hsm_health.clone()));
+    rows.push((
+        "token",
+        format!(
+            "{} (serial {}, {} {}, profile {})",
+            t.label, t.serial, t.manufacturer, t.model, t.profile
+        ),
+    ));
+    rows.push((
+        "sessions",
+        format!(
+            "{} worker sessions, session key copies {}",
+            t.session_pool_size,
+            if t.session_key_copies { "on" } else { "off" }
+        ),
+    ));
+    rows.push(("keys", s.key_count.to_string()));
+    rows.push(("audit", s.audit_health.clone()));
+    if let Some(f) = &s.audit_forward {
+        rows.push((
+            "forwarding",
+            format!(
+                "{} ({}, {} sent, {} dropped, {} queued, lag {:.1} s)",
+                f.target,
+                if f.connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                },
+                f.sent,
+                f.dropped,
+                f.queued,
+                f.lag_seconds
+            ),
+        ));
+    }
+    rows.push(("policy", s.policy.clone()));
+    rows.push(("you", s.caller.clone()));
+    rows.push((
+        "connections",
+        format!(
+            "{} open, {} refused over the limits, {} closed for silence",
+            s.connections_open, s.connections_refused, s.connections_timed_out
+        ),
+    ));
+    for h in &s.hardening {
+        rows.push(("hardening", h.clone()));
+    }
+    let d = s.drift.clone().unwrap_or_default();
+    if d.missing_on_token.is_empty() && d.orphaned_on_token.is_empty() {
+        rows.push(("drift", "none".into()));
+    }
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in rows {
+        let _ = writeln!(o, "{k:<width$}  {}", escape(&v));
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy() -> proto::StatusResponse {
+        proto::StatusResponse {
+            version: "1".into(),
+            hsm_health: "ok".into(),
+            audit_health: "ok".into(),
+            seal: Some(proto::SealStatus {
+                phase: "unsealed".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_healthy_daemon_says_so_plainly_when_piped() {
+        let t = render(&healthy(), false);
+        assert!(t.starts_with("OK: nothing needs attention\n"), "{t}");
+        assert!(!t.contains('\x1b'));
+        // Values are aligned in one column, after the longest name.
+        let width = "connections".len();
+        for l in t.lines().skip(2) {
+            assert_eq!(l.get(width..width + 2), Some("  "), "{l:?} in\n{t}");
+            assert!(!l[..width].trim_end().contains(' '), "{l:?}");
+        }
+    }
+
+    #[test]
+    fn what_needs_attention_comes_first_most_urgent_first() {
+        let mut s = healthy();
+        s.key_attention.push(proto::KeyAttention {
+            key: "patients".into(),
+            version: 3,
+            reason: "encryption_limit".into(),
+            encryptions: 1 << 30,
+            hard_limit: 1 << 31,
+            ..Default::default()
+        });
+        s.audit_health = "unavailable".into();
+        s.audit_detail = "writing audit.log: disk full".into();
+        s.seal = Some(proto::SealStatus {
+            phase: "sealed".into(),
+            received: 1,
+            threshold: 3,
+            ..Default::default()
+        });
+        let t = render(&s, false);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "NEEDS ATTENTION");
+        assert!(
+            lines[1].contains("CRITICAL") && lines[1].contains("sealed"),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("CRITICAL") && lines[2].contains("disk full"),
+            "{t}"
+        );
+        assert!(
+            lines[3].contains("WARNING") && lines[3].contains("key patients version 3"),
+            "{t}"
+        );
+        // On a terminal the marks are coloured.
+        let c = render(&s, true);
+        assert!(c.contains("\x1b[1;31mCRITICAL\x1b[0m"), "{c}");
+        // A key name cannot bring its own escape sequences.
+        s.key_attention[0].key = "evil\x1b[2J".into();
+        let c = render(&s, true);
+        assert!(c.contains("evil\\x1b[2J") && !c.contains("evil\x1b"), "{c}");
+    }
 }

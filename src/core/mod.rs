@@ -42,7 +42,7 @@ pub use model::KeyRecord;
 use model::{KeyState, VersionState};
 use registry::{Registry, RegistryError};
 pub use requests::*;
-pub use status::{Drift, Status};
+pub use status::{AttentionReason, Drift, KeyAttention, Status};
 
 /// The verified registry in memory (only while unsealed).
 #[derive(Default)]

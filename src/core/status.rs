@@ -24,6 +24,25 @@ pub struct Status {
     pub seal: SealStatus,
     /// Registry integrity problems: (key or "registry", what).
     pub tampering: Vec<(String, String)>,
+    /// Keys that need a person soon.
+    pub attention: Vec<KeyAttention>,
+}
+
+/// Why a key needs attention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttentionReason {
+    /// The active version has made at least `rotate_after_encryptions`
+    /// encryptions: rotate before the hard limit refuses them.
+    EncryptionLimit { used: u64, hard_limit: u64 },
+    /// A scheduled destruction runs at this time (unless held or cancelled).
+    DestructionDue { at: i64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyAttention {
+    pub key: String,
+    pub version: u32,
+    pub reason: AttentionReason,
 }
 
 impl Keywarden {
@@ -41,10 +60,16 @@ impl Keywarden {
         if let Some(g) = &t.global {
             tampering.insert(0, ("registry".into(), g.clone()));
         }
+        let records: Vec<Arc<KeyRecord>> = t.by_name.values().cloned().collect();
+        let key_count = t.by_name.len() as u32;
+        // The table's lock is released before the counters are read (a
+        // reservation takes the counters, then writes the table).
+        drop(t);
         let seal = self.seal.status();
         if let Some(what) = &seal.tampered {
             tampering.insert(0, ("seal".into(), what.clone()));
         }
+        let attention = self.attention(&records);
         Status {
             version: crate::VERSION,
             hsm_health,
@@ -52,13 +77,48 @@ impl Keywarden {
             profile: self.hsm.profile_name().to_string(),
             session_copies: self.hsm.session_copies(),
             pool_size: self.hsm.pool_size(),
-            key_count: t.by_name.len() as u32,
+            key_count,
             drift: self.drift.read().unwrap_or_else(|p| p.into_inner()).clone(),
             started_at: self.started_at,
             // Unsealed only once open for keys (the seal's state says so).
             seal,
             tampering,
+            attention,
         }
+    }
+
+    /// Keys near their encryption limit, and destructions scheduled.
+    fn attention(&self, records: &[Arc<KeyRecord>]) -> Vec<KeyAttention> {
+        let mut out = Vec::new();
+        for r in records {
+            if let Some(at) = r.destroy_due_at {
+                if r.state != KeyState::Destroyed {
+                    out.push(KeyAttention {
+                        key: r.name.clone(),
+                        version: 0,
+                        reason: AttentionReason::DestructionDue { at },
+                    });
+                }
+            }
+            for v in &r.versions {
+                if v.state != VersionState::Active {
+                    continue;
+                }
+                let used = self.encryptions(&v.hsm_id);
+                if used >= self.lifecycle.rotate_after_encryptions {
+                    out.push(KeyAttention {
+                        key: r.name.clone(),
+                        version: v.version,
+                        reason: AttentionReason::EncryptionLimit {
+                            used,
+                            hard_limit: self.lifecycle.hard_limit_encryptions,
+                        },
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key).then(a.version.cmp(&b.version)));
+        out
     }
     /// The encryption context for the audit log: each value replaced by
     /// HMAC-SHA256 under the keyring's audit key (first 16 bytes, hex), so

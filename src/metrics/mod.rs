@@ -131,6 +131,8 @@ pub struct Snapshot {
     pub watch_subscribers: u64,
     pub registry_generation: u64,
     pub tampering: u64,
+    /// The audit forwarder's counters, if lines are forwarded.
+    pub forward: Option<crate::audit::forward::ForwardStatus>,
 }
 
 /// Everything the daemon records.
@@ -364,6 +366,50 @@ impl Metrics {
             "1 when the audit log can be written.",
             u8::from(snap.audit_up),
         );
+        if let Some(f) = &snap.forward {
+            scalar(
+                &mut o,
+                "keywarden_audit_forward_connected",
+                "gauge",
+                "1 while the audit forwarder is connected to its receiver.",
+                u8::from(f.connected),
+            );
+            scalar(
+                &mut o,
+                "keywarden_audit_forward_sent_total",
+                "counter",
+                "Audit lines forwarded.",
+                f.sent,
+            );
+            scalar(
+                &mut o,
+                "keywarden_audit_forward_dropped_total",
+                "counter",
+                "Audit lines not forwarded (queue full, or too large for a datagram); the local log has them.",
+                f.dropped,
+            );
+            scalar(
+                &mut o,
+                "keywarden_audit_forward_errors_total",
+                "counter",
+                "Connections to the audit receiver that failed or broke.",
+                f.errors,
+            );
+            scalar(
+                &mut o,
+                "keywarden_audit_forward_queue_lines",
+                "gauge",
+                "Audit lines waiting to be forwarded.",
+                f.queued,
+            );
+            scalar(
+                &mut o,
+                "keywarden_audit_forward_lag_seconds",
+                "gauge",
+                "How long the oldest audit line not yet forwarded has waited.",
+                format!("{:.3}", f.lag_seconds),
+            );
+        }
 
         help(
             &mut o,

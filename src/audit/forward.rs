@@ -1,0 +1,457 @@
+//! Forwarding the audit log to a SIEM, line by line and unchanged.
+//!
+//! Each line the writer has made durable is offered to a bounded queue;
+//! one thread sends it as an RFC 5424 syslog message whose MSG is the line
+//! itself (hash-chain fields included, so the SIEM's copy verifies with
+//! `keywarden audit verify`), either over TCP with octet counting (RFC
+//! 6587) or as one datagram to a local Unix socket (`/dev/log`, or a
+//! relay's socket).
+//!
+//! The local file stays the fail-closed record: offering never blocks the
+//! writer, a full queue drops the line (counted), and a SIEM that is slow
+//! or gone only delays this thread. A gap in the forwarded copy shows as a
+//! broken sequence when it is verified, and the drop counters say how many.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Where the lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// RFC 5424 over TCP, octet-counted frames (RFC 6587, section 3.4.1).
+    Tcp(SocketAddr),
+    /// One RFC 5424 message per datagram on a local Unix socket.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Tcp(a) => write!(f, "tcp://{a}"),
+            Transport::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+/// What `[audit.forward]` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardConfig {
+    pub transport: Transport,
+    /// Syslog facility number (0 to 23); `authpriv` (10) by default.
+    pub facility: u8,
+    /// RFC 5424 HOSTNAME (printable ASCII, at most 255 bytes).
+    pub hostname: String,
+    /// RFC 5424 APP-NAME (printable ASCII, at most 48 bytes).
+    pub app_name: String,
+    /// Lines held while the receiver is slow or away; more are dropped.
+    pub buffer_lines: usize,
+}
+
+/// The facility names of RFC 5424, section 6.2.1, by number.
+pub const FACILITIES: [&str; 24] = [
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv",
+    "ftp", "ntp", "audit", "alert", "clock", "local0", "local1", "local2", "local3", "local4",
+    "local5", "local6", "local7",
+];
+
+/// A facility's number from its name.
+pub fn facility(name: &str) -> Option<u8> {
+    FACILITIES.iter().position(|f| *f == name).map(|i| i as u8)
+}
+
+/// RFC 5424's PRINTUSASCII (33 to 126), cut to `max` bytes; `-` if empty.
+fn header_field(s: &str, max: usize) -> String {
+    let v: String = s
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(max)
+        .collect();
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v
+    }
+}
+
+impl ForwardConfig {
+    /// The defaults for a transport: facility authpriv, this host's name,
+    /// APP-NAME `keywarden`, 10,000 lines of buffer.
+    pub fn new(transport: Transport) -> Self {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        ForwardConfig {
+            transport,
+            facility: 10,
+            hostname: header_field(&hostname, 255),
+            app_name: "keywarden".into(),
+            buffer_lines: 10_000,
+        }
+    }
+}
+
+/// The RFC 5424 message for one audit line: `<PRI>1 TIMESTAMP HOSTNAME
+/// APP-NAME PROCID MSGID - MSG`, MSG being the line unchanged. TIMESTAMP is
+/// the line's own `time`; MSGID its event, operation or line type;
+/// severity notice (5) for a refused or failed outcome, else informational
+/// (6).
+pub fn syslog_message(cfg: &ForwardConfig, procid: u32, line: &str) -> String {
+    let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+    let text = |k: &str| v.get(k).and_then(Value::as_str);
+    let failed = match (text("code"), text("outcome")) {
+        (Some(code), _) => code != "OK",
+        (None, Some(o)) => o != "ok" && o != "success",
+        (None, None) => false,
+    };
+    let severity = if failed { 5 } else { 6 };
+    let pri = u16::from(cfg.facility) * 8 + severity;
+    let time = text("time").map(|t| header_field(t, 64));
+    let msgid = text("event")
+        .or(text("op"))
+        .or(text("type"))
+        .map(|m| header_field(m, 32));
+    format!(
+        "<{pri}>1 {} {} {} {procid} {} - {line}",
+        time.as_deref().unwrap_or("-"),
+        header_field(&cfg.hostname, 255),
+        header_field(&cfg.app_name, 48),
+        msgid.as_deref().unwrap_or("-"),
+    )
+}
+
+/// The forwarder's counters, as Status and the metrics show them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ForwardStatus {
+    pub target: String,
+    pub connected: bool,
+    pub sent: u64,
+    /// Lines dropped: the queue was full, or a datagram was too large.
+    pub dropped: u64,
+    /// Connections that failed or broke.
+    pub errors: u64,
+    pub queued: u64,
+    /// How long the oldest line not yet sent has waited (0 when idle).
+    pub lag_seconds: f64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct Stats {
+    connected: AtomicBool,
+    sent: AtomicU64,
+    dropped: AtomicU64,
+    errors: AtomicU64,
+    queued: AtomicU64,
+    /// When the line being sent was offered; `None` while idle.
+    holding_since: Mutex<Option<Instant>>,
+    last_error: Mutex<Option<String>>,
+}
+
+struct Pending {
+    line: String,
+    at: Instant,
+}
+
+/// The sending side, owned by the audit writer.
+pub struct Forwarder {
+    tx: SyncSender<Pending>,
+    stats: Arc<Stats>,
+    target: String,
+}
+
+enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixDatagram),
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+fn connect(t: &Transport) -> std::io::Result<Conn> {
+    match t {
+        Transport::Tcp(addr) => {
+            let s = TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)?;
+            s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+            s.set_nodelay(true)?;
+            Ok(Conn::Tcp(s))
+        }
+        Transport::Unix(path) => {
+            let s = UnixDatagram::unbound()?;
+            s.connect(path)?;
+            s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+            Ok(Conn::Unix(s))
+        }
+    }
+}
+
+/// What sending one message came to.
+enum Sent {
+    Ok,
+    /// The message can never be sent (a datagram over the socket's limit).
+    TooLarge,
+    Broken(std::io::Error),
+}
+
+fn send(conn: &mut Conn, msg: &str) -> Sent {
+    match conn {
+        Conn::Tcp(s) => {
+            let frame = format!("{} {msg}", msg.len());
+            match s.write_all(frame.as_bytes()) {
+                Ok(()) => Sent::Ok,
+                Err(e) => Sent::Broken(e),
+            }
+        }
+        Conn::Unix(s) => match s.send(msg.as_bytes()) {
+            Ok(_) => Sent::Ok,
+            Err(e) if e.raw_os_error() == Some(90) => Sent::TooLarge, // EMSGSIZE
+            Err(e) => Sent::Broken(e),
+        },
+    }
+}
+
+impl Stats {
+    fn failed(&self, e: &std::io::Error, what: &str) {
+        self.connected.store(false, Ordering::Relaxed);
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let text = format!("{what}: {e}");
+        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() != Some(text.as_str()) {
+            tracing::warn!(error = %text, "audit forwarding interrupted; lines are queued, then dropped when the queue is full");
+            *last = Some(text);
+        }
+    }
+}
+
+fn run(cfg: ForwardConfig, rx: Receiver<Pending>, stats: Arc<Stats>) {
+    let procid = std::process::id();
+    let mut conn: Option<Conn> = None;
+    let mut backoff = Duration::from_millis(100);
+    while let Ok(p) = rx.recv() {
+        stats.queued.fetch_sub(1, Ordering::Relaxed);
+        *stats
+            .holding_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(p.at);
+        let msg = syslog_message(&cfg, procid, &p.line);
+        loop {
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => match connect(&cfg.transport) {
+                    Ok(c) => {
+                        backoff = Duration::from_millis(100);
+                        stats.connected.store(true, Ordering::Relaxed);
+                        conn.insert(c)
+                    }
+                    Err(e) => {
+                        stats.failed(&e, "connecting");
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
+                },
+            };
+            match send(c, &msg) {
+                Sent::Ok => {
+                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Sent::TooLarge => {
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        bytes = msg.len(),
+                        "audit line too large for a datagram; not forwarded"
+                    );
+                    break;
+                }
+                Sent::Broken(e) => {
+                    // Sent again on a new connection: a frame cut by the
+                    // failure is discarded by the receiver.
+                    stats.failed(&e, "sending");
+                    conn = None;
+                }
+            }
+        }
+        *stats
+            .holding_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+impl Forwarder {
+    /// Starts the sending thread (it connects when the first line comes).
+    pub fn start(cfg: ForwardConfig) -> std::io::Result<Self> {
+        let (tx, rx) = sync_channel(cfg.buffer_lines.max(1));
+        let stats = Arc::new(Stats::default());
+        let target = cfg.transport.to_string();
+        let s = stats.clone();
+        std::thread::Builder::new()
+            .name("audit-forward".into())
+            .spawn(move || run(cfg, rx, s))?;
+        Ok(Forwarder { tx, stats, target })
+    }
+
+    /// Offers a durable line; never blocks. A full queue drops it.
+    pub fn offer(&self, line: &str) {
+        let p = Pending {
+            line: line.to_string(),
+            at: Instant::now(),
+        };
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(p) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The counters now.
+    pub fn status(&self) -> ForwardStatus {
+        let s = &self.stats;
+        let since = *s.holding_since.lock().unwrap_or_else(|p| p.into_inner());
+        ForwardStatus {
+            target: self.target.clone(),
+            connected: s.connected.load(Ordering::Relaxed),
+            sent: s.sent.load(Ordering::Relaxed),
+            dropped: s.dropped.load(Ordering::Relaxed),
+            errors: s.errors.load(Ordering::Relaxed),
+            queued: s.queued.load(Ordering::Relaxed),
+            lag_seconds: since.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0),
+            last_error: s
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read};
+    use std::net::TcpListener;
+
+    fn cfg(t: Transport) -> ForwardConfig {
+        let mut c = ForwardConfig::new(t);
+        c.hostname = "host-1".into();
+        c
+    }
+
+    const LINE: &str = r#"{"code":"OK","op":"GenerateDataKey","prev":"ab","seq":7,"time":"2026-12-02T06:00:00.123Z"}"#;
+
+    #[test]
+    fn message_is_rfc5424_with_the_line_unchanged() {
+        let c = cfg(Transport::Unix("/dev/log".into()));
+        let m = syslog_message(&c, 42, LINE);
+        assert_eq!(
+            m,
+            format!("<86>1 2026-12-02T06:00:00.123Z host-1 keywarden 42 GenerateDataKey - {LINE}")
+        );
+        // A refused request is a notice; a line without fields still frames.
+        let refused = LINE.replace(r#""code":"OK""#, r#""code":"PERMISSION_DENIED""#);
+        assert!(syslog_message(&c, 1, &refused).starts_with("<85>1 "));
+        assert_eq!(
+            syslog_message(&c, 1, "not json"),
+            "<86>1 - host-1 keywarden 1 - - not json"
+        );
+    }
+
+    #[test]
+    fn header_fields_are_printable_and_bounded() {
+        assert_eq!(header_field("a b\nc", 10), "abc");
+        assert_eq!(header_field("", 10), "-");
+        assert_eq!(header_field(&"x".repeat(100), 48).len(), 48);
+        assert_eq!(facility("authpriv"), Some(10));
+        assert_eq!(facility("local7"), Some(23));
+        assert_eq!(facility("nope"), None);
+    }
+
+    /// Reads one octet-counted frame.
+    fn frame(r: &mut impl BufRead) -> String {
+        let mut len = Vec::new();
+        r.read_until(b' ', &mut len).unwrap();
+        let n: usize = std::str::from_utf8(&len[..len.len() - 1])
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut body = vec![0; n];
+        r.read_exact(&mut body).unwrap();
+        String::from_utf8(body).unwrap()
+    }
+
+    #[test]
+    fn tcp_frames_are_octet_counted_and_survive_a_restart_of_the_receiver() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let f = Forwarder::start(cfg(Transport::Tcp(addr))).unwrap();
+        f.offer(LINE);
+        f.offer("second");
+        let (s, _) = l.accept().unwrap();
+        let mut r = BufReader::new(s);
+        assert!(frame(&mut r).ends_with(&format!(" - {LINE}")));
+        assert!(frame(&mut r).ends_with(" - - second"));
+        let st = f.status();
+        assert!(st.connected);
+        assert_eq!((st.sent, st.dropped), (2, 0));
+        // The receiver goes away: the forwarder reconnects and goes on.
+        drop(r);
+        drop(l);
+        let l = TcpListener::bind(addr).unwrap();
+        for i in 0..50 {
+            f.offer(&format!("after-{i}"));
+            std::thread::sleep(Duration::from_millis(20));
+            if f.status().errors > 0 {
+                break;
+            }
+        }
+        let (s, _) = l.accept().unwrap();
+        let mut r = BufReader::new(s);
+        assert!(frame(&mut r).contains(" - - after-"));
+        assert!(f.status().errors >= 1);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_without_blocking() {
+        // Nobody listens: the thread holds one line, the queue holds two.
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(Transport::Unix(dir.path().join("absent.sock")));
+        c.buffer_lines = 2;
+        let f = Forwarder::start(c).unwrap();
+        let start = Instant::now();
+        for i in 0..100 {
+            f.offer(&format!("line-{i}"));
+        }
+        assert!(start.elapsed() < Duration::from_secs(1));
+        let st = f.status();
+        assert_eq!(st.sent, 0);
+        assert!(st.dropped >= 97, "{st:?}");
+        assert!(st.queued <= 2, "{st:?}");
+        assert!(!st.connected);
+    }
+
+    #[test]
+    fn unix_datagrams_carry_one_message_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.sock");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let f = Forwarder::start(cfg(Transport::Unix(path))).unwrap();
+        f.offer(LINE);
+        let mut buf = vec![0; 65536];
+        let n = rx.recv(&mut buf).unwrap();
+        let got = std::str::from_utf8(&buf[..n]).unwrap();
+        assert!(got.starts_with("<86>1 ") && got.ends_with(LINE), "{got}");
+    }
+}
