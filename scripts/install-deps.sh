@@ -11,10 +11,11 @@ set -euo pipefail
 # for the Python client's suite (scripts/python-test.sh installs its pinned
 # packages from PyPI into a virtualenv); PostgreSQL for the database example;
 # Prometheus (and its promtool) for the metrics test, which starts its own
-# server on loopback.
+# server on loopback; rsyslog for the audit-forwarding test, which starts
+# its own rsyslogd on loopback (the package's own service is left alone).
 pkgs=(softhsm2 opensc build-essential pkg-config ca-certificates age jq systemd dpkg-dev)
 if [ "${1:-}" = "--test" ]; then
-  pkgs+=(libclang-dev libssl-dev python3 python3-venv postgresql prometheus)
+  pkgs+=(libclang-dev libssl-dev python3 python3-venv postgresql prometheus rsyslog)
 fi
 need=()
 for pkg in "${pkgs[@]}"; do

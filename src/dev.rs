@@ -199,6 +199,7 @@ struct ConfigChoices {
     no_audit: bool,
     audit_max_file_bytes: Option<u64>,
     metrics_listen: Option<String>,
+    audit_forward: Option<String>,
     lifecycle: String,
     serve_module: Option<PathBuf>,
 }
@@ -216,6 +217,7 @@ async fn prepare(
         no_audit,
         audit_max_file_bytes,
         metrics_listen,
+        audit_forward,
         lifecycle,
         serve_module,
     } = choices;
@@ -304,6 +306,19 @@ async fn prepare(
         Some(addr) => format!("\n[metrics]\nlisten = {addr:?}\n"),
         None => String::new(),
     };
+    let forward = match audit_forward.as_deref() {
+        None => String::new(),
+        Some(t) => {
+            let (transport, address) = if let Some(a) = t.strip_prefix("tcp://") {
+                ("tcp", a)
+            } else if let Some(a) = t.strip_prefix("unix://") {
+                ("unix", a)
+            } else {
+                bail!("--audit-forward {t:?}: expected tcp://IP:PORT or unix:///PATH");
+            };
+            format!("\n[audit.forward]\ntransport = {transport:?}\naddress = {address:?}\n")
+        }
+    };
     let policy = match &policy_file {
         Some(p) => format!(
             "[policy]\nfile = {:?}\n",
@@ -318,7 +333,7 @@ async fn prepare(
              [server]\nsocket = {sock:?}\nstate_dir = \"state\"\nallow_root = true\n\
              allow_world_socket = true\nsocket_mode = 0o666\n\n\
              [hsm]\nprofile = {profile_name:?}\ntoken_label = {DEV_TOKEN_LABEL:?}\n{module_line}\n\
-             [seal]\nallow_single_share = true\n\n{policy}{audit}{metrics}{lifecycle}\n\
+             [seal]\nallow_single_share = true\n\n{policy}{audit}{forward}{metrics}{lifecycle}\n\
              # Development only: `keywarden serve` refuses this file unless\n\
              # `keywarden dev` starts it.\n[dev]\nenabled = true\n"
         ),
@@ -368,6 +383,8 @@ pub struct DevOptions {
     pub audit_max_file_bytes: Option<u64>,
     /// Serve Prometheus metrics here (a loopback address).
     pub metrics_listen: Option<String>,
+    /// Forward the audit log here (`tcp://IP:PORT` or `unix:///PATH`).
+    pub audit_forward: Option<String>,
     /// Serve through this PKCS#11 module instead of the token's own.
     pub pkcs11_module: Option<PathBuf>,
     /// The software token.
@@ -426,6 +443,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         lifecycle,
         audit_max_file_bytes,
         metrics_listen,
+        audit_forward,
         pkcs11_module,
         token,
         token_module,
@@ -477,6 +495,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
             no_audit: benchmark_no_audit,
             audit_max_file_bytes,
             metrics_listen,
+            audit_forward,
             lifecycle,
             serve_module: pkcs11_module,
         },

@@ -126,6 +126,10 @@ enum Command {
         /// address, e.g. 127.0.0.1:9464).
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<String>,
+        /// Forward every audit line, as RFC 5424 syslog, to
+        /// tcp://IP:PORT (octet-counted) or unix:///PATH (datagrams).
+        #[arg(long, value_name = "TARGET")]
+        audit_forward: Option<String>,
         /// Serve through this PKCS#11 module instead of the token's own
         /// (tests: the fault-injection shim, which forwards to the token).
         #[arg(long, value_name = "PATH")]
@@ -301,6 +305,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             tick,
             audit_max_file_bytes,
             metrics_listen,
+            audit_forward,
             pkcs11_module,
             token,
             token_module,
@@ -317,6 +322,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
                 benchmark_no_audit,
                 audit_max_file_bytes,
                 metrics_listen,
+                audit_forward,
                 pkcs11_module,
                 token,
                 token_module,

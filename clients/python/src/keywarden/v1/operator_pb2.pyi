@@ -271,7 +271,7 @@ class DriftReport(_message.Message):
     def __init__(self, missing_on_token: _Optional[_Iterable[str]] = ..., orphaned_on_token: _Optional[_Iterable[str]] = ..., repaired: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "hsm_health", "hsm_detail", "token", "key_count", "drift", "sealed", "started_at", "seal", "audit_health", "audit_detail", "break_glass", "policy", "caller", "registry_tampering", "hardening", "connections_open", "connections_refused", "connections_timed_out", "dev_mode")
+    __slots__ = ("version", "hsm_health", "hsm_detail", "token", "key_count", "drift", "sealed", "started_at", "seal", "audit_health", "audit_detail", "break_glass", "policy", "caller", "registry_tampering", "hardening", "connections_open", "connections_refused", "connections_timed_out", "dev_mode", "audit_forward", "key_attention")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HSM_HEALTH_FIELD_NUMBER: _ClassVar[int]
     HSM_DETAIL_FIELD_NUMBER: _ClassVar[int]
@@ -292,6 +292,8 @@ class StatusResponse(_message.Message):
     CONNECTIONS_REFUSED_FIELD_NUMBER: _ClassVar[int]
     CONNECTIONS_TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
     DEV_MODE_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FORWARD_FIELD_NUMBER: _ClassVar[int]
+    KEY_ATTENTION_FIELD_NUMBER: _ClassVar[int]
     version: str
     hsm_health: str
     hsm_detail: str
@@ -312,7 +314,45 @@ class StatusResponse(_message.Message):
     connections_refused: int
     connections_timed_out: int
     dev_mode: bool
-    def __init__(self, version: _Optional[str] = ..., hsm_health: _Optional[str] = ..., hsm_detail: _Optional[str] = ..., token: _Optional[_Union[TokenStatus, _Mapping]] = ..., key_count: _Optional[int] = ..., drift: _Optional[_Union[DriftReport, _Mapping]] = ..., sealed: _Optional[bool] = ..., started_at: _Optional[int] = ..., seal: _Optional[_Union[SealStatus, _Mapping]] = ..., audit_health: _Optional[str] = ..., audit_detail: _Optional[str] = ..., break_glass: _Optional[_Iterable[_Union[BreakGlassGrant, _Mapping]]] = ..., policy: _Optional[str] = ..., caller: _Optional[str] = ..., registry_tampering: _Optional[_Iterable[str]] = ..., hardening: _Optional[_Iterable[str]] = ..., connections_open: _Optional[int] = ..., connections_refused: _Optional[int] = ..., connections_timed_out: _Optional[int] = ..., dev_mode: _Optional[bool] = ...) -> None: ...
+    audit_forward: AuditForwardStatus
+    key_attention: _containers.RepeatedCompositeFieldContainer[KeyAttention]
+    def __init__(self, version: _Optional[str] = ..., hsm_health: _Optional[str] = ..., hsm_detail: _Optional[str] = ..., token: _Optional[_Union[TokenStatus, _Mapping]] = ..., key_count: _Optional[int] = ..., drift: _Optional[_Union[DriftReport, _Mapping]] = ..., sealed: _Optional[bool] = ..., started_at: _Optional[int] = ..., seal: _Optional[_Union[SealStatus, _Mapping]] = ..., audit_health: _Optional[str] = ..., audit_detail: _Optional[str] = ..., break_glass: _Optional[_Iterable[_Union[BreakGlassGrant, _Mapping]]] = ..., policy: _Optional[str] = ..., caller: _Optional[str] = ..., registry_tampering: _Optional[_Iterable[str]] = ..., hardening: _Optional[_Iterable[str]] = ..., connections_open: _Optional[int] = ..., connections_refused: _Optional[int] = ..., connections_timed_out: _Optional[int] = ..., dev_mode: _Optional[bool] = ..., audit_forward: _Optional[_Union[AuditForwardStatus, _Mapping]] = ..., key_attention: _Optional[_Iterable[_Union[KeyAttention, _Mapping]]] = ...) -> None: ...
+
+class AuditForwardStatus(_message.Message):
+    __slots__ = ("target", "connected", "sent", "dropped", "errors", "queued", "lag_seconds", "last_error")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    SENT_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    connected: bool
+    sent: int
+    dropped: int
+    errors: int
+    queued: int
+    lag_seconds: float
+    last_error: str
+    def __init__(self, target: _Optional[str] = ..., connected: _Optional[bool] = ..., sent: _Optional[int] = ..., dropped: _Optional[int] = ..., errors: _Optional[int] = ..., queued: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class KeyAttention(_message.Message):
+    __slots__ = ("key", "version", "reason", "encryptions", "hard_limit", "due_at")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTIONS_FIELD_NUMBER: _ClassVar[int]
+    HARD_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    DUE_AT_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    version: int
+    reason: str
+    encryptions: int
+    hard_limit: int
+    due_at: int
+    def __init__(self, key: _Optional[str] = ..., version: _Optional[int] = ..., reason: _Optional[str] = ..., encryptions: _Optional[int] = ..., hard_limit: _Optional[int] = ..., due_at: _Optional[int] = ...) -> None: ...
 
 class PingRequest(_message.Message):
     __slots__ = ()

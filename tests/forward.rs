@@ -1,0 +1,254 @@
+//! Audit forwarding end to end: the real daemon sending its audit lines as
+//! RFC 5424 syslog over TCP (octet counting) to a real `rsyslogd` (Debian's
+//! package, started here on loopback with its own configuration and work
+//! directory), rsyslog writing each message's MSG to a file, and
+//! `keywarden audit verify` accepting that file: the SIEM's copy is the
+//! log itself, hash chain and signatures included. Then the receiver goes
+//! away: key operations go on, the loss is counted, and forwarding resumes
+//! when it is back.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use keywarden::proto;
+use keywarden_client::Client;
+
+/// An rsyslogd in a temporary directory receiving on loopback TCP and
+/// writing each message's MSG, one per line, to `out`; stopped on drop.
+struct Rsyslog {
+    child: std::process::Child,
+    port: u16,
+    out: PathBuf,
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Rsyslog {
+    /// Starts one on `port` (0: any free port) writing to `dir/received.log`.
+    fn start(dir: &Path, port: u16) -> Rsyslog {
+        let work = dir.join(format!("work-{port}"));
+        std::fs::create_dir_all(&work).unwrap();
+        let port_file = work.join("port");
+        let out = dir.join("received.log");
+        let conf = work.join("rsyslog.conf");
+        // maxMessageSize: a ledger line holds a whole key record (rsyslog's
+        // default of 8 KiB would cut long ones).
+        std::fs::write(
+            &conf,
+            format!(
+                "global(workDirectory={work:?} maxMessageSize=\"256k\")\n\
+                 module(load=\"imtcp\")\n\
+                 template(name=\"msg\" type=\"string\" string=\"%msg%\\n\")\n\
+                 ruleset(name=\"keywarden\") {{ action(type=\"omfile\" file={out:?} template=\"msg\") }}\n\
+                 input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\" listenPortFileName={port_file:?} ruleset=\"keywarden\")\n",
+                work = work.display().to_string(),
+                out = out.display().to_string(),
+                port_file = port_file.display().to_string(),
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(work.join("rsyslogd.log")).unwrap();
+        let child = Command::new("rsyslogd")
+            .args(["-n", "-f"])
+            .arg(&conf)
+            .arg("-i")
+            .arg(work.join("rsyslogd.pid"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("rsyslogd (Debian package rsyslog) is installed: scripts/install-deps.sh --test");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            // rsyslog writes the port file only for port 0; a fixed port is
+            // up once it accepts a connection.
+            let up = match port {
+                0 => std::fs::read_to_string(&port_file)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u16>().ok()),
+                p => std::net::TcpStream::connect(("127.0.0.1", p))
+                    .ok()
+                    .map(|_| p),
+            };
+            if let Some(p) = up {
+                break p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rsyslogd did not start: {}",
+                std::fs::read_to_string(work.join("rsyslogd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        Rsyslog { child, port, out }
+    }
+}
+
+fn lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until `received` holds every line of the local log.
+fn wait_for_copy(local: &Path, received: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let want = lines(local);
+        if lines(received).len() >= want.len() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rsyslog received {} of {} lines",
+            lines(received).len(),
+            want.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+async fn status(c: &mut Client) -> proto::StatusResponse {
+    c.operator
+        .status(proto::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsyslog_receives_the_log_unchanged_and_it_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let rs = Rsyslog::start(dir.path(), 0);
+    let d = Daemon::builder()
+        .args(&["--audit-forward", &format!("tcp://127.0.0.1:{}", rs.port)])
+        .start()
+        .await;
+    let mut c = d.client().await;
+    create_key(&mut c, "patients").await;
+    let g = generate(&mut c, "patients", &[("patient", "123")]).await;
+    decrypt(&mut c, &g.ciphertext_blob, &[("patient", "123")])
+        .await
+        .unwrap();
+    assert!(decrypt(&mut c, &g.ciphertext_blob, &[("patient", "124")])
+        .await
+        .is_err());
+    // A signed checkpoint (the lines after it, of a live log, are not
+    // signed yet: --allow-unsigned-tail, as for the local file).
+    let seal = d.cli(&["operator", "seal"], None);
+    assert!(seal.status.success(), "{seal:?}");
+
+    let local = d.audit_dir().join("audit.log");
+    wait_for_copy(&local, &rs.out);
+    // Byte for byte the same lines: nothing added, escaped or reordered.
+    assert_eq!(lines(&rs.out), lines(&local));
+    let v = d.cli(
+        &[
+            "--output",
+            "json",
+            "audit",
+            "verify",
+            "--public-key",
+            d.audit_dir().join("audit-signing.pub").to_str().unwrap(),
+            "--allow-unsigned-tail",
+            rs.out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(v.status.success(), "{v:?}");
+    let r: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert_eq!(r["ok"], true);
+    assert_eq!(r["first_seq"], 0, "the copy starts at the genesis line");
+    assert!(r["checkpoints"].as_u64().unwrap() >= 1, "{r}");
+
+    let s = status(&mut c).await;
+    let f = s.audit_forward.expect("Status shows the forwarder");
+    assert_eq!(f.target, format!("tcp://127.0.0.1:{}", rs.port));
+    assert!(f.connected);
+    assert_eq!(f.sent as usize, lines(&local).len());
+    assert_eq!(f.dropped, 0);
+    let m = c
+        .operator
+        .metrics(proto::MetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .text;
+    assert!(m.contains("keywarden_audit_forward_connected 1"), "{m}");
+    assert!(
+        m.contains(&format!("keywarden_audit_forward_sent_total {}", f.sent)),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_goes_away_never_blocks_key_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    let rs = Rsyslog::start(dir.path(), 0);
+    let port = rs.port;
+    let d = Daemon::builder()
+        .args(&["--audit-forward", &format!("tcp://127.0.0.1:{port}")])
+        .start()
+        .await;
+    let mut c = d.client().await;
+    create_key(&mut c, "patients").await;
+    wait_for_copy(&d.audit_dir().join("audit.log"), &rs.out);
+    drop(rs);
+
+    // The SIEM is gone: every request is still answered, promptly.
+    let start = Instant::now();
+    for i in 0..20 {
+        generate(&mut c, "patients", &[("n", &i.to_string())]).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(start.elapsed() < Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let f = loop {
+        let f = status(&mut c).await.audit_forward.unwrap();
+        if !f.connected && f.errors > 0 {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "the loss was never noticed: {f:?}");
+        generate(&mut c, "patients", &[("n", "x")]).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!f.last_error.is_empty(), "{f:?}");
+    let text = d.cli(&["status"], None);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.starts_with("NEEDS ATTENTION") && text.contains("audit forwarding to tcp://"),
+        "{text}"
+    );
+
+    // Back on the same port: the lines queued meanwhile arrive, then new ones.
+    std::fs::remove_file(dir.path().join("received.log")).ok();
+    let rs = Rsyslog::start(dir.path(), port);
+    generate(&mut c, "patients", &[("n", "after")]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = lines(&rs.out);
+        let last_local = lines(&d.audit_dir().join("audit.log")).pop().unwrap();
+        if got.contains(&last_local) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "forwarding did not resume: {} lines",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let f = status(&mut c).await.audit_forward.unwrap();
+    assert!(f.connected, "{f:?}");
+}
