@@ -154,8 +154,23 @@ enum Command {
     Decrypt(keywarden::cli::envelope::DecryptArgs),
     /// Show an envelope message's header and length without decrypting it.
     Inspect(keywarden::cli::envelope::InspectArgs),
-    /// Daemon status: version, seal, HSM token and health, drift.
+    /// Daemon status: what needs attention first, then version, seal, HSM
+    /// token and health, audit, drift.
     Status,
+    /// Reload a running daemon's policy and wait for its answer: exits
+    /// non-zero when the new policy is refused (the unit's ExecReload=).
+    Reload {
+        /// The daemon's pid (systemd: $MAINPID).
+        #[arg(long)]
+        pid: i32,
+        /// The daemon's state directory (server.state_dir), where it
+        /// records the reload's outcome.
+        #[arg(long, default_value = "/var/lib/keywarden")]
+        state_dir: PathBuf,
+        /// How long to wait for the daemon's answer.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// The Prometheus metrics page, over the socket (admins, auditors).
     Metrics,
     /// Verify and query the audit log (offline).
@@ -368,6 +383,15 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
         Command::Decrypt(args) => keywarden::cli::envelope::decrypt(&socket, args).await,
         Command::Inspect(args) => keywarden::cli::envelope::inspect(args, cli.output).await,
         Command::Status => keywarden::cli::status::run(&socket, cli.output).await,
+        Command::Reload {
+            pid,
+            state_dir,
+            timeout,
+        } => {
+            keywarden::server::reload::request(pid, &state_dir, timeout)?;
+            println!("policy reloaded");
+            Ok(())
+        }
         Command::Metrics => keywarden::cli::status::metrics(&socket).await,
         Command::Hsm(HsmCommand::Check {
             profile,

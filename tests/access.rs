@@ -359,6 +359,56 @@ async fn policy_reload_valid_and_invalid() {
     assert!(log.contains("\"event\":\"policy_reload\"") && log.contains("\"outcome\":\"refused\""));
 }
 
+/// The unit's `ExecReload=`: `keywarden reload` signals the daemon and
+/// waits for its answer, failing (so `systemctl reload` fails) when the new
+/// policy is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_by_signal_reports_a_refused_policy() {
+    users();
+    let d = Daemon::start_with_policy(&policy(IMAGING)).await;
+    let mut c = d.client().await;
+    create_key(&mut c, "images/ct").await;
+    let pid = d.serve_pid().unwrap().to_string();
+    let state = d.dir.join("state");
+    let reload = || {
+        run_bin(
+            &[
+                "reload",
+                "--pid",
+                &pid,
+                "--state-dir",
+                state.to_str().unwrap(),
+                "--timeout",
+                "20s",
+            ],
+            None,
+            None,
+        )
+    };
+    let out = reload();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "policy reloaded\n");
+
+    std::fs::write(
+        d.policy_path(),
+        "[[principal]]\nname = \"x\"\nroles = [\"app\"]\n",
+    )
+    .unwrap();
+    let out = reload();
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refused the new policy") && err.contains("previous one stays in force"),
+        "{err}"
+    );
+    // The daemon still serves, under the previous policy.
+    ok(&d.cli_as(
+        "kwtest-app2",
+        &["datakey", "generate", "--key", "images/ct"],
+        None,
+    ));
+}
+
 /// A scripted session, then the log verifies; every kind of tampering is
 /// caught at the right sequence number.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,7 +66,9 @@ impl Rsyslog {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("rsyslogd (Debian package rsyslog) is installed: scripts/install-deps.sh --test");
+            .expect(
+                "rsyslogd (Debian package rsyslog) is installed: scripts/install-deps.sh --test",
+            );
         let deadline = Instant::now() + Duration::from_secs(30);
         let port = loop {
             // rsyslog writes the port file only for port 0; a fixed port is
@@ -219,7 +221,10 @@ async fn a_receiver_that_goes_away_never_blocks_key_operations() {
         if !f.connected && f.errors > 0 {
             break f;
         }
-        assert!(Instant::now() < deadline, "the loss was never noticed: {f:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the loss was never noticed: {f:?}"
+        );
         generate(&mut c, "patients", &[("n", "x")]).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     };

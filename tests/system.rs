@@ -65,6 +65,37 @@ async fn notify_ready_watchdog_and_unhealthy_stops_pings() {
     assert!(msgs.iter().any(|m| m.contains("WATCHDOG=1")), "{msgs:?}");
 }
 
+/// STATUS= follows the seal at once, not at the next watchdog tick (a
+/// minute apart here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_sent_when_the_seal_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    let p = path.display().to_string();
+    let d = Daemon::start_with_env(&[("NOTIFY_SOCKET", &p), ("WATCHDOG_USEC", "120000000")]).await;
+    drain(&sock, Duration::from_millis(300));
+    let out = d.cli(&["operator", "seal"], None);
+    assert!(out.status.success(), "{out:?}");
+    let msgs = drain(&sock, Duration::from_millis(1500));
+    assert!(msgs.iter().any(|m| m.contains("STATUS=sealed")), "{msgs:?}");
+    let mut c = d.client().await;
+    c.operator
+        .unseal(proto::UnsealRequest {
+            share: d.dev_share.clone().unwrap(),
+            reset: false,
+            accept_restore_window: false,
+        })
+        .await
+        .unwrap();
+    let msgs = drain(&sock, Duration::from_millis(1500));
+    assert!(
+        msgs.iter().any(|m| m.contains("STATUS=unsealed")),
+        "{msgs:?}"
+    );
+    assert!(!msgs.iter().any(|m| m.contains("WATCHDOG=1")), "{msgs:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_activation_serves_the_passed_descriptor() {
     // Provision a token and seal file with dev mode, then run the daemon

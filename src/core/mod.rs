@@ -81,6 +81,9 @@ pub struct Keywarden {
     started_at: i64,
     /// Key changes, for `WatchKeys` subscribers (client caches).
     changes: tokio::sync::broadcast::Sender<KeyChange>,
+    /// Woken after every ceremony step (init, share, seal, rekey), for
+    /// whoever reports the state (systemd's STATUS=).
+    seal_changed: tokio::sync::Notify,
     clock: Arc<dyn crate::clock::Clock>,
 }
 
@@ -156,6 +159,7 @@ impl Keywarden {
             lifecycle: LifecycleConfig::default(),
             started_at: clock.now_secs(),
             changes: tokio::sync::broadcast::channel(CHANGE_BACKLOG).0,
+            seal_changed: tokio::sync::Notify::new(),
             clock,
         }
     }
@@ -175,6 +179,12 @@ impl Keywarden {
     }
 
     /// Subscribes to key changes (see [`KeyChange`]).
+    /// Completes after the seal's state (or a ceremony's progress) has
+    /// changed since the last call returned.
+    pub async fn seal_changed(&self) {
+        self.seal_changed.notified().await
+    }
+
     pub fn watch(&self) -> tokio::sync::broadcast::Receiver<KeyChange> {
         self.changes.subscribe()
     }
@@ -283,7 +293,9 @@ impl Keywarden {
         user_pin: Pin,
         so_pin: Pin,
     ) -> CoreResult<Vec<IssuedShare>> {
-        Ok(self.seal.init(self.hsm.as_ref(), spec, user_pin, so_pin)?)
+        let r = self.seal.init(self.hsm.as_ref(), spec, user_pin, so_pin);
+        self.seal_changed.notify_one();
+        Ok(r?)
     }
 
     /// The scheduler's second try at a login whose registry did not load.
@@ -323,15 +335,20 @@ impl Keywarden {
             self.hsm.as_ref(),
             share,
             accept_restore_window,
-        )?;
-        if p.complete {
-            self.after_login("unseal");
+        );
+        if let Ok(p) = &p {
+            if p.complete {
+                self.after_login("unseal");
+            }
         }
-        Ok(p)
+        self.seal_changed.notify_one();
+        Ok(p?)
     }
 
     pub fn unseal_reset(&self) -> CoreResult<usize> {
-        Ok(self.seal.reset_unseal()?)
+        let r = self.seal.reset_unseal();
+        self.seal_changed.notify_one();
+        Ok(r?)
     }
 
     pub fn seal(&self) -> CoreResult<()> {
@@ -340,6 +357,7 @@ impl Keywarden {
         let r = self.seal.seal(self.hsm.as_ref());
         // After the seal: a concurrent unseal cannot set the key again.
         self.sync_context_key();
+        self.seal_changed.notify_one();
         r?;
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = Table::default();
         Ok(())
@@ -358,6 +376,7 @@ impl Keywarden {
 
     pub fn rekey_verify(&self, share: &str) -> CoreResult<ShareProgress> {
         let r = self.seal.rekey_verify(self.hsm.as_ref(), share);
+        self.seal_changed.notify_one();
         // A commit whose re-login failed leaves the daemon sealed.
         if !self.seal.logged_in() {
             self.sync_context_key();

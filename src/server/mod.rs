@@ -6,6 +6,7 @@ pub mod conn;
 pub mod hardening;
 pub mod lock;
 mod recovery;
+pub mod reload;
 pub mod systemd;
 
 use std::os::unix::fs::PermissionsExt;
@@ -278,30 +279,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             }
         });
     }
-    // SIGHUP reloads the policy; an invalid one is refused and reported.
-    {
-        let guard = guard.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                warn!("cannot install the SIGHUP handler");
-                return;
-            };
-            while hup.recv().await.is_some() {
-                systemd::reloading();
-                let g = guard.clone();
-                let r = tokio::task::spawn_blocking(move || g.reload()).await;
-                systemd::reloaded();
-                match r {
-                    Ok(Ok(())) => info!("policy reloaded"),
-                    Ok(Err(e)) => {
-                        warn!(error = %e, "policy reload refused; the previous policy stays in force")
-                    }
-                    Err(e) => warn!(error = %e, "policy reload failed"),
-                }
-            }
-        });
-    }
+    // SIGHUP reloads the policy; an invalid one is refused and reported
+    // (to the log, to systemd, and to `keywarden reload`).
+    reload::spawn(guard.clone(), config.state_dir.clone());
     info!(state = core.status().seal.phase.as_str(), "started");
 
     let (listener, activated) = match activated_listener()? {
@@ -394,6 +374,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             Err(why) => systemd::ready(&format!("unhealthy: {why}")),
         }
         systemd::spawn_watchdog(core.clone(), guard.clone());
+        systemd::spawn_status_on_change(core.clone(), guard.clone());
         recovery::spawn(core.clone(), metrics.clone());
     }
     let result = tokio::select! {

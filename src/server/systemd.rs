@@ -73,6 +73,25 @@ pub fn health(core: &Keywarden, guard: &Guard) -> Result<String, HealthError> {
     })
 }
 
+/// Sends STATUS= as soon as the seal's state or a ceremony's progress
+/// changes (init, a share, unseal, seal), not only at the watchdog's tick.
+pub fn spawn_status_on_change(core: Arc<Keywarden>, guard: Arc<Guard>) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            core.seal_changed().await;
+            let (c, g) = (core.clone(), guard.clone());
+            match tokio::task::spawn_blocking(move || health(&c, &g)).await {
+                Ok(Ok(summary)) => status(&summary),
+                Ok(Err(why)) => status(&format!("unhealthy: {why}")),
+                Err(_) => {}
+            }
+        }
+    });
+}
+
 /// Pings the watchdog at half its interval while the health check passes;
 /// a wedged or unhealthy daemon stops pinging and systemd restarts it.
 pub fn spawn_watchdog(core: Arc<Keywarden>, guard: Arc<Guard>) {
