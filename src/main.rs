@@ -173,7 +173,7 @@ enum Command {
     },
     /// The Prometheus metrics page, over the socket (admins, auditors).
     Metrics,
-    /// Verify and query the audit log (offline).
+    /// Verify, query and tail the audit log (offline but for --context).
     #[command(subcommand)]
     Audit(keywarden::cli::audit::AuditCommand),
     /// Custodians' ceremonies: init, unseal, seal, rekey.
@@ -474,7 +474,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             println!("{}", serde_json::json!({ "per_sec": rate }));
             Ok(())
         }
-        Command::Audit(cmd) => keywarden::cli::audit::run(cli.output, cmd),
+        Command::Audit(cmd) => keywarden::cli::audit::run(cli.output, cmd, &socket).await,
         Command::Operator(cmd) => keywarden::cli::operator::run(&socket, cli.output, cmd).await,
     }
 }

@@ -693,3 +693,153 @@ async fn audit_rotation_keeps_the_chain_across_files() {
     assert_eq!(v["first_seq"], 0);
     assert!(v["files"].as_u64().unwrap() >= 3);
 }
+
+/// The operator without a SIEM: `audit query` filters (principal,
+/// operation, outcome, time), `--context NAME=VALUE` answered through the
+/// daemon's HMAC (auditors only, itself audited, the value never in the
+/// log), and `audit tail --follow` printing entries as they are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_query_filters_context_lookup_and_tail_follow() {
+    users();
+    let d = Daemon::start_with_policy(&policy("")).await;
+    let mut c = d.client().await;
+    create_key(&mut c, "patients").await;
+    let dir = d.audit_dir().display().to_string();
+    let app = |args: &[&str]| d.cli_as("kwtest-app1", args, None);
+    for patient in ["123", "124", "123"] {
+        ok(&app(&[
+            "datakey",
+            "generate",
+            "--key",
+            "patients",
+            "--context",
+            "tenant=clinic-1",
+            "--context",
+            &format!("patient={patient}"),
+        ]));
+    }
+    // A refusal: the app may not use another key.
+    assert!(!app(&[
+        "datakey",
+        "generate",
+        "--key",
+        "other",
+        "--context",
+        "tenant=t"
+    ])
+    .status
+    .success());
+    let query = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec!["--output", "json", "audit", "query", "--dir", dir.as_str()];
+        args.extend_from_slice(extra);
+        let out = d.cli(&args, None);
+        let v: serde_json::Value = serde_json::from_slice(&ok(&out).into_bytes()).unwrap();
+        v["entries"].as_array().unwrap().clone()
+    };
+
+    let by_ehr = query(&["--principal", "ehr", "--op", "GenerateDataKey"]);
+    assert_eq!(by_ehr.len(), 4, "{by_ehr:?}");
+    let ok_only = query(&["--principal", "ehr", "--outcome", "ok"]);
+    assert_eq!(ok_only.len(), 3);
+    let denied = query(&["--principal", "ehr", "--outcome", "PERMISSION_DENIED"]);
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert!(query(&["--principal", "ehr", "--until", "2000-01-01T00:00:00Z"]).is_empty());
+    assert_eq!(
+        query(&["--principal", "ehr", "--since", "2000-01-01T00:00:00Z"]).len(),
+        4
+    );
+
+    // Every operation on patient 123's records, though the log holds no "123".
+    let log = std::fs::read_to_string(d.audit_dir().join("audit.log")).unwrap();
+    assert!(!log.contains("\"123\""));
+    let p123 = query(&["--context", "patient=123", "--op", "GenerateDataKey"]);
+    assert_eq!(p123.len(), 2, "{p123:?}");
+    assert_eq!(
+        query(&[
+            "--context",
+            "patient=123",
+            "--context",
+            "tenant=clinic-1",
+            "--op",
+            "GenerateDataKey"
+        ])
+        .len(),
+        2
+    );
+    // Who looked the patient up is part of the patient's record too: the
+    // lookup's own line holds the same HMAC.
+    let all = query(&["--context", "patient=123"]);
+    assert!(
+        all.iter()
+            .any(|v| v["op"] == "AuditHash" && v["principal"] == "operators"),
+        "{all:?}"
+    );
+    assert!(query(&["--context", "patient=999", "--op", "GenerateDataKey"]).is_empty());
+    // The lookup is itself audited, with the HMAC, not the value.
+    let lookups = query(&["--op", "AuditHash", "--outcome", "ok"]);
+    assert!(lookups.len() >= 4, "{lookups:?}");
+    assert_eq!(lookups[0]["principal"], "operators");
+    assert!(lookups[0]["context"]["patient"].is_string());
+    // Auditors only: an admin who is not an auditor is refused.
+    let out = d.cli_as(
+        "kwtest-admin",
+        &["audit", "query", "--dir", &dir, "--context", "patient=123"],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs the auditor role"),
+        "{out:?}"
+    );
+
+    // tail: the last entries, then new ones as they come.
+    let mut tail = std::process::Command::new(BIN)
+        .args([
+            "--socket",
+            d.socket().to_str().unwrap(),
+            "--output",
+            "json",
+            "audit",
+            "tail",
+            "--dir",
+            &dir,
+            "-n",
+            "1",
+            "--follow",
+            "--principal",
+            "ehr",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout).lines() {
+            if tx.send(l.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["code"], "PermissionDenied", "{first}");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    ok(&app(&[
+        "datakey",
+        "generate",
+        "--key",
+        "patients",
+        "--context",
+        "tenant=clinic-1",
+    ]));
+    let next = rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
+    let next: serde_json::Value = serde_json::from_str(&next).unwrap();
+    assert_eq!(
+        (next["op"].as_str(), next["code"].as_str()),
+        (Some("GenerateDataKey"), Some("OK"))
+    );
+    let _ = tail.kill();
+    let _ = tail.wait();
+}

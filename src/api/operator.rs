@@ -127,6 +127,41 @@ impl OperatorService for OperatorApi {
             .map(Response::new)
     }
 
+    async fn audit_hash(
+        &self,
+        request: Request<proto::AuditHashRequest>,
+    ) -> Result<Response<proto::AuditHashResponse>, Status> {
+        let call = self
+            .ctx
+            .authorize(&request, "AuditHash", Action::AuditHash)
+            .await?;
+        let context = request.into_inner().context;
+        let mut extra = Map::new();
+        let res = match crate::core::validate::check_context(&context) {
+            Err(e) => Err(Status::invalid_argument(format!("context: {e}"))),
+            Ok(()) if self.ctx.core.phase() != crate::seal::Phase::Unsealed => {
+                Err(Status::failed_precondition(
+                    "sealed: context values can be hashed only while unsealed (the key is the keyring's)",
+                ))
+            }
+            Ok(()) => {
+                let digest = self.ctx.core.context_digest(&context);
+                let hashes: Result<std::collections::HashMap<String, String>, Status> = digest
+                    .iter()
+                    .map(|(k, v)| match v.as_str() {
+                        Some(h) => Ok((k.clone(), h.to_string())),
+                        None => Err(Status::failed_precondition(
+                            "sealed: context values can be hashed only while unsealed",
+                        )),
+                    })
+                    .collect();
+                extra.insert("context".into(), serde_json::Value::Object(digest));
+                hashes.map(|hashes| proto::AuditHashResponse { hashes })
+            }
+        };
+        self.ctx.finish(&call, extra, res).await.map(Response::new)
+    }
+
     type BackupStream = tokio_stream::wrappers::ReceiverStream<Result<proto::BackupChunk, Status>>;
 
     async fn backup(

@@ -165,6 +165,8 @@ pub enum Action<'a> {
     Reload,
     /// Take a backup (admins and custodians).
     Backup,
+    /// Compute the audit log's HMAC of context values (auditors).
+    AuditHash,
     /// Grant oneself emergency access to `key`.
     BreakGlass { key: &'a str },
     /// No authorization (Ping).
@@ -547,6 +549,11 @@ impl Policy {
             Action::Seal => self.with_role(c, &[Role::Custodian, Role::Admin], "seal the daemon"),
             Action::Reload => self.with_role(c, &[Role::Admin], "reload the policy"),
             Action::Backup => self.with_role(c, &[Role::Admin, Role::Custodian], "take a backup"),
+            Action::AuditHash => self.with_role(
+                c,
+                &[Role::Auditor],
+                "hash context values for an audit query",
+            ),
             Action::BreakGlass { key } => {
                 for p in self.matching(c) {
                     if p.break_glass && p.break_glass_keys.iter().any(|k| pattern_matches(k, key)) {

@@ -361,3 +361,29 @@ class PingRequest(_message.Message):
 class PingResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class AuditHashRequest(_message.Message):
+    __slots__ = ("context",)
+    class ContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    context: _containers.ScalarMap[str, str]
+    def __init__(self, context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class AuditHashResponse(_message.Message):
+    __slots__ = ("hashes",)
+    class HashesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    hashes: _containers.ScalarMap[str, str]
+    def __init__(self, hashes: _Optional[_Mapping[str, str]] = ...) -> None: ...

@@ -100,6 +100,11 @@ class OperatorServiceStub:
                 request_serializer=keywarden_dot_v1_dot_operator__pb2.MetricsRequest.SerializeToString,
                 response_deserializer=keywarden_dot_v1_dot_operator__pb2.MetricsResponse.FromString,
                 _registered_method=True)
+        self.AuditHash = channel.unary_unary(
+                '/keywarden.v1.OperatorService/AuditHash',
+                request_serializer=keywarden_dot_v1_dot_operator__pb2.AuditHashRequest.SerializeToString,
+                response_deserializer=keywarden_dot_v1_dot_operator__pb2.AuditHashResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -203,6 +208,16 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AuditHash(self, request, context):
+        """The HMACs the audit log shows for these context pairs, so an auditor
+        can find every operation on one value ("patient=123") without the log
+        ever holding it (as Vault's sys/audit-hash). Auditors only; unsealed
+        only (the key is the keyring's); audited, with the HMACs, not the values.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -270,6 +285,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.Metrics,
                     request_deserializer=keywarden_dot_v1_dot_operator__pb2.MetricsRequest.FromString,
                     response_serializer=keywarden_dot_v1_dot_operator__pb2.MetricsResponse.SerializeToString,
+            ),
+            'AuditHash': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuditHash,
+                    request_deserializer=keywarden_dot_v1_dot_operator__pb2.AuditHashRequest.FromString,
+                    response_serializer=keywarden_dot_v1_dot_operator__pb2.AuditHashResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -624,6 +644,33 @@ class OperatorService:
             '/keywarden.v1.OperatorService/Metrics',
             keywarden_dot_v1_dot_operator__pb2.MetricsRequest.SerializeToString,
             keywarden_dot_v1_dot_operator__pb2.MetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuditHash(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keywarden.v1.OperatorService/AuditHash',
+            keywarden_dot_v1_dot_operator__pb2.AuditHashRequest.SerializeToString,
+            keywarden_dot_v1_dot_operator__pb2.AuditHashResponse.FromString,
             options,
             channel_credentials,
             insecure,
