@@ -10,8 +10,8 @@ if ! command -v cargo-deb >/dev/null 2>&1; then
   echo "== installing cargo-deb"
   cargo install cargo-deb --locked --version 3.8.0 --quiet || exit 1
 fi
-echo "== cargo deb"
-deb=$(cargo deb --locked 2>/dev/null | tail -1)
+echo "== cargo deb (scripts/build-deb.sh)"
+deb=$(bash scripts/build-deb.sh | tail -1)
 [ -f "$deb" ] || { echo "cargo deb produced no package"; exit 1; }
 
 passed=0; failed=0
@@ -35,6 +35,10 @@ echo "installed unit exposure: $score"
 check "installed unit exposure <= 1.0" awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 1.0) }'
 check "systemd-analyze verify" systemd-analyze verify /lib/systemd/system/keywarden.service /lib/systemd/system/keywarden.socket
 check "keywarden --version runs" /usr/bin/keywarden --version
+check "man pages installed" sh -c 'zcat /usr/share/man/man1/keywarden.1.gz | grep -q keywarden-audit && zcat /usr/share/man/man1/keywarden-audit-query.1.gz | grep -q -- "--context"'
+check "bash completion loads" bash -c '. /usr/share/bash-completion/completions/keywarden && complete -p keywarden'
+check "zsh and fish completions installed" test -s /usr/share/zsh/vendor-completions/_keywarden -a -s /usr/share/fish/vendor_completions.d/keywarden.fish
+check "ExecReload needs no /bin/kill" sh -c '! grep -q "^ExecReload=/bin/kill" /lib/systemd/system/keywarden.service'
 
 echo "# local edit" >> /etc/keywarden/keywarden.toml
 check "reinstall (upgrade) keeps edited config" sh -c "DEBIAN_FRONTEND=noninteractive dpkg -i --force-confold '$deb' && grep -q 'local edit' /etc/keywarden/keywarden.toml"

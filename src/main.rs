@@ -173,6 +173,16 @@ enum Command {
     },
     /// The Prometheus metrics page, over the socket (admins, auditors).
     Metrics,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (keywarden.1 and one per command) into DIR.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Verify, query and tail the audit log (offline but for --context).
     #[command(subcommand)]
     Audit(keywarden::cli::audit::AuditCommand),
@@ -393,6 +403,16 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Metrics => keywarden::cli::status::metrics(&socket).await,
+        Command::Completions { shell } => {
+            use std::io::Write;
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "keywarden", &mut script);
+            // A closed pipe ends the output quietly.
+            let _ = std::io::stdout().write_all(&script);
+            Ok(())
+        }
+        Command::Man { dir } => man_pages(&dir),
         Command::Hsm(HsmCommand::Check {
             profile,
             module,
@@ -503,4 +523,24 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(1)
         }
     }
+}
+
+/// keywarden.1, then keywarden-COMMAND[-SUBCOMMAND].1 for every visible
+/// command, from the same definition the parser uses.
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    fn write(dir: &std::path::Path, name: String, c: clap::Command) -> anyhow::Result<()> {
+        for sub in c.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let sub_name = format!("{name}-{}", sub.get_name());
+            write(dir, sub_name.clone(), sub.clone().name(sub_name))?;
+        }
+        let mut page = Vec::new();
+        clap_mangen::Man::new(c).render(&mut page)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    cmd.build();
+    write(dir, "keywarden".into(), cmd)
 }
