@@ -222,6 +222,24 @@ async fn prometheus_scrapes_the_daemon_and_promtool_accepts_page_and_rules() {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+    // The rules' own scenarios: which alerts fire, and when.
+    let o = promtool(
+        &[
+            "test",
+            "rules",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/packaging/prometheus/keywarden-alerts.test.yml"
+            ),
+        ],
+        None,
+    );
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     // A real Prometheus scrapes it; the series arrive through its API.
     let p = Prometheus::start(port);
