@@ -291,8 +291,33 @@ impl std::io::Write for LogLine {
 }
 
 fn init_logging(dev: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Under systemd, straight into the journal: each field of an event is
+    // a journal field (KW_ERROR=, KW_KEY=, KW_EVENT=...; the prefix keeps
+    // them clear of the journal's own), the level its PRIORITY=.
+    if keywarden::server::journal::stderr_is_journal() {
+        if let Ok(journal) = tracing_journald::layer() {
+            let dev_field = dev.then_some(("KW_DEV_MODE", "1"));
+            // As syslog reads them: info is 6, debug 7 (the crate's
+            // defaults are one step higher).
+            let mut levels = tracing_journald::PriorityMappings::new();
+            levels.info = tracing_journald::Priority::Informational;
+            levels.debug = tracing_journald::Priority::Debug;
+            tracing_subscriber::registry()
+                .with(filter())
+                .with(
+                    journal
+                        .with_syslog_identifier("keywarden".into())
+                        .with_field_prefix(Some("KW".into()))
+                        .with_priority_mappings(levels)
+                        .with_custom_fields(dev_field),
+                )
+                .init();
+            return;
+        }
+    }
+    let filter = filter();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(move || LogLine {
@@ -530,7 +555,11 @@ fn main() -> std::process::ExitCode {
 fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context;
     fn write(dir: &std::path::Path, name: String, c: clap::Command) -> anyhow::Result<()> {
-        for sub in c.get_subcommands().filter(|s| !s.is_hide_set()) {
+        // Not the `help` subcommands clap adds: `--help` is in every page.
+        for sub in c
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
             let sub_name = format!("{name}-{}", sub.get_name());
             write(dir, sub_name.clone(), sub.clone().name(sub_name))?;
         }

@@ -409,3 +409,69 @@ fn the_unit_scores_one_or_lower_and_verifies_its_syntax() {
         .unwrap_or_else(|| panic!("{line}"));
     assert!(score <= 1.0, "exposure {score}: {text}");
 }
+
+/// Under systemd (stderr is the journal's stream, as `JOURNAL_STREAM`
+/// says), the daemon's log goes to the journal natively: each field of an
+/// event a journal field. A real `systemd-journald` runs here in a private
+/// mount namespace (its own /run/systemd and /run/log on tmpfs, so the
+/// host's journal is untouched), and `journalctl` reads what it stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_journal_log_lines_carry_native_fields() {
+    let mut d = Daemon::start().await;
+    d.stop();
+    let out = d.dir.join("journal.json");
+    let err = d.dir.join("serve.stderr");
+    let script = format!(
+        r#"set -e
+mount -t tmpfs tmpfs /run/systemd 2>/dev/null || {{ mkdir -p /run/systemd; mount -t tmpfs tmpfs /run/systemd; }}
+mkdir -p /run/log /run/systemd/journal
+mount -t tmpfs tmpfs /run/log
+if [ -d /var/log/journal ]; then mount -t tmpfs tmpfs /var/log/journal; fi
+/lib/systemd/systemd-journald >/dev/null 2>&1 &
+J=$!
+for i in $(seq 100); do [ -S /run/systemd/journal/socket ] && break; sleep 0.1; done
+exec 3>&2 2>{err:?}
+export JOURNAL_STREAM=$(stat -L -c '%d:%i' /proc/self/fd/2)
+SOFTHSM2_CONF={conf:?} {bin:?} serve --dev --config {config:?} &
+S=$!
+for i in $(seq 200); do [ -S {sock:?} ] && break; sleep 0.1; done
+{bin:?} --socket {sock:?} status >/dev/null || true
+kill $S; wait $S || true
+sleep 0.5
+journalctl -D /run/log/journal -o json --no-pager SYSLOG_IDENTIFIER=keywarden >{out:?}
+kill $J
+"#,
+        err = err.display().to_string(),
+        conf = d.softhsm_conf().display().to_string(),
+        bin = BIN,
+        config = d.dir.join("keywarden.toml").display().to_string(),
+        sock = d.socket().display().to_string(),
+        out = out.display().to_string(),
+    );
+    let status = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "bash", "-c", &script])
+        .status()
+        .expect("unshare (util-linux)");
+    assert!(status.success(), "the journal script failed");
+    let entries: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let started = entries
+        .iter()
+        .find(|e| e["MESSAGE"] == "started")
+        .unwrap_or_else(|| panic!("no `started` entry in the journal: {entries:?}"));
+    assert_eq!(started["KW_STATE"], "sealed", "{started}");
+    assert_eq!(started["PRIORITY"], "6", "{started}");
+    assert_eq!(started["KW_DEV_MODE"], "1", "{started}");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["KW_EVENT"] == "daemon_start" && e["TARGET"] == "keywarden::audit"),
+        "{entries:?}"
+    );
+    // Nothing of it went to stderr as text.
+    let text = std::fs::read_to_string(&err).unwrap_or_default();
+    assert!(!text.contains("started"), "{text}");
+}

@@ -4,6 +4,7 @@
 
 pub mod conn;
 pub mod hardening;
+pub mod journal;
 pub mod lock;
 mod recovery;
 pub mod reload;
