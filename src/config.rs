@@ -124,6 +124,8 @@ struct RawForward {
     app_name: Option<String>,
     #[serde(default)]
     buffer_lines: Option<usize>,
+    #[serde(default)]
+    buffer_bytes: Option<usize>,
 }
 
 impl RawForward {
@@ -180,6 +182,14 @@ impl RawForward {
                 ));
             }
             c.buffer_lines = n;
+        }
+        if let Some(n) = self.buffer_bytes {
+            if !(4096..=1 << 30).contains(&n) {
+                return Err(ConfigError::Invalid(
+                    "audit.forward.buffer_bytes: 4096 to 1073741824".into(),
+                ));
+            }
+            c.buffer_bytes = n;
         }
         Ok(c)
     }

@@ -353,6 +353,7 @@ impl OperatorService for OperatorApi {
                     queued: f.queued,
                     lag_seconds: f.lag_seconds,
                     last_error: f.last_error.unwrap_or_default(),
+                    last_drop: f.last_drop.unwrap_or(0),
                 }
             }),
             key_attention: s

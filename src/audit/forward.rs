@@ -17,7 +17,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,9 @@ pub struct ForwardConfig {
     pub app_name: String,
     /// Lines held while the receiver is slow or away; more are dropped.
     pub buffer_lines: usize,
+    /// Bytes held, at most (lines can be long: a ledger line holds a whole
+    /// key record, and the process's memory is locked).
+    pub buffer_bytes: usize,
 }
 
 /// The facility names of RFC 5424, section 6.2.1, by number.
@@ -82,11 +85,13 @@ fn header_field(s: &str, max: usize) -> String {
 }
 
 impl ForwardConfig {
-    /// The defaults for a transport: facility authpriv, this host's name,
-    /// APP-NAME `keywarden`, 10,000 lines of buffer.
+    /// The defaults for a transport: facility authpriv, this host's name
+    /// (gethostname: the unit's `ProcSubset=pid` hides /proc/sys), APP-NAME
+    /// `keywarden`, 10,000 lines and 64 MiB of buffer.
     pub fn new(transport: Transport) -> Self {
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
             .unwrap_or_default();
         ForwardConfig {
             transport,
@@ -94,6 +99,7 @@ impl ForwardConfig {
             hostname: header_field(&hostname, 255),
             app_name: "keywarden".into(),
             buffer_lines: 10_000,
+            buffer_bytes: 64 << 20,
         }
     }
 }
@@ -140,7 +146,10 @@ pub struct ForwardStatus {
     pub queued: u64,
     /// How long the oldest line not yet sent has waited (0 when idle).
     pub lag_seconds: f64,
+    /// Why the last connection failed, until a line is sent again.
     pub last_error: Option<String>,
+    /// When a line was last dropped (Unix seconds).
+    pub last_drop: Option<i64>,
 }
 
 #[derive(Default)]
@@ -150,6 +159,9 @@ struct Stats {
     dropped: AtomicU64,
     errors: AtomicU64,
     queued: AtomicU64,
+    queued_bytes: AtomicU64,
+    /// Unix seconds of the last drop; 0: never.
+    last_drop: std::sync::atomic::AtomicI64,
     /// When the line being sent was offered; `None` while idle.
     holding_since: Mutex<Option<Instant>>,
     last_error: Mutex<Option<String>>,
@@ -162,9 +174,11 @@ struct Pending {
 
 /// The sending side, owned by the audit writer.
 pub struct Forwarder {
-    tx: SyncSender<Pending>,
+    tx: Mutex<Sender<Pending>>,
     stats: Arc<Stats>,
     target: String,
+    max_lines: u64,
+    max_bytes: u64,
 }
 
 enum Conn {
@@ -173,6 +187,9 @@ enum Conn {
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Fresh connections a line may break before it is given up (a receiver
+/// that closes on one particular frame must not stop every later line).
+const TRIES_PER_LINE: u32 = 3;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -204,6 +221,11 @@ enum Sent {
 fn send(conn: &mut Conn, msg: &str) -> Sent {
     match conn {
         Conn::Tcp(s) => {
+            // A receiver that closed while we were idle: find out before
+            // writing, or the kernel takes the line and it is lost.
+            if let Some(e) = closed(s) {
+                return Sent::Broken(e);
+            }
             let frame = format!("{} {msg}", msg.len());
             match s.write_all(frame.as_bytes()) {
                 Ok(()) => Sent::Ok,
@@ -218,7 +240,40 @@ fn send(conn: &mut Conn, msg: &str) -> Sent {
     }
 }
 
+/// `Some` if the peer has closed the connection (or it failed).
+fn closed(s: &TcpStream) -> Option<std::io::Error> {
+    if let Err(e) = s.set_nonblocking(true) {
+        return Some(e);
+    }
+    let mut b = [0u8; 1];
+    let r = match s.peek(&mut b) {
+        Ok(0) => Some(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the receiver closed the connection",
+        )),
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+        Err(e) => Some(e),
+    };
+    match s.set_nonblocking(false) {
+        Ok(()) => r,
+        Err(e) => Some(e),
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 impl Stats {
+    fn dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        self.last_drop.store(unix_now(), Ordering::Relaxed);
+    }
+
     fn failed(&self, e: &std::io::Error, what: &str) {
         self.connected.store(false, Ordering::Relaxed);
         self.errors.fetch_add(1, Ordering::Relaxed);
@@ -231,30 +286,41 @@ impl Stats {
     }
 }
 
+/// The `seq` of a line, for a warning about it.
+fn seq_of(line: &str) -> Option<u64> {
+    serde_json::from_str::<Value>(line).ok()?["seq"].as_u64()
+}
+
 fn run(cfg: ForwardConfig, rx: Receiver<Pending>, stats: Arc<Stats>) {
     let procid = std::process::id();
     let mut conn: Option<Conn> = None;
     let mut backoff = Duration::from_millis(100);
+    let pause = |backoff: &mut Duration| {
+        std::thread::sleep(*backoff);
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    };
     while let Ok(p) = rx.recv() {
         stats.queued.fetch_sub(1, Ordering::Relaxed);
+        stats
+            .queued_bytes
+            .fetch_sub(p.line.len() as u64, Ordering::Relaxed);
         *stats
             .holding_since
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(p.at);
         let msg = syslog_message(&cfg, procid, &p.line);
+        let mut broken = 0u32;
         loop {
             let c = match conn.as_mut() {
                 Some(c) => c,
                 None => match connect(&cfg.transport) {
                     Ok(c) => {
-                        backoff = Duration::from_millis(100);
                         stats.connected.store(true, Ordering::Relaxed);
                         conn.insert(c)
                     }
                     Err(e) => {
                         stats.failed(&e, "connecting");
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        pause(&mut backoff);
                         continue;
                     }
                 },
@@ -262,21 +328,35 @@ fn run(cfg: ForwardConfig, rx: Receiver<Pending>, stats: Arc<Stats>) {
             match send(c, &msg) {
                 Sent::Ok => {
                     stats.sent.fetch_add(1, Ordering::Relaxed);
+                    *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    backoff = Duration::from_millis(100);
                     break;
                 }
                 Sent::TooLarge => {
-                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    stats.dropped(1);
                     tracing::warn!(
                         bytes = msg.len(),
+                        seq = seq_of(&p.line),
                         "audit line too large for a datagram; not forwarded"
                     );
                     break;
                 }
                 Sent::Broken(e) => {
-                    // Sent again on a new connection: a frame cut by the
-                    // failure is discarded by the receiver.
+                    // Sent again on a new connection (a frame cut by the
+                    // failure is discarded by the receiver), a few times.
                     stats.failed(&e, "sending");
                     conn = None;
+                    broken += 1;
+                    if broken >= TRIES_PER_LINE {
+                        stats.dropped(1);
+                        tracing::warn!(
+                            seq = seq_of(&p.line),
+                            tries = broken,
+                            "the receiver broke the connection on this audit line each time; not forwarded"
+                        );
+                        break;
+                    }
+                    pause(&mut backoff);
                 }
             }
         }
@@ -290,29 +370,68 @@ fn run(cfg: ForwardConfig, rx: Receiver<Pending>, stats: Arc<Stats>) {
 impl Forwarder {
     /// Starts the sending thread (it connects when the first line comes).
     pub fn start(cfg: ForwardConfig) -> std::io::Result<Self> {
-        let (tx, rx) = sync_channel(cfg.buffer_lines.max(1));
+        let (tx, rx) = channel();
         let stats = Arc::new(Stats::default());
         let target = cfg.transport.to_string();
+        let (max_lines, max_bytes) = (cfg.buffer_lines.max(1) as u64, cfg.buffer_bytes as u64);
         let s = stats.clone();
         std::thread::Builder::new()
             .name("audit-forward".into())
             .spawn(move || run(cfg, rx, s))?;
-        Ok(Forwarder { tx, stats, target })
+        Ok(Forwarder {
+            tx: Mutex::new(tx),
+            stats,
+            target,
+            max_lines,
+            max_bytes,
+        })
     }
 
-    /// Offers a durable line; never blocks. A full queue drops it.
+    /// Offers a durable line; never blocks. Over the queue's bounds (lines
+    /// or bytes) it is dropped and counted.
     pub fn offer(&self, line: &str) {
+        let s = &self.stats;
+        let bytes = line.len() as u64;
+        if s.queued.load(Ordering::Relaxed) >= self.max_lines
+            || s.queued_bytes.load(Ordering::Relaxed) + bytes > self.max_bytes
+        {
+            s.dropped(1);
+            return;
+        }
+        s.queued.fetch_add(1, Ordering::Relaxed);
+        s.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
         let p = Pending {
             line: line.to_string(),
             at: Instant::now(),
         };
-        self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(p) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.stats.queued.fetch_sub(1, Ordering::Relaxed);
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        let sent = self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(p);
+        if sent.is_err() {
+            s.queued.fetch_sub(1, Ordering::Relaxed);
+            s.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            s.dropped(1);
+        }
+    }
+
+    /// Waits until every line offered so far is sent (or given up), for at
+    /// most `deadline`: at shutdown, so the SIEM gets the last checkpoint.
+    /// Returns the lines still waiting.
+    pub fn drain(&self, deadline: Duration) -> u64 {
+        let end = Instant::now() + deadline;
+        loop {
+            let busy = self
+                .stats
+                .holding_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some();
+            let queued = self.stats.queued.load(Ordering::Relaxed);
+            if queued == 0 && !busy {
+                return 0;
             }
+            if Instant::now() >= end {
+                return queued + u64::from(busy);
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -320,6 +439,7 @@ impl Forwarder {
     pub fn status(&self) -> ForwardStatus {
         let s = &self.stats;
         let since = *s.holding_since.lock().unwrap_or_else(|p| p.into_inner());
+        let last_drop = s.last_drop.load(Ordering::Relaxed);
         ForwardStatus {
             target: self.target.clone(),
             connected: s.connected.load(Ordering::Relaxed),
@@ -333,6 +453,7 @@ impl Forwarder {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            last_drop: (last_drop > 0).then_some(last_drop),
         }
     }
 }
@@ -453,5 +574,96 @@ mod tests {
         let n = rx.recv(&mut buf).unwrap();
         let got = std::str::from_utf8(&buf[..n]).unwrap();
         assert!(got.starts_with("<86>1 ") && got.ends_with(LINE), "{got}");
+    }
+
+    #[test]
+    fn the_default_hostname_is_the_hosts() {
+        let c = ForwardConfig::new(Transport::Unix("/dev/log".into()));
+        let h = nix::unistd::gethostname().unwrap().into_string().unwrap();
+        assert_eq!(c.hostname, header_field(&h, 255));
+        assert_ne!(c.hostname, "-");
+    }
+
+    #[test]
+    fn a_receiver_that_keeps_closing_is_not_hammered() {
+        // It accepts and closes at once, every time.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepts = Arc::new(AtomicU64::new(0));
+        let a = accepts.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                a.fetch_add(1, Ordering::Relaxed);
+                drop(s);
+            }
+        });
+        let f = Forwarder::start(cfg(Transport::Tcp(addr))).unwrap();
+        for i in 0..200 {
+            f.offer(&format!("line-{i}"));
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        // Backoff between connections: a handful, not thousands.
+        let n = accepts.load(Ordering::Relaxed);
+        assert!((1..=15).contains(&n), "{n} connections in 1.5 s");
+        assert!(f.status().errors >= 1);
+    }
+
+    #[test]
+    fn a_line_too_large_for_a_datagram_is_dropped_and_the_next_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.sock");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut c = cfg(Transport::Unix(path));
+        c.buffer_bytes = 1 << 20;
+        let f = Forwarder::start(c).unwrap();
+        // Larger than any datagram: never sendable.
+        f.offer(&"x".repeat(600 * 1024));
+        f.offer("after");
+        let mut buf = vec![0; 65536];
+        let n = rx.recv(&mut buf).unwrap();
+        assert!(std::str::from_utf8(&buf[..n])
+            .unwrap()
+            .ends_with(" - - after"));
+        let st = f.status();
+        assert_eq!((st.sent, st.dropped), (1, 1), "{st:?}");
+        assert!(st.last_drop.is_some());
+    }
+
+    #[test]
+    fn the_byte_bound_drops_what_would_not_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(Transport::Unix(dir.path().join("absent.sock")));
+        c.buffer_bytes = 10_000;
+        let f = Forwarder::start(c).unwrap();
+        for _ in 0..10 {
+            f.offer(&"y".repeat(4000));
+        }
+        let st = f.status();
+        // One held by the thread, at most two in the queue.
+        assert!(st.dropped >= 7, "{st:?}");
+    }
+
+    #[test]
+    fn drain_waits_for_the_queue_and_gives_up_at_its_deadline() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let f = Forwarder::start(cfg(Transport::Tcp(l.local_addr().unwrap()))).unwrap();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut r = BufReader::new(s);
+            (0..20).map(|_| frame(&mut r)).count()
+        });
+        for i in 0..20 {
+            f.offer(&format!("l{i}"));
+        }
+        assert_eq!(f.drain(Duration::from_secs(10)), 0);
+        assert_eq!(t.join().unwrap(), 20);
+
+        let dir = tempfile::tempdir().unwrap();
+        let g = Forwarder::start(cfg(Transport::Unix(dir.path().join("absent.sock")))).unwrap();
+        g.offer("stuck");
+        let start = Instant::now();
+        assert_eq!(g.drain(Duration::from_millis(300)), 1);
+        assert!(start.elapsed() < Duration::from_secs(2));
     }
 }

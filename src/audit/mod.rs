@@ -676,6 +676,12 @@ impl Audit {
         self.state.forward.as_ref().map(forward::Forwarder::status)
     }
 
+    /// Waits (at most `deadline`) until the forwarder has sent every line
+    /// offered; the lines still waiting, if lines are forwarded.
+    pub fn drain_forward(&self, deadline: std::time::Duration) -> Option<u64> {
+        self.state.forward.as_ref().map(|f| f.drain(deadline))
+    }
+
     /// Ok, or why the log cannot be written.
     pub fn health(&self) -> Result<(), AuditError> {
         self.state

@@ -67,6 +67,7 @@ pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
                 "target": f.target, "connected": f.connected, "sent": f.sent,
                 "dropped": f.dropped, "errors": f.errors, "queued": f.queued,
                 "lag_seconds": f.lag_seconds, "last_error": f.last_error,
+                "last_drop": f.last_drop,
             })),
             "key_attention": s.key_attention.iter().map(|a| json!({
                 "key": a.key, "version": a.version, "reason": a.reason,
@@ -178,26 +179,34 @@ pub fn attention(s: &proto::StatusResponse) -> Vec<(Level, String)> {
         ));
     }
     if let Some(f) = &s.audit_forward {
-        if !f.connected || f.dropped > 0 {
-            a.push((
-                Level::Warning,
-                format!(
-                    "audit forwarding to {}: {}, {} lines dropped, {} queued{}",
-                    f.target,
-                    if f.connected {
-                        "connected"
-                    } else {
-                        "disconnected"
-                    },
-                    f.dropped,
-                    f.queued,
-                    if f.last_error.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", f.last_error)
-                    }
-                ),
-            ));
+        // A drop is news for ten minutes; the total stays in the details.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let recent_drop = f.last_drop > 0 && now - f.last_drop < 600;
+        if !f.connected || recent_drop {
+            let mut what = format!(
+                "audit forwarding to {}: {}",
+                f.target,
+                if f.connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                }
+            );
+            if recent_drop {
+                what.push_str(&format!(
+                    ", lines dropped (the last at {}; {} in all)",
+                    time_text(f.last_drop),
+                    f.dropped
+                ));
+            }
+            what.push_str(&format!(", {} queued", f.queued));
+            if !f.last_error.is_empty() {
+                what.push_str(&format!(" ({})", f.last_error));
+            }
+            a.push((Level::Warning, what));
         }
     }
     for k in &s.key_attention {

@@ -44,6 +44,9 @@ pub const MAX_CONCURRENT_REQUESTS: usize = 64;
 /// How long in-flight requests may run after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How long shutdown waits for the audit forwarder to send what is queued.
+const FORWARD_DRAIN: Duration = Duration::from_secs(5);
+
 fn check_privileges(config: &Config) -> anyhow::Result<()> {
     if nix::unistd::geteuid().is_root() && !config.allow_root {
         bail!("refusing to run as root; run as the keywarden user, or set server.allow_root = true (development only)");
@@ -397,9 +400,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&config.socket);
     }
     let c = core.clone();
+    let forwarding = audit.clone();
     let _ = tokio::task::spawn_blocking(move || {
         audit.record_event(EventKind::DaemonStop, Outcome::Ok, serde_json::json!({}));
         c.shutdown();
+        // The SIEM's copy gets the stop and the final checkpoint too, if
+        // the receiver takes them within a few seconds.
+        match forwarding.drain_forward(FORWARD_DRAIN) {
+            Some(0) | None => {}
+            Some(n) => warn!(
+                lines = n,
+                "audit lines not forwarded at shutdown; the local log has them"
+            ),
+        }
     })
     .await;
     result?;

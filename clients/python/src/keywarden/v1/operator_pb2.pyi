@@ -319,7 +319,7 @@ class StatusResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., hsm_health: _Optional[str] = ..., hsm_detail: _Optional[str] = ..., token: _Optional[_Union[TokenStatus, _Mapping]] = ..., key_count: _Optional[int] = ..., drift: _Optional[_Union[DriftReport, _Mapping]] = ..., sealed: _Optional[bool] = ..., started_at: _Optional[int] = ..., seal: _Optional[_Union[SealStatus, _Mapping]] = ..., audit_health: _Optional[str] = ..., audit_detail: _Optional[str] = ..., break_glass: _Optional[_Iterable[_Union[BreakGlassGrant, _Mapping]]] = ..., policy: _Optional[str] = ..., caller: _Optional[str] = ..., registry_tampering: _Optional[_Iterable[str]] = ..., hardening: _Optional[_Iterable[str]] = ..., connections_open: _Optional[int] = ..., connections_refused: _Optional[int] = ..., connections_timed_out: _Optional[int] = ..., dev_mode: _Optional[bool] = ..., audit_forward: _Optional[_Union[AuditForwardStatus, _Mapping]] = ..., key_attention: _Optional[_Iterable[_Union[KeyAttention, _Mapping]]] = ...) -> None: ...
 
 class AuditForwardStatus(_message.Message):
-    __slots__ = ("target", "connected", "sent", "dropped", "errors", "queued", "lag_seconds", "last_error")
+    __slots__ = ("target", "connected", "sent", "dropped", "errors", "queued", "lag_seconds", "last_error", "last_drop")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     SENT_FIELD_NUMBER: _ClassVar[int]
@@ -328,6 +328,7 @@ class AuditForwardStatus(_message.Message):
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_DROP_FIELD_NUMBER: _ClassVar[int]
     target: str
     connected: bool
     sent: int
@@ -336,7 +337,8 @@ class AuditForwardStatus(_message.Message):
     queued: int
     lag_seconds: float
     last_error: str
-    def __init__(self, target: _Optional[str] = ..., connected: _Optional[bool] = ..., sent: _Optional[int] = ..., dropped: _Optional[int] = ..., errors: _Optional[int] = ..., queued: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., last_error: _Optional[str] = ...) -> None: ...
+    last_drop: int
+    def __init__(self, target: _Optional[str] = ..., connected: _Optional[bool] = ..., sent: _Optional[int] = ..., dropped: _Optional[int] = ..., errors: _Optional[int] = ..., queued: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., last_error: _Optional[str] = ..., last_drop: _Optional[int] = ...) -> None: ...
 
 class KeyAttention(_message.Message):
     __slots__ = ("key", "version", "reason", "encryptions", "hard_limit", "due_at")
