@@ -775,6 +775,40 @@ async fn audit_query_filters_context_lookup_and_tail_follow() {
         "{all:?}"
     );
     assert!(query(&["--context", "patient=999", "--op", "GenerateDataKey"]).is_empty());
+    // The value from stdin instead of the command line.
+    let out = d.cli(
+        &[
+            "--output",
+            "json",
+            "audit",
+            "query",
+            "--dir",
+            &dir,
+            "--context-file",
+            "-",
+            "--op",
+            "GenerateDataKey",
+        ],
+        Some("patient=123\n"),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&ok(&out).into_bytes()).unwrap();
+    assert_eq!(v["entries"].as_array().unwrap().len(), 2);
+    // A name given twice is refused, not overwritten.
+    let out = d.cli(
+        &[
+            "audit",
+            "query",
+            "--dir",
+            &dir,
+            "--context",
+            "patient=1",
+            "--context",
+            "patient=2",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("given twice"));
     // The lookup is itself audited, with the HMAC, not the value.
     let lookups = query(&["--op", "AuditHash", "--outcome", "ok"]);
     assert!(lookups.len() >= 4, "{lookups:?}");
@@ -842,4 +876,47 @@ async fn audit_query_filters_context_lookup_and_tail_follow() {
     );
     let _ = tail.kill();
     let _ = tail.wait();
+}
+
+/// Status lists keys that need attention (here: a version past its
+/// rotate-after count) to admins and auditors, and to nobody else: an app
+/// may not enumerate the key table through Status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_key_attention_only_to_roles_that_list_keys() {
+    users();
+    let d = Daemon::builder()
+        .policy(&policy(""))
+        .args(&["--rotate-after-encryptions", "1"])
+        .start()
+        .await;
+    let mut c = d.client().await;
+    create_key(&mut c, "patients").await;
+    ok(&d.cli_as(
+        "kwtest-app1",
+        &[
+            "datakey",
+            "generate",
+            "--key",
+            "patients",
+            "--context",
+            "tenant=t",
+        ],
+        None,
+    ));
+    let status_of = |out: std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&ok(&out).into_bytes()).unwrap()
+    };
+    let admin = status_of(d.cli(&["--output", "json", "status"], None));
+    let items = admin["key_attention"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{admin}");
+    assert_eq!(items[0]["key"], "patients");
+    assert_eq!(items[0]["reason"], "encryption_limit");
+    let text = String::from_utf8(ok(&d.cli(&["status"], None)).into_bytes()).unwrap();
+    assert!(
+        text.starts_with("NEEDS ATTENTION") && text.contains("key patients version 1"),
+        "{text}"
+    );
+    let app = status_of(d.cli_as("kwtest-app1", &["--output", "json", "status"], None));
+    assert_eq!(app["key_attention"], serde_json::json!([]), "{app}");
+    assert!(!app.to_string().contains("patients"), "{app}");
 }

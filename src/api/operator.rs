@@ -296,6 +296,9 @@ impl OperatorService for OperatorApi {
             Err(e) => ("unavailable".to_string(), e.to_string()),
         };
         let rekey = s.seal.rekey.clone();
+        // Key names and the forwarder's target only for the roles that may
+        // list keys (an app sees the daemon's health, not the key table).
+        let sees_keys = matches!(call.role, "admin" | "auditor");
         Ok(Response::new(proto::StatusResponse {
             version: s.version.to_string(),
             hsm_health,
@@ -343,8 +346,10 @@ impl OperatorService for OperatorApi {
             connections_refused: conns.refused,
             connections_timed_out: conns.timed_out,
             dev_mode: self.ctx.dev_mode,
-            audit_forward: self.ctx.guard.audit.forward_status().map(|f| {
-                proto::AuditForwardStatus {
+            audit_forward: sees_keys
+                .then(|| self.ctx.guard.audit.forward_status())
+                .flatten()
+                .map(|f| proto::AuditForwardStatus {
                     target: f.target,
                     connected: f.connected,
                     sent: f.sent,
@@ -354,11 +359,11 @@ impl OperatorService for OperatorApi {
                     lag_seconds: f.lag_seconds,
                     last_error: f.last_error.unwrap_or_default(),
                     last_drop: f.last_drop.unwrap_or(0),
-                }
-            }),
+                }),
             key_attention: s
                 .attention
                 .iter()
+                .filter(|_| sees_keys)
                 .map(|a| {
                     use crate::core::AttentionReason as R;
                     let mut p = proto::KeyAttention {

@@ -66,10 +66,10 @@ pub struct Filters {
     /// `ok`, `error`, `denied`, or a gRPC code (`PERMISSION_DENIED`).
     #[arg(long)]
     pub outcome: Option<String>,
-    /// At or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+    /// At or after this time (RFC 3339 in UTC, e.g. 2026-11-01T00:00:00Z).
     #[arg(long)]
     pub since: Option<String>,
-    /// Before this time (RFC 3339).
+    /// Before this time (RFC 3339 in UTC).
     #[arg(long)]
     pub until: Option<String>,
     /// Entries whose encryption context had this value (repeatable). The
@@ -77,6 +77,11 @@ pub struct Filters {
     /// the value itself is never in the log.
     #[arg(long = "context", value_name = "NAME=VALUE")]
     pub context: Vec<String>,
+    /// As --context, one NAME=VALUE per line, from FILE (`-`: stdin), so
+    /// that a patient's identifier is not on a command line other local
+    /// users can read (/proc/PID/cmdline) or in the shell's history.
+    #[arg(long, value_name = "FILE")]
+    pub context_file: Option<PathBuf>,
 }
 
 /// [`Filters`], parsed: times read, context values replaced by HMACs.
@@ -114,13 +119,25 @@ impl Filter {
     /// Parses the filters; `--context` asks the daemon at `socket` for the
     /// HMACs (the one part that is not offline).
     pub async fn new(f: Filters, socket: &Path) -> anyhow::Result<Filter> {
-        let mut pairs = std::collections::HashMap::new();
-        for c in &f.context {
-            let Some((k, v)) = c.split_once('=') else {
-                bail!("--context {c:?}: expected NAME=VALUE");
+        let mut given = f.context.clone();
+        if let Some(file) = &f.context_file {
+            let text = if file == Path::new("-") {
+                let mut t = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)?;
+                t
+            } else {
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("--context-file {}", file.display()))?
             };
-            pairs.insert(k.to_string(), v.to_string());
+            given.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string),
+            );
         }
+        // Each name once: a repeated one is refused, not overwritten.
+        let pairs = super::parse_context(&given)?;
         let context = if pairs.is_empty() {
             Vec::new()
         } else {
@@ -221,7 +238,9 @@ fn print_header() {
 /// One entry as a table row (text) or as its JSON line.
 fn print_entry(output: Output, v: &Value) {
     if output == Output::Json {
-        out!("{v}");
+        // JSON as serde writes it (control characters escaped), one
+        // entry per line; C1 controls and bidi marks too, for terminals.
+        println!("{}", json_line(v));
         return;
     }
     let op = v["op"]
@@ -252,64 +271,117 @@ fn print_entry(output: Output, v: &Value) {
     );
 }
 
-/// Every entry of a directory's files, oldest first.
-fn entries(dir: &Path) -> anyhow::Result<Vec<Value>> {
-    let mut rows = Vec::new();
-    for f in log_files(dir)? {
-        let text =
-            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-        rows.extend(
-            text.lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok()),
-        );
-    }
-    Ok(rows)
+/// Reads a directory's log, oldest line first, and then (when asked)
+/// follows the live file as it grows and rotates, without missing or
+/// repeating a line: the live file is opened first and kept, rotated files
+/// that are that same file are skipped, and at a rotation the old file is
+/// read to its end before the new one is opened.
+struct LogReader {
+    path: PathBuf,
+    live: std::io::BufReader<std::fs::File>,
+    ino: u64,
+    /// Bytes of a line not yet ended by its newline.
+    partial: Vec<u8>,
 }
 
-/// Prints entries written to `dir/audit.log` from now on, following the
-/// file across rotations (a new file at the path is read from its start).
-fn follow(output: Output, dir: &Path, filter: &Filter) -> anyhow::Result<()> {
-    use std::io::{BufRead, BufReader, Seek};
-    use std::os::unix::fs::MetadataExt;
-    let path = dir.join("audit.log");
-    let open = |from_end: bool| -> anyhow::Result<(BufReader<std::fs::File>, u64)> {
-        let mut f =
-            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+impl LogReader {
+    fn open_live(path: &Path) -> anyhow::Result<(std::io::BufReader<std::fs::File>, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let ino = f.metadata()?.ino();
-        if from_end {
-            f.seek(std::io::SeekFrom::End(0))?;
-        }
-        Ok((BufReader::new(f), ino))
-    };
-    let (mut r, mut ino) = open(true)?;
-    let mut partial = String::new();
-    loop {
-        let mut line = String::new();
-        let n = r.read_line(&mut line)?;
-        if n > 0 {
-            partial.push_str(&line);
-            if !partial.ends_with('\n') {
+        Ok((std::io::BufReader::new(f), ino))
+    }
+
+    /// Every line of `dir` written so far, to `each`; then the reader,
+    /// positioned after them.
+    fn history(dir: &Path, mut each: impl FnMut(Value)) -> anyhow::Result<LogReader> {
+        use std::io::BufRead;
+        use std::os::unix::fs::MetadataExt;
+        let path = dir.join("audit.log");
+        let (live, ino) = Self::open_live(&path)?;
+        for f in log_files(dir)? {
+            if f == path {
                 continue;
             }
-            if let Ok(v) = serde_json::from_str::<Value>(partial.trim_end()) {
-                if filter.matches(&v) {
-                    print_entry(output, &v);
-                    use std::io::Write;
-                    let _ = std::io::stdout().flush();
+            // A file rotated since the live one was opened is that file.
+            if std::fs::metadata(&f).is_ok_and(|m| m.ino() == ino) {
+                continue;
+            }
+            let r = std::io::BufReader::new(
+                std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?,
+            );
+            for line in r.split(b'\n') {
+                if let Some(v) = parse(&line?) {
+                    each(v);
                 }
             }
-            partial.clear();
-            continue;
         }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        // Rotated: the rest of the old file was read; go on with the new one.
-        if let Ok(m) = std::fs::metadata(&path) {
-            if m.ino() != ino {
-                (r, ino) = open(false)?;
-                partial.clear();
+        let mut me = LogReader {
+            path,
+            live,
+            ino,
+            partial: Vec::new(),
+        };
+        me.read_available(&mut each)?;
+        Ok(me)
+    }
+
+    /// The complete lines now in the live file; a partial one waits.
+    fn read_available(&mut self, each: &mut impl FnMut(Value)) -> anyhow::Result<()> {
+        use std::io::BufRead;
+        loop {
+            let n = self.live.read_until(b'\n', &mut self.partial)?;
+            if n == 0 {
+                return Ok(());
+            }
+            if self.partial.ends_with(b"\n") {
+                if let Some(v) = parse(&self.partial) {
+                    each(v);
+                }
+                self.partial.clear();
             }
         }
     }
+
+    /// Follows the live file for ever.
+    fn follow(mut self, mut each: impl FnMut(Value)) -> anyhow::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        loop {
+            self.read_available(&mut each)?;
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let Ok(m) = std::fs::metadata(&self.path) else {
+                continue;
+            };
+            if m.ino() != self.ino {
+                // Rotated: finish the old file (kept open), then the new.
+                self.read_available(&mut each)?;
+                (self.live, self.ino) = Self::open_live(&self.path)?;
+                self.partial.clear();
+            }
+        }
+    }
+}
+
+/// An entry as one line of JSON, with every character a terminal could
+/// act on (C0, C1, bidi controls) written as a `\\u` escape.
+fn json_line(v: &Value) -> String {
+    let mut out = String::new();
+    for c in v.to_string().chars() {
+        if crate::core::validate::unprintable(c) {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One line of the log, if it is a JSON object.
+fn parse(line: &[u8]) -> Option<Value> {
+    let text = std::str::from_utf8(line).ok()?;
+    serde_json::from_str::<Value>(text.trim_end()).ok()
 }
 
 /// The log files of a directory, oldest first: rotated files by name, then
@@ -393,10 +465,12 @@ pub async fn run(output: Output, cmd: AuditCommand, socket: &Path) -> anyhow::Re
         }
         AuditCommand::Query { dir, filters } => {
             let filter = Filter::new(filters, socket).await?;
-            let rows: Vec<Value> = entries(&dir)?
-                .into_iter()
-                .filter(|v| filter.matches(v))
-                .collect();
+            let mut rows = Vec::new();
+            LogReader::history(&dir, |v| {
+                if filter.matches(&v) {
+                    rows.push(v);
+                }
+            })?;
             match output {
                 Output::Json => print_json(&json!({"entries": rows}))?,
                 Output::Text => {
@@ -409,26 +483,116 @@ pub async fn run(output: Output, cmd: AuditCommand, socket: &Path) -> anyhow::Re
         AuditCommand::Tail {
             dir,
             lines,
-            follow: keep_on,
+            follow,
             filters,
         } => {
             let filter = Filter::new(filters, socket).await?;
-            let rows: Vec<Value> = entries(&dir)?
-                .into_iter()
-                .filter(|v| filter.matches(v))
-                .collect();
+            let mut last = std::collections::VecDeque::with_capacity(lines.min(10_000) + 1);
+            let reader = LogReader::history(&dir, |v| {
+                if filter.matches(&v) {
+                    last.push_back(v);
+                    if last.len() > lines {
+                        last.pop_front();
+                    }
+                }
+            })?;
             if output == Output::Text {
                 print_header();
             }
-            rows[rows.len().saturating_sub(lines)..]
-                .iter()
-                .for_each(|v| print_entry(output, v));
-            if keep_on {
+            last.iter().for_each(|v| print_entry(output, v));
+            if follow {
                 use std::io::Write;
                 let _ = std::io::stdout().flush();
-                tokio::task::spawn_blocking(move || follow(output, &dir, &filter)).await??;
+                tokio::task::spawn_blocking(move || {
+                    reader.follow(|v| {
+                        if filter.matches(&v) {
+                            print_entry(output, &v);
+                            let _ = std::io::stdout().flush();
+                        }
+                    })
+                })
+                .await??;
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn append(p: &Path, text: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn seq(v: &Value) -> u64 {
+        v["seq"].as_u64().unwrap()
+    }
+
+    #[test]
+    fn follow_reads_every_line_once_across_rotations_and_partial_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("audit.log");
+        append(
+            &dir.path().join("audit-000000000001.log"),
+            "{\"seq\":0}\n{\"seq\":1}\n",
+        );
+        append(&live, "{\"seq\":2}\n{\"seq\":3");
+        let mut seen = Vec::new();
+        let reader = LogReader::history(dir.path(), |v| seen.push(seq(&v))).unwrap();
+        // The partial line waits for its newline.
+        assert_eq!(seen, [0, 1, 2]);
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = reader.follow(|v| {
+                let _ = tx.send(seq(&v));
+            });
+        });
+        append(&live, "}\n{\"seq\":4}\n");
+        // A rotation right after a write: the old file's last lines and
+        // the new file's first come in order, once each.
+        append(&live, "{\"seq\":5}\n");
+        std::fs::rename(&live, dir.path().join("audit-000000000005.log")).unwrap();
+        append(&live, "{\"seq\":6}\n");
+        // A multi-byte character split across two writes.
+        append(&live, "{\"seq\":7,\"k\":\"\u{e9}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        append(&live, "\"}\n");
+        let got: Vec<u64> = (0..5)
+            .map(|_| rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap())
+            .collect();
+        assert_eq!(got, [3, 4, 5, 6, 7]);
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(600))
+            .is_err());
+    }
+
+    #[test]
+    fn history_skips_a_rotated_file_that_is_the_live_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("audit.log");
+        append(&live, "{\"seq\":0}\n");
+        // The same file under a rotated name too (a rotation racing the
+        // listing): its lines are read once.
+        std::fs::hard_link(&live, dir.path().join("audit-000000000000.log")).unwrap();
+        let mut seen = Vec::new();
+        LogReader::history(dir.path(), |v| seen.push(seq(&v))).unwrap();
+        assert_eq!(seen, [0]);
+    }
+
+    #[test]
+    fn json_lines_escape_what_a_terminal_would_act_on() {
+        let v = json!({"k": "a\u{9b}b\u{202e}c\u{1b}"});
+        let line = json_line(&v);
+        assert_eq!(line, r#"{"k":"a\u009bb\u202ec\u001b"}"#);
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), v);
     }
 }
