@@ -38,6 +38,7 @@ check "keywarden --version runs" /usr/bin/keywarden --version
 check "man pages installed" sh -c 'zcat /usr/share/man/man1/keywarden.1.gz | grep -q "keywarden\\\\-audit" && zcat /usr/share/man/man1/keywarden-audit-query.1.gz | grep -q "NAME=VALUE"'
 check "bash completion loads" bash -c '. /usr/share/bash-completion/completions/keywarden && complete -p keywarden'
 check "zsh and fish completions installed" test -s /usr/share/zsh/vendor-completions/_keywarden -a -s /usr/share/fish/vendor_completions.d/keywarden.fish
+check "keywarden reload reads the shipped config and signals only a daemon" sh -c '/usr/bin/keywarden reload --pid $$ --config /etc/keywarden/keywarden.toml 2>&1 | grep -q "not a keywarden daemon"'
 check "ExecReload needs no /bin/kill" sh -c '! grep -q "^ExecReload=/bin/kill" /lib/systemd/system/keywarden.service'
 
 echo "# local edit" >> /etc/keywarden/keywarden.toml

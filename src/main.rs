@@ -163,8 +163,11 @@ enum Command {
         /// The daemon's pid (systemd: $MAINPID).
         #[arg(long)]
         pid: i32,
-        /// The daemon's state directory (server.state_dir), where it
+        /// The daemon's configuration: its server.state_dir is where it
         /// records the reload's outcome.
+        #[arg(long, conflicts_with = "state_dir")]
+        config: Option<PathBuf>,
+        /// The daemon's state directory, instead of --config.
         #[arg(long, default_value = "/var/lib/keywarden")]
         state_dir: PathBuf,
         /// How long to wait for the daemon's answer.
@@ -420,9 +423,14 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
         Command::Status => keywarden::cli::status::run(&socket, cli.output).await,
         Command::Reload {
             pid,
+            config,
             state_dir,
             timeout,
         } => {
+            let state_dir = match config {
+                Some(c) => keywarden::config::Config::load(&c)?.state_dir,
+                None => state_dir,
+            };
             keywarden::server::reload::request(pid, &state_dir, timeout)?;
             println!("policy reloaded");
             Ok(())

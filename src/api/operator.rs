@@ -138,7 +138,12 @@ impl OperatorService for OperatorApi {
         let context = request.into_inner().context;
         let mut extra = Map::new();
         let res = match crate::core::validate::check_context(&context) {
-            Err(e) => Err(Status::invalid_argument(format!("context: {e}"))),
+            // The pairs have an encryption context's limits; the message
+            // names this request's field.
+            Err(crate::core::CoreError::InvalidArgument { reason, .. }) => {
+                Err(Status::invalid_argument(format!("context: {reason}")))
+            }
+            Err(e) => Err(crate::api::status::to_status(e)),
             Ok(()) if self.ctx.core.phase() != crate::seal::Phase::Unsealed => {
                 Err(Status::failed_precondition(
                     "sealed: context values can be hashed only while unsealed (the key is the keyring's)",

@@ -178,13 +178,13 @@ impl Keywarden {
         self.clock.now_secs()
     }
 
-    /// Subscribes to key changes (see [`KeyChange`]).
     /// Completes after the seal's state (or a ceremony's progress) has
     /// changed since the last call returned.
     pub async fn seal_changed(&self) {
         self.seal_changed.notified().await
     }
 
+    /// Subscribes to key changes (see [`KeyChange`]).
     pub fn watch(&self) -> tokio::sync::broadcast::Receiver<KeyChange> {
         self.changes.subscribe()
     }
@@ -301,6 +301,7 @@ impl Keywarden {
     /// The scheduler's second try at a login whose registry did not load.
     pub(crate) fn retry_login(&self) {
         self.after_login("registry loaded on retry");
+        self.seal_changed.notify_one();
     }
 
     /// Everything that follows a login: the verified registry, session
@@ -364,33 +365,39 @@ impl Keywarden {
     }
 
     pub fn rekey_start(&self, spec: ShareSpec<'_>) -> CoreResult<(String, u8)> {
-        Ok(self.seal.rekey_start(spec)?)
+        let r = self.seal.rekey_start(spec);
+        self.seal_changed.notify_one();
+        Ok(r?)
     }
 
     pub fn rekey_submit(
         &self,
         share: &str,
     ) -> CoreResult<(ShareProgress, Option<crate::seal::NewShareSet>)> {
-        Ok(self.seal.rekey_submit(share)?)
+        let r = self.seal.rekey_submit(share);
+        self.seal_changed.notify_one();
+        Ok(r?)
     }
 
     pub fn rekey_verify(&self, share: &str) -> CoreResult<ShareProgress> {
         let r = self.seal.rekey_verify(self.hsm.as_ref(), share);
-        self.seal_changed.notify_one();
         // A commit whose re-login failed leaves the daemon sealed.
         if !self.seal.logged_in() {
             self.sync_context_key();
         }
-        let p = r?;
+        let p = r.inspect_err(|_| self.seal_changed.notify_one())?;
         if p.complete {
             // The login was renewed: session copies must be made again.
             self.after_login("rekey");
         }
+        self.seal_changed.notify_one();
         Ok(p)
     }
 
     pub fn rekey_cancel(&self) -> CoreResult<()> {
-        Ok(self.seal.rekey_cancel()?)
+        let r = self.seal.rekey_cancel();
+        self.seal_changed.notify_one();
+        Ok(r?)
     }
 
     fn registry_key(&self) -> CoreResult<zeroize::Zeroizing<[u8; 32]>> {

@@ -92,7 +92,8 @@ impl Keywarden {
         let mut out = Vec::new();
         for r in records {
             if let Some(at) = r.destroy_due_at {
-                if r.state != KeyState::Destroyed {
+                // A hold pauses the destruction: not due while it stands.
+                if r.state != KeyState::Destroyed && r.active_holds().next().is_none() {
                     out.push(KeyAttention {
                         key: r.name.clone(),
                         version: 0,

@@ -20,10 +20,21 @@ use crate::guard::Guard;
 /// The outcome file's name in the state directory.
 pub const OUTCOME_FILE: &str = "policy-reload.json";
 
-fn write_outcome(state_dir: &Path, n: u64, r: &Result<(), String>) {
+/// Nanoseconds of CLOCK_BOOTTIME: one clock for the daemon and the
+/// command, so an outcome is known to belong to a reload that began after
+/// the command's signal (signals sent during a reload are merged into one).
+pub fn boot_ns() -> i128 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
+        Ok(t) => i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()),
+        Err(_) => 0,
+    }
+}
+
+fn write_outcome(state_dir: &Path, n: u64, started_ns: i128, r: &Result<(), String>) {
     let v = json!({
         "pid": std::process::id(),
         "n": n,
+        "started_ns": started_ns.to_string(),
         "ok": r.is_ok(),
         "error": r.as_ref().err(),
         "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
@@ -48,6 +59,7 @@ pub fn spawn(guard: Arc<Guard>, state_dir: PathBuf) {
         let mut n = 0u64;
         while hup.recv().await.is_some() {
             super::systemd::reloading();
+            let started = boot_ns();
             let g = guard.clone();
             let r = match tokio::task::spawn_blocking(move || g.reload()).await {
                 Ok(Ok(())) => {
@@ -64,7 +76,7 @@ pub fn spawn(guard: Arc<Guard>, state_dir: PathBuf) {
                 }
             };
             n += 1;
-            write_outcome(&state_dir, n, &r);
+            write_outcome(&state_dir, n, started, &r);
             super::systemd::reloaded();
         }
     });
@@ -74,6 +86,10 @@ pub fn spawn(guard: Arc<Guard>, state_dir: PathBuf) {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReloadError {
+    #[error("--pid {0}: no such process")]
+    NoProcess(i32),
+    #[error("--pid {pid}: the process is {comm:?}, not a keywarden daemon")]
+    NotKeywarden { pid: i32, comm: String },
     #[error("signalling pid {pid}: {source}")]
     Signal { pid: i32, source: nix::Error },
     #[error("the daemon refused the new policy (the previous one stays in force): {0}")]
@@ -86,10 +102,20 @@ pub enum ReloadError {
     },
 }
 
-/// Sends SIGHUP to `pid` and waits for its outcome in `state_dir`.
+/// Sends SIGHUP to the keywarden daemon `pid` and waits for the outcome of
+/// a reload that began after it, recorded in `state_dir`.
 pub fn request(pid: i32, state_dir: &Path, timeout: Duration) -> Result<(), ReloadError> {
+    // Only a daemon: never a process group (0, negative) or a stranger.
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map_err(|_| ReloadError::NoProcess(pid))?;
+    if comm.trim_end() != "keywarden" {
+        return Err(ReloadError::NotKeywarden {
+            pid,
+            comm: comm.trim_end().to_string(),
+        });
+    }
     let path = state_dir.join(OUTCOME_FILE);
-    let before = std::fs::read(&path).ok();
+    let sent_at = boot_ns();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGHUP,
@@ -97,17 +123,19 @@ pub fn request(pid: i32, state_dir: &Path, timeout: Duration) -> Result<(), Relo
     .map_err(|source| ReloadError::Signal { pid, source })?;
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(now) = std::fs::read(&path) {
-            if Some(&now) != before.as_ref() {
-                let v: Value = serde_json::from_slice(&now).unwrap_or(Value::Null);
-                if v["pid"].as_i64() == Some(i64::from(pid)) {
-                    return match v["ok"].as_bool() {
-                        Some(true) => Ok(()),
-                        _ => Err(ReloadError::Refused(
-                            v["error"].as_str().unwrap_or("unknown").to_string(),
-                        )),
-                    };
-                }
+        if let Ok(text) = std::fs::read(&path) {
+            let v: Value = serde_json::from_slice(&text).unwrap_or(Value::Null);
+            let started = v["started_ns"]
+                .as_str()
+                .and_then(|t| t.parse::<i128>().ok())
+                .unwrap_or(i128::MIN);
+            if v["pid"].as_i64() == Some(i64::from(pid)) && started >= sent_at {
+                return match v["ok"].as_bool() {
+                    Some(true) => Ok(()),
+                    _ => Err(ReloadError::Refused(
+                        v["error"].as_str().unwrap_or("unknown").to_string(),
+                    )),
+                };
             }
         }
         if Instant::now() >= deadline {
@@ -118,5 +146,36 @@ pub fn request(pid: i32, state_dir: &Path, timeout: Duration) -> Result<(), Relo
             });
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_what_is_not_a_keywarden_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        // This test process is not named keywarden.
+        let me = std::process::id() as i32;
+        assert!(matches!(
+            request(me, dir.path(), Duration::from_millis(10)),
+            Err(ReloadError::NotKeywarden { .. })
+        ));
+        assert!(matches!(
+            request(0, dir.path(), Duration::from_millis(10)),
+            Err(ReloadError::NoProcess(0))
+        ));
+        assert!(matches!(
+            request(-1, dir.path(), Duration::from_millis(10)),
+            Err(ReloadError::NoProcess(-1))
+        ));
+    }
+
+    #[test]
+    fn the_clock_is_shared_and_moves_on() {
+        let a = boot_ns();
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(boot_ns() > a && a > 0);
     }
 }
