@@ -7,12 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --locked --bin keywarden >&2
+bin="${CARGO_TARGET_DIR:-target}/release/keywarden"
+# Cargo.toml's deb assets name this directory.
 assets=target/package-assets
 rm -rf "$assets"
 mkdir -p "$assets/man" "$assets/completions"
-target/release/keywarden man --dir "$assets/man"
+"$bin" man --dir "$assets/man"
 gzip -9n "$assets"/man/*.1
-target/release/keywarden completions bash >"$assets/completions/keywarden.bash"
-target/release/keywarden completions zsh >"$assets/completions/_keywarden"
-target/release/keywarden completions fish >"$assets/completions/keywarden.fish"
-cargo deb --locked --no-build 2>/dev/null | tail -1
+"$bin" completions bash >"$assets/completions/keywarden.bash"
+"$bin" completions zsh >"$assets/completions/_keywarden"
+"$bin" completions fish >"$assets/completions/keywarden.fish"
+cargo deb --locked --no-build | tail -1
