@@ -12,10 +12,12 @@ set -euo pipefail
 # packages from PyPI into a virtualenv); PostgreSQL for the database example;
 # Prometheus (and its promtool) for the metrics test, which starts its own
 # server on loopback; rsyslog for the audit-forwarding test, which starts
-# its own rsyslogd on loopback (the package's own service is left alone).
+# its own rsyslogd on loopback (the package's own service is left alone);
+# debootstrap and systemd-container to boot the packaged unit under systemd
+# as PID 1 in a container (scripts/systemd-test.sh).
 pkgs=(softhsm2 opensc build-essential pkg-config ca-certificates age jq systemd dpkg-dev)
 if [ "${1:-}" = "--test" ]; then
-  pkgs+=(libclang-dev libssl-dev python3 python3-venv postgresql prometheus rsyslog)
+  pkgs+=(libclang-dev libssl-dev python3 python3-venv postgresql prometheus rsyslog debootstrap systemd-container)
 fi
 need=()
 for pkg in "${pkgs[@]}"; do

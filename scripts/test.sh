@@ -42,6 +42,9 @@ bash scripts/kryoptic.sh
 section "Debian package: build, install, upgrade, remove, purge"
 bash scripts/package-test.sh
 
+section "the packaged unit under systemd as PID 1 (systemd-nspawn --boot)"
+bash scripts/systemd-test.sh
+
 section "fuzz smoke run (each libFuzzer target for ${FUZZ_SECONDS:-10} s)"
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
 section "done"

@@ -647,14 +647,7 @@ async fn audit_rotation_keeps_the_chain_across_files() {
         if i % 20 == 0 {
             // A checkpoint (at seal) lets the writer rotate.
             c.operator.seal(proto::SealRequest {}).await.unwrap();
-            c.operator
-                .unseal(proto::UnsealRequest {
-                    share: d.dev_share.clone().unwrap(),
-                    reset: false,
-                    accept_restore_window: false,
-                })
-                .await
-                .unwrap();
+            d.unseal_dev(&mut c).await;
         }
     }
     drop(c);

@@ -389,14 +389,7 @@ async fn sealing_while_the_hsm_is_lost_forgets_the_relogin_pin() {
     assert_eq!(g.code(), tonic::Code::FailedPrecondition, "{g:?}");
     assert!(!d.log().contains("HSM back"), "{}", d.log());
     // The share opens it again.
-    c.operator
-        .unseal(proto::UnsealRequest {
-            share: d.dev_share.clone().unwrap(),
-            reset: false,
-            accept_restore_window: false,
-        })
-        .await
-        .unwrap();
+    d.unseal_dev(&mut c).await;
     d.wait_phase("unsealed").await;
     assert!(time_to_serve(&mut c, Duration::from_secs(10)).await < Duration::from_secs(10));
 }

@@ -80,14 +80,7 @@ async fn status_is_sent_when_the_seal_changes() {
     let msgs = drain(&sock, Duration::from_millis(1500));
     assert!(msgs.iter().any(|m| m.contains("STATUS=sealed")), "{msgs:?}");
     let mut c = d.client().await;
-    c.operator
-        .unseal(proto::UnsealRequest {
-            share: d.dev_share.clone().unwrap(),
-            reset: false,
-            accept_restore_window: false,
-        })
-        .await
-        .unwrap();
+    d.unseal_dev(&mut c).await;
     let msgs = drain(&sock, Duration::from_millis(1500));
     assert!(
         msgs.iter().any(|m| m.contains("STATUS=unsealed")),
@@ -140,14 +133,7 @@ async fn socket_activation_serves_the_passed_descriptor() {
     // The configured path was not bound: only the passed socket serves.
     assert!(!d.socket().exists());
     let mut c = keywarden_client::Client::connect(&sa_sock).await.unwrap();
-    c.operator
-        .unseal(proto::UnsealRequest {
-            share: d.dev_share.clone().unwrap(),
-            reset: false,
-            accept_restore_window: false,
-        })
-        .await
-        .unwrap();
+    d.unseal_dev(&mut c).await;
     create_key(&mut c, "via-activation").await;
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),

@@ -332,6 +332,18 @@ impl Daemon {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }
 
+    /// Unseals it again with dev mode's share.
+    pub async fn unseal_dev(&self, c: &mut Client) {
+        c.operator
+            .unseal(proto::UnsealRequest {
+                share: self.dev_share.clone().expect("a dev daemon's share"),
+                reset: false,
+                accept_restore_window: false,
+            })
+            .await
+            .expect("unseal with the dev share");
+    }
+
     pub async fn client(&self) -> Client {
         Client::connect(&self.socket()).await.unwrap()
     }
