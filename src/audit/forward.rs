@@ -461,7 +461,7 @@ impl Forwarder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::{BufRead, BufReader};
     use std::net::TcpListener;
 
     fn cfg(t: Transport) -> ForwardConfig {
