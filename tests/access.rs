@@ -77,7 +77,7 @@ fn denied(out: &std::process::Output, needle: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apps_get_their_keys_only_and_roles_are_enforced() {
     users();
-    let d = Daemon::start_with_policy(&policy(IMAGING)).await;
+    let d = Daemon::builder().policy(&policy(IMAGING)).start().await;
     let mut c = d.client().await;
     create_key(&mut c, "patients").await;
     create_key(&mut c, "images/ct").await;
@@ -214,7 +214,7 @@ async fn apps_get_their_keys_only_and_roles_are_enforced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn break_glass_only_where_permitted_and_it_expires() {
     users();
-    let d = Daemon::start_with_policy(&policy("")).await;
+    let d = Daemon::builder().policy(&policy("")).start().await;
     let mut c = d.client().await;
     create_key(&mut c, "patients").await;
     // root (operators) is an admin but not an app: refused without break-glass.
@@ -311,7 +311,7 @@ async fn break_glass_only_where_permitted_and_it_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_reload_valid_and_invalid() {
     users();
-    let d = Daemon::start_with_policy(&policy(IMAGING)).await;
+    let d = Daemon::builder().policy(&policy(IMAGING)).start().await;
     let mut c = d.client().await;
     create_key(&mut c, "images/ct").await;
     ok(&d.cli_as(
@@ -365,7 +365,7 @@ async fn policy_reload_valid_and_invalid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_by_signal_reports_a_refused_policy() {
     users();
-    let d = Daemon::start_with_policy(&policy(IMAGING)).await;
+    let d = Daemon::builder().policy(&policy(IMAGING)).start().await;
     let mut c = d.client().await;
     create_key(&mut c, "images/ct").await;
     let pid = d.serve_pid().unwrap().to_string();
@@ -413,7 +413,7 @@ async fn reload_by_signal_reports_a_refused_policy() {
 /// caught at the right sequence number.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_log_verifies_and_tampering_is_detected() {
-    let mut d = Daemon::start().await;
+    let mut d = Daemon::builder().start().await;
     let mut c = d.client().await;
     create_key(&mut c, "k").await;
     let secret_ctx = "patient-4711-secret";
@@ -577,7 +577,7 @@ async fn audit_log_verifies_and_tampering_is_detected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unwritable_audit_log_fails_closed_and_recovers() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut c = d.client().await;
     create_key(&mut c, "k").await;
     let g = generate(&mut c, "k", &[]).await;
@@ -639,7 +639,10 @@ async fn unwritable_audit_log_fails_closed_and_recovers() {
 /// Rotation by size keeps the chain across files, across a restart too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_rotation_keeps_the_chain_across_files() {
-    let mut d = Daemon::start_with(&["--audit-max-file-bytes", "4096"]).await;
+    let mut d = Daemon::builder()
+        .args(&["--audit-max-file-bytes", "4096"])
+        .start()
+        .await;
     let mut c = d.client().await;
     create_key(&mut c, "k").await;
     for i in 0..60 {
@@ -694,7 +697,7 @@ async fn audit_rotation_keeps_the_chain_across_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_query_filters_context_lookup_and_tail_follow() {
     users();
-    let d = Daemon::start_with_policy(&policy("")).await;
+    let d = Daemon::builder().policy(&policy("")).start().await;
     let mut c = d.client().await;
     create_key(&mut c, "patients").await;
     let dir = d.audit_dir().display().to_string();

@@ -76,7 +76,7 @@ async fn lose_and_restore(d: &mut Daemon, work: &Path, file: &Path, share: &str)
     let target = work.join("restored");
     let o = restore(&target, file, share, &trail);
     assert!(o.status.success(), "{}", text(&o));
-    let r = Daemon::start_at(&target).await;
+    let r = Daemon::builder().at(&target).start().await;
     unseal(&r, share, false).await.unwrap();
     r.wait_phase("unsealed").await;
     r
@@ -166,7 +166,7 @@ async fn restore_with_the_trail_keeps_what_happened_after_the_backup() {
         "{report}"
     );
 
-    let mut r = Daemon::start_at(&target).await;
+    let mut r = Daemon::builder().at(&target).start().await;
     r.dev_share = Some(share.clone());
     assert_eq!(r.phase().await, "sealed");
     unseal(&r, &share, false).await.unwrap();
@@ -243,7 +243,7 @@ async fn a_restore_without_the_trail_serves_only_once_custodians_accept_the_wind
     assert!(o.status.success(), "{report}");
     assert!(report.contains("NO audit trail replayed"), "{report}");
 
-    let r = Daemon::start_at(&target).await;
+    let r = Daemon::builder().at(&target).start().await;
     let err = unseal(&r, &share, false).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(
@@ -272,8 +272,8 @@ async fn a_restore_without_the_trail_serves_only_once_custodians_accept_the_wind
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn altered_foreign_and_misplaced_restores_are_refused_and_write_nothing() {
-    let a = Daemon::start().await;
-    let b = Daemon::start().await;
+    let a = Daemon::builder().start().await;
+    let b = Daemon::builder().start().await;
     let (sa, sb) = (a.dev_share.clone().unwrap(), b.dev_share.clone().unwrap());
     let mut c = a.client().await;
     create_key(&mut c, "patients").await;
@@ -368,7 +368,7 @@ async fn altered_foreign_and_misplaced_restores_are_refused_and_write_nothing() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_under_load_restores_every_data_key_returned_before_it_began() {
-    let mut d = Daemon::start().await;
+    let mut d = Daemon::builder().start().await;
     let share = d.dev_share.clone().unwrap();
     let mut c = d.client().await;
     for i in 0..4 {
@@ -462,7 +462,7 @@ fn the_restore_drill_passes_and_reports_rpo_and_rto() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_daemon_backs_up_and_its_backup_restores() {
-    let mut d = Daemon::start().await;
+    let mut d = Daemon::builder().start().await;
     let share = d.dev_share.clone().unwrap();
     let mut c = d.client().await;
     create_key(&mut c, "patients").await;
@@ -535,7 +535,11 @@ async fn a_second_loss_after_a_restore_keeps_what_the_restored_host_destroyed() 
     let o = restore(&host2, &file, &share, &first_trail);
     assert!(o.status.success(), "{}", text(&o));
     // The restored host runs with dual control relaxed like the first.
-    let mut r = Daemon::start_at_with(&host2, &["--destroy-approvals", "1"]).await;
+    let mut r = Daemon::builder()
+        .at(&host2)
+        .args(&["--destroy-approvals", "1"])
+        .start()
+        .await;
     r.dev_share = Some(share.clone());
     unseal(&r, &share, false).await.unwrap();
     r.wait_phase("unsealed").await;
@@ -583,7 +587,7 @@ async fn a_second_loss_after_a_restore_keeps_what_the_restored_host_destroyed() 
         report.contains("shredded-later: active -> destroyed"),
         "{report}"
     );
-    let r3 = Daemon::start_at(&host3).await;
+    let r3 = Daemon::builder().at(&host3).start().await;
     unseal(&r3, &share, false).await.unwrap();
     r3.wait_phase("unsealed").await;
     let mut c = r3.client().await;

@@ -18,7 +18,7 @@ fn json(out: &std::process::Output) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn datakey_round_trip_through_the_cli() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let k = json(&d.cli(
         &[
             "key",
@@ -141,7 +141,7 @@ async fn datakey_round_trip_through_the_cli() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_errors_are_clear() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let out = d.cli(&["datakey", "generate", "--key", "nope"], None);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

@@ -12,7 +12,7 @@ const BLOB_LEN: usize = 84;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_with_and_without_plaintext() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut c = d.client().await;
     let meta = create_key(&mut c, "patients").await;
     assert_eq!(meta.current_version, 1);
@@ -81,7 +81,7 @@ async fn round_trip_with_and_without_plaintext() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_context_is_refused() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut c = d.client().await;
     create_key(&mut c, "k").await;
     let g = generate(&mut c, "k", &[("tenant", "a")]).await;
@@ -108,7 +108,7 @@ async fn wrong_context_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bit_flip_is_detected() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut c = d.client().await;
     create_key(&mut c, "k").await;
     let context = [("tenant", "a")];
@@ -145,7 +145,7 @@ async fn every_bit_flip_is_detected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_garbage_and_oversized_blobs() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut c = d.client().await;
     create_key(&mut c, "k").await;
     let g = generate(&mut c, "k", &[]).await;
@@ -206,7 +206,7 @@ async fn truncated_garbage_and_oversized_blobs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_names_unknown_keys_and_oversized_inputs() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut c = d.client().await;
     create_key(&mut c, "k").await;
 
@@ -336,7 +336,7 @@ async fn bad_names_unknown_keys_and_oversized_inputs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_succeed_and_fail_per_item() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut c = d.client().await;
     create_key(&mut c, "a").await;
     create_key(&mut c, "b").await;
@@ -483,7 +483,7 @@ async fn batches_succeed_and_fail_per_item() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_clients_get_correct_answers() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut c = d.client().await;
     create_key(&mut c, "k").await;
     let mut tasks = Vec::new();
@@ -507,7 +507,7 @@ async fn concurrent_clients_get_correct_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cmk_on_token_is_sensitive_and_never_extractable() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut c = d.client().await;
     create_key(&mut c, "clinic-backups").await;
     let out = d.pkcs11_tool(&["--list-objects", "--type", "secrkey"]);
@@ -556,7 +556,7 @@ async fn cmk_on_token_is_sensitive_and_never_extractable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_keys_and_reports_drift() {
-    let mut d = Daemon::start().await;
+    let mut d = Daemon::builder().start().await;
     let mut c = d.client().await;
     create_key(&mut c, "kept").await;
     create_key(&mut c, "lost").await;
@@ -606,7 +606,7 @@ async fn restart_keeps_keys_and_reports_drift() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_socket_is_open_and_status_and_reflection_answer() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     // Dev mode opens the socket to every local user; the policy decides
     // (a configured daemon defaults to 0660 and refuses world access).
     assert_eq!(path_mode(&d.socket()), 0o666);
@@ -661,7 +661,7 @@ async fn dev_socket_is_open_and_status_and_reflection_answer() {
 /// data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fields_and_macs_are_served_and_audited_without_their_data() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut c = d.client().await;
     create_key(&mut c, "fields").await;
     let hmac = c

@@ -42,7 +42,7 @@ fn audited(d: &Daemon, op: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_streams_and_ranges_round_trip() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut raw = d.client().await;
     create_key(&mut raw, "clinic").await;
     let c = sdk(&d).await;
@@ -131,7 +131,10 @@ async fn records_streams_and_ranges_round_trip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recipients_and_crypto_shredding() {
-    let d = Daemon::start_with(&["--destroy-min-delay", "1s", "--destroy-approvals", "1"]).await;
+    let d = Daemon::builder()
+        .args(&["--destroy-min-delay", "1s", "--destroy-approvals", "1"])
+        .start()
+        .await;
     let mut raw = d.client().await;
     for k in ["clinic", "recovery", "shredded"] {
         create_key(&mut raw, k).await;
@@ -204,7 +207,7 @@ async fn recipients_and_crypto_shredding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_saves_calls_and_drops_revoked_keys_within_a_second() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut raw = d.client().await;
     create_key(&mut raw, "records").await;
     create_key(&mut raw, "other").await;
@@ -338,7 +341,7 @@ fn pipe(d: &Daemon, args: &[&str], input: &[u8]) -> (bool, Vec<u8>, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_encrypts_and_decrypts_pipes_and_refuses_tampering() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut raw = d.client().await;
     create_key(&mut raw, "backups").await;
     let pt = pattern(8 * SEGMENT + 999, 5);
@@ -448,7 +451,7 @@ async fn cli_encrypts_and_decrypts_pipes_and_refuses_tampering() {
 /// `KEYWARDEN_EXAMPLE_MIB` MiB (1024 here: 1 GiB).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_application_depending_only_on_the_client_crate() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut raw = d.client().await;
     create_key(&mut raw, "clinic").await;
     let example = std::path::Path::new(BIN)

@@ -60,7 +60,11 @@ async fn start_through_shim(dir: &Path, extra_env: &[(&str, &str)]) -> (Daemon, 
         ("KEYWARDEN_SHIM_CONTROL", ctl.as_str()),
     ];
     env.extend_from_slice(extra_env);
-    let d = Daemon::start_with_args_env(&["--pkcs11-module", &shim], &env).await;
+    let d = Daemon::builder()
+        .args(&["--pkcs11-module", &shim])
+        .envs(&env)
+        .start()
+        .await;
     (d, control)
 }
 

@@ -14,7 +14,7 @@ use keywarden::secret::Pin;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pkcs11_hsm_meets_the_contract_on_the_token_under_test() {
     // A dev daemon makes and initialises a fresh token, then lets it go.
-    let mut d = Daemon::start().await;
+    let mut d = Daemon::builder().start().await;
     let share = d.dev_share.clone().unwrap();
     let user = d.derive_pin(&[&share], false);
     let so = d.derive_pin(&[&share], true);

@@ -23,7 +23,7 @@ async fn setup(d: &Daemon) -> keywarden_client::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_keeps_old_blobs_and_uses_the_new_version() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut c = setup(&d).await;
     let old = generate(&mut c, "k", &[("a", "1")]).await;
     assert_eq!(old.key_version, 1);
@@ -60,7 +60,7 @@ async fn rotation_keeps_old_blobs_and_uses_the_new_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrap_moves_a_blob_to_the_newest_version_without_the_plaintext() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut c = setup(&d).await;
     let old = generate(&mut c, "k", &[("tenant", "a")]).await;
     c.keys.rotate_key(name_req("k")).await.unwrap();
@@ -168,7 +168,7 @@ async fn rewrap_moves_a_blob_to_the_newest_version_without_the_plaintext() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retired_and_revoked_versions_refuse_old_blobs() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut c = setup(&d).await;
     let v1 = generate(&mut c, "k", &[]).await;
     c.keys.rotate_key(name_req("k")).await.unwrap();
@@ -243,7 +243,7 @@ async fn retired_and_revoked_versions_refuse_old_blobs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disable_refuses_the_very_next_call_and_enable_restores() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut c = setup(&d).await;
     let g = generate(&mut c, "k", &[]).await;
     c.keys.disable_key(name_req("k")).await.unwrap();
@@ -273,15 +273,17 @@ fn token_labels(d: &Daemon) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_destruction_waits_can_be_cancelled_and_shreds() {
-    let d = Daemon::start_with(&[
-        "--destroy-min-delay",
-        "2s",
-        "--destroy-approvals",
-        "1",
-        "--tick",
-        "1s",
-    ])
-    .await;
+    let d = Daemon::builder()
+        .args(&[
+            "--destroy-min-delay",
+            "2s",
+            "--destroy-approvals",
+            "1",
+            "--tick",
+            "1s",
+        ])
+        .start()
+        .await;
     let mut c = setup(&d).await;
     let g1 = generate(&mut c, "k", &[]).await;
     c.keys.rotate_key(name_req("k")).await.unwrap();
@@ -350,15 +352,17 @@ async fn scheduled_destruction_waits_can_be_cancelled_and_shreds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legal_hold_refuses_and_pauses_destruction_until_released() {
-    let d = Daemon::start_with(&[
-        "--destroy-min-delay",
-        "1s",
-        "--destroy-approvals",
-        "1",
-        "--tick",
-        "1s",
-    ])
-    .await;
+    let d = Daemon::builder()
+        .args(&[
+            "--destroy-min-delay",
+            "1s",
+            "--destroy-approvals",
+            "1",
+            "--tick",
+            "1s",
+        ])
+        .start()
+        .await;
     let mut c = setup(&d).await;
     let g = generate(&mut c, "k", &[]).await;
     let hold = |id: &str| proto::PlaceHoldRequest {
@@ -431,15 +435,17 @@ async fn legal_hold_refuses_and_pauses_destruction_until_released() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destruction_needs_a_second_distinct_admin() {
     ensure_user("kwtest-admin");
-    let d = Daemon::start_with(&[
-        "--destroy-min-delay",
-        "1s",
-        "--destroy-approvals",
-        "2",
-        "--tick",
-        "1s",
-    ])
-    .await;
+    let d = Daemon::builder()
+        .args(&[
+            "--destroy-min-delay",
+            "1s",
+            "--destroy-approvals",
+            "2",
+            "--tick",
+            "1s",
+        ])
+        .start()
+        .await;
     let mut c = setup(&d).await;
     let g = generate(&mut c, "k", &[]).await;
     // root requests an immediate destruction: one approval is not enough.
@@ -499,15 +505,17 @@ async fn destruction_needs_a_second_distinct_admin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn automatic_rotation_by_period_and_by_count_and_the_hard_limit() {
-    let d = Daemon::start_with(&[
-        "--rotate-after-encryptions",
-        "20",
-        "--hard-limit-encryptions",
-        "30",
-        "--tick",
-        "1s",
-    ])
-    .await;
+    let d = Daemon::builder()
+        .args(&[
+            "--rotate-after-encryptions",
+            "20",
+            "--hard-limit-encryptions",
+            "30",
+            "--tick",
+            "1s",
+        ])
+        .start()
+        .await;
     let mut c = setup(&d).await;
     // By count: 25 encryptions pass the rotation threshold of 20.
     for _ in 0..25 {
@@ -566,7 +574,7 @@ async fn automatic_rotation_by_period_and_by_count_and_the_hard_limit() {
 /// Edits to the registry file are detected at the next unseal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hand_edited_registry_is_detected() {
-    let mut d = Daemon::start().await;
+    let mut d = Daemon::builder().start().await;
     let mut c = setup(&d).await;
     create_key(&mut c, "held").await;
     create_key(&mut c, "counted").await;

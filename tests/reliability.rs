@@ -138,15 +138,17 @@ async fn sigkill_at_random_points_loses_nothing() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
-    let mut d = Daemon::start_with(&[
-        "--destroy-min-delay",
-        "1s",
-        "--destroy-approvals",
-        "1",
-        "--tick",
-        "1s",
-    ])
-    .await;
+    let mut d = Daemon::builder()
+        .args(&[
+            "--destroy-min-delay",
+            "1s",
+            "--destroy-approvals",
+            "1",
+            "--tick",
+            "1s",
+        ])
+        .start()
+        .await;
     let mut c = d.client().await;
     for k in ["crash-a", "crash-b", "crash-c"] {
         create_key(&mut c, k).await;
@@ -254,7 +256,7 @@ async fn sigkill_at_random_points_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_abuse_does_not_hurt_good_clients() {
     use std::io::Write;
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut c = d.client().await;
     create_key(&mut c, "k").await;
     let sock = d.socket();
@@ -331,7 +333,7 @@ async fn socket_abuse_does_not_hurt_good_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_clients_while_admins_rotate_disable_and_enable() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut admin = d.client().await;
     create_key(&mut admin, "k").await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -34,7 +34,7 @@ fn audit_verify(d: &Daemon) -> (bool, serde_json::Value) {
 /// stays whole) and names the process that holds the lock.
 #[tokio::test]
 async fn a_second_daemon_writes_nothing_and_names_the_holder() {
-    let mut d = Daemon::start().await;
+    let mut d = Daemon::builder().start().await;
     let mut c = d.client().await;
     create_key(&mut c, "k").await;
     let log = d.audit_dir().join("audit.log");
@@ -158,7 +158,7 @@ fn acknowledge(d: &Daemon) -> std::process::Output {
 /// admin acknowledges it, which the audit log records.
 #[tokio::test]
 async fn an_old_registry_with_the_counter_deleted_is_caught() {
-    let mut d = Daemon::start().await;
+    let mut d = Daemon::builder().start().await;
     let mut c = d.client().await;
     create_key(&mut c, "patients").await;
     drop(c);
@@ -234,7 +234,7 @@ async fn an_old_registry_with_the_counter_deleted_is_caught() {
 /// recorded a later generation.
 #[tokio::test]
 async fn a_consistent_rollback_of_registry_and_token_is_caught_by_the_audit_log() {
-    let mut d = Daemon::start().await;
+    let mut d = Daemon::builder().start().await;
     let mut c = d.client().await;
     create_key(&mut c, "scans").await;
     drop(c);
@@ -276,7 +276,7 @@ async fn a_consistent_rollback_of_registry_and_token_is_caught_by_the_audit_log(
 /// registry's history without a log is reported until acknowledged.
 #[tokio::test]
 async fn a_deleted_audit_log_is_reported_until_acknowledged() {
-    let mut d = Daemon::start().await;
+    let mut d = Daemon::builder().start().await;
     let mut c = d.client().await;
     create_key(&mut c, "k").await;
     drop(c);
@@ -298,7 +298,7 @@ async fn a_deleted_audit_log_is_reported_until_acknowledged() {
 /// Finding 9: seal.json edited (pending_init) or deleted.
 #[tokio::test]
 async fn an_edited_or_deleted_seal_file_is_reported_as_tampering() {
-    let mut d = Daemon::start().await;
+    let mut d = Daemon::builder().start().await;
     let mut c = d.client().await;
     create_key(&mut c, "k").await;
     drop(c);
@@ -381,9 +381,7 @@ fn vm_hwm_kib(pid: i32) -> u64 {
 async fn oversized_requests_from_a_caller_with_no_role_are_bounded() {
     // The test runs as root; the policy names only someone else.
     ensure_user("kwtest-app1");
-    let d = Daemon::start_with_policy(
-        "[[principal]]\nname = \"ehr\"\nusers = [\"kwtest-app1\"]\nroles = [\"app\"]\nkeys = [\"*\"]\n\n[[principal]]\nname = \"ops\"\nusers = [\"root\"]\nroles = [\"admin\", \"custodian\"]\n",
-    )
+    let d = Daemon::builder().policy("[[principal]]\nname = \"ehr\"\nusers = [\"kwtest-app1\"]\nroles = [\"app\"]\nkeys = [\"*\"]\n\n[[principal]]\nname = \"ops\"\nusers = [\"root\"]\nroles = [\"admin\", \"custodian\"]\n").start()
     .await;
     let pid = d.serve_pid().unwrap();
     let log = d.audit_dir().join("audit.log");
@@ -447,7 +445,7 @@ async fn oversized_requests_from_a_caller_with_no_role_are_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_flood_from_one_uid_does_not_lock_out_another() {
     ensure_user("kwtest-app2");
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let sock = d.socket().display().to_string();
     let script = format!(
         "import socket,time\nss=[]\nfor _ in range(200):\n  s=socket.socket(socket.AF_UNIX)\n  s.connect({sock:?})\n  ss.append(s)\nprint('open',flush=True)\ntime.sleep(60)\n"
@@ -505,7 +503,7 @@ struct NotUtf8 {
 /// said INTERNAL) and audited.
 #[tokio::test]
 async fn malformed_protobuf_is_invalid_argument_and_audited() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let ch = keywarden_client::channel(&d.socket()).await.unwrap();
     let mut grpc = tonic::client::Grpc::new(ch);
     grpc.ready().await.unwrap();
@@ -538,9 +536,7 @@ async fn malformed_protobuf_is_invalid_argument_and_audited() {
 /// flood of forged shares is cut off.
 #[tokio::test]
 async fn control_characters_writable_policy_and_share_floods_are_refused() {
-    let d = Daemon::start_with_policy(
-        "[[principal]]\nname = \"ops\"\nusers = [\"root\"]\nroles = [\"admin\", \"custodian\", \"auditor\", \"app\"]\nkeys = [\"*\"]\n",
-    )
+    let d = Daemon::builder().policy("[[principal]]\nname = \"ops\"\nusers = [\"root\"]\nroles = [\"admin\", \"custodian\", \"auditor\", \"app\"]\nkeys = [\"*\"]\n").start()
     .await;
     let mut c = d.client().await;
     create_key(&mut c, "k").await;
@@ -590,7 +586,10 @@ async fn control_characters_writable_policy_and_share_floods_are_refused() {
 /// or its destruction is finished by the scheduler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_during_destroy_now_never_leaves_the_key_usable() {
-    let mut d = Daemon::start_with(&["--destroy-approvals", "1", "--tick", "1s"]).await;
+    let mut d = Daemon::builder()
+        .args(&["--destroy-approvals", "1", "--tick", "1s"])
+        .start()
+        .await;
     for round in 0..4u64 {
         let name = format!("k{round}");
         let mut c = d.client().await;

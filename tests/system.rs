@@ -30,7 +30,10 @@ async fn notify_ready_watchdog_and_unhealthy_stops_pings() {
     let path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&path).unwrap();
     let p = path.display().to_string();
-    let d = Daemon::start_with_env(&[("NOTIFY_SOCKET", &p), ("WATCHDOG_USEC", "200000")]).await;
+    let d = Daemon::builder()
+        .envs(&[("NOTIFY_SOCKET", &p), ("WATCHDOG_USEC", "200000")])
+        .start()
+        .await;
     let msgs = drain(&sock, Duration::from_millis(800));
     assert!(msgs.iter().any(|m| m.contains("READY=1")), "{msgs:?}");
     assert!(msgs.iter().any(|m| m.contains("WATCHDOG=1")), "{msgs:?}");
@@ -73,7 +76,10 @@ async fn status_is_sent_when_the_seal_changes() {
     let path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&path).unwrap();
     let p = path.display().to_string();
-    let d = Daemon::start_with_env(&[("NOTIFY_SOCKET", &p), ("WATCHDOG_USEC", "120000000")]).await;
+    let d = Daemon::builder()
+        .envs(&[("NOTIFY_SOCKET", &p), ("WATCHDOG_USEC", "120000000")])
+        .start()
+        .await;
     drain(&sock, Duration::from_millis(300));
     let out = d.cli(&["operator", "seal"], None);
     assert!(out.status.success(), "{out:?}");
@@ -93,7 +99,7 @@ async fn status_is_sent_when_the_seal_changes() {
 async fn socket_activation_serves_the_passed_descriptor() {
     // Provision a token and seal file with dev mode, then run the daemon
     // the way systemd would: on a socket it did not bind itself.
-    let mut d = Daemon::start().await;
+    let mut d = Daemon::builder().start().await;
     d.stop();
     let sa_sock = d.dir.join("activated.sock");
     let mut child = std::process::Command::new("systemd-socket-activate")
@@ -144,7 +150,7 @@ async fn socket_activation_serves_the_passed_descriptor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
-    let mut d = Daemon::start().await;
+    let mut d = Daemon::builder().start().await;
     let mut c = d.client().await;
     create_key(&mut c, "k").await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -253,7 +259,7 @@ fn root_without_the_override_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_is_hardened_and_hsm_check_passes() {
-    let d = Daemon::start().await;
+    let d = Daemon::builder().start().await;
     let mut c = d.client().await;
     let s = c
         .operator
@@ -403,7 +409,7 @@ fn the_unit_scores_one_or_lower_and_verifies_its_syntax() {
 /// host's journal is untouched), and `journalctl` reads what it stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_the_journal_log_lines_carry_native_fields() {
-    let mut d = Daemon::start().await;
+    let mut d = Daemon::builder().start().await;
     d.stop();
     let out = d.dir.join("journal.json");
     let err = d.dir.join("serve.stderr");

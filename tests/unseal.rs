@@ -81,7 +81,7 @@ fn assert_sealed_refusal(r: Result<impl Sized, tonic::Status>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_of_five_ceremony_restart_unseal_and_seal() {
-    let mut d = Daemon::start_ceremony().await;
+    let mut d = Daemon::builder().ceremony().start().await;
     // Uninitialised: key operations are refused with their own state.
     let mut c = d.client().await;
     let r = c.keys.list_keys(proto::ListKeysRequest {}).await;
@@ -164,7 +164,7 @@ async fn three_of_five_ceremony_restart_unseal_and_seal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_shares_each_get_their_own_error_and_change_nothing() {
-    let mut d = Daemon::start_ceremony().await;
+    let mut d = Daemon::builder().ceremony().start().await;
     let out = init(&d, 5, 3, vec![]).await;
     let shares: Vec<String> = out.shares.iter().map(|s| s.share.clone()).collect();
     let set = set_id_bytes(&out.set_id);
@@ -251,7 +251,7 @@ async fn bad_shares_each_get_their_own_error_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rekey_two_of_three_with_verification() {
-    let mut d = Daemon::start_ceremony().await;
+    let mut d = Daemon::builder().ceremony().start().await;
     let out = init(&d, 3, 2, vec![]).await;
     let old: Vec<String> = out.shares.iter().map(|s| s.share.clone()).collect();
     for s in &old[..2] {
@@ -389,7 +389,7 @@ async fn rekey_two_of_three_with_verification() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn age_encrypted_shares_open_with_the_age_tool_and_unseal() {
-    let d = Daemon::start_ceremony().await;
+    let d = Daemon::builder().ceremony().start().await;
     let mut identities = Vec::new();
     let mut recipients = Vec::new();
     for i in 0..3 {
@@ -474,7 +474,7 @@ fn grep_tree(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_pin_or_share_on_disk_in_logs_or_ps_and_provisioning_pins_are_dead() {
-    let d = Daemon::start_ceremony().await;
+    let d = Daemon::builder().ceremony().start().await;
     let prov_user = std::fs::read_to_string(d.dir.join("user.pin"))
         .unwrap()
         .trim()
@@ -593,7 +593,7 @@ async fn no_pin_or_share_on_disk_in_logs_or_ps_and_provisioning_pins_are_dead() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_init_shares_never_lock_the_token() {
-    let mut d = Daemon::start_ceremony().await;
+    let mut d = Daemon::builder().ceremony().start().await;
     // Init, then the shares are "lost" (the daemon restarts before anyone
     // unseals). The token still has its provisioning PINs.
     let lost = init(&d, 3, 2, vec![]).await;

@@ -97,21 +97,9 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// A fresh token, config and state in a new temporary directory; dev
-    /// mode initialises it with a 1-of-1 share and unseals it.
-    pub async fn start() -> Daemon {
-        let d = DaemonBuilder::default().start().await;
-        assert!(d.dev_share.is_some(), "dev printed no share");
-        d
-    }
-
-    /// An uninitialised daemon (`keywarden dev --ceremony`).
-    pub async fn start_ceremony() -> Daemon {
-        DaemonBuilder::default().ceremony().start().await
-    }
-
-    /// The one way a test daemon is made; the `start_*` shorthands below
-    /// are this builder with one option each.
+    /// The one way a test daemon is made: by default a fresh token,
+    /// config and state in a new temporary directory, which dev mode
+    /// initialises with a 1-of-1 share and unseals.
     pub fn builder() -> DaemonBuilder {
         DaemonBuilder::default()
     }
@@ -133,30 +121,6 @@ impl Daemon {
             dev_share: None,
             envs: Vec::new(),
         }
-    }
-
-    /// A dev daemon on an existing directory (a restored one), started and
-    /// left as it comes up (sealed). The caller owns the directory.
-    pub async fn start_at(dir: &Path) -> Daemon {
-        Self::start_at_with(dir, &[]).await
-    }
-
-    /// [`Daemon::start_at`] with extra `keywarden dev` flags.
-    pub async fn start_at_with(dir: &Path, args: &[&str]) -> Daemon {
-        let mut d = Daemon {
-            dir: dir.to_path_buf(),
-            _temp: None,
-            child: None,
-            dev_args: token_dev_args()
-                .into_iter()
-                .chain(args.iter().map(|s| s.to_string()))
-                .collect(),
-            stdout: Default::default(),
-            dev_share: None,
-            envs: Vec::new(),
-        };
-        d.launch().await;
-        d
     }
 
     /// The audit log files in order (rotated ones first), as an operator
@@ -190,16 +154,8 @@ impl Daemon {
     /// Restarts and, in dev mode, unseals with the dev share.
     pub async fn restart(&mut self) {
         self.restart_sealed().await;
-        let share = self.dev_share.clone().expect("a dev share");
         let mut c = self.client().await;
-        c.operator
-            .unseal(proto::UnsealRequest {
-                share,
-                reset: false,
-                accept_restore_window: false,
-            })
-            .await
-            .unwrap();
+        self.unseal_dev(&mut c).await;
         self.wait_phase("unsealed").await;
     }
 
@@ -506,11 +462,6 @@ pub fn ensure_user(name: &str) -> u32 {
 }
 
 impl Daemon {
-    /// A daemon under a policy file (`keywarden dev --policy`).
-    pub async fn start_with_policy(policy: &str) -> Daemon {
-        DaemonBuilder::default().policy(policy).start().await
-    }
-
     pub fn policy_path(&self) -> PathBuf {
         self.dir.join("policy.toml")
     }
@@ -545,12 +496,6 @@ impl Daemon {
 }
 
 impl Daemon {
-    /// A dev daemon (initialised and unsealed) with extra `keywarden dev`
-    /// flags, e.g. lifecycle drill settings.
-    pub async fn start_with(args: &[&str]) -> Daemon {
-        DaemonBuilder::default().args(args).start().await
-    }
-
     pub fn registry_path(&self) -> PathBuf {
         self.dir.join("state").join("registry.db")
     }
@@ -571,20 +516,6 @@ pub fn name_req(name: &str) -> proto::KeyNameRequest {
 }
 
 impl Daemon {
-    /// A dev daemon with extra environment (e.g. NOTIFY_SOCKET).
-    pub async fn start_with_env(envs: &[(&str, &str)]) -> Daemon {
-        Self::start_with_args_env(&[], envs).await
-    }
-
-    /// A dev daemon with extra `keywarden dev` flags and environment.
-    pub async fn start_with_args_env(args: &[&str], envs: &[(&str, &str)]) -> Daemon {
-        let mut b = DaemonBuilder::default().args(args);
-        for (k, v) in envs {
-            b = b.env(k, v);
-        }
-        b.start().await
-    }
-
     /// The `keywarden serve` process (the dev process's child).
     pub fn serve_pid(&self) -> Option<i32> {
         let pid = self.child.as_ref()?.id();
@@ -637,9 +568,26 @@ pub struct DaemonBuilder {
     envs: Vec<(String, String)>,
     policy: Option<String>,
     ceremony: bool,
+    /// An existing directory (a restored deployment) instead of a new one.
+    at: Option<PathBuf>,
 }
 
 impl DaemonBuilder {
+    /// Environment variables for the daemon.
+    pub fn envs(mut self, envs: &[(&str, &str)]) -> Self {
+        self.envs
+            .extend(envs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
+    /// Run on an existing directory (its token, config and state: a
+    /// restored one), which the caller owns; `start` then returns as soon
+    /// as the daemon answers, as it comes up (sealed).
+    pub fn at(mut self, dir: &Path) -> Self {
+        self.at = Some(dir.to_path_buf());
+        self
+    }
+
     /// Extra `keywarden dev` flags.
     pub fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|a| a.to_string()));
@@ -665,7 +613,7 @@ impl DaemonBuilder {
     }
 
     /// Starts it and waits until it is unsealed (or, with `ceremony`,
-    /// answering and uninitialised).
+    /// answering and uninitialised; with `at`, answering).
     pub async fn start(self) -> Daemon {
         let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         if self.ceremony {
@@ -673,6 +621,13 @@ impl DaemonBuilder {
         }
         let mut d = Daemon::new(&args);
         d.envs = self.envs;
+        if let Some(dir) = self.at {
+            // Not the new temporary directory: the given one.
+            d.dir = dir;
+            d._temp = None;
+            d.launch().await;
+            return d;
+        }
         if let Some(text) = &self.policy {
             let path = d.dir.join("policy.toml");
             std::fs::write(&path, text).unwrap();
@@ -685,6 +640,7 @@ impl DaemonBuilder {
         } else {
             d.wait_phase("unsealed").await;
             d.dev_share = d.printed_share();
+            assert!(d.dev_share.is_some(), "dev printed no share");
         }
         d
     }
