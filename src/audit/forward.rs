@@ -162,6 +162,9 @@ struct Stats {
     queued_bytes: AtomicU64,
     /// Unix seconds of the last drop; 0: never.
     last_drop: std::sync::atomic::AtomicI64,
+    /// When a failure was last written to the daemon's log (at most one a
+    /// minute: a receiver that keeps closing must not flood the journal).
+    last_warned: Mutex<Option<Instant>>,
     /// When the line being sent was offered; `None` while idle.
     holding_since: Mutex<Option<Instant>>,
     last_error: Mutex<Option<String>>,
@@ -278,11 +281,12 @@ impl Stats {
         self.connected.store(false, Ordering::Relaxed);
         self.errors.fetch_add(1, Ordering::Relaxed);
         let text = format!("{what}: {e}");
-        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
-        if last.as_deref() != Some(text.as_str()) {
-            tracing::warn!(error = %text, "audit forwarding interrupted; lines are queued, then dropped when the queue is full");
-            *last = Some(text);
+        let mut warned = self.last_warned.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            tracing::warn!(error = %text, errors = self.errors.load(Ordering::Relaxed), "audit forwarding interrupted; lines are queued, then dropped when the queue is full");
+            *warned = Some(Instant::now());
         }
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
     }
 }
 
@@ -300,14 +304,16 @@ fn run(cfg: ForwardConfig, rx: Receiver<Pending>, stats: Arc<Stats>) {
         *backoff = (*backoff * 2).min(MAX_BACKOFF);
     };
     while let Ok(p) = rx.recv() {
-        stats.queued.fetch_sub(1, Ordering::Relaxed);
-        stats
-            .queued_bytes
-            .fetch_sub(p.line.len() as u64, Ordering::Relaxed);
+        // Held before it leaves the queue's count, so that `drain` never
+        // sees neither.
         *stats
             .holding_since
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(p.at);
+        stats.queued.fetch_sub(1, Ordering::Relaxed);
+        stats
+            .queued_bytes
+            .fetch_sub(p.line.len() as u64, Ordering::Relaxed);
         let msg = syslog_message(&cfg, procid, &p.line);
         let mut broken = 0u32;
         loop {

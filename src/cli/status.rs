@@ -121,11 +121,6 @@ impl Level {
     }
 }
 
-fn time_text(unix: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 /// What needs a person, most urgent first.
 pub fn attention(s: &proto::StatusResponse) -> Vec<(Level, String)> {
     let mut a = Vec::new();
@@ -173,7 +168,7 @@ pub fn attention(s: &proto::StatusResponse) -> Vec<(Level, String)> {
                 g.uid,
                 g.principal,
                 g.key,
-                time_text(g.expires_at),
+                super::when(g.expires_at),
                 g.reason
             ),
         ));
@@ -198,7 +193,7 @@ pub fn attention(s: &proto::StatusResponse) -> Vec<(Level, String)> {
             if recent_drop {
                 what.push_str(&format!(
                     ", lines dropped (the last at {}; {} in all)",
-                    time_text(f.last_drop),
+                    super::when(f.last_drop),
                     f.dropped
                 ));
             }
@@ -218,7 +213,7 @@ pub fn attention(s: &proto::StatusResponse) -> Vec<(Level, String)> {
             "destruction_due" => format!(
                 "key {}: scheduled destruction at {}",
                 k.key,
-                time_text(k.due_at)
+                super::when(k.due_at)
             ),
             other => format!("key {}: {other}", k.key),
         };
