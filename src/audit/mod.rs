@@ -133,7 +133,8 @@ impl Ack {
 }
 
 enum Job {
-    Entry(Map<String, Value>, Ack),
+    /// An entry, and when it was queued (the hand-off's wait is measured).
+    Entry(Map<String, Value>, Ack, std::time::Instant),
     Checkpoint(String, Ack),
     /// The last line written (its seq and hash), after every job before it.
     Head(Sender<(u64, String)>),
@@ -195,7 +196,10 @@ fn sha256_hex(b: &[u8]) -> String {
 
 /// The canonical text of a JSON object: sorted keys, compact.
 pub fn canonical(map: &Map<String, Value>) -> String {
-    Value::Object(map.clone()).to_string()
+    // A map serialises as the object it is (keys sorted, compact), without
+    // a copy into a `Value` first. Serialising a map of JSON values to a
+    // string cannot fail.
+    serde_json::to_string(map).unwrap_or_default()
 }
 
 /// Reads the last complete line of a file, truncating an unacknowledged
@@ -270,7 +274,7 @@ impl Writer {
         Ok(())
     }
 
-    fn line_for(&self, mut fields: Map<String, Value>, seq: u64, prev: &str) -> String {
+    fn line_for(&self, fields: &mut Map<String, Value>, seq: u64, prev: &str) -> String {
         fields.insert("seq".into(), json!(seq));
         fields.insert(
             "registry_generation".into(),
@@ -281,7 +285,7 @@ impl Writer {
         );
         fields.insert("prev".into(), json!(prev));
         fields.entry("time").or_insert_with(|| json!(now_text()));
-        canonical(&fields)
+        canonical(fields)
     }
 
     /// Writes lines durably; on failure nothing advances.
@@ -328,8 +332,10 @@ impl Writer {
         let mut lines = Vec::with_capacity(entries.len());
         let (mut seq, mut prev) = (self.seq, self.prev.clone());
         let mut seqs = Vec::with_capacity(entries.len());
-        for (fields, _) in &entries {
-            let line = self.line_for(fields.clone(), seq, &prev);
+        let mut acks = Vec::with_capacity(entries.len());
+        for (mut fields, ack) in entries {
+            acks.push(ack);
+            let line = self.line_for(&mut fields, seq, &prev);
             prev = sha256_hex(line.as_bytes());
             seqs.push(seq);
             seq += 1;
@@ -342,14 +348,14 @@ impl Writer {
                 self.since_checkpoint += lines.len() as u64;
                 self.last_was_checkpoint = false;
                 self.set_health(Ok(()));
-                for ((_, ack), s) in entries.into_iter().zip(seqs) {
+                for (ack, s) in acks.into_iter().zip(seqs) {
                     ack.send(Ok(s));
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "audit write failed; key operations are refused until it works");
                 self.set_health(Err(e.clone()));
-                for (_, ack) in entries {
+                for ack in acks {
                     ack.send(Err(AuditError::Unwritable(Box::new(e.clone()))));
                 }
             }
@@ -420,15 +426,21 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if let Some(m) = self.shared.metrics() {
+            let metrics = self.shared.metrics();
+            if let Some(m) = &metrics {
                 m.audit_queued(-(jobs.len() as i64));
+                let taken = std::time::Instant::now();
+                m.audit_waited(jobs.iter().filter_map(|j| match j {
+                    Job::Entry(_, _, queued) => Some(taken.saturating_duration_since(*queued)),
+                    _ => None,
+                }));
             }
             let mut entries = Vec::new();
             let mut checkpoints = Vec::new();
             let mut heads = Vec::new();
             for j in jobs {
                 match j {
-                    Job::Entry(m, ack) => entries.push((m, ack)),
+                    Job::Entry(m, ack, _) => entries.push((m, ack)),
                     Job::Checkpoint(reason, ack) => checkpoints.push((reason, ack)),
                     Job::Head(ack) => heads.push(ack),
                 }
@@ -553,7 +565,7 @@ impl Audit {
                 let mut g = Map::new();
                 g.insert("type".into(), json!("genesis"));
                 g.insert("version".into(), json!(crate::VERSION));
-                let line = w.line_for(g, 0, GENESIS_PREV);
+                let line = w.line_for(&mut g, 0, GENESIS_PREV);
                 w.commit(std::slice::from_ref(&line))?;
                 w.seq = 1;
                 w.prev = sha256_hex(line.as_bytes());
@@ -591,7 +603,7 @@ impl Audit {
     /// Writes an entry and waits until it is durable (blocking).
     pub fn record(&self, fields: Map<String, Value>) -> Result<u64, AuditError> {
         let (tx, rx) = channel();
-        self.send(Job::Entry(bounded(fields), Ack::Sync(tx)))?;
+        self.send(Job::Entry(bounded(fields), Ack::Sync(tx), std::time::Instant::now()))?;
         rx.recv().map_err(|_| AuditError::WriterStopped)?
     }
 
@@ -601,14 +613,14 @@ impl Audit {
     /// would not verify when a restore replays it.
     pub fn record_ledger(&self, fields: Map<String, Value>) -> Result<u64, AuditError> {
         let (tx, rx) = channel();
-        self.send(Job::Entry(fields, Ack::Sync(tx)))?;
+        self.send(Job::Entry(fields, Ack::Sync(tx), std::time::Instant::now()))?;
         rx.recv().map_err(|_| AuditError::WriterStopped)?
     }
 
     /// Writes an entry and waits until it is durable (async).
     pub async fn record_async(&self, fields: Map<String, Value>) -> Result<u64, AuditError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send(Job::Entry(bounded(fields), Ack::Async(tx)))?;
+        self.send(Job::Entry(bounded(fields), Ack::Async(tx), std::time::Instant::now()))?;
         rx.await.map_err(|_| AuditError::WriterStopped)?
     }
 

@@ -40,6 +40,9 @@ pub struct Stats {
     pub p99_us: u64,
     pub p999_us: u64,
     pub errors: u64,
+    /// The daemon's CPU time (user and system, all threads) over the
+    /// window, divided by the calls completed in it.
+    pub cpu_us_per_call: Option<f64>,
 }
 
 impl Stats {
@@ -47,8 +50,32 @@ impl Stats {
         json!({
             "per_sec": self.per_sec.round(), "ops": self.ops, "errors": self.errors,
             "p50_us": self.p50_us, "p99_us": self.p99_us, "p999_us": self.p999_us,
+            "daemon_cpu_us_per_call": self.cpu_us_per_call.map(|c| c.round()),
         })
     }
+}
+
+/// The daemon's pid, from the peer credentials of a connection to its
+/// socket (the same for a throwaway daemon and an external one).
+async fn daemon_pid(socket: &Path) -> Option<i32> {
+    let s = tokio::net::UnixStream::connect(socket).await.ok()?;
+    s.peer_cred().ok()?.pid()
+}
+
+/// A process's CPU time so far (user plus system, every thread it has had),
+/// from /proc/PID/stat, in microseconds.
+fn cpu_time_us(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in ")".
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    Some(ticks * 1e6 / hz)
 }
 
 fn percentile(sorted: &[u32], p: f64) -> u64 {
@@ -74,9 +101,18 @@ where
     Fut: Future<Output = Result<(), tonic::Status>> + Send,
 {
     let op = Arc::new(op);
+    let pid = daemon_pid(socket).await;
     let start = Instant::now() + Duration::from_millis(50);
     let measure_from = start + warmup;
     let end = measure_from + duration;
+    // The daemon's CPU time at both ends of the window.
+    let cpu = tokio::spawn(async move {
+        let pid = pid?;
+        tokio::time::sleep_until(measure_from.into()).await;
+        let a = cpu_time_us(pid)?;
+        tokio::time::sleep_until(end.into()).await;
+        Some(cpu_time_us(pid)? - a)
+    });
     let mut tasks = Vec::with_capacity(concurrency);
     for t in 0..concurrency {
         let client = Client::connect(socket).await?;
@@ -115,7 +151,9 @@ where
     }
     all.sort_unstable();
     let calls = all.len() as u64;
+    let cpu = cpu.await.ok().flatten();
     Ok(Stats {
+        cpu_us_per_call: cpu.filter(|_| calls > 0).map(|c| c / calls as f64),
         ops: calls * per_call,
         per_sec: (calls * per_call) as f64 / duration.as_secs_f64(),
         p50_us: percentile(&all, 0.50),
@@ -125,22 +163,81 @@ where
     })
 }
 
+/// The audit writer's counters at one moment, read from a throwaway
+/// daemon's metrics page.
+#[derive(Debug, Clone, Copy, Default)]
+struct AuditCounters {
+    commits: f64,
+    commit_secs: f64,
+    lines: f64,
+    waits: f64,
+    wait_secs: f64,
+}
+
+impl AuditCounters {
+    fn scrape(addr: &str) -> Option<Self> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .ok()?;
+        let mut page = String::new();
+        s.read_to_string(&mut page).ok()?;
+        let value = |name: &str| -> Option<f64> {
+            page.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        };
+        Some(AuditCounters {
+            commits: value("keywarden_audit_write_duration_seconds_count")?,
+            commit_secs: value("keywarden_audit_write_duration_seconds_sum")?,
+            lines: value("keywarden_audit_lines_total")?,
+            waits: value("keywarden_audit_queue_wait_seconds_count")?,
+            wait_secs: value("keywarden_audit_queue_wait_seconds_sum")?,
+        })
+    }
+
+    /// What the writer did between `self` and `later`: commits, lines a
+    /// commit, the mean commit (write and fdatasync) and the mean wait of a
+    /// line before the writer took it.
+    fn between(self, later: AuditCounters) -> Value {
+        let commits = later.commits - self.commits;
+        let lines = later.lines - self.lines;
+        let waits = later.waits - self.waits;
+        let per = |x: f64, n: f64| (n > 0.0).then(|| (x / n * 1e6).round());
+        json!({
+            "commits": commits,
+            "lines_per_commit": (commits > 0.0).then(|| (lines / commits * 10.0).round() / 10.0),
+            "commit_us": per(later.commit_secs - self.commit_secs, commits),
+            "queue_wait_us": per(later.wait_secs - self.wait_secs, waits),
+        })
+    }
+}
+
 /// A throwaway dev daemon started by the bench.
 struct DevDaemon {
     child: std::process::Child,
     dir: tempfile::TempDir,
     share: String,
+    /// Its metrics page (loopback), for the audit writer's counters.
+    metrics: Option<String>,
 }
 
 impl DevDaemon {
     fn start(extra: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("kw-bench-").tempdir()?;
         let exe = std::env::current_exe()?;
-        let mut child = std::process::Command::new(exe)
-            .arg("dev")
-            .arg("--dir")
-            .arg(dir.path())
-            .args(extra)
+        // A free loopback port for the metrics page (taken back at once;
+        // the daemon binds it a moment later).
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .ok()
+            .map(|a| a.to_string());
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg("dev").arg("--dir").arg(dir.path()).args(extra);
+        if let Some(m) = &metrics {
+            cmd.arg("--metrics-listen").arg(m);
+        }
+        let mut child = cmd
             .env("RUST_LOG", "warn")
             .env_remove("KEYWARDEN_SOCKET")
             .stdout(std::process::Stdio::piped())
@@ -161,7 +258,12 @@ impl DevDaemon {
             let _ = child.kill();
             bail!("the dev daemon did not start");
         };
-        Ok(DevDaemon { child, dir, share })
+        Ok(DevDaemon {
+            child,
+            dir,
+            share,
+            metrics,
+        })
     }
 
     fn socket(&self) -> PathBuf {
@@ -233,10 +335,13 @@ async fn datakey_figures(
     key: &str,
     o: &BenchOptions,
     full: bool,
+    metrics: Option<&str>,
 ) -> anyhow::Result<serde_json::Map<String, Value>> {
     let (w, d) = (o.warmup, o.duration);
     let mut m = serde_json::Map::new();
+    let scrape = || metrics.and_then(AuditCounters::scrape);
     for conc in [1usize, 16] {
+        let before = scrape();
         let k = key.to_string();
         let s = measure(socket, conc, w, d, 1, move |mut c, i| {
             let k = k.clone();
@@ -252,6 +357,10 @@ async fn datakey_figures(
         })
         .await?;
         m.insert(format!("generate_c{conc}"), s.json());
+        if let (Some(a), Some(b)) = (before, scrape()) {
+            // Over the warm-up too: the writer's averages, not a window.
+            m.insert(format!("audit_writer_generate_c{conc}"), a.between(b));
+        }
     }
     if !full {
         return Ok(m);
@@ -460,7 +569,8 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<()> {
     let noop1 = noop(&socket, &o, 1).await?;
     let noop16 = noop(&socket, &o, 16).await?;
     eprintln!("bench: data keys...");
-    let figures = datakey_figures(&socket, &key, &o, true).await?;
+    let metrics = own.as_ref().and_then(|d| d.metrics.clone());
+    let figures = datakey_figures(&socket, &key, &o, true, metrics.as_deref()).await?;
     let peak = own.as_ref().and_then(|d| d.peak_rss_kib());
     eprintln!("bench: envelope streams, the encrypt pipe, the cache...");
     let audit_dir = own
@@ -480,7 +590,7 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<()> {
         let d =
             tokio::task::spawn_blocking(|| DevDaemon::start(&["--benchmark-no-audit"])).await??;
         ensure_key(&d.socket(), "bench").await?;
-        no_audit = Some(datakey_figures(&d.socket(), "bench", &o, false).await?);
+        no_audit = Some(datakey_figures(&d.socket(), "bench", &o, false, None).await?);
     }
 
     let gdk16 = f(&figures["generate_c16"]);
@@ -530,7 +640,7 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<()> {
 fn print_table(r: &Value) {
     let row = |name: &str, v: &Value| {
         println!(
-            "{:<28} {:>10} {:>9} {:>9} {:>9} {:>7}",
+            "{:<28} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9}",
             name,
             v["per_sec"]
                 .as_f64()
@@ -552,11 +662,15 @@ fn print_table(r: &Value) {
                 .as_u64()
                 .map(|x| x.to_string())
                 .unwrap_or_default(),
+            v["daemon_cpu_us_per_call"]
+                .as_f64()
+                .map(|x| format!("{x:.0}"))
+                .unwrap_or_default(),
         );
     };
     println!(
-        "{:<28} {:>10} {:>9} {:>9} {:>9} {:>7}",
-        "figure", "per sec", "p50 us", "p99 us", "p99.9 us", "errors"
+        "{:<28} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9}",
+        "figure", "per sec", "p50 us", "p99 us", "p99.9 us", "errors", "cpu us"
     );
     if let Some(h) = r["hsm_raw"].as_f64() {
         println!("{:<28} {:>10.0}", "hsm_raw", h);
@@ -602,6 +716,15 @@ fn print_table(r: &Value) {
         e["cache"]["without_cache"]["daemon_calls"],
         e["cache"]["with_cache"]["daemon_calls"]
     );
+    for c in ["c1", "c16"] {
+        let a = &r[format!("audit_writer_generate_{c}")];
+        if a.is_object() {
+            println!(
+                "audit writer, generate_{c}: {} lines a commit, commit (write+fdatasync) {} us, queue wait {} us",
+                a["lines_per_commit"], a["commit_us"], a["queue_wait_us"]
+            );
+        }
+    }
     println!("gdk_vs_limit:        {}", r["gdk_vs_limit"]);
     println!("batch_vs_hsm:        {}", r["batch_vs_hsm"]);
     if r["audit_on_vs_off_c16"].is_number() {

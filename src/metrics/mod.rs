@@ -146,6 +146,7 @@ pub struct Metrics {
     hsm_recoveries: AtomicU64,
     hsm_losses: AtomicU64,
     audit_write_seconds: Mutex<Histogram>,
+    audit_wait_seconds: Mutex<Histogram>,
     audit_lines: AtomicU64,
     audit_failures: AtomicU64,
     audit_queue: AtomicI64,
@@ -213,6 +214,16 @@ impl Metrics {
         } else {
             self.audit_failures.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// How long audit lines waited for the writer to take them (the
+    /// hand-off, apart from the commit itself), one observation per line.
+    pub fn audit_waited(&self, waits: impl Iterator<Item = Duration>) {
+        let mut h = self
+            .audit_wait_seconds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        waits.for_each(|w| h.observe(w));
     }
 
     /// Jobs waiting for the audit writer: +1 when queued, -1 when taken.
@@ -338,6 +349,16 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .render(&mut o, "keywarden_audit_write_duration_seconds", "");
+        help(
+            &mut o,
+            "keywarden_audit_queue_wait_seconds",
+            "histogram",
+            "Time an audit line waited for the writer to take it (before its commit).",
+        );
+        self.audit_wait_seconds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .render(&mut o, "keywarden_audit_queue_wait_seconds", "");
         scalar(
             &mut o,
             "keywarden_audit_lines_total",
