@@ -6,7 +6,7 @@
 use serde_json::{json, Map, Value};
 use tonic::Status;
 
-use super::{blocking, status, Ctx};
+use super::{status, Ctx};
 use crate::core::{self, CoreResult, Item};
 use crate::guard;
 use crate::policy::Caller;
@@ -83,13 +83,14 @@ where
         return Err(status);
     }
     let guard = ctx.guard.clone();
-    let core = ctx.core.clone();
     let gate_caller = caller.clone();
-    let (details, outcome) = blocking(&core, move |c| {
-        let details = details(c);
-        (details, f(c, requests, &guard, &gate_caller))
-    })
-    .await?;
+    let (details, outcome) = ctx
+        .workers
+        .run(move |c| {
+            let details = details(c);
+            (details, f(c, requests, &guard, &gate_caller))
+        })
+        .await?;
     let principal = ctx.guard.principal_name(&caller);
     let base = || guard::entry(&caller, &principal, usage.role(), op);
     match outcome {

@@ -4,6 +4,7 @@
 //! table in [`status`].
 
 mod audited;
+pub mod workers;
 pub mod datakey;
 pub mod keys;
 pub mod mac;
@@ -13,7 +14,6 @@ pub mod status;
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
 
 use crate::core::Keywarden;
@@ -33,6 +33,8 @@ pub struct Ctx {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// `[metrics] per_key`: key names in labels.
     pub per_key_metrics: bool,
+    /// The data path's worker threads (micro-batching).
+    pub workers: Arc<workers::Workers>,
 }
 
 /// An identified, authorized call.
@@ -58,14 +60,14 @@ where
         })
 }
 
-/// The caller's identity from SO_PEERCRED.
+/// The caller's identity: SO_PEERCRED and the groups, as the connection
+/// was accepted with them, and the executable now.
 pub(crate) fn caller_of<T>(req: &Request<T>) -> Result<Caller, Status> {
-    let cred = req
+    let peer = req
         .extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|i| i.peer_cred)
+        .get::<crate::server::conn::Peer>()
         .ok_or_else(|| Status::permission_denied("no peer credentials on this connection"))?;
-    Ok(Caller::from_peer(cred.uid(), cred.gid(), cred.pid()))
+    Ok(peer.caller())
 }
 
 /// The audit `outcome` and `code` fields for a result.

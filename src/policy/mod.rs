@@ -23,8 +23,36 @@ impl Caller {
     /// Best effort: a process that is gone leaves them empty.
     pub fn from_peer(uid: u32, gid: u32, pid: Option<i32>) -> Self {
         let pid = pid.unwrap_or(0);
+        Caller::with_groups(uid, gid, pid, Caller::groups_of(gid, pid))
+    }
+
+    /// The caller of one call on a connection whose groups were read when
+    /// it was accepted ([`Caller::groups_of`]); the executable is read
+    /// again for every call, so a process that executes another program
+    /// on a connection it keeps is judged as that program.
+    pub fn with_groups(uid: u32, gid: u32, pid: i32, groups: Vec<u32>) -> Self {
+        let exe = if pid > 0 {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Caller {
+            uid,
+            gid,
+            pid,
+            groups,
+            exe,
+        }
+    }
+
+    /// The primary group and the supplementary groups of `pid` (from
+    /// /proc/PID/status), sorted, without duplicates. The peer credentials
+    /// a connection carries are those of the moment it connected, and so
+    /// are these when read at accept.
+    pub fn groups_of(gid: u32, pid: i32) -> Vec<u32> {
         let mut groups = vec![gid];
-        let mut exe = String::new();
         if pid > 0 {
             if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
                 if let Some(line) = status.lines().find(|l| l.starts_with("Groups:")) {
@@ -35,19 +63,10 @@ impl Caller {
                     );
                 }
             }
-            if let Ok(p) = std::fs::read_link(format!("/proc/{pid}/exe")) {
-                exe = p.display().to_string();
-            }
         }
         groups.sort_unstable();
         groups.dedup();
-        Caller {
-            uid,
-            gid,
-            pid,
-            groups,
-            exe,
-        }
+        groups
     }
 }
 

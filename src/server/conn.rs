@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::time::Sleep;
-use tonic::transport::server::{Connected, UdsConnectInfo};
+use tonic::transport::server::Connected;
 use tracing::warn;
 
 /// Connection limits (`[server]` in the config).
@@ -145,10 +145,29 @@ impl Drop for Slot {
     }
 }
 
+/// Who is at the other end of a connection, as of its connect: the kernel's
+/// peer credentials and the groups read once at accept. Every request on
+/// the connection carries a copy (tonic's connect info).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+    pub groups: Arc<Vec<u32>>,
+}
+
+impl Peer {
+    /// The caller of one request on this connection.
+    pub fn caller(&self) -> crate::policy::Caller {
+        crate::policy::Caller::with_groups(self.uid, self.gid, self.pid, (*self.groups).clone())
+    }
+}
+
 /// An admitted connection with a deadline that any byte read or written
 /// moves forward (the first by `handshake`, later ones by `idle`).
 pub struct Conn {
     inner: UnixStream,
+    peer: Peer,
     deadline: Pin<Box<Sleep>>,
     idle: Duration,
     seen_bytes: bool,
@@ -232,10 +251,10 @@ impl AsyncWrite for Conn {
 }
 
 impl Connected for Conn {
-    type ConnectInfo = UdsConnectInfo;
+    type ConnectInfo = Peer;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+        self.peer.clone()
     }
 }
 
@@ -269,13 +288,14 @@ pub fn incoming(
                     continue;
                 }
             };
-            let uid = match stream.peer_cred() {
-                Ok(c) => c.uid(),
+            let cred = match stream.peer_cred() {
+                Ok(c) => c,
                 Err(e) => {
                     warn!(error = %e, "no peer credentials; connection closed");
                     continue;
                 }
             };
+            let uid = cred.uid();
             let slot = match tracker.admit(uid) {
                 Ok(s) => s,
                 Err(why) => {
@@ -284,8 +304,18 @@ pub fn incoming(
                 }
             };
             let limits = tracker.limits;
+            // A peer without a pid (another pid namespace) has only its
+            // primary group; the policy then matches nothing by group.
+            let pid = cred.pid().unwrap_or(0);
+            let peer = Peer {
+                uid,
+                gid: cred.gid(),
+                pid,
+                groups: Arc::new(crate::policy::Caller::groups_of(cred.gid(), pid)),
+            };
             let conn = Conn {
                 inner: stream,
+                peer,
                 deadline: Box::pin(tokio::time::sleep(limits.handshake)),
                 idle: limits.idle,
                 seen_bytes: false,

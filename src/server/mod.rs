@@ -264,6 +264,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         dev_mode: config.dev,
         metrics: metrics.clone(),
         per_key_metrics: config.metrics.per_key,
+        workers: Arc::new(
+            crate::api::workers::Workers::start(core.clone(), config.pool_size)
+                .context("starting the data-path workers")?,
+        ),
     };
     if let Some(listener) = metrics_listener {
         let endpoint = crate::metrics::http::Endpoint::new(ctx.metrics_page(), metrics_token);
