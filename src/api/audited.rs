@@ -82,6 +82,8 @@ where
         let _ = ctx.audit(vec![entry]).await;
         return Err(status);
     }
+    // The writer holds its next commit open briefly for this line.
+    let promise = (!ctx.guard.audit_disabled).then(|| ctx.guard.audit.promise());
     let guard = ctx.guard.clone();
     let gate_caller = caller.clone();
     let (details, outcome) = ctx
@@ -100,7 +102,7 @@ where
             let mut entry = base();
             entry.extend(super::outcome::<()>(&Err(status.clone())));
             entry.insert("items".into(), json!(details.len()));
-            ctx.audit(vec![entry]).await?;
+            ctx.audit_promised(vec![entry], promise).await?;
             Err(status)
         }
         Ok(items) => {
@@ -148,7 +150,7 @@ where
                 entry.insert("ALERT".into(), json!("BREAK-GLASS USE"));
             }
             // Nothing is answered before it is durably audited.
-            ctx.audit(vec![entry]).await?;
+            ctx.audit_promised(vec![entry], promise).await?;
             Ok(results)
         }
     }

@@ -106,20 +106,31 @@ impl Ctx {
     /// Writes audit entries and waits until they are durable. If they
     /// cannot be written the call fails with UNAVAILABLE.
     pub(crate) async fn audit(&self, entries: Vec<Map<String, Value>>) -> Result<(), Status> {
+        self.audit_promised(entries, None).await
+    }
+
+    /// [`Ctx::audit`] for a call that promised its line when it started:
+    /// the promise is kept until the line is queued.
+    pub(crate) async fn audit_promised(
+        &self,
+        entries: Vec<Map<String, Value>>,
+        promise: Option<crate::audit::Promise>,
+    ) -> Result<(), Status> {
         if self.guard.audit_disabled {
             return Ok(());
         }
+        let unwritable = |e: crate::audit::AuditError| {
+            Status::unavailable(format!(
+                "{e}; key operations are refused until the audit log can be written"
+            ))
+        };
         let mut waits = Vec::with_capacity(entries.len());
         for e in entries {
-            let a = self.guard.audit.clone();
-            waits.push(async move { a.record_async(e).await });
+            waits.push(self.guard.audit.queue_async(e).map_err(unwritable)?);
         }
+        drop(promise);
         for w in waits {
-            if let Err(e) = w.await {
-                return Err(Status::unavailable(format!(
-                    "{e}; key operations are refused until the audit log can be written"
-                )));
-            }
+            w.await.map_err(unwritable)?;
         }
         Ok(())
     }
