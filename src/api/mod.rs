@@ -60,14 +60,14 @@ where
         })
 }
 
-/// The caller's identity: SO_PEERCRED and the groups, as the connection
-/// was accepted with them, and the executable now.
+/// The caller's identity: SO_PEERCRED, the groups and the executable of
+/// the process that opened the connection, read when it was accepted.
 pub(crate) fn caller_of<T>(req: &Request<T>) -> Result<Caller, Status> {
     let peer = req
         .extensions()
         .get::<crate::server::conn::Peer>()
         .ok_or_else(|| Status::permission_denied("no peer credentials on this connection"))?;
-    Ok(peer.caller())
+    Ok(Caller::clone(&peer.0))
 }
 
 /// The audit `outcome` and `code` fields for a result.

@@ -23,14 +23,6 @@ impl Caller {
     /// Best effort: a process that is gone leaves them empty.
     pub fn from_peer(uid: u32, gid: u32, pid: Option<i32>) -> Self {
         let pid = pid.unwrap_or(0);
-        Caller::with_groups(uid, gid, pid, Caller::groups_of(gid, pid))
-    }
-
-    /// The caller of one call on a connection whose groups were read when
-    /// it was accepted ([`Caller::groups_of`]); the executable is read
-    /// again for every call, so a process that executes another program
-    /// on a connection it keeps is judged as that program.
-    pub fn with_groups(uid: u32, gid: u32, pid: i32, groups: Vec<u32>) -> Self {
         let exe = if pid > 0 {
             std::fs::read_link(format!("/proc/{pid}/exe"))
                 .map(|p| p.display().to_string())
@@ -42,16 +34,14 @@ impl Caller {
             uid,
             gid,
             pid,
-            groups,
+            groups: Caller::groups_of(gid, pid),
             exe,
         }
     }
 
     /// The primary group and the supplementary groups of `pid` (from
-    /// /proc/PID/status), sorted, without duplicates. The peer credentials
-    /// a connection carries are those of the moment it connected, and so
-    /// are these when read at accept.
-    pub fn groups_of(gid: u32, pid: i32) -> Vec<u32> {
+    /// /proc/PID/status), sorted, without duplicates.
+    fn groups_of(gid: u32, pid: i32) -> Vec<u32> {
         let mut groups = vec![gid];
         if pid > 0 {
             if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {

@@ -146,22 +146,17 @@ impl Drop for Slot {
 }
 
 /// Who is at the other end of a connection, as of its connect: the kernel's
-/// peer credentials and the groups read once at accept. Every request on
-/// the connection carries a copy (tonic's connect info).
+/// peer credentials (SO_PEERCRED describes the process that called
+/// connect) and, read once at accept, that process's groups and executable.
+/// Every request on the connection carries it (tonic's connect info).
+///
+/// Reading /proc again for every call would add nothing: a descriptor can
+/// be handed to any other process (inheritance, SCM_RIGHTS), whose calls
+/// the connecting pid's /proc entry does not describe, and after the
+/// connecting process exits its pid may name an unrelated process. What
+/// the connection can prove is who opened it, and that is what is kept.
 #[derive(Debug, Clone)]
-pub struct Peer {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: i32,
-    pub groups: Arc<Vec<u32>>,
-}
-
-impl Peer {
-    /// The caller of one request on this connection.
-    pub fn caller(&self) -> crate::policy::Caller {
-        crate::policy::Caller::with_groups(self.uid, self.gid, self.pid, (*self.groups).clone())
-    }
-}
+pub struct Peer(pub Arc<crate::policy::Caller>);
 
 /// An admitted connection with a deadline that any byte read or written
 /// moves forward (the first by `handshake`, later ones by `idle`).
@@ -305,14 +300,12 @@ pub fn incoming(
             };
             let limits = tracker.limits;
             // A peer without a pid (another pid namespace) has only its
-            // primary group; the policy then matches nothing by group.
-            let pid = cred.pid().unwrap_or(0);
-            let peer = Peer {
+            // primary group and no executable.
+            let peer = Peer(Arc::new(crate::policy::Caller::from_peer(
                 uid,
-                gid: cred.gid(),
-                pid,
-                groups: Arc::new(crate::policy::Caller::groups_of(cred.gid(), pid)),
-            };
+                cred.gid(),
+                cred.pid(),
+            )));
             let conn = Conn {
                 inner: stream,
                 peer,
