@@ -64,7 +64,24 @@ fn bench_smoke_run_reports_every_figure() {
         assert!(v[k]["per_sec"].as_f64().unwrap() > 0.0, "{k}: {}", v[k]);
         assert_eq!(v[k]["errors"], 0, "{k}: {}", v[k]);
         assert!(v[k]["p50_us"].as_u64().unwrap() <= v[k]["p99_us"].as_u64().unwrap());
+        // The daemon's CPU per call is read from /proc (10 ms ticks, so a
+        // short window may read 0, never less or missing).
+        assert!(
+            v[k]["daemon_cpu_us_per_call"].as_f64().unwrap() >= 0.0,
+            "{k}: {}",
+            v[k]
+        );
     }
+    // The audit writer's split, from the daemon's metrics page: the
+    // commits that the GenerateDataKey figures made, at least one line each.
+    for c in ["c1", "c16"] {
+        let a = &v[format!("audit_writer_generate_{c}")];
+        assert!(a["commits"].as_f64().unwrap() > 0.0, "{c}: {a}");
+        assert!(a["lines_per_commit"].as_f64().unwrap() >= 1.0, "{c}: {a}");
+        assert!(a["commit_us"].as_f64().unwrap() > 0.0, "{c}: {a}");
+        assert!(a["queue_wait_us"].as_f64().unwrap() >= 0.0, "{c}: {a}");
+    }
+    assert!(v["gdk_vs_limit_audit_off"].as_f64().unwrap() > 0.0);
     assert!(v["audit_off"]["generate_c16"]["per_sec"].as_f64().unwrap() > 0.0);
     assert!(v["daemon_peak_rss_kib"].as_u64().unwrap() > 0);
     assert!(v["gdk_vs_limit"].as_f64().unwrap() > 0.0);

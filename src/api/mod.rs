@@ -4,12 +4,12 @@
 //! table in [`status`].
 
 mod audited;
-pub mod workers;
 pub mod datakey;
 pub mod keys;
 pub mod mac;
 pub mod operator;
 pub mod status;
+pub mod workers;
 
 use std::sync::Arc;
 
@@ -34,7 +34,7 @@ pub struct Ctx {
     /// `[metrics] per_key`: key names in labels.
     pub per_key_metrics: bool,
     /// The data path's worker threads (micro-batching).
-    pub workers: Arc<workers::Workers>,
+    pub workers: Arc<workers::Workers<Keywarden>>,
 }
 
 /// An identified, authorized call.

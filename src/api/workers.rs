@@ -18,15 +18,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use tonic::Status;
 
-use crate::core::Keywarden;
-
 /// The most calls a worker takes at once; the rest stay for the others.
 pub const BATCH: usize = 16;
 
-type Job = Box<dyn FnOnce(&Keywarden) + Send>;
+type Job<C> = Box<dyn FnOnce(&C) + Send>;
 
-struct Queue {
-    jobs: VecDeque<Job>,
+struct Queue<C> {
+    jobs: VecDeque<Job<C>>,
     /// Workers waiting for work: a push wakes one only if one is waiting
     /// and not already woken (`waking`), so a burst wakes one worker,
     /// which takes the burst.
@@ -35,25 +33,26 @@ struct Queue {
     stopping: bool,
 }
 
-struct Shared {
-    queue: Mutex<Queue>,
+struct Shared<C> {
+    queue: Mutex<Queue<C>>,
     ready: Condvar,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
+impl<C> Shared<C> {
+    fn lock(&self) -> MutexGuard<'_, Queue<C>> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 /// The handle the services share; the threads stop when it is dropped.
-pub struct Workers {
-    shared: Arc<Shared>,
+/// `C` is what the calls run on (the core).
+pub struct Workers<C> {
+    shared: Arc<Shared<C>>,
 }
 
-impl Workers {
+impl<C: Send + Sync + 'static> Workers<C> {
     /// Starts `threads` workers (at least one) over `core`.
-    pub fn start(core: Arc<Keywarden>, threads: usize) -> std::io::Result<Self> {
+    pub fn start(core: Arc<C>, threads: usize) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
@@ -67,7 +66,7 @@ impl Workers {
             let (shared, core) = (shared.clone(), core.clone());
             std::thread::Builder::new()
                 .name(format!("data-path-{i}"))
-                .spawn(move || work(&shared, &core))?;
+                .spawn(move || work(&shared, core.as_ref()))?;
         }
         Ok(Workers { shared })
     }
@@ -77,10 +76,10 @@ impl Workers {
     pub async fn run<T, F>(&self, f: F) -> Result<T, Status>
     where
         T: Send + 'static,
-        F: FnOnce(&Keywarden) -> T + Send + 'static,
+        F: FnOnce(&C) -> T + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |core| {
+        let job: Job<C> = Box::new(move |core| {
             let _ = tx.send(f(core));
         });
         {
@@ -101,16 +100,16 @@ impl Workers {
     }
 }
 
-impl Drop for Workers {
+impl<C> Drop for Workers<C> {
     fn drop(&mut self) {
         self.shared.lock().stopping = true;
         self.shared.ready.notify_all();
     }
 }
 
-fn work(shared: &Shared, core: &Keywarden) {
+fn work<C>(shared: &Shared<C>, core: &C) {
     loop {
-        let batch: Vec<Job> = {
+        let batch: Vec<Job<C>> = {
             let mut q = shared.lock();
             while q.jobs.is_empty() {
                 if q.stopping {
@@ -135,5 +134,86 @@ fn work(shared: &Shared, core: &Keywarden) {
             // INTERNAL, and the rest of the batch still runs.
             let _ = catch_unwind(AssertUnwindSafe(|| job(core)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_call_is_answered_in_order_of_its_own_and_a_panic_is_internal() {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let w = Arc::new(Workers::start(ran.clone(), 2).unwrap());
+        let mut calls = Vec::new();
+        for i in 0..200u64 {
+            let w = w.clone();
+            calls.push(tokio::spawn(async move {
+                w.run(move |n: &AtomicUsize| {
+                    n.fetch_add(1, Ordering::SeqCst);
+                    i * 2
+                })
+                .await
+            }));
+        }
+        for (i, c) in calls.into_iter().enumerate() {
+            assert_eq!(c.await.unwrap().unwrap(), i as u64 * 2);
+        }
+        assert_eq!(ran.load(Ordering::SeqCst), 200);
+        // A call that panics is answered INTERNAL; the worker goes on.
+        let e = w
+            .run(|_: &AtomicUsize| -> u8 { panic!("a bug in a call") })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Internal);
+        assert_eq!(
+            w.run(|n: &AtomicUsize| n.load(Ordering::SeqCst))
+                .await
+                .unwrap(),
+            200
+        );
+    }
+
+    #[tokio::test]
+    async fn a_burst_queued_behind_a_busy_worker_is_taken_and_answered() {
+        // One worker, kept busy while 40 calls queue behind it: it then
+        // takes them (BATCH at a time), and each gets its own answer.
+        let w = Arc::new(Workers::start(Arc::new(()), 1).unwrap());
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let hold_rx = Arc::new(Mutex::new(hold_rx));
+        let first = {
+            let (w, hold_rx) = (w.clone(), hold_rx.clone());
+            tokio::spawn(async move {
+                w.run(move |_: &()| {
+                    let _ = hold_rx.lock().unwrap().recv();
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut rest = Vec::new();
+        for i in 0..40usize {
+            let w = w.clone();
+            rest.push(tokio::spawn(async move { w.run(move |_: &()| i).await }));
+        }
+        while w.shared.lock().jobs.len() < 40 {
+            tokio::task::yield_now().await;
+        }
+        hold_tx.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        for (i, r) in rest.into_iter().enumerate() {
+            assert_eq!(r.await.unwrap().unwrap(), i);
+        }
+        assert!(w.shared.lock().jobs.is_empty());
+    }
+
+    #[tokio::test]
+    async fn calls_after_the_stop_are_refused() {
+        let w = Workers::start(Arc::new(()), 1).unwrap();
+        w.shared.lock().stopping = true;
+        let e = w.run(|_: &()| 1).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable);
     }
 }

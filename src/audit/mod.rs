@@ -271,6 +271,44 @@ fn last_line(path: &Path) -> std::io::Result<Option<String>> {
     ))
 }
 
+/// Takes what is queued after `first`, then, while calls in progress have
+/// promised lines (`promised`), waits for them up to `window`.
+fn gather(
+    rx: &Receiver<Job>,
+    first: Job,
+    promised: &std::sync::atomic::AtomicUsize,
+    window: std::time::Duration,
+) -> Vec<Job> {
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut jobs = vec![first];
+    let drain = |jobs: &mut Vec<Job>| {
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+    };
+    drain(&mut jobs);
+    let start = std::time::Instant::now();
+    while jobs.len() < MAX_BATCH && promised.load(Ordering::Acquire) > 0 {
+        let left = window.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        match rx.recv_timeout(left.min(GATHER_SLICE)) {
+            Ok(j) => {
+                jobs.push(j);
+                drain(&mut jobs);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    jobs
+}
+
 impl Writer {
     fn ensure_open(&mut self) -> Result<(), AuditError> {
         let path = &self.config.file;
@@ -438,42 +476,9 @@ impl Writer {
         }
     }
 
-    /// Takes what is queued after `first`, then, while calls in progress
-    /// have promised lines, waits for them up to [`GATHER`].
-    fn gather(&self, rx: &Receiver<Job>, first: Job) -> Vec<Job> {
-        use std::sync::atomic::Ordering;
-        use std::sync::mpsc::RecvTimeoutError;
-        let mut jobs = vec![first];
-        let drain = |jobs: &mut Vec<Job>| {
-            while jobs.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
-                }
-            }
-        };
-        drain(&mut jobs);
-        let start = std::time::Instant::now();
-        while jobs.len() < MAX_BATCH && self.shared.promised.load(Ordering::Acquire) > 0 {
-            let left = GATHER.saturating_sub(start.elapsed());
-            if left.is_zero() {
-                break;
-            }
-            match rx.recv_timeout(left.min(GATHER_SLICE)) {
-                Ok(j) => {
-                    jobs.push(j);
-                    drain(&mut jobs);
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        jobs
-    }
-
     fn run(mut self, rx: Receiver<Job>) {
         while let Ok(first) = rx.recv() {
-            let jobs = self.gather(&rx, first);
+            let jobs = gather(&rx, first, &self.shared.promised, GATHER);
             let metrics = self.shared.metrics();
             if let Some(m) = &metrics {
                 m.audit_queued(-(jobs.len() as i64));
@@ -652,7 +657,11 @@ impl Audit {
     /// Writes an entry and waits until it is durable (blocking).
     pub fn record(&self, fields: Map<String, Value>) -> Result<u64, AuditError> {
         let (tx, rx) = channel();
-        self.send(Job::Entry(bounded(fields), Ack::Sync(tx), std::time::Instant::now()))?;
+        self.send(Job::Entry(
+            bounded(fields),
+            Ack::Sync(tx),
+            std::time::Instant::now(),
+        ))?;
         rx.recv().map_err(|_| AuditError::WriterStopped)?
     }
 
@@ -898,5 +907,81 @@ impl Audit {
                 (name.clone(), d)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    fn head() -> Job {
+        Job::Head(channel().0)
+    }
+
+    #[test]
+    fn with_nothing_promised_a_line_is_committed_at_once() {
+        let (tx, rx) = channel();
+        tx.send(head()).unwrap();
+        let promised = AtomicUsize::new(0);
+        // A window no test would wait out: nothing promised, no wait.
+        let start = std::time::Instant::now();
+        let jobs = gather(&rx, head(), &promised, Duration::from_secs(3600));
+        assert_eq!(jobs.len(), 2, "the first and what was queued");
+        assert!(start.elapsed() < Duration::from_secs(60));
+    }
+
+    #[test]
+    fn promised_lines_join_the_commit_and_the_wait_ends_when_they_are_in() {
+        let (tx, rx) = channel();
+        let promised = Arc::new(AtomicUsize::new(3));
+        let sender = {
+            let promised = promised.clone();
+            std::thread::spawn(move || {
+                for _ in 0..3 {
+                    std::thread::sleep(Duration::from_millis(5));
+                    tx.send(head()).unwrap();
+                    promised.fetch_sub(1, Ordering::AcqRel);
+                }
+                // Kept open: the gather must end on the promises, not on a
+                // closed channel.
+                tx
+            })
+        };
+        let jobs = gather(&rx, head(), &promised, Duration::from_secs(3600));
+        assert_eq!(jobs.len(), 4);
+        drop(sender.join().unwrap());
+    }
+
+    #[test]
+    fn the_wait_for_promised_lines_is_bounded() {
+        let (tx, rx) = channel::<Job>();
+        let promised = AtomicUsize::new(1);
+        let jobs = gather(&rx, head(), &promised, Duration::from_millis(20));
+        assert_eq!(
+            jobs.len(),
+            1,
+            "a promise never kept does not hold the commit"
+        );
+        drop(tx);
+    }
+
+    #[test]
+    fn a_promise_counts_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(AuditConfig {
+            file: dir.path().join("audit.log"),
+            checkpoint_every: 1000,
+            max_file_bytes: 1 << 30,
+            forward: None,
+        })
+        .unwrap();
+        let (a, b) = (audit.promise(), audit.promise());
+        assert_eq!(audit.state.promised.load(Ordering::Acquire), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(audit.state.promised.load(Ordering::Acquire), 0);
     }
 }
