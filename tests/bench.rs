@@ -81,6 +81,19 @@ fn bench_smoke_run_reports_every_figure() {
         assert!(a["commit_us"].as_f64().unwrap() > 0.0, "{c}: {a}");
         assert!(a["queue_wait_us"].as_f64().unwrap() >= 0.0, "{c}: {a}");
     }
+    // Sixteen clients give the writer lines to gather into one commit;
+    // one client never does (one line a commit, apart from checkpoints).
+    let lines = |c: &str| {
+        v[format!("audit_writer_generate_{c}")]["lines_per_commit"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        lines("c16") > lines("c1"),
+        "{} vs {}",
+        lines("c16"),
+        lines("c1")
+    );
     assert!(v["gdk_vs_limit_audit_off"].as_f64().unwrap() > 0.0);
     assert!(v["audit_off"]["generate_c16"]["per_sec"].as_f64().unwrap() > 0.0);
     assert!(v["daemon_peak_rss_kib"].as_u64().unwrap() > 0);

@@ -110,7 +110,8 @@ impl Ctx {
     }
 
     /// [`Ctx::audit`] for a call that promised its line when it started:
-    /// the promise is kept until the line is queued.
+    /// the promise travels with the line and is released when the writer
+    /// takes it.
     pub(crate) async fn audit_promised(
         &self,
         entries: Vec<Map<String, Value>>,
@@ -125,10 +126,13 @@ impl Ctx {
             ))
         };
         let mut waits = Vec::with_capacity(entries.len());
+        let mut promise = promise;
         for e in entries {
-            waits.push(self.guard.audit.queue_async(e).map_err(unwritable)?);
+            // The promise goes with the call's first line (a data-path
+            // call writes one): the writer releases it when it takes it.
+            let p = promise.take();
+            waits.push(self.guard.audit.queue_async(e, p).map_err(unwritable)?);
         }
-        drop(promise);
         for w in waits {
             w.await.map_err(unwritable)?;
         }

@@ -26,8 +26,8 @@ type Job<C> = Box<dyn FnOnce(&C) + Send>;
 struct Queue<C> {
     jobs: VecDeque<Job<C>>,
     /// Workers waiting for work: a push wakes one only if one is waiting
-    /// and not already woken (`waking`), so a burst wakes one worker,
-    /// which takes the burst.
+    /// and not already woken (`waking`), so a burst of k calls wakes at
+    /// most k workers, and a call queued while all are busy wakes none.
     idle: usize,
     waking: usize,
     stopping: bool,
@@ -80,6 +80,11 @@ impl<C: Send + Sync + 'static> Workers<C> {
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job<C> = Box::new(move |core| {
+            // A caller that has gone (cancelled, timed out) is not served:
+            // no HSM work that nobody would answer or audit.
+            if tx.is_closed() {
+                return;
+            }
             let _ = tx.send(f(core));
         });
         {
@@ -120,9 +125,12 @@ fn work<C>(shared: &Shared<C>, core: &C) {
                 q.idle -= 1;
                 q.waking = q.waking.saturating_sub(1);
             }
-            let n = q.jobs.len().min(BATCH);
-            let batch = q.jobs.drain(..n).collect();
-            // More than one batch queued: another worker takes the rest.
+            // A share of what is queued: the idle workers (woken now or
+            // below) take the rest, in parallel on their own sessions (a network HSM
+            // serves sessions in parallel; one worker running a whole
+            // burst would serialise it).
+            let share = q.jobs.len().div_ceil(1 + q.idle);
+            let batch = q.jobs.drain(..share.min(BATCH)).collect();
             if !q.jobs.is_empty() && q.idle > q.waking {
                 q.waking += 1;
                 shared.ready.notify_one();
@@ -213,7 +221,79 @@ mod tests {
     async fn calls_after_the_stop_are_refused() {
         let w = Workers::start(Arc::new(()), 1).unwrap();
         w.shared.lock().stopping = true;
+        w.shared.ready.notify_all();
         let e = w.run(|_: &()| 1).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unavailable);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_is_shared_among_idle_workers() {
+        // Four idle workers, eight calls that each wait until four are
+        // running at once: they finish only if the burst is shared out
+        // (one worker running it alone would never see four running).
+        let running = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let w = Arc::new(Workers::start(running.clone(), 4).unwrap());
+        while w.shared.lock().idle < 4 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let mut calls = Vec::new();
+        for _ in 0..8 {
+            let w = w.clone();
+            calls.push(tokio::spawn(async move {
+                w.run(|r: &(Mutex<usize>, Condvar)| {
+                    let (n, cv) = r;
+                    let mut n = n.lock().unwrap();
+                    *n += 1;
+                    cv.notify_all();
+                    let (n, timeout) = cv
+                        .wait_timeout_while(n, std::time::Duration::from_secs(30), |n| *n < 4)
+                        .unwrap();
+                    !timeout.timed_out() && *n >= 4
+                })
+                .await
+            }));
+        }
+        for c in calls {
+            assert!(c.await.unwrap().unwrap(), "four calls ran at once");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_caller_has_gone_is_not_run() {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let w = Arc::new(Workers::start(ran.clone(), 1).unwrap());
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let busy = {
+            let w = w.clone();
+            tokio::spawn(async move {
+                w.run(move |_: &AtomicUsize| {
+                    let _ = hold_rx.recv();
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // Queued behind the busy worker, then abandoned.
+        let gone = {
+            let w = w.clone();
+            tokio::spawn(async move {
+                w.run(|n: &AtomicUsize| n.fetch_add(1, Ordering::SeqCst))
+                    .await
+            })
+        };
+        while w.shared.lock().jobs.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        gone.abort();
+        let _ = gone.await;
+        hold_tx.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+        // A later call runs, and the abandoned one never did.
+        assert_eq!(
+            w.run(|n: &AtomicUsize| n.load(Ordering::SeqCst))
+                .await
+                .unwrap(),
+            0
+        );
     }
 }

@@ -140,9 +140,30 @@ impl Ack {
     }
 }
 
+/// An entry on its way to the writer.
+struct Entry {
+    fields: Map<String, Value>,
+    ack: Ack,
+    /// When it was queued (the hand-off's wait is measured).
+    queued: std::time::Instant,
+    /// The promise of this line, kept until the writer has it, so that a
+    /// line already queued is never waited for as a promised one.
+    promise: Option<Promise>,
+}
+
+impl Entry {
+    fn new(fields: Map<String, Value>, ack: Ack, promise: Option<Promise>) -> Self {
+        Entry {
+            fields,
+            ack,
+            queued: std::time::Instant::now(),
+            promise,
+        }
+    }
+}
+
 enum Job {
-    /// An entry, and when it was queued (the hand-off's wait is measured).
-    Entry(Map<String, Value>, Ack, std::time::Instant),
+    Entry(Entry),
     Checkpoint(String, Ack),
     /// The last line written (its seq and hash), after every job before it.
     Head(Sender<(u64, String)>),
@@ -218,9 +239,9 @@ fn sha256_hex(b: &[u8]) -> String {
 /// The canonical text of a JSON object: sorted keys, compact.
 pub fn canonical(map: &Map<String, Value>) -> String {
     // A map serialises as the object it is (keys sorted, compact), without
-    // a copy into a `Value` first. Serialising a map of JSON values to a
-    // string cannot fail.
-    serde_json::to_string(map).unwrap_or_default()
+    // a copy into a `Value` first: the same bytes. Serialising a map of JSON
+    // values to a string cannot fail; were it to, the copy's text stands in.
+    serde_json::to_string(map).unwrap_or_else(|_| Value::Object(map.clone()).to_string())
 }
 
 /// Reads the last complete line of a file, truncating an unacknowledged
@@ -271,42 +292,72 @@ fn last_line(path: &Path) -> std::io::Result<Option<String>> {
     ))
 }
 
+/// What [`gather`] took: the jobs, and how long each entry waited in the
+/// queue before the writer had it.
+struct Gathered {
+    jobs: Vec<Job>,
+    waits: Vec<std::time::Duration>,
+}
+
 /// Takes what is queued after `first`, then, while calls in progress have
-/// promised lines (`promised`), waits for them up to `window`.
+/// promised lines (`promised`), waits for them up to `window`. It stops
+/// waiting once a blocking writer's entry is among them (a thread waits on
+/// it, and may itself hold a promise that this commit would wait out).
 fn gather(
     rx: &Receiver<Job>,
     first: Job,
     promised: &std::sync::atomic::AtomicUsize,
     window: std::time::Duration,
-) -> Vec<Job> {
+) -> Gathered {
     use std::sync::atomic::Ordering;
     use std::sync::mpsc::RecvTimeoutError;
-    let mut jobs = vec![first];
-    let drain = |jobs: &mut Vec<Job>| {
-        while jobs.len() < MAX_BATCH {
+    let mut g = Gathered {
+        jobs: Vec::new(),
+        waits: Vec::new(),
+    };
+    let mut take = |g: &mut Gathered, mut job: Job| {
+        if let Job::Entry(e) = &mut job {
+            g.waits.push(e.queued.elapsed());
+            // The line is here: it is no longer promised.
+            drop(e.promise.take());
+        }
+        g.jobs.push(job);
+    };
+    take(&mut g, first);
+    let drain = |g: &mut Gathered, take: &mut dyn FnMut(&mut Gathered, Job)| {
+        while g.jobs.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(j) => jobs.push(j),
+                Ok(j) => take(g, j),
                 Err(_) => break,
             }
         }
     };
-    drain(&mut jobs);
+    drain(&mut g, &mut take);
     let start = std::time::Instant::now();
-    while jobs.len() < MAX_BATCH && promised.load(Ordering::Acquire) > 0 {
+    loop {
+        let waiting = g.jobs.len() < MAX_BATCH
+            && !g
+                .jobs
+                .iter()
+                .any(|j| matches!(j, Job::Entry(e) if matches!(e.ack, Ack::Sync(_))))
+            && promised.load(Ordering::Acquire) > 0;
+        if !waiting {
+            break;
+        }
         let left = window.saturating_sub(start.elapsed());
         if left.is_zero() {
             break;
         }
         match rx.recv_timeout(left.min(GATHER_SLICE)) {
             Ok(j) => {
-                jobs.push(j);
-                drain(&mut jobs);
+                take(&mut g, j);
+                drain(&mut g, &mut take);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
-    jobs
+    g
 }
 
 impl Writer {
@@ -478,22 +529,18 @@ impl Writer {
 
     fn run(mut self, rx: Receiver<Job>) {
         while let Ok(first) = rx.recv() {
-            let jobs = gather(&rx, first, &self.shared.promised, GATHER);
+            let Gathered { jobs, waits } = gather(&rx, first, &self.shared.promised, GATHER);
             let metrics = self.shared.metrics();
             if let Some(m) = &metrics {
                 m.audit_queued(-(jobs.len() as i64));
-                let taken = std::time::Instant::now();
-                m.audit_waited(jobs.iter().filter_map(|j| match j {
-                    Job::Entry(_, _, queued) => Some(taken.saturating_duration_since(*queued)),
-                    _ => None,
-                }));
+                m.audit_waited(waits.into_iter());
             }
             let mut entries = Vec::new();
             let mut checkpoints = Vec::new();
             let mut heads = Vec::new();
             for j in jobs {
                 match j {
-                    Job::Entry(m, ack, _) => entries.push((m, ack)),
+                    Job::Entry(e) => entries.push((e.fields, e.ack)),
                     Job::Checkpoint(reason, ack) => checkpoints.push((reason, ack)),
                     Job::Head(ack) => heads.push(ack),
                 }
@@ -657,11 +704,7 @@ impl Audit {
     /// Writes an entry and waits until it is durable (blocking).
     pub fn record(&self, fields: Map<String, Value>) -> Result<u64, AuditError> {
         let (tx, rx) = channel();
-        self.send(Job::Entry(
-            bounded(fields),
-            Ack::Sync(tx),
-            std::time::Instant::now(),
-        ))?;
+        self.send(Job::Entry(Entry::new(bounded(fields), Ack::Sync(tx), None)))?;
         rx.recv().map_err(|_| AuditError::WriterStopped)?
     }
 
@@ -671,27 +714,29 @@ impl Audit {
     /// would not verify when a restore replays it.
     pub fn record_ledger(&self, fields: Map<String, Value>) -> Result<u64, AuditError> {
         let (tx, rx) = channel();
-        self.send(Job::Entry(fields, Ack::Sync(tx), std::time::Instant::now()))?;
+        self.send(Job::Entry(Entry::new(fields, Ack::Sync(tx), None)))?;
         rx.recv().map_err(|_| AuditError::WriterStopped)?
     }
 
     /// Writes an entry and waits until it is durable (async).
     pub async fn record_async(&self, fields: Map<String, Value>) -> Result<u64, AuditError> {
-        self.queue_async(fields)?.await
+        self.queue_async(fields, None)?.await
     }
 
-    /// Queues an entry; the future answers when it is durable. Queuing
-    /// first lets a caller keep a [`Promise`] until its line is queued.
+    /// Queues an entry with the [`Promise`] its call made, if any (the
+    /// writer releases it when it takes the line); the future answers when
+    /// the line is durable.
     pub fn queue_async(
         &self,
         fields: Map<String, Value>,
+        promise: Option<Promise>,
     ) -> Result<impl std::future::Future<Output = Result<u64, AuditError>>, AuditError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send(Job::Entry(
+        self.send(Job::Entry(Entry::new(
             bounded(fields),
             Ack::Async(tx),
-            std::time::Instant::now(),
-        ))?;
+            promise,
+        )))?;
         Ok(async move { rx.await.map_err(|_| AuditError::WriterStopped)? })
     }
 
@@ -928,7 +973,7 @@ mod tests {
         let promised = AtomicUsize::new(0);
         // A window no test would wait out: nothing promised, no wait.
         let start = std::time::Instant::now();
-        let jobs = gather(&rx, head(), &promised, Duration::from_secs(3600));
+        let jobs = gather(&rx, head(), &promised, Duration::from_secs(3600)).jobs;
         assert_eq!(jobs.len(), 2, "the first and what was queued");
         assert!(start.elapsed() < Duration::from_secs(60));
     }
@@ -950,16 +995,52 @@ mod tests {
                 tx
             })
         };
-        let jobs = gather(&rx, head(), &promised, Duration::from_secs(3600));
+        let jobs = gather(&rx, head(), &promised, Duration::from_secs(3600)).jobs;
         assert_eq!(jobs.len(), 4);
         drop(sender.join().unwrap());
+    }
+
+    #[test]
+    fn a_line_that_has_arrived_is_no_longer_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(AuditConfig {
+            file: dir.path().join("audit.log"),
+            checkpoint_every: 1000,
+            max_file_bytes: 1 << 30,
+            forward: None,
+        })
+        .unwrap();
+        let (_tx, rx) = channel::<Job>();
+        let (ack, _answer) = tokio::sync::oneshot::channel();
+        let line = Job::Entry(Entry::new(
+            Map::new(),
+            Ack::Async(ack),
+            Some(audit.promise()),
+        ));
+        // Its own promise travels with it: taking it releases the promise,
+        // so the writer does not wait out the window for it.
+        let g = gather(&rx, line, &audit.state.promised, Duration::from_secs(3600));
+        assert_eq!(g.jobs.len(), 1);
+        assert_eq!(g.waits.len(), 1);
+        assert_eq!(audit.state.promised.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn a_blocking_writer_ends_the_wait() {
+        // A synchronous entry (a thread blocked on it, perhaps holding a
+        // promise of its own) is committed without waiting.
+        let (_tx, rx) = channel::<Job>();
+        let promised = AtomicUsize::new(1);
+        let line = Job::Entry(Entry::new(Map::new(), Ack::Sync(channel().0), None));
+        let g = gather(&rx, line, &promised, Duration::from_secs(3600));
+        assert_eq!(g.jobs.len(), 1);
     }
 
     #[test]
     fn the_wait_for_promised_lines_is_bounded() {
         let (tx, rx) = channel::<Job>();
         let promised = AtomicUsize::new(1);
-        let jobs = gather(&rx, head(), &promised, Duration::from_millis(20));
+        let jobs = gather(&rx, head(), &promised, Duration::from_millis(20)).jobs;
         assert_eq!(
             jobs.len(),
             1,

@@ -56,10 +56,11 @@ impl Stats {
 }
 
 /// The daemon's pid, from the peer credentials of a connection to its
-/// socket (the same for a throwaway daemon and an external one).
+/// socket: those of the process that listens on it. Under systemd's socket
+/// activation that is pid 1, not the daemon, and no CPU figure is given.
 async fn daemon_pid(socket: &Path) -> Option<i32> {
     let s = tokio::net::UnixStream::connect(socket).await.ok()?;
-    s.peer_cred().ok()?.pid()
+    s.peer_cred().ok()?.pid().filter(|&p| p > 1)
 }
 
 /// A process's CPU time so far (user plus system, every thread it has had),

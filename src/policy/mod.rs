@@ -23,40 +23,53 @@ impl Caller {
     /// Best effort: a process that is gone leaves them empty.
     pub fn from_peer(uid: u32, gid: u32, pid: Option<i32>) -> Self {
         let pid = pid.unwrap_or(0);
-        let exe = if pid > 0 {
-            std::fs::read_link(format!("/proc/{pid}/exe"))
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Caller {
+        let mut caller = Caller {
             uid,
             gid,
             pid,
-            groups: Caller::groups_of(gid, pid),
-            exe,
+            groups: vec![gid],
+            exe: String::new(),
+        };
+        if pid <= 0 {
+            return caller;
         }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            return caller;
+        };
+        // The process at this pid now must still be the one the kernel's
+        // credentials describe: the same effective uid and gid. A process
+        // that exited (its pid perhaps reused by another user's process) or
+        // changed its ids is described by nothing more than the
+        // credentials.
+        if !Caller::same_ids(&status, uid, gid) {
+            return caller;
+        }
+        if let Some(line) = status.lines().find(|l| l.starts_with("Groups:")) {
+            caller.groups.extend(
+                line["Groups:".len()..]
+                    .split_whitespace()
+                    .filter_map(|g| g.parse::<u32>().ok()),
+            );
+        }
+        caller.groups.sort_unstable();
+        caller.groups.dedup();
+        if let Ok(p) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+            caller.exe = p.display().to_string();
+        }
+        caller
     }
 
-    /// The primary group and the supplementary groups of `pid` (from
-    /// /proc/PID/status), sorted, without duplicates.
-    fn groups_of(gid: u32, pid: i32) -> Vec<u32> {
-        let mut groups = vec![gid];
-        if pid > 0 {
-            if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                if let Some(line) = status.lines().find(|l| l.starts_with("Groups:")) {
-                    groups.extend(
-                        line["Groups:".len()..]
-                            .split_whitespace()
-                            .filter_map(|g| g.parse::<u32>().ok()),
-                    );
-                }
-            }
-        }
-        groups.sort_unstable();
-        groups.dedup();
-        groups
+    /// Whether `/proc/PID/status` shows effective ids `uid` and `gid` (the
+    /// second figure of its `Uid:` and `Gid:` lines).
+    fn same_ids(status: &str, uid: u32, gid: u32) -> bool {
+        let effective = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u32>().ok())
+        };
+        effective("Uid:") == Some(uid) && effective("Gid:") == Some(gid)
     }
 }
 
@@ -662,6 +675,43 @@ mod tests {
             groups: groups.to_vec(),
             exe: exe.into(),
         }
+    }
+
+    #[test]
+    fn a_peer_is_described_only_while_its_pid_has_its_ids() {
+        let (uid, gid) = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        let me = std::process::id() as i32;
+        let c = Caller::from_peer(uid, gid, Some(me));
+        assert!(c.groups.contains(&gid));
+        assert_eq!(
+            c.exe,
+            std::env::current_exe().unwrap().display().to_string()
+        );
+        // Credentials that this pid's process does not have (its pid reused
+        // by another user's process, say): nothing but the credentials.
+        let other = Caller::from_peer(uid.wrapping_add(1), gid, Some(me));
+        assert_eq!(other.groups, vec![gid]);
+        assert_eq!(other.exe, "");
+        let other = Caller::from_peer(uid, gid.wrapping_add(1), Some(me));
+        assert_eq!(other.groups, vec![gid.wrapping_add(1)]);
+        assert_eq!(other.exe, "");
+        // No pid (another pid namespace): the same.
+        let none = Caller::from_peer(uid, gid, None);
+        assert_eq!((none.groups, none.exe), (vec![gid], String::new()));
+        assert!(Caller::same_ids(
+            "Uid:\t5\t7\t7\t7\nGid:\t3\t9\t9\t9\n",
+            7,
+            9
+        ));
+        assert!(!Caller::same_ids(
+            "Uid:\t7\t5\t5\t5\nGid:\t9\t9\t9\t9\n",
+            7,
+            9
+        ));
+        assert!(!Caller::same_ids("Name:\tx\n", 7, 9));
     }
 
     const POLICY: &str = r#"
