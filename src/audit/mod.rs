@@ -966,6 +966,16 @@ mod tests {
         Job::Head(channel().0)
     }
 
+    fn open_in(dir: &Path) -> Audit {
+        Audit::open(AuditConfig {
+            file: dir.join("audit.log"),
+            checkpoint_every: 1000,
+            max_file_bytes: 1 << 30,
+            forward: None,
+        })
+        .unwrap()
+    }
+
     #[test]
     fn with_nothing_promised_a_line_is_committed_at_once() {
         let (tx, rx) = channel();
@@ -1003,13 +1013,7 @@ mod tests {
     #[test]
     fn a_line_that_has_arrived_is_no_longer_waited_for() {
         let dir = tempfile::tempdir().unwrap();
-        let audit = Audit::open(AuditConfig {
-            file: dir.path().join("audit.log"),
-            checkpoint_every: 1000,
-            max_file_bytes: 1 << 30,
-            forward: None,
-        })
-        .unwrap();
+        let audit = open_in(dir.path());
         let (_tx, rx) = channel::<Job>();
         let (ack, _answer) = tokio::sync::oneshot::channel();
         let line = Job::Entry(Entry::new(
@@ -1052,13 +1056,7 @@ mod tests {
     #[test]
     fn a_promise_counts_until_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let audit = Audit::open(AuditConfig {
-            file: dir.path().join("audit.log"),
-            checkpoint_every: 1000,
-            max_file_bytes: 1 << 30,
-            forward: None,
-        })
-        .unwrap();
+        let audit = open_in(dir.path());
         let (a, b) = (audit.promise(), audit.promise());
         assert_eq!(audit.state.promised.load(Ordering::Acquire), 2);
         drop(a);
