@@ -1,13 +1,15 @@
 //! The data path's worker threads: micro-batching without waiting.
 //!
 //! A fixed set of threads, one per HSM worker session, runs the data-key
-//! calls' core work (policy check, HSM, blob). A worker that wakes takes
-//! every call queued up to [`BATCH`] and runs them back to back: a lone call
-//! runs at once, and under load a call queued while every worker is busy
-//! wakes nobody; the worker that finishes takes it without sleeping. That is
-//! one thread hand-off per batch instead of one per call (tokio's blocking
-//! pool, used before, woke one of its many idle threads for nearly every
-//! call), and no more threads than sessions competing for the cores.
+//! and MAC calls' core work (policy check, HSM, blob). A lone call runs at
+//! once; under load a call queued while every worker is busy wakes nobody,
+//! and a worker that finishes a call takes the next queued one without
+//! sleeping, so the calls queued during a burst run back to back for one
+//! wake-up (tokio's blocking pool, used before, woke one of its many idle
+//! threads for nearly every call), and no more threads than sessions
+//! compete for the cores. A worker takes one call at a time from the shared
+//! queue: a call stuck in the HSM holds only its own worker, never calls
+//! that another worker could run.
 //!
 //! Administrative calls (backup, seal, rekey) keep `spawn_blocking`: they
 //! are rare and may take long, and must not hold a data-path worker.
@@ -17,9 +19,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use tonic::Status;
-
-/// The most calls a worker takes at once; the rest stay for the others.
-pub const BATCH: usize = 16;
 
 type Job<C> = Box<dyn FnOnce(&C) + Send>;
 
@@ -44,10 +43,11 @@ impl<C> Shared<C> {
     }
 }
 
-/// The handle the services share; the threads stop when it is dropped.
-/// `C` is what the calls run on (the core).
+/// The handle the services share; the threads stop when it is dropped or
+/// at [`Workers::shutdown`]. `C` is what the calls run on (the core).
 pub struct Workers<C> {
     shared: Arc<Shared<C>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl<C: Send + Sync + 'static> Workers<C> {
@@ -62,13 +62,36 @@ impl<C: Send + Sync + 'static> Workers<C> {
             }),
             ready: Condvar::new(),
         });
+        let workers = Workers {
+            shared: shared.clone(),
+            threads: Mutex::new(Vec::new()),
+        };
         for i in 0..threads.max(1) {
             let (shared, core) = (shared.clone(), core.clone());
-            std::thread::Builder::new()
+            // On an error the threads already started stop with `workers`.
+            let t = std::thread::Builder::new()
                 .name(format!("data-path-{i}"))
                 .spawn(move || work(&shared, core.as_ref()))?;
+            workers
+                .threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(t);
         }
-        Ok(Workers { shared })
+        Ok(workers)
+    }
+
+    /// Stops the workers once the calls queued are done, and waits for
+    /// them (blocking): each holds the core, which the daemon's shutdown
+    /// must be the last to hold (the registry is closed when it is
+    /// dropped).
+    pub fn shutdown(&self) {
+        self.shared.lock().stopping = true;
+        self.shared.ready.notify_all();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
     }
 
     /// Runs `f` on a worker and answers its result. A call whose work
@@ -114,7 +137,7 @@ impl<C> Drop for Workers<C> {
 
 fn work<C>(shared: &Shared<C>, core: &C) {
     loop {
-        let batch: Vec<Job<C>> = {
+        let job: Job<C> = {
             let mut q = shared.lock();
             while q.jobs.is_empty() {
                 if q.stopping {
@@ -125,23 +148,21 @@ fn work<C>(shared: &Shared<C>, core: &C) {
                 q.idle -= 1;
                 q.waking = q.waking.saturating_sub(1);
             }
-            // A share of what is queued: the idle workers (woken now or
-            // below) take the rest, in parallel on their own sessions (a network HSM
-            // serves sessions in parallel; one worker running a whole
-            // burst would serialise it).
-            let share = q.jobs.len().div_ceil(1 + q.idle);
-            let batch = q.jobs.drain(..share.min(BATCH)).collect();
+            let Some(job) = q.jobs.pop_front() else {
+                continue;
+            };
+            // More is queued and a worker is idle: it takes the next call
+            // in parallel, on its own session (a network HSM serves its
+            // sessions in parallel).
             if !q.jobs.is_empty() && q.idle > q.waking {
                 q.waking += 1;
                 shared.ready.notify_one();
             }
-            batch
+            job
         };
-        for job in batch {
-            // A panic drops the job's answer channel: its caller gets
-            // INTERNAL, and the rest of the batch still runs.
-            let _ = catch_unwind(AssertUnwindSafe(|| job(core)));
-        }
+        // A panic drops the job's answer channel: its caller gets
+        // INTERNAL, and the worker goes on.
+        let _ = catch_unwind(AssertUnwindSafe(|| job(core)));
     }
 }
 
@@ -151,8 +172,33 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// Runs a call on `w` that signals when it has started and then waits
+    /// for `release`: the worker is busy until then.
+    async fn occupy<C: Send + Sync + 'static>(
+        w: &Arc<Workers<C>>,
+    ) -> (
+        tokio::task::JoinHandle<Result<(), Status>>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let w = w.clone();
+        let busy = tokio::spawn(async move {
+            w.run(move |_: &C| {
+                let _ = started_tx.send(());
+                let _ = release_rx.recv_timeout(std::time::Duration::from_secs(60));
+            })
+            .await
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(60), started_rx)
+            .await
+            .unwrap()
+            .unwrap();
+        (busy, release_tx)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_call_is_answered_in_order_of_its_own_and_a_panic_is_internal() {
+    async fn every_call_gets_its_own_answer_and_a_panic_is_internal() {
         let ran = Arc::new(AtomicUsize::new(0));
         let w = Arc::new(Workers::start(ran.clone(), 2).unwrap());
         let mut calls = Vec::new();
@@ -187,20 +233,10 @@ mod tests {
     #[tokio::test]
     async fn a_burst_queued_behind_a_busy_worker_is_taken_and_answered() {
         // One worker, kept busy while 40 calls queue behind it: it then
-        // takes them (BATCH at a time), and each gets its own answer.
+        // takes them one after another without sleeping, and each gets its
+        // own answer.
         let w = Arc::new(Workers::start(Arc::new(()), 1).unwrap());
-        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
-        let hold_rx = Arc::new(Mutex::new(hold_rx));
-        let first = {
-            let (w, hold_rx) = (w.clone(), hold_rx.clone());
-            tokio::spawn(async move {
-                w.run(move |_: &()| {
-                    let _ = hold_rx.lock().unwrap().recv();
-                })
-                .await
-            })
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (busy, release) = occupy(&w).await;
         let mut rest = Vec::new();
         for i in 0..40usize {
             let w = w.clone();
@@ -209,19 +245,43 @@ mod tests {
         while w.shared.lock().jobs.len() < 40 {
             tokio::task::yield_now().await;
         }
-        hold_tx.send(()).unwrap();
-        first.await.unwrap().unwrap();
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap();
         for (i, r) in rest.into_iter().enumerate() {
             assert_eq!(r.await.unwrap().unwrap(), i);
         }
         assert!(w.shared.lock().jobs.is_empty());
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stuck_call_holds_only_its_own_worker() {
+        // Two workers; one is stuck. Calls queued meanwhile all run on the
+        // other, none waits behind the stuck one.
+        let w = Arc::new(Workers::start(Arc::new(()), 2).unwrap());
+        let (stuck, release) = occupy(&w).await;
+        let mut calls = Vec::new();
+        for i in 0..20usize {
+            let w = w.clone();
+            calls.push(tokio::spawn(async move { w.run(move |_: &()| i).await }));
+        }
+        for (i, c) in calls.into_iter().enumerate() {
+            let r = tokio::time::timeout(std::time::Duration::from_secs(60), c)
+                .await
+                .unwrap();
+            assert_eq!(r.unwrap().unwrap(), i);
+        }
+        release.send(()).unwrap();
+        stuck.await.unwrap().unwrap();
+    }
+
     #[tokio::test]
     async fn calls_after_the_stop_are_refused() {
-        let w = Workers::start(Arc::new(()), 1).unwrap();
-        w.shared.lock().stopping = true;
-        w.shared.ready.notify_all();
+        let core = Arc::new(());
+        let w = Workers::start(core.clone(), 2).unwrap();
+        assert_eq!(w.run(|_: &()| 1).await.unwrap(), 1);
+        w.shutdown();
+        // The threads are gone, and with them their hold on the core.
+        assert_eq!(Arc::strong_count(&core), 1);
         let e = w.run(|_: &()| 1).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unavailable);
     }
@@ -262,17 +322,7 @@ mod tests {
     async fn a_call_whose_caller_has_gone_is_not_run() {
         let ran = Arc::new(AtomicUsize::new(0));
         let w = Arc::new(Workers::start(ran.clone(), 1).unwrap());
-        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
-        let busy = {
-            let w = w.clone();
-            tokio::spawn(async move {
-                w.run(move |_: &AtomicUsize| {
-                    let _ = hold_rx.recv();
-                })
-                .await
-            })
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (busy, release) = occupy(&w).await;
         // Queued behind the busy worker, then abandoned.
         let gone = {
             let w = w.clone();
@@ -286,7 +336,7 @@ mod tests {
         }
         gone.abort();
         let _ = gone.await;
-        hold_tx.send(()).unwrap();
+        release.send(()).unwrap();
         busy.await.unwrap().unwrap();
         // A later call runs, and the abandoned one never did.
         assert_eq!(

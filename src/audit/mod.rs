@@ -297,6 +297,9 @@ fn last_line(path: &Path) -> std::io::Result<Option<String>> {
 struct Gathered {
     jobs: Vec<Job>,
     waits: Vec<std::time::Duration>,
+    /// A thread is blocked on one of the jobs (a synchronous entry, a
+    /// checkpoint, the head): the commit does not wait for more.
+    blocking: bool,
 }
 
 /// Takes what is queued after `first`, then, while calls in progress have
@@ -314,12 +317,17 @@ fn gather(
     let mut g = Gathered {
         jobs: Vec::new(),
         waits: Vec::new(),
+        blocking: false,
     };
     let mut take = |g: &mut Gathered, mut job: Job| {
-        if let Job::Entry(e) = &mut job {
-            g.waits.push(e.queued.elapsed());
-            // The line is here: it is no longer promised.
-            drop(e.promise.take());
+        match &mut job {
+            Job::Entry(e) => {
+                g.waits.push(e.queued.elapsed());
+                // The line is here: it is no longer promised.
+                drop(e.promise.take());
+                g.blocking |= matches!(e.ack, Ack::Sync(_));
+            }
+            Job::Checkpoint(..) | Job::Head(_) => g.blocking = true,
         }
         g.jobs.push(job);
     };
@@ -335,12 +343,8 @@ fn gather(
     drain(&mut g, &mut take);
     let start = std::time::Instant::now();
     loop {
-        let waiting = g.jobs.len() < MAX_BATCH
-            && !g
-                .jobs
-                .iter()
-                .any(|j| matches!(j, Job::Entry(e) if matches!(e.ack, Ack::Sync(_))))
-            && promised.load(Ordering::Acquire) > 0;
+        let waiting =
+            g.jobs.len() < MAX_BATCH && !g.blocking && promised.load(Ordering::Acquire) > 0;
         if !waiting {
             break;
         }
@@ -529,7 +533,7 @@ impl Writer {
 
     fn run(mut self, rx: Receiver<Job>) {
         while let Ok(first) = rx.recv() {
-            let Gathered { jobs, waits } = gather(&rx, first, &self.shared.promised, GATHER);
+            let Gathered { jobs, waits, .. } = gather(&rx, first, &self.shared.promised, GATHER);
             let metrics = self.shared.metrics();
             if let Some(m) = &metrics {
                 m.audit_queued(-(jobs.len() as i64));
@@ -962,8 +966,13 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
-    fn head() -> Job {
-        Job::Head(channel().0)
+    /// A line whose caller waits asynchronously (no thread blocked on it).
+    fn line() -> Job {
+        Job::Entry(Entry::new(
+            Map::new(),
+            Ack::Async(tokio::sync::oneshot::channel().0),
+            None,
+        ))
     }
 
     fn open_in(dir: &Path) -> Audit {
@@ -979,34 +988,43 @@ mod tests {
     #[test]
     fn with_nothing_promised_a_line_is_committed_at_once() {
         let (tx, rx) = channel();
-        tx.send(head()).unwrap();
+        tx.send(line()).unwrap();
         let promised = AtomicUsize::new(0);
-        // A window no test would wait out: nothing promised, no wait.
+        // Nothing promised: no wait (a wait would last the whole minute).
         let start = std::time::Instant::now();
-        let jobs = gather(&rx, head(), &promised, Duration::from_secs(3600)).jobs;
+        let jobs = gather(&rx, line(), &promised, Duration::from_secs(60)).jobs;
         assert_eq!(jobs.len(), 2, "the first and what was queued");
-        assert!(start.elapsed() < Duration::from_secs(60));
+        assert!(start.elapsed() < Duration::from_secs(30));
     }
 
     #[test]
     fn promised_lines_join_the_commit_and_the_wait_ends_when_they_are_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = open_in(dir.path());
         let (tx, rx) = channel();
-        let promised = Arc::new(AtomicUsize::new(3));
-        let sender = {
-            let promised = promised.clone();
-            std::thread::spawn(move || {
-                for _ in 0..3 {
-                    std::thread::sleep(Duration::from_millis(5));
-                    tx.send(head()).unwrap();
-                    promised.fetch_sub(1, Ordering::AcqRel);
-                }
-                // Kept open: the gather must end on the promises, not on a
-                // closed channel.
-                tx
-            })
-        };
-        let jobs = gather(&rx, head(), &promised, Duration::from_secs(3600)).jobs;
+        // Three calls in progress, whose lines come later, each carrying
+        // its promise (as `queue_async` sends them).
+        let promises: Vec<Promise> = (0..3).map(|_| audit.promise()).collect();
+        let sender = std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            for p in promises {
+                std::thread::sleep(Duration::from_millis(5));
+                let (ack, answer) = tokio::sync::oneshot::channel();
+                tx.send(Job::Entry(Entry::new(Map::new(), Ack::Async(ack), Some(p))))
+                    .unwrap();
+                answers.push(answer);
+            }
+            // Kept open: the gather must end on the promises, not on a
+            // closed channel.
+            (tx, answers)
+        });
+        let start = std::time::Instant::now();
+        let jobs = gather(&rx, line(), &audit.state.promised, Duration::from_secs(60)).jobs;
         assert_eq!(jobs.len(), 4);
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "it ended on the promises"
+        );
         drop(sender.join().unwrap());
     }
 
@@ -1023,7 +1041,9 @@ mod tests {
         ));
         // Its own promise travels with it: taking it releases the promise,
         // so the writer does not wait out the window for it.
-        let g = gather(&rx, line, &audit.state.promised, Duration::from_secs(3600));
+        let start = std::time::Instant::now();
+        let g = gather(&rx, line, &audit.state.promised, Duration::from_secs(60));
+        assert!(start.elapsed() < Duration::from_secs(30));
         assert_eq!(g.jobs.len(), 1);
         assert_eq!(g.waits.len(), 1);
         assert_eq!(audit.state.promised.load(Ordering::Acquire), 0);
@@ -1032,11 +1052,29 @@ mod tests {
     #[test]
     fn a_blocking_writer_ends_the_wait() {
         // A synchronous entry (a thread blocked on it, perhaps holding a
-        // promise of its own) is committed without waiting.
+        // promise of its own) is committed without waiting; so is a
+        // checkpoint or a request for the head.
+        for job in [
+            Job::Head(channel().0),
+            Job::Checkpoint("test".into(), Ack::Sync(channel().0)),
+        ] {
+            let (_tx, rx) = channel::<Job>();
+            let promised = AtomicUsize::new(1);
+            let start = std::time::Instant::now();
+            assert_eq!(
+                gather(&rx, job, &promised, Duration::from_secs(60))
+                    .jobs
+                    .len(),
+                1
+            );
+            assert!(start.elapsed() < Duration::from_secs(30));
+        }
         let (_tx, rx) = channel::<Job>();
         let promised = AtomicUsize::new(1);
         let line = Job::Entry(Entry::new(Map::new(), Ack::Sync(channel().0), None));
-        let g = gather(&rx, line, &promised, Duration::from_secs(3600));
+        let start = std::time::Instant::now();
+        let g = gather(&rx, line, &promised, Duration::from_secs(60));
+        assert!(start.elapsed() < Duration::from_secs(30));
         assert_eq!(g.jobs.len(), 1);
     }
 
@@ -1044,7 +1082,7 @@ mod tests {
     fn the_wait_for_promised_lines_is_bounded() {
         let (tx, rx) = channel::<Job>();
         let promised = AtomicUsize::new(1);
-        let jobs = gather(&rx, head(), &promised, Duration::from_millis(20)).jobs;
+        let jobs = gather(&rx, line(), &promised, Duration::from_millis(20)).jobs;
         assert_eq!(
             jobs.len(),
             1,

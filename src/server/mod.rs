@@ -405,7 +405,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let c = core.clone();
     let forwarding = audit.clone();
+    let workers = ctx.workers.clone();
     let _ = tokio::task::spawn_blocking(move || {
+        // The data-path workers finish what is queued and let go of the
+        // core, so that it is dropped (the registry closed) below.
+        workers.shutdown();
         audit.record_event(EventKind::DaemonStop, Outcome::Ok, serde_json::json!({}));
         c.shutdown();
         // The SIEM's copy gets the stop and the final checkpoint too, if
