@@ -197,6 +197,19 @@ mod tests {
         (busy, release_tx)
     }
 
+    /// Calls 0..n, each answering its own number.
+    fn numbered(
+        w: &Arc<Workers<()>>,
+        n: usize,
+    ) -> Vec<tokio::task::JoinHandle<Result<usize, Status>>> {
+        (0..n)
+            .map(|i| {
+                let w = w.clone();
+                tokio::spawn(async move { w.run(move |_: &()| i).await })
+            })
+            .collect()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_call_gets_its_own_answer_and_a_panic_is_internal() {
         let ran = Arc::new(AtomicUsize::new(0));
@@ -237,11 +250,7 @@ mod tests {
         // own answer.
         let w = Arc::new(Workers::start(Arc::new(()), 1).unwrap());
         let (busy, release) = occupy(&w).await;
-        let mut rest = Vec::new();
-        for i in 0..40usize {
-            let w = w.clone();
-            rest.push(tokio::spawn(async move { w.run(move |_: &()| i).await }));
-        }
+        let rest = numbered(&w, 40);
         while w.shared.lock().jobs.len() < 40 {
             tokio::task::yield_now().await;
         }
@@ -259,11 +268,7 @@ mod tests {
         // other, none waits behind the stuck one.
         let w = Arc::new(Workers::start(Arc::new(()), 2).unwrap());
         let (stuck, release) = occupy(&w).await;
-        let mut calls = Vec::new();
-        for i in 0..20usize {
-            let w = w.clone();
-            calls.push(tokio::spawn(async move { w.run(move |_: &()| i).await }));
-        }
+        let calls = numbered(&w, 20);
         for (i, c) in calls.into_iter().enumerate() {
             let r = tokio::time::timeout(std::time::Duration::from_secs(60), c)
                 .await

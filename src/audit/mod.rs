@@ -294,6 +294,7 @@ fn last_line(path: &Path) -> std::io::Result<Option<String>> {
 
 /// What [`gather`] took: the jobs, and how long each entry waited in the
 /// queue before the writer had it.
+#[derive(Default)]
 struct Gathered {
     jobs: Vec<Job>,
     waits: Vec<std::time::Duration>,
@@ -302,10 +303,25 @@ struct Gathered {
     blocking: bool,
 }
 
+impl Gathered {
+    fn take(&mut self, mut job: Job) {
+        match &mut job {
+            Job::Entry(e) => {
+                self.waits.push(e.queued.elapsed());
+                // The line is here: it is no longer promised.
+                drop(e.promise.take());
+                self.blocking |= matches!(e.ack, Ack::Sync(_));
+            }
+            Job::Checkpoint(..) | Job::Head(_) => self.blocking = true,
+        }
+        self.jobs.push(job);
+    }
+}
+
 /// Takes what is queued after `first`, then, while calls in progress have
 /// promised lines (`promised`), waits for them up to `window`. It stops
-/// waiting once a blocking writer's entry is among them (a thread waits on
-/// it, and may itself hold a promise that this commit would wait out).
+/// waiting once a job a thread is blocked on is among them (that thread
+/// may itself hold a promise that this commit would wait out).
 fn gather(
     rx: &Receiver<Job>,
     first: Job,
@@ -314,54 +330,30 @@ fn gather(
 ) -> Gathered {
     use std::sync::atomic::Ordering;
     use std::sync::mpsc::RecvTimeoutError;
-    let mut g = Gathered {
-        jobs: Vec::new(),
-        waits: Vec::new(),
-        blocking: false,
-    };
-    let mut take = |g: &mut Gathered, mut job: Job| {
-        match &mut job {
-            Job::Entry(e) => {
-                g.waits.push(e.queued.elapsed());
-                // The line is here: it is no longer promised.
-                drop(e.promise.take());
-                g.blocking |= matches!(e.ack, Ack::Sync(_));
-            }
-            Job::Checkpoint(..) | Job::Head(_) => g.blocking = true,
-        }
-        g.jobs.push(job);
-    };
-    take(&mut g, first);
-    let drain = |g: &mut Gathered, take: &mut dyn FnMut(&mut Gathered, Job)| {
+    let mut g = Gathered::default();
+    g.take(first);
+    let start = std::time::Instant::now();
+    loop {
         while g.jobs.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(j) => take(g, j),
+                Ok(j) => g.take(j),
                 Err(_) => break,
             }
         }
-    };
-    drain(&mut g, &mut take);
-    let start = std::time::Instant::now();
-    loop {
-        let waiting =
-            g.jobs.len() < MAX_BATCH && !g.blocking && promised.load(Ordering::Acquire) > 0;
-        if !waiting {
-            break;
-        }
         let left = window.saturating_sub(start.elapsed());
-        if left.is_zero() {
-            break;
+        if g.jobs.len() >= MAX_BATCH
+            || g.blocking
+            || promised.load(Ordering::Acquire) == 0
+            || left.is_zero()
+        {
+            return g;
         }
         match rx.recv_timeout(left.min(GATHER_SLICE)) {
-            Ok(j) => {
-                take(&mut g, j);
-                drain(&mut g, &mut take);
-            }
+            Ok(j) => g.take(j),
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Disconnected) => return g,
         }
     }
-    g
 }
 
 impl Writer {

@@ -164,8 +164,9 @@ where
     })
 }
 
-/// The audit writer's counters at one moment, read from a throwaway
-/// daemon's metrics page.
+/// The audit writer's counters at one moment, read from the daemon's
+/// metrics through its Metrics RPC (rendered fresh for every call; a caller
+/// with no admin or auditor role gets none, and the split is left out).
 #[derive(Debug, Clone, Copy, Default)]
 struct AuditCounters {
     commits: f64,
@@ -176,14 +177,15 @@ struct AuditCounters {
 }
 
 impl AuditCounters {
-    fn scrape(addr: &str) -> Option<Self> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(addr).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .ok()?;
-        let mut page = String::new();
-        s.read_to_string(&mut page).ok()?;
+    async fn read(socket: &Path) -> Option<Self> {
+        let mut c = Client::connect(socket).await.ok()?;
+        let page = c
+            .operator
+            .metrics(proto::MetricsRequest {})
+            .await
+            .ok()?
+            .into_inner()
+            .text;
         let value = |name: &str| -> Option<f64> {
             page.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
@@ -219,26 +221,17 @@ struct DevDaemon {
     child: std::process::Child,
     dir: tempfile::TempDir,
     share: String,
-    /// Its metrics page (loopback), for the audit writer's counters.
-    metrics: Option<String>,
 }
 
 impl DevDaemon {
     fn start(extra: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("kw-bench-").tempdir()?;
         let exe = std::env::current_exe()?;
-        // A free loopback port for the metrics page (taken back at once;
-        // the daemon binds it a moment later).
-        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .ok()
-            .map(|a| a.to_string());
-        let mut cmd = std::process::Command::new(exe);
-        cmd.arg("dev").arg("--dir").arg(dir.path()).args(extra);
-        if let Some(m) = &metrics {
-            cmd.arg("--metrics-listen").arg(m);
-        }
-        let mut child = cmd
+        let mut child = std::process::Command::new(exe)
+            .arg("dev")
+            .arg("--dir")
+            .arg(dir.path())
+            .args(extra)
             .env("RUST_LOG", "warn")
             .env_remove("KEYWARDEN_SOCKET")
             .stdout(std::process::Stdio::piped())
@@ -259,12 +252,7 @@ impl DevDaemon {
             let _ = child.kill();
             bail!("the dev daemon did not start");
         };
-        Ok(DevDaemon {
-            child,
-            dir,
-            share,
-            metrics,
-        })
+        Ok(DevDaemon { child, dir, share })
     }
 
     fn socket(&self) -> PathBuf {
@@ -336,21 +324,17 @@ async fn datakey_figures(
     key: &str,
     o: &BenchOptions,
     full: bool,
-    metrics: Option<&str>,
 ) -> anyhow::Result<serde_json::Map<String, Value>> {
     let (w, d) = (o.warmup, o.duration);
     let mut m = serde_json::Map::new();
-    // The metrics page is rendered at most once a second: a scrape waits
-    // that long so that it sees the figure before it.
-    let scrape = || async {
-        let addr = metrics?.to_string();
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        tokio::task::spawn_blocking(move || AuditCounters::scrape(&addr))
-            .await
-            .ok()
-            .flatten()
+    // The audit writer's split where there is an audit log (`full`).
+    let read = || async {
+        match full {
+            true => AuditCounters::read(socket).await,
+            false => None,
+        }
     };
-    let mut before = scrape().await;
+    let mut before = read().await;
     for conc in [1usize, 16] {
         let k = key.to_string();
         let s = measure(socket, conc, w, d, 1, move |mut c, i| {
@@ -367,7 +351,7 @@ async fn datakey_figures(
         })
         .await?;
         m.insert(format!("generate_c{conc}"), s.json());
-        let after = scrape().await;
+        let after = read().await;
         if let (Some(a), Some(b)) = (before, after) {
             // Over the warm-up too: the writer's averages, not a window.
             m.insert(format!("audit_writer_generate_c{conc}"), a.between(b));
@@ -581,8 +565,7 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<()> {
     let noop1 = noop(&socket, &o, 1).await?;
     let noop16 = noop(&socket, &o, 16).await?;
     eprintln!("bench: data keys...");
-    let metrics = own.as_ref().and_then(|d| d.metrics.clone());
-    let figures = datakey_figures(&socket, &key, &o, true, metrics.as_deref()).await?;
+    let figures = datakey_figures(&socket, &key, &o, true).await?;
     let peak = own.as_ref().and_then(|d| d.peak_rss_kib());
     eprintln!("bench: envelope streams, the encrypt pipe, the cache...");
     let audit_dir = own
@@ -602,7 +585,7 @@ pub async fn run(o: BenchOptions) -> anyhow::Result<()> {
         let d =
             tokio::task::spawn_blocking(|| DevDaemon::start(&["--benchmark-no-audit"])).await??;
         ensure_key(&d.socket(), "bench").await?;
-        no_audit = Some(datakey_figures(&d.socket(), "bench", &o, false, None).await?);
+        no_audit = Some(datakey_figures(&d.socket(), "bench", &o, false).await?);
     }
 
     let gdk16 = f(&figures["generate_c16"]);
