@@ -33,6 +33,8 @@ pub fn code(e: &CoreError) -> Code {
         CoreError::HsmUnavailable(_) => Code::Unavailable,
         CoreError::HsmFailed(_) => Code::Internal,
         CoreError::Registry(_) => Code::Internal,
+        CoreError::RegistryUnavailable(_) | CoreError::NodeNotCurrent(_) => Code::Unavailable,
+        CoreError::RegistryMoved { .. } => Code::Aborted,
         CoreError::AuditUnavailable(_) => Code::Unavailable,
         CoreError::Backup(b) => {
             use crate::backup::BackupError as B;
@@ -133,6 +135,9 @@ pub fn message(e: &CoreError) -> String {
             | SealError::Internal(_),
         ) => "internal error during the ceremony".into(),
         CoreError::Registry(_) => "key registry failure".into(),
+        CoreError::RegistryUnavailable(_) => {
+            "key registry database unreachable; retry later".into()
+        }
         CoreError::AuditUnavailable(_) => {
             "audit log unavailable: the key change was not made; retry later".into()
         }
@@ -230,6 +235,12 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (CoreError::Registry("disk".into()), Code::Internal),
+            (
+                CoreError::RegistryUnavailable("down".into()),
+                Code::Unavailable,
+            ),
+            (CoreError::NodeNotCurrent("lease".into()), Code::Unavailable),
+            (CoreError::RegistryMoved { found: 3 }, Code::Aborted),
         ];
         for (e, c) in cases {
             assert_eq!(code(&e), c, "{e}");

@@ -396,15 +396,32 @@ impl Keywarden {
             });
         }
         if c.used + n > c.reserved {
-            let want = (c.used + n)
-                .max(c.reserved + self.lifecycle.reserve_block)
-                .min(limit);
-            let (_, _) = self.update(&key.name, |r| {
-                if let Some(v) = r.versions.iter_mut().find(|v| v.hsm_id == id) {
-                    v.reserved = want;
-                }
-                Ok(())
+            // The next block starts where the record's reservations end: in
+            // a cluster another node may have reserved the blocks above this
+            // node's, and each encryption is counted in exactly one block.
+            let ((start, want), _) = self.update(&key.name, |r| {
+                let Some(v) = r.versions.iter_mut().find(|v| v.hsm_id == id) else {
+                    return Ok((c.used, c.reserved));
+                };
+                let start = if v.reserved == c.reserved {
+                    c.used
+                } else {
+                    c.used.max(v.reserved)
+                };
+                let want = (start + n)
+                    .max(start.max(v.reserved) + self.lifecycle.reserve_block)
+                    .min(limit);
+                v.reserved = want;
+                Ok((start, want))
             })?;
+            if start + n > limit {
+                return Err(CoreError::VersionExhausted {
+                    name: key.name.clone(),
+                    version,
+                    limit,
+                });
+            }
+            c.used = start;
             c.reserved = want;
         }
         c.used += n;

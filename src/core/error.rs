@@ -106,6 +106,18 @@ pub enum CoreError {
     /// Registry failure.
     #[error("registry failure: {0}")]
     Registry(String),
+    /// The registry's database cannot be reached (a cluster's PostgreSQL
+    /// down or cut off): refused until it is back.
+    #[error("registry database unreachable: {0}")]
+    RegistryUnavailable(String),
+    /// Other nodes kept changing the registry while this one tried to
+    /// write: nothing was changed.
+    #[error("the registry changed on another node during this change (generation {found}); nothing was changed: retry")]
+    RegistryMoved { found: u64 },
+    /// This node cannot confirm it has every key change made on the other
+    /// nodes (its cluster lease is not current), so it serves nothing.
+    #[error("this node is not serving: {0}")]
+    NodeNotCurrent(String),
     /// A backup could not be taken.
     #[error("backup: {0}")]
     Backup(crate::backup::BackupError),

@@ -110,6 +110,7 @@ impl Keywarden {
             Err(e) => return Err(e),
         }
         let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        self.catch_up()?;
         let hsm_id = self.new_hsm_version(name, 1, kind)?;
         let created_at = self.now();
         let record = KeyRecord {
@@ -136,7 +137,7 @@ impl Keywarden {
             holds: vec![],
             requests: vec![],
         };
-        let stored = match self.store(record, true) {
+        let stored = match self.store_new(record) {
             Ok(r) => r,
             Err(e) => {
                 if let Err(de) = self.hsm.destroy_cmk(&hsm_id) {
@@ -167,6 +168,7 @@ impl Keywarden {
         self.unsealed()?;
         validate::key_name("name", name)?;
         let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        self.catch_up()?;
         let mut rec = (*self.record(name)?).clone();
         not_destroyed(&rec)?;
         let ok =
@@ -545,12 +547,14 @@ impl Keywarden {
     }
 
     /// Destroys every version's HSM objects (token objects and session
-    /// copies) and keeps a tombstone.
+    /// copies) and keeps a tombstone. Done if it is done already.
     pub(crate) fn execute_destruction(&self, name: &str) -> CoreResult<()> {
         // Marked first, in the same write that checks the holds: once any
         // object may be gone, nothing can cancel, hold or revive the key.
         let t0 = self.now();
-        let (_, rec) = self.update(name, |r| {
+        let marked = self.update(name, |r| {
+            // Never back to pending: another node may have finished.
+            not_destroyed(r)?;
             if r.destruction_started_at.is_none() {
                 if r.active_holds().next().is_some() {
                     return Err(CoreError::Held {
@@ -563,7 +567,11 @@ impl Keywarden {
             }
             r.state = KeyState::PendingDestruction;
             Ok(())
-        })?;
+        });
+        let rec = match marked {
+            Err(CoreError::KeyDestroyed { .. }) => return Ok(()),
+            other => other?.1,
+        };
         for v in &rec.versions {
             if v.state == VersionState::Destroyed {
                 continue;
@@ -578,7 +586,8 @@ impl Keywarden {
             }
         }
         let t = self.now();
-        self.update(name, |r| {
+        let finished = self.update(name, |r| {
+            not_destroyed(r)?;
             for v in r.versions.iter_mut() {
                 v.state = VersionState::Destroyed;
             }
@@ -591,7 +600,12 @@ impl Keywarden {
                 }
             }
             Ok(())
-        })?;
+        });
+        match finished {
+            // Finished by another node (a leader that took over).
+            Err(CoreError::KeyDestroyed { .. }) => return Ok(()),
+            other => other?,
+        };
         self.event(
             EventKind::Destroyed,
             Outcome::Ok,
@@ -680,6 +694,10 @@ impl Keywarden {
             return;
         }
         if self.seal.phase() != crate::seal::Phase::Unsealed {
+            return;
+        }
+        // In a cluster one node, the leader, runs the scheduled work.
+        if self.membership.as_ref().is_some_and(|m| !m.is_leader()) {
             return;
         }
         let keys: Vec<Arc<KeyRecord>> = self.table().by_name.values().cloned().collect();

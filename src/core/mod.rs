@@ -15,6 +15,7 @@ mod envelope;
 pub mod error;
 mod fields;
 pub mod lifecycle;
+pub mod membership;
 mod metrics;
 pub mod model;
 mod reconcile;
@@ -38,6 +39,7 @@ use crate::secret::{DataKey, Pin};
 use blob::Blob;
 pub use error::{CoreError, CoreResult};
 pub use lifecycle::{Actor, LifecycleConfig};
+pub use membership::Membership;
 pub use model::KeyRecord;
 use model::{KeyState, VersionState};
 use registry::{Registry, RegistryError};
@@ -85,6 +87,8 @@ pub struct Keywarden {
     /// whoever reports the state (systemd's STATUS=).
     seal_changed: tokio::sync::Notify,
     clock: Arc<dyn crate::clock::Clock>,
+    /// The cluster this node belongs to (`None`: a single host).
+    membership: Option<Arc<dyn Membership>>,
 }
 
 /// A change that client-side data-key caches must hear about before the
@@ -126,6 +130,10 @@ fn access_view(
     )
 }
 
+/// How often a write refused because another node wrote first is tried
+/// again (after taking that node's change in).
+const WRITE_TRIES: usize = 5;
+
 /// How many changes a slow subscriber may fall behind before it is told
 /// to reset.
 const CHANGE_BACKLOG: usize = 1024;
@@ -133,6 +141,8 @@ const CHANGE_BACKLOG: usize = 1024;
 pub(crate) fn reg_err(e: RegistryError) -> CoreError {
     match e {
         RegistryError::AlreadyExists(name) => CoreError::AlreadyExists { name },
+        RegistryError::Unreachable(why) => CoreError::RegistryUnavailable(why),
+        RegistryError::Stale { found, .. } => CoreError::RegistryMoved { found },
         other => CoreError::Registry(other.to_string()),
     }
 }
@@ -161,6 +171,7 @@ impl Keywarden {
             changes: tokio::sync::broadcast::channel(CHANGE_BACKLOG).0,
             seal_changed: tokio::sync::Notify::new(),
             clock,
+            membership: None,
         }
     }
 
@@ -278,7 +289,13 @@ impl Keywarden {
     fn unsealed(&self) -> CoreResult<()> {
         // Sealed, or logged in but still loading the registry (or sealing):
         // the seal's one state says which.
-        self.seal.require_unsealed().map_err(CoreError::Seal)
+        self.seal.require_unsealed().map_err(CoreError::Seal)?;
+        // A node that cannot confirm it has every other node's changes
+        // serves nothing (checked again after each HSM call).
+        if let Some(m) = &self.membership {
+            m.check_serving().map_err(CoreError::NodeNotCurrent)?;
+        }
+        Ok(())
     }
 
     /// Whether init may run now (see [`Seal::check_init_allowed`]).
@@ -625,9 +642,7 @@ impl Keywarden {
         if let Some(a) = &self.audit {
             a.note_registry_generation(gen);
         }
-        if let Err(e) = self.hsm.write_counter(REGISTRY_COUNTER_LABEL, gen) {
-            warn!(error = %e, "could not advance the registry generation in the HSM");
-        }
+        self.advance_counter(gen);
         let rec = Arc::new(record);
         let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
         t.by_id.insert(rec.id, rec.name.clone());
@@ -645,20 +660,69 @@ impl Keywarden {
                 state: rec.state.as_str(),
             });
         }
+        if is_new || access_changed {
+            // And before it, no other node serves what this replaced (a
+            // new key is known everywhere when its create returns).
+            if let Some(m) = &self.membership {
+                m.wait_applied(gen);
+            }
+        }
         Ok(rec)
     }
 
+    /// The registry generation kept in the HSM follows the registry. It
+    /// only moves up: another node may have written a later one.
+    fn advance_counter(&self, gen: u64) {
+        let behind = match self.hsm.read_counter(REGISTRY_COUNTER_LABEL) {
+            Ok(c) => c.is_none_or(|c| c < gen),
+            Err(_) => true,
+        };
+        if behind {
+            if let Err(e) = self.hsm.write_counter(REGISTRY_COUNTER_LABEL, gen) {
+                warn!(error = %e, "could not advance the registry generation in the HSM");
+            }
+        }
+    }
+
+    /// Writes a new record, taking in other nodes' changes and trying
+    /// again if one came first.
+    pub(crate) fn store_new(&self, record: KeyRecord) -> CoreResult<Arc<KeyRecord>> {
+        let mut tries = 0;
+        loop {
+            match self.store(record.clone(), true) {
+                Err(CoreError::RegistryMoved { .. }) if tries < WRITE_TRIES => {
+                    tries += 1;
+                    self.refresh_locked()?;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Read-modify-write of one record under the write lock.
+    ///
+    /// In a cluster another node may have written since this one loaded:
+    /// the write is then refused, the changes are taken in and `f` runs
+    /// again on the record as it now is.
     pub(crate) fn update<T>(
         &self,
         name: &str,
-        f: impl FnOnce(&mut KeyRecord) -> CoreResult<T>,
+        mut f: impl FnMut(&mut KeyRecord) -> CoreResult<T>,
     ) -> CoreResult<(T, Arc<KeyRecord>)> {
         let _w = lock(&self.writes);
-        let mut rec = (*self.record(name)?).clone();
-        let out = f(&mut rec)?;
-        let stored = self.store(rec, false)?;
-        Ok((out, stored))
+        let mut tries = 0;
+        loop {
+            let mut rec = (*self.record(name)?).clone();
+            let out = f(&mut rec)?;
+            match self.store(rec, false) {
+                Err(CoreError::RegistryMoved { .. }) if tries < WRITE_TRIES => {
+                    tries += 1;
+                    self.refresh_locked()?;
+                }
+                Err(e) => return Err(e),
+                Ok(stored) => return Ok((out, stored)),
+            }
+        }
     }
 
     pub fn hsm(&self) -> &Arc<dyn Hsm> {

@@ -53,11 +53,15 @@ impl Keywarden {
                 // is destroyed, and only with a verified registry. Anything
                 // else is reported, never touched: it may be a real key
                 // (a registry restored from an older copy, a deleted row).
-                let intended = reg_key.as_ref().is_some_and(|k| {
-                    self.registry
-                        .has_intent(k, &o.id.0, &o.label)
-                        .unwrap_or(false)
-                });
+                // In a cluster the object may be another node's create in
+                // progress: reported, never destroyed.
+                let shared = self.membership.as_ref().is_some_and(|m| m.shared_token());
+                let intended = !shared
+                    && reg_key.as_ref().is_some_and(|k| {
+                        self.registry
+                            .has_intent(k, &o.id.0, &o.label)
+                            .unwrap_or(false)
+                    });
                 if registry_ok && self.table().tampered.is_empty() && intended {
                     match self.hsm.destroy_cmk(&o.id) {
                         Ok(()) => {

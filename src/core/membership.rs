@@ -1,0 +1,179 @@
+//! The core's view of a cluster: several nodes sharing one registry. The
+//! core asks three things of it ([`Membership`]); `crate::cluster`
+//! answers them over PostgreSQL. On a single host there is none and
+//! nothing here runs.
+//!
+//! What the core does for a cluster is here too: taking in the changes
+//! other nodes made ([`Keywarden::refresh`]), and, after a change of its
+//! own, waiting until no node can still serve the state it replaced.
+
+use super::*;
+
+/// What the core needs of the cluster it is a node of.
+pub trait Membership: Send + Sync {
+    /// Whether this node may serve key operations now: it has a current
+    /// lease, which it only gets while it has applied every committed
+    /// change. `Err` says why not.
+    fn check_serving(&self) -> Result<(), String>;
+    /// After this node committed generation `gen`: returns once every other
+    /// node holding a lease has applied it, or once every lease granted
+    /// before the commit has run out. Never fails: the second bound holds
+    /// whatever happens to the database or the other nodes.
+    fn wait_applied(&self, gen: u64);
+    /// Whether this node runs the cluster's scheduled work (rotations,
+    /// destructions) now.
+    fn is_leader(&self) -> bool;
+    /// Whether objects on the token may belong to another node's create in
+    /// progress (reconciliation then destroys no orphan).
+    fn shared_token(&self) -> bool {
+        true
+    }
+}
+
+impl Keywarden {
+    /// Makes this core a node of a cluster.
+    pub fn with_membership(mut self, m: Arc<dyn Membership>) -> Self {
+        self.membership = Some(m);
+        self
+    }
+
+    /// Whether this is a node of a cluster.
+    pub fn is_clustered(&self) -> bool {
+        self.membership.is_some()
+    }
+
+    /// The generation this node's table holds, if unsealed and loaded.
+    pub fn applied_generation(&self) -> Option<u64> {
+        self.seal
+            .require_unsealed()
+            .ok()
+            .map(|_| self.registry.generation())
+    }
+
+    /// Takes in what other nodes changed: loads the registry again if the
+    /// database is past this node's generation, verifies it exactly as at
+    /// unseal, and replaces the records that changed (the encryption
+    /// counters of this node's reservations are kept). Returns the
+    /// generation now applied, or `None` while sealed.
+    pub fn refresh(&self) -> CoreResult<Option<u64>> {
+        let _w = lock(&self.writes);
+        self.refresh_locked()
+    }
+
+    /// Before a change that makes an HSM object (create, rotate), which a
+    /// refused write would waste: take in other nodes' changes first. The
+    /// caller holds `writes`. Nothing on a single host.
+    pub(super) fn catch_up(&self) -> CoreResult<()> {
+        if self.membership.is_some() {
+            self.refresh_locked()?;
+        }
+        Ok(())
+    }
+
+    /// [`refresh`](Self::refresh) for a caller that holds `writes`.
+    pub(super) fn refresh_locked(&self) -> CoreResult<Option<u64>> {
+        if self.seal.require_unsealed().is_err() {
+            return Ok(None);
+        }
+        let mine = self.registry.generation();
+        let theirs = self.registry.generation_on_disk().map_err(reg_err)?;
+        if theirs == mine {
+            return Ok(Some(mine));
+        }
+        let key = self.registry_key()?;
+        let hsm_gen = self
+            .hsm
+            .read_counter(REGISTRY_COUNTER_LABEL)
+            .map_err(CoreError::from_hsm)?;
+        let mut loaded = self.registry.load_verified(&key, None).map_err(reg_err)?;
+        if loaded.global.is_none() {
+            if let Some(r) = witness::check(loaded.generation, hsm_gen, None) {
+                loaded.global = Some(r.to_string());
+            }
+        }
+        if let Some(a) = &self.audit {
+            a.note_registry_generation(loaded.generation);
+        }
+        let mut counters = lock(&self.counters);
+        let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
+        let mut changed = Vec::new();
+        let mut by_name = HashMap::new();
+        let mut by_id = HashMap::new();
+        for r in loaded.keys {
+            for v in &r.versions {
+                // Another node's reservations: this node's next one starts
+                // above them (see `count_encryptions`).
+                counters.entry(v.hsm_id).or_insert(Counter {
+                    used: v.reserved,
+                    reserved: v.reserved,
+                });
+            }
+            let old = t.by_name.get(&r.name);
+            if old.is_none_or(|o| access_view(o) != access_view(&r)) {
+                changed.push((
+                    r.name.clone(),
+                    r.id_text(),
+                    r.state.as_str(),
+                    r.versions.clone(),
+                ));
+            }
+            by_id.insert(r.id, r.name.clone());
+            by_name.insert(r.name.clone(), Arc::new(r));
+        }
+        let mut tampered = BTreeMap::new();
+        for (k, what) in loaded.tampered {
+            if !t.tampered.contains_key(&k) {
+                self.event(
+                    EventKind::RegistryTampering,
+                    Outcome::Detected,
+                    serde_json::json!({"key": k, "what": what}),
+                );
+            }
+            tampered.insert(k, what);
+        }
+        if loaded.global.is_some() && loaded.global != t.global {
+            self.event(
+                EventKind::RegistryTampering,
+                Outcome::Detected,
+                serde_json::json!({"key": null, "what": loaded.global}),
+            );
+        }
+        let gone: Vec<String> = t
+            .by_name
+            .keys()
+            .filter(|n| !by_name.contains_key(*n))
+            .cloned()
+            .collect();
+        t.by_name = by_name;
+        t.by_id = by_id;
+        t.tampered = tampered;
+        t.global = loaded.global;
+        drop(t);
+        drop(counters);
+        // Session copies of versions another node destroyed go too.
+        for (_, _, _, versions) in &changed {
+            for v in versions
+                .iter()
+                .filter(|v| v.state == VersionState::Destroyed)
+            {
+                match self.hsm.destroy_cmk(&v.hsm_id) {
+                    Ok(()) | Err(crate::hsm::HsmError::ObjectNotFound(_)) => {}
+                    Err(e) => {
+                        warn!(id = %v.hsm_id, error = %e, "could not drop a destroyed version's objects")
+                    }
+                }
+            }
+        }
+        for (name, key_id, state, _) in changed {
+            let _ = self.changes.send(KeyChange::Changed {
+                name,
+                key_id,
+                state,
+            });
+        }
+        if !gone.is_empty() {
+            let _ = self.changes.send(KeyChange::Reset);
+        }
+        Ok(Some(loaded.generation))
+    }
+}

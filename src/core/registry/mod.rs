@@ -1,0 +1,588 @@
+//! The key registry, with its integrity protected by a key only the
+//! unsealed daemon holds. Where the rows live is a [`RegistryStore`]: an
+//! embedded SQLite database in the state directory ([`sqlite`], one host)
+//! or a PostgreSQL database that several nodes share ([`postgres`]). The
+//! protection is the same on both, because it is computed here and the
+//! stores only keep bytes:
+//!
+//! Each key is one row holding its whole record (versions, counters, holds,
+//! destruction requests) and an HMAC over the record and the registry
+//! generation at which it was written. A manifest lists every key with its
+//! generation and HMAC and is itself HMAC'd with the current generation; the
+//! generation is also kept in a counter object inside the HSM, so that an
+//! older copy of the whole database (rollback) is caught too. Editing a row,
+//! rolling one back, deleting or adding one, or restoring an old copy are
+//! each detected when the registry is loaded (at unseal, and on every node
+//! of a cluster each time another node changes it).
+//!
+//! A write names the generation it builds on, and the store refuses it
+//! ([`RegistryError::Stale`]) if the database has moved on: another node
+//! wrote first. The writer then reloads and tries again, so no node ever
+//! overwrites a change it has not seen.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use super::model::KeyRecord;
+
+/// The schema version both stores write (the SQLite `meta` row; the
+/// PostgreSQL migrations table counts its own steps).
+pub(crate) const SCHEMA_VERSION: &str = "2";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    #[error("key {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("registry database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A PostgreSQL statement failed (the server answered).
+    #[error("registry database: {0}")]
+    Postgres(String),
+    /// The PostgreSQL server cannot be reached (down, restarting, the
+    /// network): key operations are refused until it is back.
+    #[error("registry database unreachable: {0}")]
+    Unreachable(String),
+    /// Another node changed the registry since this one last loaded it.
+    #[error("the registry is at generation {found}, this node wrote on top of {expected}")]
+    Stale { expected: u64, found: u64 },
+    #[error("registry is corrupt: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Manifest {
+    /// key id (hex) -> (generation, record HMAC hex)
+    keys: BTreeMap<String, (u64, String)>,
+    /// key id (hex) -> name, so that a deleted row is refused by name.
+    #[serde(default)]
+    names: BTreeMap<String, String>,
+}
+
+/// One key's row as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRow {
+    pub id: Vec<u8>,
+    pub name: String,
+    pub record: String,
+    pub gen: u64,
+    pub mac: String,
+}
+
+/// One intent row as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawIntent {
+    pub hsm_id: Vec<u8>,
+    pub label: String,
+    pub mac: String,
+}
+
+/// Everything a store holds, read in one consistent snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawState {
+    pub generation: u64,
+    pub manifest: Option<String>,
+    pub manifest_mac: Option<String>,
+    /// Ordered by name.
+    pub rows: Vec<RawRow>,
+    pub intents: Vec<RawIntent>,
+}
+
+/// One write: the manifest at a new generation and, unless this is a
+/// reseal, one record. Applied only if the store is still at `prev_gen`.
+#[derive(Debug)]
+pub struct Commit<'a> {
+    pub prev_gen: u64,
+    pub gen: u64,
+    pub row: Option<RowWrite<'a>>,
+    pub manifest: &'a str,
+    pub manifest_mac: &'a str,
+}
+
+#[derive(Debug)]
+pub struct RowWrite<'a> {
+    pub id: &'a [u8; 16],
+    pub name: &'a str,
+    pub record: &'a str,
+    pub mac: &'a str,
+    pub is_new: bool,
+}
+
+/// Where the registry's rows live. Stores keep bytes and enforce only the
+/// generation check of [`Commit`]; every integrity decision is made by
+/// [`Registry`], the same for all of them.
+pub trait RegistryStore: Send {
+    /// `"sqlite"` or `"postgresql"`.
+    fn kind(&self) -> &'static str;
+    /// The whole registry in one snapshot.
+    fn load(&mut self) -> Result<RawState, RegistryError>;
+    /// The generation the store claims (unverified; readable while sealed).
+    fn generation(&mut self) -> Result<u64, RegistryError>;
+    /// Applies a commit in one transaction, or refuses it with
+    /// [`RegistryError::Stale`] (another writer came first) or
+    /// [`RegistryError::AlreadyExists`] (a new record's name is taken).
+    fn commit(&mut self, c: &Commit<'_>) -> Result<(), RegistryError>;
+    fn put_intent(&mut self, i: &RawIntent) -> Result<(), RegistryError>;
+    fn clear_intent(&mut self, hsm_id: &[u8; 16]) -> Result<(), RegistryError>;
+    /// Every intent row (verified or not).
+    fn intents(&mut self) -> Result<Vec<RawIntent>, RegistryError>;
+    /// Schema objects this code never makes (triggers, views, other
+    /// tables).
+    fn foreign_schema(&mut self) -> Result<Vec<String>, RegistryError>;
+}
+
+/// What a verified load found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Records whose integrity holds.
+    pub keys: Vec<KeyRecord>,
+    pub generation: u64,
+    /// (key name or id, what is wrong): refused until repaired.
+    pub tampered: Vec<(String, String)>,
+    /// A registry-wide problem: every key is refused.
+    pub global: Option<String>,
+}
+
+pub struct Registry {
+    store: Mutex<Box<dyn RegistryStore>>,
+    /// The manifest and generation as last verified or written.
+    state: Mutex<(Manifest, u64)>,
+}
+
+pub(crate) fn mac(key: &[u8; 32], parts: &[&[u8]]) -> String {
+    // HMAC accepts keys of any length, so this cannot fail; an empty MAC
+    // would never verify.
+    let Ok(mut m) = <Hmac<Sha256> as Mac>::new_from_slice(key) else {
+        return String::new();
+    };
+    for p in parts {
+        m.update(&(p.len() as u64).to_be_bytes());
+        m.update(p);
+    }
+    hex::encode(m.finalize().into_bytes())
+}
+
+pub(crate) fn record_mac(key: &[u8; 32], gen: u64, record_json: &str) -> String {
+    mac(
+        key,
+        &[
+            b"keywarden/v1/registry-record",
+            &gen.to_be_bytes(),
+            record_json.as_bytes(),
+        ],
+    )
+}
+
+fn manifest_mac(key: &[u8; 32], gen: u64, manifest_json: &str) -> String {
+    mac(
+        key,
+        &[
+            b"keywarden/v1/registry-manifest",
+            &gen.to_be_bytes(),
+            manifest_json.as_bytes(),
+        ],
+    )
+}
+
+fn intent_mac(key: &[u8; 32], hsm_id: &[u8; 16], label: &str) -> String {
+    mac(
+        key,
+        &[b"keywarden/v1/registry-intent", hsm_id, label.as_bytes()],
+    )
+}
+
+impl Registry {
+    /// The embedded SQLite registry at `path` (one host).
+    pub fn open(path: &Path) -> Result<Self, RegistryError> {
+        Ok(Self::with_store(Box::new(sqlite::SqliteStore::open(path)?)))
+    }
+
+    pub fn with_store(store: Box<dyn RegistryStore>) -> Self {
+        Registry {
+            store: Mutex::new(store),
+            state: Mutex::new((Manifest::default(), 0)),
+        }
+    }
+
+    fn store(&self) -> MutexGuard<'_, Box<dyn RegistryStore>> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn state(&self) -> MutexGuard<'_, (Manifest, u64)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.store().kind()
+    }
+
+    /// Loads and verifies every record. `hsm_generation` is the counter kept
+    /// in the HSM (None if the token has none yet).
+    pub fn load_verified(
+        &self,
+        key: &[u8; 32],
+        hsm_generation: Option<u64>,
+    ) -> Result<Loaded, RegistryError> {
+        let raw = self.store().load()?;
+        let (out, manifest) = verify(key, hsm_generation, raw);
+        *self.state() = (manifest, out.generation);
+        Ok(out)
+    }
+
+    /// Writes one record (new or changed) at a new generation, in one
+    /// transaction with the manifest. Returns the new generation, or
+    /// [`RegistryError::Stale`] if another node wrote since this one last
+    /// loaded: reload and try again.
+    pub fn put(
+        &self,
+        record: &KeyRecord,
+        key: &[u8; 32],
+        is_new: bool,
+    ) -> Result<u64, RegistryError> {
+        let mut store = self.store();
+        let mut state = self.state();
+        let prev = state.1;
+        let gen = prev + 1;
+        let json =
+            serde_json::to_string(record).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        let rmac = record_mac(key, gen, &json);
+        let mut manifest = state.0.clone();
+        manifest
+            .keys
+            .insert(hex::encode(record.id), (gen, rmac.clone()));
+        manifest
+            .names
+            .insert(hex::encode(record.id), record.name.clone());
+        let mjson =
+            serde_json::to_string(&manifest).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        let mmac = manifest_mac(key, gen, &mjson);
+        store.commit(&Commit {
+            prev_gen: prev,
+            gen,
+            row: Some(RowWrite {
+                id: &record.id,
+                name: &record.name,
+                record: &json,
+                mac: &rmac,
+                is_new,
+            }),
+            manifest: &mjson,
+            manifest_mac: &mmac,
+        })?;
+        *state = (manifest, gen);
+        Ok(gen)
+    }
+
+    /// Records, before an HSM object is created, that it is about to be:
+    /// reconciliation may destroy such an object if the record of the key
+    /// never followed (an interrupted create or rotate), and only such.
+    pub fn put_intent(
+        &self,
+        key: &[u8; 32],
+        hsm_id: &[u8; 16],
+        label: &str,
+    ) -> Result<(), RegistryError> {
+        self.store().put_intent(&RawIntent {
+            hsm_id: hsm_id.to_vec(),
+            label: label.to_string(),
+            mac: intent_mac(key, hsm_id, label),
+        })
+    }
+
+    pub fn clear_intent(&self, hsm_id: &[u8; 16]) -> Result<(), RegistryError> {
+        self.store().clear_intent(hsm_id)
+    }
+
+    /// The HSM ids that have an intent row (verified or not).
+    pub fn intent_ids(&self) -> Result<Vec<[u8; 16]>, RegistryError> {
+        let rows = self.store().intents()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|i| i.hsm_id.try_into().ok())
+            .collect())
+    }
+
+    /// Whether a verified intent exists for this HSM object.
+    pub fn has_intent(
+        &self,
+        key: &[u8; 32],
+        hsm_id: &[u8; 16],
+        label: &str,
+    ) -> Result<bool, RegistryError> {
+        let want = intent_mac(key, hsm_id, label);
+        Ok(self
+            .store()
+            .intents()?
+            .iter()
+            .any(|i| i.hsm_id == hsm_id.as_slice() && i.label == label && i.mac == want))
+    }
+
+    /// The generation as last loaded or written by this process.
+    pub fn generation(&self) -> u64 {
+        self.state().1
+    }
+
+    /// Schema objects this code never makes (triggers, views, other
+    /// tables): a registry restored from a backup must have none.
+    pub fn foreign_schema(&self) -> Result<Vec<String>, RegistryError> {
+        self.store().foreign_schema()
+    }
+
+    /// A consistent copy of the registry at `to`, as an SQLite database
+    /// (whatever the store: a backup's registry is always one file).
+    pub fn snapshot_to(&self, to: &Path) -> Result<(), RegistryError> {
+        let raw = self.store().load()?;
+        sqlite::SqliteStore::write_snapshot(to, &raw)
+    }
+
+    /// The generation the store claims, unverified (readable while sealed):
+    /// evidence that this daemon was initialised and used.
+    pub fn generation_on_disk(&self) -> Result<u64, RegistryError> {
+        self.store().generation()
+    }
+
+    /// Re-authenticates the manifest, as last verified, at a new generation
+    /// above every witness: an operator's audited acceptance of a registry
+    /// that was found older than the HSM counter or the audit log. Records
+    /// and their own MACs are unchanged; a record found tampered stays so.
+    pub fn reseal(&self, key: &[u8; 32], generation: u64) -> Result<(), RegistryError> {
+        let mut store = self.store();
+        let mut state = self.state();
+        if generation <= state.1 {
+            return Err(RegistryError::Corrupt(format!(
+                "reseal at generation {generation}, not above {}",
+                state.1
+            )));
+        }
+        let mjson =
+            serde_json::to_string(&state.0).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        let mmac = manifest_mac(key, generation, &mjson);
+        store.commit(&Commit {
+            prev_gen: state.1,
+            gen: generation,
+            row: None,
+            manifest: &mjson,
+            manifest_mac: &mmac,
+        })?;
+        state.1 = generation;
+        Ok(())
+    }
+}
+
+/// Every integrity check of a load, on the bytes a store returned.
+fn verify(key: &[u8; 32], hsm_generation: Option<u64>, raw: RawState) -> (Loaded, Manifest) {
+    let mut out = Loaded::default();
+    let generation = raw.generation;
+    let manifest: Manifest = match (&raw.manifest, &raw.manifest_mac) {
+        (None, None) if raw.rows.is_empty() && generation == 0 => Manifest::default(),
+        (Some(j), Some(m)) => {
+            if manifest_mac(key, generation, j) != *m {
+                out.global = Some(
+                    "the registry manifest does not verify: the database was edited or belongs to another seal"
+                        .into(),
+                );
+            }
+            serde_json::from_str(j).unwrap_or_else(|_| {
+                out.global = Some("the registry manifest does not parse".into());
+                Manifest::default()
+            })
+        }
+        _ => {
+            out.global = Some("the registry manifest is missing".into());
+            Manifest::default()
+        }
+    };
+    match hsm_generation {
+        Some(h) if generation < h => {
+            out.global = Some(format!(
+                "an older copy of the registry was restored (generation {generation}, the HSM has seen {h})"
+            ));
+        }
+        _ => {}
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for RawRow {
+        id,
+        name,
+        record,
+        gen,
+        mac: row_mac,
+    } in raw.rows
+    {
+        let id_hex = hex::encode(&id);
+        seen.insert(id_hex.clone());
+        let what = match manifest.keys.get(&id_hex) {
+            None => Some("a registry row the manifest does not list (added by hand)".to_string()),
+            Some((mgen, mmac)) if *mgen != gen || *mmac != row_mac => {
+                Some("rolled back or replaced: it does not match the manifest".to_string())
+            }
+            Some(_) if record_mac(key, gen, &record) != row_mac => {
+                Some("its record was edited: the HMAC does not verify".to_string())
+            }
+            Some(_) => None,
+        };
+        if let Some(w) = what {
+            out.tampered.push((name, w));
+            continue;
+        }
+        match serde_json::from_str::<KeyRecord>(&record) {
+            Ok(r) if r.name == name && hex::encode(r.id) == id_hex => out.keys.push(r),
+            _ => out.tampered.push((
+                name,
+                "its record does not parse or does not match its row".into(),
+            )),
+        }
+    }
+    for id_hex in manifest.keys.keys() {
+        if !seen.contains(id_hex) {
+            let who = manifest.names.get(id_hex).unwrap_or(id_hex).clone();
+            out.tampered
+                .push((who, "listed in the manifest but its row was deleted".into()));
+        }
+    }
+    out.generation = generation;
+    (out, manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::*;
+    use rusqlite::{params, Connection};
+
+    fn rec(name: &str, id: u8) -> KeyRecord {
+        KeyRecord::sample(name, id, &[(1, id ^ 0xff, VersionState::Active)])
+    }
+
+    const K: [u8; 32] = [7; 32];
+
+    fn sql(path: &Path, q: &str) {
+        let c = Connection::open(path).unwrap();
+        c.execute_batch(q).unwrap();
+    }
+
+    #[test]
+    fn round_trip_and_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.db");
+        let reg = Registry::open(&p).unwrap();
+        assert!(reg.load_verified(&K, None).unwrap().keys.is_empty());
+        reg.put(&rec("a", 1), &K, true).unwrap();
+        let g = reg.put(&rec("b", 2), &K, true).unwrap();
+        assert_eq!(g, 2);
+        assert!(matches!(
+            reg.put(&rec("a", 3), &K, true),
+            Err(RegistryError::AlreadyExists(_))
+        ));
+        let mut a = rec("a", 1);
+        a.state = KeyState::Suspended;
+        reg.put(&a, &K, false).unwrap();
+        drop(reg);
+        let reg = Registry::open(&p).unwrap();
+        let l = reg.load_verified(&K, Some(3)).unwrap();
+        assert!(l.global.is_none() && l.tampered.is_empty(), "{l:?}");
+        assert_eq!(l.keys.len(), 2);
+        assert_eq!(l.keys[0].state, KeyState::Suspended);
+        assert_eq!(l.generation, 3);
+        // Another key (another seal) cannot read it.
+        let other = reg.load_verified(&[8; 32], Some(3)).unwrap();
+        assert!(other.global.is_some());
+    }
+
+    #[test]
+    fn edits_rollbacks_deletions_and_restores_are_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.db");
+        let reg = Registry::open(&p).unwrap();
+        reg.put(&rec("a", 1), &K, true).unwrap();
+        reg.put(&rec("b", 2), &K, true).unwrap();
+        let old_copy = dir.path().join("old.db");
+        drop(reg);
+        std::fs::copy(&p, &old_copy).unwrap();
+        let reg = Registry::open(&p).unwrap();
+        reg.load_verified(&K, Some(2)).unwrap();
+        let mut a = rec("a", 1);
+        a.state = KeyState::Suspended;
+        reg.put(&a, &K, false).unwrap(); // gen 3
+        drop(reg);
+
+        // 1. Flip the state in the row by hand.
+        let edited = dir.path().join("edited.db");
+        std::fs::copy(&p, &edited).unwrap();
+        sql(&edited, "UPDATE key_records SET record = replace(record, '\"suspended\"', '\"active\"') WHERE name = 'a';");
+        let l = Registry::open(&edited)
+            .unwrap()
+            .load_verified(&K, Some(3))
+            .unwrap();
+        assert_eq!(l.tampered.len(), 1, "{l:?}");
+        assert!(l.tampered[0].1.contains("edited"));
+        assert_eq!(l.keys.len(), 1);
+
+        // 2. Roll one row back to its older (validly MAC'd) content.
+        let rolled = dir.path().join("rolled.db");
+        std::fs::copy(&p, &rolled).unwrap();
+        let old = Connection::open(&old_copy).unwrap();
+        let (rec_a, gen_a, mac_a): (String, i64, String) = old
+            .query_row(
+                "SELECT record, gen, mac FROM key_records WHERE name = 'a'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        Connection::open(&rolled)
+            .unwrap()
+            .execute(
+                "UPDATE key_records SET record = ?1, gen = ?2, mac = ?3 WHERE name = 'a'",
+                params![rec_a, gen_a, mac_a],
+            )
+            .unwrap();
+        let l = Registry::open(&rolled)
+            .unwrap()
+            .load_verified(&K, Some(3))
+            .unwrap();
+        assert!(
+            l.tampered
+                .iter()
+                .any(|(n, w)| n == "a" && w.contains("rolled back")),
+            "{l:?}"
+        );
+
+        // 3. Delete a row.
+        let deleted = dir.path().join("deleted.db");
+        std::fs::copy(&p, &deleted).unwrap();
+        sql(&deleted, "DELETE FROM key_records WHERE name = 'b';");
+        let l = Registry::open(&deleted)
+            .unwrap()
+            .load_verified(&K, Some(3))
+            .unwrap();
+        assert!(
+            l.tampered.iter().any(|(_, w)| w.contains("deleted")),
+            "{l:?}"
+        );
+
+        // 4. Restore the older copy of the whole file.
+        let l = Registry::open(&old_copy)
+            .unwrap()
+            .load_verified(&K, Some(3))
+            .unwrap();
+        assert!(
+            l.global.as_deref().unwrap_or("").contains("older copy"),
+            "{l:?}"
+        );
+
+        // The untouched file verifies.
+        let l = Registry::open(&p)
+            .unwrap()
+            .load_verified(&K, Some(3))
+            .unwrap();
+        assert!(l.global.is_none() && l.tampered.is_empty(), "{l:?}");
+    }
+}

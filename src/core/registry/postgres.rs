@@ -1,0 +1,423 @@
+//! The shared registry store: a PostgreSQL database that every node of a
+//! cluster uses (`[registry] url = "postgresql://..."`).
+//!
+//! The client is the synchronous `postgres` crate (the blocking face of
+//! `tokio-postgres`, the maintained pure-Rust driver): the core is
+//! synchronous and runs on worker threads, and `LISTEN`/`NOTIFY`, which the
+//! cluster needs, is part of it. The store keeps bytes only; every
+//! integrity check is [`super::Registry`]'s, as on SQLite.
+//!
+//! The schema is created by numbered migrations, each applied once, in one
+//! transaction under an advisory lock so that nodes starting together do
+//! not race (`schema_migrations` records which ran).
+
+use std::time::Duration;
+
+use postgres::error::SqlState;
+use postgres::{Client, IsolationLevel, NoTls};
+use zeroize::Zeroizing;
+
+use super::{Commit, RawIntent, RawRow, RawState, RegistryError, RegistryStore, SCHEMA_VERSION};
+
+/// The channel a commit notifies (payload: the new generation).
+pub const CHANGES_CHANNEL: &str = "keywarden_registry";
+/// The channel a node notifies when it has applied a generation.
+pub const ACKS_CHANNEL: &str = "keywarden_acks";
+/// The advisory lock migrations run under.
+const MIGRATION_LOCK: i64 = 0x6b77_0001;
+
+/// The migrations, in order. Never edit one that has shipped: add another.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE meta (k text PRIMARY KEY, v text NOT NULL);
+     INSERT INTO meta (k, v) VALUES ('generation', '0'), ('schema_version', '2');
+     CREATE TABLE intents (
+         hsm_id bytea PRIMARY KEY CHECK (length(hsm_id) = 16),
+         label text NOT NULL,
+         mac text NOT NULL
+     );
+     CREATE TABLE key_records (
+         id bytea PRIMARY KEY CHECK (length(id) = 16),
+         name text NOT NULL UNIQUE,
+         record text NOT NULL,
+         gen bigint NOT NULL,
+         mac text NOT NULL
+     );
+     CREATE TABLE nodes (
+         node_id text PRIMARY KEY,
+         lease_until timestamptz NOT NULL,
+         applied_gen bigint NOT NULL,
+         host text NOT NULL,
+         pid integer NOT NULL,
+         joined_at timestamptz NOT NULL DEFAULT now()
+     );",
+)];
+
+/// Where the database is and how to log in. The password, if any, comes
+/// from a file (or a systemd credential), never from the config text.
+#[derive(Clone)]
+pub struct PgTarget {
+    config: postgres::Config,
+    /// What logs and errors show: the URL without any password.
+    shown: String,
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl PgTarget {
+    /// Parses a libpq-style URL or key=value string. A password in it is
+    /// refused (it belongs in `password_file`), and so is a TLS mode this
+    /// build cannot honour.
+    pub fn parse(url: &str, password: Option<Zeroizing<String>>) -> Result<Self, String> {
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e| format!("registry.url does not parse: {e}"))?;
+        if config.get_password().is_some() {
+            return Err(
+                "registry.url: holds a password; put it in registry.password_file (or the systemd credential registry-password) instead".into(),
+            );
+        }
+        if config.get_ssl_mode() == postgres::config::SslMode::Require {
+            return Err(
+                "registry.url: sslmode=require: this build connects without TLS; reach the database over a Unix socket or a loopback address (see docs/CLUSTER.md)".into(),
+            );
+        }
+        if config.get_hosts().is_empty() {
+            return Err("registry.url: names no host (give host= or a URL with one)".into());
+        }
+        if let Some(p) = password {
+            config.password(p.as_bytes());
+        }
+        config
+            .connect_timeout(Duration::from_secs(5))
+            .keepalives_idle(Duration::from_secs(5));
+        if config.get_application_name().is_none() {
+            config.application_name("keywarden");
+        }
+        let shown = format!(
+            "postgresql (hosts {:?}, database {:?}, user {:?})",
+            config.get_hosts(),
+            config.get_dbname().unwrap_or(""),
+            config.get_user().unwrap_or("")
+        );
+        Ok(PgTarget { config, shown })
+    }
+
+    /// A new connection.
+    pub fn connect(&self) -> Result<Client, RegistryError> {
+        self.config.connect(NoTls).map_err(pg_err)
+    }
+}
+
+/// A statement's failure: the server refused it, or it could not be
+/// reached (a closed connection, a refused connect, an I/O error).
+pub fn pg_err(e: postgres::Error) -> RegistryError {
+    match e.as_db_error() {
+        Some(db) => match *db.code() {
+            SqlState::ADMIN_SHUTDOWN
+            | SqlState::CRASH_SHUTDOWN
+            | SqlState::CANNOT_CONNECT_NOW
+            | SqlState::CONNECTION_FAILURE
+            | SqlState::CONNECTION_EXCEPTION => RegistryError::Unreachable(db.message().into()),
+            _ => RegistryError::Postgres(format!("{}: {}", db.code().code(), db.message())),
+        },
+        None => RegistryError::Unreachable(e.to_string()),
+    }
+}
+
+pub struct PgStore {
+    target: PgTarget,
+    client: Option<Client>,
+}
+
+impl PgStore {
+    /// Connects and applies the migrations this build knows.
+    pub fn open(target: PgTarget) -> Result<Self, RegistryError> {
+        let mut s = PgStore {
+            target,
+            client: None,
+        };
+        let c = s.client()?;
+        migrate(c)?;
+        Ok(s)
+    }
+
+    /// The connection, made again if it was lost.
+    fn client(&mut self) -> Result<&mut Client, RegistryError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = None;
+            self.client = Some(self.target.connect()?);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| RegistryError::Unreachable("no connection".into()))
+    }
+
+    /// Runs `f` on the connection; a connection found broken is dropped so
+    /// that the next call makes a new one.
+    fn with<T>(
+        &mut self,
+        f: impl FnOnce(&mut Client) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let out = f(self.client()?);
+        if matches!(out, Err(RegistryError::Unreachable(_))) {
+            self.client = None;
+        }
+        out
+    }
+}
+
+/// Applies every migration not yet applied, once, whoever runs first.
+pub fn migrate(c: &mut Client) -> Result<(), RegistryError> {
+    let mut tx = c.transaction().map_err(pg_err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(pg_err)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .map_err(pg_err)?;
+    let done: i32 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .map_err(pg_err)?
+        .get(0);
+    let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    if done > known {
+        return Err(RegistryError::Corrupt(format!(
+            "the database's schema is at migration {done}; this build knows up to {known} (a newer Keywarden ran on it)"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > done) {
+        tx.batch_execute(sql).map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .map_err(pg_err)?;
+    }
+    let v: Option<String> = tx
+        .query_opt("SELECT v FROM meta WHERE k = 'schema_version'", &[])
+        .map_err(pg_err)?
+        .map(|r| r.get(0));
+    if v.as_deref() != Some(SCHEMA_VERSION) {
+        return Err(RegistryError::Corrupt(format!(
+            "schema version {v:?} is not supported (this build knows {SCHEMA_VERSION})"
+        )));
+    }
+    tx.commit().map_err(pg_err)
+}
+
+fn parse_gen(v: Option<String>) -> u64 {
+    v.and_then(|g| g.parse().ok()).unwrap_or(0)
+}
+
+fn meta(c: &mut impl postgres::GenericClient, k: &str) -> Result<Option<String>, RegistryError> {
+    Ok(c.query_opt("SELECT v FROM meta WHERE k = $1", &[&k])
+        .map_err(pg_err)?
+        .map(|r| r.get(0)))
+}
+
+fn set_meta(c: &mut impl postgres::GenericClient, k: &str, v: &str) -> Result<(), RegistryError> {
+    c.execute(
+        "INSERT INTO meta (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+        &[&k, &v],
+    )
+    .map_err(pg_err)?;
+    Ok(())
+}
+
+fn intents(c: &mut impl postgres::GenericClient) -> Result<Vec<RawIntent>, RegistryError> {
+    Ok(c.query(
+        "SELECT hsm_id, label, mac FROM intents ORDER BY hsm_id",
+        &[],
+    )
+    .map_err(pg_err)?
+    .into_iter()
+    .map(|r| RawIntent {
+        hsm_id: r.get(0),
+        label: r.get(1),
+        mac: r.get(2),
+    })
+    .collect())
+}
+
+fn as_i64(g: u64) -> Result<i64, RegistryError> {
+    i64::try_from(g).map_err(|_| RegistryError::Corrupt(format!("generation {g} out of range")))
+}
+
+impl RegistryStore for PgStore {
+    fn kind(&self) -> &'static str {
+        "postgresql"
+    }
+
+    fn load(&mut self) -> Result<RawState, RegistryError> {
+        self.with(|c| {
+            // One snapshot: the rows and the manifest are of one commit.
+            let mut tx = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .map_err(pg_err)?;
+            let generation = parse_gen(meta(&mut tx, "generation")?);
+            let manifest = meta(&mut tx, "manifest")?;
+            let manifest_mac = meta(&mut tx, "manifest_mac")?;
+            let rows = tx
+                .query(
+                    "SELECT id, name, record, gen, mac FROM key_records ORDER BY name",
+                    &[],
+                )
+                .map_err(pg_err)?
+                .into_iter()
+                .map(|r| RawRow {
+                    id: r.get(0),
+                    name: r.get(1),
+                    record: r.get(2),
+                    gen: r.get::<_, i64>(3) as u64,
+                    mac: r.get(4),
+                })
+                .collect();
+            let intents = intents(&mut tx)?;
+            tx.commit().map_err(pg_err)?;
+            Ok(RawState {
+                generation,
+                manifest,
+                manifest_mac,
+                rows,
+                intents,
+            })
+        })
+    }
+
+    fn generation(&mut self) -> Result<u64, RegistryError> {
+        self.with(|c| Ok(parse_gen(meta(c, "generation")?)))
+    }
+
+    fn commit(&mut self, cm: &Commit<'_>) -> Result<(), RegistryError> {
+        self.with(|c| {
+            let mut tx = c.transaction().map_err(pg_err)?;
+            // The generation row is the registry's one lock: writers from
+            // every node queue on it, and each checks it built on the last.
+            let found = parse_gen(
+                tx.query_opt("SELECT v FROM meta WHERE k = 'generation' FOR UPDATE", &[])
+                    .map_err(pg_err)?
+                    .map(|r| r.get(0)),
+            );
+            if found != cm.prev_gen {
+                return Err(RegistryError::Stale {
+                    expected: cm.prev_gen,
+                    found,
+                });
+            }
+            let gen = as_i64(cm.gen)?;
+            if let Some(row) = &cm.row {
+                let id = row.id.as_slice();
+                if row.is_new {
+                    let n = tx
+                        .execute(
+                            "INSERT INTO key_records (id, name, record, gen, mac)
+                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                            &[&id, &row.name, &row.record, &gen, &row.mac],
+                        )
+                        .map_err(pg_err)?;
+                    if n != 1 {
+                        return Err(RegistryError::AlreadyExists(row.name.to_string()));
+                    }
+                } else {
+                    let n = tx
+                        .execute(
+                            "UPDATE key_records SET record = $2, gen = $3, mac = $4 WHERE id = $1",
+                            &[&id, &row.record, &gen, &row.mac],
+                        )
+                        .map_err(pg_err)?;
+                    if n != 1 {
+                        return Err(RegistryError::Corrupt(format!(
+                            "key {:?} has no row to update",
+                            row.name
+                        )));
+                    }
+                }
+            }
+            set_meta(&mut tx, "generation", &cm.gen.to_string())?;
+            set_meta(&mut tx, "manifest", cm.manifest)?;
+            set_meta(&mut tx, "manifest_mac", cm.manifest_mac)?;
+            // Delivered to every listening node when (and only if) this
+            // commits.
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&CHANGES_CHANNEL, &cm.gen.to_string()],
+            )
+            .map_err(pg_err)?;
+            tx.commit().map_err(pg_err)
+        })
+    }
+
+    fn put_intent(&mut self, i: &RawIntent) -> Result<(), RegistryError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO intents (hsm_id, label, mac) VALUES ($1, $2, $3)
+                 ON CONFLICT (hsm_id) DO UPDATE SET label = excluded.label, mac = excluded.mac",
+                &[&i.hsm_id, &i.label, &i.mac],
+            )
+            .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    fn clear_intent(&mut self, hsm_id: &[u8; 16]) -> Result<(), RegistryError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM intents WHERE hsm_id = $1",
+                &[&hsm_id.as_slice()],
+            )
+            .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    fn intents(&mut self) -> Result<Vec<RawIntent>, RegistryError> {
+        self.with(|c| intents(c))
+    }
+
+    fn foreign_schema(&mut self) -> Result<Vec<String>, RegistryError> {
+        self.with(|c| {
+            let own = [
+                "meta",
+                "intents",
+                "key_records",
+                "nodes",
+                "schema_migrations",
+            ];
+            let mut out = Vec::new();
+            for r in c
+                .query(
+                    "SELECT 'table ' || table_name, table_name FROM information_schema.tables
+                       WHERE table_schema = current_schema()
+                     UNION ALL
+                     SELECT 'trigger ' || trigger_name, '' FROM information_schema.triggers
+                       WHERE event_object_schema = current_schema()
+                     UNION ALL
+                     SELECT 'rule ' || rulename, '' FROM pg_rules
+                       WHERE schemaname = current_schema()",
+                    &[],
+                )
+                .map_err(pg_err)?
+            {
+                let (what, table): (String, String) = (r.get(0), r.get(1));
+                if !own.contains(&table.as_str()) {
+                    out.push(what);
+                }
+            }
+            Ok(out)
+        })
+    }
+}
