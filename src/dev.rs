@@ -202,6 +202,7 @@ struct ConfigChoices {
     audit_forward: Option<String>,
     lifecycle: String,
     serve_module: Option<PathBuf>,
+    cluster: Option<DevCluster>,
 }
 
 async fn prepare(
@@ -220,6 +221,7 @@ async fn prepare(
         audit_forward,
         lifecycle,
         serve_module,
+        cluster,
     } = choices;
     let root = root.canonicalize()?;
     {
@@ -228,14 +230,45 @@ async fn prepare(
         // them, under the policy) but cannot list or read the directory.
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))?;
     }
-    let tokens = root.join("tokens");
+    // A joining node uses the first node's token (one HSM for the
+    // cluster) and a copy of its seal (one share set for the cluster).
+    let join = match cluster.as_ref().and_then(|c| c.join.as_ref()) {
+        Some(j) => Some(
+            j.canonicalize()
+                .with_context(|| format!("--join {}", j.display()))?,
+        ),
+        None => None,
+    };
+    let tokens = match &join {
+        Some(j) => j.join("tokens"),
+        None => root.join("tokens"),
+    };
     let (conf_var, conf_name) = token.conf_env();
     let token_conf = root.join(conf_name);
     let profile_name = format!("{}-profile.toml", token.name());
     let profile_path = root.join(&profile_name);
     let config = root.join("keywarden.toml");
     let socket = socket.unwrap_or_else(|| root.join("keywarden.sock"));
-    let marker = root.join("token-initialised");
+    let marker = match &join {
+        Some(j) => j.join("token-initialised"),
+        None => root.join("token-initialised"),
+    };
+    if let Some(j) = &join {
+        if !marker.exists() {
+            bail!("--join {}: not a dev directory with a token", j.display());
+        }
+        write_file(&token_conf, &token.conf_text(&tokens))?;
+        let seal = root.join("state").join("seal.json");
+        if !seal.exists() {
+            std::fs::create_dir_all(root.join("state"))?;
+            std::fs::copy(j.join("state").join("seal.json"), &seal).with_context(|| {
+                format!(
+                    "--join {}: no seal to share (is that node initialised?)",
+                    j.display()
+                )
+            })?;
+        }
+    }
 
     std::fs::create_dir_all(&tokens)?;
     let profile_text = if session_copies {
@@ -319,6 +352,17 @@ async fn prepare(
             format!("\n[audit.forward]\ntransport = {transport:?}\naddress = {address:?}\n")
         }
     };
+    let registry = match &cluster {
+        None => String::new(),
+        Some(c) => {
+            let node = c
+                .node_id
+                .as_ref()
+                .map(|n| format!("node_id = {n:?}\n"))
+                .unwrap_or_default();
+            format!("\n[registry]\nurl = {:?}\n{node}", c.url)
+        }
+    };
     let policy = match &policy_file {
         Some(p) => format!(
             "[policy]\nfile = {:?}\n",
@@ -333,7 +377,7 @@ async fn prepare(
              [server]\nsocket = {sock:?}\nstate_dir = \"state\"\nallow_root = true\n\
              allow_world_socket = true\nsocket_mode = 0o666\n\n\
              [hsm]\nprofile = {profile_name:?}\ntoken_label = {DEV_TOKEN_LABEL:?}\n{module_line}\n\
-             [seal]\nallow_single_share = true\n\n{policy}{audit}{forward}{metrics}{lifecycle}\n\
+             [seal]\nallow_single_share = true\n\n{policy}{audit}{forward}{metrics}{lifecycle}{registry}\n\
              # Development only: `keywarden serve` refuses this file unless\n\
              # `keywarden dev` starts it.\n[dev]\nenabled = true\n"
         ),
@@ -391,6 +435,18 @@ pub struct DevOptions {
     pub token: DevToken,
     /// Where the token's module is, when its profile does not find it.
     pub token_module: Option<PathBuf>,
+    /// A node of a cluster.
+    pub cluster: Option<DevCluster>,
+}
+
+/// `keywarden dev` as a node of a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct DevCluster {
+    /// The shared PostgreSQL registry.
+    pub url: String,
+    pub node_id: Option<String>,
+    /// The first node's dev directory: its token and seal are shared.
+    pub join: Option<PathBuf>,
 }
 
 /// Dev mode's own ceremony: 1 share of threshold 1, printed, then
@@ -447,6 +503,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         pkcs11_module,
         token,
         token_module,
+        cluster,
     } = opts;
     let lifecycle = if lifecycle.is_empty() {
         String::new()
@@ -498,6 +555,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
             audit_forward,
             lifecycle,
             serve_module: pkcs11_module,
+            cluster,
         },
     )
     .await?;

@@ -18,6 +18,7 @@ mod api;
 pub mod audit;
 pub mod backup;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod guard;

@@ -141,6 +141,17 @@ enum Command {
         /// (Kryoptic: testing/kryoptic-token/target/release/libkryoptic_pkcs11.so).
         #[arg(long, value_name = "PATH")]
         token_module: Option<PathBuf>,
+        /// A node of a cluster: keep the registry in this PostgreSQL
+        /// database (docs/CLUSTER.md) instead of the state directory.
+        #[arg(long, value_name = "URL")]
+        registry_url: Option<String>,
+        /// This node's name in the cluster.
+        #[arg(long, value_name = "ID", requires = "registry_url")]
+        node_id: Option<String>,
+        /// Join the cluster of the dev daemon in DIR: its token and its
+        /// seal (one share set for the cluster); starts sealed.
+        #[arg(long, value_name = "DIR", requires = "registry_url")]
+        join: Option<PathBuf>,
     },
     /// Customer-managed keys (admins).
     #[command(subcommand)]
@@ -362,6 +373,9 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             pkcs11_module,
             token,
             token_module,
+            registry_url,
+            node_id,
+            join,
         } => {
             // Only an explicit --socket applies; a KEYWARDEN_SOCKET left over
             // from an earlier dev run must not.
@@ -379,6 +393,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
                 pkcs11_module,
                 token,
                 token_module,
+                cluster: registry_url.map(|url| keywarden::dev::DevCluster { url, node_id, join }),
                 lifecycle: dev_lifecycle(
                     destroy_min_delay,
                     destroy_approvals,

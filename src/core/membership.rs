@@ -9,6 +9,17 @@
 
 use super::*;
 
+/// Where a node's table stands against the shared registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncState {
+    /// Sealed (or not loaded): holds no lease, serves nothing.
+    Sealed,
+    /// The table holds this generation, the database's.
+    Current(u64),
+    /// Behind the database: not yet caught up.
+    Behind,
+}
+
 /// What the core needs of the cluster it is a node of.
 pub trait Membership: Send + Sync {
     /// Whether this node may serve key operations now: it has a current
@@ -42,12 +53,34 @@ impl Keywarden {
         self.membership.is_some()
     }
 
-    /// The generation this node's table holds, if unsealed and loaded.
-    pub fn applied_generation(&self) -> Option<u64> {
-        self.seal
-            .require_unsealed()
-            .ok()
-            .map(|_| self.registry.generation())
+    pub(super) fn set_applied(&self, gen: u64) {
+        self.applied
+            .store(gen, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Where this node stands against the database, without waiting for a
+    /// change in progress on this node: the lease is renewed only when
+    /// the table holds the generation the database is at.
+    pub fn sync_state(&self) -> CoreResult<SyncState> {
+        if self.seal.require_unsealed().is_err() {
+            return Ok(SyncState::Sealed);
+        }
+        let disk = self.registry.generation_on_disk().map_err(reg_err)?;
+        let applied = self.applied.load(std::sync::atomic::Ordering::Acquire);
+        if applied == disk {
+            return Ok(SyncState::Current(disk));
+        }
+        // A change of this node's own holds `writes` until its table is
+        // updated: look again soon rather than wait behind it.
+        let Ok(_w) = self.writes.try_lock() else {
+            return Ok(SyncState::Behind);
+        };
+        match self.refresh_locked()? {
+            None => Ok(SyncState::Sealed),
+            Some(g) if g == disk => Ok(SyncState::Current(g)),
+            // Later than what we compared with: the next look renews.
+            Some(_) => Ok(SyncState::Behind),
+        }
     }
 
     /// Takes in what other nodes changed: loads the registry again if the
@@ -75,7 +108,7 @@ impl Keywarden {
         if self.seal.require_unsealed().is_err() {
             return Ok(None);
         }
-        let mine = self.registry.generation();
+        let mine = self.applied.load(std::sync::atomic::Ordering::Acquire);
         let theirs = self.registry.generation_on_disk().map_err(reg_err)?;
         if theirs == mine {
             return Ok(Some(mine));
@@ -94,20 +127,15 @@ impl Keywarden {
         if let Some(a) = &self.audit {
             a.note_registry_generation(loaded.generation);
         }
-        let mut counters = lock(&self.counters);
+        // The encryption counters are left alone: this node's own blocks
+        // stay its own, and a version it has not counted under starts its
+        // first block above every other node's (see `count_encryptions`).
+        // (A reservation calls this holding the counters.)
         let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
         let mut changed = Vec::new();
         let mut by_name = HashMap::new();
         let mut by_id = HashMap::new();
         for r in loaded.keys {
-            for v in &r.versions {
-                // Another node's reservations: this node's next one starts
-                // above them (see `count_encryptions`).
-                counters.entry(v.hsm_id).or_insert(Counter {
-                    used: v.reserved,
-                    reserved: v.reserved,
-                });
-            }
             let old = t.by_name.get(&r.name);
             if old.is_none_or(|o| access_view(o) != access_view(&r)) {
                 changed.push((
@@ -149,7 +177,7 @@ impl Keywarden {
         t.tampered = tampered;
         t.global = loaded.global;
         drop(t);
-        drop(counters);
+        self.set_applied(loaded.generation);
         // Session copies of versions another node destroyed go too.
         for (_, _, _, versions) in &changed {
             for v in versions

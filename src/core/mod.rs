@@ -39,7 +39,7 @@ use crate::secret::{DataKey, Pin};
 use blob::Blob;
 pub use error::{CoreError, CoreResult};
 pub use lifecycle::{Actor, LifecycleConfig};
-pub use membership::Membership;
+pub use membership::{Membership, SyncState};
 pub use model::KeyRecord;
 use model::{KeyState, VersionState};
 use registry::{Registry, RegistryError};
@@ -89,6 +89,8 @@ pub struct Keywarden {
     clock: Arc<dyn crate::clock::Clock>,
     /// The cluster this node belongs to (`None`: a single host).
     membership: Option<Arc<dyn Membership>>,
+    /// The registry generation the table holds (set after the table).
+    applied: std::sync::atomic::AtomicU64,
 }
 
 /// A change that client-side data-key caches must hear about before the
@@ -172,6 +174,7 @@ impl Keywarden {
             seal_changed: tokio::sync::Notify::new(),
             clock,
             membership: None,
+            applied: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -284,6 +287,7 @@ impl Keywarden {
     pub fn shutdown(&self) {
         self.before_logout("shutdown");
         self.hsm.logout();
+        self.registry.close();
     }
 
     fn unsealed(&self) -> CoreResult<()> {
@@ -502,6 +506,7 @@ impl Keywarden {
             "registry verified"
         );
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = t;
+        self.set_applied(loaded.generation);
         let _ = self.changes.send(KeyChange::Reset);
         Ok(())
     }
@@ -648,6 +653,7 @@ impl Keywarden {
         t.by_id.insert(rec.id, rec.name.clone());
         let old = t.by_name.insert(rec.name.clone(), rec.clone());
         drop(t);
+        self.set_applied(gen);
         // Encryption-count reservations change nothing a cache depends on.
         let access_changed = old.is_none_or(|o| access_view(&o) != access_view(&rec));
         if !is_new && access_changed {

@@ -225,9 +225,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let core_audit = audit.clone();
     let lifecycle = config.lifecycle.clone();
+    let node = config.cluster.clone().map(crate::cluster::Node::new);
+    let cluster = config.cluster.clone();
+    let node_for_core: Option<Arc<dyn crate::core::Membership>> =
+        node.clone().map(|n| n as Arc<dyn crate::core::Membership>);
     let core = tokio::task::spawn_blocking(move || -> anyhow::Result<Keywarden> {
-        let registry = Registry::open(&registry_path)
-            .with_context(|| format!("opening registry {}", registry_path.display()))?;
+        let registry = match &cluster {
+            None => Registry::open(&registry_path)
+                .with_context(|| format!("opening registry {}", registry_path.display()))?,
+            Some(c) => Registry::with_store(Box::new(
+                crate::core::registry::postgres::PgStore::open(c.target.clone())
+                    .with_context(|| format!("opening the registry at {:?}", c.target))?,
+            )),
+        };
         let seal = Seal::open(SealStore::new(&state_dir), seal_config)?
             .with_audit_sink(Arc::new(core_audit.clone()));
         // Evidence that this daemon was initialised, for a seal file that
@@ -239,13 +249,27 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 "the registry is at generation {on_disk} and the audit log has recorded generation {audited}"
             ));
         }
-        Ok(Keywarden::start(hsm, registry, seal)
+        let core = Keywarden::start(hsm, registry, seal)
             .with_clock(clock)
             .with_audit(core_audit)
-            .with_lifecycle(lifecycle))
+            .with_lifecycle(lifecycle);
+        Ok(match node_for_core {
+            Some(n) => core.with_membership(n),
+            None => core,
+        })
     })
     .await??;
     let core = Arc::new(core);
+    let cluster_thread = match &node {
+        Some(n) => {
+            info!(node = %n.node_id(), "a node of a cluster (shared PostgreSQL registry)");
+            Some(
+                n.start(Arc::downgrade(&core))
+                    .context("starting the cluster thread")?,
+            )
+        }
+        None => None,
+    };
     if config.dev {
         warn!("DEV MODE: started by `keywarden dev`; never use this daemon for real data");
     }
@@ -411,6 +435,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         // core, so that it is dropped (the registry closed) below.
         workers.shutdown();
         audit.record_event(EventKind::DaemonStop, Outcome::Ok, serde_json::json!({}));
+        if let Some(n) = &node {
+            n.shutdown();
+        }
+        if let Some(t) = cluster_thread {
+            let _ = t.join();
+        }
         c.shutdown();
         // The SIEM's copy gets the stop and the final checkpoint too, if
         // the receiver takes them within a few seconds.

@@ -570,6 +570,8 @@ pub struct DaemonBuilder {
     ceremony: bool,
     /// An existing directory (a restored deployment) instead of a new one.
     at: Option<PathBuf>,
+    /// Comes up sealed (a node joining a cluster's seal).
+    sealed: bool,
 }
 
 impl DaemonBuilder {
@@ -606,6 +608,12 @@ impl DaemonBuilder {
         self
     }
 
+    /// Expect it to come up sealed (a node that joins another's seal).
+    pub fn sealed(mut self) -> Self {
+        self.sealed = true;
+        self
+    }
+
     /// Leave it uninitialised, for the ceremony tests.
     pub fn ceremony(mut self) -> Self {
         self.ceremony = true;
@@ -635,6 +643,10 @@ impl DaemonBuilder {
                 .extend(["--policy".into(), path.display().to_string()]);
         }
         d.launch().await;
+        if self.sealed {
+            d.wait_phase("sealed").await;
+            return d;
+        }
         if self.ceremony {
             d.wait_phase("uninitialized").await;
         } else {

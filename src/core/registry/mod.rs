@@ -137,6 +137,8 @@ pub trait RegistryStore: Send {
     /// Schema objects this code never makes (triggers, views, other
     /// tables).
     fn foreign_schema(&mut self) -> Result<Vec<String>, RegistryError>;
+    /// Lets go of any connection (at shutdown, off the async runtime).
+    fn close(&mut self) {}
 }
 
 /// What a verified load found.
@@ -222,6 +224,13 @@ impl Registry {
 
     pub fn kind(&self) -> &'static str {
         self.store().kind()
+    }
+
+    /// Closes the store's connection, if it has one. Called at shutdown
+    /// from a blocking thread: a database client must not be dropped on
+    /// the async runtime.
+    pub fn close(&self) {
+        self.store().close();
     }
 
     /// Loads and verifies every record. `hsm_generation` is the counter kept

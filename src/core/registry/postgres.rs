@@ -259,6 +259,12 @@ impl RegistryStore for PgStore {
         "postgresql"
     }
 
+    fn close(&mut self) {
+        if let Some(c) = self.client.take() {
+            let _ = c.close();
+        }
+    }
+
     fn load(&mut self) -> Result<RawState, RegistryError> {
         self.with(|c| {
             // One snapshot: the rows and the manifest are of one commit.

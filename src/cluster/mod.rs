@@ -1,0 +1,338 @@
+//! A node of a cluster: several daemons on one shared PostgreSQL registry
+//! and one HSM. The design and its failure modes are in docs/CLUSTER.md;
+//! in short:
+//!
+//! - **Leases.** A node serves key operations only while it holds a
+//!   current lease. Its one background thread renews the lease every
+//!   `lease / 6`, and the database grants the renewal only if the node has
+//!   applied the registry's current generation (one conditional upsert
+//!   into `nodes`). The node counts its lease from the moment it *sent*
+//!   the renewal, less a margin, so it stops serving before the database
+//!   considers the lease over.
+//! - **Changes.** A commit notifies `keywarden_registry`; each node's
+//!   thread listens, takes the change in (verified as at unseal) and
+//!   renews, which records what it applied. A lost notification costs one
+//!   renewal period: the renewal itself compares generations.
+//! - **Revocation before return.** After a change, the writer waits until
+//!   every other node with a current lease has applied it, or until every
+//!   lease granted before the commit has run out (at most `lease` after
+//!   it). Either way no node can serve the old state when the admin's call
+//!   returns; nothing is added to a data-key call but two reads of an
+//!   atomic.
+//! - **The leader** holds a session advisory lock on the thread's
+//!   connection and runs the scheduled work (rotations, destructions);
+//!   the lock goes with the connection when the node dies.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use postgres::fallible_iterator::FallibleIterator;
+use tracing::{info, warn};
+
+use crate::config::ClusterConfig;
+use crate::core::registry::postgres::{pg_err, CHANGES_CHANNEL};
+use crate::core::{Keywarden, Membership, SyncState};
+
+/// The advisory lock the leader holds.
+const LEADER_LOCK: i64 = 0x6b77_0002;
+
+/// One node's membership.
+pub struct Node {
+    cfg: ClusterConfig,
+    /// The base of `deadline_ns`.
+    epoch: Instant,
+    /// Nanoseconds after `epoch` until which this node may serve (0: not).
+    deadline_ns: AtomicU64,
+    leader: AtomicBool,
+    /// Why the node is not serving (shown in errors).
+    why: Mutex<String>,
+    /// The connection the writer's wait queries on.
+    control: Mutex<Option<postgres::Client>>,
+    stop: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Node {
+    pub fn new(cfg: ClusterConfig) -> Arc<Self> {
+        Arc::new(Node {
+            cfg,
+            epoch: Instant::now(),
+            deadline_ns: AtomicU64::new(0),
+            leader: AtomicBool::new(false),
+            why: Mutex::new("it has not yet joined the cluster (no lease)".into()),
+            control: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.cfg.node_id
+    }
+
+    fn lease(&self) -> Duration {
+        self.cfg.lease
+    }
+
+    /// The part of a lease the node gives up, against the two clocks
+    /// running at slightly different rates and the time a renewal takes
+    /// to reach the database.
+    fn margin(&self) -> Duration {
+        self.lease() / 5
+    }
+
+    fn renew_every(&self) -> Duration {
+        self.lease() / 6
+    }
+
+    fn since_epoch(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    fn not_serving(&self, why: impl Into<String>) {
+        self.deadline_ns.store(0, Ordering::Release);
+        *lock(&self.why) = why.into();
+    }
+
+    /// Whether this node holds a current lease.
+    pub fn has_lease(&self) -> bool {
+        self.check_serving().is_ok()
+    }
+
+    /// Starts the node's thread: listen, take changes in, renew the lease,
+    /// try for leadership. It ends when [`Node::shutdown`] is called or the
+    /// core is gone.
+    pub fn start(
+        self: &Arc<Self>,
+        core: Weak<Keywarden>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("kw-cluster".into())
+            .spawn(move || me.run(core))
+    }
+
+    /// Stops the thread at its next wake-up and gives up the lease.
+    /// Call it off the async runtime: it closes a database connection.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.not_serving("the daemon is stopping");
+        if let Some(c) = lock(&self.control).take() {
+            let _ = c.close();
+        }
+    }
+
+    fn run(self: Arc<Self>, core: Weak<Keywarden>) {
+        let mut backoff = Duration::from_millis(100);
+        while !self.stop.load(Ordering::Acquire) {
+            let mut client = match self.cfg.target.connect() {
+                Ok(c) => c,
+                Err(e) => {
+                    self.leader.store(false, Ordering::Release);
+                    *lock(&self.why) = format!("the registry database is unreachable ({e})");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(self.renew_every());
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            if let Err(e) = client.batch_execute(&format!("LISTEN {CHANGES_CHANNEL}")) {
+                warn!(error = %e, "LISTEN failed");
+                continue;
+            }
+            info!(node = %self.cfg.node_id, "connected to the cluster's registry");
+            // Notifications sent while not listening are lost: the first
+            // round compares generations anyway.
+            let outcome = self.session(&mut client, &core);
+            self.leader.store(false, Ordering::Release);
+            match outcome {
+                Session::Stopped => {
+                    let _ = client
+                        .execute("DELETE FROM nodes WHERE node_id = $1", &[&self.cfg.node_id]);
+                    return;
+                }
+                Session::Lost(why) => {
+                    warn!(node = %self.cfg.node_id, error = %why, "lost the registry connection; serving stops when the lease runs out");
+                    *lock(&self.why) = format!("the registry database is unreachable ({why})");
+                }
+            }
+        }
+    }
+
+    /// One connection's life: rounds of take-in-and-renew, woken by a
+    /// notification or the renewal period.
+    fn session(&self, client: &mut postgres::Client, core: &Weak<Keywarden>) -> Session {
+        let mut sealed_row_cleared = false;
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return Session::Stopped;
+            }
+            let Some(core) = core.upgrade() else {
+                return Session::Stopped;
+            };
+            let wait = match core.sync_state() {
+                Ok(SyncState::Current(gen)) => {
+                    sealed_row_cleared = false;
+                    match self.renew(client, gen) {
+                        Ok(true) => self.renew_every(),
+                        Ok(false) => Duration::from_millis(20),
+                        Err(e) => return Session::Lost(e.to_string()),
+                    }
+                }
+                Ok(SyncState::Behind) => Duration::from_millis(20),
+                Ok(SyncState::Sealed) => {
+                    self.not_serving("sealed");
+                    if self.leader.swap(false, Ordering::AcqRel) {
+                        let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&LEADER_LOCK]);
+                    }
+                    if !sealed_row_cleared {
+                        // A sealed node serves nothing: no one waits for it.
+                        if let Err(e) = client
+                            .execute("DELETE FROM nodes WHERE node_id = $1", &[&self.cfg.node_id])
+                        {
+                            return Session::Lost(e.to_string());
+                        }
+                        sealed_row_cleared = true;
+                    }
+                    Duration::from_millis(100)
+                }
+                Err(e) => {
+                    // Tampering found, the HSM away: not current, no
+                    // renewal; the lease runs out.
+                    *lock(&self.why) = format!("it could not take in the registry's changes ({e})");
+                    if client.is_closed() {
+                        return Session::Lost(e.to_string());
+                    }
+                    Duration::from_millis(200)
+                }
+            };
+            drop(core);
+            // Wait for a change or the next round.
+            let mut n = client.notifications();
+            let woke = n.timeout_iter(wait).next().map(|_| ());
+            if let Err(e) = woke {
+                return Session::Lost(e.to_string());
+            }
+            // Several commits may have notified: one round covers them.
+            let mut more = n.iter();
+            while let Ok(Some(_)) = more.next() {}
+        }
+    }
+
+    /// Renews the lease if the database agrees this node is current.
+    /// `Ok(false)`: it is not (a change came since), try again shortly.
+    fn renew(
+        &self,
+        client: &mut postgres::Client,
+        gen: u64,
+    ) -> Result<bool, crate::core::registry::RegistryError> {
+        let gen_i = i64::try_from(gen).unwrap_or(i64::MAX);
+        let secs = self.lease().as_secs_f64();
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default();
+        let pid = std::process::id() as i32;
+        let sent = Instant::now();
+        let n = client
+            .execute(
+                "INSERT INTO nodes (node_id, lease_until, applied_gen, host, pid)
+                 SELECT $1, now() + make_interval(secs => $2), $3, $4, $5
+                  WHERE $3 >= (SELECT v::bigint FROM meta WHERE k = 'generation')
+                 ON CONFLICT (node_id) DO UPDATE
+                   SET lease_until = excluded.lease_until, applied_gen = excluded.applied_gen,
+                       host = excluded.host, pid = excluded.pid",
+                &[&self.cfg.node_id, &secs, &gen_i, &host, &pid],
+            )
+            .map_err(pg_err)?;
+        if n != 1 {
+            return Ok(false);
+        }
+        let until = sent + self.lease() - self.margin();
+        self.deadline_ns
+            .store(self.since_epoch(until), Ordering::Release);
+        if !self.leader.load(Ordering::Acquire) {
+            let got: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+                .map_err(pg_err)?
+                .get(0);
+            if got {
+                info!(node = %self.cfg.node_id, "this node is the cluster's leader (scheduled work runs here)");
+                self.leader.store(true, Ordering::Release);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether every other node with a current lease has applied `gen`.
+    fn others_applied(&self, gen: u64) -> Result<bool, crate::core::registry::RegistryError> {
+        let mut c = lock(&self.control);
+        if c.as_ref().is_none_or(|c| c.is_closed()) {
+            *c = Some(self.cfg.target.connect()?);
+        }
+        let Some(client) = c.as_mut() else {
+            return Ok(false);
+        };
+        let gen_i = i64::try_from(gen).unwrap_or(i64::MAX);
+        let behind: i64 = client
+            .query_one(
+                "SELECT count(*) FROM nodes
+                  WHERE node_id <> $1 AND lease_until > now() AND applied_gen < $2",
+                &[&self.cfg.node_id, &gen_i],
+            )
+            .map_err(pg_err)?
+            .get(0);
+        Ok(behind == 0)
+    }
+}
+
+enum Session {
+    Stopped,
+    Lost(String),
+}
+
+impl Membership for Node {
+    fn check_serving(&self) -> Result<(), String> {
+        let d = self.deadline_ns.load(Ordering::Acquire);
+        if d != 0 && self.since_epoch(Instant::now()) < d {
+            return Ok(());
+        }
+        let why = lock(&self.why).clone();
+        Err(format!(
+            "it cannot confirm it has every key change made on the other nodes: {why}"
+        ))
+    }
+
+    fn wait_applied(&self, gen: u64) {
+        // Every lease granted before the commit ends within `lease` of it.
+        let bound = Instant::now() + self.lease() + self.margin();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match self.others_applied(gen) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(error = %e, "cannot see the other nodes; waiting out their leases");
+                    *lock(&self.control) = None;
+                }
+            }
+            let now = Instant::now();
+            if now >= bound {
+                warn!(
+                    generation = gen,
+                    "some node did not confirm a change; its lease has run out"
+                );
+                return;
+            }
+            std::thread::sleep(pause.min(bound - now));
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Acquire) && self.has_lease()
+    }
+}

@@ -1,0 +1,575 @@
+//! Several nodes on one shared PostgreSQL registry and one SoftHSM token:
+//! a real PostgreSQL server (Debian's, started here in a temporary
+//! directory as an unprivileged user, on a Unix socket only), three real
+//! daemons, real clients.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use keywarden::proto;
+use keywarden_client::Client;
+use tonic::Code;
+
+/// A PostgreSQL server of its own, stopped and removed on drop.
+struct Postgres {
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    sockets: PathBuf,
+    run_as: Vec<String>,
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin").join(name))
+                .filter(|p| p.exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+        .pop()
+        .unwrap_or_else(|| panic!("no {name}: scripts/install-deps.sh --test installs postgresql"))
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::Builder::new().prefix("kw-pg-").tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let sockets = tmp.path().join("sockets");
+        let mut run_as = Vec::new();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        for d in [&data, &sockets] {
+            std::fs::create_dir(d).unwrap();
+        }
+        if nix::unistd::geteuid().is_root() {
+            // PostgreSQL refuses to run as root.
+            let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+            for d in [&data, &sockets] {
+                nix::unistd::chown(d, Some(nobody.uid), Some(nobody.gid)).unwrap();
+            }
+            run_as = vec![
+                "setpriv".into(),
+                format!("--reuid={}", nobody.uid),
+                format!("--regid={}", nobody.gid),
+                "--clear-groups".into(),
+            ];
+        }
+        let pg = Postgres {
+            _tmp: tmp,
+            data,
+            sockets,
+            run_as,
+        };
+        pg.run(
+            &pg_bin("initdb"),
+            &[
+                "-D",
+                pg.data.to_str().unwrap(),
+                "-U",
+                "kw",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ],
+        );
+        pg.up();
+        pg
+    }
+
+    fn run(&self, bin: &std::path::Path, args: &[&str]) -> String {
+        let mut cmd = match self.run_as.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let out = cmd.args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{} {args:?}: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn up(&self) {
+        let opts = format!(
+            "-c listen_addresses='' -k {} -c fsync=off",
+            self.sockets.display()
+        );
+        let log = self.sockets.join("postgres.log");
+        self.run(
+            &pg_bin("pg_ctl"),
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-o",
+                &opts,
+                "start",
+            ],
+        );
+    }
+
+    fn down(&self) {
+        self.run(
+            &pg_bin("pg_ctl"),
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("host={} user=kw dbname=postgres", self.sockets.display())
+    }
+
+    fn psql(&self, sql: &str) -> String {
+        self.run(
+            &pg_bin("psql"),
+            &[
+                "-h",
+                self.sockets.to_str().unwrap(),
+                "-U",
+                "kw",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-c",
+                sql,
+            ],
+        )
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let mut cmd = match self.run_as.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(pg_bin("pg_ctl"));
+                c
+            }
+            None => Command::new(pg_bin("pg_ctl")),
+        };
+        let _ = cmd
+            .args([
+                "-D",
+                self.data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ])
+            .output();
+    }
+}
+
+/// Three nodes: the first initialises the seal; the others join it (its
+/// token, a copy of its seal) and are unsealed with the same share.
+async fn cluster(pg: &Postgres, extra: &[&str]) -> Vec<Daemon> {
+    let url = pg.url();
+    let mut args = vec!["--registry-url", &url, "--node-id", "n1"];
+    args.extend_from_slice(extra);
+    let first = Daemon::builder().args(&args).start().await;
+    let mut nodes = vec![first];
+    for id in ["n2", "n3"] {
+        let dir = nodes[0].dir.display().to_string();
+        let mut args = vec!["--registry-url", &url, "--node-id", id, "--join", &dir];
+        args.extend_from_slice(extra);
+        let mut d = Daemon::builder().args(&args).sealed().start().await;
+        d.dev_share = nodes[0].dev_share.clone();
+        let mut c = d.client().await;
+        d.unseal_dev(&mut c).await;
+        d.wait_phase("unsealed").await;
+        nodes.push(d);
+    }
+    for d in &nodes {
+        wait_serving(d).await;
+    }
+    nodes
+}
+
+/// Until the node answers a key call with anything but UNAVAILABLE (it
+/// has its first lease).
+async fn wait_serving(d: &Daemon) {
+    let mut c = d.client().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c.keys.list_keys(proto::ListKeysRequest {}).await;
+        match r {
+            Ok(_) => return,
+            Err(s) if s.code() == Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(s) => panic!("node never served: {s:?}\n{}", d.log()),
+        }
+    }
+}
+
+/// A loop of Decrypt calls on one node; each call's start time and
+/// outcome are kept.
+type Calls = Arc<Mutex<Vec<(Instant, bool)>>>;
+
+fn hammer(
+    d: &Daemon,
+    blob: Vec<u8>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (Calls, tokio::task::JoinHandle<()>) {
+    let calls: Calls = Default::default();
+    let socket = d.socket();
+    let out = calls.clone();
+    let h = tokio::spawn(async move {
+        let mut c = Client::connect(&socket).await.unwrap();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let t = Instant::now();
+            let ok = decrypt(&mut c, &blob, &[("patient", "p1")]).await.is_ok();
+            out.lock().unwrap().push((t, ok));
+        }
+    });
+    (calls, h)
+}
+
+/// Runs `change` on node 1 while nodes 2 and 3 decrypt in a loop; no call
+/// that started after the change returned may succeed. Returns how long
+/// the change took.
+async fn no_success_after<F, Fut>(nodes: &[Daemon], blob: &[u8], change: F) -> Duration
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops: Vec<_> = nodes[1..]
+        .iter()
+        .map(|d| hammer(d, blob.to_vec(), stop.clone()))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = nodes[0].client().await;
+    let t0 = Instant::now();
+    change(c).await;
+    let returned = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for (calls, h) in loops {
+        h.await.unwrap();
+        let calls = calls.lock().unwrap();
+        assert!(
+            calls.iter().any(|(t, ok)| *ok && *t < t0),
+            "the loop never succeeded before the change: it checked nothing"
+        );
+        let after: Vec<_> = calls.iter().filter(|(t, _)| *t > returned).collect();
+        assert!(!after.is_empty(), "no call after the change returned");
+        assert!(
+            after.iter().all(|(_, ok)| !ok),
+            "{} of {} calls that started after the change returned succeeded",
+            after.iter().filter(|(_, ok)| *ok).count(),
+            after.len()
+        );
+    }
+    returned - t0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_share_keys_and_no_node_serves_a_key_after_its_revocation_returned() {
+    let pg = Postgres::start();
+    let nodes = cluster(&pg, &["--destroy-approvals", "1"]).await;
+    let mut c1 = nodes[0].client().await;
+    let mut c2 = nodes[1].client().await;
+    let mut c3 = nodes[2].client().await;
+
+    // A key created on node 1 is usable on node 2 as soon as the create
+    // returned; the data key opens on node 3.
+    create_key(&mut c1, "records").await;
+    let g = generate(&mut c2, "records", &[("patient", "p1")]).await;
+    let d = decrypt(&mut c3, &g.ciphertext_blob, &[("patient", "p1")])
+        .await
+        .unwrap();
+    assert_eq!(d.plaintext, g.plaintext);
+
+    // 16 clients over the three nodes for a while: every data key made on
+    // one node opens to the same bytes on the next.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let make = nodes[i % 3].socket();
+        let open = nodes[(i + 1) % 3].socket();
+        tasks.push(tokio::spawn(async move {
+            let mut a = Client::connect(&make).await.unwrap();
+            let mut b = Client::connect(&open).await.unwrap();
+            let until = Instant::now() + Duration::from_secs(2);
+            let mut n = 0;
+            while Instant::now() < until {
+                let tag = format!("c{i}-{n}");
+                let g = generate(&mut a, "records", &[("patient", &tag)]).await;
+                let d = decrypt(&mut b, &g.ciphertext_blob, &[("patient", &tag)])
+                    .await
+                    .unwrap();
+                assert_eq!(d.plaintext, g.plaintext, "wrong bytes");
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert!(total >= 16, "only {total} round trips");
+    eprintln!("cluster: {total} cross-node round trips by 16 clients in 2 s");
+
+    // Disable on node 1: nothing started after its return succeeds on 2 or 3.
+    let took = no_success_after(&nodes, &g.ciphertext_blob, |mut c| async move {
+        c.keys.disable_key(name_req("records")).await.unwrap();
+    })
+    .await;
+    eprintln!("cluster: DisableKey returned after {took:?} with three nodes");
+    assert_status(
+        decrypt(&mut c2, &g.ciphertext_blob, &[("patient", "p1")]).await,
+        Code::FailedPrecondition,
+        "suspended",
+    );
+    // Enabled again on node 1: at once on the others.
+    c1.keys.enable_key(name_req("records")).await.unwrap();
+    for c in [&mut c2, &mut c3] {
+        decrypt(c, &g.ciphertext_blob, &[("patient", "p1")])
+            .await
+            .unwrap();
+    }
+
+    // Revoking the version: the same.
+    no_success_after(&nodes, &g.ciphertext_blob, |mut c| async move {
+        c.keys.rotate_key(name_req("records")).await.unwrap();
+        c.keys
+            .revoke_version(proto::RevokeVersionRequest {
+                name: "records".into(),
+                version: 1,
+            })
+            .await
+            .unwrap();
+    })
+    .await;
+
+    // Destruction: a data key under the new version, destroyed on node 1.
+    let g2 = generate(&mut c3, "records", &[("patient", "p1")]).await;
+    no_success_after(&nodes, &g2.ciphertext_blob, |mut c| async move {
+        let r = c
+            .keys
+            .destroy_now(name_req("records"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.key.map(|k| k.state).as_deref(), Some("destroyed"));
+    })
+    .await;
+    for c in [&mut c2, &mut c3] {
+        assert_eq!(describe(c, "records").await.state, "destroyed");
+    }
+    // The name stays a tombstone on every node.
+    let r = c2
+        .keys
+        .create_key(proto::CreateKeyRequest {
+            name: "records".into(),
+            description: String::new(),
+            rotation_period_secs: 0,
+            kind: String::new(),
+        })
+        .await;
+    assert!(r.is_err(), "a destroyed key's name was reused");
+}
+
+async fn gdk(c: &mut Client, key: &str) -> Result<(), tonic::Status> {
+    c.datakeys
+        .generate_data_key(proto::GenerateDataKeyRequest {
+            key: key.into(),
+            encryption_context: Default::default(),
+        })
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_or_an_old_snapshot_in_postgresql_is_refused_on_every_node() {
+    let pg = Postgres::start();
+    let nodes = cluster(&pg, &["--destroy-approvals", "1"]).await;
+    let mut c1 = nodes[0].client().await;
+    create_key(&mut c1, "a").await;
+    create_key(&mut c1, "b").await;
+    let gb = generate(&mut c1, "b", &[]).await;
+    c1.keys.destroy_now(name_req("a")).await.unwrap();
+
+    // A row edited by hand to bring the destroyed key back.
+    pg.psql(
+        "UPDATE key_records SET record = replace(record, '\"state\":\"destroyed\"', '\"state\":\"active\"') WHERE name = 'a'",
+    );
+    assert!(pg
+        .psql("SELECT record FROM key_records WHERE name = 'a'")
+        .contains("\"state\":\"active\""));
+    // Any later change makes the other nodes load the registry again:
+    // they find the edit. Node 1, which wrote it, kept its verified copy
+    // (the key stays destroyed there) and finds it at its next load.
+    create_key(&mut c1, "c").await;
+    assert_status(
+        gdk(&mut c1, "a").await,
+        Code::FailedPrecondition,
+        "destroyed",
+    );
+    for d in &nodes[1..] {
+        let mut c = d.client().await;
+        assert_status(
+            gdk(&mut c, "a").await,
+            Code::DataLoss,
+            "its record was edited",
+        );
+        decrypt(&mut c, &gb.ciphertext_blob, &[]).await.unwrap();
+    }
+
+    // A row deleted.
+    pg.psql("DELETE FROM key_records WHERE name = 'b'");
+    create_key(&mut c1, "d").await;
+    for d in &nodes[1..] {
+        let mut c = d.client().await;
+        assert_status(gdk(&mut c, "b").await, Code::DataLoss, "deleted");
+    }
+
+    // An old copy of the whole database put back (pg_dump / pg_restore).
+    let dump = pg.sockets.join("old.dump");
+    pg.run(
+        &pg_bin("pg_dump"),
+        &[
+            "-h",
+            pg.sockets.to_str().unwrap(),
+            "-U",
+            "kw",
+            "-Fc",
+            "-t",
+            "meta",
+            "-t",
+            "key_records",
+            "-f",
+            dump.to_str().unwrap(),
+            "postgres",
+        ],
+    );
+    create_key(&mut c1, "e").await;
+    pg.run(
+        &pg_bin("pg_restore"),
+        &[
+            "-h",
+            pg.sockets.to_str().unwrap(),
+            "-U",
+            "kw",
+            "-d",
+            "postgres",
+            "--clean",
+            dump.to_str().unwrap(),
+        ],
+    );
+    for d in &nodes {
+        let mut c = d.client().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = c.keys.list_keys(proto::ListKeysRequest {}).await;
+            match r {
+                Err(s) if s.code() == Code::DataLoss => {
+                    assert!(s.message().contains("older copy"), "{}", s.message());
+                    break;
+                }
+                other => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the old snapshot was not refused: {:?}",
+                        other.map(|r| r.into_inner().keys.len())
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_database_or_a_frozen_node_stops_serving_and_service_comes_back() {
+    let pg = Postgres::start();
+    let mut nodes = cluster(&pg, &[]).await;
+    let mut c1 = nodes[0].client().await;
+    create_key(&mut c1, "k").await;
+    let g = generate(&mut c1, "k", &[]).await;
+
+    // PostgreSQL stopped: within a lease every node refuses, UNAVAILABLE.
+    pg.down();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for d in &nodes {
+        let mut c = d.client().await;
+        assert_status(
+            decrypt(&mut c, &g.ciphertext_blob, &[]).await,
+            Code::Unavailable,
+            "cannot confirm",
+        );
+    }
+    // Back: every node serves again by itself.
+    pg.up();
+    for d in &nodes {
+        wait_serving(d).await;
+        let mut c = d.client().await;
+        decrypt(&mut c, &g.ciphertext_blob, &[]).await.unwrap();
+    }
+
+    // Node 3 frozen (SIGSTOP): a disable on node 1 still returns, after
+    // node 3's lease ran out; node 3, thawed, refuses the key.
+    let pid3 = nix::unistd::Pid::from_raw(nodes[2].serve_pid().unwrap());
+    nix::sys::signal::kill(pid3, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let t0 = Instant::now();
+    c1.keys.disable_key(name_req("k")).await.unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(1),
+        "returned before node 3's lease could end: {took:?}"
+    );
+    eprintln!("cluster: DisableKey with one node frozen returned after {took:?}");
+    nix::sys::signal::kill(pid3, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let mut c3 = nodes[2].client().await;
+    let r = decrypt(&mut c3, &g.ciphertext_blob, &[]).await;
+    assert!(
+        matches!(
+            r.as_ref().map_err(|s| s.code()),
+            Err(Code::Unavailable | Code::FailedPrecondition)
+        ),
+        "the thawed node served a disabled key"
+    );
+    c1.keys.enable_key(name_req("k")).await.unwrap();
+    wait_serving(&nodes[2]).await;
+    decrypt(&mut c3, &g.ciphertext_blob, &[]).await.unwrap();
+
+    // Node 2 killed (-9): the others keep serving; restarted, it comes
+    // back sealed and serves once unsealed.
+    let pid2 = nix::unistd::Pid::from_raw(nodes[1].serve_pid().unwrap());
+    nix::sys::signal::kill(pid2, nix::sys::signal::Signal::SIGKILL).unwrap();
+    for i in [0, 2] {
+        let mut c = nodes[i].client().await;
+        decrypt(&mut c, &g.ciphertext_blob, &[]).await.unwrap();
+    }
+    nodes[1].restart().await;
+    wait_serving(&nodes[1]).await;
+    let mut c2 = nodes[1].client().await;
+    decrypt(&mut c2, &g.ciphertext_blob, &[]).await.unwrap();
+}
