@@ -2,6 +2,7 @@
 //! a real PostgreSQL server (Debian's, started here in a temporary
 //! directory as an unprivileged user, on a Unix socket only), three real
 //! daemons, real clients.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

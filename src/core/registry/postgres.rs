@@ -391,7 +391,7 @@ impl RegistryStore for PgStore {
     }
 
     fn intents(&mut self) -> Result<Vec<RawIntent>, RegistryError> {
-        self.with(|c| intents(c))
+        self.with(intents)
     }
 
     fn foreign_schema(&mut self) -> Result<Vec<String>, RegistryError> {
