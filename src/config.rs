@@ -843,6 +843,51 @@ mod tests {
     }
 
     #[test]
+    fn the_registry_section_makes_a_cluster_node_and_refuses_what_it_cannot_honour() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |registry: &str| {
+            parse(
+                dir.path(),
+                &format!("token_label = \"kw\"\n[registry]\n{registry}"),
+                "",
+            )
+        };
+        let c =
+            with("url = \"host=/run/postgresql dbname=kw user=kw\"\nnode_id = \"app-1\"").unwrap();
+        let cl = c.cluster.expect("a cluster node");
+        assert_eq!(cl.node_id, "app-1");
+        assert_eq!(cl.lease.as_secs(), 3);
+        assert!(parse(dir.path(), "token_label = \"kw\"", "")
+            .unwrap()
+            .cluster
+            .is_none());
+        let refused = [
+            ("url = \"postgresql://kw:secret@db/kw\"", "password_file"),
+            (
+                "url = \"postgresql://db/kw?sslmode=require\"",
+                "sslmode=require",
+            ),
+            ("url = \"dbname=kw\"", "names no host"),
+            (
+                "url = \"host=/run/postgresql\"\nnode_id = \"a b\"",
+                "registry.node_id",
+            ),
+            (
+                "url = \"host=/run/postgresql\"\nlease_secs = 0",
+                "registry.lease_secs",
+            ),
+            ("node_id = \"a\"", "need registry.url"),
+        ];
+        for (text, needle) in refused {
+            match with(text) {
+                Err(ConfigError::Invalid(m)) => assert!(m.contains(needle), "{text}: {m}"),
+                Err(e) => panic!("{text}: {e}"),
+                Ok(_) => panic!("{text}: accepted"),
+            }
+        }
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let e = parse(dir.path(), "token_label = \"kw\"\npin = \"1234\"", "").unwrap_err();

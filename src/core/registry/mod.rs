@@ -479,6 +479,32 @@ mod tests {
     }
 
     #[test]
+    fn a_write_on_top_of_a_generation_another_writer_moved_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.db");
+        let a = Registry::open(&p).unwrap();
+        let b = Registry::open(&p).unwrap();
+        a.load_verified(&K, None).unwrap();
+        b.load_verified(&K, None).unwrap();
+        a.put(&rec("a", 1), &K, true).unwrap();
+        // B has not seen A's write: refused, nothing changed.
+        assert!(matches!(
+            b.put(&rec("b", 2), &K, true),
+            Err(RegistryError::Stale {
+                expected: 0,
+                found: 1
+            })
+        ));
+        assert_eq!(b.generation_on_disk().unwrap(), 1);
+        // Having taken it in, B writes on top of it, and both verify.
+        assert_eq!(b.load_verified(&K, None).unwrap().keys.len(), 1);
+        assert_eq!(b.put(&rec("b", 2), &K, true).unwrap(), 2);
+        let l = a.load_verified(&K, Some(2)).unwrap();
+        assert!(l.global.is_none() && l.tampered.is_empty(), "{l:?}");
+        assert_eq!(l.keys.len(), 2);
+    }
+
+    #[test]
     fn round_trip_and_duplicates() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.db");
