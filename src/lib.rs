@@ -36,6 +36,8 @@ pub mod cli;
 #[doc(hidden)]
 pub mod dev;
 #[doc(hidden)]
+pub mod devpg;
+#[doc(hidden)]
 pub mod drill;
 
 /// Generated protobuf and gRPC code for `keywarden.v1` (the

@@ -223,6 +223,11 @@ enum Command {
         /// The key to use on an external daemon (created if missing).
         #[arg(long, default_value = "bench")]
         key: String,
+        /// Also measure a cluster: three dev nodes on a throwaway
+        /// PostgreSQL server (needs PostgreSQL installed), against this
+        /// run's SQLite figures.
+        #[arg(long, conflicts_with = "external")]
+        cluster: bool,
     },
     /// The in-process HSM measurement of `keywarden bench` (share on stdin).
     #[command(hide = true)]
@@ -513,6 +518,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             warmup,
             external,
             key,
+            cluster,
         } => {
             if !(0.05..=3600.0).contains(&seconds) || !(0.0..=600.0).contains(&warmup) {
                 anyhow::bail!(
@@ -525,6 +531,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
                 duration: std::time::Duration::from_secs_f64(seconds),
                 warmup: std::time::Duration::from_secs_f64(warmup),
                 output: cli.output,
+                cluster,
             })
             .await
         }

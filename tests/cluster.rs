@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,173 +16,30 @@ use keywarden_client::Client;
 use tonic::Code;
 
 /// A PostgreSQL server of its own, stopped and removed on drop.
-struct Postgres {
-    _tmp: tempfile::TempDir,
-    data: PathBuf,
-    sockets: PathBuf,
-    run_as: Vec<String>,
-}
-
-fn pg_bin(name: &str) -> PathBuf {
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.path().join("bin").join(name))
-                .filter(|p| p.exists())
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    found
-        .pop()
-        .unwrap_or_else(|| panic!("no {name}: scripts/install-deps.sh --test installs postgresql"))
-}
+struct Postgres(keywarden::devpg::Postgres);
 
 impl Postgres {
     fn start() -> Postgres {
-        use std::os::unix::fs::PermissionsExt;
-        let tmp = tempfile::Builder::new().prefix("kw-pg-").tempdir().unwrap();
-        let data = tmp.path().join("data");
-        let sockets = tmp.path().join("sockets");
-        let mut run_as = Vec::new();
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        for d in [&data, &sockets] {
-            std::fs::create_dir(d).unwrap();
-        }
-        if nix::unistd::geteuid().is_root() {
-            // PostgreSQL refuses to run as root.
-            let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
-            for d in [&data, &sockets] {
-                nix::unistd::chown(d, Some(nobody.uid), Some(nobody.gid)).unwrap();
-            }
-            run_as = vec![
-                "setpriv".into(),
-                format!("--reuid={}", nobody.uid),
-                format!("--regid={}", nobody.gid),
-                "--clear-groups".into(),
-            ];
-        }
-        let pg = Postgres {
-            _tmp: tmp,
-            data,
-            sockets,
-            run_as,
-        };
-        pg.run(
-            &pg_bin("initdb"),
-            &[
-                "-D",
-                pg.data.to_str().unwrap(),
-                "-U",
-                "kw",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-instructions",
-            ],
-        );
-        pg.up();
-        pg
+        Postgres(keywarden::devpg::Postgres::start().unwrap())
     }
-
-    fn run(&self, bin: &std::path::Path, args: &[&str]) -> String {
-        let mut cmd = match self.run_as.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
-        let out = cmd.args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{} {args:?}: {}",
-            bin.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     fn up(&self) {
-        let opts = format!(
-            "-c listen_addresses='' -k {} -c fsync=off",
-            self.sockets.display()
-        );
-        let log = self.sockets.join("postgres.log");
-        self.run(
-            &pg_bin("pg_ctl"),
-            &[
-                "-D",
-                self.data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "-o",
-                &opts,
-                "start",
-            ],
-        );
+        self.0.up().unwrap()
     }
-
     fn down(&self) {
-        self.run(
-            &pg_bin("pg_ctl"),
-            &[
-                "-D",
-                self.data.to_str().unwrap(),
-                "-m",
-                "fast",
-                "-w",
-                "stop",
-            ],
-        );
+        self.0.down().unwrap()
     }
-
     fn url(&self) -> String {
-        format!("host={} user=kw dbname=postgres", self.sockets.display())
+        self.0.url()
     }
-
     fn psql(&self, sql: &str) -> String {
-        self.run(
-            &pg_bin("psql"),
-            &[
-                "-h",
-                self.sockets.to_str().unwrap(),
-                "-U",
-                "kw",
-                "-d",
-                "postgres",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-At",
-                "-c",
-                sql,
-            ],
-        )
+        self.0.psql(sql).unwrap()
     }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let mut cmd = match self.run_as.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(pg_bin("pg_ctl"));
-                c
-            }
-            None => Command::new(pg_bin("pg_ctl")),
-        };
-        let _ = cmd
-            .args([
-                "-D",
-                self.data.to_str().unwrap(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ])
-            .output();
+    fn run(&self, bin: &str, args: &[&str]) -> String {
+        let bin = keywarden::devpg::pg_bin(bin).unwrap();
+        self.0.run(&bin, args).unwrap()
+    }
+    fn sockets(&self) -> PathBuf {
+        self.0.sockets().to_path_buf()
     }
 }
 
@@ -453,12 +309,13 @@ async fn tampering_or_an_old_snapshot_in_postgresql_is_refused_on_every_node() {
     }
 
     // An old copy of the whole database put back (pg_dump / pg_restore).
-    let dump = pg.sockets.join("old.dump");
+    let sockets = pg.sockets().display().to_string();
+    let dump = pg.sockets().join("old.dump");
     pg.run(
-        &pg_bin("pg_dump"),
+        "pg_dump",
         &[
             "-h",
-            pg.sockets.to_str().unwrap(),
+            &sockets,
             "-U",
             "kw",
             "-Fc",
@@ -473,10 +330,10 @@ async fn tampering_or_an_old_snapshot_in_postgresql_is_refused_on_every_node() {
     );
     create_key(&mut c1, "e").await;
     pg.run(
-        &pg_bin("pg_restore"),
+        "pg_restore",
         &[
             "-h",
-            pg.sockets.to_str().unwrap(),
+            &sockets,
             "-U",
             "kw",
             "-d",
