@@ -531,6 +531,8 @@ impl Config {
             checkpoint_every: audit.checkpoint_every.unwrap_or(1000).max(1),
             max_file_bytes: audit.max_file_bytes.unwrap_or(64 << 20).max(4096),
             forward: audit.forward.map(RawForward::parse).transpose()?,
+            // Set below for a cluster node.
+            node: None,
         };
 
         let lc = raw.lifecycle.unwrap_or_default();
@@ -651,6 +653,8 @@ impl Config {
                 lease_secs,
             )?),
         };
+        let mut audit = audit;
+        audit.node = cluster.as_ref().map(|c| c.node_id.clone());
         Ok(Config {
             socket,
             socket_group: raw.server.socket_group,

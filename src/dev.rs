@@ -726,6 +726,7 @@ pub fn restore_target(
             checkpoint_every: 1000,
             max_file_bytes: 64 * 1024 * 1024,
             forward: None,
+            node: None,
         },
         profile,
         module,

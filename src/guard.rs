@@ -313,6 +313,7 @@ break_glass_keys = ["patients"]
             checkpoint_every: 1000,
             max_file_bytes: 1 << 20,
             forward: None,
+            node: None,
         })
         .expect("open the audit log");
         let clock = Arc::new(ManualClock::at(1_700_000_000));

@@ -119,6 +119,9 @@ pub struct AuditConfig {
     pub max_file_bytes: u64,
     /// Where every durable line is also sent (`[audit.forward]`).
     pub forward: Option<forward::ForwardConfig>,
+    /// A cluster node's id, written into every line (`node`), so that the
+    /// logs of several nodes can be merged and told apart.
+    pub node: Option<String>,
 }
 
 /// Where a job's outcome goes: a blocking waiter or an async one.
@@ -391,6 +394,9 @@ impl Writer {
         );
         fields.insert("prev".into(), json!(prev));
         fields.entry("time").or_insert_with(|| json!(now_text()));
+        if let Some(n) = &self.config.node {
+            fields.insert("node".into(), json!(n));
+        }
         canonical(fields)
     }
 
@@ -492,6 +498,9 @@ impl Writer {
         body.insert("seq".into(), json!(self.seq));
         body.insert("prev".into(), json!(self.prev));
         body.insert("time".into(), json!(now_text()));
+        if let Some(n) = &self.config.node {
+            body.insert("node".into(), json!(n));
+        }
         let digest: [u8; 32] = Sha256::digest(canonical(&body).as_bytes()).into();
         let sig = signer(&digest).map_err(AuditError::Signing)?;
         body.insert("sig".into(), json!(hex::encode(sig)));
@@ -973,6 +982,7 @@ mod tests {
             checkpoint_every: 1000,
             max_file_bytes: 1 << 30,
             forward: None,
+            node: None,
         })
         .unwrap()
     }

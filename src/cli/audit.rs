@@ -18,8 +18,10 @@ pub enum AuditCommand {
         /// Log files, oldest first (default: every file in --dir).
         files: Vec<PathBuf>,
         /// The audit directory (default: the directory of the first file).
+        /// Repeat it for the logs of several cluster nodes: each node's
+        /// chain is verified on its own, and all must hold.
         #[arg(long)]
-        dir: Option<PathBuf>,
+        dir: Vec<PathBuf>,
         /// The public key (default: DIR/audit-signing.pub).
         #[arg(long)]
         public_key: Option<PathBuf>,
@@ -29,9 +31,10 @@ pub enum AuditCommand {
     },
     /// The entries that match every filter given (all of them without one).
     Query {
-        /// The audit directory.
-        #[arg(long)]
-        dir: PathBuf,
+        /// The audit directory. Repeat it for several cluster nodes' logs:
+        /// their entries are merged by time.
+        #[arg(long, required = true)]
+        dir: Vec<PathBuf>,
         #[command(flatten)]
         filters: Filters,
     },
@@ -263,10 +266,11 @@ fn print_entry(output: Output, v: &Value) {
             .map(|u| u.to_string())
             .unwrap_or_default(),
         v["code"].as_str().or(v["outcome"].as_str()).unwrap_or(""),
-        if v["break_glass"] == true {
-            "  BREAK-GLASS"
-        } else {
-            ""
+        match (v["break_glass"] == true, v["node"].as_str()) {
+            (true, Some(n)) => format!("  BREAK-GLASS  node {n}"),
+            (true, None) => "  BREAK-GLASS".to_string(),
+            (false, Some(n)) => format!("  node {n}"),
+            (false, None) => String::new(),
         },
     );
 }
@@ -414,7 +418,13 @@ pub async fn run(output: Output, cmd: AuditCommand, socket: &Path) -> anyhow::Re
             public_key,
             allow_unsigned_tail,
         } => {
-            let dir = match (&dir, files.first()) {
+            if dir.len() > 1 {
+                if !files.is_empty() {
+                    bail!("several --dir: the files are found in each directory; give no file names");
+                }
+                return verify_nodes(output, &dir, public_key.as_deref(), allow_unsigned_tail);
+            }
+            let dir = match (dir.first(), files.first()) {
                 (Some(d), _) => d.clone(),
                 (None, Some(f)) => f.parent().map(Path::to_path_buf).unwrap_or_default(),
                 (None, None) => bail!("give log files or --dir"),
@@ -466,11 +476,23 @@ pub async fn run(output: Output, cmd: AuditCommand, socket: &Path) -> anyhow::Re
         AuditCommand::Query { dir, filters } => {
             let filter = Filter::new(filters, socket).await?;
             let mut rows = Vec::new();
-            LogReader::history(&dir, |v| {
-                if filter.matches(&v) {
-                    rows.push(v);
-                }
-            })?;
+            for d in &dir {
+                LogReader::history(d, |v| {
+                    if filter.matches(&v) {
+                        rows.push(v);
+                    }
+                })?;
+            }
+            if dir.len() > 1 {
+                // Several nodes: one timeline (RFC 3339 UTC times sort as
+                // text; a node's own entries keep their order).
+                rows.sort_by(|a, b| {
+                    a["time"]
+                        .as_str()
+                        .unwrap_or("")
+                        .cmp(b["time"].as_str().unwrap_or(""))
+                });
+            }
             match output {
                 Output::Json => print_json(&json!({"entries": rows}))?,
                 Output::Text => {
@@ -594,5 +616,88 @@ mod tests {
         let line = json_line(&v);
         assert_eq!(line, r#"{"k":"a\u009bb\u202ec\u001b"}"#);
         assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), v);
+    }
+}
+
+/// `audit verify --dir A --dir B ...`: each node's log is its own chain
+/// (its own genesis, sequence numbers and checkpoints, signed by the shared
+/// HSM's key); each is verified, and each line must name one node.
+fn verify_nodes(
+    output: Output,
+    dirs: &[PathBuf],
+    public_key: Option<&Path>,
+    allow_unsigned_tail: bool,
+) -> anyhow::Result<()> {
+    let mut reports = Vec::new();
+    let mut broken = None;
+    let mut seen_nodes = std::collections::BTreeMap::new();
+    for d in dirs {
+        let files = log_files(d)?;
+        let key_path = public_key
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| d.join(PUBLIC_KEY_FILE));
+        let key = verify::load_public_key(&key_path).map_err(anyhow::Error::msg)?;
+        let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+        let mut nodes = std::collections::BTreeSet::new();
+        LogReader::history(d, |v| {
+            nodes.insert(v["node"].as_str().unwrap_or("").to_string());
+        })?;
+        let node = nodes.iter().next().cloned().unwrap_or_default();
+        if nodes.len() > 1 {
+            broken.get_or_insert(format!(
+                "{}: lines of several nodes in one log ({nodes:?})",
+                d.display()
+            ));
+        }
+        if let Some(other) = seen_nodes.insert(node.clone(), d.clone()) {
+            broken.get_or_insert(format!(
+                "{} and {}: both logs are node {node:?}",
+                other.display(),
+                d.display()
+            ));
+        }
+        match verify::verify_files(&refs, &key, allow_unsigned_tail) {
+            Ok(r) => reports.push(json!({
+                "dir": d, "node": node, "ok": true, "entries": r.entries,
+                "checkpoints": r.checkpoints, "first_seq": r.first_seq, "last_seq": r.last_seq,
+                "unsigned_tail": r.unsigned_tail,
+            })),
+            Err(b) => {
+                broken.get_or_insert(format!(
+                    "{} (node {node:?}): BROKEN at seq {}: {}",
+                    d.display(),
+                    b.seq,
+                    b.what
+                ));
+                reports.push(json!({"dir": d, "node": node, "ok": false, "seq": b.seq, "problem": b.what}));
+            }
+        }
+    }
+    match output {
+        Output::Json => print_json(&json!({"ok": broken.is_none(), "nodes": reports}))?,
+        Output::Text => {
+            for r in &reports {
+                if r["ok"] == json!(true) {
+                    out!(
+                        "OK: node {} ({}): {} entries (seq {}..{}), {} signed checkpoints{}",
+                        r["node"].as_str().unwrap_or(""),
+                        r["dir"].as_str().unwrap_or(""),
+                        r["entries"],
+                        r["first_seq"],
+                        r["last_seq"],
+                        r["checkpoints"],
+                        if r["unsigned_tail"].as_u64().unwrap_or(0) > 0 {
+                            format!("; the last {} entries not yet covered by a checkpoint", r["unsigned_tail"])
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+            }
+        }
+    }
+    match broken {
+        Some(b) => bail!("audit logs: {b}"),
+        None => Ok(()),
     }
 }
