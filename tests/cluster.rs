@@ -466,3 +466,70 @@ async fn a_lost_database_or_a_frozen_node_stops_serving_and_service_comes_back()
     let mut c2 = nodes[1].client().await;
     decrypt(&mut c2, &g.ciphertext_blob, &[]).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_destruction_survives_the_leader_and_is_done_once() {
+    let pg = Postgres::start();
+    let mut nodes = cluster(
+        &pg,
+        &["--destroy-min-delay", "2s", "--destroy-approvals", "1", "--tick", "1s"],
+    )
+    .await;
+    let mut c1 = nodes[0].client().await;
+    create_key(&mut c1, "k").await;
+    let g = generate(&mut c1, "k", &[]).await;
+    // The leader runs scheduled work; find it.
+    let leader = (0..3)
+        .find(|&i| nodes[i].log().contains("this node is the cluster's leader"))
+        .expect("a leader");
+    let mut cl = nodes[leader].client().await;
+    cl.keys
+        .schedule_destroy(proto::ScheduleDestroyRequest {
+            name: "k".into(),
+            after_secs: 2,
+        })
+        .await
+        .unwrap();
+    // The leader dies before the destruction is due.
+    let pid = nix::unistd::Pid::from_raw(nodes[leader].serve_pid().unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let mut c = nodes[others[0]].client().await;
+    wait_key(&mut c, "k", 20, "no other node took over the destruction", |k| {
+        k.state == "destroyed"
+    })
+    .await;
+    for &i in &others {
+        let mut c = nodes[i].client().await;
+        assert_eq!(describe(&mut c, "k").await.state, "destroyed");
+        assert_status(
+            decrypt(&mut c, &g.ciphertext_blob, &[]).await,
+            Code::FailedPrecondition,
+            "destroyed",
+        );
+    }
+    // The token objects are gone, and the destruction was recorded once,
+    // by the node that took over.
+    let out = nodes[others[0]].pkcs11_tool(&["--list-objects", "--type", "secrkey"]);
+    let labels = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !labels.contains("keywarden:k/"), "{labels}");
+    let mut args = vec!["--output", "json", "audit", "query", "--op", "destroyed"];
+    let dirs: Vec<String> = nodes
+        .iter()
+        .map(|d| d.audit_dir().display().to_string())
+        .collect();
+    for d in &dirs {
+        args.extend(["--dir", d.as_str()]);
+    }
+    let out = nodes[others[0]].cli(&args, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let done = v["entries"].as_array().unwrap();
+    assert_eq!(done.len(), 1, "destroyed {} times: {done:?}", done.len());
+    assert_ne!(done[0]["node"], format!("n{}", leader + 1));
+    // The old leader, restarted and unsealed, finds the key destroyed.
+    nodes[leader].restart().await;
+    wait_serving(&nodes[leader]).await;
+    let mut c = nodes[leader].client().await;
+    assert_eq!(describe(&mut c, "k").await.state, "destroyed");
+}
