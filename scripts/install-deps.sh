@@ -16,8 +16,11 @@ set -euo pipefail
 # debootstrap and systemd-container to boot the packaged unit under systemd
 # as PID 1 in a container (scripts/systemd-test.sh).
 pkgs=(softhsm2 opensc build-essential pkg-config ca-certificates age jq systemd dpkg-dev)
+# --cluster adds PostgreSQL alone, for scripts/cluster-demo.sh.
 if [ "${1:-}" = "--test" ]; then
   pkgs+=(libclang-dev libssl-dev python3 python3-venv postgresql prometheus rsyslog debootstrap systemd-container)
+elif [ "${1:-}" = "--cluster" ]; then
+  pkgs+=(postgresql)
 fi
 need=()
 for pkg in "${pkgs[@]}"; do

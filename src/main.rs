@@ -239,6 +239,10 @@ enum Command {
         #[arg(long)]
         warmup: f64,
     },
+    /// A throwaway PostgreSQL server for a dev cluster (scripts/cluster-demo.sh):
+    /// prints its registry URL and runs until SIGTERM or SIGINT.
+    #[command(hide = true)]
+    DevPostgres,
     /// Initialise a dev token (used by `keywarden dev`).
     #[command(hide = true)]
     DevInitToken {
@@ -424,6 +428,19 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
                 keep,
             })
             .await
+        }
+        Command::DevPostgres => {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            let pg = tokio::task::spawn_blocking(keywarden::devpg::Postgres::start).await??;
+            println!("Registry URL: {}", pg.url());
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tokio::task::spawn_blocking(move || drop(pg)).await?;
+            Ok(())
         }
         Command::DevInitToken {
             module,

@@ -265,7 +265,11 @@ async fn three_nodes_share_keys_and_no_node_serves_a_key_after_its_revocation_re
     }
     let out = nodes[0].cli(&args, None);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for n in ["n1", "n2", "n3"] {
         assert!(text.contains(&format!("OK: node {n} ")), "{text}");
     }
@@ -274,19 +278,35 @@ async fn three_nodes_share_keys_and_no_node_serves_a_key_after_its_revocation_re
         args.extend(["--dir", d.as_str()]);
     }
     let out = nodes[0].cli(&args, None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let entries = v["entries"].as_array().unwrap();
-    let times: Vec<&str> = entries.iter().map(|e| e["time"].as_str().unwrap()).collect();
+    let times: Vec<&str> = entries
+        .iter()
+        .map(|e| e["time"].as_str().unwrap())
+        .collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "not merged by time");
     let on = |node: &str, op: &str| {
         entries
             .iter()
             .any(|e| e["node"] == node && e["op"] == op && e["code"] == "OK")
     };
-    assert!(on("n1", "DisableKey") && on("n1", "CreateKey"), "{entries:?}");
-    assert!(on("n2", "GenerateDataKey") && on("n3", "Decrypt"), "{entries:?}");
-    assert!(entries.iter().all(|e| e["node"].is_string()), "a line without its node");
+    assert!(
+        on("n1", "DisableKey") && on("n1", "CreateKey"),
+        "{entries:?}"
+    );
+    assert!(
+        on("n2", "GenerateDataKey") && on("n3", "Decrypt"),
+        "{entries:?}"
+    );
+    assert!(
+        entries.iter().all(|e| e["node"].is_string()),
+        "a line without its node"
+    );
 }
 
 async fn gdk(c: &mut Client, key: &str) -> Result<(), tonic::Status> {
@@ -472,7 +492,14 @@ async fn a_scheduled_destruction_survives_the_leader_and_is_done_once() {
     let pg = Postgres::start();
     let mut nodes = cluster(
         &pg,
-        &["--destroy-min-delay", "2s", "--destroy-approvals", "1", "--tick", "1s"],
+        &[
+            "--destroy-min-delay",
+            "2s",
+            "--destroy-approvals",
+            "1",
+            "--tick",
+            "1s",
+        ],
     )
     .await;
     let mut c1 = nodes[0].client().await;
@@ -495,9 +522,13 @@ async fn a_scheduled_destruction_survives_the_leader_and_is_done_once() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
     let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let mut c = nodes[others[0]].client().await;
-    wait_key(&mut c, "k", 20, "no other node took over the destruction", |k| {
-        k.state == "destroyed"
-    })
+    wait_key(
+        &mut c,
+        "k",
+        20,
+        "no other node took over the destruction",
+        |k| k.state == "destroyed",
+    )
     .await;
     for &i in &others {
         let mut c = nodes[i].client().await;
@@ -512,7 +543,10 @@ async fn a_scheduled_destruction_survives_the_leader_and_is_done_once() {
     // by the node that took over.
     let out = nodes[others[0]].pkcs11_tool(&["--list-objects", "--type", "secrkey"]);
     let labels = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && !labels.contains("keywarden:k/"), "{labels}");
+    assert!(
+        out.status.success() && !labels.contains("keywarden:k/"),
+        "{labels}"
+    );
     let mut args = vec!["--output", "json", "audit", "query", "--op", "destroyed"];
     let dirs: Vec<String> = nodes
         .iter()
@@ -522,7 +556,11 @@ async fn a_scheduled_destruction_survives_the_leader_and_is_done_once() {
         args.extend(["--dir", d.as_str()]);
     }
     let out = nodes[others[0]].cli(&args, None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let done = v["entries"].as_array().unwrap();
     assert_eq!(done.len(), 1, "destroyed {} times: {done:?}", done.len());

@@ -420,7 +420,9 @@ pub async fn run(output: Output, cmd: AuditCommand, socket: &Path) -> anyhow::Re
         } => {
             if dir.len() > 1 {
                 if !files.is_empty() {
-                    bail!("several --dir: the files are found in each directory; give no file names");
+                    bail!(
+                        "several --dir: the files are found in each directory; give no file names"
+                    );
                 }
                 return verify_nodes(output, &dir, public_key.as_deref(), allow_unsigned_tail);
             }
@@ -669,7 +671,9 @@ fn verify_nodes(
                     b.seq,
                     b.what
                 ));
-                reports.push(json!({"dir": d, "node": node, "ok": false, "seq": b.seq, "problem": b.what}));
+                reports.push(
+                    json!({"dir": d, "node": node, "ok": false, "seq": b.seq, "problem": b.what}),
+                );
             }
         }
     }
@@ -687,7 +691,10 @@ fn verify_nodes(
                         r["last_seq"],
                         r["checkpoints"],
                         if r["unsigned_tail"].as_u64().unwrap_or(0) > 0 {
-                            format!("; the last {} entries not yet covered by a checkpoint", r["unsigned_tail"])
+                            format!(
+                                "; the last {} entries not yet covered by a checkpoint",
+                                r["unsigned_tail"]
+                            )
                         } else {
                             String::new()
                         }
