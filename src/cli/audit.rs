@@ -542,85 +542,6 @@ pub async fn run(output: Output, cmd: AuditCommand, socket: &Path) -> anyhow::Re
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn append(p: &Path, text: &str) {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .unwrap();
-        f.write_all(text.as_bytes()).unwrap();
-    }
-
-    fn seq(v: &Value) -> u64 {
-        v["seq"].as_u64().unwrap()
-    }
-
-    #[test]
-    fn follow_reads_every_line_once_across_rotations_and_partial_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let live = dir.path().join("audit.log");
-        append(
-            &dir.path().join("audit-000000000001.log"),
-            "{\"seq\":0}\n{\"seq\":1}\n",
-        );
-        append(&live, "{\"seq\":2}\n{\"seq\":3");
-        let mut seen = Vec::new();
-        let reader = LogReader::history(dir.path(), |v| seen.push(seq(&v))).unwrap();
-        // The partial line waits for its newline.
-        assert_eq!(seen, [0, 1, 2]);
-
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = reader.follow(|v| {
-                let _ = tx.send(seq(&v));
-            });
-        });
-        append(&live, "}\n{\"seq\":4}\n");
-        // A rotation right after a write: the old file's last lines and
-        // the new file's first come in order, once each.
-        append(&live, "{\"seq\":5}\n");
-        std::fs::rename(&live, dir.path().join("audit-000000000005.log")).unwrap();
-        append(&live, "{\"seq\":6}\n");
-        // A multi-byte character split across two writes.
-        append(&live, "{\"seq\":7,\"k\":\"\u{e9}");
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        append(&live, "\"}\n");
-        let got: Vec<u64> = (0..5)
-            .map(|_| rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap())
-            .collect();
-        assert_eq!(got, [3, 4, 5, 6, 7]);
-        assert!(rx
-            .recv_timeout(std::time::Duration::from_millis(600))
-            .is_err());
-    }
-
-    #[test]
-    fn history_skips_a_rotated_file_that_is_the_live_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let live = dir.path().join("audit.log");
-        append(&live, "{\"seq\":0}\n");
-        // The same file under a rotated name too (a rotation racing the
-        // listing): its lines are read once.
-        std::fs::hard_link(&live, dir.path().join("audit-000000000000.log")).unwrap();
-        let mut seen = Vec::new();
-        LogReader::history(dir.path(), |v| seen.push(seq(&v))).unwrap();
-        assert_eq!(seen, [0]);
-    }
-
-    #[test]
-    fn json_lines_escape_what_a_terminal_would_act_on() {
-        let v = json!({"k": "a\u{9b}b\u{202e}c\u{1b}"});
-        let line = json_line(&v);
-        assert_eq!(line, r#"{"k":"a\u009bb\u202ec\u001b"}"#);
-        assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), v);
-    }
-}
-
 /// `audit verify --dir A --dir B ...`: each node's log is its own chain
 /// (its own genesis, sequence numbers and checkpoints, signed by the shared
 /// HSM's key); each is verified, and each line must name one node.
@@ -706,5 +627,84 @@ fn verify_nodes(
     match broken {
         Some(b) => bail!("audit logs: {b}"),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn append(p: &Path, text: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn seq(v: &Value) -> u64 {
+        v["seq"].as_u64().unwrap()
+    }
+
+    #[test]
+    fn follow_reads_every_line_once_across_rotations_and_partial_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("audit.log");
+        append(
+            &dir.path().join("audit-000000000001.log"),
+            "{\"seq\":0}\n{\"seq\":1}\n",
+        );
+        append(&live, "{\"seq\":2}\n{\"seq\":3");
+        let mut seen = Vec::new();
+        let reader = LogReader::history(dir.path(), |v| seen.push(seq(&v))).unwrap();
+        // The partial line waits for its newline.
+        assert_eq!(seen, [0, 1, 2]);
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = reader.follow(|v| {
+                let _ = tx.send(seq(&v));
+            });
+        });
+        append(&live, "}\n{\"seq\":4}\n");
+        // A rotation right after a write: the old file's last lines and
+        // the new file's first come in order, once each.
+        append(&live, "{\"seq\":5}\n");
+        std::fs::rename(&live, dir.path().join("audit-000000000005.log")).unwrap();
+        append(&live, "{\"seq\":6}\n");
+        // A multi-byte character split across two writes.
+        append(&live, "{\"seq\":7,\"k\":\"\u{e9}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        append(&live, "\"}\n");
+        let got: Vec<u64> = (0..5)
+            .map(|_| rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap())
+            .collect();
+        assert_eq!(got, [3, 4, 5, 6, 7]);
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(600))
+            .is_err());
+    }
+
+    #[test]
+    fn history_skips_a_rotated_file_that_is_the_live_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("audit.log");
+        append(&live, "{\"seq\":0}\n");
+        // The same file under a rotated name too (a rotation racing the
+        // listing): its lines are read once.
+        std::fs::hard_link(&live, dir.path().join("audit-000000000000.log")).unwrap();
+        let mut seen = Vec::new();
+        LogReader::history(dir.path(), |v| seen.push(seq(&v))).unwrap();
+        assert_eq!(seen, [0]);
+    }
+
+    #[test]
+    fn json_lines_escape_what_a_terminal_would_act_on() {
+        let v = json!({"k": "a\u{9b}b\u{202e}c\u{1b}"});
+        let line = json_line(&v);
+        assert_eq!(line, r#"{"k":"a\u009bb\u202ec\u001b"}"#);
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), v);
     }
 }

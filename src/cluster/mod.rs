@@ -31,7 +31,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use tracing::{info, warn};
 
 use crate::config::ClusterConfig;
-use crate::core::registry::postgres::{pg_err, CHANGES_CHANNEL};
+use crate::core::registry::postgres::{close_off_runtime, pg_err, CHANGES_CHANNEL};
 use crate::core::{Keywarden, Membership, SyncState};
 
 /// The advisory lock the leader holds.
@@ -50,6 +50,17 @@ pub struct Node {
     /// The connection the writer's wait queries on.
     control: Mutex<Option<postgres::Client>>,
     stop: AtomicBool,
+    /// This process's random id: a second daemon configured with the same
+    /// `node_id` is refused a lease instead of sharing this one's row.
+    instance: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(c) = lock(&self.control).take() {
+            close_off_runtime(c);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -66,6 +77,20 @@ impl Node {
             why: Mutex::new("it has not yet joined the cluster (no lease)".into()),
             control: Mutex::new(None),
             stop: AtomicBool::new(false),
+            instance: {
+                let mut b = [0u8; 16];
+                // Without the OS generator, the pid and the start time
+                // still tell two processes apart.
+                if getrandom::fill(&mut b).is_err() {
+                    b[..4].copy_from_slice(&std::process::id().to_be_bytes());
+                    let t = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as u64)
+                        .unwrap_or_default();
+                    b[4..12].copy_from_slice(&t.to_be_bytes());
+                }
+                hex::encode(b)
+            },
         })
     }
 
@@ -121,7 +146,7 @@ impl Node {
         self.stop.store(true, Ordering::Release);
         self.not_serving("the daemon is stopping");
         if let Some(c) = lock(&self.control).take() {
-            let _ = c.close();
+            close_off_runtime(c);
         }
     }
 
@@ -141,6 +166,7 @@ impl Node {
             backoff = Duration::from_millis(100);
             if let Err(e) = client.batch_execute(&format!("LISTEN {CHANGES_CHANNEL}")) {
                 warn!(error = %e, "LISTEN failed");
+                std::thread::sleep(self.renew_every());
                 continue;
             }
             info!(node = %self.cfg.node_id, "connected to the cluster's registry");
@@ -150,8 +176,10 @@ impl Node {
             self.leader.store(false, Ordering::Release);
             match outcome {
                 Session::Stopped => {
-                    let _ = client
-                        .execute("DELETE FROM nodes WHERE node_id = $1", &[&self.cfg.node_id]);
+                    let _ = client.execute(
+                        "DELETE FROM nodes WHERE node_id = $1 AND instance = $2",
+                        &[&self.cfg.node_id, &self.instance],
+                    );
                     return;
                 }
                 Session::Lost(why) => {
@@ -190,9 +218,10 @@ impl Node {
                     }
                     if !sealed_row_cleared {
                         // A sealed node serves nothing: no one waits for it.
-                        if let Err(e) = client
-                            .execute("DELETE FROM nodes WHERE node_id = $1", &[&self.cfg.node_id])
-                        {
+                        if let Err(e) = client.execute(
+                            "DELETE FROM nodes WHERE node_id = $1 AND instance = $2",
+                            &[&self.cfg.node_id, &self.instance],
+                        ) {
                             return Session::Lost(e.to_string());
                         }
                         sealed_row_cleared = true;
@@ -210,6 +239,13 @@ impl Node {
                 }
             };
             drop(core);
+            if !self.has_lease() && self.leader.swap(false, Ordering::AcqRel) {
+                // A leader that cannot serve lets another node lead.
+                if let Err(e) = client.execute("SELECT pg_advisory_unlock($1)", &[&LEADER_LOCK]) {
+                    return Session::Lost(e.to_string());
+                }
+                info!(node = %self.cfg.node_id, "no longer the leader (no current lease)");
+            }
             // Wait for a change or the next round.
             let mut n = client.notifications();
             let woke = n.timeout_iter(wait).next().map(|_| ());
@@ -237,18 +273,49 @@ impl Node {
             .unwrap_or_default();
         let pid = std::process::id() as i32;
         let sent = Instant::now();
+        // FOR SHARE: the renewal queues behind a writer's FOR UPDATE and
+        // then reads the generation it committed, so a renewal in flight
+        // during a commit either sees the new generation (and is refused)
+        // or commits before the writer looks at the leases.
         let n = client
             .execute(
-                "INSERT INTO nodes (node_id, lease_until, applied_gen, host, pid)
-                 SELECT $1, now() + make_interval(secs => $2), $3, $4, $5
-                  WHERE $3 >= (SELECT v::bigint FROM meta WHERE k = 'generation')
+                "INSERT INTO nodes (node_id, lease_until, applied_gen, host, pid, instance)
+                 SELECT $1, now() + make_interval(secs => $2), $3, $4, $5, $6
+                  WHERE $3 >= (SELECT v::bigint FROM meta WHERE k = 'generation' FOR SHARE)
                  ON CONFLICT (node_id) DO UPDATE
                    SET lease_until = excluded.lease_until, applied_gen = excluded.applied_gen,
-                       host = excluded.host, pid = excluded.pid",
-                &[&self.cfg.node_id, &secs, &gen_i, &host, &pid],
+                       host = excluded.host, pid = excluded.pid, instance = excluded.instance
+                   WHERE nodes.instance = excluded.instance OR nodes.lease_until < now()",
+                &[
+                    &self.cfg.node_id,
+                    &secs,
+                    &gen_i,
+                    &host,
+                    &pid,
+                    &self.instance,
+                ],
             )
             .map_err(pg_err)?;
         if n != 1 {
+            let twin = client
+                .query_opt(
+                    "SELECT host, pid FROM nodes
+                      WHERE node_id = $1 AND instance <> $2 AND lease_until > now()",
+                    &[&self.cfg.node_id, &self.instance],
+                )
+                .map_err(pg_err)?;
+            if let Some(r) = twin {
+                let (h, p): (String, i32) = (
+                    r.try_get(0).unwrap_or_default(),
+                    r.try_get(1).unwrap_or_default(),
+                );
+                let why = format!(
+                    "another daemon (pid {p} on {h:?}) is live as node {:?}: give each node its own registry.node_id",
+                    self.cfg.node_id
+                );
+                warn!(node = %self.cfg.node_id, "{why}");
+                *lock(&self.why) = why;
+            }
             return Ok(false);
         }
         let until = sent + self.lease() - self.margin();
@@ -258,7 +325,8 @@ impl Node {
             let got: bool = client
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
                 .map_err(pg_err)?
-                .get(0);
+                .try_get(0)
+                .unwrap_or(false);
             if got {
                 info!(node = %self.cfg.node_id, "this node is the cluster's leader (scheduled work runs here)");
                 self.leader.store(true, Ordering::Release);
@@ -280,11 +348,12 @@ impl Node {
         let behind: i64 = client
             .query_one(
                 "SELECT count(*) FROM nodes
-                  WHERE node_id <> $1 AND lease_until > now() AND applied_gen < $2",
-                &[&self.cfg.node_id, &gen_i],
+                  WHERE instance <> $1 AND lease_until > now() AND applied_gen < $2",
+                &[&self.instance, &gen_i],
             )
             .map_err(pg_err)?
-            .get(0);
+            .try_get(0)
+            .unwrap_or(i64::MAX);
         Ok(behind == 0)
     }
 }

@@ -137,8 +137,12 @@ impl Keywarden {
             holds: vec![],
             requests: vec![],
         };
-        let stored = match self.store_new(record) {
+        let (stored, confirm) = match self.store_new(record) {
             Ok(r) => r,
+            // The commit may have landed: the object stays (with its
+            // intent), as drift for an operator, never destroyed under a
+            // record that names it.
+            Err(e @ CoreError::RegistryUnavailable(_)) => return Err(e),
             Err(e) => {
                 if let Err(de) = self.hsm.destroy_cmk(&hsm_id) {
                     warn!(key = %name, id = %hsm_id, error = %de, "could not roll back the HSM object after a failed registry write; it shows as drift at the next unseal");
@@ -150,6 +154,8 @@ impl Keywarden {
         if let Err(e) = self.hsm.activate(&hsm_id) {
             warn!(key = %name, error = %e, "no session copy for the new CMK; the token object is used");
         }
+        drop(_w);
+        self.confirm(confirm);
         info!(key = %name, key_id = %stored.id_text(), "created CMK");
         Ok((*stored).clone())
     }
@@ -168,47 +174,61 @@ impl Keywarden {
         self.unsealed()?;
         validate::key_name("name", name)?;
         let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
-        self.catch_up()?;
-        let mut rec = (*self.record(name)?).clone();
-        not_destroyed(&rec)?;
-        let ok =
-            rec.state == KeyState::Active || (allow_suspended && rec.state == KeyState::Suspended);
-        if !ok {
-            return Err(CoreError::KeyUnusable {
-                name: rec.name.clone(),
-                state: rec.state.as_str().into(),
-                operation: "rotation",
-            });
-        }
-        let version = rec.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
-        let hsm_id = self.new_hsm_version(name, version, rec.kind)?;
-        for v in rec.versions.iter_mut() {
-            if v.state == VersionState::Active {
-                v.state = VersionState::Deactivated;
+        let mut tries = 0;
+        let (stored, confirm, version, hsm_id) = loop {
+            self.catch_up()?;
+            let mut rec = (*self.record(name)?).clone();
+            not_destroyed(&rec)?;
+            let ok = rec.state == KeyState::Active
+                || (allow_suspended && rec.state == KeyState::Suspended);
+            if !ok {
+                return Err(CoreError::KeyUnusable {
+                    name: rec.name.clone(),
+                    state: rec.state.as_str().into(),
+                    operation: "rotation",
+                });
             }
-        }
-        let t = self.now();
-        rec.versions.push(VersionRecord {
-            version,
-            hsm_id,
-            state: VersionState::Active,
-            created_at: t,
-            reserved: 0,
-        });
-        if let Some(p) = rec.rotation_period_secs {
-            rec.next_rotation_at = Some(t + p as i64);
-        }
-        let stored = match self.store(rec, false) {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = self.hsm.destroy_cmk(&hsm_id);
-                return Err(e);
+            let version = rec.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+            let hsm_id = self.new_hsm_version(name, version, rec.kind)?;
+            for v in rec.versions.iter_mut() {
+                if v.state == VersionState::Active {
+                    v.state = VersionState::Deactivated;
+                }
+            }
+            let t = self.now();
+            rec.versions.push(VersionRecord {
+                version,
+                hsm_id,
+                state: VersionState::Active,
+                created_at: t,
+                reserved: 0,
+            });
+            if let Some(p) = rec.rotation_period_secs {
+                rec.next_rotation_at = Some(t + p as i64);
+            }
+            match self.store(rec, false) {
+                Ok((stored, confirm)) => break (stored, confirm, version, hsm_id),
+                Err(e @ CoreError::RegistryUnavailable(_)) => return Err(e),
+                Err(CoreError::RegistryMoved { .. }) if tries < super::WRITE_TRIES => {
+                    // Another node changed the key (perhaps rotated it):
+                    // this version number may be taken. Undo, take the
+                    // change in, and rotate what is there now.
+                    tries += 1;
+                    let _ = self.hsm.destroy_cmk(&hsm_id);
+                    self.intent_done(&hsm_id);
+                }
+                Err(e) => {
+                    let _ = self.hsm.destroy_cmk(&hsm_id);
+                    return Err(e);
+                }
             }
         };
         self.intent_done(&hsm_id);
         if let Err(e) = self.hsm.activate(&hsm_id) {
             warn!(key = %name, error = %e, "no session copy for the new version");
         }
+        drop(_w);
+        self.confirm(confirm);
         self.event(
             EventKind::Rotate,
             Outcome::Ok,
@@ -464,6 +484,7 @@ impl Keywarden {
         request_id: &str,
     ) -> CoreResult<(DestroyRequest, KeyRecord)> {
         let (kind, _) = self.update(name, |r| {
+            not_destroyed(r)?;
             if r.active_holds().next().is_some() {
                 return Err(CoreError::Held {
                     name: r.name.clone(),
@@ -556,6 +577,16 @@ impl Keywarden {
             // Never back to pending: another node may have finished.
             not_destroyed(r)?;
             if r.destruction_started_at.is_none() {
+                // On the record as it is now, not as the caller saw it: a
+                // destruction cancelled meanwhile (on this node or another)
+                // is not carried out.
+                let due = r.destroy_due_at.is_some_and(|d| d <= t0);
+                if r.state != KeyState::PendingDestruction || !due {
+                    return Err(CoreError::Conflict(format!(
+                        "key {:?}: no destruction is due (cancelled or not yet approved)",
+                        r.name
+                    )));
+                }
                 if r.active_holds().next().is_some() {
                     return Err(CoreError::Held {
                         name: r.name.clone(),
@@ -707,7 +738,13 @@ impl Keywarden {
                 KeyState::Active => {
                     let by_period = k.next_rotation_at.is_some_and(|n| n <= t);
                     let by_count = k.current().is_some_and(|v| {
-                        self.encryptions(&v.hsm_id) >= self.lifecycle.rotate_after_encryptions
+                        // In a cluster every node counts only its own
+                        // blocks: the record's reservations bound them all.
+                        let mut n = self.encryptions(&v.hsm_id);
+                        if self.membership.is_some() {
+                            n = n.max(v.reserved);
+                        }
+                        n >= self.lifecycle.rotate_after_encryptions
                     });
                     if by_period || by_count {
                         let reason = if by_period {

@@ -622,9 +622,17 @@ impl Keywarden {
     /// The audit log records the record first (the ledger line a restore
     /// replays, [`crate::backup`]): a change the log cannot hold is not
     /// made. The caller holds `writes`, so the generation is the next one.
-    pub(crate) fn store(&self, record: KeyRecord, is_new: bool) -> CoreResult<Arc<KeyRecord>> {
+    ///
+    /// Returns the record and, in a cluster, the generation the other
+    /// nodes must have applied before the caller answers: pass it to
+    /// [`confirm`](Self::confirm) once `writes` is released.
+    pub(crate) fn store(
+        &self,
+        record: KeyRecord,
+        is_new: bool,
+    ) -> CoreResult<(Arc<KeyRecord>, Option<u64>)> {
         let key = self.registry_key()?;
-        let next = self.registry.generation() + 1;
+        let next = self.registry.generation().saturating_add(1);
         let ledger_seq = match &self.audit {
             Some(a) => Some(
                 a.record_ledger(crate::backup::ledger::line(&record, next, &key)?)
@@ -666,19 +674,32 @@ impl Keywarden {
                 state: rec.state.as_str(),
             });
         }
-        if is_new || access_changed {
-            // And before it, no other node serves what this replaced (a
-            // new key is known everywhere when its create returns).
-            if let Some(m) = &self.membership {
-                m.wait_applied(gen);
-            }
+        // And before it, no other node serves what this replaced (a new
+        // key is known everywhere when its create returns).
+        let confirm = (is_new || access_changed) && self.membership.is_some();
+        Ok((rec, confirm.then_some(gen)))
+    }
+
+    /// Returns once no node of the cluster can still serve the state a
+    /// change replaced ([`Membership::wait_applied`]). Called without
+    /// `writes` held: the wait can last up to a lease, and this node's
+    /// data-key calls and its taking in of other changes go on meanwhile.
+    pub(crate) fn confirm(&self, gen: Option<u64>) {
+        if let (Some(g), Some(m)) = (gen, &self.membership) {
+            m.wait_applied(g);
         }
-        Ok(rec)
     }
 
     /// The registry generation kept in the HSM follows the registry. It
     /// only moves up: another node may have written a later one.
     fn advance_counter(&self, gen: u64) {
+        // In a cluster another node may have committed a later generation
+        // meanwhile: write the database's, so that two nodes racing here
+        // leave the later one (the window left is documented in CLUSTER.md).
+        let gen = match &self.membership {
+            Some(_) => self.registry.generation_on_disk().unwrap_or(gen).max(gen),
+            None => gen,
+        };
         let behind = match self.hsm.read_counter(REGISTRY_COUNTER_LABEL) {
             Ok(c) => c.is_none_or(|c| c < gen),
             Err(_) => true,
@@ -692,9 +713,17 @@ impl Keywarden {
 
     /// Writes a new record, taking in other nodes' changes and trying
     /// again if one came first.
-    pub(crate) fn store_new(&self, record: KeyRecord) -> CoreResult<Arc<KeyRecord>> {
+    pub(crate) fn store_new(&self, record: KeyRecord) -> CoreResult<(Arc<KeyRecord>, Option<u64>)> {
         let mut tries = 0;
         loop {
+            // After taking other nodes' changes in, the registry may be
+            // found tampered with: nothing is written on top of it.
+            if let Some(g) = &self.table().global {
+                return Err(CoreError::RegistryTampered {
+                    key: None,
+                    what: g.clone(),
+                });
+            }
             match self.store(record.clone(), true) {
                 Err(CoreError::RegistryMoved { .. }) if tries < WRITE_TRIES => {
                     tries += 1;
@@ -715,7 +744,7 @@ impl Keywarden {
         name: &str,
         mut f: impl FnMut(&mut KeyRecord) -> CoreResult<T>,
     ) -> CoreResult<(T, Arc<KeyRecord>)> {
-        let _w = lock(&self.writes);
+        let w = lock(&self.writes);
         let mut tries = 0;
         loop {
             let mut rec = (*self.record(name)?).clone();
@@ -726,7 +755,11 @@ impl Keywarden {
                     self.refresh_locked()?;
                 }
                 Err(e) => return Err(e),
-                Ok(stored) => return Ok((out, stored)),
+                Ok((stored, confirm)) => {
+                    drop(w);
+                    self.confirm(confirm);
+                    return Ok((out, stored));
+                }
             }
         }
     }

@@ -554,3 +554,19 @@ fn a_change_that_lands_during_the_hsm_call_wins() {
     ));
     hsm.on_crypto(None);
 }
+
+#[test]
+fn a_destruction_that_is_not_due_on_the_record_as_it_is_now_is_not_carried_out() {
+    // A scheduler (or a leader of a cluster) that decided from an older
+    // view of the key: the destruction was cancelled meanwhile.
+    let r = rig();
+    r.core
+        .create_key("k", "", None, crate::hsm::KeyKind::Aes)
+        .unwrap();
+    assert!(matches!(
+        r.core.execute_destruction("k"),
+        Err(CoreError::Conflict(m)) if m.contains("no destruction is due")
+    ));
+    assert_eq!(state(&r.core, "k"), KeyState::Active);
+    generate(&r.core, "k").unwrap();
+}

@@ -156,7 +156,17 @@ pub struct Loaded {
 pub struct Registry {
     store: Mutex<Box<dyn RegistryStore>>,
     /// The manifest and generation as last verified or written.
-    state: Mutex<(Manifest, u64)>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    manifest: Manifest,
+    generation: u64,
+    /// The last load found the manifest itself wrong: nothing is written
+    /// on top of it (a write would authenticate what an attacker put
+    /// there).
+    unverified: Option<String>,
 }
 
 pub(crate) fn mac(key: &[u8; 32], parts: &[&[u8]]) -> String {
@@ -210,7 +220,7 @@ impl Registry {
     pub fn with_store(store: Box<dyn RegistryStore>) -> Self {
         Registry {
             store: Mutex::new(store),
-            state: Mutex::new((Manifest::default(), 0)),
+            state: Mutex::new(State::default()),
         }
     }
 
@@ -218,7 +228,7 @@ impl Registry {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn state(&self) -> MutexGuard<'_, (Manifest, u64)> {
+    fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -242,7 +252,11 @@ impl Registry {
     ) -> Result<Loaded, RegistryError> {
         let raw = self.store().load()?;
         let (out, manifest) = verify(key, hsm_generation, raw);
-        *self.state() = (manifest, out.generation);
+        *self.state() = State {
+            manifest,
+            generation: out.generation,
+            unverified: out.global.clone(),
+        };
         Ok(out)
     }
 
@@ -258,12 +272,19 @@ impl Registry {
     ) -> Result<u64, RegistryError> {
         let mut store = self.store();
         let mut state = self.state();
-        let prev = state.1;
-        let gen = prev + 1;
+        if let Some(why) = &state.unverified {
+            return Err(RegistryError::Corrupt(format!(
+                "no write on top of a registry that does not verify ({why})"
+            )));
+        }
+        let prev = state.generation;
+        let gen = prev
+            .checked_add(1)
+            .ok_or_else(|| RegistryError::Corrupt("the generation is at its maximum".into()))?;
         let json =
             serde_json::to_string(record).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
         let rmac = record_mac(key, gen, &json);
-        let mut manifest = state.0.clone();
+        let mut manifest = state.manifest.clone();
         manifest
             .keys
             .insert(hex::encode(record.id), (gen, rmac.clone()));
@@ -286,7 +307,8 @@ impl Registry {
             manifest: &mjson,
             manifest_mac: &mmac,
         })?;
-        *state = (manifest, gen);
+        state.manifest = manifest;
+        state.generation = gen;
         Ok(gen)
     }
 
@@ -336,7 +358,7 @@ impl Registry {
 
     /// The generation as last loaded or written by this process.
     pub fn generation(&self) -> u64 {
-        self.state().1
+        self.state().generation
     }
 
     /// Schema objects this code never makes (triggers, views, other
@@ -365,23 +387,28 @@ impl Registry {
     pub fn reseal(&self, key: &[u8; 32], generation: u64) -> Result<(), RegistryError> {
         let mut store = self.store();
         let mut state = self.state();
-        if generation <= state.1 {
+        if let Some(why) = &state.unverified {
             return Err(RegistryError::Corrupt(format!(
-                "reseal at generation {generation}, not above {}",
-                state.1
+                "no reseal of a registry that does not verify ({why})"
             )));
         }
-        let mjson =
-            serde_json::to_string(&state.0).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        if generation <= state.generation {
+            return Err(RegistryError::Corrupt(format!(
+                "reseal at generation {generation}, not above {}",
+                state.generation
+            )));
+        }
+        let mjson = serde_json::to_string(&state.manifest)
+            .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
         let mmac = manifest_mac(key, generation, &mjson);
         store.commit(&Commit {
-            prev_gen: state.1,
+            prev_gen: state.generation,
             gen: generation,
             row: None,
             manifest: &mjson,
             manifest_mac: &mmac,
         })?;
-        state.1 = generation;
+        state.generation = generation;
         Ok(())
     }
 }

@@ -49,6 +49,7 @@ const MIGRATIONS: &[(i32, &str)] = &[(
          applied_gen bigint NOT NULL,
          host text NOT NULL,
          pid integer NOT NULL,
+         instance text NOT NULL,
          joined_at timestamptz NOT NULL DEFAULT now()
      );",
 )];
@@ -92,9 +93,15 @@ impl PgTarget {
         if let Some(p) = password {
             config.password(p.as_bytes());
         }
+        // A stalled server or a cut network must end in an error, not hang
+        // a writer (which holds the registry's lock) or the node's thread.
         config
             .connect_timeout(Duration::from_secs(5))
-            .keepalives_idle(Duration::from_secs(5));
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(1))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(10))
+            .options("-c statement_timeout=10000 -c lock_timeout=10000 -c idle_in_transaction_session_timeout=30000");
         if config.get_application_name().is_none() {
             config.application_name("keywarden");
         }
@@ -122,7 +129,17 @@ pub fn pg_err(e: postgres::Error) -> RegistryError {
             | SqlState::CRASH_SHUTDOWN
             | SqlState::CANNOT_CONNECT_NOW
             | SqlState::CONNECTION_FAILURE
-            | SqlState::CONNECTION_EXCEPTION => RegistryError::Unreachable(db.message().into()),
+            | SqlState::CONNECTION_EXCEPTION
+            | SqlState::TOO_MANY_CONNECTIONS
+            | SqlState::T_R_SERIALIZATION_FAILURE
+            | SqlState::T_R_DEADLOCK_DETECTED
+            | SqlState::READ_ONLY_SQL_TRANSACTION
+            | SqlState::QUERY_CANCELED
+            | SqlState::LOCK_NOT_AVAILABLE
+            | SqlState::INVALID_PASSWORD
+            | SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+                RegistryError::Unreachable(format!("{}: {}", db.code().code(), db.message()))
+            }
             _ => RegistryError::Postgres(format!("{}: {}", db.code().code(), db.message())),
         },
         None => RegistryError::Unreachable(e.to_string()),
@@ -132,6 +149,25 @@ pub fn pg_err(e: postgres::Error) -> RegistryError {
 pub struct PgStore {
     target: PgTarget,
     client: Option<Client>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // A client dropped on an async runtime's thread panics (it runs a
+        // runtime of its own): let a plain thread close it.
+        if let Some(c) = self.client.take() {
+            close_off_runtime(c);
+        }
+    }
+}
+
+/// Closes a database client on a thread of its own (safe from anywhere).
+pub fn close_off_runtime(c: Client) {
+    let _ = std::thread::Builder::new()
+        .name("kw-pg-close".into())
+        .spawn(move || {
+            let _ = c.close();
+        });
 }
 
 impl PgStore {
@@ -183,13 +219,13 @@ pub fn migrate(c: &mut Client) -> Result<(), RegistryError> {
          )",
     )
     .map_err(pg_err)?;
-    let done: i32 = tx
+    let row = tx
         .query_one(
             "SELECT coalesce(max(version), 0) FROM schema_migrations",
             &[],
         )
-        .map_err(pg_err)?
-        .get(0);
+        .map_err(pg_err)?;
+    let done: i32 = col(&row, 0)?;
     let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
     if done > known {
         return Err(RegistryError::Corrupt(format!(
@@ -204,10 +240,7 @@ pub fn migrate(c: &mut Client) -> Result<(), RegistryError> {
         )
         .map_err(pg_err)?;
     }
-    let v: Option<String> = tx
-        .query_opt("SELECT v FROM meta WHERE k = 'schema_version'", &[])
-        .map_err(pg_err)?
-        .map(|r| r.get(0));
+    let v = meta(&mut tx, "schema_version")?;
     if v.as_deref() != Some(SCHEMA_VERSION) {
         return Err(RegistryError::Corrupt(format!(
             "schema version {v:?} is not supported (this build knows {SCHEMA_VERSION})"
@@ -220,10 +253,24 @@ fn parse_gen(v: Option<String>) -> u64 {
     v.and_then(|g| g.parse().ok()).unwrap_or(0)
 }
 
+/// A column of a row; a type the schema does not give it (an altered
+/// table) is corruption, not a panic.
+fn col<'a, T: postgres::types::FromSql<'a>>(
+    r: &'a postgres::Row,
+    i: usize,
+) -> Result<T, RegistryError> {
+    r.try_get(i)
+        .map_err(|e| RegistryError::Corrupt(format!("the database's schema was altered: {e}")))
+}
+
 fn meta(c: &mut impl postgres::GenericClient, k: &str) -> Result<Option<String>, RegistryError> {
-    Ok(c.query_opt("SELECT v FROM meta WHERE k = $1", &[&k])
+    match c
+        .query_opt("SELECT v FROM meta WHERE k = $1", &[&k])
         .map_err(pg_err)?
-        .map(|r| r.get(0)))
+    {
+        Some(r) => Ok(Some(col(&r, 0)?)),
+        None => Ok(None),
+    }
 }
 
 fn set_meta(c: &mut impl postgres::GenericClient, k: &str, v: &str) -> Result<(), RegistryError> {
@@ -236,18 +283,20 @@ fn set_meta(c: &mut impl postgres::GenericClient, k: &str, v: &str) -> Result<()
 }
 
 fn intents(c: &mut impl postgres::GenericClient) -> Result<Vec<RawIntent>, RegistryError> {
-    Ok(c.query(
+    c.query(
         "SELECT hsm_id, label, mac FROM intents ORDER BY hsm_id",
         &[],
     )
     .map_err(pg_err)?
     .into_iter()
-    .map(|r| RawIntent {
-        hsm_id: r.get(0),
-        label: r.get(1),
-        mac: r.get(2),
+    .map(|r| {
+        Ok(RawIntent {
+            hsm_id: col(&r, 0)?,
+            label: col(&r, 1)?,
+            mac: col(&r, 2)?,
+        })
     })
-    .collect())
+    .collect::<Result<_, RegistryError>>()
 }
 
 fn as_i64(g: u64) -> Result<i64, RegistryError> {
@@ -284,14 +333,16 @@ impl RegistryStore for PgStore {
                 )
                 .map_err(pg_err)?
                 .into_iter()
-                .map(|r| RawRow {
-                    id: r.get(0),
-                    name: r.get(1),
-                    record: r.get(2),
-                    gen: r.get::<_, i64>(3) as u64,
-                    mac: r.get(4),
+                .map(|r| {
+                    Ok(RawRow {
+                        id: col(&r, 0)?,
+                        name: col(&r, 1)?,
+                        record: col(&r, 2)?,
+                        gen: col::<i64>(&r, 3)? as u64,
+                        mac: col(&r, 4)?,
+                    })
                 })
-                .collect();
+                .collect::<Result<_, RegistryError>>()?;
             let intents = intents(&mut tx)?;
             tx.commit().map_err(pg_err)?;
             Ok(RawState {
@@ -313,11 +364,13 @@ impl RegistryStore for PgStore {
             let mut tx = c.transaction().map_err(pg_err)?;
             // The generation row is the registry's one lock: writers from
             // every node queue on it, and each checks it built on the last.
-            let found = parse_gen(
-                tx.query_opt("SELECT v FROM meta WHERE k = 'generation' FOR UPDATE", &[])
-                    .map_err(pg_err)?
-                    .map(|r| r.get(0)),
-            );
+            let found = match tx
+                .query_opt("SELECT v FROM meta WHERE k = 'generation' FOR UPDATE", &[])
+                .map_err(pg_err)?
+            {
+                Some(r) => parse_gen(Some(col(&r, 0)?)),
+                None => 0,
+            };
             if found != cm.prev_gen {
                 return Err(RegistryError::Stale {
                     expected: cm.prev_gen,
@@ -418,7 +471,7 @@ impl RegistryStore for PgStore {
                 )
                 .map_err(pg_err)?
             {
-                let (what, table): (String, String) = (r.get(0), r.get(1));
+                let (what, table): (String, String) = (col(&r, 0)?, col(&r, 1)?);
                 if !own.contains(&table.as_str()) {
                     out.push(what);
                 }
