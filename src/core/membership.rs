@@ -119,7 +119,12 @@ impl Keywarden {
             .read_counter(REGISTRY_COUNTER_LABEL)
             .map_err(CoreError::from_hsm)?;
         let mut loaded = self.registry.load_verified(&key, None).map_err(reg_err)?;
-        if loaded.global.is_none() {
+        // A rollback (the database behind the HSM's counter) is refused
+        // here as at unseal. A counter not found is not: another node
+        // replaces the counter object as it writes it, and a token shared
+        // by several processes (SoftHSM) can briefly show none. The
+        // missing-counter check is made at each unseal.
+        if loaded.global.is_none() && hsm_gen.is_some() {
             if let Some(r) = witness::check(loaded.generation, hsm_gen, None) {
                 loaded.global = Some(r.to_string());
             }
