@@ -466,10 +466,11 @@ async fn a_lost_database_or_a_frozen_node_stops_serving_and_service_comes_back()
     let t0 = Instant::now();
     c1.keys.disable_key(name_req("k")).await.unwrap();
     let took = t0.elapsed();
-    // Node 3's last lease ends 2.5 to 3 s after it froze: the disable
-    // waited it out (it cannot know node 3 will not serve before then).
+    // Node 3's last lease ends 2.5 to 3 s after it froze (less if its
+    // renewals lagged on a busy machine): the disable waited for it; it
+    // cannot know node 3 will not serve before then.
     assert!(
-        took >= Duration::from_secs(2),
+        took >= Duration::from_secs(1),
         "returned before node 3's lease could end: {took:?}"
     );
     eprintln!("cluster: DisableKey with one node frozen returned after {took:?}");

@@ -205,8 +205,10 @@ impl Node {
                 Ok(SyncState::Current(gen)) => {
                     sealed_row_cleared = false;
                     match self.renew(client, gen) {
-                        Ok(true) => self.renew_every(),
-                        Ok(false) => Duration::from_millis(20),
+                        Ok(Renewal::Granted) => self.renew_every(),
+                        Ok(Renewal::Behind) => Duration::from_millis(20),
+                        // Not ours to take: look again at the renewal pace.
+                        Ok(Renewal::Twin) => self.renew_every(),
                         Err(e) => return Session::Lost(e.to_string()),
                     }
                 }
@@ -259,12 +261,11 @@ impl Node {
     }
 
     /// Renews the lease if the database agrees this node is current.
-    /// `Ok(false)`: it is not (a change came since), try again shortly.
     fn renew(
         &self,
         client: &mut postgres::Client,
         gen: u64,
-    ) -> Result<bool, crate::core::registry::RegistryError> {
+    ) -> Result<Renewal, crate::core::registry::RegistryError> {
         let gen_i = i64::try_from(gen).unwrap_or(i64::MAX);
         let secs = self.lease().as_secs_f64();
         let host = nix::unistd::gethostname()
@@ -315,8 +316,9 @@ impl Node {
                 );
                 warn!(node = %self.cfg.node_id, "{why}");
                 *lock(&self.why) = why;
+                return Ok(Renewal::Twin);
             }
-            return Ok(false);
+            return Ok(Renewal::Behind);
         }
         let until = sent + self.lease() - self.margin();
         self.deadline_ns
@@ -332,7 +334,7 @@ impl Node {
                 self.leader.store(true, Ordering::Release);
             }
         }
-        Ok(true)
+        Ok(Renewal::Granted)
     }
 
     /// Whether every other node with a current lease has applied `gen`.
@@ -356,6 +358,15 @@ impl Node {
             .unwrap_or(i64::MAX);
         Ok(behind == 0)
     }
+}
+
+/// What a renewal came to.
+enum Renewal {
+    Granted,
+    /// The database is past this node's generation: catch up first.
+    Behind,
+    /// Another live daemon holds this node id.
+    Twin,
 }
 
 enum Session {

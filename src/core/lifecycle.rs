@@ -214,11 +214,15 @@ impl Keywarden {
                     // this version number may be taken. Undo, take the
                     // change in, and rotate what is there now.
                     tries += 1;
-                    let _ = self.hsm.destroy_cmk(&hsm_id);
-                    self.intent_done(&hsm_id);
+                    // The intent stays if the object could not be destroyed.
+                    if self.hsm.destroy_cmk(&hsm_id).is_ok() {
+                        self.intent_done(&hsm_id);
+                    }
                 }
                 Err(e) => {
-                    let _ = self.hsm.destroy_cmk(&hsm_id);
+                    if self.hsm.destroy_cmk(&hsm_id).is_ok() {
+                        self.intent_done(&hsm_id);
+                    }
                     return Err(e);
                 }
             }
@@ -494,11 +498,22 @@ impl Keywarden {
             }
             let t = self.now();
             let prior = r.state;
+            let needed = self.lifecycle.destroy_approvals.max(1);
             let req = r
                 .requests
                 .iter_mut()
                 .find(|q| q.id == request_id)
                 .ok_or_else(|| CoreError::Internal("request vanished".into()))?;
+            // On the record as it is now: a request cancelled meanwhile (on
+            // this node or another, while the approval's write was being
+            // confirmed) is not revived.
+            if req.status != RequestStatus::Open || req.approvals.len() < needed {
+                return Err(CoreError::Conflict(format!(
+                    "request {request_id} is {:?} with {} of {needed} approvals: not carried out",
+                    req.status,
+                    req.approvals.len()
+                )));
+            }
             req.status = RequestStatus::Approved;
             req.approved_at = Some(t);
             req.prior_state = prior;
@@ -740,9 +755,10 @@ impl Keywarden {
                     let by_count = k.current().is_some_and(|v| {
                         // In a cluster every node counts only its own
                         // blocks: the record's reservations bound them all.
+                        // (Less one block: the newest may be unused yet.)
                         let mut n = self.encryptions(&v.hsm_id);
                         if self.membership.is_some() {
-                            n = n.max(v.reserved);
+                            n = n.max(v.reserved.saturating_sub(self.lifecycle.reserve_block));
                         }
                         n >= self.lifecycle.rotate_after_encryptions
                     });

@@ -113,12 +113,7 @@ impl Keywarden {
         if theirs == mine {
             return Ok(Some(mine));
         }
-        let key = self.registry_key()?;
-        let hsm_gen = self
-            .hsm
-            .read_counter(REGISTRY_COUNTER_LABEL)
-            .map_err(CoreError::from_hsm)?;
-        let mut loaded = self.registry.load_verified(&key, None).map_err(reg_err)?;
+        let (hsm_gen, mut loaded) = self.load_verified()?;
         // A rollback (the database behind the HSM's counter) is refused
         // here as at unseal. A counter not found is not: another node
         // replaces the counter object as it writes it, and a token shared

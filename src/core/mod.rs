@@ -427,15 +427,21 @@ impl Keywarden {
             .map_err(CoreError::Seal)
     }
 
-    /// Loads and verifies the registry into memory (at unseal), and checks
-    /// it against the witnesses of its generation ([`witness`]).
-    fn load_table(&self) -> CoreResult<()> {
+    /// The HSM's registry generation counter, then the registry, verified.
+    fn load_verified(&self) -> CoreResult<(Option<u64>, registry::Loaded)> {
         let key = self.registry_key()?;
         let hsm_gen = self
             .hsm
             .read_counter(REGISTRY_COUNTER_LABEL)
             .map_err(CoreError::from_hsm)?;
-        let mut loaded = self.registry.load_verified(&key, None).map_err(reg_err)?;
+        let loaded = self.registry.load_verified(&key, None).map_err(reg_err)?;
+        Ok((hsm_gen, loaded))
+    }
+
+    /// Loads and verifies the registry into memory (at unseal), and checks
+    /// it against the witnesses of its generation ([`witness`]).
+    fn load_table(&self) -> CoreResult<()> {
+        let (hsm_gen, mut loaded) = self.load_verified()?;
         let manifest_problem = loaded.global.is_some();
         let audited = self
             .audit
@@ -693,13 +699,10 @@ impl Keywarden {
     /// The registry generation kept in the HSM follows the registry. It
     /// only moves up: another node may have written a later one.
     fn advance_counter(&self, gen: u64) {
-        // In a cluster another node may have committed a later generation
-        // meanwhile: write the database's, so that two nodes racing here
-        // leave the later one (the window left is documented in CLUSTER.md).
-        let gen = match &self.membership {
-            Some(_) => self.registry.generation_on_disk().unwrap_or(gen).max(gen),
-            None => gen,
-        };
+        // Only a generation this node verified or wrote: the database's
+        // claim is not trusted (a writer of the database could push the
+        // counter past every real generation). Two nodes racing here can
+        // leave it one behind until the next write (CLUSTER.md).
         let behind = match self.hsm.read_counter(REGISTRY_COUNTER_LABEL) {
             Ok(c) => c.is_none_or(|c| c < gen),
             Err(_) => true,

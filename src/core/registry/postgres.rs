@@ -101,7 +101,15 @@ impl PgTarget {
             .keepalives_interval(Duration::from_secs(1))
             .keepalives_retries(3)
             .tcp_user_timeout(Duration::from_secs(10))
-            .options("-c statement_timeout=10000 -c lock_timeout=10000 -c idle_in_transaction_session_timeout=30000");
+            // The server's side too: a half-dead connection (a partitioned
+            // leader) releases its advisory lock in seconds, not hours, and
+            // a node frozen inside a transaction holds the registry's lock
+            // for at most 5 s.
+            .options(
+                "-c statement_timeout=10000 -c lock_timeout=10000 \
+                 -c idle_in_transaction_session_timeout=5000 \
+                 -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3",
+            );
         if config.get_application_name().is_none() {
             config.application_name("keywarden");
         }
@@ -137,7 +145,9 @@ pub fn pg_err(e: postgres::Error) -> RegistryError {
             | SqlState::QUERY_CANCELED
             | SqlState::LOCK_NOT_AVAILABLE
             | SqlState::INVALID_PASSWORD
-            | SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+            | SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            | SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
+            | SqlState::IDLE_SESSION_TIMEOUT => {
                 RegistryError::Unreachable(format!("{}: {}", db.code().code(), db.message()))
             }
             _ => RegistryError::Postgres(format!("{}: {}", db.code().code(), db.message())),

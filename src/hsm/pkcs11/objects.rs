@@ -75,10 +75,13 @@ pub(super) fn counter_objects(
         .map_err(ck)?;
     let mut out = Vec::with_capacity(found.len());
     for h in found {
-        for a in session
-            .get_attributes(h, &[AttributeType::Value])
-            .map_err(ck)?
-        {
+        let attrs = match session.get_attributes(h, &[AttributeType::Value]) {
+            // Destroyed since the search by another process on the same
+            // token (a cluster node replacing the counter): not a counter.
+            Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => continue,
+            other => other.map_err(ck)?,
+        };
+        for a in attrs {
             if let Attribute::Value(v) = a {
                 let arr: [u8; 8] = v.as_slice().try_into().map_err(|_| {
                     HsmError::Unexpected("counter object has the wrong size".into())
