@@ -85,6 +85,14 @@ async fn wait_serving(d: &Daemon) {
     }
 }
 
+/// `--dir D` for each node's audit directory, as CLI arguments.
+fn audit_dirs(nodes: &[Daemon]) -> Vec<String> {
+    nodes
+        .iter()
+        .flat_map(|d| ["--dir".to_string(), d.audit_dir().display().to_string()])
+        .collect()
+}
+
 /// A loop of Decrypt calls on one node; each call's start time and
 /// outcome are kept.
 type Calls = Arc<Mutex<Vec<(Instant, Result<(), Code>)>>>;
@@ -267,14 +275,9 @@ async fn three_nodes_share_keys_and_no_node_serves_a_key_after_its_revocation_re
 
     // Each node's own signed log, every line naming its node; verified
     // together, and queried as one timeline.
-    let dirs: Vec<String> = nodes
-        .iter()
-        .map(|d| d.audit_dir().display().to_string())
-        .collect();
+    let dirs = audit_dirs(&nodes);
     let mut args = vec!["audit", "verify", "--allow-unsigned-tail"];
-    for d in &dirs {
-        args.extend(["--dir", d.as_str()]);
-    }
+    args.extend(dirs.iter().map(String::as_str));
     let out = nodes[0].cli(&args, None);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -286,9 +289,7 @@ async fn three_nodes_share_keys_and_no_node_serves_a_key_after_its_revocation_re
         assert!(text.contains(&format!("OK: node {n} ")), "{text}");
     }
     let mut args = vec!["--output", "json", "audit", "query", "--key", "records"];
-    for d in &dirs {
-        args.extend(["--dir", d.as_str()]);
-    }
+    args.extend(dirs.iter().map(String::as_str));
     let out = nodes[0].cli(&args, None);
     assert!(
         out.status.success(),
@@ -562,14 +563,9 @@ async fn a_scheduled_destruction_survives_the_leader_and_is_done_once() {
         out.status.success() && !labels.contains("keywarden:k/"),
         "{labels}"
     );
+    let dirs = audit_dirs(&nodes);
     let mut args = vec!["--output", "json", "audit", "query", "--op", "destroyed"];
-    let dirs: Vec<String> = nodes
-        .iter()
-        .map(|d| d.audit_dir().display().to_string())
-        .collect();
-    for d in &dirs {
-        args.extend(["--dir", d.as_str()]);
-    }
+    args.extend(dirs.iter().map(String::as_str));
     let out = nodes[others[0]].cli(&args, None);
     assert!(
         out.status.success(),

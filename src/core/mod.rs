@@ -696,29 +696,21 @@ impl Keywarden {
         }
     }
 
-    /// The registry generation kept in the HSM follows the registry. It
-    /// only moves up: another node may have written a later one.
+    /// The registry generation kept in the HSM follows the registry, with
+    /// the generation this node wrote (never the database's unverified
+    /// claim). The counter only moves up (the `Hsm` contract), so another
+    /// node's later write stands; two nodes racing can leave it one behind
+    /// until the next write (CLUSTER.md).
     fn advance_counter(&self, gen: u64) {
-        // Only a generation this node verified or wrote: the database's
-        // claim is not trusted (a writer of the database could push the
-        // counter past every real generation). Two nodes racing here can
-        // leave it one behind until the next write (CLUSTER.md).
-        let behind = match self.hsm.read_counter(REGISTRY_COUNTER_LABEL) {
-            Ok(c) => c.is_none_or(|c| c < gen),
-            Err(_) => true,
-        };
-        if behind {
-            if let Err(e) = self.hsm.write_counter(REGISTRY_COUNTER_LABEL, gen) {
-                warn!(error = %e, "could not advance the registry generation in the HSM");
-            }
+        if let Err(e) = self.hsm.write_counter(REGISTRY_COUNTER_LABEL, gen) {
+            warn!(error = %e, "could not advance the registry generation in the HSM");
         }
     }
 
     /// Writes a new record, taking in other nodes' changes and trying
     /// again if one came first.
     pub(crate) fn store_new(&self, record: KeyRecord) -> CoreResult<(Arc<KeyRecord>, Option<u64>)> {
-        let mut tries = 0;
-        loop {
+        self.retrying(|| {
             // After taking other nodes' changes in, the registry may be
             // found tampered with: nothing is written on top of it.
             if let Some(g) = &self.table().global {
@@ -727,7 +719,16 @@ impl Keywarden {
                     what: g.clone(),
                 });
             }
-            match self.store(record.clone(), true) {
+            self.store(record.clone(), true)
+        })
+    }
+
+    /// Runs a write; if another node wrote first, takes that change in and
+    /// runs it again (the caller holds `writes`).
+    fn retrying<T>(&self, mut write: impl FnMut() -> CoreResult<T>) -> CoreResult<T> {
+        let mut tries = 0;
+        loop {
+            match write() {
                 Err(CoreError::RegistryMoved { .. }) if tries < WRITE_TRIES => {
                     tries += 1;
                     self.refresh_locked()?;
@@ -748,23 +749,14 @@ impl Keywarden {
         mut f: impl FnMut(&mut KeyRecord) -> CoreResult<T>,
     ) -> CoreResult<(T, Arc<KeyRecord>)> {
         let w = lock(&self.writes);
-        let mut tries = 0;
-        loop {
+        let (out, (stored, confirm)) = self.retrying(|| {
             let mut rec = (*self.record(name)?).clone();
             let out = f(&mut rec)?;
-            match self.store(rec, false) {
-                Err(CoreError::RegistryMoved { .. }) if tries < WRITE_TRIES => {
-                    tries += 1;
-                    self.refresh_locked()?;
-                }
-                Err(e) => return Err(e),
-                Ok((stored, confirm)) => {
-                    drop(w);
-                    self.confirm(confirm);
-                    return Ok((out, stored));
-                }
-            }
-        }
+            Ok((out, self.store(rec, false)?))
+        })?;
+        drop(w);
+        self.confirm(confirm);
+        Ok((out, stored))
     }
 
     pub fn hsm(&self) -> &Arc<dyn Hsm> {

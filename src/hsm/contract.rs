@@ -174,6 +174,12 @@ pub fn check(hsm: &dyn Hsm, user: &Pin, so: &Pin) {
         hsm.read_counter("keywarden-contract-counter").unwrap(),
         Some(6)
     );
+    // Never down.
+    hsm.write_counter("keywarden-contract-counter", 4).unwrap();
+    assert_eq!(
+        hsm.read_counter("keywarden-contract-counter").unwrap(),
+        Some(6)
+    );
 
     // The audit-signing key: found again, not made twice; signatures verify.
     let point = hsm.ensure_signing_key().unwrap();

@@ -346,7 +346,9 @@ impl Hsm for MemoryHsm {
         Ok(self.usable()?.counters.get(label).copied())
     }
     fn write_counter(&self, label: &str, value: u64) -> HsmResult<()> {
-        self.usable()?.counters.insert(label.into(), value);
+        let mut s = self.usable()?;
+        let c = s.counters.entry(label.into()).or_insert(value);
+        *c = (*c).max(value);
         Ok(())
     }
     fn decrypt_many(&self, items: &[UnwrapItem<'_>]) -> Vec<HsmResult<Zeroizing<Vec<u8>>>> {

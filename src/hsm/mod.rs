@@ -273,7 +273,8 @@ pub trait Hsm: Send + Sync {
     ) -> HsmResult<Vec<([u8; IV_LEN], Vec<u8>)>>;
     /// Reads a monotonic counter kept in a token data object.
     fn read_counter(&self, label: &str) -> HsmResult<Option<u64>>;
-    /// Writes that counter (creating the object if needed).
+    /// Writes that counter (creating the object if needed). It only moves
+    /// up: a value at or below the stored one changes nothing.
     fn write_counter(&self, label: &str, value: u64) -> HsmResult<()>;
     /// Opens each AES-GCM item independently.
     fn decrypt_many(&self, items: &[UnwrapItem<'_>]) -> Vec<HsmResult<Zeroizing<Vec<u8>>>>;
