@@ -12,6 +12,8 @@ module="$root/testing/kryoptic-token/target/release/libkryoptic_pkcs11.so"
 export KEYWARDEN_TEST_TOKEN=kryoptic KEYWARDEN_KRYOPTIC_MODULE="$module"
 # The crash test's rounds matter for the daemon, not the token: fewer here.
 export KEYWARDEN_CRASH_ROUNDS=${KEYWARDEN_CRASH_ROUNDS_KRYOPTIC:-10}
-cargo test --workspace --locked --no-fail-fast \
+runner=(test)
+cargo nextest --version >/dev/null 2>&1 && runner=(nextest run)
+cargo "${runner[@]}" --workspace --locked --no-fail-fast \
   --test datakeys --test lifecycle --test unseal --test access --test cli --test review \
   --test reliability --test faults --test hsm_contract --test backup

@@ -29,9 +29,16 @@ else
   echo "== clippy not installed: skipping lints" >&2
 fi
 
-section "cargo test"
+# cargo-nextest (.config/nextest.toml) runs the tests several at a time, the
+# longest first; plain cargo test runs one test binary after another.
 # --workspace also builds the PKCS#11 fault-injection shim (tests/faults.rs).
-cargo test --workspace --locked --all-targets --no-fail-fast
+if cargo nextest --version >/dev/null 2>&1; then
+  section "cargo nextest run"
+  cargo nextest run --workspace --locked --all-targets --no-fail-fast
+else
+  section "cargo test (cargo-nextest is not installed)"
+  cargo test --workspace --locked --all-targets --no-fail-fast
+fi
 
 section "the Python client and the PostgreSQL example"
 bash scripts/python-test.sh

@@ -132,12 +132,27 @@ async fn workload(socket: std::path::PathBuf, round: usize, issued: Arc<Mutex<Ve
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_at_random_points_loses_nothing() {
-    let rounds: usize = std::env::var("KEYWARDEN_CRASH_ROUNDS")
+/// KEYWARDEN_CRASH_ROUNDS kills in all (50 unless set), split between two
+/// tests on two daemons so that a parallel runner runs them side by side.
+fn crash_rounds_each() -> usize {
+    let total: usize = std::env::var("KEYWARDEN_CRASH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
+    total.div_ceil(2).max(1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_points_loses_nothing() {
+    sigkill_rounds(crash_rounds_each()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_points_loses_nothing_on_a_second_daemon() {
+    sigkill_rounds(crash_rounds_each()).await;
+}
+
+async fn sigkill_rounds(rounds: usize) {
     let mut d = Daemon::builder()
         .args(&[
             "--destroy-min-delay",
@@ -242,7 +257,7 @@ async fn sigkill_at_random_points_loses_nothing() {
         }
     }
     let checked = issued.lock().unwrap().len();
-    // The kills come 20-320 ms into each round: with 50 rounds, data keys
+    // The kills come 20-320 ms into each round: over the rounds, data keys
     // must have been issued and checked, or the test proved nothing.
     assert!(
         checked >= rounds,
