@@ -39,6 +39,11 @@ struct RawRegistry {
     /// A file holding the database password (mode 0600 or 0400).
     #[serde(default)]
     password_file: Option<PathBuf>,
+    /// The CA certificates (PEM) that signed the database server's
+    /// certificate: every connection is then TLS, checked against these
+    /// alone and the host's name. Needed for a host off this machine.
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
     /// This node's name in the cluster (default: the host name).
     #[serde(default)]
     node_id: Option<String>,
@@ -629,30 +634,33 @@ impl Config {
                 socket.as_os_str().len()
             )));
         }
-        let cluster = match raw.registry.unwrap_or_default() {
-            RawRegistry {
-                url: None,
-                password_file: None,
-                node_id: None,
-                lease_secs: None,
-            } => None,
-            RawRegistry { url: None, .. } => {
-                return Err(ConfigError::Invalid(
-                    "registry: password_file, node_id and lease_secs need registry.url".into(),
-                ))
-            }
-            RawRegistry {
-                url: Some(url),
-                password_file,
-                node_id,
-                lease_secs,
-            } => Some(cluster_config(
-                &url,
-                password_file.as_deref().map(resolve),
-                node_id,
-                lease_secs,
-            )?),
-        };
+        let cluster =
+            match raw.registry.unwrap_or_default() {
+                RawRegistry {
+                    url: None,
+                    password_file: None,
+                    ca_file: None,
+                    node_id: None,
+                    lease_secs: None,
+                } => None,
+                RawRegistry { url: None, .. } => return Err(ConfigError::Invalid(
+                    "registry: password_file, ca_file, node_id and lease_secs need registry.url"
+                        .into(),
+                )),
+                RawRegistry {
+                    url: Some(url),
+                    password_file,
+                    ca_file,
+                    node_id,
+                    lease_secs,
+                } => Some(cluster_config(
+                    &url,
+                    password_file.as_deref().map(resolve),
+                    ca_file.as_deref().map(resolve).as_deref(),
+                    node_id,
+                    lease_secs,
+                )?),
+            };
         let mut audit = audit;
         audit.node = cluster.as_ref().map(|c| c.node_id.clone());
         Ok(Config {
@@ -685,6 +693,7 @@ impl Config {
 fn cluster_config(
     url: &str,
     password_file: Option<PathBuf>,
+    ca_file: Option<&Path>,
     node_id: Option<String>,
     lease_secs: Option<u64>,
 ) -> Result<ClusterConfig, ConfigError> {
@@ -701,7 +710,7 @@ fn cluster_config(
             Some(zeroize::Zeroizing::new(pin.expose_text().to_string()))
         }
     };
-    let target = crate::core::registry::postgres::PgTarget::parse(url, password)
+    let target = crate::core::registry::postgres::PgTarget::parse(url, password, ca_file)
         .map_err(ConfigError::Invalid)?;
     let node_id = match node_id {
         Some(n) => n,
@@ -872,6 +881,16 @@ mod tests {
                 "sslmode=require",
             ),
             ("url = \"dbname=kw\"", "names no host"),
+            ("url = \"host=db.example.org user=kw\"", "registry.ca_file"),
+            ("url = \"host=10.1.2.3 user=kw\"", "off this machine"),
+            (
+                "url = \"host=/run/postgresql\"\nca_file = \"ca.pem\"",
+                "Unix socket",
+            ),
+            (
+                "url = \"host=localhost\"\nca_file = \"none.pem\"",
+                "none.pem",
+            ),
             (
                 "url = \"host=/run/postgresql\"\nnode_id = \"a b\"",
                 "registry.node_id",

@@ -360,7 +360,11 @@ async fn prepare(
                 .as_ref()
                 .map(|n| format!("node_id = {n:?}\n"))
                 .unwrap_or_default();
-            format!("\n[registry]\nurl = {:?}\n{node}", c.url)
+            let ca = match &c.ca_file {
+                Some(f) => format!("ca_file = {:?}\n", f.canonicalize()?.display().to_string()),
+                None => String::new(),
+            };
+            format!("\n[registry]\nurl = {:?}\n{node}{ca}", c.url)
         }
     };
     let policy = match &policy_file {
@@ -445,6 +449,8 @@ pub struct DevCluster {
     /// The shared PostgreSQL registry.
     pub url: String,
     pub node_id: Option<String>,
+    /// The CA certificates the database server's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
     /// The first node's dev directory: its token and seal are shared.
     pub join: Option<PathBuf>,
 }

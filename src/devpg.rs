@@ -1,8 +1,9 @@
 //! A throwaway PostgreSQL server for development, tests and `keywarden
 //! bench --cluster`: Debian's `initdb` in a temporary directory, listening
 //! only on a Unix socket there, run as `nobody` when started by root
-//! (PostgreSQL refuses root), stopped and removed on drop. Never for real
-//! data: `fsync` is off and every local user on the socket is trusted.
+//! (PostgreSQL refuses root), stopped and removed on drop. With
+//! [`Postgres::start_tls`] it listens on loopback TCP too, TLS only. Never
+//! for real data: `fsync` is off and every local user is trusted.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,6 +16,8 @@ pub struct Postgres {
     data: PathBuf,
     sockets: PathBuf,
     run_as: Vec<String>,
+    /// The loopback TCP port, when the server speaks TLS there.
+    tls_port: Option<u16>,
 }
 
 /// A PostgreSQL program: the newest under `/usr/lib/postgresql`.
@@ -34,8 +37,18 @@ pub fn pg_bin(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 impl Postgres {
-    /// `initdb` and start.
+    /// `initdb` and start, on a Unix socket only.
     pub fn start() -> anyhow::Result<Postgres> {
+        Self::init(None)
+    }
+
+    /// `initdb` and start, also on 127.0.0.1 with TLS (the certificate and
+    /// key in PEM). TCP connections without TLS are rejected.
+    pub fn start_tls(cert: &Path, key: &Path) -> anyhow::Result<Postgres> {
+        Self::init(Some((cert, key)))
+    }
+
+    fn init(tls: Option<(&Path, &Path)>) -> anyhow::Result<Postgres> {
         use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::Builder::new().prefix("kw-pg-").tempdir()?;
         let data = tmp.path().join("data");
@@ -57,11 +70,21 @@ impl Postgres {
                 "--clear-groups".into(),
             ];
         }
+        let tls_port = match tls {
+            None => None,
+            // A port the kernel just handed out; free again once dropped.
+            Some(_) => Some(
+                std::net::TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()?
+                    .port(),
+            ),
+        };
         let pg = Postgres {
             _tmp: tmp,
             data,
             sockets,
             run_as,
+            tls_port,
         };
         let data = pg.data.display().to_string();
         pg.run(
@@ -77,8 +100,39 @@ impl Postgres {
                 "--no-instructions",
             ],
         )?;
+        if let Some((cert, key)) = tls {
+            pg.install_tls(cert, key)?;
+        }
         pg.up()?;
         Ok(pg)
+    }
+
+    /// The server's certificate and key in its data directory (the key
+    /// owned by the server's user, mode 0600, as PostgreSQL requires), and
+    /// a pg_hba.conf that lets TCP in only over TLS.
+    fn install_tls(&self, cert: &Path, key: &Path) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+            let to = self.data.join(name);
+            std::fs::copy(from, &to).with_context(|| format!("{}", from.display()))?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))?;
+            if nix::unistd::geteuid().is_root() {
+                let owner = std::fs::metadata(&self.data)?;
+                use std::os::unix::fs::MetadataExt;
+                nix::unistd::chown(
+                    &to,
+                    Some(nix::unistd::Uid::from_raw(owner.uid())),
+                    Some(nix::unistd::Gid::from_raw(owner.gid())),
+                )?;
+            }
+        }
+        std::fs::write(
+            self.data.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 trust\n\
+             hostnossl all all 0.0.0.0/0 reject\n",
+        )?;
+        Ok(())
     }
 
     /// Runs a PostgreSQL program as the server's user; its stdout.
@@ -104,10 +158,17 @@ impl Postgres {
 
     /// Starts the server (again).
     pub fn up(&self) -> anyhow::Result<()> {
-        let opts = format!(
-            "-c listen_addresses='' -k {} -c fsync=off",
-            self.sockets.display()
-        );
+        let opts = match self.tls_port {
+            None => format!(
+                "-c listen_addresses='' -k {} -c fsync=off",
+                self.sockets.display()
+            ),
+            Some(port) => format!(
+                "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off \
+                 -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key",
+                self.sockets.display()
+            ),
+        };
         let log = self.sockets.join("postgres.log").display().to_string();
         let data = self.data.display().to_string();
         self.run(
@@ -132,19 +193,38 @@ impl Postgres {
         &self.sockets
     }
 
-    /// A connection string for `[registry] url`.
+    /// The port (PostgreSQL names its socket after it too).
+    fn port(&self) -> u16 {
+        self.tls_port.unwrap_or(5432)
+    }
+
+    /// A connection string for `[registry] url`, on the Unix socket.
     pub fn url(&self) -> String {
-        format!("host={} user=kw dbname=postgres", self.sockets.display())
+        format!(
+            "host={} port={} user=kw dbname=postgres",
+            self.sockets.display(),
+            self.port()
+        )
+    }
+
+    /// A connection string over loopback TCP as `host` (which the server's
+    /// certificate must name), when started with TLS.
+    pub fn tcp_url(&self, host: &str) -> Option<String> {
+        self.tls_port
+            .map(|p| format!("host={host} port={p} user=kw dbname=postgres"))
     }
 
     /// Runs SQL with `psql`; its unaligned output.
     pub fn psql(&self, sql: &str) -> anyhow::Result<String> {
         let host = self.sockets.display().to_string();
+        let port = self.port().to_string();
         self.run(
             &pg_bin("psql")?,
             &[
                 "-h",
                 &host,
+                "-p",
+                &port,
                 "-U",
                 "kw",
                 "-d",

@@ -148,6 +148,10 @@ enum Command {
         /// This node's name in the cluster.
         #[arg(long, value_name = "ID", requires = "registry_url")]
         node_id: Option<String>,
+        /// TLS to the registry, trusting only the CA certificates in FILE
+        /// (PEM): `[registry] ca_file`.
+        #[arg(long, value_name = "FILE", requires = "registry_url")]
+        registry_ca_file: Option<PathBuf>,
         /// Join the cluster of the dev daemon in DIR: its token and its
         /// seal (one share set for the cluster); starts sealed.
         #[arg(long, value_name = "DIR", requires = "registry_url")]
@@ -384,6 +388,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             token_module,
             registry_url,
             node_id,
+            registry_ca_file,
             join,
         } => {
             // Only an explicit --socket applies; a KEYWARDEN_SOCKET left over
@@ -402,7 +407,12 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
                 pkcs11_module,
                 token,
                 token_module,
-                cluster: registry_url.map(|url| keywarden::dev::DevCluster { url, node_id, join }),
+                cluster: registry_url.map(|url| keywarden::dev::DevCluster {
+                    url,
+                    node_id,
+                    ca_file: registry_ca_file,
+                    join,
+                }),
                 lifecycle: dev_lifecycle(
                     destroy_min_delay,
                     destroy_approvals,

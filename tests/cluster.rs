@@ -648,3 +648,191 @@ async fn writers_on_two_nodes_at_once_lose_nothing_and_a_duplicate_node_id_is_re
     let mut c2 = nodes[1].client().await;
     c2.keys.list_keys(proto::ListKeysRequest {}).await.unwrap();
 }
+
+/// `openssl` run in `dir`; panics with its stderr on failure.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA named `name` in `dir`: `name.pem` and `name.key`.
+fn make_ca(dir: &std::path::Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+}
+
+/// A server certificate for DNS name `localhost` only, signed by `ca`:
+/// `server.pem` and `server.key`.
+fn make_server_cert(dir: &std::path::Path, ca: &str) {
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+}
+
+/// `keywarden dev` as a node that must not start; its stderr.
+fn dev_refused(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("dev")
+        .arg("--dir")
+        .arg(dir.path())
+        .args(args)
+        .env_remove("KEYWARDEN_SOCKET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started: {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_over_tcp_is_tls_verified_against_its_ca_and_name() {
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path();
+    make_ca(dir, "registry-ca");
+    make_ca(dir, "other-ca");
+    make_server_cert(dir, "registry-ca");
+    let pg = Postgres(
+        keywarden::devpg::Postgres::start_tls(&dir.join("server.pem"), &dir.join("server.key"))
+            .unwrap(),
+    );
+    let url = pg.0.tcp_url("localhost").unwrap();
+    let ca = dir.join("registry-ca.pem").display().to_string();
+
+    // The right CA and the name on the certificate: the node serves, and
+    // the server sees every one of its connections over TLS.
+    let d = Daemon::builder()
+        .args(&[
+            "--registry-url",
+            &url,
+            "--registry-ca-file",
+            &ca,
+            "--node-id",
+            "tls1",
+        ])
+        .start()
+        .await;
+    wait_serving(&d).await;
+    let mut c = d.client().await;
+    create_key(&mut c, "over-tls").await;
+    let g = generate(&mut c, "over-tls", &[("patient", "p1")]).await;
+    let back = decrypt(&mut c, &g.ciphertext_blob, &[("patient", "p1")])
+        .await
+        .unwrap();
+    assert_eq!(back.plaintext, g.plaintext);
+    let seen = pg.psql(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
+         FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'keywarden'",
+    );
+    let (tls, plain) = seen.trim().split_once('|').unwrap();
+    assert!(
+        tls.parse::<u32>().unwrap() >= 1,
+        "no TLS connection: {seen}"
+    );
+    assert_eq!(plain, "0", "a connection without TLS: {seen}");
+    let rows = pg.psql("SELECT count(*) FROM key_records WHERE name = 'over-tls'");
+    assert_eq!(rows.trim(), "1");
+
+    // A certificate from a CA the node does not trust: refused at start.
+    let other = dir.join("other-ca.pem").display().to_string();
+    let err = dev_refused(&[
+        "--registry-url",
+        &url,
+        "--registry-ca-file",
+        &other,
+        "--node-id",
+        "tls2",
+    ]);
+    assert!(err.contains("certificate verify failed"), "{err}");
+
+    // The right CA but a name the certificate does not carry (the server
+    // reached as 127.0.0.1): refused.
+    let by_ip = pg.0.tcp_url("127.0.0.1").unwrap();
+    let err = dev_refused(&[
+        "--registry-url",
+        &by_ip,
+        "--registry-ca-file",
+        &ca,
+        "--node-id",
+        "tls3",
+    ]);
+    assert!(err.contains("certificate verify failed"), "{err}");
+
+    // No CA given for a host off this machine, or sslmode=require without
+    // one: refused before any connection, naming the setting.
+    let err = dev_refused(&[
+        "--registry-url",
+        "host=db.example.org user=kw",
+        "--node-id",
+        "tls4",
+    ]);
+    assert!(err.contains("registry.ca_file"), "{err}");
+    let err = dev_refused(&[
+        "--registry-url",
+        &format!("{url} sslmode=require"),
+        "--node-id",
+        "tls5",
+    ]);
+    assert!(err.contains("registry.ca_file"), "{err}");
+}

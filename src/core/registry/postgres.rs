@@ -11,6 +11,7 @@
 //! transaction under an advisory lock so that nodes starting together do
 //! not race (`schema_migrations` records which ran).
 
+use std::path::Path;
 use std::time::Duration;
 
 use postgres::error::SqlState;
@@ -59,6 +60,9 @@ const MIGRATIONS: &[(i32, &str)] = &[(
 #[derive(Clone)]
 pub struct PgTarget {
     config: postgres::Config,
+    /// TLS to the server, verified against `registry.ca_file` alone; `None`
+    /// only where every host is a Unix socket or a loopback address.
+    tls: Option<postgres_openssl::MakeTlsConnector>,
     /// What logs and errors show: the URL without any password.
     shown: String,
 }
@@ -69,11 +73,64 @@ impl std::fmt::Debug for PgTarget {
     }
 }
 
+/// Whether a host is reached without leaving this machine: a Unix socket,
+/// `localhost`, or a loopback address.
+fn is_local(host: &postgres::config::Host) -> bool {
+    match host {
+        postgres::config::Host::Unix(_) => true,
+        postgres::config::Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    }
+}
+
+/// A TLS client that trusts only the CA certificates in `ca_file` (not the
+/// system's store), checks the server's name against its certificate, and
+/// speaks TLS 1.2 or later.
+fn tls_connector(ca_file: &Path) -> Result<postgres_openssl::MakeTlsConnector, String> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVersion};
+    use openssl::x509::X509;
+    let pem = std::fs::read(ca_file)
+        .map_err(|e| format!("registry.ca_file: {}: {e}", ca_file.display()))?;
+    let certs = X509::stack_from_pem(&pem).map_err(|e| {
+        format!(
+            "registry.ca_file: {}: not PEM certificates: {e}",
+            ca_file.display()
+        )
+    })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "registry.ca_file: {}: holds no certificate",
+            ca_file.display()
+        ));
+    }
+    let tls_err = |e: openssl::error::ErrorStack| format!("registry.ca_file: TLS setup: {e}");
+    // A builder from SslConnector starts with peer verification on and an
+    // empty trust store: only the certificates added here are trusted.
+    let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(tls_err)?;
+    b.set_min_proto_version(Some(SslVersion::TLS1_2))
+        .map_err(tls_err)?;
+    for cert in certs {
+        b.cert_store_mut().add_cert(cert).map_err(tls_err)?;
+    }
+    Ok(postgres_openssl::MakeTlsConnector::new(b.build()))
+}
+
 impl PgTarget {
     /// Parses a libpq-style URL or key=value string. A password in it is
-    /// refused (it belongs in `password_file`), and so is a TLS mode this
-    /// build cannot honour.
-    pub fn parse(url: &str, password: Option<Zeroizing<String>>) -> Result<Self, String> {
+    /// refused (it belongs in `password_file`). With `ca_file`, every
+    /// connection is TLS, verified against that CA and the host's name;
+    /// without it, a host off this machine is refused, because the leases
+    /// that bound a revocation must not be forgeable on the wire.
+    pub fn parse(
+        url: &str,
+        password: Option<Zeroizing<String>>,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, String> {
+        use postgres::config::SslMode;
         let mut config: postgres::Config = url
             .parse()
             .map_err(|e| format!("registry.url does not parse: {e}"))?;
@@ -82,14 +139,51 @@ impl PgTarget {
                 "registry.url: holds a password; put it in registry.password_file (or the systemd credential registry-password) instead".into(),
             );
         }
-        if config.get_ssl_mode() == postgres::config::SslMode::Require {
-            return Err(
-                "registry.url: sslmode=require: this build connects without TLS; reach the database over a Unix socket or a loopback address (see docs/CLUSTER.md)".into(),
-            );
-        }
         if config.get_hosts().is_empty() {
             return Err("registry.url: names no host (give host= or a URL with one)".into());
         }
+        let tls = match ca_file {
+            Some(ca) => {
+                if config.get_ssl_mode() == SslMode::Disable {
+                    return Err(
+                        "registry.url: sslmode=disable contradicts registry.ca_file (which asks for TLS); drop one".into(),
+                    );
+                }
+                if let Some(h) = config
+                    .get_hosts()
+                    .iter()
+                    .find(|h| matches!(h, postgres::config::Host::Unix(_)))
+                {
+                    return Err(format!(
+                        "registry.ca_file: TLS is for TCP hosts, and {h:?} is a Unix socket (PostgreSQL speaks no TLS there); drop registry.ca_file or give a TCP host"
+                    ));
+                }
+                // Required, never preferred: a server (or a man in the
+                // middle) that declines TLS gets no plaintext fallback.
+                config.ssl_mode(SslMode::Require);
+                Some(tls_connector(ca)?)
+            }
+            None => {
+                if config.get_ssl_mode() == SslMode::Require {
+                    return Err(
+                        "registry.url: sslmode=require needs registry.ca_file, the CA that signed the server's certificate (TLS without it would trust any server)".into(),
+                    );
+                }
+                let remote = config.get_hosts().iter().find(|h| !is_local(h));
+                if let Some(h) = remote {
+                    return Err(format!(
+                        "registry.url: host {h:?} is off this machine and registry.ca_file is not set: a node's leases and the key records would cross the network unauthenticated; set registry.ca_file (TLS), or reach the database on a Unix socket or loopback"
+                    ));
+                }
+                if let Some(a) = config.get_hostaddrs().iter().find(|a| !a.is_loopback()) {
+                    return Err(format!(
+                        "registry.url: hostaddr {a} is off this machine and registry.ca_file is not set; set registry.ca_file (TLS)"
+                    ));
+                }
+                config.ssl_mode(SslMode::Disable);
+                None
+            }
+        };
         if let Some(p) = password {
             config.password(p.as_bytes());
         }
@@ -114,17 +208,26 @@ impl PgTarget {
             config.application_name("keywarden");
         }
         let shown = format!(
-            "postgresql (hosts {:?}, database {:?}, user {:?})",
+            "postgresql (hosts {:?}, database {:?}, user {:?}, {})",
             config.get_hosts(),
             config.get_dbname().unwrap_or(""),
-            config.get_user().unwrap_or("")
+            config.get_user().unwrap_or(""),
+            if tls.is_some() {
+                "TLS"
+            } else {
+                "no TLS: local"
+            }
         );
-        Ok(PgTarget { config, shown })
+        Ok(PgTarget { config, tls, shown })
     }
 
     /// A new connection.
     pub fn connect(&self) -> Result<Client, RegistryError> {
-        self.config.connect(NoTls).map_err(pg_err)
+        match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(NoTls),
+        }
+        .map_err(pg_err)
     }
 }
 
@@ -152,7 +255,20 @@ pub fn pg_err(e: postgres::Error) -> RegistryError {
             }
             _ => RegistryError::Postgres(format!("{}: {}", db.code().code(), db.message())),
         },
-        None => RegistryError::Unreachable(e.to_string()),
+        // The cause says why (a refused connection, a certificate that
+        // did not verify), which the error's own text leaves out.
+        None => {
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                let more = c.to_string();
+                if !text.contains(&more) {
+                    text = format!("{text}: {more}");
+                }
+                cause = c.source();
+            }
+            RegistryError::Unreachable(text)
+        }
     }
 }
 
