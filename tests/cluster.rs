@@ -663,27 +663,36 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
     );
 }
 
+/// `openssl` arguments that make a new P-256 key, unencrypted.
+const NEW_P256_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+];
+
+/// `openssl req` with a new P-256 key written to `key`, then `rest`.
+fn openssl_req(dir: &std::path::Path, first: &[&str], key: &str, rest: &[&str]) {
+    let mut args = first.to_vec();
+    args.extend_from_slice(&NEW_P256_KEY);
+    args.extend_from_slice(&["-keyout", key]);
+    args.extend_from_slice(rest);
+    openssl(dir, &args);
+}
+
 /// A CA named `name` in `dir`: `name.pem` and `name.key`.
 fn make_ca(dir: &std::path::Path, name: &str) {
-    openssl(
+    let (key, pem, subj) = (
+        format!("{name}.key"),
+        format!("{name}.pem"),
+        format!("/CN={name}"),
+    );
+    openssl_req(
         dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-        ],
+        &["req", "-x509"],
+        &key,
+        &["-out", &pem, "-days", "2", "-subj", &subj],
     );
 }
 
@@ -691,23 +700,13 @@ fn make_ca(dir: &std::path::Path, name: &str) {
 /// `server.pem` and `server.key`.
 fn make_server_cert(dir: &std::path::Path, ca: &str) {
     std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
-    openssl(
+    openssl_req(
         dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
+        &["req"],
+        "server.key",
+        &["-out", "server.csr", "-subj", "/CN=localhost"],
     );
+    let (pem, key) = (format!("{ca}.pem"), format!("{ca}.key"));
     openssl(
         dir,
         &[
@@ -716,9 +715,9 @@ fn make_server_cert(dir: &std::path::Path, ca: &str) {
             "-in",
             "server.csr",
             "-CA",
-            &format!("{ca}.pem"),
+            &pem,
             "-CAkey",
-            &format!("{ca}.key"),
+            &key,
             "-CAcreateserial",
             "-out",
             "server.pem",
