@@ -21,19 +21,36 @@ RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
 -Cdebug-assertions -Coverflow-checks" \
   cargo build --manifest-path "$root/fuzz/Cargo.toml" --release --locked --bins \
   --target "$triple" --target-dir "$target_dir"
-total=0
-for t in blob_decode share_parse policy_parse config_parse requests envelope_open; do
-  corpus="$root/fuzz/corpus/$t"
-  artifacts="$root/fuzz/artifacts/$t"
+# The targets run two at a time (libFuzzer uses one core each), each
+# writing to its own log; a crash in any fails the run.
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+run_target() { # target
+  local t=$1 corpus="$root/fuzz/corpus/$1" artifacts="$root/fuzz/artifacts/$1"
   mkdir -p "$corpus" "$artifacts"
-  if ! out=$("$target_dir/$triple/release/$t" -max_total_time="$secs" -print_final_stats=1 \
-    -artifact_prefix="$artifacts/" "$corpus" 2>&1); then
-    echo "$out" | tail -40
-    echo "FUZZ FAILURE in $t (input saved under $artifacts)"
-    exit 1
+  "$target_dir/$triple/release/$t" -max_total_time="$secs" -print_final_stats=1 \
+    -artifact_prefix="$artifacts/" "$corpus" >"$logs/$t" 2>&1
+}
+targets=(blob_decode share_parse policy_parse config_parse requests envelope_open)
+jobs=${FUZZ_JOBS:-$(nproc)}
+total=0; failed=0; pids=(); names=()
+finish() { # pid name
+  if wait "$1"; then
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$logs/$2" | tail -1)
+    total=$((total + execs))
+    echo "fuzz $2: $execs executions in ${secs}s, no crash"
+  else
+    tail -40 "$logs/$2"
+    echo "FUZZ FAILURE in $2 (input saved under $root/fuzz/artifacts/$2)"
+    failed=1
   fi
-  execs=$(echo "$out" | sed -n 's/^stat::number_of_executed_units: *//p' | tail -1)
-  total=$((total + execs))
-  echo "fuzz $t: $execs executions in ${secs}s, no crash"
+}
+for t in "${targets[@]}"; do
+  if [ "${#pids[@]}" -ge "$jobs" ]; then
+    finish "${pids[0]}" "${names[0]}"; pids=("${pids[@]:1}"); names=("${names[@]:1}")
+  fi
+  run_target "$t" & pids+=($!); names+=("$t")
 done
-echo "fuzz: $total executions over 6 targets, no crash"
+for i in "${!pids[@]}"; do finish "${pids[$i]}" "${names[$i]}"; done
+[ "$failed" = 0 ] || exit 1
+echo "fuzz: $total executions over ${#targets[@]} targets, no crash"

@@ -15,7 +15,7 @@ set -euo pipefail
 # its own rsyslogd on loopback (the package's own service is left alone);
 # debootstrap and systemd-container to boot the packaged unit under systemd
 # as PID 1 in a container (scripts/systemd-test.sh).
-pkgs=(softhsm2 opensc build-essential pkg-config ca-certificates age jq systemd dpkg-dev libssl-dev openssl)
+pkgs=(softhsm2 opensc build-essential pkg-config ca-certificates age jq systemd dpkg-dev libssl-dev openssl libsqlite3-dev)
 # --cluster adds PostgreSQL alone, for scripts/cluster-demo.sh.
 if [ "${1:-}" = "--test" ]; then
   pkgs+=(libclang-dev libssl-dev python3 python3-venv postgresql prometheus rsyslog debootstrap systemd-container)
