@@ -231,7 +231,7 @@ async fn prepare(
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))?;
     }
     // A joining node uses the first node's token (one HSM for the
-    // cluster) and a copy of its seal (one share set for the cluster).
+    // cluster); its seal (one share set) comes from the registry database.
     let join = match cluster.as_ref().and_then(|c| c.join.as_ref()) {
         Some(j) => Some(
             j.canonicalize()
@@ -258,16 +258,8 @@ async fn prepare(
             bail!("--join {}: not a dev directory with a token", j.display());
         }
         write_file(&token_conf, &token.conf_text(&tokens))?;
-        let seal = root.join("state").join("seal.json");
-        if !seal.exists() {
-            std::fs::create_dir_all(root.join("state"))?;
-            std::fs::copy(j.join("state").join("seal.json"), &seal).with_context(|| {
-                format!(
-                    "--join {}: no seal to share (is that node initialised?)",
-                    j.display()
-                )
-            })?;
-        }
+        // No seal to copy: the cluster's seal files are in the registry
+        // database, and the node takes them from there.
     }
 
     std::fs::create_dir_all(&tokens)?;

@@ -649,6 +649,123 @@ async fn writers_on_two_nodes_at_once_lose_nothing_and_a_duplicate_node_id_is_re
     c2.keys.list_keys(proto::ListKeysRequest {}).await.unwrap();
 }
 
+/// The seal files in PostgreSQL, as `slot set_id written_by` lines.
+fn seal_rows(pg: &Postgres) -> String {
+    pg.psql("SELECT slot || ' ' || set_id || ' ' || written_by FROM seal_files ORDER BY slot")
+}
+
+async fn seal_status(d: &Daemon) -> proto::SealStatus {
+    let mut c = d.client().await;
+    let s = c.operator.status(proto::StatusRequest {}).await.unwrap();
+    s.into_inner().seal.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rekey_on_one_node_reaches_every_node_through_the_registry() {
+    let pg = Postgres::start();
+    // Nodes 2 and 3 joined without a copy of node 1's seal.json: they
+    // took the cluster's seal from the database.
+    let mut nodes = cluster(&pg, &[]).await;
+    let old_set = seal_status(&nodes[0]).await.set_id;
+    assert_eq!(seal_rows(&pg).trim(), format!("current {old_set} n1"));
+    let mut c1 = nodes[0].client().await;
+    create_key(&mut c1, "k").await;
+    let g = generate(&mut c1, "k", &[]).await;
+    let before = std::fs::read_to_string(nodes[0].seal_file()).unwrap();
+
+    // A rekey on node 1 (dev mode: one share).
+    let old = nodes[0].dev_share.clone().unwrap();
+    c1.operator
+        .rekey_start(proto::RekeyStartRequest {
+            shares: 1,
+            threshold: 1,
+            recipients: vec![],
+            labels: vec![],
+        })
+        .await
+        .unwrap();
+    let issued = c1
+        .operator
+        .rekey_submit(proto::RekeyShareRequest { share: old.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let new = issued.new_shares[0].share.clone();
+    let v = c1
+        .operator
+        .rekey_verify(proto::RekeyShareRequest { share: new.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.committed);
+    let new_set = issued.new_set_id;
+    assert_eq!(seal_rows(&pg).trim(), format!("current {new_set} n1"));
+    wait_serving(&nodes[0]).await;
+
+    // Node 2, sealed, knows only the new set; the old share is refused
+    // without a login attempt, the new one opens it.
+    let mut c2 = nodes[1].client().await;
+    c2.operator.seal(proto::SealRequest {}).await.unwrap();
+    assert_status(
+        c2.operator
+            .unseal(proto::UnsealRequest {
+                share: old.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        &format!("this daemon's set is {new_set}"),
+    );
+    c2.operator
+        .unseal(proto::UnsealRequest {
+            share: new.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    nodes[1].wait_phase("unsealed").await;
+    wait_serving(&nodes[1]).await;
+    decrypt(&mut c2, &g.ciphertext_blob, &[]).await.unwrap();
+    // Its seal.json mirrors the cluster's (for offline tools).
+    let mirror = std::fs::read_to_string(nodes[1].seal_file()).unwrap();
+    assert!(mirror.contains(&new_set), "{mirror}");
+
+    // Node 3 restarted: it comes up sealed on the new set.
+    nodes[2].dev_share = Some(new.clone());
+    nodes[2].restart_sealed().await;
+    assert_eq!(seal_status(&nodes[2]).await.set_id, new_set);
+    let mut c3 = nodes[2].client().await;
+    nodes[2].unseal_dev(&mut c3).await;
+    nodes[2].wait_phase("unsealed").await;
+    wait_serving(&nodes[2]).await;
+    decrypt(&mut c3, &g.ciphertext_blob, &[]).await.unwrap();
+
+    // A rollback of the seal row to the retired set: the old share
+    // verifies that file but the token has the new PINs; no node opens.
+    pg.psql(&format!(
+        "UPDATE seal_files SET set_id = '{old_set}', body = '{}' WHERE slot = 'current'",
+        before.replace('\'', "''")
+    ));
+    let mut c3 = nodes[2].client().await;
+    c3.operator.seal(proto::SealRequest {}).await.unwrap();
+    let r = c3
+        .operator
+        .unseal(proto::UnsealRequest {
+            share: old.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert!(r.is_err(), "the retired set opened a node");
+    assert!(
+        nodes[2].log().contains("the token refused the user PIN"),
+        "refused for another reason: {}",
+        nodes[2].log()
+    );
+    assert_eq!(seal_status(&nodes[2]).await.phase, "sealed");
+    // Node 1, still open, serves on (its login stands).
+    decrypt(&mut c1, &g.ciphertext_blob, &[]).await.unwrap();
+}
+
 /// `openssl` run in `dir`; panics with its stderr on failure.
 fn openssl(dir: &std::path::Path, args: &[&str]) {
     let out = std::process::Command::new("openssl")

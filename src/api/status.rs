@@ -6,6 +6,7 @@ use tracing::error;
 
 use crate::core::CoreError;
 use crate::hsm::ErrorClass;
+use crate::seal::store::StoreError;
 use crate::seal::SealError;
 
 /// The gRPC code for a core error.
@@ -63,7 +64,10 @@ fn seal_code(e: &SealError) -> Code {
         | SealError::InitIncomplete
         | SealError::RestoreWindowNotAccepted { .. }
         | SealError::RekeyInProgress { .. }
+        | SealError::RekeySuperseded { .. }
         | SealError::WrongRekeyPhase { .. } => Code::FailedPrecondition,
+        SealError::Storage(StoreError::SharedUnreachable(_)) => Code::Unavailable,
+        SealError::Storage(StoreError::SharedBusy(_)) => Code::Aborted,
         SealError::InvalidParameter { .. }
         | SealError::BadShare(_)
         | SealError::WrongSet { .. }
@@ -127,6 +131,9 @@ pub fn message(e: &CoreError) -> String {
         CoreError::HsmUnavailable(_) => "HSM unavailable; retry later".into(),
         CoreError::HsmFailed(_) => "HSM operation failed".into(),
         CoreError::Seal(SealError::Hsm(_)) => "HSM operation failed during the ceremony".into(),
+        CoreError::Seal(SealError::Storage(
+            e @ (StoreError::SharedUnreachable(_) | StoreError::SharedBusy(_)),
+        )) => format!("{e}; retry later"),
         CoreError::Seal(SealError::Storage(_)) => "seal storage failure".into(),
         CoreError::Seal(
             SealError::Random(_)

@@ -23,6 +23,8 @@
 //!   connection and runs the scheduled work (rotations, destructions);
 //!   the lock goes with the connection when the node dies.
 
+pub mod seal;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};

@@ -52,6 +52,9 @@ impl Hsm for Metered {
     fn recover(&self) -> HsmResult<bool> {
         self.timed("recover", || self.inner.recover())
     }
+    fn reload_token(&self) -> HsmResult<()> {
+        self.timed("reload_token", || self.inner.reload_token())
+    }
     fn login(&self, pin: &Pin) -> HsmResult<()> {
         self.timed("login", || self.inner.login(pin))
     }

@@ -230,6 +230,13 @@ pub trait Hsm: Send + Sync {
     /// copies. `Ok(true)` when the HSM is back; `Ok(false)` when nothing
     /// was lost.
     fn recover(&self) -> HsmResult<bool>;
+    /// Before a login on a token that other processes share (a cluster):
+    /// re-reads what they may have changed, the PINs above all (SoftHSM
+    /// keeps a token's PINs per process until C_Initialize). Only while
+    /// logged out; a no-op for a token that keeps no such state.
+    fn reload_token(&self) -> HsmResult<()> {
+        Ok(())
+    }
     /// Logs in as the user, opens the worker pool. `UserAlreadyLoggedIn` is
     /// success.
     fn login(&self, pin: &Pin) -> HsmResult<()>;

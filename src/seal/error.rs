@@ -52,6 +52,9 @@ pub enum SealError {
         phase: &'static str,
         hint: &'static str,
     },
+    /// In a cluster: another node committed a rekey after this one began.
+    #[error("another node committed a rekey (share set {set_id}) after this one began: this rekey is void; start again with the new shares")]
+    RekeySuperseded { set_id: String },
     #[error("HSM: {0}")]
     Hsm(HsmError),
     #[error("seal storage: {0}")]

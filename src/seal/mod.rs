@@ -264,8 +264,8 @@ impl Seal {
     /// Loads the seal state. The daemon always starts sealed (or
     /// uninitialised).
     pub fn open(store: SealStore, config: SealConfig) -> SealResult<Self> {
-        let current = store.load().map_err(SealError::Storage)?;
-        let pending = store.load_pending().map_err(SealError::Storage)?;
+        let store::SharedFiles { current, pending } =
+            store.load_both().map_err(SealError::Storage)?;
         let found_interrupted = Pending::default();
         if pending.is_some() {
             tracing::warn!("an interrupted rekey commit was found; shares of either set are accepted at unseal");
@@ -301,7 +301,34 @@ impl Seal {
     /// so an initialised daemon says so rather than complaining of empty
     /// PINs.)
     pub fn check_init_allowed(&self) -> SealResult<()> {
-        Self::may_init(&self.inner())
+        let mut inner = self.inner();
+        self.refresh(&mut inner)?;
+        Self::may_init(&inner)
+    }
+
+    /// In a cluster: takes in the seal files as the shared copy has them
+    /// now (another node's init, its first unseal, a rekey). Unverified,
+    /// as `seal.json` is: a quorum verifies the file it opens, and the
+    /// token refuses PINs a rekey replaced. Nothing on one host.
+    fn refresh(&self, inner: &mut Inner) -> SealResult<()> {
+        let Some(files) = self.store.reload_shared().map_err(SealError::Storage)? else {
+            return Ok(());
+        };
+        if files.current.is_none() && files.pending.is_none() {
+            // Not adopted yet (a cluster older than the shared copy): the
+            // mirror's files stand until a verified unseal adopts them.
+            return Ok(());
+        }
+        if files.current != inner.current || files.pending != inner.pending {
+            tracing::info!("took in the cluster's seal files from the registry database");
+        }
+        inner.current = files.current;
+        inner.pending = files.pending;
+        inner.missing = None;
+        if matches!(inner.state, State::Uninitialized) {
+            inner.state = State::sealed();
+        }
+        Ok(())
     }
 
     fn may_init(inner: &Inner) -> SealResult<()> {
@@ -559,6 +586,7 @@ impl Seal {
     ) -> SealResult<Vec<IssuedShare>> {
         self.audited(|| -> SealResult<Vec<IssuedShare>> {
             let mut inner = self.inner();
+            self.refresh(&mut inner)?;
             Self::may_init(&inner)?;
             let plan = validate_plan(spec, self.config.allow_single_share)?;
             if let Err(e) = hsm.verify_pins(&provisioning_user_pin, &provisioning_so_pin) {
@@ -638,5 +666,7 @@ impl Seal {
     }
 }
 
+#[cfg(test)]
+mod shared_tests;
 #[cfg(test)]
 mod tests;

@@ -304,6 +304,20 @@ impl Seal {
             self.clock.now_secs(),
         )
         .map_err(SealError::Storage)?;
+        let new_set_id = hex::encode(new_set);
+        // In a cluster: the ceremony lock until the end, and the set this
+        // rekey replaces must still be the cluster's.
+        let _lock = self.store.lock().map_err(SealError::Storage)?;
+        if let Some(files) = self.store.reload_shared().map_err(SealError::Storage)? {
+            if let Some(now) = files.current.filter(|f| f.set_id != current.set_id) {
+                self.note(
+                    EventKind::RekeyCommit,
+                    Outcome::Refused,
+                    json!({"rekey_id": id, "reason": "another node rekeyed first", "set_id": now.set_id}),
+                );
+                return Err(SealError::RekeySuperseded { set_id: now.set_id });
+            }
+        }
         self.store.save_pending(&file).map_err(SealError::Storage)?;
         hsm.logout();
         let changed = hsm.change_pins(
@@ -313,7 +327,7 @@ impl Seal {
             &new_key.so_pin(&new_set),
         );
         if let Err(e) = changed {
-            let _ = self.store.discard_pending();
+            let _ = self.store.discard_pending(&new_set_id);
             let relogin = hsm.login(&old.user);
             self.note(
                 EventKind::RekeyCommit,
@@ -327,7 +341,7 @@ impl Seal {
         }
         // Made here under the new key a quorum verified: its recipient is.
         inner.verified_recipient = Some(file.backup_recipient.clone());
-        if let Err(e) = self.store.promote_pending() {
+        if let Err(e) = self.store.promote_pending(&new_set_id) {
             // The token has the new PINs, the new set is on disk as
             // pending: sealed, and the next unseal accepts either set.
             inner.pending = Some(file);

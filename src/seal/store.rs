@@ -41,6 +41,17 @@ pub enum StoreError {
     /// A cipher or MAC refused its input (not expected).
     #[error("seal file cryptography failed: {0}")]
     Crypto(&'static str),
+    /// The cluster's shared copy (in the registry database) could not be
+    /// reached: retry once the database is back.
+    #[error("the cluster's seal in the registry database is unreachable: {0}")]
+    SharedUnreachable(String),
+    /// The shared copy refused the write (another node holds the ceremony
+    /// lock, or is committing another rekey).
+    #[error("the cluster's seal: {0}")]
+    SharedBusy(String),
+    /// The shared copy is not what a seal file can be (an altered table).
+    #[error("the cluster's seal in the registry database: {0}")]
+    SharedCorrupt(String),
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
@@ -299,16 +310,120 @@ fn seal_keyring(
     Ok([nonce.as_slice(), &ct].concat())
 }
 
-/// The seal files in a state directory.
+/// The authoritative copy of the seal files when several nodes share one
+/// token (a cluster): each node's `seal.json` is then only a mirror of it,
+/// so a rekey on one node reaches every other node's next unseal.
+///
+/// Nothing in it needs protecting from a reader (as with `seal.json`: no
+/// secret without a quorum of shares). A writer can only deny service: a
+/// file it forges or rolls back either fails its MAC under the
+/// reconstructed key, or yields PINs the token refuses (a rekey changed
+/// them), so no node opens on it. The token's PINs are the anchor.
+pub trait SharedSeal: Send + Sync {
+    /// The current and pending files, as stored.
+    fn load(&self) -> Result<SharedFiles, StoreError>;
+    /// Writes the current file (init, its commit, a settled field).
+    fn save_current(&self, file: &SealFile) -> Result<(), StoreError>;
+    /// Writes a rekey's pending file; refused while another set's is there
+    /// (another node's commit, or one interrupted: an unseal settles it).
+    fn save_pending(&self, file: &SealFile) -> Result<(), StoreError>;
+    /// Makes the pending file of `set_id` current, in one transaction.
+    fn promote_pending(&self, set_id: &str) -> Result<(), StoreError>;
+    /// Drops the pending file of `set_id` (another set's stays).
+    fn discard_pending(&self, set_id: &str) -> Result<(), StoreError>;
+    /// The cluster's ceremony lock, held until the guard drops: a rekey's
+    /// commit (pending file, PIN change, promotion) and an unseal's
+    /// settling of a pending file never interleave across nodes.
+    fn lock(&self) -> Result<Box<dyn Send>, StoreError>;
+}
+
+/// What [`SharedSeal::load`] finds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SharedFiles {
+    pub current: Option<SealFile>,
+    pub pending: Option<SealFile>,
+}
+
+/// The seal files in a state directory, and in a cluster the shared copy
+/// they mirror.
 pub struct SealStore {
     dir: PathBuf,
+    shared: Option<std::sync::Arc<dyn SharedSeal>>,
 }
 
 impl SealStore {
     pub fn new(dir: &Path) -> Self {
         SealStore {
             dir: dir.to_path_buf(),
+            shared: None,
         }
+    }
+
+    /// Keeps the authoritative copy in `shared`; `dir` holds a mirror.
+    pub fn with_shared(mut self, shared: std::sync::Arc<dyn SharedSeal>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// Whether the files are shared by a cluster.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// The shared copy, mirrored into the state directory where it differs
+    /// (so offline tools read what the cluster uses). `None` without one.
+    /// A shared copy with no files yet (a cluster that predates it) leaves
+    /// the mirror alone: the next verified unseal adopts it.
+    pub fn reload_shared(&self) -> Result<Option<SharedFiles>, StoreError> {
+        let Some(shared) = &self.shared else {
+            return Ok(None);
+        };
+        let files = shared.load()?;
+        if files.current.is_some() || files.pending.is_some() {
+            self.mirror(&files);
+        }
+        Ok(Some(files))
+    }
+
+    /// Best effort: the mirror is not what the node trusts.
+    fn mirror(&self, files: &SharedFiles) {
+        let local = SharedFiles {
+            current: Self::load_path(&self.current_path()).ok().flatten(),
+            pending: Self::load_path(&self.pending_path()).ok().flatten(),
+        };
+        if &local == files {
+            return;
+        }
+        let wrote = match &files.current {
+            Some(f) => self.write_atomic(&self.current_path(), f),
+            None => Ok(()),
+        }
+        .and_then(|()| match &files.pending {
+            Some(f) => self.write_atomic(&self.pending_path(), f),
+            None => self.discard_local_pending(),
+        });
+        if let Err(e) = wrote {
+            tracing::warn!(error = %e, "could not mirror the cluster's seal into the state directory");
+        }
+    }
+
+    /// After a verified unseal: a cluster's shared copy that has no file
+    /// yet (it predates the shared copy) takes this one.
+    pub fn adopt(&self, file: &SealFile) -> Result<(), StoreError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let files = shared.load()?;
+        if files.current.is_none() && files.pending.is_none() {
+            tracing::info!(set_id = %file.set_id, "the cluster's seal is now kept in the registry database");
+            shared.save_current(file)?;
+        }
+        Ok(())
+    }
+
+    /// The cluster's ceremony lock (nothing to lock on one host).
+    pub fn lock(&self) -> Result<Option<Box<dyn Send>>, StoreError> {
+        self.shared.as_ref().map(|s| s.lock()).transpose()
     }
 
     pub fn current_path(&self) -> PathBuf {
@@ -331,6 +446,20 @@ impl SealStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(path)(e)),
         }
+    }
+
+    /// The current and pending files: the shared copy where there is one
+    /// (and it holds any), else the state directory's.
+    pub fn load_both(&self) -> Result<SharedFiles, StoreError> {
+        if let Some(files) = self.reload_shared()? {
+            if files.current.is_some() || files.pending.is_some() {
+                return Ok(files);
+            }
+        }
+        Ok(SharedFiles {
+            current: self.load()?,
+            pending: self.load_pending()?,
+        })
     }
 
     pub fn load(&self) -> Result<Option<SealFile>, StoreError> {
@@ -363,23 +492,49 @@ impl SealStore {
         write().map_err(io(path))
     }
 
+    /// Writes the current file: to the shared copy first (a node that
+    /// fails there has changed nothing the cluster sees), then the mirror.
     pub fn save(&self, file: &SealFile) -> Result<(), StoreError> {
+        if let Some(shared) = &self.shared {
+            shared.save_current(file)?;
+        }
         self.write_atomic(&self.current_path(), file)
     }
 
     pub fn save_pending(&self, file: &SealFile) -> Result<(), StoreError> {
+        if let Some(shared) = &self.shared {
+            shared.save_pending(file)?;
+        }
         self.write_atomic(&self.pending_path(), file)
     }
 
-    /// Makes the pending file current.
-    pub fn promote_pending(&self) -> Result<(), StoreError> {
+    /// Makes the pending file (of `set_id`) current.
+    pub fn promote_pending(&self, set_id: &str) -> Result<(), StoreError> {
+        if let Some(shared) = &self.shared {
+            shared.promote_pending(set_id)?;
+            // The mirror follows; the shared copy is what counts.
+            if let Ok(Some(f)) = self.load_pending() {
+                if f.set_id == set_id {
+                    let _ = self.write_atomic(&self.current_path(), &f);
+                }
+            }
+            return self.discard_local_pending();
+        }
         let path = self.current_path();
         std::fs::rename(self.pending_path(), &path)
             .and_then(|_| std::fs::File::open(&self.dir)?.sync_all())
             .map_err(io(&path))
     }
 
-    pub fn discard_pending(&self) -> Result<(), StoreError> {
+    /// Drops the pending file (of `set_id`).
+    pub fn discard_pending(&self, set_id: &str) -> Result<(), StoreError> {
+        if let Some(shared) = &self.shared {
+            shared.discard_pending(set_id)?;
+        }
+        self.discard_local_pending()
+    }
+
+    fn discard_local_pending(&self) -> Result<(), StoreError> {
         let path = self.pending_path();
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),

@@ -21,6 +21,15 @@ impl Seal {
     ) -> SealResult<ShareProgress> {
         self.audited(|| -> SealResult<ShareProgress> {
             let mut inner = self.inner();
+            // In a cluster a ceremony starts from the seal files as the
+            // cluster has them (a rekey or an init on another node).
+            let starting = matches!(
+                inner.state,
+                State::Uninitialized | State::Sealed { progress: None, .. }
+            );
+            if starting {
+                self.refresh(&mut inner)?;
+            }
             match &inner.state {
                 State::Uninitialized => return Err(SealError::NotInitialized),
                 State::Unsealed { .. } => return Err(SealError::AlreadyUnsealed),
@@ -36,6 +45,9 @@ impl Seal {
                 SealError::BadShare(e)
             })?;
             let got = hex::encode(parsed.set_id);
+            if !starting && !Self::knows_set(&inner, &got) {
+                self.refresh(&mut inner)?;
+            }
             let file = [inner.current.as_ref(), inner.pending.as_ref()]
                 .into_iter()
                 .flatten()
@@ -118,9 +130,63 @@ impl Seal {
                 });
             }
 
-            // Threshold reached: whatever happens next, the shares are
-            // dropped; the provisioning PINs (if init is pending) stay unless
-            // they were used.
+            // Threshold reached. In a cluster, the ceremony lock is held
+            // from here to the end (no other node's rekey commit between
+            // this login and what it settles), and the files are read again
+            // under it. If that fails, this last share is handed back (the
+            // others are kept): submitted again, it completes the quorum.
+            let locked = match self.store.lock() {
+                Ok(l) => self.refresh(&mut inner).map(|()| l),
+                Err(e) => Err(SealError::Storage(e)),
+            };
+            let _lock = match locked {
+                Ok(l) => l,
+                Err(e) => {
+                    if let State::Sealed {
+                        progress: Some(p), ..
+                    } = &mut inner.state
+                    {
+                        p.shares.pop();
+                    }
+                    self.note(
+                        EventKind::UnsealShare,
+                        Outcome::Refused,
+                        json!({"reason": e.to_string(), "index": index}),
+                    );
+                    return Err(e);
+                }
+            };
+            if !Self::knows_set(&inner, &file.set_id) {
+                // Another node committed a rekey while these were gathered:
+                // not one login attempt is spent on PINs the token dropped.
+                let want = inner
+                    .current
+                    .as_ref()
+                    .map(|f| f.set_id.clone())
+                    .unwrap_or_default();
+                if let State::Sealed { progress, .. } = &mut inner.state {
+                    *progress = None;
+                }
+                self.note(
+                    EventKind::Unseal,
+                    Outcome::Refused,
+                    json!({"reason": "share set replaced by a rekey on another node", "set_id": file.set_id}),
+                );
+                return Err(SealError::WrongSet {
+                    got: file.set_id,
+                    want,
+                });
+            }
+            // As the cluster has it now (a settled field, say).
+            let file = [inner.current.as_ref(), inner.pending.as_ref()]
+                .into_iter()
+                .flatten()
+                .find(|f| f.set_id == file.set_id)
+                .cloned()
+                .unwrap_or(file);
+            // Whatever happens next, the shares are dropped; the
+            // provisioning PINs (if init is pending) stay unless they were
+            // used.
             let State::Sealed {
                 progress,
                 init_pins,
@@ -183,6 +249,17 @@ impl Seal {
             return Err(SealError::Tampered(why.to_string()));
         }
         let keyring = file.open_keyring(&key).map_err(SealError::Storage)?;
+        if self.store.is_shared() {
+            // Another node may have changed the token's PINs (a rekey).
+            if let Err(e) = hsm.reload_token() {
+                self.note(
+                    EventKind::Unseal,
+                    Outcome::Failed,
+                    json!({"reason": e.to_string()}),
+                );
+                return Err(SealError::Hsm(e));
+            }
+        }
         let mut logged_in = false;
         if file.pending_init {
             // The first quorum proved the shares work: now, and only now,
@@ -258,15 +335,15 @@ impl Seal {
         // failure to record that leaves the daemon sealed and logged out.
         let is_pending = inner.pending.as_ref().map(|p| p.set_id == file.set_id) == Some(true);
         let settled = if is_pending {
-            self.store.promote_pending().map(|()| {
+            self.store.promote_pending(&file.set_id).map(|()| {
                 inner.current = inner.pending.take();
             })
-        } else if inner.pending.is_some() {
-            self.store.discard_pending().map(|()| {
+        } else if let Some(dead) = inner.pending.as_ref().map(|p| p.set_id.clone()) {
+            self.store.discard_pending(&dead).map(|()| {
                 inner.pending = None;
             })
         } else {
-            Ok(())
+            self.store.adopt(&file)
         };
         if let Err(e) = settled {
             hsm.logout();
@@ -283,6 +360,14 @@ impl Seal {
             json!({"set_id": file.set_id}),
         );
         Ok(file.set_id)
+    }
+
+    /// Whether `set_id` is the current or the pending share set.
+    fn knows_set(inner: &Inner, set_id: &str) -> bool {
+        [inner.current.as_ref(), inner.pending.as_ref()]
+            .into_iter()
+            .flatten()
+            .any(|f| f.set_id == set_id)
     }
 
     /// What a verified quorum settles in `seal.json` besides init: the

@@ -238,7 +238,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                     .with_context(|| format!("opening the registry at {:?}", c.target))?,
             )),
         };
-        let seal = Seal::open(SealStore::new(&state_dir), seal_config)?
+        // In a cluster the seal files live in the shared database (each
+        // node's seal.json mirrors them): a rekey reaches every node.
+        let seal_store = match &cluster {
+            None => SealStore::new(&state_dir),
+            Some(c) => SealStore::new(&state_dir).with_shared(Arc::new(
+                crate::cluster::seal::PgSeal::new(c.target.clone(), &c.node_id),
+            )),
+        };
+        let seal = Seal::open(seal_store, seal_config)?
             .with_audit_sink(Arc::new(core_audit.clone()));
         // Evidence that this daemon was initialised, for a seal file that
         // has gone missing (readable while sealed, unverified).

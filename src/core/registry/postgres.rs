@@ -28,9 +28,10 @@ pub const ACKS_CHANNEL: &str = "keywarden_acks";
 const MIGRATION_LOCK: i64 = 0x6b77_0001;
 
 /// The migrations, in order. Never edit one that has shipped: add another.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE meta (k text PRIMARY KEY, v text NOT NULL);
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE meta (k text PRIMARY KEY, v text NOT NULL);
      INSERT INTO meta (k, v) VALUES ('generation', '0'), ('schema_version', '2');
      CREATE TABLE intents (
          hsm_id bytea PRIMARY KEY CHECK (length(hsm_id) = 16),
@@ -53,7 +54,20 @@ const MIGRATIONS: &[(i32, &str)] = &[(
          instance text NOT NULL,
          joined_at timestamptz NOT NULL DEFAULT now()
      );",
-)];
+    ),
+    (
+        2,
+        // The cluster's seal files (src/cluster/seal.rs): authenticated
+        // by their own MAC, as seal.json is.
+        "CREATE TABLE seal_files (
+         slot text PRIMARY KEY CHECK (slot IN ('current', 'pending')),
+         set_id text NOT NULL,
+         body text NOT NULL,
+         written_by text NOT NULL,
+         written_at timestamptz NOT NULL DEFAULT now()
+     );",
+    ),
+];
 
 /// Where the database is and how to log in. The password, if any, comes
 /// from a file (or a systemd credential), never from the config text.

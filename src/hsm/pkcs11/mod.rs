@@ -358,6 +358,9 @@ impl Hsm for Pkcs11Hsm {
         self.recover_now()
     }
 
+    fn reload_token(&self) -> HsmResult<()> {
+        self.reload_logged_out()
+    }
     fn login(&self, pin: &Pin) -> HsmResult<()> {
         let _transition = lock(&self.transitions);
         let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());

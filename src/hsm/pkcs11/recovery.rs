@@ -85,6 +85,25 @@ impl Pkcs11Hsm {
         Ok(live)
     }
 
+    /// [`Hsm::reload_token`]: C_Finalize and C_Initialize while no session
+    /// is ours, then the same token found again by serial.
+    pub(super) fn reload_logged_out(&self) -> HsmResult<()> {
+        let _transition = lock(&self.transitions);
+        if self
+            .live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return Ok(());
+        }
+        self.reinitialize()?;
+        let same = TokenSelector::Serial(self.token.serial.clone());
+        let (slot, _) = select_token(&self.ctx, &same)?;
+        *self.slot.write().unwrap_or_else(|p| p.into_inner()) = slot;
+        Ok(())
+    }
+
     /// One recovery attempt ([`Hsm::recover`]).
     pub(super) fn recover_now(&self) -> HsmResult<bool> {
         let _transition = lock(&self.transitions);
