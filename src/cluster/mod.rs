@@ -348,6 +348,7 @@ impl Node {
         let Some(client) = c.as_mut() else {
             return Ok(false);
         };
+        crate::core::registry::postgres::clear_tls_errors();
         let gen_i = i64::try_from(gen).unwrap_or(i64::MAX);
         let behind: i64 = client
             .query_one(

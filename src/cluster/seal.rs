@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use postgres::error::SqlState;
 use postgres::Client;
 
-use crate::core::registry::postgres::{close_off_runtime, pg_err, PgTarget};
+use crate::core::registry::postgres::{clear_tls_errors, close_off_runtime, pg_err, PgTarget};
 use crate::core::registry::RegistryError;
 use crate::seal::store::{SealFile, SharedFiles, SharedSeal, StoreError};
 
@@ -79,6 +79,7 @@ impl PgSeal {
         let Some(c) = slot.as_mut() else {
             return Err(StoreError::SharedUnreachable("no connection".into()));
         };
+        clear_tls_errors();
         let out = f(c);
         if matches!(out, Err(StoreError::SharedUnreachable(_))) {
             if let Some(old) = slot.take() {

@@ -237,12 +237,22 @@ impl PgTarget {
 
     /// A new connection.
     pub fn connect(&self) -> Result<Client, RegistryError> {
+        clear_tls_errors();
         match &self.tls {
             Some(tls) => self.config.connect(tls.clone()),
             None => self.config.connect(NoTls),
         }
         .map_err(pg_err)
     }
+}
+
+/// Empties this thread's OpenSSL error queue. The PKCS#11 modules in this
+/// process (SoftHSM, Kryoptic) use OpenSSL too and can leave errors on it
+/// (an engine that did not load at C_Initialize); OpenSSL's TLS reads any
+/// error on the queue as its own and fails the connection. Called before
+/// every use of a database connection.
+pub fn clear_tls_errors() {
+    let _ = openssl::error::ErrorStack::get();
 }
 
 /// A statement's failure: the server refused it, or it could not be
@@ -339,6 +349,7 @@ impl PgStore {
         &mut self,
         f: impl FnOnce(&mut Client) -> Result<T, RegistryError>,
     ) -> Result<T, RegistryError> {
+        clear_tls_errors();
         let out = f(self.client()?);
         if matches!(out, Err(RegistryError::Unreachable(_))) {
             self.client = None;
