@@ -55,7 +55,7 @@ wait_for "$base/n1.out" '^Unsealed\.' "${pids[1]}"
 share=$(sed -n 's/^Unseal share: //p' "$base/n1.out")
 
 for n in 2 3; do
-  step "Node $n: joins node 1's token and seal, starts sealed, is unsealed with the same share"
+  step "Node $n: joins node 1's token (the seal comes from PostgreSQL), starts sealed, is unsealed with the same share"
   "$KW" dev --dir "$base/n$n" --registry-url "$url" --node-id "n$n" --join "$base/n1" \
     >"$base/n$n.out" 2>"$base/n$n.out.log" &
   pids+=($!)

@@ -152,8 +152,9 @@ enum Command {
         /// (PEM): `[registry] ca_file`.
         #[arg(long, value_name = "FILE", requires = "registry_url")]
         registry_ca_file: Option<PathBuf>,
-        /// Join the cluster of the dev daemon in DIR: its token and its
-        /// seal (one share set for the cluster); starts sealed.
+        /// Join the cluster of the dev daemon in DIR: its token (the seal,
+        /// one share set for the cluster, comes from the registry
+        /// database); starts sealed.
         #[arg(long, value_name = "DIR", requires = "registry_url")]
         join: Option<PathBuf>,
     },
