@@ -10,17 +10,15 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 secs=${1:-60}
-target_dir=${FUZZ_TARGET_DIR:-$root/fuzz/target}
-triple=$(rustc -vV | sed -n 's/^host: //p')
-# --target keeps the instrumentation away from build scripts and proc macros.
-RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
--Cllvm-args=-sanitizer-coverage-level=4 \
--Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
--Cllvm-args=-sanitizer-coverage-pc-table \
--Cllvm-args=-sanitizer-coverage-trace-compares \
--Cdebug-assertions -Coverflow-checks" \
+# The build shares the workspace's target directory and compiles only
+# Keywarden's crates and the targets with coverage instrumentation (see
+# scripts/fuzz-rustc.sh): after scripts/build-deb.sh (the package test runs
+# it first in scripts/test.sh) every dependency is already built, and only
+# about a dozen crates compile here.
+target_dir=${FUZZ_TARGET_DIR:-$root/target}
+RUSTC_WRAPPER="$root/scripts/fuzz-rustc.sh" \
   cargo build --manifest-path "$root/fuzz/Cargo.toml" --release --locked --bins \
-  --target "$triple" --target-dir "$target_dir"
+  --target-dir "$target_dir"
 # The targets run two at a time (libFuzzer uses one core each), each
 # writing to its own log; a crash in any fails the run.
 logs=$(mktemp -d)
@@ -28,7 +26,7 @@ trap 'rm -rf "$logs"' EXIT
 run_target() { # target
   local t=$1 corpus="$root/fuzz/corpus/$1" artifacts="$root/fuzz/artifacts/$1"
   mkdir -p "$corpus" "$artifacts"
-  "$target_dir/$triple/release/$t" -max_total_time="$secs" -print_final_stats=1 \
+  "$target_dir/release/$t" -max_total_time="$secs" -print_final_stats=1 \
     -artifact_prefix="$artifacts/" "$corpus" >"$logs/$t" 2>&1
 }
 targets=(blob_decode share_parse policy_parse config_parse requests envelope_open)
