@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::store::{SharedFiles, SharedSeal, StoreError};
+use super::tests::{pin, spec};
 use super::*;
 use crate::audit::MemorySink;
 use crate::hsm::memory::MemoryHsm;
@@ -111,19 +112,6 @@ fn node(shared: &Arc<MemShared>) -> Node {
     .unwrap()
     .with_audit_sink(Arc::new(MemorySink::default()));
     Node { dir, seal }
-}
-
-fn spec(shares: u32, threshold: u32) -> ShareSpec<'static> {
-    ShareSpec {
-        shares,
-        threshold,
-        recipients: &[],
-        labels: &[],
-    }
-}
-
-fn pin(s: &str) -> Pin {
-    Pin::from_bytes(s.as_bytes()).unwrap()
 }
 
 fn lines(issued: &[IssuedShare]) -> Vec<String> {

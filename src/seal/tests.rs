@@ -46,11 +46,11 @@ fn rig(allow_single_share: bool) -> Rig {
     }
 }
 
-fn pin(s: &str) -> Pin {
+pub(super) fn pin(s: &str) -> Pin {
     Pin::from_bytes(s.as_bytes()).unwrap()
 }
 
-fn spec(shares: u32, threshold: u32) -> ShareSpec<'static> {
+pub(super) fn spec(shares: u32, threshold: u32) -> ShareSpec<'static> {
     ShareSpec {
         shares,
         threshold,
