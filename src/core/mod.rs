@@ -70,9 +70,12 @@ pub struct Keywarden {
     hsm: Arc<dyn Hsm>,
     registry: Registry,
     seal: Seal,
+    /// The audit log's own duties beyond recording events: its signing key
+    /// and checkpoints, the context key, the ledger and its health. None in
+    /// unit tests and in benchmarks without a log.
     audit: Option<crate::audit::Audit>,
-    /// Where lifecycle and integrity events go (the audit log, or a test's
-    /// memory).
+    /// Where lifecycle and integrity events go: the same log as `audit`
+    /// when one is attached (`with_audit` sets both), or a test's memory.
     sink: Arc<dyn crate::audit::AuditSink>,
     drift: RwLock<Drift>,
     table: RwLock<Table>,
