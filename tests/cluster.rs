@@ -377,39 +377,10 @@ async fn tampering_or_an_old_snapshot_in_postgresql_is_refused_on_every_node() {
     }
 
     // An old copy of the whole database put back (pg_dump / pg_restore).
-    let sockets = pg.sockets().display().to_string();
     let dump = pg.sockets().join("old.dump");
-    pg.run(
-        "pg_dump",
-        &[
-            "-h",
-            &sockets,
-            "-U",
-            "kw",
-            "-Fc",
-            "-t",
-            "meta",
-            "-t",
-            "key_records",
-            "-f",
-            dump.to_str().unwrap(),
-            "postgres",
-        ],
-    );
+    dump_registry(&pg, &dump);
     create_key(&mut c1, "e").await;
-    pg.run(
-        "pg_restore",
-        &[
-            "-h",
-            &sockets,
-            "-U",
-            "kw",
-            "-d",
-            "postgres",
-            "--clean",
-            dump.to_str().unwrap(),
-        ],
-    );
+    restore_registry(&pg, &dump);
     for d in &nodes {
         let mut c = d.client().await;
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -501,6 +472,89 @@ async fn a_lost_database_or_a_frozen_node_stops_serving_and_service_comes_back()
     wait_serving(&nodes[1]).await;
     let mut c2 = nodes[1].client().await;
     decrypt(&mut c2, &g.ciphertext_blob, &[]).await.unwrap();
+}
+
+/// pg_dump of the registry's tables (not `nodes`) into `file`.
+fn dump_registry(pg: &Postgres, file: &std::path::Path) {
+    let sockets = pg.sockets().display().to_string();
+    pg.run(
+        "pg_dump",
+        &[
+            "-h",
+            &sockets,
+            "-U",
+            "kw",
+            "-Fc",
+            "-t",
+            "meta",
+            "-t",
+            "key_records",
+            "-f",
+            file.to_str().unwrap(),
+            "postgres",
+        ],
+    );
+}
+
+fn restore_registry(pg: &Postgres, file: &std::path::Path) {
+    let sockets = pg.sockets().display().to_string();
+    pg.run(
+        "pg_restore",
+        &[
+            "-h",
+            &sockets,
+            "-U",
+            "kw",
+            "-d",
+            "postgres",
+            "--clean",
+            file.to_str().unwrap(),
+        ],
+    );
+}
+
+/// Someone who can write the database hides a disable from one node: the
+/// node is frozen while the disable commits and returns, and before it
+/// wakes the database is put back to the snapshot it had applied, so the
+/// database grants it a lease at that generation. The HSM's counter, which
+/// the writer advanced after its commit, contradicts the database, and the
+/// node refuses the key (as the other nodes refuse the old snapshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_hiding_a_disable_from_a_node_cannot_keep_it_serving() {
+    let pg = Postgres::start();
+    let nodes = cluster(&pg, &[]).await;
+    let mut c1 = nodes[0].client().await;
+    create_key(&mut c1, "k").await;
+    let g = generate(&mut c1, "k", &[]).await;
+    let mut c3 = nodes[2].client().await;
+    wait_serving(&nodes[2]).await;
+    decrypt(&mut c3, &g.ciphertext_blob, &[]).await.unwrap();
+    let snapshot = pg.sockets().join("before-disable.dump");
+    dump_registry(&pg, &snapshot);
+
+    let pid3 = nix::unistd::Pid::from_raw(nodes[2].serve_pid().unwrap());
+    nix::sys::signal::kill(pid3, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    c1.keys.disable_key(name_req("k")).await.unwrap();
+    restore_registry(&pg, &snapshot);
+    assert!(pg
+        .psql("SELECT record FROM key_records WHERE name = 'k'")
+        .contains("\"state\":\"active\""));
+    nix::sys::signal::kill(pid3, nix::sys::signal::Signal::SIGCONT).unwrap();
+
+    // Node 3 wakes with its lease run out, renews at the generation the
+    // database shows, and must still never serve the key.
+    let until = Instant::now() + Duration::from_secs(6);
+    let mut last = None;
+    while Instant::now() < until {
+        match decrypt(&mut c3, &g.ciphertext_blob, &[]).await {
+            Ok(_) => panic!("node 3 served a key whose disable had returned"),
+            Err(s) => last = Some(s),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last = last.unwrap();
+    assert_eq!(last.code(), Code::DataLoss, "{}", last.message());
+    assert!(last.message().contains("older copy"), "{}", last.message());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,13 @@ pub enum SyncState {
     Behind,
 }
 
+/// The database's registry generation as a node sees it.
+struct Generations {
+    database: u64,
+    /// The HSM's counter is ahead of `database`.
+    ahead: bool,
+}
+
 /// What the core needs of the cluster it is a node of.
 pub trait Membership: Send + Sync {
     /// Whether this node may serve key operations now: it has a current
@@ -65,9 +72,10 @@ impl Keywarden {
         if self.seal.require_unsealed().is_err() {
             return Ok(SyncState::Sealed);
         }
-        let disk = self.registry.generation_on_disk().map_err(reg_err)?;
+        let seen = self.counter_ahead_of_database()?;
+        let disk = seen.database;
         let applied = self.applied.load(std::sync::atomic::Ordering::Acquire);
-        if applied == disk {
+        if applied == disk && !seen.ahead {
             return Ok(SyncState::Current(disk));
         }
         // A change of this node's own holds `writes` until its table is
@@ -103,14 +111,37 @@ impl Keywarden {
         Ok(())
     }
 
+    /// The database's generation, and whether the HSM's counter is ahead
+    /// of it. The counter is read first: a writer advances it only after
+    /// its commit, so an honest database read after it is never behind.
+    /// One that is hides a committed change (someone who can write it put
+    /// an old snapshot back) or was rolled back. A node at the generation
+    /// the database shows would otherwise renew its lease on the
+    /// database's word and go on serving what a revocation replaced;
+    /// instead it loads the registry, and the witness check refuses it as
+    /// an older copy. No counter object is no evidence: a token shared by
+    /// several processes can briefly show none while a writer replaces it
+    /// (the missing-counter check is made at each unseal).
+    fn counter_ahead_of_database(&self) -> CoreResult<Generations> {
+        let hsm = self
+            .hsm
+            .read_counter(REGISTRY_COUNTER_LABEL)
+            .map_err(CoreError::from_hsm)?;
+        let database = self.registry.generation_on_disk().map_err(reg_err)?;
+        Ok(Generations {
+            database,
+            ahead: hsm.is_some_and(|h| h > database),
+        })
+    }
+
     /// [`refresh`](Self::refresh) for a caller that holds `writes`.
     pub(super) fn refresh_locked(&self) -> CoreResult<Option<u64>> {
         if self.seal.require_unsealed().is_err() {
             return Ok(None);
         }
         let mine = self.applied.load(std::sync::atomic::Ordering::Acquire);
-        let theirs = self.registry.generation_on_disk().map_err(reg_err)?;
-        if theirs == mine {
+        let seen = self.counter_ahead_of_database()?;
+        if seen.database == mine && !seen.ahead {
             return Ok(Some(mine));
         }
         let (hsm_gen, mut loaded) = self.load_verified()?;

@@ -570,3 +570,31 @@ fn a_destruction_that_is_not_due_on_the_record_as_it_is_now_is_not_carried_out()
     assert_eq!(state(&r.core, "k"), KeyState::Active);
     generate(&r.core, "k").unwrap();
 }
+
+#[test]
+fn a_database_behind_the_hsm_counter_is_refused_even_at_the_applied_generation() {
+    let r = rig();
+    r.core
+        .create_key("k", "", None, crate::hsm::KeyKind::Aes)
+        .unwrap();
+    assert!(generate(&r.core, "k").is_ok());
+    let Ok(membership::SyncState::Current(g)) = r.core.sync_state() else {
+        panic!("not current after a create");
+    };
+    // What a database hiding a later commit looks like from a node that
+    // applied `g`: the writer advanced the HSM's counter after committing
+    // `g + 1`, and the database still answers `g`.
+    r.hsm.write_counter(REGISTRY_COUNTER_LABEL, g + 1).unwrap();
+    assert!(generate(&r.core, "k").is_ok(), "nothing looked yet");
+    r.core.sync_state().unwrap();
+    let refused = generate(&r.core, "k");
+    assert!(
+        matches!(&refused, Err(CoreError::RegistryTampered { what, .. }) if what.contains("older")),
+        "{:?}",
+        refused.err().map(|e| e.to_string())
+    );
+    assert!(r
+        .sink
+        .kinds()
+        .contains(&(K::RegistryTampering, O::Detected)));
+}
