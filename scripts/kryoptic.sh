@@ -15,5 +15,5 @@ export KEYWARDEN_CRASH_ROUNDS=${KEYWARDEN_CRASH_ROUNDS_KRYOPTIC:-10}
 runner=(test)
 cargo nextest --version >/dev/null 2>&1 && runner=(nextest run)
 cargo "${runner[@]}" --workspace --locked --no-fail-fast \
-  --test datakeys --test lifecycle --test unseal --test access --test cli --test review \
+  --test datakeys --test lifecycle --test unseal --test access --test cli --test review --test acknowledge \
   --test reliability --test faults --test hsm_contract --test backup

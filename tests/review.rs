@@ -211,11 +211,14 @@ async fn an_old_registry_with_the_counter_deleted_is_caught() {
     d.restart().await;
     let mut c = d.client().await;
     assert_status(gdk(&mut c, "patients").await, Code::DataLoss, "registry");
-    // The explicit, audited way back.
+    // The explicit, audited way back. The disable made after the copy is
+    // in the audit log's ledger: accepting the old registry keeps it.
     let out = acknowledge(&d);
     assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("patients: active -> suspended"), "{said}");
     assert!(tampering(&d).await.is_empty());
-    gdk(&mut c, "patients").await.unwrap();
+    assert_status(gdk(&mut c, "patients").await, Code::FailedPrecondition, "");
     drop(c);
     d.restart().await;
     assert!(

@@ -587,20 +587,33 @@ impl OperatorApi {
         reason: String,
     ) -> Result<proto::AcknowledgeTamperingResponse, Status> {
         crate::core::validate::reason("reason", &reason).map_err(Status::from)?;
-        let by = call.principal.clone();
-        let uid = call.caller.uid;
-        let accepted = blocking(&self.ctx.core, move |c| {
-            let r = c.acknowledge_tampering();
-            if r.is_ok() {
+        let actor = crate::core::Actor {
+            uid: call.caller.uid,
+            principal: call.principal.clone(),
+        };
+        let ack = blocking(&self.ctx.core, move |c| {
+            let r = c.acknowledge_tampering(&actor);
+            if let Ok(a) = &r {
                 c.event(EventKind::TamperingAcknowledged, Outcome::Ok,
-                    json!({"ALERT": "REGISTRY ROLLBACK ACCEPTED", "reason": reason, "by_uid": uid, "by": by}),
+                    json!({"ALERT": if a.complete { "REGISTRY ROLLBACK ACCEPTED" } else { "REGISTRY ROLLBACK ACKNOWLEDGED, NOT YET ACCEPTED" },
+                           "reason": reason, "by_uid": actor.uid, "by": actor.principal,
+                           "approvals": a.approvals, "approvals_needed": a.approvals_needed,
+                           "replayed": a.replayed}),
                 );
             }
             r
         })
         .await?
         .map_err(Status::from)?;
-        Ok(proto::AcknowledgeTamperingResponse { accepted })
+        Ok(proto::AcknowledgeTamperingResponse {
+            accepted: ack.what,
+            complete: ack.complete,
+            approvals: ack.approvals as u32,
+            approvals_needed: ack.approvals_needed as u32,
+            unverified: ack.unverified.unwrap_or_default(),
+            replayed: ack.replayed,
+            lost: ack.lost,
+        })
     }
 
     async fn init_inner(&self, mut r: proto::InitRequest) -> Result<proto::InitResponse, Status> {

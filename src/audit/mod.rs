@@ -17,6 +17,7 @@
 
 pub mod event;
 pub mod forward;
+pub mod scan;
 pub mod verify;
 
 pub use event::{AuditSink, Event, EventKind, MemorySink, NullSink, Outcome};
@@ -194,6 +195,8 @@ struct Shared {
     health: Mutex<Result<(), AuditError>>,
     signer: Mutex<Option<Signer>>,
     dir: PathBuf,
+    /// The live file (rotated files sit beside it).
+    live: PathBuf,
     /// The highest registry generation known: every line carries it, so
     /// the log witnesses the registry's history (a registry older than the
     /// last line's generation was rolled back).
@@ -631,6 +634,7 @@ impl Audit {
             health: Mutex::new(Ok(())),
             signer: Mutex::new(None),
             dir,
+            live: config.file.clone(),
             registry_generation: std::sync::atomic::AtomicU64::new(witnessed),
             new_chain: last.is_none(),
             context_key: Mutex::new(None),
@@ -803,6 +807,21 @@ impl Audit {
     }
 
     /// The highest registry generation the log has recorded.
+    /// Reads this log back from disk for its ledger ([`scan::scan`]),
+    /// verifying the chain under `key` (the HSM's signing key).
+    pub fn scan_ledger(
+        &self,
+        key: &p256::ecdsa::VerifyingKey,
+    ) -> Result<scan::LedgerScan, scan::ScanError> {
+        let files = verify::log_files(&self.state.dir, &self.state.live).map_err(|source| {
+            scan::ScanError {
+                path: self.state.dir.clone(),
+                source,
+            }
+        })?;
+        scan::scan(&files, key)
+    }
+
     pub fn witnessed_registry_generation(&self) -> u64 {
         self.state
             .registry_generation

@@ -114,127 +114,181 @@ pub fn verify_texts(
     key: &VerifyingKey,
     allow_unsigned_tail: bool,
 ) -> Result<Report, Broken> {
-    let mut report = Report {
-        files: files.len(),
-        entries: 0,
-        checkpoints: 0,
-        first_seq: 0,
-        last_seq: 0,
-        unsigned_tail: 0,
-        starts_mid_chain: false,
-    };
-    let mut expected: Option<u64> = None;
-    let mut prev_hash: Option<String> = None;
+    let mut chain = Chain::new(key);
     for (path, text) in files {
+        chain.report.files += 1;
         for raw in text.split_inclusive('\n') {
             let Some(line) = raw.strip_suffix('\n') else {
                 return Err(Broken {
-                    seq: expected.unwrap_or(0),
+                    seq: chain.expected.unwrap_or(0),
                     what: format!(
                         "{}: a partial last line (truncated mid-write)",
                         path.display()
                     ),
                 });
             };
-            let at = expected.unwrap_or(0);
-            let v: Value = serde_json::from_str(line).map_err(|_| Broken {
-                seq: at,
-                what: "a line that is not valid JSON (edited)".into(),
-            })?;
-            let Some(obj) = v.as_object() else {
-                return Err(Broken {
-                    seq: at,
-                    what: "a line that is not an object".into(),
-                });
-            };
-            let seq = obj.get("seq").and_then(Value::as_u64).ok_or(Broken {
-                seq: at,
-                what: "a line without a sequence number".into(),
-            })?;
-            if seq > MAX_SEQ {
-                return Err(Broken {
-                    seq,
-                    what: "a sequence number no log reaches (forged)".into(),
-                });
-            }
-            let prev = obj.get("prev").and_then(Value::as_str).unwrap_or_default();
-            match expected {
-                None => {
-                    report.first_seq = seq;
-                    if seq == 0 {
-                        if obj.get("type").and_then(Value::as_str) != Some("genesis")
-                            || prev != "0".repeat(64)
-                        {
-                            return Err(Broken {
-                                seq,
-                                what: "seq 0 is not a genesis line".into(),
-                            });
-                        }
-                    } else {
-                        report.starts_mid_chain = true;
-                    }
-                }
-                Some(want) if seq < want => {
-                    return Err(Broken {
-                        seq: want,
-                        what: format!(
-                        "found seq {seq} where {want} was expected: lines reordered or replayed"
-                    ),
-                    })
-                }
-                Some(want) if seq > want => {
-                    return Err(Broken {
-                        seq: want,
-                        what: format!("missing (the next line is seq {seq}): lines deleted"),
-                    })
-                }
-                Some(_) => {}
-            }
-            if let Some(h) = &prev_hash {
-                if prev != h {
-                    return Err(Broken {
-                        seq: seq.saturating_sub(1),
-                        what: "altered: its hash does not match the next line's prev".into(),
-                    });
-                }
-            }
-            // A line whose canonical form differs was edited by hand.
-            if canonical(obj) != line {
-                return Err(Broken {
-                    seq,
-                    what: "altered: not in canonical form".into(),
-                });
-            }
-            if obj.get("type").and_then(Value::as_str) == Some("checkpoint") {
-                check_signature(key, obj).map_err(|e| Broken {
-                    seq,
-                    what: e.to_string(),
-                })?;
-                report.checkpoints += 1;
-                report.unsigned_tail = 0;
-            } else {
-                report.unsigned_tail += 1;
-            }
-            report.entries += 1;
-            report.last_seq = seq;
-            expected = Some(seq.saturating_add(1));
-            prev_hash = Some(hex::encode(Sha256::digest(line.as_bytes())));
+            chain.push(line)?;
         }
     }
-    if report.entries == 0 {
-        return Err(Broken {
-            seq: 0,
-            what: "the log is empty".into(),
-        });
+    chain.finish(allow_unsigned_tail)
+}
+
+/// The chain checked one line at a time (oldest first), so a caller can
+/// stream files of any size and keep only the lines it needs.
+pub struct Chain<'k> {
+    key: &'k VerifyingKey,
+    report: Report,
+    expected: Option<u64>,
+    prev_hash: Option<String>,
+}
+
+impl<'k> Chain<'k> {
+    pub fn new(key: &'k VerifyingKey) -> Self {
+        Chain {
+            key,
+            report: Report {
+                files: 0,
+                entries: 0,
+                checkpoints: 0,
+                first_seq: 0,
+                last_seq: 0,
+                unsigned_tail: 0,
+                starts_mid_chain: false,
+            },
+            expected: None,
+            prev_hash: None,
+        }
     }
-    if report.unsigned_tail > 0 && !allow_unsigned_tail {
-        return Err(Broken {
-            seq: report.last_seq,
-            what: format!(
-                "the last {} entries are not covered by a checkpoint signature: the log was truncated, or the daemon is running or crashed (use --allow-unsigned-tail for a live log)",
-                report.unsigned_tail
-            ),
-        });
+
+    /// Counts one more file (for the report).
+    pub fn next_file(&mut self) {
+        self.report.files += 1;
     }
-    Ok(report)
+
+    /// Checks the next line (without its newline) and returns it parsed.
+    pub fn push(&mut self, line: &str) -> Result<Map<String, Value>, Broken> {
+        let at = self.expected.unwrap_or(0);
+        let v: Value = serde_json::from_str(line).map_err(|_| Broken {
+            seq: at,
+            what: "a line that is not valid JSON (edited)".into(),
+        })?;
+        let Value::Object(obj) = v else {
+            return Err(Broken {
+                seq: at,
+                what: "a line that is not an object".into(),
+            });
+        };
+        let seq = obj.get("seq").and_then(Value::as_u64).ok_or(Broken {
+            seq: at,
+            what: "a line without a sequence number".into(),
+        })?;
+        if seq > MAX_SEQ {
+            return Err(Broken {
+                seq,
+                what: "a sequence number no log reaches (forged)".into(),
+            });
+        }
+        let prev = obj.get("prev").and_then(Value::as_str).unwrap_or_default();
+        match self.expected {
+            None => {
+                self.report.first_seq = seq;
+                if seq == 0 {
+                    if obj.get("type").and_then(Value::as_str) != Some("genesis")
+                        || prev != "0".repeat(64)
+                    {
+                        return Err(Broken {
+                            seq,
+                            what: "seq 0 is not a genesis line".into(),
+                        });
+                    }
+                } else {
+                    self.report.starts_mid_chain = true;
+                }
+            }
+            Some(want) if seq < want => {
+                return Err(Broken {
+                    seq: want,
+                    what: format!(
+                        "found seq {seq} where {want} was expected: lines reordered or replayed"
+                    ),
+                })
+            }
+            Some(want) if seq > want => {
+                return Err(Broken {
+                    seq: want,
+                    what: format!("missing (the next line is seq {seq}): lines deleted"),
+                })
+            }
+            Some(_) => {}
+        }
+        if let Some(h) = &self.prev_hash {
+            if prev != h {
+                return Err(Broken {
+                    seq: seq.saturating_sub(1),
+                    what: "altered: its hash does not match the next line's prev".into(),
+                });
+            }
+        }
+        // A line whose canonical form differs was edited by hand.
+        if canonical(&obj) != line {
+            return Err(Broken {
+                seq,
+                what: "altered: not in canonical form".into(),
+            });
+        }
+        if obj.get("type").and_then(Value::as_str) == Some("checkpoint") {
+            check_signature(self.key, &obj).map_err(|e| Broken {
+                seq,
+                what: e.to_string(),
+            })?;
+            self.report.checkpoints += 1;
+            self.report.unsigned_tail = 0;
+        } else {
+            self.report.unsigned_tail += 1;
+        }
+        self.report.entries += 1;
+        self.report.last_seq = seq;
+        self.expected = Some(seq.saturating_add(1));
+        self.prev_hash = Some(hex::encode(Sha256::digest(line.as_bytes())));
+        Ok(obj)
+    }
+
+    /// The report, once every line was pushed.
+    pub fn finish(self, allow_unsigned_tail: bool) -> Result<Report, Broken> {
+        let report = self.report;
+        if report.entries == 0 {
+            return Err(Broken {
+                seq: 0,
+                what: "the log is empty".into(),
+            });
+        }
+        if report.unsigned_tail > 0 && !allow_unsigned_tail {
+            return Err(Broken {
+                seq: report.last_seq,
+                what: format!(
+                    "the last {} entries are not covered by a checkpoint signature: the log was truncated, or the daemon is running or crashed (use --allow-unsigned-tail for a live log)",
+                    report.unsigned_tail
+                ),
+            });
+        }
+        Ok(report)
+    }
+}
+
+/// The log files in `dir`, oldest first: rotated `audit-*.log` files by
+/// name (their names carry the last seq, zero-padded), then the live file.
+pub fn log_files(dir: &Path, live: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with("audit-") && name.ends_with(".log") {
+            files.push(p);
+        }
+    }
+    files.sort();
+    if live.exists() {
+        files.push(live.to_path_buf());
+    }
+    Ok(files)
 }

@@ -8,7 +8,9 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::core::model::KeyRecord;
+use std::collections::BTreeSet;
+
+use crate::core::model::{KeyRecord, KeyState, VersionState};
 use crate::core::{CoreError, CoreResult};
 
 /// The `type` of a ledger line.
@@ -181,6 +183,130 @@ pub fn latest(
         }
     }
     Ok(out)
+}
+
+/// Of `lines`, those whose MAC verifies under `key` (alone: a void line
+/// is checked as a line, whatever it voids), and why each other was
+/// refused. An operator accepting an older registry keeps what the log
+/// proves and is told what it could not.
+pub fn partition_verified(
+    lines: Vec<(u64, Map<String, Value>)>,
+    key: &[u8; 32],
+) -> (Vec<(u64, Map<String, Value>)>, Vec<LedgerError>) {
+    let mut good = Vec::with_capacity(lines.len());
+    let mut bad = Vec::new();
+    for l in lines {
+        match latest(std::slice::from_ref(&l), key, 0) {
+            Ok(_) => good.push(l),
+            Err(e) => bad.push(e),
+        }
+    }
+    (good, bad)
+}
+
+/// What the replay makes of a ledger record, given the token's objects: a
+/// version whose object the token lacks (made after the backup) is lost:
+/// it is kept as destroyed, so its number is never reused, and reported; if
+/// that leaves no active version, the newest deactivated one the key still
+/// decrypts with becomes active again. A key made after the backup of which
+/// nothing survives is not restored (`None`), only reported.
+pub(crate) fn fit_to_token(
+    mut r: KeyRecord,
+    in_backup: bool,
+    on_token: &BTreeSet<[u8; 16]>,
+    lost: &mut Vec<String>,
+) -> Option<KeyRecord> {
+    let name = r.name.clone();
+    let mut gone = Vec::new();
+    for v in r.versions.iter_mut() {
+        if v.state != VersionState::Destroyed && !on_token.contains(&v.hsm_id.0) {
+            v.state = VersionState::Destroyed;
+            gone.push(v.version);
+        }
+    }
+    let alive = r.state != KeyState::Destroyed;
+    if !in_backup
+        && alive
+        && r.versions
+            .iter()
+            .all(|v| v.state == VersionState::Destroyed)
+    {
+        lost.push(format!("{name} (created after the backup)"));
+        return None;
+    }
+    for v in gone {
+        lost.push(format!("{name}/v{v} (made after the backup)"));
+    }
+    if alive && r.current().is_none() {
+        let min = r.min_decrypt_version;
+        if let Some(v) = r
+            .versions
+            .iter_mut()
+            .rev()
+            .find(|v| v.state == VersionState::Deactivated && v.version >= min)
+        {
+            v.state = VersionState::Active;
+        }
+    }
+    if alive && r.current().is_none() {
+        lost.push(format!(
+            "{name}: no active version survives; rotate it before it makes data keys again"
+        ));
+    }
+    Some(r)
+}
+
+/// What changed between `old` (None: the key was not there) and `new`,
+/// in words, or None if nothing an operator would care about did.
+pub(crate) fn describe_change(old: Option<&KeyRecord>, new: &KeyRecord) -> Option<String> {
+    let Some(old) = old else {
+        return Some(format!(
+            "{}: created after the backup ({})",
+            new.name,
+            new.state.as_str()
+        ));
+    };
+    let mut what = Vec::new();
+    if old.state != new.state {
+        what.push(format!("{} -> {}", old.state.as_str(), new.state.as_str()));
+    }
+    for v in &new.versions {
+        match old.version(v.version) {
+            Some(o) if o.state != v.state => what.push(format!(
+                "v{} {} -> {}",
+                v.version,
+                o.state.as_str(),
+                v.state.as_str()
+            )),
+            None => what.push(format!("v{} added ({})", v.version, v.state.as_str())),
+            _ => {}
+        }
+    }
+    if old.min_decrypt_version != new.min_decrypt_version {
+        what.push(format!("min decrypt version {}", new.min_decrypt_version));
+    }
+    let holds = |r: &KeyRecord| {
+        r.active_holds()
+            .map(|h| h.id.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    let (ho, hn) = (holds(old), holds(new));
+    for h in hn.difference(&ho) {
+        what.push(format!("hold {h} placed"));
+    }
+    for h in ho.difference(&hn) {
+        what.push(format!("hold {h} released"));
+    }
+    if what.is_empty()
+        && old
+            .versions
+            .iter()
+            .map(|v| v.reserved)
+            .ne(new.versions.iter().map(|v| v.reserved))
+    {
+        what.push("encryption reservations".into());
+    }
+    (!what.is_empty()).then(|| format!("{}: {}", new.name, what.join(", ")))
 }
 
 #[cfg(test)]

@@ -202,109 +202,6 @@ fn read_trail(
     Ok(trail)
 }
 
-/// What the replay makes of a ledger record, given the token's objects: a
-/// version whose object the token lacks (made after the backup) is lost:
-/// it is kept as destroyed, so its number is never reused, and reported; if
-/// that leaves no active version, the newest deactivated one the key still
-/// decrypts with becomes active again. A key made after the backup of which
-/// nothing survives is not restored (`None`), only reported.
-fn fit_to_token(
-    mut r: KeyRecord,
-    in_backup: bool,
-    on_token: &BTreeSet<[u8; 16]>,
-    lost: &mut Vec<String>,
-) -> Option<KeyRecord> {
-    let name = r.name.clone();
-    let mut gone = Vec::new();
-    for v in r.versions.iter_mut() {
-        if v.state != VersionState::Destroyed && !on_token.contains(&v.hsm_id.0) {
-            v.state = VersionState::Destroyed;
-            gone.push(v.version);
-        }
-    }
-    let alive = r.state != KeyState::Destroyed;
-    if !in_backup
-        && alive
-        && r.versions
-            .iter()
-            .all(|v| v.state == VersionState::Destroyed)
-    {
-        lost.push(format!("{name} (created after the backup)"));
-        return None;
-    }
-    for v in gone {
-        lost.push(format!("{name}/v{v} (made after the backup)"));
-    }
-    if alive && r.current().is_none() {
-        let min = r.min_decrypt_version;
-        if let Some(v) = r
-            .versions
-            .iter_mut()
-            .rev()
-            .find(|v| v.state == VersionState::Deactivated && v.version >= min)
-        {
-            v.state = VersionState::Active;
-        }
-    }
-    if alive && r.current().is_none() {
-        lost.push(format!(
-            "{name}: no active version survives; rotate it before it makes data keys again"
-        ));
-    }
-    Some(r)
-}
-
-fn describe_change(old: Option<&KeyRecord>, new: &KeyRecord) -> Option<String> {
-    let Some(old) = old else {
-        return Some(format!(
-            "{}: created after the backup ({})",
-            new.name,
-            new.state.as_str()
-        ));
-    };
-    let mut what = Vec::new();
-    if old.state != new.state {
-        what.push(format!("{} -> {}", old.state.as_str(), new.state.as_str()));
-    }
-    for v in &new.versions {
-        match old.version(v.version) {
-            Some(o) if o.state != v.state => what.push(format!(
-                "v{} {} -> {}",
-                v.version,
-                o.state.as_str(),
-                v.state.as_str()
-            )),
-            None => what.push(format!("v{} added ({})", v.version, v.state.as_str())),
-            _ => {}
-        }
-    }
-    if old.min_decrypt_version != new.min_decrypt_version {
-        what.push(format!("min decrypt version {}", new.min_decrypt_version));
-    }
-    let holds = |r: &KeyRecord| {
-        r.active_holds()
-            .map(|h| h.id.clone())
-            .collect::<BTreeSet<_>>()
-    };
-    let (ho, hn) = (holds(old), holds(new));
-    for h in hn.difference(&ho) {
-        what.push(format!("hold {h} placed"));
-    }
-    for h in ho.difference(&hn) {
-        what.push(format!("hold {h} released"));
-    }
-    if what.is_empty()
-        && old
-            .versions
-            .iter()
-            .map(|v| v.reserved)
-            .ne(new.versions.iter().map(|v| v.reserved))
-    {
-        what.push("encryption reservations".into());
-    }
-    (!what.is_empty()).then(|| format!("{}: {}", new.name, what.join(", ")))
-}
-
 /// Restores `file` into `target`. `replay`: the audit trail kept since the
 /// backup (oldest file first); empty means none, and the restored seal then
 /// asks custodians to accept the window at unseal.
@@ -695,7 +592,7 @@ fn replay_onto(
         .max(header.generation)
         .saturating_add(GENERATION_JUMP);
     registry
-        .reseal(rkey, base)
+        .reseal(rkey, base, &[])
         .map_err(|e| BackupError::Io(format!("registry: {e}")))?;
     let resume = match (trail, &header.chain_head) {
         (Some(t), _) => Some((t.last_seq, t.last_hash.clone())),
@@ -708,7 +605,8 @@ fn replay_onto(
     let old: BTreeMap<[u8; 16], &KeyRecord> = backed_up.iter().map(|r| (r.id, r)).collect();
     for (id, rec) in latest {
         let before = old.get(&id).copied();
-        let Some(rec) = fit_to_token(rec, before.is_some(), &on_token, &mut report.lost) else {
+        let Some(rec) = ledger::fit_to_token(rec, before.is_some(), &on_token, &mut report.lost)
+        else {
             continue;
         };
         if before == Some(&rec) {
@@ -727,7 +625,7 @@ fn replay_onto(
                 }
             }
         }
-        if let Some(what) = describe_change(before, &rec) {
+        if let Some(what) = ledger::describe_change(before, &rec) {
             report.replayed.push(what);
         }
         let next = registry.generation() + 1;
@@ -781,7 +679,7 @@ mod tests {
         let mut lost = Vec::new();
         // Rotated after the backup: v2 is not on the token; it stays as a
         // destroyed version (its number is never reused); v1 is active again.
-        let r = fit_to_token(
+        let r = ledger::fit_to_token(
             rec(&[(1, 1, Deactivated), (2, 2, Active)]),
             true,
             &on_token,
@@ -800,7 +698,7 @@ mod tests {
         lost.clear();
         let mut retired = rec(&[(1, 1, Deactivated), (2, 2, Active)]);
         retired.min_decrypt_version = 2;
-        let r = fit_to_token(retired, true, &on_token, &mut lost).unwrap();
+        let r = ledger::fit_to_token(retired, true, &on_token, &mut lost).unwrap();
         assert!(r.current().is_none());
         assert!(
             lost.iter()
@@ -809,7 +707,7 @@ mod tests {
         );
         // Nor does a compromised one.
         lost.clear();
-        let r = fit_to_token(
+        let r = ledger::fit_to_token(
             rec(&[(1, 1, Compromised), (2, 2, Active)]),
             true,
             &on_token,
@@ -819,7 +717,9 @@ mod tests {
         assert!(r.current().is_none());
         // Created after the backup: nothing survives, reported by name.
         lost.clear();
-        assert!(fit_to_token(rec(&[(1, 9, Active)]), false, &on_token, &mut lost).is_none());
+        assert!(
+            ledger::fit_to_token(rec(&[(1, 9, Active)]), false, &on_token, &mut lost).is_none()
+        );
         assert_eq!(
             lost,
             vec!["patients (created after the backup)".to_string()]
@@ -828,7 +728,7 @@ mod tests {
         lost.clear();
         let mut destroyed = rec(&[(1, 1, Destroyed), (2, 9, Destroyed)]);
         destroyed.state = KeyState::Destroyed;
-        let r = fit_to_token(destroyed, false, &on_token, &mut lost).unwrap();
+        let r = ledger::fit_to_token(destroyed, false, &on_token, &mut lost).unwrap();
         assert_eq!(r.versions.len(), 2);
         assert!(lost.is_empty());
     }

@@ -391,23 +391,12 @@ fn parse(line: &[u8]) -> Option<Value> {
 /// The log files of a directory, oldest first: rotated files by name, then
 /// the live `audit.log`.
 pub fn log_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut rotated = Vec::new();
-    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let p = e?.path();
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if name.starts_with("audit-") && name.ends_with(".log") {
-            rotated.push(p);
-        }
-    }
-    rotated.sort();
-    let live = dir.join("audit.log");
-    if live.exists() {
-        rotated.push(live);
-    }
-    if rotated.is_empty() {
+    let files = verify::log_files(dir, &dir.join("audit.log"))
+        .with_context(|| format!("reading {}", dir.display()))?;
+    if files.is_empty() {
         bail!("no audit log files in {}", dir.display());
     }
-    Ok(rotated)
+    Ok(files)
 }
 
 pub async fn run(output: Output, cmd: AuditCommand, socket: &Path) -> anyhow::Result<()> {

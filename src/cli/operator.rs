@@ -53,8 +53,11 @@ pub enum OperatorCommand {
     Reload,
     /// Accept a registry that Status reports as rolled back (the HSM
     /// counter missing or ahead, the audit log ahead or lost), after
-    /// restoring it on purpose. Audited; records that fail their own MAC
-    /// stay refused.
+    /// restoring it on purpose. Audited; what the audit log records since
+    /// (destructions, revocations, disables, holds) is taken back; where
+    /// the log cannot vouch for the whole gap, as many admins as a
+    /// destruction must run this. Records that fail their own MAC stay
+    /// refused.
     AcknowledgeTampering {
         /// Why (recorded in the audit log).
         #[arg(long)]
@@ -274,9 +277,35 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
                 .map_err(status_error)?
                 .into_inner();
             match output {
-                Output::Json => print_json(&json!({"accepted": r.accepted}))?,
+                Output::Json => print_json(&json!({
+                    "accepted": r.accepted, "complete": r.complete, "approvals": r.approvals,
+                    "approvals_needed": r.approvals_needed, "unverified": r.unverified,
+                    "replayed": r.replayed, "lost": r.lost,
+                }))?,
                 Output::Text => {
-                    out!("Accepted: {}", crate::core::validate::escape(&r.accepted))
+                    let esc = crate::core::validate::escape;
+                    if r.complete {
+                        out!("Accepted: {}", esc(&r.accepted));
+                    } else {
+                        out!(
+                            "Acknowledged ({} of {} admins), not yet accepted: {}",
+                            r.approvals,
+                            r.approvals_needed,
+                            esc(&r.accepted)
+                        );
+                    }
+                    if !r.unverified.is_empty() {
+                        out!(
+                            "The audit log cannot vouch for the whole gap: {}",
+                            esc(&r.unverified)
+                        );
+                    }
+                    for c in &r.replayed {
+                        out!("Taken back from the audit log: {}", esc(c));
+                    }
+                    for l in &r.lost {
+                        out!("Lost: {}", esc(l));
+                    }
                 }
             }
         }

@@ -8,6 +8,7 @@
 //! before the table changes, so a disabled key is refused by the very next
 //! request.
 
+mod acknowledge;
 pub mod backup;
 mod batch;
 pub mod blob;
@@ -36,6 +37,7 @@ use crate::hsm::{
 };
 use crate::seal::{IssuedShare, Seal, SealStatus, ShareProgress, ShareSpec};
 use crate::secret::{DataKey, Pin};
+pub use acknowledge::Acknowledgement;
 use blob::Blob;
 pub use error::{CoreError, CoreResult};
 pub use lifecycle::{Actor, LifecycleConfig};
@@ -57,6 +59,8 @@ pub(crate) struct Table {
     /// ([`Keywarden::acknowledge_tampering`]); a manifest that does not
     /// verify cannot be.
     rollback: Option<witness::Rollback>,
+    /// The admins who have acknowledged that rollback (distinct uids).
+    acknowledged_by: std::collections::BTreeSet<u32>,
 }
 
 /// Encryptions per version: used in memory, reserved on disk.
@@ -518,68 +522,6 @@ impl Keywarden {
         self.set_applied(loaded.generation);
         let _ = self.changes.send(KeyChange::Reset);
         Ok(())
-    }
-
-    /// An operator's audited acceptance of a registry that a witness found
-    /// older than it should be (a restore from backup, a lost audit log, a
-    /// replaced token): the manifest, as verified, is re-authenticated at a
-    /// generation above every witness, the HSM counter follows, and the
-    /// registry is loaded again. Records whose own MAC fails stay refused,
-    /// and a manifest that does not verify cannot be accepted this way.
-    /// Returns what was accepted.
-    pub fn acknowledge_tampering(&self) -> CoreResult<String> {
-        self.unsealed()?;
-        let _w = lock(&self.writes);
-        let (what, rollback) = {
-            let t = self.table();
-            match (&t.global, &t.rollback) {
-                (Some(g), Some(r)) => (g.clone(), r.clone()),
-                (Some(g), None) => {
-                    return Err(CoreError::Conflict(format!(
-                        "the registry itself does not verify ({g}); this cannot be acknowledged: restore a good copy"
-                    )))
-                }
-                (None, _) => {
-                    return Err(CoreError::Conflict(
-                        "no registry rollback or audit-log loss to acknowledge".into(),
-                    ))
-                }
-            }
-        };
-        let key = self.registry_key()?;
-        let counter = self
-            .hsm
-            .read_counter(REGISTRY_COUNTER_LABEL)
-            .map_err(CoreError::from_hsm)?
-            .unwrap_or(0);
-        let audited = self
-            .audit
-            .as_ref()
-            .map(|a| a.witnessed_registry_generation())
-            .unwrap_or(0);
-        let generation = self
-            .registry
-            .generation()
-            .max(counter)
-            .max(audited)
-            .saturating_add(1);
-        self.registry.reseal(&key, generation).map_err(reg_err)?;
-        // Fail closed: without the counter the next load would refuse again.
-        self.hsm
-            .write_counter(REGISTRY_COUNTER_LABEL, generation)
-            .map_err(CoreError::from_hsm)?;
-        if let Some(a) = &self.audit {
-            a.note_registry_generation(generation);
-        }
-        self.event(EventKind::RegistryTampering, Outcome::Acknowledged,
-            serde_json::json!({"what": what, "kind": format!("{rollback:?}"), "new_generation": generation}),
-        );
-        drop(_w);
-        self.load_table()?;
-        if let Err(e) = self.reconcile() {
-            warn!(error = %e, "reconciliation failed");
-        }
-        Ok(what)
     }
 
     fn table(&self) -> std::sync::RwLockReadGuard<'_, Table> {

@@ -96,13 +96,15 @@ pub struct RawState {
     pub intents: Vec<RawIntent>,
 }
 
-/// One write: the manifest at a new generation and, unless this is a
-/// reseal, one record. Applied only if the store is still at `prev_gen`.
+/// One write: the manifest at a new generation and the records written
+/// at it (one for a change, none for a plain reseal, several when an
+/// acknowledged rollback takes the ledger's records back). Applied only if
+/// the store is still at `prev_gen`.
 #[derive(Debug)]
 pub struct Commit<'a> {
     pub prev_gen: u64,
     pub gen: u64,
-    pub row: Option<RowWrite<'a>>,
+    pub rows: &'a [RowWrite<'a>],
     pub manifest: &'a str,
     pub manifest_mac: &'a str,
 }
@@ -297,13 +299,13 @@ impl Registry {
         store.commit(&Commit {
             prev_gen: prev,
             gen,
-            row: Some(RowWrite {
+            rows: &[RowWrite {
                 id: &record.id,
                 name: &record.name,
                 record: &json,
                 mac: &rmac,
                 is_new,
-            }),
+            }],
             manifest: &mjson,
             manifest_mac: &mmac,
         })?;
@@ -380,11 +382,29 @@ impl Registry {
         self.store().generation()
     }
 
+    /// The generation at which a verified record was last written (from
+    /// the manifest as last loaded or written).
+    pub fn record_generation(&self, id: &[u8; 16]) -> Option<u64> {
+        self.state()
+            .manifest
+            .keys
+            .get(&hex::encode(id))
+            .map(|(g, _)| *g)
+    }
+
     /// Re-authenticates the manifest, as last verified, at a new generation
     /// above every witness: an operator's audited acceptance of a registry
-    /// that was found older than the HSM counter or the audit log. Records
-    /// and their own MACs are unchanged; a record found tampered stays so.
-    pub fn reseal(&self, key: &[u8; 32], generation: u64) -> Result<(), RegistryError> {
+    /// that was found older than the HSM counter or the audit log. The
+    /// `records` given (`is_new` for a record the registry lacks) are
+    /// written at that generation in the same transaction; every other
+    /// record and its own MAC is unchanged, and a record found tampered
+    /// stays so.
+    pub fn reseal(
+        &self,
+        key: &[u8; 32],
+        generation: u64,
+        records: &[(&KeyRecord, bool)],
+    ) -> Result<(), RegistryError> {
         let mut store = self.store();
         let mut state = self.state();
         if let Some(why) = &state.unverified {
@@ -398,16 +418,40 @@ impl Registry {
                 state.generation
             )));
         }
-        let mjson = serde_json::to_string(&state.manifest)
-            .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        let mut manifest = state.manifest.clone();
+        let mut texts = Vec::with_capacity(records.len());
+        for (r, _) in records {
+            let json =
+                serde_json::to_string(r).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+            let mac = record_mac(key, generation, &json);
+            manifest
+                .keys
+                .insert(hex::encode(r.id), (generation, mac.clone()));
+            manifest.names.insert(hex::encode(r.id), r.name.clone());
+            texts.push((json, mac));
+        }
+        let rows: Vec<RowWrite<'_>> = records
+            .iter()
+            .zip(&texts)
+            .map(|((r, is_new), (json, mac))| RowWrite {
+                id: &r.id,
+                name: &r.name,
+                record: json,
+                mac,
+                is_new: *is_new,
+            })
+            .collect();
+        let mjson =
+            serde_json::to_string(&manifest).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
         let mmac = manifest_mac(key, generation, &mjson);
         store.commit(&Commit {
             prev_gen: state.generation,
             gen: generation,
-            row: None,
+            rows: &rows,
             manifest: &mjson,
             manifest_mac: &mmac,
         })?;
+        state.manifest = manifest;
         state.generation = generation;
         Ok(())
     }

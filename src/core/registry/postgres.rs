@@ -529,7 +529,7 @@ impl RegistryStore for PgStore {
                 });
             }
             let gen = as_i64(cm.gen)?;
-            if let Some(row) = &cm.row {
+            for row in cm.rows {
                 let id = row.id.as_slice();
                 if row.is_new {
                     let n = tx

@@ -156,7 +156,7 @@ impl RegistryStore for SqliteStore {
                 found,
             });
         }
-        if let Some(row) = &c.row {
+        for row in c.rows {
             if row.is_new {
                 let exists: Option<i64> = tx
                     .query_row(

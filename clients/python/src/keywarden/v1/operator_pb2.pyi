@@ -65,10 +65,22 @@ class AcknowledgeTamperingRequest(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class AcknowledgeTamperingResponse(_message.Message):
-    __slots__ = ("accepted",)
+    __slots__ = ("accepted", "complete", "approvals", "approvals_needed", "unverified", "replayed", "lost")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    APPROVALS_NEEDED_FIELD_NUMBER: _ClassVar[int]
+    UNVERIFIED_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
     accepted: str
-    def __init__(self, accepted: _Optional[str] = ...) -> None: ...
+    complete: bool
+    approvals: int
+    approvals_needed: int
+    unverified: str
+    replayed: _containers.RepeatedScalarFieldContainer[str]
+    lost: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, accepted: _Optional[str] = ..., complete: _Optional[bool] = ..., approvals: _Optional[int] = ..., approvals_needed: _Optional[int] = ..., unverified: _Optional[str] = ..., replayed: _Optional[_Iterable[str]] = ..., lost: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BreakGlassGrant(_message.Message):
     __slots__ = ("uid", "principal", "key", "reason", "granted_at", "expires_at")

@@ -183,8 +183,11 @@ class OperatorServiceServicer:
     def AcknowledgeTampering(self, request, context):
         """Accept a registry that a witness found older than it should be (the
         HSM counter missing or ahead, the audit log ahead or lost): an admin's
-        audited decision, after restoring from a backup on purpose. Records
-        whose own MAC fails stay refused.
+        audited decision, after restoring from a backup on purpose. What the
+        audit log's ledger records since the copy (destructions, revocations,
+        disables, holds) is taken back, never undone; where the log cannot
+        vouch for the whole gap, as many distinct admins as a destruction must
+        acknowledge. Records whose own MAC fails stay refused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,270 @@
+//! Accepting an older registry never undoes what the audit log recorded:
+//! the attack of the second review (one admin's tampering acknowledgement
+//! brought back a key two admins destroyed, re-enabled a disabled key and
+//! un-revoked a compromised version), and the dual control that applies
+//! when the log cannot vouch for the whole gap.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use keywarden::proto;
+use tonic::Code;
+
+fn copy(from: &std::path::Path, to: &std::path::Path) {
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Puts back the registry (and, if asked, the token) saved in `snap`.
+fn roll_back(d: &Daemon, snap: &std::path::Path, token_too: bool) {
+    let reg = d.registry_path();
+    std::fs::copy(snap.join("registry.db"), &reg).unwrap();
+    for ext in ["db-wal", "db-shm"] {
+        let _ = std::fs::remove_file(reg.with_extension(ext));
+    }
+    if token_too {
+        std::fs::remove_dir_all(d.dir.join("tokens")).unwrap();
+        copy(&snap.join("tokens"), &d.dir);
+    }
+}
+
+fn snapshot(d: &Daemon) -> std::path::PathBuf {
+    let snap = d.dir.join("snapshot");
+    std::fs::create_dir(&snap).unwrap();
+    copy(&d.registry_path(), &snap);
+    copy(&d.dir.join("tokens"), &snap);
+    snap
+}
+
+/// `operator acknowledge-tampering` as `user` (None: root), as JSON.
+fn acknowledge(d: &Daemon, user: Option<&str>) -> serde_json::Value {
+    let args = [
+        "operator",
+        "acknowledge-tampering",
+        "--reason",
+        "restored from a disk snapshot (drill)",
+        "--output",
+        "json",
+    ];
+    let out = match user {
+        None => d.cli(&args, None),
+        Some(u) => d.cli_as(u, &args, None),
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn tampering(d: &Daemon) -> Vec<String> {
+    let mut c = d.client().await;
+    c.operator
+        .status(proto::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .registry_tampering
+}
+
+fn token_labels(d: &Daemon) -> String {
+    let out = d.pkcs11_tool(&["--list-objects", "--type", "secrkey"]);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The review's attack, on registry and token copied back together: one
+/// admin's acknowledgement now takes back, from the audit log's ledger, the
+/// revocation, the disable and the two-admin destruction made since the
+/// copy; the destroyed key's object the copied token brought back is
+/// destroyed again, and the alert names each change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledging_an_old_snapshot_keeps_destroyed_revoked_and_disabled() {
+    ensure_user("kwtest-admin");
+    let mut d = Daemon::builder()
+        .args(&["--destroy-approvals", "2"])
+        .start()
+        .await;
+    let mut c = d.client().await;
+    for k in ["versions", "paused", "shredded"] {
+        create_key(&mut c, k).await;
+    }
+    c.keys.rotate_key(name_req("versions")).await.unwrap();
+    let v2 = generate(&mut c, "versions", &[("t", "1")]).await;
+    assert_eq!(v2.key_version, 2);
+    let gone = generate(&mut c, "shredded", &[("t", "1")]).await;
+    drop(c);
+    d.stop();
+    let snap = snapshot(&d);
+    d.restart().await;
+    let mut c = d.client().await;
+    c.keys
+        .revoke_version(proto::RevokeVersionRequest {
+            name: "versions".into(),
+            version: 2,
+        })
+        .await
+        .unwrap();
+    c.keys.disable_key(name_req("paused")).await.unwrap();
+    let out = d.cli(
+        &["key", "destroy-now", "shredded", "--output", "json"],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let req = v["request_id"].as_str().unwrap().to_string();
+    let out = d.cli_as("kwtest-admin", &["key", "approve", "shredded", &req], None);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!token_labels(&d).contains("keywarden:shredded/"));
+    drop(c);
+    d.stop();
+
+    roll_back(&d, &snap, true);
+    assert!(token_labels(&d).contains("keywarden:shredded/"));
+    d.restart().await;
+    assert!(!tampering(&d).await.is_empty());
+    let mut c = d.client().await;
+    assert_status(
+        decrypt(&mut c, &v2.ciphertext_blob, &[("t", "1")]).await,
+        Code::DataLoss,
+        "registry",
+    );
+
+    // One admin is enough here: the log vouches for the whole gap.
+    let ack = acknowledge(&d, None);
+    assert_eq!(ack["complete"], true, "{ack}");
+    assert_eq!(ack["unverified"], "", "{ack}");
+    let replayed: Vec<String> = ack["replayed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let says = |needle: &str| replayed.iter().any(|l| l.contains(needle));
+    assert!(says("v2 active -> compromised"), "{replayed:?}");
+    assert!(says("paused: active -> suspended"), "{replayed:?}");
+    assert!(says("shredded: active -> destroyed"), "{replayed:?}");
+    assert!(tampering(&d).await.is_empty());
+
+    assert_status(
+        decrypt(&mut c, &v2.ciphertext_blob, &[("t", "1")]).await,
+        Code::FailedPrecondition,
+        "compromised",
+    );
+    assert_status(
+        generate_status(&mut c, "paused").await,
+        Code::FailedPrecondition,
+        "",
+    );
+    assert_status(
+        decrypt(&mut c, &gone.ciphertext_blob, &[("t", "1")]).await,
+        Code::FailedPrecondition,
+        "destroyed",
+    );
+    assert!(
+        !token_labels(&d).contains("keywarden:shredded/"),
+        "the copied-back object of a destroyed key survived"
+    );
+    // It lasts across a restart, and the chain still verifies.
+    drop(c);
+    d.restart().await;
+    assert!(tampering(&d).await.is_empty());
+    let mut c = d.client().await;
+    assert_status(
+        decrypt(&mut c, &gone.ciphertext_blob, &[("t", "1")]).await,
+        Code::FailedPrecondition,
+        "destroyed",
+    );
+    drop(c);
+    d.stop();
+    let log: String = d
+        .audit_files()
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    let alert = log
+        .lines()
+        .find(|l| l.contains("REGISTRY ROLLBACK ACCEPTED") && l.contains("\"replayed\""))
+        .expect("no alert line");
+    assert!(
+        alert.contains("shredded: active -> destroyed")
+            && alert.contains("v2 active -> compromised"),
+        "{alert}"
+    );
+    let out = d.cli(
+        &[
+            "audit",
+            "verify",
+            "--dir",
+            &d.audit_dir().display().to_string(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// The audit log deleted and the registry rolled back while the HSM's
+/// counter remembers a later generation: the log cannot say what changed,
+/// so accepting needs as many distinct admins as a destruction; the same
+/// admin twice counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unvouched_gap_needs_as_many_admins_as_a_destruction() {
+    ensure_user("kwtest-admin");
+    let mut d = Daemon::builder()
+        .args(&["--destroy-approvals", "2"])
+        .start()
+        .await;
+    let mut c = d.client().await;
+    create_key(&mut c, "k").await;
+    drop(c);
+    d.stop();
+    let snap = snapshot(&d);
+    d.restart().await;
+    let mut c = d.client().await;
+    c.keys.disable_key(name_req("k")).await.unwrap();
+    drop(c);
+    d.stop();
+    roll_back(&d, &snap, false);
+    std::fs::remove_dir_all(d.audit_dir()).unwrap();
+    d.restart().await;
+    assert!(!tampering(&d).await.is_empty());
+
+    for _ in 0..2 {
+        let ack = acknowledge(&d, None);
+        assert_eq!(ack["complete"], false, "{ack}");
+        assert_eq!(
+            (ack["approvals"].as_u64(), ack["approvals_needed"].as_u64()),
+            (Some(1), Some(2))
+        );
+        assert!(
+            ack["unverified"].as_str().unwrap().contains("HSM counter"),
+            "{ack}"
+        );
+        let mut c = d.client().await;
+        assert_status(generate_status(&mut c, "k").await, Code::DataLoss, "");
+    }
+    let ack = acknowledge(&d, Some("kwtest-admin"));
+    assert_eq!(ack["complete"], true, "{ack}");
+    assert!(tampering(&d).await.is_empty());
+    d.stop();
+    let log = std::fs::read_to_string(d.audit_dir().join("audit.log")).unwrap();
+    assert!(log.contains("REGISTRY ROLLBACK ACKNOWLEDGED, NOT YET ACCEPTED"));
+    assert!(log.contains("REGISTRY ROLLBACK ACCEPTED"));
+}
+
+async fn generate_status(c: &mut keywarden_client::Client, key: &str) -> Result<(), tonic::Status> {
+    c.datakeys
+        .generate_data_key(proto::GenerateDataKeyRequest {
+            key: key.into(),
+            encryption_context: ctx(&[("t", "1")]),
+        })
+        .await
+        .map(|_| ())
+}
