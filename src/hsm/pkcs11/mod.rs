@@ -362,12 +362,25 @@ impl Hsm for Pkcs11Hsm {
         self.reload_logged_out()
     }
     fn login(&self, pin: &Pin) -> HsmResult<()> {
+        // A recovery attempt in progress finishes first (it holds this).
         let _transition = lock(&self.transitions);
         let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
         if live.is_some() {
             return Ok(());
         }
-        *live = Some(self.open_live(pin)?);
+        let opened = match self.open_live(pin) {
+            // A recovery attempt made while the token was away can leave the
+            // module finalised (C_Initialize failed) or the slot stale: the
+            // token is found again and the login tried once more, so a
+            // custodian's quorum is not spent on the recovery's leftovers.
+            Err(e) if e.is_loss() => {
+                tracing::info!(error = %e, "the module or token was not ready at login; initialising it again");
+                self.reselect()?;
+                self.open_live(pin)?
+            }
+            other => other?,
+        };
+        *live = Some(opened);
         *lock(&self.relogin) = Some(pin.duplicate_for_relogin());
         Ok(())
     }

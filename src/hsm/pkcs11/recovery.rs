@@ -41,8 +41,11 @@ impl Pkcs11Hsm {
         }
     }
 
-    /// C_Finalize, then C_Initialize, on the loaded module.
+    /// C_Finalize, then C_Initialize, on the loaded module. If C_Initialize
+    /// fails (the token still away) the module is left finalised: the
+    /// next login or recovery must initialise it again ([`Self::reselect`]).
     fn reinitialize(&self) -> HsmResult<()> {
+        tracing::info!("re-initialising the PKCS#11 module");
         // C_Finalize fails with CKR_CRYPTOKI_NOT_INITIALIZED when the module
         // already dropped its state; either way it is initialised next.
         let _ = self.ctx.clone().finalize();
@@ -97,6 +100,12 @@ impl Pkcs11Hsm {
         {
             return Ok(());
         }
+        self.reselect()
+    }
+
+    /// The module initialised again and the same token found by serial
+    /// (its slot may have changed). The caller holds `transitions`.
+    pub(super) fn reselect(&self) -> HsmResult<()> {
         self.reinitialize()?;
         let same = TokenSelector::Serial(self.token.serial.clone());
         let (slot, _) = select_token(&self.ctx, &same)?;
