@@ -71,10 +71,13 @@ impl Rsyslog {
             format!(
                 "global(workDirectory={work:?} maxMessageSize=\"256k\")\n\
                  template(name=\"msg\" type=\"string\" string=\"%msg%\\n\")\n\
-                 ruleset(name=\"keywarden\") {{ action(type=\"omfile\" file={out:?} template=\"msg\") }}\n\
+                 template(name=\"sev\" type=\"string\" string=\"%syslogseverity% %msg%\\n\")\n\
+                 ruleset(name=\"keywarden\") {{ action(type=\"omfile\" file={out:?} template=\"msg\")\n\
+                 action(type=\"omfile\" file={sev:?} template=\"sev\") }}\n\
                  {input}",
                 work = work.display().to_string(),
                 out = out.display().to_string(),
+                sev = dir.join("severity.log").display().to_string(),
             ),
         )
         .unwrap();
@@ -307,4 +310,68 @@ async fn a_receiver_that_goes_away_never_blocks_key_operations() {
     }
     let f = status(&mut c).await.audit_forward.unwrap();
     assert!(f.connected, "{f:?}");
+}
+
+/// The severity rsyslog parsed from each forwarded line, by the line's
+/// `event` (or `op`) and outcome: alert-class lines arrive at warning or
+/// above, routine calls at informational.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_lines_reach_rsyslog_at_warning_or_above() {
+    let dir = tempfile::tempdir().unwrap();
+    let rs = Rsyslog::start(dir.path(), 0);
+    let d = Daemon::builder()
+        .args(&["--audit-forward", &rs.target, "--destroy-approvals", "1"])
+        .start()
+        .await;
+    let mut c = d.client().await;
+    create_key(&mut c, "patients").await;
+    let g = generate(&mut c, "patients", &[("patient", "123")]).await;
+    assert!(decrypt(&mut c, &g.ciphertext_blob, &[("patient", "124")])
+        .await
+        .is_err());
+    let out = d.cli(&["key", "destroy-now", "patients"], None);
+    assert!(out.status.success(), "{out:?}");
+    // A failed ceremony step: sealed, then a share that is not one.
+    let out = d.cli(&["operator", "seal"], None);
+    assert!(out.status.success(), "{out:?}");
+    let bad = c
+        .operator
+        .unseal(proto::UnsealRequest {
+            share: "not-a-share".into(),
+            reset: false,
+            accept_restore_window: false,
+        })
+        .await;
+    assert!(bad.is_err());
+    wait_for_copy(&d.audit_dir().join("audit.log"), &rs.out);
+    // The second file is written by a second action: waited for too.
+    let sev = dir.path().join("severity.log");
+    wait_for_copy(&d.audit_dir().join("audit.log"), &sev);
+    let got = lines(&sev);
+    let severity_of = |pred: &dyn Fn(&str) -> bool| -> Vec<u8> {
+        got.iter()
+            .filter(|l| pred(l))
+            .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let gdk =
+        severity_of(&|l| l.contains("\"op\":\"GenerateDataKey\"") && l.contains("\"code\":\"OK\""));
+    assert!(!gdk.is_empty() && gdk.iter().all(|s| *s == 6), "{gdk:?}");
+    let refused = severity_of(&|l| l.contains("\"op\":\"Decrypt\""));
+    assert!(
+        !refused.is_empty() && refused.iter().all(|s| *s == 5),
+        "{refused:?}"
+    );
+    let destroyed = severity_of(&|l| l.contains("\"event\":\"destroyed\""));
+    assert!(
+        !destroyed.is_empty() && destroyed.iter().all(|s| *s <= 4),
+        "{destroyed:?}"
+    );
+    let ceremony = severity_of(&|l| {
+        l.contains("\"event\":\"unseal_share\"") && l.contains("\"outcome\":\"refused\"")
+    });
+    assert!(
+        !ceremony.is_empty() && ceremony.iter().all(|s| *s == 4),
+        "{ceremony:?}\n{got:#?}"
+    );
 }

@@ -70,6 +70,59 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, for reading a log line's `event` back.
+    pub const ALL: &'static [EventKind] = &[
+        EventKind::DaemonStart,
+        EventKind::DaemonStop,
+        EventKind::MalformedRequest,
+        EventKind::ConnectionRefused,
+        EventKind::HsmLost,
+        EventKind::HsmRecovered,
+        EventKind::PolicyReload,
+        EventKind::BreakGlass,
+        EventKind::TamperingAcknowledged,
+        EventKind::RegistryTampering,
+        EventKind::ReconcileRepair,
+        EventKind::Rotate,
+        EventKind::KeyUpdate,
+        EventKind::RevokeVersion,
+        EventKind::Disable,
+        EventKind::Enable,
+        EventKind::DestroyRequested,
+        EventKind::DestroyApproved,
+        EventKind::DestroyFullyApproved,
+        EventKind::DestroyCancelled,
+        EventKind::Destroyed,
+        EventKind::HoldPlaced,
+        EventKind::HoldReleased,
+        EventKind::Init,
+        EventKind::InitCommit,
+        EventKind::Unseal,
+        EventKind::UnsealShare,
+        EventKind::UnsealReset,
+        EventKind::UnsealExpired,
+        EventKind::UnsealProgressReset,
+        EventKind::Seal,
+        EventKind::SealTampering,
+        EventKind::RekeyStart,
+        EventKind::RekeyShare,
+        EventKind::RekeySharesIssued,
+        EventKind::RekeyVerify,
+        EventKind::RekeyVerifyShare,
+        EventKind::RekeyCommit,
+        EventKind::RekeyCancel,
+        EventKind::RekeyExpired,
+        EventKind::RekeyInterruptedFound,
+        EventKind::RestoreWindowAccepted,
+        EventKind::Backup,
+        EventKind::Restore,
+    ];
+
+    /// The kind a log line names (None: not one of ours).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| k.as_str() == s)
+    }
+
     /// The `event` field in the log.
     pub fn as_str(self) -> &'static str {
         use EventKind::*;
@@ -143,6 +196,29 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, for reading a log line's `outcome` back.
+    pub const ALL: &'static [Outcome] = &[
+        Outcome::Ok,
+        Outcome::Refused,
+        Outcome::Failed,
+        Outcome::Error,
+        Outcome::Detected,
+        Outcome::Warning,
+        Outcome::Cancelled,
+        Outcome::Granted,
+        Outcome::Accepted,
+        Outcome::Reset,
+        Outcome::SharesIssued,
+        Outcome::Acknowledged,
+        Outcome::OrphanDestroyed,
+        Outcome::CommittedButSealed,
+    ];
+
+    /// The outcome a log line names (None: not one of ours).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|o| o.as_str() == s)
+    }
+
     /// The `outcome` field in the log.
     pub fn as_str(self) -> &'static str {
         use Outcome::*;

@@ -106,19 +106,14 @@ impl ForwardConfig {
 
 /// The RFC 5424 message for one audit line: `<PRI>1 TIMESTAMP HOSTNAME
 /// APP-NAME PROCID MSGID - MSG`, MSG being the line unchanged. TIMESTAMP is
-/// the line's own `time`; MSGID its event, operation or line type;
-/// severity notice (5) for a refused or failed outcome, else informational
-/// (6).
+/// the line's own `time`; MSGID its event, operation or line type; the
+/// severity from what the line records ([`super::severity`]: tampering,
+/// destruction, break-glass and failed ceremonies above routine calls).
 pub fn syslog_message(cfg: &ForwardConfig, procid: u32, line: &str) -> String {
     let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
     let text = |k: &str| v.get(k).and_then(Value::as_str);
-    let failed = match (text("code"), text("outcome")) {
-        (Some(code), _) => code != "OK",
-        (None, Some(o)) => o != "ok" && o != "success",
-        (None, None) => false,
-    };
-    let severity = if failed { 5 } else { 6 };
-    let pri = u16::from(cfg.facility) * 8 + severity;
+    let severity = super::severity::of_line(&v).code();
+    let pri = u16::from(cfg.facility) * 8 + u16::from(severity);
     let time = text("time").map(|t| header_field(t, 64));
     let msgid = text("event")
         .or(text("op"))

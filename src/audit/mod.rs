@@ -18,6 +18,7 @@
 pub mod event;
 pub mod forward;
 pub mod scan;
+pub mod severity;
 pub mod verify;
 
 pub use event::{AuditSink, Event, EventKind, MemorySink, NullSink, Outcome};

@@ -1,0 +1,171 @@
+//! The syslog severity (RFC 5424, section 6.2.1) of an audit line, from
+//! what the line records, so that a SIEM's alerting sees tampering,
+//! destruction, break-glass use and failed ceremonies above the routine
+//! traffic of data-key calls.
+//!
+//! | severity | lines |
+//! |---|---|
+//! | alert (1) | tampering detected (registry, seal file) |
+//! | error (3) | the HSM lost |
+//! | warning (4) | any line marked `ALERT` (break-glass, tampering acknowledgements, accepted rollbacks); destruction requested, approved or carried out; a restore or a restore window accepted; a failed or refused ceremony step (init, unseal, rekey) |
+//! | notice (5) | any other refused or failed request or event |
+//! | informational (6) | everything else |
+
+use serde_json::Value;
+
+use super::event::{EventKind, Outcome};
+
+/// RFC 5424 severities the forwarder uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Severity {
+    Alert = 1,
+    Error = 3,
+    Warning = 4,
+    Notice = 5,
+    Informational = 6,
+}
+
+impl Severity {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+fn failed(o: Outcome) -> bool {
+    matches!(
+        o,
+        Outcome::Refused | Outcome::Failed | Outcome::Error | Outcome::Detected | Outcome::Warning
+    )
+}
+
+/// The severity of an event of `kind` with `outcome`.
+pub fn of_event(kind: EventKind, outcome: Outcome) -> Severity {
+    use EventKind::*;
+    match kind {
+        RegistryTampering | SealTampering if outcome == Outcome::Detected => Severity::Alert,
+        RegistryTampering
+        | SealTampering
+        | TamperingAcknowledged
+        | BreakGlass
+        | Restore
+        | RestoreWindowAccepted
+        | DestroyRequested
+        | DestroyApproved
+        | DestroyFullyApproved
+        | Destroyed => Severity::Warning,
+        HsmLost => Severity::Error,
+        Init
+        | InitCommit
+        | Unseal
+        | UnsealShare
+        | UnsealExpired
+        | RekeyStart
+        | RekeyShare
+        | RekeyVerify
+        | RekeyVerifyShare
+        | RekeyCommit
+        | RekeyExpired
+        | RekeyInterruptedFound
+            if failed(outcome) =>
+        {
+            Severity::Warning
+        }
+        _ if failed(outcome) => Severity::Notice,
+        _ => Severity::Informational,
+    }
+}
+
+/// The severity of one audit line (a request line with `op` and `code`, an
+/// event line with `event` and `outcome`, or the log's own lines).
+pub fn of_line(v: &Value) -> Severity {
+    let text = |k: &str| v.get(k).and_then(Value::as_str);
+    let marked = v.get("ALERT").is_some() || v.get("detail").and_then(|d| d.get("ALERT")).is_some();
+    let base = match (text("code"), text("event"), text("outcome")) {
+        (Some(code), _, _) if code != "OK" => Severity::Notice,
+        (Some(_), _, _) => Severity::Informational,
+        (None, Some(e), Some(o)) => match (EventKind::parse(e), Outcome::parse(o)) {
+            (Some(k), Some(o)) => of_event(k, o),
+            // Another version's kind: judged by its outcome's word alone.
+            _ if o != "ok" => Severity::Notice,
+            _ => Severity::Informational,
+        },
+        _ => Severity::Informational,
+    };
+    if marked {
+        base.min(Severity::Warning)
+    } else {
+        base
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn alert_classes_rise_above_routine_lines() {
+        let cases = [
+            (
+                json!({"op": "GenerateDataKey", "code": "OK"}),
+                Severity::Informational,
+            ),
+            (
+                json!({"op": "Decrypt", "code": "PERMISSION_DENIED"}),
+                Severity::Notice,
+            ),
+            (
+                json!({"op": "AcknowledgeTampering", "code": "OK", "ALERT": "TAMPERING ACKNOWLEDGEMENT"}),
+                Severity::Warning,
+            ),
+            (
+                json!({"type": "event", "event": "tampering_acknowledged", "outcome": "ok", "detail": {"ALERT": "REGISTRY ROLLBACK ACCEPTED"}}),
+                Severity::Warning,
+            ),
+            (
+                json!({"type": "event", "event": "break_glass", "outcome": "granted", "detail": {}}),
+                Severity::Warning,
+            ),
+            (
+                json!({"type": "event", "event": "registry_tampering", "outcome": "detected", "detail": {}}),
+                Severity::Alert,
+            ),
+            (
+                json!({"type": "event", "event": "registry_tampering", "outcome": "acknowledged", "detail": {}}),
+                Severity::Warning,
+            ),
+            (
+                json!({"type": "event", "event": "destroyed", "outcome": "ok", "detail": {}}),
+                Severity::Warning,
+            ),
+            (
+                json!({"type": "event", "event": "unseal", "outcome": "failed", "detail": {}}),
+                Severity::Warning,
+            ),
+            (
+                json!({"type": "event", "event": "unseal", "outcome": "ok", "detail": {}}),
+                Severity::Informational,
+            ),
+            (
+                json!({"type": "event", "event": "hsm_lost", "outcome": "error", "detail": {}}),
+                Severity::Error,
+            ),
+            (
+                json!({"type": "event", "event": "connection_refused", "outcome": "refused", "detail": {}}),
+                Severity::Notice,
+            ),
+            (json!({"type": "checkpoint"}), Severity::Informational),
+        ];
+        for (line, want) in cases {
+            assert_eq!(of_line(&line), want, "{line}");
+        }
+        // Every kind and outcome a line can name is read back.
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(*k));
+        }
+        for o in Outcome::ALL {
+            assert_eq!(Outcome::parse(o.as_str()), Some(*o));
+        }
+    }
+}
