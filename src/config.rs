@@ -26,6 +26,8 @@ struct RawConfig {
     metrics: Option<RawMetrics>,
     #[serde(default)]
     registry: Option<RawRegistry>,
+    #[serde(default)]
+    limits: Option<crate::limits::RawLimits>,
 }
 
 /// `[registry]`: where the key registry lives. Without `url`, the embedded
@@ -330,6 +332,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Set when the registry is a shared PostgreSQL database.
     pub cluster: Option<ClusterConfig>,
+    /// `[limits]`: what one uid may make the daemon spend.
+    pub limits: crate::limits::LimitsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -663,6 +667,11 @@ impl Config {
             };
         let mut audit = audit;
         audit.node = cluster.as_ref().map(|c| c.node_id.clone());
+        let limits = raw
+            .limits
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(Config {
             socket,
             socket_group: raw.server.socket_group,
@@ -684,6 +693,7 @@ impl Config {
             tick,
             metrics,
             cluster,
+            limits,
         })
     }
 }

@@ -419,6 +419,8 @@ pub struct DevOptions {
     pub benchmark_no_audit: bool,
     /// Lifecycle settings for drills (a `[lifecycle]` TOML section body).
     pub lifecycle: String,
+    /// Per-uid limits for drills and tests (a `[limits]` section body).
+    pub limits: String,
     /// Rotate the audit log at this size.
     pub audit_max_file_bytes: Option<u64>,
     /// Serve Prometheus metrics here (a loopback address).
@@ -495,6 +497,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         policy,
         benchmark_no_audit,
         lifecycle,
+        limits,
         audit_max_file_bytes,
         metrics_listen,
         audit_forward,
@@ -503,11 +506,14 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         token_module,
         cluster,
     } = opts;
-    let lifecycle = if lifecycle.is_empty() {
+    let mut lifecycle = if lifecycle.is_empty() {
         String::new()
     } else {
         format!("\n[lifecycle]\n{lifecycle}")
     };
+    if !limits.is_empty() {
+        lifecycle.push_str(&format!("\n[limits]\n{limits}"));
+    }
     let session_copies = !no_session_copies;
     // Handle SIGTERM/SIGINT from the very start, so a signal that arrives
     // while the daemon is starting still stops it (and is not fatal to this

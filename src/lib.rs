@@ -23,6 +23,7 @@ pub mod config;
 pub mod core;
 pub mod guard;
 pub mod hsm;
+pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod seal;

@@ -119,6 +119,10 @@ enum Command {
         /// How often the lifecycle scheduler runs (e.g. 1s).
         #[arg(long, value_name = "DURATION")]
         tick: Option<String>,
+        /// A per-uid limit, as in `[limits]` (e.g. audit_hash_per_minute=10);
+        /// repeat for several.
+        #[arg(long = "limit", value_name = "NAME=N")]
+        limits: Vec<String>,
         /// Rotate the audit log at this size (drills and tests).
         #[arg(long, value_name = "BYTES")]
         audit_max_file_bytes: Option<u64>,
@@ -262,6 +266,28 @@ enum Command {
     },
 }
 
+/// The `[limits]` lines for `keywarden dev --limit NAME=N` (the names are
+/// checked by the configuration's own parser).
+fn dev_limits(flags: &[String]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for f in flags {
+        let (name, value) = f
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--limit {f:?}: expected NAME=N"))?;
+        let ok_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+        let n: u64 = value
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--limit {f:?}: N must be a whole number"))?;
+        if !ok_name {
+            anyhow::bail!(
+                "--limit {f:?}: NAME is a [limits] setting such as audit_hash_per_minute"
+            );
+        }
+        out.push_str(&format!("{name} = {n}\n"));
+    }
+    Ok(out)
+}
+
 /// The `[lifecycle]` lines for `keywarden dev` drill flags.
 fn dev_lifecycle(
     destroy_min_delay: Option<String>,
@@ -381,6 +407,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             rotate_after_encryptions,
             hard_limit_encryptions,
             tick,
+            limits,
             audit_max_file_bytes,
             metrics_listen,
             audit_forward,
@@ -414,6 +441,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
                     ca_file: registry_ca_file,
                     join,
                 }),
+                limits: dev_limits(&limits)?,
                 lifecycle: dev_lifecycle(
                     destroy_min_delay,
                     destroy_approvals,

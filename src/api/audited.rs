@@ -79,9 +79,10 @@ where
         entry.insert("code".into(), json!("PermissionDenied"));
         entry.insert("message".into(), json!(status.message()));
         entry.insert("items".into(), json!(items));
-        let _ = ctx.audit(vec![entry]).await;
+        let _ = ctx.audit(caller.uid, vec![entry]).await;
         return Err(status);
     }
+    ctx.admit(&caller, op).await?;
     // The writer holds its next commit open briefly for this line.
     let promise = (!ctx.guard.audit_disabled).then(|| ctx.guard.audit.promise());
     let guard = ctx.guard.clone();
@@ -102,7 +103,7 @@ where
             let mut entry = base();
             entry.extend(super::outcome::<()>(&Err(status.clone())));
             entry.insert("items".into(), json!(details.len()));
-            ctx.audit_promised(vec![entry], promise).await?;
+            ctx.audit_promised(caller.uid, vec![entry], promise).await?;
             Err(status)
         }
         Ok(items) => {
@@ -150,7 +151,7 @@ where
                 entry.insert("ALERT".into(), json!("BREAK-GLASS USE"));
             }
             // Nothing is answered before it is durably audited.
-            ctx.audit_promised(vec![entry], promise).await?;
+            ctx.audit_promised(caller.uid, vec![entry], promise).await?;
             Ok(results)
         }
     }

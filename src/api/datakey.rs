@@ -47,6 +47,8 @@ mod watch {
         guard: Arc<Guard>,
         caller: Caller,
         tx: Sender<Result<KeyEvent, Status>>,
+        // The uid's stream slot, freed when this returns.
+        _slot: Option<crate::limits::WatchSlot>,
     ) {
         let mut changes = core.watch();
         // A new subscriber knows nothing of what changed before it
@@ -341,15 +343,26 @@ impl DataKeyService for DataKeyApi {
             None
         };
         let r: Result<(), Status> = refused.map_or(Ok(()), Err);
+        if r.is_ok() {
+            self.ctx.admit(&caller, "WatchKeys").await?;
+        }
+        // A client needs one stream: a uid holding many is refused before
+        // its call is audited (the refusals are, once per interval).
+        let slot = match r.as_ref().map(|()| self.ctx.limits.watch(caller.uid)) {
+            Ok(Ok(slot)) => Some(slot),
+            Ok(Err(refusal)) => return Err(self.ctx.refused(&caller, "WatchKeys", refusal).await),
+            Err(_) => None,
+        };
         entry.extend(super::outcome(&r));
-        self.ctx.audit(vec![entry]).await?;
+        self.ctx.audit(caller.uid, vec![entry]).await?;
         r?;
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(watch::follow(
             self.ctx.core.clone(),
             self.ctx.guard.clone(),
             caller,
             tx,
+            slot,
         ));
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             rx,

@@ -35,6 +35,8 @@ pub struct Ctx {
     pub per_key_metrics: bool,
     /// The data path's worker threads (micro-batching).
     pub workers: Arc<workers::Workers<Keywarden>>,
+    /// What one uid may make the daemon spend (`[limits]`).
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 /// An identified, authorized call.
@@ -105,21 +107,30 @@ impl Ctx {
 
     /// Writes audit entries and waits until they are durable. If they
     /// cannot be written the call fails with UNAVAILABLE.
-    pub(crate) async fn audit(&self, entries: Vec<Map<String, Value>>) -> Result<(), Status> {
-        self.audit_promised(entries, None).await
+    pub(crate) async fn audit(
+        &self,
+        uid: u32,
+        entries: Vec<Map<String, Value>>,
+    ) -> Result<(), Status> {
+        self.audit_promised(uid, entries, None).await
     }
 
     /// [`Ctx::audit`] for a call that promised its line when it started:
     /// the promise travels with the line and is released when the writer
     /// takes it.
+    /// The bytes written are charged to `uid`'s audit volume
+    /// ([`crate::limits`]).
     pub(crate) async fn audit_promised(
         &self,
+        uid: u32,
         entries: Vec<Map<String, Value>>,
         promise: Option<crate::audit::Promise>,
     ) -> Result<(), Status> {
         if self.guard.audit_disabled {
             return Ok(());
         }
+        let bytes: usize = entries.iter().map(crate::limits::approx_json_len).sum();
+        self.limits.charge_audit_bytes(uid, bytes as u64);
         let unwritable = |e: crate::audit::AuditError| {
             Status::unavailable(format!(
                 "{e}; key operations are refused until the audit log can be written"
@@ -148,6 +159,7 @@ impl Ctx {
         action: Action<'_>,
     ) -> Result<Call, Status> {
         let caller = caller_of(req)?;
+        self.admit(&caller, op).await?;
         match self.guard.authorize(&caller, &action) {
             Ok(g) => Ok(Call {
                 caller,
@@ -164,7 +176,7 @@ impl Ctx {
                     e.insert("key".into(), json!(key));
                 }
                 // The refusal stands even if it cannot be audited.
-                let _ = self.audit(vec![e]).await;
+                let _ = self.audit(caller.uid, vec![e]).await;
                 Err(Status::permission_denied(denied.0))
             }
         }
@@ -180,7 +192,7 @@ impl Ctx {
     ) -> Result<T, Status> {
         let mut e = guard::entry(&call.caller, &call.principal, call.role, call.op);
         e.extend(outcome(&result));
-        if let Err(err) = self.audit(vec![e]).await {
+        if let Err(err) = self.audit(call.caller.uid, vec![e]).await {
             tracing::warn!(error = %err.message(), op = call.op, "request not audited");
         }
         result
@@ -196,7 +208,45 @@ impl Ctx {
         let mut e = guard::entry(&call.caller, &call.principal, call.role, call.op);
         e.extend(extra);
         e.extend(outcome(&result));
-        self.audit(vec![e]).await?;
+        self.audit(call.caller.uid, vec![e]).await?;
         result
+    }
+
+    /// Refuses a caller whose requests have written more audit log than
+    /// its limit allows, before any work (RESOURCE_EXHAUSTED).
+    pub(crate) async fn admit(&self, caller: &Caller, op: &'static str) -> Result<(), Status> {
+        match self.limits.check_audit_volume(caller.uid) {
+            Ok(()) => Ok(()),
+            Err(r) => Err(self.refused(caller, op, r).await),
+        }
+    }
+
+    /// A refusal by a limit: counted always, audited once per uid, limit
+    /// and interval (with how many were refused since), so a flood of
+    /// refused calls is not a flood of audit lines.
+    pub(crate) async fn refused(
+        &self,
+        caller: &Caller,
+        op: &'static str,
+        r: crate::limits::Refusal,
+    ) -> Status {
+        let status = Status::resource_exhausted(r.message);
+        if r.audit {
+            let mut e = guard::entry(caller, "", "none", op);
+            e.insert("outcome".into(), json!("limited"));
+            e.insert("code".into(), json!("ResourceExhausted"));
+            e.insert("message".into(), json!(status.message()));
+            e.insert("limit".into(), json!(r.limit.as_str()));
+            e.insert(
+                "refused_since_last_line".into(),
+                json!(r.since_last_audited),
+            );
+            if r.limit == crate::limits::Limit::AuditHash {
+                e.insert("ALERT".into(), json!("AUDIT HASH RATE EXCEEDED"));
+            }
+            // The refusal stands even if it cannot be audited.
+            let _ = self.audit(caller.uid, vec![e]).await;
+        }
+        status
     }
 }

@@ -136,7 +136,18 @@ impl OperatorService for OperatorApi {
             .authorize(&request, "AuditHash", Action::AuditHash)
             .await?;
         let context = request.into_inner().context;
+        // A person's look-ups, not a scan of an identifier space: each
+        // value counts against the uid's rate; a refusal is audited once
+        // per interval, as an alert.
+        if let Err(r) = self.ctx.limits.take(
+            call.caller.uid,
+            crate::limits::Limit::AuditHash,
+            context.len() as u64,
+        ) {
+            return Err(self.ctx.refused(&call.caller, "AuditHash", r).await);
+        }
         let mut extra = Map::new();
+        extra.insert("values".into(), json!(context.len()));
         let res = match crate::core::validate::check_context(&context) {
             // The pairs have an encryption context's limits; the message
             // names this request's field.

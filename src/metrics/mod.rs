@@ -150,6 +150,8 @@ pub struct Metrics {
     audit_lines: AtomicU64,
     audit_failures: AtomicU64,
     audit_queue: AtomicI64,
+    /// Refusals by a per-uid limit, by limit.
+    limit_refusals: Mutex<BTreeMap<&'static str, u64>>,
     /// Label keys by name in per-version series.
     pub per_key: bool,
 }
@@ -224,6 +226,16 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         waits.for_each(|w| h.observe(w));
+    }
+
+    /// One request refused by a per-uid limit ([`crate::limits`]).
+    pub fn limit_refused(&self, limit: &'static str) {
+        *self
+            .limit_refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(limit)
+            .or_default() += 1;
     }
 
     /// Jobs waiting for the audit writer: +1 when queued, -1 when taken.
@@ -309,6 +321,20 @@ impl Metrics {
                 o,
                 "keywarden_hsm_operation_errors_total{{operation=\"{op}\"}} {n}"
             );
+        }
+        help(
+            &mut o,
+            "keywarden_limit_refusals_total",
+            "counter",
+            "Requests refused by a per-uid limit ([limits]), by limit.",
+        );
+        for (limit, n) in self
+            .limit_refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(o, "keywarden_limit_refusals_total{{limit=\"{limit}\"}} {n}");
         }
         scalar(
             &mut o,

@@ -41,6 +41,11 @@ pub const MAX_REQUEST_BYTES: usize = 256 << 10;
 /// Requests handled at once, over all connections; more wait their turn.
 pub const MAX_CONCURRENT_REQUESTS: usize = 64;
 
+/// HTTP/2 streams one connection may hold open at once (unary calls in
+/// flight and open streams such as WatchKeys); a client queues past it.
+/// With the per-uid connection limit it bounds the streams one uid holds.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+
 /// How long in-flight requests may run after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -214,6 +219,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     audit.set_metrics(metrics.clone());
     // One clock for the core, the seal and the guard's break-glass grants.
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
+    let limits_clock = clock.clone();
     let guard = Arc::new(
         Guard::new(
             config.policy.clone(),
@@ -258,7 +264,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             ));
         }
         let core = Keywarden::start(hsm, registry, seal)
-            .with_clock(clock)
+            .with_clock(clock.clone())
             .with_audit(core_audit)
             .with_lifecycle(lifecycle);
         Ok(match node_for_core {
@@ -299,6 +305,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         workers: Arc::new(
             crate::api::workers::Workers::start(core.clone(), config.pool_size)
                 .context("starting the data-path workers")?,
+        ),
+        limits: Arc::new(
+            crate::limits::Limits::new(config.limits.clone(), limits_clock)
+                .with_metrics(metrics.clone()),
         ),
     };
     if let Some(listener) = metrics_listener {
@@ -367,6 +377,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let server = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
         .concurrency_limit_per_connection(256)
+        // HTTP/2 streams one connection may hold open at once (a stream
+        // that is never read holds buffers): clients queue past it.
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             MAX_CONCURRENT_REQUESTS,
         ))
