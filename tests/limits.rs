@@ -87,7 +87,17 @@ async fn audit_hash_is_rate_limited_per_uid_and_alerts_once_per_interval() {
         })
         .await
         .unwrap();
-    assert_eq!(refusals(&metrics(&mut c).await, "audit_hash"), 3);
+    let m = metrics(&mut c).await;
+    assert_eq!(refusals(&m, "audit_hash"), 3);
+    // The audit log's room is watched (before a full disk stops serving).
+    assert!(m.contains("keywarden_audit_disk_free_bytes "), "{m}");
+    let s = c
+        .operator
+        .status(proto::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(s.audit_disk_size_bytes > 0 && s.audit_disk_free_bytes <= s.audit_disk_size_bytes);
     let lines = audit_lines(&d);
     let lookups: Vec<_> = lines
         .iter()

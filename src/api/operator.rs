@@ -298,6 +298,7 @@ impl OperatorService for OperatorApi {
             PolicySource::OpenDev => "open-dev (every local user has every role)".to_string(),
         };
         let conns = self.ctx.connections.stats();
+        let disk = self.ctx.guard.audit.disk_space();
         let caller = format!(
             "uid {} gid {} pid {} exe {} principal {:?} role {}",
             call.caller.uid,
@@ -375,7 +376,11 @@ impl OperatorService for OperatorApi {
                     lag_seconds: f.lag_seconds,
                     last_error: f.last_error.unwrap_or_default(),
                     last_drop: f.last_drop.unwrap_or(0),
+                    dropped_alerts: f.dropped_alerts,
                 }),
+            audit_disk_free_bytes: disk.map(|d| d.free).unwrap_or(0),
+            audit_disk_size_bytes: disk.map(|d| d.size).unwrap_or(0),
+            audit_disk_low: disk.is_some_and(|d| d.low()),
             key_attention: s
                 .attention
                 .iter()

@@ -136,6 +136,8 @@ pub struct ForwardStatus {
     pub sent: u64,
     /// Lines dropped: the queue was full, or a datagram was too large.
     pub dropped: u64,
+    /// Of those, alert-class lines (warning or above).
+    pub dropped_alerts: u64,
     /// Connections that failed or broke.
     pub errors: u64,
     pub queued: u64,
@@ -152,6 +154,7 @@ struct Stats {
     connected: AtomicBool,
     sent: AtomicU64,
     dropped: AtomicU64,
+    dropped_alerts: AtomicU64,
     errors: AtomicU64,
     queued: AtomicU64,
     queued_bytes: AtomicU64,
@@ -183,6 +186,10 @@ enum Conn {
     Tcp(TcpStream),
     Unix(UnixDatagram),
 }
+
+/// The share of the queue's bounds (numerator, denominator) routine lines
+/// may fill; the rest is kept for alert-class lines.
+pub const ROUTINE_SHARE: (u64, u64) = (3, 4);
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Fresh connections a line may break before it is given up (a receiver
@@ -389,14 +396,30 @@ impl Forwarder {
     }
 
     /// Offers a durable line; never blocks. Over the queue's bounds (lines
-    /// or bytes) it is dropped and counted.
-    pub fn offer(&self, line: &str) {
+    /// or bytes) it is dropped and counted. Routine lines (below warning)
+    /// may fill the queue only to [`ROUTINE_SHARE`] of its bounds: the rest
+    /// is kept for alert-class lines (tampering, destruction, break-glass,
+    /// failed ceremonies), so a flood of routine calls cannot push them
+    /// out of the off-host copy.
+    pub fn offer(&self, line: &str, severity: super::severity::Severity) {
         let s = &self.stats;
         let bytes = line.len() as u64;
-        if s.queued.load(Ordering::Relaxed) >= self.max_lines
-            || s.queued_bytes.load(Ordering::Relaxed) + bytes > self.max_bytes
+        let routine = severity > super::severity::Severity::Warning;
+        let (max_lines, max_bytes) = if routine {
+            (
+                self.max_lines * ROUTINE_SHARE.0 / ROUTINE_SHARE.1,
+                self.max_bytes * ROUTINE_SHARE.0 / ROUTINE_SHARE.1,
+            )
+        } else {
+            (self.max_lines, self.max_bytes)
+        };
+        if s.queued.load(Ordering::Relaxed) >= max_lines
+            || s.queued_bytes.load(Ordering::Relaxed) + bytes > max_bytes
         {
             s.dropped(1);
+            if !routine {
+                s.dropped_alerts.fetch_add(1, Ordering::Relaxed);
+            }
             return;
         }
         s.queued.fetch_add(1, Ordering::Relaxed);
@@ -446,6 +469,7 @@ impl Forwarder {
             connected: s.connected.load(Ordering::Relaxed),
             sent: s.sent.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
+            dropped_alerts: s.dropped_alerts.load(Ordering::Relaxed),
             errors: s.errors.load(Ordering::Relaxed),
             queued: s.queued.load(Ordering::Relaxed),
             lag_seconds: since.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0),
@@ -462,6 +486,7 @@ impl Forwarder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::severity::Severity::{Alert, Informational, Warning};
     use std::io::{BufRead, BufReader};
     use std::net::TcpListener;
 
@@ -527,8 +552,8 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let f = Forwarder::start(cfg(Transport::Tcp(addr))).unwrap();
-        f.offer(LINE);
-        f.offer("second");
+        f.offer(LINE, Informational);
+        f.offer("second", Informational);
         let (s, _) = l.accept().unwrap();
         let mut r = BufReader::new(s);
         assert!(frame(&mut r).ends_with(&format!(" - {LINE}")));
@@ -542,7 +567,7 @@ mod tests {
         drop(l);
         let l = TcpListener::bind(addr).unwrap();
         for i in 0..50 {
-            f.offer(&format!("after-{i}"));
+            f.offer(&format!("after-{i}"), Informational);
             std::thread::sleep(Duration::from_millis(20));
             if f.status().errors > 0 {
                 break;
@@ -555,6 +580,32 @@ mod tests {
     }
 
     #[test]
+    fn a_flood_of_routine_lines_leaves_room_for_alert_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(Transport::Unix(dir.path().join("absent.sock")));
+        c.buffer_lines = 8;
+        let f = Forwarder::start(c).unwrap();
+        for i in 0..100 {
+            f.offer(&format!("routine-{i}"), Informational);
+        }
+        let st = f.status();
+        // The thread holds one; routine lines fill three quarters.
+        assert!(st.queued <= 6, "{st:?}");
+        assert_eq!(st.dropped_alerts, 0);
+        f.offer("tampering", Alert);
+        f.offer("destroyed", Warning);
+        let st = f.status();
+        assert_eq!(st.dropped_alerts, 0, "{st:?}");
+        assert!(st.queued >= 7, "{st:?}");
+        // The whole queue full: even an alert line is dropped, and counted
+        // as one.
+        for _ in 0..3 {
+            f.offer("more", Alert);
+        }
+        assert!(f.status().dropped_alerts >= 1);
+    }
+
+    #[test]
     fn a_full_queue_drops_and_counts_without_blocking() {
         // Nobody listens: the thread holds one line, the queue holds two.
         let dir = tempfile::tempdir().unwrap();
@@ -563,7 +614,7 @@ mod tests {
         let f = Forwarder::start(c).unwrap();
         let start = Instant::now();
         for i in 0..100 {
-            f.offer(&format!("line-{i}"));
+            f.offer(&format!("line-{i}"), Informational);
         }
         assert!(start.elapsed() < Duration::from_secs(1));
         let st = f.status();
@@ -580,7 +631,7 @@ mod tests {
         let rx = UnixDatagram::bind(&path).unwrap();
         rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let f = Forwarder::start(cfg(Transport::Unix(path))).unwrap();
-        f.offer(LINE);
+        f.offer(LINE, Informational);
         let mut buf = vec![0; 65536];
         let n = rx.recv(&mut buf).unwrap();
         let got = std::str::from_utf8(&buf[..n]).unwrap();
@@ -612,7 +663,7 @@ mod tests {
         // A line every 10 ms for 1.5 s: each finds the last connection
         // closed.
         for i in 0..150 {
-            f.offer(&format!("line-{i}"));
+            f.offer(&format!("line-{i}"), Informational);
             std::thread::sleep(Duration::from_millis(10));
         }
         // At least 100 ms between a broken connection and the next: about
@@ -632,8 +683,8 @@ mod tests {
         c.buffer_bytes = 1 << 20;
         let f = Forwarder::start(c).unwrap();
         // Larger than any datagram: never sendable.
-        f.offer(&"x".repeat(600 * 1024));
-        f.offer("after");
+        f.offer(&"x".repeat(600 * 1024), Informational);
+        f.offer("after", Informational);
         let mut buf = vec![0; 65536];
         let n = rx.recv(&mut buf).unwrap();
         assert!(std::str::from_utf8(&buf[..n])
@@ -652,7 +703,7 @@ mod tests {
         c.buffer_bytes = 10_000;
         let f = Forwarder::start(c).unwrap();
         for _ in 0..10 {
-            f.offer(&"y".repeat(4000));
+            f.offer(&"y".repeat(4000), Informational);
         }
         let st = f.status();
         // One held by the thread, at most two in the queue.
@@ -669,14 +720,14 @@ mod tests {
             (0..20).map(|_| frame(&mut r)).count()
         });
         for i in 0..20 {
-            f.offer(&format!("l{i}"));
+            f.offer(&format!("l{i}"), Informational);
         }
         assert_eq!(f.drain(Duration::from_secs(10)), 0);
         assert_eq!(t.join().unwrap(), 20);
 
         let dir = tempfile::tempdir().unwrap();
         let g = Forwarder::start(cfg(Transport::Unix(dir.path().join("absent.sock")))).unwrap();
-        g.offer("stuck");
+        g.offer("stuck", Informational);
         let start = Instant::now();
         assert_eq!(g.drain(Duration::from_millis(300)), 1);
         assert!(start.elapsed() < Duration::from_secs(2));

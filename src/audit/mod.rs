@@ -15,12 +15,14 @@
 //! Events never carry key material, shares, PINs, plaintext or context
 //! values (context values appear only as HMACs under a keyring key).
 
+mod disk;
 pub mod event;
 pub mod forward;
 pub mod scan;
 pub mod severity;
 pub mod verify;
 
+pub use disk::DiskSpace;
 pub use event::{AuditSink, Event, EventKind, MemorySink, NullSink, Outcome};
 
 use std::fs::{File, OpenOptions};
@@ -404,17 +406,27 @@ impl Writer {
         canonical(fields)
     }
 
-    /// Writes lines durably; on failure nothing advances.
-    fn commit(&mut self, lines: &[String]) -> Result<(), AuditError> {
+    /// Writes lines durably; on failure nothing advances. `severities`
+    /// (one per line, or none: all routine) tell the forwarder which lines
+    /// to keep when its queue is full.
+    fn commit(
+        &mut self,
+        lines: &[String],
+        severities: &[severity::Severity],
+    ) -> Result<(), AuditError> {
         let start = std::time::Instant::now();
-        let r = self.commit_untimed(lines);
+        let r = self.commit_untimed(lines, severities);
         if let Some(m) = self.shared.metrics() {
             m.audit_commit(lines.len(), start.elapsed(), r.is_ok());
         }
         r
     }
 
-    fn commit_untimed(&mut self, lines: &[String]) -> Result<(), AuditError> {
+    fn commit_untimed(
+        &mut self,
+        lines: &[String],
+        severities: &[severity::Severity],
+    ) -> Result<(), AuditError> {
         self.ensure_open()?;
         let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
         for l in lines {
@@ -435,7 +447,13 @@ impl Writer {
         }
         self.size += buf.len() as u64;
         if let Some(f) = &self.shared.forward {
-            lines.iter().for_each(|l| f.offer(l));
+            for (i, l) in lines.iter().enumerate() {
+                let sev = severities
+                    .get(i)
+                    .copied()
+                    .unwrap_or(severity::Severity::Informational);
+                f.offer(l, sev);
+            }
         }
         Ok(())
     }
@@ -449,15 +467,20 @@ impl Writer {
         let (mut seq, mut prev) = (self.seq, self.prev.clone());
         let mut seqs = Vec::with_capacity(entries.len());
         let mut acks = Vec::with_capacity(entries.len());
+        let forwarding = self.shared.forward.is_some();
+        let mut severities = Vec::with_capacity(if forwarding { entries.len() } else { 0 });
         for (mut fields, ack) in entries {
             acks.push(ack);
+            if forwarding {
+                severities.push(severity::of_fields(&fields));
+            }
             let line = self.line_for(&mut fields, seq, &prev);
             prev = sha256_hex(line.as_bytes());
             seqs.push(seq);
             seq += 1;
             lines.push(line);
         }
-        match self.commit(&lines) {
+        match self.commit(&lines, &severities) {
             Ok(()) => {
                 self.seq = seq;
                 self.prev = prev;
@@ -509,7 +532,7 @@ impl Writer {
         let sig = signer(&digest).map_err(AuditError::Signing)?;
         body.insert("sig".into(), json!(hex::encode(sig)));
         let line = canonical(&body);
-        self.commit(std::slice::from_ref(&line)).map_err(|e| {
+        self.commit(std::slice::from_ref(&line), &[]).map_err(|e| {
             self.set_health(Err(e.clone()));
             AuditError::Unwritable(Box::new(e))
         })?;
@@ -677,7 +700,7 @@ impl Audit {
                 g.insert("type".into(), json!("genesis"));
                 g.insert("version".into(), json!(crate::VERSION));
                 let line = w.line_for(&mut g, 0, GENESIS_PREV);
-                w.commit(std::slice::from_ref(&line))?;
+                w.commit(std::slice::from_ref(&line), &[])?;
                 w.seq = 1;
                 w.prev = sha256_hex(line.as_bytes());
             }
@@ -821,6 +844,11 @@ impl Audit {
             }
         })?;
         scan::scan(&files, key)
+    }
+
+    /// The log's filesystem, or None if it cannot be read.
+    pub fn disk_space(&self) -> Option<DiskSpace> {
+        disk::space(&self.state.dir)
     }
 
     pub fn witnessed_registry_generation(&self) -> u64 {

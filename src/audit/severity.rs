@@ -79,8 +79,17 @@ pub fn of_event(kind: EventKind, outcome: Outcome) -> Severity {
 /// The severity of one audit line (a request line with `op` and `code`, an
 /// event line with `event` and `outcome`, or the log's own lines).
 pub fn of_line(v: &Value) -> Severity {
-    let text = |k: &str| v.get(k).and_then(Value::as_str);
-    let marked = v.get("ALERT").is_some() || v.get("detail").and_then(|d| d.get("ALERT")).is_some();
+    of(|k| v.get(k))
+}
+
+/// [`of_line`] on the fields before they are written (the writer's view).
+pub fn of_fields(m: &serde_json::Map<String, Value>) -> Severity {
+    of(|k| m.get(k))
+}
+
+fn of<'a>(get: impl Fn(&str) -> Option<&'a Value>) -> Severity {
+    let text = |k: &str| get(k).and_then(Value::as_str);
+    let marked = get("ALERT").is_some() || get("detail").and_then(|d| d.get("ALERT")).is_some();
     let base = match (text("code"), text("event"), text("outcome")) {
         (Some(code), _, _) if code != "OK" => Severity::Notice,
         (Some(_), _, _) => Severity::Informational,
@@ -159,6 +168,7 @@ mod tests {
         ];
         for (line, want) in cases {
             assert_eq!(of_line(&line), want, "{line}");
+            assert_eq!(of_fields(line.as_object().unwrap()), want, "{line}");
         }
         // Every kind and outcome a line can name is read back.
         for k in EventKind::ALL {

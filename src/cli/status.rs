@@ -204,6 +204,16 @@ pub fn attention(s: &proto::StatusResponse) -> Vec<(Level, String)> {
             a.push((Level::Warning, what));
         }
     }
+    if s.audit_disk_low {
+        a.push((
+            Level::Warning,
+            format!(
+                "the audit log's filesystem is nearly full: {} MiB left of {} MiB; archive old audit files or grow it (a full disk stops every key operation)",
+                s.audit_disk_free_bytes >> 20,
+                s.audit_disk_size_bytes >> 20
+            ),
+        ));
+    }
     for k in &s.key_attention {
         let what = match k.reason.as_str() {
             "encryption_limit" => format!(

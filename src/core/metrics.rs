@@ -29,6 +29,7 @@ impl Keywarden {
             hsm_lost: self.hsm.lost().is_some(),
             audit_up: self.audit.as_ref().is_none_or(|a| a.health().is_ok()),
             forward: self.audit.as_ref().and_then(|a| a.forward_status()),
+            audit_disk: self.audit.as_ref().and_then(|a| a.disk_space()),
             watch_subscribers: self.changes.receiver_count() as u64,
             registry_generation: self.registry.generation(),
             tampering: tampering + u64::from(self.seal.status().tampered.is_some()),

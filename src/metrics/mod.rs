@@ -133,6 +133,8 @@ pub struct Snapshot {
     pub tampering: u64,
     /// The audit forwarder's counters, if lines are forwarded.
     pub forward: Option<crate::audit::forward::ForwardStatus>,
+    /// The audit log's filesystem, if it can be read.
+    pub audit_disk: Option<crate::audit::DiskSpace>,
 }
 
 /// Everything the daemon records.
@@ -413,7 +415,30 @@ impl Metrics {
             "1 when the audit log can be written.",
             u8::from(snap.audit_up),
         );
+        if let Some(d) = &snap.audit_disk {
+            scalar(
+                &mut o,
+                "keywarden_audit_disk_free_bytes",
+                "gauge",
+                "Bytes the daemon may still write on the audit log's filesystem.",
+                d.free,
+            );
+            scalar(
+                &mut o,
+                "keywarden_audit_disk_size_bytes",
+                "gauge",
+                "Size of the audit log's filesystem.",
+                d.size,
+            );
+        }
         if let Some(f) = &snap.forward {
+            scalar(
+                &mut o,
+                "keywarden_audit_forward_dropped_alert_lines_total",
+                "counter",
+                "Alert-class audit lines (warning or above) not forwarded: the queue was full of them.",
+                f.dropped_alerts,
+            );
             scalar(
                 &mut o,
                 "keywarden_audit_forward_connected",

@@ -283,7 +283,7 @@ class DriftReport(_message.Message):
     def __init__(self, missing_on_token: _Optional[_Iterable[str]] = ..., orphaned_on_token: _Optional[_Iterable[str]] = ..., repaired: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "hsm_health", "hsm_detail", "token", "key_count", "drift", "sealed", "started_at", "seal", "audit_health", "audit_detail", "break_glass", "policy", "caller", "registry_tampering", "hardening", "connections_open", "connections_refused", "connections_timed_out", "dev_mode", "audit_forward", "key_attention")
+    __slots__ = ("version", "hsm_health", "hsm_detail", "token", "key_count", "drift", "sealed", "started_at", "seal", "audit_health", "audit_detail", "break_glass", "policy", "caller", "registry_tampering", "hardening", "connections_open", "connections_refused", "connections_timed_out", "dev_mode", "audit_forward", "key_attention", "audit_disk_free_bytes", "audit_disk_size_bytes", "audit_disk_low")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HSM_HEALTH_FIELD_NUMBER: _ClassVar[int]
     HSM_DETAIL_FIELD_NUMBER: _ClassVar[int]
@@ -306,6 +306,9 @@ class StatusResponse(_message.Message):
     DEV_MODE_FIELD_NUMBER: _ClassVar[int]
     AUDIT_FORWARD_FIELD_NUMBER: _ClassVar[int]
     KEY_ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_DISK_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_DISK_LOW_FIELD_NUMBER: _ClassVar[int]
     version: str
     hsm_health: str
     hsm_detail: str
@@ -328,10 +331,13 @@ class StatusResponse(_message.Message):
     dev_mode: bool
     audit_forward: AuditForwardStatus
     key_attention: _containers.RepeatedCompositeFieldContainer[KeyAttention]
-    def __init__(self, version: _Optional[str] = ..., hsm_health: _Optional[str] = ..., hsm_detail: _Optional[str] = ..., token: _Optional[_Union[TokenStatus, _Mapping]] = ..., key_count: _Optional[int] = ..., drift: _Optional[_Union[DriftReport, _Mapping]] = ..., sealed: _Optional[bool] = ..., started_at: _Optional[int] = ..., seal: _Optional[_Union[SealStatus, _Mapping]] = ..., audit_health: _Optional[str] = ..., audit_detail: _Optional[str] = ..., break_glass: _Optional[_Iterable[_Union[BreakGlassGrant, _Mapping]]] = ..., policy: _Optional[str] = ..., caller: _Optional[str] = ..., registry_tampering: _Optional[_Iterable[str]] = ..., hardening: _Optional[_Iterable[str]] = ..., connections_open: _Optional[int] = ..., connections_refused: _Optional[int] = ..., connections_timed_out: _Optional[int] = ..., dev_mode: _Optional[bool] = ..., audit_forward: _Optional[_Union[AuditForwardStatus, _Mapping]] = ..., key_attention: _Optional[_Iterable[_Union[KeyAttention, _Mapping]]] = ...) -> None: ...
+    audit_disk_free_bytes: int
+    audit_disk_size_bytes: int
+    audit_disk_low: bool
+    def __init__(self, version: _Optional[str] = ..., hsm_health: _Optional[str] = ..., hsm_detail: _Optional[str] = ..., token: _Optional[_Union[TokenStatus, _Mapping]] = ..., key_count: _Optional[int] = ..., drift: _Optional[_Union[DriftReport, _Mapping]] = ..., sealed: _Optional[bool] = ..., started_at: _Optional[int] = ..., seal: _Optional[_Union[SealStatus, _Mapping]] = ..., audit_health: _Optional[str] = ..., audit_detail: _Optional[str] = ..., break_glass: _Optional[_Iterable[_Union[BreakGlassGrant, _Mapping]]] = ..., policy: _Optional[str] = ..., caller: _Optional[str] = ..., registry_tampering: _Optional[_Iterable[str]] = ..., hardening: _Optional[_Iterable[str]] = ..., connections_open: _Optional[int] = ..., connections_refused: _Optional[int] = ..., connections_timed_out: _Optional[int] = ..., dev_mode: _Optional[bool] = ..., audit_forward: _Optional[_Union[AuditForwardStatus, _Mapping]] = ..., key_attention: _Optional[_Iterable[_Union[KeyAttention, _Mapping]]] = ..., audit_disk_free_bytes: _Optional[int] = ..., audit_disk_size_bytes: _Optional[int] = ..., audit_disk_low: _Optional[bool] = ...) -> None: ...
 
 class AuditForwardStatus(_message.Message):
-    __slots__ = ("target", "connected", "sent", "dropped", "errors", "queued", "lag_seconds", "last_error", "last_drop")
+    __slots__ = ("target", "connected", "sent", "dropped", "errors", "queued", "lag_seconds", "last_error", "last_drop", "dropped_alerts")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     SENT_FIELD_NUMBER: _ClassVar[int]
@@ -341,6 +347,7 @@ class AuditForwardStatus(_message.Message):
     LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     LAST_DROP_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_ALERTS_FIELD_NUMBER: _ClassVar[int]
     target: str
     connected: bool
     sent: int
@@ -350,7 +357,8 @@ class AuditForwardStatus(_message.Message):
     lag_seconds: float
     last_error: str
     last_drop: int
-    def __init__(self, target: _Optional[str] = ..., connected: _Optional[bool] = ..., sent: _Optional[int] = ..., dropped: _Optional[int] = ..., errors: _Optional[int] = ..., queued: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., last_error: _Optional[str] = ..., last_drop: _Optional[int] = ...) -> None: ...
+    dropped_alerts: int
+    def __init__(self, target: _Optional[str] = ..., connected: _Optional[bool] = ..., sent: _Optional[int] = ..., dropped: _Optional[int] = ..., errors: _Optional[int] = ..., queued: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., last_error: _Optional[str] = ..., last_drop: _Optional[int] = ..., dropped_alerts: _Optional[int] = ...) -> None: ...
 
 class KeyAttention(_message.Message):
     __slots__ = ("key", "version", "reason", "encryptions", "hard_limit", "due_at")
