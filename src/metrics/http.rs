@@ -6,6 +6,15 @@
 //! time, a short deadline for the request, one render a second shared by
 //! every scrape, a `Host` that must name the loopback (no DNS rebinding),
 //! and, with `[metrics] bearer_token_file`, a token in `Authorization`.
+//!
+//! A local user who holds connections open without sending a request
+//! cannot starve the scraper: when every slot is taken, the connection
+//! that has waited longest without sending its request gives way to the
+//! new one. A scraper sends its request as soon as it connects, so only a
+//! flood of tens of thousands of connections a second could still push it
+//! out; where local users are not trusted at all, a firewall rule on the
+//! port (`iptables -m owner --uid-owner prometheus`) closes that too
+//! (docs/OPERATIONS.md).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -19,10 +28,13 @@ use zeroize::Zeroizing;
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 const MAX_REQUEST: usize = 8 * 1024;
-/// Connections served at once; more are closed at once.
-const MAX_CONNECTIONS: usize = 8;
+/// Connections served at once; past it the oldest one still waiting for
+/// its request is closed to make room.
+const MAX_CONNECTIONS: usize = 32;
 /// Time for a client to send its request.
-const REQUEST_DEADLINE: Duration = Duration::from_secs(3);
+const REQUEST_DEADLINE: Duration = Duration::from_secs(1);
+/// How long a new connection waits for the slot an evicted one frees.
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
 /// A page younger than this is served again rather than rendered.
 const FRESH: Duration = Duration::from_secs(1);
 
@@ -33,6 +45,10 @@ pub struct Endpoint {
     token: Option<Zeroizing<String>>,
     page: Mutex<Option<(Instant, Arc<String>)>>,
     slots: Arc<tokio::sync::Semaphore>,
+    /// Connections still waiting for their request, oldest first: each
+    /// closes when told to (to make room for a new one).
+    readers: Mutex<std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<()>>>,
+    next_reader: std::sync::atomic::AtomicU64,
 }
 
 impl Endpoint {
@@ -42,7 +58,29 @@ impl Endpoint {
             token,
             page: Mutex::new(None),
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            readers: Mutex::new(std::collections::BTreeMap::new()),
+            next_reader: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// A slot for a new connection: a free one, or the one of the
+    /// connection that has waited longest without sending its request.
+    /// None if every slot is busy answering.
+    async fn slot(self: &Arc<Self>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        let oldest = self
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_first();
+        let (_, close) = oldest?;
+        let _ = close.send(());
+        tokio::time::timeout(EVICTION_WAIT, self.slots.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
     }
 
     /// The page, rendered at most once a second; `None` if rendering failed.
@@ -66,8 +104,8 @@ pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        // Full: the connection is closed unanswered (dropped here).
-        let Ok(permit) = endpoint.slots.clone().try_acquire_owned() else {
+        // Full of connections being answered: closed unanswered.
+        let Some(permit) = endpoint.slot().await else {
             continue;
         };
         let endpoint = endpoint.clone();
@@ -119,8 +157,26 @@ async fn read_request(stream: &mut TcpStream) -> Option<String> {
 }
 
 async fn answer(mut stream: TcpStream, endpoint: Arc<Endpoint>) -> std::io::Result<()> {
-    let Ok(Some(head)) = tokio::time::timeout(REQUEST_DEADLINE, read_request(&mut stream)).await
-    else {
+    let id = endpoint
+        .next_reader
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (close, closed) = tokio::sync::oneshot::channel();
+    endpoint
+        .readers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, close);
+    let read = tokio::select! {
+        r = tokio::time::timeout(REQUEST_DEADLINE, read_request(&mut stream)) => r.ok().flatten(),
+        // Evicted: a newer connection needs the slot.
+        _ = closed => None,
+    };
+    endpoint
+        .readers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id);
+    let Some(head) = read else {
         return Ok(());
     };
     let line = head.lines().next().unwrap_or_default();
@@ -228,11 +284,12 @@ mod tests {
         let auth = auth
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
-        s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n").as_bytes())
-            .await
-            .unwrap();
+        // A connection closed unanswered reads as an empty status line.
         let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
+        let req = format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n");
+        if s.write_all(req.as_bytes()).await.is_ok() {
+            let _ = s.read_to_string(&mut out).await;
+        }
         out.lines().next().unwrap_or("").to_string()
     }
 
@@ -268,6 +325,50 @@ mod tests {
             1,
             "two scrapes within a second share one render"
         );
+    }
+
+    /// A local user holding every slot with connections that never send a
+    /// request: each scrape still gets its page.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_cannot_starve_the_scraper() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let render: Render = Arc::new(|| "x 1\n".to_string());
+        tokio::spawn(serve(listener, Endpoint::new(render, None)));
+        // The attacker: far more idle connections than slots, reopened as
+        // they are closed, for as long as the scrapes run (bounded).
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let attacker = tokio::spawn(async move {
+            let mut held = Vec::new();
+            let mut opened = 0u32;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) && opened < 20_000 {
+                if let Ok(s) = TcpStream::connect(addr).await {
+                    held.push(s);
+                    opened += 1;
+                }
+                if held.len() > 4 * MAX_CONNECTIONS {
+                    held.remove(0);
+                }
+                tokio::task::yield_now().await;
+            }
+            opened
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let host = addr.to_string();
+        let mut served = 0;
+        for _ in 0..15 {
+            if get(addr, &host, None).await == "HTTP/1.1 200 OK" {
+                served += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let opened = attacker.await.unwrap();
+        assert!(
+            opened > MAX_CONNECTIONS as u32,
+            "the attack opened {opened}"
+        );
+        assert_eq!(served, 15, "scrapes served under the attack");
     }
 
     #[test]
