@@ -28,6 +28,8 @@ pub enum Limit {
     AuditBytes,
     /// `WatchKeys` streams open at once.
     Watch,
+    /// Backups taken (each is a whole file held until it is sent).
+    Backups,
 }
 
 impl Limit {
@@ -37,6 +39,7 @@ impl Limit {
             Limit::AuditHash => "audit_hash",
             Limit::AuditBytes => "audit_bytes",
             Limit::Watch => "watch_streams",
+            Limit::Backups => "backups",
         }
     }
 }
@@ -54,6 +57,8 @@ pub struct RawLimits {
     #[serde(default)]
     watch_streams_per_uid: Option<usize>,
     #[serde(default)]
+    backups_per_hour: Option<u32>,
+    #[serde(default)]
     refusal_audit_interval_secs: Option<u64>,
 }
 
@@ -69,6 +74,9 @@ pub struct LimitsConfig {
     pub audit_bytes_burst: u64,
     /// `WatchKeys` streams one uid may hold open (a client cache needs one).
     pub watch_streams_per_uid: usize,
+    /// Backups one uid may take per hour (the bucket holds an hour's
+    /// worth); one is streamed at a time in any case.
+    pub backups_per_hour: u32,
     /// How often refusals of one uid under one limit are audited.
     pub refusal_audit_interval: Duration,
 }
@@ -80,6 +88,7 @@ impl Default for LimitsConfig {
             audit_bytes_per_second: 2 << 20,
             audit_bytes_burst: 256 << 20,
             watch_streams_per_uid: 8,
+            backups_per_hour: 12,
             refusal_audit_interval: Duration::from_secs(60),
         }
     }
@@ -125,6 +134,11 @@ impl RawLimits {
                 self.watch_streams_per_uid.map(|v| v as u64),
                 d.watch_streams_per_uid as u64,
             )? as usize,
+            backups_per_hour: positive(
+                "backups_per_hour",
+                self.backups_per_hour.map(u64::from),
+                u64::from(d.backups_per_hour),
+            )? as u32,
             refusal_audit_interval: Duration::from_secs(positive(
                 "refusal_audit_interval_secs",
                 self.refusal_audit_interval_secs,
@@ -214,6 +228,10 @@ impl Limits {
                 self.cfg.audit_bytes_burst as f64,
                 self.cfg.audit_bytes_per_second as f64,
             ),
+            Limit::Backups => {
+                let h = f64::from(self.cfg.backups_per_hour);
+                (h, h / 3600.0)
+            }
             Limit::Watch => (0.0, 0.0),
         }
     }
@@ -251,6 +269,10 @@ impl Limits {
             Limit::AuditHash => format!(
                 "uid {uid} has hashed more context values than [limits] audit_hash_per_minute allows ({} a minute); wait and look up fewer values",
                 self.cfg.audit_hash_per_minute
+            ),
+            Limit::Backups => format!(
+                "uid {uid} has taken more backups than [limits] backups_per_hour allows ({} an hour)",
+                self.cfg.backups_per_hour
             ),
             _ => format!("uid {uid} is over the {} limit", limit.as_str()),
         };

@@ -598,3 +598,36 @@ async fn a_second_loss_after_a_restore_keeps_what_the_restored_host_destroyed() 
         "destroyed",
     );
 }
+
+/// Backups are bounded: each is a whole file in memory until the
+/// transport has it, so one uid may take a few an hour (and one is
+/// streamed at a time); a refusal names the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_per_uid_are_bounded() {
+    let d = Daemon::builder()
+        .args(&["--limit", "backups_per_hour=2"])
+        .start()
+        .await;
+    let mut c = d.client().await;
+    create_key(&mut c, "k").await;
+    // Two taken and never read: still held by their streams.
+    let _a = c
+        .operator
+        .backup(proto::BackupRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let _b = c
+        .operator
+        .backup(proto::BackupRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let r = c.operator.backup(proto::BackupRequest {}).await;
+    assert_status(r, tonic::Code::ResourceExhausted, "backups_per_hour");
+    let log = std::fs::read_to_string(d.audit_dir().join("audit.log")).unwrap();
+    assert!(
+        log.contains("\"limit\":\"backups\""),
+        "the refusal is audited"
+    );
+}

@@ -21,6 +21,9 @@ pub struct OperatorApi {
     backup: Option<BackupTarget>,
     /// Share submissions (unseal and rekey) per uid in the current window.
     shares: std::sync::Mutex<std::collections::HashMap<u32, (std::time::Instant, u32)>>,
+    /// One backup at a time, held from its taking to its last chunk sent:
+    /// each holds a whole file in memory.
+    backups: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// Share submissions one uid may make per [`SHARE_WINDOW`]: a custodian
@@ -36,6 +39,9 @@ pub struct BackupTarget {
 
 /// The size of a backup's chunks on the wire.
 const BACKUP_CHUNK: usize = 64 * 1024;
+/// How long a backup stream waits for its reader to take the next chunk
+/// before it is given up (and its slot freed).
+const BACKUP_SEND_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl OperatorApi {
     pub fn new(ctx: Ctx) -> Self {
@@ -43,6 +49,7 @@ impl OperatorApi {
             ctx,
             backup: None,
             shares: Default::default(),
+            backups: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 
@@ -178,7 +185,9 @@ impl OperatorService for OperatorApi {
         self.ctx.finish(&call, extra, res).await.map(Response::new)
     }
 
-    type BackupStream = tokio_stream::wrappers::ReceiverStream<Result<proto::BackupChunk, Status>>;
+    type BackupStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<proto::BackupChunk, Status>> + Send + 'static>,
+    >;
 
     async fn backup(
         &self,
@@ -188,7 +197,22 @@ impl OperatorService for OperatorApi {
             .ctx
             .authorize(&request, "Backup", Action::Backup)
             .await?;
+        // Each backup is a whole file in memory until it is handed to the
+        // transport: one streamed at a time, and a few an hour per uid (a
+        // small file handed over at once is held by the connection until
+        // read).
+        if let Err(r) = self
+            .ctx
+            .limits
+            .take(call.caller.uid, crate::limits::Limit::Backups, 1)
+        {
+            return Err(self.ctx.refused(&call.caller, "Backup", r).await);
+        }
+        let slot = self.backups.clone().try_acquire_owned();
         let target = match &self.backup {
+            _ if slot.is_err() => Err(Status::resource_exhausted(
+                "backup: another backup is being taken or streamed; one at a time (a stream whose reader stops is given up after 60 s)",
+            )),
             None => Err(Status::unimplemented("this daemon serves no backups")),
             Some(t) => match &t.token {
                 Ok(store) => Ok((t.state_dir.clone(), store.clone())),
@@ -230,14 +254,23 @@ impl OperatorService for OperatorApi {
                     data: chunk.to_vec(),
                     info: info.take(),
                 };
-                if tx.send(Ok(msg)).await.is_err() {
-                    return;
+                match tokio::time::timeout(BACKUP_SEND_WAIT, tx.send(Ok(msg))).await {
+                    Ok(Ok(())) => {}
+                    // Gone, or not reading: the file and the slot go.
+                    _ => return,
                 }
             }
         });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
-        )))
+        // The slot goes with the stream: freed when the reader has taken
+        // the last chunk or goes away.
+        let stream = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            move |chunk| {
+                let _held = &slot;
+                chunk
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn acknowledge_tampering(
