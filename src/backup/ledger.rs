@@ -185,14 +185,17 @@ pub fn latest(
     Ok(out)
 }
 
+/// Audit lines with their seq, as read from a log.
+pub type Lines = Vec<(u64, Map<String, Value>)>;
+
 /// Of `lines`, those whose MAC verifies under `key` (alone: a void line
 /// is checked as a line, whatever it voids), and why each other was
 /// refused. An operator accepting an older registry keeps what the log
 /// proves and is told what it could not.
 pub fn partition_verified(
-    lines: Vec<(u64, Map<String, Value>)>,
+    lines: Lines,
     key: &[u8; 32],
-) -> (Vec<(u64, Map<String, Value>)>, Vec<LedgerError>) {
+) -> (Lines, Vec<LedgerError>) {
     let mut good = Vec::with_capacity(lines.len());
     let mut bad = Vec::new();
     for l in lines {
