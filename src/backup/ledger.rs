@@ -192,10 +192,7 @@ pub type Lines = Vec<(u64, Map<String, Value>)>;
 /// is checked as a line, whatever it voids), and why each other was
 /// refused. An operator accepting an older registry keeps what the log
 /// proves and is told what it could not.
-pub fn partition_verified(
-    lines: Lines,
-    key: &[u8; 32],
-) -> (Lines, Vec<LedgerError>) {
+pub fn partition_verified(lines: Lines, key: &[u8; 32]) -> (Lines, Vec<LedgerError>) {
     let mut good = Vec::with_capacity(lines.len());
     let mut bad = Vec::new();
     for l in lines {
