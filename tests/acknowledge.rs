@@ -244,7 +244,10 @@ async fn an_unvouched_gap_needs_as_many_admins_as_a_destruction() {
             (Some(1), Some(2))
         );
         assert!(
-            ack["unverified"].as_str().unwrap().contains("HSM counter"),
+            ack["unverified"]
+                .as_str()
+                .unwrap()
+                .contains("accounts for no write at registry generation 1"),
             "{ack}"
         );
         let mut c = d.client().await;
@@ -267,4 +270,145 @@ async fn generate_status(c: &mut keywarden_client::Client, key: &str) -> Result<
         })
         .await
         .map(|_| ())
+}
+
+/// The review's sharper variant: the registry copied back while the HSM
+/// counter remembers (a hardware HSM), and the audit log rewritten so that
+/// the disable's ledger line is gone and the chain still links (seq and
+/// prev recomputed after the cut, later checkpoints dropped). The cut
+/// leaves the disable's generation unaccounted for: one admin is not
+/// enough, and the disable is not undone by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_with_a_ledger_line_cut_out_does_not_vouch() {
+    ensure_user("kwtest-admin");
+    let mut d = Daemon::builder()
+        .args(&["--destroy-approvals", "2"])
+        .start()
+        .await;
+    let mut c = d.client().await;
+    create_key(&mut c, "k").await;
+    drop(c);
+    d.stop();
+    let snap = snapshot(&d);
+    d.restart().await;
+    let mut c = d.client().await;
+    c.keys.disable_key(name_req("k")).await.unwrap();
+    create_key(&mut c, "later").await;
+    drop(c);
+    d.stop();
+    roll_back(&d, &snap, false);
+    let live = d.audit_dir().join("audit.log");
+    let text = std::fs::read_to_string(&live).unwrap();
+    let mut out: Vec<String> = Vec::new();
+    let mut cut = false;
+    for line in text.lines() {
+        let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).unwrap();
+        let disable = v["type"] == "registry_write"
+            && v["key"] == "k"
+            && v["record"].as_str().unwrap().contains("\"suspended\"");
+        if disable {
+            cut = true;
+            continue;
+        }
+        if cut {
+            if v["type"] == "checkpoint" {
+                continue;
+            }
+            let prev: serde_json::Value = serde_json::from_str(out.last().unwrap()).unwrap();
+            v.insert("seq".into(), (prev["seq"].as_u64().unwrap() + 1).into());
+            use sha2::Digest;
+            let h = hex::encode(sha2::Sha256::digest(out.last().unwrap().as_bytes()));
+            v.insert("prev".into(), h.into());
+        }
+        out.push(keywarden::audit::canonical(&v));
+    }
+    assert!(cut, "no disable line in the log");
+    std::fs::write(&live, out.join("\n") + "\n").unwrap();
+    d.restart().await;
+    assert!(!tampering(&d).await.is_empty());
+    let ack = acknowledge(&d, None);
+    assert_eq!(ack["complete"], false, "{ack}");
+    assert!(
+        ack["unverified"]
+            .as_str()
+            .unwrap()
+            .contains("accounts for no write at registry generation"),
+        "{ack}"
+    );
+    let mut c = d.client().await;
+    assert_status(generate_status(&mut c, "k").await, Code::DataLoss, "");
+}
+
+/// A key's row corrupted on disk so that the replay would skip it, to be
+/// put back once the older registry is accepted: the audit log's record
+/// is written over the row instead, and the row put back is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_row_is_written_over_from_the_ledger() {
+    ensure_user("kwtest-admin");
+    let mut d = Daemon::builder()
+        .args(&["--destroy-approvals", "2"])
+        .start()
+        .await;
+    let mut c = d.client().await;
+    create_key(&mut c, "shredded").await;
+    let gone = generate(&mut c, "shredded", &[("t", "1")]).await;
+    drop(c);
+    d.stop();
+    let snap = snapshot(&d);
+    d.restart().await;
+    let out = d.cli(
+        &["key", "destroy-now", "shredded", "--output", "json"],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let req = v["request_id"].as_str().unwrap().to_string();
+    let out = d.cli_as("kwtest-admin", &["key", "approve", "shredded", &req], None);
+    assert!(out.status.success(), "{out:?}");
+    d.stop();
+    roll_back(&d, &snap, true);
+    // The row as the copy had it, kept to be put back later; then spoilt.
+    let db = rusqlite::Connection::open(d.registry_path()).unwrap();
+    let original: (Vec<u8>, String, i64, String) = db
+        .query_row(
+            "SELECT id, record, gen, mac FROM key_records WHERE name = 'shredded'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    db.execute(
+        "UPDATE key_records SET mac = 'spoilt' WHERE name = 'shredded'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    d.restart().await;
+    let ack = acknowledge(&d, None);
+    assert_eq!(ack["complete"], true, "{ack}");
+    assert!(
+        ack["replayed"]
+            .to_string()
+            .contains("shredded: its row failed its integrity check"),
+        "{ack}"
+    );
+    let mut c = d.client().await;
+    assert_status(
+        decrypt(&mut c, &gone.ciphertext_blob, &[("t", "1")]).await,
+        Code::FailedPrecondition,
+        "destroyed",
+    );
+    drop(c);
+    d.stop();
+    // The genuine old row put back: it no longer matches the manifest.
+    let db = rusqlite::Connection::open(d.registry_path()).unwrap();
+    db.execute(
+        "UPDATE key_records SET record = ?2, gen = ?3, mac = ?4 WHERE id = ?1",
+        rusqlite::params![original.0, original.1, original.2, original.3],
+    )
+    .unwrap();
+    drop(db);
+    d.restart().await;
+    let mut c = d.client().await;
+    let r = decrypt(&mut c, &gone.ciphertext_blob, &[("t", "1")]).await;
+    assert!(r.is_err(), "the destroyed key came back");
 }

@@ -141,6 +141,20 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     assert!(out.status.success(), "{out:?}");
 }
 
+fn acknowledge_as(d: &Daemon, user: &str) -> std::process::Output {
+    ensure_user(user);
+    d.cli_as(
+        user,
+        &[
+            "operator",
+            "acknowledge-tampering",
+            "--reason",
+            "restored from backup on purpose (drill)",
+        ],
+        None,
+    )
+}
+
 fn acknowledge(d: &Daemon) -> std::process::Output {
     d.cli(
         &[
@@ -211,11 +225,19 @@ async fn an_old_registry_with_the_counter_deleted_is_caught() {
     d.restart().await;
     let mut c = d.client().await;
     assert_status(gdk(&mut c, "patients").await, Code::DataLoss, "registry");
-    // The explicit, audited way back. The disable made after the copy is
-    // in the audit log's ledger: accepting the old registry keeps it.
+    // The explicit, audited way back. With the counter gone nothing off
+    // the disk vouches for the log, so it takes two admins; the disable
+    // made after the copy is in the audit log's ledger, and accepting the
+    // old registry keeps it.
     let out = acknowledge(&d);
     assert!(out.status.success(), "{out:?}");
     let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("1 of 2 admins"), "{said}");
+    assert_status(gdk(&mut c, "patients").await, Code::DataLoss, "registry");
+    let out = acknowledge_as(&d, "kwtest-admin");
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("Accepted"), "{said}");
     assert!(said.contains("patients: active -> suspended"), "{said}");
     assert!(tampering(&d).await.is_empty());
     assert_status(gdk(&mut c, "patients").await, Code::FailedPrecondition, "");
@@ -293,7 +315,12 @@ async fn a_deleted_audit_log_is_reported_until_acknowledged() {
     );
     let mut c = d.client().await;
     assert_status(gdk(&mut c, "k").await, Code::DataLoss, "audit log");
+    // A new log vouches for nothing that came before it: two admins.
     let out = acknowledge(&d);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 of 2 admins"));
+    assert_status(gdk(&mut c, "k").await, Code::DataLoss, "audit log");
+    let out = acknowledge_as(&d, "kwtest-admin");
     assert!(out.status.success(), "{out:?}");
     gdk(&mut c, "k").await.unwrap();
 }

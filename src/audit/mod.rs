@@ -525,24 +525,15 @@ impl Audit {
     }
 
     /// The highest registry generation the log has recorded.
-    /// Reads this log back from disk for its ledger ([`scan::scan`]),
-    /// verifying the chain under `key` (the HSM's signing key).
-    pub fn scan_ledger(
-        &self,
-        key: &p256::ecdsa::VerifyingKey,
-    ) -> Result<scan::LedgerScan, scan::ScanError> {
-        let files = verify::log_files(&self.state.dir, &self.state.live).map_err(|source| {
-            scan::ScanError {
-                path: self.state.dir.clone(),
-                source,
-            }
-        })?;
-        scan::scan(&files, key)
-    }
-
     /// The log's filesystem, or None if it cannot be read.
     pub fn disk_space(&self) -> Option<DiskSpace> {
         disk::space(&self.state.dir)
+    }
+
+    /// This log's files on disk, oldest first (to read it back with
+    /// [`scan::scan`]).
+    pub fn log_files(&self) -> std::io::Result<Vec<PathBuf>> {
+        verify::log_files(&self.state.dir, &self.state.live)
     }
 
     pub fn witnessed_registry_generation(&self) -> u64 {

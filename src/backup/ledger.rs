@@ -109,6 +109,8 @@ pub fn latest(
 ) -> Result<std::collections::BTreeMap<[u8; 16], Entry>, LedgerError> {
     use subtle::ConstantTimeEq;
     let same = |a: &str, b: &str| bool::from(a.as_bytes().ct_eq(b.as_bytes()));
+    // A void line names the seq and the generation of the line it voids:
+    // it voids that line only if both match.
     let mut voided = std::collections::BTreeSet::new();
     for (seq, l) in lines {
         if l.get("type").and_then(Value::as_str) != Some(FAILED) {
@@ -131,11 +133,11 @@ pub fn latest(
                 kind: FAILED,
             });
         }
-        voided.insert(target);
+        voided.insert((target, generation));
     }
     let mut out: std::collections::BTreeMap<[u8; 16], Entry> = Default::default();
     for (seq, l) in lines {
-        if l.get("type").and_then(Value::as_str) != Some(WRITE) || voided.contains(seq) {
+        if l.get("type").and_then(Value::as_str) != Some(WRITE) {
             continue;
         }
         let seq = *seq;
@@ -158,7 +160,7 @@ pub fn latest(
         if !same(&want, mac) {
             return Err(LedgerError::Mac { seq, kind: WRITE });
         }
-        if generation <= above {
+        if generation <= above || voided.contains(&(seq, generation)) {
             continue;
         }
         let record: KeyRecord =
@@ -183,25 +185,6 @@ pub fn latest(
         }
     }
     Ok(out)
-}
-
-/// Audit lines with their seq, as read from a log.
-pub type Lines = Vec<(u64, Map<String, Value>)>;
-
-/// Of `lines`, those whose MAC verifies under `key` (alone: a void line
-/// is checked as a line, whatever it voids), and why each other was
-/// refused. An operator accepting an older registry keeps what the log
-/// proves and is told what it could not.
-pub fn partition_verified(lines: Lines, key: &[u8; 32]) -> (Lines, Vec<LedgerError>) {
-    let mut good = Vec::with_capacity(lines.len());
-    let mut bad = Vec::new();
-    for l in lines {
-        match latest(std::slice::from_ref(&l), key, 0) {
-            Ok(_) => good.push(l),
-            Err(e) => bad.push(e),
-        }
-    }
-    (good, bad)
 }
 
 /// What the replay makes of a ledger record, given the token's objects: a

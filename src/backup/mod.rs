@@ -11,6 +11,7 @@
 //! The daemon's side (the consistent snapshot) is `Keywarden::backup` in
 //! `src/core/backup.rs`.
 
+pub mod fold;
 pub mod format;
 pub mod ledger;
 pub mod restore;

@@ -601,6 +601,11 @@ fn replay_onto(
     };
     let audit = Audit::open_after(target.audit.clone(), resume)
         .map_err(|e| BackupError::Audit(e.to_string()))?;
+    // The jump, as a ledger line: a later acknowledgement that reads this
+    // log back sees these generations accounted for.
+    audit
+        .record_ledger(super::fold::reseal(header.generation, base, rkey))
+        .map_err(|e| BackupError::Audit(e.to_string()))?;
     audit.note_registry_generation(registry.generation());
     let old: BTreeMap<[u8; 16], &KeyRecord> = backed_up.iter().map(|r| (r.id, r)).collect();
     for (id, rec) in latest {

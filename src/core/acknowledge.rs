@@ -8,19 +8,27 @@
 //! back, for each key, the newest record the log proves: what was
 //! destroyed, revoked, disabled or held since the copy was made stays so,
 //! and a destroyed version's object left on a copied-back software token is
-//! destroyed. One admin may accept when the log vouches for the whole gap
-//! (its chain verifies under the HSM's signing key, it reaches back to the
-//! registry's generation and forward to the HSM counter's). Otherwise some
-//! history is unknown, and accepting needs as many distinct admins as a
-//! destruction, since what it accepts may undo a destruction.
+//! destroyed. One admin may accept when the log vouches for the whole gap:
+//! its chain verifies under the HSM's signing key, and a verified line
+//! accounts for every generation from the registry's own up to the highest
+//! a witness has seen (the HSM counter must exist), so no line was cut
+//! ([`crate::backup::fold`]). Otherwise some history is unknown, and
+//! accepting needs as many distinct admins as a destruction, since what it
+//! accepts may undo a destruction. Approvals count for one plan: if what
+//! would be accepted changes between two admins' calls, counting starts
+//! again.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
 use tracing::warn;
 
+use sha2::{Digest, Sha256};
+
+use super::registry::RowKind;
 use super::{lock, reg_err, Actor, CoreError, CoreResult, Keywarden};
 use crate::audit::{EventKind, Outcome};
+use crate::backup::fold::{self, Fold};
 use crate::backup::ledger;
 use crate::core::model::{KeyRecord, KeyState, VersionState};
 use crate::hsm::REGISTRY_COUNTER_LABEL;
@@ -47,12 +55,30 @@ pub struct Acknowledgement {
 
 /// The ledger's records to write back, and what they change.
 struct Plan {
-    records: Vec<(KeyRecord, bool)>,
+    records: Vec<(KeyRecord, RowKind)>,
     replayed: Vec<String>,
     lost: Vec<String>,
     /// The highest generation a verified ledger line carries.
     ledger_max: u64,
     unverified: Option<String>,
+}
+
+impl Plan {
+    /// What two admins' calls must agree on to count together.
+    fn digest(&self, what: &str, registry: u64, counter: u64, audited: u64) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"keywarden/v1/acknowledgement-plan\0");
+        h.update(what.as_bytes());
+        for n in [registry, counter, audited, self.ledger_max] {
+            h.update(n.to_be_bytes());
+        }
+        h.update(self.unverified.as_deref().unwrap_or("").as_bytes());
+        for (r, kind) in &self.records {
+            h.update([*kind as u8]);
+            h.update(serde_json::to_string(r).unwrap_or_default().as_bytes());
+        }
+        h.finalize().into()
+    }
 }
 
 impl Keywarden {
@@ -78,26 +104,41 @@ impl Keywarden {
             }
         };
         let key = self.registry_key()?;
+        // No generation comes near MAX_GENERATION: a counter claiming more
+        // is held to it (the arithmetic stays far from overflow).
         let counter = self
             .hsm
             .read_counter(REGISTRY_COUNTER_LABEL)
             .map_err(CoreError::from_hsm)?
-            .unwrap_or(0);
+            .map(|c| c.min(ledger::MAX_GENERATION));
         let audited = self
             .audit
             .as_ref()
             .map(|a| a.witnessed_registry_generation())
-            .unwrap_or(0);
-        let plan = self.plan_replay(&key, counter)?;
+            .unwrap_or(0)
+            .min(ledger::MAX_GENERATION);
+        let plan = self.plan_replay(&key, counter, audited)?;
+        let counter = counter.unwrap_or(0);
         let needed = if plan.unverified.is_some() {
             self.lifecycle.destroy_approvals.max(1)
         } else {
             1
         };
+        // Approvals count for this plan only: what would be accepted (the
+        // rollback, the records, why the log cannot vouch) hashed.
+        let digest = plan.digest(&what, self.registry.generation(), counter, audited);
         let approvals = {
             let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
-            t.acknowledged_by.insert(actor.uid);
-            t.acknowledged_by.len()
+            if t.acknowledged.as_ref().is_none_or(|(d, _)| *d != digest) {
+                t.acknowledged = Some((digest, Default::default()));
+            }
+            match &mut t.acknowledged {
+                Some((_, uids)) => {
+                    uids.insert(actor.uid);
+                    uids.len()
+                }
+                None => 1,
+            }
         };
         let mut ack = Acknowledgement {
             what: what.clone(),
@@ -119,19 +160,21 @@ impl Keywarden {
             );
             return Ok(ack);
         }
-        let generation = self
-            .registry
-            .generation()
+        let from = self.registry.generation();
+        let generation = from
             .max(counter)
             .max(audited)
             .max(plan.ledger_max)
             .saturating_add(1);
         self.destroy_replayed_objects(&plan.records)?;
-        // The ledger first (what a later restore replays), then the
-        // registry in one transaction: a crash in between leaves the
-        // rollback detected, never half accepted.
+        // The ledger first (what a later restore or acknowledgement reads
+        // back: the jump, then each record), then the registry in one
+        // transaction: a crash in between leaves the rollback detected,
+        // never half accepted.
         let mut seqs = Vec::new();
         if let Some(a) = &self.audit {
+            a.record_ledger(fold::reseal(from, generation, &key))
+                .map_err(|e| CoreError::AuditUnavailable(e.to_string()))?;
             for (r, _) in &plan.records {
                 let seq = a
                     .record_ledger(ledger::line(r, generation, &key)?)
@@ -139,7 +182,7 @@ impl Keywarden {
                 seqs.push((r.name.clone(), seq));
             }
         }
-        let refs: Vec<(&KeyRecord, bool)> = plan.records.iter().map(|(r, n)| (r, *n)).collect();
+        let refs: Vec<(&KeyRecord, RowKind)> = plan.records.iter().map(|(r, k)| (r, *k)).collect();
         if let Err(e) = self.registry.reseal(&key, generation, &refs) {
             if let Some(a) = &self.audit {
                 for (name, seq) in &seqs {
@@ -174,7 +217,7 @@ impl Keywarden {
 
     /// Reads the log back and decides, key by key, which ledger record is
     /// newer than the registry's (by the generation each was written at).
-    fn plan_replay(&self, key: &[u8; 32], counter: u64) -> CoreResult<Plan> {
+    fn plan_replay(&self, key: &[u8; 32], counter: Option<u64>, audited: u64) -> CoreResult<Plan> {
         let loaded = self.registry.load_verified(key, None).map_err(reg_err)?;
         let mut unverified: Vec<String> = Vec::new();
         if self.membership.is_some() {
@@ -182,47 +225,24 @@ impl Keywarden {
                 "a cluster node's log holds only its own writes, not the other nodes'".into(),
             );
         }
-        let lines = match &self.audit {
-            None => {
-                unverified.push("no audit log is attached".into());
-                Vec::new()
-            }
-            Some(audit) => {
-                let point = self.hsm.ensure_signing_key().map_err(CoreError::from_hsm)?;
-                let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|e| {
-                    CoreError::Internal(format!("the HSM's audit signing key: {e}"))
-                })?;
-                let scan = audit
-                    .scan_ledger(&vk)
-                    .map_err(|e| CoreError::AuditUnavailable(e.to_string()))?;
-                if let Err(b) = &scan.chain {
-                    unverified.push(format!("the audit log does not verify ({b})"));
-                }
-                if !scan.from_genesis && scan.first_generation > loaded.generation {
-                    unverified.push(format!(
-                        "the oldest audit file on disk begins at registry generation {}, after this registry's {}: earlier files were removed",
-                        scan.first_generation, loaded.generation
-                    ));
-                }
-                let (good, bad) = ledger::partition_verified(scan.lines, key);
-                if let Some(e) = bad.first() {
-                    unverified.push(format!(
-                        "{} ledger line(s) do not verify, the first: {e}",
-                        bad.len()
-                    ));
-                }
-                good
-            }
-        };
-        let latest = ledger::latest(&lines, key, 0)
-            .map_err(|e| CoreError::Internal(format!("a verified ledger line: {e}")))?;
-        let ledger_max = latest.values().map(|e| e.generation).max().unwrap_or(0);
-        let reached = ledger_max.max(loaded.generation);
-        if counter > reached {
+        if counter.is_none() {
+            unverified.push(
+                "the HSM holds no registry generation counter: nothing off the disk says how far the registry had come".into(),
+            );
+        }
+        let mut fold = Fold::new(key, loaded.generation);
+        match &self.audit {
+            None => unverified.push("no audit log is attached".into()),
+            Some(audit) => self.read_log(audit, &mut fold, &mut unverified)?,
+        }
+        let witness = counter.unwrap_or(0).max(audited);
+        if let Some(g) = fold.first_gap(witness) {
             unverified.push(format!(
-                "the HSM counter has seen generation {counter}, the newest write the log proves is {reached}"
+                "the audit log accounts for no write at registry generation {g} (this registry is at {}, the witnesses have seen {witness}): a line was cut, or the log does not reach back that far",
+                loaded.generation
             ));
         }
+        let ledger_max = fold.max_generation();
         let on_token: BTreeSet<[u8; 16]> = self
             .hsm
             .list_cmks()
@@ -230,7 +250,6 @@ impl Keywarden {
             .into_iter()
             .map(|o| o.id.0)
             .collect();
-        let tampered: BTreeSet<&str> = loaded.tampered.iter().map(|(n, _)| n.as_str()).collect();
         let current: BTreeMap<[u8; 16], &KeyRecord> =
             loaded.keys.iter().map(|r| (r.id, r)).collect();
         let mut plan = Plan {
@@ -240,30 +259,40 @@ impl Keywarden {
             ledger_max,
             unverified: None,
         };
-        for (id, entry) in latest {
-            if tampered.contains(entry.record.name.as_str()) {
-                // Its row fails its own MAC: it stays refused either way.
+        for (id, entry) in fold.into_latest() {
+            // Where the manifest lists the key, the generation its row was
+            // written at; a row that failed its MAC or was deleted is
+            // written over if the ledger knows better.
+            let listed = self.registry.record_generation(&id);
+            let before = current.get(&id).copied();
+            if listed.is_some_and(|g| entry.generation <= g) {
                 continue;
             }
-            let before = current.get(&id).copied();
-            if let Some(b) = before {
-                let written_at = self.registry.record_generation(&id).unwrap_or(0);
-                if entry.generation <= written_at || entry.record == *b {
-                    continue;
-                }
+            if before == Some(&entry.record) {
+                continue;
             }
-            let Some(rec) =
-                ledger::fit_to_token(entry.record, before.is_some(), &on_token, &mut plan.lost)
+            let (kind, known) = match (before, listed) {
+                (Some(_), _) => (RowKind::Update, true),
+                (None, Some(_)) => (RowKind::Replace, true),
+                (None, None) => (RowKind::New, false),
+            };
+            let Some(rec) = ledger::fit_to_token(entry.record, known, &on_token, &mut plan.lost)
             else {
                 continue;
             };
             if before == Some(&rec) {
                 continue;
             }
-            if let Some(what) = ledger::describe_change(before, &rec) {
-                plan.replayed.push(what);
-            }
-            plan.records.push((rec, before.is_none()));
+            let what = match (before, listed) {
+                (None, Some(_)) => Some(format!(
+                    "{}: its row failed its integrity check; the audit log's record ({}) was written over it",
+                    rec.name,
+                    rec.state.as_str()
+                )),
+                _ => ledger::describe_change(before, &rec),
+            };
+            plan.replayed.extend(what);
+            plan.records.push((rec, kind));
         }
         if !unverified.is_empty() {
             plan.unverified = Some(unverified.join("; "));
@@ -271,9 +300,44 @@ impl Keywarden {
         Ok(plan)
     }
 
+    /// Reads the log twice (void lines, then writes and reseals) into
+    /// `fold`, the chain verified under the HSM's signing key each time; the
+    /// second pass stops at the last line the first one read.
+    fn read_log(
+        &self,
+        audit: &crate::audit::Audit,
+        fold: &mut Fold<'_>,
+        unverified: &mut Vec<String>,
+    ) -> CoreResult<()> {
+        use crate::audit::scan;
+        let point = self.hsm.ensure_signing_key().map_err(CoreError::from_hsm)?;
+        let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point)
+            .map_err(|e| CoreError::Internal(format!("the HSM's audit signing key: {e}")))?;
+        let unreadable = |e: &dyn std::fmt::Display| CoreError::AuditUnavailable(e.to_string());
+        let files = audit.log_files().map_err(|e| unreadable(&e))?;
+        let first = scan::scan(&files, &vk, None, fold::is_ledger, |seq, l| {
+            fold.first_pass(seq, l)
+        })
+        .map_err(|e| unreadable(&e))?;
+        if let Err(b) = &first.chain {
+            unverified.push(format!("the audit log does not verify ({b})"));
+        }
+        scan::scan(&files, &vk, first.last_seq, fold::is_ledger, |seq, l| {
+            fold.second_pass(seq, l)
+        })
+        .map_err(|e| unreadable(&e))?;
+        if let Some(e) = fold.refused.first() {
+            unverified.push(format!(
+                "{} ledger line(s) do not verify, the first: {e}",
+                fold.refused_count
+            ));
+        }
+        Ok(())
+    }
+
     /// A destroyed key's or version's object that a copied-back software
     /// token brought back is destroyed before anything could serve it.
-    fn destroy_replayed_objects(&self, records: &[(KeyRecord, bool)]) -> CoreResult<()> {
+    fn destroy_replayed_objects(&self, records: &[(KeyRecord, RowKind)]) -> CoreResult<()> {
         for (r, _) in records {
             for v in &r.versions {
                 if v.state == VersionState::Destroyed || r.state == KeyState::Destroyed {

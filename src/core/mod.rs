@@ -59,8 +59,9 @@ pub(crate) struct Table {
     /// ([`Keywarden::acknowledge_tampering`]); a manifest that does not
     /// verify cannot be.
     rollback: Option<witness::Rollback>,
-    /// The admins who have acknowledged that rollback (distinct uids).
-    acknowledged_by: std::collections::BTreeSet<u32>,
+    /// The admins (distinct uids) who have acknowledged that rollback, and
+    /// the digest of what they saw would be accepted.
+    acknowledged: Option<([u8; 32], std::collections::BTreeSet<u32>)>,
 }
 
 /// Encryptions per version: used in memory, reserved on disk.

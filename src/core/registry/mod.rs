@@ -115,7 +115,20 @@ pub struct RowWrite<'a> {
     pub name: &'a str,
     pub record: &'a str,
     pub mac: &'a str,
-    pub is_new: bool,
+    pub kind: RowKind,
+}
+
+/// How a row is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowKind {
+    /// A new key: refused if its name is taken.
+    New,
+    /// An existing row: refused if it is missing.
+    Update,
+    /// The row as given, whatever is there now (an acknowledged rollback
+    /// writing the audit log's record over a row that failed its MAC or
+    /// was deleted).
+    Replace,
 }
 
 /// Where the registry's rows live. Stores keep bytes and enforce only the
@@ -304,7 +317,11 @@ impl Registry {
                 name: &record.name,
                 record: &json,
                 mac: &rmac,
-                is_new,
+                kind: if is_new {
+                    RowKind::New
+                } else {
+                    RowKind::Update
+                },
             }],
             manifest: &mjson,
             manifest_mac: &mmac,
@@ -395,15 +412,15 @@ impl Registry {
     /// Re-authenticates the manifest, as last verified, at a new generation
     /// above every witness: an operator's audited acceptance of a registry
     /// that was found older than the HSM counter or the audit log. The
-    /// `records` given (`is_new` for a record the registry lacks) are
-    /// written at that generation in the same transaction; every other
+    /// `records` given are written at that generation, as their
+    /// [`RowKind`] says, in the same transaction; every other
     /// record and its own MAC is unchanged, and a record found tampered
     /// stays so.
     pub fn reseal(
         &self,
         key: &[u8; 32],
         generation: u64,
-        records: &[(&KeyRecord, bool)],
+        records: &[(&KeyRecord, RowKind)],
     ) -> Result<(), RegistryError> {
         let mut store = self.store();
         let mut state = self.state();
@@ -433,12 +450,12 @@ impl Registry {
         let rows: Vec<RowWrite<'_>> = records
             .iter()
             .zip(&texts)
-            .map(|((r, is_new), (json, mac))| RowWrite {
+            .map(|((r, kind), (json, mac))| RowWrite {
                 id: &r.id,
                 name: &r.name,
                 record: json,
                 mac,
-                is_new: *is_new,
+                kind: *kind,
             })
             .collect();
         let mjson =

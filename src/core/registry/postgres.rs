@@ -18,7 +18,9 @@ use postgres::error::SqlState;
 use postgres::{Client, IsolationLevel, NoTls};
 use zeroize::Zeroizing;
 
-use super::{Commit, RawIntent, RawRow, RawState, RegistryError, RegistryStore, SCHEMA_VERSION};
+use super::{
+    Commit, RawIntent, RawRow, RawState, RegistryError, RegistryStore, RowKind, SCHEMA_VERSION,
+};
 
 /// The channel a commit notifies (payload: the new generation).
 pub const CHANGES_CHANNEL: &str = "keywarden_registry";
@@ -531,29 +533,42 @@ impl RegistryStore for PgStore {
             let gen = as_i64(cm.gen)?;
             for row in cm.rows {
                 let id = row.id.as_slice();
-                if row.is_new {
-                    let n = tx
-                        .execute(
+                match row.kind {
+                    RowKind::New => {
+                        let n = tx
+                            .execute(
+                                "INSERT INTO key_records (id, name, record, gen, mac)
+                                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                                &[&id, &row.name, &row.record, &gen, &row.mac],
+                            )
+                            .map_err(pg_err)?;
+                        if n != 1 {
+                            return Err(RegistryError::AlreadyExists(row.name.to_string()));
+                        }
+                    }
+                    RowKind::Update => {
+                        let n = tx
+                            .execute(
+                                "UPDATE key_records SET record = $2, gen = $3, mac = $4 WHERE id = $1",
+                                &[&id, &row.record, &gen, &row.mac],
+                            )
+                            .map_err(pg_err)?;
+                        if n != 1 {
+                            return Err(RegistryError::Corrupt(format!(
+                                "key {:?} has no row to update",
+                                row.name
+                            )));
+                        }
+                    }
+                    RowKind::Replace => {
+                        tx.execute("DELETE FROM key_records WHERE id = $1", &[&id])
+                            .map_err(pg_err)?;
+                        tx.execute(
                             "INSERT INTO key_records (id, name, record, gen, mac)
-                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                             VALUES ($1, $2, $3, $4, $5)",
                             &[&id, &row.name, &row.record, &gen, &row.mac],
                         )
                         .map_err(pg_err)?;
-                    if n != 1 {
-                        return Err(RegistryError::AlreadyExists(row.name.to_string()));
-                    }
-                } else {
-                    let n = tx
-                        .execute(
-                            "UPDATE key_records SET record = $2, gen = $3, mac = $4 WHERE id = $1",
-                            &[&id, &row.record, &gen, &row.mac],
-                        )
-                        .map_err(pg_err)?;
-                    if n != 1 {
-                        return Err(RegistryError::Corrupt(format!(
-                            "key {:?} has no row to update",
-                            row.name
-                        )));
                     }
                 }
             }

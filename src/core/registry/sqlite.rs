@@ -5,7 +5,9 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Commit, RawIntent, RawRow, RawState, RegistryError, RegistryStore, SCHEMA_VERSION};
+use super::{
+    Commit, RawIntent, RawRow, RawState, RegistryError, RegistryStore, RowKind, SCHEMA_VERSION,
+};
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
      CREATE TABLE IF NOT EXISTS intents (
@@ -157,31 +159,44 @@ impl RegistryStore for SqliteStore {
             });
         }
         for row in c.rows {
-            if row.is_new {
-                let exists: Option<i64> = tx
-                    .query_row(
-                        "SELECT 1 FROM key_records WHERE name = ?1",
-                        params![row.name],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if exists.is_some() {
-                    return Err(RegistryError::AlreadyExists(row.name.to_string()));
+            match row.kind {
+                RowKind::New => {
+                    let exists: Option<i64> = tx
+                        .query_row(
+                            "SELECT 1 FROM key_records WHERE name = ?1",
+                            params![row.name],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    if exists.is_some() {
+                        return Err(RegistryError::AlreadyExists(row.name.to_string()));
+                    }
+                    tx.execute(
+                        "INSERT INTO key_records (id, name, record, gen, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![row.id.as_slice(), row.name, row.record, c.gen as i64, row.mac],
+                    )?;
                 }
-                tx.execute(
-                    "INSERT INTO key_records (id, name, record, gen, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![row.id.as_slice(), row.name, row.record, c.gen as i64, row.mac],
-                )?;
-            } else {
-                let n = tx.execute(
-                    "UPDATE key_records SET record = ?2, gen = ?3, mac = ?4 WHERE id = ?1",
-                    params![row.id.as_slice(), row.record, c.gen as i64, row.mac],
-                )?;
-                if n != 1 {
-                    return Err(RegistryError::Corrupt(format!(
-                        "key {:?} has no row to update",
-                        row.name
-                    )));
+                RowKind::Update => {
+                    let n = tx.execute(
+                        "UPDATE key_records SET record = ?2, gen = ?3, mac = ?4 WHERE id = ?1",
+                        params![row.id.as_slice(), row.record, c.gen as i64, row.mac],
+                    )?;
+                    if n != 1 {
+                        return Err(RegistryError::Corrupt(format!(
+                            "key {:?} has no row to update",
+                            row.name
+                        )));
+                    }
+                }
+                RowKind::Replace => {
+                    tx.execute(
+                        "DELETE FROM key_records WHERE id = ?1",
+                        params![row.id.as_slice()],
+                    )?;
+                    tx.execute(
+                        "INSERT INTO key_records (id, name, record, gen, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![row.id.as_slice(), row.name, row.record, c.gen as i64, row.mac],
+                    )?;
                 }
             }
         }
