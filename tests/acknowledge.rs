@@ -11,16 +11,6 @@ use common::*;
 use keywarden::proto;
 use tonic::Code;
 
-fn copy(from: &std::path::Path, to: &std::path::Path) {
-    let out = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-}
-
 /// Puts back the registry (and, if asked, the token) saved in `snap`.
 fn roll_back(d: &Daemon, snap: &std::path::Path, token_too: bool) {
     let reg = d.registry_path();
@@ -30,15 +20,15 @@ fn roll_back(d: &Daemon, snap: &std::path::Path, token_too: bool) {
     }
     if token_too {
         std::fs::remove_dir_all(d.dir.join("tokens")).unwrap();
-        copy(&snap.join("tokens"), &d.dir);
+        copy_dir(&snap.join("tokens"), &d.dir);
     }
 }
 
 fn snapshot(d: &Daemon) -> std::path::PathBuf {
     let snap = d.dir.join("snapshot");
     std::fs::create_dir(&snap).unwrap();
-    copy(&d.registry_path(), &snap);
-    copy(&d.dir.join("tokens"), &snap);
+    copy_dir(&d.registry_path(), &snap);
+    copy_dir(&d.dir.join("tokens"), &snap);
     snap
 }
 
@@ -64,20 +54,23 @@ fn acknowledge(d: &Daemon, user: Option<&str>) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-async fn tampering(d: &Daemon) -> Vec<String> {
+/// A daemon whose destructions need two admins, with key `k` created, a
+/// snapshot of its state taken, then `k` disabled.
+async fn disabled_after_a_snapshot() -> (Daemon, std::path::PathBuf) {
+    ensure_user("kwtest-admin");
+    let mut d = Daemon::builder()
+        .args(&["--destroy-approvals", "2"])
+        .start()
+        .await;
     let mut c = d.client().await;
-    c.operator
-        .status(proto::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .registry_tampering
-}
-
-fn token_labels(d: &Daemon) -> String {
-    let out = d.pkcs11_tool(&["--list-objects", "--type", "secrkey"]);
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).to_string()
+    create_key(&mut c, "k").await;
+    drop(c);
+    d.stop();
+    let snap = snapshot(&d);
+    d.restart().await;
+    let mut c = d.client().await;
+    c.keys.disable_key(name_req("k")).await.unwrap();
+    (d, snap)
 }
 
 /// The review's attack, on registry and token copied back together: one
@@ -158,11 +151,7 @@ async fn acknowledging_an_old_snapshot_keeps_destroyed_revoked_and_disabled() {
         Code::FailedPrecondition,
         "compromised",
     );
-    assert_status(
-        generate_status(&mut c, "paused").await,
-        Code::FailedPrecondition,
-        "",
-    );
+    assert_status(gdk(&mut c, "paused").await, Code::FailedPrecondition, "");
     assert_status(
         decrypt(&mut c, &gone.ciphertext_blob, &[("t", "1")]).await,
         Code::FailedPrecondition,
@@ -216,20 +205,7 @@ async fn acknowledging_an_old_snapshot_keeps_destroyed_revoked_and_disabled() {
 /// admin twice counts once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unvouched_gap_needs_as_many_admins_as_a_destruction() {
-    ensure_user("kwtest-admin");
-    let mut d = Daemon::builder()
-        .args(&["--destroy-approvals", "2"])
-        .start()
-        .await;
-    let mut c = d.client().await;
-    create_key(&mut c, "k").await;
-    drop(c);
-    d.stop();
-    let snap = snapshot(&d);
-    d.restart().await;
-    let mut c = d.client().await;
-    c.keys.disable_key(name_req("k")).await.unwrap();
-    drop(c);
+    let (mut d, snap) = disabled_after_a_snapshot().await;
     d.stop();
     roll_back(&d, &snap, false);
     std::fs::remove_dir_all(d.audit_dir()).unwrap();
@@ -251,7 +227,7 @@ async fn an_unvouched_gap_needs_as_many_admins_as_a_destruction() {
             "{ack}"
         );
         let mut c = d.client().await;
-        assert_status(generate_status(&mut c, "k").await, Code::DataLoss, "");
+        assert_status(gdk(&mut c, "k").await, Code::DataLoss, "");
     }
     let ack = acknowledge(&d, Some("kwtest-admin"));
     assert_eq!(ack["complete"], true, "{ack}");
@@ -262,16 +238,6 @@ async fn an_unvouched_gap_needs_as_many_admins_as_a_destruction() {
     assert!(log.contains("REGISTRY ROLLBACK ACCEPTED"));
 }
 
-async fn generate_status(c: &mut keywarden_client::Client, key: &str) -> Result<(), tonic::Status> {
-    c.datakeys
-        .generate_data_key(proto::GenerateDataKeyRequest {
-            key: key.into(),
-            encryption_context: ctx(&[("t", "1")]),
-        })
-        .await
-        .map(|_| ())
-}
-
 /// The review's sharper variant: the registry copied back while the HSM
 /// counter remembers (a hardware HSM), and the audit log rewritten so that
 /// the disable's ledger line is gone and the chain still links (seq and
@@ -280,19 +246,8 @@ async fn generate_status(c: &mut keywarden_client::Client, key: &str) -> Result<
 /// enough, and the disable is not undone by one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_with_a_ledger_line_cut_out_does_not_vouch() {
-    ensure_user("kwtest-admin");
-    let mut d = Daemon::builder()
-        .args(&["--destroy-approvals", "2"])
-        .start()
-        .await;
+    let (mut d, snap) = disabled_after_a_snapshot().await;
     let mut c = d.client().await;
-    create_key(&mut c, "k").await;
-    drop(c);
-    d.stop();
-    let snap = snapshot(&d);
-    d.restart().await;
-    let mut c = d.client().await;
-    c.keys.disable_key(name_req("k")).await.unwrap();
     create_key(&mut c, "later").await;
     drop(c);
     d.stop();
@@ -336,7 +291,7 @@ async fn a_log_with_a_ledger_line_cut_out_does_not_vouch() {
         "{ack}"
     );
     let mut c = d.client().await;
-    assert_status(generate_status(&mut c, "k").await, Code::DataLoss, "");
+    assert_status(gdk(&mut c, "k").await, Code::DataLoss, "");
 }
 
 /// A key's row corrupted on disk so that the replay would skip it, to be

@@ -265,12 +265,6 @@ async fn disable_refuses_the_very_next_call_and_enable_restores() {
     assert!(decrypt(&mut c, &g.ciphertext_blob, &[]).await.is_ok());
 }
 
-fn token_labels(d: &Daemon) -> String {
-    let out = d.pkcs11_tool(&["--list-objects", "--type", "secrkey"]);
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_destruction_waits_can_be_cancelled_and_shreds() {
     let d = Daemon::builder()

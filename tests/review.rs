@@ -109,38 +109,6 @@ impl Drop for Serve {
     }
 }
 
-async fn tampering(d: &Daemon) -> Vec<String> {
-    let mut c = d.client().await;
-    c.operator
-        .status(proto::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .registry_tampering
-}
-
-/// A data key under `key` is refused as DATA_LOSS (the registry is not
-/// trusted) or served.
-async fn gdk(c: &mut keywarden_client::Client, key: &str) -> Result<(), tonic::Status> {
-    c.datakeys
-        .generate_data_key(proto::GenerateDataKeyRequest {
-            key: key.into(),
-            encryption_context: ctx(&[("t", "1")]),
-        })
-        .await
-        .map(|_| ())
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    let out = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-}
-
 fn acknowledge_as(d: &Daemon, user: &str) -> std::process::Output {
     ensure_user(user);
     d.cli_as(

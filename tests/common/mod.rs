@@ -657,3 +657,43 @@ impl DaemonBuilder {
         d
     }
 }
+
+/// What integrity checks found, as Status lists them.
+pub async fn tampering(d: &Daemon) -> Vec<String> {
+    let mut c = d.client().await;
+    c.operator
+        .status(proto::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .registry_tampering
+}
+
+/// A data key under `key` (context t=1): served, or the refusal.
+pub async fn gdk(c: &mut Client, key: &str) -> Result<(), tonic::Status> {
+    c.datakeys
+        .generate_data_key(proto::GenerateDataKeyRequest {
+            key: key.into(),
+            encryption_context: ctx(&[("t", "1")]),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// `cp -a FROM TO`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// The token's secret-key objects, as pkcs11-tool lists them.
+pub fn token_labels(d: &Daemon) -> String {
+    let out = d.pkcs11_tool(&["--list-objects", "--type", "secrkey"]);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
