@@ -30,6 +30,7 @@ use cryptoki::slot::Slot;
 use zeroize::Zeroizing;
 
 mod error;
+mod login;
 mod objects;
 mod pool;
 mod recovery;
@@ -362,54 +363,11 @@ impl Hsm for Pkcs11Hsm {
         self.reload_logged_out()
     }
     fn login(&self, pin: &Pin) -> HsmResult<()> {
-        // A recovery attempt in progress finishes first (it holds this).
-        let _transition = lock(&self.transitions);
-        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
-        if live.is_some() {
-            return Ok(());
-        }
-        let opened = match self.open_live(pin) {
-            // A recovery attempt made while the token was away can leave the
-            // module finalised (C_Initialize failed) or the slot stale: the
-            // token is found again and the login tried once more, so a
-            // custodian's quorum is not spent on the recovery's leftovers.
-            Err(e) if e.is_loss() => {
-                tracing::info!(error = %e, "the module or token was not ready at login; initialising it again");
-                self.reselect()?;
-                self.open_live(pin)?
-            }
-            other => other?,
-        };
-        *live = Some(opened);
-        *lock(&self.relogin) = Some(pin.duplicate_for_relogin());
-        Ok(())
+        self.login_now(pin)
     }
 
     fn logout(&self) {
-        let _transition = lock(&self.transitions);
-        // Forget the re-login PIN first: nothing may log in again.
-        drop(lock(&self.relogin).take());
-        lock(&self.activated).clear();
-        *self.lost.write().unwrap_or_else(|p| p.into_inner()) = None;
-        let taken = self.live.write().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(live) = taken {
-            {
-                let login = lock(&live.login);
-                let copies: Vec<ObjectHandle> = live
-                    .handles
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .values()
-                    .filter_map(|h| h.copy)
-                    .collect();
-                for c in copies {
-                    let _ = login.destroy_object(c);
-                }
-                let _ = login.logout();
-            }
-            // Sessions close when the last in-flight operation lets go.
-            drop(live);
-        }
+        self.logout_now()
     }
 
     fn is_logged_in(&self) -> bool {
@@ -418,19 +376,7 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn verify_pins(&self, user: &Pin, so: &Pin) -> HsmResult<()> {
-        if self.is_logged_in() {
-            return Err(HsmError::Unexpected(
-                "PINs are checked only while logged out".into(),
-            ));
-        }
-        let s = self.ctx.open_rw_session(self.slot()).map_err(ck)?;
-        s.login(UserType::So, Some(&so.to_auth_pin()))
-            .map_err(|e| pin_err(e, "so"))?;
-        s.logout().map_err(ck)?;
-        s.login(UserType::User, Some(&user.to_auth_pin()))
-            .map_err(|e| pin_err(e, "user"))?;
-        s.logout().map_err(ck)?;
-        Ok(())
+        self.verify_pins_now(user, so)
     }
 
     fn change_pins(
@@ -440,40 +386,7 @@ impl Hsm for Pkcs11Hsm {
         so_old: &Pin,
         so_new: &Pin,
     ) -> HsmResult<()> {
-        if self.is_logged_in() {
-            return Err(HsmError::Unexpected(
-                "PINs change only while logged out".into(),
-            ));
-        }
-        let s = self.ctx.open_rw_session(self.slot()).map_err(ck)?;
-        // Check both old PINs before changing anything.
-        s.login(UserType::So, Some(&so_old.to_auth_pin()))
-            .map_err(|e| pin_err(e, "so"))?;
-        s.logout().map_err(ck)?;
-        s.login(UserType::User, Some(&user_old.to_auth_pin()))
-            .map_err(|e| pin_err(e, "user"))?;
-        s.set_pin(&user_old.to_auth_pin(), &user_new.to_auth_pin())
-            .map_err(ck)?;
-        s.logout().map_err(ck)?;
-        let so_change = (|| {
-            s.login(UserType::So, Some(&so_old.to_auth_pin()))
-                .map_err(|e| pin_err(e, "so"))?;
-            s.set_pin(&so_old.to_auth_pin(), &so_new.to_auth_pin())
-                .map_err(ck)?;
-            s.logout().map_err(ck)
-        })();
-        if let Err(e) = so_change {
-            // Put the user PIN back so the old shares still open the token.
-            let _ = s.logout();
-            if s.login(UserType::User, Some(&user_new.to_auth_pin()))
-                .is_ok()
-            {
-                let _ = s.set_pin(&user_new.to_auth_pin(), &user_old.to_auth_pin());
-                let _ = s.logout();
-            }
-            return Err(e);
-        }
-        Ok(())
+        self.change_pins_now(user_old, user_new, so_old, so_new)
     }
 
     fn ensure_signing_key(&self) -> HsmResult<Vec<u8>> {
