@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use crate::audit::{Audit, AuditSink, EventKind, Outcome};
 use crate::clock::Clock;
 use crate::core::{validate, CoreError};
-use crate::policy::{Action, Caller, Denied, Grant, Policy, PolicyError};
+use crate::policy::{Action, Denied, Grant, Identity, Policy, PolicyError};
 
 /// Longest break-glass grant.
 pub const MAX_BREAK_GLASS: Duration = Duration::from_secs(24 * 3600);
@@ -131,29 +131,29 @@ impl Guard {
         }
     }
 
-    pub fn authorize(&self, c: &Caller, action: &Action<'_>) -> Result<Grant, Denied> {
+    pub fn authorize(&self, c: &Identity, action: &Action<'_>) -> Result<Grant, Denied> {
         self.policy().authorize(c, action)
     }
 
-    pub fn principal_name(&self, c: &Caller) -> String {
+    pub fn principal_name(&self, c: &Identity) -> String {
         self.policy().principal_name(c).unwrap_or_default()
     }
 
     /// Whether the caller could use any data key at all: a principal with
     /// the app role, or an unexpired break-glass grant.
-    pub fn may_use_data_keys(&self, c: &Caller) -> bool {
+    pub fn may_use_data_keys(&self, c: &Identity) -> bool {
         self.policy().has_app_role(c) || self.has_grant(c, None)
     }
 
     /// Whether `c` may make MACs at all (the mac role, or a break-glass
     /// grant): callers with neither are refused before any work.
-    pub fn may_use_macs(&self, c: &Caller) -> bool {
+    pub fn may_use_macs(&self, c: &Identity) -> bool {
         self.policy().has_role(c, crate::policy::Role::Mac) || self.has_grant(c, None)
     }
 
     /// The per-item check for MAC operations: the policy's mac role on the
     /// key, or else an unexpired break-glass grant for it (`Ok(true)`).
-    pub fn mac_check(&self, c: &Caller, key: &str) -> Result<bool, Denied> {
+    pub fn mac_check(&self, c: &Identity, key: &str) -> Result<bool, Denied> {
         match self.policy().authorize(c, &Action::Mac { key }) {
             Ok(_) => Ok(false),
             Err(_) if self.has_grant(c, Some(key)) => Ok(true),
@@ -162,7 +162,7 @@ impl Guard {
     }
 
     /// An unexpired break-glass grant of `c` (for `key`, or for any).
-    fn has_grant(&self, c: &Caller, key: Option<&str>) -> bool {
+    fn has_grant(&self, c: &Identity, key: Option<&str>) -> bool {
         let now = self.now();
         self.break_glass
             .lock()
@@ -175,7 +175,7 @@ impl Guard {
     /// unexpired break-glass grant (reported as `Ok(true)`).
     pub fn data_key_check(
         &self,
-        c: &Caller,
+        c: &Identity,
         key: &str,
         context: &BTreeMap<String, String>,
     ) -> Result<bool, Denied> {
@@ -193,7 +193,7 @@ impl Guard {
     /// permits it.
     pub fn break_glass(
         &self,
-        c: &Caller,
+        c: &Identity,
         key: &str,
         reason: &str,
         duration: Duration,
@@ -265,7 +265,7 @@ pub enum BreakGlassError {
 }
 
 /// The common fields of a request's audit entry.
-pub fn entry(c: &Caller, principal: &str, role: &str, op: &str) -> Map<String, Value> {
+pub fn entry(c: &Identity, principal: &str, role: &str, op: &str) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("type".into(), json!("request"));
     m.insert(
@@ -319,7 +319,7 @@ break_glass_keys = ["patients"]
         let clock = Arc::new(ManualClock::at(1_700_000_000));
         let guard = Guard::new(PolicySource::File(policy), audit, false, clock.clone())
             .expect("the policy loads");
-        let ops = Caller {
+        let ops = Identity {
             uid: 4321,
             gid: 4321,
             pid: 1,

@@ -14,13 +14,14 @@
 //! from the documentation: they are not an API.
 #![forbid(unsafe_code)]
 
-mod api;
 pub mod audit;
 pub mod backup;
 pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod core;
+mod front;
+pub mod gate;
 pub mod guard;
 pub mod hsm;
 pub mod limits;

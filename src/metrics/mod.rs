@@ -154,6 +154,8 @@ pub struct Metrics {
     audit_queue: AtomicI64,
     /// Refusals by a per-uid limit, by limit.
     limit_refusals: Mutex<BTreeMap<&'static str, u64>>,
+    /// Calls the gate decided, by front end, operation and outcome.
+    gate_calls: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
     /// Label keys by name in per-version series.
     pub per_key: bool,
 }
@@ -238,6 +240,28 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .entry(limit)
             .or_default() += 1;
+    }
+
+    /// One call the gate decided: through which front end, which
+    /// operation, and its outcome (`ok`, `error`, `partial`, `denied`,
+    /// `limited`). Every label is a constant: no caller adds series.
+    pub fn gate_call(&self, front: &'static str, op: &'static str, outcome: &'static str) {
+        *self
+            .gate_calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((front, op, outcome))
+            .or_default() += 1;
+    }
+
+    /// How many calls the gate counted for `(front, op, outcome)`.
+    pub fn gate_calls(&self, front: &'static str, op: &'static str, outcome: &'static str) -> u64 {
+        self.gate_calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(front, op, outcome))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Jobs waiting for the audit writer: +1 when queued, -1 when taken.
@@ -337,6 +361,23 @@ impl Metrics {
             .iter()
         {
             let _ = writeln!(o, "keywarden_limit_refusals_total{{limit=\"{limit}\"}} {n}");
+        }
+        help(
+            &mut o,
+            "keywarden_gate_calls_total",
+            "counter",
+            "Calls decided by the gate every front end passes, by front end, operation and outcome.",
+        );
+        for ((front, op, outcome), n) in self
+            .gate_calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                o,
+                "keywarden_gate_calls_total{{front=\"{front}\",op=\"{op}\",outcome=\"{outcome}\"}} {n}"
+            );
         }
         scalar(
             &mut o,

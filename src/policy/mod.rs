@@ -10,7 +10,7 @@ use serde::Deserialize;
 /// The caller as the kernel describes it (SO_PEERCRED) plus what the daemon
 /// looked up: supplementary groups and the executable path.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Caller {
+pub struct Identity {
     pub uid: u32,
     pub gid: u32,
     pub pid: i32,
@@ -18,12 +18,12 @@ pub struct Caller {
     pub exe: String,
 }
 
-impl Caller {
+impl Identity {
     /// Reads supplementary groups and the executable of `pid` from /proc.
     /// Best effort: a process that is gone leaves them empty.
     pub fn from_peer(uid: u32, gid: u32, pid: Option<i32>) -> Self {
         let pid = pid.unwrap_or(0);
-        let mut caller = Caller {
+        let mut caller = Identity {
             uid,
             gid,
             pid,
@@ -41,7 +41,7 @@ impl Caller {
         // that exited (its pid perhaps reused by another user's process) or
         // changed its ids is described by nothing more than the
         // credentials.
-        if !Caller::same_ids(&status, uid, gid) {
+        if !Identity::same_ids(&status, uid, gid) {
             return caller;
         }
         if let Some(line) = status.lines().find(|l| l.starts_with("Groups:")) {
@@ -148,7 +148,7 @@ pub struct Principal {
 }
 
 impl Principal {
-    fn matches(&self, c: &Caller) -> bool {
+    fn matches(&self, c: &Identity) -> bool {
         let who = self.everyone
             || self.uids.contains(&c.uid)
             || c.groups.iter().any(|g| self.gids.contains(g));
@@ -519,11 +519,11 @@ impl Policy {
         }
     }
 
-    fn matching<'a>(&'a self, c: &'a Caller) -> impl Iterator<Item = &'a Principal> + 'a {
+    fn matching<'a>(&'a self, c: &'a Identity) -> impl Iterator<Item = &'a Principal> + 'a {
         self.principals.iter().filter(move |p| p.matches(c))
     }
 
-    fn with_role(&self, c: &Caller, roles: &[Role], what: &str) -> Result<Grant, Denied> {
+    fn with_role(&self, c: &Identity, roles: &[Role], what: &str) -> Result<Grant, Denied> {
         for p in self.matching(c) {
             for r in roles {
                 if p.roles.contains(r) {
@@ -544,7 +544,7 @@ impl Policy {
 
     /// Decides a call. Break-glass grants are checked by the caller of this
     /// function (they live in the daemon, not in the policy file).
-    pub fn authorize(&self, c: &Caller, action: &Action<'_>) -> Result<Grant, Denied> {
+    pub fn authorize(&self, c: &Identity, action: &Action<'_>) -> Result<Grant, Denied> {
         match action {
             Action::Public => Ok(Grant {
                 principal: String::new(),
@@ -643,22 +643,22 @@ impl Policy {
     }
 
     /// The name of the first principal that matches `c`.
-    pub fn principal_name(&self, c: &Caller) -> Option<String> {
+    pub fn principal_name(&self, c: &Identity) -> Option<String> {
         self.matching(c).next().map(|p| p.name.clone())
     }
 
     /// Whether `c` is a principal with the app role (for any key).
-    pub fn has_app_role(&self, c: &Caller) -> bool {
+    pub fn has_app_role(&self, c: &Identity) -> bool {
         self.has_role(c, Role::App)
     }
 
     /// Whether `c` is a principal with `role`.
-    pub fn has_role(&self, c: &Caller, role: Role) -> bool {
+    pub fn has_role(&self, c: &Identity, role: Role) -> bool {
         self.matching(c).any(|p| p.roles.contains(&role))
     }
 
     /// Whether `c` is a principal with any role at all.
-    pub fn knows(&self, c: &Caller) -> bool {
+    pub fn knows(&self, c: &Identity) -> bool {
         self.matching(c).next().is_some()
     }
 }
@@ -667,8 +667,8 @@ impl Policy {
 mod tests {
     use super::*;
 
-    fn caller(uid: u32, groups: &[u32], exe: &str) -> Caller {
-        Caller {
+    fn caller(uid: u32, groups: &[u32], exe: &str) -> Identity {
+        Identity {
             uid,
             gid: groups.first().copied().unwrap_or(uid),
             pid: 1,
@@ -684,7 +684,7 @@ mod tests {
             nix::unistd::getegid().as_raw(),
         );
         let me = std::process::id() as i32;
-        let c = Caller::from_peer(uid, gid, Some(me));
+        let c = Identity::from_peer(uid, gid, Some(me));
         assert!(c.groups.contains(&gid));
         assert_eq!(
             c.exe,
@@ -692,26 +692,26 @@ mod tests {
         );
         // Credentials that this pid's process does not have (its pid reused
         // by another user's process, say): nothing but the credentials.
-        let other = Caller::from_peer(uid.wrapping_add(1), gid, Some(me));
+        let other = Identity::from_peer(uid.wrapping_add(1), gid, Some(me));
         assert_eq!(other.groups, vec![gid]);
         assert_eq!(other.exe, "");
-        let other = Caller::from_peer(uid, gid.wrapping_add(1), Some(me));
+        let other = Identity::from_peer(uid, gid.wrapping_add(1), Some(me));
         assert_eq!(other.groups, vec![gid.wrapping_add(1)]);
         assert_eq!(other.exe, "");
         // No pid (another pid namespace): the same.
-        let none = Caller::from_peer(uid, gid, None);
+        let none = Identity::from_peer(uid, gid, None);
         assert_eq!((none.groups, none.exe), (vec![gid], String::new()));
-        assert!(Caller::same_ids(
+        assert!(Identity::same_ids(
             "Uid:\t5\t7\t7\t7\nGid:\t3\t9\t9\t9\n",
             7,
             9
         ));
-        assert!(!Caller::same_ids(
+        assert!(!Identity::same_ids(
             "Uid:\t7\t5\t5\t5\nGid:\t9\t9\t9\t9\n",
             7,
             9
         ));
-        assert!(!Caller::same_ids("Name:\tx\n", 7, 9));
+        assert!(!Identity::same_ids("Name:\tx\n", 7, 9));
     }
 
     const POLICY: &str = r#"

@@ -156,7 +156,7 @@ impl Drop for Slot {
 /// connecting process exits its pid may name an unrelated process. What
 /// the connection can prove is who opened it, and that is what is kept.
 #[derive(Debug, Clone)]
-pub struct Peer(pub Arc<crate::policy::Caller>);
+pub struct Peer(pub Arc<crate::policy::Identity>);
 
 /// An admitted connection with a deadline that any byte read or written
 /// moves forward (the first by `handshake`, later ones by `idle`).
@@ -301,7 +301,7 @@ pub fn incoming(
             let limits = tracker.limits;
             // A peer without a pid (another pid namespace) has only its
             // primary group and no executable.
-            let peer = Peer(Arc::new(crate::policy::Caller::from_peer(
+            let peer = Peer(Arc::new(crate::policy::Identity::from_peer(
                 uid,
                 cred.gid(),
                 cred.pid(),

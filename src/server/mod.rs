@@ -19,12 +19,12 @@ use anyhow::{bail, Context};
 use tokio::net::UnixListener;
 use tracing::{info, warn};
 
-use crate::api::{datakey::DataKeyApi, keys::KeyApi, operator::OperatorApi, Ctx};
 use crate::audit::{Audit, AuditSink, EventKind, Outcome};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::core::registry::Registry;
 use crate::core::Keywarden;
+use crate::front::grpc::{datakey::DataKeyApi, keys::KeyApi, operator::OperatorApi, Ctx};
 use crate::guard::Guard;
 use crate::hsm::pkcs11::Pkcs11Hsm;
 use crate::hsm::Hsm;
@@ -295,24 +295,28 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Outcome::Ok,
         serde_json::json!({"version": crate::VERSION}),
     );
+    let workers = Arc::new(
+        crate::gate::workers::Workers::start(core.clone(), config.pool_size)
+            .context("starting the data-path workers")?,
+    );
+    let limits = Arc::new(
+        crate::limits::Limits::new(config.limits.clone(), limits_clock)
+            .with_metrics(metrics.clone()),
+    );
+    let gate = Arc::new(crate::gate::Gate::new(
+        core.clone(),
+        guard.clone(),
+        limits,
+        metrics.clone(),
+        workers.clone(),
+    ));
     let ctx = Ctx {
-        core: core.clone(),
-        guard: guard.clone(),
+        gate,
         connections: conn::Tracker::new(config.connections, Arc::new(audit.clone())),
         dev_mode: config.dev,
-        metrics: metrics.clone(),
-        per_key_metrics: config.metrics.per_key,
-        workers: Arc::new(
-            crate::api::workers::Workers::start(core.clone(), config.pool_size)
-                .context("starting the data-path workers")?,
-        ),
-        limits: Arc::new(
-            crate::limits::Limits::new(config.limits.clone(), limits_clock)
-                .with_metrics(metrics.clone()),
-        ),
     };
     if let Some(listener) = metrics_listener {
-        let endpoint = crate::metrics::http::Endpoint::new(ctx.metrics_page(), metrics_token);
+        let endpoint = crate::metrics::http::Endpoint::new(ctx.gate.metrics_page(), metrics_token);
         tokio::spawn(crate::metrics::http::serve(listener, endpoint));
         info!(listen = ?config.metrics.listen, "serving Prometheus metrics at /metrics");
     }
@@ -396,18 +400,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(
-            proto::mac_service_server::MacServiceServer::new(crate::api::mac::MacApi::new(
+            proto::mac_service_server::MacServiceServer::new(crate::front::grpc::mac::MacApi::new(
                 ctx.clone(),
             ))
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(
             proto::operator_service_server::OperatorServiceServer::new(
-                OperatorApi::new(ctx.clone()).with_backup(crate::api::operator::BackupTarget {
-                    state_dir: config.state_dir.clone(),
-                    token: crate::backup::token::locate(&config.profile, None)
-                        .map_err(|e| e.to_string()),
-                }),
+                OperatorApi::new(ctx.clone()).with_backup(
+                    crate::front::grpc::operator::BackupTarget {
+                        state_dir: config.state_dir.clone(),
+                        token: crate::backup::token::locate(&config.profile, None)
+                            .map_err(|e| e.to_string()),
+                    },
+                ),
             )
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
@@ -450,7 +456,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let c = core.clone();
     let forwarding = audit.clone();
-    let workers = ctx.workers.clone();
     let _ = tokio::task::spawn_blocking(move || {
         // The data-path workers finish what is queued and let go of the
         // core, so that it is dropped (the registry closed) below.

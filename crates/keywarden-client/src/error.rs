@@ -6,12 +6,12 @@ use tonic::{Code, Status};
 
 /// Metadata the daemon sets on FAILED_PRECONDITION when it is `sealed` or
 /// `uninitialized`.
-pub const STATE_METADATA: &str = "keywarden-state";
+pub const STATE_METADATA: &str = keywarden_proto::metadata::STATE;
 /// Metadata naming the request field an INVALID_ARGUMENT is about.
-pub const FIELD_METADATA: &str = "keywarden-field";
+pub const FIELD_METADATA: &str = keywarden_proto::metadata::FIELD;
 /// Metadata carrying the key's lifecycle state on FAILED_PRECONDITION
 /// (`suspended`, `pending_destruction`, `destroyed`, `revoked`, ...).
-pub const KEY_STATE_METADATA: &str = "keywarden-key-state";
+pub const KEY_STATE_METADATA: &str = keywarden_proto::metadata::KEY_STATE;
 
 /// Everything a client call can fail with. `message` is the daemon's
 /// text, for people; programs match the variant and its typed fields.

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import grpc
 
+from .v1 import metadata
+
 #: Metadata the daemon sets when it is ``sealed`` or ``uninitialized``.
-STATE_METADATA = "keywarden-state"
+STATE_METADATA = metadata.STATE
 #: Metadata naming the request field an INVALID_ARGUMENT is about.
-FIELD_METADATA = "keywarden-field"
+FIELD_METADATA = metadata.FIELD
 #: Metadata carrying the key's lifecycle state on FAILED_PRECONDITION.
-KEY_STATE_METADATA = "keywarden-key-state"
+KEY_STATE_METADATA = metadata.KEY_STATE
 
 
 class KeywardenError(Exception):

@@ -5,11 +5,11 @@
 use serde_json::{json, Map};
 use tonic::{Request, Response, Status};
 
-use super::audited::{audited, Use};
 use super::datakey::{item_error, single};
 use super::{caller_of, Ctx};
 use crate::core::{self, validate, CoreResult};
-use crate::policy::Caller;
+use crate::gate::{Caller, DataCall, Use};
+use crate::policy::Identity;
 use crate::proto::{self, mac_service_server::MacService};
 
 pub struct MacApi {
@@ -41,20 +41,21 @@ impl MacApi {
                 })
                 .collect()
         };
-        audited(
-            &self.ctx,
-            caller,
+        let call = DataCall {
             op,
-            Use::Macs,
+            usage: Use::Macs,
             items,
             details,
             requests,
-            move |c, reqs, guard, caller| {
+            run: move |c: &core::Keywarden,
+                       reqs,
+                       guard: &crate::guard::Guard,
+                       caller: &Identity| {
                 let gate = move |key: &str| guard.mac_check(caller, key);
                 c.macs(reqs, &gate, op)
             },
-        )
-        .await
+        };
+        Ok(self.ctx.gate.data_path(&caller, call).await?)
     }
 }
 

@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use tonic::Status;
+use super::GateError;
 
 type Job<C> = Box<dyn FnOnce(&C) + Send>;
 
@@ -96,7 +96,7 @@ impl<C: Send + Sync + 'static> Workers<C> {
 
     /// Runs `f` on a worker and answers its result. A call whose work
     /// panicked (a bug) is answered INTERNAL; the worker goes on.
-    pub async fn run<T, F>(&self, f: F) -> Result<T, Status>
+    pub async fn run<T, F>(&self, f: F) -> Result<T, GateError>
     where
         T: Send + 'static,
         F: FnOnce(&C) -> T + Send + 'static,
@@ -113,7 +113,7 @@ impl<C: Send + Sync + 'static> Workers<C> {
         {
             let mut q = self.shared.lock();
             if q.stopping {
-                return Err(Status::unavailable("the daemon is stopping"));
+                return Err(GateError::Stopping);
             }
             q.jobs.push_back(job);
             if q.idle > q.waking {
@@ -123,7 +123,7 @@ impl<C: Send + Sync + 'static> Workers<C> {
         }
         rx.await.map_err(|_| {
             tracing::error!("data-path call failed in its worker");
-            Status::internal("internal error")
+            GateError::WorkerFailed
         })
     }
 }
@@ -177,7 +177,7 @@ mod tests {
     async fn occupy<C: Send + Sync + 'static>(
         w: &Arc<Workers<C>>,
     ) -> (
-        tokio::task::JoinHandle<Result<(), Status>>,
+        tokio::task::JoinHandle<Result<(), GateError>>,
         std::sync::mpsc::Sender<()>,
     ) {
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
@@ -201,7 +201,7 @@ mod tests {
     fn numbered(
         w: &Arc<Workers<()>>,
         n: usize,
-    ) -> Vec<tokio::task::JoinHandle<Result<usize, Status>>> {
+    ) -> Vec<tokio::task::JoinHandle<Result<usize, GateError>>> {
         (0..n)
             .map(|i| {
                 let w = w.clone();
@@ -234,7 +234,7 @@ mod tests {
             .run(|_: &AtomicUsize| -> u8 { panic!("a bug in a call") })
             .await
             .unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Internal);
+        assert_eq!(super::super::Answer::code(&e), super::super::Code::Internal);
         assert_eq!(
             w.run(|n: &AtomicUsize| n.load(Ordering::SeqCst))
                 .await
@@ -288,7 +288,10 @@ mod tests {
         // The threads are gone, and with them their hold on the core.
         assert_eq!(Arc::strong_count(&core), 1);
         let e = w.run(|_: &()| 1).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Unavailable);
+        assert_eq!(
+            super::super::Answer::code(&e),
+            super::super::Code::Unavailable
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

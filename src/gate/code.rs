@@ -1,15 +1,105 @@
-//! The one table that turns core errors into gRPC statuses. Internals
-//! (HSM return values, database errors) are logged here, not sent.
-
-use tonic::{Code, Status};
-use tracing::error;
+//! The canonical outcome codes, and the one table from core errors to
+//! them. A code says what kind of refusal a caller got, in no protocol's
+//! words: each front end maps it to its own (gRPC status, HTTP status,
+//! KMIP result reason) in one table of its own, and the audit log records
+//! it by name. What the caller is told ([`message`]) is decided here too,
+//! once: the daemon's own failures are summarised and logged, never sent.
 
 use crate::core::CoreError;
 use crate::hsm::ErrorClass;
 use crate::seal::store::StoreError;
 use crate::seal::SealError;
 
-/// The gRPC code for a core error.
+/// What kind of answer a call got. The names are gRPC's canonical codes
+/// (the audit log has always recorded them), but nothing here is gRPC's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Code {
+    Ok,
+    Cancelled,
+    Unknown,
+    InvalidArgument,
+    DeadlineExceeded,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    ResourceExhausted,
+    FailedPrecondition,
+    Aborted,
+    OutOfRange,
+    Unimplemented,
+    Internal,
+    Unavailable,
+    DataLoss,
+    Unauthenticated,
+}
+
+impl Code {
+    /// Every code, in gRPC's numbering order.
+    pub const ALL: [Code; 17] = [
+        Code::Ok,
+        Code::Cancelled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ];
+
+    /// The name the audit log records (`"OK"` for success, as it always
+    /// has; the others in CamelCase).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Ok => "OK",
+            Code::Cancelled => "Cancelled",
+            Code::Unknown => "Unknown",
+            Code::InvalidArgument => "InvalidArgument",
+            Code::DeadlineExceeded => "DeadlineExceeded",
+            Code::NotFound => "NotFound",
+            Code::AlreadyExists => "AlreadyExists",
+            Code::PermissionDenied => "PermissionDenied",
+            Code::ResourceExhausted => "ResourceExhausted",
+            Code::FailedPrecondition => "FailedPrecondition",
+            Code::Aborted => "Aborted",
+            Code::OutOfRange => "OutOfRange",
+            Code::Unimplemented => "Unimplemented",
+            Code::Internal => "Internal",
+            Code::Unavailable => "Unavailable",
+            Code::DataLoss => "DataLoss",
+            Code::Unauthenticated => "Unauthenticated",
+        }
+    }
+
+    /// A failure of the daemon rather than of the request: logged with
+    /// its cause where it happens.
+    pub fn is_daemon_failure(self) -> bool {
+        matches!(self, Code::Internal | Code::Unavailable)
+    }
+}
+
+/// The serving state a refusal is about, for clients that must tell
+/// "retry after unsealing" from any other failed precondition.
+pub fn state_of(e: &CoreError) -> Option<&'static str> {
+    match e {
+        // Not serving yet (or any more) is, to a client, sealed: retry later.
+        CoreError::Seal(SealError::Sealed { .. } | SealError::NotServing { .. }) => Some("sealed"),
+        CoreError::Seal(SealError::NotInitialized) => Some("uninitialized"),
+        _ => None,
+    }
+}
+
+/// The canonical code for a core error: the one table every front end
+/// starts from.
 pub fn code(e: &CoreError) -> Code {
     match e {
         CoreError::InvalidArgument { .. } => Code::InvalidArgument,
@@ -88,17 +178,9 @@ fn seal_code(e: &SealError) -> Code {
     }
 }
 
-/// Metadata key that marks the one status a client may need to tell apart
-/// from any other FAILED_PRECONDITION: `sealed` or `uninitialized`.
-pub const STATE_METADATA: &str = "keywarden-state";
-/// Metadata naming the field an INVALID_ARGUMENT is about.
-pub const FIELD_METADATA: &str = "keywarden-field";
-/// Metadata carrying the key's (or version's) state on FAILED_PRECONDITION.
-pub const KEY_STATE_METADATA: &str = "keywarden-key-state";
-
 /// The request field a caller's error is about, for clients that must not
 /// parse messages.
-pub(crate) fn field_of(e: &CoreError) -> Option<&'static str> {
+pub fn field_of(e: &CoreError) -> Option<&'static str> {
     match e {
         CoreError::InvalidArgument { field, .. } | CoreError::WrongKind { field, .. } => {
             Some(field)
@@ -113,7 +195,7 @@ pub(crate) fn field_of(e: &CoreError) -> Option<&'static str> {
 }
 
 /// The lifecycle state a FAILED_PRECONDITION is about.
-pub(crate) fn key_state_of(e: &CoreError) -> Option<String> {
+pub fn key_state_of(e: &CoreError) -> Option<String> {
     match e {
         CoreError::KeyDestroyed { .. } => Some("destroyed".into()),
         CoreError::VersionRetired { .. } => Some("retired".into()),
@@ -124,7 +206,7 @@ pub(crate) fn key_state_of(e: &CoreError) -> Option<String> {
     }
 }
 
-/// The message the client sees. Caller errors are described in full; the
+/// The message the client sees. Identity errors are described in full; the
 /// daemon's own failures are summarised and the detail is logged.
 pub fn message(e: &CoreError) -> String {
     match e {
@@ -153,42 +235,6 @@ pub fn message(e: &CoreError) -> String {
     }
 }
 
-pub fn to_status(e: CoreError) -> Status {
-    let code = code(&e);
-    if matches!(code, Code::Internal | Code::Unavailable) {
-        error!(error = %e, "request failed");
-    }
-    let mut status = Status::new(code, message(&e));
-    let state = match &e {
-        // Not serving yet (or any more) is, to a client, sealed: retry later.
-        CoreError::Seal(SealError::Sealed { .. } | SealError::NotServing { .. }) => Some("sealed"),
-        CoreError::Seal(SealError::NotInitialized) => Some("uninitialized"),
-        _ => None,
-    };
-    if let Some(v) = state {
-        status.metadata_mut().insert(
-            STATE_METADATA,
-            tonic::metadata::MetadataValue::from_static(v),
-        );
-    }
-    if let Some(f) = field_of(&e) {
-        status.metadata_mut().insert(
-            FIELD_METADATA,
-            tonic::metadata::MetadataValue::from_static(f),
-        );
-    }
-    if let Some(v) = key_state_of(&e).and_then(|v| v.parse().ok()) {
-        status.metadata_mut().insert(KEY_STATE_METADATA, v);
-    }
-    status
-}
-
-impl From<CoreError> for Status {
-    fn from(e: CoreError) -> Self {
-        to_status(e)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,14 +248,12 @@ mod tests {
             class: ErrorClass::Transient,
             lost: true,
         });
-        let s = to_status(hsm_down);
-        assert_eq!(s.code(), Code::Unavailable);
-        assert!(!s.message().contains("DeviceRemoved"));
+        assert_eq!(code(&hsm_down), Code::Unavailable);
+        assert!(!message(&hsm_down).contains("DeviceRemoved"));
 
         let hsm_down = CoreError::from_hsm(HsmError::Unavailable("C_Encrypt failed".into()));
-        let s = to_status(hsm_down);
-        assert_eq!(s.code(), Code::Unavailable);
-        assert!(!s.message().contains("DeviceRemoved"));
+        assert_eq!(code(&hsm_down), Code::Unavailable);
+        assert!(!message(&hsm_down).contains("DeviceRemoved"));
 
         let bad_tag = CoreError::from_hsm(HsmError::AuthenticationFailed);
         assert_eq!(code(&bad_tag), Code::InvalidArgument);

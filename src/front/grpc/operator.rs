@@ -6,8 +6,9 @@ use crate::audit::{EventKind, Outcome};
 use tonic::{Request, Response, Status};
 use zeroize::Zeroize;
 
-use super::{blocking, Call, Ctx};
+use super::Ctx;
 use crate::core::CoreError;
+use crate::gate::Call;
 use crate::guard::PolicySource;
 use crate::policy::Action;
 use crate::proto::{self, operator_service_server::OperatorService};
@@ -19,17 +20,7 @@ pub struct OperatorApi {
     /// Where a backup finds the audit key file and the token's storage
     /// (or why the token's storage could not be found).
     backup: Option<BackupTarget>,
-    /// Share submissions (unseal and rekey) per uid in the current window.
-    shares: std::sync::Mutex<std::collections::HashMap<u32, (std::time::Instant, u32)>>,
-    /// One backup at a time, held from its taking to its last chunk sent:
-    /// each holds a whole file in memory.
-    backups: std::sync::Arc<tokio::sync::Semaphore>,
 }
-
-/// Share submissions one uid may make per [`SHARE_WINDOW`]: a custodian
-/// needs one; a flood of forged shares (each resetting progress) is cut off.
-pub const SHARES_PER_WINDOW: u32 = 30;
-pub const SHARE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What `Backup` needs besides the core.
 pub struct BackupTarget {
@@ -45,37 +36,13 @@ const BACKUP_SEND_WAIT: std::time::Duration = std::time::Duration::from_secs(60)
 
 impl OperatorApi {
     pub fn new(ctx: Ctx) -> Self {
-        OperatorApi {
-            ctx,
-            backup: None,
-            shares: Default::default(),
-            backups: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
-        }
+        OperatorApi { ctx, backup: None }
     }
 
     /// Serves `Backup` for this state directory and token.
     pub fn with_backup(mut self, target: BackupTarget) -> Self {
         self.backup = Some(target);
         self
-    }
-
-    /// Counts one share submission by `call`'s uid; refuses past the rate.
-    fn share_rate(&self, call: &Call) -> Result<(), Status> {
-        let now = std::time::Instant::now();
-        let mut m = self.shares.lock().unwrap_or_else(|p| p.into_inner());
-        m.retain(|_, (start, _)| now.duration_since(*start) < SHARE_WINDOW);
-        let e = m.entry(call.caller.uid).or_insert((now, 0));
-        if e.1 >= SHARES_PER_WINDOW {
-            let wait = SHARE_WINDOW.saturating_sub(now.duration_since(e.0));
-            return Err(Status::resource_exhausted(format!(
-                "share: uid {} submitted {SHARES_PER_WINDOW} shares in {} s; retry in {} s",
-                call.caller.uid,
-                SHARE_WINDOW.as_secs(),
-                wait.as_secs().max(1)
-            )));
-        }
-        e.1 += 1;
-        Ok(())
     }
 }
 
@@ -123,7 +90,7 @@ impl OperatorService for OperatorApi {
             .ctx
             .authorize(&request, "Metrics", Action::KeyRead)
             .await?;
-        let render = self.ctx.metrics_page();
+        let render = self.ctx.gate.metrics_page();
         let res = tokio::task::spawn_blocking(move || render())
             .await
             .map_err(|e| Status::internal(e.to_string()))
@@ -146,13 +113,10 @@ impl OperatorService for OperatorApi {
         // A person's look-ups, not a scan of an identifier space: each
         // value counts against the uid's rate; a refusal is audited once
         // per interval, as an alert.
-        if let Err(r) = self.ctx.limits.take(
-            call.caller.uid,
-            crate::limits::Limit::AuditHash,
-            context.len() as u64,
-        ) {
-            return Err(self.ctx.refused(&call.caller, "AuditHash", r).await);
-        }
+        self.ctx
+            .gate
+            .take(&call, crate::limits::Limit::AuditHash, context.len() as u64)
+            .await?;
         let mut extra = Map::new();
         extra.insert("values".into(), json!(context.len()));
         let res = match crate::core::validate::check_context(&context) {
@@ -161,25 +125,35 @@ impl OperatorService for OperatorApi {
             Err(crate::core::CoreError::InvalidArgument { reason, .. }) => {
                 Err(Status::invalid_argument(format!("context: {reason}")))
             }
-            Err(e) => Err(crate::api::status::to_status(e)),
-            Ok(()) if self.ctx.core.phase() != crate::seal::Phase::Unsealed => {
-                Err(Status::failed_precondition(
-                    "sealed: context values can be hashed only while unsealed (the key is the keyring's)",
-                ))
-            }
+            Err(e) => Err(Status::from(e)),
             Ok(()) => {
-                let digest = self.ctx.core.context_digest(&context);
-                let hashes: Result<std::collections::HashMap<String, String>, Status> = digest
-                    .iter()
-                    .map(|(k, v)| match v.as_str() {
-                        Some(h) => Ok((k.clone(), h.to_string())),
-                        None => Err(Status::failed_precondition(
-                            "sealed: context values can be hashed only while unsealed",
-                        )),
+                // The phase and the digest are read together, on the core.
+                let (unsealed, digest) = self
+                    .ctx
+                    .run(&call, move |c| {
+                        let unsealed = c.phase() == crate::seal::Phase::Unsealed;
+                        (unsealed, unsealed.then(|| c.context_digest(&context)))
                     })
-                    .collect();
-                extra.insert("context".into(), serde_json::Value::Object(digest));
-                hashes.map(|hashes| proto::AuditHashResponse { hashes })
+                    .await?;
+                match digest {
+                    Some(digest) if unsealed => {
+                        let hashes: Result<std::collections::HashMap<String, String>, Status> =
+                            digest
+                                .iter()
+                                .map(|(k, v)| match v.as_str() {
+                                    Some(h) => Ok((k.clone(), h.to_string())),
+                                    None => Err(Status::failed_precondition(
+                                        "sealed: context values can be hashed only while unsealed",
+                                    )),
+                                })
+                                .collect();
+                        extra.insert("context".into(), serde_json::Value::Object(digest));
+                        hashes.map(|hashes| proto::AuditHashResponse { hashes })
+                    }
+                    _ => Err(Status::failed_precondition(
+                        "sealed: context values can be hashed only while unsealed (the key is the keyring's)",
+                    )),
+                }
             }
         };
         self.ctx.finish(&call, extra, res).await.map(Response::new)
@@ -201,16 +175,13 @@ impl OperatorService for OperatorApi {
         // transport: one streamed at a time, and a few an hour per uid (a
         // small file handed over at once is held by the connection until
         // read).
-        if let Err(r) = self
-            .ctx
-            .limits
-            .take(call.caller.uid, crate::limits::Limit::Backups, 1)
-        {
-            return Err(self.ctx.refused(&call.caller, "Backup", r).await);
-        }
-        let slot = self.backups.clone().try_acquire_owned();
+        self.ctx
+            .gate
+            .take(&call, crate::limits::Limit::Backups, 1)
+            .await?;
+        let slot = self.ctx.gate.backup_slot();
         let target = match &self.backup {
-            _ if slot.is_err() => Err(Status::resource_exhausted(
+            _ if slot.is_none() => Err(Status::resource_exhausted(
                 "backup: another backup is being taken or streamed; one at a time (a stream whose reader stops is given up after 60 s)",
             )),
             None => Err(Status::unimplemented("this daemon serves no backups")),
@@ -223,7 +194,7 @@ impl OperatorService for OperatorApi {
         };
         let res = match target {
             Ok((dir, store)) => {
-                core_result(blocking(&self.ctx.core, move |c| c.backup(&store, &dir)).await)
+                core_result(self.ctx.run(&call, move |c| c.backup(&store, &dir)).await)
                     .map(|t| (t, store_procedure(&self.backup)))
             }
             Err(s) => Err(s),
@@ -299,10 +270,10 @@ impl OperatorService for OperatorApi {
             .await?;
         let s = self
             .ctx
-            .finish_best_effort(&call, blocking(&self.ctx.core, |c| c.status()).await)
+            .finish_best_effort(&call, self.ctx.run(&call, |c| c.status()).await)
             .await?;
-        let (audit_health, audit_detail) = match self.ctx.guard.audit.health() {
-            _ if self.ctx.guard.audit_disabled => (
+        let (audit_health, audit_detail) = match self.ctx.gate.guard().audit.health() {
+            _ if self.ctx.gate.guard().audit_disabled => (
                 "DISABLED".to_string(),
                 "benchmark mode: requests are not audited".to_string(),
             ),
@@ -311,7 +282,8 @@ impl OperatorService for OperatorApi {
         };
         let break_glass = self
             .ctx
-            .guard
+            .gate
+            .guard()
             .active_break_glass()
             .iter()
             .map(|g| {
@@ -326,20 +298,20 @@ impl OperatorService for OperatorApi {
                 }
             })
             .collect();
-        let policy = match self.ctx.guard.source() {
+        let policy = match self.ctx.gate.guard().source() {
             PolicySource::File(p) => format!("file {}", p.display()),
             PolicySource::OpenDev => "open-dev (every local user has every role)".to_string(),
         };
         let conns = self.ctx.connections.stats();
-        let disk = self.ctx.guard.audit.disk_space();
+        let disk = self.ctx.gate.guard().audit.disk_space();
         let caller = format!(
             "uid {} gid {} pid {} exe {} principal {:?} role {}",
-            call.caller.uid,
-            call.caller.gid,
-            call.caller.pid,
-            call.caller.exe,
-            call.principal,
-            call.role
+            call.caller().identity.uid,
+            call.caller().identity.gid,
+            call.caller().identity.pid,
+            call.caller().identity.exe,
+            call.principal(),
+            call.role()
         );
         let (hsm_health, hsm_detail) = match s.hsm_health {
             Ok(()) => ("ok".to_string(), String::new()),
@@ -348,7 +320,7 @@ impl OperatorService for OperatorApi {
         let rekey = s.seal.rekey.clone();
         // Key names and the forwarder's target only for the roles that may
         // list keys (an app sees the daemon's health, not the key table).
-        let sees_keys = matches!(call.role, "admin" | "auditor");
+        let sees_keys = matches!(call.role(), "admin" | "auditor");
         Ok(Response::new(proto::StatusResponse {
             version: s.version.to_string(),
             hsm_health,
@@ -397,7 +369,7 @@ impl OperatorService for OperatorApi {
             connections_timed_out: conns.timed_out,
             dev_mode: self.ctx.dev_mode,
             audit_forward: sees_keys
-                .then(|| self.ctx.guard.audit.forward_status())
+                .then(|| self.ctx.gate.guard().audit.forward_status())
                 .flatten()
                 .map(|f| proto::AuditForwardStatus {
                     target: f.target,
@@ -462,7 +434,7 @@ impl OperatorService for OperatorApi {
             .ctx
             .authorize(&request, "Init", Action::Ceremony)
             .await?;
-        let res = self.init_inner(request.into_inner()).await;
+        let res = self.init_inner(&call, request.into_inner()).await;
         self.ctx
             .finish(&call, Map::new(), res)
             .await
@@ -481,9 +453,9 @@ impl OperatorService for OperatorApi {
         let res = match if r.reset {
             Ok(())
         } else {
-            self.share_rate(&call)
+            self.ctx.gate.share_rate(&call).map_err(Status::from)
         } {
-            Ok(()) => self.unseal_inner(r).await,
+            Ok(()) => self.unseal_inner(&call, r).await,
             Err(s) => Err(s),
         };
         self.ctx
@@ -497,8 +469,8 @@ impl OperatorService for OperatorApi {
         request: Request<proto::SealRequest>,
     ) -> Result<Response<proto::SealResponse>, Status> {
         let call = self.ctx.authorize(&request, "Seal", Action::Seal).await?;
-        let res = core_result(blocking(&self.ctx.core, |c| c.seal()).await)
-            .map(|_| proto::SealResponse {});
+        let res =
+            core_result(self.ctx.run(&call, |c| c.seal()).await).map(|_| proto::SealResponse {});
         self.ctx
             .finish(&call, Map::new(), res)
             .await
@@ -515,15 +487,16 @@ impl OperatorService for OperatorApi {
             .await?;
         let r = request.into_inner();
         let res = core_result(
-            blocking(&self.ctx.core, move |c| {
-                c.rekey_start(ShareSpec {
-                    shares: r.shares,
-                    threshold: r.threshold,
-                    recipients: &r.recipients,
-                    labels: &r.labels,
+            self.ctx
+                .run(&call, move |c| {
+                    c.rekey_start(ShareSpec {
+                        shares: r.shares,
+                        threshold: r.threshold,
+                        recipients: &r.recipients,
+                        labels: &r.labels,
+                    })
                 })
-            })
-            .await,
+                .await,
         )
         .map(|(id, threshold)| proto::RekeyStartResponse {
             rekey_id: id,
@@ -543,8 +516,8 @@ impl OperatorService for OperatorApi {
             .ctx
             .authorize(&request, "RekeySubmit", Action::Ceremony)
             .await?;
-        let res = match self.share_rate(&call) {
-            Ok(()) => self.rekey_submit_inner(request.into_inner()).await,
+        let res = match self.ctx.gate.share_rate(&call).map_err(Status::from) {
+            Ok(()) => self.rekey_submit_inner(&call, request.into_inner()).await,
             Err(s) => Err(s),
         };
         self.ctx
@@ -562,20 +535,21 @@ impl OperatorService for OperatorApi {
             .authorize(&request, "RekeyVerify", Action::Ceremony)
             .await?;
         let share = request.into_inner().share;
-        let res = match self.share_rate(&call) {
+        let res = match self.ctx.gate.share_rate(&call).map_err(Status::from) {
             Err(s) => {
                 let mut share = share;
                 share.zeroize();
                 Err(s)
             }
             Ok(()) => core_result(
-                blocking(&self.ctx.core, move |c| {
-                    let mut share = share;
-                    let r = c.rekey_verify(&share);
-                    share.zeroize();
-                    r
-                })
-                .await,
+                self.ctx
+                    .run(&call, move |c| {
+                        let mut share = share;
+                        let r = c.rekey_verify(&share);
+                        share.zeroize();
+                        r
+                    })
+                    .await,
             )
             .map(|p| proto::RekeyVerifyResponse {
                 received: p.received as u32,
@@ -598,7 +572,7 @@ impl OperatorService for OperatorApi {
             .ctx
             .authorize(&request, "RekeyCancel", Action::Ceremony)
             .await?;
-        let res = core_result(blocking(&self.ctx.core, |c| c.rekey_cancel()).await)
+        let res = core_result(self.ctx.run(&call, |c| c.rekey_cancel()).await)
             .map(|_| proto::RekeyCancelResponse {});
         self.ctx
             .finish(&call, Map::new(), res)
@@ -616,8 +590,8 @@ impl OperatorService for OperatorApi {
             .await?;
         let res = self
             .ctx
-            .guard
-            .reload()
+            .gate
+            .reload_policy(&call)
             .map(|_| proto::ReloadPolicyResponse {})
             .map_err(|e| {
                 Status::invalid_argument(format!("policy: {e}; the previous policy stays in force"))
@@ -636,11 +610,8 @@ impl OperatorApi {
         reason: String,
     ) -> Result<proto::AcknowledgeTamperingResponse, Status> {
         crate::core::validate::reason("reason", &reason).map_err(Status::from)?;
-        let actor = crate::core::Actor {
-            uid: call.caller.uid,
-            principal: call.principal.clone(),
-        };
-        let ack = blocking(&self.ctx.core, move |c| {
+        let actor = call.actor();
+        let ack = self.ctx.run(call, move |c| {
             let r = c.acknowledge_tampering(&actor);
             if let Ok(a) = &r {
                 c.event(EventKind::TamperingAcknowledged, Outcome::Ok,
@@ -665,10 +636,14 @@ impl OperatorApi {
         })
     }
 
-    async fn init_inner(&self, mut r: proto::InitRequest) -> Result<proto::InitResponse, Status> {
+    async fn init_inner(
+        &self,
+        call: &Call,
+        mut r: proto::InitRequest,
+    ) -> Result<proto::InitResponse, Status> {
         // The state first: on an initialised daemon the PIN fields do not
         // matter, and saying they are empty would mislead.
-        if let Err(e) = blocking(&self.ctx.core, |c| c.check_init_allowed()).await? {
+        if let Err(e) = self.ctx.run(call, |c| c.check_init_allowed()).await? {
             r.user_pin.zeroize();
             r.so_pin.zeroize();
             return Err(Status::from(e));
@@ -676,20 +651,22 @@ impl OperatorApi {
         let user = pin_field("user_pin", &mut r.user_pin)?;
         let so = pin_field("so_pin", &mut r.so_pin)?;
         let (shares, threshold) = (r.shares, r.threshold);
-        let out = blocking(&self.ctx.core, move |c| {
-            c.init(
-                ShareSpec {
-                    shares,
-                    threshold,
-                    recipients: &r.recipients,
-                    labels: &r.labels,
-                },
-                user,
-                so,
-            )
-        })
-        .await??;
-        let status = blocking(&self.ctx.core, |c| c.status()).await?;
+        let out = self
+            .ctx
+            .run(call, move |c| {
+                c.init(
+                    ShareSpec {
+                        shares,
+                        threshold,
+                        recipients: &r.recipients,
+                        labels: &r.labels,
+                    },
+                    user,
+                    so,
+                )
+            })
+            .await??;
+        let status = self.ctx.run(call, |c| c.status()).await?;
         Ok(proto::InitResponse {
             shares: issued(out),
             set_id: status.seal.set_id,
@@ -699,11 +676,12 @@ impl OperatorApi {
 
     async fn unseal_inner(
         &self,
+        call: &Call,
         mut r: proto::UnsealRequest,
     ) -> Result<proto::UnsealResponse, Status> {
         if r.reset {
-            blocking(&self.ctx.core, |c| c.unseal_reset()).await??;
-            let s = blocking(&self.ctx.core, |c| c.status()).await?;
+            self.ctx.run(call, |c| c.unseal_reset()).await??;
+            let s = self.ctx.run(call, |c| c.status()).await?;
             return Ok(proto::UnsealResponse {
                 sealed: s.seal.phase != crate::seal::Phase::Unsealed,
                 received: 0,
@@ -713,13 +691,15 @@ impl OperatorApi {
         }
         let share = std::mem::take(&mut r.share);
         let accept = r.accept_restore_window;
-        let p = blocking(&self.ctx.core, move |c| {
-            let mut share = share;
-            let r = c.unseal(&share, accept);
-            share.zeroize();
-            r
-        })
-        .await??;
+        let p = self
+            .ctx
+            .run(call, move |c| {
+                let mut share = share;
+                let r = c.unseal(&share, accept);
+                share.zeroize();
+                r
+            })
+            .await??;
         Ok(proto::UnsealResponse {
             sealed: !p.complete,
             received: p.received as u32,
@@ -730,16 +710,19 @@ impl OperatorApi {
 
     async fn rekey_submit_inner(
         &self,
+        call: &Call,
         r: proto::RekeyShareRequest,
     ) -> Result<proto::RekeySubmitResponse, Status> {
         let share = r.share;
-        let (p, new) = blocking(&self.ctx.core, move |c| {
-            let mut share = share;
-            let r = c.rekey_submit(&share);
-            share.zeroize();
-            r
-        })
-        .await??;
+        let (p, new) = self
+            .ctx
+            .run(call, move |c| {
+                let mut share = share;
+                let r = c.rekey_submit(&share);
+                share.zeroize();
+                r
+            })
+            .await??;
         // The new set's id comes with its shares, from the same step (a
         // second Status call could race a cancel).
         let (new_set_id, new_shares) = match new {

@@ -7,28 +7,25 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::{json, Map, Value};
 use tonic::{Request, Response, Status};
 
-use super::audited::Use;
-use super::{caller_of, status, Ctx};
+use super::{caller_of, Ctx};
 use crate::core::{self, validate, CoreResult, Item};
-use crate::guard;
-use crate::policy::Caller;
+use crate::gate::{code, Caller, DataCall, Use};
+use crate::policy::Identity;
 use crate::proto::{self, data_key_service_server::DataKeyService};
 
 mod watch {
     //! One `WatchKeys` subscriber: key changes as the core publishes them,
-    //! a heartbeat every 250 ms, and the end of the stream when the daemon
-    //! stops serving.
+    //! a heartbeat every 250 ms, and the end of the stream when the gate
+    //! says the subscription may not go on (sealed, role withdrawn).
 
-    use std::sync::Arc;
     use std::time::Duration;
 
     use tokio::sync::broadcast::error::RecvError;
     use tokio::sync::mpsc::Sender;
     use tonic::Status;
 
-    use crate::core::{KeyChange, Keywarden};
-    use crate::guard::Guard;
-    use crate::policy::Caller;
+    use crate::core::KeyChange;
+    use crate::gate::Watcher;
     use crate::proto::{key_event::Kind, KeyEvent};
 
     /// The heartbeat period (clients stop using cached keys after 750 ms
@@ -42,40 +39,28 @@ mod watch {
         }
     }
 
-    pub async fn follow(
-        core: Arc<Keywarden>,
-        guard: Arc<Guard>,
-        caller: Caller,
-        tx: Sender<Result<KeyEvent, Status>>,
-        // The uid's stream slot, freed when this returns.
-        _slot: Option<crate::limits::WatchSlot>,
-    ) {
-        let mut changes = core.watch();
+    /// Streams to `tx` until the subscriber goes or the gate ends it; the
+    /// watcher (and the uid's stream slot) goes when this returns.
+    pub async fn follow(watcher: Watcher, tx: Sender<Result<KeyEvent, Status>>) {
+        let mut changes = watcher.subscribe();
         // A new subscriber knows nothing of what changed before it
         // subscribed: it starts by forgetting everything.
         if tx.send(Ok(event(Kind::Reset))).await.is_err() {
             return;
         }
         let mut beat = tokio::time::interval(HEARTBEAT);
-        let mut access = guard.access_epoch();
+        let mut access = watcher.access_epoch();
         loop {
             let ev = tokio::select! {
                 _ = beat.tick() => {
-                    let end = if !core.is_serving() {
-                        Some(Status::unavailable("the daemon stopped serving keys (sealed)"))
-                    } else if !guard.may_use_data_keys(&caller) {
-                        Some(Status::permission_denied("this caller may no longer use data keys"))
-                    } else {
-                        None
-                    };
-                    if let Some(status) = end {
+                    if let Err(end) = watcher.check() {
                         let _ = tx.send(Ok(event(Kind::Reset))).await;
-                        let _ = tx.send(Err(status)).await;
+                        let _ = tx.send(Err(Status::from(end))).await;
                         return;
                     }
                     // The policy changed, or a break-glass grant came or
                     // went: what this caller may use can have changed.
-                    let now = guard.access_epoch();
+                    let now = watcher.access_epoch();
                     if now != access {
                         access = now;
                         event(Kind::Reset)
@@ -149,22 +134,23 @@ impl DataKeyApi {
                 })
                 .collect()
         };
-        super::audited::audited(
-            &self.ctx,
-            caller,
+        let call = DataCall {
             op,
-            Use::DataKeys,
+            usage: Use::DataKeys,
             items,
             details,
             requests,
-            move |c, reqs, guard, caller| {
+            run: move |c: &core::Keywarden,
+                       reqs,
+                       guard: &crate::guard::Guard,
+                       caller: &Identity| {
                 let gate = move |key: &str, ctx: &BTreeMap<String, String>| {
                     guard.data_key_check(caller, key, ctx)
                 };
                 f(c, reqs, &gate)
             },
-        )
-        .await
+        };
+        Ok(self.ctx.gate.data_path(&caller, call).await?)
     }
 
     async fn encrypt_many(
@@ -298,9 +284,9 @@ fn encrypted(e: core::Encrypted) -> proto::EncryptResponse {
 }
 
 pub(super) fn item_error(e: core::CoreError) -> proto::ItemError {
-    let field = status::field_of(&e).unwrap_or_default().to_string();
-    let key_state = status::key_state_of(&e).unwrap_or_default();
-    let s = status::to_status(e);
+    let field = code::field_of(&e).unwrap_or_default().to_string();
+    let key_state = code::key_state_of(&e).unwrap_or_default();
+    let s = super::status::to_status(e);
     proto::ItemError {
         code: s.code() as i32,
         message: s.message().to_string(),
@@ -325,45 +311,9 @@ impl DataKeyService for DataKeyApi {
         request: Request<proto::WatchKeysRequest>,
     ) -> Result<Response<Self::WatchKeysStream>, Status> {
         let caller = caller_of(&request)?;
-        let principal = self.ctx.guard.principal_name(&caller);
-        let mut entry = guard::entry(&caller, &principal, "app", "WatchKeys");
-        let refused = if !self.ctx.guard.may_use_data_keys(&caller) {
-            Some(Status::permission_denied(format!(
-                "uid {} needs the app role to watch key changes",
-                caller.uid
-            )))
-        } else if !self.ctx.core.is_serving() {
-            Some(Status::from(core::CoreError::Seal(
-                crate::seal::SealError::Sealed {
-                    received: 0,
-                    threshold: 0,
-                },
-            )))
-        } else {
-            None
-        };
-        let r: Result<(), Status> = refused.map_or(Ok(()), Err);
-        if r.is_ok() {
-            self.ctx.admit(&caller, "WatchKeys").await?;
-        }
-        // A client needs one stream: a uid holding many is refused before
-        // its call is audited (the refusals are, once per interval).
-        let slot = match r.as_ref().map(|()| self.ctx.limits.watch(caller.uid)) {
-            Ok(Ok(slot)) => Some(slot),
-            Ok(Err(refusal)) => return Err(self.ctx.refused(&caller, "WatchKeys", refusal).await),
-            Err(_) => None,
-        };
-        entry.extend(super::outcome(&r));
-        self.ctx.audit(caller.uid, vec![entry]).await?;
-        r?;
+        let watcher = self.ctx.gate.watch(&caller).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(watch::follow(
-            self.ctx.core.clone(),
-            self.ctx.guard.clone(),
-            caller,
-            tx,
-            slot,
-        ));
+        tokio::spawn(watch::follow(watcher, tx));
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             rx,
         )))

@@ -1,15 +1,14 @@
 //! KeyService: the admins' API (lifecycle included).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Map};
 use tonic::{Request, Response, Status};
 
-use super::{blocking, Call, Ctx};
+use super::Ctx;
 use crate::core::model::{DestroyKind, KeyRecord};
 use crate::core::{Actor, CoreError, CoreResult, Keywarden};
-use crate::guard::{break_glass_json, BreakGlassError};
+use crate::guard::break_glass_json;
 use crate::policy::Action;
 use crate::proto::{self, key_service_server::KeyService};
 
@@ -40,18 +39,13 @@ impl KeyApi {
         let req = request.into_inner();
         let mut extra = Map::new();
         extra.insert("key".into(), json!(name(&req)));
-        let actor = actor(&call);
-        let res = blocking(&self.ctx.core, move |c| f(c, req, actor))
+        let actor = call.actor();
+        let res = self
+            .ctx
+            .run(&call, move |c| f(c, req, actor))
             .await
             .and_then(|r| r.map_err(Status::from));
         self.ctx.finish(&call, extra, res).await
-    }
-}
-
-fn actor(call: &Call) -> Actor {
-    Actor {
-        uid: call.caller.uid,
-        principal: call.principal.clone(),
     }
 }
 
@@ -118,14 +112,14 @@ pub fn metadata(core: &Keywarden, k: &KeyRecord) -> proto::KeyMetadata {
     }
 }
 
-fn key_response(core: &Arc<Keywarden>, k: &KeyRecord) -> proto::KeyResponse {
+fn key_response(core: &Keywarden, k: &KeyRecord) -> proto::KeyResponse {
     proto::KeyResponse {
         key: Some(metadata(core, k)),
     }
 }
 
 fn destroy_response(
-    core: &Arc<Keywarden>,
+    core: &Keywarden,
     req: &crate::core::model::DestroyRequest,
     k: &KeyRecord,
 ) -> proto::DestroyRequestResponse {
@@ -155,7 +149,6 @@ impl KeyService for KeyApi {
         &self,
         request: Request<proto::CreateKeyRequest>,
     ) -> Result<Response<proto::CreateKeyResponse>, Status> {
-        let core = self.ctx.core.clone();
         self.admin(
             request,
             "CreateKey",
@@ -173,7 +166,7 @@ impl KeyService for KeyApi {
                 let k =
                     c.create_key(&r.name, &r.description, secs(r.rotation_period_secs), kind)?;
                 Ok(proto::CreateKeyResponse {
-                    key: Some(metadata(&core, &k)),
+                    key: Some(metadata(c, &k)),
                 })
             },
         )
@@ -189,13 +182,15 @@ impl KeyService for KeyApi {
             .ctx
             .authorize(&request, "ListKeys", Action::KeyRead)
             .await?;
-        let core = self.ctx.core.clone();
-        let res = blocking(&self.ctx.core, move |c| c.list_keys())
+        let res = self
+            .ctx
+            .run(&call, move |c| {
+                c.list_keys().map(|keys| proto::ListKeysResponse {
+                    keys: keys.iter().map(|k| metadata(c, k)).collect(),
+                })
+            })
             .await
-            .and_then(|r| r.map_err(Status::from))
-            .map(|keys| proto::ListKeysResponse {
-                keys: keys.iter().map(|k| metadata(&core, k)).collect(),
-            });
+            .and_then(|r| r.map_err(Status::from));
         self.ctx
             .finish(&call, Map::new(), res)
             .await
@@ -213,13 +208,15 @@ impl KeyService for KeyApi {
         let name = request.into_inner().name;
         let mut extra = Map::new();
         extra.insert("key".into(), json!(name));
-        let core = self.ctx.core.clone();
-        let res = blocking(&self.ctx.core, move |c| c.describe_key(&name))
+        let res = self
+            .ctx
+            .run(&call, move |c| {
+                c.describe_key(&name).map(|k| proto::DescribeKeyResponse {
+                    key: Some(metadata(c, &k)),
+                })
+            })
             .await
-            .and_then(|r| r.map_err(Status::from))
-            .map(|k| proto::DescribeKeyResponse {
-                key: Some(metadata(&core, &k)),
-            });
+            .and_then(|r| r.map_err(Status::from));
         self.ctx.finish(&call, extra, res).await.map(Response::new)
     }
 
@@ -229,59 +226,31 @@ impl KeyService for KeyApi {
     ) -> Result<Response<proto::BreakGlassResponse>, Status> {
         let caller = super::caller_of(&request)?;
         let r = request.into_inner();
-        let call = Call {
-            principal: self.ctx.guard.principal_name(&caller),
-            caller,
-            role: "admin",
-            op: "BreakGlass",
-        };
-        let res = self
+        let g = self
             .ctx
-            .guard
+            .gate
             .break_glass(
-                &call.caller,
+                &caller,
                 &r.name,
                 &r.reason,
                 Duration::from_secs(r.duration_secs),
             )
-            .map_err(|e| match e {
-                BreakGlassError::Invalid(e) => Status::from(e),
-                BreakGlassError::Denied(d) => Status::permission_denied(d.0),
-            });
-        // What reaches the log is bounded: a refused request's fields are
-        // summarised by their sizes, an accepted one's were validated.
-        let mut extra = Map::new();
-        if res.is_ok() {
-            extra.insert("key".into(), json!(r.name));
-            extra.insert("reason".into(), json!(r.reason));
-        } else {
-            extra.insert("key".into(), crate::audit::summary(&r.name));
-            extra.insert("reason".into(), crate::audit::summary(&r.reason));
-        }
-        extra.insert("break_glass".into(), json!(true));
-        extra.insert("ALERT".into(), Value::from("BREAK-GLASS REQUEST"));
-        let res = res.map(|g| {
-            let j = break_glass_json(&g);
-            proto::BreakGlassResponse {
-                expires_at: j["expires_at"].as_i64().unwrap_or(0),
-            }
-        });
-        self.ctx.finish(&call, extra, res).await.map(Response::new)
+            .await?;
+        let j = break_glass_json(&g);
+        Ok(Response::new(proto::BreakGlassResponse {
+            expires_at: j["expires_at"].as_i64().unwrap_or(0),
+        }))
     }
 
     async fn rotate_key(
         &self,
         request: Request<proto::KeyNameRequest>,
     ) -> Result<Response<proto::KeyResponse>, Status> {
-        let core = self.ctx.core.clone();
         self.admin(
             request,
             "RotateKey",
             |r| r.name.clone(),
-            move |c, r, _| {
-                c.rotate(&r.name, "requested")
-                    .map(|k| key_response(&core, &k))
-            },
+            move |c, r, _| c.rotate(&r.name, "requested").map(|k| key_response(c, &k)),
         )
         .await
         .map(Response::new)
@@ -291,7 +260,6 @@ impl KeyService for KeyApi {
         &self,
         request: Request<proto::UpdateKeyRequest>,
     ) -> Result<Response<proto::KeyResponse>, Status> {
-        let core = self.ctx.core.clone();
         self.admin(
             request,
             "UpdateKey",
@@ -302,7 +270,7 @@ impl KeyService for KeyApi {
                     r.rotation_period_secs.map(secs),
                     r.min_decrypt_version,
                 )
-                .map(|k| key_response(&core, &k))
+                .map(|k| key_response(c, &k))
             },
         )
         .await
@@ -313,14 +281,13 @@ impl KeyService for KeyApi {
         &self,
         request: Request<proto::RevokeVersionRequest>,
     ) -> Result<Response<proto::KeyResponse>, Status> {
-        let core = self.ctx.core.clone();
         self.admin(
             request,
             "RevokeVersion",
             |r| r.name.clone(),
             move |c, r, _| {
                 c.revoke_version(&r.name, r.version)
-                    .map(|k| key_response(&core, &k))
+                    .map(|k| key_response(c, &k))
             },
         )
         .await
@@ -331,12 +298,11 @@ impl KeyService for KeyApi {
         &self,
         request: Request<proto::KeyNameRequest>,
     ) -> Result<Response<proto::KeyResponse>, Status> {
-        let core = self.ctx.core.clone();
         self.admin(
             request,
             "DisableKey",
             |r| r.name.clone(),
-            move |c, r, _| c.disable(&r.name).map(|k| key_response(&core, &k)),
+            move |c, r, _| c.disable(&r.name).map(|k| key_response(c, &k)),
         )
         .await
         .map(Response::new)
@@ -346,12 +312,11 @@ impl KeyService for KeyApi {
         &self,
         request: Request<proto::KeyNameRequest>,
     ) -> Result<Response<proto::KeyResponse>, Status> {
-        let core = self.ctx.core.clone();
         self.admin(
             request,
             "EnableKey",
             |r| r.name.clone(),
-            move |c, r, _| c.enable(&r.name).map(|k| key_response(&core, &k)),
+            move |c, r, _| c.enable(&r.name).map(|k| key_response(c, &k)),
         )
         .await
         .map(Response::new)
@@ -361,7 +326,6 @@ impl KeyService for KeyApi {
         &self,
         request: Request<proto::ScheduleDestroyRequest>,
     ) -> Result<Response<proto::DestroyRequestResponse>, Status> {
-        let core = self.ctx.core.clone();
         self.admin(
             request,
             "ScheduleDestroy",
@@ -373,7 +337,7 @@ impl KeyService for KeyApi {
                     Duration::from_secs(r.after_secs),
                     &a,
                 )?;
-                Ok(destroy_response(&core, &q, &k))
+                Ok(destroy_response(c, &q, &k))
             },
         )
         .await
@@ -384,14 +348,13 @@ impl KeyService for KeyApi {
         &self,
         request: Request<proto::KeyNameRequest>,
     ) -> Result<Response<proto::DestroyRequestResponse>, Status> {
-        let core = self.ctx.core.clone();
         self.admin(
             request,
             "DestroyNow",
             |r| r.name.clone(),
             move |c, r, a| {
                 let (q, k) = c.request_destroy(&r.name, DestroyKind::Now, Duration::ZERO, &a)?;
-                Ok(destroy_response(&core, &q, &k))
+                Ok(destroy_response(c, &q, &k))
             },
         )
         .await
@@ -402,14 +365,13 @@ impl KeyService for KeyApi {
         &self,
         request: Request<proto::ApproveDestroyRequest>,
     ) -> Result<Response<proto::DestroyRequestResponse>, Status> {
-        let core = self.ctx.core.clone();
         self.admin(
             request,
             "ApproveDestroy",
             |r| r.name.clone(),
             move |c, r, a| {
                 let (q, k) = c.approve_destroy(&r.name, &r.request_id, &a)?;
-                Ok(destroy_response(&core, &q, &k))
+                Ok(destroy_response(c, &q, &k))
             },
         )
         .await
@@ -420,15 +382,11 @@ impl KeyService for KeyApi {
         &self,
         request: Request<proto::KeyNameRequest>,
     ) -> Result<Response<proto::KeyResponse>, Status> {
-        let core = self.ctx.core.clone();
         self.admin(
             request,
             "CancelDestroy",
             |r| r.name.clone(),
-            move |c, r, a| {
-                c.cancel_destroy(&r.name, &a)
-                    .map(|k| key_response(&core, &k))
-            },
+            move |c, r, a| c.cancel_destroy(&r.name, &a).map(|k| key_response(c, &k)),
         )
         .await
         .map(Response::new)
@@ -438,7 +396,6 @@ impl KeyService for KeyApi {
         &self,
         request: Request<proto::PlaceHoldRequest>,
     ) -> Result<Response<proto::KeyResponse>, Status> {
-        let core = self.ctx.core.clone();
         self.admin(
             request,
             "PlaceHold",
@@ -446,7 +403,7 @@ impl KeyService for KeyApi {
             move |c, r, a| {
                 let id = (!r.hold_id.is_empty()).then_some(r.hold_id.as_str());
                 c.place_hold(&r.name, &r.reason, id, &a)
-                    .map(|(_, k)| key_response(&core, &k))
+                    .map(|(_, k)| key_response(c, &k))
             },
         )
         .await
@@ -457,14 +414,13 @@ impl KeyService for KeyApi {
         &self,
         request: Request<proto::ReleaseHoldRequest>,
     ) -> Result<Response<proto::KeyResponse>, Status> {
-        let core = self.ctx.core.clone();
         self.admin(
             request,
             "ReleaseHold",
             |r| r.name.clone(),
             move |c, r, a| {
                 c.release_hold(&r.name, &r.hold_id, &a)
-                    .map(|k| key_response(&core, &k))
+                    .map(|k| key_response(c, &k))
             },
         )
         .await
