@@ -2,6 +2,7 @@
 //! a [`Clock`], so unit tests drive it ([`ManualClock`]) instead of
 //! sleeping.
 
+use crate::sync::Recover;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -54,7 +55,7 @@ impl ManualClock {
 
     /// Moves both readings forward.
     pub fn advance(&self, d: Duration) {
-        let mut at = self.at.lock().unwrap_or_else(|p| p.into_inner());
+        let mut at = self.at.locked();
         at.0 += d.as_secs() as i64;
         at.1 += d;
     }
@@ -62,9 +63,9 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now_secs(&self) -> i64 {
-        self.at.lock().unwrap_or_else(|p| p.into_inner()).0
+        self.at.locked().0
     }
     fn monotonic(&self) -> Duration {
-        self.at.lock().unwrap_or_else(|p| p.into_inner()).1
+        self.at.locked().1
     }
 }

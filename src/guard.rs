@@ -12,6 +12,7 @@ use crate::audit::{Audit, AuditSink, EventKind, Outcome};
 use crate::clock::Clock;
 use crate::core::{validate, CoreError};
 use crate::policy::{Action, Denied, Grant, Identity, Policy, PolicyError};
+use crate::sync::{Recover, RecoverRw};
 
 /// Longest break-glass grant.
 pub const MAX_BREAK_GLASS: Duration = Duration::from_secs(24 * 3600);
@@ -92,10 +93,7 @@ impl Guard {
     }
 
     fn policy(&self) -> Arc<Policy> {
-        self.policy
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.policy.read_locked().clone()
     }
 
     fn event(&self, kind: EventKind, outcome: Outcome, detail: Value) {
@@ -115,7 +113,7 @@ impl Guard {
         };
         match r {
             Ok(p) => {
-                *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
+                *self.policy.write_locked() = Arc::new(p);
                 self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 self.event(EventKind::PolicyReload, Outcome::Ok, json!({}));
                 Ok(())
@@ -165,8 +163,7 @@ impl Guard {
     fn has_grant(&self, c: &Identity, key: Option<&str>) -> bool {
         let now = self.now();
         self.break_glass
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .iter()
             .any(|g| g.uid == c.uid && g.expires > now && key.is_none_or(|k| g.key == k))
     }
@@ -219,7 +216,7 @@ impl Guard {
             granted: now,
             expires: now + duration,
         };
-        let mut grants = self.break_glass.lock().unwrap_or_else(|p| p.into_inner());
+        let mut grants = self.break_glass.locked();
         grants.retain(|x| x.expires > now);
         grants.push(g.clone());
         self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -249,7 +246,7 @@ impl Guard {
     /// Unexpired break-glass grants.
     pub fn active_break_glass(&self) -> Vec<BreakGlassGrant> {
         let now = self.now();
-        let mut grants = self.break_glass.lock().unwrap_or_else(|p| p.into_inner());
+        let mut grants = self.break_glass.locked();
         grants.retain(|g| g.expires > now);
         grants.clone()
     }

@@ -30,17 +30,7 @@ pub mod policy;
 pub mod seal;
 pub mod secret;
 pub mod server;
-
-#[doc(hidden)]
-pub mod bench;
-#[doc(hidden)]
-pub mod cli;
-#[doc(hidden)]
-pub mod dev;
-#[doc(hidden)]
-pub mod devpg;
-#[doc(hidden)]
-pub mod drill;
+mod sync;
 
 /// Generated protobuf and gRPC code for `keywarden.v1` (the
 /// `keywarden-proto` crate).

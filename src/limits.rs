@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::clock::Clock;
+use crate::sync::Recover;
 
 /// One limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -191,10 +192,6 @@ pub struct Limits {
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Limits {
     pub fn new(cfg: LimitsConfig, clock: Arc<dyn Clock>) -> Self {
         Limits {
@@ -240,7 +237,7 @@ impl Limits {
     fn with_bucket<T>(&self, uid: u32, limit: Limit, f: impl FnOnce(&mut Bucket, f64) -> T) -> T {
         let (cap, rate) = self.shape(limit);
         let now = self.clock.monotonic();
-        let mut all = lock(&self.buckets);
+        let mut all = self.buckets.locked();
         let b = all.entry((uid, limit)).or_insert(Bucket {
             level: cap,
             at: now,
@@ -304,7 +301,7 @@ impl Limits {
 
     /// A `WatchKeys` stream for `uid`, held until the returned guard drops.
     pub fn watch(self: &Arc<Self>, uid: u32) -> Result<WatchSlot, Refusal> {
-        let mut w = lock(&self.watching);
+        let mut w = self.watching.locked();
         let n = w.entry(uid).or_default();
         if *n >= self.cfg.watch_streams_per_uid {
             drop(w);
@@ -323,7 +320,7 @@ impl Limits {
 
     /// Open `WatchKeys` streams, all uids together.
     pub fn watching(&self) -> usize {
-        lock(&self.watching).values().sum()
+        self.watching.locked().values().sum()
     }
 
     fn refuse(&self, uid: u32, limit: Limit, message: String) -> Refusal {
@@ -331,7 +328,7 @@ impl Limits {
             m.limit_refused(limit.as_str());
         }
         let now = self.clock.monotonic();
-        let mut all = lock(&self.refusals);
+        let mut all = self.refusals.locked();
         let r = all.entry((uid, limit)).or_default();
         let due = r
             .last_audited
@@ -376,7 +373,7 @@ pub struct WatchSlot {
 
 impl Drop for WatchSlot {
     fn drop(&mut self) {
-        let mut w = lock(&self.limits.watching);
+        let mut w = self.limits.watching.locked();
         if let Some(n) = w.get_mut(&self.uid) {
             *n = n.saturating_sub(1);
             if *n == 0 {

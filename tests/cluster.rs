@@ -13,14 +13,20 @@ use std::time::{Duration, Instant};
 use common::*;
 use keywarden::proto;
 use keywarden_client::Client;
+
+/// The binary's own PostgreSQL launcher (`keywarden dev --postgres`),
+/// compiled into this test too: it needs nothing from the binary.
+#[path = "../src/bin/keywarden/devpg.rs"]
+#[allow(dead_code)]
+mod devpg;
 use tonic::Code;
 
 /// A PostgreSQL server of its own, stopped and removed on drop.
-struct Postgres(keywarden::devpg::Postgres);
+struct Postgres(devpg::Postgres);
 
 impl Postgres {
     fn start() -> Postgres {
-        Postgres(keywarden::devpg::Postgres::start().unwrap())
+        Postgres(devpg::Postgres::start().unwrap())
     }
     fn up(&self) {
         self.0.up().unwrap()
@@ -35,7 +41,7 @@ impl Postgres {
         self.0.psql(sql).unwrap()
     }
     fn run(&self, bin: &str, args: &[&str]) -> String {
-        let bin = keywarden::devpg::pg_bin(bin).unwrap();
+        let bin = devpg::pg_bin(bin).unwrap();
         self.0.run(&bin, args).unwrap()
     }
     fn sockets(&self) -> PathBuf {
@@ -923,8 +929,7 @@ async fn a_registry_over_tcp_is_tls_verified_against_its_ca_and_name() {
     make_ca(dir, "other-ca");
     make_server_cert(dir, "registry-ca");
     let pg = Postgres(
-        keywarden::devpg::Postgres::start_tls(&dir.join("server.pem"), &dir.join("server.key"))
-            .unwrap(),
+        devpg::Postgres::start_tls(&dir.join("server.pem"), &dir.join("server.key")).unwrap(),
     );
     let url = pg.0.tcp_url("localhost").unwrap();
     let ca = dir.join("registry-ca.pem").display().to_string();

@@ -33,7 +33,7 @@ async fn the_pkcs11_hsm_meets_the_contract_on_the_token_under_test() {
     tokio::task::spawn_blocking(move || {
         let hsm = Pkcs11Hsm::connect(
             std::path::Path::new(&module),
-            &TokenSelector::Label(keywarden::dev::DEV_TOKEN_LABEL.into()),
+            &TokenSelector::Label("keywarden-dev".into()),
             profile,
             2,
         )

@@ -17,6 +17,7 @@
 
 use std::sync::Mutex;
 
+use crate::sync::Recover;
 use serde_json::{json, Map, Value};
 
 /// What happened.
@@ -297,10 +298,7 @@ pub struct MemorySink {
 impl MemorySink {
     /// Every event recorded so far, oldest first.
     pub fn events(&self) -> Vec<Event> {
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.events.locked().clone()
     }
 
     /// The (kind, outcome) of every event so far.
@@ -311,10 +309,7 @@ impl MemorySink {
 
 impl AuditSink for MemorySink {
     fn event(&self, e: Event) {
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(e);
+        self.events.locked().push(e);
     }
 }
 
@@ -331,10 +326,7 @@ pub struct Pending {
 
 impl Pending {
     pub fn push(&self, e: Event) {
-        self.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((std::thread::current().id(), e));
+        self.queue.locked().push((std::thread::current().id(), e));
     }
 
     /// Delivers the events this thread noted (none for events queued
@@ -342,7 +334,7 @@ impl Pending {
     pub fn flush(&self, sink: &dyn AuditSink) {
         let me = std::thread::current().id();
         let mine: Vec<Event> = {
-            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let mut q = self.queue.locked();
             if q.is_empty() {
                 return;
             }
@@ -357,7 +349,7 @@ impl Pending {
 
     /// Delivers everything queued, whoever noted it.
     pub fn flush_all(&self, sink: &dyn AuditSink) {
-        let all = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        let all = std::mem::take(&mut *self.queue.locked());
         for (_, e) in all {
             sink.event(e);
         }

@@ -21,6 +21,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::sync::Recover;
 use serde_json::Value;
 
 /// Where the lines go.
@@ -283,12 +284,12 @@ impl Stats {
         self.connected.store(false, Ordering::Relaxed);
         self.errors.fetch_add(1, Ordering::Relaxed);
         let text = format!("{what}: {e}");
-        let mut warned = self.last_warned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut warned = self.last_warned.locked();
         if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
             tracing::warn!(error = %text, errors = self.errors.load(Ordering::Relaxed), "audit forwarding interrupted; lines are queued, then dropped when the queue is full");
             *warned = Some(Instant::now());
         }
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+        *self.last_error.locked() = Some(text);
     }
 }
 
@@ -308,10 +309,7 @@ fn run(cfg: ForwardConfig, rx: Receiver<Pending>, stats: Arc<Stats>) {
     while let Ok(p) = rx.recv() {
         // Held before it leaves the queue's count, so that `drain` never
         // sees neither.
-        *stats
-            .holding_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(p.at);
+        *stats.holding_since.locked() = Some(p.at);
         stats.queued.fetch_sub(1, Ordering::Relaxed);
         stats
             .queued_bytes
@@ -336,7 +334,7 @@ fn run(cfg: ForwardConfig, rx: Receiver<Pending>, stats: Arc<Stats>) {
             match send(c, &msg) {
                 Sent::Ok => {
                     stats.sent.fetch_add(1, Ordering::Relaxed);
-                    *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    *stats.last_error.locked() = None;
                     backoff = Duration::from_millis(100);
                     break;
                 }
@@ -368,10 +366,7 @@ fn run(cfg: ForwardConfig, rx: Receiver<Pending>, stats: Arc<Stats>) {
                 }
             }
         }
-        *stats
-            .holding_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = None;
+        *stats.holding_since.locked() = None;
     }
 }
 
@@ -428,7 +423,7 @@ impl Forwarder {
             line: line.to_string(),
             at: Instant::now(),
         };
-        let sent = self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(p);
+        let sent = self.tx.locked().send(p);
         if sent.is_err() {
             s.queued.fetch_sub(1, Ordering::Relaxed);
             s.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
@@ -442,12 +437,7 @@ impl Forwarder {
     pub fn drain(&self, deadline: Duration) -> u64 {
         let end = Instant::now() + deadline;
         loop {
-            let busy = self
-                .stats
-                .holding_since
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some();
+            let busy = self.stats.holding_since.locked().is_some();
             let queued = self.stats.queued.load(Ordering::Relaxed);
             if queued == 0 && !busy {
                 return 0;
@@ -462,7 +452,7 @@ impl Forwarder {
     /// The counters now.
     pub fn status(&self) -> ForwardStatus {
         let s = &self.stats;
-        let since = *s.holding_since.lock().unwrap_or_else(|p| p.into_inner());
+        let since = *s.holding_since.locked();
         let last_drop = s.last_drop.load(Ordering::Relaxed);
         ForwardStatus {
             target: self.target.clone(),
@@ -473,11 +463,7 @@ impl Forwarder {
             errors: s.errors.load(Ordering::Relaxed),
             queued: s.queued.load(Ordering::Relaxed),
             lag_seconds: since.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0),
-            last_error: s
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            last_error: s.last_error.locked().clone(),
             last_drop: (last_drop > 0).then_some(last_drop),
         }
     }

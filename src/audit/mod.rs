@@ -34,6 +34,7 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use crate::sync::Recover;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -220,10 +221,7 @@ struct Shared {
 
 impl Shared {
     fn metrics(&self) -> Option<Arc<crate::metrics::Metrics>> {
-        self.metrics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.metrics.locked().clone()
     }
 }
 
@@ -418,8 +416,7 @@ impl Audit {
         }
         let sent = self
             .tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .send(job)
             .map_err(|_| AuditError::WriterStopped);
         if let (Err(_), Some(m)) = (&sent, &metrics) {
@@ -494,7 +491,7 @@ impl Audit {
 
     /// Installs (unsealed) or removes (sealed) the checkpoint signer.
     pub fn set_signer(&self, signer: Option<Signer>) {
-        *self.state.signer.lock().unwrap_or_else(|p| p.into_inner()) = signer;
+        *self.state.signer.locked() = signer;
     }
 
     /// Writes the public key beside the log (hex of the SEC1 point).
@@ -509,7 +506,7 @@ impl Audit {
 
     /// Records commit times, failures and the queue's depth into `m`.
     pub fn set_metrics(&self, m: Arc<crate::metrics::Metrics>) {
-        *self.state.metrics.lock().unwrap_or_else(|p| p.into_inner()) = Some(m);
+        *self.state.metrics.locked() = Some(m);
     }
 
     /// The public key file beside the log.
@@ -560,11 +557,7 @@ impl Audit {
 
     /// Ok, or why the log cannot be written.
     pub fn health(&self) -> Result<(), AuditError> {
-        self.state
-            .health
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.state.health.locked().clone()
     }
 }
 
@@ -662,11 +655,7 @@ pub fn context_hmac(key: &[u8; 32], name: &str, value: &str) -> String {
 impl Audit {
     /// Sets (at unseal) or clears (at seal) the context key.
     pub fn set_context_key(&self, key: Option<&[u8; 32]>) {
-        *self
-            .state
-            .context_key
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = key.map(|k| zeroize::Zeroizing::new(*k));
+        *self.state.context_key.locked() = key.map(|k| zeroize::Zeroizing::new(*k));
     }
 
     /// The log's form of a context: each name with the HMAC of its value,
@@ -675,11 +664,7 @@ impl Audit {
         &self,
         context: &std::collections::HashMap<String, String>,
     ) -> Map<String, Value> {
-        let key = self
-            .state
-            .context_key
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let key = self.state.context_key.locked();
         context
             .iter()
             .map(|(name, value)| {

@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 use sha2::Digest;
 
 use super::*;
+use crate::sync::Recover;
 
 pub(super) struct Writer {
     pub(super) config: AuditConfig,
@@ -183,7 +184,7 @@ impl Writer {
     }
 
     fn set_health(&self, h: Result<(), AuditError>) {
-        *self.shared.health.lock().unwrap_or_else(|p| p.into_inner()) = h;
+        *self.shared.health.locked() = h;
     }
 
     fn write_entries(&mut self, entries: Vec<(Map<String, Value>, Ack)>) {
@@ -226,12 +227,7 @@ impl Writer {
     }
 
     pub(super) fn checkpoint(&mut self, reason: &str) -> Result<u64, AuditError> {
-        let signer = self
-            .shared
-            .signer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let signer = self.shared.signer.locked().clone();
         let Some(signer) = signer else {
             return Err(AuditError::NoSigner);
         };

@@ -35,6 +35,7 @@ use tracing::{info, warn};
 use crate::config::ClusterConfig;
 use crate::core::registry::postgres::{close_off_runtime, pg_err, CHANGES_CHANNEL};
 use crate::core::{Keywarden, Membership, SyncState};
+use crate::sync::Recover;
 
 /// The advisory lock the leader holds.
 const LEADER_LOCK: i64 = 0x6b77_0002;
@@ -59,14 +60,10 @@ pub struct Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if let Some(c) = lock(&self.control).take() {
+        if let Some(c) = self.control.locked().take() {
             close_off_runtime(c);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Node {
@@ -121,7 +118,7 @@ impl Node {
 
     fn not_serving(&self, why: impl Into<String>) {
         self.deadline_ns.store(0, Ordering::Release);
-        *lock(&self.why) = why.into();
+        *self.why.locked() = why.into();
     }
 
     /// Whether this node holds a current lease.
@@ -147,7 +144,7 @@ impl Node {
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Release);
         self.not_serving("the daemon is stopping");
-        if let Some(c) = lock(&self.control).take() {
+        if let Some(c) = self.control.locked().take() {
             close_off_runtime(c);
         }
     }
@@ -159,7 +156,7 @@ impl Node {
                 Ok(c) => c,
                 Err(e) => {
                     self.leader.store(false, Ordering::Release);
-                    *lock(&self.why) = format!("the registry database is unreachable ({e})");
+                    *self.why.locked() = format!("the registry database is unreachable ({e})");
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(self.renew_every());
                     continue;
@@ -186,7 +183,7 @@ impl Node {
                 }
                 Session::Lost(why) => {
                     warn!(node = %self.cfg.node_id, error = %why, "lost the registry connection; serving stops when the lease runs out");
-                    *lock(&self.why) = format!("the registry database is unreachable ({why})");
+                    *self.why.locked() = format!("the registry database is unreachable ({why})");
                 }
             }
         }
@@ -235,7 +232,8 @@ impl Node {
                 Err(e) => {
                     // Tampering found, the HSM away: not current, no
                     // renewal; the lease runs out.
-                    *lock(&self.why) = format!("it could not take in the registry's changes ({e})");
+                    *self.why.locked() =
+                        format!("it could not take in the registry's changes ({e})");
                     if client.is_closed() {
                         return Session::Lost(e.to_string());
                     }
@@ -317,7 +315,7 @@ impl Node {
                     self.cfg.node_id
                 );
                 warn!(node = %self.cfg.node_id, "{why}");
-                *lock(&self.why) = why;
+                *self.why.locked() = why;
                 return Ok(Renewal::Twin);
             }
             return Ok(Renewal::Behind);
@@ -341,7 +339,7 @@ impl Node {
 
     /// Whether every other node with a current lease has applied `gen`.
     fn others_applied(&self, gen: u64) -> Result<bool, crate::core::registry::RegistryError> {
-        let mut c = lock(&self.control);
+        let mut c = self.control.locked();
         if c.as_ref().is_none_or(|c| c.is_closed()) {
             *c = Some(self.cfg.target.connect()?);
         }
@@ -378,15 +376,14 @@ enum Session {
 }
 
 impl Membership for Node {
-    fn check_serving(&self) -> Result<(), String> {
+    fn check_serving(&self) -> Result<(), crate::core::membership::NotCurrent> {
         let d = self.deadline_ns.load(Ordering::Acquire);
         if d != 0 && self.since_epoch(Instant::now()) < d {
             return Ok(());
         }
-        let why = lock(&self.why).clone();
-        Err(format!(
-            "it cannot confirm it has every key change made on the other nodes: {why}"
-        ))
+        Err(crate::core::membership::NotCurrent {
+            why: self.why.locked().clone(),
+        })
     }
 
     fn wait_applied(&self, gen: u64) {
@@ -399,7 +396,7 @@ impl Membership for Node {
                 Ok(false) => {}
                 Err(e) => {
                     warn!(error = %e, "cannot see the other nodes; waiting out their leases");
-                    *lock(&self.control) = None;
+                    *self.control.locked() = None;
                 }
             }
             let now = Instant::now();

@@ -12,6 +12,7 @@ use postgres::Client;
 use crate::core::registry::postgres::{clear_tls_errors, close_off_runtime, pg_err, PgTarget};
 use crate::core::registry::RegistryError;
 use crate::seal::store::{SealFile, SharedFiles, SharedSeal, StoreError};
+use crate::sync::Recover;
 
 /// The advisory lock ceremonies that touch the token's PINs take.
 const CEREMONY_LOCK: i64 = 0x6b77_0003;
@@ -61,7 +62,7 @@ impl PgSeal {
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<Client>> {
-        self.client.lock().unwrap_or_else(|p| p.into_inner())
+        self.client.locked()
     }
 
     /// Runs `f` on the connection (made again if it was lost).

@@ -99,8 +99,7 @@ fn cluster_config(
             Some(zeroize::Zeroizing::new(pin.expose_text().to_string()))
         }
     };
-    let target = crate::core::registry::postgres::PgTarget::parse(url, password, ca_file)
-        .map_err(ConfigError::Invalid)?;
+    let target = crate::core::registry::postgres::PgTarget::parse(url, password, ca_file)?;
     let node_id = match node_id {
         Some(n) => n,
         None => nix::unistd::gethostname()

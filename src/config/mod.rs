@@ -239,6 +239,9 @@ pub enum ConfigError {
     /// The HSM profile the config names was refused.
     #[error("invalid configuration: hsm.profile: {0}")]
     Profile(crate::hsm::profile::ProfileError),
+    /// The `[registry]` PostgreSQL target was refused.
+    #[error("invalid configuration: {0}")]
+    Registry(#[from] crate::core::registry::postgres::TargetError),
     /// A `[dev]` config given to a daemon not started by `keywarden dev`.
     #[error("{path}: this is a development configuration ([dev] enabled = true); `keywarden serve` runs it only when started by `keywarden dev`")]
     DevConfig { path: PathBuf },

@@ -26,12 +26,13 @@ use tracing::warn;
 use sha2::{Digest, Sha256};
 
 use super::registry::RowKind;
-use super::{lock, reg_err, Actor, CoreError, CoreResult, Keywarden};
+use super::{reg_err, Actor, CoreError, CoreResult, Keywarden};
 use crate::audit::{EventKind, Outcome};
 use crate::backup::fold::{self, Fold};
 use crate::backup::ledger;
 use crate::core::model::{KeyRecord, KeyState, VersionState};
 use crate::hsm::REGISTRY_COUNTER_LABEL;
+use crate::sync::{Recover, RecoverRw};
 
 /// What an acknowledgement did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +87,7 @@ impl Keywarden {
     /// older than it should be. See the module documentation.
     pub fn acknowledge_tampering(&self, actor: &Actor) -> CoreResult<Acknowledgement> {
         self.unsealed()?;
-        let w = lock(&self.writes);
+        let w = self.writes.locked();
         let (what, rollback) = {
             let t = self.table();
             match (&t.global, &t.rollback) {
@@ -128,7 +129,7 @@ impl Keywarden {
         // rollback, the records, why the log cannot vouch) hashed.
         let digest = plan.digest(&what, self.registry.generation(), counter, audited);
         let approvals = {
-            let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
+            let mut t = self.table.write_locked();
             if t.acknowledged.as_ref().is_none_or(|(d, _)| *d != digest) {
                 t.acknowledged = Some((digest, Default::default()));
             }

@@ -3,11 +3,12 @@
 //! software token's files, taken while no key change and no ceremony can
 //! run, encrypted to the deployment's backup recipient.
 
+use crate::sync::Recover;
 use std::path::Path;
 
 use serde_json::json;
 
-use super::{lock, CoreError, CoreResult, Keywarden};
+use super::{CoreError, CoreResult, Keywarden};
 use crate::audit::{EventKind, Outcome};
 use crate::backup::format::{self, ChainHead, Deployment, Entry, Header};
 use crate::backup::token::{self, TokenStore};
@@ -30,7 +31,7 @@ impl Keywarden {
             .tempdir_in(state_dir)
             .map_err(|e| CoreError::Backup(BackupError::Io(format!("scratch directory: {e}"))))?;
         // Key changes first, then ceremonies (the order every writer takes).
-        let _w = lock(&self.writes);
+        let _w = self.writes.locked();
         let snap = self.seal.quiesced(|q| {
             let file = q.file.ok_or(BackupError::Uninitialized)?;
             let logged_in = q.logged_in;

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::hsm::KeyKind;
+use crate::sync::Recover;
 
 /// What a blob of `format` opened to: a 32-byte data key, or a payload.
 pub(super) fn opened(format: u8, pt: zeroize::Zeroizing<Vec<u8>>) -> CoreResult<Plaintext> {
@@ -374,7 +375,7 @@ impl Keywarden {
     }
     /// Encryptions made under a version (an upper bound after a restart).
     pub fn encryptions(&self, id: &HsmKeyId) -> u64 {
-        lock(&self.counters).get(id).map(|c| c.used).unwrap_or(0)
+        self.counters.locked().get(id).map(|c| c.used).unwrap_or(0)
     }
     /// Counts `n` encryptions under a version before they are made: refuses
     /// past the hard limit and persists a new reservation when needed.
@@ -386,7 +387,7 @@ impl Keywarden {
         n: u64,
     ) -> CoreResult<()> {
         let limit = self.lifecycle.hard_limit_encryptions;
-        let mut counters = lock(&self.counters);
+        let mut counters = self.counters.locked();
         let c = counters.entry(id).or_default();
         if c.used + n > limit {
             return Err(CoreError::VersionExhausted {

@@ -117,7 +117,7 @@ pub enum CoreError {
     /// This node cannot confirm it has every key change made on the other
     /// nodes (its cluster lease is not current), so it serves nothing.
     #[error("this node is not serving: {0}")]
-    NodeNotCurrent(String),
+    NodeNotCurrent(#[source] super::membership::NotCurrent),
     /// A backup could not be taken.
     #[error("backup: {0}")]
     Backup(crate::backup::BackupError),

@@ -17,6 +17,7 @@ use super::{validate, CoreError, CoreResult, Keywarden};
 use crate::audit::{EventKind, Outcome};
 use crate::hsm::HsmError;
 use crate::hsm::KeyKind;
+use crate::sync::Recover;
 
 /// Who asks: the caller's uid (approvals count distinct uids) and the
 /// principal the policy names.
@@ -109,7 +110,7 @@ impl Keywarden {
             Err(CoreError::KeyNotFound { .. }) => {}
             Err(e) => return Err(e),
         }
-        let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.writes.locked();
         self.catch_up()?;
         let hsm_id = self.new_hsm_version(name, 1, kind)?;
         let created_at = self.now();
@@ -173,7 +174,7 @@ impl Keywarden {
     ) -> CoreResult<KeyRecord> {
         self.unsealed()?;
         validate::key_name("name", name)?;
-        let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.writes.locked();
         let mut tries = 0;
         let (stored, confirm, version, hsm_id) = loop {
             self.catch_up()?;

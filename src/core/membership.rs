@@ -8,6 +8,7 @@
 //! own, waiting until no node can still serve the state it replaced.
 
 use super::*;
+use crate::sync::{Recover, RecoverRw};
 
 /// Where a node's table stands against the shared registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +33,7 @@ pub trait Membership: Send + Sync {
     /// Whether this node may serve key operations now: it has a current
     /// lease, which it only gets while it has applied every committed
     /// change. `Err` says why not.
-    fn check_serving(&self) -> Result<(), String>;
+    fn check_serving(&self) -> Result<(), NotCurrent>;
     /// After this node committed generation `gen`: returns once every other
     /// node holding a lease has applied it, or once every lease granted
     /// before the commit has run out. Never fails: the second bound holds
@@ -46,6 +47,16 @@ pub trait Membership: Send + Sync {
     fn shared_token(&self) -> bool {
         true
     }
+}
+
+/// Why a node may not serve: it cannot confirm it has applied every key
+/// change made on the other nodes (its lease is not current), and why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("it cannot confirm it has every key change made on the other nodes: {why}")]
+pub struct NotCurrent {
+    /// What the node last failed at (the database unreachable, a change it
+    /// has not applied, another daemon holding its id...).
+    pub why: String,
 }
 
 impl Keywarden {
@@ -97,7 +108,7 @@ impl Keywarden {
     /// counters of this node's reservations are kept). Returns the
     /// generation now applied, or `None` while sealed.
     pub fn refresh(&self) -> CoreResult<Option<u64>> {
-        let _w = lock(&self.writes);
+        let _w = self.writes.locked();
         self.refresh_locked()
     }
 
@@ -162,7 +173,7 @@ impl Keywarden {
         // stay its own, and a version it has not counted under starts its
         // first block above every other node's (see `count_encryptions`).
         // (A reservation calls this holding the counters.)
-        let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.table.write_locked();
         let mut changed = Vec::new();
         let mut by_name = HashMap::new();
         let mut by_id = HashMap::new();

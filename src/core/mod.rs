@@ -27,7 +27,7 @@ pub mod validate;
 pub mod witness;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tracing::{info, warn};
 
@@ -37,6 +37,7 @@ use crate::hsm::{
 };
 use crate::seal::{IssuedShare, Seal, SealStatus, ShareProgress, ShareSpec};
 use crate::secret::{DataKey, Pin};
+use crate::sync::{Recover, RecoverRw};
 pub use acknowledge::Acknowledgement;
 use blob::Blob;
 pub use error::{CoreError, CoreResult};
@@ -155,10 +156,6 @@ pub(crate) fn reg_err(e: RegistryError) -> CoreError {
         RegistryError::Stale { found, .. } => CoreError::RegistryMoved { found },
         other => CoreError::Registry(other.to_string()),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Keywarden {
@@ -389,7 +386,7 @@ impl Keywarden {
         self.sync_context_key();
         self.seal_changed.notify_one();
         r?;
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Table::default();
+        *self.table.write_locked() = Table::default();
         Ok(())
     }
 
@@ -497,7 +494,7 @@ impl Keywarden {
                 serde_json::json!({"key": null, "what": g}),
             );
         }
-        let mut counters = lock(&self.counters);
+        let mut counters = self.counters.locked();
         for r in loaded.keys {
             for v in &r.versions {
                 // After a restart everything reserved counts as used.
@@ -519,14 +516,14 @@ impl Keywarden {
             generation = loaded.generation,
             "registry verified"
         );
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) = t;
+        *self.table.write_locked() = t;
         self.set_applied(loaded.generation);
         let _ = self.changes.send(KeyChange::Reset);
         Ok(())
     }
 
     fn table(&self) -> std::sync::RwLockReadGuard<'_, Table> {
-        self.table.read().unwrap_or_else(|p| p.into_inner())
+        self.table.read_locked()
     }
 
     /// A verified record by name.
@@ -609,7 +606,7 @@ impl Keywarden {
         }
         self.advance_counter(gen);
         let rec = Arc::new(record);
-        let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.table.write_locked();
         t.by_id.insert(rec.id, rec.name.clone());
         let old = t.by_name.insert(rec.name.clone(), rec.clone());
         drop(t);
@@ -694,7 +691,7 @@ impl Keywarden {
         name: &str,
         mut f: impl FnMut(&mut KeyRecord) -> CoreResult<T>,
     ) -> CoreResult<(T, Arc<KeyRecord>)> {
-        let w = lock(&self.writes);
+        let w = self.writes.locked();
         let (out, (stored, confirm)) = self.retrying(|| {
             let mut rec = (*self.record(name)?).clone();
             let out = f(&mut rec)?;

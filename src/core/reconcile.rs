@@ -2,6 +2,7 @@
 //! creation intents finished or undone, orphans destroyed.
 
 use super::*;
+use crate::sync::{Recover, RecoverRw};
 
 impl Keywarden {
     /// Compares the registry with the token; activates every usable version
@@ -9,7 +10,7 @@ impl Keywarden {
     /// never recorded: an interrupted create or rotate, which never wrapped
     /// anything); records what it found and what it repaired.
     pub fn reconcile(&self) -> CoreResult<Drift> {
-        let _w = lock(&self.writes);
+        let _w = self.writes.locked();
         let on_token = self.hsm.list_cmks().map_err(CoreError::from_hsm)?;
         let keys: Vec<Arc<KeyRecord>> = self.table().by_name.values().cloned().collect();
         let mut known: HashMap<HsmKeyId, String> = HashMap::new();
@@ -95,7 +96,7 @@ impl Keywarden {
             orphaned = drift.orphaned_on_token.len(),
             "reconciled registry with token"
         );
-        *self.drift.write().unwrap_or_else(|p| p.into_inner()) = drift.clone();
+        *self.drift.write_locked() = drift.clone();
         Ok(drift)
     }
     /// Lists drift-relevant token objects and creates a new CMK version in

@@ -1,6 +1,7 @@
 //! What Status reports, and the audit log's form of a context.
 
 use super::*;
+use crate::sync::RecoverRw;
 
 /// Differences between the registry and the token found at unseal.
 #[derive(Debug, Clone, Default)]
@@ -78,7 +79,7 @@ impl Keywarden {
             session_copies: self.hsm.session_copies(),
             pool_size: self.hsm.pool_size(),
             key_count,
-            drift: self.drift.read().unwrap_or_else(|p| p.into_inner()).clone(),
+            drift: self.drift.read_locked().clone(),
             started_at: self.started_at,
             // Unsealed only once open for keys (the seal's state says so).
             seal,

@@ -290,7 +290,12 @@ mod tests {
                 CoreError::RegistryUnavailable("down".into()),
                 Code::Unavailable,
             ),
-            (CoreError::NodeNotCurrent("lease".into()), Code::Unavailable),
+            (
+                CoreError::NodeNotCurrent(crate::core::membership::NotCurrent {
+                    why: "lease".into(),
+                }),
+                Code::Unavailable,
+            ),
             (CoreError::RegistryMoved { found: 3 }, Code::Aborted),
         ];
         for (e, c) in cases {

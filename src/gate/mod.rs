@@ -29,6 +29,8 @@
 //! lines of its own; or keep state that outlives a request, except what
 //! its transport needs (connections, streams).
 
+use crate::sync::Recover;
+
 pub mod code;
 mod data;
 mod grants;
@@ -480,7 +482,7 @@ impl Gate {
     /// [`SHARES_PER_WINDOW`].
     pub fn share_rate(&self, call: &Call) -> Result<(), GateError> {
         let now = Instant::now();
-        let mut m = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.shares.locked();
         m.retain(|_, (start, _)| now.duration_since(*start) < SHARE_WINDOW);
         let uid = call.caller.uid();
         let e = m.entry(uid).or_insert((now, 0));

@@ -19,6 +19,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::GateError;
+use crate::sync::Recover;
 
 type Job<C> = Box<dyn FnOnce(&C) + Send>;
 
@@ -39,7 +40,7 @@ struct Shared<C> {
 
 impl<C> Shared<C> {
     fn lock(&self) -> MutexGuard<'_, Queue<C>> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+        self.queue.locked()
     }
 }
 
@@ -72,11 +73,7 @@ impl<C: Send + Sync + 'static> Workers<C> {
             let t = std::thread::Builder::new()
                 .name(format!("data-path-{i}"))
                 .spawn(move || work(&shared, core.as_ref()))?;
-            workers
-                .threads
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(t);
+            workers.threads.locked().push(t);
         }
         Ok(workers)
     }
@@ -88,7 +85,7 @@ impl<C: Send + Sync + 'static> Workers<C> {
     pub fn shutdown(&self) {
         self.shared.lock().stopping = true;
         self.shared.ready.notify_all();
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let threads = std::mem::take(&mut *self.threads.locked());
         for t in threads {
             let _ = t.join();
         }

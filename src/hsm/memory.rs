@@ -20,6 +20,7 @@ use super::{
     UnwrapItem, WrappedKey, IV_LEN, MAC_LEN, TAG_LEN,
 };
 use crate::secret::{DataKey, Pin, DATA_KEY_LEN};
+use crate::sync::Recover;
 
 struct Cmk {
     label: String,
@@ -87,18 +88,18 @@ impl MemoryHsm {
     /// Runs `hook` at the start of every crypto call, before the token's
     /// state is locked (`None` removes it).
     pub fn on_crypto(&self, hook: Option<CryptoHook>) {
-        *self.hook.lock().unwrap_or_else(|p| p.into_inner()) = hook;
+        *self.hook.locked() = hook;
     }
 
     fn crypto_call(&self) {
-        let hook = self.hook.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let hook = self.hook.locked().clone();
         if let Some(h) = hook {
             h();
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.locked()
     }
 
     /// Simulates losing the token: every key operation fails with
@@ -150,7 +151,7 @@ fn seal(cipher: &Aes256Gcm, iv: &[u8; IV_LEN], aad: &[u8], key: &[u8]) -> HsmRes
 impl Hsm for MemoryHsm {
     fn with_token_writes_held(&self, f: &mut dyn FnMut()) {
         // Every write takes the state lock: holding it holds them all.
-        let _state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let _state = self.state.locked();
         f();
     }
 

@@ -2,7 +2,6 @@
 //! the core reads as key management, not as PKCS#11. The one real
 //! implementation is [`pkcs11::Pkcs11Hsm`].
 
-pub mod check;
 #[cfg(any(test, feature = "test-util"))]
 pub mod contract;
 #[cfg(any(test, feature = "test-util"))]

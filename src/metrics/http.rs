@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::sync::Recover;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use zeroize::Zeroizing;
@@ -70,11 +71,7 @@ impl Endpoint {
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
             return Some(p);
         }
-        let oldest = self
-            .readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_first();
+        let oldest = self.readers.locked().pop_first();
         let (_, close) = oldest?;
         let _ = close.send(());
         tokio::time::timeout(EVICTION_WAIT, self.slots.clone().acquire_owned())
@@ -85,14 +82,14 @@ impl Endpoint {
 
     /// The page, rendered at most once a second; `None` if rendering failed.
     async fn page(self: &Arc<Self>) -> Option<Arc<String>> {
-        if let Some((at, p)) = &*self.page.lock().unwrap_or_else(|p| p.into_inner()) {
+        if let Some((at, p)) = &*self.page.locked() {
             if at.elapsed() < FRESH {
                 return Some(p.clone());
             }
         }
         let render = self.render.clone();
         let page = Arc::new(tokio::task::spawn_blocking(move || render()).await.ok()?);
-        *self.page.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), page.clone()));
+        *self.page.locked() = Some((Instant::now(), page.clone()));
         Some(page)
     }
 }
@@ -161,21 +158,13 @@ async fn answer(mut stream: TcpStream, endpoint: Arc<Endpoint>) -> std::io::Resu
         .next_reader
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (close, closed) = tokio::sync::oneshot::channel();
-    endpoint
-        .readers
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id, close);
+    endpoint.readers.locked().insert(id, close);
     let read = tokio::select! {
         r = tokio::time::timeout(REQUEST_DEADLINE, read_request(&mut stream)) => r.ok().flatten(),
         // Evicted: a newer connection needs the slot.
         _ = closed => None,
     };
-    endpoint
-        .readers
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&id);
+    endpoint.readers.locked().remove(&id);
     let Some(head) = read else {
         return Ok(());
     };

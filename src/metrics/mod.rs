@@ -11,6 +11,7 @@
 pub mod http;
 pub mod layer;
 
+use crate::sync::Recover;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -171,12 +172,11 @@ impl Metrics {
     /// One answered RPC: its method (the gRPC path's last part, or
     /// `unknown`), its code, how long it took.
     pub fn request(&self, method: &str, code: &'static str, took: Duration) {
-        let mut r = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = self.requests.locked();
         *r.entry((method.to_string(), code)).or_default() += 1;
         drop(r);
         self.request_seconds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .entry(method.to_string())
             .or_default()
             .observe(took);
@@ -185,18 +185,12 @@ impl Metrics {
     /// One HSM operation.
     pub fn hsm(&self, op: &'static str, took: Duration, ok: bool) {
         self.hsm_seconds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .entry(op)
             .or_default()
             .observe(took);
         if !ok {
-            *self
-                .hsm_errors
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(op)
-                .or_default() += 1;
+            *self.hsm_errors.locked().entry(op).or_default() += 1;
         }
     }
 
@@ -213,10 +207,7 @@ impl Metrics {
     pub fn audit_commit(&self, lines: usize, took: Duration, ok: bool) {
         if ok {
             self.audit_lines.fetch_add(lines as u64, Ordering::Relaxed);
-            self.audit_write_seconds
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .observe(took);
+            self.audit_write_seconds.locked().observe(took);
         } else {
             self.audit_failures.fetch_add(1, Ordering::Relaxed);
         }
@@ -225,21 +216,13 @@ impl Metrics {
     /// How long audit lines waited for the writer to take them (the
     /// hand-off, apart from the commit itself), one observation per line.
     pub fn audit_waited(&self, waits: impl Iterator<Item = Duration>) {
-        let mut h = self
-            .audit_wait_seconds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut h = self.audit_wait_seconds.locked();
         waits.for_each(|w| h.observe(w));
     }
 
     /// One request refused by a per-uid limit ([`crate::limits`]).
     pub fn limit_refused(&self, limit: &'static str) {
-        *self
-            .limit_refusals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(limit)
-            .or_default() += 1;
+        *self.limit_refusals.locked().entry(limit).or_default() += 1;
     }
 
     /// One call the gate decided: through which front end, which
@@ -248,8 +231,7 @@ impl Metrics {
     pub fn gate_call(&self, front: &'static str, op: &'static str, outcome: &'static str) {
         *self
             .gate_calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .entry((front, op, outcome))
             .or_default() += 1;
     }
@@ -257,8 +239,7 @@ impl Metrics {
     /// How many calls the gate counted for `(front, op, outcome)`.
     pub fn gate_calls(&self, front: &'static str, op: &'static str, outcome: &'static str) -> u64 {
         self.gate_calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .get(&(front, op, outcome))
             .copied()
             .unwrap_or(0)
@@ -283,12 +264,7 @@ impl Metrics {
             "counter",
             "RPCs answered, by method and gRPC code.",
         );
-        for ((m, c), n) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for ((m, c), n) in self.requests.locked().iter() {
             let _ = writeln!(
                 o,
                 "keywarden_requests_total{{method=\"{}\",code=\"{c}\"}} {n}",
@@ -301,12 +277,7 @@ impl Metrics {
             "histogram",
             "Time from a request's arrival to its answer, by method.",
         );
-        for (m, h) in self
-            .request_seconds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for (m, h) in self.request_seconds.locked().iter() {
             h.render(
                 &mut o,
                 "keywarden_request_duration_seconds",
@@ -319,12 +290,7 @@ impl Metrics {
             "histogram",
             "Time of each HSM operation (one PKCS#11 call or a batch of them), by operation.",
         );
-        for (op, h) in self
-            .hsm_seconds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for (op, h) in self.hsm_seconds.locked().iter() {
             h.render(
                 &mut o,
                 "keywarden_hsm_operation_duration_seconds",
@@ -337,12 +303,7 @@ impl Metrics {
             "counter",
             "HSM operations that failed, by operation.",
         );
-        for (op, n) in self
-            .hsm_errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for (op, n) in self.hsm_errors.locked().iter() {
             let _ = writeln!(
                 o,
                 "keywarden_hsm_operation_errors_total{{operation=\"{op}\"}} {n}"
@@ -354,12 +315,7 @@ impl Metrics {
             "counter",
             "Requests refused by a per-uid limit ([limits]), by limit.",
         );
-        for (limit, n) in self
-            .limit_refusals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for (limit, n) in self.limit_refusals.locked().iter() {
             let _ = writeln!(o, "keywarden_limit_refusals_total{{limit=\"{limit}\"}} {n}");
         }
         help(
@@ -368,12 +324,7 @@ impl Metrics {
             "counter",
             "Calls decided by the gate every front end passes, by front end, operation and outcome.",
         );
-        for ((front, op, outcome), n) in self
-            .gate_calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for ((front, op, outcome), n) in self.gate_calls.locked().iter() {
             let _ = writeln!(
                 o,
                 "keywarden_gate_calls_total{{front=\"{front}\",op=\"{op}\",outcome=\"{outcome}\"}} {n}"
@@ -414,10 +365,11 @@ impl Metrics {
             "histogram",
             "Time of one audit group commit: write and fdatasync.",
         );
-        self.audit_write_seconds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .render(&mut o, "keywarden_audit_write_duration_seconds", "");
+        self.audit_write_seconds.locked().render(
+            &mut o,
+            "keywarden_audit_write_duration_seconds",
+            "",
+        );
         help(
             &mut o,
             "keywarden_audit_queue_wait_seconds",
@@ -425,8 +377,7 @@ impl Metrics {
             "Time an audit line waited for the writer to take it (before its commit).",
         );
         self.audit_wait_seconds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .render(&mut o, "keywarden_audit_queue_wait_seconds", "");
         scalar(
             &mut o,

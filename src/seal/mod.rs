@@ -29,6 +29,7 @@ use keys::UnsealKey;
 use shamir::ShareBytes;
 use store::{Keyring, SealFile, SealStore};
 
+use crate::sync::Recover;
 pub use error::{SealError, SealResult};
 use plan::{issue_shares, random_set_id, validate_plan, RekeyPlan};
 use progress::Progress;
@@ -405,7 +406,7 @@ impl Seal {
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.locked()
     }
 
     /// Where the seal stands, as Status shows it: unsealed only when open

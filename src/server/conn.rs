@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::sync::Recover;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::time::Sleep;
@@ -88,7 +89,7 @@ impl Tracker {
 
     /// A slot for a new connection from `uid`, or None (over a limit).
     fn admit(self: &Arc<Self>, uid: u32) -> Result<Slot, &'static str> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.open.locked();
         if self.total.load(Ordering::Relaxed) >= self.limits.total {
             return Err("the daemon's connection limit");
         }
@@ -106,7 +107,7 @@ impl Tracker {
 
     fn refuse(&self, uid: u32, why: &str) {
         let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut alerted = self.alerted.lock().unwrap_or_else(|p| p.into_inner());
+        let mut alerted = self.alerted.locked();
         let now = Instant::now();
         if alerted
             .get(&uid)
@@ -134,7 +135,7 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self.tracker.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.tracker.open.locked();
         if let Some(n) = open.get_mut(&self.uid) {
             *n = n.saturating_sub(1);
             if *n == 0 {

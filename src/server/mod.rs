@@ -410,8 +410,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 OperatorApi::new(ctx.clone()).with_backup(
                     crate::front::grpc::operator::BackupTarget {
                         state_dir: config.state_dir.clone(),
-                        token: crate::backup::token::locate(&config.profile, None)
-                            .map_err(|e| e.to_string()),
+                        token: crate::backup::token::locate(&config.profile, None),
                     },
                 ),
             )

@@ -30,13 +30,24 @@ pub fn boot_ns() -> i128 {
     }
 }
 
-fn write_outcome(state_dir: &Path, n: u64, started_ns: i128, r: &Result<(), String>) {
+/// Why a SIGHUP reload did not take, as its outcome file records it.
+#[derive(Debug, thiserror::Error)]
+enum ReloadFailure {
+    /// The new policy was refused; the previous one stays in force.
+    #[error(transparent)]
+    Refused(crate::guard::GuardError),
+    /// The reload's task failed.
+    #[error("{0}")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+fn write_outcome(state_dir: &Path, n: u64, started_ns: i128, r: &Result<(), ReloadFailure>) {
     let v = json!({
         "pid": std::process::id(),
         "n": n,
         "started_ns": started_ns.to_string(),
         "ok": r.is_ok(),
-        "error": r.as_ref().err(),
+        "error": r.as_ref().err().map(ToString::to_string),
         "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
     });
     let path = state_dir.join(OUTCOME_FILE);
@@ -68,11 +79,11 @@ pub fn spawn(guard: Arc<Guard>, state_dir: PathBuf) {
                 }
                 Ok(Err(e)) => {
                     warn!(error = %e, "policy reload refused; the previous policy stays in force");
-                    Err(e.to_string())
+                    Err(ReloadFailure::Refused(e))
                 }
                 Err(e) => {
                     warn!(error = %e, "policy reload failed");
-                    Err(e.to_string())
+                    Err(ReloadFailure::Task(e))
                 }
             };
             n += 1;

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::model::KeyRecord;
+use crate::sync::Recover;
 
 /// The schema version both stores write (the SQLite `meta` row; the
 /// PostgreSQL migrations table counts its own steps).
@@ -240,11 +241,11 @@ impl Registry {
     }
 
     fn store(&self) -> MutexGuard<'_, Box<dyn RegistryStore>> {
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
+        self.store.locked()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.locked()
     }
 
     pub fn kind(&self) -> &'static str {

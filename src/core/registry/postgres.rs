@@ -103,27 +103,66 @@ fn is_local(host: &postgres::config::Host) -> bool {
     }
 }
 
+/// Why a `[registry]` PostgreSQL target was refused: each names the
+/// setting at fault and keeps the library's error as its source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TargetError {
+    #[error("registry.url does not parse: {0}")]
+    Url(#[source] postgres::Error),
+    #[error("registry.url: holds a password; put it in registry.password_file (or the systemd credential registry-password) instead")]
+    Password,
+    #[error("registry.url: names no host (give host= or a URL with one)")]
+    NoHost,
+    #[error(
+        "registry.url: sslmode=disable contradicts registry.ca_file (which asks for TLS); drop one"
+    )]
+    TlsDisabled,
+    #[error("registry.ca_file: TLS is for TCP hosts, and {host} is a Unix socket (PostgreSQL speaks no TLS there); drop registry.ca_file or give a TCP host")]
+    TlsOnSocket { host: String },
+    #[error("registry.url: sslmode=require needs registry.ca_file, the CA that signed the server's certificate (TLS without it would trust any server)")]
+    TlsWithoutCa,
+    #[error("registry.url: host {host} is off this machine and registry.ca_file is not set: a node's leases and the key records would cross the network unauthenticated; set registry.ca_file (TLS), or reach the database on a Unix socket or loopback")]
+    RemoteHost { host: String },
+    #[error("registry.url: hostaddr {addr} is off this machine and registry.ca_file is not set; set registry.ca_file (TLS)")]
+    RemoteAddr { addr: std::net::IpAddr },
+    #[error("registry.ca_file: {}: {source}", path.display())]
+    CaFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("registry.ca_file: {}: not PEM certificates: {source}", path.display())]
+    NotPem {
+        path: std::path::PathBuf,
+        #[source]
+        source: openssl::error::ErrorStack,
+    },
+    #[error("registry.ca_file: {}: holds no certificate", path.display())]
+    NoCertificate { path: std::path::PathBuf },
+    #[error("registry.ca_file: TLS setup: {0}")]
+    Tls(#[source] openssl::error::ErrorStack),
+}
+
 /// A TLS client that trusts only the CA certificates in `ca_file` (not the
 /// system's store), checks the server's name against its certificate, and
 /// speaks TLS 1.2 or later.
-fn tls_connector(ca_file: &Path) -> Result<postgres_openssl::MakeTlsConnector, String> {
+fn tls_connector(ca_file: &Path) -> Result<postgres_openssl::MakeTlsConnector, TargetError> {
     use openssl::ssl::{SslConnector, SslMethod, SslVersion};
     use openssl::x509::X509;
-    let pem = std::fs::read(ca_file)
-        .map_err(|e| format!("registry.ca_file: {}: {e}", ca_file.display()))?;
-    let certs = X509::stack_from_pem(&pem).map_err(|e| {
-        format!(
-            "registry.ca_file: {}: not PEM certificates: {e}",
-            ca_file.display()
-        )
+    let path = || ca_file.to_path_buf();
+    let pem = std::fs::read(ca_file).map_err(|source| TargetError::CaFile {
+        path: path(),
+        source,
+    })?;
+    let certs = X509::stack_from_pem(&pem).map_err(|source| TargetError::NotPem {
+        path: path(),
+        source,
     })?;
     if certs.is_empty() {
-        return Err(format!(
-            "registry.ca_file: {}: holds no certificate",
-            ca_file.display()
-        ));
+        return Err(TargetError::NoCertificate { path: path() });
     }
-    let tls_err = |e: openssl::error::ErrorStack| format!("registry.ca_file: TLS setup: {e}");
+    let tls_err = TargetError::Tls;
     // A builder from SslConnector starts with peer verification on and an
     // empty trust store: only the certificates added here are trusted.
     let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(tls_err)?;
@@ -145,34 +184,28 @@ impl PgTarget {
         url: &str,
         password: Option<Zeroizing<String>>,
         ca_file: Option<&Path>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, TargetError> {
         use postgres::config::SslMode;
-        let mut config: postgres::Config = url
-            .parse()
-            .map_err(|e| format!("registry.url does not parse: {e}"))?;
+        let mut config: postgres::Config = url.parse().map_err(TargetError::Url)?;
         if config.get_password().is_some() {
-            return Err(
-                "registry.url: holds a password; put it in registry.password_file (or the systemd credential registry-password) instead".into(),
-            );
+            return Err(TargetError::Password);
         }
         if config.get_hosts().is_empty() {
-            return Err("registry.url: names no host (give host= or a URL with one)".into());
+            return Err(TargetError::NoHost);
         }
         let tls = match ca_file {
             Some(ca) => {
                 if config.get_ssl_mode() == SslMode::Disable {
-                    return Err(
-                        "registry.url: sslmode=disable contradicts registry.ca_file (which asks for TLS); drop one".into(),
-                    );
+                    return Err(TargetError::TlsDisabled);
                 }
                 if let Some(h) = config
                     .get_hosts()
                     .iter()
                     .find(|h| matches!(h, postgres::config::Host::Unix(_)))
                 {
-                    return Err(format!(
-                        "registry.ca_file: TLS is for TCP hosts, and {h:?} is a Unix socket (PostgreSQL speaks no TLS there); drop registry.ca_file or give a TCP host"
-                    ));
+                    return Err(TargetError::TlsOnSocket {
+                        host: format!("{h:?}"),
+                    });
                 }
                 // Required, never preferred: a server (or a man in the
                 // middle) that declines TLS gets no plaintext fallback.
@@ -181,20 +214,16 @@ impl PgTarget {
             }
             None => {
                 if config.get_ssl_mode() == SslMode::Require {
-                    return Err(
-                        "registry.url: sslmode=require needs registry.ca_file, the CA that signed the server's certificate (TLS without it would trust any server)".into(),
-                    );
+                    return Err(TargetError::TlsWithoutCa);
                 }
                 let remote = config.get_hosts().iter().find(|h| !is_local(h));
                 if let Some(h) = remote {
-                    return Err(format!(
-                        "registry.url: host {h:?} is off this machine and registry.ca_file is not set: a node's leases and the key records would cross the network unauthenticated; set registry.ca_file (TLS), or reach the database on a Unix socket or loopback"
-                    ));
+                    return Err(TargetError::RemoteHost {
+                        host: format!("{h:?}"),
+                    });
                 }
                 if let Some(a) = config.get_hostaddrs().iter().find(|a| !a.is_loopback()) {
-                    return Err(format!(
-                        "registry.url: hostaddr {a} is off this machine and registry.ca_file is not set; set registry.ca_file (TLS)"
-                    ));
+                    return Err(TargetError::RemoteAddr { addr: *a });
                 }
                 config.ssl_mode(SslMode::Disable);
                 None

@@ -25,7 +25,7 @@ pub struct OperatorApi {
 /// What `Backup` needs besides the core.
 pub struct BackupTarget {
     pub state_dir: std::path::PathBuf,
-    pub token: Result<crate::backup::token::TokenStore, String>,
+    pub token: Result<crate::backup::token::TokenStore, crate::backup::BackupError>,
 }
 
 /// The size of a backup's chunks on the wire.

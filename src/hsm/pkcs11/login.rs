@@ -6,16 +6,17 @@ use cryptoki::object::ObjectHandle;
 use cryptoki::session::UserType;
 
 use super::error::{ck, pin_err};
-use super::{lock, Pkcs11Hsm};
+use super::Pkcs11Hsm;
 use crate::hsm::{Hsm, HsmError, HsmResult};
 use crate::secret::Pin;
+use crate::sync::{Recover, RecoverRw};
 
 impl Pkcs11Hsm {
     /// [`Hsm::login`].
     pub(super) fn login_now(&self, pin: &Pin) -> HsmResult<()> {
         // A recovery attempt in progress finishes first (it holds this).
-        let _transition = lock(&self.transitions);
-        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+        let _transition = self.transitions.locked();
+        let mut live = self.live.write_locked();
         if live.is_some() {
             return Ok(());
         }
@@ -32,25 +33,24 @@ impl Pkcs11Hsm {
             other => other?,
         };
         *live = Some(opened);
-        *lock(&self.relogin) = Some(pin.duplicate_for_relogin());
+        *self.relogin.locked() = Some(pin.duplicate_for_relogin());
         Ok(())
     }
 
     /// [`Hsm::logout`].
     pub(super) fn logout_now(&self) {
-        let _transition = lock(&self.transitions);
+        let _transition = self.transitions.locked();
         // Forget the re-login PIN first: nothing may log in again.
-        drop(lock(&self.relogin).take());
-        lock(&self.activated).clear();
-        *self.lost.write().unwrap_or_else(|p| p.into_inner()) = None;
-        let taken = self.live.write().unwrap_or_else(|p| p.into_inner()).take();
+        drop(self.relogin.locked().take());
+        self.activated.locked().clear();
+        *self.lost.write_locked() = None;
+        let taken = self.live.write_locked().take();
         if let Some(live) = taken {
             {
-                let login = lock(&live.login);
+                let login = live.login.locked();
                 let copies: Vec<ObjectHandle> = live
                     .handles
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
+                    .read_locked()
                     .values()
                     .filter_map(|h| h.copy)
                     .collect();

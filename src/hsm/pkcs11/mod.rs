@@ -17,9 +17,10 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::sync::{Recover, RecoverRw};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::aead::GcmParams;
@@ -48,10 +49,6 @@ use super::{
 };
 use crate::config::TokenSelector;
 use crate::secret::{DataKey, Pin, DATA_KEY_LEN};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 #[derive(Clone, Copy)]
 struct KeyHandles {
@@ -139,14 +136,11 @@ impl Pkcs11Hsm {
     }
 
     fn slot(&self) -> Slot {
-        *self.slot.read().unwrap_or_else(|p| p.into_inner())
+        *self.slot.read_locked()
     }
 
     fn is_lost(&self) -> bool {
-        self.lost
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        self.lost.read_locked().is_some()
     }
 
     /// Opens the login session, logs in and opens the worker pool.
@@ -186,7 +180,7 @@ impl Pkcs11Hsm {
             // The copy belongs to the long-lived login session, so it lives
             // as long as the login does. CKA_SENSITIVE and CKA_EXTRACTABLE
             // are copied unchanged and cannot be weakened by C_CopyObject.
-            let login = lock(&live.login);
+            let login = live.login.locked();
             Some(
                 login
                     .copy_object(
@@ -201,11 +195,10 @@ impl Pkcs11Hsm {
         };
         let old = live
             .handles
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .write_locked()
             .insert(*id, KeyHandles { token, copy });
         if let Some(KeyHandles { copy: Some(c), .. }) = old {
-            let _ = lock(&live.login).destroy_object(c);
+            let _ = live.login.locked().destroy_object(c);
         }
         Ok(())
     }
@@ -231,14 +224,10 @@ impl Pkcs11Hsm {
     }
 
     fn live(&self) -> HsmResult<Arc<Live>> {
-        if let Some(why) = &*self.lost.read().unwrap_or_else(|p| p.into_inner()) {
+        if let Some(why) = &*self.lost.read_locked() {
             return Err(HsmError::Unavailable(why.to_string()));
         }
-        self.live
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(HsmError::NotLoggedIn)
+        self.live.read_locked().clone().ok_or(HsmError::NotLoggedIn)
     }
 
     fn find_token_object(session: &Session, id: &HsmKeyId) -> HsmResult<ObjectHandle> {
@@ -289,29 +278,17 @@ impl Live {
     }
 
     fn handles(&self, session: &Session, id: &HsmKeyId) -> HsmResult<KeyHandles> {
-        if let Some(h) = self
-            .handles
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-        {
+        if let Some(h) = self.handles.read_locked().get(id) {
             return Ok(*h);
         }
         let token = Pkcs11Hsm::find_token_object(session, id)?;
         let h = KeyHandles { token, copy: None };
-        self.handles
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(*id)
-            .or_insert(h);
+        self.handles.write_locked().entry(*id).or_insert(h);
         Ok(h)
     }
 
     fn forget(&self, id: &HsmKeyId) -> Option<KeyHandles> {
-        self.handles
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id)
+        self.handles.write_locked().remove(id)
     }
 }
 
@@ -335,7 +312,8 @@ impl Hsm for Pkcs11Hsm {
     fn health(&self) -> HsmResult<()> {
         match self.live() {
             Ok(live) => {
-                lock(&live.login)
+                live.login
+                    .locked()
                     .get_session_info()
                     .map_err(ck)
                     .inspect_err(|e| self.note_loss(e, live.pool.generation))?;
@@ -348,11 +326,7 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn lost(&self) -> Option<String> {
-        self.lost
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(HsmError::to_string)
+        self.lost.read_locked().as_ref().map(HsmError::to_string)
     }
 
     fn recover(&self) -> HsmResult<bool> {
@@ -372,7 +346,7 @@ impl Hsm for Pkcs11Hsm {
 
     fn is_logged_in(&self) -> bool {
         // Lost but not sealed counts as logged in: recovery logs in again.
-        lock(&self.relogin).is_some()
+        self.relogin.locked().is_some()
     }
 
     fn verify_pins(&self, user: &Pin, so: &Pin) -> HsmResult<()> {
@@ -391,7 +365,7 @@ impl Hsm for Pkcs11Hsm {
 
     fn ensure_signing_key(&self) -> HsmResult<Vec<u8>> {
         use super::AUDIT_KEY_LABEL;
-        let _serial = lock(&self.token_writes);
+        let _serial = self.token_writes.locked();
         self.with_session(|_live, session| {
             let public = match find_by_label(session, ObjectClass::PUBLIC_KEY, AUDIT_KEY_LABEL)? {
                 Some(h) => h,
@@ -475,7 +449,7 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn write_counter(&self, label: &str, value: u64) -> HsmResult<()> {
-        let _serial = lock(&self.token_writes);
+        let _serial = self.token_writes.locked();
         self.with_session(|_live, session| {
             // Tokens (SoftHSM among them) keep CKA_VALUE of data objects read
             // only: write a new object, then remove the older ones. A crash
@@ -538,11 +512,15 @@ impl Hsm for Pkcs11Hsm {
             Attribute::Id(id.0.to_vec()),
             Attribute::Label(label.as_bytes().to_vec()),
         ];
-        let _serial = lock(&self.token_writes);
+        let _serial = self.token_writes.locked();
         // SoftHSM now and then answers CKR_GENERAL_ERROR to a C_GenerateKey
         // right after other token objects were written (seen in CI just
         // after unseal, when the audit key pair and the counter are made):
         // the object is not created (checked), and a second attempt succeeds.
+        // It has also been seen to answer CKR_TEMPLATE_INCONSISTENT there
+        // to this same, constant template (which every other call accepts):
+        // retried the same way. A template a token really refuses still
+        // fails, on the third attempt.
         let mut attempt = 0;
         loop {
             let r = self.with_session(|_live, session| {
@@ -552,7 +530,11 @@ impl Hsm for Pkcs11Hsm {
                     .map_err(ck)
             });
             match r {
-                Err(e) if attempt < 2 && error::is_rv(&e, RvError::GeneralError) => {
+                Err(e)
+                    if attempt < 2
+                        && (error::is_rv(&e, RvError::GeneralError)
+                            || error::is_rv(&e, RvError::TemplateInconsistent)) =>
+                {
                     // Made after all? Then it is there, once: done.
                     if self
                         .with_session(|_live, session| Self::find_token_object(session, id))
@@ -572,21 +554,22 @@ impl Hsm for Pkcs11Hsm {
     fn activate(&self, id: &HsmKeyId) -> HsmResult<()> {
         let live = self.live()?;
         self.activate_in(&live, id)?;
-        lock(&self.activated).insert(*id);
+        self.activated.locked().insert(*id);
         Ok(())
     }
 
     fn with_token_writes_held(&self, f: &mut dyn FnMut()) {
-        let _serial = lock(&self.token_writes);
+        let _serial = self.token_writes.locked();
         f();
     }
 
     fn destroy_cmk(&self, id: &HsmKeyId) -> HsmResult<()> {
-        let _serial = lock(&self.token_writes);
+        let _serial = self.token_writes.locked();
         let live = self.live()?;
-        lock(&self.activated).remove(id);
+        self.activated.locked().remove(id);
         if let Some(KeyHandles { copy: Some(c), .. }) = live.forget(id) {
-            lock(&live.login)
+            live.login
+                .locked()
                 .destroy_object(c)
                 .map_err(ck)
                 .inspect_err(|e| self.note_loss(e, live.pool.generation))?;

@@ -2,6 +2,7 @@
 //! transient failure retires the session it happened on.
 
 use super::*;
+use crate::sync::Recover;
 
 /// How long an operation waits for a free worker session.
 pub(super) const POOL_WAIT: Duration = Duration::from_secs(10);
@@ -36,7 +37,7 @@ impl SessionPool {
     }
 
     pub(super) fn get<'a>(&'a self, hsm: &'a Pkcs11Hsm) -> HsmResult<PooledSession<'a>> {
-        let mut guard = lock(&self.sessions);
+        let mut guard = self.sessions.locked();
         let deadline = std::time::Instant::now() + POOL_WAIT;
         loop {
             if let Some(session) = guard.pop() {
@@ -90,7 +91,7 @@ impl Drop for PooledSession<'_> {
             }
         }
         if let Some(s) = session {
-            lock(&self.pool.sessions).push(s);
+            self.pool.sessions.locked().push(s);
             self.pool.available.notify_one();
         }
     }

@@ -12,29 +12,25 @@ use cryptoki::error::{Error as CkError, RvError};
 
 use super::error::{self, ck};
 use super::objects::select_token;
-use super::{lock, Live, Pkcs11Hsm};
+use super::{Live, Pkcs11Hsm};
 use crate::config::TokenSelector;
 use crate::hsm::{HsmError, HsmKeyId, HsmResult};
 use crate::secret::Pin;
+use crate::sync::{Recover, RecoverRw};
 
 impl Pkcs11Hsm {
     /// Marks the HSM lost if `e` says the token or our sessions are gone
     /// (only while logged in: a sealed daemon has nothing to recover).
     pub(super) fn note_loss(&self, e: &HsmError, generation: u32) {
-        if !e.is_loss() || lock(&self.relogin).is_none() {
+        if !e.is_loss() || self.relogin.locked().is_none() {
             return;
         }
-        let current = self
-            .live
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|l| l.pool.generation);
+        let current = self.live.read_locked().as_ref().map(|l| l.pool.generation);
         if current != Some(generation) {
             // A call that started before the last recovery.
             return;
         }
-        let mut lost = self.lost.write().unwrap_or_else(|p| p.into_inner());
+        let mut lost = self.lost.write_locked();
         if lost.is_none() {
             tracing::warn!(error = %e, "HSM lost: key operations fail with UNAVAILABLE until it is back");
             *lost = Some(e.clone());
@@ -72,15 +68,15 @@ impl Pkcs11Hsm {
             }
             other => other?,
         };
-        *self.slot.write().unwrap_or_else(|p| p.into_inner()) = slot;
+        *self.slot.write_locked() = slot;
         let live = self.open_live(pin)?;
-        let ids: Vec<HsmKeyId> = lock(&self.activated).iter().copied().collect();
+        let ids: Vec<HsmKeyId> = self.activated.locked().iter().copied().collect();
         for id in ids {
             match self.activate_in(&live, &id) {
                 Ok(()) => {}
                 // Destroyed meanwhile: nothing to rebuild.
                 Err(HsmError::ObjectNotFound(_)) => {
-                    lock(&self.activated).remove(&id);
+                    self.activated.locked().remove(&id);
                 }
                 Err(e) => return Err(e),
             }
@@ -91,13 +87,8 @@ impl Pkcs11Hsm {
     /// [`Hsm::reload_token`]: C_Finalize and C_Initialize while no session
     /// is ours, then the same token found again by serial.
     pub(super) fn reload_logged_out(&self) -> HsmResult<()> {
-        let _transition = lock(&self.transitions);
-        if self
-            .live
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
-        {
+        let _transition = self.transitions.locked();
+        if self.live.read_locked().is_some() {
             return Ok(());
         }
         self.reselect()
@@ -109,28 +100,32 @@ impl Pkcs11Hsm {
         self.reinitialize()?;
         let same = TokenSelector::Serial(self.token.serial.clone());
         let (slot, _) = select_token(&self.ctx, &same)?;
-        *self.slot.write().unwrap_or_else(|p| p.into_inner()) = slot;
+        *self.slot.write_locked() = slot;
         Ok(())
     }
 
     /// One recovery attempt ([`Hsm::recover`]).
     pub(super) fn recover_now(&self) -> HsmResult<bool> {
-        let _transition = lock(&self.transitions);
-        let reason = self.lost.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let _transition = self.transitions.locked();
+        let reason = self.lost.read_locked().clone();
         let Some(reason) = reason else {
             return Ok(false);
         };
         // A short-lived second copy, so the lock is not held while the
         // module is called (recovery may mark the HSM lost again).
-        let pin = lock(&self.relogin).as_ref().map(Pin::duplicate_for_relogin);
+        let pin = self
+            .relogin
+            .locked()
+            .as_ref()
+            .map(Pin::duplicate_for_relogin);
         let Some(pin) = pin else {
             // Sealed meanwhile: nothing to log in to.
-            *self.lost.write().unwrap_or_else(|p| p.into_inner()) = None;
+            *self.lost.write_locked() = None;
             return Ok(false);
         };
         // The old sessions are dead: drop them (in-flight calls keep their
         // own reference until they fail).
-        drop(self.live.write().unwrap_or_else(|p| p.into_inner()).take());
+        drop(self.live.write_locked().take());
         let failed = self.failed_recoveries.load(Ordering::Relaxed);
         // Re-initialise the module when it says so, or when plain
         // reconnecting has failed twice (some modules see a re-plugged token
@@ -138,8 +133,8 @@ impl Pkcs11Hsm {
         let reinit = failed >= 2 || error::is_rv(&reason, RvError::CryptokiNotInitialized);
         match self.reconnect(&pin, reinit) {
             Ok(live) => {
-                *self.live.write().unwrap_or_else(|p| p.into_inner()) = Some(live);
-                *self.lost.write().unwrap_or_else(|p| p.into_inner()) = None;
+                *self.live.write_locked() = Some(live);
+                *self.lost.write_locked() = None;
                 self.failed_recoveries.store(0, Ordering::Relaxed);
                 Ok(true)
             }

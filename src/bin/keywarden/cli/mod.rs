@@ -22,7 +22,7 @@ use keywarden_client::Client;
 /// escaped, so nothing can move the cursor or fake a line on the terminal.
 macro_rules! out {
     ($($arg:tt)*) => {
-        println!("{}", $crate::core::validate::escape_lines(&format!($($arg)*)))
+        println!("{}", keywarden::core::validate::escape_lines(&format!($($arg)*)))
     };
 }
 pub(crate) use out;

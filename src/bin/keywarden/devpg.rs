@@ -36,6 +36,9 @@ pub fn pg_bin(name: &str) -> anyhow::Result<PathBuf> {
     })
 }
 
+// `keywarden dev --postgres` starts one; the cluster tests (which compile
+// this file too) use the rest: TLS, stopping it under a node, psql.
+#[allow(dead_code)]
 impl Postgres {
     /// `initdb` and start, on a Unix socket only.
     pub fn start() -> anyhow::Result<Postgres> {

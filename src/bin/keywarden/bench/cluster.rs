@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Map, Value};
 
 use super::{datakey_figures, ensure_key, f, BenchOptions, DevDaemon};
-use crate::proto;
+use keywarden::proto;
 use keywarden_client::Client;
 
 /// Disable and enable rounds timed.

@@ -2,12 +2,19 @@
 //! commands.
 #![forbid(unsafe_code)]
 
+mod bench;
+mod cli;
+mod dev;
+mod devpg;
+mod drill;
+mod hsm_check;
+
 use std::path::PathBuf;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use keywarden::cli::{datakey::DatakeyCommand, key::KeyCommand, Output};
+use cli::{datakey::DatakeyCommand, key::KeyCommand, Output};
 use keywarden_client::DEFAULT_SOCKET;
 
 #[derive(Debug, Parser)]
@@ -63,7 +70,7 @@ enum DrillCommand {
         #[arg(long, default_value = "3")]
         keys: usize,
         #[arg(long, value_enum, default_value = "softhsm2")]
-        token: keywarden::dev::DevToken,
+        token: dev::DevToken,
         /// The token's PKCS#11 module, when its profile does not find it.
         #[arg(long)]
         token_module: Option<PathBuf>,
@@ -140,7 +147,7 @@ enum Command {
         pkcs11_module: Option<PathBuf>,
         /// The software token to run on.
         #[arg(long, value_enum, default_value = "softhsm2")]
-        token: keywarden::dev::DevToken,
+        token: dev::DevToken,
         /// The token's PKCS#11 module, where its profile does not find it
         /// (Kryoptic: testing/kryoptic-token/target/release/libkryoptic_pkcs11.so).
         #[arg(long, value_name = "PATH")]
@@ -169,11 +176,11 @@ enum Command {
     #[command(subcommand)]
     Datakey(DatakeyCommand),
     /// Encrypt a file or pipe into an envelope message (docs/ENVELOPE.md).
-    Encrypt(keywarden::cli::envelope::EncryptArgs),
+    Encrypt(cli::envelope::EncryptArgs),
     /// Decrypt an envelope message; refuses truncated or altered input.
-    Decrypt(keywarden::cli::envelope::DecryptArgs),
+    Decrypt(cli::envelope::DecryptArgs),
     /// Show an envelope message's header and length without decrypting it.
-    Inspect(keywarden::cli::envelope::InspectArgs),
+    Inspect(cli::envelope::InspectArgs),
     /// Daemon status: what needs attention first, then version, seal, HSM
     /// token and health, audit, drift.
     Status,
@@ -208,10 +215,10 @@ enum Command {
     },
     /// Verify, query and tail the audit log (offline but for --context).
     #[command(subcommand)]
-    Audit(keywarden::cli::audit::AuditCommand),
+    Audit(cli::audit::AuditCommand),
     /// Custodians' ceremonies: init, unseal, seal, rekey.
     #[command(subcommand)]
-    Operator(keywarden::cli::operator::OperatorCommand),
+    Operator(cli::operator::OperatorCommand),
     /// Disaster-recovery drills on throwaway dev daemons.
     #[command(subcommand)]
     Drill(DrillCommand),
@@ -391,7 +398,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
         Command::Serve { config, dev } => {
             let config = keywarden::config::Config::load_for(&config, dev)?;
             if dev {
-                keywarden::dev::die_with_parent()?;
+                dev::die_with_parent()?;
             }
             init_logging(config.dev);
             keywarden::server::serve(config).await
@@ -422,7 +429,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             // Only an explicit --socket applies; a KEYWARDEN_SOCKET left over
             // from an earlier dev run must not.
             let socket = if socket_from_cli { cli.socket } else { None };
-            keywarden::dev::run(keywarden::dev::DevOptions {
+            dev::run(dev::DevOptions {
                 dir,
                 socket,
                 no_session_copies,
@@ -435,7 +442,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
                 pkcs11_module,
                 token,
                 token_module,
-                cluster: registry_url.map(|url| keywarden::dev::DevCluster {
+                cluster: registry_url.map(|url| dev::DevCluster {
                     url,
                     node_id,
                     ca_file: registry_ca_file,
@@ -459,7 +466,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             token_module,
             keep,
         }) => {
-            keywarden::drill::restore(keywarden::drill::DrillOptions {
+            drill::restore(drill::DrillOptions {
                 token,
                 token_module,
                 keys,
@@ -472,7 +479,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             use tokio::signal::unix::{signal, SignalKind};
             let mut term = signal(SignalKind::terminate())?;
             let mut int = signal(SignalKind::interrupt())?;
-            let pg = tokio::task::spawn_blocking(keywarden::devpg::Postgres::start).await??;
+            let pg = tokio::task::spawn_blocking(devpg::Postgres::start).await??;
             println!("Registry URL: {}", pg.url());
             tokio::select! {
                 _ = term.recv() => {}
@@ -489,14 +496,14 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
         } => {
             let so = keywarden::secret::Pin::from_file(&so_pin_file).map_err(anyhow::Error::msg)?;
             let user = keywarden::secret::Pin::from_file(&pin_file).map_err(anyhow::Error::msg)?;
-            keywarden::dev::init_token(&module, &label, &so, &user)
+            dev::init_token(&module, &label, &so, &user)
         }
-        Command::Key(cmd) => keywarden::cli::key::run(&socket, cli.output, cmd).await,
-        Command::Datakey(cmd) => keywarden::cli::datakey::run(&socket, cli.output, cmd).await,
-        Command::Encrypt(args) => keywarden::cli::envelope::encrypt(&socket, args).await,
-        Command::Decrypt(args) => keywarden::cli::envelope::decrypt(&socket, args).await,
-        Command::Inspect(args) => keywarden::cli::envelope::inspect(args, cli.output).await,
-        Command::Status => keywarden::cli::status::run(&socket, cli.output).await,
+        Command::Key(cmd) => cli::key::run(&socket, cli.output, cmd).await,
+        Command::Datakey(cmd) => cli::datakey::run(&socket, cli.output, cmd).await,
+        Command::Encrypt(args) => cli::envelope::encrypt(&socket, args).await,
+        Command::Decrypt(args) => cli::envelope::decrypt(&socket, args).await,
+        Command::Inspect(args) => cli::envelope::inspect(args, cli.output).await,
+        Command::Status => cli::status::run(&socket, cli.output).await,
         Command::Reload {
             pid,
             config,
@@ -511,7 +518,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             println!("policy reloaded");
             Ok(())
         }
-        Command::Metrics => keywarden::cli::status::metrics(&socket).await,
+        Command::Metrics => cli::status::metrics(&socket).await,
         Command::Completions { shell } => {
             use std::io::Write;
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -536,7 +543,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
                 _ => anyhow::bail!("give one of --token-label and --token-serial"),
             };
             let results = tokio::task::spawn_blocking(move || {
-                keywarden::hsm::check::run(
+                crate::hsm_check::run(
                     &profile,
                     module.as_deref(),
                     &token,
@@ -547,13 +554,13 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             .await?;
             let failed = results.iter().filter(|r| !r.ok).count();
             match cli.output {
-                keywarden::cli::Output::Json => keywarden::cli::print_json(&serde_json::json!({
+                cli::Output::Json => cli::print_json(&serde_json::json!({
                     "ok": failed == 0,
                     "checks": results.iter().map(|r| serde_json::json!({
                         "check": r.check, "ok": r.ok, "detail": r.detail,
                     })).collect::<Vec<_>>(),
                 }))?,
-                keywarden::cli::Output::Text => {
+                cli::Output::Text => {
                     for r in &results {
                         println!(
                             "{:<36} {:<4} {}",
@@ -581,7 +588,7 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
                     "--seconds must be between 0.05 and 3600, --warmup between 0 and 600"
                 );
             }
-            keywarden::bench::run(keywarden::bench::BenchOptions {
+            bench::run(bench::BenchOptions {
                 socket: external.then(|| socket.clone()),
                 key,
                 duration: std::time::Duration::from_secs_f64(seconds),
@@ -599,14 +606,14 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             let mut share = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut share)?;
             let rate = tokio::task::spawn_blocking(move || {
-                keywarden::bench::hsm_raw(&config, seconds, warmup, share.trim())
+                bench::hsm_raw(&config, seconds, warmup, share.trim())
             })
             .await??;
             println!("{}", serde_json::json!({ "per_sec": rate }));
             Ok(())
         }
-        Command::Audit(cmd) => keywarden::cli::audit::run(cli.output, cmd, &socket).await,
-        Command::Operator(cmd) => keywarden::cli::operator::run(&socket, cli.output, cmd).await,
+        Command::Audit(cmd) => cli::audit::run(cli.output, cmd, &socket).await,
+        Command::Operator(cmd) => cli::operator::run(&socket, cli.output, cmd).await,
     }
 }
 

@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::pkcs11::Pkcs11Hsm;
-use super::profile::{HsmProfile, ProfileError};
-use super::{Hsm, HsmError, HsmKeyId, KeyAttributes, UnwrapItem};
-use crate::config::TokenSelector;
-use crate::secret::{Pin, SecretError};
+use keywarden::config::TokenSelector;
+use keywarden::hsm::pkcs11::Pkcs11Hsm;
+use keywarden::hsm::profile::{HsmProfile, ProfileError};
+use keywarden::hsm::{Hsm, HsmError, HsmKeyId, KeyAttributes, UnwrapItem};
+use keywarden::secret::{Pin, SecretError};
 
 /// One line of the report.
 pub struct CheckResult {
@@ -167,7 +167,7 @@ pub fn run(
     let gen = hsm.generate_cmk(
         &id,
         &format!("keywarden-check/{}", id.to_hex()),
-        super::KeyKind::Aes,
+        keywarden::hsm::KeyKind::Aes,
     );
     if push(
         &mut out,
@@ -252,7 +252,7 @@ pub fn run(
     if hsm.random(&mut raw).is_ok() {
         let id = HsmKeyId(raw);
         let label = format!("keywarden-check/{}", id.to_hex());
-        let made = hsm.generate_cmk(&id, &label, super::KeyKind::Hmac);
+        let made = hsm.generate_cmk(&id, &label, keywarden::hsm::KeyKind::Hmac);
         if push(
             &mut out,
             "generate HMAC-SHA256 key",

@@ -10,7 +10,7 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::{client, out, print_json, status_error, Output};
-use crate::proto;
+use keywarden::proto;
 
 #[derive(Debug, Subcommand)]
 pub enum OperatorCommand {
@@ -283,7 +283,7 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
                     "replayed": r.replayed, "lost": r.lost,
                 }))?,
                 Output::Text => {
-                    let esc = crate::core::validate::escape;
+                    let esc = keywarden::core::validate::escape;
                     if r.complete {
                         out!("Accepted: {}", esc(&r.accepted));
                     } else {
@@ -439,7 +439,7 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
 }
 
 fn derive_pin(seal_file: &Path, so: bool) -> anyhow::Result<()> {
-    use crate::seal::{offline, store::SealFile};
+    use keywarden::seal::{offline, store::SealFile};
     let text = std::fs::read_to_string(seal_file)
         .with_context(|| format!("reading {}", seal_file.display()))?;
     let file: SealFile = serde_json::from_str(&text).context("parsing the seal file")?;

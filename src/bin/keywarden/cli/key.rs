@@ -7,7 +7,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::{client, out, print_json, status_error, Output};
-use crate::proto;
+use keywarden::proto;
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {

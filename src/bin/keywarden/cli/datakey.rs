@@ -11,7 +11,7 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::{client, out, parse_context, print_json, status_error, Output};
-use crate::proto;
+use keywarden::proto;
 
 #[derive(Debug, Subcommand)]
 pub enum DatakeyCommand {

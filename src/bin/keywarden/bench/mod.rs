@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use crate::cli::Output;
-use crate::proto;
+use keywarden::proto;
 use keywarden_client::Client;
 
 /// Options of `keywarden bench`.
@@ -489,10 +489,10 @@ fn run_hsm_raw(d: &DevDaemon, o: &BenchOptions) -> anyhow::Result<f64> {
 /// plus one AES-GCM encrypt under the bench CMK (its session copy where the
 /// profile allows), from as many threads as the daemon has worker sessions.
 pub fn hsm_raw(config: &Path, seconds: f64, warmup: f64, share_line: &str) -> anyhow::Result<f64> {
-    use crate::hsm::pkcs11::Pkcs11Hsm;
-    use crate::hsm::Hsm;
-    use crate::seal::{shamir, share, store::SealFile};
-    let cfg = crate::config::Config::load_for(config, true)?;
+    use keywarden::hsm::pkcs11::Pkcs11Hsm;
+    use keywarden::hsm::Hsm;
+    use keywarden::seal::{shamir, share, store::SealFile};
+    let cfg = keywarden::config::Config::load_for(config, true)?;
     let seal: SealFile =
         serde_json::from_str(&std::fs::read_to_string(cfg.state_dir.join("seal.json"))?)?;
     let set = seal.set_id().map_err(anyhow::Error::msg)?;

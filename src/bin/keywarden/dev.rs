@@ -11,8 +11,8 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::session::UserType;
 use tokio::process::Command;
 
-use crate::hsm::profile::{HsmProfile, KRYOPTIC_PROFILE, SOFTHSM2_PROFILE};
-use crate::secret::Pin;
+use keywarden::hsm::profile::{HsmProfile, KRYOPTIC_PROFILE, SOFTHSM2_PROFILE};
+use keywarden::secret::Pin;
 
 /// Label of the dev token.
 pub const DEV_TOKEN_LABEL: &str = "keywarden-dev";
@@ -57,11 +57,11 @@ pub fn remove_stale_dev_dirs(tmp: &Path) {
         }
         let state = path.join("state");
         let serve_gone = !state.join("keywarden.lock").exists()
-            || crate::server::lock::DirLock::take(&state, "keywarden.lock").is_ok();
+            || keywarden::server::lock::DirLock::take(&state, "keywarden.lock").is_ok();
         if !serve_gone {
             continue;
         }
-        if let Ok(lock) = crate::server::lock::DirLock::take(&path, DEV_LOCK) {
+        if let Ok(lock) = keywarden::server::lock::DirLock::take(&path, DEV_LOCK) {
             drop(lock);
             match std::fs::remove_dir_all(&path) {
                 Ok(()) => eprintln!(
@@ -458,7 +458,7 @@ async fn dev_init_and_unseal(root: &Path, socket: &Path) -> anyhow::Result<()> {
     let so = std::fs::read(root.join("so.pin"))?;
     let r = c
         .operator
-        .init(crate::proto::InitRequest {
+        .init(keywarden::proto::InitRequest {
             shares: 1,
             threshold: 1,
             recipients: vec![],
@@ -475,7 +475,7 @@ async fn dev_init_and_unseal(root: &Path, socket: &Path) -> anyhow::Result<()> {
     println!("DEV ONLY: 1-of-1 unseal share (a real daemon needs M of N custodians):");
     println!("Unseal share: {}", share.share);
     c.operator
-        .unseal(crate::proto::UnsealRequest {
+        .unseal(keywarden::proto::UnsealRequest {
             share: share.share.clone(),
             reset: false,
             accept_restore_window: false,
@@ -538,7 +538,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     };
     // Held for this process's lifetime: a later `keywarden dev` that can
     // take it knows this one is dead (SIGKILLed before it could clean up).
-    let _alive = crate::server::lock::DirLock::take(&root, DEV_LOCK)?;
+    let _alive = keywarden::server::lock::DirLock::take(&root, DEV_LOCK)?;
     if temp.is_some() {
         std::fs::write(
             root.join(DEV_TEMP_MARK),
@@ -577,7 +577,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     let phase = {
         let mut c = keywarden_client::Client::connect(&layout.socket).await?;
         c.operator
-            .status(crate::proto::StatusRequest {})
+            .status(keywarden::proto::StatusRequest {})
             .await
             .map_err(|s| anyhow::anyhow!("status: {}", s.message()))?
             .into_inner()
@@ -687,7 +687,7 @@ pub fn restore_target(
     dir: &Path,
     profile_name: &str,
     token_module: Option<&Path>,
-) -> anyhow::Result<crate::backup::restore::Target> {
+) -> anyhow::Result<keywarden::backup::restore::Target> {
     let token = match profile_name {
         "softhsm2" => DevToken::Softhsm2,
         "kryoptic" => DevToken::Kryoptic,
@@ -723,9 +723,9 @@ pub fn restore_target(
     let audit_file = state_dir.join("audit").join("audit.log");
     // The marker `keywarden dev` checks: the token exists (restored).
     write_file(&root.join("token-initialised"), "")?;
-    Ok(crate::backup::restore::Target {
+    Ok(keywarden::backup::restore::Target {
         state_dir,
-        audit: crate::audit::AuditConfig {
+        audit: keywarden::audit::AuditConfig {
             file: audit_file,
             checkpoint_every: 1000,
             max_file_bytes: 64 * 1024 * 1024,
@@ -734,7 +734,7 @@ pub fn restore_target(
         },
         profile,
         module,
-        token: crate::config::TokenSelector::Label(DEV_TOKEN_LABEL.into()),
+        token: keywarden::config::TokenSelector::Label(DEV_TOKEN_LABEL.into()),
         token_conf: Some(conf),
     })
 }

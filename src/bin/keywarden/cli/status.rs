@@ -5,8 +5,8 @@ use std::path::Path;
 use serde_json::json;
 
 use super::{client, print_json, status_error, Output};
-use crate::core::validate::escape;
-use crate::proto;
+use keywarden::core::validate::escape;
+use keywarden::proto;
 
 pub async fn run(socket: &Path, output: Output) -> anyhow::Result<()> {
     let mut c = client(socket).await?;
@@ -95,7 +95,7 @@ pub async fn metrics(socket: &std::path::Path) -> anyhow::Result<()> {
     let mut c = super::client(socket).await?;
     let r = c
         .operator
-        .metrics(crate::proto::MetricsRequest {})
+        .metrics(keywarden::proto::MetricsRequest {})
         .await
         .map_err(super::status_error)?
         .into_inner();

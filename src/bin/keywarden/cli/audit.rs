@@ -9,7 +9,7 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 
 use super::{out, print_json, Output};
-use crate::audit::{verify, PUBLIC_KEY_FILE};
+use keywarden::audit::{verify, PUBLIC_KEY_FILE};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -147,7 +147,7 @@ impl Filter {
             let mut c = super::client(socket).await?;
             let r = c
                 .operator
-                .audit_hash(crate::proto::AuditHashRequest { context: pairs })
+                .audit_hash(keywarden::proto::AuditHashRequest { context: pairs })
                 .await
                 .map_err(super::status_error)?
                 .into_inner();
@@ -371,7 +371,7 @@ impl LogReader {
 fn json_line(v: &Value) -> String {
     let mut out = String::new();
     for c in v.to_string().chars() {
-        if crate::core::validate::unprintable(c) {
+        if keywarden::core::validate::unprintable(c) {
             for unit in c.encode_utf16(&mut [0; 2]) {
                 out.push_str(&format!("\\u{unit:04x}"));
             }

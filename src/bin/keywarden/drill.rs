@@ -21,7 +21,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 
 use crate::dev::DevToken;
-use crate::proto;
+use keywarden::proto;
 use keywarden_client::{Client, Context, Error};
 
 /// Options of `keywarden drill restore`.

@@ -9,8 +9,8 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::{client, out, print_json, status_error, Output};
-use crate::backup::restore::{self, Report, Target};
-use crate::proto;
+use keywarden::backup::restore::{self, Report, Target};
+use keywarden::proto;
 
 /// Options of `keywarden operator restore`.
 #[derive(Debug, clap::Args)]
@@ -163,7 +163,7 @@ fn read_shares(files: &[PathBuf], threshold: u8) -> anyhow::Result<Vec<Zeroizing
 pub fn run_restore(output: Output, args: RestoreArgs) -> anyhow::Result<()> {
     let meta = std::fs::metadata(&args.from)
         .with_context(|| format!("reading {}", args.from.display()))?;
-    if meta.len() > crate::backup::format::MAX_FILE {
+    if meta.len() > keywarden::backup::format::MAX_FILE {
         bail!(
             "{}: larger than any backup ({} bytes)",
             args.from.display(),
@@ -172,10 +172,10 @@ pub fn run_restore(output: Output, args: RestoreArgs) -> anyhow::Result<()> {
     }
     let file =
         std::fs::read(&args.from).with_context(|| format!("reading {}", args.from.display()))?;
-    let (header, _) = crate::backup::format::read_header(&file).map_err(anyhow::Error::msg)?;
+    let (header, _) = keywarden::backup::format::read_header(&file).map_err(anyhow::Error::msg)?;
     let target = match (&args.config, &args.dir) {
         (Some(c), _) => {
-            let config = crate::config::Config::load(c).map_err(anyhow::Error::msg)?;
+            let config = keywarden::config::Config::load(c).map_err(anyhow::Error::msg)?;
             Target {
                 state_dir: config.state_dir.clone(),
                 audit: config.audit.clone(),
