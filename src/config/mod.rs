@@ -720,7 +720,10 @@ mod tests {
         ];
         for (text, needle) in refused {
             match with(text) {
-                Err(ConfigError::Invalid(m)) => assert!(m.contains(needle), "{text}: {m}"),
+                Err(e @ (ConfigError::Invalid(_) | ConfigError::Registry(_))) => {
+                    let m = e.to_string();
+                    assert!(m.contains(needle), "{text}: {m}")
+                }
                 Err(e) => panic!("{text}: {e}"),
                 Ok(_) => panic!("{text}: accepted"),
             }
