@@ -289,30 +289,6 @@ impl AuditSink for NullSink {
     fn event(&self, _e: Event) {}
 }
 
-/// Keeps events in memory, for unit tests.
-#[derive(Debug, Default)]
-pub struct MemorySink {
-    events: Mutex<Vec<Event>>,
-}
-
-impl MemorySink {
-    /// Every event recorded so far, oldest first.
-    pub fn events(&self) -> Vec<Event> {
-        self.events.locked().clone()
-    }
-
-    /// The (kind, outcome) of every event so far.
-    pub fn kinds(&self) -> Vec<(EventKind, Outcome)> {
-        self.events().iter().map(|e| (e.kind, e.outcome)).collect()
-    }
-}
-
-impl AuditSink for MemorySink {
-    fn event(&self, e: Event) {
-        self.events.locked().push(e);
-    }
-}
-
 /// Events queued by a part that must not write while it holds its own
 /// lock; [`Pending::flush`] hands them to the sink once the lock is gone.
 /// Each event is tagged with the thread that noted it and each flush

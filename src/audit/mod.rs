@@ -18,13 +18,15 @@
 mod disk;
 pub mod event;
 pub mod forward;
+mod log;
 pub mod scan;
 pub mod severity;
 pub mod verify;
 mod writer;
 
 pub use disk::DiskSpace;
-pub use event::{AuditSink, Event, EventKind, MemorySink, NullSink, Outcome};
+pub use event::{AuditSink, Event, EventKind, NullSink, Outcome};
+pub use log::{AuditLog, MemoryLog};
 use writer::Writer;
 
 use std::fs::OpenOptions;

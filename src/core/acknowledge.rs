@@ -114,9 +114,7 @@ impl Keywarden {
             .map(|c| c.min(ledger::MAX_GENERATION));
         let audited = self
             .audit
-            .as_ref()
-            .map(|a| a.witnessed_registry_generation())
-            .unwrap_or(0)
+            .witnessed_registry_generation()
             .min(ledger::MAX_GENERATION);
         let plan = self.plan_replay(&key, counter, audited)?;
         let counter = counter.unwrap_or(0);
@@ -173,7 +171,8 @@ impl Keywarden {
         // transaction: a crash in between leaves the rollback detected,
         // never half accepted.
         let mut seqs = Vec::new();
-        if let Some(a) = &self.audit {
+        {
+            let a = &self.audit;
             a.record_ledger(fold::reseal(from, generation, &key))
                 .map_err(|e| CoreError::AuditUnavailable(e.to_string()))?;
             for (r, _) in &plan.records {
@@ -185,10 +184,10 @@ impl Keywarden {
         }
         let refs: Vec<(&KeyRecord, RowKind)> = plan.records.iter().map(|(r, k)| (r, *k)).collect();
         if let Err(e) = self.registry.reseal(&key, generation, &refs) {
-            if let Some(a) = &self.audit {
-                for (name, seq) in &seqs {
-                    let _ = a.record(ledger::failed(name, generation, *seq, &key));
-                }
+            for (name, seq) in &seqs {
+                let _ = self
+                    .audit
+                    .record(ledger::failed(name, generation, *seq, &key));
             }
             return Err(reg_err(e));
         }
@@ -196,9 +195,7 @@ impl Keywarden {
         self.hsm
             .write_counter(REGISTRY_COUNTER_LABEL, generation)
             .map_err(CoreError::from_hsm)?;
-        if let Some(a) = &self.audit {
-            a.note_registry_generation(generation);
-        }
+        self.audit.note_registry_generation(generation);
         self.event(
             EventKind::RegistryTampering,
             Outcome::Acknowledged,
@@ -232,9 +229,14 @@ impl Keywarden {
             );
         }
         let mut fold = Fold::new(key, loaded.generation);
-        match &self.audit {
-            None => unverified.push("no audit log is attached".into()),
-            Some(audit) => self.read_log(audit, &mut fold, &mut unverified)?,
+        match self.audit.files() {
+            None => {
+                unverified.push("the audit log is not kept in files: nothing to read back".into())
+            }
+            Some(files) => {
+                let files = files.map_err(|e| CoreError::AuditUnavailable(e.to_string()))?;
+                self.read_log(&files, &mut fold, &mut unverified)?
+            }
         }
         let witness = counter.unwrap_or(0).max(audited);
         if let Some(g) = fold.first_gap(witness) {
@@ -306,7 +308,7 @@ impl Keywarden {
     /// second pass stops at the last line the first one read.
     fn read_log(
         &self,
-        audit: &crate::audit::Audit,
+        files: &[std::path::PathBuf],
         fold: &mut Fold<'_>,
         unverified: &mut Vec<String>,
     ) -> CoreResult<()> {
@@ -315,15 +317,14 @@ impl Keywarden {
         let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point)
             .map_err(|e| CoreError::Internal(format!("the HSM's audit signing key: {e}")))?;
         let unreadable = |e: &dyn std::fmt::Display| CoreError::AuditUnavailable(e.to_string());
-        let files = audit.log_files().map_err(|e| unreadable(&e))?;
-        let first = scan::scan(&files, &vk, None, fold::is_ledger, |seq, l| {
+        let first = scan::scan(files, &vk, None, fold::is_ledger, |seq, l| {
             fold.first_pass(seq, l)
         })
         .map_err(|e| unreadable(&e))?;
         if let Err(b) = &first.chain {
             unverified.push(format!("the audit log does not verify ({b})"));
         }
-        scan::scan(&files, &vk, first.last_seq, fold::is_ledger, |seq, l| {
+        scan::scan(files, &vk, first.last_seq, fold::is_ledger, |seq, l| {
             fold.second_pass(seq, l)
         })
         .map_err(|e| unreadable(&e))?;

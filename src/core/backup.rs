@@ -48,10 +48,10 @@ impl Keywarden {
                 Some(r) if r != file.backup_recipient => return Err(BackupError::RecipientChanged),
                 Some(_) => {}
             }
-            let head = match &self.audit {
-                Some(a) => Some(a.head().map_err(|e| BackupError::Audit(e.to_string()))?),
-                None => None,
-            };
+            let head = self
+                .audit
+                .head()
+                .map_err(|e| BackupError::Audit(e.to_string()))?;
             let db = scratch.path().join(REGISTRY_ENTRY);
             self.registry
                 .snapshot_to(&db)
@@ -106,7 +106,7 @@ impl Keywarden {
                 data: manifest,
             },
         ];
-        let key_file = self.audit.as_ref().map(|a| a.public_key_path());
+        let key_file = self.audit.public_key_path();
         if let Some(k) = key_file.and_then(|p| std::fs::read(p).ok()) {
             entries.push(Entry {
                 name: AUDIT_KEY_ENTRY.into(),
@@ -127,10 +127,9 @@ impl Keywarden {
         });
         // Durable before the file is handed out: a backup nobody can see in
         // the log is not made.
-        if let Some(a) = &self.audit {
-            a.record(crate::audit::Event::new(EventKind::Backup, Outcome::Ok, detail).fields())
-                .map_err(|e| CoreError::Backup(BackupError::Audit(e.to_string())))?;
-        }
+        self.audit
+            .record(crate::audit::Event::new(EventKind::Backup, Outcome::Ok, detail).fields())
+            .map_err(|e| CoreError::Backup(BackupError::Audit(e.to_string())))?;
         Ok(Taken { header, bytes, id })
     }
 

@@ -166,9 +166,7 @@ impl Keywarden {
                 loaded.global = Some(r.to_string());
             }
         }
-        if let Some(a) = &self.audit {
-            a.note_registry_generation(loaded.generation);
-        }
+        self.audit.note_registry_generation(loaded.generation);
         // The encryption counters are left alone: this node's own blocks
         // stay its own, and a version it has not counted under starts its
         // first block above every other node's (see `count_encryptions`).

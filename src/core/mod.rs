@@ -76,13 +76,11 @@ pub struct Keywarden {
     hsm: Arc<dyn Hsm>,
     registry: Registry,
     seal: Seal,
-    /// The audit log's own duties beyond recording events: its signing key
-    /// and checkpoints, the context key, the ledger and its health. None in
-    /// unit tests and in benchmarks without a log.
-    audit: Option<crate::audit::Audit>,
-    /// Where lifecycle and integrity events go: the same log as `audit`
-    /// when one is attached (`with_audit` sets both), or a test's memory.
-    sink: Arc<dyn crate::audit::AuditSink>,
+    /// The audit log: lifecycle and integrity events, the registry's
+    /// ledger lines, checkpoints under the HSM's signing key, the context
+    /// key and the log's health. The file log in the daemon, a memory log
+    /// in unit tests, none (dropped) in benchmarks without a log.
+    audit: Arc<dyn crate::audit::AuditLog>,
     drift: RwLock<Drift>,
     table: RwLock<Table>,
     /// Serializes read-modify-write changes of records.
@@ -167,8 +165,7 @@ impl Keywarden {
             hsm,
             registry,
             seal,
-            audit: None,
-            sink: Arc::new(crate::audit::NullSink),
+            audit: Arc::new(crate::audit::NullSink),
             drift: RwLock::new(Drift::default()),
             table: RwLock::new(Table::default()),
             writes: Mutex::new(()),
@@ -218,26 +215,15 @@ impl Keywarden {
         self
     }
 
-    /// Attaches the audit log: checkpoints are signed by the HSM while
-    /// unsealed and written at unseal, seal and shutdown.
-    pub fn with_audit(mut self, audit: crate::audit::Audit) -> Self {
-        self.sink = Arc::new(audit.clone());
-        self.seal.set_audit_sink(self.sink.clone());
-        self.audit = Some(audit);
+    /// Attaches the audit log: the seal's events go to it too.
+    pub fn with_audit(mut self, audit: Arc<dyn crate::audit::AuditLog>) -> Self {
+        self.seal.set_audit_sink(audit.clone());
+        self.audit = audit;
         self
     }
 
-    /// Sends events (the seal's too) to `sink` instead (unit tests).
-    pub fn with_sink(mut self, sink: Arc<dyn crate::audit::AuditSink>) -> Self {
-        self.seal.set_audit_sink(sink.clone());
-        self.sink = sink;
-        self
-    }
-
-    /// The audit log's context key follows the seal: set from the keyring
-    /// while unsealed, cleared otherwise. Called after every transition.
     fn sync_context_key(&self) {
-        let Some(a) = &self.audit else { return };
+        let a = &self.audit;
         let set = self
             .seal
             .with_keyring(|k| a.set_context_key(Some(&*k.audit_key)));
@@ -253,13 +239,13 @@ impl Keywarden {
         outcome: crate::audit::Outcome,
         detail: serde_json::Value,
     ) {
-        self.sink.record_event(kind, outcome, detail);
+        self.audit.record_event(kind, outcome, detail);
     }
 
     /// After a login: make sure the audit-signing key exists, publish its
     /// public half beside the log, install the signer, checkpoint.
     fn on_login(&self, reason: &str) {
-        let Some(audit) = &self.audit else { return };
+        let audit = &self.audit;
         match self.hsm.ensure_signing_key() {
             Ok(point) => {
                 if let Err(e) = audit.publish_public_key(&point) {
@@ -279,7 +265,7 @@ impl Keywarden {
     fn before_logout(&self, reason: &str) {
         // Key operations stop here, before the checkpoint that closes them.
         let logged_in = self.seal.begin_closing();
-        let Some(audit) = &self.audit else { return };
+        let audit = &self.audit;
         if logged_in {
             if let Err(e) = audit.checkpoint(reason) {
                 warn!(error = %e, "final audit checkpoint failed");
@@ -448,10 +434,7 @@ impl Keywarden {
     fn load_table(&self) -> CoreResult<()> {
         let (hsm_gen, mut loaded) = self.load_verified()?;
         let manifest_problem = loaded.global.is_some();
-        let audited = self
-            .audit
-            .as_ref()
-            .map(|a| a.witnessed_registry_generation());
+        let audited = Some(self.audit.witnessed_registry_generation());
         let rollback = witness::check(loaded.generation, hsm_gen, audited);
         if loaded.global.is_none() {
             if let Some(r) = &rollback {
@@ -470,9 +453,7 @@ impl Keywarden {
                     warn!(error = %e, "could not update the registry generation in the HSM");
                 }
             }
-            if let Some(a) = &self.audit {
-                a.note_registry_generation(loaded.generation);
-            }
+            self.audit.note_registry_generation(loaded.generation);
         }
         let mut t = Table {
             global: loaded.global.clone(),
@@ -582,28 +563,26 @@ impl Keywarden {
     ) -> CoreResult<(Arc<KeyRecord>, Option<u64>)> {
         let key = self.registry_key()?;
         let next = self.registry.generation().saturating_add(1);
-        let ledger_seq = match &self.audit {
-            Some(a) => Some(
-                a.record_ledger(crate::backup::ledger::line(&record, next, &key)?)
-                    .map_err(|e| CoreError::AuditUnavailable(e.to_string()))?,
-            ),
-            None => None,
-        };
+        let ledger_seq = self
+            .audit
+            .record_ledger(crate::backup::ledger::line(&record, next, &key)?)
+            .map_err(|e| CoreError::AuditUnavailable(e.to_string()))?;
         let gen = match self.registry.put(&record, &key, is_new) {
             Ok(g) => g,
             Err(e) => {
-                if let (Some(a), Some(seq)) = (&self.audit, ledger_seq) {
-                    // Best effort: a replay that misses this line applies a
-                    // change that never happened, which is the safe side
-                    // for a destruction or a revocation.
-                    let _ = a.record(crate::backup::ledger::failed(&record.name, next, seq, &key));
-                }
+                // Best effort: a replay that misses this line applies a
+                // change that never happened, which is the safe side for a
+                // destruction or a revocation.
+                let _ = self.audit.record(crate::backup::ledger::failed(
+                    &record.name,
+                    next,
+                    ledger_seq,
+                    &key,
+                ));
                 return Err(reg_err(e));
             }
         };
-        if let Some(a) = &self.audit {
-            a.note_registry_generation(gen);
-        }
+        self.audit.note_registry_generation(gen);
         self.advance_counter(gen);
         let rec = Arc::new(record);
         let mut t = self.table.write_locked();

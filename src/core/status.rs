@@ -131,12 +131,6 @@ impl Keywarden {
         &self,
         context: &HashMap<String, String>,
     ) -> serde_json::Map<String, serde_json::Value> {
-        match &self.audit {
-            Some(a) => a.context_digest(context),
-            None => context
-                .keys()
-                .map(|k| (k.clone(), serde_json::Value::Null))
-                .collect(),
-        }
+        self.audit.context_digest(context)
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::model::{DestroyKind, KeyState, RequestStatus, VersionState};
 use super::*;
-use crate::audit::{EventKind as K, MemorySink, Outcome as O};
+use crate::audit::{EventKind as K, MemoryLog, Outcome as O};
 use crate::clock::ManualClock;
 use crate::hsm::memory::MemoryHsm;
 use crate::seal::{store::SealStore, Seal, SealConfig};
@@ -23,7 +23,7 @@ struct Rig {
     _dir: tempfile::TempDir,
     core: Keywarden,
     clock: Arc<ManualClock>,
-    sink: Arc<MemorySink>,
+    sink: Arc<MemoryLog>,
     hsm: Arc<MemoryHsm>,
 }
 
@@ -31,7 +31,7 @@ fn rig() -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let hsm = Arc::new(MemoryHsm::new(USER, SO));
     let clock = Arc::new(ManualClock::at(1_800_000_000));
-    let sink = Arc::new(MemorySink::default());
+    let sink = Arc::new(MemoryLog::default());
     let registry = registry::Registry::open(&dir.path().join("registry.db")).unwrap();
     let seal = Seal::open(
         SealStore::new(dir.path()),
@@ -44,7 +44,7 @@ fn rig() -> Rig {
     .with_clock(clock.clone());
     let core = Keywarden::start(hsm.clone(), registry, seal)
         .with_clock(clock.clone())
-        .with_sink(sink.clone())
+        .with_audit(sink.clone())
         .with_lifecycle(LifecycleConfig {
             destroy_min_delay: DAY,
             ..LifecycleConfig::default()
@@ -597,4 +597,32 @@ fn a_database_behind_the_hsm_counter_is_refused_even_at_the_applied_generation()
         .sink
         .kinds()
         .contains(&(K::RegistryTampering, O::Detected)));
+}
+
+#[test]
+fn every_registry_write_writes_one_ledger_line_first() {
+    let r = rig();
+    let before = r.sink.lines().len();
+    r.core
+        .create_key("ledgered", "", None, crate::hsm::KeyKind::Aes)
+        .unwrap();
+    r.core.disable("ledgered").unwrap();
+    r.core.enable("ledgered").unwrap();
+    // A refused change writes nothing.
+    assert!(r.core.enable("no-such-key").is_err());
+    let lines: Vec<_> = r.sink.lines().split_off(before);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let mut last = 0;
+    for l in &lines {
+        assert_eq!(l["type"], crate::backup::ledger::WRITE);
+        assert_eq!(l["key"], "ledgered");
+        let g = l["generation"].as_u64().unwrap();
+        assert!(g > last, "generations rise: {lines:?}");
+        last = g;
+    }
+    // The log has witnessed the registry's newest generation.
+    assert_eq!(
+        crate::audit::AuditLog::witnessed_registry_generation(r.sink.as_ref()),
+        last
+    );
 }

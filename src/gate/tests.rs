@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::*;
-use crate::audit::{Audit, AuditConfig, MemorySink};
+use crate::audit::{Audit, AuditConfig, MemoryLog};
 use crate::clock::ManualClock;
 use crate::core::registry::Registry;
 use crate::core::{GenerateRequest, LifecycleConfig};
@@ -120,7 +120,7 @@ fn rig(limits: LimitsConfig) -> Rig {
     .with_clock(clock.clone());
     let core = Keywarden::start(hsm, registry, seal)
         .with_clock(clock.clone())
-        .with_sink(Arc::new(MemorySink::default()))
+        .with_audit(Arc::new(MemoryLog::default()))
         .with_lifecycle(LifecycleConfig::default());
     let spec = ShareSpec {
         shares: 1,

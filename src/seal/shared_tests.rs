@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::store::{SharedFiles, SharedSeal, StoreError};
 use super::tests::{pin, spec};
 use super::*;
-use crate::audit::MemorySink;
+use crate::audit::MemoryLog;
 use crate::hsm::memory::MemoryHsm;
 
 const USER: &str = "provisioning-user-pin";
@@ -110,7 +110,7 @@ fn node(shared: &Arc<MemShared>) -> Node {
         },
     )
     .unwrap()
-    .with_audit_sink(Arc::new(MemorySink::default()));
+    .with_audit_sink(Arc::new(MemoryLog::default()));
     Node { dir, seal }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::audit::{EventKind as K, MemorySink, Outcome as O};
+use crate::audit::{EventKind as K, MemoryLog, Outcome as O};
 use crate::clock::ManualClock;
 use crate::hsm::memory::MemoryHsm;
 
@@ -19,13 +19,13 @@ struct Rig {
     _dir: tempfile::TempDir,
     hsm: MemoryHsm,
     seal: Seal,
-    sink: Arc<MemorySink>,
+    sink: Arc<MemoryLog>,
     clock: Arc<ManualClock>,
 }
 
 fn rig(allow_single_share: bool) -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Arc::new(MemorySink::default());
+    let sink = Arc::new(MemoryLog::default());
     let clock = Arc::new(ManualClock::at(1_800_000_000));
     let seal = Seal::open(
         SealStore::new(dir.path()),

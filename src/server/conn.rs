@@ -330,7 +330,7 @@ mod tests {
 
     #[test]
     fn per_uid_and_total_caps_hold_and_slots_come_back() {
-        let sink = Arc::new(crate::audit::MemorySink::default());
+        let sink = Arc::new(crate::audit::MemoryLog::default());
         let t = Tracker::new(
             ConnLimits {
                 per_uid: 2,

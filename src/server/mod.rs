@@ -265,7 +265,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
         let core = Keywarden::start(hsm, registry, seal)
             .with_clock(clock.clone())
-            .with_audit(core_audit)
+            .with_audit(Arc::new(core_audit))
             .with_lifecycle(lifecycle);
         Ok(match node_for_core {
             Some(n) => core.with_membership(n),
