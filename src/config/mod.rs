@@ -9,6 +9,7 @@ use crate::hsm::profile::HsmProfile;
 
 mod cluster;
 mod forward;
+mod sections;
 pub use cluster::ClusterConfig;
 use cluster::RawRegistry;
 use forward::RawForward;
@@ -294,239 +295,17 @@ impl Config {
                 base.join(p)
             }
         };
-
-        let dev = match raw.dev {
-            Some(RawDev { enabled }) => enabled,
-            None => false,
-        };
-        if raw.server.allow_world_socket && !dev {
-            return Err(ConfigError::Invalid(
-                "server.allow_world_socket is allowed in dev mode only ([dev] enabled = true)"
-                    .into(),
-            ));
-        }
-        let socket_mode = raw.server.socket_mode.unwrap_or(0o660);
-        if socket_mode & 0o007 != 0 && !raw.server.allow_world_socket {
-            return Err(ConfigError::Invalid(format!(
-                "server.socket_mode {socket_mode:o} gives access to every user; use 0660 or stricter"
-            )));
-        }
-        let d = crate::server::conn::ConnLimits::default();
-        let connections = crate::server::conn::ConnLimits {
-            per_uid: raw.server.max_connections_per_uid.unwrap_or(d.per_uid),
-            total: raw.server.max_connections.unwrap_or(d.total),
-            handshake: raw
-                .server
-                .handshake_timeout_secs
-                .map(std::time::Duration::from_secs)
-                .unwrap_or(d.handshake),
-            idle: raw
-                .server
-                .idle_timeout_secs
-                .map(std::time::Duration::from_secs)
-                .unwrap_or(d.idle),
-        };
-        if connections.per_uid == 0
-            || connections.total < connections.per_uid
-            || connections.total > 65_536
-            || connections.handshake.is_zero()
-            || connections.idle < connections.handshake
-        {
-            return Err(ConfigError::Invalid(
-                "server: max_connections_per_uid must be at least 1 and at most max_connections (at most 65536); handshake_timeout_secs at least 1 and at most idle_timeout_secs".into(),
-            ));
-        }
-        if socket_mode & !0o777 != 0 {
-            return Err(ConfigError::Invalid(format!(
-                "server.socket_mode {socket_mode:o} is not a permission mode"
-            )));
-        }
-
-        let token = match (raw.hsm.token_label, raw.hsm.token_serial) {
-            (Some(l), None) if !l.trim().is_empty() => TokenSelector::Label(l),
-            (None, Some(s)) if !s.trim().is_empty() => TokenSelector::Serial(s),
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::Invalid(
-                    "set one of hsm.token_label and hsm.token_serial, not both".into(),
-                ))
-            }
-            _ => return Err(ConfigError::Invalid(
-                "hsm.token_label or hsm.token_serial is required (slot numbers are not accepted)"
-                    .into(),
-            )),
-        };
-
-        let seal = raw.seal.unwrap_or(RawSeal {
-            ceremony_timeout_secs: None,
-            allow_single_share: false,
-        });
-        let timeout = seal.ceremony_timeout_secs.unwrap_or(900);
-        if !(10..=86_400).contains(&timeout) {
-            return Err(ConfigError::Invalid(format!(
-                "seal.ceremony_timeout_secs {timeout} must be between 10 and 86400"
-            )));
-        }
-
-        let policy = match raw.policy {
-            Some(RawPolicyRef {
-                file: Some(f),
-                open_dev: false,
-            }) => crate::guard::PolicySource::File(resolve(&f)),
-            Some(RawPolicyRef {
-                file: None,
-                open_dev: true,
-            }) => crate::guard::PolicySource::OpenDev,
-            Some(RawPolicyRef {
-                file: Some(_),
-                open_dev: true,
-            }) => {
-                return Err(ConfigError::Invalid(
-                    "set one of policy.file and policy.open_dev, not both".into(),
-                ))
-            }
-            _ => {
-                return Err(ConfigError::Invalid(
-                    "policy.file is required: without a policy every call would be denied".into(),
-                ))
-            }
-        };
-
-        if !dev {
-            if seal.allow_single_share {
-                return Err(ConfigError::Invalid(
-                    "seal.allow_single_share is allowed in dev mode only ([dev] enabled = true)"
-                        .into(),
-                ));
-            }
-            if matches!(policy, crate::guard::PolicySource::OpenDev) {
-                return Err(ConfigError::Invalid(
-                    "policy.open_dev is allowed in dev mode only ([dev] enabled = true)".into(),
-                ));
-            }
-        }
-
-        let state_dir_for_audit = resolve(&raw.server.state_dir);
-        let audit = raw.audit.unwrap_or(RawAudit {
-            file: None,
-            checkpoint_every: None,
-            max_file_bytes: None,
-            benchmark_disable: false,
-            forward: None,
-        });
-        if audit.benchmark_disable && !dev {
-            return Err(ConfigError::Invalid(
-                "audit.benchmark_disable is allowed in dev mode only ([dev] enabled = true)".into(),
-            ));
-        }
-        let audit_disabled = audit.benchmark_disable;
-        let audit = crate::audit::AuditConfig {
-            file: audit
-                .file
-                .map(|f| resolve(&f))
-                .unwrap_or_else(|| state_dir_for_audit.join("audit").join("audit.log")),
-            checkpoint_every: audit.checkpoint_every.unwrap_or(1000).max(1),
-            max_file_bytes: audit.max_file_bytes.unwrap_or(64 << 20).max(4096),
-            forward: audit.forward.map(RawForward::parse).transpose()?,
-            // Set below for a cluster node.
-            node: None,
-        };
-
-        let lc = raw.lifecycle.unwrap_or_default();
-        let mut lifecycle = crate::core::LifecycleConfig::default();
-        if let Some(s) = lc.destroy_min_delay_secs {
-            if s < 1 || (s < 86_400 && !dev) {
-                return Err(ConfigError::Invalid(
-                    "lifecycle.destroy_min_delay_secs below a day is allowed in dev mode only"
-                        .into(),
-                ));
-            }
-            if s > 365 * 86_400 {
-                return Err(ConfigError::Invalid(
-                    "lifecycle.destroy_min_delay_secs cannot exceed the 365-day maximum".into(),
-                ));
-            }
-            lifecycle.destroy_min_delay = std::time::Duration::from_secs(s);
-        }
-        if let Some(n) = lc.destroy_approvals {
-            if n == 0 || n > 16 {
-                return Err(ConfigError::Invalid(
-                    "lifecycle.destroy_approvals must be between 1 and 16".into(),
-                ));
-            }
-            lifecycle.destroy_approvals = n;
-        }
-        let hard = lc.hard_limit_encryptions.unwrap_or(1 << 32);
-        if hard == 0 || hard > 1 << 32 {
-            return Err(ConfigError::Invalid(
-                "lifecycle.hard_limit_encryptions must be between 1 and 2^32".into(),
-            ));
-        }
-        lifecycle.hard_limit_encryptions = hard;
-        lifecycle.rotate_after_encryptions =
-            lc.rotate_after_encryptions.unwrap_or(1 << 30).min(hard);
-        lifecycle.reserve_block = lifecycle.reserve_block.min(hard).max(1);
-        if dev {
-            lifecycle.min_rotation_period = std::time::Duration::from_secs(1);
-        }
-        let tick = std::time::Duration::from_secs(lc.tick_secs.unwrap_or(5).clamp(1, 3600));
-
-        let profile_path = resolve(&raw.hsm.profile);
-        let profile = HsmProfile::load(&profile_path).map_err(ConfigError::Profile)?;
-
-        let module = match raw.hsm.module {
-            Some(m) => resolve(&m),
-            None => profile.find_module().ok_or_else(|| {
-                ConfigError::Invalid(format!(
-                    "no PKCS#11 module of profile {:?} exists on this host (tried {:?}); set hsm.module",
-                    profile.name, profile.module_paths
-                ))
-            })?,
-        };
-        if !module.is_file() {
-            return Err(ConfigError::Invalid(format!(
-                "hsm.module {} does not exist",
-                module.display()
-            )));
-        }
-
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
-        let wanted = raw.hsm.pool_size.map(|n| n as usize).unwrap_or(cores * 2);
-        if wanted == 0 {
-            return Err(ConfigError::Invalid(
-                "hsm.pool_size must be at least 1".into(),
-            ));
-        }
-        let pool_size = wanted.min(profile.max_sessions as usize).max(1);
-
-        let raw_metrics = raw.metrics.unwrap_or_default();
-        let metrics = MetricsConfig {
-            listen: match &raw_metrics.listen {
-                Some(l) => Some(
-                    crate::metrics::http::parse_listen(l, raw_metrics.allow_non_loopback)
-                        .map_err(|e| ConfigError::Invalid(e.to_string()))?,
-                ),
-                None => None,
-            },
-            per_key: raw_metrics.per_key,
-            bearer_token_file: raw_metrics.bearer_token_file.as_deref().map(resolve),
-        };
-        if metrics.per_key && metrics.listen.is_some() && metrics.bearer_token_file.is_none() {
-            return Err(ConfigError::Invalid(
-                "metrics.per_key: key names would be readable by every local user at metrics.listen; set metrics.bearer_token_file too (or read them with `keywarden metrics`, which needs a role)".into(),
-            ));
-        }
-        let state_dir = resolve(&raw.server.state_dir);
-        let socket = resolve(&raw.server.socket);
-        if socket.as_os_str().len() > 100 {
-            return Err(ConfigError::Invalid(format!(
-                "server.socket path is too long for a Unix socket ({} bytes, at most 100)",
-                socket.as_os_str().len()
-            )));
-        }
+        let dev = raw.dev.as_ref().is_some_and(|d| d.enabled);
+        let server = sections::server(&raw.server, dev, &resolve)?;
+        let token = sections::token(&raw.hsm)?;
+        let seal = sections::seal(raw.seal, dev)?;
+        let policy = sections::policy(raw.policy, dev, &resolve)?;
+        let (mut audit, audit_disabled) =
+            sections::audit(raw.audit, dev, &server.state_dir, &resolve)?;
+        let (lifecycle, tick) = sections::lifecycle(raw.lifecycle.unwrap_or_default(), dev)?;
+        let (profile, module, pool_size) = sections::hsm(&raw.hsm, &resolve)?;
+        let metrics = sections::metrics(raw.metrics.unwrap_or_default(), &resolve)?;
         let cluster = raw.registry.unwrap_or_default().parse(&resolve)?;
-        let mut audit = audit;
         audit.node = cluster.as_ref().map(|c| c.node_id.clone());
         let limits = raw
             .limits
@@ -534,18 +313,18 @@ impl Config {
             .parse()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(Config {
-            socket,
+            socket: server.socket,
             socket_group: raw.server.socket_group,
-            socket_mode,
-            connections,
-            state_dir,
+            socket_mode: server.socket_mode,
+            connections: server.connections,
+            state_dir: server.state_dir,
             allow_root: raw.server.allow_root,
             profile,
             module,
             token,
             pool_size,
-            ceremony_timeout: std::time::Duration::from_secs(timeout),
-            allow_single_share: seal.allow_single_share,
+            ceremony_timeout: seal.0,
+            allow_single_share: seal.1,
             dev,
             policy,
             audit,

@@ -281,6 +281,11 @@ impl Gate {
         &self.limits
     }
 
+    /// What the daemon counts and measures.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     /// The data path's workers (stopped at shutdown).
     pub fn workers(&self) -> &Arc<workers::Workers<Keywarden>> {
         &self.workers

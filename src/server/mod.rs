@@ -2,6 +2,7 @@
 //! log, the socket (systemd socket activation or our own bind) and the gRPC
 //! server; the systemd protocol; graceful shutdown.
 
+mod build;
 pub mod conn;
 pub mod hardening;
 pub mod journal;
@@ -22,14 +23,8 @@ use tracing::{info, warn};
 use crate::audit::{Audit, AuditSink, EventKind, Outcome};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::core::registry::Registry;
 use crate::core::Keywarden;
-use crate::front::grpc::{datakey::DataKeyApi, keys::KeyApi, operator::OperatorApi, Ctx};
-use crate::guard::Guard;
-use crate::hsm::pkcs11::Pkcs11Hsm;
-use crate::hsm::Hsm;
-use crate::proto;
-use crate::seal::{store::SealStore, Seal, SealConfig};
+use crate::front::grpc::Ctx;
 
 /// Largest request the daemon decodes. Anything larger is refused by the
 /// transport before it is decoded. A batch of 1024 items with a blob and a
@@ -132,7 +127,9 @@ async fn shutdown_signal(
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// Runs the daemon until SIGTERM or SIGINT: its parts built in order
+/// ([`build`]), the gRPC front end served over the gate, then a graceful
+/// stop.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     check_privileges(&config)?;
     hardening::apply();
@@ -145,296 +142,41 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         )
     };
     prepare_state_dir(&config.state_dir)?;
-    // Before anything is opened or written: one daemon per state directory
-    // and audit log (a second one would fork the audit chain).
-    let _state_lock = lock::DirLock::take(&config.state_dir, "keywarden.lock")?;
-    let audit_dir = config
-        .audit
-        .file
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| std::path::PathBuf::from("."));
-    std::fs::create_dir_all(&audit_dir)
-        .with_context(|| format!("creating audit directory {}", audit_dir.display()))?;
-    let _audit_lock = lock::DirLock::take(&audit_dir, ".keywarden-audit.lock")?;
-
-    // The metrics port and token first: a port in use or an unreadable
-    // token stops start-up before anything is opened.
-    let metrics_listener = match config.metrics.listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("metrics.listen {addr}"))?,
-        ),
-        None => None,
-    };
-    let metrics_token = match &config.metrics.bearer_token_file {
-        Some(path) => {
-            let text = zeroize::Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("metrics.bearer_token_file {}", path.display()))?,
-            );
-            let token = zeroize::Zeroizing::new(text.trim().to_string());
-            if token.is_empty() {
-                bail!("metrics.bearer_token_file {}: empty", path.display());
-            }
-            Some(token)
-        }
-        None => None,
-    };
-
-    let hsm_config = config.clone();
-    let hsm = tokio::task::spawn_blocking(move || {
-        Pkcs11Hsm::connect(
-            &hsm_config.module,
-            &hsm_config.token,
-            hsm_config.profile.clone(),
-            hsm_config.pool_size,
-        )
-    })
-    .await?
-    .with_context(|| format!("opening HSM token ({})", config.token))?;
+    let _locks = build::take_locks(&config)?;
+    let metrics_port = build::MetricsPort::bind(&config).await?;
     let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics.per_key));
-    let hsm: Arc<dyn Hsm> = Arc::new(crate::hsm::metered::Metered::new(
-        Arc::new(hsm),
-        metrics.clone(),
-    ));
-    info!(
-        token = %hsm.token().label,
-        serial = %hsm.token().serial,
-        profile = hsm.profile_name(),
-        pool = hsm.pool_size(),
-        session_copies = hsm.session_copies(),
-        "HSM token found"
-    );
-
-    let registry_path = config.state_dir.join("registry.db");
-    let seal_config = SealConfig {
-        ceremony_timeout: config.ceremony_timeout,
-        allow_single_share: config.allow_single_share,
-    };
-    let state_dir = config.state_dir.clone();
-    let audit = Audit::open(config.audit.clone())
-        .map_err(|e| anyhow::anyhow!("audit log {}: {e}", config.audit.file.display()))?;
-    audit.set_metrics(metrics.clone());
-    // One clock for the core, the seal and the guard's break-glass grants.
+    let hsm = build::open_hsm(&config, &metrics).await?;
+    let audit = build::open_audit(&config, &metrics)?;
+    // One clock for the core, the seal, the limits and break-glass grants.
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
-    let limits_clock = clock.clone();
-    let guard = Arc::new(
-        Guard::new(
-            config.policy.clone(),
-            audit.clone(),
-            config.audit_disabled,
-            clock.clone(),
-        )
-        .map_err(|e| anyhow::anyhow!("policy: {e}"))?,
-    );
-    let core_audit = audit.clone();
-    let lifecycle = config.lifecycle.clone();
+    let guard = build::open_guard(&config, &audit, &clock)?;
     let node = config.cluster.clone().map(crate::cluster::Node::new);
-    let cluster = config.cluster.clone();
-    let node_for_core: Option<Arc<dyn crate::core::Membership>> =
-        node.clone().map(|n| n as Arc<dyn crate::core::Membership>);
-    let core = tokio::task::spawn_blocking(move || -> anyhow::Result<Keywarden> {
-        let registry = match &cluster {
-            None => Registry::open(&registry_path)
-                .with_context(|| format!("opening registry {}", registry_path.display()))?,
-            Some(c) => Registry::with_store(Box::new(
-                crate::core::registry::postgres::PgStore::open(c.target.clone())
-                    .with_context(|| format!("opening the registry at {:?}", c.target))?,
-            )),
-        };
-        // In a cluster the seal files live in the shared database (each
-        // node's seal.json mirrors them): a rekey reaches every node.
-        let seal_store = match &cluster {
-            None => SealStore::new(&state_dir),
-            Some(c) => SealStore::new(&state_dir).with_shared(Arc::new(
-                crate::cluster::seal::PgSeal::new(c.target.clone(), &c.node_id),
-            )),
-        };
-        let seal = Seal::open(seal_store, seal_config)?
-            .with_audit_sink(Arc::new(core_audit.clone()));
-        // Evidence that this daemon was initialised, for a seal file that
-        // has gone missing (readable while sealed, unverified).
-        let on_disk = registry.generation_on_disk().unwrap_or(0);
-        let audited = core_audit.witnessed_registry_generation();
-        if on_disk > 0 || audited > 0 {
-            seal.expect_initialized(&format!(
-                "the registry is at generation {on_disk} and the audit log has recorded generation {audited}"
-            ));
-        }
-        let core = Keywarden::start(hsm, registry, seal)
-            .with_clock(clock.clone())
-            .with_audit(Arc::new(core_audit))
-            .with_lifecycle(lifecycle);
-        Ok(match node_for_core {
-            Some(n) => core.with_membership(n),
-            None => core,
-        })
-    })
-    .await??;
-    let core = Arc::new(core);
-    let cluster_thread = match &node {
-        Some(n) => {
-            info!(node = %n.node_id(), "a node of a cluster (shared PostgreSQL registry)");
-            Some(
-                n.start(Arc::downgrade(&core))
-                    .context("starting the cluster thread")?,
-            )
-        }
-        None => None,
-    };
-    if config.dev {
-        warn!("DEV MODE: started by `keywarden dev`; never use this daemon for real data");
-    }
-    if config.audit_disabled {
-        warn!("AUDIT DISABLED (benchmark mode): requests are answered without being audited");
-    }
-    audit.record_event(
-        EventKind::DaemonStart,
-        Outcome::Ok,
-        serde_json::json!({"version": crate::VERSION}),
-    );
-    let workers = Arc::new(
-        crate::gate::workers::Workers::start(core.clone(), config.pool_size)
-            .context("starting the data-path workers")?,
-    );
-    let limits = Arc::new(
-        crate::limits::Limits::new(config.limits.clone(), limits_clock)
-            .with_metrics(metrics.clone()),
-    );
-    let gate = Arc::new(crate::gate::Gate::new(
-        core.clone(),
-        guard.clone(),
-        limits,
-        metrics.clone(),
-        workers.clone(),
-    ));
-    let ctx = Ctx {
-        gate,
-        connections: conn::Tracker::new(config.connections, Arc::new(audit.clone())),
-        dev_mode: config.dev,
-    };
-    if let Some(listener) = metrics_listener {
-        let endpoint = crate::metrics::http::Endpoint::new(ctx.gate.metrics_page(), metrics_token);
-        tokio::spawn(crate::metrics::http::serve(listener, endpoint));
-        info!(listen = ?config.metrics.listen, "serving Prometheus metrics at /metrics");
-    }
-    // The lifecycle scheduler: due rotations and destructions.
-    {
-        let core = core.clone();
-        let tick = config.tick;
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(tick);
-            loop {
-                interval.tick().await;
-                let c = core.clone();
-                let _ = tokio::task::spawn_blocking(move || c.tick()).await;
-            }
-        });
-    }
-    // SIGHUP reloads the policy; an invalid one is refused and reported
-    // (to the log, to systemd, and to `keywarden reload`).
-    reload::spawn(guard.clone(), config.state_dir.clone());
+    let core = build::open_core(&config, hsm, &audit, clock.clone(), node.clone()).await?;
+    let cluster_thread = build::join_cluster(&node, &core)?;
+    announce(&config, &audit);
+    let gate = build::open_gate(&config, &core, &guard, &metrics, clock)?;
+    metrics_port.serve(&gate, &config);
+    build::spawn_background(&config, &core, &guard);
     info!(state = core.status().seal.phase.as_str(), "started");
 
-    let (listener, activated) = match activated_listener()? {
-        Some(l) => (l, true),
-        None => (
-            bind_socket(&config.socket, config.socket_mode).await?,
-            false,
-        ),
+    let (listener, activated) = build::listen(&config).await?;
+    let ctx = Ctx {
+        gate: gate.clone(),
+        connections: conn::Tracker::new(config.connections, Arc::new(audit.clone())),
+        dev_mode: config.dev,
+        metrics,
     };
-    if activated {
-        info!("serving the socket passed by systemd: its path, mode and group come from keywarden.socket (server.socket, socket_mode and socket_group are not used)");
-    } else if let Some(group) = &config.socket_group {
-        set_socket_group(&config.socket, group)?;
-    }
-    info!(
-        socket = %config.socket.display(),
-        mode = format!("{:o}", config.socket_mode),
-        socket_activation = activated,
-        "serving"
-    );
-
-    // A message that does not decode is refused as INVALID_ARGUMENT by the
-    // codec (keywarden-proto) and recorded here as one bounded line.
-    let malformed_sink = audit.clone();
-    keywarden_proto::codec::on_malformed(Box::new(move |what| {
-        malformed_sink.record_event(
-            EventKind::MalformedRequest,
-            Outcome::Refused,
-            serde_json::json!({"code": "InvalidArgument", "message": what}),
-        )
-    }));
-    // Both reflection protocols: grpcurl and most tools speak v1, Python's
-    // grpcio-reflection client (and older tools) v1alpha.
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-
-    let connections = ctx.connections.clone();
+    let backup = crate::front::grpc::operator::BackupTarget {
+        state_dir: config.state_dir.clone(),
+        token: crate::backup::token::locate(&config.profile, None),
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
-        .timeout(Duration::from_secs(30))
-        .concurrency_limit_per_connection(256)
-        // HTTP/2 streams one connection may hold open at once (a stream
-        // that is never read holds buffers): clients queue past it.
-        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            MAX_CONCURRENT_REQUESTS,
-        ))
-        .layer(crate::metrics::layer::RequestMetricsLayer::new(
-            metrics.clone(),
-            proto::FILE_DESCRIPTOR_SET,
-        ))
-        .add_service(
-            proto::data_key_service_server::DataKeyServiceServer::new(DataKeyApi::new(ctx.clone()))
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
-        .add_service(
-            proto::key_service_server::KeyServiceServer::new(KeyApi::new(ctx.clone()))
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
-        .add_service(
-            proto::mac_service_server::MacServiceServer::new(crate::front::grpc::mac::MacApi::new(
-                ctx.clone(),
-            ))
-            .max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
-        .add_service(
-            proto::operator_service_server::OperatorServiceServer::new(
-                OperatorApi::new(ctx.clone()).with_backup(
-                    crate::front::grpc::operator::BackupTarget {
-                        state_dir: config.state_dir.clone(),
-                        token: crate::backup::token::locate(&config.profile, None),
-                    },
-                ),
-            )
-            .max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
-        .add_service(reflection)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(conn::incoming(listener, connections.clone()), async {
-            let _ = stop_rx.await;
-        });
+    let server = crate::front::grpc::serve(ctx, backup, listener, Arc::new(audit.clone()), async {
+        let _ = stop_rx.await;
+    });
     tokio::pin!(server);
-    {
-        let (c, g) = (core.clone(), guard.clone());
-        let summary = tokio::task::spawn_blocking(move || systemd::health(&c, &g))
-            .await
-            .unwrap_or_else(|e| Err(e.into()));
-        match summary {
-            Ok(s) => systemd::ready(&s),
-            Err(why) => systemd::ready(&format!("unhealthy: {why}")),
-        }
-        systemd::spawn_watchdog(core.clone(), guard.clone());
-        systemd::spawn_status_on_change(core.clone(), guard.clone());
-        recovery::spawn(core.clone(), metrics.clone());
-    }
+    systemd::start(&core, &guard).await;
+    recovery::spawn(core.clone(), gate.metrics());
     let result = tokio::select! {
         r = &mut server => r,
         _ = shutdown_signal(term.0, term.1) => {
@@ -453,23 +195,63 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if !activated {
         let _ = std::fs::remove_file(&config.socket);
     }
-    let c = core.clone();
-    let forwarding = audit.clone();
+    stop(Stopping {
+        gate,
+        core,
+        audit,
+        node,
+        cluster_thread,
+    })
+    .await;
+    result?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Warns of a development or benchmark daemon, and records the start.
+fn announce(config: &Config, audit: &Audit) {
+    if config.dev {
+        warn!("DEV MODE: started by `keywarden dev`; never use this daemon for real data");
+    }
+    if config.audit_disabled {
+        warn!("AUDIT DISABLED (benchmark mode): requests are answered without being audited");
+    }
+    audit.record_event(
+        EventKind::DaemonStart,
+        Outcome::Ok,
+        serde_json::json!({"version": crate::VERSION}),
+    );
+}
+
+/// What is let go at the end, in order.
+struct Stopping {
+    gate: Arc<crate::gate::Gate>,
+    core: Arc<Keywarden>,
+    audit: Audit,
+    node: Option<Arc<crate::cluster::Node>>,
+    cluster_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Stops the data path, records the stop, leaves the cluster, closes the
+/// core, and gives the audit forwarder a few seconds to send what is
+/// queued.
+async fn stop(s: Stopping) {
     let _ = tokio::task::spawn_blocking(move || {
         // The data-path workers finish what is queued and let go of the
         // core, so that it is dropped (the registry closed) below.
-        workers.shutdown();
-        audit.record_event(EventKind::DaemonStop, Outcome::Ok, serde_json::json!({}));
-        if let Some(n) = &node {
+        s.gate.workers().shutdown();
+        s.audit
+            .record_event(EventKind::DaemonStop, Outcome::Ok, serde_json::json!({}));
+        if let Some(n) = &s.node {
             n.shutdown();
         }
-        if let Some(t) = cluster_thread {
+        if let Some(t) = s.cluster_thread {
             let _ = t.join();
         }
-        c.shutdown();
+        s.core.shutdown();
         // The SIEM's copy gets the stop and the final checkpoint too, if
         // the receiver takes them within a few seconds.
-        match forwarding.drain_forward(FORWARD_DRAIN) {
+        match s.audit.drain_forward(FORWARD_DRAIN) {
             Some(0) | None => {}
             Some(n) => warn!(
                 lines = n,
@@ -478,7 +260,4 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     })
     .await;
-    result?;
-    info!("stopped");
-    Ok(())
 }

@@ -75,6 +75,21 @@ pub fn health(core: &Keywarden, guard: &Guard) -> Result<String, HealthError> {
 
 /// Sends STATUS= as soon as the seal's state or a ceremony's progress
 /// changes (init, a share, unseal, seal), not only at the watchdog's tick.
+/// Tells systemd the daemon is ready (with its health in STATUS=), then
+/// keeps the watchdog fed and the status current.
+pub async fn start(core: &Arc<Keywarden>, guard: &Arc<Guard>) {
+    let (c, g) = (core.clone(), guard.clone());
+    let summary = tokio::task::spawn_blocking(move || health(&c, &g))
+        .await
+        .unwrap_or_else(|e| Err(e.into()));
+    match summary {
+        Ok(s) => ready(&s),
+        Err(why) => ready(&format!("unhealthy: {why}")),
+    }
+    spawn_watchdog(core.clone(), guard.clone());
+    spawn_status_on_change(core.clone(), guard.clone());
+}
+
 pub fn spawn_status_on_change(core: Arc<Keywarden>, guard: Arc<Guard>) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;

@@ -9,7 +9,10 @@ pub mod datakey;
 pub mod keys;
 pub mod mac;
 pub mod operator;
+mod server;
 pub mod status;
+
+pub use server::serve;
 
 use std::sync::Arc;
 
@@ -29,6 +32,9 @@ pub struct Ctx {
     pub connections: Arc<crate::server::conn::Tracker>,
     /// Started by `keywarden dev` with a `[dev]` configuration.
     pub dev_mode: bool,
+    /// Counts and times every RPC by method and code (the transport's own
+    /// series, beside the gate's).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The caller's identity: SO_PEERCRED, the groups and the executable of
