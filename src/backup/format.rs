@@ -320,4 +320,262 @@ mod tests {
         bad[at] = b'9';
         assert!(matches!(open(&bad, &id), Err(FormatError::HeaderAltered)));
     }
+
+    fn payload_error(r: Result<(Header, Vec<Entry>), FormatError>) -> &'static str {
+        match r {
+            Err(FormatError::Payload(what)) => what,
+            Err(e) => panic!("not a payload error: {e}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    /// A file with a valid clear header and `body` (built by `f` from the
+    /// header's hash) encrypted to `id`: what a forger holding the backup
+    /// key could write, to reach the payload checks.
+    fn forged(id: &age::x25519::Identity, f: impl FnOnce([u8; 32]) -> Vec<u8>) -> Vec<u8> {
+        let mut out = prefix(&header()).unwrap();
+        let hash: [u8; 32] = Sha256::digest(&out).into();
+        let enc = age::encrypt(&id.to_public(), &f(hash)).unwrap();
+        out.extend_from_slice(&enc);
+        out
+    }
+
+    fn payload(hash: [u8; 32], count: u32) -> Vec<u8> {
+        let mut p = PAYLOAD_MAGIC.to_vec();
+        p.push(VERSION);
+        p.extend_from_slice(&hash);
+        p.extend_from_slice(&count.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn every_truncation_of_the_clear_header_is_refused_by_name() {
+        let p = prefix(&header()).unwrap();
+        for cut in 0..p.len() {
+            let r = read_header(&p[..cut]);
+            match cut {
+                0..=3 => assert!(matches!(r, Err(FormatError::Magic)), "{cut}"),
+                4 => assert!(matches!(r, Err(FormatError::Truncated("version"))), "{cut}"),
+                5..=8 => assert!(
+                    matches!(r, Err(FormatError::Truncated("header length"))),
+                    "{cut}"
+                ),
+                _ => assert!(matches!(r, Err(FormatError::Truncated("header"))), "{cut}"),
+            }
+        }
+        let (h, end) = read_header(&p).unwrap();
+        assert_eq!(h, header());
+        assert_eq!(end, p.len());
+        // Anything after the header is the age file's, not the header's.
+        let mut more = p.clone();
+        more.extend_from_slice(b"age-encryption.org/v1\n");
+        assert_eq!(read_header(&more).unwrap().1, p.len());
+    }
+
+    #[test]
+    fn versions_lengths_and_header_fields_are_checked() {
+        let p = prefix(&header()).unwrap();
+        for v in [0u8, 2, 0xff] {
+            let mut bad = p.clone();
+            bad[4] = v;
+            assert!(matches!(read_header(&bad), Err(FormatError::Version(got)) if got == v));
+        }
+        let with_len = |len: u32, body: &[u8]| {
+            let mut f = b"KWBK\x01".to_vec();
+            f.extend_from_slice(&len.to_be_bytes());
+            f.extend_from_slice(body);
+            f
+        };
+        // Over the limit is refused before anything is read or allocated.
+        for len in [MAX_HEADER + 1, u32::MAX] {
+            let e = read_header(&with_len(len, b"{}")).unwrap_err();
+            assert!(
+                matches!(&e, FormatError::Header(m) if m.contains("over 65536")),
+                "{e}"
+            );
+        }
+        // At the limit, a short file is truncated, not malformed.
+        assert!(matches!(
+            read_header(&with_len(MAX_HEADER, b"{}")),
+            Err(FormatError::Truncated("header"))
+        ));
+        assert!(matches!(
+            read_header(&with_len(0, b"")),
+            Err(FormatError::Header(_))
+        ));
+        // A field added, or one missing, is refused.
+        let mut v = serde_json::to_value(header()).unwrap();
+        v["extra"] = serde_json::json!(1);
+        let json = serde_json::to_vec(&v).unwrap();
+        assert!(matches!(
+            read_header(&with_len(json.len() as u32, &json)),
+            Err(FormatError::Header(m)) if m.contains("extra")
+        ));
+        let mut v = serde_json::to_value(header()).unwrap();
+        v.as_object_mut().unwrap().remove("generation");
+        let json = serde_json::to_vec(&v).unwrap();
+        assert!(matches!(
+            read_header(&with_len(json.len() as u32, &json)),
+            Err(FormatError::Header(m)) if m.contains("generation")
+        ));
+    }
+
+    #[test]
+    fn a_malformed_payload_is_refused_by_what_is_wrong() {
+        let id = age::x25519::Identity::generate();
+        // The forger's layout is right: a well-formed payload opens.
+        let ok = forged(&id, |h| {
+            let mut p = payload(h, 1);
+            p.extend_from_slice(&2u16.to_be_bytes());
+            p.extend_from_slice(b"db");
+            p.extend_from_slice(&3u64.to_be_bytes());
+            p.extend_from_slice(b"abc");
+            p
+        });
+        let (_, entries) = open(&ok, &id).unwrap();
+        assert_eq!(
+            (entries[0].name.as_str(), &entries[0].data[..]),
+            ("db", &b"abc"[..])
+        );
+
+        let cases: Vec<(&str, Box<dyn FnOnce([u8; 32]) -> Vec<u8>>)> = vec![
+            ("magic", Box::new(|_| b"KWB".to_vec())),
+            (
+                "magic",
+                Box::new(|h| {
+                    let mut p = payload(h, 0);
+                    p[0] = b'X';
+                    p
+                }),
+            ),
+            (
+                "version",
+                Box::new(|h| {
+                    let mut p = payload(h, 0);
+                    p[4] = 2;
+                    p
+                }),
+            ),
+            ("header hash", Box::new(|h| payload(h, 0)[..20].to_vec())),
+            ("entry count", Box::new(|h| payload(h, MAX_ENTRIES + 1))),
+            ("name length", Box::new(|h| payload(h, 1))),
+            (
+                "name",
+                Box::new(|h| {
+                    let mut p = payload(h, 1);
+                    p.extend_from_slice(&5u16.to_be_bytes());
+                    p.extend_from_slice(b"ab");
+                    p
+                }),
+            ),
+            (
+                "name",
+                Box::new(|h| {
+                    let mut p = payload(h, 1);
+                    p.extend_from_slice(&2u16.to_be_bytes());
+                    p.extend_from_slice(&[0xc3, 0x28]);
+                    p.extend_from_slice(&0u64.to_be_bytes());
+                    p
+                }),
+            ),
+            // A huge length claims more than there is: refused, not allocated.
+            (
+                "data",
+                Box::new(|h| {
+                    let mut p = payload(h, 1);
+                    p.extend_from_slice(&1u16.to_be_bytes());
+                    p.push(b'x');
+                    p.extend_from_slice(&u64::MAX.to_be_bytes());
+                    p
+                }),
+            ),
+            (
+                "bytes after the last entry",
+                Box::new(|h| {
+                    let mut p = payload(h, 0);
+                    p.push(0);
+                    p
+                }),
+            ),
+        ];
+        for (want, f) in cases {
+            assert_eq!(payload_error(open(&forged(&id, f), &id)), want);
+        }
+    }
+
+    #[test]
+    fn a_header_spliced_onto_another_backups_payload_is_refused() {
+        let id = age::x25519::Identity::generate();
+        let rcpt = id.to_public().to_string();
+        let a = seal(&header(), &[], &rcpt).unwrap();
+        let mut other = header();
+        other.generation = 13;
+        other.sealed = true;
+        let b = seal(&other, &[], &rcpt).unwrap();
+        let (_, a_start) = read_header(&a).unwrap();
+        let (_, b_start) = read_header(&b).unwrap();
+        let mut spliced = b[..b_start].to_vec();
+        spliced.extend_from_slice(&a[a_start..]);
+        // The header reads fine on its own; only the payload's hash tells.
+        assert_eq!(read_header(&spliced).unwrap().0, other);
+        assert!(matches!(
+            open(&spliced, &id),
+            Err(FormatError::HeaderAltered)
+        ));
+        // A header with no age file after it does not decrypt.
+        assert!(matches!(
+            open(&b[..b_start], &id),
+            Err(FormatError::Decrypt(_))
+        ));
+    }
+
+    #[test]
+    fn entries_round_trip_in_order_and_seal_refuses_what_it_cannot_write() {
+        let id = age::x25519::Identity::generate();
+        let rcpt = id.to_public().to_string();
+        let entries = vec![
+            Entry {
+                name: "z-last-name-first".into(),
+                data: vec![0, 0, 0],
+            },
+            Entry {
+                name: String::new(),
+                data: Vec::new(),
+            },
+            Entry {
+                name: "tokens/Prüfung.db".into(),
+                data: vec![0xff; 3],
+            },
+            Entry {
+                name: "n".repeat(usize::from(u16::MAX)),
+                data: b"max".to_vec(),
+            },
+        ];
+        let (_, got) = open(&seal(&header(), &entries, &rcpt).unwrap(), &id).unwrap();
+        assert_eq!(got.len(), entries.len());
+        for (g, e) in got.iter().zip(&entries) {
+            assert_eq!((&g.name, &g.data), (&e.name, &e.data));
+        }
+        let (_, none) = open(&seal(&header(), &[], &rcpt).unwrap(), &id).unwrap();
+        assert!(none.is_empty());
+
+        let too_long = [Entry {
+            name: "n".repeat(65_536),
+            data: Vec::new(),
+        }];
+        assert!(matches!(
+            seal(&header(), &too_long, &rcpt),
+            Err(FormatError::Encrypt(m)) if m.contains("file name too long")
+        ));
+        assert!(matches!(
+            seal(&header(), &[], "age1notakey"),
+            Err(FormatError::Encrypt(m)) if m.starts_with("backup recipient")
+        ));
+        let mut big = header();
+        big.daemon_version = "v".repeat(70_000);
+        assert!(matches!(
+            seal(&big, &[], &rcpt),
+            Err(FormatError::Header(m)) if m == "too long"
+        ));
+    }
 }

@@ -14,8 +14,10 @@
 pub mod fold;
 pub mod format;
 pub mod ledger;
+mod replay;
 pub mod restore;
 pub mod token;
+mod trail;
 
 /// Names of the payload's entries other than the token's files.
 pub const REGISTRY_ENTRY: &str = "registry.db";

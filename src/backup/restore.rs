@@ -14,23 +14,25 @@
 //! (destroying the token objects a destruction removed), the generation
 //! counter, and a new audit log whose first event records the restore.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Map, Value};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::format::{self, Header};
 use super::ledger;
+use super::replay::{check_audit_key, Replay};
 use super::token;
+use super::trail::{self, Trail};
 use super::{BackupError, AUDIT_KEY_ENTRY, REGISTRY_ENTRY, SEAL_ENTRY};
 use crate::audit::{Audit, AuditConfig, Event, EventKind, Outcome};
 use crate::config::TokenSelector;
-use crate::core::model::{KeyRecord, KeyState, VersionState};
+use crate::core::model::KeyRecord;
 use crate::core::registry::Registry;
 use crate::hsm::profile::HsmProfile;
-use crate::hsm::{Hsm, HsmError, REGISTRY_COUNTER_LABEL};
+use crate::hsm::Hsm;
 use crate::seal::keys::UnsealKey;
 use crate::seal::store::{RestoreWindow, SealFile, SealStore};
 
@@ -73,11 +75,11 @@ pub struct Report {
     pub trail_ends: Option<String>,
 }
 
-fn refused(msg: impl Into<String>) -> BackupError {
+pub(super) fn refused(msg: impl Into<String>) -> BackupError {
     BackupError::Refused(msg.into())
 }
 
-fn io(what: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
+pub(super) fn io(what: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
     move |e| BackupError::Io(format!("{}: {e}", what.display()))
 }
 
@@ -113,95 +115,6 @@ fn dir_is_empty(dir: &Path, store: &token::TokenStore) -> bool {
     })
 }
 
-/// An audit line: its seq and its fields.
-type AuditLine = (u64, Map<String, Value>);
-
-/// A verified trail: every line, and where it ends.
-struct Trail {
-    lines: Vec<AuditLine>,
-    first_seq: u64,
-    last_seq: u64,
-    /// Hex SHA-256 of the last line: the restored log continues the chain
-    /// from it.
-    last_hash: String,
-    last_time: String,
-}
-
-/// Reads and verifies the trail: the hash chain and every checkpoint
-/// signature (under the backup's audit key, which the restore later proves
-/// is the token's), read once, so the lines used are the lines verified. It
-/// must be linked to the backup: hold the backup's chain head (the same
-/// line), or begin with the line right after it (a restored deployment's
-/// log continues the chain from there). So a file that ends before the
-/// backup, or another deployment's log, is refused.
-fn read_trail(
-    header: &Header,
-    files: &[PathBuf],
-    audit_key: &[u8],
-    scratch: &Path,
-) -> Result<Trail, BackupError> {
-    let head = header.chain_head.as_ref().ok_or_else(|| {
-        refused(
-            "--replay-audit: the backup was taken without an audit log, so no trail can follow it",
-        )
-    })?;
-    let key_path = scratch.join(AUDIT_KEY_ENTRY);
-    std::fs::write(&key_path, audit_key).map_err(io(&key_path))?;
-    let key = crate::audit::verify::load_public_key(&key_path)
-        .map_err(|e| refused(format!("the backup's audit signing key: {e}")))?;
-    let mut texts = Vec::with_capacity(files.len());
-    for f in files {
-        texts.push((f.as_path(), std::fs::read_to_string(f).map_err(io(f))?));
-    }
-    let refs: Vec<(&Path, &str)> = texts.iter().map(|(p, t)| (*p, t.as_str())).collect();
-    let report = crate::audit::verify::verify_texts(&refs, &key, true)
-        .map_err(|b| refused(format!("--replay-audit: the trail does not verify: {b}")))?;
-    let mut trail = Trail {
-        lines: Vec::new(),
-        first_seq: report.first_seq,
-        last_seq: report.last_seq,
-        last_hash: String::new(),
-        last_time: String::new(),
-    };
-    let mut linked = false;
-    for (_, text) in &refs {
-        for line in text.lines() {
-            let v: Map<String, Value> = serde_json::from_str(line)
-                .map_err(|_| refused("--replay-audit: a line that does not parse"))?;
-            let seq = v.get("seq").and_then(Value::as_u64).unwrap_or(0);
-            let hash = hex::encode(Sha256::digest(line.as_bytes()));
-            if seq == head.seq {
-                if hash != head.hash {
-                    return Err(refused(format!(
-                        "--replay-audit: line {seq} of the trail is not the backup's chain head (another deployment's log, or an altered one)"
-                    )));
-                }
-                linked = true;
-            }
-            if trail.lines.is_empty()
-                && seq == head.seq.saturating_add(1)
-                && v.get("prev").and_then(Value::as_str) == Some(head.hash.as_str())
-            {
-                linked = true;
-            }
-            trail.last_hash = hash;
-            trail.last_time = v
-                .get("time")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            trail.lines.push((seq, v));
-        }
-    }
-    if !linked {
-        return Err(refused(format!(
-            "--replay-audit: the trail (seq {} to {}) is not linked to the backup: it must hold the backup's chain head, seq {}, or start right after it; give the files from before the backup up to now",
-            report.first_seq, report.last_seq, head.seq
-        )));
-    }
-    Ok(trail)
-}
-
 /// Restores `file` into `target`. `replay`: the audit trail kept since the
 /// backup (oldest file first); empty means none, and the restored seal then
 /// asks custodians to accept the window at unseal.
@@ -213,8 +126,77 @@ pub fn restore(
     now: i64,
 ) -> Result<Report, BackupError> {
     let (header, _) = format::read_header(file)?;
-    let d = &header.deployment;
     // 1. The deployment and the target.
+    let store = check_target(&header, target)?;
+    // 2. The quorum, then the payload.
+    let key = quorum(&header, shares)?;
+    let set_id = set_bytes(&header.deployment.set_id)?;
+    let identity = key
+        .backup_identity(&set_id)
+        .ok_or_else(|| BackupError::Io("deriving the backup key".into()))?;
+    let (header, entries) = format::open(file, &identity)?;
+    let payload = Payload(&entries);
+    // 3. The seal file.
+    let seal = payload.seal(&header, &key)?;
+    let keyring = seal
+        .open_keyring(&key)
+        .map_err(|e| refused(format!("the backup's seal.json: {e}")))?;
+    let rkey: &[u8; 32] = &keyring.registry_key;
+    let scratch = prepare_state_dir(&target.state_dir)?;
+    // 4. The registry, verified where it will live (removed on refusal).
+    let cleanup = |e: BackupError| {
+        for f in [REGISTRY_ENTRY, "registry.db-wal", "registry.db-shm"] {
+            let _ = std::fs::remove_file(target.state_dir.join(f));
+        }
+        e
+    };
+    let (registry, loaded) = payload
+        .registry(&target.state_dir, &header, rkey)
+        .map_err(cleanup)?;
+    // 5. The trail: every ledger line above the backup's generation.
+    let trail = match replay {
+        [] => None,
+        files => {
+            let audit_key = payload.get(AUDIT_KEY_ENTRY).ok_or_else(|| {
+                cleanup(refused("--replay-audit: the backup holds no audit signing key (taken before the first unseal)"))
+            })?;
+            Some(trail::read_trail(&header, files, audit_key, scratch.path()).map_err(cleanup)?)
+        }
+    };
+    let after = After::read(trail.as_ref(), rkey, &header).map_err(cleanup)?;
+    let audit_dir = check_empty(&store, target, &header, &payload).map_err(cleanup)?;
+
+    // Everything verified: write. A failure from here on empties the
+    // target again (both were empty before), so the restore can be re-run.
+    let result = Writing {
+        file,
+        target,
+        header: &header,
+        payload: &payload,
+        store: &store,
+        key: &key,
+        set_id,
+        registry: &registry,
+        backed_up: &loaded.keys,
+        rkey,
+        trail: trail.as_ref(),
+        trail_files: replay.len(),
+        now,
+    }
+    .write(seal, after);
+    if result.is_err() {
+        undo(&target.state_dir, &store);
+        if !audit_dir.starts_with(&target.state_dir) {
+            undo(&audit_dir, &token::TokenStore::Vendor(String::new()));
+        }
+    }
+    result
+}
+
+/// Refuses a backup of another deployment, or a target that is not empty;
+/// returns where the token's files go.
+fn check_target(header: &Header, target: &Target) -> Result<token::TokenStore, BackupError> {
+    let d = &header.deployment;
     match &target.token {
         TokenSelector::Label(l) if *l != d.token_label => {
             return Err(refused(format!(
@@ -243,121 +225,138 @@ pub fn restore(
             target.state_dir.display()
         )));
     }
-    // 2. The quorum, then the payload.
-    let key = quorum(&header, shares)?;
-    let set_id = set_bytes(&d.set_id)?;
-    let identity = key
-        .backup_identity(&set_id)
-        .ok_or_else(|| BackupError::Io("deriving the backup key".into()))?;
-    let (header, entries) = format::open(file, &identity)?;
-    let entry = |name: &str| {
-        entries
+    Ok(store)
+}
+
+/// Makes the state directory (mode 0700) and a scratch directory in it.
+fn prepare_state_dir(dir: &Path) -> Result<tempfile::TempDir, BackupError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+    tempfile::Builder::new()
+        .prefix(".restore-")
+        .tempdir_in(dir)
+        .map_err(io(dir))
+}
+
+/// The opened backup's entries.
+struct Payload<'a>(&'a [format::Entry]);
+
+impl Payload<'_> {
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0
             .iter()
             .find(|e| e.name == name)
             .map(|e| e.data.as_slice())
-    };
-    // 3. The seal file.
-    let mut seal: SealFile = serde_json::from_slice(
-        entry(SEAL_ENTRY).ok_or_else(|| refused("the backup holds no seal.json"))?,
-    )
-    .map_err(|e| refused(format!("the backup's seal.json: {e}")))?;
-    if seal.set_id != d.set_id || seal.check != d.check {
-        return Err(refused(
-            "the backup's seal.json is of another set than its header",
-        ));
     }
-    seal.verify(&key)
-        .map_err(|e| refused(format!("the backup's seal.json: {e}")))?;
-    let keyring = seal
-        .open_keyring(&key)
-        .map_err(|e| refused(format!("the backup's seal.json: {e}")))?;
-    let rkey: &[u8; 32] = &keyring.registry_key;
 
-    std::fs::create_dir_all(&target.state_dir).map_err(io(&target.state_dir))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&target.state_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(io(&target.state_dir))?;
-    }
-    let scratch = tempfile::Builder::new()
-        .prefix(".restore-")
-        .tempdir_in(&target.state_dir)
-        .map_err(io(&target.state_dir))?;
-    // 4. The registry, verified where it will live (removed on refusal).
-    let db_path = target.state_dir.join(REGISTRY_ENTRY);
-    let cleanup = |e: BackupError| {
-        for f in [REGISTRY_ENTRY, "registry.db-wal", "registry.db-shm"] {
-            let _ = std::fs::remove_file(target.state_dir.join(f));
+    /// The seal file, of the header's set, its MAC verified.
+    fn seal(&self, header: &Header, key: &UnsealKey) -> Result<SealFile, BackupError> {
+        let d = &header.deployment;
+        let seal: SealFile = serde_json::from_slice(
+            self.get(SEAL_ENTRY)
+                .ok_or_else(|| refused("the backup holds no seal.json"))?,
+        )
+        .map_err(|e| refused(format!("the backup's seal.json: {e}")))?;
+        if seal.set_id != d.set_id || seal.check != d.check {
+            return Err(refused(
+                "the backup's seal.json is of another set than its header",
+            ));
         }
-        e
-    };
-    std::fs::write(
-        &db_path,
-        entry(REGISTRY_ENTRY).ok_or_else(|| refused("the backup holds no registry"))?,
-    )
-    .map_err(io(&db_path))?;
-    let registry = Registry::open(&db_path)
-        .map_err(|e| cleanup(refused(format!("the backup's registry: {e}"))))?;
-    let foreign = registry
-        .foreign_schema()
-        .map_err(|e| cleanup(refused(format!("the backup's registry: {e}"))))?;
-    if !foreign.is_empty() {
-        return Err(cleanup(refused(format!(
-            "the backup's registry has schema objects Keywarden never makes ({}): refused",
-            foreign.join(", ")
-        ))));
+        seal.verify(key)
+            .map_err(|e| refused(format!("the backup's seal.json: {e}")))?;
+        Ok(seal)
     }
-    let loaded = registry
-        .load_verified(rkey, None)
-        .map_err(|e| cleanup(refused(format!("the backup's registry: {e}"))))?;
-    if let Some(g) = &loaded.global {
-        return Err(cleanup(refused(format!(
-            "the backup's registry does not verify: {g}"
-        ))));
+
+    /// The registry, written where it will live and verified there: no
+    /// foreign schema, every record and the manifest under `rkey`, at the
+    /// header's generation.
+    fn registry(
+        &self,
+        state_dir: &Path,
+        header: &Header,
+        rkey: &[u8; 32],
+    ) -> Result<(Registry, crate::core::registry::Loaded), BackupError> {
+        let db_path = state_dir.join(REGISTRY_ENTRY);
+        std::fs::write(
+            &db_path,
+            self.get(REGISTRY_ENTRY)
+                .ok_or_else(|| refused("the backup holds no registry"))?,
+        )
+        .map_err(io(&db_path))?;
+        let bad = |e: &dyn std::fmt::Display| refused(format!("the backup's registry: {e}"));
+        let registry = Registry::open(&db_path).map_err(|e| bad(&e))?;
+        let foreign = registry.foreign_schema().map_err(|e| bad(&e))?;
+        if !foreign.is_empty() {
+            return Err(refused(format!(
+                "the backup's registry has schema objects Keywarden never makes ({}): refused",
+                foreign.join(", ")
+            )));
+        }
+        let loaded = registry.load_verified(rkey, None).map_err(|e| bad(&e))?;
+        if let Some(g) = &loaded.global {
+            return Err(refused(format!(
+                "the backup's registry does not verify: {g}"
+            )));
+        }
+        if let Some((k, what)) = loaded.tampered.first() {
+            return Err(refused(format!("the backup's registry: key {k}: {what}")));
+        }
+        if loaded.generation != header.generation {
+            return Err(refused(format!(
+                "the backup's registry is at generation {}, its header says {}",
+                loaded.generation, header.generation
+            )));
+        }
+        Ok((registry, loaded))
     }
-    if let Some((k, what)) = loaded.tampered.first() {
-        return Err(cleanup(refused(format!(
-            "the backup's registry: key {k}: {what}"
-        ))));
+
+    fn token_entries(&self) -> Vec<(&str, &[u8])> {
+        self.0
+            .iter()
+            .filter(|e| e.name.starts_with(token::ENTRY_PREFIX))
+            .map(|e| (e.name.as_str(), e.data.as_slice()))
+            .collect()
     }
-    if loaded.generation != header.generation {
-        return Err(cleanup(refused(format!(
-            "the backup's registry is at generation {}, its header says {}",
-            loaded.generation, header.generation
-        ))));
+}
+
+/// What the trail says happened after the backup.
+struct After {
+    /// Each key's newest record, from lines whose MAC verified.
+    latest: BTreeMap<[u8; 16], KeyRecord>,
+    /// The highest generation the lost host is known to have reached.
+    known_generation: u64,
+}
+
+impl After {
+    fn read(trail: Option<&Trail>, rkey: &[u8; 32], header: &Header) -> Result<Self, BackupError> {
+        let lines = trail.map(|t| t.lines.as_slice()).unwrap_or_default();
+        let entries = ledger::latest(lines, rkey, header.generation)
+            .map_err(|e| refused(format!("--replay-audit: {e}")))?;
+        let known_generation = entries
+            .values()
+            .map(|e| e.generation)
+            .max()
+            .unwrap_or(header.generation);
+        Ok(After {
+            latest: entries.into_iter().map(|(id, e)| (id, e.record)).collect(),
+            known_generation,
+        })
     }
-    // 5. The trail: every ledger line above the backup's generation.
-    let trail = if replay.is_empty() {
-        None
-    } else {
-        let audit_key = entry(AUDIT_KEY_ENTRY).ok_or_else(|| {
-            cleanup(refused("--replay-audit: the backup holds no audit signing key (taken before the first unseal)"))
-        })?;
-        Some(read_trail(&header, replay, audit_key, scratch.path()).map_err(cleanup)?)
-    };
-    let lines = trail
-        .as_ref()
-        .map(|t| t.lines.as_slice())
-        .unwrap_or_default();
-    let entries_after = ledger::latest(lines, rkey, header.generation)
-        .map_err(|e| cleanup(refused(format!("--replay-audit: {e}"))))?;
-    // The highest generation the lost host is known to have reached, from
-    // lines whose MAC verified only.
-    let known_generation = entries_after
-        .values()
-        .map(|e| e.generation)
-        .max()
-        .unwrap_or(header.generation);
-    let latest: BTreeMap<[u8; 16], KeyRecord> = entries_after
-        .into_iter()
-        .map(|(id, e)| (id, e.record))
-        .collect();
-    // The token store and the audit log's directory must be empty too
-    // (both may lie outside the state directory).
-    if !token::is_empty(&store) {
-        return Err(cleanup(refused(format!(
+}
+
+/// The token store and the audit log's directory must be empty too (both
+/// may lie outside the state directory); returns the log's directory.
+fn check_empty(
+    store: &token::TokenStore,
+    target: &Target,
+    header: &Header,
+    payload: &Payload<'_>,
+) -> Result<PathBuf, BackupError> {
+    if !token::is_empty(store) {
+        return Err(refused(format!(
             "the token's storage ({store:?}) is not empty: a restore never writes over a live token"
-        ))));
+        )));
     }
     let audit_dir = target
         .audit
@@ -365,103 +364,127 @@ pub fn restore(
         .parent()
         .unwrap_or(&target.state_dir)
         .to_path_buf();
-    if !audit_dir.starts_with(&target.state_dir) && !dir_is_empty(&audit_dir, &store) {
-        return Err(cleanup(refused(format!(
+    if !audit_dir.starts_with(&target.state_dir) && !dir_is_empty(&audit_dir, store) {
+        return Err(refused(format!(
             "the audit log's directory {} is not empty: a restore starts the restored deployment's log there",
             audit_dir.display()
-        ))));
-    }
-    if !header.token_files
-        && entries
-            .iter()
-            .any(|e| e.name.starts_with(token::ENTRY_PREFIX))
-    {
-        return Err(cleanup(refused(
-            "the backup's header says it holds no token, but it does",
         )));
     }
+    if !header.token_files && !payload.token_entries().is_empty() {
+        return Err(refused(
+            "the backup's header says it holds no token, but it does",
+        ));
+    }
+    Ok(audit_dir)
+}
 
-    // Everything verified: write. A failure from here on empties the
-    // target again (both were empty before), so the restore can be re-run.
-    let result = (|| -> Result<Report, BackupError> {
+/// Everything verified, what the writing steps share.
+struct Writing<'a> {
+    file: &'a [u8],
+    target: &'a Target,
+    header: &'a Header,
+    payload: &'a Payload<'a>,
+    store: &'a token::TokenStore,
+    key: &'a UnsealKey,
+    set_id: [u8; 4],
+    registry: &'a Registry,
+    backed_up: &'a [KeyRecord],
+    rkey: &'a [u8; 32],
+    trail: Option<&'a Trail>,
+    trail_files: usize,
+    now: i64,
+}
+
+impl Writing<'_> {
+    /// Writes the files and replays the trail on the token (6), writes
+    /// the seal file (7) and the restore's own record, the first of the
+    /// new log (8).
+    fn write(&self, mut seal: SealFile, after: After) -> Result<Report, BackupError> {
+        let header = self.header;
         let mut report = Report {
-            backup: hex::encode(Sha256::digest(file)),
+            backup: hex::encode(Sha256::digest(self.file)),
             backup_created_at: header.created_at,
             backup_generation: header.generation,
-            trail: trail
-                .as_ref()
-                .map(|t| (replay.len(), t.first_seq, t.last_seq)),
-            trail_ends: trail.as_ref().map(|t| t.last_time.clone()),
-            window: replay.is_empty(),
+            trail: self
+                .trail
+                .map(|t| (self.trail_files, t.first_seq, t.last_seq)),
+            trail_ends: self.trail.map(|t| t.last_time.clone()),
+            window: self.trail.is_none(),
             ..Report::default()
         };
-        let token_entries: Vec<(&str, &[u8])> = entries
-            .iter()
-            .filter(|e| e.name.starts_with(token::ENTRY_PREFIX))
-            .map(|e| (e.name.as_str(), e.data.as_slice()))
-            .collect();
-        report.token_files = token::put_back(&store, &token_entries)?;
-        if let Some(k) = entry(AUDIT_KEY_ENTRY) {
-            let dir = target.audit.file.parent().unwrap_or(&target.state_dir);
+        report.token_files = token::put_back(self.store, &self.payload.token_entries())?;
+        if let Some(k) = self.payload.get(AUDIT_KEY_ENTRY) {
+            let dir = self
+                .target
+                .audit
+                .file
+                .parent()
+                .unwrap_or(&self.target.state_dir);
             std::fs::create_dir_all(dir).map_err(io(dir))?;
             let p = dir.join(crate::audit::PUBLIC_KEY_FILE);
             std::fs::write(&p, k).map_err(io(&p))?;
         }
-
-        // 6. The token: log in with the set's PIN, replay, count.
-        let hsm = crate::hsm::pkcs11::Pkcs11Hsm::connect(
-            &target.module,
-            &target.token,
-            target.profile.clone(),
-            1,
-        )
-        .map_err(|e| refused(format!("the restored token: {e}")))?;
-        if header.token_files && hsm.token().serial != d.token_serial {
-            return Err(refused(format!(
-                "the restored token's serial is {:?}, the backup's {:?}",
-                hsm.token().serial,
-                d.token_serial
-            )));
-        }
-        hsm.login(&key.user_pin(&set_id)).map_err(|e| {
-            refused(format!(
-                "the token does not accept the PIN of set {}: {e} (for a hardware HSM, restore the vendor's backup of the token first)",
-                d.set_id
-            ))
-        })?;
-        let result = check_audit_key(&hsm, entry(AUDIT_KEY_ENTRY)).and_then(|()| {
-            replay_onto(
-                &hsm,
-                &registry,
-                rkey,
-                &loaded.keys,
-                latest,
-                target,
-                &header,
-                trail.as_ref(),
-                known_generation,
-                &mut report,
-            )
-        });
-        hsm.logout();
-        let audit = result?;
-
+        let audit = self.replay_on_token(after, &mut report)?;
         // 7. The seal file: a restore without the trail asks for acceptance.
         if report.window {
             seal.restore_window = Some(RestoreWindow {
                 backup: report.backup.clone(),
                 backup_created_at: header.created_at,
                 generation: header.generation,
-                restored_at: now,
+                restored_at: self.now,
             });
         }
-        seal.authenticate(&key)
+        seal.authenticate(self.key)
             .map_err(|e| BackupError::Io(format!("seal.json: {e}")))?;
-        SealStore::new(&target.state_dir)
+        SealStore::new(&self.target.state_dir)
             .save(&seal)
             .map_err(|e| BackupError::Io(format!("seal.json: {e}")))?;
+        self.record(&audit, &report)?;
+        Ok(report)
+    }
 
-        // 8. The restore's own record opens the new log.
+    /// 6. The token: log in with the set's PIN, prove the audit key, replay.
+    fn replay_on_token(&self, after: After, report: &mut Report) -> Result<Audit, BackupError> {
+        let d = &self.header.deployment;
+        let hsm = crate::hsm::pkcs11::Pkcs11Hsm::connect(
+            &self.target.module,
+            &self.target.token,
+            self.target.profile.clone(),
+            1,
+        )
+        .map_err(|e| refused(format!("the restored token: {e}")))?;
+        if self.header.token_files && hsm.token().serial != d.token_serial {
+            return Err(refused(format!(
+                "the restored token's serial is {:?}, the backup's {:?}",
+                hsm.token().serial,
+                d.token_serial
+            )));
+        }
+        hsm.login(&self.key.user_pin(&self.set_id)).map_err(|e| {
+            refused(format!(
+                "the token does not accept the PIN of set {}: {e} (for a hardware HSM, restore the vendor's backup of the token first)",
+                d.set_id
+            ))
+        })?;
+        let replay = Replay {
+            hsm: &hsm,
+            registry: self.registry,
+            rkey: self.rkey,
+            backed_up: self.backed_up,
+            target: self.target,
+            header: self.header,
+            trail: self.trail,
+            known_generation: after.known_generation,
+        };
+        let result = check_audit_key(&hsm, self.payload.get(AUDIT_KEY_ENTRY))
+            .and_then(|()| replay.run(after.latest, report));
+        hsm.logout();
+        result
+    }
+
+    /// 8. The restore's own record opens the new log.
+    fn record(&self, audit: &Audit, report: &Report) -> Result<(), BackupError> {
+        let header = self.header;
         let detail = json!({
             "backup": report.backup,
             "backup_created_at": header.created_at,
@@ -480,15 +503,8 @@ pub fn restore(
         audit
             .record(Event::new(EventKind::Restore, Outcome::Ok, detail).fields())
             .map_err(|e| BackupError::Audit(e.to_string()))?;
-        Ok(report)
-    })();
-    if result.is_err() {
-        undo(&target.state_dir, &store);
-        if !audit_dir.starts_with(&target.state_dir) {
-            undo(&audit_dir, &token::TokenStore::Vendor(String::new()));
-        }
+        Ok(())
     }
-    result
 }
 
 /// Empties what a failed restore wrote: the state directory's contents and
@@ -523,155 +539,11 @@ fn undo(state_dir: &Path, store: &token::TokenStore) {
     }
 }
 
-/// The backup's audit signing key must be the restored token's own: a
-/// backup assembled by someone who read `seal.json` could carry another
-/// key, under which a trail of their making would verify. The token signs a
-/// random challenge with its private key (never made here: a token without
-/// one fails), and the signature must verify under the backup's key.
-fn check_audit_key(hsm: &dyn Hsm, backed_up: Option<&[u8]>) -> Result<(), BackupError> {
-    use p256::ecdsa::signature::hazmat::PrehashVerifier;
-    let Some(text) = backed_up else {
-        return Ok(());
-    };
-    let refuse = || {
-        refused("the backup's audit signing key is not the restored token's: the backup was altered or assembled from another deployment")
-    };
-    let point = hex::decode(String::from_utf8_lossy(text).trim()).map_err(|_| refuse())?;
-    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| refuse())?;
-    let mut challenge = [0u8; 32];
-    getrandom::fill(&mut challenge)
-        .map_err(|e| BackupError::Io(format!("OS random generator: {e}")))?;
-    let sig = hsm
-        .sign_digest(&challenge)
-        .map_err(|e| BackupError::Token(format!("the token's audit signing key: {e}")))?;
-    let sig = p256::ecdsa::Signature::from_slice(&sig).map_err(|_| refuse())?;
-    key.verify_prehash(&challenge, &sig).map_err(|_| refuse())
-}
-
-/// How far the restored generation jumps above the highest generation the
-/// lost host is known to have reached: above anything it can have reached
-/// after the trail ends (or after the backup, without a trail), so that no
-/// copy of its registry passes the witnesses afterwards.
-const GENERATION_JUMP: u64 = 1 << 32;
-
-/// The replay proper, logged in. Returns the new audit log, which continues
-/// the trail's hash chain (or, without one, the backup's chain head), so a
-/// later restore can verify the old trail and the new log as one.
-#[allow(clippy::too_many_arguments)]
-fn replay_onto(
-    hsm: &dyn Hsm,
-    registry: &Registry,
-    rkey: &[u8; 32],
-    backed_up: &[KeyRecord],
-    latest: BTreeMap<[u8; 16], KeyRecord>,
-    target: &Target,
-    header: &Header,
-    trail: Option<&Trail>,
-    known_generation: u64,
-    report: &mut Report,
-) -> Result<Audit, BackupError> {
-    let hsm_err = |what: &str, e: HsmError| BackupError::Token(format!("{what}: {e}"));
-    let on_token: BTreeSet<[u8; 16]> = hsm
-        .list_cmks()
-        .map_err(|e| hsm_err("listing the token's keys", e))?
-        .into_iter()
-        .map(|o| o.id.0)
-        .collect();
-    // The restored generation starts far above every generation the lost
-    // host is known to have reached (the trail's verified lines, the HSM
-    // counter's), since a forwarded trail lags the host: copies of its
-    // registry, and ledger lines of the lost history, rank below
-    // everything the restored deployment writes.
-    let counter = hsm
-        .read_counter(REGISTRY_COUNTER_LABEL)
-        .map_err(|e| hsm_err("reading the generation counter", e))?
-        .unwrap_or(0)
-        .min(ledger::MAX_GENERATION);
-    let base = known_generation
-        .max(counter)
-        .max(header.generation)
-        .saturating_add(GENERATION_JUMP);
-    registry
-        .reseal(rkey, base, &[])
-        .map_err(|e| BackupError::Io(format!("registry: {e}")))?;
-    let resume = match (trail, &header.chain_head) {
-        (Some(t), _) => Some((t.last_seq, t.last_hash.clone())),
-        (None, Some(h)) => Some((h.seq, h.hash.clone())),
-        (None, None) => None,
-    };
-    let audit = Audit::open_after(target.audit.clone(), resume)
-        .map_err(|e| BackupError::Audit(e.to_string()))?;
-    // The jump, as a ledger line: a later acknowledgement that reads this
-    // log back sees these generations accounted for.
-    audit
-        .record_ledger(super::fold::reseal(header.generation, base, rkey))
-        .map_err(|e| BackupError::Audit(e.to_string()))?;
-    audit.note_registry_generation(registry.generation());
-    let old: BTreeMap<[u8; 16], &KeyRecord> = backed_up.iter().map(|r| (r.id, r)).collect();
-    for (id, rec) in latest {
-        let before = old.get(&id).copied();
-        let Some(rec) = ledger::fit_to_token(rec, before.is_some(), &on_token, &mut report.lost)
-        else {
-            continue;
-        };
-        if before == Some(&rec) {
-            continue;
-        }
-        // Destroyed versions lose their token objects now, before anything
-        // could serve them.
-        for v in &rec.versions {
-            let destroyed = v.state == VersionState::Destroyed || rec.state == KeyState::Destroyed;
-            if destroyed && on_token.contains(&v.hsm_id.0) {
-                match hsm.destroy_cmk(&v.hsm_id) {
-                    Ok(()) | Err(HsmError::ObjectNotFound(_)) => report.destroyed_on_token.push(
-                        format!("{}/v{} ({})", rec.name, v.version, v.hsm_id.to_hex()),
-                    ),
-                    Err(e) => return Err(hsm_err("destroying a destroyed key's object", e)),
-                }
-            }
-        }
-        if let Some(what) = ledger::describe_change(before, &rec) {
-            report.replayed.push(what);
-        }
-        let next = registry.generation() + 1;
-        audit
-            .record_ledger(
-                ledger::line(&rec, next, rkey).map_err(|e| BackupError::Io(e.to_string()))?,
-            )
-            .map_err(|e| BackupError::Audit(e.to_string()))?;
-        registry
-            .put(&rec, rkey, before.is_none())
-            .map_err(|e| BackupError::Io(format!("registry: {e}")))?;
-        audit.note_registry_generation(registry.generation());
-    }
-    // What the registry now names that the token lacks.
-    let now = registry
-        .load_verified(rkey, None)
-        .map_err(|e| BackupError::Io(format!("registry: {e}")))?;
-    report.keys = now.keys.len();
-    for r in &now.keys {
-        for v in &r.versions {
-            let usable = !matches!(v.state, VersionState::Destroyed);
-            if usable && r.state != KeyState::Destroyed && !on_token.contains(&v.hsm_id.0) {
-                report.missing_on_token.push(format!(
-                    "{}/v{} ({})",
-                    r.name,
-                    v.version,
-                    v.hsm_id.to_hex()
-                ));
-            }
-        }
-    }
-    let generation = registry.generation();
-    hsm.write_counter(REGISTRY_COUNTER_LABEL, generation)
-        .map_err(|e| hsm_err("writing the generation counter", e))?;
-    report.generation = generation;
-    Ok(audit)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::model::{KeyState, VersionState};
+    use std::collections::BTreeSet;
 
     fn rec(versions: &[(u32, u8, VersionState)]) -> KeyRecord {
         KeyRecord::sample("patients", 1, versions)
