@@ -265,9 +265,13 @@ impl Seal {
                 user: old_user,
                 so: old_so,
             };
-            self.commit_rekey(
-                hsm, &mut inner, &id, &old, &new_key, new_set, shares, threshold,
-            )?;
+            let new = NewSet {
+                key: &new_key,
+                set: new_set,
+                shares,
+                threshold,
+            };
+            self.commit_rekey(hsm, &mut inner, &id, &old, &new)?;
             Ok(ShareProgress {
                 received,
                 threshold,
@@ -276,18 +280,15 @@ impl Seal {
             })
         })
     }
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn commit_rekey(
         &self,
         hsm: &dyn Hsm,
         inner: &mut Inner,
         id: &str,
         old: &OldPins,
-        new_key: &UnsealKey,
-        new_set: [u8; 4],
-        shares: u8,
-        threshold: u8,
+        new: &NewSet<'_>,
     ) -> SealResult<()> {
+        let (new_key, new_set) = (new.key, new.set);
         let current = inner.current.clone().ok_or(SealError::NotInitialized)?;
         let State::Unsealed { keyring, .. } = &inner.state else {
             return Err(SealError::Sealed {
@@ -298,8 +299,8 @@ impl Seal {
         let file = SealFile::new(
             new_key,
             new_set,
-            shares,
-            threshold,
+            new.shares,
+            new.threshold,
             keyring,
             self.clock.now_secs(),
         )
@@ -376,4 +377,12 @@ impl Seal {
         );
         Ok(())
     }
+}
+
+/// The set a rekey commits: its unseal key, id, shares and threshold.
+pub(super) struct NewSet<'a> {
+    pub key: &'a UnsealKey,
+    pub set: [u8; 4],
+    pub shares: u8,
+    pub threshold: u8,
 }

@@ -96,6 +96,14 @@ impl Lease {
     }
 }
 
+/// A data key just fetched for encryption: the key, its blob under each
+/// key asked for, and those keys' ids.
+pub(crate) struct Fetched {
+    pub key: DataKey,
+    pub blobs: Vec<Vec<u8>>,
+    pub key_ids: Vec<String>,
+}
+
 /// Taken before a daemon call that fetches a key for the cache: if any key
 /// changes (or the stream drops) before the answer is stored, it is not.
 #[derive(Debug, Clone, Copy)]
@@ -287,17 +295,19 @@ impl Cache {
     /// one message of `bytes`). Stored, and leased, only if the cache is
     /// live and no key changed since `ticket`; otherwise `Err` gives the
     /// key back for this one message, uncached.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn put_encrypt(
         self: &Arc<Self>,
         ticket: Ticket,
         keys: &[&str],
         ctx: &[u8],
         bytes: u64,
-        key: DataKey,
-        blobs: Vec<Vec<u8>>,
-        key_ids: Vec<String>,
+        fetched: Fetched,
     ) -> Result<Lease, (DataKey, Vec<Vec<u8>>)> {
+        let Fetched {
+            key,
+            blobs,
+            key_ids,
+        } = fetched;
         let mut s = self.lock();
         if !self.is_live(&s) || s.changes != ticket.changes || bytes > self.config.max_bytes {
             return Err((key, blobs));
@@ -506,8 +516,18 @@ mod tests {
 
     fn put_e(c: &Arc<Cache>, k: &str, ctx: &[u8], bytes: u64, id: &str) -> Option<Lease> {
         let t = c.ticket();
-        c.put_encrypt(t, &[k], ctx, bytes, key(), vec![vec![1]], vec![id.into()])
-            .ok()
+        c.put_encrypt(
+            t,
+            &[k],
+            ctx,
+            bytes,
+            Fetched {
+                key: key(),
+                blobs: vec![vec![1]],
+                key_ids: vec![id.into()],
+            },
+        )
+        .ok()
     }
 
     fn put_d(c: &Arc<Cache>, blob: &[u8], id: &str) -> Option<Lease> {
@@ -583,7 +603,17 @@ mod tests {
         let t = c.ticket();
         c.reset();
         assert!(c
-            .put_encrypt(t, &["k"], b"ctx", 1, key(), vec![], vec!["id-k".into()])
+            .put_encrypt(
+                t,
+                &["k"],
+                b"ctx",
+                1,
+                Fetched {
+                    key: key(),
+                    blobs: vec![],
+                    key_ids: vec!["id-k".into()],
+                },
+            )
             .is_err());
     }
 

@@ -122,15 +122,12 @@ impl Client {
         }
         let (key, blobs) = match (&self.cache, ticket, bytes) {
             (Some(cache), Some(ticket), Some(bytes)) => {
-                match cache.put_encrypt(
-                    ticket,
-                    keys,
-                    &ctx_bytes,
-                    bytes,
-                    first.plaintext,
+                let fetched = crate::cache::Fetched {
+                    key: first.plaintext,
                     blobs,
-                    ids,
-                ) {
+                    key_ids: ids,
+                };
+                match cache.put_encrypt(ticket, keys, &ctx_bytes, bytes, fetched) {
                     Ok(lease) => {
                         return Ok(Material {
                             key: lease.key.clone(),
