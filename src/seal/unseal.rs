@@ -36,58 +36,8 @@ impl Seal {
                 State::Sealed { .. } => {}
             }
             self.expire(&mut inner);
-            let parsed = share::parse(text).map_err(|e| {
-                self.note(
-                    EventKind::UnsealShare,
-                    Outcome::Refused,
-                    json!({"reason": e.to_string()}),
-                );
-                SealError::BadShare(e)
-            })?;
-            let got = hex::encode(parsed.set_id);
-            if !starting && !Self::knows_set(&inner, &got) {
-                self.refresh(&mut inner)?;
-            }
-            let file = [inner.current.as_ref(), inner.pending.as_ref()]
-                .into_iter()
-                .flatten()
-                .find(|f| f.set_id == got)
-                .cloned();
-            let Some(file) = file else {
-                let want = inner
-                    .current
-                    .as_ref()
-                    .map(|f| f.set_id.clone())
-                    .unwrap_or_default();
-                self.note(
-                    EventKind::UnsealShare,
-                    Outcome::Refused,
-                    json!({"reason": "other share set", "share_set": got}),
-                );
-                return Err(SealError::WrongSet { got, want });
-            };
-            if let (Some(w), false) = (&file.restore_window, accept_restore_window) {
-                self.note(
-                    EventKind::UnsealShare,
-                    Outcome::Refused,
-                    json!({"reason": "restore window not accepted", "index": parsed.bytes.index, "backup": w.backup}),
-                );
-                return Err(SealError::RestoreWindowNotAccepted {
-                    backup_time: w.backup_created_at,
-                });
-            }
-            if parsed.threshold != file.threshold {
-                self.note(
-                    EventKind::UnsealShare,
-                    Outcome::Refused,
-                    json!({"reason": "threshold mismatch", "index": parsed.bytes.index}),
-                );
-                return Err(SealError::WrongThreshold {
-                    got: parsed.threshold,
-                    want: file.threshold,
-                    set_id: file.set_id.clone(),
-                });
-            }
+            let (parsed, file) =
+                self.share_and_file(&mut inner, text, starting, accept_restore_window)?;
             let started = self.clock.monotonic();
             let State::Sealed { progress: slot, .. } = &mut inner.state else {
                 return Err(SealError::AlreadyUnsealed);
@@ -130,79 +80,7 @@ impl Seal {
                 });
             }
 
-            // Threshold reached. In a cluster, the ceremony lock is held
-            // from here to the end (no other node's rekey commit between
-            // this login and what it settles), and the files are read again
-            // under it. If that fails, this last share is handed back (the
-            // others are kept): submitted again, it completes the quorum.
-            let locked = match self.store.lock() {
-                Ok(l) => self.refresh(&mut inner).map(|()| l),
-                Err(e) => Err(SealError::Storage(e)),
-            };
-            let _lock = match locked {
-                Ok(l) => l,
-                Err(e) => {
-                    if let State::Sealed {
-                        progress: Some(p), ..
-                    } = &mut inner.state
-                    {
-                        p.shares.pop();
-                    }
-                    self.note(
-                        EventKind::UnsealShare,
-                        Outcome::Refused,
-                        json!({"reason": e.to_string(), "index": index}),
-                    );
-                    return Err(e);
-                }
-            };
-            if !Self::knows_set(&inner, &file.set_id) {
-                // Another node committed a rekey while these were gathered:
-                // not one login attempt is spent on PINs the token dropped.
-                let want = inner
-                    .current
-                    .as_ref()
-                    .map(|f| f.set_id.clone())
-                    .unwrap_or_default();
-                if let State::Sealed { progress, .. } = &mut inner.state {
-                    *progress = None;
-                }
-                self.note(
-                    EventKind::Unseal,
-                    Outcome::Refused,
-                    json!({"reason": "share set replaced by a rekey on another node", "set_id": file.set_id}),
-                );
-                return Err(SealError::WrongSet {
-                    got: file.set_id,
-                    want,
-                });
-            }
-            // As the cluster has it now (a settled field, say).
-            let file = [inner.current.as_ref(), inner.pending.as_ref()]
-                .into_iter()
-                .flatten()
-                .find(|f| f.set_id == file.set_id)
-                .cloned()
-                .unwrap_or(file);
-            // Whatever happens next, the shares are dropped; the
-            // provisioning PINs (if init is pending) stay unless they were
-            // used.
-            let State::Sealed {
-                progress,
-                init_pins,
-            } = std::mem::replace(&mut inner.state, State::sealed())
-            else {
-                return Err(SealError::Internal("state changed under the lock"));
-            };
-            let Some(progress) = progress else {
-                return Err(SealError::Internal("progress vanished"));
-            };
-            let mut pins = init_pins;
-            let opened = self.open_with_quorum(hsm, &mut inner, file, progress, &mut pins);
-            if let State::Sealed { init_pins, .. } = &mut inner.state {
-                *init_pins = pins;
-            }
-            let set_id = opened?;
+            let set_id = self.quorum_reached(hsm, &mut inner, file, index)?;
             Ok(ShareProgress {
                 received,
                 threshold,
@@ -210,6 +88,156 @@ impl Seal {
                 complete: true,
             })
         })
+    }
+
+    /// Parses a share and finds the seal file of its set: refused (and
+    /// noted) if it does not parse, is of no set this daemon knows, comes
+    /// without accepting a restore window, or names another threshold.
+    fn share_and_file(
+        &self,
+        inner: &mut Inner,
+        text: &str,
+        starting: bool,
+        accept_restore_window: bool,
+    ) -> SealResult<(share::Share, SealFile)> {
+        let parsed = share::parse(text).map_err(|e| {
+            self.note(
+                EventKind::UnsealShare,
+                Outcome::Refused,
+                json!({"reason": e.to_string()}),
+            );
+            SealError::BadShare(e)
+        })?;
+        let got = hex::encode(parsed.set_id);
+        if !starting && !Self::knows_set(inner, &got) {
+            self.refresh(inner)?;
+        }
+        let file = [inner.current.as_ref(), inner.pending.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|f| f.set_id == got)
+            .cloned();
+        let Some(file) = file else {
+            let want = inner
+                .current
+                .as_ref()
+                .map(|f| f.set_id.clone())
+                .unwrap_or_default();
+            self.note(
+                EventKind::UnsealShare,
+                Outcome::Refused,
+                json!({"reason": "other share set", "share_set": got}),
+            );
+            return Err(SealError::WrongSet { got, want });
+        };
+        if let (Some(w), false) = (&file.restore_window, accept_restore_window) {
+            self.note(
+                EventKind::UnsealShare,
+                Outcome::Refused,
+                json!({"reason": "restore window not accepted", "index": parsed.bytes.index, "backup": w.backup}),
+            );
+            return Err(SealError::RestoreWindowNotAccepted {
+                backup_time: w.backup_created_at,
+            });
+        }
+        if parsed.threshold != file.threshold {
+            self.note(
+                EventKind::UnsealShare,
+                Outcome::Refused,
+                json!({"reason": "threshold mismatch", "index": parsed.bytes.index}),
+            );
+            return Err(SealError::WrongThreshold {
+                got: parsed.threshold,
+                want: file.threshold,
+                set_id: file.set_id.clone(),
+            });
+        }
+        Ok((parsed, file))
+    }
+
+    /// The threshold is reached: under the ceremony lock (in a cluster),
+    /// with the files read again, the quorum opens the token. `index` is
+    /// the last share's, handed back if the lock cannot be taken.
+    fn quorum_reached(
+        &self,
+        hsm: &dyn Hsm,
+        inner: &mut Inner,
+        file: SealFile,
+        index: u8,
+    ) -> SealResult<String> {
+        // Threshold reached. In a cluster, the ceremony lock is held
+        // from here to the end (no other node's rekey commit between
+        // this login and what it settles), and the files are read again
+        // under it. If that fails, this last share is handed back (the
+        // others are kept): submitted again, it completes the quorum.
+        let locked = match self.store.lock() {
+            Ok(l) => self.refresh(inner).map(|()| l),
+            Err(e) => Err(SealError::Storage(e)),
+        };
+        let _lock = match locked {
+            Ok(l) => l,
+            Err(e) => {
+                if let State::Sealed {
+                    progress: Some(p), ..
+                } = &mut inner.state
+                {
+                    p.shares.pop();
+                }
+                self.note(
+                    EventKind::UnsealShare,
+                    Outcome::Refused,
+                    json!({"reason": e.to_string(), "index": index}),
+                );
+                return Err(e);
+            }
+        };
+        if !Self::knows_set(inner, &file.set_id) {
+            // Another node committed a rekey while these were gathered:
+            // not one login attempt is spent on PINs the token dropped.
+            let want = inner
+                .current
+                .as_ref()
+                .map(|f| f.set_id.clone())
+                .unwrap_or_default();
+            if let State::Sealed { progress, .. } = &mut inner.state {
+                *progress = None;
+            }
+            self.note(
+                EventKind::Unseal,
+                Outcome::Refused,
+                json!({"reason": "share set replaced by a rekey on another node", "set_id": file.set_id}),
+            );
+            return Err(SealError::WrongSet {
+                got: file.set_id,
+                want,
+            });
+        }
+        // As the cluster has it now (a settled field, say).
+        let file = [inner.current.as_ref(), inner.pending.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|f| f.set_id == file.set_id)
+            .cloned()
+            .unwrap_or(file);
+        // Whatever happens next, the shares are dropped; the
+        // provisioning PINs (if init is pending) stay unless they were
+        // used.
+        let State::Sealed {
+            progress,
+            init_pins,
+        } = std::mem::replace(&mut inner.state, State::sealed())
+        else {
+            return Err(SealError::Internal("state changed under the lock"));
+        };
+        let Some(progress) = progress else {
+            return Err(SealError::Internal("progress vanished"));
+        };
+        let mut pins = init_pins;
+        let opened = self.open_with_quorum(hsm, inner, file, progress, &mut pins);
+        if let State::Sealed { init_pins, .. } = &mut inner.state {
+            *init_pins = pins;
+        }
+        opened
     }
 
     /// Reconstructs the unseal key from a full quorum, verifies the seal

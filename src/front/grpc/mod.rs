@@ -9,6 +9,7 @@ pub mod datakey;
 pub mod keys;
 pub mod mac;
 pub mod operator;
+mod report;
 mod server;
 pub mod status;
 

@@ -6,10 +6,9 @@ use crate::audit::{EventKind, Outcome};
 use tonic::{Request, Response, Status};
 use zeroize::Zeroize;
 
-use super::Ctx;
+use super::{report, Ctx};
 use crate::core::CoreError;
 use crate::gate::Call;
-use crate::guard::PolicySource;
 use crate::policy::Action;
 use crate::proto::{self, operator_service_server::OperatorService};
 use crate::seal::{IssuedShare, ShareSpec};
@@ -272,151 +271,19 @@ impl OperatorService for OperatorApi {
             .ctx
             .finish_best_effort(&call, self.ctx.run(&call, |c| c.status()).await)
             .await?;
-        let (audit_health, audit_detail) = match self.ctx.gate.guard().audit.health() {
-            _ if self.ctx.gate.guard().audit_disabled => (
-                "DISABLED".to_string(),
-                "benchmark mode: requests are not audited".to_string(),
-            ),
-            Ok(()) => ("ok".to_string(), String::new()),
-            Err(e) => ("unavailable".to_string(), e.to_string()),
-        };
-        let break_glass = self
-            .ctx
-            .gate
-            .guard()
-            .active_break_glass()
-            .iter()
-            .map(|g| {
-                let j = crate::guard::break_glass_json(g);
-                proto::BreakGlassGrant {
-                    uid: g.uid,
-                    principal: g.principal.clone(),
-                    key: g.key.clone(),
-                    reason: g.reason.clone(),
-                    granted_at: j["granted_at"].as_i64().unwrap_or(0),
-                    expires_at: j["expires_at"].as_i64().unwrap_or(0),
-                }
-            })
-            .collect();
-        let policy = match self.ctx.gate.guard().source() {
-            PolicySource::File(p) => format!("file {}", p.display()),
-            PolicySource::OpenDev => "open-dev (every local user has every role)".to_string(),
-        };
-        let conns = self.ctx.connections.stats();
-        let disk = self.ctx.gate.guard().audit.disk_space();
-        let caller = format!(
-            "uid {} gid {} pid {} exe {} principal {:?} role {}",
-            call.caller().identity.uid,
-            call.caller().identity.gid,
-            call.caller().identity.pid,
-            call.caller().identity.exe,
-            call.principal(),
-            call.role()
-        );
-        let (hsm_health, hsm_detail) = match s.hsm_health {
-            Ok(()) => ("ok".to_string(), String::new()),
-            Err(e) => ("unavailable".to_string(), e.to_string()),
-        };
-        let rekey = s.seal.rekey.clone();
+        let guard = self.ctx.gate.guard();
         // Key names and the forwarder's target only for the roles that may
         // list keys (an app sees the daemon's health, not the key table).
         let sees_keys = matches!(call.role(), "admin" | "auditor");
-        Ok(Response::new(proto::StatusResponse {
-            version: s.version.to_string(),
-            hsm_health,
-            hsm_detail,
-            token: Some(proto::TokenStatus {
-                label: s.token.label,
-                serial: s.token.serial,
-                manufacturer: s.token.manufacturer,
-                model: s.token.model,
-                profile: s.profile,
-                session_key_copies: s.session_copies,
-                session_pool_size: s.pool_size as u32,
-            }),
-            key_count: s.key_count,
-            drift: Some(proto::DriftReport {
-                missing_on_token: s.drift.missing_on_token,
-                orphaned_on_token: s.drift.orphaned_on_token,
-                repaired: s.drift.repaired,
-            }),
-            sealed: s.seal.phase != crate::seal::Phase::Unsealed,
-            started_at: s.started_at,
-            seal: Some(proto::SealStatus {
-                phase: s.seal.phase.as_str().to_string(),
-                set_id: s.seal.set_id,
-                shares: s.seal.shares.into(),
-                threshold: s.seal.threshold.into(),
-                received: s.seal.received as u32,
-                rekey_id: rekey.as_ref().map(|r| r.id.clone()).unwrap_or_default(),
-                rekey_phase: rekey
-                    .as_ref()
-                    .map(|r| r.phase.to_string())
-                    .unwrap_or_default(),
-                rekey_received: rekey.as_ref().map(|r| r.received as u32).unwrap_or(0),
-                rekey_threshold: rekey.as_ref().map(|r| r.threshold.into()).unwrap_or(0),
-                interrupted_rekey: s.seal.interrupted_rekey,
-                init_pending: s.seal.init_pending,
-            }),
-            audit_health,
-            audit_detail,
-            break_glass,
-            policy,
-            caller,
-            hardening: crate::server::hardening::report(),
-            connections_open: conns.open as u64,
-            connections_refused: conns.refused,
-            connections_timed_out: conns.timed_out,
-            dev_mode: self.ctx.dev_mode,
-            audit_forward: sees_keys
-                .then(|| self.ctx.gate.guard().audit.forward_status())
-                .flatten()
-                .map(|f| proto::AuditForwardStatus {
-                    target: f.target,
-                    connected: f.connected,
-                    sent: f.sent,
-                    dropped: f.dropped,
-                    errors: f.errors,
-                    queued: f.queued,
-                    lag_seconds: f.lag_seconds,
-                    last_error: f.last_error.unwrap_or_default(),
-                    last_drop: f.last_drop.unwrap_or(0),
-                    dropped_alerts: f.dropped_alerts,
-                }),
-            audit_disk_free_bytes: disk.map(|d| d.free).unwrap_or(0),
-            audit_disk_size_bytes: disk.map(|d| d.size).unwrap_or(0),
-            audit_disk_low: disk.is_some_and(|d| d.low()),
-            key_attention: s
-                .attention
-                .iter()
-                .filter(|_| sees_keys)
-                .map(|a| {
-                    use crate::core::AttentionReason as R;
-                    let mut p = proto::KeyAttention {
-                        key: a.key.clone(),
-                        version: a.version,
-                        ..Default::default()
-                    };
-                    match a.reason {
-                        R::EncryptionLimit { used, hard_limit } => {
-                            p.reason = "encryption_limit".into();
-                            p.encryptions = used;
-                            p.hard_limit = hard_limit;
-                        }
-                        R::DestructionDue { at } => {
-                            p.reason = "destruction_due".into();
-                            p.due_at = at;
-                        }
-                    }
-                    p
-                })
-                .collect(),
-            registry_tampering: s
-                .tampering
-                .iter()
-                .map(|(k, w)| format!("{k}: {w}"))
-                .collect(),
-        }))
+        let mut reply = report::core_status(s, sees_keys);
+        report::add_guard(&mut reply, guard, sees_keys);
+        let conns = self.ctx.connections.stats();
+        reply.connections_open = conns.open as u64;
+        reply.connections_refused = conns.refused;
+        reply.connections_timed_out = conns.timed_out;
+        reply.dev_mode = self.ctx.dev_mode;
+        reply.caller = report::caller(&call);
+        Ok(Response::new(reply))
     }
 
     async fn ping(
