@@ -465,4 +465,172 @@ mod tests {
         let raw: RawLimits = toml::from_str("watch_streams_per_uid = 3").unwrap();
         assert_eq!(raw.parse().unwrap().watch_streams_per_uid, 3);
     }
+
+    #[test]
+    fn zero_is_refused_for_every_field_and_absent_fields_take_defaults() {
+        for field in [
+            "audit_hash_per_minute",
+            "audit_bytes_per_second",
+            "audit_bytes_burst",
+            "watch_streams_per_uid",
+            "backups_per_hour",
+            "refusal_audit_interval_secs",
+        ] {
+            let raw: RawLimits = toml::from_str(&format!("{field} = 0")).unwrap();
+            let e = raw.parse().unwrap_err();
+            assert_eq!(e.field, field);
+            assert_eq!(e.to_string(), format!("limits.{field}: must be at least 1"));
+        }
+        let raw: RawLimits = toml::from_str("").unwrap();
+        assert_eq!(raw.parse().unwrap(), LimitsConfig::default());
+        let raw: RawLimits =
+            toml::from_str("refusal_audit_interval_secs = 5\nbackups_per_hour = 1").unwrap();
+        let cfg = raw.parse().unwrap();
+        assert_eq!(cfg.refusal_audit_interval, Duration::from_secs(5));
+        assert_eq!(cfg.backups_per_hour, 1);
+        assert_eq!(cfg.audit_hash_per_minute, 120);
+    }
+
+    #[test]
+    fn audit_bytes_burst_must_be_at_least_one_mib() {
+        let raw: RawLimits = toml::from_str("audit_bytes_burst = 1048575").unwrap();
+        let e = raw.parse().unwrap_err();
+        assert_eq!(e.field, "audit_bytes_burst");
+        assert!(e.reason.contains("1 MiB"), "{e}");
+        let raw: RawLimits = toml::from_str("audit_bytes_burst = 1048576").unwrap();
+        assert_eq!(raw.parse().unwrap().audit_bytes_burst, 1 << 20);
+    }
+
+    #[test]
+    fn refusals_are_audited_once_per_interval_for_each_uid_and_limit() {
+        // A request for more than the bucket holds is always refused.
+        let (l, clock) = limits(LimitsConfig {
+            audit_hash_per_minute: 1,
+            backups_per_hour: 1,
+            refusal_audit_interval: Duration::from_secs(60),
+            ..LimitsConfig::default()
+        });
+        let first = l.take(1, Limit::AuditHash, 2).unwrap_err();
+        assert!(first.audit);
+        assert_eq!(first.since_last_audited, 0);
+        assert_eq!(first.limit, Limit::AuditHash);
+        clock.advance(Duration::from_secs(59));
+        assert!(!l.take(1, Limit::AuditHash, 2).unwrap_err().audit);
+        // Another uid, and another limit of the same uid, are not held back.
+        assert!(l.take(2, Limit::AuditHash, 2).unwrap_err().audit);
+        let b = l.take(1, Limit::Backups, 2).unwrap_err();
+        assert!(b.audit);
+        assert!(b.message.contains("(1 an hour)"), "{}", b.message);
+        // Exactly one interval after the last audited one: audited again,
+        // with the one that was not.
+        clock.advance(Duration::from_secs(1));
+        let again = l.take(1, Limit::AuditHash, 2).unwrap_err();
+        assert!(again.audit);
+        assert_eq!(again.since_last_audited, 1);
+        // ...and the count starts over.
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(
+            l.take(1, Limit::AuditHash, 2)
+                .unwrap_err()
+                .since_last_audited,
+            0
+        );
+    }
+
+    #[test]
+    fn every_refusal_is_counted_in_the_metrics_audited_or_not() {
+        let metrics = Arc::new(crate::metrics::Metrics::new(false));
+        let clock = Arc::new(ManualClock::at(1_800_000_000));
+        let cfg = LimitsConfig {
+            audit_hash_per_minute: 2,
+            watch_streams_per_uid: 1,
+            ..LimitsConfig::default()
+        };
+        let l = Arc::new(Limits::new(cfg, clock).with_metrics(metrics.clone()));
+        l.take(3, Limit::AuditHash, 2).unwrap();
+        for _ in 0..3 {
+            l.take(3, Limit::AuditHash, 1).unwrap_err();
+        }
+        let _slot = l.watch(3).unwrap();
+        assert!(l.watch(3).is_err());
+        let text = metrics.render(&crate::metrics::Snapshot::default());
+        assert!(
+            text.contains("keywarden_limit_refusals_total{limit=\"audit_hash\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("keywarden_limit_refusals_total{limit=\"watch_streams\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("limit=\"backups\""), "{text}");
+    }
+
+    #[test]
+    fn backups_refill_at_the_hourly_rate_and_a_refusal_takes_nothing() {
+        // Two an hour: one comes back every 1800 s.
+        let (l, clock) = limits(LimitsConfig {
+            backups_per_hour: 2,
+            ..LimitsConfig::default()
+        });
+        assert!(l.take(4, Limit::Backups, 3).is_err());
+        l.take(4, Limit::Backups, 2).unwrap();
+        assert!(l.take(4, Limit::Backups, 1).is_err());
+        clock.advance(Duration::from_secs(1799));
+        assert!(l.take(4, Limit::Backups, 1).is_err());
+        clock.advance(Duration::from_secs(2));
+        l.take(4, Limit::Backups, 1).unwrap();
+        assert!(l.take(4, Limit::Backups, 1).is_err());
+        // A long wait refills to the capacity, never past it.
+        clock.advance(Duration::from_secs(10 * 3600));
+        l.take(4, Limit::Backups, 2).unwrap();
+        assert!(l.take(4, Limit::Backups, 1).is_err());
+    }
+
+    #[test]
+    fn audit_volume_may_reach_zero_but_not_go_below_it() {
+        let (l, clock) = limits(LimitsConfig {
+            audit_bytes_per_second: 1 << 20,
+            audit_bytes_burst: 1 << 20,
+            ..LimitsConfig::default()
+        });
+        l.charge_audit_bytes(9, 1 << 20);
+        l.check_audit_volume(9).unwrap();
+        l.charge_audit_bytes(9, 1);
+        let r = l.check_audit_volume(9).unwrap_err();
+        assert_eq!(r.limit, Limit::AuditBytes);
+        assert!(
+            r.message.contains("audit_bytes_per_second"),
+            "{}",
+            r.message
+        );
+        // Checking charges nothing: a second of refill repays the byte.
+        clock.advance(Duration::from_secs(1));
+        l.check_audit_volume(9).unwrap();
+        l.check_audit_volume(9).unwrap();
+    }
+
+    #[test]
+    fn approx_json_len_never_undercounts_unescaped_lines() {
+        use serde_json::{json, Map, Value};
+        let strings: Map<String, Value> = [("op", "Decrypt"), ("key", "patients"), ("e", "")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        let exact = serde_json::to_string(&strings).unwrap().len();
+        // Only the comma after the last pair is counted that is not written.
+        assert_eq!(approx_json_len(&strings), exact + 1);
+        assert_eq!(approx_json_len(&Map::new()), 2);
+
+        let mixed = json!({
+            "max": u64::MAX, "min": i64::MIN, "t": true, "f": false, "n": null,
+            "list": [1, "two", [], {}], "nested": {"a": {"b": "c"}},
+        });
+        let mixed = mixed.as_object().unwrap();
+        let exact = serde_json::to_string(mixed).unwrap().len();
+        assert!(
+            approx_json_len(mixed) >= exact,
+            "{} < {exact}",
+            approx_json_len(mixed)
+        );
+    }
 }

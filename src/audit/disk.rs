@@ -46,4 +46,30 @@ mod tests {
         let here = space(Path::new(".")).unwrap();
         assert!(here.size > 0 && here.free <= here.size);
     }
+
+    #[test]
+    fn the_five_percent_mark_is_exact_and_a_gib_is_the_floor() {
+        const G: u64 = 1 << 30;
+        let low = |free, size| DiskSpace { free, size }.low();
+        // 5% of 100 GiB is 5 GiB: that much left is enough, a byte less not.
+        assert!(!low(5 * G, 100 * G));
+        assert!(low(5 * G - 1, 100 * G));
+        // At 20 GiB both marks are 1 GiB.
+        assert!(!low(G, 20 * G));
+        assert!(low(G - 1, 20 * G));
+        // A small filesystem still needs a whole GiB free, even nearly empty.
+        assert!(low(G - 1, 2 * G));
+        assert!(!low(G, 2 * G));
+        // An unknown size (0) falls back to the GiB.
+        assert!(low(0, 0));
+        assert!(!low(G, 0));
+    }
+
+    #[test]
+    fn space_of_a_missing_directory_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let here = space(dir.path()).unwrap();
+        assert!(here.size > 0 && here.free <= here.size);
+        assert_eq!(space(&dir.path().join("no/such/dir")), None);
+    }
 }

@@ -178,4 +178,174 @@ mod tests {
             assert_eq!(Outcome::parse(o.as_str()), Some(*o));
         }
     }
+
+    /// Kinds the table puts at warning whatever their outcome (apart from
+    /// tampering detected, which is an alert).
+    const ALWAYS_WARNING: &[EventKind] = &[
+        EventKind::RegistryTampering,
+        EventKind::SealTampering,
+        EventKind::TamperingAcknowledged,
+        EventKind::BreakGlass,
+        EventKind::Restore,
+        EventKind::RestoreWindowAccepted,
+        EventKind::DestroyRequested,
+        EventKind::DestroyApproved,
+        EventKind::DestroyFullyApproved,
+        EventKind::Destroyed,
+    ];
+
+    #[test]
+    fn successful_events_are_routine_unless_the_table_lists_them() {
+        for &k in EventKind::ALL {
+            let want = if ALWAYS_WARNING.contains(&k) {
+                Severity::Warning
+            } else if k == EventKind::HsmLost {
+                Severity::Error
+            } else {
+                Severity::Informational
+            };
+            assert_eq!(of_event(k, Outcome::Ok), want, "{}", k.as_str());
+            // The line form agrees with the event form.
+            let line = json!({"type": "event", "event": k.as_str(), "outcome": "ok"});
+            assert_eq!(of_line(&line), want, "{}", k.as_str());
+        }
+        // Tampering is an alert only when detected.
+        for k in [EventKind::RegistryTampering, EventKind::SealTampering] {
+            assert_eq!(of_event(k, Outcome::Detected), Severity::Alert);
+            assert_eq!(of_event(k, Outcome::Acknowledged), Severity::Warning);
+        }
+    }
+
+    #[test]
+    fn failed_ceremony_steps_are_warnings_other_failures_notices() {
+        use EventKind::*;
+        let ceremony = [
+            Init,
+            InitCommit,
+            Unseal,
+            UnsealShare,
+            UnsealExpired,
+            RekeyStart,
+            RekeyShare,
+            RekeyVerify,
+            RekeyVerifyShare,
+            RekeyCommit,
+            RekeyExpired,
+        ];
+        for k in ceremony {
+            for o in [Outcome::Refused, Outcome::Failed, Outcome::Error] {
+                assert_eq!(
+                    of_event(k, o),
+                    Severity::Warning,
+                    "{} {}",
+                    k.as_str(),
+                    o.as_str()
+                );
+            }
+            assert_eq!(of_event(k, Outcome::Ok), Severity::Informational);
+        }
+        for k in [Rotate, Disable, MalformedRequest, Backup, PolicyReload] {
+            for o in [
+                Outcome::Refused,
+                Outcome::Failed,
+                Outcome::Error,
+                Outcome::Detected,
+            ] {
+                assert_eq!(
+                    of_event(k, o),
+                    Severity::Notice,
+                    "{} {}",
+                    k.as_str(),
+                    o.as_str()
+                );
+            }
+            for o in [Outcome::Ok, Outcome::Granted, Outcome::Accepted] {
+                assert_eq!(of_event(k, o), Severity::Informational);
+            }
+        }
+    }
+
+    #[test]
+    fn an_alert_mark_raises_to_warning_but_never_lowers() {
+        let cases = [
+            // Already above warning: the mark does not lower it.
+            (
+                json!({"event": "hsm_lost", "outcome": "error", "ALERT": "x"}),
+                Severity::Error,
+            ),
+            (
+                json!({"event": "seal_tampering", "outcome": "detected", "detail": {"ALERT": "x"}}),
+                Severity::Alert,
+            ),
+            // Routine or notice: raised.
+            (
+                json!({"event": "rotate", "outcome": "ok", "detail": {"ALERT": "x"}}),
+                Severity::Warning,
+            ),
+            (
+                json!({"op": "Decrypt", "code": "INTERNAL", "ALERT": "x"}),
+                Severity::Warning,
+            ),
+            // A detail that is not an object carries no mark.
+            (
+                json!({"event": "rotate", "outcome": "ok", "detail": "ALERT"}),
+                Severity::Informational,
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(of_line(&line), want, "{line}");
+            assert_eq!(of_fields(line.as_object().unwrap()), want, "{line}");
+        }
+        // RFC 5424 numbers, and lower means more severe.
+        let all = [
+            Severity::Alert,
+            Severity::Error,
+            Severity::Warning,
+            Severity::Notice,
+            Severity::Informational,
+        ];
+        assert_eq!(all.map(Severity::code), [1, 3, 4, 5, 6]);
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn unknown_events_and_odd_lines_are_judged_by_what_can_be_read() {
+        let cases = [
+            // Another version's kind: its outcome word decides.
+            (
+                json!({"event": "future_thing", "outcome": "ok"}),
+                Severity::Informational,
+            ),
+            (
+                json!({"event": "future_thing", "outcome": "refused"}),
+                Severity::Notice,
+            ),
+            (
+                json!({"event": "future_thing", "outcome": "exploded"}),
+                Severity::Notice,
+            ),
+            // An event without an outcome, or fields of the wrong type.
+            (json!({"event": "unseal"}), Severity::Informational),
+            (
+                json!({"event": 7, "outcome": "failed"}),
+                Severity::Informational,
+            ),
+            // Request lines: any code but OK is a notice.
+            (
+                json!({"op": "Encrypt", "code": "RESOURCE_EXHAUSTED"}),
+                Severity::Notice,
+            ),
+            (
+                json!({"op": "Encrypt", "code": "OK"}),
+                Severity::Informational,
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(of_line(&line), want, "{line}");
+        }
+        // Not an object at all: routine, and no panic.
+        for v in [json!(null), json!("text"), json!([1, 2]), json!(3)] {
+            assert_eq!(of_line(&v), Severity::Informational, "{v}");
+        }
+    }
 }

@@ -438,7 +438,8 @@ mod tests {
             ("db", &b"abc"[..])
         );
 
-        let cases: Vec<(&str, Box<dyn FnOnce([u8; 32]) -> Vec<u8>>)> = vec![
+        type Build = Box<dyn FnOnce([u8; 32]) -> Vec<u8>>;
+        let cases: Vec<(&str, Build)> = vec![
             ("magic", Box::new(|_| b"KWB".to_vec())),
             (
                 "magic",

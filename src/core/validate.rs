@@ -305,4 +305,153 @@ mod tests {
         assert!(payload("plaintext", 4096).is_ok());
         assert!(payload("plaintext", 4097).is_err());
     }
+
+    fn field_of(e: &CoreError) -> &'static str {
+        match e {
+            CoreError::InvalidArgument { field, .. } => field,
+            other => panic!("not an InvalidArgument: {other}"),
+        }
+    }
+
+    #[test]
+    fn key_name_errors_name_the_callers_field_and_the_rule_broken() {
+        for ok in ["9lives", "a..b//c__d--e", "Z", "x/y.z"] {
+            assert!(key_name("key", ok).is_ok(), "{ok}");
+        }
+        // The field named is the one the caller passes, not a fixed one.
+        let e = key_name("new_name", "ab c").unwrap_err();
+        assert_eq!(field_of(&e), "new_name");
+        assert!(e.to_string().contains("contains ' '"), "{e}");
+        for bad in [".hidden", "_x", "-x", "/x"] {
+            let e = key_name("key", bad).unwrap_err().to_string();
+            assert!(
+                e.ends_with("must start with a letter or digit"),
+                "{bad}: {e}"
+            );
+        }
+        // The length is reported as given, in bytes.
+        let e = key_name("key", &"a".repeat(129)).unwrap_err().to_string();
+        assert_eq!(e, "key: is 129 bytes long; at most 128");
+        // 64 two-byte characters are 128 bytes, but not ASCII.
+        let e = key_name("key", &"é".repeat(64)).unwrap_err().to_string();
+        assert!(e.contains("letter or digit"), "{e}");
+    }
+
+    #[test]
+    fn context_limits_are_inclusive_at_their_maxima() {
+        let pairs = |n: usize| -> HashMap<String, String> {
+            (0..n).map(|i| (format!("k{i}"), String::new())).collect()
+        };
+        assert!(check_context(&pairs(MAX_CONTEXT_PAIRS)).is_ok());
+        assert!(check_context(&pairs(MAX_CONTEXT_PAIRS + 1)).is_err());
+
+        let one = |k: String, v: String| HashMap::from([(k, v)]);
+        assert!(check_context(&one("k".repeat(256), String::new())).is_ok());
+        let e = check_context(&one("k".repeat(257), String::new())).unwrap_err();
+        assert_eq!(field_of(&e), "encryption_context");
+        assert!(e.to_string().contains("a key is 257 bytes long"), "{e}");
+        assert!(check_context(&one("k".into(), "v".repeat(1024))).is_ok());
+        assert!(check_context(&one("k".into(), "v".repeat(1025))).is_err());
+
+        // Eight pairs of 2 + 1022 bytes: exactly 8 KiB in all.
+        let mut full: HashMap<_, _> = (0..8)
+            .map(|i| (format!("k{i}"), "v".repeat(1022)))
+            .collect();
+        assert!(check_context(&full).is_ok());
+        full.insert("k0".into(), "v".repeat(1023));
+        let e = check_context(&full).unwrap_err().to_string();
+        assert_eq!(e, "encryption_context: is 8193 bytes in all; at most 8192");
+    }
+
+    #[test]
+    fn context_comes_back_sorted_and_unchanged() {
+        let ctx: HashMap<String, String> = [("zeta", "1"), ("alpha", "2"), ("mid", "")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let sorted = context(ctx.clone()).unwrap();
+        let keys: Vec<&str> = sorted.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["alpha", "mid", "zeta"]);
+        for (k, v) in &ctx {
+            assert_eq!(sorted.get(k), Some(v));
+        }
+    }
+
+    #[test]
+    fn an_oversized_value_is_reported_with_its_key_cut_to_32_characters() {
+        let key = format!("{}{}", "x".repeat(32), "TAIL".repeat(40));
+        let ctx = HashMap::from([(key, "v".repeat(1025))]);
+        let e = check_context(&ctx).unwrap_err().to_string();
+        let want = format!("the value of \"{}\" is 1025 bytes long", "x".repeat(32));
+        assert!(e.contains(&want), "{e}");
+        assert!(!e.contains("TAIL"), "{e}");
+    }
+
+    #[test]
+    fn reasons_are_counted_after_trimming_and_checked_as_text() {
+        assert!(reason("reason", "abc").is_ok());
+        assert!(reason("reason", &"r".repeat(MAX_REASON)).is_ok());
+        for short in ["", "   ", "  ab  ", "\u{3000}a\u{3000}"] {
+            let e = reason("hold_reason", short).unwrap_err();
+            assert_eq!(field_of(&e), "hold_reason", "{short:?}");
+            assert!(e.to_string().contains("at least 3"), "{short:?}: {e}");
+        }
+        let e = reason("reason", &"r".repeat(MAX_REASON + 1))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "reason: is 513 bytes long; at most 512");
+        // A long enough reason with a control character is still refused.
+        let e = reason("reason", "court\norder").unwrap_err().to_string();
+        assert_eq!(e, "reason: contains the control character U+000A at byte 5");
+    }
+
+    #[test]
+    fn every_bidi_override_and_c1_control_is_refused_and_escaped() {
+        let overrides = ('\u{202A}'..='\u{202E}').chain('\u{2066}'..='\u{2069}');
+        for c in overrides {
+            let s = format!("ab{c}");
+            let e = text("label", &s, 64).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "label: contains the control character U+{:04X} at byte 2",
+                    c as u32
+                )
+            );
+            assert_eq!(escape(&s), format!("ab\\u{{{:x}}}", c as u32));
+        }
+        // C1 controls (NEL, CSI) are below 0x100: shown as \xNN.
+        assert_eq!(escape("a\u{85}b\u{9b}"), "a\\x85b\\x9b");
+        assert!(text("label", "\u{9b}31m", 64).is_err());
+        // Clean text is not copied.
+        assert!(matches!(escape("Müller"), std::borrow::Cow::Borrowed(_)));
+        // Line breaks survive escape_lines; nothing else raw does.
+        assert_eq!(
+            escape_lines("ok\x1b[2K\nfine\u{202e}\n"),
+            "ok\\x1b[2K\nfine\\u{202e}\n"
+        );
+    }
+
+    #[test]
+    fn rotation_periods_and_hold_ids_at_their_bounds() {
+        use std::time::Duration;
+        let min = Duration::from_secs(86_400);
+        let ten_years = Duration::from_secs(10 * 366 * 86_400);
+        assert!(rotation_period(min, min).is_ok());
+        assert!(rotation_period(ten_years, min).is_ok());
+        for bad in [
+            min - Duration::from_secs(1),
+            ten_years + Duration::from_secs(1),
+        ] {
+            let e = rotation_period(bad, min).unwrap_err();
+            assert_eq!(field_of(&e), "rotation_period");
+            assert!(e.to_string().contains("86400 seconds"), "{e}");
+        }
+        assert!(hold_id("LH-2026.01_x").is_ok());
+        assert!(hold_id(&"h".repeat(64)).is_ok());
+        for bad in [String::new(), "h".repeat(65), "a/b".into(), "a b".into()] {
+            let e = hold_id(&bad).unwrap_err();
+            assert_eq!(field_of(&e), "hold_id", "{bad:?}");
+        }
+    }
 }

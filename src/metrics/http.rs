@@ -15,19 +15,33 @@
 //! out; where local users are not trusted at all, a firewall rule on the
 //! port (`iptables -m owner --uid-owner prometheus`) closes that too
 //! (docs/OPERATIONS.md).
+//!
+//! The HTTP is hyper's `http1` server, one per connection, set to the
+//! limits: no keep-alive, a head of at most 8 KiB (`max_buf_size`; a
+//! longer one is answered 431), 1 s to send it (`header_read_timeout`),
+//! and a client that half-closes after its request still answered. The
+//! slots, the eviction, the checks and the page cache are this file's.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::sync::Recover;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST};
+use hyper::server::conn::http1;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use zeroize::Zeroizing;
 
 /// What renders the page at each scrape.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// The request line and headers, at most (hyper's read buffer; 8 KiB is
+/// also the smallest hyper accepts).
 const MAX_REQUEST: usize = 8 * 1024;
 /// Connections served at once; past it the oldest one still waiting for
 /// its request is closed to make room.
@@ -39,21 +53,36 @@ const EVICTION_WAIT: Duration = Duration::from_millis(100);
 /// A page younger than this is served again rather than rendered.
 const FRESH: Duration = Duration::from_secs(1);
 
+const PLAIN: &str = "text/plain; charset=utf-8";
+const EXPOSITION: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// How the endpoint answers.
 pub struct Endpoint {
     render: Render,
     /// `Authorization: Bearer <token>` required when set.
     token: Option<Zeroizing<String>>,
-    page: Mutex<Option<(Instant, Arc<String>)>>,
+    page: Mutex<Option<(Instant, Bytes)>>,
     slots: Arc<tokio::sync::Semaphore>,
     /// Connections still waiting for their request, oldest first: each
     /// closes when told to (to make room for a new one).
     readers: Mutex<std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<()>>>,
     next_reader: std::sync::atomic::AtomicU64,
+    /// How every connection is spoken to.
+    http: http1::Builder,
 }
 
 impl Endpoint {
     pub fn new(render: Render, token: Option<Zeroizing<String>>) -> Arc<Self> {
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            // One request per connection: closed once answered.
+            .keep_alive(false)
+            .max_buf_size(MAX_REQUEST)
+            // From the connection's start (hyper arms it at its first read).
+            .header_read_timeout(REQUEST_DEADLINE)
+            // A client that shuts its side down after the request (`nc -N`)
+            // is still answered, as before hyper.
+            .half_close(true);
         Arc::new(Endpoint {
             render,
             token,
@@ -61,6 +90,7 @@ impl Endpoint {
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             readers: Mutex::new(std::collections::BTreeMap::new()),
             next_reader: std::sync::atomic::AtomicU64::new(0),
+            http,
         })
     }
 
@@ -81,16 +111,31 @@ impl Endpoint {
     }
 
     /// The page, rendered at most once a second; `None` if rendering failed.
-    async fn page(self: &Arc<Self>) -> Option<Arc<String>> {
+    async fn page(self: &Arc<Self>) -> Option<Bytes> {
         if let Some((at, p)) = &*self.page.locked() {
             if at.elapsed() < FRESH {
                 return Some(p.clone());
             }
         }
         let render = self.render.clone();
-        let page = Arc::new(tokio::task::spawn_blocking(move || render()).await.ok()?);
+        let page = Bytes::from(tokio::task::spawn_blocking(move || render()).await.ok()?);
         *self.page.locked() = Some((Instant::now(), page.clone()));
         Some(page)
+    }
+
+    /// Whether `req` bears the token (compared in constant time), or none
+    /// is required.
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(t) = &self.token else {
+            return true;
+        };
+        use subtle::ConstantTimeEq;
+        let got = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        bool::from(got.ct_eq(t.as_bytes()))
     }
 }
 
@@ -108,7 +153,7 @@ pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
         let endpoint = endpoint.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = answer(stream, endpoint).await;
+            answer(stream, endpoint).await;
         });
     }
 }
@@ -133,100 +178,76 @@ fn loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then_some(v.trim())
-    })
-}
-
-async fn read_request(stream: &mut TcpStream) -> Option<String> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 || buf.len() + n > MAX_REQUEST {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Some(String::from_utf8_lossy(&buf).into_owned())
-}
-
-async fn answer(mut stream: TcpStream, endpoint: Arc<Endpoint>) -> std::io::Result<()> {
+/// One connection, from its slot to its close: listed among the readers
+/// (and so the first to give way) until its request has arrived.
+async fn answer(stream: TcpStream, endpoint: Arc<Endpoint>) {
     let id = endpoint
         .next_reader
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (close, closed) = tokio::sync::oneshot::channel();
     endpoint.readers.locked().insert(id, close);
-    let read = tokio::select! {
-        r = tokio::time::timeout(REQUEST_DEADLINE, read_request(&mut stream)) => r.ok().flatten(),
-        // Evicted: a newer connection needs the slot.
-        _ = closed => None,
+    let service = {
+        let endpoint = endpoint.clone();
+        hyper::service::service_fn(move |req| {
+            // The request is in: being answered, it no longer gives way.
+            // (Taken under the lock an eviction takes too: either this
+            // connection is evicted first or never.)
+            endpoint.readers.locked().remove(&id);
+            respond(endpoint.clone(), req)
+        })
     };
+    let conn = endpoint
+        .http
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        // Answered, timed out, refused or gone: closed either way.
+        _ = conn => {}
+        // Evicted: a newer connection needs the slot. (`Err`: the request
+        // arrived and dropped the sender, which disables this branch.)
+        Ok(()) = closed => {}
+    }
     endpoint.readers.locked().remove(&id);
-    let Some(head) = read else {
-        return Ok(());
-    };
-    let line = head.lines().next().unwrap_or_default();
-    let mut parts = line.split(' ');
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let authorized = match &endpoint.token {
-        None => true,
-        Some(t) => {
-            use subtle::ConstantTimeEq;
-            let got = header(&head, "authorization")
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
-            bool::from(got.as_bytes().ct_eq(t.as_bytes()))
-        }
-    };
-    let plain = "text/plain; charset=utf-8";
-    let (status, body, kind): (&str, Arc<String>, &str) =
-        if !header(&head, "host").is_some_and(loopback_host) {
-            (
-                "421 Misdirected Request",
-                Arc::new("Host must name the loopback\n".into()),
-                plain,
-            )
-        } else if !authorized {
-            (
-                "401 Unauthorized",
-                Arc::new("a bearer token is required\n".into()),
-                plain,
-            )
-        } else {
-            match (method, path) {
-                ("GET", "/metrics") => match endpoint.page().await {
-                    Some(p) => ("200 OK", p, "text/plain; version=0.0.4; charset=utf-8"),
-                    // A failed render is an error, never an empty page a
-                    // scraper would take for "all is well".
-                    None => (
-                        "500 Internal Server Error",
-                        Arc::new("rendering failed\n".into()),
-                        plain,
-                    ),
-                },
-                ("GET", _) => (
-                    "404 Not Found",
-                    Arc::new("only /metrics is served\n".into()),
-                    plain,
-                ),
-                _ => (
-                    "405 Method Not Allowed",
-                    Arc::new("GET only\n".into()),
-                    plain,
-                ),
-            }
-        };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+}
+
+fn reply(status: StatusCode, kind: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(kind));
+    h.insert(CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+async fn respond(
+    endpoint: Arc<Endpoint>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let text =
+        |status, body: &'static str| Ok(reply(status, PLAIN, Bytes::from_static(body.as_bytes())));
+    let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
+    if !host.is_some_and(loopback_host) {
+        return text(
+            StatusCode::MISDIRECTED_REQUEST,
+            "Host must name the loopback\n",
+        );
+    }
+    if !endpoint.authorized(&req) {
+        return text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
+    }
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+    }
+    // The origin form only (`/metrics`, any query): an absolute URI names
+    // a host of its own, unchecked, and is not served.
+    if req.uri().authority().is_some() || req.uri().path() != "/metrics" {
+        return text(StatusCode::NOT_FOUND, "only /metrics is served\n");
+    }
+    match endpoint.page().await {
+        Some(p) => Ok(reply(StatusCode::OK, EXPOSITION, p)),
+        // A failed render is an error, never an empty page a scraper would
+        // take for "all is well".
+        None => text(StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n"),
+    }
 }
 
 /// Why a listen address was refused.
@@ -252,6 +273,7 @@ pub fn parse_listen(text: &str, allow_non_loopback: bool) -> Result<SocketAddr, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn only_loopback_unless_allowed() {
@@ -358,6 +380,143 @@ mod tests {
             "the attack opened {opened}"
         );
         assert_eq!(served, 15, "scrapes served under the attack");
+    }
+
+    /// `req` sent raw (then the write side shut when `half_close`): the
+    /// whole answer, empty if the connection closed unanswered.
+    async fn raw(addr: SocketAddr, req: &[u8], half_close: bool) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut out = Vec::new();
+        if s.write_all(req).await.is_ok() {
+            if half_close {
+                s.shutdown().await.unwrap();
+            }
+            let _ = s.read_to_end(&mut out).await;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    async fn started(render: Render) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, Endpoint::new(render, None)));
+        addr
+    }
+
+    #[tokio::test]
+    async fn get_of_metrics_only_and_one_request_a_connection() {
+        let addr = started(Arc::new(|| "x 1\n".to_string())).await;
+        let status = |r: &str| r.lines().next().unwrap_or("").to_string();
+        let host = "Host: 127.0.0.1\r\n";
+        // Two requests on one connection: one answer, then closed.
+        let r = raw(
+            addr,
+            format!("GET /metrics HTTP/1.1\r\n{host}\r\nGET /metrics HTTP/1.1\r\n{host}\r\n")
+                .as_bytes(),
+            false,
+        )
+        .await;
+        assert_eq!(r.matches("HTTP/1.1").count(), 1, "{r}");
+        let lower = r.to_ascii_lowercase();
+        assert!(lower.contains("connection: close\r\n"), "{r}");
+        assert!(lower.contains("content-length: 4\r\n"), "{r}");
+        assert!(
+            lower.contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+            "{r}"
+        );
+        assert!(r.ends_with("\r\n\r\nx 1\n"), "{r}");
+        for (req, want) in [
+            ("GET /metrics?x=1 HTTP/1.1", "HTTP/1.1 200 OK"),
+            ("GET /metrics HTTP/1.0", "HTTP/1.0 200 OK"),
+            ("GET /other HTTP/1.1", "HTTP/1.1 404 Not Found"),
+            (
+                "GET http://127.0.0.1/metrics HTTP/1.1",
+                "HTTP/1.1 404 Not Found",
+            ),
+            ("POST /metrics HTTP/1.1", "HTTP/1.1 405 Method Not Allowed"),
+            ("HEAD /metrics HTTP/1.1", "HTTP/1.1 405 Method Not Allowed"),
+        ] {
+            let r = raw(addr, format!("{req}\r\n{host}\r\n").as_bytes(), false).await;
+            assert_eq!(status(&r), want, "{req}");
+        }
+        let r = raw(addr, b"GET /metrics HTTP/1.1\r\n\r\n", false).await;
+        assert_eq!(status(&r), "HTTP/1.1 421 Misdirected Request");
+        assert!(r.ends_with("Host must name the loopback\n"), "{r}");
+        // A client that shuts its side down after the request is answered.
+        let r = raw(
+            addr,
+            format!("GET /metrics HTTP/1.1\r\n{host}\r\n").as_bytes(),
+            true,
+        )
+        .await;
+        assert_eq!(status(&r), "HTTP/1.1 200 OK");
+        // A head past the bound is refused, never served.
+        let big = format!(
+            "GET /metrics HTTP/1.1\r\n{host}X-Pad: {}\r\n\r\n",
+            "a".repeat(MAX_REQUEST)
+        );
+        let r = raw(addr, big.as_bytes(), false).await;
+        assert!(!r.contains(" 200 "), "{r}");
+        // Garbage is refused too.
+        let r = raw(addr, b"\x01\x02 nonsense\r\n\r\n", false).await;
+        assert!(!r.contains(" 200 "), "{r}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_render_is_a_500() {
+        let addr = started(Arc::new(|| panic!("render failed on purpose"))).await;
+        let r = raw(
+            addr,
+            b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            false,
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 500 Internal Server Error"), "{r}");
+        assert!(r.ends_with("rendering failed\n"), "{r}");
+    }
+
+    #[tokio::test]
+    async fn the_request_must_arrive_within_the_deadline() {
+        let addr = started(Arc::new(|| "x 1\n".to_string())).await;
+        for partial in [&b""[..], b"GET /metrics HTTP/1.1\r\nHost: local"] {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(partial).await.unwrap();
+            let at = Instant::now();
+            let mut out = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+            assert!(read.is_ok(), "still open after 5 s");
+            let waited = at.elapsed();
+            assert!(
+                waited >= REQUEST_DEADLINE - Duration::from_millis(100)
+                    && waited < REQUEST_DEADLINE * 3,
+                "closed after {waited:?}"
+            );
+            assert!(!String::from_utf8_lossy(&out).contains(" 200 "));
+        }
+    }
+
+    /// A scrape being answered keeps its slot however many idle
+    /// connections arrive meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_being_answered_is_not_evicted() {
+        let addr = started(Arc::new(|| {
+            std::thread::sleep(Duration::from_millis(700));
+            "x 1\n".to_string()
+        }))
+        .await;
+        let scrape = tokio::spawn(raw(
+            addr,
+            b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            false,
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut idle = Vec::new();
+        for _ in 0..3 * MAX_CONNECTIONS {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let r = scrape.await.unwrap();
+        assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
+        drop(idle);
     }
 
     #[test]

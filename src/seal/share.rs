@@ -177,4 +177,110 @@ mod tests {
         let short = line.replacen("-", "", 1);
         assert!(parse(&short).is_err());
     }
+
+    /// `body` (lowercase, up to the last share group) with its correct
+    /// checksum: reaches the field checks that come after the checksum's.
+    fn signed(body: &str) -> String {
+        format!("{body}-{}", checksum(body))
+    }
+
+    const GROUPS: &str = "00010203-04050607-08090a0b-0c0d0e0f-10111213-14151617-18191a1b-1c1d1e1f";
+
+    fn format_error(text: &str) -> String {
+        match parse(text) {
+            Err(ShareError::Format(m)) => m,
+            Err(e) => panic!("{text}: not a format error: {e}"),
+            Ok(_) => panic!("{text}: accepted"),
+        }
+    }
+
+    #[test]
+    fn extreme_indexes_thresholds_set_ids_and_bytes_round_trip() {
+        for (set, index, threshold, byte) in [
+            ([0u8; 4], 1u8, 1u8, 0u8),
+            ([0xff; 4], 255, 255, 0xff),
+            ([0x00, 0xff, 0x10, 0x01], 128, 2, 0x5a),
+        ] {
+            let bytes = ShareBytes {
+                index,
+                value: Zeroizing::new([byte; 32]),
+            };
+            let line = format(&set, threshold, &bytes);
+            assert_eq!(line.len(), 4 + 9 + 4 + 4 + 8 * 9 + 9);
+            let s = parse(&line).unwrap();
+            assert_eq!(
+                (s.set_id, s.bytes.index, s.threshold, *s.bytes.value),
+                (set, index, threshold, [byte; 32])
+            );
+        }
+        // The body the checksum covers is the hand-built one.
+        let body = format!("kws1-01020304-007-003-{GROUPS}");
+        let s = parse(&signed(&body)).unwrap();
+        assert_eq!((s.set_id, s.bytes.index, s.threshold), ([1, 2, 3, 4], 7, 3));
+        assert_eq!(s.bytes.value[31], 0x1f);
+    }
+
+    #[test]
+    fn fields_out_of_range_are_refused_even_with_a_valid_checksum() {
+        let cases = [
+            (format!("kws1-01020304-000-002-{GROUPS}"), "index"),
+            (format!("kws1-01020304-256-002-{GROUPS}"), "index"),
+            (format!("kws1-01020304-abc-002-{GROUPS}"), "index"),
+            (format!("kws1-01020304-001-000-{GROUPS}"), "threshold"),
+            (format!("kws1-01020304-001-999-{GROUPS}"), "threshold"),
+            (format!("kws1-0102030g-001-002-{GROUPS}"), "set id"),
+            (format!("kws1-010203-001-002-{GROUPS}"), "set id"),
+            (format!("kws1-0102030405-001-002-{GROUPS}"), "set id"),
+            (
+                format!(
+                    "kws1-01020304-001-002-{}",
+                    GROUPS.replace("1c1d1e1f", "1c1d1ezz")
+                ),
+                "share bytes",
+            ),
+            (
+                format!(
+                    "kws1-01020304-001-002-{}",
+                    GROUPS.replace("1c1d1e1f", "1c1d1e1")
+                ),
+                "share bytes",
+            ),
+            (format!("kws2-01020304-001-002-{GROUPS}"), "KWS1-"),
+            (
+                format!("kws1-01020304-001-002-{GROUPS}-00000000"),
+                "found 14",
+            ),
+            (format!("kws1-01020304-001-{GROUPS}"), "found 12"),
+        ];
+        for (body, want) in cases {
+            let m = format_error(&signed(&body));
+            assert!(m.contains(want), "{body}: {m}");
+        }
+    }
+
+    #[test]
+    fn the_checksum_group_is_eight_hex_digits_and_must_match() {
+        let body = format!("kws1-01020304-001-002-{GROUPS}");
+        let good = signed(&body);
+        let sum = &good[good.len() - 8..];
+        for bad_sum in [&sum[..7], "zzzzzzzz", "123456789"] {
+            let m = format_error(&format!("{body}-{bad_sum}"));
+            assert!(m.contains("checksum"), "{bad_sum}: {m}");
+        }
+        // Well-formed but wrong: a mistyped character.
+        let wrong = if sum == "00000000" {
+            "11111111"
+        } else {
+            "00000000"
+        };
+        assert_eq!(
+            parse(&format!("{body}-{wrong}")).err(),
+            Some(ShareError::Checksum)
+        );
+        // Case does not matter anywhere, the checksum included.
+        assert!(parse(&good.to_uppercase()).is_ok());
+        // Inner white space is not trimmed away.
+        assert!(parse(&good.replacen('-', " -", 1)).is_err());
+        assert!(format_error("KWS1").contains("dash-separated"));
+    }
 }

@@ -288,61 +288,11 @@ impl Seal {
                 return Err(SealError::Hsm(e));
             }
         }
-        let mut logged_in = false;
-        if file.pending_init {
-            // The first quorum proved the shares work: now, and only now,
-            // the provisioning PINs give way to the derived ones.
-            match pins.take() {
-                Some(p) => {
-                    if let Err(e) = hsm.change_pins(
-                        &p.user,
-                        &key.user_pin(&set_id),
-                        &p.so,
-                        &key.so_pin(&set_id),
-                    ) {
-                        self.note(
-                            EventKind::InitCommit,
-                            Outcome::Failed,
-                            json!({"reason": e.to_string()}),
-                        );
-                        *pins = Some(p);
-                        return Err(SealError::Hsm(e));
-                    }
-                }
-                None => {
-                    // No provisioning PINs: the daemon restarted after init,
-                    // or it crashed after changing the PINs and before the
-                    // seal file said so. If the derived PIN logs in, the
-                    // change happened: finish the commit. (Otherwise this
-                    // spent one user-PIN attempt; init must run again.)
-                    if hsm.login(&key.user_pin(&set_id)).is_err() {
-                        self.note(
-                            EventKind::InitCommit,
-                            Outcome::Failed,
-                            json!({"reason": "provisioning PINs gone (restart)"}),
-                        );
-                        return Err(SealError::InitIncomplete);
-                    }
-                    logged_in = true;
-                }
-            }
-            file.pending_init = false;
-            let saved = file
-                .authenticate(&key)
-                .and_then(|()| self.store.save(&file));
-            if let Err(e) = saved {
-                if logged_in {
-                    hsm.logout();
-                }
-                return Err(SealError::Storage(e));
-            }
-            inner.current = Some(file.clone());
-            self.note(
-                EventKind::InitCommit,
-                Outcome::Ok,
-                json!({"set_id": file.set_id, "finished_after_restart": logged_in}),
-            );
-        }
+        let logged_in = if file.pending_init {
+            self.commit_init(hsm, inner, &mut file, &key, set_id, pins)?
+        } else {
+            false
+        };
         if !logged_in {
             if let Err(e) = hsm.login(&key.user_pin(&set_id)) {
                 self.note(
@@ -388,6 +338,72 @@ impl Seal {
             json!({"set_id": file.set_id}),
         );
         Ok(file.set_id)
+    }
+
+    /// Commits a pending init with the first quorum: the provisioning PINs
+    /// give way to the derived ones (or, after a restart, the derived PIN
+    /// proves they already did), and the seal file says so. Returns whether
+    /// it left the token logged in.
+    fn commit_init(
+        &self,
+        hsm: &dyn Hsm,
+        inner: &mut Inner,
+        file: &mut SealFile,
+        key: &UnsealKey,
+        set_id: [u8; 4],
+        pins: &mut Option<InitPins>,
+    ) -> SealResult<bool> {
+        let mut logged_in = false;
+        // The first quorum proved the shares work: now, and only now,
+        // the provisioning PINs give way to the derived ones.
+        match pins.take() {
+            Some(p) => {
+                if let Err(e) =
+                    hsm.change_pins(&p.user, &key.user_pin(&set_id), &p.so, &key.so_pin(&set_id))
+                {
+                    self.note(
+                        EventKind::InitCommit,
+                        Outcome::Failed,
+                        json!({"reason": e.to_string()}),
+                    );
+                    *pins = Some(p);
+                    return Err(SealError::Hsm(e));
+                }
+            }
+            None => {
+                // No provisioning PINs: the daemon restarted after init,
+                // or it crashed after changing the PINs and before the
+                // seal file said so. If the derived PIN logs in, the
+                // change happened: finish the commit. (Otherwise this
+                // spent one user-PIN attempt; init must run again.)
+                if hsm.login(&key.user_pin(&set_id)).is_err() {
+                    self.note(
+                        EventKind::InitCommit,
+                        Outcome::Failed,
+                        json!({"reason": "provisioning PINs gone (restart)"}),
+                    );
+                    return Err(SealError::InitIncomplete);
+                }
+                logged_in = true;
+            }
+        }
+        file.pending_init = false;
+        let saved = file
+            .authenticate(key)
+            .and_then(|()| self.store.save(file));
+        if let Err(e) = saved {
+            if logged_in {
+                hsm.logout();
+            }
+            return Err(SealError::Storage(e));
+        }
+        inner.current = Some(file.clone());
+        self.note(
+            EventKind::InitCommit,
+            Outcome::Ok,
+            json!({"set_id": file.set_id, "finished_after_restart": logged_in}),
+        );
+        Ok(logged_in)
     }
 
     /// Whether `set_id` is the current or the pending share set.

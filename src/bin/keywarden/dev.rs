@@ -1,21 +1,17 @@
 //! `keywarden dev`: a throwaway SoftHSM token, config and state in a
 //! temporary directory (or a kept `--dir`), and the real daemon started as a
 //! child process (like `vault server -dev`). Not for production: the user
-//! PIN sits in a file next to the token.
+//! PIN sits in a file next to the token. What goes into the directory (token,
+//! profile, generated config) is `devdir`'s.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::session::UserType;
+use anyhow::bail;
 use tokio::process::Command;
 
-use keywarden::hsm::profile::{HsmProfile, KRYOPTIC_PROFILE, SOFTHSM2_PROFILE};
-use keywarden::secret::Pin;
+use crate::devdir::{prepare, ConfigChoices, DevLayout, DevToken};
 
-/// Label of the dev token.
-pub const DEV_TOKEN_LABEL: &str = "keywarden-dev";
 /// The pid of the `keywarden dev` process, for its `serve` child: the child
 /// asks the kernel for SIGTERM when its parent dies, and exits at once if
 /// the parent is already gone.
@@ -90,300 +86,6 @@ pub fn die_with_parent() -> anyhow::Result<()> {
         anyhow::bail!("the keywarden dev process that started this daemon is gone");
     }
     Ok(())
-}
-
-/// The software token a dev daemon runs on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum DevToken {
-    /// SoftHSM 2 (Debian package softhsm2).
-    #[default]
-    Softhsm2,
-    /// Kryoptic, a PKCS#11 token written in Rust (`scripts/kryoptic.sh`
-    /// builds it; give its module with --token-module).
-    Kryoptic,
-}
-
-impl DevToken {
-    fn name(self) -> &'static str {
-        match self {
-            DevToken::Softhsm2 => "softhsm2",
-            DevToken::Kryoptic => "kryoptic",
-        }
-    }
-
-    fn profile(self) -> &'static str {
-        match self {
-            DevToken::Softhsm2 => SOFTHSM2_PROFILE,
-            DevToken::Kryoptic => KRYOPTIC_PROFILE,
-        }
-    }
-
-    /// The environment variable that points the module at its
-    /// configuration, and that configuration's file name.
-    fn conf_env(self) -> (&'static str, &'static str) {
-        match self {
-            DevToken::Softhsm2 => ("SOFTHSM2_CONF", "softhsm2.conf"),
-            DevToken::Kryoptic => ("KRYOPTIC_CONF", "kryoptic.conf"),
-        }
-    }
-
-    fn conf_text(self, tokens: &Path) -> String {
-        match self {
-            DevToken::Softhsm2 => format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
-                tokens.display()
-            ),
-            DevToken::Kryoptic => format!(
-                "[[slots]]\nslot = 1\ndbtype = \"sqlite\"\ndbargs = {:?}\n",
-                tokens.join("token.sql").display().to_string()
-            ),
-        }
-    }
-}
-
-/// Initialises a fresh token on the first free slot and sets its user PIN.
-/// Runs in a child process whose `SOFTHSM2_CONF` (or `KRYOPTIC_CONF`)
-/// points at the dev token's configuration.
-pub fn init_token(module: &Path, label: &str, so_pin: &Pin, user_pin: &Pin) -> anyhow::Result<()> {
-    let ctx = Pkcs11::new(module).with_context(|| format!("loading {}", module.display()))?;
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
-    let mut free = None;
-    for slot in ctx.get_slots_with_token()? {
-        let info = ctx.get_token_info(slot)?;
-        if info.token_initialized() && info.label().trim_end() == label {
-            bail!("a token labelled {label:?} already exists");
-        }
-        if !info.token_initialized() && free.is_none() {
-            free = Some(slot);
-        }
-    }
-    let Some(slot) = free else {
-        bail!("no free slot to initialise a token in");
-    };
-    ctx.init_token(slot, &so_pin.to_auth_pin(), label)?;
-    // SoftHSM renumbers slots after C_InitToken: find the token again by label.
-    let mut found = None;
-    for slot in ctx.get_slots_with_initialized_token()? {
-        if ctx.get_token_info(slot)?.label().trim_end() == label {
-            found = Some(slot);
-        }
-    }
-    let Some(slot) = found else {
-        bail!("token {label:?} vanished after initialisation");
-    };
-    let session = ctx.open_rw_session(slot)?;
-    session.login(UserType::So, Some(&so_pin.to_auth_pin()))?;
-    session.init_pin(&user_pin.to_auth_pin())?;
-    session.logout()?;
-    Ok(())
-}
-
-struct DevLayout {
-    root: PathBuf,
-    /// The token module's configuration variable and file.
-    token_conf: (&'static str, PathBuf),
-    config: PathBuf,
-    socket: PathBuf,
-}
-
-fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
-}
-
-/// What the generated config says beyond the defaults.
-struct ConfigChoices {
-    token: DevToken,
-    token_module: Option<PathBuf>,
-    session_copies: bool,
-    policy_file: Option<PathBuf>,
-    no_audit: bool,
-    audit_max_file_bytes: Option<u64>,
-    metrics_listen: Option<String>,
-    audit_forward: Option<String>,
-    lifecycle: String,
-    serve_module: Option<PathBuf>,
-    cluster: Option<DevCluster>,
-}
-
-async fn prepare(
-    root: &Path,
-    socket: Option<PathBuf>,
-    choices: ConfigChoices,
-) -> anyhow::Result<DevLayout> {
-    let ConfigChoices {
-        token,
-        token_module,
-        session_copies,
-        policy_file,
-        no_audit,
-        audit_max_file_bytes,
-        metrics_listen,
-        audit_forward,
-        lifecycle,
-        serve_module,
-        cluster,
-    } = choices;
-    let root = root.canonicalize()?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // 0711: other local users reach the socket (dev mode is open to
-        // them, under the policy) but cannot list or read the directory.
-        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))?;
-    }
-    // A joining node uses the first node's token (one HSM for the
-    // cluster); its seal (one share set) comes from the registry database.
-    let join = match cluster.as_ref().and_then(|c| c.join.as_ref()) {
-        Some(j) => Some(
-            j.canonicalize()
-                .with_context(|| format!("--join {}", j.display()))?,
-        ),
-        None => None,
-    };
-    let tokens = match &join {
-        Some(j) => j.join("tokens"),
-        None => root.join("tokens"),
-    };
-    let (conf_var, conf_name) = token.conf_env();
-    let token_conf = root.join(conf_name);
-    let profile_name = format!("{}-profile.toml", token.name());
-    let profile_path = root.join(&profile_name);
-    let config = root.join("keywarden.toml");
-    let socket = socket.unwrap_or_else(|| root.join("keywarden.sock"));
-    let marker = match &join {
-        Some(j) => j.join("token-initialised"),
-        None => root.join("token-initialised"),
-    };
-    if let Some(j) = &join {
-        if !marker.exists() {
-            bail!("--join {}: not a dev directory with a token", j.display());
-        }
-        write_file(&token_conf, &token.conf_text(&tokens))?;
-        // No seal to copy: the cluster's seal files are in the registry
-        // database, and the node takes them from there.
-    }
-
-    std::fs::create_dir_all(&tokens)?;
-    let profile_text = if session_copies {
-        token.profile().to_string()
-    } else {
-        token
-            .profile()
-            .replace("session_key_copies = true", "session_key_copies = false")
-    };
-    write_file(&profile_path, &profile_text)?;
-    let profile = HsmProfile::parse(token.profile()).map_err(anyhow::Error::msg)?;
-    // A module named by hand goes into the config too; one the profile
-    // finds does not need to.
-    let named_module = token_module.is_some();
-    let module = match token_module {
-        Some(m) => m.canonicalize().with_context(|| format!("--token-module {}", m.display()))?,
-        None => profile.find_module().ok_or_else(|| match token {
-            DevToken::Softhsm2 => anyhow::anyhow!(
-                "SoftHSM 2 is not installed (looked for {:?}); run: apt-get install softhsm2",
-                profile.module_paths
-            ),
-            DevToken::Kryoptic => anyhow::anyhow!(
-                "Kryoptic is not installed (looked for {:?}); build it with scripts/kryoptic.sh and pass --token-module",
-                profile.module_paths
-            ),
-        })?,
-    };
-    // The daemon serves through the token's module unless told otherwise.
-    let serve_module = serve_module.or_else(|| named_module.then(|| module.clone()));
-
-    if !marker.exists() {
-        write_file(&token_conf, &token.conf_text(&tokens))?;
-        let so_pin = Pin::random().map_err(anyhow::Error::msg)?;
-        let user_pin = Pin::random().map_err(anyhow::Error::msg)?;
-        so_pin.write_to(&root.join("so.pin"))?;
-        user_pin.write_to(&root.join("user.pin"))?;
-        let exe = std::env::current_exe()?;
-        let status = Command::new(exe)
-            .arg("dev-init-token")
-            .arg("--module")
-            .arg(&module)
-            .arg("--label")
-            .arg(DEV_TOKEN_LABEL)
-            .arg("--so-pin-file")
-            .arg(root.join("so.pin"))
-            .arg("--pin-file")
-            .arg(root.join("user.pin"))
-            .env(conf_var, &token_conf)
-            .status()
-            .await?;
-        if !status.success() {
-            bail!("initialising the dev token failed");
-        }
-        write_file(&marker, "")?;
-    }
-
-    let sock = socket.display().to_string();
-    let module_line = match serve_module {
-        Some(m) => format!("module = {:?}\n", m.canonicalize()?.display().to_string()),
-        None => String::new(),
-    };
-    let audit = match (no_audit, audit_max_file_bytes) {
-        (true, _) => "\n[audit]\nbenchmark_disable = true\n".to_string(),
-        (false, Some(n)) => format!("\n[audit]\nmax_file_bytes = {n}\n"),
-        (false, None) => String::new(),
-    };
-    let metrics = match &metrics_listen {
-        Some(addr) => format!("\n[metrics]\nlisten = {addr:?}\n"),
-        None => String::new(),
-    };
-    let forward = match audit_forward.as_deref() {
-        None => String::new(),
-        Some(t) => {
-            let (transport, address) = if let Some(a) = t.strip_prefix("tcp://") {
-                ("tcp", a)
-            } else if let Some(a) = t.strip_prefix("unix://") {
-                ("unix", a)
-            } else {
-                bail!("--audit-forward {t:?}: expected tcp://IP:PORT or unix:///PATH");
-            };
-            format!("\n[audit.forward]\ntransport = {transport:?}\naddress = {address:?}\n")
-        }
-    };
-    let registry = match &cluster {
-        None => String::new(),
-        Some(c) => {
-            let node = c
-                .node_id
-                .as_ref()
-                .map(|n| format!("node_id = {n:?}\n"))
-                .unwrap_or_default();
-            let ca = match &c.ca_file {
-                Some(f) => format!("ca_file = {:?}\n", f.canonicalize()?.display().to_string()),
-                None => String::new(),
-            };
-            format!("\n[registry]\nurl = {:?}\n{node}{ca}", c.url)
-        }
-    };
-    let policy = match &policy_file {
-        Some(p) => format!(
-            "[policy]\nfile = {:?}\n",
-            p.canonicalize()?.display().to_string()
-        ),
-        None => "[policy]\nopen_dev = true\n".to_string(),
-    };
-    write_file(
-        &config,
-        &format!(
-            "# Generated by `keywarden dev`. Development only.\n\
-             [server]\nsocket = {sock:?}\nstate_dir = \"state\"\nallow_root = true\n\
-             allow_world_socket = true\nsocket_mode = 0o666\n\n\
-             [hsm]\nprofile = {profile_name:?}\ntoken_label = {DEV_TOKEN_LABEL:?}\n{module_line}\n\
-             [seal]\nallow_single_share = true\n\n{policy}{audit}{forward}{metrics}{lifecycle}{registry}\n\
-             # Development only: `keywarden serve` refuses this file unless\n\
-             # `keywarden dev` starts it.\n[dev]\nenabled = true\n"
-        ),
-    )?;
-    Ok(DevLayout {
-        root,
-        token_conf: (conf_var, token_conf),
-        config,
-        socket,
-    })
 }
 
 async fn wait_for_socket(path: &Path, child: &mut tokio::process::Child) -> anyhow::Result<()> {
@@ -489,11 +191,54 @@ async fn dev_init_and_unseal(root: &Path, socket: &Path) -> anyhow::Result<()> {
 
 /// Runs `keywarden dev`.
 pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
+    // Handle SIGTERM/SIGINT from the very start, so a signal that arrives
+    // while the daemon is starting still stops it (and is not fatal to this
+    // process alone, which would orphan the daemon).
+    let mut signals = Signals::new()?;
+    let (temp, root) = dev_dir(opts.dir.clone())?;
+    // Held for this process's lifetime: a later `keywarden dev` that can
+    // take it knows this one is dead (SIGKILLed before it could clean up).
+    let _alive = keywarden::server::lock::DirLock::take(&root, DEV_LOCK)?;
+    if temp.is_some() {
+        std::fs::write(
+            root.join(DEV_TEMP_MARK),
+            "removed when this keywarden dev exits\n",
+        )?;
+    }
+    let token = opts.token;
+    let ceremony = opts.ceremony;
+    let socket = opts.socket.clone();
+    let layout = prepare(&root, socket, config_choices(opts)).await?;
+    let mut child = spawn_daemon(&layout)?;
+    wait_for_socket(&layout.socket, &mut child).await?;
+    let phase = seal_phase(&layout.socket).await?;
+    print_banner(token, &layout, temp.is_some());
+    start_phase(&phase, ceremony, &layout, &mut child).await?;
+    let status = wait_for_exit(child, &mut signals).await?;
+    drop(temp);
+    check_exit(status)
+}
+
+/// SIGTERM and SIGINT, taken over from the start.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
+/// What the generated config says, from `keywarden dev`'s options.
+fn config_choices(opts: DevOptions) -> ConfigChoices {
     let DevOptions {
-        dir,
-        socket,
         no_session_copies,
-        ceremony,
         policy,
         benchmark_no_audit,
         lifecycle,
@@ -505,6 +250,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         token,
         token_module,
         cluster,
+        ..
     } = opts;
     let mut lifecycle = if lifecycle.is_empty() {
         String::new()
@@ -514,18 +260,28 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     if !limits.is_empty() {
         lifecycle.push_str(&format!("\n[limits]\n{limits}"));
     }
-    let session_copies = !no_session_copies;
-    // Handle SIGTERM/SIGINT from the very start, so a signal that arrives
-    // while the daemon is starting still stops it (and is not fatal to this
-    // process alone, which would orphan the daemon).
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    use tokio::signal::unix::{signal, SignalKind};
+    ConfigChoices {
+        token,
+        token_module,
+        session_copies: !no_session_copies,
+        policy_file: policy,
+        no_audit: benchmark_no_audit,
+        audit_max_file_bytes,
+        metrics_listen,
+        audit_forward,
+        lifecycle,
+        serve_module: pkcs11_module,
+        cluster,
+    }
+}
 
-    let (temp, root) = match dir {
+/// The directory: `--dir` (kept), or a new temporary one (removed when
+/// the returned guard drops), after removing those of dead dev processes.
+fn dev_dir(dir: Option<PathBuf>) -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {
+    match dir {
         Some(d) => {
             std::fs::create_dir_all(&d)?;
-            (None, d)
+            Ok((None, d))
         }
         None => {
             remove_stale_dev_dirs(&std::env::temp_dir());
@@ -533,38 +289,16 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
                 .prefix("keywarden-dev-")
                 .tempdir()?;
             let p = t.path().to_path_buf();
-            (Some(t), p)
+            Ok((Some(t), p))
         }
-    };
-    // Held for this process's lifetime: a later `keywarden dev` that can
-    // take it knows this one is dead (SIGKILLed before it could clean up).
-    let _alive = keywarden::server::lock::DirLock::take(&root, DEV_LOCK)?;
-    if temp.is_some() {
-        std::fs::write(
-            root.join(DEV_TEMP_MARK),
-            "removed when this keywarden dev exits\n",
-        )?;
     }
-    let layout = prepare(
-        &root,
-        socket,
-        ConfigChoices {
-            token,
-            token_module,
-            session_copies,
-            policy_file: policy,
-            no_audit: benchmark_no_audit,
-            audit_max_file_bytes,
-            metrics_listen,
-            audit_forward,
-            lifecycle,
-            serve_module: pkcs11_module,
-            cluster,
-        },
-    )
-    .await?;
+}
+
+/// `keywarden serve --dev` on the generated config, as a child that dies
+/// with this process.
+fn spawn_daemon(layout: &DevLayout) -> anyhow::Result<tokio::process::Child> {
     let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
+    let child = Command::new(exe)
         .arg("serve")
         .arg("--dev")
         .arg("--config")
@@ -573,18 +307,23 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         .env(layout.token_conf.0, &layout.token_conf.1)
         .kill_on_drop(true)
         .spawn()?;
-    wait_for_socket(&layout.socket, &mut child).await?;
-    let phase = {
-        let mut c = keywarden_client::Client::connect(&layout.socket).await?;
-        c.operator
-            .status(keywarden::proto::StatusRequest {})
-            .await
-            .map_err(|s| anyhow::anyhow!("status: {}", s.message()))?
-            .into_inner()
-            .seal
-            .map(|s| s.phase)
-            .unwrap_or_default()
-    };
+    Ok(child)
+}
+
+/// The daemon's seal phase (`uninitialized`, `sealed`, `unsealed`).
+async fn seal_phase(socket: &Path) -> anyhow::Result<String> {
+    let mut c = keywarden_client::Client::connect(socket).await?;
+    Ok(c.operator
+        .status(keywarden::proto::StatusRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("status: {}", s.message()))?
+        .into_inner()
+        .seal
+        .map(|s| s.phase)
+        .unwrap_or_default())
+}
+
+fn print_banner(token: DevToken, layout: &DevLayout, temporary: bool) {
     println!(
         "Keywarden dev daemon is running. DEVELOPMENT ONLY: throwaway {} token.",
         token.name()
@@ -592,7 +331,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
     println!(
         "  directory: {}{}",
         layout.root.display(),
-        if temp.is_some() {
+        if temporary {
             " (removed on exit)"
         } else {
             " (kept)"
@@ -606,7 +345,18 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         layout.token_conf.0,
         layout.token_conf.1.display()
     );
-    match phase.as_str() {
+}
+
+/// By the seal phase: the ceremony's instructions, dev mode's own
+/// init and unseal (stopping the daemon when they fail), or the sealed
+/// daemon's instructions.
+async fn start_phase(
+    phase: &str,
+    ceremony: bool,
+    layout: &DevLayout,
+    child: &mut tokio::process::Child,
+) -> anyhow::Result<()> {
+    match phase {
         "uninitialized" if ceremony => {
             println!("Ceremony rehearsal: the daemon is uninitialised. Provisioning PINs:");
             println!(
@@ -623,12 +373,7 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         }
         "uninitialized" => {
             if let Err(e) = dev_init_and_unseal(&layout.root, &layout.socket).await {
-                if let Some(pid) = child.id() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGTERM,
-                    );
-                }
+                terminate(child);
                 let _ = child.wait().await;
                 return Err(e);
             }
@@ -639,31 +384,45 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
             println!("  keywarden operator unseal");
         }
     }
+    Ok(())
+}
 
+/// Sends the daemon SIGTERM (if it is still running).
+fn terminate(child: &tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+/// Until the daemon exits, or a signal stops it (SIGTERM, then SIGKILL
+/// after 15 s).
+async fn wait_for_exit(
+    mut child: tokio::process::Child,
+    signals: &mut Signals,
+) -> anyhow::Result<std::process::ExitStatus> {
     let exited = tokio::select! {
         s = child.wait() => Some(s?),
-        _ = term.recv() => None,
-        _ = int.recv() => None,
+        _ = signals.term.recv() => None,
+        _ = signals.int.recv() => None,
     };
-    let status = match exited {
-        Some(s) => s,
-        None => {
-            if let Some(pid) = child.id() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-            match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
-                Ok(s) => s?,
-                Err(_) => {
-                    child.kill().await?;
-                    child.wait().await?
-                }
-            }
+    if let Some(s) = exited {
+        return Ok(s);
+    }
+    terminate(&child);
+    match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
+        Ok(s) => Ok(s?),
+        Err(_) => {
+            child.kill().await?;
+            Ok(child.wait().await?)
         }
-    };
-    drop(temp);
+    }
+}
+
+/// A clean stop: exit status 0, or the SIGTERM or SIGINT it was sent.
+fn check_exit(status: std::process::ExitStatus) -> anyhow::Result<()> {
     if !status.success() {
         // A signal counts too: a daemon killed by SIGSEGV must not pass
         // for a clean stop.
@@ -677,64 +436,4 @@ pub async fn run(opts: DevOptions) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Prepares a new `--dir` for `keywarden operator restore --dir`: the
-/// token's configuration and an empty token directory, so that
-/// `keywarden dev --dir DIR` then starts from the restored state (sealed).
-/// Points this process's token module at that configuration.
-pub fn restore_target(
-    dir: &Path,
-    profile_name: &str,
-    token_module: Option<&Path>,
-) -> anyhow::Result<keywarden::backup::restore::Target> {
-    let token = match profile_name {
-        "softhsm2" => DevToken::Softhsm2,
-        "kryoptic" => DevToken::Kryoptic,
-        other => bail!("--dir: the backup was taken on a {other:?} token; dev mode runs softhsm2 or kryoptic (restore with --config)"),
-    };
-    let tokens_used = std::fs::read_dir(dir.join("tokens")).is_ok_and(|mut r| r.next().is_some());
-    if tokens_used || dir.join("state").join("seal.json").exists() {
-        bail!(
-            "--dir {}: it already holds a dev deployment; a restore goes into a new directory",
-            dir.display()
-        );
-    }
-    std::fs::create_dir_all(dir.join("tokens"))?;
-    let root = dir.canonicalize()?;
-    let tokens = root.join("tokens");
-    let (var, conf_name) = token.conf_env();
-    let conf = root.join(conf_name);
-    write_file(&conf, &token.conf_text(&tokens))?;
-    let profile = HsmProfile::parse(token.profile()).map_err(anyhow::Error::msg)?;
-    let module = match token_module {
-        Some(m) => m.canonicalize()?,
-        None => profile.find_module().ok_or_else(|| {
-            anyhow::anyhow!(
-                "the {} module is not installed; give --token-module",
-                token.name()
-            )
-        })?,
-    };
-    // The token module reads its configuration from the environment when
-    // it is loaded, which the restore does next, on this thread.
-    std::env::set_var(var, &conf);
-    let state_dir = root.join("state");
-    let audit_file = state_dir.join("audit").join("audit.log");
-    // The marker `keywarden dev` checks: the token exists (restored).
-    write_file(&root.join("token-initialised"), "")?;
-    Ok(keywarden::backup::restore::Target {
-        state_dir,
-        audit: keywarden::audit::AuditConfig {
-            file: audit_file,
-            checkpoint_every: 1000,
-            max_file_bytes: 64 * 1024 * 1024,
-            forward: None,
-            node: None,
-        },
-        profile,
-        module,
-        token: keywarden::config::TokenSelector::Label(DEV_TOKEN_LABEL.into()),
-        token_conf: Some(conf),
-    })
 }

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 
-use crate::dev::DevToken;
+use crate::devdir::DevToken;
 use keywarden::proto;
 use keywarden_client::{Client, Context, Error};
 
@@ -158,6 +158,55 @@ fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
+/// The drill's directories and the encryption context of its data keys.
+struct Site<'a> {
+    opts: &'a DrillOptions,
+    /// The dev daemon that is backed up, then lost.
+    primary: PathBuf,
+    /// Where the backup is restored.
+    restored: PathBuf,
+    /// What survives the host: the backup, the share, the audit log copies.
+    offsite: PathBuf,
+    ctx: Context,
+}
+
+/// The data keys recorded: before the backup under the kept keys, under
+/// the key destroyed after it, and under the key created after it.
+struct Records {
+    names: Vec<String>,
+    kept: Vec<Recorded>,
+    shredded: Vec<Recorded>,
+    late: Vec<Recorded>,
+}
+
+/// The first daemon, running with the custodian's share written off-host.
+struct Primary {
+    dev: DevProcess,
+    client: Client,
+    share: String,
+    share_file: PathBuf,
+}
+
+/// The backup taken, and when.
+struct Backup {
+    path: PathBuf,
+    bytes: usize,
+    taken_at: Instant,
+    took: Duration,
+}
+
+/// What the drill measured, for its report.
+struct Measured {
+    opened: usize,
+    kept: usize,
+    shredded: usize,
+    backup_bytes: usize,
+    backup_took: Duration,
+    rpo: Duration,
+    rto: Duration,
+    restore_took: Duration,
+}
+
 /// Runs the drill; returns an error (and prints why) if any check fails.
 pub async fn restore(opts: DrillOptions) -> anyhow::Result<()> {
     let temp;
@@ -173,39 +222,84 @@ pub async fn restore(opts: DrillOptions) -> anyhow::Result<()> {
             temp.path().to_path_buf()
         }
     };
-    let primary = root.join("primary");
-    let restored = root.join("restored");
-    let offsite = root.join("offsite");
-    std::fs::create_dir_all(&primary)?;
-    std::fs::create_dir_all(&offsite)?;
-    let ctx: Context = [("drill".to_string(), "restore".to_string())].into();
+    let site = Site {
+        opts: &opts,
+        primary: root.join("primary"),
+        restored: root.join("restored"),
+        offsite: root.join("offsite"),
+        ctx: [("drill".to_string(), "restore".to_string())].into(),
+    };
+    std::fs::create_dir_all(&site.primary)?;
+    std::fs::create_dir_all(&site.offsite)?;
 
+    let (mut primary, mut records) = start_primary(&site).await?;
+    let backup = take_backup(&mut primary.client, &site.offsite).await?;
+    records.late = change_after_backup(&mut primary.client, &records, &site.ctx).await?;
+    drop(primary.client);
+    let (lost_at, copies) = lose_host(primary.dev, &site).await?;
+    let (t_restore, restore_took) =
+        restore_offline(&site, &backup.path, &primary.share_file, &copies)?;
+    let (opened, first_served) = check_restored(&site, &primary.share, &records, t_restore).await?;
+
+    print_report(&Measured {
+        opened,
+        kept: records.kept.len(),
+        shredded: records.shredded.len(),
+        backup_bytes: backup.bytes,
+        backup_took: backup.took,
+        rpo: lost_at.duration_since(backup.taken_at),
+        rto: first_served.unwrap_or_default(),
+        restore_took,
+    });
+    Ok(())
+}
+
+/// Step 1: a dev daemon with keys and data keys recorded under each, and the
+/// custodian's share written off-host.
+async fn start_primary(site: &Site<'_>) -> anyhow::Result<(Primary, Records)> {
+    let opts = site.opts;
     println!(
         "drill: 1. a dev daemon with {} keys and {} data keys each",
         opts.keys, opts.data_keys
     );
-    let dev = DevProcess::start(&primary, &opts, &["--destroy-approvals", "1"]).await?;
+    let dev = DevProcess::start(&site.primary, opts, &["--destroy-approvals", "1"]).await?;
     let share_line = dev.wait_for(|l| l.starts_with("Unseal share: ")).await?;
     dev.wait_for(|l| l == "Unsealed.").await?;
     let share = share_line
         .trim_start_matches("Unseal share: ")
         .trim()
         .to_string();
-    let share_file = offsite.join("custodian.share");
+    let share_file = site.offsite.join("custodian.share");
     std::fs::write(&share_file, format!("{share}\n"))?;
     let mut c = Client::connect(&dev.socket).await?;
     let names: Vec<String> = (1..=opts.keys).map(|i| format!("records-{i}")).collect();
     let mut kept = Vec::new();
     for n in &names {
         create(&mut c, n).await?;
-        kept.extend(record(&c, n, opts.data_keys, &ctx).await?);
+        kept.extend(record(&c, n, opts.data_keys, &site.ctx).await?);
     }
     create(&mut c, "retired").await?;
-    let shredded = record(&c, "retired", opts.data_keys, &ctx).await?;
+    let shredded = record(&c, "retired", opts.data_keys, &site.ctx).await?;
+    let primary = Primary {
+        dev,
+        client: c,
+        share,
+        share_file,
+    };
+    let records = Records {
+        names,
+        kept,
+        shredded,
+        late: Vec::new(),
+    };
+    Ok((primary, records))
+}
 
+/// Step 2: the backup, streamed into the off-host directory.
+async fn take_backup(c: &mut Client, offsite: &Path) -> anyhow::Result<Backup> {
     println!("drill: 2. backup");
-    let backup = offsite.join("keywarden.kwb");
-    let t_backup = Instant::now();
+    let path = offsite.join("keywarden.kwb");
+    let taken_at = Instant::now();
     let mut stream = c
         .operator
         .backup(proto::BackupRequest {})
@@ -216,9 +310,22 @@ pub async fn restore(opts: DrillOptions) -> anyhow::Result<()> {
     while let Some(chunk) = stream.message().await? {
         bytes.extend_from_slice(&chunk.data);
     }
-    std::fs::write(&backup, &bytes)?;
-    let backup_took = t_backup.elapsed();
+    std::fs::write(&path, &bytes)?;
+    Ok(Backup {
+        path,
+        bytes: bytes.len(),
+        taken_at,
+        took: taken_at.elapsed(),
+    })
+}
 
+/// Step 3: changes the backup does not hold: a key destroyed, a hold placed, a
+/// key created (its data key is returned).
+async fn change_after_backup(
+    c: &mut Client,
+    records: &Records,
+    ctx: &Context,
+) -> anyhow::Result<Vec<Recorded>> {
     println!("drill: 3. after the backup: destroy \"retired\", hold \"records-1\", create \"after-backup\"");
     c.keys
         .destroy_now(proto::KeyNameRequest {
@@ -228,20 +335,24 @@ pub async fn restore(opts: DrillOptions) -> anyhow::Result<()> {
         .map_err(|s| anyhow::anyhow!("destroying retired: {}", s.message()))?;
     c.keys
         .place_hold(proto::PlaceHoldRequest {
-            name: names[0].clone(),
+            name: records.names[0].clone(),
             reason: "restore drill".into(),
             ..Default::default()
         })
         .await
         .map_err(|s| anyhow::anyhow!("hold: {}", s.message()))?;
-    create(&mut c, "after-backup").await?;
-    let late = record(&c, "after-backup", 1, &ctx).await?;
-    drop(c);
+    create(c, "after-backup").await?;
+    record(c, "after-backup", 1, ctx).await
+}
 
+/// Step 4: the host is lost: the daemon stops, its audit log is copied
+/// off-host, its directory goes. Returns when, and the copies (oldest
+/// first).
+async fn lose_host(dev: DevProcess, site: &Site<'_>) -> anyhow::Result<(Instant, Vec<PathBuf>)> {
     println!("drill: 4. the host is lost: its audit log survives only as the off-host copy");
     dev.stop().await?;
-    let t_loss = Instant::now();
-    let mut trail: Vec<PathBuf> = std::fs::read_dir(primary.join("state").join("audit"))?
+    let lost_at = Instant::now();
+    let mut trail: Vec<PathBuf> = std::fs::read_dir(site.primary.join("state").join("audit"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "log"))
         .collect();
@@ -249,25 +360,36 @@ pub async fn restore(opts: DrillOptions) -> anyhow::Result<()> {
     trail.sort_by_key(|p| (p.file_name().is_some_and(|n| n == "audit.log"), p.clone()));
     let mut copies = Vec::new();
     for f in &trail {
-        let to = offsite.join(f.file_name().unwrap_or_default());
+        let to = site.offsite.join(f.file_name().unwrap_or_default());
         std::fs::copy(f, &to)?;
         copies.push(to);
     }
-    std::fs::remove_dir_all(&primary)?;
+    std::fs::remove_dir_all(&site.primary)?;
+    Ok((lost_at, copies))
+}
 
+/// Step 5: `keywarden operator restore --dir` into a new directory, replaying
+/// the audit log copies; its output is shown indented. Returns when it
+/// started and how long it took.
+fn restore_offline(
+    site: &Site<'_>,
+    backup: &Path,
+    share_file: &Path,
+    copies: &[PathBuf],
+) -> anyhow::Result<(Instant, Duration)> {
     println!("drill: 5. restore into a new directory, replaying the trail");
     let t_restore = Instant::now();
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(&exe);
     cmd.args(["operator", "restore", "--from"])
-        .arg(&backup)
+        .arg(backup)
         .arg("--dir")
-        .arg(&restored)
+        .arg(&site.restored)
         .arg("--share-file")
-        .arg(&share_file)
+        .arg(share_file)
         .arg("--replay-audit")
-        .args(&copies);
-    if let Some(m) = &opts.token_module {
+        .args(copies);
+    if let Some(m) = &site.opts.token_module {
         cmd.arg("--token-module").arg(m);
     }
     let out = cmd.output().context("running keywarden operator restore")?;
@@ -285,13 +407,26 @@ pub async fn restore(opts: DrillOptions) -> anyhow::Result<()> {
     if !text.contains("LOST: after-backup") {
         bail!("the restore did not report the key created after the backup as lost");
     }
+    Ok((t_restore, restore_took))
+}
 
+/// Steps 6 and 7: the restored daemon, unsealed with the original share: every
+/// data key recorded before the backup opens to the same key, the
+/// destroyed key's do not, the key created after it is unknown, the hold
+/// placed after it stands. Returns how many opened, and when the first
+/// was served (since `t_restore`).
+async fn check_restored(
+    site: &Site<'_>,
+    share: &str,
+    records: &Records,
+    t_restore: Instant,
+) -> anyhow::Result<(usize, Option<Duration>)> {
     println!("drill: 6. start the restored daemon (sealed), unseal with the original share");
-    let dev2 = DevProcess::start(&restored, &opts, &[]).await?;
+    let dev2 = DevProcess::start(&site.restored, site.opts, &[]).await?;
     let mut c = Client::connect(&dev2.socket).await?;
     c.operator
         .unseal(proto::UnsealRequest {
-            share: share.clone(),
+            share: share.to_string(),
             reset: false,
             accept_restore_window: false,
         })
@@ -299,11 +434,26 @@ pub async fn restore(opts: DrillOptions) -> anyhow::Result<()> {
         .map_err(|s| anyhow::anyhow!("unseal: {}", s.message()))?;
 
     println!("drill: 7. check every recorded data key");
+    let (opened, first_served) = check_kept(&c, &records.kept, &site.ctx, t_restore).await?;
+    check_gone(&c, records, &site.ctx).await?;
+    check_hold(&mut c, &records.names[0]).await?;
+    drop(c);
+    dev2.stop().await?;
+    Ok((opened, first_served))
+}
+
+/// Every data key recorded before the backup opens to the same key.
+async fn check_kept(
+    c: &Client,
+    kept: &[Recorded],
+    ctx: &Context,
+    t_restore: Instant,
+) -> anyhow::Result<(usize, Option<Duration>)> {
     let mut opened = 0;
     let mut first_served = None;
     for chunk in kept.chunks(512) {
         let items: Vec<(&[u8], &Context)> =
-            chunk.iter().map(|r| (r.blob.as_slice(), &ctx)).collect();
+            chunk.iter().map(|r| (r.blob.as_slice(), ctx)).collect();
         let results = c.decrypt_data_keys(&items).await?;
         first_served.get_or_insert_with(|| t_restore.elapsed());
         for (r, want) in results.into_iter().zip(chunk) {
@@ -316,8 +466,17 @@ pub async fn restore(opts: DrillOptions) -> anyhow::Result<()> {
             opened += 1;
         }
     }
-    let items: Vec<(&[u8], &Context)> =
-        shredded.iter().map(|r| (r.blob.as_slice(), &ctx)).collect();
+    Ok((opened, first_served))
+}
+
+/// The data keys of the key destroyed after the backup stay shredded; the
+/// key created after it is unknown.
+async fn check_gone(c: &Client, records: &Records, ctx: &Context) -> anyhow::Result<()> {
+    let items: Vec<(&[u8], &Context)> = records
+        .shredded
+        .iter()
+        .map(|r| (r.blob.as_slice(), ctx))
+        .collect();
     for r in c.decrypt_data_keys(&items).await? {
         match r {
             Err(Error::FailedPrecondition { .. }) => {}
@@ -327,8 +486,8 @@ pub async fn restore(opts: DrillOptions) -> anyhow::Result<()> {
             }
         }
     }
-    for r in &late {
-        match c.decrypt_data_key(&r.blob, &ctx).await {
+    for r in &records.late {
+        match c.decrypt_data_key(&r.blob, ctx).await {
             Err(Error::NotFound { .. }) => {}
             other => bail!(
                 "the key created after the backup: expected NOT_FOUND, got {:?}",
@@ -336,10 +495,15 @@ pub async fn restore(opts: DrillOptions) -> anyhow::Result<()> {
             ),
         }
     }
+    Ok(())
+}
+
+/// The hold placed after the backup survived the restore.
+async fn check_hold(c: &mut Client, name: &str) -> anyhow::Result<()> {
     let held = c
         .keys
         .describe_key(proto::DescribeKeyRequest {
-            name: names[0].clone(),
+            name: name.to_string(),
         })
         .await
         .map_err(|s| anyhow::anyhow!("describe: {}", s.message()))?
@@ -347,28 +511,30 @@ pub async fn restore(opts: DrillOptions) -> anyhow::Result<()> {
     if held.key.map(|k| k.holds.is_empty()).unwrap_or(true) {
         bail!("the hold placed after the backup did not survive the restore");
     }
-    drop(c);
-    dev2.stop().await?;
+    Ok(())
+}
 
-    let rto = first_served.unwrap_or_default();
-    let rpo = t_loss.duration_since(t_backup);
+fn print_report(m: &Measured) {
     println!();
     println!("drill restore: PASSED");
     println!(
-        "  data keys recorded before the backup that open: {opened} of {}",
-        kept.len()
+        "  data keys recorded before the backup that open: {} of {}",
+        m.opened, m.kept
     );
     println!(
         "  data keys of the key destroyed after the backup that open: 0 of {}",
-        shredded.len()
+        m.shredded
     );
-    println!("  backup: {} bytes in {}", bytes.len(), secs(backup_took));
+    println!(
+        "  backup: {} bytes in {}",
+        m.backup_bytes,
+        secs(m.backup_took)
+    );
     println!("  RPO, key states (destructions, holds): 0 s: replayed from the audit trail up to its last line");
-    println!("  RPO, key material: {} (the backup's age when the host was lost; \"after-backup\" is lost)", secs(rpo));
+    println!("  RPO, key material: {} (the backup's age when the host was lost; \"after-backup\" is lost)", secs(m.rpo));
     println!(
         "  RTO: {} (restore {}, then start, unseal and first data key served)",
-        secs(rto),
-        secs(restore_took)
+        secs(m.rto),
+        secs(m.restore_took)
     );
-    Ok(())
 }

@@ -5,6 +5,7 @@
 mod bench;
 mod cli;
 mod dev;
+mod devdir;
 mod devpg;
 mod drill;
 mod hsm_check;
@@ -70,7 +71,7 @@ enum DrillCommand {
         #[arg(long, default_value = "3")]
         keys: usize,
         #[arg(long, value_enum, default_value = "softhsm2")]
-        token: dev::DevToken,
+        token: devdir::DevToken,
         /// The token's PKCS#11 module, when its profile does not find it.
         #[arg(long)]
         token_module: Option<PathBuf>,
@@ -78,6 +79,87 @@ enum DrillCommand {
         #[arg(long)]
         keep: Option<PathBuf>,
     },
+}
+
+// The flags of `keywarden dev` (no doc comment: the command's help is the
+// `Command::Dev` variant's).
+#[derive(Debug, clap::Args)]
+struct DevArgs {
+    /// Keep token, config and state in DIR instead of a temporary directory.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Use the CMK token objects directly instead of session copies
+    /// (to measure what the copies buy).
+    #[arg(long)]
+    no_session_copies: bool,
+    /// Start uninitialised so custodians can rehearse init, unseal, seal
+    /// and rekey.
+    #[arg(long)]
+    ceremony: bool,
+    /// Run under this policy file instead of dev mode's open policy
+    /// (every local user, every role).
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Benchmarks only: answer requests without auditing them.
+    #[arg(long)]
+    benchmark_no_audit: bool,
+    /// Drills: shortest waiting period of a scheduled destruction (e.g. 2s).
+    #[arg(long, value_name = "DURATION")]
+    destroy_min_delay: Option<String>,
+    /// Drills: distinct admins a destruction needs.
+    #[arg(long, value_name = "N")]
+    destroy_approvals: Option<usize>,
+    /// Rotate a version automatically after this many encryptions.
+    #[arg(long, value_name = "N")]
+    rotate_after_encryptions: Option<u64>,
+    /// Refuse more than this many encryptions per version.
+    #[arg(long, value_name = "N")]
+    hard_limit_encryptions: Option<u64>,
+    /// How often the lifecycle scheduler runs (e.g. 1s).
+    #[arg(long, value_name = "DURATION")]
+    tick: Option<String>,
+    /// A per-uid limit, as in `[limits]` (e.g. audit_hash_per_minute=10);
+    /// repeat for several.
+    #[arg(long = "limit", value_name = "NAME=N")]
+    limits: Vec<String>,
+    /// Rotate the audit log at this size (drills and tests).
+    #[arg(long, value_name = "BYTES")]
+    audit_max_file_bytes: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (a loopback
+    /// address, e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    /// Forward every audit line, as RFC 5424 syslog, to
+    /// tcp://IP:PORT (octet-counted) or unix:///PATH (datagrams).
+    #[arg(long, value_name = "TARGET")]
+    audit_forward: Option<String>,
+    /// Serve through this PKCS#11 module instead of the token's own
+    /// (tests: the fault-injection shim, which forwards to the token).
+    #[arg(long, value_name = "PATH")]
+    pkcs11_module: Option<PathBuf>,
+    /// The software token to run on.
+    #[arg(long, value_enum, default_value = "softhsm2")]
+    token: devdir::DevToken,
+    /// The token's PKCS#11 module, where its profile does not find it
+    /// (Kryoptic: testing/kryoptic-token/target/release/libkryoptic_pkcs11.so).
+    #[arg(long, value_name = "PATH")]
+    token_module: Option<PathBuf>,
+    /// A node of a cluster: keep the registry in this PostgreSQL
+    /// database (docs/CLUSTER.md) instead of the state directory.
+    #[arg(long, value_name = "URL")]
+    registry_url: Option<String>,
+    /// This node's name in the cluster.
+    #[arg(long, value_name = "ID", requires = "registry_url")]
+    node_id: Option<String>,
+    /// TLS to the registry, trusting only the CA certificates in FILE
+    /// (PEM): `[registry] ca_file`.
+    #[arg(long, value_name = "FILE", requires = "registry_url")]
+    registry_ca_file: Option<PathBuf>,
+    /// Join the cluster of the dev daemon in DIR: its token (the seal,
+    /// one share set for the cluster, comes from the registry
+    /// database); starts sealed.
+    #[arg(long, value_name = "DIR", requires = "registry_url")]
+    join: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,83 +174,7 @@ enum Command {
         dev: bool,
     },
     /// Run a development daemon on a throwaway SoftHSM token.
-    Dev {
-        /// Keep token, config and state in DIR instead of a temporary directory.
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Use the CMK token objects directly instead of session copies
-        /// (to measure what the copies buy).
-        #[arg(long)]
-        no_session_copies: bool,
-        /// Start uninitialised so custodians can rehearse init, unseal, seal
-        /// and rekey.
-        #[arg(long)]
-        ceremony: bool,
-        /// Run under this policy file instead of dev mode's open policy
-        /// (every local user, every role).
-        #[arg(long)]
-        policy: Option<PathBuf>,
-        /// Benchmarks only: answer requests without auditing them.
-        #[arg(long)]
-        benchmark_no_audit: bool,
-        /// Drills: shortest waiting period of a scheduled destruction (e.g. 2s).
-        #[arg(long, value_name = "DURATION")]
-        destroy_min_delay: Option<String>,
-        /// Drills: distinct admins a destruction needs.
-        #[arg(long, value_name = "N")]
-        destroy_approvals: Option<usize>,
-        /// Rotate a version automatically after this many encryptions.
-        #[arg(long, value_name = "N")]
-        rotate_after_encryptions: Option<u64>,
-        /// Refuse more than this many encryptions per version.
-        #[arg(long, value_name = "N")]
-        hard_limit_encryptions: Option<u64>,
-        /// How often the lifecycle scheduler runs (e.g. 1s).
-        #[arg(long, value_name = "DURATION")]
-        tick: Option<String>,
-        /// A per-uid limit, as in `[limits]` (e.g. audit_hash_per_minute=10);
-        /// repeat for several.
-        #[arg(long = "limit", value_name = "NAME=N")]
-        limits: Vec<String>,
-        /// Rotate the audit log at this size (drills and tests).
-        #[arg(long, value_name = "BYTES")]
-        audit_max_file_bytes: Option<u64>,
-        /// Serve Prometheus metrics at http://ADDR/metrics (a loopback
-        /// address, e.g. 127.0.0.1:9464).
-        #[arg(long, value_name = "ADDR")]
-        metrics_listen: Option<String>,
-        /// Forward every audit line, as RFC 5424 syslog, to
-        /// tcp://IP:PORT (octet-counted) or unix:///PATH (datagrams).
-        #[arg(long, value_name = "TARGET")]
-        audit_forward: Option<String>,
-        /// Serve through this PKCS#11 module instead of the token's own
-        /// (tests: the fault-injection shim, which forwards to the token).
-        #[arg(long, value_name = "PATH")]
-        pkcs11_module: Option<PathBuf>,
-        /// The software token to run on.
-        #[arg(long, value_enum, default_value = "softhsm2")]
-        token: dev::DevToken,
-        /// The token's PKCS#11 module, where its profile does not find it
-        /// (Kryoptic: testing/kryoptic-token/target/release/libkryoptic_pkcs11.so).
-        #[arg(long, value_name = "PATH")]
-        token_module: Option<PathBuf>,
-        /// A node of a cluster: keep the registry in this PostgreSQL
-        /// database (docs/CLUSTER.md) instead of the state directory.
-        #[arg(long, value_name = "URL")]
-        registry_url: Option<String>,
-        /// This node's name in the cluster.
-        #[arg(long, value_name = "ID", requires = "registry_url")]
-        node_id: Option<String>,
-        /// TLS to the registry, trusting only the CA certificates in FILE
-        /// (PEM): `[registry] ca_file`.
-        #[arg(long, value_name = "FILE", requires = "registry_url")]
-        registry_ca_file: Option<PathBuf>,
-        /// Join the cluster of the dev daemon in DIR: its token (the seal,
-        /// one share set for the cluster, comes from the registry
-        /// database); starts sealed.
-        #[arg(long, value_name = "DIR", requires = "registry_url")]
-        join: Option<PathBuf>,
-    },
+    Dev(DevArgs),
     /// Customer-managed keys (admins).
     #[command(subcommand)]
     Key(KeyCommand),
@@ -296,36 +302,30 @@ fn dev_limits(flags: &[String]) -> anyhow::Result<String> {
 }
 
 /// The `[lifecycle]` lines for `keywarden dev` drill flags.
-fn dev_lifecycle(
-    destroy_min_delay: Option<String>,
-    destroy_approvals: Option<usize>,
-    rotate_after: Option<u64>,
-    hard_limit: Option<u64>,
-    tick: Option<String>,
-) -> anyhow::Result<String> {
+fn dev_lifecycle(args: &DevArgs) -> anyhow::Result<String> {
     let secs = |flag: &str, v: &str| {
         humantime::parse_duration(v)
             .map(|d| d.as_secs().max(1))
             .map_err(|e| anyhow::anyhow!("--{flag} {v:?}: {e}"))
     };
     let mut out = String::new();
-    if let Some(d) = destroy_min_delay {
+    if let Some(d) = &args.destroy_min_delay {
         out.push_str(&format!(
             "destroy_min_delay_secs = {}\n",
-            secs("destroy-min-delay", &d)?
+            secs("destroy-min-delay", d)?
         ));
     }
-    if let Some(n) = destroy_approvals {
+    if let Some(n) = args.destroy_approvals {
         out.push_str(&format!("destroy_approvals = {n}\n"));
     }
-    if let Some(n) = rotate_after {
+    if let Some(n) = args.rotate_after_encryptions {
         out.push_str(&format!("rotate_after_encryptions = {n}\n"));
     }
-    if let Some(n) = hard_limit {
+    if let Some(n) = args.hard_limit_encryptions {
         out.push_str(&format!("hard_limit_encryptions = {n}\n"));
     }
-    if let Some(t) = tick {
-        out.push_str(&format!("tick_secs = {}\n", secs("tick", &t)?));
+    if let Some(t) = &args.tick {
+        out.push_str(&format!("tick_secs = {}\n", secs("tick", t)?));
     }
     Ok(out)
 }
@@ -395,109 +395,21 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
     match cli.command {
-        Command::Serve { config, dev } => {
-            let config = keywarden::config::Config::load_for(&config, dev)?;
-            if dev {
-                dev::die_with_parent()?;
-            }
-            init_logging(config.dev);
-            keywarden::server::serve(config).await
-        }
-        Command::Dev {
-            dir,
-            no_session_copies,
-            ceremony,
-            policy,
-            benchmark_no_audit,
-            destroy_min_delay,
-            destroy_approvals,
-            rotate_after_encryptions,
-            hard_limit_encryptions,
-            tick,
-            limits,
-            audit_max_file_bytes,
-            metrics_listen,
-            audit_forward,
-            pkcs11_module,
-            token,
-            token_module,
-            registry_url,
-            node_id,
-            registry_ca_file,
-            join,
-        } => {
+        Command::Serve { config, dev } => serve(&config, dev).await,
+        Command::Dev(args) => {
             // Only an explicit --socket applies; a KEYWARDEN_SOCKET left over
             // from an earlier dev run must not.
             let socket = if socket_from_cli { cli.socket } else { None };
-            dev::run(dev::DevOptions {
-                dir,
-                socket,
-                no_session_copies,
-                ceremony,
-                policy,
-                benchmark_no_audit,
-                audit_max_file_bytes,
-                metrics_listen,
-                audit_forward,
-                pkcs11_module,
-                token,
-                token_module,
-                cluster: registry_url.map(|url| dev::DevCluster {
-                    url,
-                    node_id,
-                    ca_file: registry_ca_file,
-                    join,
-                }),
-                limits: dev_limits(&limits)?,
-                lifecycle: dev_lifecycle(
-                    destroy_min_delay,
-                    destroy_approvals,
-                    rotate_after_encryptions,
-                    hard_limit_encryptions,
-                    tick,
-                )?,
-            })
-            .await
+            run_dev(args, socket).await
         }
-        Command::Drill(DrillCommand::Restore {
-            data_keys,
-            keys,
-            token,
-            token_module,
-            keep,
-        }) => {
-            drill::restore(drill::DrillOptions {
-                token,
-                token_module,
-                keys,
-                data_keys,
-                keep,
-            })
-            .await
-        }
-        Command::DevPostgres => {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate())?;
-            let mut int = signal(SignalKind::interrupt())?;
-            let pg = tokio::task::spawn_blocking(devpg::Postgres::start).await??;
-            println!("Registry URL: {}", pg.url());
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tokio::task::spawn_blocking(move || drop(pg)).await?;
-            Ok(())
-        }
+        Command::Drill(cmd) => drill(cmd).await,
+        Command::DevPostgres => dev_postgres().await,
         Command::DevInitToken {
             module,
             label,
             so_pin_file,
             pin_file,
-        } => {
-            let so = keywarden::secret::Pin::from_file(&so_pin_file).map_err(anyhow::Error::msg)?;
-            let user = keywarden::secret::Pin::from_file(&pin_file).map_err(anyhow::Error::msg)?;
-            dev::init_token(&module, &label, &so, &user)
-        }
+        } => dev_init_token(&module, &label, &so_pin_file, &pin_file),
         Command::Key(cmd) => cli::key::run(&socket, cli.output, cmd).await,
         Command::Datakey(cmd) => cli::datakey::run(&socket, cli.output, cmd).await,
         Command::Encrypt(args) => cli::envelope::encrypt(&socket, args).await,
@@ -509,25 +421,9 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             config,
             state_dir,
             timeout,
-        } => {
-            let state_dir = match config {
-                Some(c) => keywarden::config::Config::load(&c)?.state_dir,
-                None => state_dir,
-            };
-            keywarden::server::reload::request(pid, &state_dir, timeout)?;
-            println!("policy reloaded");
-            Ok(())
-        }
+        } => reload(pid, config, state_dir, timeout),
         Command::Metrics => cli::status::metrics(&socket).await,
-        Command::Completions { shell } => {
-            use std::io::Write;
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut cmd, "keywarden", &mut script);
-            // A closed pipe ends the output quietly.
-            let _ = std::io::stdout().write_all(&script);
-            Ok(())
-        }
+        Command::Completions { shell } => completions(shell),
         Command::Man { dir } => man_pages(&dir),
         Command::Hsm(HsmCommand::Check {
             profile,
@@ -542,39 +438,14 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
                 (None, Some(s)) => keywarden::config::TokenSelector::Serial(s),
                 _ => anyhow::bail!("give one of --token-label and --token-serial"),
             };
-            let results = tokio::task::spawn_blocking(move || {
-                crate::hsm_check::run(
-                    &profile,
-                    module.as_deref(),
-                    &token,
-                    &pin_file,
-                    so_pin_file.as_deref(),
-                )
-            })
-            .await?;
-            let failed = results.iter().filter(|r| !r.ok).count();
-            match cli.output {
-                cli::Output::Json => cli::print_json(&serde_json::json!({
-                    "ok": failed == 0,
-                    "checks": results.iter().map(|r| serde_json::json!({
-                        "check": r.check, "ok": r.ok, "detail": r.detail,
-                    })).collect::<Vec<_>>(),
-                }))?,
-                cli::Output::Text => {
-                    for r in &results {
-                        println!(
-                            "{:<36} {:<4} {}",
-                            r.check,
-                            if r.ok { "PASS" } else { "FAIL" },
-                            r.detail
-                        );
-                    }
-                }
-            }
-            if failed > 0 {
-                anyhow::bail!("{failed} checks failed");
-            }
-            Ok(())
+            let probe = hsm_check::Probe {
+                profile,
+                module,
+                token,
+                pin_file,
+                so_pin_file,
+            };
+            hsm_check(probe, cli.output).await
         }
         Command::Bench {
             seconds,
@@ -602,18 +473,211 @@ async fn run(cli: Cli, socket_from_cli: bool) -> anyhow::Result<()> {
             config,
             seconds,
             warmup,
-        } => {
-            let mut share = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut share)?;
-            let rate = tokio::task::spawn_blocking(move || {
-                bench::hsm_raw(&config, seconds, warmup, share.trim())
-            })
-            .await??;
-            println!("{}", serde_json::json!({ "per_sec": rate }));
-            Ok(())
-        }
+        } => bench_hsm_raw(config, seconds, warmup).await,
         Command::Audit(cmd) => cli::audit::run(cli.output, cmd, &socket).await,
-        Command::Operator(cmd) => cli::operator::run(&socket, cli.output, cmd).await,
+        Command::Operator(cmd) => {
+            cli::operator::run(&socket, cli.output, cmd, restore_target).await
+        }
+    }
+}
+
+/// `keywarden serve`.
+async fn serve(config: &std::path::Path, dev: bool) -> anyhow::Result<()> {
+    let config = keywarden::config::Config::load_for(config, dev)?;
+    if dev {
+        dev::die_with_parent()?;
+    }
+    init_logging(config.dev);
+    keywarden::server::serve(config).await
+}
+
+/// `keywarden dev`: its flags as the dev module's options.
+async fn run_dev(args: DevArgs, socket: Option<PathBuf>) -> anyhow::Result<()> {
+    let limits = dev_limits(&args.limits)?;
+    let lifecycle = dev_lifecycle(&args)?;
+    let DevArgs {
+        dir,
+        no_session_copies,
+        ceremony,
+        policy,
+        benchmark_no_audit,
+        audit_max_file_bytes,
+        metrics_listen,
+        audit_forward,
+        pkcs11_module,
+        token,
+        token_module,
+        registry_url,
+        node_id,
+        registry_ca_file,
+        join,
+        ..
+    } = args;
+    dev::run(dev::DevOptions {
+        dir,
+        socket,
+        no_session_copies,
+        ceremony,
+        policy,
+        benchmark_no_audit,
+        audit_max_file_bytes,
+        metrics_listen,
+        audit_forward,
+        pkcs11_module,
+        token,
+        token_module,
+        cluster: registry_url.map(|url| dev::DevCluster {
+            url,
+            node_id,
+            ca_file: registry_ca_file,
+            join,
+        }),
+        limits,
+        lifecycle,
+    })
+    .await
+}
+
+/// `keywarden drill ...`.
+async fn drill(cmd: DrillCommand) -> anyhow::Result<()> {
+    match cmd {
+        DrillCommand::Restore {
+            data_keys,
+            keys,
+            token,
+            token_module,
+            keep,
+        } => {
+            drill::restore(drill::DrillOptions {
+                token,
+                token_module,
+                keys,
+                data_keys,
+                keep,
+            })
+            .await
+        }
+    }
+}
+
+/// `keywarden dev-init-token` (in the child `keywarden dev` runs with the
+/// token's configuration).
+fn dev_init_token(
+    module: &std::path::Path,
+    label: &str,
+    so_pin_file: &std::path::Path,
+    pin_file: &std::path::Path,
+) -> anyhow::Result<()> {
+    let so = keywarden::secret::Pin::from_file(so_pin_file).map_err(anyhow::Error::msg)?;
+    let user = keywarden::secret::Pin::from_file(pin_file).map_err(anyhow::Error::msg)?;
+    devdir::init_token(module, label, &so, &user)
+}
+
+/// `keywarden dev-postgres`: a throwaway PostgreSQL server until SIGTERM
+/// or SIGINT.
+async fn dev_postgres() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let pg = tokio::task::spawn_blocking(devpg::Postgres::start).await??;
+    println!("Registry URL: {}", pg.url());
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tokio::task::spawn_blocking(move || drop(pg)).await?;
+    Ok(())
+}
+
+/// `keywarden reload`: asks the daemon to reload its policy and waits for
+/// the outcome it records in its state directory.
+fn reload(
+    pid: i32,
+    config: Option<PathBuf>,
+    state_dir: PathBuf,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let state_dir = match config {
+        Some(c) => keywarden::config::Config::load(&c)?.state_dir,
+        None => state_dir,
+    };
+    keywarden::server::reload::request(pid, &state_dir, timeout)?;
+    println!("policy reloaded");
+    Ok(())
+}
+
+/// `keywarden completions SHELL`.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "keywarden", &mut script);
+    // A closed pipe ends the output quietly.
+    let _ = std::io::stdout().write_all(&script);
+    Ok(())
+}
+
+/// `keywarden hsm check`: runs the probe off the async runtime, prints its
+/// table (or JSON), and fails when any check did.
+async fn hsm_check(probe: hsm_check::Probe, output: cli::Output) -> anyhow::Result<()> {
+    let results = tokio::task::spawn_blocking(move || hsm_check::run(&probe)).await?;
+    let failed = results.iter().filter(|r| !r.ok).count();
+    match output {
+        cli::Output::Json => cli::print_json(&serde_json::json!({
+            "ok": failed == 0,
+            "checks": results.iter().map(|r| serde_json::json!({
+                "check": r.check, "ok": r.ok, "detail": r.detail,
+            })).collect::<Vec<_>>(),
+        }))?,
+        cli::Output::Text => {
+            for r in &results {
+                println!(
+                    "{:<36} {:<4} {}",
+                    r.check,
+                    if r.ok { "PASS" } else { "FAIL" },
+                    r.detail
+                );
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} checks failed");
+    }
+    Ok(())
+}
+
+/// `keywarden bench-hsm-raw`: the share on stdin, one JSON line out.
+async fn bench_hsm_raw(config: PathBuf, seconds: f64, warmup: f64) -> anyhow::Result<()> {
+    let mut share = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut share)?;
+    let rate =
+        tokio::task::spawn_blocking(move || bench::hsm_raw(&config, seconds, warmup, share.trim()))
+            .await??;
+    println!("{}", serde_json::json!({ "per_sec": rate }));
+    Ok(())
+}
+
+/// Where `keywarden operator restore` puts a backup taken on the token
+/// profile `profile`: the state directory and token of a daemon
+/// configuration (--config), or a new `keywarden dev` directory (--dir).
+fn restore_target(
+    args: &cli::backup::RestoreArgs,
+    profile: &str,
+) -> anyhow::Result<keywarden::backup::restore::Target> {
+    match (&args.config, &args.dir) {
+        (Some(c), _) => {
+            let config = keywarden::config::Config::load(c).map_err(anyhow::Error::msg)?;
+            Ok(keywarden::backup::restore::Target {
+                state_dir: config.state_dir.clone(),
+                audit: config.audit.clone(),
+                profile: config.profile.clone(),
+                module: config.module.clone(),
+                token: config.token.clone(),
+                token_conf: None,
+            })
+        }
+        (None, Some(d)) => devdir::restore_target(d, profile, args.token_module.as_deref()),
+        (None, None) => anyhow::bail!("--config or --dir: where to restore"),
     }
 }
 

@@ -406,129 +406,196 @@ pub async fn run(output: Output, cmd: AuditCommand, socket: &Path) -> anyhow::Re
             dir,
             public_key,
             allow_unsigned_tail,
-        } => {
-            if dir.len() > 1 {
-                if !files.is_empty() {
-                    bail!(
-                        "several --dir: the files are found in each directory; give no file names"
-                    );
-                }
-                return verify_nodes(output, &dir, public_key.as_deref(), allow_unsigned_tail);
-            }
-            let dir = match (dir.first(), files.first()) {
-                (Some(d), _) => d.clone(),
-                (None, Some(f)) => f.parent().map(Path::to_path_buf).unwrap_or_default(),
-                (None, None) => bail!("give log files or --dir"),
-            };
-            let files = if files.is_empty() {
-                log_files(&dir)?
-            } else {
-                files
-            };
-            let key_path = public_key.unwrap_or_else(|| dir.join(PUBLIC_KEY_FILE));
-            let key = verify::load_public_key(&key_path).map_err(anyhow::Error::msg)?;
-            let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-            match verify::verify_files(&refs, &key, allow_unsigned_tail) {
-                Ok(r) => {
-                    match output {
-                        Output::Json => print_json(&json!({
-                            "ok": true, "files": r.files, "entries": r.entries,
-                            "checkpoints": r.checkpoints, "first_seq": r.first_seq,
-                            "last_seq": r.last_seq, "unsigned_tail": r.unsigned_tail,
-                            "starts_mid_chain": r.starts_mid_chain,
-                        }))?,
-                        Output::Text => {
-                            out!(
-                                "OK: {} entries (seq {}..{}) in {} files, {} signed checkpoints",
-                                r.entries,
-                                r.first_seq,
-                                r.last_seq,
-                                r.files,
-                                r.checkpoints
-                            );
-                            if r.unsigned_tail > 0 {
-                                out!("warning: the last {} entries are not yet covered by a checkpoint", r.unsigned_tail);
-                            }
-                            if r.starts_mid_chain {
-                                out!("note: the first file starts at seq {}, not at the genesis line", r.first_seq);
-                            }
-                        }
-                    }
-                    Ok(())
-                }
-                Err(b) => {
-                    if output == Output::Json {
-                        print_json(&json!({"ok": false, "seq": b.seq, "problem": b.what}))?;
-                    }
-                    bail!("audit log BROKEN at seq {}: {}", b.seq, b.what)
-                }
-            }
-        }
-        AuditCommand::Query { dir, filters } => {
-            let filter = Filter::new(filters, socket).await?;
-            let mut rows = Vec::new();
-            for d in &dir {
-                LogReader::history(d, |v| {
-                    if filter.matches(&v) {
-                        rows.push(v);
-                    }
-                })?;
-            }
-            if dir.len() > 1 {
-                // Several nodes: one timeline (RFC 3339 UTC times sort as
-                // text; a node's own entries keep their order).
-                rows.sort_by(|a, b| {
-                    a["time"]
-                        .as_str()
-                        .unwrap_or("")
-                        .cmp(b["time"].as_str().unwrap_or(""))
-                });
-            }
-            match output {
-                Output::Json => print_json(&json!({"entries": rows}))?,
-                Output::Text => {
-                    print_header();
-                    rows.iter().for_each(|v| print_entry(output, v));
-                }
-            }
-            Ok(())
-        }
+        } => verify(
+            output,
+            VerifyJob {
+                files,
+                dirs: dir,
+                public_key,
+                allow_unsigned_tail,
+            },
+        ),
+        AuditCommand::Query { dir, filters } => query(output, &dir, filters, socket).await,
         AuditCommand::Tail {
             dir,
             lines,
             follow,
             filters,
         } => {
-            let filter = Filter::new(filters, socket).await?;
-            let mut last = std::collections::VecDeque::with_capacity(lines.min(10_000) + 1);
-            let reader = LogReader::history(&dir, |v| {
-                if filter.matches(&v) {
-                    last.push_back(v);
-                    if last.len() > lines {
-                        last.pop_front();
-                    }
-                }
-            })?;
-            if output == Output::Text {
-                print_header();
-            }
-            last.iter().for_each(|v| print_entry(output, v));
-            if follow {
-                use std::io::Write;
-                let _ = std::io::stdout().flush();
-                tokio::task::spawn_blocking(move || {
-                    reader.follow(|v| {
-                        if filter.matches(&v) {
-                            print_entry(output, &v);
-                            let _ = std::io::stdout().flush();
-                        }
-                    })
-                })
-                .await??;
-            }
-            Ok(())
+            let job = TailJob {
+                dir,
+                lines,
+                follow,
+                filters,
+            };
+            tail(output, job, socket).await
         }
     }
+}
+
+/// What `audit verify` was asked to check.
+struct VerifyJob {
+    files: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+    public_key: Option<PathBuf>,
+    allow_unsigned_tail: bool,
+}
+
+/// `audit verify`: one chain (the files given, or those of one --dir), or
+/// each node's (several --dir).
+fn verify(output: Output, job: VerifyJob) -> anyhow::Result<()> {
+    let VerifyJob {
+        files,
+        dirs,
+        public_key,
+        allow_unsigned_tail,
+    } = job;
+    if dirs.len() > 1 {
+        if !files.is_empty() {
+            bail!("several --dir: the files are found in each directory; give no file names");
+        }
+        return verify_nodes(output, &dirs, public_key.as_deref(), allow_unsigned_tail);
+    }
+    let dir = match (dirs.first(), files.first()) {
+        (Some(d), _) => d.clone(),
+        (None, Some(f)) => f.parent().map(Path::to_path_buf).unwrap_or_default(),
+        (None, None) => bail!("give log files or --dir"),
+    };
+    let files = if files.is_empty() {
+        log_files(&dir)?
+    } else {
+        files
+    };
+    let key_path = public_key.unwrap_or_else(|| dir.join(PUBLIC_KEY_FILE));
+    let key = verify::load_public_key(&key_path).map_err(anyhow::Error::msg)?;
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    match verify::verify_files(&refs, &key, allow_unsigned_tail) {
+        Ok(r) => print_verified(output, &r),
+        Err(b) => {
+            if output == Output::Json {
+                print_json(&json!({"ok": false, "seq": b.seq, "problem": b.what}))?;
+            }
+            bail!("audit log BROKEN at seq {}: {}", b.seq, b.what)
+        }
+    }
+}
+
+/// The report of a chain that verified.
+fn print_verified(output: Output, r: &verify::Report) -> anyhow::Result<()> {
+    match output {
+        Output::Json => print_json(&json!({
+            "ok": true, "files": r.files, "entries": r.entries,
+            "checkpoints": r.checkpoints, "first_seq": r.first_seq,
+            "last_seq": r.last_seq, "unsigned_tail": r.unsigned_tail,
+            "starts_mid_chain": r.starts_mid_chain,
+        }))?,
+        Output::Text => {
+            out!(
+                "OK: {} entries (seq {}..{}) in {} files, {} signed checkpoints",
+                r.entries,
+                r.first_seq,
+                r.last_seq,
+                r.files,
+                r.checkpoints
+            );
+            if r.unsigned_tail > 0 {
+                out!(
+                    "warning: the last {} entries are not yet covered by a checkpoint",
+                    r.unsigned_tail
+                );
+            }
+            if r.starts_mid_chain {
+                out!(
+                    "note: the first file starts at seq {}, not at the genesis line",
+                    r.first_seq
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `audit query`: the matching entries of every --dir, merged by time when
+/// there are several.
+async fn query(
+    output: Output,
+    dirs: &[PathBuf],
+    filters: Filters,
+    socket: &Path,
+) -> anyhow::Result<()> {
+    let filter = Filter::new(filters, socket).await?;
+    let mut rows = Vec::new();
+    for d in dirs {
+        LogReader::history(d, |v| {
+            if filter.matches(&v) {
+                rows.push(v);
+            }
+        })?;
+    }
+    if dirs.len() > 1 {
+        // Several nodes: one timeline (RFC 3339 UTC times sort as
+        // text; a node's own entries keep their order).
+        rows.sort_by(|a, b| {
+            a["time"]
+                .as_str()
+                .unwrap_or("")
+                .cmp(b["time"].as_str().unwrap_or(""))
+        });
+    }
+    match output {
+        Output::Json => print_json(&json!({"entries": rows}))?,
+        Output::Text => {
+            print_header();
+            rows.iter().for_each(|v| print_entry(output, v));
+        }
+    }
+    Ok(())
+}
+
+/// What `audit tail` was asked to show.
+struct TailJob {
+    dir: PathBuf,
+    lines: usize,
+    follow: bool,
+    filters: Filters,
+}
+
+/// `audit tail`: the last matching entries, then (--follow) new ones.
+async fn tail(output: Output, job: TailJob, socket: &Path) -> anyhow::Result<()> {
+    let TailJob {
+        dir,
+        lines,
+        follow,
+        filters,
+    } = job;
+    let filter = Filter::new(filters, socket).await?;
+    let mut last = std::collections::VecDeque::with_capacity(lines.min(10_000) + 1);
+    let reader = LogReader::history(&dir, |v| {
+        if filter.matches(&v) {
+            last.push_back(v);
+            if last.len() > lines {
+                last.pop_front();
+            }
+        }
+    })?;
+    if output == Output::Text {
+        print_header();
+    }
+    last.iter().for_each(|v| print_entry(output, v));
+    if follow {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        tokio::task::spawn_blocking(move || {
+            reader.follow(|v| {
+                if filter.matches(&v) {
+                    print_entry(output, &v);
+                    let _ = std::io::stdout().flush();
+                }
+            })
+        })
+        .await??;
+    }
+    Ok(())
 }
 
 /// `audit verify --dir A --dir B ...`: each node's log is its own chain

@@ -159,8 +159,13 @@ fn read_shares(files: &[PathBuf], threshold: u8) -> anyhow::Result<Vec<Zeroizing
     Ok(shares)
 }
 
+/// Where a restore goes, given its arguments and the token profile the
+/// backup was taken on: a daemon's configuration or a new dev directory.
+/// The binary decides (main.rs), not the CLI.
+pub type TargetFor = fn(&RestoreArgs, &str) -> anyhow::Result<Target>;
+
 /// Runs `keywarden operator restore`.
-pub fn run_restore(output: Output, args: RestoreArgs) -> anyhow::Result<()> {
+pub fn run_restore(output: Output, args: RestoreArgs, target_for: TargetFor) -> anyhow::Result<()> {
     let meta = std::fs::metadata(&args.from)
         .with_context(|| format!("reading {}", args.from.display()))?;
     if meta.len() > keywarden::backup::format::MAX_FILE {
@@ -173,23 +178,7 @@ pub fn run_restore(output: Output, args: RestoreArgs) -> anyhow::Result<()> {
     let file =
         std::fs::read(&args.from).with_context(|| format!("reading {}", args.from.display()))?;
     let (header, _) = keywarden::backup::format::read_header(&file).map_err(anyhow::Error::msg)?;
-    let target = match (&args.config, &args.dir) {
-        (Some(c), _) => {
-            let config = keywarden::config::Config::load(c).map_err(anyhow::Error::msg)?;
-            Target {
-                state_dir: config.state_dir.clone(),
-                audit: config.audit.clone(),
-                profile: config.profile.clone(),
-                module: config.module.clone(),
-                token: config.token.clone(),
-                token_conf: None,
-            }
-        }
-        (None, Some(d)) => {
-            crate::dev::restore_target(d, &header.deployment.profile, args.token_module.as_deref())?
-        }
-        (None, None) => bail!("--config or --dir: where to restore"),
-    };
+    let target = target_for(&args, &header.deployment.profile)?;
     let shares = read_shares(&args.share_files, header.deployment.threshold)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

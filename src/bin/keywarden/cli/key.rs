@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::{client, out, print_json, status_error, Output};
 use keywarden::proto;
+use keywarden_client::Client;
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
@@ -272,6 +273,7 @@ fn show_request(output: Output, r: proto::DestroyRequestResponse) -> anyhow::Res
 pub async fn run(socket: &Path, output: Output, cmd: KeyCommand) -> anyhow::Result<()> {
     let mut c = client(socket).await?;
     let name_req = |name: String| proto::KeyNameRequest { name };
+    let keys = &mut c.keys;
     match cmd {
         KeyCommand::Create {
             name,
@@ -279,211 +281,229 @@ pub async fn run(socket: &Path, output: Output, cmd: KeyCommand) -> anyhow::Resu
             rotation_period,
             kind,
         } => {
-            let rotation_period_secs = match rotation_period {
-                Some(p) => duration("rotation-period", &p)?,
-                None => 0,
-            };
-            let r = c
-                .keys
-                .create_key(proto::CreateKeyRequest {
-                    name,
-                    description,
-                    rotation_period_secs,
-                    kind: kind.as_str().into(),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            let k = r.key.unwrap_or_default();
-            match output {
-                Output::Json => print_json(&metadata_json(&k))?,
-                Output::Text => out!(
-                    "created key {} (id {}, version {})",
-                    k.name,
-                    k.key_id,
-                    k.current_version
-                ),
-            }
+            let req = create_request(name, description, rotation_period.as_deref(), kind)?;
+            create(&mut c, output, req).await
         }
-        KeyCommand::List => {
-            let r = c
-                .keys
-                .list_keys(proto::ListKeysRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            match output {
-                Output::Json => print_json(&json!({
-                    "keys": r.keys.iter().map(metadata_json).collect::<Vec<_>>()
-                }))?,
-                Output::Text => {
-                    out!(
-                        "{:<32} {:<36} {:<5} {:<20} {:>7}",
-                        "NAME",
-                        "KEY ID",
-                        "KIND",
-                        "STATE",
-                        "VERSION"
-                    );
-                    for k in &r.keys {
-                        out!(
-                            "{:<32} {:<36} {:<5} {:<20} {:>7}",
-                            k.name,
-                            k.key_id,
-                            k.kind,
-                            k.state,
-                            k.current_version
-                        );
-                    }
-                }
-            }
-        }
-        KeyCommand::Show { name } => {
-            let r = c
-                .keys
-                .describe_key(proto::DescribeKeyRequest { name })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            match output {
-                Output::Json => print_json(&metadata_json(&r.key.unwrap_or_default()))?,
-                Output::Text => print_text(&r.key.unwrap_or_default()),
-            }
-        }
+        KeyCommand::List => list(&mut c, output).await,
+        KeyCommand::Show { name } => describe(&mut c, output, name).await,
         KeyCommand::Rotate { name } => {
-            let r = c
-                .keys
-                .rotate_key(name_req(name))
-                .await
-                .map_err(status_error)?;
-            show(output, r.into_inner().key, "rotated")?;
+            changed(output, keys.rotate_key(name_req(name)).await, "rotated")
         }
         KeyCommand::Set {
             name,
             rotation_period,
             min_decrypt_version,
         } => {
-            let rotation_period_secs = match rotation_period.as_deref() {
-                None => None,
-                Some("off") => Some(0),
-                Some(p) => Some(duration("rotation-period", p)?),
-            };
-            let r = c
-                .keys
-                .update_key(proto::UpdateKeyRequest {
-                    name,
-                    rotation_period_secs,
-                    min_decrypt_version,
-                })
-                .await
-                .map_err(status_error)?;
-            show(output, r.into_inner().key, "updated")?;
+            let req = update_request(name, rotation_period.as_deref(), min_decrypt_version)?;
+            changed(output, keys.update_key(req).await, "updated")
         }
         KeyCommand::RevokeVersion { name, version } => {
-            let r = c
-                .keys
-                .revoke_version(proto::RevokeVersionRequest { name, version })
-                .await
-                .map_err(status_error)?;
-            show(output, r.into_inner().key, "version revoked (compromised)")?;
+            let req = proto::RevokeVersionRequest { name, version };
+            let r = keys.revoke_version(req).await;
+            changed(output, r, "version revoked (compromised)")
         }
         KeyCommand::Disable { name } => {
-            let r = c
-                .keys
-                .disable_key(name_req(name))
-                .await
-                .map_err(status_error)?;
-            show(output, r.into_inner().key, "disabled")?;
+            changed(output, keys.disable_key(name_req(name)).await, "disabled")
         }
         KeyCommand::Enable { name } => {
-            let r = c
-                .keys
-                .enable_key(name_req(name))
-                .await
-                .map_err(status_error)?;
-            show(output, r.into_inner().key, "enabled")?;
+            changed(output, keys.enable_key(name_req(name)).await, "enabled")
         }
         KeyCommand::ScheduleDestroy { name, after } => {
             let after_secs = duration("after", &after)?;
-            let r = c
-                .keys
-                .schedule_destroy(proto::ScheduleDestroyRequest { name, after_secs })
-                .await
-                .map_err(status_error)?;
-            show_request(output, r.into_inner())?;
+            let req = proto::ScheduleDestroyRequest { name, after_secs };
+            destroy_request(output, keys.schedule_destroy(req).await)
         }
         KeyCommand::DestroyNow { name } => {
-            let r = c
-                .keys
-                .destroy_now(name_req(name))
-                .await
-                .map_err(status_error)?;
-            show_request(output, r.into_inner())?;
+            destroy_request(output, keys.destroy_now(name_req(name)).await)
         }
         KeyCommand::Approve { name, request_id } => {
-            let r = c
-                .keys
-                .approve_destroy(proto::ApproveDestroyRequest { name, request_id })
-                .await
-                .map_err(status_error)?;
-            show_request(output, r.into_inner())?;
+            let req = proto::ApproveDestroyRequest { name, request_id };
+            destroy_request(output, keys.approve_destroy(req).await)
         }
         KeyCommand::CancelDestroy { name } => {
-            let r = c
-                .keys
-                .cancel_destroy(name_req(name))
-                .await
-                .map_err(status_error)?;
-            show(output, r.into_inner().key, "destruction cancelled")?;
+            let r = keys.cancel_destroy(name_req(name)).await;
+            changed(output, r, "destruction cancelled")
         }
         KeyCommand::Hold {
             name,
             reason,
             hold_id,
         } => {
-            let r = c
-                .keys
-                .place_hold(proto::PlaceHoldRequest {
-                    name,
-                    reason,
-                    hold_id: hold_id.unwrap_or_default(),
-                })
-                .await
-                .map_err(status_error)?;
-            show(output, r.into_inner().key, "legal hold placed")?;
+            let req = proto::PlaceHoldRequest {
+                name,
+                reason,
+                hold_id: hold_id.unwrap_or_default(),
+            };
+            changed(output, keys.place_hold(req).await, "legal hold placed")
         }
         KeyCommand::Release { name, hold_id } => {
-            let r = c
-                .keys
-                .release_hold(proto::ReleaseHoldRequest { name, hold_id })
-                .await
-                .map_err(status_error)?;
-            show(output, r.into_inner().key, "legal hold released")?;
+            let req = proto::ReleaseHoldRequest { name, hold_id };
+            changed(output, keys.release_hold(req).await, "legal hold released")
         }
         KeyCommand::BreakGlass {
             name,
             reason,
             duration: d,
         } => {
-            let secs = duration("for", &d)?;
-            let r = c
-                .keys
-                .break_glass(proto::BreakGlassRequest {
-                    name: name.clone(),
-                    reason,
-                    duration_secs: secs,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            match output {
-                Output::Json => print_json(&json!({"key": name, "expires_at": r.expires_at}))?,
-                Output::Text => out!(
-                    "BREAK-GLASS: you have app access to key {name} until {}; this is flagged in the audit log.",
-                    super::when(r.expires_at)
-                ),
+            let req = proto::BreakGlassRequest {
+                name,
+                reason,
+                duration_secs: duration("for", &d)?,
+            };
+            break_glass(&mut c, output, req).await
+        }
+    }
+}
+
+/// `key create`'s request: `--rotation-period` read (none: 0).
+fn create_request(
+    name: String,
+    description: String,
+    rotation_period: Option<&str>,
+    kind: KindArg,
+) -> anyhow::Result<proto::CreateKeyRequest> {
+    let rotation_period_secs = match rotation_period {
+        Some(p) => duration("rotation-period", p)?,
+        None => 0,
+    };
+    Ok(proto::CreateKeyRequest {
+        name,
+        description,
+        rotation_period_secs,
+        kind: kind.as_str().into(),
+    })
+}
+
+/// `key set`'s request: `--rotation-period` read ("off": 0, none: no
+/// change).
+fn update_request(
+    name: String,
+    rotation_period: Option<&str>,
+    min_decrypt_version: Option<u32>,
+) -> anyhow::Result<proto::UpdateKeyRequest> {
+    let rotation_period_secs = match rotation_period {
+        None => None,
+        Some("off") => Some(0),
+        Some(p) => Some(duration("rotation-period", p)?),
+    };
+    Ok(proto::UpdateKeyRequest {
+        name,
+        rotation_period_secs,
+        min_decrypt_version,
+    })
+}
+
+/// A daemon's answer for a command that changes a key: the key, under
+/// `text`.
+fn changed(
+    output: Output,
+    r: Result<tonic::Response<proto::KeyResponse>, tonic::Status>,
+    text: &str,
+) -> anyhow::Result<()> {
+    let r = r.map_err(status_error)?;
+    show(output, r.into_inner().key, text)
+}
+
+/// A daemon's answer for a destruction request, opened or approved.
+fn destroy_request(
+    output: Output,
+    r: Result<tonic::Response<proto::DestroyRequestResponse>, tonic::Status>,
+) -> anyhow::Result<()> {
+    let r = r.map_err(status_error)?;
+    show_request(output, r.into_inner())
+}
+
+async fn create(
+    c: &mut Client,
+    output: Output,
+    req: proto::CreateKeyRequest,
+) -> anyhow::Result<()> {
+    let r = c
+        .keys
+        .create_key(req)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let k = r.key.unwrap_or_default();
+    match output {
+        Output::Json => print_json(&metadata_json(&k))?,
+        Output::Text => out!(
+            "created key {} (id {}, version {})",
+            k.name,
+            k.key_id,
+            k.current_version
+        ),
+    }
+    Ok(())
+}
+
+async fn list(c: &mut Client, output: Output) -> anyhow::Result<()> {
+    let r = c
+        .keys
+        .list_keys(proto::ListKeysRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    match output {
+        Output::Json => print_json(&json!({
+            "keys": r.keys.iter().map(metadata_json).collect::<Vec<_>>()
+        }))?,
+        Output::Text => {
+            out!(
+                "{:<32} {:<36} {:<5} {:<20} {:>7}",
+                "NAME",
+                "KEY ID",
+                "KIND",
+                "STATE",
+                "VERSION"
+            );
+            for k in &r.keys {
+                out!(
+                    "{:<32} {:<36} {:<5} {:<20} {:>7}",
+                    k.name,
+                    k.key_id,
+                    k.kind,
+                    k.state,
+                    k.current_version
+                );
             }
         }
+    }
+    Ok(())
+}
+
+async fn describe(c: &mut Client, output: Output, name: String) -> anyhow::Result<()> {
+    let r = c
+        .keys
+        .describe_key(proto::DescribeKeyRequest { name })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    match output {
+        Output::Json => print_json(&metadata_json(&r.key.unwrap_or_default()))?,
+        Output::Text => print_text(&r.key.unwrap_or_default()),
+    }
+    Ok(())
+}
+
+async fn break_glass(
+    c: &mut Client,
+    output: Output,
+    req: proto::BreakGlassRequest,
+) -> anyhow::Result<()> {
+    let name = req.name.clone();
+    let r = c
+        .keys
+        .break_glass(req)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    match output {
+        Output::Json => print_json(&json!({"key": name, "expires_at": r.expires_at}))?,
+        Output::Text => out!(
+            "BREAK-GLASS: you have app access to key {name} until {}; this is flagged in the audit log.",
+            super::when(r.expires_at)
+        ),
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 
 use super::{client, out, print_json, status_error, Output};
 use keywarden::proto;
+use keywarden_client::Client;
 
 #[derive(Debug, Subcommand)]
 pub enum OperatorCommand {
@@ -182,13 +183,16 @@ fn print_shares(
     }
 }
 
-pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow::Result<()> {
+pub async fn run(
+    socket: &Path,
+    output: Output,
+    cmd: OperatorCommand,
+    restore_target: super::backup::TargetFor,
+) -> anyhow::Result<()> {
     match cmd {
-        OperatorCommand::DerivePin { seal_file, so } => return derive_pin(&seal_file, so),
-        OperatorCommand::Backup { out } => {
-            return super::backup::backup(socket, output, &out).await
-        }
-        OperatorCommand::Restore(args) => return super::backup::run_restore(output, args),
+        OperatorCommand::DerivePin { seal_file, so } => derive_pin(&seal_file, so),
+        OperatorCommand::Backup { out } => super::backup::backup(socket, output, &out).await,
+        OperatorCommand::Restore(args) => super::backup::run_restore(output, args, restore_target),
         OperatorCommand::Init {
             shares,
             threshold,
@@ -197,129 +201,25 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
             pin_file,
             so_pin_file,
         } => {
-            let user_pin = read_pin_file(&pin_file)?;
-            let so_pin = read_pin_file(&so_pin_file)?;
-            let mut c = client(socket).await?;
-            let r = c
-                .operator
-                .init(proto::InitRequest {
-                    shares,
-                    threshold,
-                    recipients,
-                    labels,
-                    user_pin: user_pin.to_vec(),
-                    so_pin: so_pin.to_vec(),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            print_shares(output, &r.set_id, r.threshold, &r.shares)?;
-            if output == Output::Text {
-                out!("The daemon is initialised and sealed. Next: {threshold} custodians run");
-                out!("`keywarden operator unseal`. That first unseal proves the shares work, and only");
-                out!("then are the token's provisioning PINs replaced (they stop working).");
-            }
+            let ceremony = InitCeremony {
+                shares,
+                threshold,
+                recipients,
+                labels,
+                user_pin: read_pin_file(&pin_file)?,
+                so_pin: read_pin_file(&so_pin_file)?,
+            };
+            init(socket, output, ceremony).await
         }
         OperatorCommand::Unseal {
             reset,
             accept_restore_window,
-        } => {
-            let share = if reset {
-                Zeroizing::new(String::new())
-            } else {
-                read_share("Unseal share (input hidden): ")?
-            };
-            let mut c = client(socket).await?;
-            let r = c
-                .operator
-                .unseal(proto::UnsealRequest {
-                    share: share.to_string(),
-                    reset,
-                    accept_restore_window,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            match output {
-                Output::Json => print_json(&json!({
-                    "sealed": r.sealed,
-                    "received": r.received,
-                    "threshold": r.threshold,
-                    "set_id": r.set_id,
-                }))?,
-                Output::Text if reset => out!("Unseal progress reset."),
-                Output::Text if r.sealed => out!(
-                    "Share accepted: {} of {} (set {}). Still sealed.",
-                    r.received,
-                    r.threshold,
-                    r.set_id
-                ),
-                Output::Text => out!("Unsealed (set {}).", r.set_id),
-            }
-        }
-        OperatorCommand::Reload => {
-            let mut c = client(socket).await?;
-            c.operator
-                .reload_policy(proto::ReloadPolicyRequest {})
-                .await
-                .map_err(status_error)?;
-            match output {
-                Output::Json => print_json(&json!({"reloaded": true}))?,
-                Output::Text => out!("Policy reloaded."),
-            }
-        }
+        } => unseal(socket, output, reset, accept_restore_window).await,
+        OperatorCommand::Reload => reload(socket, output).await,
         OperatorCommand::AcknowledgeTampering { reason } => {
-            let mut c = client(socket).await?;
-            let r = c
-                .operator
-                .acknowledge_tampering(proto::AcknowledgeTamperingRequest { reason })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            match output {
-                Output::Json => print_json(&json!({
-                    "accepted": r.accepted, "complete": r.complete, "approvals": r.approvals,
-                    "approvals_needed": r.approvals_needed, "unverified": r.unverified,
-                    "replayed": r.replayed, "lost": r.lost,
-                }))?,
-                Output::Text => {
-                    let esc = keywarden::core::validate::escape;
-                    if r.complete {
-                        out!("Accepted: {}", esc(&r.accepted));
-                    } else {
-                        out!(
-                            "Acknowledged ({} of {} admins), not yet accepted: {}",
-                            r.approvals,
-                            r.approvals_needed,
-                            esc(&r.accepted)
-                        );
-                    }
-                    if !r.unverified.is_empty() {
-                        out!(
-                            "The audit log cannot vouch for the whole gap: {}",
-                            esc(&r.unverified)
-                        );
-                    }
-                    for c in &r.replayed {
-                        out!("Taken back from the audit log: {}", esc(c));
-                    }
-                    for l in &r.lost {
-                        out!("Lost: {}", esc(l));
-                    }
-                }
-            }
+            acknowledge_tampering(socket, output, reason).await
         }
-        OperatorCommand::Seal => {
-            let mut c = client(socket).await?;
-            c.operator
-                .seal(proto::SealRequest {})
-                .await
-                .map_err(status_error)?;
-            match output {
-                Output::Json => print_json(&json!({"sealed": true}))?,
-                Output::Text => out!("Sealed."),
-            }
-        }
+        OperatorCommand::Seal => seal(socket, output).await,
         OperatorCommand::Rekey {
             shares,
             threshold,
@@ -331,109 +231,297 @@ pub async fn run(socket: &Path, output: Output, cmd: OperatorCommand) -> anyhow:
         } => {
             let mut c = client(socket).await?;
             if cancel {
-                c.operator
-                    .rekey_cancel(proto::RekeyCancelRequest {})
-                    .await
-                    .map_err(status_error)?;
-                match output {
-                    Output::Json => print_json(&json!({"cancelled": true}))?,
-                    Output::Text => out!("Rekey cancelled."),
-                }
+                rekey_cancel(&mut c, output).await
             } else if submit {
-                let share = read_share("CURRENT unseal share (input hidden): ")?;
-                let r = c
-                    .operator
-                    .rekey_submit(proto::RekeyShareRequest {
-                        share: share.to_string(),
-                    })
-                    .await
-                    .map_err(status_error)?
-                    .into_inner();
-                if r.complete {
-                    match output {
-                        Output::Json => print_json(&json!({
-                            "complete": true,
-                            "new_set_id": r.new_set_id,
-                            "shares": r.new_shares.iter().map(|s| json!({
-                                "label": s.label, "share": s.share, "encrypted": s.encrypted,
-                            })).collect::<Vec<_>>(),
-                        }))?,
-                        Output::Text => {
-                            out!(
-                                "Quorum of current shares reached. New shares (set {}):\n",
-                                r.new_set_id
-                            );
-                            for (i, s) in r.new_shares.iter().enumerate() {
-                                out!(
-                                    "New share {} of {} for {}:",
-                                    i + 1,
-                                    r.new_shares.len(),
-                                    s.label
-                                );
-                                out!("{}\n", s.share.trim_end());
-                            }
-                            out!("Nothing changes until a quorum of the NEW shares is submitted with `keywarden operator rekey --verify`.");
-                        }
-                    }
-                } else {
-                    match output {
-                        Output::Json => print_json(&json!({
-                            "complete": false, "received": r.received, "threshold": r.threshold,
-                        }))?,
-                        Output::Text => {
-                            out!("Current share accepted: {} of {}.", r.received, r.threshold)
-                        }
-                    }
-                }
+                rekey_submit(&mut c, output).await
             } else if verify {
-                let share = read_share("NEW unseal share (input hidden): ")?;
-                let r = c
-                    .operator
-                    .rekey_verify(proto::RekeyShareRequest {
-                        share: share.to_string(),
-                    })
-                    .await
-                    .map_err(status_error)?
-                    .into_inner();
-                match output {
-                    Output::Json => print_json(&json!({
-                        "committed": r.committed, "received": r.received,
-                        "threshold": r.threshold, "set_id": r.set_id,
-                    }))?,
-                    Output::Text if r.committed => out!(
-                        "Rekey committed: set {} is now in force; the old shares no longer work.",
-                        r.set_id
-                    ),
-                    Output::Text => {
-                        out!("New share verified: {} of {}.", r.received, r.threshold)
-                    }
-                }
+                rekey_verify(&mut c, output).await
             } else {
                 let (Some(shares), Some(threshold)) = (shares, threshold) else {
                     bail!("start a rekey with --shares N --threshold M, or use --submit, --verify or --cancel");
                 };
-                let r = c
-                    .operator
-                    .rekey_start(proto::RekeyStartRequest {
-                        shares,
-                        threshold,
-                        recipients,
-                        labels,
-                    })
-                    .await
-                    .map_err(status_error)?
-                    .into_inner();
-                match output {
-                    Output::Json => print_json(&json!({
-                        "rekey_id": r.rekey_id, "current_threshold": r.current_threshold,
-                    }))?,
-                    Output::Text => out!(
-                        "Rekey {} started: {} custodians now run `keywarden operator rekey --submit` with their CURRENT shares.",
-                        r.rekey_id, r.current_threshold
-                    ),
-                }
+                let start = proto::RekeyStartRequest {
+                    shares,
+                    threshold,
+                    recipients,
+                    labels,
+                };
+                rekey_start(&mut c, output, start).await
             }
         }
+    }
+}
+
+/// What `operator init` asks for: the share set, and the token's
+/// provisioning PINs.
+struct InitCeremony {
+    shares: u32,
+    threshold: u32,
+    recipients: Vec<String>,
+    labels: Vec<String>,
+    user_pin: Zeroizing<Vec<u8>>,
+    so_pin: Zeroizing<Vec<u8>>,
+}
+
+async fn init(socket: &Path, output: Output, ceremony: InitCeremony) -> anyhow::Result<()> {
+    let InitCeremony {
+        shares,
+        threshold,
+        recipients,
+        labels,
+        user_pin,
+        so_pin,
+    } = ceremony;
+    let mut c = client(socket).await?;
+    let r = c
+        .operator
+        .init(proto::InitRequest {
+            shares,
+            threshold,
+            recipients,
+            labels,
+            user_pin: user_pin.to_vec(),
+            so_pin: so_pin.to_vec(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    print_shares(output, &r.set_id, r.threshold, &r.shares)?;
+    if output == Output::Text {
+        out!("The daemon is initialised and sealed. Next: {threshold} custodians run");
+        out!("`keywarden operator unseal`. That first unseal proves the shares work, and only");
+        out!("then are the token's provisioning PINs replaced (they stop working).");
+    }
+    Ok(())
+}
+
+async fn unseal(
+    socket: &Path,
+    output: Output,
+    reset: bool,
+    accept_restore_window: bool,
+) -> anyhow::Result<()> {
+    let share = if reset {
+        Zeroizing::new(String::new())
+    } else {
+        read_share("Unseal share (input hidden): ")?
+    };
+    let mut c = client(socket).await?;
+    let r = c
+        .operator
+        .unseal(proto::UnsealRequest {
+            share: share.to_string(),
+            reset,
+            accept_restore_window,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    match output {
+        Output::Json => print_json(&json!({
+            "sealed": r.sealed,
+            "received": r.received,
+            "threshold": r.threshold,
+            "set_id": r.set_id,
+        }))?,
+        Output::Text if reset => out!("Unseal progress reset."),
+        Output::Text if r.sealed => out!(
+            "Share accepted: {} of {} (set {}). Still sealed.",
+            r.received,
+            r.threshold,
+            r.set_id
+        ),
+        Output::Text => out!("Unsealed (set {}).", r.set_id),
+    }
+    Ok(())
+}
+
+async fn reload(socket: &Path, output: Output) -> anyhow::Result<()> {
+    let mut c = client(socket).await?;
+    c.operator
+        .reload_policy(proto::ReloadPolicyRequest {})
+        .await
+        .map_err(status_error)?;
+    match output {
+        Output::Json => print_json(&json!({"reloaded": true}))?,
+        Output::Text => out!("Policy reloaded."),
+    }
+    Ok(())
+}
+
+async fn acknowledge_tampering(
+    socket: &Path,
+    output: Output,
+    reason: String,
+) -> anyhow::Result<()> {
+    let mut c = client(socket).await?;
+    let r = c
+        .operator
+        .acknowledge_tampering(proto::AcknowledgeTamperingRequest { reason })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    match output {
+        Output::Json => print_json(&json!({
+            "accepted": r.accepted, "complete": r.complete, "approvals": r.approvals,
+            "approvals_needed": r.approvals_needed, "unverified": r.unverified,
+            "replayed": r.replayed, "lost": r.lost,
+        }))?,
+        Output::Text => {
+            let esc = keywarden::core::validate::escape;
+            if r.complete {
+                out!("Accepted: {}", esc(&r.accepted));
+            } else {
+                out!(
+                    "Acknowledged ({} of {} admins), not yet accepted: {}",
+                    r.approvals,
+                    r.approvals_needed,
+                    esc(&r.accepted)
+                );
+            }
+            if !r.unverified.is_empty() {
+                out!(
+                    "The audit log cannot vouch for the whole gap: {}",
+                    esc(&r.unverified)
+                );
+            }
+            for c in &r.replayed {
+                out!("Taken back from the audit log: {}", esc(c));
+            }
+            for l in &r.lost {
+                out!("Lost: {}", esc(l));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn seal(socket: &Path, output: Output) -> anyhow::Result<()> {
+    let mut c = client(socket).await?;
+    c.operator
+        .seal(proto::SealRequest {})
+        .await
+        .map_err(status_error)?;
+    match output {
+        Output::Json => print_json(&json!({"sealed": true}))?,
+        Output::Text => out!("Sealed."),
+    }
+    Ok(())
+}
+
+async fn rekey_cancel(c: &mut Client, output: Output) -> anyhow::Result<()> {
+    c.operator
+        .rekey_cancel(proto::RekeyCancelRequest {})
+        .await
+        .map_err(status_error)?;
+    match output {
+        Output::Json => print_json(&json!({"cancelled": true}))?,
+        Output::Text => out!("Rekey cancelled."),
+    }
+    Ok(())
+}
+
+/// `rekey --submit`: a CURRENT share; the last of a quorum brings the new
+/// shares.
+async fn rekey_submit(c: &mut Client, output: Output) -> anyhow::Result<()> {
+    let share = read_share("CURRENT unseal share (input hidden): ")?;
+    let r = c
+        .operator
+        .rekey_submit(proto::RekeyShareRequest {
+            share: share.to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if r.complete {
+        return print_new_shares(output, &r);
+    }
+    match output {
+        Output::Json => print_json(&json!({
+            "complete": false, "received": r.received, "threshold": r.threshold,
+        }))?,
+        Output::Text => {
+            out!("Current share accepted: {} of {}.", r.received, r.threshold)
+        }
+    }
+    Ok(())
+}
+
+/// The new shares a completed `rekey --submit` issued.
+fn print_new_shares(output: Output, r: &proto::RekeySubmitResponse) -> anyhow::Result<()> {
+    match output {
+        Output::Json => print_json(&json!({
+            "complete": true,
+            "new_set_id": r.new_set_id,
+            "shares": r.new_shares.iter().map(|s| json!({
+                "label": s.label, "share": s.share, "encrypted": s.encrypted,
+            })).collect::<Vec<_>>(),
+        }))?,
+        Output::Text => {
+            out!(
+                "Quorum of current shares reached. New shares (set {}):\n",
+                r.new_set_id
+            );
+            for (i, s) in r.new_shares.iter().enumerate() {
+                out!(
+                    "New share {} of {} for {}:",
+                    i + 1,
+                    r.new_shares.len(),
+                    s.label
+                );
+                out!("{}\n", s.share.trim_end());
+            }
+            out!("Nothing changes until a quorum of the NEW shares is submitted with `keywarden operator rekey --verify`.");
+        }
+    }
+    Ok(())
+}
+
+async fn rekey_verify(c: &mut Client, output: Output) -> anyhow::Result<()> {
+    let share = read_share("NEW unseal share (input hidden): ")?;
+    let r = c
+        .operator
+        .rekey_verify(proto::RekeyShareRequest {
+            share: share.to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    match output {
+        Output::Json => print_json(&json!({
+            "committed": r.committed, "received": r.received,
+            "threshold": r.threshold, "set_id": r.set_id,
+        }))?,
+        Output::Text if r.committed => out!(
+            "Rekey committed: set {} is now in force; the old shares no longer work.",
+            r.set_id
+        ),
+        Output::Text => {
+            out!("New share verified: {} of {}.", r.received, r.threshold)
+        }
+    }
+    Ok(())
+}
+
+async fn rekey_start(
+    c: &mut Client,
+    output: Output,
+    start: proto::RekeyStartRequest,
+) -> anyhow::Result<()> {
+    let r = c
+        .operator
+        .rekey_start(start)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    match output {
+        Output::Json => print_json(&json!({
+            "rekey_id": r.rekey_id, "current_threshold": r.current_threshold,
+        }))?,
+        Output::Text => out!(
+            "Rekey {} started: {} custodians now run `keywarden operator rekey --submit` with their CURRENT shares.",
+            r.rekey_id, r.current_threshold
+        ),
     }
     Ok(())
 }

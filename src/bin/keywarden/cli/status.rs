@@ -125,20 +125,62 @@ impl Level {
 pub fn attention(s: &proto::StatusResponse) -> Vec<(Level, String)> {
     let mut a = Vec::new();
     let seal = s.seal.clone().unwrap_or_default();
+    a.extend(seal_attention(&seal));
+    service_attention(s, &mut a);
+    if let Some(what) = s.audit_forward.as_ref().and_then(forward_attention) {
+        a.push((Level::Warning, what));
+    }
+    if s.audit_disk_low {
+        a.push((
+            Level::Warning,
+            format!(
+                "the audit log's filesystem is nearly full: {} MiB left of {} MiB; archive old audit files or grow it (a full disk stops every key operation)",
+                s.audit_disk_free_bytes >> 20,
+                s.audit_disk_size_bytes >> 20
+            ),
+        ));
+    }
+    for k in &s.key_attention {
+        a.push((Level::Warning, key_attention(k)));
+    }
+    if seal.interrupted_rekey {
+        a.push((
+            Level::Warning,
+            "an interrupted rekey commit was found; shares of either set unseal".into(),
+        ));
+    }
+    let d = s.drift.clone().unwrap_or_default();
+    for m in &d.missing_on_token {
+        a.push((Level::Critical, format!("drift: missing on the token: {m}")));
+    }
+    for o in &d.orphaned_on_token {
+        a.push((Level::Warning, format!("drift: orphaned on the token: {o}")));
+    }
+    a.sort_by_key(|(l, _)| *l);
+    a
+}
+
+/// A seal that is not open: no key is served.
+fn seal_attention(seal: &proto::SealStatus) -> Option<(Level, String)> {
     match seal.phase.as_str() {
-        "unsealed" => {}
-        "sealed" => a.push((
+        "unsealed" => None,
+        "sealed" => Some((
             Level::Critical,
             format!(
                 "sealed: no key is served ({} of {} shares received; `keywarden operator unseal`)",
                 seal.received, seal.threshold
             ),
         )),
-        other => a.push((
+        other => Some((
             Level::Critical,
             format!("{other}: no key is served (`keywarden operator init`)"),
         )),
     }
+}
+
+/// The HSM, the audit log, the registry's integrity, dev mode and
+/// break-glass grants.
+fn service_attention(s: &proto::StatusResponse, a: &mut Vec<(Level, String)>) {
     if s.hsm_health != "ok" {
         a.push((
             Level::Critical,
@@ -173,77 +215,56 @@ pub fn attention(s: &proto::StatusResponse) -> Vec<(Level, String)> {
             ),
         ));
     }
-    if let Some(f) = &s.audit_forward {
-        // A drop is news for ten minutes; the total stays in the details.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let recent_drop = f.last_drop > 0 && now - f.last_drop < 600;
-        if !f.connected || recent_drop {
-            let mut what = format!(
-                "audit forwarding to {}: {}",
-                f.target,
-                if f.connected {
-                    "connected"
-                } else {
-                    "disconnected"
-                }
-            );
-            if recent_drop {
-                what.push_str(&format!(
-                    ", lines dropped (the last at {}; {} in all)",
-                    super::when(f.last_drop),
-                    f.dropped
-                ));
-            }
-            what.push_str(&format!(", {} queued", f.queued));
-            if !f.last_error.is_empty() {
-                what.push_str(&format!(" ({})", f.last_error));
-            }
-            a.push((Level::Warning, what));
+}
+
+/// Audit forwarding that is disconnected or dropped lines lately.
+fn forward_attention(f: &proto::AuditForwardStatus) -> Option<String> {
+    // A drop is news for ten minutes; the total stays in the details.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let recent_drop = f.last_drop > 0 && now - f.last_drop < 600;
+    if f.connected && !recent_drop {
+        return None;
+    }
+    let mut what = format!(
+        "audit forwarding to {}: {}",
+        f.target,
+        if f.connected {
+            "connected"
+        } else {
+            "disconnected"
         }
-    }
-    if s.audit_disk_low {
-        a.push((
-            Level::Warning,
-            format!(
-                "the audit log's filesystem is nearly full: {} MiB left of {} MiB; archive old audit files or grow it (a full disk stops every key operation)",
-                s.audit_disk_free_bytes >> 20,
-                s.audit_disk_size_bytes >> 20
-            ),
+    );
+    if recent_drop {
+        what.push_str(&format!(
+            ", lines dropped (the last at {}; {} in all)",
+            super::when(f.last_drop),
+            f.dropped
         ));
     }
-    for k in &s.key_attention {
-        let what = match k.reason.as_str() {
-            "encryption_limit" => format!(
-                "key {} version {}: {} of {} encryptions made; rotate it",
-                k.key, k.version, k.encryptions, k.hard_limit
-            ),
-            "destruction_due" => format!(
-                "key {}: scheduled destruction at {}",
-                k.key,
-                super::when(k.due_at)
-            ),
-            other => format!("key {}: {other}", k.key),
-        };
-        a.push((Level::Warning, what));
+    what.push_str(&format!(", {} queued", f.queued));
+    if !f.last_error.is_empty() {
+        what.push_str(&format!(" ({})", f.last_error));
     }
-    if seal.interrupted_rekey {
-        a.push((
-            Level::Warning,
-            "an interrupted rekey commit was found; shares of either set unseal".into(),
-        ));
+    Some(what)
+}
+
+/// A key that needs rotating or is about to be destroyed.
+fn key_attention(k: &proto::KeyAttention) -> String {
+    match k.reason.as_str() {
+        "encryption_limit" => format!(
+            "key {} version {}: {} of {} encryptions made; rotate it",
+            k.key, k.version, k.encryptions, k.hard_limit
+        ),
+        "destruction_due" => format!(
+            "key {}: scheduled destruction at {}",
+            k.key,
+            super::when(k.due_at)
+        ),
+        other => format!("key {}: {other}", k.key),
     }
-    let d = s.drift.clone().unwrap_or_default();
-    for m in &d.missing_on_token {
-        a.push((Level::Critical, format!("drift: missing on the token: {m}")));
-    }
-    for o in &d.orphaned_on_token {
-        a.push((Level::Warning, format!("drift: orphaned on the token: {o}")));
-    }
-    a.sort_by_key(|(l, _)| *l);
-    a
 }
 
 /// The text view: what needs attention first, then the daemon's state, in
