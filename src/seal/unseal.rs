@@ -388,9 +388,7 @@ impl Seal {
             }
         }
         file.pending_init = false;
-        let saved = file
-            .authenticate(key)
-            .and_then(|()| self.store.save(file));
+        let saved = file.authenticate(key).and_then(|()| self.store.save(file));
         if let Err(e) = saved {
             if logged_in {
                 hsm.logout();

@@ -70,6 +70,16 @@ struct Live {
     login: Mutex<Session>,
 }
 
+/// SoftHSM, its token files shared by several processes (a cluster's
+/// nodes, a daemon and its backup), now and then refuses to create a token
+/// object right after another wrote one: CKR_GENERAL_ERROR, and (seen in
+/// CI) CKR_TEMPLATE_INCONSISTENT to a constant template every other call
+/// accepts. Creating again succeeds. A token that really refuses the
+/// template still fails, after three attempts.
+fn transient_create(e: &HsmError) -> bool {
+    error::is_rv(e, RvError::GeneralError) || error::is_rv(e, RvError::TemplateInconsistent)
+}
+
 /// The PKCS#11 HSM.
 pub struct Pkcs11Hsm {
     live: RwLock<Option<Arc<Live>>>,
@@ -450,29 +460,45 @@ impl Hsm for Pkcs11Hsm {
 
     fn write_counter(&self, label: &str, value: u64) -> HsmResult<()> {
         let _serial = self.token_writes.locked();
-        self.with_session(|_live, session| {
-            // Tokens (SoftHSM among them) keep CKA_VALUE of data objects read
-            // only: write a new object, then remove the older ones. A crash
-            // in between leaves two; readers take the largest.
-            let old = counter_objects(session, label)?;
-            if old.iter().any(|(_, v)| *v >= value) {
-                return Ok(());
+        // The counter is the rollback witness every node trusts: a write
+        // lost to SoftHSM's transient refusals (see `transient_create`)
+        // would let a rolled-back database pass. Tried again, reading the
+        // objects afresh each time.
+        let mut attempt = 0;
+        loop {
+            let r = self.with_session(|_live, session| {
+                // Tokens (SoftHSM among them) keep CKA_VALUE of data objects
+                // read only: write a new object, then remove the older
+                // ones. A crash in between leaves two; readers take the
+                // largest.
+                let old = counter_objects(session, label)?;
+                if old.iter().any(|(_, v)| *v >= value) {
+                    return Ok(());
+                }
+                session
+                    .create_object(&[
+                        Attribute::Class(ObjectClass::DATA),
+                        Attribute::Token(true),
+                        Attribute::Private(true),
+                        Attribute::Label(label.as_bytes().to_vec()),
+                        Attribute::Value(value.to_be_bytes().to_vec()),
+                    ])
+                    .map_err(ck)?;
+                for (h, _) in old {
+                    // Best effort: a leftover is harmless (readers take the max).
+                    let _ = session.destroy_object(h);
+                }
+                Ok(())
+            });
+            match r {
+                Err(e) if attempt < 2 && transient_create(&e) => {
+                    tracing::warn!(error = %e, "C_CreateObject of the counter failed; trying again");
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
             }
-            session
-                .create_object(&[
-                    Attribute::Class(ObjectClass::DATA),
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::Label(label.as_bytes().to_vec()),
-                    Attribute::Value(value.to_be_bytes().to_vec()),
-                ])
-                .map_err(ck)?;
-            for (h, _) in old {
-                // Best effort: a leftover is harmless (readers take the max).
-                let _ = session.destroy_object(h);
-            }
-            Ok(())
-        })
+        }
     }
 
     fn random(&self, buf: &mut [u8]) -> HsmResult<()> {
@@ -517,10 +543,7 @@ impl Hsm for Pkcs11Hsm {
         // right after other token objects were written (seen in CI just
         // after unseal, when the audit key pair and the counter are made):
         // the object is not created (checked), and a second attempt succeeds.
-        // It has also been seen to answer CKR_TEMPLATE_INCONSISTENT there
-        // to this same, constant template (which every other call accepts):
-        // retried the same way. A template a token really refuses still
-        // fails, on the third attempt.
+        // (See `transient_create`.)
         let mut attempt = 0;
         loop {
             let r = self.with_session(|_live, session| {
@@ -530,11 +553,7 @@ impl Hsm for Pkcs11Hsm {
                     .map_err(ck)
             });
             match r {
-                Err(e)
-                    if attempt < 2
-                        && (error::is_rv(&e, RvError::GeneralError)
-                            || error::is_rv(&e, RvError::TemplateInconsistent)) =>
-                {
+                Err(e) if attempt < 2 && transient_create(&e) => {
                     // Made after all? Then it is there, once: done.
                     if self
                         .with_session(|_live, session| Self::find_token_object(session, id))
