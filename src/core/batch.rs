@@ -9,9 +9,17 @@ use super::error::{CoreError, CoreResult};
 use super::requests::Item;
 use crate::hsm::HsmKeyId;
 
-/// What the audit log records of one item: its key, version, and whether
-/// only a break-glass grant allowed it.
-pub(super) type Meta = (Option<String>, Option<u32>, bool);
+/// What the audit log records of one item, filled in as its preparation
+/// gets that far.
+#[derive(Debug, Default)]
+pub(super) struct Meta {
+    /// The key it named (once the name validated).
+    pub key: Option<String>,
+    /// The version it used.
+    pub version: Option<u32>,
+    /// Whether only a break-glass grant allowed it.
+    pub break_glass: bool,
+}
 
 /// Runs `call` once per CMK version (`id` names an item's) with that
 /// version's prepared items in request order; `call` answers one output per
@@ -67,10 +75,10 @@ pub(super) fn collect<P, T>(
         .into_iter()
         .zip(results)
         .zip(metas)
-        .map(|((p, r), (key, version, break_glass))| Item {
-            key,
-            version,
-            break_glass,
+        .map(|((p, r), m)| Item {
+            key: m.key,
+            version: m.version,
+            break_glass: m.break_glass,
             result: match (p, r) {
                 (Err(e), _) => Err(e),
                 (Ok(_), Some(r)) => r,

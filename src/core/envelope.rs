@@ -16,6 +16,15 @@ pub(super) fn opened(format: u8, pt: zeroize::Zeroizing<Vec<u8>>) -> CoreResult<
     }
 }
 
+/// A blob ready to unwrap: its key's record, the parsed blob, the AAD
+/// it was sealed with, and the CMK version's object.
+pub(super) struct Unwrap {
+    key: Arc<KeyRecord>,
+    blob: Blob,
+    aad: Vec<u8>,
+    hsm_id: HsmKeyId,
+}
+
 impl Keywarden {
     pub(super) fn usable_key(
         &self,
@@ -131,16 +140,15 @@ impl Keywarden {
             hsm_id: HsmKeyId,
             aad: Vec<u8>,
         }
-        let mut metas: Vec<(Option<String>, Option<u32>, bool)> =
-            Vec::with_capacity(requests.len());
+        let mut metas: Vec<batch::Meta> = Vec::with_capacity(requests.len());
         let mut prepared: Vec<CoreResult<Prepared>> = Vec::with_capacity(requests.len());
         for req in requests {
-            let mut meta = (None, None, false);
+            let mut meta = batch::Meta::default();
             let p = (|| {
                 validate::key_name("key", &req.key)?;
-                meta.0 = Some(req.key.clone());
+                meta.key = Some(req.key.clone());
                 let ctx = validate::context(req.context)?;
-                meta.2 = gate(&req.key, &ctx).map_err(CoreError::PermissionDenied)?;
+                meta.break_glass = gate(&req.key, &ctx).map_err(CoreError::PermissionDenied)?;
                 let key = self.usable_of_kind("key", &req.key, "GenerateDataKey", KeyKind::Aes)?;
                 let v = key.current().ok_or_else(|| CoreError::KeyUnusable {
                     name: key.name.clone(),
@@ -148,7 +156,7 @@ impl Keywarden {
                     operation: "GenerateDataKey",
                 })?;
                 let (version, hsm_id) = (v.version, v.hsm_id);
-                meta.1 = Some(version);
+                meta.version = Some(version);
                 let header = blob::header(&key.id, version);
                 let aad = blob::aad(&header, &blob::canonical_context(&ctx));
                 Ok(Prepared {
@@ -206,8 +214,8 @@ impl Keywarden {
         context: HashMap<String, String>,
         expected_key: Option<&str>,
         gate: Gate<'_>,
-        meta: &mut (Option<String>, Option<u32>, bool),
-    ) -> CoreResult<(Arc<KeyRecord>, Blob, Vec<u8>, HsmKeyId)> {
+        meta: &mut batch::Meta,
+    ) -> CoreResult<Unwrap> {
         validate::blob_size(blob_bytes.len())?;
         if let Some(k) = expected_key {
             validate::key_name("key", k)?;
@@ -215,9 +223,9 @@ impl Keywarden {
         let ctx = validate::context(context)?;
         let blob = Blob::decode(blob_bytes)?;
         let key = self.record_by_id(&blob.key_id)?;
-        meta.0 = Some(key.name.clone());
-        meta.1 = Some(blob.key_version);
-        meta.2 = gate(&key.name, &ctx).map_err(CoreError::PermissionDenied)?;
+        meta.key = Some(key.name.clone());
+        meta.version = Some(blob.key_version);
+        meta.break_glass = gate(&key.name, &ctx).map_err(CoreError::PermissionDenied)?;
         // After the policy: a caller it refuses learns nothing of the kind.
         Self::check_kind("ciphertext_blob", &key, "Decrypt", KeyKind::Aes)?;
         if let Some(expected) = expected_key {
@@ -231,7 +239,12 @@ impl Keywarden {
         let key = self.usable_key(&key.name, "Decrypt")?;
         let hsm_id = Self::decryptable(&key, blob.key_version)?;
         let aad = blob::aad(&blob.header(), &blob::canonical_context(&ctx));
-        Ok((key, blob, aad, hsm_id))
+        Ok(Unwrap {
+            key,
+            blob,
+            aad,
+            hsm_id,
+        })
     }
     /// Decrypt for one or many requests; each item succeeds or fails on its
     /// own.
@@ -244,7 +257,7 @@ impl Keywarden {
         let mut metas = Vec::with_capacity(requests.len());
         let mut prepared = Vec::with_capacity(requests.len());
         for req in requests {
-            let mut meta = (None, None, false);
+            let mut meta = batch::Meta::default();
             let p =
                 self.prepare_unwrap(&req.blob, req.context, req.key.as_deref(), gate, &mut meta);
             metas.push(meta);
@@ -253,11 +266,11 @@ impl Keywarden {
         let items: Vec<UnwrapItem<'_>> = prepared
             .iter()
             .filter_map(|p| p.as_ref().ok())
-            .map(|(_, blob, aad, hsm_id)| UnwrapItem {
-                key: *hsm_id,
-                iv: blob.iv,
-                aad,
-                ciphertext: &blob.ciphertext,
+            .map(|u| UnwrapItem {
+                key: u.hsm_id,
+                iv: u.blob.iv,
+                aad: &u.aad,
+                ciphertext: &u.blob.ciphertext,
             })
             .collect();
         let mut unwrapped = if items.is_empty() {
@@ -270,12 +283,12 @@ impl Keywarden {
         let items = prepared
             .into_iter()
             .zip(metas)
-            .map(|(p, (key, version, break_glass))| Item {
-                key,
-                version,
-                break_glass,
+            .map(|(p, m)| Item {
+                key: m.key,
+                version: m.version,
+                break_glass: m.break_glass,
                 result: (|| {
-                    let (k, blob, _, _) = p?;
+                    let Unwrap { key: k, blob, .. } = p?;
                     let pt = unwrapped
                         .next()
                         .ok_or_else(|| CoreError::Internal("HSM returned too few results".into()))?
@@ -301,11 +314,15 @@ impl Keywarden {
         self.unsealed()?;
         let mut out = Vec::with_capacity(requests.len());
         for req in requests {
-            let mut meta = (None, None, false);
+            let mut meta = batch::Meta::default();
             let result = (|| {
                 let src_ctx_copy = req.context.clone();
-                let (src, blob, aad, hsm_id) =
-                    self.prepare_unwrap(&req.blob, req.context, None, gate, &mut meta)?;
+                let Unwrap {
+                    key: src,
+                    blob,
+                    aad,
+                    hsm_id,
+                } = self.prepare_unwrap(&req.blob, req.context, None, gate, &mut meta)?;
                 let dest_name = match &req.destination_key {
                     Some(d) => {
                         validate::key_name("destination_key", d)?;
@@ -315,7 +332,7 @@ impl Keywarden {
                 };
                 let dest_ctx = validate::context(req.destination_context.unwrap_or(src_ctx_copy))?;
                 let bg = gate(&dest_name, &dest_ctx).map_err(CoreError::PermissionDenied)?;
-                meta.2 |= bg;
+                meta.break_glass |= bg;
                 let dest =
                     self.usable_of_kind("destination_key", &dest_name, "ReEncrypt", KeyKind::Aes)?;
                 let v = dest.current().ok_or_else(|| CoreError::KeyUnusable {
@@ -365,9 +382,9 @@ impl Keywarden {
                 })
             })();
             out.push(Item {
-                key: meta.0,
-                version: meta.1,
-                break_glass: meta.2,
+                key: meta.key,
+                version: meta.version,
+                break_glass: meta.break_glass,
                 result,
             });
         }

@@ -28,13 +28,13 @@ impl Keywarden {
         let mut metas = Vec::with_capacity(requests.len());
         let mut prepared: Vec<CoreResult<Prepared>> = Vec::with_capacity(requests.len());
         for req in requests {
-            let mut meta = (None, None, false);
+            let mut meta = batch::Meta::default();
             let p = (|| {
                 validate::key_name("key", &req.key)?;
-                meta.0 = Some(req.key.clone());
+                meta.key = Some(req.key.clone());
                 validate::payload("plaintext", req.plaintext.len())?;
                 let ctx = validate::context(req.context)?;
-                meta.2 = gate(&req.key, &ctx).map_err(CoreError::PermissionDenied)?;
+                meta.break_glass = gate(&req.key, &ctx).map_err(CoreError::PermissionDenied)?;
                 let key = self.usable_of_kind("key", &req.key, "Encrypt", KeyKind::Aes)?;
                 let v = key.current().ok_or_else(|| CoreError::KeyUnusable {
                     name: key.name.clone(),
@@ -42,7 +42,7 @@ impl Keywarden {
                     operation: "Encrypt",
                 })?;
                 let (version, hsm_id) = (v.version, v.hsm_id);
-                meta.1 = Some(version);
+                meta.version = Some(version);
                 let header = blob::header_of(blob::FORMAT_V2, &key.id, version);
                 let aad = blob::aad(&header, &blob::canonical_context(&ctx));
                 Ok(Prepared {
@@ -117,10 +117,10 @@ impl Keywarden {
         let mut metas = Vec::with_capacity(requests.len());
         let mut prepared: Vec<CoreResult<Prepared>> = Vec::with_capacity(requests.len());
         for req in requests {
-            let mut meta = (None, None, false);
+            let mut meta = batch::Meta::default();
             let p = (|| {
                 validate::key_name("key", &req.key)?;
-                meta.0 = Some(req.key.clone());
+                meta.key = Some(req.key.clone());
                 validate::payload("data", req.data.len())?;
                 if let Some(m) = &req.mac {
                     if m.len() != MAC_LEN {
@@ -130,7 +130,7 @@ impl Keywarden {
                         ));
                     }
                 }
-                meta.2 = gate(&req.key).map_err(CoreError::PermissionDenied)?;
+                meta.break_glass = gate(&req.key).map_err(CoreError::PermissionDenied)?;
                 let key = self.usable_of_kind("key", &req.key, operation, KeyKind::Hmac)?;
                 let (version, hsm_id) = match req.version {
                     Some(v) => (v, Self::mac_version(&key, v)?),
@@ -143,7 +143,7 @@ impl Keywarden {
                         (v.version, v.hsm_id)
                     }
                 };
-                meta.1 = Some(version);
+                meta.version = Some(version);
                 Ok(Prepared {
                     key,
                     version,

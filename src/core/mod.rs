@@ -115,28 +115,29 @@ pub enum KeyChange {
 }
 
 /// What a client cache's use of a key depends on: everything but the
-/// encryption counters and descriptive fields.
-#[allow(clippy::type_complexity)]
-fn access_view(
-    r: &KeyRecord,
-) -> (
-    KeyState,
-    u32,
-    Vec<(u32, VersionState)>,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    usize,
-) {
-    (
-        r.state,
-        r.min_decrypt_version,
-        r.versions.iter().map(|v| (v.version, v.state)).collect(),
-        r.destroy_due_at,
-        r.destruction_started_at,
-        r.destroyed_at,
-        r.holds.len(),
-    )
+/// encryption counters and descriptive fields. Two records with equal
+/// views need no `KeyChange`.
+#[derive(PartialEq, Eq)]
+struct AccessView {
+    state: KeyState,
+    min_decrypt_version: u32,
+    versions: Vec<(u32, VersionState)>,
+    destroy_due_at: Option<i64>,
+    destruction_started_at: Option<i64>,
+    destroyed_at: Option<i64>,
+    holds: usize,
+}
+
+fn access_view(r: &KeyRecord) -> AccessView {
+    AccessView {
+        state: r.state,
+        min_decrypt_version: r.min_decrypt_version,
+        versions: r.versions.iter().map(|v| (v.version, v.state)).collect(),
+        destroy_due_at: r.destroy_due_at,
+        destruction_started_at: r.destruction_started_at,
+        destroyed_at: r.destroyed_at,
+        holds: r.holds.len(),
+    }
 }
 
 /// How often a write refused because another node wrote first is tried
