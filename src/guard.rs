@@ -20,17 +20,24 @@ pub const MAX_BREAK_GLASS: Duration = Duration::from_secs(24 * 3600);
 /// A time-limited emergency grant of app access to one key.
 #[derive(Debug, Clone)]
 pub struct BreakGlassGrant {
+    /// The uid the grant is for (the caller who asked for it).
     pub uid: u32,
+    /// The policy principal the caller was recognised as.
     pub principal: String,
+    /// The one key it grants app access to.
     pub key: String,
+    /// Why, as the caller gave it (audited).
     pub reason: String,
+    /// When it was granted (the injected clock, whole seconds).
     pub granted: SystemTime,
+    /// When it expires: from then on it grants nothing.
     pub expires: SystemTime,
 }
 
 /// Where the policy comes from.
 #[derive(Debug, Clone)]
 pub enum PolicySource {
+    /// A policy file, read at start-up and on every reload.
     File(PathBuf),
     /// Dev mode: every local user, every role.
     OpenDev,
@@ -45,9 +52,12 @@ pub enum GuardError {
     Policy(#[from] PolicyError),
 }
 
+/// The policy in force and the break-glass grants: decides whether an
+/// identity may do an action, and audits reloads and grants.
 pub struct Guard {
     policy: RwLock<Arc<Policy>>,
     source: PolicySource,
+    /// The audit log decisions and requests are written to.
     pub audit: Audit,
     break_glass: Mutex<Vec<BreakGlassGrant>>,
     /// Benchmark mode (dev only): requests are answered without auditing.
@@ -66,6 +76,8 @@ fn secs(t: SystemTime) -> u64 {
 }
 
 impl Guard {
+    /// Loads the policy from `source`; a policy file that is refused fails the
+    /// start. `audit_disabled` is for benchmarks in dev mode only.
     pub fn new(
         source: PolicySource,
         audit: Audit,
@@ -100,6 +112,7 @@ impl Guard {
         self.audit.record_event(kind, outcome, detail);
     }
 
+    /// Where the policy is read from.
     pub fn source(&self) -> &PolicySource {
         &self.source
     }
@@ -129,10 +142,13 @@ impl Guard {
         }
     }
 
+    /// What the policy allows `c` to do with `action` (break-glass grants are
+    /// not consulted: see the per-item checks).
     pub fn authorize(&self, c: &Identity, action: &Action<'_>) -> Result<Grant, Denied> {
         self.policy().authorize(c, action)
     }
 
+    /// The policy principal `c` is recognised as; empty if none.
     pub fn principal_name(&self, c: &Identity) -> String {
         self.policy().principal_name(c).unwrap_or_default()
     }
@@ -275,6 +291,8 @@ pub fn entry(c: &Identity, principal: &str, role: &str, op: &str) -> Map<String,
     m
 }
 
+/// A break-glass grant as JSON, its times in Unix seconds (what the
+/// BreakGlass answer and Status report).
 pub fn break_glass_json(g: &BreakGlassGrant) -> Value {
     json!({
         "uid": g.uid, "principal": g.principal, "key": g.key, "reason": g.reason,

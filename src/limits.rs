@@ -99,11 +99,15 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("limits.{field}: {reason}")]
 pub struct LimitsError {
+    /// The field, as named in the configuration file.
     pub field: &'static str,
+    /// What is wrong with its value.
     pub reason: &'static str,
 }
 
 impl RawLimits {
+    /// Validates the section: missing fields take their defaults; a zero
+    /// anywhere, or a burst under 1 MiB, is refused.
     pub fn parse(self) -> Result<LimitsConfig, LimitsError> {
         let d = LimitsConfig::default();
         let positive = |field, v: Option<u64>, default: u64| match v {
@@ -160,7 +164,10 @@ impl RawLimits {
 /// audited (with how many went unaudited before it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
+    /// The limit that refused.
     pub limit: Limit,
+    /// What the caller is told: the uid, the limit's `[limits]` field and its
+    /// value.
     pub message: String,
     /// Audit this refusal now: the first of its interval.
     pub audit: bool,
@@ -193,6 +200,8 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The limits `cfg` describes, timed by `clock`, with no metrics (see
+    /// [`Limits::with_metrics`]).
     pub fn new(cfg: LimitsConfig, clock: Arc<dyn Clock>) -> Self {
         Limits {
             cfg,
@@ -210,6 +219,7 @@ impl Limits {
         self
     }
 
+    /// The limits in force.
     pub fn config(&self) -> &LimitsConfig {
         &self.cfg
     }

@@ -48,15 +48,25 @@ pub enum SecretError {
     /// The PIN file could not be read.
     #[error("pin file {}: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What reading it failed with.
         source: std::io::Error,
     },
     /// The PIN file's permissions let other users read it.
     #[error("pin file {} is readable by other users (mode {mode:o}); chmod 0600 or 0640", path.display())]
-    ReadableByOthers { path: PathBuf, mode: u32 },
+    ReadableByOthers { 
+        /// The file.
+        path: PathBuf, 
+        /// Its permission bits (`mode & 0o777`).
+        mode: u32 },
     /// The file's content is not a usable PIN.
     #[error("pin file {}: {reason}", path.display())]
-    Invalid { path: PathBuf, reason: &'static str },
+    Invalid { 
+        /// The file.
+        path: PathBuf, 
+        /// What is wrong with the content (never the content itself).
+        reason: &'static str },
     /// The OS random generator failed.
     #[error("random: {0}")]
     Random(getrandom::Error),

@@ -77,10 +77,13 @@ pub struct Fold<'k> {
     /// Lines refused (a MAC that does not verify, a field missing): the
     /// first few, and how many.
     pub refused: Vec<LedgerError>,
+    /// Lines refused in all.
     pub refused_count: u64,
 }
 
 impl<'k> Fold<'k> {
+    /// A fold of lines MAC'd under the registry key `key`, accounting for
+    /// the generations above `above` (the registry's own).
     pub fn new(key: &'k [u8; 32], above: u64) -> Self {
         Fold {
             key,

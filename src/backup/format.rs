@@ -17,8 +17,11 @@ use std::io::{Read, Write};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// The file's first four bytes.
 pub const MAGIC: &[u8; 4] = b"KWBK";
+/// The first four bytes of the decrypted payload.
 pub const PAYLOAD_MAGIC: &[u8; 4] = b"KWBP";
+/// The format version this build writes and reads (file and payload).
 pub const VERSION: u8 = 1;
 /// Bounds what a restore reads (the file is read whole).
 pub const MAX_FILE: u64 = 4 << 30;
@@ -29,20 +32,28 @@ const MAX_ENTRIES: u32 = 1_000_000;
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum FormatError {
+    /// The file does not start with [`MAGIC`].
     #[error("not a Keywarden backup (no KWBK magic)")]
     Magic,
+    /// A format version this build does not read.
     #[error("backup format version {0}; this build reads version {VERSION}")]
     Version(u8),
+    /// The file ends early; the part that is cut short.
     #[error("the backup is truncated ({0})")]
     Truncated(&'static str),
+    /// The header is too long or not the header's JSON.
     #[error("the backup header is not valid: {0}")]
     Header(String),
+    /// The age layer does not open under this deployment's backup key.
     #[error("the backup does not open under this deployment's backup key (altered, or taken under another share set): {0}")]
     Decrypt(String),
+    /// The decrypted payload is malformed.
     #[error("the backup's payload is malformed (altered): {0}")]
     Payload(&'static str),
+    /// The clear header is not the one the payload authenticates.
     #[error("the backup header was altered: its hash does not match the one inside the encrypted payload")]
     HeaderAltered,
+    /// The age encryption failed while writing a backup.
     #[error("encrypting the backup: {0}")]
     Encrypt(String),
 }
@@ -51,6 +62,7 @@ pub enum FormatError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChainHead {
+    /// The line's audit sequence number.
     pub seq: u64,
     /// Hex SHA-256 of that line.
     pub hash: String,
@@ -62,12 +74,16 @@ pub struct ChainHead {
 pub struct Deployment {
     /// The share set whose quorum opens the backup.
     pub set_id: String,
+    /// Shares needed to unseal (and to open the backup).
     pub threshold: u8,
+    /// Shares in the set.
     pub shares: u8,
     /// Hex of the seal's check value: shares are confirmed against it
     /// before anything is decrypted.
     pub check: String,
+    /// CKA_LABEL of the token.
     pub token_label: String,
+    /// The token's serial number.
     pub token_serial: String,
     /// The HSM profile's name (`softhsm2`, `kryoptic`, a vendor's).
     pub profile: String,
@@ -77,9 +93,11 @@ pub struct Deployment {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Header {
+    /// When the backup was taken (Unix seconds).
     pub created_at: i64,
     /// The registry generation the snapshot holds.
     pub generation: u64,
+    /// The deployment it belongs to.
     pub deployment: Deployment,
     /// `None` when the daemon runs without an audit log (benchmarks).
     pub chain_head: Option<ChainHead>,
@@ -88,12 +106,16 @@ pub struct Header {
     /// The token's files are inside (software tokens); otherwise the
     /// vendor's own backup procedure keeps the token.
     pub token_files: bool,
+    /// The version of the daemon that took it.
     pub daemon_version: String,
 }
 
 /// One file of the payload.
 pub struct Entry {
+    /// The entry's name: one of the `*_ENTRY` names, or a token file's under
+    /// the token entries' prefix.
     pub name: String,
+    /// Its bytes.
     pub data: Vec<u8>,
 }
 

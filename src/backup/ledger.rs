@@ -63,8 +63,11 @@ pub fn failed(name: &str, generation: u64, ledger_seq: u64, key: &[u8; 32]) -> M
 /// A verified ledger entry.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// The line's audit sequence number.
     pub seq: u64,
+    /// The registry generation the write reached.
     pub generation: u64,
+    /// The key's record as written.
     pub record: KeyRecord,
 }
 
@@ -72,16 +75,31 @@ pub struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LedgerError {
+    /// A field the line's type needs is missing or unusable.
     #[error("audit seq {seq}: a {kind} line without {field}")]
     Missing {
+        /// The line's audit sequence number.
         seq: u64,
+        /// The line's type.
         kind: &'static str,
+        /// The missing field.
         field: &'static str,
     },
+    /// A `registry_write` line's record does not parse.
     #[error("audit seq {seq}: the record of a registry_write line does not parse: {reason}")]
-    Unparsable { seq: u64, reason: String },
+    Unparsable { 
+        /// The line's audit sequence number.
+        seq: u64, 
+        /// The parser's message.
+        reason: String },
+    /// The line's MAC does not verify under the registry key: forged, or of
+    /// another deployment.
     #[error("audit seq {seq}: a {kind} line whose MAC does not verify under this deployment's registry key (forged, or of another deployment)")]
-    Mac { seq: u64, kind: &'static str },
+    Mac { 
+        /// The line's audit sequence number.
+        seq: u64, 
+        /// The line's type.
+        kind: &'static str },
 }
 
 fn field<'a>(

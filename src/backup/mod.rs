@@ -21,8 +21,11 @@ mod trail;
 
 /// Names of the payload's entries other than the token's files.
 pub const REGISTRY_ENTRY: &str = "registry.db";
+/// The seal file (`seal.json`) as it was when the backup was taken.
 pub const SEAL_ENTRY: &str = "seal.json";
+/// The audit-signing public key, when it was published.
 pub const AUDIT_KEY_ENTRY: &str = "audit-signing.pub";
+/// What the token must hold: every CMK version the registry names.
 pub const MANIFEST_ENTRY: &str = "token-manifest.json";
 
 /// Why a backup could not be taken or restored. Typed: the API maps each
@@ -53,6 +56,7 @@ pub enum BackupError {
     /// The registry, the seal files or the scratch directory.
     #[error("{0}")]
     Io(String),
+    /// The backup file was refused.
     #[error(transparent)]
     Format(#[from] format::FormatError),
     /// The audit log could not give its head or record the backup.

@@ -38,10 +38,15 @@ use crate::seal::store::{RestoreWindow, SealFile, SealStore};
 
 /// Where the restored state goes.
 pub struct Target {
+    /// The state directory restored into (an empty one).
     pub state_dir: PathBuf,
+    /// The restored deployment's audit log: a new one is started there.
     pub audit: AuditConfig,
+    /// The profile of the token restored to.
     pub profile: HsmProfile,
+    /// The PKCS#11 module of that token.
     pub module: PathBuf,
+    /// Which token of the module.
     pub token: TokenSelector,
     /// The token module's configuration file, when not the environment's
     /// (a dev directory's).
@@ -51,11 +56,18 @@ pub struct Target {
 /// What a restore did.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
+    /// The backup's id: hex SHA-256 of the whole file.
     pub backup: String,
+    /// When the backup was taken (Unix seconds).
     pub backup_created_at: i64,
+    /// The registry generation the backup holds.
     pub backup_generation: u64,
+    /// The registry generation after the replay (also written to the token's
+    /// counter).
     pub generation: u64,
+    /// Keys in the restored registry.
     pub keys: usize,
+    /// Token files put back (0 for a vendor token).
     pub token_files: usize,
     /// The trail replayed: (files, its first seq, its last seq).
     pub trail: Option<(usize, u64, u64)>,

@@ -67,6 +67,8 @@ impl Drop for Node {
 }
 
 impl Node {
+    /// A node of the cluster `cfg` describes, not yet serving (no lease) and
+    /// with nothing running: [`Node::start`] joins it.
     pub fn new(cfg: ClusterConfig) -> Arc<Self> {
         Arc::new(Node {
             cfg,
@@ -93,6 +95,7 @@ impl Node {
         })
     }
 
+    /// This node's configured `node_id` (its row in `nodes`).
     pub fn node_id(&self) -> &str {
         &self.cfg.node_id
     }
@@ -200,7 +203,7 @@ impl Node {
             let Some(core) = core.upgrade() else {
                 return Session::Stopped;
             };
-            let wait = match core.sync_state() {
+            let wait = match core.cluster().sync_state() {
                 Ok(SyncState::Current(gen)) => {
                     sealed_row_cleared = false;
                     match self.renew(client, gen) {

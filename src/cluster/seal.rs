@@ -53,6 +53,9 @@ fn body(file: &SealFile) -> Result<String, StoreError> {
 }
 
 impl PgSeal {
+    /// The seal files in `target`'s database; `node_id` is recorded as the
+    /// writer of each file this node stores. No connection is made until the
+    /// first use.
     pub fn new(target: PgTarget, node_id: &str) -> Self {
         PgSeal {
             target,

@@ -34,8 +34,13 @@ pub(super) struct RawRegistry {
 /// A cluster node's settings (`[registry] url` set).
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
+    /// The shared PostgreSQL registry (`registry.url` and its TLS and
+    /// password settings).
     pub target: crate::core::registry::postgres::PgTarget,
+    /// This node's name in the cluster (default: the host name).
     pub node_id: String,
+    /// How long a lease lasts (`lease_secs`, default 3 s): the longest an
+    /// admin's change waits for a node that stopped answering.
     pub lease: std::time::Duration,
 }
 

@@ -59,6 +59,8 @@ pub struct MetricsConfig {
     /// Where `/metrics` is served; `None`: nowhere (the socket's `keywarden
     /// metrics` still answers).
     pub listen: Option<std::net::SocketAddr>,
+    /// Key names in labels of per-version series (they can be sensitive; with
+    /// `listen`, only behind a bearer token).
     pub per_key: bool,
     /// `/metrics` answers only requests bearing the token in this file.
     pub bearer_token_file: Option<PathBuf>,
@@ -174,7 +176,9 @@ struct RawHsm {
 /// re-plugs and SoftHSM restarts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSelector {
+    /// The token whose label is this (`hsm.token_label`).
     Label(String),
+    /// The token whose serial number is this (`hsm.token_serial`).
     Serial(String),
 }
 
@@ -190,15 +194,30 @@ impl std::fmt::Display for TokenSelector {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The Unix socket the gRPC API is served on (unless systemd passes one).
     pub socket: PathBuf,
+    /// The group the socket is given (membership grants access); `None`: the
+    /// group it was created with.
     pub socket_group: Option<String>,
+    /// The socket's permission bits (default 0660; bits for other users only
+    /// in dev mode).
     pub socket_mode: u32,
+    /// How many connections are accepted and how long they may stay silent.
     pub connections: crate::server::conn::ConnLimits,
+    /// The daemon's own directory: its lock, the seal files, the SQLite
+    /// registry and, by default, the audit log.
     pub state_dir: PathBuf,
+    /// Running as root is allowed (development only).
     pub allow_root: bool,
+    /// The HSM profile `hsm.profile` names: what the token can do and how.
     pub profile: HsmProfile,
+    /// The PKCS#11 module to load (`hsm.module`, or the first of the
+    /// profile's paths that exists).
     pub module: PathBuf,
+    /// Which token of the module to use.
     pub token: TokenSelector,
+    /// HSM sessions to keep open: `hsm.pool_size` (default twice the cores),
+    /// at most the profile's `max_sessions`.
     pub pool_size: usize,
     /// An unseal or rekey in progress expires after this long.
     pub ceremony_timeout: std::time::Duration,
@@ -207,13 +226,18 @@ pub struct Config {
     /// Dev mode (`[dev] enabled = true`): shown in Status and every log
     /// line; the only switch for the development-only settings.
     pub dev: bool,
+    /// Where the policy is read from.
     pub policy: crate::guard::PolicySource,
+    /// `[audit]`: the log's file, checkpoints, rotation and forwarding.
     pub audit: crate::audit::AuditConfig,
     /// Benchmark mode: requests are not audited (dev only).
     pub audit_disabled: bool,
+    /// `[lifecycle]`: encryption limits, rotation, destruction delays and
+    /// approvals.
     pub lifecycle: crate::core::LifecycleConfig,
     /// How often the scheduler looks for due rotations and destructions.
     pub tick: std::time::Duration,
+    /// `[metrics]`: the Prometheus endpoint.
     pub metrics: MetricsConfig,
     /// Set when the registry is a shared PostgreSQL database.
     pub cluster: Option<ClusterConfig>,
@@ -221,16 +245,27 @@ pub struct Config {
     pub limits: crate::limits::LimitsConfig,
 }
 
+/// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// The config file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// What reading it failed with.
         source: std::io::Error,
     },
+    /// The config file is not valid TOML or has fields of the wrong type or
+    /// unknown.
     #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse { 
+        /// The file.
+        path: PathBuf, 
+        /// The parser's message.
+        message: String },
+    /// A value is refused; the message names the field and why.
     #[error("invalid configuration: {0}")]
     Invalid(String),
     /// The config file could be changed by someone other than root or the
@@ -245,7 +280,9 @@ pub enum ConfigError {
     Registry(#[from] crate::core::registry::postgres::TargetError),
     /// A `[dev]` config given to a daemon not started by `keywarden dev`.
     #[error("{path}: this is a development configuration ([dev] enabled = true); `keywarden serve` runs it only when started by `keywarden dev`")]
-    DevConfig { path: PathBuf },
+    DevConfig { 
+        /// The config file.
+        path: PathBuf },
 }
 
 impl Config {

@@ -104,7 +104,7 @@ impl Keywarden {
                 }
             }
         };
-        let key = self.registry_key()?;
+        let key = self.records().registry_key()?;
         // No generation comes near MAX_GENERATION: a counter claiming more
         // is held to it (the arithmetic stays far from overflow).
         let counter = self
@@ -205,7 +205,7 @@ impl Keywarden {
                    "replayed": plan.replayed, "lost": plan.lost}),
         );
         drop(w);
-        self.load_table()?;
+        self.records().load_table()?;
         if let Err(e) = self.reconcile() {
             warn!(error = %e, "reconciliation failed");
         }

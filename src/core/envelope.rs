@@ -25,13 +25,13 @@ pub(super) struct Unwrap {
     hsm_id: HsmKeyId,
 }
 
-impl Keywarden {
+impl super::DataPath<'_> {
     pub(super) fn usable_key(
         &self,
         name: &str,
         operation: &'static str,
     ) -> CoreResult<Arc<KeyRecord>> {
-        let k = self.record(name)?;
+        let k = self.records().record(name)?;
         match k.state {
             KeyState::Active => Ok(k),
             KeyState::Destroyed => Err(CoreError::KeyDestroyed {
@@ -222,7 +222,7 @@ impl Keywarden {
         }
         let ctx = validate::context(context)?;
         let blob = Blob::decode(blob_bytes)?;
-        let key = self.record_by_id(&blob.key_id)?;
+        let key = self.records().record_by_id(&blob.key_id)?;
         meta.key = Some(key.name.clone());
         meta.version = Some(blob.key_version);
         meta.break_glass = gate(&key.name, &ctx).map_err(CoreError::PermissionDenied)?;
@@ -417,7 +417,7 @@ impl Keywarden {
             // The next block starts where the record's reservations end: in
             // a cluster another node may have reserved the blocks above this
             // node's, and each encryption is counted in exactly one block.
-            let ((start, want), _) = self.update(&key.name, |r| {
+            let ((start, want), _) = self.records().update(&key.name, |r| {
                 let Some(v) = r.versions.iter_mut().find(|v| v.hsm_id == id) else {
                     return Ok((c.used, c.reserved));
                 };

@@ -9,7 +9,7 @@ use super::batch;
 use super::*;
 use crate::hsm::{KeyKind, MAC_LEN};
 
-impl Keywarden {
+impl super::DataPath<'_> {
     /// Encrypt for one or many requests; each item succeeds or fails on its
     /// own. Counts against the version's encryption limit like a data key.
     pub fn encrypt(

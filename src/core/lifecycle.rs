@@ -13,7 +13,7 @@ use super::model::{
     DestroyKind, DestroyRequest, Hold, KeyRecord, KeyState, RequestStatus, VersionRecord,
     VersionState,
 };
-use super::{validate, CoreError, CoreResult, Keywarden};
+use super::{validate, CoreError, CoreResult};
 use crate::audit::{EventKind, Outcome};
 use crate::hsm::HsmError;
 use crate::hsm::KeyKind;
@@ -83,7 +83,7 @@ fn not_destroyed(r: &KeyRecord) -> CoreResult<()> {
     Ok(())
 }
 
-impl Keywarden {
+impl super::Keys<'_> {
     /// Creates a CMK: generate in the HSM, record, and destroy the HSM
     /// object again if recording fails.
     pub fn create_key(
@@ -99,7 +99,7 @@ impl Keywarden {
         if let Some(p) = rotation_period {
             validate::rotation_period(p, self.lifecycle.min_rotation_period)?;
         }
-        match self.record(name) {
+        match self.records().record(name) {
             Ok(r) if r.state == KeyState::Destroyed => {
                 return Err(CoreError::Conflict(format!(
                     "{name:?} is the tombstone of a key destroyed at {} (Unix time); a destroyed key's name is never reused, so nothing can be mistaken for it: choose another name",
@@ -111,7 +111,7 @@ impl Keywarden {
             Err(e) => return Err(e),
         }
         let _w = self.writes.locked();
-        self.catch_up()?;
+        self.cluster().catch_up()?;
         let hsm_id = self.new_hsm_version(name, 1, kind)?;
         let created_at = self.now();
         let record = KeyRecord {
@@ -138,7 +138,7 @@ impl Keywarden {
             holds: vec![],
             requests: vec![],
         };
-        let (stored, confirm) = match self.store_new(record) {
+        let (stored, confirm) = match self.records().store_new(record) {
             Ok(r) => r,
             // The commit may have landed: the object stays (with its
             // intent), as drift for an operator, never destroyed under a
@@ -156,7 +156,7 @@ impl Keywarden {
             warn!(key = %name, error = %e, "no session copy for the new CMK; the token object is used");
         }
         drop(_w);
-        self.confirm(confirm);
+        self.records().confirm(confirm);
         info!(key = %name, key_id = %stored.id_text(), "created CMK");
         Ok((*stored).clone())
     }
@@ -177,8 +177,8 @@ impl Keywarden {
         let _w = self.writes.locked();
         let mut tries = 0;
         let (stored, confirm, version, hsm_id) = loop {
-            self.catch_up()?;
-            let mut rec = (*self.record(name)?).clone();
+            self.cluster().catch_up()?;
+            let mut rec = (*self.records().record(name)?).clone();
             not_destroyed(&rec)?;
             let ok = rec.state == KeyState::Active
                 || (allow_suspended && rec.state == KeyState::Suspended);
@@ -207,7 +207,7 @@ impl Keywarden {
             if let Some(p) = rec.rotation_period_secs {
                 rec.next_rotation_at = Some(t + p as i64);
             }
-            match self.store(rec, false) {
+            match self.records().store(rec, false) {
                 Ok((stored, confirm)) => break (stored, confirm, version, hsm_id),
                 Err(e @ CoreError::RegistryUnavailable(_)) => return Err(e),
                 Err(CoreError::RegistryMoved { .. }) if tries < super::WRITE_TRIES => {
@@ -233,7 +233,7 @@ impl Keywarden {
             warn!(key = %name, error = %e, "no session copy for the new version");
         }
         drop(_w);
-        self.confirm(confirm);
+        self.records().confirm(confirm);
         self.event(
             EventKind::Rotate,
             Outcome::Ok,
@@ -254,7 +254,7 @@ impl Keywarden {
         if let Some(Some(p)) = rotation_period {
             validate::rotation_period(p, self.lifecycle.min_rotation_period)?;
         }
-        let (_, r) = self.update(name, |r| {
+        let (_, r) = self.records().update(name, |r| {
             not_destroyed(r)?;
             if let Some(p) = rotation_period {
                 r.rotation_period_secs = p.map(|d| d.as_secs());
@@ -283,7 +283,7 @@ impl Keywarden {
     pub fn revoke_version(&self, name: &str, version: u32) -> CoreResult<KeyRecord> {
         self.unsealed()?;
         validate::key_name("name", name)?;
-        let rec = self.record(name)?;
+        let rec = self.records().record(name)?;
         not_destroyed(&rec)?;
         let v = rec.version(version).ok_or_else(|| {
             CoreError::invalid("version", format!("key {name:?} has no version {version}"))
@@ -291,7 +291,7 @@ impl Keywarden {
         if v.state == VersionState::Active {
             self.rotate_inner(name, "the active version was revoked", true)?;
         }
-        let (hsm_id, r) = self.update(name, |r| {
+        let (hsm_id, r) = self.records().update(name, |r| {
             let v = r
                 .versions
                 .iter_mut()
@@ -318,7 +318,7 @@ impl Keywarden {
     pub fn disable(&self, name: &str) -> CoreResult<KeyRecord> {
         self.unsealed()?;
         validate::key_name("name", name)?;
-        let (_, r) = self.update(name, |r| {
+        let (_, r) = self.records().update(name, |r| {
             not_destroyed(r)?;
             match r.state {
                 KeyState::Active => {
@@ -339,7 +339,7 @@ impl Keywarden {
     pub fn enable(&self, name: &str) -> CoreResult<KeyRecord> {
         self.unsealed()?;
         validate::key_name("name", name)?;
-        let (_, r) = self.update(name, |r| {
+        let (_, r) = self.records().update(name, |r| {
             not_destroyed(r)?;
             match r.state {
                 KeyState::Suspended | KeyState::Active => {
@@ -385,7 +385,7 @@ impl Keywarden {
             }
         }
         let needed = self.lifecycle.destroy_approvals.max(1);
-        let (req, _) = self.update(name, |r| {
+        let (req, _) = self.records().update(name, |r| {
             not_destroyed(r)?;
             if r.active_holds().next().is_some() {
                 return Err(CoreError::Held {
@@ -420,7 +420,7 @@ impl Keywarden {
         if needed <= 1 {
             return self.complete_approval(name, &req.id);
         }
-        let rec = (*self.record(name)?).clone();
+        let rec = (*self.records().record(name)?).clone();
         Ok((req, rec))
     }
 
@@ -434,7 +434,7 @@ impl Keywarden {
         self.unsealed()?;
         validate::key_name("name", name)?;
         let needed = self.lifecycle.destroy_approvals.max(1);
-        let (count, _) = self.update(name, |r| {
+        let (count, _) = self.records().update(name, |r| {
             not_destroyed(r)?;
             let req = r
                 .requests
@@ -473,7 +473,7 @@ impl Keywarden {
         if count >= needed {
             return self.complete_approval(name, request_id);
         }
-        let rec = (*self.record(name)?).clone();
+        let rec = (*self.records().record(name)?).clone();
         let req = rec
             .requests
             .iter()
@@ -488,7 +488,7 @@ impl Keywarden {
         name: &str,
         request_id: &str,
     ) -> CoreResult<(DestroyRequest, KeyRecord)> {
-        let (kind, _) = self.update(name, |r| {
+        let (kind, _) = self.records().update(name, |r| {
             not_destroyed(r)?;
             if r.active_holds().next().is_some() {
                 return Err(CoreError::Held {
@@ -537,7 +537,7 @@ impl Keywarden {
         if kind == DestroyKind::Now {
             self.execute_destruction(name)?;
         }
-        let rec = (*self.record(name)?).clone();
+        let rec = (*self.records().record(name)?).clone();
         let req = rec
             .requests
             .iter()
@@ -551,7 +551,7 @@ impl Keywarden {
     pub fn cancel_destroy(&self, name: &str, actor: &Actor) -> CoreResult<KeyRecord> {
         self.unsealed()?;
         validate::key_name("name", name)?;
-        let (id, r) = self.update(name, |r| {
+        let (id, r) = self.records().update(name, |r| {
             not_destroyed(r)?;
             let req = r
                 .requests
@@ -589,7 +589,7 @@ impl Keywarden {
         // Marked first, in the same write that checks the holds: once any
         // object may be gone, nothing can cancel, hold or revive the key.
         let t0 = self.now();
-        let marked = self.update(name, |r| {
+        let marked = self.records().update(name, |r| {
             // Never back to pending: another node may have finished.
             not_destroyed(r)?;
             if r.destruction_started_at.is_none() {
@@ -633,7 +633,7 @@ impl Keywarden {
             }
         }
         let t = self.now();
-        let finished = self.update(name, |r| {
+        let finished = self.records().update(name, |r| {
             not_destroyed(r)?;
             for v in r.versions.iter_mut() {
                 v.state = VersionState::Destroyed;
@@ -676,7 +676,7 @@ impl Keywarden {
         if let Some(i) = id {
             validate::hold_id(i)?;
         }
-        let (hid, r) = self.update(name, |r| {
+        let (hid, r) = self.records().update(name, |r| {
             not_destroyed(r)?;
             if r.destruction_started_at.is_some() {
                 return Err(CoreError::Conflict(format!(
@@ -709,7 +709,7 @@ impl Keywarden {
     pub fn release_hold(&self, name: &str, hold_id: &str, actor: &Actor) -> CoreResult<KeyRecord> {
         self.unsealed()?;
         validate::key_name("name", name)?;
-        let (_, r) = self.update(name, |r| {
+        let (_, r) = self.records().update(name, |r| {
             let h = r
                 .holds
                 .iter_mut()
@@ -737,7 +737,7 @@ impl Keywarden {
     pub fn tick(&self) {
         if self.seal.is_loading() {
             // Logged in, but the registry did not load: try again.
-            self.retry_login();
+            self.ceremonies().retry_login();
             return;
         }
         if self.seal.phase() != crate::seal::Phase::Unsealed {
@@ -757,7 +757,7 @@ impl Keywarden {
                         // In a cluster every node counts only its own
                         // blocks: the record's reservations bound them all.
                         // (Less one block: the newest may be unused yet.)
-                        let mut n = self.encryptions(&v.hsm_id);
+                        let mut n = self.data().encryptions(&v.hsm_id);
                         if self.membership.is_some() {
                             n = n.max(v.reserved.saturating_sub(self.lifecycle.reserve_block));
                         }
@@ -786,5 +786,27 @@ impl Keywarden {
                 _ => {}
             }
         }
+    }
+}
+
+impl super::Keys<'_> {
+    pub fn list_keys(&self) -> CoreResult<Vec<KeyRecord>> {
+        self.unsealed()?;
+        let t = self.table();
+        if let Some(g) = &t.global {
+            return Err(CoreError::RegistryTampered {
+                key: None,
+                what: g.clone(),
+            });
+        }
+        let mut v: Vec<KeyRecord> = t.by_name.values().map(|r| (**r).clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
+    }
+
+    pub fn describe_key(&self, name: &str) -> CoreResult<KeyRecord> {
+        self.unsealed()?;
+        validate::key_name("name", name)?;
+        Ok((*self.records().record(name)?).clone())
     }
 }

@@ -65,7 +65,9 @@ impl Keywarden {
         self.membership = Some(m);
         self
     }
+}
 
+impl super::Cluster<'_> {
     /// Whether this is a node of a cluster.
     pub fn is_clustered(&self) -> bool {
         self.membership.is_some()
@@ -155,7 +157,7 @@ impl Keywarden {
         if seen.database == mine && !seen.ahead {
             return Ok(Some(mine));
         }
-        let (hsm_gen, mut loaded) = self.load_verified()?;
+        let (hsm_gen, mut loaded) = self.records().load_verified()?;
         // A rollback (the database behind the HSM's counter) is refused
         // here as at unseal. A counter not found is not: another node
         // replaces the counter object as it writes it, and a token shared

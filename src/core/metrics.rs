@@ -45,7 +45,7 @@ impl Keywarden {
                 if !matches!(v.state, VersionState::Active | VersionState::Deactivated) {
                     continue;
                 }
-                let used = self.encryptions(&v.hsm_id);
+                let used = self.data().encryptions(&v.hsm_id);
                 // Only the version that encrypts can reach its limit; a
                 // deactivated one only decrypts (the alert asks to rotate,
                 // and must stop once rotated).

@@ -36,7 +36,7 @@ impl Keywarden {
             }
         }
         let registry_ok = self.table().global.is_none();
-        let reg_key = self.registry_key().ok();
+        let reg_key = self.records().registry_key().ok();
         // Intents whose object was recorded after all (a crash between the
         // record and clearing the intent) are done.
         for id in self.registry.intent_ids().unwrap_or_default() {
@@ -113,7 +113,7 @@ impl Keywarden {
         let label = format!("{LABEL_PREFIX}{name}/v{version}");
         // Intent first: a crash after the object exists but before its
         // record is written leaves an orphan that reconciliation may destroy.
-        let key = self.registry_key()?;
+        let key = self.records().registry_key()?;
         self.registry
             .put_intent(&key, &hsm_id.0, &label)
             .map_err(reg_err)?;

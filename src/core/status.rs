@@ -106,7 +106,7 @@ impl Keywarden {
                 if v.state != VersionState::Active {
                     continue;
                 }
-                let used = self.encryptions(&v.hsm_id);
+                let used = self.data().encryptions(&v.hsm_id);
                 if used >= self.lifecycle.rotate_after_encryptions {
                     out.push(KeyAttention {
                         key: r.name.clone(),

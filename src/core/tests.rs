@@ -56,13 +56,19 @@ fn rig() -> Rig {
         labels: &[],
     };
     let shares = core
+        .ceremonies()
         .init(
             spec,
             Pin::from_bytes(USER.as_bytes()).unwrap(),
             Pin::from_bytes(SO.as_bytes()).unwrap(),
         )
         .unwrap();
-    assert!(core.unseal(&shares[0].share, false).unwrap().complete);
+    assert!(
+        core.ceremonies()
+            .unseal(&shares[0].share, false)
+            .unwrap()
+            .complete
+    );
     Rig {
         _dir: dir,
         core,
@@ -88,40 +94,45 @@ fn generate(core: &Keywarden, key: &str) -> CoreResult<GeneratedKey> {
         key: key.into(),
         context: HashMap::from([("t".to_string(), "1".to_string())]),
     };
-    let mut items = core.generate_data_keys(vec![req], true, &open_gate)?;
+    let mut items = core
+        .data()
+        .generate_data_keys(vec![req], true, &open_gate)?;
     items.pop().unwrap().result
 }
 
 fn state(core: &Keywarden, key: &str) -> KeyState {
-    core.describe_key(key).unwrap().state
+    core.keys().describe_key(key).unwrap().state
 }
 
 #[test]
 fn disable_and_enable_are_idempotent_and_refused_once_destroyed() {
     let r = rig();
     r.core
+        .keys()
         .create_key("k", "", None, crate::hsm::KeyKind::Aes)
         .unwrap();
     assert!(generate(&r.core, "k").is_ok());
-    r.core.disable("k").unwrap();
+    r.core.keys().disable("k").unwrap();
     assert_eq!(state(&r.core, "k"), KeyState::Suspended);
     assert!(matches!(
         generate(&r.core, "k"),
         Err(CoreError::KeyUnusable { .. })
     ));
-    r.core.disable("k").unwrap();
-    r.core.enable("k").unwrap();
-    r.core.enable("k").unwrap();
+    r.core.keys().disable("k").unwrap();
+    r.core.keys().enable("k").unwrap();
+    r.core.keys().enable("k").unwrap();
     assert_eq!(state(&r.core, "k"), KeyState::Active);
     assert!(generate(&r.core, "k").is_ok());
     let kinds = r.sink.kinds();
     assert!(kinds.contains(&(K::Disable, O::Ok)) && kinds.contains(&(K::Enable, O::Ok)));
     assert!(matches!(
-        r.core.disable("missing"),
+        r.core.keys().disable("missing"),
         Err(CoreError::KeyNotFound { .. })
     ));
     assert!(matches!(
-        r.core.create_key("k", "", None, crate::hsm::KeyKind::Aes),
+        r.core
+            .keys()
+            .create_key("k", "", None, crate::hsm::KeyKind::Aes),
         Err(CoreError::AlreadyExists { .. })
     ));
 }
@@ -130,27 +141,28 @@ fn disable_and_enable_are_idempotent_and_refused_once_destroyed() {
 fn rotation_and_version_revocation() {
     let r = rig();
     r.core
+        .keys()
         .create_key("k", "", None, crate::hsm::KeyKind::Aes)
         .unwrap();
     let v1 = generate(&r.core, "k").unwrap();
-    let rec = r.core.rotate("k", "by hand").unwrap();
+    let rec = r.core.keys().rotate("k", "by hand").unwrap();
     assert_eq!(rec.versions.len(), 2);
     assert_eq!(rec.versions[0].state, VersionState::Deactivated);
     assert_eq!(rec.versions[1].state, VersionState::Active);
     let v2 = generate(&r.core, "k").unwrap();
     assert_eq!((v1.key_version, v2.key_version), (1, 2));
     // An older version is revoked for good.
-    let rec = r.core.revoke_version("k", 1).unwrap();
+    let rec = r.core.keys().revoke_version("k", 1).unwrap();
     assert_eq!(rec.versions[0].state, VersionState::Compromised);
     // Revoking the active version rotates first: encryption goes on under
     // a new version, the revoked one never decrypts again.
-    let rec = r.core.revoke_version("k", 2).unwrap();
+    let rec = r.core.keys().revoke_version("k", 2).unwrap();
     assert_eq!(rec.versions.len(), 3);
     assert_eq!(rec.versions[1].state, VersionState::Compromised);
     assert_eq!(rec.versions[2].state, VersionState::Active);
     assert_eq!(generate(&r.core, "k").unwrap().key_version, 3);
     assert!(matches!(
-        r.core.revoke_version("k", 9),
+        r.core.keys().revoke_version("k", 9),
         Err(CoreError::InvalidArgument {
             field: "version",
             ..
@@ -164,11 +176,13 @@ fn rotation_and_version_revocation() {
 fn scheduled_destruction_needs_two_admins_and_waits_out_its_period() {
     let r = rig();
     r.core
+        .keys()
         .create_key("k", "", None, crate::hsm::KeyKind::Aes)
         .unwrap();
     // Below the minimum waiting period: refused.
     assert!(r
         .core
+        .keys()
         .request_destroy(
             "k",
             DestroyKind::Scheduled,
@@ -178,6 +192,7 @@ fn scheduled_destruction_needs_two_admins_and_waits_out_its_period() {
         .is_err());
     let (req, rec) = r
         .core
+        .keys()
         .request_destroy("k", DestroyKind::Scheduled, 2 * DAY, &admin(1))
         .unwrap();
     assert_eq!(req.status, RequestStatus::Open);
@@ -187,8 +202,16 @@ fn scheduled_destruction_needs_two_admins_and_waits_out_its_period() {
         "one admin alone changes nothing"
     );
     // The requester cannot approve twice.
-    assert!(r.core.approve_destroy("k", &req.id, &admin(1)).is_err());
-    let (req, rec) = r.core.approve_destroy("k", &req.id, &admin(2)).unwrap();
+    assert!(r
+        .core
+        .keys()
+        .approve_destroy("k", &req.id, &admin(1))
+        .is_err());
+    let (req, rec) = r
+        .core
+        .keys()
+        .approve_destroy("k", &req.id, &admin(2))
+        .unwrap();
     assert_eq!(req.status, RequestStatus::Approved);
     assert_eq!(rec.state, KeyState::PendingDestruction);
     assert!(matches!(
@@ -197,13 +220,13 @@ fn scheduled_destruction_needs_two_admins_and_waits_out_its_period() {
     ));
     // Just before it is due: nothing happens.
     r.clock.advance(2 * DAY - Duration::from_secs(1));
-    r.core.tick();
+    r.core.keys().tick();
     assert_eq!(state(&r.core, "k"), KeyState::PendingDestruction);
     assert_eq!(r.hsm.list_cmks().unwrap().len(), 1);
     // Due: destroyed, the HSM object gone, never usable again.
     r.clock.advance(Duration::from_secs(2));
-    r.core.tick();
-    let rec = r.core.describe_key("k").unwrap();
+    r.core.keys().tick();
+    let rec = r.core.keys().describe_key("k").unwrap();
     assert_eq!(rec.state, KeyState::Destroyed);
     assert!(rec.destroyed_at.is_some());
     assert!(r.hsm.list_cmks().unwrap().is_empty());
@@ -211,9 +234,9 @@ fn scheduled_destruction_needs_two_admins_and_waits_out_its_period() {
         generate(&r.core, "k"),
         Err(CoreError::KeyDestroyed { .. })
     ));
-    assert!(r.core.enable("k").is_err());
+    assert!(r.core.keys().enable("k").is_err());
     assert!(
-        matches!(r.core.create_key("k", "", None, crate::hsm::KeyKind::Aes), Err(CoreError::Conflict(m)) if m.contains("tombstone"))
+        matches!(r.core.keys().create_key("k", "", None, crate::hsm::KeyKind::Aes), Err(CoreError::Conflict(m)) if m.contains("tombstone"))
     );
     let kinds = r.sink.kinds();
     for want in [
@@ -229,20 +252,25 @@ fn scheduled_destruction_needs_two_admins_and_waits_out_its_period() {
 fn a_destruction_can_be_cancelled_until_it_begins() {
     let r = rig();
     r.core
+        .keys()
         .create_key("k", "", None, crate::hsm::KeyKind::Aes)
         .unwrap();
     let (req, _) = r
         .core
+        .keys()
         .request_destroy("k", DestroyKind::Scheduled, 2 * DAY, &admin(1))
         .unwrap();
-    r.core.approve_destroy("k", &req.id, &admin(2)).unwrap();
-    let rec = r.core.cancel_destroy("k", &admin(3)).unwrap();
+    r.core
+        .keys()
+        .approve_destroy("k", &req.id, &admin(2))
+        .unwrap();
+    let rec = r.core.keys().cancel_destroy("k", &admin(3)).unwrap();
     assert_eq!(rec.state, KeyState::Active, "back to its state before");
     r.clock.advance(3 * DAY);
-    r.core.tick();
+    r.core.keys().tick();
     assert_eq!(state(&r.core, "k"), KeyState::Active);
     assert!(
-        r.core.cancel_destroy("k", &admin(3)).is_err(),
+        r.core.keys().cancel_destroy("k", &admin(3)).is_err(),
         "nothing to cancel"
     );
 }
@@ -251,39 +279,47 @@ fn a_destruction_can_be_cancelled_until_it_begins() {
 fn a_legal_hold_refuses_destruction_and_pauses_a_scheduled_one() {
     let r = rig();
     r.core
+        .keys()
         .create_key("k", "", None, crate::hsm::KeyKind::Aes)
         .unwrap();
     let (hold, _) = r
         .core
+        .keys()
         .place_hold("k", "litigation 2026-117", Some("lit-117"), &admin(1))
         .unwrap();
     assert!(matches!(
         r.core
+            .keys()
             .request_destroy("k", DestroyKind::Now, Duration::ZERO, &admin(1)),
         Err(CoreError::Held { .. })
     ));
-    r.core.release_hold("k", &hold, &admin(1)).unwrap();
+    r.core.keys().release_hold("k", &hold, &admin(1)).unwrap();
     assert!(
-        r.core.release_hold("k", &hold, &admin(1)).is_err(),
+        r.core.keys().release_hold("k", &hold, &admin(1)).is_err(),
         "released twice"
     );
     let (req, _) = r
         .core
+        .keys()
         .request_destroy("k", DestroyKind::Scheduled, DAY, &admin(1))
         .unwrap();
-    r.core.approve_destroy("k", &req.id, &admin(2)).unwrap();
     r.core
+        .keys()
+        .approve_destroy("k", &req.id, &admin(2))
+        .unwrap();
+    r.core
+        .keys()
         .place_hold("k", "regulator", Some("reg-9"), &admin(3))
         .unwrap();
     r.clock.advance(2 * DAY);
-    r.core.tick();
+    r.core.keys().tick();
     assert_ne!(
         state(&r.core, "k"),
         KeyState::Destroyed,
         "a hold must pause the destruction"
     );
-    r.core.release_hold("k", "reg-9", &admin(3)).unwrap();
-    r.core.tick();
+    r.core.keys().release_hold("k", "reg-9", &admin(3)).unwrap();
+    r.core.keys().tick();
     assert_eq!(state(&r.core, "k"), KeyState::Destroyed);
 }
 
@@ -291,28 +327,36 @@ fn a_legal_hold_refuses_destruction_and_pauses_a_scheduled_one() {
 fn destroy_now_with_approvals_destroys_at_once_and_sealed_refuses_everything() {
     let r = rig();
     r.core
+        .keys()
         .create_key("k", "", None, crate::hsm::KeyKind::Aes)
         .unwrap();
     let (req, _) = r
         .core
+        .keys()
         .request_destroy("k", DestroyKind::Now, Duration::ZERO, &admin(1))
         .unwrap();
-    r.core.approve_destroy("k", &req.id, &admin(2)).unwrap();
+    r.core
+        .keys()
+        .approve_destroy("k", &req.id, &admin(2))
+        .unwrap();
     assert_eq!(state(&r.core, "k"), KeyState::Destroyed);
     r.core
+        .keys()
         .create_key("other", "", None, crate::hsm::KeyKind::Aes)
         .unwrap();
-    r.core.seal().unwrap();
+    r.core.ceremonies().seal().unwrap();
     assert!(matches!(
         generate(&r.core, "other"),
         Err(CoreError::Seal(_))
     ));
     assert!(matches!(
-        r.core.create_key("x", "", None, crate::hsm::KeyKind::Aes),
+        r.core
+            .keys()
+            .create_key("x", "", None, crate::hsm::KeyKind::Aes),
         Err(CoreError::Seal(_))
     ));
     assert!(matches!(
-        r.core.describe_key("other"),
+        r.core.keys().describe_key("other"),
         Err(CoreError::Seal(_))
     ));
 }
@@ -321,6 +365,7 @@ fn destroy_now_with_approvals_destroys_at_once_and_sealed_refuses_everything() {
 fn key_changes_are_published_for_client_caches_but_not_counter_reservations() {
     let r = rig();
     r.core
+        .keys()
         .create_key("k", "", None, crate::hsm::KeyKind::Aes)
         .unwrap();
     let mut rx = r.core.watch();
@@ -329,14 +374,14 @@ fn key_changes_are_published_for_client_caches_but_not_counter_reservations() {
         rx.try_recv().is_err(),
         "a reservation of encryptions is not a key change"
     );
-    r.core.disable("k").unwrap();
+    r.core.keys().disable("k").unwrap();
     match rx.try_recv().unwrap() {
         KeyChange::Changed { name, state, .. } => {
             assert_eq!((name.as_str(), state), ("k", "suspended"))
         }
         other => panic!("{other:?}"),
     }
-    r.core.seal().unwrap();
+    r.core.ceremonies().seal().unwrap();
     assert_eq!(rx.try_recv().unwrap(), KeyChange::Reset);
 }
 
@@ -352,7 +397,11 @@ fn encrypt_field(core: &Keywarden, key: &str, pt: &[u8], row: &str) -> CoreResul
         plaintext: zeroize::Zeroizing::new(pt.to_vec()),
         context: HashMap::from([("row".to_string(), row.to_string())]),
     };
-    core.encrypt(vec![req], &open_gate)?.pop().unwrap().result
+    core.data()
+        .encrypt(vec![req], &open_gate)?
+        .pop()
+        .unwrap()
+        .result
 }
 
 fn decrypt_blob(core: &Keywarden, blob: &[u8], row: &str) -> CoreResult<Decrypted> {
@@ -361,7 +410,11 @@ fn decrypt_blob(core: &Keywarden, blob: &[u8], row: &str) -> CoreResult<Decrypte
         context: HashMap::from([("row".to_string(), row.to_string())]),
         key: None,
     };
-    core.decrypt(vec![req], &open_gate)?.pop().unwrap().result
+    core.data()
+        .decrypt(vec![req], &open_gate)?
+        .pop()
+        .unwrap()
+        .result
 }
 
 fn mac(core: &Keywarden, key: &str, data: &[u8], version: Option<u32>) -> CoreResult<MacOutput> {
@@ -371,7 +424,8 @@ fn mac(core: &Keywarden, key: &str, data: &[u8], version: Option<u32>) -> CoreRe
         version,
         mac: None,
     };
-    core.macs(vec![req], &open_mac_gate, "GenerateMac")?
+    core.data()
+        .macs(vec![req], &open_mac_gate, "GenerateMac")?
         .pop()
         .unwrap()
         .result
@@ -381,6 +435,7 @@ fn mac(core: &Keywarden, key: &str, data: &[u8], version: Option<u32>) -> CoreRe
 fn encrypt_makes_format_2_blobs_that_decrypt_opens_only_in_their_context() {
     let r = rig();
     r.core
+        .keys()
         .create_key("k", "", None, crate::hsm::KeyKind::Aes)
         .unwrap();
     for n in [0usize, 1, 100, 4096] {
@@ -412,7 +467,8 @@ fn encrypt_makes_format_2_blobs_that_decrypt_opens_only_in_their_context() {
     // Encryptions count against the version like data keys.
     assert!(
         r.core
-            .encryptions(&r.core.describe_key("k").unwrap().versions[0].hsm_id)
+            .data()
+            .encryptions(&r.core.keys().describe_key("k").unwrap().versions[0].hsm_id)
             >= 5
     );
 }
@@ -421,13 +477,15 @@ fn encrypt_makes_format_2_blobs_that_decrypt_opens_only_in_their_context() {
 fn macs_are_per_key_deterministic_and_pinned_versions_stay_usable() {
     let r = rig();
     r.core
+        .keys()
         .create_key("h", "", None, crate::hsm::KeyKind::Hmac)
         .unwrap();
     r.core
+        .keys()
         .create_key("a", "", None, crate::hsm::KeyKind::Aes)
         .unwrap();
     assert_eq!(
-        r.core.describe_key("h").unwrap().kind,
+        r.core.keys().describe_key("h").unwrap().kind,
         crate::hsm::KeyKind::Hmac
     );
     let m1 = mac(&r.core, "h", b"MRN-1", None).unwrap();
@@ -449,7 +507,7 @@ fn macs_are_per_key_deterministic_and_pinned_versions_stay_usable() {
     ));
     // After a rotation the newest version MACs differently, and the
     // version an index was built with still answers when named.
-    r.core.rotate("h", "test").unwrap();
+    r.core.keys().rotate("h", "test").unwrap();
     let m2 = mac(&r.core, "h", b"MRN-1", None).unwrap();
     assert_eq!(m2.key_version, 2);
     assert_ne!(m2.mac, m1.mac);
@@ -462,7 +520,7 @@ fn macs_are_per_key_deterministic_and_pinned_versions_stay_usable() {
         })
     ));
     // A revoked version never MACs again.
-    r.core.revoke_version("h", 1).unwrap();
+    r.core.keys().revoke_version("h", 1).unwrap();
     assert!(matches!(
         mac(&r.core, "h", b"MRN-1", Some(1)),
         Err(CoreError::VersionRevoked { .. })
@@ -476,6 +534,7 @@ fn macs_are_per_key_deterministic_and_pinned_versions_stay_usable() {
             mac: Some(m.to_vec()),
         };
         r.core
+            .data()
             .macs(vec![req], &open_mac_gate, "VerifyMac")
             .unwrap()
             .pop()
@@ -501,9 +560,11 @@ fn a_change_that_lands_during_the_hsm_call_wins() {
         _dir, core, hsm, ..
     } = rig();
     let core = Arc::new(core);
-    core.create_key("k", "", None, crate::hsm::KeyKind::Aes)
+    core.keys()
+        .create_key("k", "", None, crate::hsm::KeyKind::Aes)
         .unwrap();
-    core.create_key("h", "", None, crate::hsm::KeyKind::Hmac)
+    core.keys()
+        .create_key("h", "", None, crate::hsm::KeyKind::Hmac)
         .unwrap();
     let blob = generate(&core, "k").unwrap().blob;
     let change = |what: &'static str| -> crate::hsm::memory::CryptoHook {
@@ -515,10 +576,10 @@ fn a_change_that_lands_during_the_hsm_call_wins() {
             }
             let core = weak.upgrade().unwrap();
             match what {
-                "disable k" => drop(core.disable("k").unwrap()),
+                "disable k" => drop(core.keys().disable("k").unwrap()),
                 "revoke h" => {
-                    core.rotate("h", "test").unwrap();
-                    drop(core.revoke_version("h", 1).unwrap());
+                    core.keys().rotate("h", "test").unwrap();
+                    drop(core.keys().revoke_version("h", 1).unwrap());
                 }
                 _ => unreachable!(),
             }
@@ -530,14 +591,15 @@ fn a_change_that_lands_during_the_hsm_call_wins() {
         Err(CoreError::KeyUnusable { .. })
     ));
     hsm.on_crypto(None);
-    core.enable("k").unwrap();
+    core.keys().enable("k").unwrap();
     let unwrap = || {
         let req = DecryptRequest {
             blob: blob.clone(),
             context: HashMap::from([("t".to_string(), "1".to_string())]),
             key: None,
         };
-        core.decrypt(vec![req], &open_gate)
+        core.data()
+            .decrypt(vec![req], &open_gate)
             .unwrap()
             .pop()
             .unwrap()
@@ -561,10 +623,11 @@ fn a_destruction_that_is_not_due_on_the_record_as_it_is_now_is_not_carried_out()
     // view of the key: the destruction was cancelled meanwhile.
     let r = rig();
     r.core
+        .keys()
         .create_key("k", "", None, crate::hsm::KeyKind::Aes)
         .unwrap();
     assert!(matches!(
-        r.core.execute_destruction("k"),
+        r.core.keys().execute_destruction("k"),
         Err(CoreError::Conflict(m)) if m.contains("no destruction is due")
     ));
     assert_eq!(state(&r.core, "k"), KeyState::Active);
@@ -575,10 +638,11 @@ fn a_destruction_that_is_not_due_on_the_record_as_it_is_now_is_not_carried_out()
 fn a_database_behind_the_hsm_counter_is_refused_even_at_the_applied_generation() {
     let r = rig();
     r.core
+        .keys()
         .create_key("k", "", None, crate::hsm::KeyKind::Aes)
         .unwrap();
     assert!(generate(&r.core, "k").is_ok());
-    let Ok(membership::SyncState::Current(g)) = r.core.sync_state() else {
+    let Ok(membership::SyncState::Current(g)) = r.core.cluster().sync_state() else {
         panic!("not current after a create");
     };
     // What a database hiding a later commit looks like from a node that
@@ -586,7 +650,7 @@ fn a_database_behind_the_hsm_counter_is_refused_even_at_the_applied_generation()
     // `g + 1`, and the database still answers `g`.
     r.hsm.write_counter(REGISTRY_COUNTER_LABEL, g + 1).unwrap();
     assert!(generate(&r.core, "k").is_ok(), "nothing looked yet");
-    r.core.sync_state().unwrap();
+    r.core.cluster().sync_state().unwrap();
     let refused = generate(&r.core, "k");
     assert!(
         matches!(&refused, Err(CoreError::RegistryTampered { what, .. }) if what.contains("older")),
@@ -604,12 +668,13 @@ fn every_registry_write_writes_one_ledger_line_first() {
     let r = rig();
     let before = r.sink.lines().len();
     r.core
+        .keys()
         .create_key("ledgered", "", None, crate::hsm::KeyKind::Aes)
         .unwrap();
-    r.core.disable("ledgered").unwrap();
-    r.core.enable("ledgered").unwrap();
+    r.core.keys().disable("ledgered").unwrap();
+    r.core.keys().enable("ledgered").unwrap();
     // A refused change writes nothing.
-    assert!(r.core.enable("no-such-key").is_err());
+    assert!(r.core.keys().enable("no-such-key").is_err());
     let lines: Vec<_> = r.sink.lines().split_off(before);
     assert_eq!(lines.len(), 3, "{lines:?}");
     let mut last = 0;

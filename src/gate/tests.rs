@@ -79,7 +79,7 @@ impl FakeFront {
                 let check = move |key: &str, ctx: &BTreeMap<String, String>| {
                     guard.data_key_check(id, key, ctx)
                 };
-                c.generate_data_keys(reqs, true, &check)
+                c.data().generate_data_keys(reqs, true, &check)
             },
         };
         gate.data_path(&Self::caller(uid), call).await
@@ -129,14 +129,22 @@ fn rig(limits: LimitsConfig) -> Rig {
         labels: &[],
     };
     let shares = core
+        .ceremonies()
         .init(
             spec,
             Pin::from_bytes(USER.as_bytes()).unwrap(),
             Pin::from_bytes(SO.as_bytes()).unwrap(),
         )
         .unwrap();
-    assert!(core.unseal(&shares[0].share, false).unwrap().complete);
-    core.create_key("patients", "", None, KeyKind::Aes).unwrap();
+    assert!(
+        core.ceremonies()
+            .unseal(&shares[0].share, false)
+            .unwrap()
+            .complete
+    );
+    core.keys()
+        .create_key("patients", "", None, KeyKind::Aes)
+        .unwrap();
     let core = Arc::new(core);
 
     let policy = dir.path().join("policy.toml");
@@ -280,7 +288,9 @@ async fn administrative_calls_reach_the_core_only_with_an_authorized_call() {
     assert_eq!(call.principal(), "ops");
     let res = rig
         .gate
-        .run(&call, |c| c.create_key("images", "", None, KeyKind::Aes))
+        .run(&call, |c| {
+            c.keys().create_key("images", "", None, KeyKind::Aes)
+        })
         .await
         .unwrap()
         .map_err(GateError::from);
@@ -300,7 +310,11 @@ async fn administrative_calls_reach_the_core_only_with_an_authorized_call() {
         .authorize(&admin, "Seal", Action::Seal)
         .await
         .unwrap();
-    rig.gate.run(&seal, |c| c.seal()).await.unwrap().unwrap();
+    rig.gate
+        .run(&seal, |c| c.ceremonies().seal())
+        .await
+        .unwrap()
+        .unwrap();
     let err = refused(FakeFront::generate(&rig.gate, APP, "patients").await);
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(

@@ -26,12 +26,14 @@ impl Watcher {
 
     /// Whether the stream may go on: the daemon still serves keys and
     /// the caller may still use them.
+    /// A stream the daemon ends when it stops serving is UNAVAILABLE
+    /// (a client reconnects and waits), as the API documents.
     pub fn check(&self) -> Result<(), GateError> {
         if !self.core.is_serving() {
-            Err(GateError::Core(CoreError::Seal(SealError::Sealed {
-                received: 0,
-                threshold: 0,
-            })))
+            Err(GateError::Refused {
+                code: super::Code::Unavailable,
+                message: "the daemon stopped serving keys (sealed)".into(),
+            })
         } else if !self.guard.may_use_data_keys(&self.caller.identity) {
             Err(GateError::Denied(
                 "this caller may no longer use data keys".into(),

@@ -10,12 +10,16 @@ use zeroize::Zeroizing;
 use super::*;
 use crate::metrics::Metrics;
 
+/// An [`Hsm`] whose operations are timed and counted in [`Metrics`]; a
+/// failure that is the caller's ([`ErrorClass::Caller`]) is not counted
+/// as an HSM error.
 pub struct Metered {
     inner: Arc<dyn Hsm>,
     metrics: Arc<Metrics>,
 }
 
 impl Metered {
+    /// `inner`, metered into `metrics`.
     pub fn new(inner: Arc<dyn Hsm>, metrics: Arc<Metrics>) -> Self {
         Metered { inner, metrics }
     }

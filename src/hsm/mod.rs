@@ -35,6 +35,7 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
+    /// The name used in the registry, key metadata and requests.
     pub fn as_str(self) -> &'static str {
         match self {
             KeyKind::Aes => "aes",
@@ -68,6 +69,7 @@ impl KeyKind {
 pub struct HsmKeyId(pub [u8; 16]);
 
 impl HsmKeyId {
+    /// The id as 32 lower-case hex digits.
     pub fn to_hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -88,38 +90,57 @@ impl fmt::Display for HsmKeyId {
 /// What the token says about itself.
 #[derive(Debug, Clone, Default)]
 pub struct TokenDescription {
+    /// CKA_LABEL of the token.
     pub label: String,
+    /// Its serial number.
     pub serial: String,
+    /// Its manufacturer's id.
     pub manufacturer: String,
+    /// Its model.
     pub model: String,
 }
 
 /// A Keywarden CMK object found on the token.
 #[derive(Debug, Clone)]
 pub struct HsmObjectInfo {
+    /// Its CKA_ID.
     pub id: HsmKeyId,
+    /// Its CKA_LABEL (starts with [`LABEL_PREFIX`]).
     pub label: String,
 }
 
 /// Security-relevant attributes of a CMK object.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyAttributes {
+    /// CKA_TOKEN: a token object, not a session one.
     pub token: bool,
+    /// CKA_SENSITIVE: the value cannot be read in the clear.
     pub sensitive: bool,
+    /// CKA_ALWAYS_SENSITIVE: it has been sensitive since it was made.
     pub always_sensitive: bool,
+    /// CKA_EXTRACTABLE: it can be wrapped out of the token.
     pub extractable: bool,
+    /// CKA_NEVER_EXTRACTABLE: it has never been extractable.
     pub never_extractable: bool,
+    /// CKA_ENCRYPT.
     pub encrypt: bool,
+    /// CKA_DECRYPT.
     pub decrypt: bool,
+    /// CKA_WRAP.
     pub wrap: bool,
+    /// CKA_UNWRAP.
     pub unwrap: bool,
+    /// CKA_SIGN.
     pub sign: bool,
+    /// CKA_VERIFY.
     pub verify: bool,
 }
 
 /// A fresh data key and its wrapped form.
 pub struct WrappedKey {
+    /// The data key in the clear.
     pub plaintext: DataKey,
+    /// The IV the token chose.
     pub iv: [u8; IV_LEN],
     /// AES-GCM ciphertext followed by the tag.
     pub ciphertext: Vec<u8>,
@@ -127,9 +148,13 @@ pub struct WrappedKey {
 
 /// One item of [`Hsm::unwrap_many`].
 pub struct UnwrapItem<'a> {
+    /// The CMK version it was wrapped under.
     pub key: HsmKeyId,
+    /// Its IV.
     pub iv: [u8; IV_LEN],
+    /// The additional data it was sealed with.
     pub aad: &'a [u8],
+    /// The AES-GCM ciphertext followed by the tag.
     pub ciphertext: &'a [u8],
 }
 
@@ -148,10 +173,14 @@ pub enum ErrorClass {
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum HsmError {
+    /// A PKCS#11 call failed.
     #[error("{function} failed: {rv}")]
     Pkcs11 {
+        /// The function, as `C_<name>`.
         function: String,
+        /// The return value's name, as `cryptoki` spells it (e.g. `GeneralError`).
         rv: String,
+        /// How to treat it.
         class: ErrorClass,
         /// The token, the module or the session is gone: only
         /// reconnecting helps.
@@ -163,17 +192,25 @@ pub enum HsmError {
     /// The AES-GCM tag did not verify: wrong AAD or altered ciphertext.
     #[error("authentication tag check failed")]
     AuthenticationFailed,
+    /// No CMK object with this id is on the token.
     #[error("CMK object {0} not found on the token")]
     ObjectNotFound(HsmKeyId),
+    /// No single token matches the selector (none, or several); the message
+    /// says which.
     #[error("token not found: {0}")]
     TokenNotFound(String),
+    /// The PKCS#11 module could not be loaded.
     #[error("cannot load PKCS#11 module: {0}")]
     Module(String),
+    /// The token answered with what it should not (a wrong length, a missing
+    /// attribute), or the PKCS#11 layer failed other than with a return value.
     #[error("HSM returned unexpected data: {0}")]
     Unexpected(String),
     /// The token refused a PIN (`role` is "user" or "so").
     #[error("the token refused the {role} PIN")]
-    PinIncorrect { role: &'static str },
+    PinIncorrect { 
+        /// Which PIN: "user" or "so".
+        role: &'static str },
     /// The daemon is not logged in to the token (sealed).
     #[error("not logged in to the token")]
     NotLoggedIn,
@@ -183,6 +220,8 @@ pub enum HsmError {
 }
 
 impl HsmError {
+    /// How the error should be treated (whether a retry can help, and whose
+    /// fault it is).
     pub fn class(&self) -> ErrorClass {
         match self {
             HsmError::Pkcs11 { class, .. } => *class,
@@ -205,6 +244,7 @@ impl HsmError {
     }
 }
 
+/// The result of an HSM operation.
 pub type HsmResult<T> = Result<T, HsmError>;
 
 /// The HSM as key management sees it. All methods block; callers run them
@@ -241,6 +281,8 @@ pub trait Hsm: Send + Sync {
     fn login(&self, pin: &Pin) -> HsmResult<()>;
     /// Logs out, drops session copies, closes every session.
     fn logout(&self);
+    /// Whether a user login is in force ([`Hsm::login`] succeeded, no logout
+    /// since).
     fn is_logged_in(&self) -> bool;
     /// Checks that both PINs log in (not logged in; nothing changes).
     fn verify_pins(&self, user: &Pin, so: &Pin) -> HsmResult<()>;

@@ -33,6 +33,7 @@ pub struct HsmProfile {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackupProfile {
+    /// Where the token keeps its objects, which decides how it is backed up.
     #[serde(default)]
     pub token: TokenBackup,
     /// For `vendor`: the vendor's procedure, shown by backup and restore.
@@ -58,6 +59,7 @@ pub enum TokenBackup {
 
 /// The SoftHSM 2 profile shipped with the source, used by `keywarden dev`.
 pub const SOFTHSM2_PROFILE: &str = include_str!("../../hsm-profiles/softhsm2.toml");
+/// The Kryoptic profile shipped with the source, used by `keywarden dev`.
 pub const KRYOPTIC_PROFILE: &str = include_str!("../../hsm-profiles/kryoptic.toml");
 
 /// Why a profile was refused; the message names the field at fault.
@@ -67,27 +69,35 @@ pub enum ProfileError {
     /// The file could not be read.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What reading it failed with.
         source: std::io::Error,
     },
     /// The file's text is not a valid profile.
     #[error("{}: {source}", path.display())]
     InFile {
+        /// The file.
         path: PathBuf,
+        /// What is wrong with its text.
         source: Box<ProfileError>,
     },
     /// Not TOML, or not the profile's fields.
     #[error("{0}")]
     Toml(#[from] toml::de::Error),
+    /// `name` is empty.
     #[error("name must not be empty")]
     EmptyName,
+    /// `max_sessions` is 0 or above 1024.
     #[error("max_sessions must be between 1 and 1024")]
     MaxSessions,
+    /// An entry of `gcm_tag_failure_codes` does not start with `CKR_`.
     #[error("gcm_tag_failure_codes: {0:?} is not a CKR_ return value name")]
     NotAReturnValue(String),
 }
 
 impl HsmProfile {
+    /// Reads and validates the profile at `path`.
     pub fn load(path: &Path) -> Result<Self, ProfileError> {
         let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Io {
             path: path.to_path_buf(),
@@ -99,6 +109,7 @@ impl HsmProfile {
         })
     }
 
+    /// Parses and validates a profile's text.
     pub fn parse(text: &str) -> Result<Self, ProfileError> {
         let p: HsmProfile = toml::from_str(text)?;
         if p.name.trim().is_empty() {

@@ -72,6 +72,8 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// An endpoint serving what `render` returns; with `token`, only to
+    /// requests that bear it.
     pub fn new(render: Render, token: Option<Zeroizing<String>>) -> Arc<Self> {
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
@@ -253,8 +255,10 @@ async fn respond(
 /// Why a listen address was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ListenError {
+    /// The text is not `address:port`.
     #[error("metrics.listen: {0:?} is not an address with a port (e.g. 127.0.0.1:9464)")]
     NotAnAddress(String),
+    /// A non-loopback address without `allow_non_loopback`.
     #[error("metrics.listen: {0} is not a loopback address; the metrics page reveals key states and traffic to whoever reaches it (set metrics.allow_non_loopback = true to serve it there anyway)")]
     NotLoopback(SocketAddr),
 }

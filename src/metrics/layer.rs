@@ -63,6 +63,8 @@ impl<S> tower::Layer<S> for RequestMetricsLayer {
     }
 }
 
+/// A service with each call counted and timed in [`Metrics`] (made by
+/// [`RequestMetricsLayer`]).
 #[derive(Clone)]
 pub struct RequestMetrics<S> {
     inner: S,

@@ -117,8 +117,11 @@ pub fn code_name(code: i32) -> &'static str {
 pub struct Snapshot {
     /// `uninitialized`, `sealed` or `unsealed`.
     pub seal_phase: &'static str,
+    /// The HSM answers its health probe.
     pub hsm_up: bool,
+    /// The HSM is lost and the daemon is reconnecting.
     pub hsm_lost: bool,
+    /// The audit log can be written.
     pub audit_up: bool,
     /// (state, kind) -> keys.
     pub keys: BTreeMap<(String, String), u64>,
@@ -128,9 +131,14 @@ pub struct Snapshot {
     /// Without `per_key`: the highest share of its hard limit any active
     /// version has used (0 to 1).
     pub max_encryption_fraction: f64,
+    /// Break-glass grants in force.
     pub break_glass_grants: u64,
+    /// `WatchKeys` streams (client caches) listening for key changes.
     pub watch_subscribers: u64,
+    /// The registry's generation (every key change advances it).
     pub registry_generation: u64,
+    /// Integrity problems found at the last load: tampered registry records,
+    /// the registry as a whole, and the seal.
     pub tampering: u64,
     /// The audit forwarder's counters, if lines are forwarded.
     pub forward: Option<crate::audit::forward::ForwardStatus>,
@@ -162,6 +170,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Nothing recorded yet; `per_key` as [`Metrics::per_key`].
     pub fn new(per_key: bool) -> Self {
         Metrics {
             per_key,
@@ -194,10 +203,12 @@ impl Metrics {
         }
     }
 
+    /// The HSM was found lost (`keywarden_hsm_losses_total`).
     pub fn hsm_lost(&self) {
         self.hsm_losses.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The HSM came back after a loss (`keywarden_hsm_recoveries_total`).
     pub fn hsm_recovered(&self) {
         self.hsm_recoveries.fetch_add(1, Ordering::Relaxed);
     }

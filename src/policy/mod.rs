@@ -11,10 +11,17 @@ use serde::Deserialize;
 /// looked up: supplementary groups and the executable path.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
+    /// The effective uid (from the kernel).
     pub uid: u32,
+    /// The effective gid (from the kernel).
     pub gid: u32,
+    /// The process id; 0 when the kernel gave none.
     pub pid: i32,
+    /// `gid` and the supplementary groups, sorted; supplementary groups only
+    /// while the process at `pid` is still the one the credentials describe.
     pub groups: Vec<u32>,
+    /// The executable's path (`/proc/<pid>/exe`); empty when it could not be
+    /// read. A principal's `exe` must equal it.
     pub exe: String,
 }
 
@@ -73,19 +80,28 @@ impl Identity {
     }
 }
 
+/// What a principal may do; each [`Action`] needs one of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Data-key operations on the keys in `keys`, with the context keys
+    /// `require_context` names.
     App,
     /// GenerateMac, VerifyMac and BatchGenerateMac on the hmac keys in
     /// `keys` (blind indexes).
     Mac,
+    /// Seal ceremonies (init, unseal, rekey), sealing, backups.
     Custodian,
+    /// Key lifecycle, listing keys, sealing, policy reloads, backups, and
+    /// break-glass where the principal allows it.
     Admin,
+    /// Listing and describing keys, and hashing context values for an audit
+    /// query.
     Auditor,
 }
 
 impl Role {
+    /// The name the policy file, audit lines and grants use.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::App => "app",
@@ -135,11 +151,13 @@ struct RawPrincipal {
 /// One validated principal.
 #[derive(Debug, Clone)]
 pub struct Principal {
+    /// The principal's name (as audit lines record it).
     pub name: String,
     uids: Vec<u32>,
     gids: Vec<u32>,
     everyone: bool,
     exe: Option<String>,
+    /// Its roles.
     pub roles: Vec<Role>,
     keys: Vec<String>,
     require_context: Vec<String>,
@@ -168,11 +186,15 @@ pub struct Policy {
 pub enum Action<'a> {
     /// A data-key operation on `key` with an encryption context.
     DataKey {
+        /// The key's name.
         key: &'a str,
+        /// The request's encryption context (what `require_context` checks).
         context: &'a BTreeMap<String, String>,
     },
     /// A MAC operation (generate or verify) on the hmac key `key`.
-    Mac { key: &'a str },
+    Mac { 
+        /// The key's name.
+        key: &'a str },
     /// Key lifecycle: create, rotate, disable, destroy...
     KeyAdmin,
     /// List and describe keys.
@@ -190,7 +212,9 @@ pub enum Action<'a> {
     /// Compute the audit log's HMAC of context values (auditors).
     AuditHash,
     /// Grant oneself emergency access to `key`.
-    BreakGlass { key: &'a str },
+    BreakGlass { 
+        /// The key's name.
+        key: &'a str },
     /// No authorization (Ping).
     Public,
 }
@@ -198,7 +222,9 @@ pub enum Action<'a> {
 /// The outcome of an allowed call: who and in which role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
+    /// The principal that allowed it; empty for [`Action::Public`].
     pub principal: String,
+    /// The role it was allowed in (`none` for [`Action::Public`]).
     pub role: &'static str,
 }
 
@@ -240,65 +266,124 @@ pub enum PolicyError {
     /// The file could not be read (or its metadata could not).
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What failed.
         source: std::io::Error,
     },
     /// Someone other than root or the daemon's user could change the file.
     #[error("{} {reason}", path.display())]
     Untrusted {
+        /// The file.
         path: PathBuf,
+        /// Who else could change it.
         reason: UntrustedReason,
     },
     /// The policy file's text is not a valid policy.
     #[error("{}: {source}", path.display())]
     InFile {
+        /// The file.
         path: PathBuf,
+        /// What is wrong with its text.
         source: Box<PolicyError>,
     },
     /// Not TOML, or not the policy's fields.
     #[error("{0}")]
     Toml(#[from] toml::de::Error),
+    /// The policy has no principal.
     #[error("no [[principal]] entries: the policy would deny everything")]
     NoPrincipals,
+    /// A principal's name is empty or blank.
     #[error("a principal has an empty name")]
     EmptyName,
     /// A problem with one of a principal's entries (a user, a group, a
     /// key pattern).
     #[error("principal {principal:?}: {source}")]
     InPrincipal {
+        /// The principal's name.
         principal: String,
+        /// The problem.
         source: Box<PolicyError>,
     },
+    /// Two principals have this name.
     #[error("principal {principal:?} is defined twice")]
-    Duplicate { principal: String },
+    Duplicate { 
+        /// The principal's name.
+        principal: String },
+    /// A principal has no roles.
     #[error("principal {principal:?} has no roles")]
-    NoRoles { principal: String },
+    NoRoles { 
+        /// The principal's name.
+        principal: String },
+    /// A principal matches nobody (no users, uids, groups, gids or
+    /// `everyone`).
     #[error("principal {principal:?} names no users, uids, groups or gids (or everyone = true)")]
-    NoMembers { principal: String },
+    NoMembers { 
+        /// The principal's name.
+        principal: String },
+    /// `everyone = true` beside users, uids, groups or gids.
     #[error("principal {principal:?}: everyone = true cannot be combined with users or groups")]
-    EveryoneWithMembers { principal: String },
+    EveryoneWithMembers { 
+        /// The principal's name.
+        principal: String },
+    /// `exe` is not an absolute path.
     #[error("principal {principal:?}: exe {exe:?} must be an absolute path")]
-    RelativeExe { principal: String, exe: String },
+    RelativeExe { 
+        /// The principal's name.
+        principal: String, 
+        /// The `exe` given.
+        exe: String },
+    /// The app or mac role without `keys`.
     #[error("principal {principal:?} has the app or mac role but no keys")]
-    AppWithoutKeys { principal: String },
+    AppWithoutKeys { 
+        /// The principal's name.
+        principal: String },
+    /// `keys` without the app or mac role, or `require_context` without the
+    /// app role.
     #[error("principal {principal:?}: keys apply to the app and mac roles only, require_context to the app role only")]
-    KeysWithoutApp { principal: String },
+    KeysWithoutApp { 
+        /// The principal's name.
+        principal: String },
+    /// `break_glass` without the admin role.
     #[error("principal {principal:?}: break_glass is for admins only")]
-    BreakGlassNotAdmin { principal: String },
+    BreakGlassNotAdmin { 
+        /// The principal's name.
+        principal: String },
+    /// `break_glass` without `break_glass_keys`.
     #[error("principal {principal:?}: break_glass needs break_glass_keys")]
-    BreakGlassWithoutKeys { principal: String },
+    BreakGlassWithoutKeys { 
+        /// The principal's name.
+        principal: String },
+    /// An empty entry in `require_context`.
     #[error("principal {principal:?}: require_context has an empty key")]
-    EmptyContextKey { principal: String },
+    EmptyContextKey { 
+        /// The principal's name.
+        principal: String },
+    /// No such user on this host.
     #[error("unknown user {0:?}")]
     UnknownUser(String),
+    /// The user database could not be read.
     #[error("looking up user {user:?}: {source}")]
-    UserLookup { user: String, source: nix::Error },
+    UserLookup { 
+        /// The user's name.
+        user: String, 
+        /// What the lookup failed with.
+        source: nix::Error },
+    /// No such group on this host.
     #[error("unknown group {0:?}")]
     UnknownGroup(String),
+    /// The group database could not be read.
     #[error("looking up group {group:?}: {source}")]
-    GroupLookup { group: String, source: nix::Error },
+    GroupLookup { 
+        /// The group's name.
+        group: String, 
+        /// What the lookup failed with.
+        source: nix::Error },
+    /// A key pattern is empty or longer than 128 characters.
     #[error("key pattern {0:?} must be 1 to 128 characters")]
     PatternLength(String),
+    /// A key pattern has a character other than letters, digits, `.`, `_`,
+    /// `-`, `/` and `*`.
     #[error("key pattern {0:?} has a character other than letters, digits, . _ - / *")]
     PatternCharacter(String),
 }
@@ -311,13 +396,21 @@ pub enum UntrustedReason {
     #[error(
         "is owned by uid {owner}: it must belong to root or to the daemon's user (uid {daemon})"
     )]
-    Owner { owner: u32, daemon: u32 },
+    Owner { 
+        /// The file's owner.
+        owner: u32, 
+        /// The daemon's effective uid.
+        daemon: u32 },
     /// Writable by its group or by every user.
     #[error(
         "is writable by {} (mode {mode:o}): chmod go-w it",
         if *by_everyone { "every user" } else { "its group" }
     )]
-    Writable { by_everyone: bool, mode: u32 },
+    Writable { 
+        /// Writable by every user, not only by its group.
+        by_everyone: bool, 
+        /// The file's mode (`& 0o7777`).
+        mode: u32 },
 }
 
 impl PolicyError {
@@ -396,6 +489,9 @@ pub fn check_trusted_file(path: &Path) -> Result<(), PolicyError> {
 }
 
 impl Policy {
+    /// Reads and validates the policy file at `path`, refusing it first if
+    /// someone other than root or the daemon's user could change it
+    /// ([`check_trusted_file`]). Users and groups are resolved now.
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
         check_trusted_file(path)?;
         let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
@@ -416,6 +512,8 @@ impl Policy {
         Ok(p)
     }
 
+    /// Parses and validates a policy's text; user and group names are resolved
+    /// against this host's databases.
     pub fn parse(text: &str) -> Result<Self, PolicyError> {
         let raw: RawPolicy = toml::from_str(text)?;
         if raw.principals.is_empty() {

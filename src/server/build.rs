@@ -261,7 +261,7 @@ pub fn spawn_background(config: &Config, core: &Arc<Keywarden>, guard: &Arc<Guar
         loop {
             interval.tick().await;
             let c = core.clone();
-            let _ = tokio::task::spawn_blocking(move || c.tick()).await;
+            let _ = tokio::task::spawn_blocking(move || c.keys().tick()).await;
         }
     });
     super::reload::spawn(guard.clone(), config.state_dir.clone());

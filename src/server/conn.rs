@@ -29,9 +29,13 @@ use tracing::warn;
 /// Connection limits (`[server]` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnLimits {
+    /// Connections one uid may hold open (`max_connections_per_uid`).
     pub per_uid: usize,
+    /// Connections open in all (`max_connections`).
     pub total: usize,
+    /// How long a new connection may send nothing before it is closed.
     pub handshake: Duration,
+    /// How long a connection may be silent before it is closed.
     pub idle: Duration,
 }
 
@@ -59,13 +63,18 @@ pub struct Tracker {
 
 /// What Status shows.
 pub struct ConnStats {
+    /// Connections open now.
     pub open: usize,
+    /// Connections refused over a limit since start.
     pub refused: u64,
+    /// Connections closed for silence (handshake or idle) since start.
     pub timed_out: u64,
+    /// The limits in force.
     pub limits: ConnLimits,
 }
 
 impl Tracker {
+    /// A tracker with nothing open; refusals are audited to `sink`.
     pub fn new(limits: ConnLimits, sink: Arc<dyn crate::audit::AuditSink>) -> Arc<Self> {
         Arc::new(Tracker {
             sink,
@@ -78,6 +87,7 @@ impl Tracker {
         })
     }
 
+    /// The counts now, for Status.
     pub fn stats(&self) -> ConnStats {
         ConnStats {
             open: self.total.load(Ordering::Relaxed),

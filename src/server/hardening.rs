@@ -12,6 +12,10 @@ pub fn report() -> Vec<String> {
     REPORT.get().cloned().unwrap_or_default()
 }
 
+/// Hardens the process (umask, no core dumps or ptrace, locked memory,
+/// the descriptor limit raised to its hard limit) and keeps the
+/// [`report`]. Called once at start-up, before any secret is read; what
+/// fails is reported, not fatal.
 pub fn apply() {
     let mut out = Vec::new();
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));

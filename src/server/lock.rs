@@ -17,11 +17,20 @@ use nix::fcntl::{Flock, FlockArg};
 /// Why a lock could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
+    /// Another process holds the lock.
     #[error("another daemon (pid {holder}) already uses {path}; stop it first")]
-    Held { path: PathBuf, holder: String },
+    Held {
+        /// The lock file.
+        path: PathBuf,
+        /// The pid the holder wrote into it (`unknown` if none).
+        holder: String,
+    },
+    /// The lock file could not be opened, locked or written.
     #[error("locking {path}: {source}")]
     Io {
+        /// The lock file.
         path: PathBuf,
+        /// What failed.
         source: std::io::Error,
     },
 }
@@ -29,6 +38,7 @@ pub enum LockError {
 /// Held for the daemon's lifetime; dropping it releases the lock.
 pub struct DirLock {
     _lock: Flock<File>,
+    /// The lock file.
     pub path: PathBuf,
 }
 

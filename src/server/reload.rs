@@ -97,18 +97,36 @@ pub fn spawn(guard: Arc<Guard>, state_dir: PathBuf) {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReloadError {
+    /// No process has this pid.
     #[error("--pid {0}: no such process")]
     NoProcess(i32),
+    /// The process is not named `keywarden`: it is not signalled.
     #[error("--pid {pid}: the process is {comm:?}, not a keywarden daemon")]
-    NotKeywarden { pid: i32, comm: String },
+    NotKeywarden {
+        /// The pid given.
+        pid: i32,
+        /// The process's name (`/proc/<pid>/comm`).
+        comm: String,
+    },
+    /// SIGHUP could not be sent.
     #[error("signalling pid {pid}: {source}")]
-    Signal { pid: i32, source: nix::Error },
+    Signal {
+        /// The pid given.
+        pid: i32,
+        /// What `kill` failed with.
+        source: nix::Error,
+    },
+    /// The daemon reloaded and refused the new policy; this is why.
     #[error("the daemon refused the new policy (the previous one stays in force): {0}")]
     Refused(String),
+    /// No outcome of a reload after the signal was recorded in time.
     #[error("no answer from pid {pid} in {} s (is it a keywarden daemon using state directory {}?)", .timeout.as_secs(), .state_dir.display())]
     Timeout {
+        /// The pid signalled.
         pid: i32,
+        /// How long the outcome was waited for.
         timeout: Duration,
+        /// Where the outcome was looked for.
         state_dir: PathBuf,
     },
 }

@@ -15,23 +15,28 @@ use crate::core::Keywarden;
 use crate::guard::Guard;
 use crate::hsm::HsmError;
 
-pub fn ready(status: &str) {
+/// READY=1 with `status` as STATUS=.
+pub(crate) fn ready(status: &str) {
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
-pub fn status(status: &str) {
+/// STATUS=`status`.
+pub(crate) fn status(status: &str) {
     let _ = sd_notify::notify(&[NotifyState::Status(status)]);
 }
 
-pub fn reloading() {
+/// RELOADING=1: a policy reload began.
+pub(crate) fn reloading() {
     let _ = sd_notify::notify(&[NotifyState::Reloading]);
 }
 
-pub fn reloaded() {
+/// READY=1: the reload is over, whatever its outcome.
+pub(crate) fn reloaded() {
     let _ = sd_notify::notify(&[NotifyState::Ready]);
 }
 
-pub fn stopping() {
+/// STOPPING=1: the daemon is shutting down.
+pub(crate) fn stopping() {
     let _ = sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
@@ -39,8 +44,10 @@ pub fn stopping() {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HealthError {
+    /// The audit log cannot be written.
     #[error("audit log unwritable: {0}")]
     Audit(AuditError),
+    /// The HSM does not answer its health probe.
     #[error("HSM unreachable: {0}")]
     Hsm(HsmError),
     /// The check itself did not finish (it panicked or was cancelled).
@@ -73,8 +80,6 @@ pub fn health(core: &Keywarden, guard: &Guard) -> Result<String, HealthError> {
     })
 }
 
-/// Sends STATUS= as soon as the seal's state or a ceremony's progress
-/// changes (init, a share, unseal, seal), not only at the watchdog's tick.
 /// Tells systemd the daemon is ready (with its health in STATUS=), then
 /// keeps the watchdog fed and the status current.
 pub async fn start(core: &Arc<Keywarden>, guard: &Arc<Guard>) {
@@ -90,7 +95,9 @@ pub async fn start(core: &Arc<Keywarden>, guard: &Arc<Guard>) {
     spawn_status_on_change(core.clone(), guard.clone());
 }
 
-pub fn spawn_status_on_change(core: Arc<Keywarden>, guard: Arc<Guard>) {
+/// Sends STATUS= as soon as the seal's state or a ceremony's progress
+/// changes (init, a share, unseal, seal), not only at the watchdog's tick.
+pub(crate) fn spawn_status_on_change(core: Arc<Keywarden>, guard: Arc<Guard>) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }

@@ -169,7 +169,7 @@ impl DataKeyApi {
             })
             .collect();
         self.run(caller, op, contexts, reqs, |c, reqs, gate| {
-            c.encrypt(reqs, gate)
+            c.data().encrypt(reqs, gate)
         })
         .await
     }
@@ -190,7 +190,7 @@ impl DataKeyApi {
             })
             .collect();
         self.run(caller, op, contexts, reqs, move |c, reqs, gate| {
-            c.generate_data_keys(reqs, with_plaintext, gate)
+            c.data().generate_data_keys(reqs, with_plaintext, gate)
         })
         .await
     }
@@ -211,7 +211,7 @@ impl DataKeyApi {
             })
             .collect();
         self.run(caller, op, contexts, reqs, |c, reqs, gate| {
-            c.decrypt(reqs, gate)
+            c.data().decrypt(reqs, gate)
         })
         .await
     }
@@ -248,7 +248,7 @@ impl DataKeyApi {
             })
             .collect();
         self.run(caller, op, contexts, reqs, |c, reqs, gate| {
-            c.reencrypt(reqs, gate)
+            c.data().reencrypt(reqs, gate)
         })
         .await
     }

@@ -61,7 +61,7 @@ pub fn metadata(core: &Keywarden, k: &KeyRecord) -> proto::KeyMetadata {
                 version: v.version,
                 created_at: v.created_at,
                 state: v.state.as_str().to_string(),
-                encryptions: core.encryptions(&v.hsm_id),
+                encryptions: core.data().encryptions(&v.hsm_id),
             })
             .collect(),
         name: k.name.clone(),
@@ -163,8 +163,12 @@ impl KeyService for KeyApi {
                         ),
                     )
                 })?;
-                let k =
-                    c.create_key(&r.name, &r.description, secs(r.rotation_period_secs), kind)?;
+                let k = c.keys().create_key(
+                    &r.name,
+                    &r.description,
+                    secs(r.rotation_period_secs),
+                    kind,
+                )?;
                 Ok(proto::CreateKeyResponse {
                     key: Some(metadata(c, &k)),
                 })
@@ -185,7 +189,7 @@ impl KeyService for KeyApi {
         let res = self
             .ctx
             .run(&call, move |c| {
-                c.list_keys().map(|keys| proto::ListKeysResponse {
+                c.keys().list_keys().map(|keys| proto::ListKeysResponse {
                     keys: keys.iter().map(|k| metadata(c, k)).collect(),
                 })
             })
@@ -211,9 +215,11 @@ impl KeyService for KeyApi {
         let res = self
             .ctx
             .run(&call, move |c| {
-                c.describe_key(&name).map(|k| proto::DescribeKeyResponse {
-                    key: Some(metadata(c, &k)),
-                })
+                c.keys()
+                    .describe_key(&name)
+                    .map(|k| proto::DescribeKeyResponse {
+                        key: Some(metadata(c, &k)),
+                    })
             })
             .await
             .and_then(|r| r.map_err(Status::from));
@@ -250,7 +256,11 @@ impl KeyService for KeyApi {
             request,
             "RotateKey",
             |r| r.name.clone(),
-            move |c, r, _| c.rotate(&r.name, "requested").map(|k| key_response(c, &k)),
+            move |c, r, _| {
+                c.keys()
+                    .rotate(&r.name, "requested")
+                    .map(|k| key_response(c, &k))
+            },
         )
         .await
         .map(Response::new)
@@ -265,12 +275,13 @@ impl KeyService for KeyApi {
             "UpdateKey",
             |r| r.name.clone(),
             move |c, r, _| {
-                c.update_key(
-                    &r.name,
-                    r.rotation_period_secs.map(secs),
-                    r.min_decrypt_version,
-                )
-                .map(|k| key_response(c, &k))
+                c.keys()
+                    .update_key(
+                        &r.name,
+                        r.rotation_period_secs.map(secs),
+                        r.min_decrypt_version,
+                    )
+                    .map(|k| key_response(c, &k))
             },
         )
         .await
@@ -286,7 +297,8 @@ impl KeyService for KeyApi {
             "RevokeVersion",
             |r| r.name.clone(),
             move |c, r, _| {
-                c.revoke_version(&r.name, r.version)
+                c.keys()
+                    .revoke_version(&r.name, r.version)
                     .map(|k| key_response(c, &k))
             },
         )
@@ -302,7 +314,7 @@ impl KeyService for KeyApi {
             request,
             "DisableKey",
             |r| r.name.clone(),
-            move |c, r, _| c.disable(&r.name).map(|k| key_response(c, &k)),
+            move |c, r, _| c.keys().disable(&r.name).map(|k| key_response(c, &k)),
         )
         .await
         .map(Response::new)
@@ -316,7 +328,7 @@ impl KeyService for KeyApi {
             request,
             "EnableKey",
             |r| r.name.clone(),
-            move |c, r, _| c.enable(&r.name).map(|k| key_response(c, &k)),
+            move |c, r, _| c.keys().enable(&r.name).map(|k| key_response(c, &k)),
         )
         .await
         .map(Response::new)
@@ -331,7 +343,7 @@ impl KeyService for KeyApi {
             "ScheduleDestroy",
             |r| r.name.clone(),
             move |c, r, a| {
-                let (q, k) = c.request_destroy(
+                let (q, k) = c.keys().request_destroy(
                     &r.name,
                     DestroyKind::Scheduled,
                     Duration::from_secs(r.after_secs),
@@ -353,7 +365,9 @@ impl KeyService for KeyApi {
             "DestroyNow",
             |r| r.name.clone(),
             move |c, r, a| {
-                let (q, k) = c.request_destroy(&r.name, DestroyKind::Now, Duration::ZERO, &a)?;
+                let (q, k) =
+                    c.keys()
+                        .request_destroy(&r.name, DestroyKind::Now, Duration::ZERO, &a)?;
                 Ok(destroy_response(c, &q, &k))
             },
         )
@@ -370,7 +384,7 @@ impl KeyService for KeyApi {
             "ApproveDestroy",
             |r| r.name.clone(),
             move |c, r, a| {
-                let (q, k) = c.approve_destroy(&r.name, &r.request_id, &a)?;
+                let (q, k) = c.keys().approve_destroy(&r.name, &r.request_id, &a)?;
                 Ok(destroy_response(c, &q, &k))
             },
         )
@@ -386,7 +400,11 @@ impl KeyService for KeyApi {
             request,
             "CancelDestroy",
             |r| r.name.clone(),
-            move |c, r, a| c.cancel_destroy(&r.name, &a).map(|k| key_response(c, &k)),
+            move |c, r, a| {
+                c.keys()
+                    .cancel_destroy(&r.name, &a)
+                    .map(|k| key_response(c, &k))
+            },
         )
         .await
         .map(Response::new)
@@ -402,7 +420,8 @@ impl KeyService for KeyApi {
             |r| r.name.clone(),
             move |c, r, a| {
                 let id = (!r.hold_id.is_empty()).then_some(r.hold_id.as_str());
-                c.place_hold(&r.name, &r.reason, id, &a)
+                c.keys()
+                    .place_hold(&r.name, &r.reason, id, &a)
                     .map(|(_, k)| key_response(c, &k))
             },
         )
@@ -419,7 +438,8 @@ impl KeyService for KeyApi {
             "ReleaseHold",
             |r| r.name.clone(),
             move |c, r, a| {
-                c.release_hold(&r.name, &r.hold_id, &a)
+                c.keys()
+                    .release_hold(&r.name, &r.hold_id, &a)
                     .map(|k| key_response(c, &k))
             },
         )

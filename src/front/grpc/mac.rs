@@ -52,7 +52,7 @@ impl MacApi {
                        guard: &crate::guard::Guard,
                        caller: &Identity| {
                 let gate = move |key: &str| guard.mac_check(caller, key);
-                c.macs(reqs, &gate, op)
+                c.data().macs(reqs, &gate, op)
             },
         };
         Ok(self.ctx.gate.data_path(&caller, call).await?)

@@ -336,8 +336,8 @@ impl OperatorService for OperatorApi {
         request: Request<proto::SealRequest>,
     ) -> Result<Response<proto::SealResponse>, Status> {
         let call = self.ctx.authorize(&request, "Seal", Action::Seal).await?;
-        let res =
-            core_result(self.ctx.run(&call, |c| c.seal()).await).map(|_| proto::SealResponse {});
+        let res = core_result(self.ctx.run(&call, |c| c.ceremonies().seal()).await)
+            .map(|_| proto::SealResponse {});
         self.ctx
             .finish(&call, Map::new(), res)
             .await
@@ -356,7 +356,7 @@ impl OperatorService for OperatorApi {
         let res = core_result(
             self.ctx
                 .run(&call, move |c| {
-                    c.rekey_start(ShareSpec {
+                    c.ceremonies().rekey_start(ShareSpec {
                         shares: r.shares,
                         threshold: r.threshold,
                         recipients: &r.recipients,
@@ -412,7 +412,7 @@ impl OperatorService for OperatorApi {
                 self.ctx
                     .run(&call, move |c| {
                         let mut share = share;
-                        let r = c.rekey_verify(&share);
+                        let r = c.ceremonies().rekey_verify(&share);
                         share.zeroize();
                         r
                     })
@@ -439,7 +439,7 @@ impl OperatorService for OperatorApi {
             .ctx
             .authorize(&request, "RekeyCancel", Action::Ceremony)
             .await?;
-        let res = core_result(self.ctx.run(&call, |c| c.rekey_cancel()).await)
+        let res = core_result(self.ctx.run(&call, |c| c.ceremonies().rekey_cancel()).await)
             .map(|_| proto::RekeyCancelResponse {});
         self.ctx
             .finish(&call, Map::new(), res)
@@ -510,7 +510,11 @@ impl OperatorApi {
     ) -> Result<proto::InitResponse, Status> {
         // The state first: on an initialised daemon the PIN fields do not
         // matter, and saying they are empty would mislead.
-        if let Err(e) = self.ctx.run(call, |c| c.check_init_allowed()).await? {
+        if let Err(e) = self
+            .ctx
+            .run(call, |c| c.ceremonies().check_init_allowed())
+            .await?
+        {
             r.user_pin.zeroize();
             r.so_pin.zeroize();
             return Err(Status::from(e));
@@ -521,7 +525,7 @@ impl OperatorApi {
         let out = self
             .ctx
             .run(call, move |c| {
-                c.init(
+                c.ceremonies().init(
                     ShareSpec {
                         shares,
                         threshold,
@@ -547,7 +551,9 @@ impl OperatorApi {
         mut r: proto::UnsealRequest,
     ) -> Result<proto::UnsealResponse, Status> {
         if r.reset {
-            self.ctx.run(call, |c| c.unseal_reset()).await??;
+            self.ctx
+                .run(call, |c| c.ceremonies().unseal_reset())
+                .await??;
             let s = self.ctx.run(call, |c| c.status()).await?;
             return Ok(proto::UnsealResponse {
                 sealed: s.seal.phase != crate::seal::Phase::Unsealed,
@@ -562,7 +568,7 @@ impl OperatorApi {
             .ctx
             .run(call, move |c| {
                 let mut share = share;
-                let r = c.unseal(&share, accept);
+                let r = c.ceremonies().unseal(&share, accept);
                 share.zeroize();
                 r
             })
@@ -585,7 +591,7 @@ impl OperatorApi {
             .ctx
             .run(call, move |c| {
                 let mut share = share;
-                let r = c.rekey_submit(&share);
+                let r = c.ceremonies().rekey_submit(&share);
                 share.zeroize();
                 r
             })
