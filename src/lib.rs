@@ -25,10 +25,8 @@ pub mod backup;
 pub mod clock;
 pub mod cluster;
 pub mod config;
-#[allow(missing_docs)]
 pub mod core;
 mod front;
-#[allow(missing_docs)]
 pub mod gate;
 pub mod guard;
 pub mod hsm;

@@ -83,27 +83,47 @@ impl Plan {
 }
 
 impl Keywarden {
+    /// The rollback the table holds, which an acknowledgement may accept;
+    /// refused if the registry itself does not verify, or if there is none.
+    fn rollback_to_acknowledge(&self) -> CoreResult<(String, super::witness::Rollback)> {
+        let t = self.table();
+        match (&t.global, &t.rollback) {
+            (Some(g), Some(r)) => Ok((g.clone(), r.clone())),
+            (Some(g), None) => {
+                return Err(CoreError::Conflict(format!(
+                    "the registry itself does not verify ({g}); this cannot be acknowledged: restore a good copy"
+                )))
+            }
+            (None, _) => {
+                return Err(CoreError::Conflict(
+                    "no registry rollback or audit-log loss to acknowledge".into(),
+                ))
+            }
+        }
+    }
+
+    /// Counts `uid`'s approval of the plan digested as `digest` (a new plan
+    /// starts the count again); returns the approvals so far.
+    fn approve(&self, digest: [u8; 32], uid: u32) -> usize {
+        let mut t = self.table.write_locked();
+        if t.acknowledged.as_ref().is_none_or(|(d, _)| *d != digest) {
+            t.acknowledged = Some((digest, Default::default()));
+        }
+        match &mut t.acknowledged {
+            Some((_, uids)) => {
+                uids.insert(uid);
+                uids.len()
+            }
+            None => 1,
+        }
+    }
+
     /// An admin's audited acceptance of a registry that a witness found
     /// older than it should be. See the module documentation.
     pub fn acknowledge_tampering(&self, actor: &Actor) -> CoreResult<Acknowledgement> {
         self.unsealed()?;
         let w = self.writes.locked();
-        let (what, rollback) = {
-            let t = self.table();
-            match (&t.global, &t.rollback) {
-                (Some(g), Some(r)) => (g.clone(), r.clone()),
-                (Some(g), None) => {
-                    return Err(CoreError::Conflict(format!(
-                        "the registry itself does not verify ({g}); this cannot be acknowledged: restore a good copy"
-                    )))
-                }
-                (None, _) => {
-                    return Err(CoreError::Conflict(
-                        "no registry rollback or audit-log loss to acknowledge".into(),
-                    ))
-                }
-            }
-        };
+        let (what, rollback) = self.rollback_to_acknowledge()?;
         let key = self.records().registry_key()?;
         // No generation comes near MAX_GENERATION: a counter claiming more
         // is held to it (the arithmetic stays far from overflow).
@@ -126,19 +146,7 @@ impl Keywarden {
         // Approvals count for this plan only: what would be accepted (the
         // rollback, the records, why the log cannot vouch) hashed.
         let digest = plan.digest(&what, self.registry.generation(), counter, audited);
-        let approvals = {
-            let mut t = self.table.write_locked();
-            if t.acknowledged.as_ref().is_none_or(|(d, _)| *d != digest) {
-                t.acknowledged = Some((digest, Default::default()));
-            }
-            match &mut t.acknowledged {
-                Some((_, uids)) => {
-                    uids.insert(actor.uid);
-                    uids.len()
-                }
-                None => 1,
-            }
-        };
+        let approvals = self.approve(digest, actor.uid);
         let mut ack = Acknowledgement {
             what: what.clone(),
             complete: approvals >= needed,

@@ -23,6 +23,7 @@ pub mod model;
 mod reconcile;
 mod records;
 pub mod registry;
+mod scheduler;
 mod requests;
 mod status;
 pub mod validate;

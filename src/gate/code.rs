@@ -15,22 +15,39 @@ use crate::seal::SealError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Code {
+    /// Done.
     Ok,
+    /// The caller gave up.
     Cancelled,
+    /// A code no table names (never produced by the gate).
     Unknown,
+    /// A request field is wrong; the error names it.
     InvalidArgument,
+    /// The call ran past its deadline.
     DeadlineExceeded,
+    /// No such key (or version, or blob key).
     NotFound,
+    /// A key of that name exists (or a share was given twice).
     AlreadyExists,
+    /// The policy does not allow it.
     PermissionDenied,
+    /// A limit refused it (per uid, or a version's encryptions).
     ResourceExhausted,
+    /// Not in this state: sealed, disabled, held, destroyed...
     FailedPrecondition,
+    /// Another writer came first; retrying may succeed.
     Aborted,
+    /// Out of range (unused by the core today).
     OutOfRange,
+    /// Not served by this daemon.
     Unimplemented,
+    /// The daemon failed; the cause is logged, not sent.
     Internal,
+    /// Retry later: the HSM, the registry or the audit log is unavailable.
     Unavailable,
+    /// Stored state failed its integrity check (tampering, rollback).
     DataLoss,
+    /// No identity (unused: the transport always vouches for one).
     Unauthenticated,
 }
 

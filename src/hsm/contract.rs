@@ -11,18 +11,7 @@ use crate::secret::Pin;
 /// and SO PINs are `user` and `so`. Leaves it logged out. Creates one CMK
 /// (destroyed again), a counter and the audit-signing key.
 pub fn check(hsm: &dyn Hsm, user: &Pin, so: &Pin) {
-    let wrong = Pin::from_bytes(b"not-the-pin").unwrap();
-    // PINs: checked without logging in; a wrong one is named.
-    hsm.verify_pins(user, so).expect("the right PINs verify");
-    assert!(matches!(
-        hsm.verify_pins(&wrong, so),
-        Err(HsmError::PinIncorrect { role: "user" })
-    ));
-    assert!(!hsm.is_logged_in());
-    assert!(matches!(
-        hsm.login(&wrong),
-        Err(HsmError::PinIncorrect { .. })
-    ));
+    check_pins(hsm, user, so);
     hsm.login(user).expect("login");
     assert!(hsm.is_logged_in());
     hsm.health().expect("a healthy token");
@@ -130,6 +119,42 @@ pub fn check(hsm: &dyn Hsm, user: &Pin, so: &Pin) {
     // An AES key makes no MACs.
     assert!(hsm.mac_many(&id, &[b"x"]).is_err());
 
+    check_hmac_key(hsm);
+
+    check_counter(hsm);
+
+    check_signing_key(hsm);
+
+    // Destroyed: gone from the token, nothing unwraps under it.
+    hsm.destroy_cmk(&id).unwrap();
+    assert!(!hsm.list_cmks().unwrap().iter().any(|o| o.id == id));
+    let gone = run(&[item(b"aad-one", &wrapped[0].ciphertext, wrapped[0].iv)]);
+    assert!(gone[0].is_err());
+
+    // Logged out: key operations refused.
+    hsm.logout();
+    assert!(!hsm.is_logged_in());
+    assert!(hsm.wrap_new_keys(&id, &aads).is_err());
+}
+
+/// PINs: checked without logging in; a wrong one is named and refused.
+fn check_pins(hsm: &dyn Hsm, user: &Pin, so: &Pin) {
+    let wrong = Pin::from_bytes(b"not-the-pin").unwrap();
+    // PINs: checked without logging in; a wrong one is named.
+    hsm.verify_pins(user, so).expect("the right PINs verify");
+    assert!(matches!(
+        hsm.verify_pins(&wrong, so),
+        Err(HsmError::PinIncorrect { role: "user" })
+    ));
+    assert!(!hsm.is_logged_in());
+    assert!(matches!(
+        hsm.login(&wrong),
+        Err(HsmError::PinIncorrect { .. })
+    ));
+}
+
+/// An HMAC key: generated inside, sign/verify only, deterministic per key.
+fn check_hmac_key(hsm: &dyn Hsm) {
     // An HMAC key: generated inside, sign/verify only; HMAC-SHA256 that is
     // deterministic per key and differs between keys; it encrypts nothing.
     let mac_id = HsmKeyId(*b"contract-test-02");
@@ -158,7 +183,10 @@ pub fn check(hsm: &dyn Hsm, user: &Pin, so: &Pin) {
         hsm.destroy_cmk(&m).unwrap();
     }
     assert!(hsm.mac_many(&mac_id, &[b"x"]).is_err());
+}
 
+/// A monotonic counter object: read back, advanced, never lowered.
+fn check_counter(hsm: &dyn Hsm) {
     // A monotonic counter object.
     assert_eq!(
         hsm.read_counter("keywarden-contract-counter").unwrap(),
@@ -180,7 +208,10 @@ pub fn check(hsm: &dyn Hsm, user: &Pin, so: &Pin) {
         hsm.read_counter("keywarden-contract-counter").unwrap(),
         Some(6)
     );
+}
 
+/// The audit-signing key: found again, not made twice; signatures verify.
+fn check_signing_key(hsm: &dyn Hsm) {
     // The audit-signing key: found again, not made twice; signatures verify.
     let point = hsm.ensure_signing_key().unwrap();
     assert_eq!(point, hsm.ensure_signing_key().unwrap());
@@ -199,17 +230,6 @@ pub fn check(hsm: &dyn Hsm, user: &Pin, so: &Pin) {
         vk.verify_prehash(&digest, &sig)
             .expect("the signature verifies");
     }
-
-    // Destroyed: gone from the token, nothing unwraps under it.
-    hsm.destroy_cmk(&id).unwrap();
-    assert!(!hsm.list_cmks().unwrap().iter().any(|o| o.id == id));
-    let gone = run(&[item(b"aad-one", &wrapped[0].ciphertext, wrapped[0].iv)]);
-    assert!(gone[0].is_err());
-
-    // Logged out: key operations refused.
-    hsm.logout();
-    assert!(!hsm.is_logged_in());
-    assert!(hsm.wrap_new_keys(&id, &aads).is_err());
 }
 
 #[cfg(test)]

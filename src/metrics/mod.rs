@@ -74,6 +74,12 @@ impl Histogram {
     }
 }
 
+/// A series' HELP and TYPE lines.
+fn help(o: &mut String, name: &str, kind: &str, text: &str) {
+    let _ = writeln!(o, "# HELP {name} {text}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+}
+
 /// One unlabelled series: its HELP and TYPE lines and its value.
 fn scalar(o: &mut String, name: &str, kind: &str, text: &str, value: impl std::fmt::Display) {
     let _ = writeln!(o, "# HELP {name} {text}");
@@ -264,13 +270,19 @@ impl Metrics {
     /// The exposition text: what was recorded, and `snap`.
     pub fn render(&self, snap: &Snapshot) -> String {
         let mut o = String::with_capacity(16 * 1024);
-        let help = |o: &mut String, name: &str, kind: &str, text: &str| {
-            let _ = writeln!(o, "# HELP {name} {text}");
-            let _ = writeln!(o, "# TYPE {name} {kind}");
-        };
+        self.render_requests(&mut o);
+        self.render_hsm_operations(&mut o);
+        self.render_decisions(&mut o);
+        self.render_hsm_state(&mut o, snap);
+        self.render_audit(&mut o, snap);
+        self.render_state(&mut o, snap);
+        o
+    }
 
+    /// RPCs by method and code, and their durations.
+    fn render_requests(&self, o: &mut String) {
         help(
-            &mut o,
+            o,
             "keywarden_requests_total",
             "counter",
             "RPCs answered, by method and gRPC code.",
@@ -283,33 +295,37 @@ impl Metrics {
             );
         }
         help(
-            &mut o,
+            o,
             "keywarden_request_duration_seconds",
             "histogram",
             "Time from a request's arrival to its answer, by method.",
         );
         for (m, h) in self.request_seconds.locked().iter() {
             h.render(
-                &mut o,
+                o,
                 "keywarden_request_duration_seconds",
                 &format!("method=\"{}\"", escape(m)),
             );
         }
+    }
+
+    /// HSM operations: durations and errors.
+    fn render_hsm_operations(&self, o: &mut String) {
         help(
-            &mut o,
+            o,
             "keywarden_hsm_operation_duration_seconds",
             "histogram",
             "Time of each HSM operation (one PKCS#11 call or a batch of them), by operation.",
         );
         for (op, h) in self.hsm_seconds.locked().iter() {
             h.render(
-                &mut o,
+                o,
                 "keywarden_hsm_operation_duration_seconds",
                 &format!("operation=\"{op}\""),
             );
         }
         help(
-            &mut o,
+            o,
             "keywarden_hsm_operation_errors_total",
             "counter",
             "HSM operations that failed, by operation.",
@@ -320,8 +336,12 @@ impl Metrics {
                 "keywarden_hsm_operation_errors_total{{operation=\"{op}\"}} {n}"
             );
         }
+    }
+
+    /// Refusals by a per-uid limit, and every call the gate decided.
+    fn render_decisions(&self, o: &mut String) {
         help(
-            &mut o,
+            o,
             "keywarden_limit_refusals_total",
             "counter",
             "Requests refused by a per-uid limit ([limits]), by limit.",
@@ -330,7 +350,7 @@ impl Metrics {
             let _ = writeln!(o, "keywarden_limit_refusals_total{{limit=\"{limit}\"}} {n}");
         }
         help(
-            &mut o,
+            o,
             "keywarden_gate_calls_total",
             "counter",
             "Calls decided by the gate every front end passes, by front end, operation and outcome.",
@@ -341,78 +361,83 @@ impl Metrics {
                 "keywarden_gate_calls_total{{front=\"{front}\",op=\"{op}\",outcome=\"{outcome}\"}} {n}"
             );
         }
+    }
+
+    /// The HSM: up, lost, losses and recoveries.
+    fn render_hsm_state(&self, o: &mut String, snap: &Snapshot) {
         scalar(
-            &mut o,
+            o,
             "keywarden_hsm_up",
             "gauge",
             "1 when the HSM answers its health probe.",
             u8::from(snap.hsm_up),
         );
         scalar(
-            &mut o,
+            o,
             "keywarden_hsm_lost",
             "gauge",
             "1 while the HSM is lost and the daemon reconnects.",
             u8::from(snap.hsm_lost),
         );
         scalar(
-            &mut o,
+            o,
             "keywarden_hsm_losses_total",
             "counter",
             "Times the HSM was lost (the token removed, the module or sessions gone).",
             self.hsm_losses.load(Ordering::Relaxed),
         );
         scalar(
-            &mut o,
+            o,
             "keywarden_hsm_recoveries_total",
             "counter",
             "Times the daemon reconnected to a lost HSM and logged in again.",
             self.hsm_recoveries.load(Ordering::Relaxed),
         );
+    }
 
+    /// The audit log: commits, waits, lines, failures, the queue, health, disk and forwarding.
+    fn render_audit(&self, o: &mut String, snap: &Snapshot) {
         help(
-            &mut o,
+            o,
             "keywarden_audit_write_duration_seconds",
             "histogram",
             "Time of one audit group commit: write and fdatasync.",
         );
-        self.audit_write_seconds.locked().render(
-            &mut o,
-            "keywarden_audit_write_duration_seconds",
-            "",
-        );
+        self.audit_write_seconds
+            .locked()
+            .render(o, "keywarden_audit_write_duration_seconds", "");
         help(
-            &mut o,
+            o,
             "keywarden_audit_queue_wait_seconds",
             "histogram",
             "Time an audit line waited for the writer to take it (before its commit).",
         );
         self.audit_wait_seconds
             .locked()
-            .render(&mut o, "keywarden_audit_queue_wait_seconds", "");
+            .render(o, "keywarden_audit_queue_wait_seconds", "");
         scalar(
-            &mut o,
+            o,
             "keywarden_audit_lines_total",
             "counter",
             "Audit lines written durably.",
             self.audit_lines.load(Ordering::Relaxed),
         );
         scalar(
-            &mut o,
+            o,
             "keywarden_audit_write_failures_total",
             "counter",
             "Audit group commits that failed (key operations are refused meanwhile).",
             self.audit_failures.load(Ordering::Relaxed),
         );
         scalar(
-            &mut o,
+            o,
             "keywarden_audit_queue_depth",
             "gauge",
             "Audit jobs waiting for the writer.",
             self.audit_queue.load(Ordering::Relaxed).max(0),
         );
         scalar(
-            &mut o,
+            o,
             "keywarden_audit_up",
             "gauge",
             "1 when the audit log can be written.",
@@ -420,14 +445,14 @@ impl Metrics {
         );
         if let Some(d) = &snap.audit_disk {
             scalar(
-                &mut o,
+                o,
                 "keywarden_audit_disk_free_bytes",
                 "gauge",
                 "Bytes the daemon may still write on the audit log's filesystem.",
                 d.free,
             );
             scalar(
-                &mut o,
+                o,
                 "keywarden_audit_disk_size_bytes",
                 "gauge",
                 "Size of the audit log's filesystem.",
@@ -436,58 +461,61 @@ impl Metrics {
         }
         if let Some(f) = &snap.forward {
             scalar(
-                &mut o,
+                o,
                 "keywarden_audit_forward_dropped_alert_lines_total",
                 "counter",
                 "Alert-class audit lines (warning or above) not forwarded: the queue was full of them.",
                 f.dropped_alerts,
             );
             scalar(
-                &mut o,
+                o,
                 "keywarden_audit_forward_connected",
                 "gauge",
                 "1 while the audit forwarder is connected to its receiver.",
                 u8::from(f.connected),
             );
             scalar(
-                &mut o,
+                o,
                 "keywarden_audit_forward_sent_total",
                 "counter",
                 "Audit lines forwarded.",
                 f.sent,
             );
             scalar(
-                &mut o,
+                o,
                 "keywarden_audit_forward_dropped_total",
                 "counter",
                 "Audit lines not forwarded (queue full, or too large for a datagram); the local log has them.",
                 f.dropped,
             );
             scalar(
-                &mut o,
+                o,
                 "keywarden_audit_forward_errors_total",
                 "counter",
                 "Connections to the audit receiver that failed or broke.",
                 f.errors,
             );
             scalar(
-                &mut o,
+                o,
                 "keywarden_audit_forward_queue_lines",
                 "gauge",
                 "Audit lines waiting to be forwarded.",
                 f.queued,
             );
             scalar(
-                &mut o,
+                o,
                 "keywarden_audit_forward_lag_seconds",
                 "gauge",
                 "How long the oldest audit line not yet forwarded has waited.",
                 format!("{:.3}", f.lag_seconds),
             );
         }
+    }
 
+    /// The seal, the keys, the registry, encryption counts, grants and subscribers.
+    fn render_state(&self, o: &mut String, snap: &Snapshot) {
         help(
-            &mut o,
+            o,
             "keywarden_seal_state",
             "gauge",
             "1 for the seal's current state.",
@@ -500,7 +528,7 @@ impl Metrics {
             );
         }
         help(
-            &mut o,
+            o,
             "keywarden_keys",
             "gauge",
             "Customer-managed keys, by state and kind (while unsealed).",
@@ -509,14 +537,14 @@ impl Metrics {
             let _ = writeln!(o, "keywarden_keys{{state=\"{state}\",kind=\"{kind}\"}} {n}");
         }
         scalar(
-            &mut o,
+            o,
             "keywarden_registry_generation",
             "gauge",
             "The registry's generation (every key change advances it).",
             snap.registry_generation,
         );
         scalar(
-            &mut o,
+            o,
             "keywarden_registry_tampering",
             "gauge",
             "Registry or seal integrity problems found at the last load.",
@@ -524,7 +552,7 @@ impl Metrics {
         );
         if self.per_key {
             help(
-                &mut o,
+                o,
                 "keywarden_key_version_encryptions",
                 "gauge",
                 "Encryptions by an active or deactivated key version.",
@@ -537,7 +565,7 @@ impl Metrics {
                 );
             }
             help(
-                &mut o,
+                o,
                 "keywarden_key_version_encryptions_rotate_after",
                 "gauge",
                 "The encryption count at which the version is rotated.",
@@ -546,7 +574,7 @@ impl Metrics {
                 let _ = writeln!(o, "keywarden_key_version_encryptions_rotate_after{{key=\"{}\",version=\"{v}\"}} {r}", escape(k));
             }
             help(
-                &mut o,
+                o,
                 "keywarden_key_version_encryptions_limit",
                 "gauge",
                 "The encryption count a version never passes.",
@@ -560,27 +588,26 @@ impl Metrics {
             }
         }
         scalar(
-            &mut o,
+            o,
             "keywarden_key_encryptions_limit_ratio_max",
             "gauge",
             "The highest share of its hard encryption limit any version has used (0 to 1).",
             snap.max_encryption_fraction,
         );
         scalar(
-            &mut o,
+            o,
             "keywarden_break_glass_grants",
             "gauge",
             "Break-glass grants in force.",
             snap.break_glass_grants,
         );
         scalar(
-            &mut o,
+            o,
             "keywarden_watch_subscribers",
             "gauge",
             "WatchKeys streams (client caches) listening for key changes.",
             snap.watch_subscribers,
         );
-        o
     }
 }
 
