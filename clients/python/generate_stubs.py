@@ -37,7 +37,7 @@ def generate(out: Path) -> list[Path]:
         raise RuntimeError("protoc failed")
     metadata = out / "keywarden" / "v1" / "metadata.py"
     metadata.write_text(metadata_module())
-    return sorted((out / "keywarden" / "v1").glob("*_pb2*.py*")) + [metadata]
+    return [*sorted((out / "keywarden" / "v1").glob("*_pb2*.py*")), metadata]
 
 
 def metadata_module() -> str:

@@ -20,7 +20,8 @@ def test_committed_stubs_match_the_proto_files(tmp_path: Path) -> None:
     assert fresh, "nothing was generated"
     committed = HERE / "src" / "keywarden" / "v1"
     names = sorted(p.name for p in fresh)
-    assert names == sorted(p.name for p in [*committed.glob("*_pb2*.py*"), committed / "metadata.py"]), "a stub is missing or extra"
+    expected = [*committed.glob("*_pb2*.py*"), committed / "metadata.py"]
+    assert names == sorted(p.name for p in expected), "a stub is missing or extra"
     for f in fresh:
         assert f.read_bytes() == (committed / f.name).read_bytes(), (
             f"{f.name} is stale: run python3 clients/python/generate_stubs.py"
