@@ -44,6 +44,8 @@ pub struct Acknowledgement {
     pub complete: bool,
     /// Distinct admins who have acknowledged this rollback so far.
     pub approvals: usize,
+    /// Distinct admins needed: one when the log vouches for the whole gap,
+    /// otherwise as many as a destruction needs.
     pub approvals_needed: usize,
     /// Why the log cannot vouch for the whole gap (None: it can, and one
     /// admin suffices).
@@ -89,16 +91,12 @@ impl Keywarden {
         let t = self.table();
         match (&t.global, &t.rollback) {
             (Some(g), Some(r)) => Ok((g.clone(), r.clone())),
-            (Some(g), None) => {
-                return Err(CoreError::Conflict(format!(
-                    "the registry itself does not verify ({g}); this cannot be acknowledged: restore a good copy"
-                )))
-            }
-            (None, _) => {
-                return Err(CoreError::Conflict(
-                    "no registry rollback or audit-log loss to acknowledge".into(),
-                ))
-            }
+            (Some(g), None) => Err(CoreError::Conflict(format!(
+                "the registry itself does not verify ({g}); this cannot be acknowledged: restore a good copy"
+            ))),
+            (None, _) => Err(CoreError::Conflict(
+                "no registry rollback or audit-log loss to acknowledge".into(),
+            )),
         }
     }
 
