@@ -166,8 +166,7 @@ impl RawLimits {
 pub struct Refusal {
     /// The limit that refused.
     pub limit: Limit,
-    /// What the caller is told: the uid, the limit's `[limits]` field and its
-    /// value.
+    /// What the caller is told: the uid and the limit it is over.
     pub message: String,
     /// Audit this refusal now: the first of its interval.
     pub audit: bool,

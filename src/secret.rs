@@ -55,18 +55,20 @@ pub enum SecretError {
     },
     /// The PIN file's permissions let other users read it.
     #[error("pin file {} is readable by other users (mode {mode:o}); chmod 0600 or 0640", path.display())]
-    ReadableByOthers { 
+    ReadableByOthers {
         /// The file.
-        path: PathBuf, 
+        path: PathBuf,
         /// Its permission bits (`mode & 0o777`).
-        mode: u32 },
+        mode: u32,
+    },
     /// The file's content is not a usable PIN.
     #[error("pin file {}: {reason}", path.display())]
-    Invalid { 
+    Invalid {
         /// The file.
-        path: PathBuf, 
+        path: PathBuf,
         /// What is wrong with the content (never the content itself).
-        reason: &'static str },
+        reason: &'static str,
+    },
     /// The OS random generator failed.
     #[error("random: {0}")]
     Random(getrandom::Error),

@@ -9,6 +9,7 @@ use std::path::Path;
 pub struct DiskSpace {
     /// Available to the daemon (not root's reserve).
     pub free: u64,
+    /// The filesystem's size.
     pub size: u64,
 }
 

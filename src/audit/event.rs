@@ -24,49 +24,102 @@ use serde_json::{json, Map, Value};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EventKind {
+    /// The daemon started (its version in the detail).
     DaemonStart,
+    /// The daemon stopped gracefully.
     DaemonStop,
+    /// A request whose protobuf message did not decode.
     MalformedRequest,
+    /// A connection was closed over a connection limit (at most one
+    /// line per uid every 10 s).
     ConnectionRefused,
+    /// The HSM was lost while unsealed; reconnecting.
     HsmLost,
+    /// The HSM came back after a loss.
     HsmRecovered,
+    /// The policy file was reloaded, or the new one refused.
     PolicyReload,
+    /// A break-glass grant was made.
     BreakGlass,
+    /// An operator acknowledged a registry rollback (accepted once enough
+    /// have).
     TamperingAcknowledged,
+    /// Registry tampering was found, or its acknowledgement recorded.
     RegistryTampering,
+    /// Reconciliation with the token repaired something (an orphan CMK
+    /// object of an interrupted create or rotate destroyed).
     ReconcileRepair,
+    /// A key rotated (by an admin or on schedule).
     Rotate,
+    /// A key's rotation period or minimum decrypt version changed.
     KeyUpdate,
+    /// A key version was marked compromised: it never decrypts again.
     RevokeVersion,
+    /// A key was disabled.
     Disable,
+    /// A key was enabled again.
     Enable,
+    /// A key's destruction was requested.
     DestroyRequested,
+    /// One approval of a requested destruction.
     DestroyApproved,
+    /// A requested destruction has all its approvals: it is scheduled.
     DestroyFullyApproved,
+    /// A requested destruction was cancelled.
     DestroyCancelled,
+    /// A key's versions were destroyed on the token (crypto-shredded).
     Destroyed,
+    /// A legal hold was placed on a key (a scheduled destruction pauses).
     HoldPlaced,
+    /// A legal hold was released.
     HoldReleased,
+    /// Init: the share set issued, or the init refused.
     Init,
+    /// Init completed at the first unseal (the token's PINs changed), or
+    /// failed.
     InitCommit,
+    /// The unseal that completes a quorum: logged in, or failed.
     Unseal,
+    /// An unseal share accepted or refused.
     UnsealShare,
+    /// An operator discarded the unseal shares received.
     UnsealReset,
+    /// An unseal in progress timed out; its shares were discarded.
     UnsealExpired,
+    /// Unseal progress was reset: shares of the other set arrived during
+    /// an interrupted rekey.
     UnsealProgressReset,
+    /// The daemon was sealed.
     Seal,
+    /// The seal file failed its integrity checks.
     SealTampering,
+    /// A rekey began.
     RekeyStart,
+    /// A share of the current set submitted to a rekey.
     RekeyShare,
+    /// A rekey's new shares were issued.
     RekeySharesIssued,
+    /// The new shares submitted to verify a rekey did not rebuild its new
+    /// key.
     RekeyVerify,
+    /// A new share submitted to verify a rekey.
     RekeyVerifyShare,
+    /// A rekey's commit: the new set in force, failed, or committed with
+    /// the daemon left sealed (the new set's file still pending).
     RekeyCommit,
+    /// A rekey was cancelled.
     RekeyCancel,
+    /// A rekey in progress timed out and was cancelled.
     RekeyExpired,
+    /// At start, `seal.pending.json` was found: a rekey commit was
+    /// interrupted.
     RekeyInterruptedFound,
+    /// A custodian accepted a restore's window (what happened after the
+    /// backup's trail ends), or the unseal that completed it.
     RestoreWindowAccepted,
+    /// A backup was taken (durable before the file is handed out).
     Backup,
+    /// A restore: the first event of the restored deployment's log.
     Restore,
 }
 
@@ -180,19 +233,35 @@ impl EventKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Outcome {
+    /// Done.
     Ok,
+    /// Refused: nothing changed.
     Refused,
+    /// Attempted, and failed.
     Failed,
+    /// A fault of the daemon's surroundings (the HSM lost).
     Error,
+    /// Tampering detected.
     Detected,
+    /// Something needs an operator's attention.
     Warning,
+    /// Cancelled (a rekey that timed out).
     Cancelled,
+    /// A break-glass grant made.
     Granted,
+    /// A share (or a restore window) accepted.
     Accepted,
+    /// Progress discarded.
     Reset,
+    /// A share set issued.
     SharesIssued,
+    /// Tampering acknowledged by an operator.
     Acknowledged,
+    /// An orphan CMK object destroyed.
     OrphanDestroyed,
+    /// A rekey committed on the token, but its new seal file could not be
+    /// put in place: the daemon is sealed and the next unseal takes either
+    /// set.
     CommittedButSealed,
 }
 
@@ -246,12 +315,16 @@ impl Outcome {
 /// keys, ids and counts, never secrets or context values).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
+    /// What happened.
     pub kind: EventKind,
+    /// How it ended.
     pub outcome: Outcome,
+    /// The detail object (ids, names, counts; never secrets).
     pub detail: Value,
 }
 
 impl Event {
+    /// An event of `kind` that ended in `outcome`, with `detail`.
     pub fn new(kind: EventKind, outcome: Outcome, detail: Value) -> Self {
         Event {
             kind,
@@ -273,6 +346,8 @@ impl Event {
 
 /// Where audit events go (see the module's contract).
 pub trait AuditSink: Send + Sync {
+    /// Records an event; returns once it is durable or its failure has been
+    /// logged (see the module's contract).
     fn event(&self, e: Event);
 
     /// Shorthand for `event(Event::new(kind, outcome, detail))`.
@@ -301,6 +376,7 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// Queues an event, tagged with the calling thread.
     pub fn push(&self, e: Event) {
         self.queue.locked().push((std::thread::current().id(), e));
     }

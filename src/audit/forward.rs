@@ -45,6 +45,7 @@ impl std::fmt::Display for Transport {
 /// What `[audit.forward]` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardConfig {
+    /// Where lines are sent.
     pub transport: Transport,
     /// Syslog facility number (0 to 23); `authpriv` (10) by default.
     pub facility: u8,
@@ -132,8 +133,11 @@ pub fn syslog_message(cfg: &ForwardConfig, procid: u32, line: &str) -> String {
 /// The forwarder's counters, as Status and the metrics show them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ForwardStatus {
+    /// Where lines are sent, as a URL.
     pub target: String,
+    /// Whether a connection is up now.
     pub connected: bool,
+    /// Lines sent since start.
     pub sent: u64,
     /// Lines dropped: the queue was full, or a datagram was too large.
     pub dropped: u64,
@@ -141,6 +145,7 @@ pub struct ForwardStatus {
     pub dropped_alerts: u64,
     /// Connections that failed or broke.
     pub errors: u64,
+    /// Lines waiting to be sent.
     pub queued: u64,
     /// How long the oldest line not yet sent has waited (0 when idle).
     pub lag_seconds: f64,

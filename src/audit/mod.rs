@@ -65,22 +65,32 @@ pub enum AuditError {
     /// A file operation failed; `doing` says which ("opening", "writing"...).
     #[error("{doing} {}: {source}", path.display())]
     Io {
+        /// What was being done.
         doing: &'static str,
+        /// The file.
         path: PathBuf,
+        /// What failed.
         source: Arc<std::io::Error>,
     },
     /// The last line of an existing log could not be read.
     #[error("{}: {source}", path.display())]
     ReadLastLine {
+        /// The file.
         path: PathBuf,
+        /// What failed.
         source: Arc<std::io::Error>,
     },
+    /// The last line of an existing log is not JSON: the chain cannot be
+    /// continued.
     #[error("the last audit line does not parse: {0}")]
     LastLineUnparsable(Arc<serde_json::Error>),
+    /// The last line of an existing log has no `seq`.
     #[error("the last audit line has no seq")]
     LastLineWithoutSeq,
+    /// A batch was to be written while no file is open.
     #[error("audit file not open")]
     NotOpen,
+    /// The writer's thread or the forwarder could not be started.
     #[error("starting the audit writer: {0}")]
     StartWriter(Arc<std::io::Error>),
     /// An entry or checkpoint was refused because the log cannot be
@@ -93,6 +103,7 @@ pub enum AuditError {
     /// The HSM could not sign a checkpoint.
     #[error("audit log unavailable: {0}")]
     Signing(crate::hsm::HsmError),
+    /// The writer thread is gone: nothing more can be written.
     #[error("audit log unavailable: audit writer stopped")]
     WriterStopped,
     /// A restored deployment's log was to continue an earlier chain, but a
@@ -120,10 +131,16 @@ impl AuditError {
     }
 }
 
+/// Where the log is kept and how it is checkpointed, rotated and
+/// forwarded (`[audit]`).
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
+    /// The live log file; rotated files go beside it.
     pub file: PathBuf,
+    /// A signed checkpoint after this many lines (at least 1).
     pub checkpoint_every: u64,
+    /// The live file is rotated once it reaches this size (in bytes), at the
+    /// next checkpoint.
     pub max_file_bytes: u64,
     /// Where every durable line is also sent (`[audit.forward]`).
     pub forward: Option<forward::ForwardConfig>,
@@ -523,7 +540,6 @@ impl Audit {
             .fetch_max(generation, std::sync::atomic::Ordering::AcqRel);
     }
 
-    /// The highest registry generation the log has recorded.
     /// The log's filesystem, or None if it cannot be read.
     pub fn disk_space(&self) -> Option<DiskSpace> {
         disk::space(&self.state.dir)
@@ -535,6 +551,9 @@ impl Audit {
         verify::log_files(&self.state.dir, &self.state.live)
     }
 
+    /// The highest registry generation the log has recorded (its last
+    /// line's when opened, raised by every note since): what a rollback is
+    /// measured against.
     pub fn witnessed_registry_generation(&self) -> u64 {
         self.state
             .registry_generation

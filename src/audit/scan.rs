@@ -35,7 +35,9 @@ pub struct Scanned {
 #[derive(Debug, thiserror::Error)]
 #[error("reading the audit log {}: {source}", path.display())]
 pub struct ScanError {
+    /// The file that could not be read.
     pub path: PathBuf,
+    /// What reading it failed with.
     #[source]
     pub source: std::io::Error,
 }

@@ -19,14 +19,21 @@ use super::event::{EventKind, Outcome};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Severity {
+    /// Tampering detected.
     Alert = 1,
+    /// The HSM lost.
     Error = 3,
+    /// Break-glass, destruction, restores, failed ceremony steps and every
+    /// line marked `ALERT`.
     Warning = 4,
+    /// Any other refused or failed request or event.
     Notice = 5,
+    /// Everything else.
     Informational = 6,
 }
 
 impl Severity {
+    /// The RFC 5424 severity number (the `PRI`'s low three bits).
     pub fn code(self) -> u8 {
         self as u8
     }

@@ -16,10 +16,15 @@ pub const MAX_SEQ: u64 = 1 << 62;
 /// What a clean verification found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
+    /// Files read.
     pub files: usize,
+    /// Lines verified, checkpoints included.
     pub entries: u64,
+    /// Checkpoints whose signature verified.
     pub checkpoints: u64,
+    /// The first line's sequence number.
     pub first_seq: u64,
+    /// The last line's sequence number.
     pub last_seq: u64,
     /// Entries after the last checkpoint (not covered by a signature).
     pub unsigned_tail: u64,
@@ -31,7 +36,10 @@ pub struct Report {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("seq {seq}: {what}")]
 pub struct Broken {
+    /// The sequence number of the line at fault (the one expected where a
+    /// line is missing or cut short; 0 for a file that could not be read).
     pub seq: u64,
+    /// What is wrong with it.
     pub what: String,
 }
 
@@ -40,28 +48,45 @@ pub struct Broken {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum VerifyError {
+    /// The public key file could not be read.
     #[error("{}: {source}", path.display())]
     ReadKey {
+        /// The file.
         path: PathBuf,
+        /// What reading it failed with.
         source: std::io::Error,
     },
+    /// The public key file is not hex.
     #[error("{}: not hex", path.display())]
-    KeyNotHex { path: PathBuf },
+    KeyNotHex {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The public key file's bytes are not a P-256 point.
     #[error("{}: {source}", path.display())]
     BadKey {
+        /// The file.
         path: PathBuf,
+        /// Why the point was refused.
         source: p256::ecdsa::Error,
     },
+    /// A checkpoint has no `sig`.
     #[error("checkpoint without a signature")]
     NoSignature,
+    /// A checkpoint's `sig` is not hex.
     #[error("signature is not hex")]
     SignatureNotHex,
+    /// A checkpoint's `sig` is not an r||s signature.
     #[error("malformed signature")]
     MalformedSignature,
+    /// A checkpoint's signature does not verify: it, or a line before it, was
+    /// altered.
     #[error("bad signature: the checkpoint or an entry before it was altered")]
     BadSignature,
 }
 
+/// Reads the audit-signing public key published beside the log (hex of a
+/// SEC1 P-256 point).
 pub fn load_public_key(path: &Path) -> Result<VerifyingKey, VerifyError> {
     let text = std::fs::read_to_string(path).map_err(|source| VerifyError::ReadKey {
         path: path.to_path_buf(),
@@ -143,6 +168,8 @@ pub struct Chain<'k> {
 }
 
 impl<'k> Chain<'k> {
+    /// A chain with nothing checked yet, its checkpoints verified under
+    /// `key`.
     pub fn new(key: &'k VerifyingKey) -> Self {
         Chain {
             key,

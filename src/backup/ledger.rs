@@ -87,19 +87,21 @@ pub enum LedgerError {
     },
     /// A `registry_write` line's record does not parse.
     #[error("audit seq {seq}: the record of a registry_write line does not parse: {reason}")]
-    Unparsable { 
+    Unparsable {
         /// The line's audit sequence number.
-        seq: u64, 
+        seq: u64,
         /// The parser's message.
-        reason: String },
+        reason: String,
+    },
     /// The line's MAC does not verify under the registry key: forged, or of
     /// another deployment.
     #[error("audit seq {seq}: a {kind} line whose MAC does not verify under this deployment's registry key (forged, or of another deployment)")]
-    Mac { 
+    Mac {
         /// The line's audit sequence number.
-        seq: u64, 
+        seq: u64,
         /// The line's type.
-        kind: &'static str },
+        kind: &'static str,
+    },
 }
 
 fn field<'a>(

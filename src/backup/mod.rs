@@ -1,7 +1,7 @@
 //! Backup and restore that keep destroyed keys destroyed
 //! (docs/DISASTER_RECOVERY.md).
 //!
-//! - [`format`]: the backup file (a clear header, then an age file
+//! - [`format`](mod@format): the backup file (a clear header, then an age file
 //!   encrypted to an X25519 key derived from the unseal key);
 //! - [`token`]: where a software token keeps its objects;
 //! - [`ledger`]: the `registry_write` lines of the audit log that a restore

@@ -257,14 +257,14 @@ pub enum ConfigError {
         /// What reading it failed with.
         source: std::io::Error,
     },
-    /// The config file is not valid TOML or has fields of the wrong type or
-    /// unknown.
+    /// The config file is not TOML, or not the configuration's fields.
     #[error("{path}: {message}")]
-    Parse { 
+    Parse {
         /// The file.
-        path: PathBuf, 
+        path: PathBuf,
         /// The parser's message.
-        message: String },
+        message: String,
+    },
     /// A value is refused; the message names the field and why.
     #[error("invalid configuration: {0}")]
     Invalid(String),
@@ -280,9 +280,10 @@ pub enum ConfigError {
     Registry(#[from] crate::core::registry::postgres::TargetError),
     /// A `[dev]` config given to a daemon not started by `keywarden dev`.
     #[error("{path}: this is a development configuration ([dev] enabled = true); `keywarden serve` runs it only when started by `keywarden dev`")]
-    DevConfig { 
+    DevConfig {
         /// The config file.
-        path: PathBuf },
+        path: PathBuf,
+    },
 }
 
 impl Config {

@@ -16,7 +16,9 @@ use crate::backup::{BackupError, AUDIT_KEY_ENTRY, MANIFEST_ENTRY, REGISTRY_ENTRY
 
 /// A backup taken: the file's bytes and its header.
 pub struct Taken {
+    /// The clear header written at the start of the file.
     pub header: Header,
+    /// The whole backup file.
     pub bytes: Vec<u8>,
     /// Hex SHA-256 of `bytes`: the backup's id.
     pub id: String,

@@ -38,18 +38,24 @@ pub const AAD_LABEL_V2: &[u8] = b"keywarden.v2.payload";
 pub struct Blob {
     /// [`FORMAT_V1`] (a data key) or [`FORMAT_V2`] (a payload).
     pub format: u8,
+    /// The id of the key it is wrapped under.
     pub key_id: [u8; 16],
+    /// The key version it is wrapped under.
     pub key_version: u32,
+    /// The AES-GCM IV (96 bits).
     pub iv: [u8; IV_LEN],
     /// Ciphertext followed by the tag.
     pub ciphertext: Vec<u8>,
 }
 
 impl Blob {
+    /// The blob's header (format, key id, key version), which its
+    /// authenticated data includes.
     pub fn header(&self) -> [u8; HEADER_LEN] {
         header_of(self.format, &self.key_id, self.key_version)
     }
 
+    /// The blob's bytes: header, IV, ciphertext and tag.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_LEN + IV_LEN + self.ciphertext.len());
         out.extend_from_slice(&self.header());

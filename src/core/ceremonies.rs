@@ -112,12 +112,17 @@ impl Ceremonies<'_> {
         Ok(p?)
     }
 
+    /// Forgets the unseal shares received so far; returns how many were
+    /// discarded.
     pub fn unseal_reset(&self) -> CoreResult<usize> {
         let r = self.seal.reset_unseal();
         self.seal_changed.notify_one();
         Ok(r?)
     }
 
+    /// Seals: a final audit checkpoint, watchers told to reset, the seal
+    /// closed (logout, session copies and keyring dropped), then the
+    /// registry table emptied. Key operations are refused from here on.
     pub fn seal(&self) -> CoreResult<()> {
         self.before_logout("seal");
         let _ = self.changes.send(KeyChange::Reset);
@@ -130,12 +135,18 @@ impl Ceremonies<'_> {
         Ok(())
     }
 
+    /// Starts a rekey to the share set `spec` describes; returns the rekey's
+    /// id and the current threshold (the old shares it needs). Refused while
+    /// another rekey is in progress.
     pub fn rekey_start(&self, spec: ShareSpec<'_>) -> CoreResult<(String, u8)> {
         let r = self.seal.rekey_start(spec);
         self.seal_changed.notify_one();
         Ok(r?)
     }
 
+    /// Submits a current share to the rekey. At the old threshold the new
+    /// shares are issued (returned once) and the rekey waits for them to be
+    /// verified.
     pub fn rekey_submit(
         &self,
         share: &str,
@@ -145,6 +156,9 @@ impl Ceremonies<'_> {
         Ok(r?)
     }
 
+    /// Submits a new share back for verification. At the new threshold the
+    /// rekey commits (the old shares stop working) and the login is
+    /// renewed; a commit whose re-login failed leaves the daemon sealed.
     pub fn rekey_verify(&self, share: &str) -> CoreResult<ShareProgress> {
         let r = self.seal.rekey_verify(self.hsm.as_ref(), share);
         // A commit whose re-login failed leaves the daemon sealed.
@@ -160,6 +174,7 @@ impl Ceremonies<'_> {
         Ok(p)
     }
 
+    /// Cancels the rekey in progress; the current share set stays in force.
     pub fn rekey_cancel(&self) -> CoreResult<()> {
         let r = self.seal.rekey_cancel();
         self.seal_changed.notify_one();

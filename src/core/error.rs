@@ -4,28 +4,51 @@
 use crate::hsm::HsmError;
 use crate::seal::SealError;
 
+/// Why a core operation was refused or failed. Variants carry what the
+/// caller may be told; `gate::code` maps each to a canonical code.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum CoreError {
     /// A request field is malformed; `field` names it.
     #[error("{field}: {reason}")]
-    InvalidArgument { field: &'static str, reason: String },
+    InvalidArgument {
+        /// The request field, as the protocol spells it.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// No key has this name.
     #[error("key {name:?} not found")]
-    KeyNotFound { name: String },
+    KeyNotFound {
+        /// The name asked for.
+        name: String,
+    },
     /// A blob names a key id the registry does not know.
     #[error("ciphertext_blob: wrapped under key id {key_id}, which this daemon does not know")]
-    BlobKeyUnknown { key_id: String },
+    BlobKeyUnknown {
+        /// The key id read from the blob.
+        key_id: String,
+    },
     /// A blob names a key version the registry does not know.
     #[error(
         "ciphertext_blob: wrapped under version {version} of key {name:?}, which does not exist"
     )]
-    BlobVersionUnknown { name: String, version: u32 },
+    BlobVersionUnknown {
+        /// The key the blob's key id resolved to.
+        name: String,
+        /// The version read from the blob.
+        version: u32,
+    },
     /// The caller asked for one key and the blob is under another.
     #[error(
         "ciphertext_blob: wrapped under key {actual:?}, not under the requested key {expected:?}"
     )]
-    KeyMismatch { expected: String, actual: String },
+    KeyMismatch {
+        /// The key the request named.
+        expected: String,
+        /// The key the blob is wrapped under.
+        actual: String,
+    },
     /// The AES-GCM tag did not verify.
     #[error("ciphertext_blob: authentication failed: the blob was altered or the encryption_context does not match the one it was made with")]
     DecryptFailed,
@@ -34,60 +57,101 @@ pub enum CoreError {
     PermissionDenied(crate::policy::Denied),
     /// The registry failed its integrity check (for one key, or all).
     #[error("registry integrity check failed{}: {what}; the key is refused until the registry is restored from a trusted copy", key.as_ref().map(|k| format!(" for key {k:?}")).unwrap_or_default())]
-    RegistryTampered { key: Option<String>, what: String },
-    /// Crypto-shredded.
+    RegistryTampered {
+        /// The key whose record failed; `None` when the whole registry did.
+        key: Option<String>,
+        /// What failed to verify.
+        what: String,
+    },
+    /// The key was destroyed (crypto-shredded): nothing wrapped under it
+    /// can be recovered.
     #[error("key {name:?} was destroyed at {at} (Unix time); data keys wrapped under it cannot be recovered")]
-    KeyDestroyed { name: String, at: i64 },
+    KeyDestroyed {
+        /// The key.
+        name: String,
+        /// When it was destroyed, in Unix seconds (0 if not recorded).
+        at: i64,
+    },
+    /// The blob's version is below the key's minimum decrypt version.
     #[error("ciphertext_blob: version {version} of key {name:?} is retired (the minimum decrypt version is {min})")]
     VersionRetired {
+        /// The key.
         name: String,
+        /// The version the blob is wrapped under.
         version: u32,
+        /// The key's minimum decrypt version.
         min: u32,
     },
+    /// The version was revoked (compromised or destroyed) and never
+    /// decrypts or verifies again.
     #[error(
         "ciphertext_blob: version {version} of key {name:?} is {state}; it never decrypts again"
     )]
     VersionRevoked {
+        /// The key.
         name: String,
+        /// The revoked version.
         version: u32,
+        /// Its state: `compromised` or `destroyed`.
         state: &'static str,
     },
+    /// The key's current version has used up its encryptions (the hard
+    /// limit): only a rotation lets the key encrypt again.
     #[error(
         "version {version} of key {name:?} reached its encryption limit ({limit}); rotate the key"
     )]
     VersionExhausted {
+        /// The key.
         name: String,
+        /// The exhausted version.
         version: u32,
+        /// The hard limit of encryptions per version.
         limit: u64,
     },
     /// A legal hold forbids the operation.
     #[error("key {name:?} is under legal hold ({holds}); {operation} is refused until every hold is released")]
     Held {
+        /// The key.
         name: String,
+        /// The active holds, `id: reason`, separated by `; `.
         holds: String,
+        /// What was refused (for example `destruction`).
         operation: &'static str,
     },
     /// The operation does not fit the key's lifecycle state.
     #[error("{0}")]
     Conflict(String),
+    /// A key by this name already exists.
     #[error("key {name:?} already exists")]
-    AlreadyExists { name: String },
+    AlreadyExists {
+        /// The name asked for.
+        name: String,
+    },
     /// The key's kind does not do this operation (a data key from an hmac
     /// key, a MAC from an aes key). `field` names the request field that
     /// named the key.
     #[error("{field}: key {name:?} is an {kind} key; {operation} needs an {needs} key")]
     WrongKind {
+        /// The request field that named the key.
         field: &'static str,
+        /// The key.
         name: String,
+        /// The key's kind (`aes`, `hmac`).
         kind: &'static str,
+        /// The kind the operation needs.
         needs: &'static str,
+        /// The operation refused.
         operation: &'static str,
     },
     /// The key exists but its state forbids the operation.
     #[error("key {name:?} is {state}; {operation} is not allowed")]
     KeyUnusable {
+        /// The key.
         name: String,
+        /// Its state as the caller is told (`suspended`, `without an active
+        /// version`...).
         state: String,
+        /// The operation refused.
         operation: &'static str,
     },
     /// The HSM cannot be reached or failed transiently.
@@ -113,7 +177,10 @@ pub enum CoreError {
     /// Other nodes kept changing the registry while this one tried to
     /// write: nothing was changed.
     #[error("the registry changed on another node during this change (generation {found}); nothing was changed: retry")]
-    RegistryMoved { found: u64 },
+    RegistryMoved {
+        /// The registry's generation found at the last try.
+        found: u64,
+    },
     /// This node cannot confirm it has every key change made on the other
     /// nodes (its cluster lease is not current), so it serves nothing.
     #[error("this node is not serving: {0}")]
@@ -131,6 +198,7 @@ pub enum CoreError {
 }
 
 impl CoreError {
+    /// An [`CoreError::InvalidArgument`] for `field`.
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
         CoreError::InvalidArgument {
             field,
@@ -159,4 +227,5 @@ impl From<SealError> for CoreError {
     }
 }
 
+/// A core operation's result.
 pub type CoreResult<T> = Result<T, CoreError>;

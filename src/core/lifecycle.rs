@@ -22,10 +22,14 @@ use crate::sync::Recover;
 /// principal the policy names.
 #[derive(Debug, Clone)]
 pub struct Actor {
+    /// The caller's uid, as its transport vouched for it.
     pub uid: u32,
+    /// The policy principal the caller was recognised as.
     pub principal: String,
 }
 
+/// The limits and waiting periods of the key lifecycle (`[lifecycle]` in
+/// the config; the defaults are the production values).
 #[derive(Debug, Clone)]
 pub struct LifecycleConfig {
     /// Shortest waiting period of a scheduled destruction.
@@ -335,6 +339,9 @@ impl super::Keys<'_> {
         Ok((*r).clone())
     }
 
+    /// Makes a suspended key active again (an active one stays so);
+    /// refused for a key pending destruction or destroyed. Returns the
+    /// record as written.
     pub fn enable(&self, name: &str) -> CoreResult<KeyRecord> {
         self.unsealed()?;
         validate::key_name("name", name)?;
@@ -705,6 +712,8 @@ impl super::Keys<'_> {
         Ok((hid, (*r).clone()))
     }
 
+    /// Releases the active hold `hold_id`, recording who and when; the
+    /// hold stays on the record. Returns the record as written.
     pub fn release_hold(&self, name: &str, hold_id: &str, actor: &Actor) -> CoreResult<KeyRecord> {
         self.unsealed()?;
         validate::key_name("name", name)?;
@@ -733,6 +742,9 @@ impl super::Keys<'_> {
 }
 
 impl super::Keys<'_> {
+    /// Every key in the registry, destroyed ones included, sorted by name.
+    /// Refused while the registry as a whole fails its integrity check; keys
+    /// that fail it alone are left out.
     pub fn list_keys(&self) -> CoreResult<Vec<KeyRecord>> {
         self.unsealed()?;
         let t = self.table();
@@ -747,6 +759,9 @@ impl super::Keys<'_> {
         Ok(v)
     }
 
+    /// One key's record. Fails with [`CoreError::KeyNotFound`], or
+    /// [`CoreError::RegistryTampered`] if its record (or the registry)
+    /// fails the integrity check.
     pub fn describe_key(&self, name: &str) -> CoreResult<KeyRecord> {
         self.unsealed()?;
         validate::key_name("name", name)?;

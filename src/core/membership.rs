@@ -4,7 +4,7 @@
 //! nothing here runs.
 //!
 //! What the core does for a cluster is here too: taking in the changes
-//! other nodes made ([`Keywarden::refresh`]), and, after a change of its
+//! other nodes made ([`Cluster::refresh`](super::Cluster::refresh)), and, after a change of its
 //! own, waiting until no node can still serve the state it replaced.
 
 use super::*;

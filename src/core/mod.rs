@@ -2,9 +2,9 @@
 //! context), the key lifecycle and the registry. It knows nothing of gRPC.
 //!
 //! Every public method is synchronous and may block on the HSM or the
-//! registry; [`Keywarden`] is shared behind an `Arc` and the API layer runs
-//! calls with `spawn_blocking`. While unsealed, the verified registry is
-//! held in memory (the [`Table`]); every change is written through to disk
+//! registry; [`Keywarden`] is shared behind an `Arc` and the gate runs
+//! calls off the async runtime. While unsealed, the verified registry is
+//! held in memory (the `Table`); every change is written through to disk
 //! before the table changes, so a disabled key is refused by the very next
 //! request.
 
@@ -23,8 +23,8 @@ pub mod model;
 mod reconcile;
 mod records;
 pub mod registry;
-mod scheduler;
 mod requests;
+mod scheduler;
 mod status;
 pub mod validate;
 mod views;
@@ -77,6 +77,10 @@ pub(crate) struct Counter {
     reserved: u64,
 }
 
+/// The core: the HSM, the registry and the seal, with the verified table
+/// and the encryption counters. One per daemon, shared behind an `Arc`;
+/// its parts ([`Keys`], [`DataPath`], [`Ceremonies`], [`Records`],
+/// [`Cluster`]) are reached through it.
 pub struct Keywarden {
     hsm: Arc<dyn Hsm>,
     registry: Registry,
@@ -111,8 +115,11 @@ pub struct Keywarden {
 pub enum KeyChange {
     /// This key's record changed (state, versions, holds, destruction).
     Changed {
+        /// The key's name.
         name: String,
+        /// The key's id, as a hyphenated UUID.
         key_id: String,
+        /// Its state now, as [`KeyState::as_str`] spells it.
         state: &'static str,
     },
     /// Forget every cached key (the daemon sealed, or lost its table).
@@ -220,6 +227,8 @@ impl Keywarden {
         self.unsealed().is_ok()
     }
 
+    /// Replaces the lifecycle limits and waiting periods (set before the
+    /// core is shared).
     pub fn with_lifecycle(mut self, cfg: LifecycleConfig) -> Self {
         self.lifecycle = cfg;
         self
@@ -261,6 +270,7 @@ impl Keywarden {
         Ok(())
     }
 
+    /// The HSM behind the core.
     pub fn hsm(&self) -> &Arc<dyn Hsm> {
         &self.hsm
     }

@@ -6,24 +6,42 @@ use crate::sync::RecoverRw;
 /// Differences between the registry and the token found at unseal.
 #[derive(Debug, Clone, Default)]
 pub struct Drift {
+    /// Versions the registry records that the token lacks
+    /// (`NAME/vN (id)`): they cannot be used.
     pub missing_on_token: Vec<String>,
+    /// Keywarden objects on the token the registry does not record and
+    /// that were left alone (`label (id)`).
     pub orphaned_on_token: Vec<String>,
     /// What reconciliation repaired (orphans destroyed).
     pub repaired: Vec<String>,
 }
 
+/// What Status reports: the daemon, the HSM, the seal and the registry,
+/// as the core sees them now.
 pub struct Status {
+    /// The daemon's version ([`crate::VERSION`]).
     pub version: &'static str,
+    /// The HSM's health check: `Ok` or why it failed.
     pub hsm_health: Result<(), crate::hsm::HsmError>,
+    /// The selected token.
     pub token: TokenDescription,
+    /// The HSM profile in use.
     pub profile: String,
+    /// Whether session copies of CMK versions are in use.
     pub session_copies: bool,
+    /// The number of HSM worker sessions.
     pub pool_size: usize,
+    /// Keys in the verified table, destroyed ones included (tampered ones
+    /// are in `tampering`).
     pub key_count: u32,
+    /// What the last reconciliation found.
     pub drift: Drift,
+    /// When the daemon started, in Unix seconds.
     pub started_at: i64,
+    /// The seal's state.
     pub seal: SealStatus,
-    /// Registry integrity problems: (key or "registry", what).
+    /// Integrity problems, each (what failed: a key's name, `registry` or
+    /// `seal`; what is wrong).
     pub tampering: Vec<(String, String)>,
     /// Keys that need a person soon.
     pub attention: Vec<KeyAttention>,
@@ -34,22 +52,37 @@ pub struct Status {
 pub enum AttentionReason {
     /// The active version has made at least `rotate_after_encryptions`
     /// encryptions: rotate before the hard limit refuses them.
-    EncryptionLimit { used: u64, hard_limit: u64 },
+    EncryptionLimit {
+        /// Encryptions counted under the version.
+        used: u64,
+        /// The limit past which they are refused.
+        hard_limit: u64,
+    },
     /// A scheduled destruction runs at this time (unless held or cancelled).
-    DestructionDue { at: i64 },
+    DestructionDue {
+        /// When, in Unix seconds.
+        at: i64,
+    },
 }
 
+/// A key that needs a person soon, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyAttention {
+    /// The key.
     pub key: String,
+    /// The version concerned; 0 when it is the whole key (a destruction).
     pub version: u32,
+    /// Why.
     pub reason: AttentionReason,
 }
 
 impl Keywarden {
+    /// Where the seal stands: unsealed only when open for key operations.
     pub fn phase(&self) -> crate::seal::Phase {
         self.seal.phase()
     }
+    /// Everything Status reports, read now. Never fails: an unhealthy HSM
+    /// is reported in `hsm_health`.
     pub fn status(&self) -> Status {
         let hsm_health = self.hsm.health();
         let t = self.table();

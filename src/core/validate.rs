@@ -5,14 +5,22 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::error::{CoreError, CoreResult};
 
+/// The longest key name, in bytes.
 pub const MAX_KEY_NAME: usize = 128;
+/// The longest key description, in bytes.
 pub const MAX_DESCRIPTION: usize = 1024;
+/// The most pairs an encryption context may hold.
 pub const MAX_CONTEXT_PAIRS: usize = 64;
+/// The longest encryption-context key, in bytes.
 pub const MAX_CONTEXT_KEY: usize = 256;
+/// The longest encryption-context value, in bytes.
 pub const MAX_CONTEXT_VALUE: usize = 1024;
+/// The most bytes an encryption context may hold, keys and values
+/// together.
 pub const MAX_CONTEXT_TOTAL: usize = 8 * 1024;
 /// The longest blob of any format version (a 4096-byte payload).
 pub const MAX_BLOB: usize = super::blob::BLOB_MAX;
+/// The most items one batched request may carry.
 pub const MAX_BATCH: usize = 1024;
 /// The largest Encrypt plaintext and the largest MAC input.
 pub const MAX_PAYLOAD: usize = super::blob::MAX_PAYLOAD;
@@ -51,6 +59,8 @@ pub fn key_name(field: &'static str, name: &str) -> CoreResult<()> {
     Ok(())
 }
 
+/// A key description: printable text of at most [`MAX_DESCRIPTION`]
+/// bytes (empty allowed).
 pub fn description(d: &str) -> CoreResult<()> {
     text("description", d, MAX_DESCRIPTION)
 }
@@ -172,6 +182,8 @@ pub fn check_context(ctx: &HashMap<String, String>) -> CoreResult<()> {
     Ok(())
 }
 
+/// A ciphertext blob's length: at most [`MAX_BLOB`] bytes (its format is
+/// checked when it is decoded).
 pub fn blob_size(len: usize) -> CoreResult<()> {
     if len > MAX_BLOB {
         return Err(CoreError::invalid(
@@ -193,6 +205,7 @@ pub fn payload(field: &'static str, len: usize) -> CoreResult<()> {
     Ok(())
 }
 
+/// A batch's item count: 1 to [`MAX_BATCH`].
 pub fn batch_size(n: usize) -> CoreResult<()> {
     if n == 0 {
         return Err(CoreError::invalid("requests", "must not be empty"));

@@ -20,13 +20,29 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rollback {
     /// The registry has history but the HSM holds no generation counter.
-    CounterMissing { registry: u64 },
+    CounterMissing {
+        /// The registry's generation.
+        registry: u64,
+    },
     /// The HSM counter has seen a later generation.
-    OlderThanCounter { registry: u64, counter: u64 },
+    OlderThanCounter {
+        /// The registry's generation.
+        registry: u64,
+        /// The generation the HSM counter holds.
+        counter: u64,
+    },
     /// The audit log has recorded a later generation.
-    OlderThanAudit { registry: u64, audit: u64 },
+    OlderThanAudit {
+        /// The registry's generation.
+        registry: u64,
+        /// The highest generation the audit log recorded.
+        audit: u64,
+    },
     /// The registry has history the audit log never recorded.
-    AuditHasNoHistory { registry: u64 },
+    AuditHasNoHistory {
+        /// The registry's generation.
+        registry: u64,
+    },
 }
 
 impl std::fmt::Display for Rollback {

@@ -35,7 +35,8 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
-    /// The name used in the registry, key metadata and requests.
+    /// The kind's name (`aes`, `hmac`), as requests, key metadata and
+    /// the registry spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             KeyKind::Aes => "aes",
@@ -208,9 +209,10 @@ pub enum HsmError {
     Unexpected(String),
     /// The token refused a PIN (`role` is "user" or "so").
     #[error("the token refused the {role} PIN")]
-    PinIncorrect { 
+    PinIncorrect {
         /// Which PIN: "user" or "so".
-        role: &'static str },
+        role: &'static str,
+    },
     /// The daemon is not logged in to the token (sealed).
     #[error("not logged in to the token")]
     NotLoggedIn,

@@ -192,9 +192,10 @@ pub enum Action<'a> {
         context: &'a BTreeMap<String, String>,
     },
     /// A MAC operation (generate or verify) on the hmac key `key`.
-    Mac { 
+    Mac {
         /// The key's name.
-        key: &'a str },
+        key: &'a str,
+    },
     /// Key lifecycle: create, rotate, disable, destroy...
     KeyAdmin,
     /// List and describe keys.
@@ -212,9 +213,10 @@ pub enum Action<'a> {
     /// Compute the audit log's HMAC of context values (auditors).
     AuditHash,
     /// Grant oneself emergency access to `key`.
-    BreakGlass { 
+    BreakGlass {
         /// The key's name.
-        key: &'a str },
+        key: &'a str,
+    },
     /// No authorization (Ping).
     Public,
 }
@@ -307,78 +309,90 @@ pub enum PolicyError {
     },
     /// Two principals have this name.
     #[error("principal {principal:?} is defined twice")]
-    Duplicate { 
+    Duplicate {
         /// The principal's name.
-        principal: String },
+        principal: String,
+    },
     /// A principal has no roles.
     #[error("principal {principal:?} has no roles")]
-    NoRoles { 
+    NoRoles {
         /// The principal's name.
-        principal: String },
+        principal: String,
+    },
     /// A principal matches nobody (no users, uids, groups, gids or
     /// `everyone`).
     #[error("principal {principal:?} names no users, uids, groups or gids (or everyone = true)")]
-    NoMembers { 
+    NoMembers {
         /// The principal's name.
-        principal: String },
+        principal: String,
+    },
     /// `everyone = true` beside users, uids, groups or gids.
     #[error("principal {principal:?}: everyone = true cannot be combined with users or groups")]
-    EveryoneWithMembers { 
+    EveryoneWithMembers {
         /// The principal's name.
-        principal: String },
+        principal: String,
+    },
     /// `exe` is not an absolute path.
     #[error("principal {principal:?}: exe {exe:?} must be an absolute path")]
-    RelativeExe { 
+    RelativeExe {
         /// The principal's name.
-        principal: String, 
+        principal: String,
         /// The `exe` given.
-        exe: String },
+        exe: String,
+    },
     /// The app or mac role without `keys`.
     #[error("principal {principal:?} has the app or mac role but no keys")]
-    AppWithoutKeys { 
+    AppWithoutKeys {
         /// The principal's name.
-        principal: String },
+        principal: String,
+    },
     /// `keys` without the app or mac role, or `require_context` without the
     /// app role.
     #[error("principal {principal:?}: keys apply to the app and mac roles only, require_context to the app role only")]
-    KeysWithoutApp { 
+    KeysWithoutApp {
         /// The principal's name.
-        principal: String },
+        principal: String,
+    },
     /// `break_glass` without the admin role.
     #[error("principal {principal:?}: break_glass is for admins only")]
-    BreakGlassNotAdmin { 
+    BreakGlassNotAdmin {
         /// The principal's name.
-        principal: String },
+        principal: String,
+    },
     /// `break_glass` without `break_glass_keys`.
     #[error("principal {principal:?}: break_glass needs break_glass_keys")]
-    BreakGlassWithoutKeys { 
+    BreakGlassWithoutKeys {
         /// The principal's name.
-        principal: String },
+        principal: String,
+    },
     /// An empty entry in `require_context`.
     #[error("principal {principal:?}: require_context has an empty key")]
-    EmptyContextKey { 
+    EmptyContextKey {
         /// The principal's name.
-        principal: String },
+        principal: String,
+    },
     /// No such user on this host.
     #[error("unknown user {0:?}")]
     UnknownUser(String),
     /// The user database could not be read.
     #[error("looking up user {user:?}: {source}")]
-    UserLookup { 
+    UserLookup {
         /// The user's name.
-        user: String, 
+        user: String,
         /// What the lookup failed with.
-        source: nix::Error },
+        source: nix::Error,
+    },
     /// No such group on this host.
     #[error("unknown group {0:?}")]
     UnknownGroup(String),
     /// The group database could not be read.
     #[error("looking up group {group:?}: {source}")]
-    GroupLookup { 
+    GroupLookup {
         /// The group's name.
-        group: String, 
+        group: String,
         /// What the lookup failed with.
-        source: nix::Error },
+        source: nix::Error,
+    },
     /// A key pattern is empty or longer than 128 characters.
     #[error("key pattern {0:?} must be 1 to 128 characters")]
     PatternLength(String),
@@ -396,21 +410,23 @@ pub enum UntrustedReason {
     #[error(
         "is owned by uid {owner}: it must belong to root or to the daemon's user (uid {daemon})"
     )]
-    Owner { 
+    Owner {
         /// The file's owner.
-        owner: u32, 
+        owner: u32,
         /// The daemon's effective uid.
-        daemon: u32 },
+        daemon: u32,
+    },
     /// Writable by its group or by every user.
     #[error(
         "is writable by {} (mode {mode:o}): chmod go-w it",
         if *by_everyone { "every user" } else { "its group" }
     )]
-    Writable { 
+    Writable {
         /// Writable by every user, not only by its group.
-        by_everyone: bool, 
+        by_everyone: bool,
         /// The file's mode (`& 0o7777`).
-        mode: u32 },
+        mode: u32,
+    },
 }
 
 impl PolicyError {

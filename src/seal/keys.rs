@@ -9,6 +9,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::secret::{Pin, RandomError};
 
+/// Length of the unseal key in bytes (256 bits).
 pub const UNSEAL_KEY_LEN: usize = 32;
 
 const LABEL_USER_PIN: &[u8] = b"keywarden/v1/token-user-pin";
@@ -25,12 +26,15 @@ const LABEL_BACKUP: &[u8] = b"keywarden/v1/backup-x25519";
 pub struct UnsealKey(Box<[u8; UNSEAL_KEY_LEN]>);
 
 impl UnsealKey {
+    /// A fresh key from the OS random generator.
     pub fn random() -> Result<Self, RandomError> {
         let mut key = UnsealKey(Box::new([0u8; UNSEAL_KEY_LEN]));
         getrandom::fill(&mut key.0[..]).map_err(RandomError)?;
         Ok(key)
     }
 
+    /// A key from exactly 32 bytes (a Shamir combination); `None` for any
+    /// other length.
     pub fn from_slice(bytes: &[u8]) -> Option<Self> {
         if bytes.len() != UNSEAL_KEY_LEN {
             return None;
@@ -40,7 +44,8 @@ impl UnsealKey {
         Some(key)
     }
 
-    pub fn expose(&self) -> &[u8; UNSEAL_KEY_LEN] {
+    /// The key's bytes: for the Shamir split only.
+    pub(crate) fn expose(&self) -> &[u8; UNSEAL_KEY_LEN] {
         &self.0
     }
 
@@ -76,6 +81,8 @@ impl UnsealKey {
         Sha256::digest(&raw[..]).into()
     }
 
+    /// Whether this key's check value for `set_id` is `check` (compared in
+    /// constant time).
     pub fn matches(&self, set_id: &[u8; 4], check: &[u8]) -> bool {
         self.check_value(set_id).ct_eq(check).into()
     }

@@ -35,14 +35,21 @@ use plan::{issue_shares, random_set_id, validate_plan, RekeyPlan};
 use progress::Progress;
 use rekey::Rekey;
 
+/// Where the seal stands, as Status and the metrics show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// No share set yet: init may run.
     Uninitialized,
+    /// Not open for key operations: shares are being collected, or, logged
+    /// in, the registry is still loading or the daemon is sealing.
     Sealed,
+    /// Open for key operations.
     Unsealed,
 }
 
 impl Phase {
+    /// The phase's name (`uninitialized`, `sealed`, `unsealed`), as Status
+    /// reports it.
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Uninitialized => "uninitialized",
@@ -56,9 +63,14 @@ impl Phase {
 /// recipients and custodian labels (none, or one per share each).
 #[derive(Debug, Clone, Copy)]
 pub struct ShareSpec<'a> {
+    /// N: how many shares to issue.
     pub shares: u32,
+    /// M: how many of them unseal.
     pub threshold: u32,
+    /// Custodians' age recipients (`age1...`), one per share: each share is
+    /// then encrypted to its custodian. Empty: plain share lines.
     pub recipients: &'a [String],
+    /// Custodians' labels, one per share; empty: `share-<index>`.
     pub labels: &'a [String],
 }
 
@@ -71,18 +83,23 @@ pub struct SealConfig {
     pub allow_single_share: bool,
 }
 
-/// A share handed to a custodian: the share line, or an ASCII-armored age
-/// file that only the custodian's identity opens.
 /// The new share set a rekey issues once the current shares reach their
 /// threshold.
 pub struct NewShareSet {
+    /// The new set's id (8 hex digits).
     pub set_id: String,
+    /// Its shares, one per custodian.
     pub shares: Vec<IssuedShare>,
 }
 
+/// A share handed to a custodian: the share line, or an ASCII-armored age
+/// file that only the custodian's identity opens.
 pub struct IssuedShare {
+    /// The custodian's label (`share-<index>` when none was given).
     pub label: String,
+    /// The share line, or the armored age file.
     pub share: Zeroizing<String>,
+    /// Whether `share` is an age file.
     pub encrypted: bool,
 }
 
@@ -207,9 +224,12 @@ impl Inner {
 
 /// What a backup sees of the seal while no ceremony can run.
 pub struct Quiesced<'a> {
+    /// The current seal file, if any.
     pub file: Option<&'a store::SealFile>,
     /// A rekey commit is half done (`seal.pending.json`).
     pub rekey_pending: bool,
+    /// Whether the daemon is logged in to the token (unsealed, open for keys
+    /// or not).
     pub logged_in: bool,
     /// The backup recipient a quorum verified in this process, if any.
     pub verified_recipient: Option<&'a str>,
@@ -218,29 +238,49 @@ pub struct Quiesced<'a> {
 /// Progress reported after a share is accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShareProgress {
+    /// Shares accepted so far.
     pub received: usize,
+    /// Shares needed.
     pub threshold: u8,
+    /// The set the shares are of.
     pub set_id: String,
+    /// The threshold was reached and the step it completes is done.
     pub complete: bool,
 }
 
+/// A rekey in progress, as Status shows it.
 #[derive(Debug, Clone)]
 pub struct RekeyStatus {
+    /// The rekey's id.
     pub id: String,
+    /// `collecting-old-shares` or `verifying-new-shares`.
     pub phase: &'static str,
+    /// Shares accepted in this phase.
     pub received: usize,
+    /// Shares this phase needs.
     pub threshold: u8,
+    /// The new set's id once issued; empty before.
     pub new_set_id: String,
 }
 
+/// The seal's state, as Status shows it.
 #[derive(Debug, Clone)]
 pub struct SealStatus {
+    /// Where the seal stands.
     pub phase: Phase,
+    /// The share set's id (the current file's, else the pending one's); empty
+    /// when uninitialised.
     pub set_id: String,
+    /// N of that set.
     pub shares: u8,
+    /// M of that set.
     pub threshold: u8,
+    /// Unseal shares received so far (0 unless sealed).
     pub received: usize,
+    /// The rekey in progress, if any.
     pub rekey: Option<RekeyStatus>,
+    /// A rekey commit was interrupted (`seal.pending.json`): shares of either
+    /// set unseal.
     pub interrupted_rekey: bool,
     /// Init issued shares; the first unseal changes the token's PINs.
     pub init_pending: bool,
@@ -248,6 +288,9 @@ pub struct SealStatus {
     pub tampered: Option<String>,
 }
 
+/// The seal: one state machine under one lock, over the seal files and
+/// the token's login. Ceremony events go to its audit sink once the lock is
+/// released.
 pub struct Seal {
     store: SealStore,
     config: SealConfig,
@@ -466,7 +509,6 @@ impl Seal {
         }
     }
 
-    /// Runs `f` with the keyring; fails when sealed.
     /// Runs `f` with the current seal file while no ceremony can run (a
     /// backup's snapshot: init, unseal and rekey change the seal file and
     /// the token's PINs). `f` also learns whether a rekey commit is pending
@@ -481,6 +523,7 @@ impl Seal {
         })
     }
 
+    /// Runs `f` with the keyring; fails when sealed.
     pub fn with_keyring<T>(&self, f: impl FnOnce(&Keyring) -> T) -> SealResult<T> {
         // Notes no events, so not wrapped in `audited`: the data path calls it.
         let inner = self.inner();
@@ -525,6 +568,8 @@ impl Seal {
         }
     }
 
+    /// Where the seal stands, with any ceremony's progress (an expired
+    /// ceremony is ended first).
     pub fn status(&self) -> SealStatus {
         self.audited(|| -> SealStatus {
             let mut inner = self.inner();

@@ -10,7 +10,9 @@ use super::share::{self, ShareError};
 
 /// The share set the quorum must be of.
 pub struct SetSpec<'a> {
+    /// The set's id.
     pub set_id: [u8; 4],
+    /// The set's threshold.
     pub threshold: u8,
     /// The seal's check value: the rebuilt key must match it.
     pub check: &'a [u8],
@@ -21,22 +23,55 @@ pub struct SetSpec<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum QuorumError {
+    /// A share does not parse.
     #[error("share {share}: {error}")]
-    BadShare { share: usize, error: ShareError },
+    BadShare {
+        /// Which share.
+        share: usize,
+        /// Why.
+        error: ShareError,
+    },
+    /// A share is of another set.
     #[error("share {share}: it belongs to set {got}, but set {want} is needed (shares of another set, or of another deployment)")]
     WrongSet {
+        /// Which share.
         share: usize,
+        /// Its set.
         got: String,
+        /// The set needed.
         want: String,
     },
+    /// A share names another threshold than the set's.
     #[error("share {share}: threshold {got} where the set's is {want}")]
-    WrongThreshold { share: usize, got: u8, want: u8 },
+    WrongThreshold {
+        /// Which share.
+        share: usize,
+        /// Its threshold.
+        got: u8,
+        /// The set's.
+        want: u8,
+    },
+    /// Two shares have the same index.
     #[error("share {share}: share number {index} was given twice")]
-    Duplicate { share: usize, index: u8 },
+    Duplicate {
+        /// The second of them.
+        share: usize,
+        /// The index.
+        index: u8,
+    },
+    /// Fewer shares than the threshold.
     #[error("shares: {got} given; the set needs {need}")]
-    TooFew { got: usize, need: u8 },
+    TooFew {
+        /// Shares given (blank ones not counted).
+        got: usize,
+        /// The threshold.
+        need: u8,
+    },
+    /// The shares could not be combined.
     #[error("shares: {0}")]
     Combine(ShamirError),
+    /// The rebuilt key does not match the set's check value: a wrong or
+    /// altered share.
     #[error("shares: they do not reconstruct the set's unseal key (a wrong or altered share)")]
     Mismatch,
 }

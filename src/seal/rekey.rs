@@ -78,6 +78,7 @@ impl Seal {
             Ok((id, old_threshold))
         })
     }
+    /// Cancels the rekey in progress; the current set stays in force.
     pub fn rekey_cancel(&self) -> SealResult<()> {
         self.audited(|| -> SealResult<()> {
             let mut inner = self.inner();

@@ -10,21 +10,28 @@ use super::keys::{UnsealKey, UNSEAL_KEY_LEN};
 
 /// One share's y-values (32 bytes), zeroized on drop.
 pub struct ShareBytes {
+    /// The share's index: its x-coordinate, 1 to N.
     pub index: u8,
+    /// Its y-values, one per byte of the key.
     pub value: Zeroizing<[u8; UNSEAL_KEY_LEN]>,
 }
 
-/// A deterministic random bit generator seeded from the OS: SHA-256 over
-/// (seed, counter). `vsss-rs` needs an infallible `CryptoRng`; drawing the
-/// seed up front keeps the only fallible step where it can be reported.
 /// What splitting or combining can fail with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ShamirError {
+    /// Not `1 <= m <= n`.
     #[error("invalid threshold {m} of {n}")]
-    Threshold { m: u8, n: u8 },
+    Threshold {
+        /// The threshold.
+        m: u8,
+        /// The number of shares.
+        n: u8,
+    },
+    /// The OS random generator failed.
     #[error("OS random generator: {0}")]
     Random(String),
+    /// Nothing to combine.
     #[error("no shares")]
     NoShares,
     /// The arithmetic library refused (its message), or produced a share
@@ -33,6 +40,9 @@ pub enum ShamirError {
     Arithmetic(String),
 }
 
+/// A deterministic random bit generator seeded from the OS: SHA-256 over
+/// (seed, counter). `vsss-rs` needs an infallible `CryptoRng`; drawing the
+/// seed up front keeps the only fallible step where it can be reported.
 struct SeededRng {
     seed: Zeroizing<[u8; 32]>,
     counter: u64,

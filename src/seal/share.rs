@@ -16,19 +16,26 @@ use zeroize::Zeroizing;
 use super::keys::UNSEAL_KEY_LEN;
 use super::shamir::ShareBytes;
 
+/// What every share line starts with (any case).
 pub const PREFIX: &str = "KWS1";
 
 /// A parsed share line.
 pub struct Share {
+    /// The share set's id.
     pub set_id: [u8; 4],
+    /// The set's threshold.
     pub threshold: u8,
+    /// The share itself.
     pub bytes: ShareBytes,
 }
 
+/// Why a share line was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ShareError {
+    /// Not the share format; the message says which part.
     #[error("not a Keywarden share: {0}")]
     Format(String),
+    /// The checksum does not match: a character is mistyped.
     #[error("checksum mismatch: a character of the share is mistyped; nothing was submitted")]
     Checksum,
 }

@@ -19,19 +19,35 @@ use super::keys::UnsealKey;
 pub enum StoreError {
     /// Reading or writing a file failed.
     #[error("{path}: {reason}")]
-    Io { path: PathBuf, reason: String },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
     /// The file is not valid seal JSON.
     #[error("{path}: not a seal file: {reason}")]
-    Parse { path: PathBuf, reason: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        reason: String,
+    },
     /// A field does not decode.
     #[error("seal file: malformed {field}")]
-    Malformed { field: &'static str },
+    Malformed {
+        /// The field.
+        field: &'static str,
+    },
     /// The keyring does not open under the reconstructed key.
     #[error("seal file: the keyring does not open (altered file?)")]
     KeyringSealed,
     /// A format this build does not accept.
     #[error("seal.json is format {found} (this build writes and accepts only format {SEAL_FORMAT}, which is authenticated)")]
-    Format { found: u32 },
+    Format {
+        /// The file's format.
+        found: u32,
+    },
     /// The MAC does not verify: the file was edited.
     #[error("seal.json does not verify under the reconstructed unseal key: it was edited by hand; restore it from a backup")]
     Mac,
@@ -77,6 +93,7 @@ pub struct Keyring {
 }
 
 impl Keyring {
+    /// A fresh keyring from the OS random generator.
     pub fn random() -> Result<Self, StoreError> {
         let mut r = Zeroizing::new([0u8; 32]);
         let mut a = Zeroizing::new([0u8; 32]);
@@ -110,18 +127,25 @@ impl Keyring {
     }
 }
 
+/// A seal file (`seal.json`, or `seal.pending.json` during a rekey
+/// commit). Nothing in it is secret: the keyring is sealed under a key
+/// derived from the unseal key, and `mac` covers every other field.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SealFile {
+    /// The file's format ([`SEAL_FORMAT`]).
     pub format: u32,
     /// 8 hex digits.
     pub set_id: String,
+    /// N: shares in the set.
     pub shares: u8,
+    /// M: shares that unseal.
     pub threshold: u8,
     /// Hex of the check value.
     pub check: String,
     /// Hex of the 12-byte nonce followed by the AES-256-GCM ciphertext and tag.
     pub keyring: String,
+    /// When the set was made (Unix seconds).
     pub created_at: i64,
     /// Init issued the shares but the token still has its provisioning
     /// PINs: they change at the first unseal, once a quorum of the new
@@ -161,6 +185,8 @@ pub struct RestoreWindow {
 }
 
 impl SealFile {
+    /// A file for the set `set_id` of `key`: its check value, `keyring`
+    /// sealed under `key`, the backup recipient, and the MAC.
     pub fn new(
         key: &UnsealKey,
         set_id: [u8; 4],
@@ -249,6 +275,7 @@ impl SealFile {
         }
     }
 
+    /// The set id's 4 bytes.
     pub fn set_id(&self) -> Result<[u8; 4], StoreError> {
         hex::decode(&self.set_id)
             .ok()
@@ -256,6 +283,7 @@ impl SealFile {
             .ok_or(StoreError::Malformed { field: "set_id" })
     }
 
+    /// The check value's bytes.
     pub fn check(&self) -> Result<Vec<u8>, StoreError> {
         hex::decode(&self.check).map_err(|_| StoreError::Malformed { field: "check" })
     }
@@ -340,7 +368,9 @@ pub trait SharedSeal: Send + Sync {
 /// What [`SharedSeal::load`] finds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SharedFiles {
+    /// `seal.json`'s counterpart.
     pub current: Option<SealFile>,
+    /// `seal.pending.json`'s counterpart (a rekey commit in progress).
     pub pending: Option<SealFile>,
 }
 
@@ -352,6 +382,7 @@ pub struct SealStore {
 }
 
 impl SealStore {
+    /// The seal files in `dir`, on one host (see [`SealStore::with_shared`]).
     pub fn new(dir: &Path) -> Self {
         SealStore {
             dir: dir.to_path_buf(),
@@ -426,6 +457,7 @@ impl SealStore {
         self.shared.as_ref().map(|s| s.lock()).transpose()
     }
 
+    /// `seal.json` in the state directory.
     pub fn current_path(&self) -> PathBuf {
         self.dir.join("seal.json")
     }
@@ -462,10 +494,12 @@ impl SealStore {
         })
     }
 
+    /// `seal.json` from the state directory; `None` if there is none.
     pub fn load(&self) -> Result<Option<SealFile>, StoreError> {
         Self::load_path(&self.current_path())
     }
 
+    /// `seal.pending.json` from the state directory; `None` if there is none.
     pub fn load_pending(&self) -> Result<Option<SealFile>, StoreError> {
         Self::load_path(&self.pending_path())
     }
@@ -501,6 +535,8 @@ impl SealStore {
         self.write_atomic(&self.current_path(), file)
     }
 
+    /// Writes the pending file (before a rekey changes the token's PINs): to
+    /// the shared copy first, then the state directory.
     pub fn save_pending(&self, file: &SealFile) -> Result<(), StoreError> {
         if let Some(shared) = &self.shared {
             shared.save_pending(file)?;
@@ -543,6 +579,7 @@ impl SealStore {
         }
     }
 
+    /// Deletes `seal.json` from the state directory (not the shared copy).
     pub fn remove(&self) -> Result<(), StoreError> {
         let path = self.current_path();
         std::fs::remove_file(&path).map_err(io(&path))

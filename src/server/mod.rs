@@ -128,7 +128,7 @@ async fn shutdown_signal(
 }
 
 /// Runs the daemon until SIGTERM or SIGINT: its parts built in order
-/// ([`build`]), the gRPC front end served over the gate, then a graceful
+/// (`build.rs`), the gRPC front end served over the gate, then a graceful
 /// stop.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     check_privileges(&config)?;

@@ -38,11 +38,14 @@ use crate::sync::Recover;
 /// PostgreSQL migrations table counts its own steps).
 pub(crate) const SCHEMA_VERSION: &str = "2";
 
+/// Why the registry or its store refused or failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegistryError {
+    /// A new record's name is taken; the name.
     #[error("key {0:?} already exists")]
     AlreadyExists(String),
+    /// An SQLite statement failed.
     #[error("registry database: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// A PostgreSQL statement failed (the server answered).
@@ -54,7 +57,15 @@ pub enum RegistryError {
     Unreachable(String),
     /// Another node changed the registry since this one last loaded it.
     #[error("the registry is at generation {found}, this node wrote on top of {expected}")]
-    Stale { expected: u64, found: u64 },
+    Stale {
+        /// The generation the write built on.
+        expected: u64,
+        /// The generation the store is at.
+        found: u64,
+    },
+    /// The stored bytes or the registry's state forbid the operation (a
+    /// manifest that does not verify, a generation at its maximum, a
+    /// malformed row).
     #[error("registry is corrupt: {0}")]
     Corrupt(String),
 }
@@ -71,29 +82,43 @@ struct Manifest {
 /// One key's row as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawRow {
+    /// The key id (16 bytes, unchecked here).
     pub id: Vec<u8>,
+    /// The key's name.
     pub name: String,
+    /// The [`KeyRecord`] as JSON.
     pub record: String,
+    /// The generation it was written at.
     pub gen: u64,
+    /// The record's HMAC-SHA256 over its generation and JSON, hex.
     pub mac: String,
 }
 
 /// One intent row as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawIntent {
+    /// The `CKA_ID` of the HSM object about to be created (16 bytes,
+    /// unchecked here).
     pub hsm_id: Vec<u8>,
+    /// Its label (`keywarden:NAME/vN`).
     pub label: String,
+    /// The HMAC-SHA256 over the id and label, hex.
     pub mac: String,
 }
 
 /// Everything a store holds, read in one consistent snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawState {
+    /// The generation the store claims (0 for a new store).
     pub generation: u64,
+    /// The manifest as JSON; `None` before the first write.
     pub manifest: Option<String>,
+    /// The manifest's HMAC at `generation`, hex; `None` before the first
+    /// write.
     pub manifest_mac: Option<String>,
     /// Ordered by name.
     pub rows: Vec<RawRow>,
+    /// Every intent row.
     pub intents: Vec<RawIntent>,
 }
 
@@ -103,19 +128,30 @@ pub struct RawState {
 /// the store is still at `prev_gen`.
 #[derive(Debug)]
 pub struct Commit<'a> {
+    /// The generation the write builds on.
     pub prev_gen: u64,
+    /// The generation it writes (above `prev_gen`).
     pub gen: u64,
+    /// The records written at `gen`.
     pub rows: &'a [RowWrite<'a>],
+    /// The new manifest, as JSON.
     pub manifest: &'a str,
+    /// The manifest's HMAC at `gen`, hex.
     pub manifest_mac: &'a str,
 }
 
+/// One record in a [`Commit`].
 #[derive(Debug)]
 pub struct RowWrite<'a> {
+    /// The key id.
     pub id: &'a [u8; 16],
+    /// The key's name.
     pub name: &'a str,
+    /// The [`KeyRecord`] as JSON.
     pub record: &'a str,
+    /// The record's HMAC at the commit's generation, hex.
     pub mac: &'a str,
+    /// How the row is written.
     pub kind: RowKind,
 }
 
@@ -146,7 +182,9 @@ pub trait RegistryStore: Send {
     /// [`RegistryError::Stale`] (another writer came first) or
     /// [`RegistryError::AlreadyExists`] (a new record's name is taken).
     fn commit(&mut self, c: &Commit<'_>) -> Result<(), RegistryError>;
+    /// Stores an intent row (replacing one for the same HSM id).
     fn put_intent(&mut self, i: &RawIntent) -> Result<(), RegistryError>;
+    /// Removes the intent row for `hsm_id`, if there is one.
     fn clear_intent(&mut self, hsm_id: &[u8; 16]) -> Result<(), RegistryError>;
     /// Every intent row (verified or not).
     fn intents(&mut self) -> Result<Vec<RawIntent>, RegistryError>;
@@ -162,6 +200,7 @@ pub trait RegistryStore: Send {
 pub struct Loaded {
     /// Records whose integrity holds.
     pub keys: Vec<KeyRecord>,
+    /// The generation the store claims, checked against the HSM counter.
     pub generation: u64,
     /// (key name or id, what is wrong): refused until repaired.
     pub tampered: Vec<(String, String)>,
@@ -169,6 +208,8 @@ pub struct Loaded {
     pub global: Option<String>,
 }
 
+/// The registry: a [`RegistryStore`] with the integrity checks over it,
+/// and the manifest and generation this process last verified or wrote.
 pub struct Registry {
     store: Mutex<Box<dyn RegistryStore>>,
     /// The manifest and generation as last verified or written.
@@ -233,6 +274,8 @@ impl Registry {
         Ok(Self::with_store(Box::new(sqlite::SqliteStore::open(path)?)))
     }
 
+    /// A registry over `store` (nothing is read until
+    /// [`Registry::load_verified`]).
     pub fn with_store(store: Box<dyn RegistryStore>) -> Self {
         Registry {
             store: Mutex::new(store),
@@ -248,6 +291,7 @@ impl Registry {
         self.state.locked()
     }
 
+    /// The store's kind: `"sqlite"` or `"postgresql"`.
     pub fn kind(&self) -> &'static str {
         self.store().kind()
     }
@@ -348,6 +392,7 @@ impl Registry {
         })
     }
 
+    /// Removes the intent for `hsm_id`, once the record names the object.
     pub fn clear_intent(&self, hsm_id: &[u8; 16]) -> Result<(), RegistryError> {
         self.store().clear_intent(hsm_id)
     }

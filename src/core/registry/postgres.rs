@@ -108,38 +108,69 @@ fn is_local(host: &postgres::config::Host) -> bool {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TargetError {
+    /// `registry.url` is neither a URL nor a key=value connection string.
     #[error("registry.url does not parse: {0}")]
     Url(#[source] postgres::Error),
+    /// `registry.url` holds a password: config text is not for secrets.
     #[error("registry.url: holds a password; put it in registry.password_file (or the systemd credential registry-password) instead")]
     Password,
+    /// `registry.url` names no host.
     #[error("registry.url: names no host (give host= or a URL with one)")]
     NoHost,
+    /// `sslmode=disable` with `registry.ca_file` set.
     #[error(
         "registry.url: sslmode=disable contradicts registry.ca_file (which asks for TLS); drop one"
     )]
     TlsDisabled,
+    /// `registry.ca_file` set with a Unix-socket host, where PostgreSQL
+    /// speaks no TLS.
     #[error("registry.ca_file: TLS is for TCP hosts, and {host} is a Unix socket (PostgreSQL speaks no TLS there); drop registry.ca_file or give a TCP host")]
-    TlsOnSocket { host: String },
+    TlsOnSocket {
+        /// The socket host.
+        host: String,
+    },
+    /// `sslmode=require` without `registry.ca_file`: TLS that would trust
+    /// any server.
     #[error("registry.url: sslmode=require needs registry.ca_file, the CA that signed the server's certificate (TLS without it would trust any server)")]
     TlsWithoutCa,
+    /// A host off this machine without `registry.ca_file`: the leases and
+    /// key records would cross the network unauthenticated.
     #[error("registry.url: host {host} is off this machine and registry.ca_file is not set: a node's leases and the key records would cross the network unauthenticated; set registry.ca_file (TLS), or reach the database on a Unix socket or loopback")]
-    RemoteHost { host: String },
+    RemoteHost {
+        /// The first such host.
+        host: String,
+    },
+    /// A non-loopback `hostaddr` without `registry.ca_file`.
     #[error("registry.url: hostaddr {addr} is off this machine and registry.ca_file is not set; set registry.ca_file (TLS)")]
-    RemoteAddr { addr: std::net::IpAddr },
+    RemoteAddr {
+        /// The first such address.
+        addr: std::net::IpAddr,
+    },
+    /// `registry.ca_file` cannot be read.
     #[error("registry.ca_file: {}: {source}", path.display())]
     CaFile {
+        /// The file.
         path: std::path::PathBuf,
+        /// Why it cannot be read.
         #[source]
         source: std::io::Error,
     },
+    /// `registry.ca_file` is not PEM certificates.
     #[error("registry.ca_file: {}: not PEM certificates: {source}", path.display())]
     NotPem {
+        /// The file.
         path: std::path::PathBuf,
+        /// What OpenSSL made of it.
         #[source]
         source: openssl::error::ErrorStack,
     },
+    /// `registry.ca_file` parses but holds no certificate.
     #[error("registry.ca_file: {}: holds no certificate", path.display())]
-    NoCertificate { path: std::path::PathBuf },
+    NoCertificate {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// The TLS client could not be set up.
     #[error("registry.ca_file: TLS setup: {0}")]
     Tls(#[source] openssl::error::ErrorStack),
 }
@@ -327,6 +358,8 @@ pub fn pg_err(e: postgres::Error) -> RegistryError {
     }
 }
 
+/// The PostgreSQL [`RegistryStore`]: one connection, made again when it
+/// is found lost.
 pub struct PgStore {
     target: PgTarget,
     client: Option<Client>,

@@ -23,6 +23,8 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEX
          mac TEXT NOT NULL
      );";
 
+/// The embedded SQLite [`RegistryStore`]: one database file in the state
+/// directory, for a daemon on one host.
 pub struct SqliteStore {
     conn: Connection,
 }
@@ -46,6 +48,10 @@ fn set_meta(conn: &Connection, k: &str, v: &str) -> Result<(), RegistryError> {
 }
 
 impl SqliteStore {
+    /// Opens the database at `path`, creating it and its schema if needed
+    /// (WAL, full sync, untrusted schema). Fails with
+    /// [`RegistryError::Corrupt`] on a schema version this build does not
+    /// know.
     pub fn open(path: &Path) -> Result<Self, RegistryError> {
         let conn = Connection::open(path)?;
         // Functions with side effects are not callable from the schema
