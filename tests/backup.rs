@@ -376,15 +376,17 @@ async fn a_backup_under_load_restores_every_data_key_returned_before_it_began() 
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let before = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let made = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for t in 0..16 {
         let socket = d.socket();
-        let (stop, before) = (stop.clone(), before.clone());
+        let (stop, before, made) = (stop.clone(), before.clone(), made.clone());
         tasks.push(tokio::spawn(async move {
             let mut c = keywarden_client::Client::connect(&socket).await.unwrap();
             let mut kept = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Acquire) {
                 let g = generate(&mut c, &format!("k{}", t % 4), &[("case", "1")]).await;
+                made.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 // Only answers that arrived before the backup was asked for.
                 if before.load(std::sync::atomic::Ordering::Acquire) {
                     kept.push((g.ciphertext_blob, g.plaintext));
@@ -393,7 +395,14 @@ async fn a_backup_under_load_restores_every_data_key_returned_before_it_began() 
             kept
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let made = || made.load(std::sync::atomic::Ordering::Acquire);
+    let under_load = std::time::Duration::from_secs(30);
+    wait_until(
+        "the 16 clients to make 64 data keys",
+        under_load,
+        async || made() >= 64,
+    )
+    .await;
     before.store(false, std::sync::atomic::Ordering::Release);
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("b.kwb");
@@ -409,7 +418,14 @@ async fn a_backup_under_load_restores_every_data_key_returned_before_it_began() 
     .await
     .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The load goes on after the backup returned.
+    let after = made() + 16;
+    wait_until(
+        "16 more data keys after the backup",
+        under_load,
+        async || made() >= after,
+    )
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Release);
     let mut kept = Vec::new();
     for t in tasks {

@@ -6,172 +6,17 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+/// PostgreSQL, the nodes, and what the tests watch them with.
+#[path = "cluster/fixtures.rs"]
+mod fixtures;
+
 use std::time::{Duration, Instant};
 
 use common::*;
+use fixtures::*;
 use keywarden::proto;
 use keywarden_client::Client;
-
-/// The binary's own PostgreSQL launcher (`keywarden dev --postgres`),
-/// compiled into this test too: it needs nothing from the binary.
-#[path = "../src/bin/keywarden/devpg.rs"]
-#[allow(dead_code)]
-mod devpg;
 use tonic::Code;
-
-/// A PostgreSQL server of its own, stopped and removed on drop.
-struct Postgres(devpg::Postgres);
-
-impl Postgres {
-    fn start() -> Postgres {
-        Postgres(devpg::Postgres::start().unwrap())
-    }
-    fn up(&self) {
-        self.0.up().unwrap()
-    }
-    fn down(&self) {
-        self.0.down().unwrap()
-    }
-    fn url(&self) -> String {
-        self.0.url()
-    }
-    fn psql(&self, sql: &str) -> String {
-        self.0.psql(sql).unwrap()
-    }
-    fn run(&self, bin: &str, args: &[&str]) -> String {
-        let bin = devpg::pg_bin(bin).unwrap();
-        self.0.run(&bin, args).unwrap()
-    }
-    fn sockets(&self) -> PathBuf {
-        self.0.sockets().to_path_buf()
-    }
-}
-
-/// Three nodes: the first initialises the seal; the others join it (its
-/// token, a copy of its seal) and are unsealed with the same share.
-async fn cluster(pg: &Postgres, extra: &[&str]) -> Vec<Daemon> {
-    let url = pg.url();
-    let mut args = vec!["--registry-url", &url, "--node-id", "n1"];
-    args.extend_from_slice(extra);
-    let first = Daemon::builder().args(&args).start().await;
-    let mut nodes = vec![first];
-    for id in ["n2", "n3"] {
-        let dir = nodes[0].dir.display().to_string();
-        let mut args = vec!["--registry-url", &url, "--node-id", id, "--join", &dir];
-        args.extend_from_slice(extra);
-        let mut d = Daemon::builder().args(&args).sealed().start().await;
-        d.dev_share = nodes[0].dev_share.clone();
-        let mut c = d.client().await;
-        d.unseal_dev(&mut c).await;
-        d.wait_phase("unsealed").await;
-        nodes.push(d);
-    }
-    for d in &nodes {
-        wait_serving(d).await;
-    }
-    nodes
-}
-
-/// Until the node answers a key call with anything but UNAVAILABLE (it
-/// has its first lease).
-async fn wait_serving(d: &Daemon) {
-    let mut c = d.client().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = c.keys.list_keys(proto::ListKeysRequest {}).await;
-        match r {
-            Ok(_) => return,
-            Err(s) if s.code() == Code::Unavailable && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(s) => panic!("node never served: {s:?}\n{}", d.log()),
-        }
-    }
-}
-
-/// `--dir D` for each node's audit directory, as CLI arguments.
-fn audit_dirs(nodes: &[Daemon]) -> Vec<String> {
-    nodes
-        .iter()
-        .flat_map(|d| ["--dir".to_string(), d.audit_dir().display().to_string()])
-        .collect()
-}
-
-/// A loop of Decrypt calls on one node; each call's start time and
-/// outcome are kept.
-type Calls = Arc<Mutex<Vec<(Instant, Result<(), Code>)>>>;
-
-fn hammer(
-    d: &Daemon,
-    blob: Vec<u8>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> (Calls, tokio::task::JoinHandle<()>) {
-    let calls: Calls = Default::default();
-    let socket = d.socket();
-    let out = calls.clone();
-    let h = tokio::spawn(async move {
-        let mut c = Client::connect(&socket).await.unwrap();
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let t = Instant::now();
-            let r = decrypt(&mut c, &blob, &[("patient", "p1")])
-                .await
-                .map(|_| ())
-                .map_err(|s| s.code());
-            out.lock().unwrap().push((t, r));
-        }
-    });
-    (calls, h)
-}
-
-/// Runs `change` on node 1 while nodes 2 and 3 decrypt in a loop; no call
-/// that started after the change returned may succeed. Returns how long
-/// the change took.
-async fn no_success_after<F, Fut>(nodes: &[Daemon], blob: &[u8], change: F) -> Duration
-where
-    F: FnOnce(Client) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let loops: Vec<_> = nodes[1..]
-        .iter()
-        .map(|d| hammer(d, blob.to_vec(), stop.clone()))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let c = nodes[0].client().await;
-    let t0 = Instant::now();
-    change(c).await;
-    let returned = Instant::now();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for (calls, h) in loops {
-        h.await.unwrap();
-        let calls = calls.lock().unwrap();
-        assert!(
-            calls.iter().any(|(t, r)| r.is_ok() && *t < t0),
-            "the loop never succeeded before the change: it checked nothing"
-        );
-        let after: Vec<_> = calls.iter().filter(|(t, _)| *t > returned).collect();
-        assert!(!after.is_empty(), "no call after the change returned");
-        assert!(
-            after.iter().all(|(_, r)| r.is_err()),
-            "{} of {} calls that started after the change returned succeeded",
-            after.iter().filter(|(_, r)| r.is_ok()).count(),
-            after.len()
-        );
-        // Refused for the key's state by a node that is serving, not
-        // because the node was unavailable.
-        assert!(
-            after
-                .iter()
-                .all(|(_, r)| *r == Err(Code::FailedPrecondition)),
-            "{:?}",
-            after.iter().map(|(_, r)| *r).collect::<Vec<_>>()
-        );
-    }
-    returned - t0
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_share_keys_and_no_node_serves_a_key_after_its_revocation_returned() {
@@ -281,19 +126,14 @@ async fn three_nodes_share_keys_and_no_node_serves_a_key_after_its_revocation_re
 
     // Each node's own signed log, every line naming its node; verified
     // together, and queried as one timeline.
-    let dirs = audit_dirs(&nodes);
-    let mut args = vec!["audit", "verify", "--allow-unsigned-tail"];
-    args.extend(dirs.iter().map(String::as_str));
-    let out = nodes[0].cli(&args, None);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let logs: Vec<_> = nodes.iter().map(Daemon::audit_dir).collect();
+    let text = audit_verify(&logs, &["--allow-unsigned-tail"])
+        .assert_ok()
+        .stdout;
     for n in ["n1", "n2", "n3"] {
         assert!(text.contains(&format!("OK: node {n} ")), "{text}");
     }
+    let dirs = audit_dirs(&nodes);
     let mut args = vec!["--output", "json", "audit", "query", "--key", "records"];
     args.extend(dirs.iter().map(String::as_str));
     let out = nodes[0].cli(&args, None);
@@ -389,24 +229,16 @@ async fn tampering_or_an_old_snapshot_in_postgresql_is_refused_on_every_node() {
     restore_registry(&pg, &dump);
     for d in &nodes {
         let mut c = d.client().await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let r = c.keys.list_keys(proto::ListKeysRequest {}).await;
-            match r {
-                Err(s) if s.code() == Code::DataLoss => {
-                    assert!(s.message().contains("older copy"), "{}", s.message());
-                    break;
-                }
-                other => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "the old snapshot was not refused: {:?}",
-                        other.map(|r| r.into_inner().keys.len())
-                    );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
+        let s = wait_for(
+            "the node to refuse the old snapshot",
+            Duration::from_secs(10),
+            async || match c.keys.list_keys(proto::ListKeysRequest {}).await {
+                Err(s) if s.code() == Code::DataLoss => Ok(s),
+                other => Err(format!("{:?}", other.map(|r| r.into_inner().keys.len()))),
+            },
+        )
+        .await;
+        assert!(s.message().contains("older copy"), "{}", s.message());
     }
 }
 
@@ -418,16 +250,21 @@ async fn a_lost_database_or_a_frozen_node_stops_serving_and_service_comes_back()
     create_key(&mut c1, "k").await;
     let g = generate(&mut c1, "k", &[]).await;
 
-    // PostgreSQL stopped: within a lease every node refuses, UNAVAILABLE.
+    // PostgreSQL stopped: within a lease (3 s) every node refuses,
+    // UNAVAILABLE. Each is asked until it refuses.
     pg.down();
-    tokio::time::sleep(Duration::from_secs(4)).await;
     for d in &nodes {
         let mut c = d.client().await;
-        assert_status(
-            decrypt(&mut c, &g.ciphertext_blob, &[]).await,
-            Code::Unavailable,
-            "cannot confirm",
-        );
+        let refused = wait_for(
+            "the node to refuse once its lease ran out (database down)",
+            Duration::from_secs(10),
+            async || match decrypt(&mut c, &g.ciphertext_blob, &[]).await {
+                Ok(_) => Err("it still serves".into()),
+                Err(s) => Ok(s),
+            },
+        )
+        .await;
+        assert_status(Err::<(), _>(refused), Code::Unavailable, "cannot confirm");
     }
     // Back: every node serves again by itself.
     pg.up();
@@ -480,45 +317,6 @@ async fn a_lost_database_or_a_frozen_node_stops_serving_and_service_comes_back()
     decrypt(&mut c2, &g.ciphertext_blob, &[]).await.unwrap();
 }
 
-/// pg_dump of the registry's tables (not `nodes`) into `file`.
-fn dump_registry(pg: &Postgres, file: &std::path::Path) {
-    let sockets = pg.sockets().display().to_string();
-    pg.run(
-        "pg_dump",
-        &[
-            "-h",
-            &sockets,
-            "-U",
-            "kw",
-            "-Fc",
-            "-t",
-            "meta",
-            "-t",
-            "key_records",
-            "-f",
-            file.to_str().unwrap(),
-            "postgres",
-        ],
-    );
-}
-
-fn restore_registry(pg: &Postgres, file: &std::path::Path) {
-    let sockets = pg.sockets().display().to_string();
-    pg.run(
-        "pg_restore",
-        &[
-            "-h",
-            &sockets,
-            "-U",
-            "kw",
-            "-d",
-            "postgres",
-            "--clean",
-            file.to_str().unwrap(),
-        ],
-    );
-}
-
 /// Someone who can write the database hides a disable from one node: the
 /// node is frozen while the disable commits and returns, and before it
 /// wakes the database is put back to the snapshot it had applied, so the
@@ -548,7 +346,8 @@ async fn a_database_hiding_a_disable_from_a_node_cannot_keep_it_serving() {
     nix::sys::signal::kill(pid3, nix::sys::signal::Signal::SIGCONT).unwrap();
 
     // Node 3 wakes with its lease run out, renews at the generation the
-    // database shows, and must still never serve the key.
+    // database shows, and must still never serve the key: watched for 6 s
+    // (the time is the point: a node that served would do so in it).
     let until = Instant::now() + Duration::from_secs(6);
     let mut last = None;
     while Instant::now() < until {
@@ -582,9 +381,16 @@ async fn a_scheduled_destruction_survives_the_leader_and_is_done_once() {
     create_key(&mut c1, "k").await;
     let g = generate(&mut c1, "k", &[]).await;
     // The leader runs scheduled work; find it.
-    let leader = (0..3)
-        .find(|&i| nodes[i].log().contains("this node is the cluster's leader"))
-        .expect("a leader");
+    let leader = wait_for(
+        "a node to log that it leads",
+        Duration::from_secs(20),
+        async || {
+            (0..3)
+                .find(|&i| nodes[i].log().contains("this node is the cluster's leader"))
+                .ok_or_else(String::new)
+        },
+    )
+    .await;
     let mut cl = nodes[leader].client().await;
     cl.keys
         .schedule_destroy(proto::ScheduleDestroyRequest {
@@ -698,26 +504,25 @@ async fn writers_on_two_nodes_at_once_lose_nothing_and_a_duplicate_node_id_is_re
     let mut c = twin.client().await;
     twin.unseal_dev(&mut c).await;
     twin.wait_phase("unsealed").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // It is refused at its first renewal, and served nothing before.
+    let refused = wait_for(
+        "the twin's first renewal to be refused",
+        Duration::from_secs(20),
+        async || match c.keys.list_keys(proto::ListKeysRequest {}).await {
+            Ok(_) => panic!("a second daemon with node 2's id was served"),
+            Err(s) if s.message().contains("is live as node") => Ok(s),
+            Err(s) => Err(s.message().to_string()),
+        },
+    )
+    .await;
     assert_status(
-        c.keys.list_keys(proto::ListKeysRequest {}).await,
+        Err::<(), _>(refused),
         Code::Unavailable,
         "is live as node \"n2\"",
     );
     // Node 2 itself still serves.
     let mut c2 = nodes[1].client().await;
     c2.keys.list_keys(proto::ListKeysRequest {}).await.unwrap();
-}
-
-/// The seal files in PostgreSQL, as `slot set_id written_by` lines.
-fn seal_rows(pg: &Postgres) -> String {
-    pg.psql("SELECT slot || ' ' || set_id || ' ' || written_by FROM seal_files ORDER BY slot")
-}
-
-async fn seal_status(d: &Daemon) -> proto::SealStatus {
-    let mut c = d.client().await;
-    let s = c.operator.status(proto::StatusRequest {}).await.unwrap();
-    s.into_inner().seal.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -826,101 +631,6 @@ async fn a_rekey_on_one_node_reaches_every_node_through_the_registry() {
     decrypt(&mut c1, &g.ciphertext_blob, &[]).await.unwrap();
 }
 
-/// `openssl` run in `dir`; panics with its stderr on failure.
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl (apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `openssl` arguments that make a new P-256 key, unencrypted.
-const NEW_P256_KEY: [&str; 5] = [
-    "-newkey",
-    "ec",
-    "-pkeyopt",
-    "ec_paramgen_curve:P-256",
-    "-nodes",
-];
-
-/// `openssl req` with a new P-256 key written to `key`, then `rest`.
-fn openssl_req(dir: &std::path::Path, first: &[&str], key: &str, rest: &[&str]) {
-    let mut args = first.to_vec();
-    args.extend_from_slice(&NEW_P256_KEY);
-    args.extend_from_slice(&["-keyout", key]);
-    args.extend_from_slice(rest);
-    openssl(dir, &args);
-}
-
-/// A CA named `name` in `dir`: `name.pem` and `name.key`.
-fn make_ca(dir: &std::path::Path, name: &str) {
-    let (key, pem, subj) = (
-        format!("{name}.key"),
-        format!("{name}.pem"),
-        format!("/CN={name}"),
-    );
-    openssl_req(
-        dir,
-        &["req", "-x509"],
-        &key,
-        &["-out", &pem, "-days", "2", "-subj", &subj],
-    );
-}
-
-/// A server certificate for DNS name `localhost` only, signed by `ca`:
-/// `server.pem` and `server.key`.
-fn make_server_cert(dir: &std::path::Path, ca: &str) {
-    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
-    openssl_req(
-        dir,
-        &["req"],
-        "server.key",
-        &["-out", "server.csr", "-subj", "/CN=localhost"],
-    );
-    let (pem, key) = (format!("{ca}.pem"), format!("{ca}.key"));
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            &pem,
-            "-CAkey",
-            &key,
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ],
-    );
-}
-
-/// `keywarden dev` as a node that must not start; its stderr.
-fn dev_refused(args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(BIN)
-        .arg("dev")
-        .arg("--dir")
-        .arg(dir.path())
-        .args(args)
-        .env_remove("KEYWARDEN_SOCKET")
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "started: {args:?}");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_over_tcp_is_tls_verified_against_its_ca_and_name() {
     let certs = tempfile::tempdir().unwrap();
@@ -928,10 +638,8 @@ async fn a_registry_over_tcp_is_tls_verified_against_its_ca_and_name() {
     make_ca(dir, "registry-ca");
     make_ca(dir, "other-ca");
     make_server_cert(dir, "registry-ca");
-    let pg = Postgres(
-        devpg::Postgres::start_tls(&dir.join("server.pem"), &dir.join("server.key")).unwrap(),
-    );
-    let url = pg.0.tcp_url("localhost").unwrap();
+    let pg = Postgres::start_tls(&dir.join("server.pem"), &dir.join("server.key"));
+    let url = pg.tcp_url("localhost");
     let ca = dir.join("registry-ca.pem").display().to_string();
 
     // The right CA and the name on the certificate: the node serves, and
@@ -983,7 +691,7 @@ async fn a_registry_over_tcp_is_tls_verified_against_its_ca_and_name() {
 
     // The right CA but a name the certificate does not carry (the server
     // reached as 127.0.0.1): refused.
-    let by_ip = pg.0.tcp_url("127.0.0.1").unwrap();
+    let by_ip = pg.tcp_url("127.0.0.1");
     let err = dev_refused(&[
         "--registry-url",
         &by_ip,

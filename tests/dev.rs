@@ -8,22 +8,23 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::BIN;
+use common::{wait_until_blocking, ChildGuard, BIN};
 
 /// Starts `keywarden dev` with TMPDIR=`tmp`; returns it, its directory and
 /// its socket once it has unsealed.
-fn start_dev(tmp: &Path) -> (Child, PathBuf, PathBuf) {
-    let mut child = Command::new(BIN)
-        .arg("dev")
-        .env("TMPDIR", tmp)
-        .env_remove("KEYWARDEN_SOCKET")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+fn start_dev(tmp: &Path) -> (ChildGuard, PathBuf, PathBuf) {
+    let mut child = ChildGuard::spawn(
+        Command::new(BIN)
+            .arg("dev")
+            .env("TMPDIR", tmp)
+            .env_remove("KEYWARDEN_SOCKET")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
     let out = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -104,14 +105,11 @@ fn a_killed_dev_takes_its_daemon_along_and_its_directory_is_reclaimed() {
     )
     .unwrap();
     dev.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while alive(serve) {
-        assert!(
-            Instant::now() < deadline,
-            "serve {serve} outlived its SIGKILLed dev parent"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_blocking(
+        &format!("serve {serve} to die with its SIGKILLed dev parent"),
+        Duration::from_secs(30),
+        || !alive(serve),
+    );
     assert!(
         std::os::unix::net::UnixStream::connect(&socket).is_err(),
         "the socket still accepts connections"

@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -232,14 +231,12 @@ async fn the_cache_saves_calls_and_drops_revoked_keys_within_a_second() {
             ..CacheConfig::default()
         })
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cached.cache_stats().unwrap().live {
-        assert!(
-            Instant::now() < deadline,
-            "the cache never heard from the daemon"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "the cache to hear from the daemon",
+        Duration::from_secs(5),
+        async || cached.cache_stats().unwrap().live,
+    )
+    .await;
     let before = audited(&d, "GenerateDataKey");
     let mut sealed = Vec::new();
     for i in 0..2_000u32 {
@@ -274,9 +271,11 @@ async fn the_cache_saves_calls_and_drops_revoked_keys_within_a_second() {
     for round in 0..3 {
         raw.keys.enable_key(name_req("records")).await.unwrap();
         let sample = cached.encrypt(&["records"], &ctx, b"warm").await.unwrap();
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let worker = {
             let cached = cached.clone();
             let ctx = ctx.clone();
+            let served = served.clone();
             tokio::spawn(async move {
                 let mut last_ok = None;
                 let stop = Instant::now() + Duration::from_secs(3);
@@ -285,13 +284,19 @@ async fn the_cache_saves_calls_and_drops_revoked_keys_within_a_second() {
                     let dd = cached.decrypt(&ctx, &sample).await.is_ok();
                     if e || dd {
                         last_ok = Some(Instant::now());
+                        served.store(true, std::sync::atomic::Ordering::Release);
                     }
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 last_ok
             })
         };
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_until(
+            "the worker to be served before the disable",
+            Duration::from_secs(2),
+            async || served.load(std::sync::atomic::Ordering::Acquire),
+        )
+        .await;
         raw.keys.disable_key(name_req("records")).await.unwrap();
         let returned = Instant::now();
         let last_ok = worker
@@ -317,21 +322,10 @@ async fn the_cache_saves_calls_and_drops_revoked_keys_within_a_second() {
 /// Runs the CLI with stdin from `input`, returning (status ok, stdout,
 /// stderr).
 fn pipe(d: &Daemon, args: &[&str], input: &[u8]) -> (bool, Vec<u8>, String) {
-    let mut child = Command::new(BIN)
-        .args(["--socket", d.socket().to_str().unwrap()])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let data = input.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = stdin.write_all(&data);
-    });
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--socket", d.socket().to_str().unwrap()])
+        .args(args);
+    let out = output_with_stdin(&mut cmd, input).unwrap();
     (
         out.status.success(),
         out.stdout,

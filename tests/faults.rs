@@ -44,21 +44,17 @@ struct Control {
     seq: u64,
 }
 
-/// A dev daemon that reaches its token through the shim, and the shim's
-/// control file (set to `pass`).
 /// Waits (bounded) until the daemon's log holds `needle`.
 async fn wait_log(d: &Daemon, needle: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !d.log().contains(needle) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never logged {needle:?}: {}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("the daemon to log {needle:?}");
+    wait_until(&what, Duration::from_secs(30), async || {
+        d.log().contains(needle)
+    })
+    .await
 }
 
+/// A dev daemon that reaches its token through the shim, and the shim's
+/// control file (set to `pass`).
 async fn start_through_shim(dir: &Path, extra_env: &[(&str, &str)]) -> (Daemon, Control) {
     let mut control = Control {
         path: dir.join("shim.ctl"),
@@ -187,19 +183,14 @@ fn notify_listener(path: &Path) -> Arc<Mutex<Vec<String>>> {
 }
 
 async fn hsm_health(c: &mut keywarden_client::Client) -> (String, String) {
-    let s = c
-        .operator
-        .status(proto::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let s = status(c).await;
     (s.hsm_health, s.hsm_detail)
 }
 
 /// Waits until a data key round trip succeeds; returns how long it took.
 async fn time_to_serve(c: &mut keywarden_client::Client, limit: Duration) -> Duration {
     let t0 = Instant::now();
-    loop {
+    wait_for("serving after the fault cleared", limit, async || {
         let g = c
             .datakeys
             .generate_data_key(proto::GenerateDataKeyRequest {
@@ -208,15 +199,15 @@ async fn time_to_serve(c: &mut keywarden_client::Client, limit: Duration) -> Dur
             })
             .await;
         match g {
-            Ok(_) => return t0.elapsed(),
-            Err(s) => assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}"),
+            Ok(_) => Ok(()),
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+                Err(s.message().to_string())
+            }
         }
-        assert!(
-            t0.elapsed() < limit,
-            "not serving {limit:?} after the fault cleared"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    })
+    .await;
+    t0.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,7 +243,21 @@ async fn hsm_faults_under_load_fail_unavailable_and_recover_without_restart() {
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let tasks = load(&d, 8, stop.clone(), tally.clone()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(
+        "the load to be served",
+        Duration::from_secs(20),
+        async || tally.ok.load(Ordering::Relaxed) > 0,
+    )
+    .await;
+    // What the daemon has said of losses so far: audited, and in watchdog
+    // pings (which go on while the HSM is away).
+    let losses = || d.log().matches("event=\"hsm_lost\"").count();
+    let pings_while_lost = || {
+        let m = msgs.lock().unwrap();
+        m.iter()
+            .filter(|s| s.contains("WATCHDOG=1") && s.contains("HSM unreachable"))
+            .count()
+    };
 
     // (shim command, what Status names while the fault lasts, or None for
     // a one-shot fault or one where the token itself still answers, so
@@ -269,25 +274,56 @@ async fn hsm_faults_under_load_fail_unavailable_and_recover_without_restart() {
         let lasting = !matches!(cmd, "drop" | "finalize");
         let ok_before = tally.ok.load(Ordering::Relaxed);
         let unavailable_before = tally.unavailable.load(Ordering::Relaxed);
+        let (losses_before, pings_before) = (losses(), pings_while_lost());
         let armed = Instant::now();
         control.set(cmd);
+        // The daemon goes through the fault: the load runs into it and the
+        // loss is audited; a lasting fault lasts (until the test clears
+        // it) until a watchdog ping also said the HSM is unreachable.
+        wait_for(
+            &format!("{cmd}: the daemon to go through the fault"),
+            Duration::from_secs(20),
+            async || {
+                let refused = tally.unavailable.load(Ordering::Relaxed) - unavailable_before;
+                let lost = losses() - losses_before;
+                let pings = pings_while_lost() - pings_before;
+                if refused > 0 && lost > 0 && (!lasting || pings > 0) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{refused} calls refused, {lost} losses audited, {pings} pings while lost"
+                    ))
+                }
+            },
+        )
+        .await;
         if lasting {
-            tokio::time::sleep(Duration::from_millis(1200)).await;
             if let Some(class) = shows {
                 // While the token is gone, Status says why.
-                let (health, detail) = hsm_health(&mut c).await;
+                let what = format!("{cmd}: Status to report the HSM unavailable");
+                let (health, detail) = wait_for(&what, Duration::from_secs(20), async || {
+                    match hsm_health(&mut c).await {
+                        (health, detail) if health == "unavailable" => Ok((health, detail)),
+                        (health, detail) => Err(format!("{health}: {detail}")),
+                    }
+                })
+                .await;
                 assert_eq!(health, "unavailable", "{cmd}: {detail}");
                 assert!(detail.contains(class), "{cmd}: {detail}");
             }
             control.set("pass");
-        } else {
-            tokio::time::sleep(Duration::from_millis(300)).await;
         }
         let back = time_to_serve(&mut c, Duration::from_secs(15)).await;
         let (health, detail) = hsm_health(&mut c).await;
         assert_eq!(health, "ok", "{cmd}: {detail}");
-        // Serve a while between faults.
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Serve a while between faults: until the load is served again.
+        let ok_back = tally.ok.load(Ordering::Relaxed);
+        wait_until(
+            &format!("{cmd}: the load to be served 8 times after recovery"),
+            Duration::from_secs(20),
+            async || tally.ok.load(Ordering::Relaxed) >= ok_back + 8,
+        )
+        .await;
         let refused = tally.unavailable.load(Ordering::Relaxed) - unavailable_before;
         assert!(refused > 0, "{cmd}: no call noticed the fault");
         assert!(
@@ -354,21 +390,7 @@ async fn hsm_faults_under_load_fail_unavailable_and_recover_without_restart() {
 
     // The audit chain, loss and recovery events included, verifies.
     // (The daemon still runs, so the newest entries await their checkpoint.)
-    let out = d.cli(
-        &[
-            "audit",
-            "verify",
-            "--allow-unsigned-tail",
-            "--dir",
-            &d.audit_dir().display().to_string(),
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    d.verify_audit(&["--allow-unsigned-tail"]).assert_ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,24 +16,16 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use keywarden::proto;
-use keywarden_client::Client;
 
 /// An rsyslogd in a temporary directory receiving on loopback TCP (or on
 /// a Unix datagram socket of its own) and writing each message's MSG, one
 /// per line, to `out`; stopped on drop.
 struct Rsyslog {
-    child: std::process::Child,
+    _child: ChildGuard,
     port: u16,
     out: PathBuf,
     /// `--audit-forward`'s argument for it.
     target: String,
-}
-
-impl Drop for Rsyslog {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Rsyslog {
@@ -82,19 +74,17 @@ impl Rsyslog {
         )
         .unwrap();
         let log = std::fs::File::create(work.join("rsyslogd.log")).unwrap();
-        let child = Command::new("rsyslogd")
-            .args(["-n", "-f"])
-            .arg(&conf)
-            .arg("-i")
-            .arg(work.join("rsyslogd.pid"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect(
-                "rsyslogd (Debian package rsyslog) is installed: scripts/install-deps.sh --test",
-            );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let port = loop {
+        let child = ChildGuard::spawn(
+            Command::new("rsyslogd")
+                .args(["-n", "-f"])
+                .arg(&conf)
+                .arg("-i")
+                .arg(work.join("rsyslogd.pid"))
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+        .expect("rsyslogd (Debian package rsyslog) is installed: scripts/install-deps.sh --test");
+        let port = wait_for_blocking("rsyslogd to listen", Duration::from_secs(30), || {
             // rsyslog writes the port file only for port 0; a fixed port is
             // up once it accepts a connection.
             let up = match port {
@@ -106,23 +96,15 @@ impl Rsyslog {
                     .ok()
                     .map(|_| p),
             };
-            if let Some(p) = up {
-                break p;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "rsyslogd did not start: {}",
-                std::fs::read_to_string(work.join("rsyslogd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
+            up.ok_or_else(|| std::fs::read_to_string(work.join("rsyslogd.log")).unwrap_or_default())
+        });
         let target = if unix {
             format!("unix://{}", unix_socket.display())
         } else {
             format!("tcp://127.0.0.1:{port}")
         };
         Rsyslog {
-            child,
+            _child: child,
             port,
             out,
             target,
@@ -140,28 +122,15 @@ fn lines(p: &Path) -> Vec<String> {
 
 /// Waits until `received` holds every line of the local log.
 fn wait_for_copy(local: &Path, received: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let want = lines(local);
-        if lines(received).len() >= want.len() {
-            return;
+    let what = format!("{} to hold every line of the log", received.display());
+    wait_for_blocking(&what, Duration::from_secs(30), || {
+        let (got, want) = (lines(received).len(), lines(local).len());
+        if got >= want {
+            Ok(())
+        } else {
+            Err(format!("rsyslog received {got} of {want} lines"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "rsyslog received {} of {} lines",
-            lines(received).len(),
-            want.len()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-async fn status(c: &mut Client) -> proto::StatusResponse {
-    c.operator
-        .status(proto::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,21 +168,19 @@ async fn receives_unchanged(port: Option<u16>) {
     wait_for_copy(&local, &rs.out);
     // Byte for byte the same lines: nothing added, escaped or reordered.
     assert_eq!(lines(&rs.out), lines(&local));
-    let v = d.cli(
+    let public_key = d.audit_dir().join("audit-signing.pub");
+    let r = audit_verify(
+        &[&rs.out],
         &[
             "--output",
             "json",
-            "audit",
-            "verify",
             "--public-key",
-            d.audit_dir().join("audit-signing.pub").to_str().unwrap(),
+            public_key.to_str().unwrap(),
             "--allow-unsigned-tail",
-            rs.out.to_str().unwrap(),
         ],
-        None,
-    );
-    assert!(v.status.success(), "{v:?}");
-    let r: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    )
+    .assert_ok()
+    .json();
     assert_eq!(r["ok"], true);
     assert_eq!(r["first_seq"], 0, "the copy starts at the genesis line");
     assert!(r["checkpoints"].as_u64().unwrap() >= 1, "{r}");
@@ -269,19 +236,19 @@ async fn a_receiver_that_goes_away_never_blocks_key_operations() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(start.elapsed() < Duration::from_secs(20));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let f = loop {
-        let f = status(&mut c).await.audit_forward.unwrap();
-        if !f.connected && f.errors > 0 {
-            break f;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the loss was never noticed: {f:?}"
-        );
-        generate(&mut c, "patients", &[("n", "x")]).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let f = wait_for(
+        "the forwarder to notice the receiver is gone",
+        Duration::from_secs(20),
+        async || {
+            let f = status(&mut c).await.audit_forward.unwrap();
+            if !f.connected && f.errors > 0 {
+                return Ok(f);
+            }
+            generate(&mut c, "patients", &[("n", "x")]).await;
+            Err(format!("{f:?}"))
+        },
+    )
+    .await;
     assert!(!f.last_error.is_empty(), "{f:?}");
     let text = d.cli(&["status"], None);
     let text = String::from_utf8_lossy(&text.stdout);
@@ -294,20 +261,20 @@ async fn a_receiver_that_goes_away_never_blocks_key_operations() {
     std::fs::remove_file(dir.path().join("received.log")).ok();
     let rs = Rsyslog::start(dir.path(), port);
     generate(&mut c, "patients", &[("n", "after")]).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = lines(&rs.out);
-        let last_local = lines(&d.audit_dir().join("audit.log")).pop().unwrap();
-        if got.contains(&last_local) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "forwarding did not resume: {} lines",
-            got.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for(
+        "forwarding to resume (the last local line received)",
+        Duration::from_secs(30),
+        async || {
+            let got = lines(&rs.out);
+            let last_local = lines(&d.audit_dir().join("audit.log")).pop().unwrap();
+            if got.contains(&last_local) {
+                Ok(())
+            } else {
+                Err(format!("{} lines received", got.len()))
+            }
+        },
+    )
+    .await;
     let f = status(&mut c).await.audit_forward.unwrap();
     assert!(f.connected, "{f:?}");
 }

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use keywarden::proto;
@@ -149,17 +149,18 @@ async fn watch_streams_are_capped_per_uid_and_a_closed_one_frees_its_slot() {
     // Closing a stream frees its slot once the daemon notices (at its
     // next heartbeat).
     drop(a);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match c.datakeys.watch_keys(proto::WatchKeysRequest {}).await {
-            Ok(_) => break,
+    wait_for(
+        "the closed stream's slot to come back",
+        Duration::from_secs(20),
+        async || match c.datakeys.watch_keys(proto::WatchKeysRequest {}).await {
+            Ok(_) => Ok(()),
             Err(s) => {
                 assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
-                assert!(Instant::now() < deadline, "the slot never came back");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                Err(s.message().to_string())
             }
-        }
-    }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use keywarden::proto;
@@ -41,36 +41,19 @@ fn get(port: u16, path: &str) -> (String, String) {
 }
 
 fn promtool(args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    let mut child = Command::new("promtool")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect(
-            "promtool (Debian package prometheus) is installed: scripts/install-deps.sh --test",
-        );
-    {
-        let mut input = child.stdin.take().unwrap();
-        if let Some(s) = stdin {
-            input.write_all(s.as_bytes()).unwrap();
-        }
-    }
-    child.wait_with_output().unwrap()
+    output_with_stdin(
+        Command::new("promtool").args(args),
+        stdin.unwrap_or_default().as_bytes(),
+    )
+    .expect("promtool (Debian package prometheus) is installed: scripts/install-deps.sh --test")
 }
 
-/// A Prometheus server in a temporary directory, stopped on drop.
+/// A Prometheus server in a temporary directory, stopped on drop (the
+/// process before its directory).
 struct Prometheus {
-    child: std::process::Child,
+    _child: ChildGuard,
     port: u16,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Prometheus {
@@ -89,19 +72,20 @@ impl Prometheus {
         .unwrap();
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("prometheus (Debian package) is installed: scripts/install-deps.sh --test");
+        let child = ChildGuard::spawn(
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+        .expect("prometheus (Debian package) is installed: scripts/install-deps.sh --test");
         Prometheus {
-            child,
+            _child: child,
             port,
             _dir: dir,
         }
@@ -118,30 +102,29 @@ fn prom_query(port: u16, q: &str) -> serde_json::Value {
             _ => format!("%{b:02X}"),
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let _ = write!(
-                    s,
-                    "GET /api/v1/query?query={enc} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-                );
-            let mut text = String::new();
-            let _ = s.read_to_string(&mut text);
-            if let Some((_, body)) = text.split_once("\r\n\r\n") {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(body) {
-                    if v["data"]["result"]
-                        .as_array()
-                        .is_some_and(|r| !r.is_empty())
-                    {
-                        return v;
-                    }
-                }
+    let what = format!("Prometheus to answer {q} with a sample");
+    wait_for_blocking(&what, Duration::from_secs(60), || {
+        let connected = std::net::TcpStream::connect(("127.0.0.1", port));
+        let mut s = connected.map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = write!(
+            s,
+            "GET /api/v1/query?query={enc} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        );
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        let (_, body) = text.split_once("\r\n\r\n").ok_or_else(|| text.clone())?;
+        match serde_json::from_str::<serde_json::Value>(body) {
+            Ok(v)
+                if v["data"]["result"]
+                    .as_array()
+                    .is_some_and(|r| !r.is_empty()) =>
+            {
+                Ok(v)
             }
+            _ => Err(body.to_string()),
         }
-        assert!(Instant::now() < deadline, "Prometheus never answered {q}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    })
 }
 
 /// The metric names an exposition declares (`# TYPE name kind`).

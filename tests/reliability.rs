@@ -10,20 +10,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::Code;
 
-fn rand_u64() -> u64 {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).unwrap();
-    u64::from_le_bytes(b)
-}
-
 struct Issued {
     key: String,
     blob: Vec<u8>,
     plaintext: Vec<u8>,
 }
 
-/// One round of random work until the daemon is killed.
-async fn workload(socket: std::path::PathBuf, round: usize, issued: Arc<Mutex<Vec<Issued>>>) {
+/// One round of random work (drawn from `rng`) until the daemon is killed.
+async fn workload(
+    socket: std::path::PathBuf,
+    round: usize,
+    mut rng: TestRng,
+    issued: Arc<Mutex<Vec<Issued>>>,
+) {
     // The daemon was just (re)started and waited for: a workload that
     // cannot connect would check nothing, so it fails the test.
     let mut c = keywarden_client::Client::connect(&socket)
@@ -31,8 +30,8 @@ async fn workload(socket: std::path::PathBuf, round: usize, issued: Arc<Mutex<Ve
         .expect("the crash workload could not connect to the restarted daemon");
     let keys = ["crash-a", "crash-b", "crash-c"];
     for step in 0..10_000usize {
-        let k = keys[(rand_u64() % 3) as usize];
-        let r = rand_u64() % 10;
+        let k = keys[rng.below(3) as usize];
+        let r = rng.below(10);
         let res: Result<(), tonic::Status> = async {
             match r {
                 0 => {
@@ -144,15 +143,20 @@ fn crash_rounds_each() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_loses_nothing() {
-    sigkill_rounds(crash_rounds_each()).await;
+    let seed = test_seed("sigkill_at_random_points_loses_nothing");
+    sigkill_rounds(crash_rounds_each(), seed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_loses_nothing_on_a_second_daemon() {
-    sigkill_rounds(crash_rounds_each()).await;
+    let seed = test_seed("sigkill_at_random_points_loses_nothing_on_a_second_daemon");
+    sigkill_rounds(crash_rounds_each(), seed).await;
 }
 
-async fn sigkill_rounds(rounds: usize) {
+/// `rounds` kills, at points drawn from `seed` (each round's kill delay
+/// and workload from a generator of its own, so a round draws the same
+/// whatever the rounds before it did).
+async fn sigkill_rounds(rounds: usize, seed: u64) {
     let mut d = Daemon::builder()
         .args(&[
             "--destroy-min-delay",
@@ -172,8 +176,10 @@ async fn sigkill_rounds(rounds: usize) {
     let issued = Arc::new(Mutex::new(Vec::<Issued>::new()));
     let mut repaired_total = 0;
     for round in 0..rounds {
-        let w = tokio::spawn(workload(d.socket(), round, issued.clone()));
-        let delay = 20 + rand_u64() % 300;
+        let mut rng = TestRng::derived(seed, round as u64);
+        // The kill point: 20-320 ms into the round.
+        let delay = 20 + rng.below(300);
+        let w = tokio::spawn(workload(d.socket(), round, rng, issued.clone()));
         tokio::time::sleep(Duration::from_millis(delay)).await;
         let pid = d.serve_pid().expect("serve pid");
         nix::sys::signal::kill(
@@ -205,12 +211,7 @@ async fn sigkill_rounds(rounds: usize) {
             }
         }
         // Registry and token agree (orphans of interrupted creates repaired).
-        let s = c
-            .operator
-            .status(proto::StatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        let s = status(&mut c).await;
         let drift = s.drift.unwrap();
         assert!(
             drift.missing_on_token.is_empty(),
@@ -227,21 +228,8 @@ async fn sigkill_rounds(rounds: usize) {
         );
         repaired_total += drift.repaired.len();
         // The audit chain verifies (the tail after the kill is unsigned).
-        let out = d.cli(
-            &[
-                "audit",
-                "verify",
-                "--allow-unsigned-tail",
-                "--dir",
-                &d.audit_dir().display().to_string(),
-            ],
-            None,
-        );
-        assert!(
-            out.status.success(),
-            "round {round}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let v = d.verify_audit(&["--allow-unsigned-tail"]);
+        assert!(v.ok, "round {round} (seed {seed}): {}", v.stderr);
         // Release holds so later rounds can schedule destructions again.
         for k in ["crash-a", "crash-b", "crash-c"] {
             let m = describe(&mut c, k).await;
@@ -424,6 +412,8 @@ async fn concurrent_clients_while_admins_rotate_disable_and_enable() {
             (ok, refused, mine.len())
         }));
     }
+    // The pauses pace the admin (the clients run against each state for a
+    // moment); nothing waits for a state here.
     for _ in 0..10 {
         admin.keys.rotate_key(name_req("k")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(30)).await;

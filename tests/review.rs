@@ -11,25 +11,6 @@ use common::*;
 use keywarden::proto;
 use tonic::Code;
 
-/// `keywarden audit verify --dir DIR --output json`, as JSON (and success).
-fn audit_verify(d: &Daemon) -> (bool, serde_json::Value) {
-    let out = d.cli(
-        &[
-            "audit",
-            "verify",
-            "--dir",
-            &d.audit_dir().display().to_string(),
-            "--output",
-            "json",
-        ],
-        None,
-    );
-    (
-        out.status.success(),
-        serde_json::from_slice(&out.stdout).unwrap_or_default(),
-    )
-}
-
 /// A second daemon on the same configuration writes nothing (the audit chain
 /// stays whole) and names the process that holds the lock.
 #[tokio::test]
@@ -64,49 +45,43 @@ async fn a_second_daemon_writes_nothing_and_names_the_holder() {
     assert_serving(&mut c).await;
     drop(c);
     d.stop();
-    let (ok, v) = audit_verify(&d);
-    assert!(ok, "audit verify failed: {v}");
+    let v = d.verify_audit(&["--output", "json"]);
+    assert!(v.ok, "audit verify failed: {}", v.json());
 }
 
 /// `keywarden serve` on the dev daemon's configuration, without dev mode's
-/// automatic init (to look at a daemon that must not be initialised).
-struct Serve(std::process::Child);
-
-impl Serve {
-    async fn start(d: &Daemon) -> Serve {
-        let (var, conf) = d.token_conf();
-        let log = std::fs::File::create(d.dir.join("serve.log")).unwrap();
-        let child = std::process::Command::new(BIN)
+/// automatic init (to look at a daemon that must not be initialised),
+/// once it answers.
+async fn start_serve(d: &Daemon) -> ChildGuard {
+    let (var, conf) = d.token_conf();
+    let log = d.dir.join("serve.log");
+    let child = ChildGuard::spawn(
+        std::process::Command::new(BIN)
             .arg("serve")
             .arg("--dev")
             .arg("--config")
             .arg(d.dir.join("keywarden.toml"))
             .env(var, conf)
             .current_dir(&d.dir)
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let s = Serve(child);
-        for _ in 0..600 {
-            if let Ok(mut c) = keywarden_client::Client::connect(&d.socket()).await {
-                if c.operator.status(proto::StatusRequest {}).await.is_ok() {
-                    return s;
-                }
+            .stderr(std::fs::File::create(&log).unwrap()),
+    )
+    .unwrap();
+    wait_for(
+        "serve to answer Status",
+        Duration::from_secs(30),
+        async || {
+            let serve_log = || Err(std::fs::read_to_string(&log).unwrap_or_default());
+            let Ok(mut c) = keywarden_client::Client::connect(&d.socket()).await else {
+                return serve_log();
+            };
+            match c.operator.status(proto::StatusRequest {}).await {
+                Ok(_) => Ok(()),
+                Err(_) => serve_log(),
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "serve did not start: {}",
-            std::fs::read_to_string(d.dir.join("serve.log")).unwrap_or_default()
-        );
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+        },
+    )
+    .await;
+    child
 }
 
 fn acknowledge_as(d: &Daemon, user: &str) -> std::process::Output {
@@ -218,8 +193,8 @@ async fn an_old_registry_with_the_counter_deleted_is_caught() {
     d.stop();
     let log = std::fs::read_to_string(d.audit_dir().join("audit.log")).unwrap();
     assert!(log.contains("\"tampering_acknowledged\""), "not audited");
-    let (ok, v) = audit_verify(&d);
-    assert!(ok, "{v}");
+    let v = d.verify_audit(&["--output", "json"]);
+    assert!(v.ok, "{}", v.json());
 }
 
 /// Finding 1, beyond the counter: registry and token copied back together
@@ -323,7 +298,7 @@ async fn an_edited_or_deleted_seal_file_is_reported_as_tampering() {
     // Deleted: not "uninitialized", and init is refused before the token
     // is touched.
     std::fs::remove_file(&path).unwrap();
-    let serve = Serve::start(&d).await;
+    let serve = start_serve(&d).await;
     let t = tampering(&d).await;
     assert!(
         t.iter().any(|l| l.contains("seal.json is missing")),
@@ -448,18 +423,19 @@ async fn an_idle_connection_flood_from_one_uid_does_not_lock_out_another() {
     let script = format!(
         "import socket,time\nss=[]\nfor _ in range(200):\n  s=socket.socket(socket.AF_UNIX)\n  s.connect({sock:?})\n  ss.append(s)\nprint('open',flush=True)\ntime.sleep(60)\n"
     );
-    let mut flood = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=kwtest-app2",
-            "--regid=kwtest-app2",
-            "--clear-groups",
-            "/usr/bin/python3",
-            "-c",
-            &script,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut flood = ChildGuard::spawn(
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=kwtest-app2",
+                "--regid=kwtest-app2",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+                &script,
+            ])
+            .stdout(std::process::Stdio::piped()),
+    )
+    .unwrap();
     {
         use std::io::BufRead;
         let mut line = String::new();
@@ -483,8 +459,7 @@ async fn an_idle_connection_flood_from_one_uid_does_not_lock_out_another() {
         "{} refused",
         s.connections_refused
     );
-    let _ = flood.kill();
-    let _ = flood.wait();
+    drop(flood);
     let log = std::fs::read_to_string(d.audit_dir().join("audit.log")).unwrap();
     assert!(log.contains("\"connection_refused\""), "not audited");
 }

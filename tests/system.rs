@@ -102,50 +102,49 @@ async fn socket_activation_serves_the_passed_descriptor() {
     let mut d = Daemon::builder().start().await;
     d.stop();
     let sa_sock = d.dir.join("activated.sock");
-    let mut child = std::process::Command::new("systemd-socket-activate")
-        .arg("-l")
-        .arg(&sa_sock)
-        .arg(format!(
-            "--setenv=SOFTHSM2_CONF={}",
-            d.softhsm_conf().display()
-        ))
-        .arg(BIN)
-        .arg("serve")
-        .arg("--dev")
-        .arg("--config")
-        .arg(d.dir.join("keywarden.toml"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("systemd-socket-activate (Debian package systemd)");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sa_sock.exists() {
-        assert!(Instant::now() < deadline, "no socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = ChildGuard::spawn(
+        std::process::Command::new("systemd-socket-activate")
+            .arg("-l")
+            .arg(&sa_sock)
+            .arg(format!(
+                "--setenv=SOFTHSM2_CONF={}",
+                d.softhsm_conf().display()
+            ))
+            .arg(BIN)
+            .arg("serve")
+            .arg("--dev")
+            .arg("--config")
+            .arg(d.dir.join("keywarden.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    )
+    .expect("systemd-socket-activate (Debian package systemd)");
+    wait_until(
+        "systemd-socket-activate to bind its socket",
+        Duration::from_secs(20),
+        async || sa_sock.exists(),
+    )
+    .await;
     // The first connection starts the daemon on that descriptor.
-    let mut ok = None;
-    while Instant::now() < deadline {
-        if let Ok(mut c) = keywarden_client::Client::connect(&sa_sock).await {
-            if let Ok(s) = c.operator.status(proto::StatusRequest {}).await {
-                ok = Some(s.into_inner());
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let s = ok.expect("the activated daemon answered");
+    let s = wait_for(
+        "the activated daemon to answer Status",
+        Duration::from_secs(20),
+        async || {
+            let mut c = keywarden_client::Client::connect(&sa_sock)
+                .await
+                .map_err(|e| e.to_string())?;
+            let s = c.operator.status(proto::StatusRequest {}).await;
+            s.map(|s| s.into_inner()).map_err(|s| s.to_string())
+        },
+    )
+    .await;
     assert_eq!(s.seal.unwrap().phase, "sealed");
     // The configured path was not bound: only the passed socket serves.
     assert!(!d.socket().exists());
     let mut c = keywarden_client::Client::connect(&sa_sock).await.unwrap();
     d.unseal_dev(&mut c).await;
     create_key(&mut c, "via-activation").await;
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = child.wait();
+    child.stop(Duration::from_secs(20));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,10 +153,11 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
     let mut c = d.client().await;
     create_key(&mut c, "k").await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let mut c = d.client().await;
-        let stop = stop.clone();
+        let (stop, served) = (stop.clone(), served.clone());
         tasks.push(tokio::spawn(async move {
             let (mut ok, mut other) = (0u32, 0u32);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -171,7 +171,8 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
                 match r {
                     Ok(g) => {
                         assert_eq!(g.into_inner().plaintext.len(), 32);
-                        ok += 1
+                        ok += 1;
+                        served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     // After shutdown begins: the connection goes away. A call
                     // that races the server's GOAWAY was never started on the
@@ -197,7 +198,13 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
             (ok, other)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Under load: the 8 clients have been served 40 data keys.
+    wait_until(
+        "the 8 clients to be served 40 data keys",
+        Duration::from_secs(20),
+        async || served.load(std::sync::atomic::Ordering::Relaxed) >= 40,
+    )
+    .await;
     let pid = d.serve_pid().unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -214,20 +221,7 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_exits_zero() {
     assert_eq!(code, Some(0), "{}", d.log());
     assert!(d.log().contains("SIGTERM: shutting down") && d.log().contains("stopped"));
     // The final checkpoint was written: the log verifies without an unsigned tail.
-    let out = d.cli(
-        &[
-            "audit",
-            "verify",
-            "--dir",
-            &d.audit_dir().display().to_string(),
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    d.verify_audit(&[]).assert_ok();
 }
 
 #[test]

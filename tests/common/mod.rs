@@ -7,36 +7,39 @@
 //! builds it and runs the suite that way).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod audit;
+mod process;
+mod rng;
+mod wait;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use keywarden::proto;
 use keywarden_client::Client;
+
+// Each test binary uses some of them.
+#[allow(unused_imports)]
+pub use self::{
+    audit::{audit_verify, Verification},
+    process::{output_with_stdin, ChildGuard},
+    rng::{test_seed, TestRng},
+    wait::{wait_for, wait_for_blocking, wait_until, wait_until_blocking},
+};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keywarden");
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 /// Runs the keywarden binary with `stdin`, against `socket` (or none).
 pub fn run_bin(args: &[&str], stdin: Option<&str>, socket: Option<&Path>) -> std::process::Output {
-    use std::io::Write;
     let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args);
     match socket {
         Some(s) => cmd.env("KEYWARDEN_SOCKET", s),
         None => cmd.env_remove("KEYWARDEN_SOCKET"),
     };
-    let mut child = cmd.spawn().unwrap();
-    {
-        let mut input = child.stdin.take().unwrap();
-        if let Some(s) = stdin {
-            input.write_all(s.as_bytes()).unwrap();
-        }
-    }
-    child.wait_with_output().unwrap()
+    output_with_stdin(&mut cmd, stdin.unwrap_or_default().as_bytes()).unwrap()
 }
 
 /// `--token-module` for commands that need the token's module by hand
@@ -85,7 +88,9 @@ fn token_dev_args() -> Vec<String> {
 pub struct Daemon {
     pub dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
-    child: Option<Child>,
+    /// The `keywarden dev` process (`keywarden serve` is its child and
+    /// dies with it).
+    child: Option<ChildGuard>,
     /// Extra `keywarden dev` flags.
     dev_args: Vec<String>,
     /// Lines the dev process printed on stdout.
@@ -166,35 +171,33 @@ impl Daemon {
     }
 
     pub async fn wait_phase(&self, want: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self.phase().await == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon never became {want}: {}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for(
+            &format!("the daemon to be {want}"),
+            Duration::from_secs(30),
+            async || match self.phase().await {
+                phase if phase == want => Ok(()),
+                phase => Err(phase),
+            },
+        )
+        .await
     }
 
     async fn launch(&mut self) {
         use std::io::BufRead;
         let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
-        let mut child = Command::new(BIN)
-            .arg("dev")
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(&self.dev_args)
-            .env_remove("KEYWARDEN_SOCKET")
-            .env("RUST_LOG", "info")
-            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut child = ChildGuard::spawn(
+            Command::new(BIN)
+                .arg("dev")
+                .arg("--dir")
+                .arg(&self.dir)
+                .args(&self.dev_args)
+                .env_remove("KEYWARDEN_SOCKET")
+                .env("RUST_LOG", "info")
+                .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .stdout(Stdio::piped())
+                .stderr(log),
+        )
+        .unwrap();
         let out = child.stdout.take().unwrap();
         let lines = self.stdout.clone();
         std::thread::spawn(move || {
@@ -203,40 +206,30 @@ impl Daemon {
             }
         });
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("daemon exited at start ({status}): {}", self.log());
-            }
-            if let Ok(mut c) = Client::connect(&self.socket()).await {
-                if c.operator.status(proto::StatusRequest {}).await.is_ok() {
-                    return;
+        let (socket, log) = (self.socket(), self.dir.join("daemon.log"));
+        let child = self.child.as_mut().unwrap();
+        wait_until(
+            "the daemon to answer Status",
+            Duration::from_secs(60),
+            async || {
+                if let Some(status) = child.try_wait().unwrap() {
+                    let log = std::fs::read_to_string(&log).unwrap_or_default();
+                    panic!("daemon exited at start ({status}): {log}");
                 }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not start: {}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                match Client::connect(&socket).await {
+                    Ok(mut c) => c.operator.status(proto::StatusRequest {}).await.is_ok(),
+                    Err(_) => false,
+                }
+            },
+        )
+        .await
     }
 
+    /// SIGTERM (the daemon writes its final checkpoint), and SIGKILL if it
+    /// has not exited 20 s later.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while child.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            child.stop(Duration::from_secs(20));
         }
     }
 
@@ -391,6 +384,15 @@ pub async fn decrypt(
         .map(|r| r.into_inner())
 }
 
+/// The daemon's Status.
+pub async fn status(c: &mut Client) -> proto::StatusResponse {
+    c.operator
+        .status(proto::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Asserts the daemon still answers Status with a healthy HSM.
 pub async fn assert_serving(c: &mut Client) {
     let s = c
@@ -472,26 +474,14 @@ impl Daemon {
 
     /// Runs the CLI as another Unix user (setpriv).
     pub fn cli_as(&self, user: &str, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-        use std::io::Write;
-        let mut child = Command::new("setpriv")
-            .arg(format!("--reuid={user}"))
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={user}"))
             .arg(format!("--regid={user}"))
             .arg("--clear-groups")
             .arg(BIN)
             .args(args)
-            .env("KEYWARDEN_SOCKET", self.socket())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            let mut input = child.stdin.take().unwrap();
-            if let Some(s) = stdin {
-                input.write_all(s.as_bytes()).unwrap();
-            }
-        }
-        child.wait_with_output().unwrap()
+            .env("KEYWARDEN_SOCKET", self.socket());
+        output_with_stdin(&mut cmd, stdin.unwrap_or_default().as_bytes()).unwrap()
     }
 }
 
@@ -529,18 +519,9 @@ impl Daemon {
 
     /// Waits for the dev process to exit and returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let child = self.child.as_mut()?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = child.try_wait().ok().flatten() {
-                self.child = None;
-                return st.code();
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let st = self.child.as_mut()?.wait_timeout(timeout)?;
+        self.child = None;
+        st.code()
     }
 }
 
@@ -552,11 +533,15 @@ pub async fn wait_key(
     what: &str,
     pred: impl Fn(&proto::KeyMetadata) -> bool,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !pred(&describe(c, name).await) {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for(what, Duration::from_secs(secs), async || {
+        let k = describe(c, name).await;
+        if pred(&k) {
+            Ok(())
+        } else {
+            Err(format!("key {name} {}", k.state))
+        }
+    })
+    .await
 }
 
 /// How a test daemon is started: `keywarden dev --dir` on a fresh token in
