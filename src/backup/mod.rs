@@ -61,7 +61,7 @@ pub enum BackupError {
     Format(#[from] format::FormatError),
     /// The audit log could not give its head or record the backup.
     #[error("audit log unavailable: {0}")]
-    Audit(String),
+    Audit(#[source] crate::audit::AuditError),
     /// A restore was refused; the message names what and why.
     #[error("{0}")]
     Refused(String),

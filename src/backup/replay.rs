@@ -135,13 +135,13 @@ impl Replay<'_> {
             (None, Some(h)) => Some((h.seq, h.hash.clone())),
             (None, None) => None,
         };
-        let audit = Audit::open_after(self.target.audit.clone(), resume)
-            .map_err(|e| BackupError::Audit(e.to_string()))?;
+        let audit =
+            Audit::open_after(self.target.audit.clone(), resume).map_err(BackupError::Audit)?;
         // The jump, as a ledger line: a later acknowledgement that reads
         // this log back sees these generations accounted for.
         audit
             .record_ledger(super::fold::reseal(self.header.generation, base, self.rkey))
-            .map_err(|e| BackupError::Audit(e.to_string()))?;
+            .map_err(BackupError::Audit)?;
         audit.note_registry_generation(self.registry.generation());
         Ok(audit)
     }
@@ -177,7 +177,7 @@ impl Replay<'_> {
             .record_ledger(
                 ledger::line(&rec, next, self.rkey).map_err(|e| BackupError::Io(e.to_string()))?,
             )
-            .map_err(|e| BackupError::Audit(e.to_string()))?;
+            .map_err(BackupError::Audit)?;
         self.registry
             .put(&rec, self.rkey, before.is_none())
             .map_err(|e| BackupError::Io(format!("registry: {e}")))?;

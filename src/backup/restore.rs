@@ -514,7 +514,7 @@ impl Writing<'_> {
         audit.note_registry_generation(report.generation);
         audit
             .record(Event::new(EventKind::Restore, Outcome::Ok, detail).fields())
-            .map_err(|e| BackupError::Audit(e.to_string()))?;
+            .map_err(BackupError::Audit)?;
         Ok(())
     }
 }

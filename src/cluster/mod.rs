@@ -211,7 +211,7 @@ impl Node {
                         Ok(Renewal::Behind) => Duration::from_millis(20),
                         // Not ours to take: look again at the renewal pace.
                         Ok(Renewal::Twin) => self.renew_every(),
-                        Err(e) => return Session::Lost(e.to_string()),
+                        Err(e) => return Session::Lost(e.into()),
                     }
                 }
                 Ok(SyncState::Behind) => Duration::from_millis(20),
@@ -226,7 +226,7 @@ impl Node {
                             "DELETE FROM nodes WHERE node_id = $1 AND instance = $2",
                             &[&self.cfg.node_id, &self.instance],
                         ) {
-                            return Session::Lost(e.to_string());
+                            return Session::Lost(e.into());
                         }
                         sealed_row_cleared = true;
                     }
@@ -238,7 +238,7 @@ impl Node {
                     *self.why.locked() =
                         format!("it could not take in the registry's changes ({e})");
                     if client.is_closed() {
-                        return Session::Lost(e.to_string());
+                        return Session::Lost(e.into());
                     }
                     Duration::from_millis(200)
                 }
@@ -247,7 +247,7 @@ impl Node {
             if !self.has_lease() && self.leader.swap(false, Ordering::AcqRel) {
                 // A leader that cannot serve lets another node lead.
                 if let Err(e) = client.execute("SELECT pg_advisory_unlock($1)", &[&LEADER_LOCK]) {
-                    return Session::Lost(e.to_string());
+                    return Session::Lost(e.into());
                 }
                 info!(node = %self.cfg.node_id, "no longer the leader (no current lease)");
             }
@@ -255,7 +255,7 @@ impl Node {
             let mut n = client.notifications();
             let woke = n.timeout_iter(wait).next().map(|_| ());
             if let Err(e) = woke {
-                return Session::Lost(e.to_string());
+                return Session::Lost(e.into());
             }
             // Several commits may have notified: one round covers them.
             let mut more = n.iter();
@@ -375,7 +375,23 @@ enum Renewal {
 
 enum Session {
     Stopped,
-    Lost(String),
+    Lost(Lost),
+}
+
+/// Why a node's session with the registry's database ended (its lease
+/// then runs out), with the cause.
+#[derive(Debug, thiserror::Error)]
+enum Lost {
+    /// A statement on the session failed.
+    #[error(transparent)]
+    Database(#[from] postgres::Error),
+    /// The lease could not be renewed.
+    #[error(transparent)]
+    Registry(#[from] crate::core::registry::RegistryError),
+    /// The core could not take in the registry's changes, and the
+    /// connection is closed.
+    #[error(transparent)]
+    Core(#[from] crate::core::CoreError),
 }
 
 impl Membership for Node {

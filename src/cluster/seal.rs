@@ -39,7 +39,7 @@ impl Drop for PgSeal {
 
 fn shared_err(e: RegistryError) -> StoreError {
     match e {
-        RegistryError::Unreachable(why) => StoreError::SharedUnreachable(why),
+        RegistryError::Unreachable { why, .. } => StoreError::SharedUnreachable(why),
         other => StoreError::SharedCorrupt(other.to_string()),
     }
 }

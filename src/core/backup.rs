@@ -50,10 +50,7 @@ impl Keywarden {
                 Some(r) if r != file.backup_recipient => return Err(BackupError::RecipientChanged),
                 Some(_) => {}
             }
-            let head = self
-                .audit
-                .head()
-                .map_err(|e| BackupError::Audit(e.to_string()))?;
+            let head = self.audit.head().map_err(BackupError::Audit)?;
             let db = scratch.path().join(REGISTRY_ENTRY);
             self.registry
                 .snapshot_to(&db)
@@ -131,7 +128,7 @@ impl Keywarden {
         // the log is not made.
         self.audit
             .record(crate::audit::Event::new(EventKind::Backup, Outcome::Ok, detail).fields())
-            .map_err(|e| CoreError::Backup(BackupError::Audit(e.to_string())))?;
+            .map_err(|e| CoreError::Backup(BackupError::Audit(e)))?;
         Ok(Taken { header, bytes, id })
     }
 

@@ -169,11 +169,11 @@ pub enum CoreError {
     HsmFailed(HsmError),
     /// Registry failure.
     #[error("registry failure: {0}")]
-    Registry(String),
+    Registry(#[source] std::sync::Arc<super::registry::RegistryError>),
     /// The registry's database cannot be reached (a cluster's PostgreSQL
     /// down or cut off): refused until it is back.
-    #[error("registry database unreachable: {0}")]
-    RegistryUnavailable(String),
+    #[error("{0}")]
+    RegistryUnavailable(#[source] std::sync::Arc<super::registry::RegistryError>),
     /// Other nodes kept changing the registry while this one tried to
     /// write: nothing was changed.
     #[error("the registry changed on another node during this change (generation {found}); nothing was changed: retry")]

@@ -163,9 +163,9 @@ const CHANGE_BACKLOG: usize = 1024;
 pub(crate) fn reg_err(e: RegistryError) -> CoreError {
     match e {
         RegistryError::AlreadyExists(name) => CoreError::AlreadyExists { name },
-        RegistryError::Unreachable(why) => CoreError::RegistryUnavailable(why),
+        e @ RegistryError::Unreachable { .. } => CoreError::RegistryUnavailable(Arc::new(e)),
         RegistryError::Stale { found, .. } => CoreError::RegistryMoved { found },
-        other => CoreError::Registry(other.to_string()),
+        other => CoreError::Registry(Arc::new(other)),
     }
 }
 

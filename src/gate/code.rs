@@ -302,9 +302,19 @@ mod tests {
                 },
                 Code::FailedPrecondition,
             ),
-            (CoreError::Registry("disk".into()), Code::Internal),
             (
-                CoreError::RegistryUnavailable("down".into()),
+                CoreError::Registry(std::sync::Arc::new(
+                    crate::core::registry::RegistryError::Corrupt("disk".into()),
+                )),
+                Code::Internal,
+            ),
+            (
+                CoreError::RegistryUnavailable(std::sync::Arc::new(
+                    crate::core::registry::RegistryError::Unreachable {
+                        why: "down".into(),
+                        source: None,
+                    },
+                )),
                 Code::Unavailable,
             ),
             (

@@ -49,12 +49,26 @@ pub enum RegistryError {
     #[error("registry database: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// A PostgreSQL statement failed (the server answered).
-    #[error("registry database: {0}")]
-    Postgres(String),
+    #[error("registry database: {code}: {message}")]
+    Postgres {
+        /// The SQLSTATE code.
+        code: String,
+        /// The server's message.
+        message: String,
+        /// The driver's error.
+        #[source]
+        source: ::postgres::Error,
+    },
     /// The PostgreSQL server cannot be reached (down, restarting, the
     /// network): key operations are refused until it is back.
-    #[error("registry database unreachable: {0}")]
-    Unreachable(String),
+    #[error("registry database unreachable: {why}")]
+    Unreachable {
+        /// What failed, with its causes.
+        why: String,
+        /// The driver's error, if one said so.
+        #[source]
+        source: Option<::postgres::Error>,
+    },
     /// Another node changed the registry since this one last loaded it.
     #[error("the registry is at generation {found}, this node wrote on top of {expected}")]
     Stale {

@@ -320,8 +320,11 @@ pub fn clear_tls_errors() {
 /// A statement's failure: the server refused it, or it could not be
 /// reached (a closed connection, a refused connect, an I/O error).
 pub fn pg_err(e: postgres::Error) -> RegistryError {
-    match e.as_db_error() {
-        Some(db) => match *db.code() {
+    let answered = e
+        .as_db_error()
+        .map(|db| (db.code().clone(), db.message().to_string()));
+    match answered {
+        Some((code, message)) => match code {
             SqlState::ADMIN_SHUTDOWN
             | SqlState::CRASH_SHUTDOWN
             | SqlState::CANNOT_CONNECT_NOW
@@ -336,10 +339,15 @@ pub fn pg_err(e: postgres::Error) -> RegistryError {
             | SqlState::INVALID_PASSWORD
             | SqlState::INVALID_AUTHORIZATION_SPECIFICATION
             | SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
-            | SqlState::IDLE_SESSION_TIMEOUT => {
-                RegistryError::Unreachable(format!("{}: {}", db.code().code(), db.message()))
-            }
-            _ => RegistryError::Postgres(format!("{}: {}", db.code().code(), db.message())),
+            | SqlState::IDLE_SESSION_TIMEOUT => RegistryError::Unreachable {
+                why: format!("{}: {message}", code.code()),
+                source: Some(e),
+            },
+            _ => RegistryError::Postgres {
+                code: code.code().to_string(),
+                message,
+                source: e,
+            },
         },
         // The cause says why (a refused connection, a certificate that
         // did not verify), which the error's own text leaves out.
@@ -353,7 +361,10 @@ pub fn pg_err(e: postgres::Error) -> RegistryError {
                 }
                 cause = c.source();
             }
-            RegistryError::Unreachable(text)
+            RegistryError::Unreachable {
+                why: text,
+                source: Some(e),
+            }
         }
     }
 }
@@ -404,7 +415,10 @@ impl PgStore {
         }
         self.client
             .as_mut()
-            .ok_or_else(|| RegistryError::Unreachable("no connection".into()))
+            .ok_or_else(|| RegistryError::Unreachable {
+                why: "no connection".into(),
+                source: None,
+            })
     }
 
     /// Runs `f` on the connection; a connection found broken is dropped so
@@ -415,7 +429,7 @@ impl PgStore {
     ) -> Result<T, RegistryError> {
         clear_tls_errors();
         let out = f(self.client()?);
-        if matches!(out, Err(RegistryError::Unreachable(_))) {
+        if matches!(out, Err(RegistryError::Unreachable { .. })) {
             self.client = None;
         }
         out
